@@ -1,0 +1,1 @@
+"""The HTTP API: the app factory, error mapping and health endpoints."""

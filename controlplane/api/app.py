@@ -1,0 +1,76 @@
+"""The litestar app: each area exports its controllers; errors map to HTTP here, once."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from litestar import Litestar, Request, Response
+from litestar.di import Provide
+from litestar.exceptions import ValidationException
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
+
+from controlplane import __version__
+from controlplane.api.health import HealthController
+from controlplane.errors import TollgateError
+from controlplane.evaluate.controllers import DecisionController
+from controlplane.ingest.controllers import VerdictController
+from controlplane.plan.controllers import ActionController
+from controlplane.runtime import Runtime
+from controlplane.settings import Settings, get_settings
+from controlplane.telemetry.tracing import configure
+
+log = logging.getLogger(__name__)
+
+ROUTES = [HealthController, VerdictController, DecisionController, ActionController]
+
+
+def _tollgate_error(_: Request[Any, Any, Any], exc: TollgateError) -> Response[dict[str, Any]]:
+    if exc.status_code >= 500:
+        log.error("%s: %s", exc.code, exc.message)
+    return Response(exc.to_dict(), status_code=exc.status_code)
+
+
+def _validation_error(
+    _: Request[Any, Any, Any], exc: ValidationException
+) -> Response[dict[str, Any]]:
+    details = [
+        {
+            "field": item.get("key", "?"),
+            "message": item.get("message", ""),
+            "source": item.get("source", ""),
+        }
+        for item in (exc.extra if isinstance(exc.extra, list) else [])
+        if isinstance(item, dict)
+    ]
+    return Response(
+        {"error": "invalid_input", "message": "invalid request parameters", "details": details},
+        status_code=422,
+    )
+
+
+def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> Litestar:
+    """The API over a `Runtime` (made from `settings` when not given)."""
+    settings = settings or get_settings()
+    runtime = runtime or Runtime.create(settings)
+    provider = configure(settings.otlp_endpoint)
+    return Litestar(
+        route_handlers=ROUTES,
+        dependencies={"runtime": Provide(lambda: runtime, use_cache=True, sync_to_thread=False)},
+        on_startup=[runtime.start],
+        on_shutdown=[runtime.stop],
+        exception_handlers={TollgateError: _tollgate_error, ValidationException: _validation_error},
+        plugins=[OpenTelemetryPlugin(OpenTelemetryConfig(tracer_provider=provider))],
+        openapi_config=OpenAPIConfig(
+            title="Tollgate",
+            version=__version__,
+            description=(
+                "Policy-as-code enforcement against adversarial distillation: detectors "
+                "submit verdicts, OPA policies decide, actions are planned for the gateways."
+            ),
+            path="/schema",
+            render_plugins=[SwaggerRenderPlugin()],
+        ),
+    )

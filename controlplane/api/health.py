@@ -1,0 +1,45 @@
+"""Liveness and readiness."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Controller, Response, get
+from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
+from sqlalchemy import text
+
+from controlplane.runtime import Runtime
+
+
+class HealthController(Controller):
+    tags = ["health"]
+
+    @get("/healthz", operation_id="healthz", summary="Liveness")
+    async def healthz(self) -> dict[str, str]:
+        """The process is up."""
+        return {"status": "ok"}
+
+    @get("/readyz", operation_id="readyz", summary="Readiness")
+    async def readyz(self, runtime: Runtime) -> Response[dict[str, Any]]:
+        """Ready when the database answers and a policy revision is loaded."""
+        checks: dict[str, Any] = {}
+        try:
+            async with runtime.db.read() as session:
+                await session.execute(text("SELECT 1"))
+            checks["database"] = "ok"
+        except Exception as exc:
+            checks["database"] = f"unreachable: {type(exc).__name__}"
+        if runtime.engines.loaded:
+            engine = runtime.engines.current
+            checks["policy"] = {
+                "revision": engine.revision,
+                "engine": engine.name,
+                "entrypoint": engine.entrypoint,
+            }
+        else:
+            checks["policy"] = "not loaded"
+        ready = checks["database"] == "ok" and runtime.engines.loaded
+        return Response(
+            {"status": "ready" if ready else "not ready", "checks": checks},
+            status_code=HTTP_200_OK if ready else HTTP_503_SERVICE_UNAVAILABLE,
+        )

@@ -1,0 +1,1 @@
+"""Tollgate's vocabulary: the value types every layer shares (DESIGN.md's names)."""

@@ -1,0 +1,132 @@
+"""What a policy's decision asks for, checked before it becomes an `Action` row."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from controlplane.domain.vocabulary import ACTION_TARGETS, ActionType, SubjectKind
+
+_DURATION = re.compile(r"(\d+)(ms|s|m|h|d|w)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+class MalformedDecision(ValueError):
+    """The policy's output breaks the decision contract (DESIGN.md, 'The policy contract')."""
+
+
+def parse_duration(text: str) -> timedelta:
+    """Parse durations like `24h`, `7d`, `1h30m`, `90s`."""
+    pos, total = 0, 0.0
+    for match in _DURATION.finditer(text):
+        if match.start() != pos:
+            break
+        total += int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        pos = match.end()
+    if not text or pos != len(text):
+        raise ValueError(f"{text!r} is not a duration like '30m', '24h', '7d' or '1h30m'")
+    return timedelta(seconds=total)
+
+
+@dataclass(frozen=True, slots=True)
+class ActionSpec:
+    type: ActionType
+    target_kind: SubjectKind
+    target_value: str
+    params: dict[str, Any]
+    ttl: timedelta | None
+    rule: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionResult:
+    actions: tuple[ActionSpec, ...]
+    shadow: bool
+
+
+def parse_decision(result: Any) -> DecisionResult:
+    """Check the entrypoint's output; raise `MalformedDecision` naming the bad field."""
+    if not isinstance(result, dict):
+        raise MalformedDecision(f"decision must be an object, got {type(result).__name__}")
+    shadow = result.get("shadow", False)
+    if not isinstance(shadow, bool):
+        raise MalformedDecision("decision.shadow must be true or false")
+    raw_actions = result.get("actions", [])
+    if not isinstance(raw_actions, list):
+        raise MalformedDecision("decision.actions must be an array (or a set)")
+    actions = tuple(_parse_action(i, a) for i, a in enumerate(raw_actions))
+    return DecisionResult(actions=actions, shadow=shadow)
+
+
+def _parse_action(i: int, raw: Any) -> ActionSpec:
+    where = f"decision.actions[{i}]"
+    if not isinstance(raw, dict):
+        raise MalformedDecision(f"{where} must be an object")
+    try:
+        kind_type = ActionType(str(raw.get("type")))
+    except ValueError:
+        allowed = ", ".join(t.value for t in ActionType)
+        raise MalformedDecision(f"{where}.type must be one of {allowed}") from None
+    target = raw.get("target")
+    if not isinstance(target, dict):
+        raise MalformedDecision(f"{where}.target must be an object {{kind, value}}")
+    try:
+        kind = SubjectKind(str(target.get("kind")))
+    except ValueError:
+        allowed = ", ".join(k.value for k in SubjectKind)
+        raise MalformedDecision(f"{where}.target.kind must be one of {allowed}") from None
+    if kind not in ACTION_TARGETS[kind_type]:
+        raise MalformedDecision(f"{where}: {kind_type.value} cannot target a {kind.value}")
+    value = target.get("value")
+    if not isinstance(value, str) or not value:
+        raise MalformedDecision(f"{where}.target.value must be a non-empty string")
+    value = _normalise_target(where, kind, value)
+    params = raw.get("params") or {}
+    if not isinstance(params, dict):
+        raise MalformedDecision(f"{where}.params must be an object")
+    if kind_type is ActionType.RATE_LIMIT:
+        _check_rate_limit(where, params)
+    ttl_raw = raw.get("ttl")
+    ttl = None
+    if ttl_raw is not None:
+        if not isinstance(ttl_raw, str):
+            raise MalformedDecision(f"{where}.ttl must be a duration string like '24h' or null")
+        try:
+            ttl = parse_duration(ttl_raw)
+        except ValueError as exc:
+            raise MalformedDecision(f"{where}.ttl: {exc}") from None
+        if ttl <= timedelta(0):
+            raise MalformedDecision(f"{where}.ttl must be positive")
+    rule = raw.get("rule")
+    if not isinstance(rule, str) or not rule:
+        raise MalformedDecision(f"{where}.rule must name the Rego rule that asked for it")
+    reason = raw.get("reason", "")
+    if not isinstance(reason, str):
+        raise MalformedDecision(f"{where}.reason must be a string")
+    return ActionSpec(kind_type, kind, value, params, ttl, rule, reason)
+
+
+def _normalise_target(where: str, kind: SubjectKind, value: str) -> str:
+    try:
+        if kind is SubjectKind.IP:
+            return str(ipaddress.ip_address(value))
+        if kind is SubjectKind.CIDR:
+            return str(ipaddress.ip_network(value, strict=False))
+    except ValueError:
+        raise MalformedDecision(f"{where}.target.value {value!r} is not a valid {kind}") from None
+    return value
+
+
+def _check_rate_limit(where: str, params: dict[str, Any]) -> None:
+    limits = {k: params.get(k) for k in ("requests_per_minute", "tokens_per_minute")}
+    if all(v is None for v in limits.values()):
+        raise MalformedDecision(
+            f"{where}.params needs requests_per_minute or tokens_per_minute for a rate_limit"
+        )
+    for key, v in limits.items():
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+            raise MalformedDecision(f"{where}.params.{key} must be a non-negative integer")

@@ -1,0 +1,102 @@
+"""A detector's verdict, as accepted at `POST /v1/verdicts` and given to policies."""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+from typing import Annotated, Any
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Identifier = Annotated[
+    str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@/+=-]*$")
+]
+ProviderName = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9][a-z0-9_-]*$")]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class Detector(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: Annotated[str, Field(min_length=1, max_length=100)]
+    version: Annotated[str, Field(min_length=1, max_length=50)]
+
+
+class Subject(BaseModel):
+    """Who the verdict is about. At least one field must be set."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    account_id: Identifier | None = None
+    api_key_id: Identifier | None = Field(
+        default=None,
+        description="The lab's key id or the SHA-256 fingerprint of the key, never the key itself.",
+    )
+    org_id: Identifier | None = None
+    ips: Annotated[list[str], Field(max_length=256)] = Field(default_factory=list)
+
+    @field_validator("ips")
+    @classmethod
+    def _ips_are_addresses(cls, ips: list[str]) -> list[str]:
+        normalised = []
+        for i, ip in enumerate(ips):
+            try:
+                normalised.append(str(ipaddress.ip_address(ip)))
+            except ValueError:
+                raise ValueError(
+                    f"ips[{i}]: {ip!r} is not an IPv4 or IPv6 address (no CIDR here)"
+                ) from None
+        return normalised
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Subject:
+        if not (self.account_id or self.api_key_id or self.org_id or self.ips):
+            raise ValueError("subject needs at least one of account_id, api_key_id, org_id, ips")
+        return self
+
+    def targets(self) -> list[tuple[str, str]]:
+        """(kind, value) pairs an action could target for this subject."""
+        keys: list[tuple[str, str]] = []
+        if self.account_id:
+            keys.append(("account", self.account_id))
+        if self.api_key_id:
+            keys.append(("api_key", self.api_key_id))
+        if self.org_id:
+            keys.append(("org", self.org_id))
+        keys.extend(("ip", ip) for ip in self.ips)
+        return keys
+
+
+class Verdict(BaseModel):
+    """A detector's report about one subject."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: Identifier = Field(description="Unique per detector report; retries reuse it.")
+    detector: Detector
+    provider: ProviderName = Field(description="The lab's API platform (tenant) it concerns.")
+    observed_at: AwareDatetime = Field(description="When the detector observed it (RFC 3339).")
+    subject: Subject
+    score: Fraction = Field(description="How strongly this looks like distillation, 0..1.")
+    confidence: Fraction = Field(description="The detector's confidence in the score, 0..1.")
+    signals: Annotated[dict[str, float], Field(max_length=200)] = Field(default_factory=dict)
+    labels: Annotated[list[Annotated[str, Field(max_length=200)]], Field(max_length=100)] = Field(
+        default_factory=list
+    )
+    evidence: Annotated[list[Any], Field(max_length=100)] = Field(default_factory=list)
+
+    def document(self) -> dict[str, Any]:
+        """The verdict as JSON, as stored and as policies see it."""
+        return self.model_dump(mode="json")
+
+    def content_hash(self) -> str:
+        """Hash of the canonical content: a retry with the same id must carry the same hash."""
+        canonical = json.dumps(self.document(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class VerdictBatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    verdicts: Annotated[list[Verdict], Field(min_length=1, max_length=1000)]

@@ -1,0 +1,1 @@
+"""Policy engines: one `PolicyEngine` interface, the embedded OPA evaluator behind it."""

@@ -1,0 +1,51 @@
+"""The interface every policy engine implements, and what an evaluation returns."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Evaluation:
+    """One evaluation of the entrypoint: a result, or the error that stopped it."""
+
+    result: Any
+    error: str | None
+    duration_ms: float
+    started_ns: int = 0
+    """Wall-clock start (ns since epoch), for the evaluation's span."""
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class PolicyEngine(Protocol):
+    """Evaluates one loaded policy revision. Built, probed, then swapped in whole."""
+
+    @property
+    def name(self) -> str:
+        """Engine kind recorded on decisions, e.g. `opa-embedded`."""
+        ...
+
+    @property
+    def revision(self) -> str:
+        """The policy revision (git commit, `-dirty` when the tree has changes)."""
+        ...
+
+    @property
+    def entrypoint(self) -> str:
+        """The decision document's path without `data.`, e.g. `tollgate.decision`."""
+        ...
+
+    async def evaluate_many(self, inputs: Sequence[dict[str, Any]]) -> list[Evaluation]:
+        """Evaluate the entrypoint once per input, in parallel where possible, in order."""
+        ...
+
+    def evaluate_sync(self, input: dict[str, Any]) -> Evaluation:
+        """One evaluation on the calling thread (benchmarks, probes, explain)."""
+        ...
+
+    def close(self) -> None: ...

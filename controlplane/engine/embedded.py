@@ -1,0 +1,162 @@
+"""The embedded engine: the real OPA Go evaluator in-process, one engine per worker thread.
+
+One `OpaEngine` serialises its evaluations, and its native call releases the GIL,
+so N engines on N threads evaluate in parallel. An engine cannot drop a policy
+or replace data: a new revision is a new `EmbeddedEngine`, probed before use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from controlplane.engine.base import Evaluation
+from controlplane.engine.bundle import PolicyBundle
+from controlplane.errors import EngineUnavailable, PolicyError
+
+INSTALL_STEP = (
+    "pip install --no-deps --ignore-requires-python --require-hashes -r requirements/opa-engine.txt"
+)
+
+PROBE_INPUT: dict[str, Any] = {
+    "verdict": {
+        "id": "probe",
+        "provider": "probe",
+        "score": 0.5,
+        "confidence": 0.5,
+        "detector": {"name": "probe", "version": "0"},
+        "subject": {
+            "account_id": "probe",
+            "api_key_id": "probe",
+            "org_id": "probe",
+            "ips": ["192.0.2.1"],
+        },
+        "signals": {},
+        "labels": [],
+        "evidence": [],
+        "observed_at": "2026-01-01T00:00:00Z",
+    },
+    "history": {"active_actions": [], "verdicts_30d": 0, "appeals": []},
+    "context": {"exempt": False, "exemption": None, "intel_matches": []},
+    "now": "2026-01-01T00:00:01Z",
+}
+"""A representative input: a type error or an undefined entrypoint shows at the probe."""
+
+
+def _opa() -> Any:
+    try:
+        import opa_bindings
+    except ImportError as exc:
+        raise EngineUnavailable(
+            f"the embedded OPA engine (opa-golib-python-bindings) is not installed ({exc}). "
+            f"Install it in its own step: `{INSTALL_STEP}` (`make demo` and `make test` do this)."
+        ) from None
+    return opa_bindings
+
+
+class EmbeddedEngine:
+    """A loaded, probed revision, evaluated on `workers` threads with one engine each."""
+
+    name = "opa-embedded"
+
+    def __init__(self, bundle: PolicyBundle, entrypoint: str, workers: int = 1) -> None:
+        self._bundle = bundle
+        self._entrypoint = entrypoint.removeprefix("data.")
+        self._opa = _opa()
+        self._workers = max(1, workers)
+        self._engines: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        built = []
+        try:
+            for _ in range(self._workers):
+                engine = self._build()
+                built.append(engine)
+                self._probe(engine)
+        except BaseException:
+            for engine in built:
+                engine.close()
+            raise
+        for engine in built:
+            self._engines.put(engine)
+        self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="opa-eval")
+
+    @property
+    def revision(self) -> str:
+        return self._bundle.revision
+
+    @property
+    def entrypoint(self) -> str:
+        return self._entrypoint
+
+    @property
+    def bundle(self) -> PolicyBundle:
+        return self._bundle
+
+    def _build(self) -> Any:
+        engine = self._opa.OpaEngine()
+        for path, source in self._bundle.modules.items():
+            try:
+                engine.add_policy(path, source)
+            except self._opa.OpaError as exc:
+                engine.close()
+                raise PolicyError(f"{self._bundle.root / path}: {exc.message}") from None
+        for path, document in self._bundle.data:
+            try:
+                engine.add_data(document, path)
+            except self._opa.OpaError as exc:
+                engine.close()
+                where = f"data.{path}" if path else "data"
+                raise PolicyError(f"data file mounted at {where}: {exc.message}") from None
+        return engine
+
+    def _probe(self, engine: Any) -> None:
+        try:
+            engine.eval_document(self._entrypoint, PROBE_INPUT)
+        except self._opa.OpaUndefinedError:
+            raise PolicyError(
+                f"entrypoint data.{self._entrypoint} is undefined in {self._bundle.root}: "
+                "check TOLLGATE_ENTRYPOINT and the package name of your decision policy"
+            ) from None
+        except self._opa.OpaError as exc:
+            raise PolicyError(f"policy failed its probe evaluation: {exc.message}") from None
+
+    def _eval_on(self, engine: Any, input: dict[str, Any]) -> Evaluation:
+        started_ns = time.time_ns()
+        start = time.perf_counter()
+        try:
+            result = engine.eval_document(self._entrypoint, input)
+            error = None
+        except self._opa.OpaUndefinedError:
+            result, error = None, f"data.{self._entrypoint} is undefined for this input"
+        except self._opa.OpaError as exc:
+            result, error = None, f"{exc.code}: {exc.message}"
+        return Evaluation(result, error, (time.perf_counter() - start) * 1000, started_ns)
+
+    def _eval_chunk(self, inputs: Sequence[dict[str, Any]]) -> list[Evaluation]:
+        engine = self._engines.get()
+        try:
+            return [self._eval_on(engine, item) for item in inputs]
+        finally:
+            self._engines.put(engine)
+
+    def evaluate_sync(self, input: dict[str, Any]) -> Evaluation:
+        return self._eval_chunk([input])[0]
+
+    async def evaluate_many(self, inputs: Sequence[dict[str, Any]]) -> list[Evaluation]:
+        if not inputs:
+            return []
+        loop = asyncio.get_running_loop()
+        size = -(-len(inputs) // self._workers)
+        chunks = [inputs[i : i + size] for i in range(0, len(inputs), size)]
+        parts = await asyncio.gather(
+            *(loop.run_in_executor(self._pool, self._eval_chunk, chunk) for chunk in chunks)
+        )
+        return [evaluation for part in parts for evaluation in part]
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        while not self._engines.empty():
+            self._engines.get().close()

@@ -1,0 +1,1 @@
+"""Evaluate: a verdict plus its subject's history and context becomes a decision."""

@@ -1,0 +1,1 @@
+"""Ingest: verdicts are validated, stored durably, acknowledged and handed to evaluate."""

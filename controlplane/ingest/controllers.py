@@ -1,0 +1,165 @@
+"""`/v1/verdicts`: detectors report here."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from litestar import Controller, Request, get, post
+from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, RequestBody, Schema
+from litestar.openapi.spec import Operation as OpenAPIOperation
+from litestar.status_codes import HTTP_202_ACCEPTED
+from pydantic import ValidationError
+
+from controlplane.domain.verdict import Verdict, VerdictBatch
+from controlplane.errors import InvalidInput, NotFound
+from controlplane.evaluate import repository as decisions_repo
+from controlplane.ingest import repository
+from controlplane.ingest.schemas import IngestResult, VerdictOut
+from controlplane.plan import repository as actions_repo
+from controlplane.plan.schemas import ActionOut
+from controlplane.runtime import Runtime
+
+MAX_BODY = 16 * 1024 * 1024
+
+
+@dataclass
+class _SubmitOperation(OpenAPIOperation):
+    """Documents the body the handler parses itself (one verdict or a batch)."""
+
+    def __post_init__(self) -> None:
+        self.request_body = RequestBody(
+            required=True,
+            description='One verdict, or `{"verdicts": [...]}` with 1 to 1,000 of them.',
+            content={"application/json": OpenAPIMediaType(schema=submission_schema())},
+        )
+
+
+def submission_schema() -> Schema:
+    """The request body schema: a verdict or a batch, with nested models inlined."""
+    verdict = _inline(Verdict.model_json_schema())
+    batch = _inline(VerdictBatch.model_json_schema())
+    return Schema(one_of=[_to_schema(verdict), _to_schema(batch)])
+
+
+def _inline(document: dict[str, Any]) -> dict[str, Any]:
+    defs = document.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return resolve(defs[node["$ref"].rsplit("/", 1)[-1]])
+            return {k: resolve(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [resolve(v) for v in node]
+        return node
+
+    return resolve(document)  # type: ignore[no-any-return]
+
+
+def _to_schema(document: dict[str, Any]) -> Schema:
+    """A JSON Schema document as litestar's `Schema` (only the keys pydantic emits here)."""
+    names = {
+        "anyOf": "any_of",
+        "oneOf": "one_of",
+        "additionalProperties": "additional_properties",
+        "maxLength": "max_length",
+        "minLength": "min_length",
+        "maxItems": "max_items",
+        "minItems": "min_items",
+        "maxProperties": "max_properties",
+    }
+    fields: dict[str, Any] = {}
+    for key, value in document.items():
+        name = names.get(key, key)
+        if name in ("properties",):
+            value = {k: _to_schema(v) for k, v in value.items()}
+        elif name in ("any_of", "one_of"):
+            value = [_to_schema(v) for v in value]
+        elif name in ("items", "additional_properties") and isinstance(value, dict):
+            value = _to_schema(value)
+        elif name == "type":
+            value = OpenAPIType(value)
+        elif name in ("title", "default") or name not in Schema.__dataclass_fields__:
+            continue
+        fields[name] = value
+    return Schema(**fields)
+
+
+def parse_submission(raw: bytes) -> list[Verdict]:
+    """One verdict or a batch; a 422 names every bad field (with its index in a batch)."""
+    if len(raw) > MAX_BODY:
+        raise InvalidInput(f"body is over {MAX_BODY // 1024 // 1024} MiB: send smaller batches")
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"body is not valid JSON: {exc}") from None
+    try:
+        if isinstance(body, dict) and "verdicts" in body:
+            return list(VerdictBatch.model_validate(body).verdicts)
+        return [Verdict.model_validate(body)]
+    except ValidationError as exc:
+        raise InvalidInput(
+            f"{exc.error_count()} invalid field(s); nothing was stored",
+            details=[
+                {"field": _field(err["loc"]), "message": err["msg"], "expected": err["type"]}
+                for err in exc.errors(include_url=False)
+            ],
+        ) from None
+
+
+def _field(loc: tuple[Any, ...]) -> str:
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path or "body"
+
+
+class VerdictController(Controller):
+    path = "/v1/verdicts"
+    tags = ["verdicts"]
+
+    @post(
+        "/",
+        operation_id="submitVerdicts",
+        status_code=HTTP_202_ACCEPTED,
+        operation_class=_SubmitOperation,
+        summary="Submit verdicts",
+    )
+    async def submit(self, request: Request[Any, Any, Any], runtime: Runtime) -> IngestResult:
+        """Store one verdict or a batch durably, decide each against the active policy
+        revision, and answer with the decision and the planned actions per verdict.
+
+        Idempotent by verdict `id`: a repeat returns the first result and makes no
+        second decision; the same `id` with different content is a 409. A batch
+        with one invalid verdict is refused whole (422, each bad field named)."""
+        verdicts = parse_submission(await request.body())
+        return await runtime.ingest.submit(verdicts)
+
+    @get("/{verdict_id:str}", operation_id="getVerdict", summary="Get a verdict")
+    async def get_verdict(self, verdict_id: str, runtime: Runtime) -> VerdictOut:
+        """A stored verdict with its decision and actions."""
+        async with runtime.db.read() as session:
+            row = await repository.get_verdict(session, verdict_id)
+            if row is None:
+                raise NotFound(f"no verdict {verdict_id!r}")
+            decision = (await decisions_repo.decisions_of_verdicts(session, [verdict_id])).get(
+                verdict_id
+            )
+            actions = (
+                (await actions_repo.actions_of_decisions(session, [decision.id]))[decision.id]
+                if decision
+                else []
+            )
+        return VerdictOut(
+            id=row.id,
+            status=row.status,
+            received_at=row.received_at,
+            trace_id=row.trace_id,
+            verdict=row.body,
+            decision_id=decision.id if decision else None,
+            decision_status=decision.status if decision else None,
+            policy_revision=decision.policy_revision if decision else None,
+            actions=[ActionOut.from_row(a.model_dump()) for a in actions],
+        )

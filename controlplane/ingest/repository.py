@@ -1,0 +1,68 @@
+"""Verdict SQL."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
+
+from controlplane.domain.vocabulary import VerdictStatus
+from controlplane.store.models import VerdictRow
+
+
+async def content_hashes(session: AsyncSession, ids: Sequence[str]) -> dict[str, str]:
+    """Stored content hash by verdict id, for those of `ids` already stored."""
+    found: dict[str, str] = {}
+    for i in range(0, len(ids), 500):
+        rows = await session.execute(
+            select(col(VerdictRow.id), col(VerdictRow.content_hash)).where(
+                col(VerdictRow.id).in_(ids[i : i + 500])
+            )
+        )
+        found.update({row.id: row.content_hash for row in rows})
+    return found
+
+
+async def insert_verdicts(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
+    if rows:
+        await session.execute(insert(VerdictRow), list(rows))
+
+
+async def set_status(session: AsyncSession, ids: Sequence[str], status: VerdictStatus) -> None:
+    for i in range(0, len(ids), 500):
+        await session.execute(
+            update(VerdictRow)
+            .where(col(VerdictRow.id).in_(ids[i : i + 500]))
+            .values(status=status.value)
+        )
+
+
+async def undecided(session: AsyncSession, limit: int) -> list[VerdictRow]:
+    """Verdicts stored but not decided (a crash or an unexpected error), oldest first."""
+    rows = await session.execute(
+        select(VerdictRow)
+        .where(col(VerdictRow.status) == VerdictStatus.RECEIVED.value)
+        .order_by(col(VerdictRow.received_at), col(VerdictRow.id))
+        .limit(limit)
+    )
+    return list(rows.scalars())
+
+
+async def get_verdict(session: AsyncSession, verdict_id: str) -> VerdictRow | None:
+    return await session.get(VerdictRow, verdict_id)
+
+
+async def undecided_among(session: AsyncSession, ids: Sequence[str]) -> set[str]:
+    found: set[str] = set()
+    for i in range(0, len(ids), 500):
+        rows = await session.execute(
+            select(col(VerdictRow.id)).where(
+                col(VerdictRow.id).in_(ids[i : i + 500]),
+                col(VerdictRow.status) == VerdictStatus.RECEIVED.value,
+            )
+        )
+        found.update(rows.scalars())
+    return found

@@ -1,0 +1,65 @@
+"""Verdict API schemas. The verdict itself is `controlplane.domain.verdict.Verdict`."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from controlplane.domain.vocabulary import DecisionStatus, VerdictStatus
+from controlplane.plan.schemas import ActionOut
+
+
+class VerdictResult(BaseModel):
+    """What became of one submitted verdict."""
+
+    verdict_id: str
+    status: VerdictStatus = Field(
+        description="`decided`, or `received`: stored and acknowledged, decision still to come."
+    )
+    duplicate: bool = Field(description="The id was stored before: this is the first result.")
+    decision_id: str | None = None
+    decision_status: DecisionStatus | None = None
+    policy_revision: str | None = None
+    error: str | None = Field(default=None, description="Why the decision failed, if it did.")
+    trace_id: str | None = None
+    actions: list[ActionOut] = Field(default_factory=list)
+
+
+class IngestResult(BaseModel):
+    accepted: int = Field(description="Verdicts stored by this request.")
+    duplicates: int = Field(description="Verdicts already stored (same id, same content).")
+    results: list[VerdictResult] = Field(description="One per submitted verdict, in order.")
+
+
+class DecisionOut(BaseModel):
+    """One evaluation of a verdict against a policy revision."""
+
+    id: str
+    verdict_id: str
+    provider: str
+    policy_revision: str
+    entrypoint: str
+    engine: str
+    status: DecisionStatus
+    shadow: bool
+    input: dict[str, Any] = Field(description="The OPA input exactly as evaluated.")
+    result: Any = Field(description="The entrypoint's output exactly as returned.")
+    error: str | None
+    duration_ms: float
+    trace_id: str | None
+    decided_at: datetime
+    actions: list[ActionOut]
+
+
+class VerdictOut(BaseModel):
+    id: str
+    status: VerdictStatus
+    received_at: datetime
+    trace_id: str | None
+    verdict: dict[str, Any] = Field(description="The verdict as submitted (normalised).")
+    decision_id: str | None
+    decision_status: DecisionStatus | None
+    policy_revision: str | None
+    actions: list[ActionOut]

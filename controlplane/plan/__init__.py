@@ -1,0 +1,1 @@
+"""Plan: a decision's actions become `Action` rows, the desired state connectors enforce."""

@@ -1,0 +1,45 @@
+"""`/v1/actions`: the enforcement the policies asked for."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from litestar import Controller, get
+from litestar.params import Parameter
+
+from controlplane.domain.vocabulary import ActionState, ActionType, SubjectKind
+from controlplane.plan import repository
+from controlplane.plan.schemas import ActionOut, ActionPage
+from controlplane.runtime import Runtime
+
+
+class ActionController(Controller):
+    path = "/v1/actions"
+    tags = ["actions"]
+
+    @get("/", operation_id="listActions", summary="List actions")
+    async def list_actions(
+        self,
+        runtime: Runtime,
+        action_state: Annotated[ActionState | None, Parameter(query="state")] = None,
+        action_type: Annotated[ActionType | None, Parameter(query="type")] = None,
+        target_kind: SubjectKind | None = None,
+        target_value: Annotated[str | None, Parameter(max_length=200)] = None,
+        provider: Annotated[str | None, Parameter(max_length=63)] = None,
+        cursor: Annotated[
+            str | None, Parameter(description="`next_cursor` of the previous page.")
+        ] = None,
+        limit: Annotated[int, Parameter(ge=1, le=500)] = 100,
+    ) -> ActionPage:
+        """Actions newest first, filtered by state, type, target and provider."""
+        where = repository.ActionFilter(
+            state=action_state.value if action_state else None,
+            type=action_type.value if action_type else None,
+            target_kind=target_kind.value if target_kind else None,
+            target_value=target_value,
+            provider=provider,
+        )
+        async with runtime.db.read() as session:
+            rows = await repository.list_actions(session, where, cursor, limit + 1)
+        items = [ActionOut.from_row(r.model_dump()) for r in rows[:limit]]
+        return ActionPage(items=items, next_cursor=items[-1].id if len(rows) > limit else None)

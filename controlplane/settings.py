@@ -1,0 +1,71 @@
+"""Settings, read only here: environment variables `TOLLGATE_*`.
+
+Every other module asks `get_settings()`; nothing else reads `os.environ`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"TOLLGATE_{name}", default)
+
+
+def _default_workers() -> int:
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Tollgate's configuration. Each field names its environment variable."""
+
+    data_dir: Path = field(default_factory=lambda: Path(_env("DATA_DIR", ".tollgate")))
+    """`TOLLGATE_DATA_DIR`: where the embedded SQLite database and local state live."""
+
+    database_url: str = field(default_factory=lambda: _env("DATABASE_URL", ""))
+    """`TOLLGATE_DATABASE_URL`: SQLAlchemy URL. Empty means SQLite (WAL) under the data dir.
+    PostgreSQL: `postgresql+psycopg://user@host:5432/db`."""
+
+    policy_dir: Path = field(default_factory=lambda: Path(_env("POLICY_DIR", "policies")))
+    """`TOLLGATE_POLICY_DIR`: the Rego policies and their data files."""
+
+    entrypoint: str = field(default_factory=lambda: _env("ENTRYPOINT", "tollgate.decision"))
+    """`TOLLGATE_ENTRYPOINT`: the decision document, evaluated as `data.<entrypoint>`."""
+
+    engine_workers: int = field(
+        default_factory=lambda: int(_env("ENGINE_WORKERS", str(_default_workers())))
+    )
+    """`TOLLGATE_ENGINE_WORKERS`: evaluation threads, one OPA engine each."""
+
+    otlp_endpoint: str = field(default_factory=lambda: _env("OTLP_ENDPOINT", ""))
+    """`TOLLGATE_OTLP_ENDPOINT`: OTLP/HTTP traces endpoint (e.g. `http://127.0.0.1:4318/v1/traces`).
+    Empty: spans are made (trace ids are stored) but not exported."""
+
+    host: str = field(default_factory=lambda: _env("HOST", "127.0.0.1"))
+    """`TOLLGATE_HOST`: address `tollgate serve` binds."""
+
+    port: int = field(default_factory=lambda: int(_env("PORT", "8400")))
+    """`TOLLGATE_PORT`: port `tollgate serve` binds."""
+
+    url: str = field(default_factory=lambda: _env("URL", ""))
+    """`TOLLGATE_URL`: the server the CLI talks to. Empty: `http://<host>:<port>`."""
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'tollgate.db').resolve()}"
+
+    @property
+    def api_url(self) -> str:
+        return self.url or f"http://{self.host}:{self.port}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read once from the environment."""
+    return Settings()

@@ -1,0 +1,1 @@
+"""Durable state: SQLModel tables, the database connection and its migrations."""

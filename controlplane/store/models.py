@@ -1,0 +1,159 @@
+"""The tables. API schemas live apart, in each area's `schemas.py`."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Column, Index
+from sqlmodel import Field, SQLModel
+
+from controlplane.store.types import JSONDocument, UTCDateTime
+
+
+def new_id(prefix: str) -> str:
+    """Time-ordered id: `<prefix>_<ms timestamp hex><random hex>`; sorts by creation."""
+    return f"{prefix}_{int(time.time() * 1000):012x}{secrets.token_hex(6)}"
+
+
+def _utc(**kw: Any) -> Any:
+    return Field(sa_column=Column(UTCDateTime(), **kw))
+
+
+def _json(**kw: Any) -> Any:
+    return Field(sa_column=Column(JSONDocument, **kw))
+
+
+class VerdictRow(SQLModel, table=True):
+    __tablename__ = "verdict"
+    __table_args__ = (
+        Index("ix_verdict_provider_account", "provider", "account_id"),
+        Index("ix_verdict_provider_api_key", "provider", "api_key_id"),
+        Index("ix_verdict_status", "status"),
+    )
+
+    id: str = Field(primary_key=True, max_length=200)
+    provider: str = Field(max_length=63)
+    detector_name: str = Field(max_length=100)
+    detector_version: str = Field(max_length=50)
+    account_id: str | None = Field(default=None, max_length=200)
+    api_key_id: str | None = Field(default=None, max_length=200)
+    org_id: str | None = Field(default=None, max_length=200)
+    score: float
+    confidence: float
+    observed_at: datetime = _utc(nullable=False)
+    received_at: datetime = _utc(nullable=False)
+    body: dict[str, Any] = _json(nullable=False)
+    content_hash: str = Field(max_length=64)
+    status: str = Field(max_length=16)
+    trace_id: str | None = Field(default=None, max_length=32)
+
+
+class DecisionRow(SQLModel, table=True):
+    __tablename__ = "decision"
+
+    id: str = Field(primary_key=True, max_length=40)
+    verdict_id: str = Field(foreign_key="verdict.id", unique=True, max_length=200)
+    provider: str = Field(max_length=63)
+    policy_revision: str = Field(max_length=80)
+    entrypoint: str = Field(max_length=200)
+    engine: str = Field(max_length=40)
+    status: str = Field(max_length=16)
+    shadow: bool = False
+    input: dict[str, Any] = _json(nullable=False)
+    result: Any = _json(nullable=True)
+    error: str | None = None
+    duration_ms: float
+    trace_id: str | None = Field(default=None, max_length=32)
+    decided_at: datetime = _utc(nullable=False)
+
+
+class ActionRow(SQLModel, table=True):
+    __tablename__ = "action"
+    __table_args__ = (
+        Index("ix_action_target", "target_kind", "target_value"),
+        Index("ix_action_state_provider", "state", "provider"),
+    )
+
+    id: str = Field(primary_key=True, max_length=40)
+    decision_id: str = Field(foreign_key="decision.id", index=True, max_length=40)
+    verdict_id: str = Field(foreign_key="verdict.id", max_length=200)
+    provider: str = Field(max_length=63)
+    type: str = Field(max_length=20)
+    target_kind: str = Field(max_length=10)
+    target_value: str = Field(max_length=200)
+    params: dict[str, Any] = _json(nullable=False)
+    ttl_seconds: float | None = None
+    expires_at: datetime | None = _utc(nullable=True)
+    rule: str = Field(max_length=200)
+    reason: str
+    state: str = Field(max_length=16)
+    shadow: bool = False
+    policy_revision: str = Field(max_length=80)
+    trace_id: str | None = Field(default=None, max_length=32)
+    created_at: datetime = _utc(nullable=False)
+    updated_at: datetime = _utc(nullable=False)
+
+
+class AuditEventRow(SQLModel, table=True):
+    """Append-only; `hash` = sha256(canonical event JSON + prev_hash)."""
+
+    __tablename__ = "audit_event"
+    __table_args__ = (
+        Index("ix_audit_verdict", "verdict_id"),
+        Index("ix_audit_action", "action_id"),
+    )
+
+    seq: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    at: datetime = _utc(nullable=False)
+    type: str = Field(max_length=40)
+    actor: str = Field(max_length=200)
+    provider: str | None = Field(default=None, max_length=63)
+    verdict_id: str | None = Field(default=None, max_length=200)
+    decision_id: str | None = Field(default=None, max_length=40)
+    action_id: str | None = Field(default=None, max_length=40)
+    trace_id: str | None = Field(default=None, max_length=32)
+    payload: dict[str, Any] = _json(nullable=False)
+    prev_hash: str = Field(max_length=64)
+    hash: str = Field(max_length=64)
+
+
+class AuditHeadRow(SQLModel, table=True):
+    """One row: the chain's last seq and hash, locked while appending."""
+
+    __tablename__ = "audit_head"
+
+    id: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    seq: int
+    hash: str = Field(max_length=64)
+
+
+class ExemptionRow(SQLModel, table=True):
+    __tablename__ = "exemption"
+    __table_args__ = (Index("ix_exemption_subject", "provider", "subject_kind", "subject_value"),)
+
+    id: str = Field(primary_key=True, max_length=40)
+    provider: str = Field(max_length=63)
+    subject_kind: str = Field(max_length=10)
+    subject_value: str = Field(max_length=200)
+    owner: str = Field(max_length=200)
+    reason: str
+    expires_at: datetime | None = _utc(nullable=True)
+    created_at: datetime = _utc(nullable=False)
+
+
+class IndicatorRow(SQLModel, table=True):
+    """Shared attribution intel; only CIDR indicators are matched so far."""
+
+    __tablename__ = "indicator"
+
+    id: str = Field(primary_key=True, max_length=40)
+    kind: str = Field(max_length=20)
+    value: str = Field(max_length=200)
+    source: str = Field(max_length=100)
+    confidence: float
+    tlp: str = Field(max_length=20)
+    expires_at: datetime | None = _utc(nullable=True)
+    created_at: datetime = _utc(nullable=False)

@@ -1,0 +1,1 @@
+"""OpenTelemetry: the tracer provider, span names and `tollgate.*` attributes."""
