@@ -16,7 +16,9 @@ from controlplane import __version__
 from controlplane.api.health import HealthController
 from controlplane.errors import TollgateError
 from controlplane.evaluate.controllers import DecisionController
+from controlplane.exemptions.controllers import ExemptionController
 from controlplane.ingest.controllers import VerdictController
+from controlplane.intel.controllers import IndicatorController
 from controlplane.plan.controllers import ActionController
 from controlplane.runtime import Runtime
 from controlplane.settings import Settings, get_settings
@@ -24,7 +26,14 @@ from controlplane.telemetry.tracing import configure
 
 log = logging.getLogger(__name__)
 
-ROUTES = [HealthController, VerdictController, DecisionController, ActionController]
+ROUTES = [
+    HealthController,
+    VerdictController,
+    DecisionController,
+    ActionController,
+    ExemptionController,
+    IndicatorController,
+]
 
 
 def _tollgate_error(_: Request[Any, Any, Any], exc: TollgateError) -> Response[dict[str, Any]]:
@@ -73,4 +82,6 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             path="/schema",
             render_plugins=[SwaggerRenderPlugin()],
         ),
+        # Logging is the entry point's business (`tollgate serve` configures it).
+        logging_config=None,
     )

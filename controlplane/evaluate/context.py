@@ -53,6 +53,10 @@ class IntelIndex:
         return found
 
 
+RECENT_VERDICTS = 20
+"""How many earlier verdicts `history.recent_verdicts` lists (newest first)."""
+
+
 @dataclass
 class PriorVerdict:
     id: str
@@ -60,6 +64,9 @@ class PriorVerdict:
     api_key_id: str | None
     observed_at: datetime
     received_at: datetime
+    score: float
+    confidence: float
+    detector: str
 
 
 @dataclass
@@ -118,11 +125,22 @@ def build_input(
         None,
     )
     intel = [match for ip in verdict.subject.ips for match in lookups.intel.matches(ip)]
+    prior = _prior(verdict, received_at, lookups)
     return {
         "verdict": verdict.document(),
         "history": {
             "active_actions": active,
-            "verdicts_30d": _count_prior(verdict, received_at, lookups),
+            "verdicts_30d": len(prior),
+            "recent_verdicts": [
+                {
+                    "id": p.id,
+                    "observed_at": _rfc3339(p.observed_at),
+                    "score": p.score,
+                    "confidence": p.confidence,
+                    "detector": p.detector,
+                }
+                for p in prior[:RECENT_VERDICTS]
+            ],
             "appeals": [],
         },
         "context": {
@@ -130,7 +148,7 @@ def build_input(
             "exemption": exemption,
             "intel_matches": intel,
         },
-        "now": now.isoformat().replace("+00:00", "Z"),
+        "now": _rfc3339(now),
     }
 
 
@@ -139,11 +157,11 @@ def _active(action: dict[str, Any], now: datetime) -> bool:
     return expires is None or datetime.fromisoformat(expires) > now
 
 
-def _count_prior(verdict: Verdict, received_at: datetime, lookups: Lookups) -> int:
+def _prior(verdict: Verdict, received_at: datetime, lookups: Lookups) -> list[PriorVerdict]:
     """Earlier verdicts (received before this one) about the same account or key,
-    observed in the 30 days before this one."""
+    observed in the 30 days before this one; newest first."""
     since = verdict.observed_at - HISTORY_WINDOW
-    counted: set[str] = set()
+    found: dict[str, PriorVerdict] = {}
     for kind, value in (
         ("account", verdict.subject.account_id),
         ("api_key", verdict.subject.api_key_id),
@@ -152,8 +170,12 @@ def _count_prior(verdict: Verdict, received_at: datetime, lookups: Lookups) -> i
             continue
         for prior in lookups.verdicts.get((verdict.provider, kind, value), ()):
             if prior.received_at < received_at and prior.observed_at >= since:
-                counted.add(prior.id)
-    return len(counted)
+                found[prior.id] = prior
+    return sorted(found.values(), key=lambda p: (p.observed_at, p.received_at), reverse=True)
+
+
+def _rfc3339(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
 
 
 def subject_overlaps(verdicts: list[Verdict]) -> list[int]:

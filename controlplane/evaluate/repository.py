@@ -91,10 +91,15 @@ async def fill_lookups(
                     col(VerdictRow.api_key_id),
                     col(VerdictRow.observed_at),
                     col(VerdictRow.received_at),
+                    col(VerdictRow.score),
+                    col(VerdictRow.confidence),
+                    col(VerdictRow.detector_name),
                 ).where(or_(*conditions), col(VerdictRow.observed_at) >= since)
             )
-            for verdict_id, p, account, key, observed, received in prior:
-                verdict = PriorVerdict(verdict_id, account, key, observed, received)
+            for verdict_id, p, account, key, observed, received, score, conf, det in prior:
+                verdict = PriorVerdict(
+                    verdict_id, account, key, observed, received, score, conf, det
+                )
                 for kind, value in (("account", account), ("api_key", key)):
                     if value and (p, kind, value) in subject_keys:
                         lookups.verdicts[(p, kind, value)].append(verdict)

@@ -2,8 +2,8 @@
 # title: Graduated response
 # description: |
 #   Escalates with the evidence: a first qualifying verdict rate-limits the
-#   API key; a repeat (an earlier verdict in 30 days, or an active graduated
-#   action on the same key, account or org) or a severe capability sweep
+#   API key; a repeat (an earlier qualifying verdict in 30 days, or an active
+#   graduated action on the same key, account or org) or a severe capability sweep
 #   revokes the key and flags the account for review. Verdicts below the
 #   score or confidence bar (legitimate heavy users) get nothing, however
 #   often they recur.
@@ -150,7 +150,7 @@ _escalation_cause := "repeat" if {
 	_repeat
 } else := "severe"
 
-_repeat_evidence := sprintf("earlier verdicts in 30 days: %v, active graduated actions: %v", [
+_repeat_evidence := sprintf("earlier qualifying verdicts in 30 days: %v, active graduated actions: %v", [
 	_prior_verdicts,
 	count(_active_graduated),
 ])
@@ -163,10 +163,15 @@ _active_graduated contains action if {
 	{"kind": object.get(action, ["target", "kind"], null), "value": object.get(action, ["target", "value"], null)} in verdict.targets
 }
 
-_prior_verdicts := n if {
-	n := object.get(input, ["history", "verdicts_30d"], 0)
-	is_number(n)
-} else := 0
+# Earlier verdicts in 30 days that cleared the same bar: a legitimate heavy
+# user's many low-score verdicts never make a later one a repeat.
+_prior_verdicts := count([v |
+	some v in object.get(input, ["history", "recent_verdicts"], [])
+	is_number(v.score)
+	is_number(v.confidence)
+	v.score >= _settings.min_score
+	v.confidence >= _settings.min_confidence
+])
 
 _limit_target := {"kind": "api_key", "value": verdict.api_key_id} if {
 	verdict.api_key_id

@@ -10,6 +10,10 @@ _verdict := {
 	"labels": ["distillation.capability_sweep"], "observed_at": "2026-11-26T12:00:00Z",
 }
 
+# Earlier verdicts as `history.recent_verdicts` lists them.
+_prior(n, score) := [{"id": sprintf("v-prior-%d", [i]), "observed_at": "2026-11-25T12:00:00Z",
+	"score": score, "confidence": 0.8, "detector": "sweep"} | some i in numbers.range(1, n)]
+
 _input(patch, history) := {
 	"verdict": object.union(_verdict, patch),
 	"history": object.union({"active_actions": [], "verdicts_30d": 0, "appeals": []}, history),
@@ -40,12 +44,21 @@ test_first_offense_uses_provider_limits if {
 }
 
 test_repeat_by_earlier_verdict_revokes_and_flags_account if {
-	actions := graduated.actions with input as _input({}, {"verdicts_30d": 2})
+	history := {"verdicts_30d": 2, "recent_verdicts": _prior(2, 0.8)}
+	actions := graduated.actions with input as _input({}, history)
 	_kinds(actions) == ["flag_review:account:graduated.account_review", "revoke_key:api_key:graduated.repeat_offense"]
-	some a in graduated.repeat_offense with input as _input({}, {"verdicts_30d": 2})
+	some a in graduated.repeat_offense with input as _input({}, history)
 	a.target.value == "key_3"
 	a.ttl == "30d"
-	contains(a.reason, "earlier verdicts in 30 days: 2")
+	contains(a.reason, "earlier qualifying verdicts in 30 days: 2")
+}
+
+# A heavy user's many earlier low-score verdicts do not make its first
+# qualifying verdict a repeat: it gets the first-offense rate limit.
+test_earlier_low_score_verdicts_are_not_a_repeat if {
+	history := {"verdicts_30d": 9, "recent_verdicts": _prior(9, 0.55)}
+	actions := graduated.actions with input as _input({}, history)
+	_kinds(actions) == ["rate_limit:api_key:graduated.first_offense"]
 }
 
 test_repeat_by_active_graduated_rate_limit if {
@@ -83,7 +96,8 @@ test_legit_heavy_user_gets_nothing if {
 }
 
 test_repeated_low_scores_never_escalate if {
-	count(graduated.actions) == 0 with input as _input({"score": 0.64}, {"verdicts_30d": 12})
+	history := {"verdicts_30d": 12, "recent_verdicts": _prior(12, 0.8)}
+	count(graduated.actions) == 0 with input as _input({"score": 0.64}, history)
 }
 
 test_low_confidence_gets_nothing if {
@@ -96,7 +110,7 @@ test_missing_api_key_limits_the_account if {
 }
 
 test_missing_api_key_repeat_throttles_account_never_revokes if {
-	inp := _with_subject({"account_id": "acct_9"}, {}, {"verdicts_30d": 1})
+	inp := _with_subject({"account_id": "acct_9"}, {}, {"verdicts_30d": 1, "recent_verdicts": _prior(1, 0.9)})
 	actions := graduated.actions with input as inp
 	_kinds(actions) == ["flag_review:account:graduated.account_review", "rate_limit:account:graduated.keyless_escalation"]
 	every a in actions {
@@ -105,7 +119,7 @@ test_missing_api_key_repeat_throttles_account_never_revokes if {
 }
 
 test_missing_subject_fields_emit_nothing_targeted_at_null if {
-	actions := graduated.actions with input as _with_subject({"ips": ["192.0.2.7"]}, {"score": 0.99}, {"verdicts_30d": 3})
+	actions := graduated.actions with input as _with_subject({"ips": ["192.0.2.7"]}, {"score": 0.99}, {"verdicts_30d": 3, "recent_verdicts": _prior(3, 0.99)})
 	count(actions) == 0
 }
 

@@ -1,0 +1,43 @@
+"""Talking to a Tollgate server from the CLI, with errors that say what to do."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import typer
+from rich.console import Console
+
+err = Console(stderr=True)
+
+
+def fail(message: str, hint: str = "") -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}")
+    if hint:
+        err.print(f"[dim]hint:[/] {hint}")
+    return typer.Exit(code=1)
+
+
+def request(client: httpx.Client, method: str, path: str, **kwargs: Any) -> Any:
+    """Send one request; turn connection failures and error answers into a clean exit."""
+    try:
+        response = client.request(method, path, **kwargs)
+    except httpx.ConnectError:
+        raise fail(
+            f"no Tollgate server answers at {client.base_url}",
+            "start one with `tollgate serve`, or point TOLLGATE_URL at yours",
+        ) from None
+    except httpx.TimeoutException:
+        raise fail(
+            f"{client.base_url} did not answer in time", "is the server overloaded?"
+        ) from None
+    if response.status_code >= 400:
+        try:
+            body = response.json()
+        except ValueError:
+            body = {"message": response.text}
+        err.print(f"[bold red]error {response.status_code}:[/] {body.get('message', body)}")
+        for detail in body.get("details", []):
+            err.print(f"  [yellow]{detail.get('field', '?')}[/]: {detail.get('message', '')}")
+        raise typer.Exit(code=1)
+    return response.json()

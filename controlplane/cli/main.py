@@ -1,0 +1,174 @@
+"""`tollgate`: serve the API, migrate the database, submit verdicts, run the demo."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from controlplane.cli.client import fail, request
+from controlplane.settings import get_settings
+
+app = typer.Typer(
+    help="Tollgate: policy-as-code enforcement against adversarial distillation.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+db_app = typer.Typer(help="The database.", no_args_is_help=True)
+verdict_app = typer.Typer(help="Verdicts.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(verdict_app, name="verdict")
+out = Console()
+
+BATCH = 1000
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to bind [TOLLGATE_HOST].")] = None,
+    port: Annotated[int | None, typer.Option(help="Port [TOLLGATE_PORT].")] = None,
+) -> None:
+    """Serve the API (migrates the database and loads the policies first)."""
+    import uvicorn
+
+    from controlplane.api.app import create_app
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    settings = get_settings()
+    uvicorn.run(
+        create_app(settings),
+        host=host or settings.host,
+        port=port or settings.port,
+        log_level="info",
+    )
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: Annotated[str, typer.Argument(help="Target revision.")] = "head") -> None:
+    """Apply the database migrations."""
+    from controlplane.store.db import upgrade
+
+    url = get_settings().resolved_database_url
+    try:
+        upgrade(url, revision)
+    except Exception as exc:
+        raise fail(
+            f"migration failed: {exc}", "check TOLLGATE_DATABASE_URL and that the server runs"
+        ) from None
+    out.print(f"database at [bold]{_safe_url(url)}[/] is at revision {revision}")
+
+
+@verdict_app.command("submit")
+def verdict_submit(
+    file: Annotated[
+        str,
+        typer.Argument(
+            help="A JSON file (one verdict, a list, or "
+            '{"verdicts": [...]}), JSON lines, or - for stdin.'
+        ),
+    ],
+    url: Annotated[str | None, typer.Option(help="Server URL [TOLLGATE_URL].")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the raw answers.")] = False,
+) -> None:
+    """Submit verdicts and print what was decided for each."""
+    verdicts = _read_verdicts(file)
+    base = url or get_settings().api_url
+    results: list[dict[str, Any]] = []
+    with httpx.Client(base_url=base, timeout=120) as client:
+        for i in range(0, len(verdicts), BATCH):
+            body = request(
+                client, "POST", "/v1/verdicts", json={"verdicts": verdicts[i : i + BATCH]}
+            )
+            results.extend(body["results"])
+    if as_json:
+        out.print_json(json.dumps(results))
+        return
+    out.print(decision_table(results))
+
+
+def decision_table(results: list[dict[str, Any]]) -> Table:
+    table = Table(title="Decisions")
+    for column in ("verdict", "decision", "revision", "action", "target", "rule", "reason"):
+        table.add_column(column, overflow="fold")
+    for r in results:
+        status = r.get("decision_status") or r["status"]
+        if r.get("duplicate"):
+            status += " (repeat)"
+        revision = (r.get("policy_revision") or "")[:12]
+        if not r["actions"]:
+            note = r.get("error") or "no action"
+            table.add_row(r["verdict_id"], status, revision, "-", "-", "-", note)
+        for a in r["actions"]:
+            shadow = " (shadow)" if a["shadow"] else ""
+            target = f"{a['target']['kind']}:{a['target']['value']}"
+            table.add_row(
+                r["verdict_id"],
+                status,
+                revision,
+                a["type"] + shadow,
+                target,
+                a["rule"],
+                a["reason"],
+            )
+    return table
+
+
+def _read_verdicts(file: str) -> list[dict[str, Any]]:
+    try:
+        text = sys.stdin.read() if file == "-" else Path(file).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise fail(f"cannot read {file}: {exc.strerror}") from None
+    text = text.strip()
+    if not text:
+        raise fail(f"{file} is empty", "give one verdict, a list, or JSON lines")
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError:
+        document = None
+    if document is None:
+        verdicts = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                verdicts.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise fail(
+                    f"{file}:{n}: not JSON: {exc.msg}",
+                    "use one JSON document or one verdict per line",
+                ) from None
+        return verdicts
+    if isinstance(document, dict) and "verdicts" in document:
+        document = document["verdicts"]
+    return document if isinstance(document, list) else [document]
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+@app.command()
+def demo(
+    serve: Annotated[bool, typer.Option("--serve", help="Keep serving after the replay.")] = False,
+    port: Annotated[int, typer.Option(help="Port for the demo server (0: any free one).")] = 0,
+) -> None:
+    """Replay a scenario of legitimate heavy users and distillers through an embedded
+    server, and show what was decided and why, per subject."""
+    from controlplane.cli.demo import run_demo
+
+    raise typer.Exit(code=run_demo(keep_serving=serve, port=port))
+
+
+if __name__ == "__main__":
+    app()

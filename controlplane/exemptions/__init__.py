@@ -1,0 +1,1 @@
+"""Exemptions: allowlisted subjects; policies see them as `context.exempt`."""

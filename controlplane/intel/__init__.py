@@ -1,0 +1,1 @@
+"""Shared attribution intel: indicators that policies see as `context.intel_matches`."""

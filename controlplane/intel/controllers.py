@@ -1,0 +1,53 @@
+"""`/v1/intel/indicators`: shared attribution intel."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from litestar import Controller, get, post
+from litestar.params import Parameter
+
+from controlplane.audit import service as audit
+from controlplane.audit.chain import EventDraft
+from controlplane.intel import repository
+from controlplane.intel.schemas import IndicatorBatch, IndicatorOut
+from controlplane.runtime import Runtime
+from controlplane.store.models import new_id
+from controlplane.store.types import utcnow
+
+
+class IndicatorController(Controller):
+    path = "/v1/intel/indicators"
+    tags = ["intel"]
+
+    @post("/", operation_id="addIndicators", summary="Add indicators")
+    async def add(self, data: IndicatorBatch, runtime: Runtime) -> list[IndicatorOut]:
+        """Add shared indicators; verdicts decided from now on see their matches."""
+        now = utcnow()
+        rows = [{"id": new_id("ind"), **i.model_dump(), "created_at": now} for i in data.indicators]
+        async with runtime.db.write() as session, session.begin():
+            await repository.insert_indicators(session, rows)
+            await audit.record(
+                session,
+                [
+                    EventDraft(
+                        type="indicator.added",
+                        actor="api",
+                        at=now,
+                        payload={
+                            k: r[k] for k in ("id", "kind", "value", "source", "confidence", "tlp")
+                        },
+                    )
+                    for r in rows
+                ],
+            )
+        return [IndicatorOut(**r) for r in rows]
+
+    @get("/", operation_id="listIndicators", summary="List indicators")
+    async def list_all(
+        self, runtime: Runtime, limit: Annotated[int, Parameter(ge=1, le=1000)] = 100
+    ) -> list[IndicatorOut]:
+        """The newest indicators."""
+        async with runtime.db.read() as session:
+            rows = await repository.list_indicators(session, limit)
+        return [IndicatorOut(**r.model_dump()) for r in rows]
