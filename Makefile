@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint policy bench clean
 
 $(STAMP): pyproject.toml requirements/opa-engine.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Tollgate needs Python >= 3.11: set PYTHON=python3.11")'
@@ -25,7 +25,11 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint
+policy: $(STAMP)
+	$(BIN)/tollgate policy check
+	$(BIN)/tollgate policy test --coverage --fail-under 90 --format github
+
+test: lint policy
 	$(BIN)/pytest -q
 
 bench: $(STAMP)

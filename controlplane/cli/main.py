@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from controlplane.cli.client import fail, request
+from controlplane.cli.policy import policy_app
 from controlplane.settings import get_settings
 
 app = typer.Typer(
@@ -25,6 +26,7 @@ db_app = typer.Typer(help="The database.", no_args_is_help=True)
 verdict_app = typer.Typer(help="Verdicts.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(verdict_app, name="verdict")
+app.add_typer(policy_app, name="policy")
 out = Console()
 
 BATCH = 1000

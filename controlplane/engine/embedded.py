@@ -47,7 +47,8 @@ PROBE_INPUT: dict[str, Any] = {
 """A representative input: a type error or an undefined entrypoint shows at the probe."""
 
 
-def _opa() -> Any:
+def opa_module() -> Any:
+    """The `opa_bindings` module, or `EngineUnavailable` naming the install step."""
     try:
         import opa_bindings
     except ImportError as exc:
@@ -66,7 +67,7 @@ class EmbeddedEngine:
     def __init__(self, bundle: PolicyBundle, entrypoint: str, workers: int = 1) -> None:
         self._bundle = bundle
         self._entrypoint = entrypoint.removeprefix("data.")
-        self._opa = _opa()
+        self._opa = opa_module()
         self._workers = max(1, workers)
         self._engines: queue.SimpleQueue[Any] = queue.SimpleQueue()
         built = []

@@ -1,0 +1,173 @@
+"""`tollgate policy check|test`: the gate a revision passes before it may be activated."""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+from xml.etree import ElementTree
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from controlplane.cli.client import fail
+from controlplane.engine.bundle import load_bundle
+from controlplane.errors import TollgateError
+from controlplane.policy.checks import check_dir
+from controlplane.policy.testing import TestOutcome, TestReport, run_tests
+from controlplane.settings import get_settings
+
+policy_app = typer.Typer(help="Policies: check and test a revision.", no_args_is_help=True)
+out = Console()
+
+DirArgument = Annotated[
+    Path | None, typer.Argument(help="Policy directory [TOLLGATE_POLICY_DIR].", show_default=False)
+]
+
+
+class Format(StrEnum):
+    TEXT = "text"
+    JSON = "json"
+    JUNIT = "junit"
+    GITHUB = "github"
+
+
+@policy_app.command("check")
+def check(
+    directory: DirArgument = None,
+    entrypoint: Annotated[str | None, typer.Option(help="[TOLLGATE_ENTRYPOINT]")] = None,
+) -> None:
+    """Compile every module with the real engine, probe the entrypoint, require
+    METADATA on rules that can emit actions, refuse network builtins."""
+    settings = get_settings()
+    root = directory or settings.policy_dir
+    try:
+        problems = check_dir(root, entrypoint or settings.entrypoint)
+    except TollgateError as exc:
+        raise fail(exc.message) from None
+    for problem in problems:
+        location = f"{problem.file}:{problem.line}" if problem.line else problem.file
+        out.print(f"[bold red]{location}[/]: {problem.message}", highlight=False)
+        if problem.hint:
+            out.print(f"  [dim]hint: {problem.hint}[/]", highlight=False)
+    if problems:
+        out.print(f"{len(problems)} problem(s) in {root}")
+        raise typer.Exit(code=1)
+    out.print(f"{root}: ok")
+
+
+@policy_app.command("test")
+def test(
+    directory: DirArgument = None,
+    coverage: Annotated[bool, typer.Option(help="Report line coverage per file.")] = False,
+    fail_under: Annotated[
+        float | None, typer.Option(help="Fail when total coverage is below PCT.", metavar="PCT")
+    ] = None,
+    output: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.TEXT,
+) -> None:
+    """Run every `test_*` rule with `opa test` semantics: true passes; false,
+    undefined or an error fails."""
+    root = directory or get_settings().policy_dir
+    try:
+        bundle = load_bundle(root)
+        report = run_tests(bundle, coverage=coverage or fail_under is not None)
+    except TollgateError as exc:
+        raise fail(exc.message, "run `tollgate policy check` for the details") from None
+    {
+        Format.TEXT: _text,
+        Format.JSON: _json,
+        Format.JUNIT: _junit,
+        Format.GITHUB: _github,
+    }[output](report)
+    under = fail_under is not None and report.coverage_percent < fail_under
+    if under and output is Format.TEXT:
+        out.print(f"[bold red]coverage {report.coverage_percent:.1f}% is under {fail_under}%[/]")
+    if report.failed or under or not report.outcomes:
+        raise typer.Exit(code=1)
+
+
+def _text(report: TestReport) -> None:
+    table = Table(title="Policy tests")
+    for column in ("result", "package", "test", "where", "ms", "why"):
+        table.add_column(column, overflow="fold")
+    for o in report.outcomes:
+        mark = "[green]PASS[/]" if o.passed else "[bold red]FAIL[/]"
+        table.add_row(
+            mark, o.package, o.name, f"{o.file}:{o.line}", f"{o.duration_ms:.1f}", o.message
+        )
+    out.print(table)
+    if report.coverage:
+        cov = Table(title="Coverage")
+        for column in ("file", "covered", "not covered", "%"):
+            cov.add_column(column)
+        for file, entry in report.coverage.items():
+            missing = _ranges(entry["not_covered"])
+            cov.add_row(file, str(len(entry["covered"])), missing or "-", f"{entry['percent']:.1f}")
+        out.print(cov)
+        out.print(f"total coverage: {report.coverage_percent:.1f}%")
+    if not report.outcomes:
+        out.print("[bold red]no test_* rules found[/]")
+    print(f"{report.passed} passed, {report.failed} failed")
+
+
+def _json(report: TestReport) -> None:
+    print(
+        json.dumps(
+            {
+                "passed": report.passed,
+                "failed": report.failed,
+                "tests": [o.__dict__ for o in report.outcomes],
+                "coverage": {"percent": report.coverage_percent, "files": report.coverage}
+                if report.coverage
+                else None,
+            },
+            indent=2,
+        )
+    )
+
+
+def _junit(report: TestReport) -> None:
+    suite = ElementTree.Element(
+        "testsuite",
+        name="tollgate-policies",
+        tests=str(len(report.outcomes)),
+        failures=str(report.failed),
+        errors="0",
+        time=f"{sum(o.duration_ms for o in report.outcomes) / 1000:.3f}",
+    )
+    for o in report.outcomes:
+        case = ElementTree.SubElement(
+            suite,
+            "testcase",
+            classname=o.package,
+            name=o.name,
+            file=o.file,
+            line=str(o.line),
+            time=f"{o.duration_ms / 1000:.4f}",
+        )
+        if not o.passed:
+            ElementTree.SubElement(case, "failure", message=o.message).text = o.message
+    ElementTree.indent(suite)
+    print(ElementTree.tostring(suite, encoding="unicode", xml_declaration=True))
+
+
+def _github(report: TestReport) -> None:
+    failed: list[TestOutcome] = [o for o in report.outcomes if not o.passed]
+    for o in failed:
+        print(f"::error file={o.file},line={o.line},title={o.package}.{o.name}::{o.message}")
+    for file, entry in report.coverage.items():
+        if entry["not_covered"]:
+            print(f"::notice file={file}::lines not covered: {_ranges(entry['not_covered'])}")
+    print(f"{report.passed} passed, {report.failed} failed")
+
+
+def _ranges(lines: list[int]) -> str:
+    spans: list[str] = []
+    for line in lines:
+        if spans and spans[-1].split("-")[-1] == str(line - 1):
+            spans[-1] = f"{spans[-1].split('-')[0]}-{line}"
+        else:
+            spans.append(str(line))
+    return ", ".join(spans)

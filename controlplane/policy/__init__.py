@@ -1,0 +1,1 @@
+"""Policies as code: checking, testing and (later) activating Rego revisions."""

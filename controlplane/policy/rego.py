@@ -1,0 +1,96 @@
+"""Just enough Rego reading for checks and test discovery: packages, rule heads and
+their METADATA blocks. Compilation and semantics are left to the real OPA engine."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+_PACKAGE = re.compile(r"^package\s+([A-Za-z_][\w.]*)\s*$")
+_RULE = re.compile(
+    r"^(?:default\s+)?([A-Za-z_]\w*)(?:\s*\[[^\]]*\])?(?:\([^)]*\))?\s*(?::=|=|\bcontains\b|\bif\b|\{)"
+)
+_KEYWORDS = {"package", "import", "else", "not", "some", "every", "with", "as"}
+_NETWORK_BUILTINS = re.compile(r"\b(http\.send|net\.lookup_ip_addr)\s*\(")
+
+
+@dataclass
+class Rule:
+    name: str
+    line: int
+    metadata: dict[str, Any] | None
+
+    @property
+    def is_helper(self) -> bool:
+        return self.name.startswith("_")
+
+    @property
+    def is_test(self) -> bool:
+        return self.name.startswith("test_")
+
+
+@dataclass
+class Module:
+    path: str
+    package: str
+    package_line: int
+    package_metadata: dict[str, Any] | None
+    rules: list[Rule] = field(default_factory=list)
+    metadata_errors: list[tuple[int, str]] = field(default_factory=list)
+    network_calls: list[tuple[int, str]] = field(default_factory=list)
+
+    @property
+    def is_test_file(self) -> bool:
+        return self.path.endswith("_test.rego")
+
+
+def read_module(path: str, source: str) -> Module:
+    module = Module(path=path, package="", package_line=0, package_metadata=None)
+    pending: dict[str, Any] | None = None
+    block: list[str] | None = None
+    block_line = 0
+    seen: set[str] = set()
+    for number, raw in enumerate(source.splitlines(), 1):
+        line = raw.rstrip()
+        if block is not None:
+            if line.startswith("#"):
+                block.append(line[1:].removeprefix(" "))
+                continue
+            pending = _parse_metadata(module, block_line, block)
+            block = None
+        if line.strip() == "# METADATA":
+            block, block_line = [], number
+            continue
+        code = line.split("#", 1)[0]
+        for match in _NETWORK_BUILTINS.finditer(code):
+            module.network_calls.append((number, match.group(1)))
+        if package := _PACKAGE.match(line):
+            module.package, module.package_line = package.group(1), number
+            module.package_metadata, pending = pending, None
+            continue
+        rule = _RULE.match(line)
+        if rule and rule.group(1) not in _KEYWORDS:
+            name = rule.group(1)
+            if name in seen and pending is None:
+                continue  # another definition of a rule already listed
+            seen.add(name)
+            module.rules.append(Rule(name=name, line=number, metadata=pending))
+            pending = None
+        elif line and not line[0].isspace() and not line.startswith(("}", "#")):
+            pending = None
+    return module
+
+
+def _parse_metadata(module: Module, line: int, block: list[str]) -> dict[str, Any] | None:
+    try:
+        value = yaml.safe_load("\n".join(block))
+    except yaml.YAMLError as exc:
+        module.metadata_errors.append((line, f"METADATA is not valid YAML: {exc}"))
+        return None
+    if not isinstance(value, dict):
+        module.metadata_errors.append((line, "METADATA must be a YAML mapping"))
+        return None
+    return value
