@@ -8,9 +8,13 @@ from dataclasses import dataclass, field
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from controlplane.engine.runtime import EngineSlot, load_embedded
+from controlplane.engine.embedded import EmbeddedEngine
+from controlplane.engine.runtime import EngineSlot
+from controlplane.errors import EngineUnavailable, TollgateError
 from controlplane.evaluate.service import Decider
 from controlplane.ingest.service import IngestService
+from controlplane.policy.service import PolicyService
+from controlplane.policy.source import source_from
 from controlplane.settings import Settings
 from controlplane.store.db import Database, upgrade
 from controlplane.telemetry.tracing import configure
@@ -18,6 +22,7 @@ from controlplane.telemetry.tracing import configure
 log = logging.getLogger(__name__)
 
 RECOVERY_SECONDS = 15
+CONVERGE_SECONDS = 5
 
 
 @dataclass
@@ -26,36 +31,64 @@ class Runtime:
     db: Database
     engines: EngineSlot
     ingest: IngestService
+    policies: PolicyService
     scheduler: AsyncIOScheduler = field(default_factory=AsyncIOScheduler)
 
     @classmethod
     def create(cls, settings: Settings) -> Runtime:
         db = Database(settings.resolved_database_url)
         engines = EngineSlot()
-        return cls(settings, db, engines, IngestService(db, Decider(db, engines)))
+        policies = PolicyService(db, source_from(settings), settings.entrypoint)
+        return cls(settings, db, engines, IngestService(db, Decider(db, engines)), policies)
 
     async def start(self) -> None:
-        """Migrate, load and probe the policy revision, decide leftovers, start jobs."""
+        """Migrate, gate and load the policy revision, decide leftovers, start jobs."""
         configure(self.settings.otlp_endpoint)
         await asyncio.to_thread(upgrade, self.db.url)
+        await self.sync_policies()
+        await self.recover()
+        for job, seconds in (
+            (self.recover, RECOVERY_SECONDS),
+            (self.sync_policies, self.settings.policy_sync_seconds),
+            (self.converge, CONVERGE_SECONDS),
+        ):
+            self.scheduler.add_job(
+                job, "interval", seconds=seconds, id=job.__name__, max_instances=1, coalesce=True
+            )
+        self.scheduler.start()
+
+    async def sync_policies(self) -> None:
+        """Gate and activate the source's revision if it is new, then converge."""
+        try:
+            result = await self.policies.sync("tollgate", "sync from the policy source")
+        except TollgateError as exc:
+            log.error("policy sync failed: %s", exc.message)
+        else:
+            if result.outcome == "rejected":
+                log.error(
+                    "policy revision %s was rejected and will not be activated: %s",
+                    result.revision,
+                    "; ".join(result.problems),
+                )
+            elif result.outcome == "activated":
+                log.info("policy revision %s passed its check and tests", result.revision)
+        await self.converge()
+
+    async def converge(self) -> None:
+        """Make the engine evaluate the active revision (a rollback lands here too)."""
+        bundle = await self.policies.active()
+        if bundle is None:
+            raise EngineUnavailable(
+                "no policy revision has passed `tollgate policy check` and "
+                "`tollgate policy test`: fix the policies and start again"
+            )
+        if self.engines.loaded and self.engines.current.revision == bundle.revision:
+            return
         engine = await asyncio.to_thread(
-            load_embedded,
-            self.settings.policy_dir,
-            self.settings.entrypoint,
-            self.settings.engine_workers,
+            EmbeddedEngine, bundle, self.settings.entrypoint, self.settings.engine_workers
         )
         self.engines.swap(engine)
-        log.info("policy revision %s loaded from %s", engine.revision, self.settings.policy_dir)
-        await self.recover()
-        self.scheduler.add_job(
-            self.recover,
-            "interval",
-            seconds=RECOVERY_SECONDS,
-            id="decide-undecided",
-            max_instances=1,
-            coalesce=True,
-        )
-        self.scheduler.start()
+        log.info("policy revision %s is now deciding", bundle.revision)
 
     async def recover(self) -> None:
         """Decide every verdict that was stored but not decided."""

@@ -33,6 +33,22 @@ class Settings:
     policy_dir: Path = field(default_factory=lambda: Path(_env("POLICY_DIR", "policies")))
     """`TOLLGATE_POLICY_DIR`: the Rego policies and their data files."""
 
+    policy_repo: str = field(default_factory=lambda: _env("POLICY_REPO", ""))
+    """`TOLLGATE_POLICY_REPO`: a git repository (path or URL) to take policies from, at
+    `TOLLGATE_POLICY_REF`, under `TOLLGATE_POLICY_SUBDIR`. Empty: the working tree of
+    `TOLLGATE_POLICY_DIR` (revision = its last commit, `-dirty` with local changes)."""
+
+    policy_ref: str = field(default_factory=lambda: _env("POLICY_REF", "HEAD"))
+    """`TOLLGATE_POLICY_REF`: branch, tag or commit of the policy repository."""
+
+    policy_subdir: str = field(default_factory=lambda: _env("POLICY_SUBDIR", ""))
+    """`TOLLGATE_POLICY_SUBDIR`: the policies' folder inside the policy repository."""
+
+    policy_sync_seconds: float = field(
+        default_factory=lambda: float(_env("POLICY_SYNC_SECONDS", "60"))
+    )
+    """`TOLLGATE_POLICY_SYNC_SECONDS`: how often the server looks for a new revision."""
+
     entrypoint: str = field(default_factory=lambda: _env("ENTRYPOINT", "tollgate.decision"))
     """`TOLLGATE_ENTRYPOINT`: the decision document, evaluated as `data.<entrypoint>`."""
 

@@ -20,6 +20,7 @@ from controlplane.exemptions.controllers import ExemptionController
 from controlplane.ingest.controllers import VerdictController
 from controlplane.intel.controllers import IndicatorController
 from controlplane.plan.controllers import ActionController
+from controlplane.policy.controllers import PolicyController
 from controlplane.runtime import Runtime
 from controlplane.settings import Settings, get_settings
 from controlplane.telemetry.tracing import configure
@@ -33,6 +34,7 @@ ROUTES = [
     ActionController,
     ExemptionController,
     IndicatorController,
+    PolicyController,
 ]
 
 

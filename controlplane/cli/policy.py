@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 from xml.etree import ElementTree
 
 import typer
@@ -16,11 +18,17 @@ from controlplane.cli.client import fail
 from controlplane.engine.bundle import load_bundle
 from controlplane.errors import TollgateError
 from controlplane.policy.checks import check_dir
+from controlplane.policy.service import PolicyService
+from controlplane.policy.source import source_from
 from controlplane.policy.testing import TestOutcome, TestReport, run_tests
 from controlplane.settings import get_settings
+from controlplane.store.db import Database, upgrade
 
-policy_app = typer.Typer(help="Policies: check and test a revision.", no_args_is_help=True)
+policy_app = typer.Typer(
+    help="Policies: check, test, sync and roll back revisions.", no_args_is_help=True
+)
 out = Console()
+T = TypeVar("T")
 
 DirArgument = Annotated[
     Path | None, typer.Argument(help="Policy directory [TOLLGATE_POLICY_DIR].", show_default=False)
@@ -171,3 +179,56 @@ def _ranges(lines: list[int]) -> str:
         else:
             spans.append(str(line))
     return ", ".join(spans)
+
+
+async def _with_service(work: Callable[[PolicyService], Awaitable[T]]) -> T:
+    settings = get_settings()
+    db = Database(settings.resolved_database_url)
+    try:
+        await asyncio.to_thread(upgrade, db.url)
+        return await work(PolicyService(db, source_from(settings), settings.entrypoint))
+    finally:
+        await db.dispose()
+
+
+@policy_app.command("sync")
+def sync(
+    reason: Annotated[str, typer.Option(help="Why, for the record.")] = "manual sync",
+    actor: Annotated[str, typer.Option(help="Who, for the record.")] = "cli",
+) -> None:
+    """Fetch the policy source; check, test and activate its revision if it is new.
+    Running servers switch to it within seconds."""
+    try:
+        result = asyncio.run(_with_service(lambda s: s.sync(actor, reason)))
+    except TollgateError as exc:
+        raise fail(exc.message) from None
+    if result.outcome == "rejected":
+        out.print(f"[bold red]revision {result.revision} rejected[/]: it can never be activated")
+        for problem in result.problems:
+            out.print(f"  {problem}", highlight=False)
+        raise typer.Exit(code=1)
+    tests = result.tests
+    out.print(
+        f"revision [bold]{result.revision}[/]: {result.outcome} "
+        f"({tests.get('passed', 0)} tests passed)"
+    )
+
+
+@policy_app.command("rollback")
+def rollback(
+    revision: Annotated[
+        str | None,
+        typer.Argument(
+            help="Revision (or a unique prefix) to reactivate; default: the one before."
+        ),
+    ] = None,
+    reason: Annotated[str, typer.Option(help="Why, for the record.")] = "manual rollback",
+    actor: Annotated[str, typer.Option(help="Who, for the record.")] = "cli",
+) -> None:
+    """Reactivate an earlier revision that passed its gate. Running servers switch to it
+    within seconds; the next sync activates only a newer commit."""
+    try:
+        done = asyncio.run(_with_service(lambda s: s.rollback(revision, actor, reason)))
+    except TollgateError as exc:
+        raise fail(exc.message, "list revisions with `curl $TOLLGATE_URL/v1/policies`") from None
+    out.print(f"revision [bold]{done}[/] is active again")

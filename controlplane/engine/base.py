@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from controlplane.engine.bundle import PolicyBundle
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +36,11 @@ class PolicyEngine(Protocol):
     @property
     def revision(self) -> str:
         """The policy revision (git commit, `-dirty` when the tree has changes)."""
+        ...
+
+    @property
+    def bundle(self) -> PolicyBundle:
+        """The revision's modules and data (its shadow rules among them)."""
         ...
 
     @property

@@ -6,12 +6,14 @@ import hashlib
 import json
 import subprocess
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from controlplane.errors import PolicyError
+from controlplane.policy.rego import ShadowRules, shadow_rules
 
 DATA_FILES = ("data.json", "data.yaml", "data.yml")
 
@@ -27,9 +29,15 @@ class PolicyBundle:
     data: list[tuple[str, Any]]
     """(dotted path, document) pairs, mounted OPA-bundle style by directory."""
 
+    @cached_property
+    def shadow(self) -> ShadowRules:
+        """Rules whose METADATA puts them in shadow mode."""
+        return shadow_rules(self.modules)
 
-def load_bundle(root: Path) -> PolicyBundle:
-    """Read every `.rego` module and `data.json`/`data.yaml` under `root`."""
+
+def load_bundle(root: Path, revision: str | None = None) -> PolicyBundle:
+    """Read every `.rego` module and `data.json`/`data.yaml` under `root`; the revision
+    is `revision` when given (a git source knows its commit), else `revision_of`."""
     if not root.is_dir():
         raise PolicyError(
             f"policy directory {root} does not exist: set TOLLGATE_POLICY_DIR to your policies"
@@ -47,7 +55,10 @@ def load_bundle(root: Path) -> PolicyBundle:
     if not modules:
         raise PolicyError(f"no .rego files under {root}: is TOLLGATE_POLICY_DIR right?")
     return PolicyBundle(
-        root=root, revision=revision_of(root, modules, data), modules=modules, data=data
+        root=root,
+        revision=revision or revision_of(root, modules, data),
+        modules=modules,
+        data=data,
     )
 
 
@@ -60,20 +71,25 @@ def _read_data(path: Path) -> Any:
 
 
 def revision_of(root: Path, modules: dict[str, str], data: list[tuple[str, Any]]) -> str:
-    """The git commit that last touched `root`, plus `-dirty` when it has uncommitted
-    changes; outside git, `content-<hash>` of the files so equal trees share a revision."""
+    """The git commit that last touched `root`, plus `-dirty` and a hash of the content
+    when it has uncommitted changes (each edit is a revision of its own); outside git,
+    `content-<hash>` of the files, so equal trees share a revision."""
     try:
         commit = _git(root, "log", "-1", "--format=%H", "--", ".")
         if commit:
             dirty = _git(root, "status", "--porcelain", "--untracked-files=all", "--", ".")
-            return commit + ("-dirty" if dirty else "")
+            return f"{commit}-dirty.{_content_hash(modules, data)[:8]}" if dirty else commit
     except (OSError, subprocess.CalledProcessError):
         pass
+    return "content-" + _content_hash(modules, data)[:16]
+
+
+def _content_hash(modules: dict[str, str], data: list[tuple[str, Any]]) -> str:
     digest = hashlib.sha256()
     for name in sorted(modules):
         digest.update(name.encode() + b"\0" + modules[name].encode() + b"\0")
     digest.update(json.dumps(data, sort_keys=True).encode())
-    return "content-" + digest.hexdigest()[:16]
+    return digest.hexdigest()
 
 
 def _git(root: Path, *args: str) -> str:

@@ -157,6 +157,7 @@ class Decider:
                             policy_revision=engine.revision,
                             trace_id=trace_id,
                             now=now,
+                            shadow_rules=engine.bundle.shadow,
                         )
                         plan_span.set_attribute("tollgate.actions", len(actions))
                         plan_span.set_attribute(

@@ -26,18 +26,25 @@ class ActionController(Controller):
         target_kind: SubjectKind | None = None,
         target_value: Annotated[str | None, Parameter(max_length=200)] = None,
         provider: Annotated[str | None, Parameter(max_length=63)] = None,
+        shadow: Annotated[
+            bool | None,
+            Parameter(description="true: only what shadow-mode rules would have done."),
+        ] = None,
         cursor: Annotated[
             str | None, Parameter(description="`next_cursor` of the previous page.")
         ] = None,
         limit: Annotated[int, Parameter(ge=1, le=500)] = 100,
     ) -> ActionPage:
-        """Actions newest first, filtered by state, type, target and provider."""
+        """Actions newest first, filtered by state, type, target, provider and shadow mode.
+
+        `shadow=true` lists what shadow-mode rules would have done: recorded, never enforced."""
         where = repository.ActionFilter(
             state=action_state.value if action_state else None,
             type=action_type.value if action_type else None,
             target_kind=target_kind.value if target_kind else None,
             target_value=target_value,
             provider=provider,
+            shadow=shadow,
         )
         async with runtime.db.read() as session:
             rows = await repository.list_actions(session, where, cursor, limit + 1)

@@ -41,6 +41,7 @@ class ActionFilter:
     target_kind: str | None = None
     target_value: str | None = None
     provider: str | None = None
+    shadow: bool | None = None
 
 
 async def list_actions(
@@ -57,6 +58,8 @@ async def list_actions(
     ):
         if value is not None:
             query = query.where(column == value)
+    if where.shadow is not None:
+        query = query.where(col(ActionRow.shadow) == where.shadow)
     if after:
         query = query.where(col(ActionRow.id) < after)
     query = query.order_by(col(ActionRow.id).desc()).limit(limit)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Container
 from datetime import datetime
 from typing import Any
 
@@ -19,8 +20,10 @@ def plan_actions(
     policy_revision: str,
     trace_id: str | None,
     now: datetime,
+    shadow_rules: Container[str] = (),
 ) -> list[dict[str, Any]]:
-    """Action rows (state `pending`) for every action the decision asked for."""
+    """Action rows (state `pending`) for every action the decision asked for; an action
+    of a shadow decision or of a shadow-mode rule is recorded with `shadow` set."""
     rows = []
     for spec in result.actions:
         rows.append(
@@ -38,7 +41,7 @@ def plan_actions(
                 "rule": spec.rule,
                 "reason": spec.reason,
                 "state": ActionState.PENDING.value,
-                "shadow": result.shadow,
+                "shadow": result.shadow or spec.rule in shadow_rules,
                 "policy_revision": policy_revision,
                 "trace_id": trace_id,
                 "created_at": now,

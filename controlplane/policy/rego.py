@@ -94,3 +94,43 @@ def _parse_metadata(module: Module, line: int, block: list[str]) -> dict[str, An
         module.metadata_errors.append((line, "METADATA must be a YAML mapping"))
         return None
     return value
+
+
+@dataclass(frozen=True)
+class ShadowRules:
+    """Rules (or whole packages) whose METADATA says `custom.mode: shadow`: their
+    actions are recorded with `shadow=true` and never enforced. An action names its
+    rule as `<package>.<rule>`, with or without the leading `tollgate.`."""
+
+    rules: frozenset[str] = frozenset()
+    packages: frozenset[str] = frozenset()
+
+    def __contains__(self, rule: object) -> bool:
+        if not isinstance(rule, str):
+            return False
+        return rule in self.rules or rule.rpartition(".")[0] in self.packages
+
+    def __bool__(self) -> bool:
+        return bool(self.rules or self.packages)
+
+
+def shadow_rules(modules: dict[str, str]) -> ShadowRules:
+    rules: set[str] = set()
+    packages: set[str] = set()
+    for path, source in modules.items():
+        module = read_module(path, source)
+        if module.is_test_file:
+            continue
+        names = {module.package, module.package.removeprefix("tollgate.")}
+        if _mode(module.package_metadata) == "shadow":
+            packages.update(names)
+        for rule in module.rules:
+            if _mode(rule.metadata) == "shadow":
+                rules.update(f"{name}.{rule.name}" for name in names)
+    return ShadowRules(frozenset(rules), frozenset(packages))
+
+
+def _mode(metadata: dict[str, Any] | None) -> str | None:
+    custom = (metadata or {}).get("custom")
+    mode = custom.get("mode") if isinstance(custom, dict) else None
+    return mode if isinstance(mode, str) else None

@@ -157,3 +157,33 @@ class IndicatorRow(SQLModel, table=True):
     tlp: str = Field(max_length=20)
     expires_at: datetime | None = _utc(nullable=True)
     created_at: datetime = _utc(nullable=False)
+
+
+class PolicyRevisionRow(SQLModel, table=True):
+    """A policy revision Tollgate has seen, gated, and kept a snapshot of (so rollback,
+    explain and impact work without the source)."""
+
+    __tablename__ = "policy_revision"
+
+    id: str = Field(primary_key=True, max_length=80)
+    source: str = Field(max_length=500)
+    status: str = Field(max_length=16)
+    """`passed` (may be activated) or `rejected` (check or tests failed)."""
+    created_at: datetime = _utc(nullable=False)
+    problems: list[str] = _json(nullable=False)
+    tests: dict[str, Any] = _json(nullable=False)
+    modules: dict[str, str] = _json(nullable=False)
+    data: list[Any] = _json(nullable=False)
+
+
+class PolicyActivationRow(SQLModel, table=True):
+    """Every activation and rollback: the newest row names the active revision."""
+
+    __tablename__ = "policy_activation"
+
+    id: str = Field(primary_key=True, max_length=40)
+    revision: str = Field(foreign_key="policy_revision.id", max_length=80)
+    kind: str = Field(max_length=16)
+    actor: str = Field(max_length=200)
+    reason: str
+    at: datetime = _utc(nullable=False)

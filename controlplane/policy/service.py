@@ -1,0 +1,215 @@
+"""Revisions: gate (check + tests), record, activate, roll back.
+
+The database holds the truth: a snapshot of every revision seen, and every
+activation. Each server converges its engine on the newest activation, so a
+rollback from the CLI reaches every replica without a restart. A source
+revision is gated once: one that failed stays rejected, and one rolled back
+from is not re-activated by the next sync, only a newer commit is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+
+from controlplane.audit import service as audit
+from controlplane.audit.chain import EventDraft
+from controlplane.engine.bundle import PolicyBundle
+from controlplane.errors import Conflict, NotFound, PolicyError
+from controlplane.policy import repository
+from controlplane.policy.checks import check_bundle
+from controlplane.policy.source import PolicySource
+from controlplane.policy.testing import run_tests
+from controlplane.store.db import Database
+from controlplane.store.models import PolicyRevisionRow, new_id
+from controlplane.store.types import utcnow
+
+PASSED = "passed"
+REJECTED = "rejected"
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    revision: str
+    outcome: str
+    """`activated`, `rejected`, `unchanged` (already known)."""
+    problems: list[str]
+    tests: dict[str, Any]
+
+
+def gate(bundle: PolicyBundle, entrypoint: str) -> tuple[list[str], dict[str, Any]]:
+    """Check and test a revision (blocking: run it in a thread)."""
+    problems = [str(p) for p in check_bundle(bundle, entrypoint)]
+    if problems:
+        return problems, {"passed": 0, "failed": 0, "failures": [], "ran": False}
+    report = run_tests(bundle)
+    failures = [
+        f"{o.package}.{o.name} ({o.file}:{o.line}): {o.message}"
+        for o in report.outcomes
+        if not o.passed
+    ]
+    return problems + failures, {
+        "passed": report.passed,
+        "failed": report.failed,
+        "failures": failures,
+        "ran": True,
+    }
+
+
+class PolicyService:
+    def __init__(self, db: Database, source: PolicySource, entrypoint: str) -> None:
+        self._db = db
+        self._source = source
+        self._entrypoint = entrypoint
+
+    async def sync(self, actor: str, reason: str) -> SyncResult:
+        """Fetch the source; gate, record and activate its revision if it is new."""
+        bundle = await asyncio.to_thread(self._source.fetch)
+        async with self._db.read() as session:
+            known = await repository.get_revision(session, bundle.revision)
+            active = await repository.active_revision(session)
+        if known is not None:
+            # Nothing new. (A dirty working tree whose content changed gets a new
+            # revision string only when git says so: see `revision_of`.)
+            if active is None and known.status == PASSED:
+                await self._activate(known.id, "activate", actor, reason)
+                return SyncResult(known.id, "activated", [], known.tests)
+            return SyncResult(known.id, "unchanged", known.problems, known.tests)
+        problems, tests = await asyncio.to_thread(gate, bundle, self._entrypoint)
+        status = REJECTED if problems else PASSED
+        now = utcnow()
+        try:
+            await self._record(bundle, status, problems, tests, actor, now)
+        except IntegrityError:
+            # Another replica recorded the same revision first: theirs stands.
+            return SyncResult(bundle.revision, "unchanged", problems, tests)
+        if problems:
+            return SyncResult(bundle.revision, "rejected", problems, tests)
+        await self._activate(bundle.revision, "activate", actor, reason)
+        return SyncResult(bundle.revision, "activated", [], tests)
+
+    async def _record(
+        self,
+        bundle: PolicyBundle,
+        status: str,
+        problems: list[str],
+        tests: dict[str, Any],
+        actor: str,
+        now: datetime,
+    ) -> None:
+        async with self._db.write() as session, session.begin():
+            await repository.insert_revision(
+                session,
+                {
+                    "id": bundle.revision,
+                    "source": self._source.description,
+                    "status": status,
+                    "created_at": now,
+                    "problems": problems,
+                    "tests": tests,
+                    "modules": bundle.modules,
+                    "data": [list(item) for item in bundle.data],
+                },
+            )
+            await audit.record(
+                session,
+                [
+                    EventDraft(
+                        type="policy.gated",
+                        actor=actor,
+                        at=now,
+                        payload={
+                            "revision": bundle.revision,
+                            "status": status,
+                            "problems": problems,
+                            "tests": {k: tests[k] for k in ("passed", "failed")},
+                            "source": self._source.description,
+                        },
+                    )
+                ],
+            )
+
+    async def rollback(self, revision: str | None, actor: str, reason: str) -> str:
+        """Reactivate `revision`, or the one active before the current one."""
+        async with self._db.read() as session:
+            history = await repository.activations(session, 1000)
+            if not history:
+                raise Conflict("no revision was ever activated: nothing to roll back to")
+            current = history[0].revision
+            if revision is None:
+                earlier = [a.revision for a in history if a.revision != current]
+                if not earlier:
+                    raise Conflict(f"{current[:12]} is the only revision ever activated")
+                revision = earlier[0]
+            row = await repository.get_revision(session, revision)
+            if row is None:
+                row = await self._by_prefix(session, revision)
+        if row.status != PASSED:
+            raise Conflict(
+                f"revision {row.id[:12]} failed its check or tests and can never be "
+                f"activated: {'; '.join(row.problems[:3])}"
+            )
+        if row.id == current:
+            raise Conflict(f"revision {row.id[:12]} is already active")
+        await self._activate(row.id, "rollback", actor, reason)
+        return row.id
+
+    async def _by_prefix(self, session: Any, prefix: str) -> PolicyRevisionRow:
+        matches = [r for r in await repository.revisions(session, 10000) if r.id.startswith(prefix)]
+        if len(matches) != 1:
+            raise NotFound(
+                f"no single revision starts with {prefix!r} "
+                f"({len(matches)} match): see `GET /v1/policies`"
+            )
+        return matches[0]
+
+    async def _activate(self, revision: str, kind: str, actor: str, reason: str) -> None:
+        now = utcnow()
+        async with self._db.write() as session, session.begin():
+            await repository.insert_activation(
+                session,
+                {
+                    "id": new_id("pac"),
+                    "revision": revision,
+                    "kind": kind,
+                    "actor": actor,
+                    "reason": reason,
+                    "at": now,
+                },
+            )
+            await audit.record(
+                session,
+                [
+                    EventDraft(
+                        type=f"policy.{'rolled_back' if kind == 'rollback' else 'activated'}",
+                        actor=actor,
+                        at=now,
+                        payload={"revision": revision, "reason": reason},
+                    )
+                ],
+            )
+
+    async def active(self) -> PolicyBundle | None:
+        """The active revision's snapshot, or None before the first activation."""
+        async with self._db.read() as session:
+            revision = await repository.active_revision(session)
+            if revision is None:
+                return None
+            row = await repository.get_revision(session, revision)
+        if row is None:
+            raise PolicyError(f"active revision {revision} has no snapshot")
+        return bundle_of(row)
+
+
+def bundle_of(row: PolicyRevisionRow) -> PolicyBundle:
+    return PolicyBundle(
+        root=Path(row.source),
+        revision=row.id,
+        modules=dict(row.modules),
+        data=[(str(path), document) for path, document in row.data],
+    )
