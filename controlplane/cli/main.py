@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from controlplane.cli.client import fail, request
+from controlplane.cli.decision import decision_app
 from controlplane.cli.policy import policy_app
 from controlplane.settings import get_settings
 
@@ -27,6 +28,7 @@ verdict_app = typer.Typer(help="Verdicts.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(verdict_app, name="verdict")
 app.add_typer(policy_app, name="policy")
+app.add_typer(decision_app, name="decision")
 out = Console()
 
 BATCH = 1000

@@ -6,7 +6,8 @@ from litestar import Controller, get
 
 from controlplane.errors import NotFound
 from controlplane.evaluate import repository
-from controlplane.ingest.schemas import DecisionOut
+from controlplane.evaluate.explain import explain
+from controlplane.ingest.schemas import DecisionOut, ExplanationOut, FiredRuleOut
 from controlplane.plan import repository as actions_repo
 from controlplane.plan.schemas import ActionOut
 from controlplane.runtime import Runtime
@@ -27,3 +28,26 @@ class DecisionController(Controller):
             actions = (await actions_repo.actions_of_decisions(session, [row.id]))[row.id]
         fields = row.model_dump()
         return DecisionOut(**fields, actions=[ActionOut.from_row(a.model_dump()) for a in actions])
+
+    @get(
+        "/{decision_id:str}/explain",
+        operation_id="explainDecision",
+        summary="Explain a decision",
+    )
+    async def explain_decision(self, decision_id: str, runtime: Runtime) -> ExplanationOut:
+        """Re-evaluate the stored input at the stored revision with the engine's trace:
+        the rules that fired with their METADATA and bindings, and whether the re-run
+        matches the stored result."""
+        e = await explain(runtime.db, decision_id)
+        return ExplanationOut(
+            decision_id=e.decision_id,
+            verdict_id=e.verdict_id,
+            policy_revision=e.policy_revision,
+            entrypoint=e.entrypoint,
+            matches=e.matches,
+            stored_result=e.stored_result,
+            rerun_result=e.rerun_result,
+            rerun_error=e.rerun_error,
+            actions=e.actions,
+            fired=[FiredRuleOut(**vars(f)) for f in e.fired],
+        )

@@ -1,0 +1,86 @@
+"""`tollgate decision explain`: why a decision came out as it did."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from controlplane.cli.client import fail
+from controlplane.errors import TollgateError
+from controlplane.evaluate.explain import Explanation, explain
+from controlplane.settings import get_settings
+from controlplane.store.db import Database
+
+decision_app = typer.Typer(help="Decisions.", no_args_is_help=True)
+out = Console()
+
+
+async def _explain(decision_id: str) -> Explanation:
+    db = Database(get_settings().resolved_database_url)
+    try:
+        return await explain(db, decision_id)
+    finally:
+        await db.dispose()
+
+
+@decision_app.command("explain")
+def explain_command(
+    decision_id: Annotated[str, typer.Argument(help="The decision id (dec_...).")],
+    all_rules: Annotated[
+        bool, typer.Option("--all", help="Show helper rules (_name) too.")
+    ] = False,
+) -> None:
+    """Re-evaluate the stored input at the stored revision; show the rules that fired
+    with their METADATA and bindings, and whether the re-run matches."""
+    try:
+        e = asyncio.run(_explain(decision_id))
+    except TollgateError as exc:
+        raise fail(exc.message) from None
+    out.print(f"decision [bold]{e.decision_id}[/] for verdict [bold]{e.verdict_id}[/]")
+    out.print(
+        f"revision {e.policy_revision}, entrypoint data.{e.entrypoint}, "
+        f"stored status {e.stored_status}"
+    )
+    if e.matches:
+        out.print("[green]re-run matches the stored result[/]")
+    else:
+        out.print("[bold red]re-run differs from the stored result[/]")
+        out.print(f"  stored: {json.dumps(e.stored_result, sort_keys=True)}", highlight=False)
+        out.print(
+            f"  re-run: {json.dumps(e.rerun_result, sort_keys=True)}"
+            + (f" ({e.rerun_error})" if e.rerun_error else ""),
+            highlight=False,
+        )
+    actions = Table(title="Actions and the rules that asked for them")
+    for column in ("action", "target", "rule", "title", "owner", "reason"):
+        actions.add_column(column, overflow="fold")
+    for a in e.actions:
+        meta = a.get("metadata") or {}
+        target = a.get("target") or {}
+        actions.add_row(
+            str(a.get("type")),
+            f"{target.get('kind')}:{target.get('value')}",
+            str(a.get("rule")),
+            str(meta.get("title", "-")),
+            str((meta.get("custom") or {}).get("owner", "-")),
+            str(a.get("reason")),
+        )
+    out.print(actions if e.actions else "no actions")
+    fired = Table(title="Rules that evaluated true, in order, with their bindings")
+    for column in ("rule", "where", "bindings"):
+        fired.add_column(column, overflow="fold")
+    for rule in e.fired:
+        short = rule.rule.rsplit(".", 1)[-1]
+        if short.startswith("_") and not all_rules:
+            continue
+        fired.add_row(
+            rule.rule,
+            rule.location,
+            json.dumps(rule.bindings, sort_keys=True) if rule.bindings else "",
+        )
+    out.print(fired)
