@@ -55,7 +55,27 @@ class Settings:
     engine_workers: int = field(
         default_factory=lambda: int(_env("ENGINE_WORKERS", str(_default_workers())))
     )
-    """`TOLLGATE_ENGINE_WORKERS`: evaluation threads, one OPA engine each."""
+    """`TOLLGATE_ENGINE_WORKERS`: evaluation threads, one OPA engine each. With the remote
+    engine: how many evaluations are in flight to the OPA server at once."""
+
+    engine: str = field(default_factory=lambda: _env("ENGINE", "embedded"))
+    """`TOLLGATE_ENGINE`: `embedded` (the OPA evaluator in-process, the default) or `remote`
+    (an OPA server at `TOLLGATE_OPA_URL`, e.g. a sidecar, that Tollgate pushes policies to)."""
+
+    opa_url: str = field(default_factory=lambda: _env("OPA_URL", "http://127.0.0.1:8181"))
+    """`TOLLGATE_OPA_URL`: the OPA server of the remote engine, `http(s)://host:port`
+    (no path: the client always talks to `/v1/...` at the root)."""
+
+    opa_timeout: float = field(default_factory=lambda: float(_env("OPA_TIMEOUT", "5")))
+    """`TOLLGATE_OPA_TIMEOUT`: seconds one request to the OPA server may take in all
+    (connecting, sending, evaluating, reading the answer)."""
+
+    opa_connect_timeout: float = field(
+        default_factory=lambda: float(_env("OPA_CONNECT_TIMEOUT", "1"))
+    )
+    """`TOLLGATE_OPA_CONNECT_TIMEOUT`: seconds to open a connection to the OPA server
+    (capped at `TOLLGATE_OPA_TIMEOUT`): an unreachable server fails fast instead of
+    using up the whole request timeout."""
 
     otlp_endpoint: str = field(default_factory=lambda: _env("OTLP_ENDPOINT", ""))
     """`TOLLGATE_OTLP_ENDPOINT`: OTLP/HTTP traces endpoint (e.g. `http://127.0.0.1:4318/v1/traces`).

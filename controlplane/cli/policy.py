@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, TypeVar
@@ -12,14 +13,18 @@ from xml.etree import ElementTree
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from controlplane.cli.client import fail
-from controlplane.engine.bundle import load_bundle
-from controlplane.errors import TollgateError
+from controlplane.domain.action import parse_duration
+from controlplane.engine.bundle import PolicyBundle, load_bundle
+from controlplane.engine.embedded import EmbeddedEngine
+from controlplane.errors import PolicyError, TollgateError
 from controlplane.policy.checks import check_dir
+from controlplane.policy.impact import ImpactReport, count_decisions, markdown, replay
 from controlplane.policy.service import PolicyService
-from controlplane.policy.source import source_from
+from controlplane.policy.source import WORKTREE, source_at, source_from
 from controlplane.policy.testing import TestOutcome, TestReport, run_tests
 from controlplane.settings import get_settings
 from controlplane.store.db import Database, upgrade
@@ -232,3 +237,92 @@ def rollback(
     except TollgateError as exc:
         raise fail(exc.message, "list revisions with `curl $TOLLGATE_URL/v1/policies`") from None
     out.print(f"revision [bold]{done}[/] is active again")
+
+
+class ImpactFormat(StrEnum):
+    MARKDOWN = "markdown"
+    JSON = "json"
+
+
+async def _bundle(service: PolicyService, revision: str) -> PolicyBundle:
+    recorded = await service.recorded(revision)
+    if recorded is not None:
+        return recorded
+    return await asyncio.to_thread(source_at(get_settings(), revision).fetch)
+
+
+async def _impact(base: str | None, head: str, since: timedelta | None) -> ImpactReport:
+    settings = get_settings()
+    db = Database(settings.resolved_database_url)
+    try:
+        await asyncio.to_thread(upgrade, db.url)
+        service = PolicyService(db, source_from(settings), settings.entrypoint)
+        if base is None:
+            active = await service.active()
+            if active is None:
+                raise PolicyError("no revision is active yet: pass --base")
+            base_bundle = active
+        else:
+            base_bundle = await _bundle(service, base)
+        head_bundle = await _bundle(service, head)
+        total = await count_decisions(db, since)
+        engines = [
+            await asyncio.to_thread(EmbeddedEngine, b, settings.entrypoint, settings.engine_workers)
+            for b in (base_bundle, head_bundle)
+        ]
+        try:
+            with Progress(
+                TextColumn("replaying"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+                transient=True,
+            ) as progress:
+                task = progress.add_task("", total=total)
+                return await replay(
+                    db,
+                    engines[0],
+                    engines[1],
+                    since,
+                    lambda n: progress.update(task, completed=n),
+                )
+        finally:
+            for engine in engines:
+                engine.close()
+    finally:
+        await db.dispose()
+
+
+@policy_app.command("impact")
+def impact(
+    base: Annotated[
+        str | None,
+        typer.Option(
+            help="Revision to compare from (recorded id or prefix, git commit/branch/tag, "
+            "or `worktree`); default: the active one."
+        ),
+    ] = None,
+    head: Annotated[str, typer.Option(help="Revision to compare to.")] = WORKTREE,
+    since: Annotated[
+        str | None,
+        typer.Option(help="Only verdicts decided in this window, e.g. 7d, 24h; default: all."),
+    ] = None,
+    output: Annotated[
+        ImpactFormat, typer.Option("--format", help="markdown (for a pull request) or json.")
+    ] = ImpactFormat.MARKDOWN,
+) -> None:
+    """Replay stored verdicts, each with the history and context it had, against two
+    revisions, and report what would change."""
+    try:
+        window = parse_duration(since) if since else None
+    except ValueError as exc:
+        raise fail(f"--since: {exc}") from None
+    try:
+        report = asyncio.run(_impact(base, head, window))
+    except TollgateError as exc:
+        raise fail(exc.message) from None
+    if output is ImpactFormat.JSON:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(markdown(report), end="")

@@ -81,6 +81,11 @@ def revision_of(root: Path, modules: dict[str, str], data: list[tuple[str, Any]]
             return f"{commit}-dirty.{_content_hash(modules, data)[:8]}" if dirty else commit
     except (OSError, subprocess.CalledProcessError):
         pass
+    return content_revision(modules, data)
+
+
+def content_revision(modules: dict[str, str], data: list[tuple[str, Any]]) -> str:
+    """A revision named by content, for policies that are not in git."""
     return "content-" + _content_hash(modules, data)[:16]
 
 

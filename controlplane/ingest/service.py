@@ -40,12 +40,14 @@ class IngestService:
     async def submit(self, verdicts: Sequence[Verdict]) -> IngestResult:
         """Store, decide and report on `verdicts` (all stored, or none)."""
         unique = _unique(verdicts)
+        # Errors name a verdict by its index in the request, not in the deduplicated list.
+        index = {v.id: i for i, v in reversed(list(enumerate(verdicts)))}
         try:
-            pending, duplicates = await self._store(unique)
+            pending, duplicates = await self._store(unique, index)
         except IntegrityError:
             # Another request stored one of these ids between our check and insert:
             # run the check again, which now sees it (a repeat, or a 409).
-            pending, duplicates = await self._store(unique)
+            pending, duplicates = await self._store(unique, index)
         try:
             await self._decider.decide(pending)
         except Exception:
@@ -61,18 +63,20 @@ class IngestService:
             results=await self._results([v.id for v in verdicts], duplicates),
         )
 
-    async def _store(self, verdicts: Sequence[Verdict]) -> tuple[list[Pending], set[str]]:
+    async def _store(
+        self, verdicts: Sequence[Verdict], index: dict[str, int]
+    ) -> tuple[list[Pending], set[str]]:
         hashes = {v.id: v.content_hash() for v in verdicts}
         async with self._db.write() as session, session.begin():
             stored = await repository.content_hashes(session, list(hashes))
             conflicts = [
                 {
-                    "field": f"verdicts[{i}].id",
+                    "field": f"verdicts[{index[v.id]}].id",
                     "message": f"{v.id!r} was stored before "
                     "with different content; a retry must resend the same verdict, a new "
                     "report needs a new id",
                 }
-                for i, v in enumerate(verdicts)
+                for v in verdicts
                 if v.id in stored and stored[v.id] != hashes[v.id]
             ]
             if conflicts:

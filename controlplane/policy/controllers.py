@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
-from litestar import Controller, get
+import asyncio
+from pathlib import Path
+from typing import Any
 
+from litestar import Controller, get, post
+from litestar.status_codes import HTTP_200_OK
+
+from controlplane.domain.action import parse_duration
+from controlplane.engine.bundle import PolicyBundle
+from controlplane.engine.embedded import EmbeddedEngine
+from controlplane.errors import InvalidInput, NotFound
 from controlplane.policy import repository
-from controlplane.policy.schemas import ActivationOut, PoliciesOut, RevisionOut
+from controlplane.policy.impact import markdown, replay
+from controlplane.policy.schemas import ActivationOut, ImpactRequest, PoliciesOut, RevisionOut
 from controlplane.policy.service import bundle_of
 from controlplane.runtime import Runtime
 
@@ -44,3 +54,48 @@ class PolicyController(Controller):
                 for a in activations
             ],
         )
+
+    @post(
+        "/impact",
+        operation_id="policyImpact",
+        summary="Impact of a policy change",
+        status_code=HTTP_200_OK,
+    )
+    async def impact(self, data: ImpactRequest, runtime: Runtime) -> dict[str, Any]:
+        """Replay stored verdicts (each with the history and context it had) against a
+        base and a head revision; report the decisions that change, by action type and
+        rule, the subjects newly revoked, blocked, rate-limited or released, and a
+        sample of changed decisions."""
+        try:
+            window = parse_duration(data.since) if data.since else None
+        except ValueError as exc:
+            raise InvalidInput(f"since: {exc}") from None
+        base = await (
+            runtime.policies.recorded(data.base) if data.base else runtime.policies.active()
+        )
+        if base is None:
+            raise NotFound(f"no recorded revision {data.base!r}: see GET /v1/policies")
+        if data.head_modules is not None:
+            head = PolicyBundle(
+                root=Path("upload"),
+                revision="",
+                modules=data.head_modules,
+                data=[(p, d) for p, d in data.head_data],
+            )
+            head = replace(head, revision=revision_of(head.root, head.modules, head.data))
+        else:
+            found = await runtime.policies.recorded(data.head or "")
+            if found is None:
+                raise NotFound(f"no recorded revision {data.head!r}: see GET /v1/policies")
+            head = found
+        settings = runtime.settings
+        engines = [
+            await asyncio.to_thread(EmbeddedEngine, b, settings.entrypoint, settings.engine_workers)
+            for b in (base, head)
+        ]
+        try:
+            report = await replay(runtime.db, engines[0], engines[1], window)
+        finally:
+            for engine in engines:
+                engine.close()
+        return {**report.to_dict(), "markdown": markdown(report)}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class RevisionOut(BaseModel):
@@ -31,3 +31,28 @@ class PoliciesOut(BaseModel):
     active: str | None
     revisions: list[RevisionOut]
     activations: list[ActivationOut] = Field(description="Newest first: who, when and why.")
+
+
+class ImpactRequest(BaseModel):
+    """Compare two revisions on stored traffic. The head may be uploaded as Rego
+    modules (a pull request's policies) instead of naming a recorded revision."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base: str | None = Field(
+        default=None, description="A recorded revision (id or unique prefix); default: active."
+    )
+    head: str | None = Field(default=None, description="A recorded revision (id or prefix).")
+    head_modules: dict[str, str] | None = Field(
+        default=None, description="Rego source by path, for a head not recorded here."
+    )
+    head_data: list[tuple[str, Any]] = Field(
+        default_factory=list, description="(dotted path, document) pairs for `head_modules`."
+    )
+    since: str | None = Field(default=None, description="Window such as `7d`; default: all.")
+
+    @model_validator(mode="after")
+    def _one_head(self) -> ImpactRequest:
+        if (self.head is None) == (self.head_modules is None):
+            raise ValueError("give exactly one of head (a recorded revision) or head_modules")
+        return self

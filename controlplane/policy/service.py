@@ -168,6 +168,17 @@ class PolicyService:
             )
         return matches[0]
 
+    async def recorded(self, revision: str) -> PolicyBundle | None:
+        """A recorded revision's snapshot by id or unique prefix; None if unknown."""
+        async with self._db.read() as session:
+            row = await repository.get_revision(session, revision)
+            if row is None:
+                try:
+                    row = await self._by_prefix(session, revision)
+                except NotFound:
+                    return None
+        return bundle_of(row)
+
     async def _activate(self, revision: str, kind: str, actor: str, reason: str) -> None:
         now = utcnow()
         async with self._db.write() as session, session.begin():

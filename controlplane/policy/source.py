@@ -138,3 +138,37 @@ def source_from(settings: Settings) -> PolicySource:
         subdir=settings.policy_subdir.strip("/"),
         mirror=settings.data_dir / "policy-repos" / key,
     )
+
+
+WORKTREE = "worktree"
+
+
+def source_at(settings: Settings, revision: str) -> PolicySource:
+    """The policies as of `revision`: `worktree` (the policy dir as it is on disk), or a
+    commit, branch or tag of the policy repository (TOLLGATE_POLICY_REPO, else the git
+    repository holding TOLLGATE_POLICY_DIR)."""
+    if revision == WORKTREE:
+        return WorkingTree(settings.policy_dir)
+    if settings.policy_repo:
+        url, subdir = settings.policy_repo, settings.policy_subdir.strip("/")
+    else:
+        root = settings.policy_dir.resolve()
+        try:
+            top = subprocess.run(
+                ["git", "-C", str(root), "rev-parse", "--show-toplevel"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=True,
+            ).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            raise PolicyError(
+                f"{root} is not in a git repository, so revision {revision!r} cannot be read "
+                f"from it; use a recorded revision (GET /v1/policies) or `{WORKTREE}`"
+            ) from None
+        url, subdir = top, root.relative_to(Path(top).resolve()).as_posix()
+        subdir = "" if subdir == "." else subdir
+    key = hashlib.sha256(url.encode()).hexdigest()[:12]
+    return GitRepository(
+        url=url, ref=revision, subdir=subdir, mirror=settings.data_dir / "policy-repos" / key
+    )
