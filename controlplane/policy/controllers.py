@@ -76,13 +76,13 @@ class PolicyController(Controller):
         if base is None:
             raise NotFound(f"no recorded revision {data.base!r}: see GET /v1/policies")
         if data.head_modules is not None:
+            uploaded = [(p, d) for p, d in data.head_data]
             head = PolicyBundle(
                 root=Path("upload"),
-                revision="",
+                revision=content_revision(data.head_modules, uploaded),
                 modules=data.head_modules,
-                data=[(p, d) for p, d in data.head_data],
+                data=uploaded,
             )
-            head = replace(head, revision=revision_of(head.root, head.modules, head.data))
         else:
             found = await runtime.policies.recorded(data.head or "")
             if found is None:
