@@ -10,7 +10,7 @@ from litestar import Controller, get, post
 from litestar.status_codes import HTTP_200_OK
 
 from controlplane.domain.action import parse_duration
-from controlplane.engine.bundle import PolicyBundle
+from controlplane.engine.bundle import PolicyBundle, content_revision
 from controlplane.engine.embedded import EmbeddedEngine
 from controlplane.errors import InvalidInput, NotFound
 from controlplane.policy import repository
