@@ -1,0 +1,81 @@
+"""Fixtures for the whole suite: databases on SQLite and on a real PostgreSQL, and spans.
+
+`database_url` gives each test a fresh, migrated database; `module_database_url`
+gives one per test module (cheaper: tests that share it use their own verdict ids,
+subjects and providers). Both are parametrized `sqlite` / `postgresql`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from controlplane.telemetry.tracing import configure
+from tests.support.databases import URL_ENV, PostgresServer, fresh_database, postgres_server
+
+BACKENDS = [
+    pytest.param("sqlite", id="sqlite"),
+    pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgres),
+]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def hermetic_settings() -> Iterator[None]:
+    """Tests pass every setting they rely on; `TOLLGATE_*` variables of the shell that runs
+    them (a developer's server settings) must not leak into the apps they start."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name in list(os.environ):
+            if name.startswith("TOLLGATE_") and name != URL_ENV:
+                patch.delenv(name)
+        yield
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    """The session's PostgreSQL server; started only when a test needs it."""
+    with postgres_server(tmp_path_factory.mktemp("postgres")) as server:
+        yield server
+
+
+def _server(request: pytest.FixtureRequest, backend: str) -> PostgresServer | None:
+    if backend != "postgresql":
+        return None
+    server: PostgresServer = request.getfixturevalue("postgres")
+    return server
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """A fresh, migrated database for one test."""
+    directory = tmp_path_factory.mktemp("db")
+    with fresh_database(request.param, directory, _server(request, request.param)) as url:
+        yield url
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def module_database_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """A fresh, migrated database shared by the tests of one module."""
+    directory = tmp_path_factory.mktemp("db")
+    with fresh_database(request.param, directory, _server(request, request.param)) as url:
+        yield url
+
+
+@pytest.fixture
+def spans() -> Iterator[InMemorySpanExporter]:
+    """Spans finished during the test. The processor is added to Tollgate's provider and
+    shut down afterwards (the SDK cannot remove a processor), so it records nothing later."""
+    exporter = InMemorySpanExporter()
+    processor = SimpleSpanProcessor(exporter)
+    configure().add_span_processor(processor)
+    try:
+        yield exporter
+    finally:
+        processor.shutdown()

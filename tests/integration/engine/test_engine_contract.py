@@ -1,0 +1,211 @@
+"""The `PolicyEngine` contract: the same assertions on the embedded engine and on the
+remote engine (pushing to the OPA test server). What a decision is must not depend on
+`TOLLGATE_ENGINE`."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controlplane.engine.base import PolicyEngine
+from controlplane.engine.bundle import PolicyBundle, load_bundle
+from controlplane.engine.embedded import EmbeddedEngine
+from controlplane.errors import PolicyError
+from tests.integration.engine.conftest import ENGINES, make_bundle
+
+Loader = Callable[..., Awaitable[PolicyEngine]]
+
+REPO = Path(__file__).resolve().parents[3]
+
+DESIGN_EXAMPLE: dict[str, Any] = {
+    "verdict": {
+        "id": "v-1",
+        "provider": "lab-a",
+        "score": 0.93,
+        "confidence": 0.8,
+        "detector": {"name": "sweep", "version": "1.4.0"},
+        "subject": {
+            "account_id": "acct_9",
+            "api_key_id": "key_3",
+            "org_id": "org_7",
+            "ips": ["203.0.113.7"],
+        },
+        "signals": {"requests_24h": 1200000, "prompt_template_reuse": 0.91},
+        "labels": ["distillation.capability_sweep"],
+        "observed_at": "2026-11-26T12:00:00Z",
+    },
+    "history": {"active_actions": [], "verdicts_30d": 3, "appeals": []},
+    "context": {
+        "exempt": False,
+        "intel_matches": [{"cidr": "203.0.113.0/24", "source": "lab-b", "confidence": 0.9}],
+    },
+    "now": "2026-11-26T12:00:01Z",
+}
+"""The input of DESIGN.md, "The policy contract"."""
+
+ECHO = """\
+package echo
+
+decision := {"n": input.n, "double": input.n * 2, "factor": data.echo.settings.factor} if {
+	is_number(input.n)
+	input.n <= 100
+}
+
+# Above 100 both definitions hold: a conflict at evaluation time.
+_size := "big" if input.n > 100
+
+_size := "huge" if input.n > 100
+
+decision := {"n": input.n, "size": _size} if {
+	is_number(input.n)
+	input.n > 100
+}
+
+# The engines probe their entrypoint with a representative verdict before use.
+decision := {"probe": true, "root": data.flags.probe} if input.verdict.id == "probe"
+"""
+
+ECHO_DATA: list[tuple[str, Any]] = [("echo.settings", {"factor": 3}), ("", {"flags": {"probe": 1}})]
+
+
+def echo_bundle() -> PolicyBundle:
+    return make_bundle({"echo/echo.rego": ECHO}, ECHO_DATA)
+
+
+@pytest.fixture(scope="module")
+def repo_bundle() -> PolicyBundle:
+    return load_bundle(REPO / "policies")
+
+
+@pytest.fixture(scope="module")
+def reference(repo_bundle: PolicyBundle) -> Iterator[dict[str, Any]]:
+    """The DESIGN.md example's decision, from an embedded engine built directly."""
+    engine = EmbeddedEngine(repo_bundle, "tollgate.decision")
+    try:
+        evaluation = engine.evaluate_sync(copy.deepcopy(DESIGN_EXAMPLE))
+    finally:
+        engine.close()
+    assert evaluation.ok, evaluation.error
+    result: dict[str, Any] = evaluation.result
+    yield result
+
+
+@pytest.mark.parametrize("kind", ENGINES)
+async def test_the_design_example_decides_the_same(
+    kind: str, loader: Loader, repo_bundle: PolicyBundle, reference: dict[str, Any]
+) -> None:
+    engine = await loader(kind, repo_bundle)
+
+    (evaluation,) = await engine.evaluate_many([copy.deepcopy(DESIGN_EXAMPLE)])
+
+    assert evaluation.error is None
+    assert evaluation.result == reference
+    assert reference["shadow"] is False
+    assert {(a["type"], a["target"]["value"]) for a in reference["actions"]} == {
+        ("revoke_key", "key_3"),
+        ("block", "203.0.113.0/24"),
+        ("flag_review", "acct_9"),
+    }
+    assert evaluation.duration_ms > 0 and evaluation.started_ns > 0
+
+
+@pytest.mark.parametrize("kind", ENGINES)
+async def test_identity(kind: str, loader: Loader, repo_bundle: PolicyBundle) -> None:
+    engine = await loader(kind, repo_bundle, entrypoint="data.tollgate.decision")
+
+    assert engine.name == f"opa-{kind}"
+    assert engine.revision == repo_bundle.revision
+    assert engine.entrypoint == "tollgate.decision"
+    assert engine.bundle is repo_bundle
+
+
+@pytest.mark.parametrize("kind", ENGINES)
+async def test_evaluate_many_answers_in_the_order_of_its_inputs(kind: str, loader: Loader) -> None:
+    engine = await loader(kind, echo_bundle(), entrypoint="echo.decision")
+    inputs = [{"n": n} for n in range(40)]
+
+    evaluations = await engine.evaluate_many(inputs)
+
+    assert [e.result for e in evaluations] == [
+        {"n": n, "double": 2 * n, "factor": 3} for n in range(40)
+    ]
+    assert await engine.evaluate_many([]) == []
+
+
+@pytest.mark.parametrize("kind", ENGINES)
+async def test_data_files_are_mounted_where_they_lie(kind: str, loader: Loader) -> None:
+    engine = await loader(kind, echo_bundle(), entrypoint="echo.decision")
+
+    (probe,) = await engine.evaluate_many([{"verdict": {"id": "probe"}}])
+
+    assert probe.result == {"probe": True, "root": 1}
+
+
+@pytest.mark.parametrize("kind", ENGINES)
+async def test_a_runtime_error_fails_only_its_evaluation(kind: str, loader: Loader) -> None:
+    engine = await loader(kind, echo_bundle(), entrypoint="echo.decision")
+
+    first, conflict, last = await engine.evaluate_many([{"n": 1}, {"n": 101}, {"n": 2}])
+
+    assert first.ok and last.ok
+    assert not conflict.ok and conflict.result is None
+    assert conflict.error is not None and "eval_conflict_error" in conflict.error
+
+
+@pytest.mark.parametrize("kind", ENGINES)
+async def test_an_undefined_decision_is_an_error(kind: str, loader: Loader) -> None:
+    engine = await loader(kind, echo_bundle(), entrypoint="echo.decision")
+
+    (evaluation,) = await engine.evaluate_many([{"n": "not a number"}])
+
+    assert evaluation.result is None
+    assert evaluation.error == "data.echo.decision is undefined for this input"
+
+
+@pytest.mark.parametrize("kind", ENGINES)
+async def test_an_undefined_entrypoint_fails_the_load(kind: str, loader: Loader) -> None:
+    with pytest.raises(PolicyError) as raised:
+        await loader(kind, echo_bundle(), entrypoint="echo.nothing_here")
+
+    assert "data.echo.nothing_here is undefined" in raised.value.message
+    assert "TOLLGATE_ENTRYPOINT" in raised.value.message
+
+
+@pytest.mark.parametrize("kind", ENGINES)
+async def test_a_probe_error_fails_the_load(kind: str, loader: Loader) -> None:
+    broken = ECHO + 'decision := {"other": true} if input.verdict.id == "probe"\n'
+    bundle = make_bundle({"echo/echo.rego": broken}, ECHO_DATA)
+
+    with pytest.raises(PolicyError) as raised:
+        await loader(kind, bundle, entrypoint="echo.decision")
+
+    assert "probe evaluation" in raised.value.message
+    assert "eval_conflict_error" in raised.value.message
+
+
+@pytest.mark.parametrize("kind", ENGINES)
+async def test_a_module_that_does_not_compile_fails_the_load(kind: str, loader: Loader) -> None:
+    v0 = "package echo\n\ndecision { true }\n"
+
+    with pytest.raises(PolicyError) as raised:
+        await loader(kind, make_bundle({"echo/echo.rego": v0}), entrypoint="echo.decision")
+
+    assert "`if` keyword is required" in raised.value.message
+    assert "echo.rego" in raised.value.message
+
+
+@pytest.mark.parametrize("kind", ENGINES)
+async def test_evaluate_sync_matches_evaluate_many(kind: str, loader: Loader) -> None:
+    engine = await loader(kind, echo_bundle(), entrypoint="echo.decision")
+
+    on_a_thread = await asyncio.to_thread(engine.evaluate_sync, {"n": 7})
+    on_the_loop = engine.evaluate_sync({"n": 8})
+    (many,) = await engine.evaluate_many([{"n": 7}])
+
+    assert on_a_thread.result == many.result == {"n": 7, "double": 14, "factor": 3}
+    assert on_the_loop.result == {"n": 8, "double": 16, "factor": 3}

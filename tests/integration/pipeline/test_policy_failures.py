@@ -1,0 +1,195 @@
+"""A policy that fails for some inputs: the verdict is still stored and acknowledged, the
+decision is recorded as an error with its message, and nothing is planned."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlmodel import col
+
+from controlplane.errors import TollgateError
+from controlplane.store.models import ActionRow, AuditEventRow, VerdictRow
+from tests.support.app import Running, make_settings, serve
+from tests.support.databases import sqlite_url
+from tests.support.store import count, fetch
+from tests.support.verdicts import new_subject, verdict
+
+# The decision depends on the score, so one revision shows every way a policy can fail.
+FAILING_POLICY = """\
+# METADATA
+# title: Failing on purpose
+# description: Passes check and probe, then fails for chosen scores.
+# custom:
+#   owner: tests
+package failing
+
+# For scores above 0.6 both definitions hold: eval_conflict_error at evaluation time.
+_tier := "moderate" if input.verdict.score > 0.5
+
+_tier := "severe" if input.verdict.score > 0.6
+
+_review := {
+	"type": "flag_review",
+	"target": {"kind": "account", "value": input.verdict.subject.account_id},
+	"params": {},
+	"ttl": null,
+	"rule": "failing.review",
+	"reason": "looked at",
+}
+
+# METADATA
+# title: decision
+# description: Malformed, undefined or conflicting for chosen scores.
+# custom:
+#   owner: tests
+decision := "not an object" if {
+	input.verdict.score == 0.11
+} else := {"actions": [object.union(_review, {"type": "ban_forever"})], "shadow": false} if {
+	input.verdict.score == 0.12
+} else := {"actions": [object.union(_review, {"target": {"kind": "ip", "value": "x"}})]} if {
+	input.verdict.score == 0.13
+} else := {"actions": [_review], "shadow": "sometimes"} if {
+	input.verdict.score == 0.14
+} else := {"actions": [], "shadow": false, "tier": _tier} if {
+	input.verdict.score > 0.5
+} else := {"actions": [_review], "shadow": false} if {
+	input.verdict.score != 0.15
+}
+"""
+
+FAILURES: dict[str, tuple[dict[str, Any], str]] = {
+    "not an object": ({"score": 0.11}, "malformed decision: decision must be an object, got str"),
+    "unknown action type": (
+        {"score": 0.12},
+        "malformed decision: decision.actions[0].type must be one of",
+    ),
+    "bad target": (
+        {"score": 0.13},
+        "malformed decision: decision.actions[0].target.value 'x' is not a valid ip",
+    ),
+    "null target": (
+        {"score": 0.3, "subject": {"ips": ["192.0.2.5"]}},
+        "malformed decision: decision.actions[0].target.value must be a non-empty string",
+    ),
+    "bad shadow": ({"score": 0.14}, "malformed decision: decision.shadow must be true or false"),
+    "undefined": ({"score": 0.15}, "data.failing.decision is undefined for this input"),
+    "conflict": ({"score": 0.7}, "eval_conflict_error: complete rules must not produce multiple"),
+}
+
+
+@pytest.fixture(scope="module")
+def failing_policy_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("failing-policies")
+    (root / "failing.rego").write_text(FAILING_POLICY, encoding="utf-8")
+    return root
+
+
+@pytest.fixture(scope="module")
+async def failing_api(
+    module_database_url: str,
+    failing_policy_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[Running]:
+    settings = make_settings(
+        module_database_url,
+        tmp_path_factory.mktemp("data"),
+        policy_dir=failing_policy_dir,
+        entrypoint="failing.decision",
+    )
+    async with serve(settings) as running:
+        yield running
+
+
+async def assert_error_decision(api: Running, result: dict[str, Any], message: str) -> None:
+    verdict_id = result["verdict_id"]
+    assert result["status"] == "decided"
+    assert result["decision_status"] == "error"
+    assert message in result["error"]
+    assert result["actions"] == []
+
+    stored = (await api.client.get(f"/v1/verdicts/{verdict_id}")).json()
+    assert (stored["status"], stored["decision_status"]) == ("decided", "error")
+    decision = (await api.client.get(f"/v1/decisions/{result['decision_id']}")).json()
+    assert decision["status"] == "error"
+    assert message in decision["error"]
+    assert decision["actions"] == []
+    db = api.runtime.db
+    assert await count(db, ActionRow, col(ActionRow.verdict_id) == verdict_id) == 0
+    events = await fetch(db, AuditEventRow, col(AuditEventRow.verdict_id) == verdict_id)
+    assert sorted(e.type for e in events) == ["decision.recorded", "verdict.received"]
+    [recorded] = [e for e in events if e.type == "decision.recorded"]
+    assert recorded.payload["status"] == "error"
+    assert message in recorded.payload["error"]
+    assert recorded.payload["actions"] == 0
+
+
+@pytest.mark.parametrize("case", list(FAILURES))
+async def test_failing_evaluation_is_recorded_as_an_error_decision(
+    failing_api: Running, case: str
+) -> None:
+    fields, message = FAILURES[case]
+    document = verdict(**fields)
+
+    response = await failing_api.client.post("/v1/verdicts", json=document)
+
+    assert response.status_code == 202
+    [result] = response.json()["results"]
+    await assert_error_decision(failing_api, result, message)
+    assert await count(failing_api.runtime.db, VerdictRow, col(VerdictRow.id) == document["id"])
+
+
+async def test_malformed_output_is_kept_as_returned(failing_api: Running) -> None:
+    [result] = (await failing_api.submit(verdict(score=0.12)))["results"]
+
+    decision = (await failing_api.client.get(f"/v1/decisions/{result['decision_id']}")).json()
+
+    assert decision["result"]["actions"][0]["type"] == "ban_forever"
+
+
+async def test_failures_in_a_batch_leave_the_good_verdicts_decided(failing_api: Running) -> None:
+    subject = new_subject()
+    batch = [
+        verdict(subject=subject, score=0.3),
+        verdict(score=0.7),
+        verdict(score=0.12),
+        verdict(score=0.55),
+    ]
+
+    body = await failing_api.submit({"verdicts": batch})
+
+    assert body["accepted"] == 4
+    good, conflict, malformed, empty = body["results"]
+    assert (good["decision_status"], [a["type"] for a in good["actions"]]) == (
+        "ok",
+        ["flag_review"],
+    )
+    assert good["actions"][0]["target"] == {"kind": "account", "value": subject["account_id"]}
+    await assert_error_decision(failing_api, conflict, "eval_conflict_error")
+    await assert_error_decision(failing_api, malformed, "decision.actions[0].type")
+    assert (empty["decision_status"], empty["actions"]) == ("ok", [])
+
+    # The engine keeps working after an evaluation error.
+    [after] = (await failing_api.submit(verdict(score=0.3)))["results"]
+    assert after["decision_status"] == "ok"
+
+
+async def test_startup_refuses_a_policy_with_an_undefined_entrypoint(
+    failing_policy_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = make_settings(
+        sqlite_url(tmp_path),
+        tmp_path,
+        policy_dir=failing_policy_dir,
+        entrypoint="tollgate.decision",
+    )
+
+    with caplog.at_level(logging.ERROR), pytest.raises(TollgateError) as raised:
+        async with serve(settings):
+            pass
+
+    # The error that stops startup, or the log beside it, names the problem.
+    assert "entrypoint data.tollgate.decision is undefined" in raised.value.message + caplog.text

@@ -1,0 +1,98 @@
+"""Running the API in the test's event loop.
+
+`litestar.testing.AsyncTestClient` runs the app on a blocking portal in another
+thread and blocks the caller's loop for each request, so `asyncio.gather` of its
+requests runs them one after another. Here the app runs in the test's own loop,
+as under uvicorn: its lifespan (startup: migrations, policy load, recovery; shutdown)
+runs in a task of its own, and requests go through `httpx.ASGITransport`, so
+concurrent requests really interleave and tests can use the runtime's database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from controlplane.api.app import create_app
+from controlplane.runtime import Runtime
+from controlplane.settings import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+POLICY_DIR = REPO / "policies"
+SCENARIO = REPO / "controlplane" / "demo" / "scenario.json"
+
+
+def make_settings(
+    database_url: str,
+    data_dir: Path,
+    *,
+    policy_dir: Path = POLICY_DIR,
+    entrypoint: str = "tollgate.decision",
+) -> Settings:
+    """Settings for one test app; every field that could come from the environment is set."""
+    return Settings(
+        data_dir=data_dir,
+        database_url=database_url,
+        policy_dir=policy_dir,
+        entrypoint=entrypoint,
+        engine_workers=2,
+        otlp_endpoint="",
+    )
+
+
+@dataclass
+class Running:
+    """A started app: its HTTP client and the runtime behind it."""
+
+    client: httpx.AsyncClient
+    runtime: Runtime
+    settings: Settings
+
+    async def submit(self, body: Any, **kwargs: Any) -> dict[str, Any]:
+        """POST verdicts, expect 202, return the body."""
+        response = await self.client.post("/v1/verdicts", json=body, **kwargs)
+        assert response.status_code == 202, response.text
+        result: dict[str, Any] = response.json()
+        return result
+
+
+@asynccontextmanager
+async def serve(settings: Settings) -> AsyncIterator[Running]:
+    """Start the app (startup hooks run), yield a client, then shut it down."""
+    runtime = Runtime.create(settings)
+    app = create_app(settings, runtime)
+    started, stop = asyncio.Event(), asyncio.Event()
+
+    async def lifespan() -> None:
+        async with app.lifespan():
+            started.set()
+            await stop.wait()
+
+    task = asyncio.create_task(lifespan(), name="tollgate-lifespan")
+    ready = asyncio.create_task(started.wait())
+    await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
+    if not started.is_set():
+        ready.cancel()
+        try:
+            task.result()
+        except BaseExceptionGroup as group:
+            # litestar's lifespan runs inside an anyio task group, which wraps the error.
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
+        raise AssertionError("the app's lifespan ended before startup completed")
+    try:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://tollgate.test"
+        ) as client:
+            yield Running(client, runtime, settings)
+    finally:
+        stop.set()
+        await task

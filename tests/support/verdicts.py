@@ -1,0 +1,60 @@
+"""Verdict documents for tests. Every subject is new unless one is passed in, so tests
+sharing a database never see each other's history."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+OBSERVED_AT = "2026-11-26T12:00:00Z"
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(5)}"
+
+
+def new_subject(*, ips: list[str] | None = None, org: bool = True) -> dict[str, Any]:
+    """A subject nobody has reported yet."""
+    tag = secrets.token_hex(5)
+    subject: dict[str, Any] = {"account_id": f"acct_{tag}", "api_key_id": f"key_{tag}"}
+    if org:
+        subject["org_id"] = f"org_{tag}"
+    subject["ips"] = ips if ips is not None else ["192.0.2.10"]
+    return subject
+
+
+def verdict(
+    *,
+    subject: dict[str, Any] | None = None,
+    score: float = 0.78,
+    confidence: float = 0.8,
+    provider: str = "lab-a",
+    labels: list[str] | None = None,
+    observed_at: str = OBSERVED_AT,
+    **extra: Any,
+) -> dict[str, Any]:
+    """A verdict document. The defaults qualify for the graduated response but are not
+    severe: a first one rate-limits the key, a repeat revokes it."""
+    document: dict[str, Any] = {
+        "id": unique("v"),
+        "provider": provider,
+        "detector": {"name": "sweep", "version": "1.4.0"},
+        "observed_at": observed_at,
+        "subject": subject if subject is not None else new_subject(),
+        "score": score,
+        "confidence": confidence,
+        "signals": {"requests_24h": 400000, "prompt_template_reuse": 0.83},
+        "labels": labels if labels is not None else [],
+    }
+    document.update(extra)
+    return document
+
+
+def legitimate(**kwargs: Any) -> dict[str, Any]:
+    """A verdict below the bar: the bundled policies ask for nothing."""
+    return verdict(score=0.2, **kwargs)
+
+
+def action_types(result: dict[str, Any]) -> list[str]:
+    """Sorted action types of one entry of an ingest response's `results`."""
+    return sorted(a["type"] for a in result["actions"])

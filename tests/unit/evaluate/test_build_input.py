@@ -1,0 +1,233 @@
+"""`build_input`: the policy input's history and context for one verdict."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from controlplane.domain.verdict import Verdict
+from controlplane.evaluate.context import IntelIndex, Lookups, PriorVerdict, build_input
+from tests.support.verdicts import verdict
+
+OBSERVED = datetime(2026, 11, 26, 12, tzinfo=UTC)
+RECEIVED = datetime(2026, 11, 26, 12, 5, tzinfo=UTC)
+NOW = datetime(2026, 11, 26, 12, 5, 1, tzinfo=UTC)
+
+SUBJECT = {"account_id": "acct_1", "api_key_id": "key_1", "org_id": "org_1", "ips": ["192.0.2.7"]}
+
+
+def the_verdict(**changes: Any) -> Verdict:
+    return Verdict.model_validate({**verdict(subject=SUBJECT), "id": "v-now", **changes})
+
+
+def prior(
+    verdict_id: str,
+    *,
+    observed: timedelta,
+    received: timedelta,
+    account: str | None = "acct_1",
+    key: str | None = "key_1",
+    score: float = 0.8,
+) -> PriorVerdict:
+    """An earlier verdict, `observed` and `received` before this one."""
+    return PriorVerdict(
+        id=verdict_id,
+        account_id=account,
+        api_key_id=key,
+        observed_at=OBSERVED - observed,
+        received_at=RECEIVED - received,
+        score=score,
+        confidence=0.8,
+        detector="sweep",
+    )
+
+
+def with_priors(*priors: PriorVerdict, provider: str = "lab-a") -> Lookups:
+    lookups = Lookups()
+    for p in priors:
+        if p.account_id:
+            lookups.verdicts[(provider, "account", p.account_id)].append(p)
+        if p.api_key_id:
+            lookups.verdicts[(provider, "api_key", p.api_key_id)].append(p)
+    return lookups
+
+
+def action_doc(
+    action_id: str,
+    kind: str,
+    value: str,
+    *,
+    expires: datetime | None = None,
+    kind_type: str = "rate_limit",
+) -> dict[str, Any]:
+    return {
+        "id": action_id,
+        "type": kind_type,
+        "target": {"kind": kind, "value": value},
+        "params": {},
+        "rule": "graduated.first_offense",
+        "state": "pending",
+        "created_at": (NOW - timedelta(hours=1)).isoformat(),
+        "expires_at": expires.isoformat() if expires else None,
+    }
+
+
+def test_shape_and_verdict_document() -> None:
+    v = the_verdict()
+
+    given = build_input(v, RECEIVED, Lookups(), NOW)
+
+    assert set(given) == {"verdict", "history", "context", "now"}
+    assert given["verdict"] == v.document()
+    assert given["now"] == "2026-11-26T12:05:01Z"
+    assert given["history"]["active_actions"] == []
+    assert given["history"]["verdicts_30d"] == 0
+    assert given["history"]["appeals"] == []
+    assert given["context"] == {"exempt": False, "exemption": None, "intel_matches": []}
+
+
+def test_verdicts_30d_counts_only_earlier_verdicts_within_30_days() -> None:
+    lookups = with_priors(
+        prior("counted", observed=timedelta(days=10), received=timedelta(days=10)),
+        prior("edge", observed=timedelta(days=30), received=timedelta(days=30)),
+        prior("too-old", observed=timedelta(days=30, seconds=1), received=timedelta(days=1)),
+        prior("later", observed=timedelta(days=1), received=-timedelta(seconds=1)),
+        prior("same-time", observed=timedelta(0), received=timedelta(0)),
+        prior("by-account", observed=timedelta(days=2), received=timedelta(days=2), key="key_9"),
+        prior("by-key", observed=timedelta(days=3), received=timedelta(days=3), account=None),
+        prior(
+            "stranger",
+            observed=timedelta(days=1),
+            received=timedelta(days=1),
+            account="a2",
+            key="k2",
+        ),
+        # Observed after this one but reported before it: an earlier verdict all the same.
+        prior("late-report", observed=-timedelta(hours=1), received=timedelta(minutes=1)),
+    )
+
+    history = build_input(the_verdict(), RECEIVED, lookups, NOW)["history"]
+
+    assert history["verdicts_30d"] == 5
+    assert [p["id"] for p in history["recent_verdicts"]] == [
+        "late-report",
+        "by-account",
+        "by-key",
+        "counted",
+        "edge",
+    ]
+    assert history["recent_verdicts"][3] == {
+        "id": "counted",
+        "observed_at": "2026-11-16T12:00:00Z",
+        "score": 0.8,
+        "confidence": 0.8,
+        "detector": "sweep",
+    }
+
+
+def test_a_prior_verdict_on_both_account_and_key_counts_once() -> None:
+    lookups = with_priors(prior("both", observed=timedelta(days=1), received=timedelta(days=1)))
+
+    assert build_input(the_verdict(), RECEIVED, lookups, NOW)["history"]["verdicts_30d"] == 1
+
+
+def test_other_providers_verdicts_do_not_count() -> None:
+    lookups = with_priors(
+        prior("elsewhere", observed=timedelta(days=1), received=timedelta(days=1)), provider="lab-b"
+    )
+
+    assert build_input(the_verdict(), RECEIVED, lookups, NOW)["history"]["verdicts_30d"] == 0
+
+
+def test_active_actions_matched_by_key_account_org_ip_and_cidr() -> None:
+    lookups = Lookups()
+    for action in (
+        action_doc("on-key", "api_key", "key_1"),
+        action_doc("on-account", "account", "acct_1"),
+        action_doc("on-org", "org", "org_1", kind_type="flag_review"),
+        action_doc("on-ip", "ip", "192.0.2.7", kind_type="block"),
+        action_doc("on-cidr", "cidr", "192.0.2.0/24", kind_type="block"),
+        action_doc("other-key", "api_key", "key_2"),
+        action_doc("other-ip", "ip", "192.0.2.8", kind_type="block"),
+        action_doc("other-cidr", "cidr", "198.51.100.0/24", kind_type="block"),
+        action_doc("expired", "api_key", "key_1", expires=NOW - timedelta(seconds=1)),
+        action_doc("expires-now", "api_key", "key_1", expires=NOW),
+        action_doc("expiring", "api_key", "key_1", expires=NOW + timedelta(hours=1)),
+        action_doc("expired-cidr", "cidr", "192.0.0.0/16", expires=NOW - timedelta(hours=1)),
+    ):
+        lookups.add_action("lab-a", action)
+    lookups.add_action("lab-b", action_doc("other-provider", "api_key", "key_1"))
+    lookups.add_action("lab-b", action_doc("other-provider-cidr", "cidr", "192.0.2.0/24"))
+
+    active = build_input(the_verdict(), RECEIVED, lookups, NOW)["history"]["active_actions"]
+
+    assert sorted(a["id"] for a in active) == [
+        "expiring",
+        "on-account",
+        "on-cidr",
+        "on-ip",
+        "on-key",
+        "on-org",
+    ]
+
+
+def test_cidr_action_matches_ipv6_subjects() -> None:
+    lookups = Lookups()
+    lookups.add_action("lab-a", action_doc("v6", "cidr", "2001:db8::/32", kind_type="block"))
+    v = the_verdict(subject={"ips": ["192.0.2.1", "2001:db8::5"]})
+
+    active = build_input(v, RECEIVED, lookups, NOW)["history"]["active_actions"]
+
+    assert [a["id"] for a in active] == ["v6"]
+
+
+def test_an_action_reachable_two_ways_is_listed_once() -> None:
+    lookups = Lookups()
+    shared = action_doc("shared", "api_key", "key_1")
+    lookups.add_action("lab-a", shared)
+    lookups.actions[("lab-a", "account", "acct_1")].append(shared)
+
+    active = build_input(the_verdict(), RECEIVED, lookups, NOW)["history"]["active_actions"]
+
+    assert [a["id"] for a in active] == ["shared"]
+
+
+def test_exemption_of_any_subject_key_makes_the_verdict_exempt() -> None:
+    exemption = {"subject": {"kind": "org", "value": "org_1"}, "owner": "t&s", "reason": "msa"}
+    for key in (
+        ("lab-a", "org", "org_1"),
+        ("lab-a", "api_key", "key_1"),
+        ("lab-a", "ip", "192.0.2.7"),
+    ):
+        lookups = Lookups()
+        lookups.exemptions[key] = exemption
+
+        context = build_input(the_verdict(), RECEIVED, lookups, NOW)["context"]
+
+        assert context["exempt"] is True, key
+        assert context["exemption"] == exemption
+
+
+def test_exemption_for_another_subject_or_provider_does_not_apply() -> None:
+    lookups = Lookups()
+    lookups.exemptions[("lab-b", "account", "acct_1")] = {"owner": "x"}
+    lookups.exemptions[("lab-a", "account", "acct_2")] = {"owner": "y"}
+
+    context = build_input(the_verdict(), RECEIVED, lookups, NOW)["context"]
+
+    assert (context["exempt"], context["exemption"]) == (False, None)
+
+
+def test_intel_matches_for_every_ip() -> None:
+    lookups = Lookups()
+    lookups.intel = IntelIndex(
+        [{"value": "203.0.113.0/24", "source": "lab-b", "confidence": 0.9, "tlp": "amber"}]
+    )
+    v = the_verdict(subject={"ips": ["203.0.113.7", "192.0.2.1", "203.0.113.8"]})
+
+    matches = build_input(v, RECEIVED, lookups, NOW)["context"]["intel_matches"]
+
+    assert [(m["cidr"], m["ip"]) for m in matches] == [
+        ("203.0.113.0/24", "203.0.113.7"),
+        ("203.0.113.0/24", "203.0.113.8"),
+    ]
