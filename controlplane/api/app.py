@@ -45,11 +45,11 @@ def _tollgate_error(_: Request[Any, Any, Any], exc: TollgateError) -> Response[d
 
 
 def _validation_error(
-    _: Request[Any, Any, Any], exc: ValidationException
+    request: Request[Any, Any, Any], exc: ValidationException
 ) -> Response[dict[str, Any]]:
     details = [
         {
-            "field": item.get("key", "?"),
+            "field": _client_name(request, item.get("key", "?")),
             "message": item.get("message", ""),
             "source": item.get("source", ""),
         }
@@ -60,6 +60,13 @@ def _validation_error(
         {"error": "invalid_input", "message": "invalid request parameters", "details": details},
         status_code=422,
     )
+
+
+def _client_name(request: Request[Any, Any, Any], key: str) -> str:
+    """The parameter name the client sent (`state`), not the handler's (`action_state`)."""
+    field = request.route_handler.parsed_fn_signature.parameters.get(key)
+    name = getattr(getattr(field, "kwarg_definition", None), "name", None)
+    return name if isinstance(name, str) and name else key
 
 
 def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> Litestar:

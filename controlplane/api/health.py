@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Controller, Response, get
+from litestar.di import NamedDependency
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 from sqlalchemy import text
 
@@ -20,7 +21,7 @@ class HealthController(Controller):
         return {"status": "ok"}
 
     @get("/readyz", operation_id="readyz", summary="Readiness")
-    async def readyz(self, runtime: Runtime) -> Response[dict[str, Any]]:
+    async def readyz(self, runtime: NamedDependency[Runtime]) -> Response[dict[str, Any]]:
         """Ready when the database answers and a policy revision is loaded."""
         checks: dict[str, Any] = {}
         try:

@@ -2,18 +2,49 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from pathlib import Path
 
 from controlplane.engine.base import PolicyEngine
-from controlplane.engine.bundle import load_bundle
+from controlplane.engine.bundle import PolicyBundle, load_bundle
 from controlplane.engine.embedded import EmbeddedEngine
+from controlplane.engine.opa_http import OpaTarget
+from controlplane.engine.remote import RemoteEngine
 from controlplane.errors import EngineUnavailable
+from controlplane.settings import Settings
+
+ENGINES = ("embedded", "remote")
 
 
 def load_embedded(policy_dir: Path, entrypoint: str, workers: int) -> EmbeddedEngine:
     """Read the policy dir and build a probed embedded engine for it."""
     return EmbeddedEngine(load_bundle(policy_dir), entrypoint, workers)
+
+
+async def load_engine(settings: Settings, bundle: PolicyBundle) -> PolicyEngine:
+    """Build and probe the engine `TOLLGATE_ENGINE` names for `bundle`, ready to swap in.
+
+    `embedded` builds its OPA engines on a worker thread. `remote` pushes the revision to
+    the OPA server at `TOLLGATE_OPA_URL`, replacing the one it held (see
+    `controlplane.engine.remote`): call it on the event loop that will evaluate, since
+    the engine's HTTP session belongs to that loop. Both raise `PolicyError` for a
+    revision that does not load or probe, `EngineUnavailable` for an engine that
+    cannot be used (not installed, server unreachable or too slow).
+    """
+    kind = settings.engine.strip().lower()
+    if kind == "embedded":
+        return await asyncio.to_thread(
+            EmbeddedEngine, bundle, settings.entrypoint, settings.engine_workers
+        )
+    if kind == "remote":
+        target = OpaTarget(settings.opa_url, settings.opa_timeout, settings.opa_connect_timeout)
+        return await RemoteEngine.load(
+            bundle, settings.entrypoint, target, concurrency=settings.engine_workers
+        )
+    raise EngineUnavailable(
+        f"TOLLGATE_ENGINE={settings.engine!r} is not an engine: use one of {', '.join(ENGINES)}"
+    )
 
 
 class EngineSlot:

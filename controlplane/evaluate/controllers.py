@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from litestar import Controller, get
+from litestar.di import NamedDependency
+from litestar.params import FromPath
 
 from controlplane.errors import NotFound
 from controlplane.evaluate import repository
@@ -18,7 +20,9 @@ class DecisionController(Controller):
     tags = ["decisions"]
 
     @get("/{decision_id:str}", operation_id="getDecision", summary="Get a decision")
-    async def get_decision(self, decision_id: str, runtime: Runtime) -> DecisionOut:
+    async def get_decision(
+        self, decision_id: FromPath[str], runtime: NamedDependency[Runtime]
+    ) -> DecisionOut:
         """One decision: the policy revision and entrypoint, the exact input and
         output, the engine, its duration, the trace id and the actions it planned."""
         async with runtime.db.read() as session:
@@ -34,7 +38,9 @@ class DecisionController(Controller):
         operation_id="explainDecision",
         summary="Explain a decision",
     )
-    async def explain_decision(self, decision_id: str, runtime: Runtime) -> ExplanationOut:
+    async def explain_decision(
+        self, decision_id: FromPath[str], runtime: NamedDependency[Runtime]
+    ) -> ExplanationOut:
         """Re-evaluate the stored input at the stored revision with the engine's trace:
         the rules that fired with their METADATA and bindings, and whether the re-run
         matches the stored result."""

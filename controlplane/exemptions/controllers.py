@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from litestar import Controller, get, post
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.params import JSONBody, QueryParameter
 
 from controlplane.audit import service as audit
 from controlplane.audit.chain import EventDraft
@@ -28,7 +29,9 @@ class ExemptionController(Controller):
     tags = ["exemptions"]
 
     @post("/", operation_id="addExemption", summary="Add an exemption")
-    async def add(self, data: ExemptionIn, runtime: Runtime) -> ExemptionOut:
+    async def add(
+        self, data: JSONBody[ExemptionIn], runtime: NamedDependency[Runtime]
+    ) -> ExemptionOut:
         """Exempt a subject in one provider, with an owner and a reason."""
         now = utcnow()
         row = {
@@ -65,9 +68,9 @@ class ExemptionController(Controller):
     @get("/", operation_id="listExemptions", summary="List exemptions")
     async def list_all(
         self,
-        runtime: Runtime,
-        provider: Annotated[str | None, Parameter(max_length=63)] = None,
-        limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
+        runtime: NamedDependency[Runtime],
+        provider: Annotated[str | None, QueryParameter(max_length=63)] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
     ) -> list[ExemptionOut]:
         """The newest exemptions, optionally of one provider."""
         async with runtime.db.read() as session:

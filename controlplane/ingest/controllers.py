@@ -7,8 +7,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from litestar import Controller, Request, get, post
+from litestar.di import NamedDependency
 from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, RequestBody, Schema
 from litestar.openapi.spec import Operation as OpenAPIOperation
+from litestar.params import FromPath
 from litestar.status_codes import HTTP_202_ACCEPTED
 from pydantic import ValidationError
 
@@ -127,7 +129,9 @@ class VerdictController(Controller):
         operation_class=_SubmitOperation,
         summary="Submit verdicts",
     )
-    async def submit(self, request: Request[Any, Any, Any], runtime: Runtime) -> IngestResult:
+    async def submit(
+        self, request: Request[Any, Any, Any], runtime: NamedDependency[Runtime]
+    ) -> IngestResult:
         """Store one verdict or a batch durably, decide each against the active policy
         revision, and answer with the decision and the planned actions per verdict.
 
@@ -138,7 +142,9 @@ class VerdictController(Controller):
         return await runtime.ingest.submit(verdicts)
 
     @get("/{verdict_id:str}", operation_id="getVerdict", summary="Get a verdict")
-    async def get_verdict(self, verdict_id: str, runtime: Runtime) -> VerdictOut:
+    async def get_verdict(
+        self, verdict_id: FromPath[str], runtime: NamedDependency[Runtime]
+    ) -> VerdictOut:
         """A stored verdict with its decision and actions."""
         async with runtime.db.read() as session:
             row = await repository.get_verdict(session, verdict_id)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Annotated
 
 from litestar import Controller, get, post
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.params import JSONBody, QueryParameter
 
 from controlplane.audit import service as audit
 from controlplane.audit.chain import EventDraft
@@ -21,7 +22,9 @@ class IndicatorController(Controller):
     tags = ["intel"]
 
     @post("/", operation_id="addIndicators", summary="Add indicators")
-    async def add(self, data: IndicatorBatch, runtime: Runtime) -> list[IndicatorOut]:
+    async def add(
+        self, data: JSONBody[IndicatorBatch], runtime: NamedDependency[Runtime]
+    ) -> list[IndicatorOut]:
         """Add shared indicators; verdicts decided from now on see their matches."""
         now = utcnow()
         rows = [{"id": new_id("ind"), **i.model_dump(), "created_at": now} for i in data.indicators]
@@ -45,7 +48,9 @@ class IndicatorController(Controller):
 
     @get("/", operation_id="listIndicators", summary="List indicators")
     async def list_all(
-        self, runtime: Runtime, limit: Annotated[int, Parameter(ge=1, le=1000)] = 100
+        self,
+        runtime: NamedDependency[Runtime],
+        limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
     ) -> list[IndicatorOut]:
         """The newest indicators."""
         async with runtime.db.read() as session:

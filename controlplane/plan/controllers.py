@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Annotated
 
 from litestar import Controller, get
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.params import FromQuery, QueryParameter
 
 from controlplane.domain.vocabulary import ActionState, ActionType, SubjectKind
 from controlplane.plan import repository
@@ -20,20 +21,20 @@ class ActionController(Controller):
     @get("/", operation_id="listActions", summary="List actions")
     async def list_actions(
         self,
-        runtime: Runtime,
-        action_state: Annotated[ActionState | None, Parameter(query="state")] = None,
-        action_type: Annotated[ActionType | None, Parameter(query="type")] = None,
-        target_kind: SubjectKind | None = None,
-        target_value: Annotated[str | None, Parameter(max_length=200)] = None,
-        provider: Annotated[str | None, Parameter(max_length=63)] = None,
+        runtime: NamedDependency[Runtime],
+        action_state: Annotated[ActionState | None, QueryParameter(name="state")] = None,
+        action_type: Annotated[ActionType | None, QueryParameter(name="type")] = None,
+        target_kind: FromQuery[SubjectKind | None] = None,
+        target_value: Annotated[str | None, QueryParameter(max_length=200)] = None,
+        provider: Annotated[str | None, QueryParameter(max_length=63)] = None,
         shadow: Annotated[
             bool | None,
-            Parameter(description="true: only what shadow-mode rules would have done."),
+            QueryParameter(description="true: only what shadow-mode rules would have done."),
         ] = None,
         cursor: Annotated[
-            str | None, Parameter(description="`next_cursor` of the previous page.")
+            str | None, QueryParameter(description="`next_cursor` of the previous page.")
         ] = None,
-        limit: Annotated[int, Parameter(ge=1, le=500)] = 100,
+        limit: Annotated[int, QueryParameter(ge=1, le=500)] = 100,
     ) -> ActionPage:
         """Actions newest first, filtered by state, type, target, provider and shadow mode.
 

@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from litestar import Controller, get, post
+from litestar.di import NamedDependency
+from litestar.params import JSONBody
 from litestar.status_codes import HTTP_200_OK
 
 from controlplane.domain.action import parse_duration
@@ -25,7 +27,7 @@ class PolicyController(Controller):
     tags = ["policies"]
 
     @get("/", operation_id="listPolicyRevisions", summary="List policy revisions")
-    async def list_revisions(self, runtime: Runtime) -> PoliciesOut:
+    async def list_revisions(self, runtime: NamedDependency[Runtime]) -> PoliciesOut:
         """The active revision, every revision seen (passed or rejected, with why),
         and every activation and rollback with who, when and why."""
         async with runtime.db.read() as session:
@@ -61,7 +63,9 @@ class PolicyController(Controller):
         summary="Impact of a policy change",
         status_code=HTTP_200_OK,
     )
-    async def impact(self, data: ImpactRequest, runtime: Runtime) -> dict[str, Any]:
+    async def impact(
+        self, data: JSONBody[ImpactRequest], runtime: NamedDependency[Runtime]
+    ) -> dict[str, Any]:
         """Replay stored verdicts (each with the history and context it had) against a
         base and a head revision; report the decisions that change, by action type and
         rule, the subjects newly revoked, blocked, rate-limited or released, and a
