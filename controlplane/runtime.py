@@ -33,6 +33,7 @@ class Runtime:
     ingest: IngestService
     policies: PolicyService
     scheduler: AsyncIOScheduler = field(default_factory=AsyncIOScheduler)
+    _sync_problems: list[str] = field(default_factory=list)
 
     @classmethod
     def create(cls, settings: Settings) -> Runtime:
@@ -63,7 +64,9 @@ class Runtime:
             result = await self.policies.sync("tollgate", "sync from the policy source")
         except TollgateError as exc:
             log.error("policy sync failed: %s", exc.message)
+            self._sync_problems = [exc.message]
         else:
+            self._sync_problems = result.problems
             if result.outcome == "rejected":
                 log.error(
                     "policy revision %s was rejected and will not be activated: %s",
@@ -78,9 +81,11 @@ class Runtime:
         """Make the engine evaluate the active revision (a rollback lands here too)."""
         bundle = await self.policies.active()
         if bundle is None:
+            problems = "; ".join(self._sync_problems[:5]) or "none found"
             raise EngineUnavailable(
-                "no policy revision has passed `tollgate policy check` and "
-                "`tollgate policy test`: fix the policies and start again"
+                "no policy revision has passed `tollgate policy check` and `tollgate policy "
+                f"test`, so nothing can decide. Problems: {problems}. Fix the policies "
+                f"in {self.settings.policy_dir} and start again."
             )
         if self.engines.loaded and self.engines.current.revision == bundle.revision:
             return

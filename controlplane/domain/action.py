@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from controlplane.domain.verdict import canonical_ip
 from controlplane.domain.vocabulary import ACTION_TARGETS, ActionType, SubjectKind
 
 _DURATION = re.compile(r"(\d+)(ms|s|m|h|d|w)")
@@ -85,7 +86,9 @@ def _parse_action(i: int, raw: Any) -> ActionSpec:
     if not isinstance(value, str) or not value:
         raise MalformedDecision(f"{where}.target.value must be a non-empty string")
     value = _normalise_target(where, kind, value)
-    params = raw.get("params") or {}
+    params = raw.get("params", {})
+    if params is None:
+        params = {}
     if not isinstance(params, dict):
         raise MalformedDecision(f"{where}.params must be an object")
     if kind_type is ActionType.RATE_LIMIT:
@@ -113,7 +116,7 @@ def _parse_action(i: int, raw: Any) -> ActionSpec:
 def _normalise_target(where: str, kind: SubjectKind, value: str) -> str:
     try:
         if kind is SubjectKind.IP:
-            return str(ipaddress.ip_address(value))
+            return canonical_ip(value)
         if kind is SubjectKind.CIDR:
             return str(ipaddress.ip_network(value, strict=False))
     except ValueError:

@@ -16,6 +16,15 @@ ProviderName = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
+def canonical_ip(text: str) -> str:
+    """One spelling per address: an IPv4-mapped IPv6 address (`::ffff:203.0.113.7`) is
+    the IPv4 address, so it meets the same blocks and intel as its plain form."""
+    address = ipaddress.ip_address(text)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        return str(address.ipv4_mapped)
+    return str(address)
+
+
 class Detector(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -42,7 +51,7 @@ class Subject(BaseModel):
         normalised = []
         for i, ip in enumerate(ips):
             try:
-                normalised.append(str(ipaddress.ip_address(ip)))
+                normalised.append(canonical_ip(ip))
             except ValueError:
                 raise ValueError(
                     f"ips[{i}]: {ip!r} is not an IPv4 or IPv6 address (no CIDR here)"

@@ -8,12 +8,14 @@ from typing import Any
 
 from litestar import Controller, Request, get, post
 from litestar.di import NamedDependency
+from litestar.openapi import ResponseSpec
 from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, RequestBody, Schema
 from litestar.openapi.spec import Operation as OpenAPIOperation
 from litestar.params import FromPath
 from litestar.status_codes import HTTP_202_ACCEPTED
 from pydantic import ValidationError
 
+from controlplane.api.schemas import ErrorBody
 from controlplane.domain.verdict import Verdict, VerdictBatch
 from controlplane.errors import InvalidInput, NotFound
 from controlplane.evaluate import repository as decisions_repo
@@ -128,6 +130,18 @@ class VerdictController(Controller):
         status_code=HTTP_202_ACCEPTED,
         operation_class=_SubmitOperation,
         summary="Submit verdicts",
+        responses={
+            409: ResponseSpec(
+                ErrorBody,
+                description="A verdict id was stored before with "
+                "different content; nothing of the request was stored.",
+            ),
+            422: ResponseSpec(
+                ErrorBody,
+                description="Invalid input; each bad field is named "
+                "with its index in the batch; nothing was stored.",
+            ),
+        },
     )
     async def submit(
         self, request: Request[Any, Any, Any], runtime: NamedDependency[Runtime]

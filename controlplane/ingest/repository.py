@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import insert, select, update
@@ -13,16 +15,26 @@ from controlplane.domain.vocabulary import VerdictStatus
 from controlplane.store.models import VerdictRow
 
 
-async def content_hashes(session: AsyncSession, ids: Sequence[str]) -> dict[str, str]:
-    """Stored content hash by verdict id, for those of `ids` already stored."""
-    found: dict[str, str] = {}
+@dataclass(frozen=True)
+class Stored:
+    content_hash: str
+    status: str
+    received_at: datetime
+
+
+async def stored_verdicts(session: AsyncSession, ids: Sequence[str]) -> dict[str, Stored]:
+    """Content hash, status and arrival of those of `ids` already stored."""
+    found: dict[str, Stored] = {}
     for i in range(0, len(ids), 500):
         rows = await session.execute(
-            select(col(VerdictRow.id), col(VerdictRow.content_hash)).where(
-                col(VerdictRow.id).in_(ids[i : i + 500])
-            )
+            select(
+                col(VerdictRow.id),
+                col(VerdictRow.content_hash),
+                col(VerdictRow.status),
+                col(VerdictRow.received_at),
+            ).where(col(VerdictRow.id).in_(ids[i : i + 500]))
         )
-        found.update({row.id: row.content_hash for row in rows})
+        found.update({r.id: Stored(r.content_hash, r.status, r.received_at) for r in rows})
     return found
 
 

@@ -43,13 +43,13 @@ class IngestService:
         # Errors name a verdict by its index in the request, not in the deduplicated list.
         index = {v.id: i for i, v in reversed(list(enumerate(verdicts)))}
         try:
-            pending, duplicates = await self._store(unique, index)
+            pending, retry, duplicates = await self._store(unique, index)
         except IntegrityError:
             # Another request stored one of these ids between our check and insert:
             # run the check again, which now sees it (a repeat, or a 409).
-            pending, duplicates = await self._store(unique, index)
+            pending, retry, duplicates = await self._store(unique, index)
         try:
-            await self._decider.decide(pending)
+            await self._decider.decide([*pending, *retry])
         except Exception:
             # The verdicts are stored: they stay `received` and are decided on retry.
             log.exception("deciding %d verdicts failed; they will be retried", len(pending))
@@ -65,10 +65,10 @@ class IngestService:
 
     async def _store(
         self, verdicts: Sequence[Verdict], index: dict[str, int]
-    ) -> tuple[list[Pending], set[str]]:
+    ) -> tuple[list[Pending], list[Pending], set[str]]:
         hashes = {v.id: v.content_hash() for v in verdicts}
         async with self._db.write() as session, session.begin():
-            stored = await repository.content_hashes(session, list(hashes))
+            stored = await repository.stored_verdicts(session, list(hashes))
             conflicts = [
                 {
                     "field": f"verdicts[{index[v.id]}].id",
@@ -77,7 +77,7 @@ class IngestService:
                     "report needs a new id",
                 }
                 for v in verdicts
-                if v.id in stored and stored[v.id] != hashes[v.id]
+                if v.id in stored and stored[v.id].content_hash != hashes[v.id]
             ]
             if conflicts:
                 raise Conflict(
@@ -127,7 +127,14 @@ class IngestService:
                         item.span.set_status(trace.StatusCode.ERROR, "not stored")
                         item.span.end()
                 raise
-        return pending, set(stored)
+        # A repeat of a verdict stored but not decided yet (the first attempt met an
+        # error) is decided now rather than at the next recovery run.
+        retry = [
+            Pending(v, stored[v.id].received_at)
+            for v in verdicts
+            if v.id in stored and stored[v.id].status == VerdictStatus.RECEIVED.value
+        ]
+        return pending, retry, set(stored)
 
     async def _results(self, ids: list[str], duplicates: set[str]) -> list[VerdictResult]:
         async with self._db.read() as session:

@@ -103,3 +103,14 @@ async def test_ip_outside_every_intel_cidr_blocks_nothing(api: Running) -> None:
     [result] = (await api.submit(verdict(subject={"ips": ["192.0.2.201"]}, score=0.3)))["results"]
 
     assert result["actions"] == []
+
+
+async def test_ipv4_mapped_address_meets_the_ipv4_intel(fresh_api: Running) -> None:
+    await add(fresh_api.runtime.db, indicator("203.0.113.0/24"))
+    document = verdict(subject=new_subject(ips=["::ffff:203.0.113.9"]), score=0.2)
+
+    [result] = (await fresh_api.client.post("/v1/verdicts", json=document)).json()["results"]
+
+    assert [(a["type"], a["target"]["value"]) for a in result["actions"]] == [
+        ("block", "203.0.113.0/24")
+    ]

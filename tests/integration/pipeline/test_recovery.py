@@ -104,3 +104,33 @@ async def test_verdict_whose_decision_failed_is_decided_at_the_next_start(
     assert [a["type"] for a in after["actions"]] == ["rate_limit"]
     assert [r.status for r in rows] == ["decided"]
     assert calls == 2, "the decider failed once, then decided at the next start"
+
+
+async def test_a_retry_decides_a_verdict_whose_first_decision_failed(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = Decider.decide
+    calls = 0
+
+    async def fails_once(self: Decider, pending: Sequence[Pending]) -> dict[str, Outcome]:
+        nonlocal calls
+        if pending:
+            calls += 1
+            if calls == 1:
+                raise RuntimeError("the engine fell over")
+        return await original(self, pending)
+
+    monkeypatch.setattr(Decider, "decide", fails_once)
+    document = verdict()
+
+    async with serve(make_settings(database_url, tmp_path)) as api:
+        first = (await api.client.post("/v1/verdicts", json=document)).json()
+        retry = (await api.client.post("/v1/verdicts", json=document)).json()
+        decisions = await count(api.runtime.db, DecisionRow)
+
+    assert first["results"][0]["status"] == "received"
+    [result] = retry["results"]
+    assert (retry["accepted"], retry["duplicates"]) == (0, 1)
+    assert (result["status"], result["duplicate"]) == ("decided", True)
+    assert [a["type"] for a in result["actions"]] == ["rate_limit"]
+    assert decisions == 1

@@ -59,6 +59,12 @@ def test_ips_are_normalised() -> None:
     assert parsed.subject.ips == ["2001:db8::1", "192.0.2.1", "2001:db8::a"]
 
 
+def test_ipv4_mapped_ipv6_is_the_ipv4_address() -> None:
+    # Otherwise ::ffff:203.0.113.7 would slip past a 203.0.113.0/24 block or indicator.
+    parsed = Verdict.model_validate(verdict(subject={"ips": ["::ffff:203.0.113.7"]}))
+    assert parsed.subject.ips == ["203.0.113.7"]
+
+
 @pytest.mark.parametrize(
     ("change", "field"),
     [
