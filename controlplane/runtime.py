@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from controlplane.auth.service import TokenService
 from controlplane.engine.embedded import EmbeddedEngine
 from controlplane.engine.runtime import EngineSlot
 from controlplane.errors import EngineUnavailable, TollgateError
@@ -32,6 +33,7 @@ class Runtime:
     engines: EngineSlot
     ingest: IngestService
     policies: PolicyService
+    tokens: TokenService
     scheduler: AsyncIOScheduler = field(default_factory=AsyncIOScheduler)
     _sync_problems: list[str] = field(default_factory=list)
 
@@ -40,7 +42,8 @@ class Runtime:
         db = Database(settings.resolved_database_url)
         engines = EngineSlot()
         policies = PolicyService(db, source_from(settings), settings.entrypoint)
-        return cls(settings, db, engines, IngestService(db, Decider(db, engines)), policies)
+        ingest = IngestService(db, Decider(db, engines))
+        return cls(settings, db, engines, ingest, policies, TokenService(db))
 
     async def start(self) -> None:
         """Migrate, gate and load the policy revision, decide leftovers, start jobs."""

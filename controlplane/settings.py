@@ -87,6 +87,9 @@ class Settings:
     port: int = field(default_factory=lambda: int(_env("PORT", "8400")))
     """`TOLLGATE_PORT`: port `tollgate serve` binds."""
 
+    token: str = field(default_factory=lambda: _env("TOKEN", ""), repr=False)
+    """`TOLLGATE_TOKEN`: the bearer token the CLI sends (never printed or logged)."""
+
     url: str = field(default_factory=lambda: _env("URL", ""))
     """`TOLLGATE_URL`: the server the CLI talks to. Empty: `http://<host>:<port>`."""
 

@@ -6,8 +6,14 @@ import logging
 from typing import Any
 
 from litestar import Litestar, Request, Response
+from litestar.datastructures import State
 from litestar.di import Provide
-from litestar.exceptions import ValidationException
+from litestar.exceptions import (
+    HTTPException,
+    NotAuthorizedException,
+    PermissionDeniedException,
+    ValidationException,
+)
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
@@ -62,6 +68,14 @@ def _validation_error(
     )
 
 
+_HTTP_CODES = {401: "unauthorized", 403: "forbidden"}
+
+
+def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
+    code = _HTTP_CODES.get(exc.status_code, "error")
+    return Response({"error": code, "message": exc.detail}, status_code=exc.status_code)
+
+
 def _client_name(request: Request[Any, Any, Any], key: str) -> str:
     """The parameter name the client sent (`state`), not the handler's (`action_state`)."""
     field = request.route_handler.parsed_fn_signature.parameters.get(key)
@@ -76,10 +90,16 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     provider = configure(settings.otlp_endpoint)
     return Litestar(
         route_handlers=ROUTES,
+        state=State({"runtime": runtime}),
         dependencies={"runtime": Provide(lambda: runtime, use_cache=True, sync_to_thread=False)},
         on_startup=[runtime.start],
         on_shutdown=[runtime.stop],
-        exception_handlers={TollgateError: _tollgate_error, ValidationException: _validation_error},
+        exception_handlers={
+            TollgateError: _tollgate_error,
+            ValidationException: _validation_error,
+            NotAuthorizedException: _http_error,
+            PermissionDeniedException: _http_error,
+        },
         plugins=[OpenTelemetryPlugin(OpenTelemetryConfig(tracer_provider=provider))],
         openapi_config=OpenAPIConfig(
             title="Tollgate",

@@ -18,6 +18,17 @@ def fail(message: str, hint: str = "") -> typer.Exit:
     return typer.Exit(code=1)
 
 
+def api_client(base_url: str, token: str, timeout: float = 120) -> httpx.Client:
+    """A client for the API, sending the bearer token when there is one."""
+    if not token:
+        err.print(
+            "[yellow]warning:[/] TOLLGATE_TOKEN is not set; the server will refuse "
+            "the request. Create a token with `tollgate token create`."
+        )
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.Client(base_url=base_url, timeout=timeout, headers=headers)
+
+
 def request(client: httpx.Client, method: str, path: str, **kwargs: Any) -> Any:
     """Send one request; turn connection failures and error answers into a clean exit."""
     try:
@@ -31,6 +42,11 @@ def request(client: httpx.Client, method: str, path: str, **kwargs: Any) -> Any:
         raise fail(
             f"{client.base_url} did not answer in time", "is the server overloaded?"
         ) from None
+    if response.status_code == 401:
+        raise fail(
+            f"{client.base_url} refused the token: {response.json().get('message', '')}",
+            "set TOLLGATE_TOKEN to a token from `tollgate token create`",
+        )
     if response.status_code >= 400:
         try:
             body = response.json()

@@ -7,6 +7,7 @@ policies should decide, so the demo checks itself and exits non-zero on a miss.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import socket
@@ -24,8 +25,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from controlplane.api.app import create_app
+from controlplane.auth.roles import Role
+from controlplane.auth.service import TokenService
 from controlplane.cli.client import request
 from controlplane.settings import get_settings
+from controlplane.store.db import Database, upgrade
 
 SCENARIO = Path(__file__).resolve().parent.parent / "demo" / "scenario.json"
 out = Console()
@@ -45,13 +49,16 @@ def run_demo(*, keep_serving: bool, port: int) -> int:
     out.print(
         f"policies: [bold]{settings.policy_dir}[/]  database: [bold]{data_dir}/tollgate.db[/]"
     )
+    token = asyncio.run(_demo_token(settings.resolved_database_url))
     server = uvicorn.Server(
         uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
     )
     thread = threading.Thread(target=server.run, name="tollgate-demo-server", daemon=True)
     thread.start()
     try:
-        with httpx.Client(base_url=base, timeout=60) as client:
+        with httpx.Client(
+            base_url=base, timeout=60, headers={"Authorization": f"Bearer {token}"}
+        ) as client:
             ready = _wait_ready(client, server)
             out.print(
                 f"server ready at [bold]{base}[/], policy revision "
@@ -64,6 +71,7 @@ def run_demo(*, keep_serving: bool, port: int) -> int:
             out.print(
                 f"\nServing at [bold]{base}[/] (API docs: {base}/schema/swagger). Ctrl-C stops."
             )
+            out.print(f"An admin token for this demo server: [bold]{token}[/]", highlight=False)
             while thread.is_alive():
                 thread.join(0.5)
         return 1 if misses else 0
@@ -72,6 +80,17 @@ def run_demo(*, keep_serving: bool, port: int) -> int:
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+async def _demo_token(url: str) -> str:
+    """An admin token on the fresh demo database (the server checks tokens like any other)."""
+    await asyncio.to_thread(upgrade, url)
+    db = Database(url)
+    try:
+        token, _ = await TokenService(db).create("demo", Role.ADMIN, actor="demo")
+        return token
+    finally:
+        await db.dispose()
 
 
 def _free_port() -> int:

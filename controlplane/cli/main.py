@@ -8,14 +8,14 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any
 
-import httpx
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from controlplane.cli.client import fail, request
+from controlplane.cli.client import api_client, fail, request
 from controlplane.cli.decision import decision_app
 from controlplane.cli.policy import policy_app
+from controlplane.cli.token import token_app
 from controlplane.settings import get_settings
 
 app = typer.Typer(
@@ -29,6 +29,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(verdict_app, name="verdict")
 app.add_typer(policy_app, name="policy")
 app.add_typer(decision_app, name="decision")
+app.add_typer(token_app, name="token")
 out = Console()
 
 BATCH = 1000
@@ -85,9 +86,9 @@ def verdict_submit(
 ) -> None:
     """Submit verdicts and print what was decided for each."""
     verdicts = _read_verdicts(file)
-    base = url or get_settings().api_url
+    settings = get_settings()
     results: list[dict[str, Any]] = []
-    with httpx.Client(base_url=base, timeout=120) as client:
+    with api_client(url or settings.api_url, settings.token) as client:
         for i in range(0, len(verdicts), BATCH):
             body = request(
                 client, "POST", "/v1/verdicts", json={"verdicts": verdicts[i : i + BATCH]}

@@ -328,7 +328,7 @@ class RemoteEngine:
         complete revision and this one was the last pushed whole (a failed load that
         could not put it back, a server that lost it)."""
         state = self._state
-        if False:
+        if not self._closed and state.revision is None and self._was_last_pushed():
             await self._repush()
         return self._generation()
 

@@ -6,6 +6,8 @@ from litestar import Controller, get
 from litestar.di import NamedDependency
 from litestar.params import FromPath
 
+from controlplane.auth.guards import requires
+from controlplane.auth.roles import READERS
 from controlplane.errors import NotFound
 from controlplane.evaluate import repository
 from controlplane.evaluate.explain import explain
@@ -18,6 +20,7 @@ from controlplane.runtime import Runtime
 class DecisionController(Controller):
     path = "/v1/decisions"
     tags = ["decisions"]
+    guards = [requires(*READERS)]
 
     @get("/{decision_id:str}", operation_id="getDecision", summary="Get a decision")
     async def get_decision(

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from litestar import Controller, get, post
+from litestar import Controller, Request, get, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody, QueryParameter
 
 from controlplane.audit import service as audit
 from controlplane.audit.chain import EventDraft
+from controlplane.auth.guards import principal_of, requires
+from controlplane.auth.roles import READERS, Role
 from controlplane.exemptions import repository
 from controlplane.exemptions.schemas import ExemptionIn, ExemptionOut, SubjectRef
 from controlplane.runtime import Runtime
@@ -27,10 +29,19 @@ def _out(row: dict[str, Any]) -> ExemptionOut:
 class ExemptionController(Controller):
     path = "/v1/exemptions"
     tags = ["exemptions"]
+    guards = [requires(*READERS)]
 
-    @post("/", operation_id="addExemption", summary="Add an exemption")
+    @post(
+        "/",
+        operation_id="addExemption",
+        summary="Add an exemption",
+        guards=[requires(Role.REVIEWER)],
+    )
     async def add(
-        self, data: JSONBody[ExemptionIn], runtime: NamedDependency[Runtime]
+        self,
+        request: Request[Any, Any, Any],
+        data: JSONBody[ExemptionIn],
+        runtime: NamedDependency[Runtime],
     ) -> ExemptionOut:
         """Exempt a subject in one provider, with an owner and a reason."""
         now = utcnow()
@@ -51,7 +62,7 @@ class ExemptionController(Controller):
                 [
                     EventDraft(
                         type="exemption.added",
-                        actor=data.owner,
+                        actor=principal_of(request).name,
                         at=now,
                         provider=data.provider,
                         payload={

@@ -16,6 +16,8 @@ from litestar.status_codes import HTTP_202_ACCEPTED
 from pydantic import ValidationError
 
 from controlplane.api.schemas import ErrorBody
+from controlplane.auth.guards import principal_of, requires
+from controlplane.auth.roles import READERS, Role
 from controlplane.domain.verdict import Verdict, VerdictBatch
 from controlplane.errors import InvalidInput, NotFound
 from controlplane.evaluate import repository as decisions_repo
@@ -123,6 +125,7 @@ def _field(loc: tuple[Any, ...]) -> str:
 class VerdictController(Controller):
     path = "/v1/verdicts"
     tags = ["verdicts"]
+    guards = [requires(Role.DETECTOR, *READERS)]
 
     @post(
         "/",
@@ -130,6 +133,7 @@ class VerdictController(Controller):
         status_code=HTTP_202_ACCEPTED,
         operation_class=_SubmitOperation,
         summary="Submit verdicts",
+        guards=[requires(Role.DETECTOR)],
         responses={
             409: ResponseSpec(
                 ErrorBody,
@@ -153,7 +157,7 @@ class VerdictController(Controller):
         second decision; the same `id` with different content is a 409. A batch
         with one invalid verdict is refused whole (422, each bad field named)."""
         verdicts = parse_submission(await request.body())
-        return await runtime.ingest.submit(verdicts)
+        return await runtime.ingest.submit(verdicts, actor=principal_of(request).name)
 
     @get("/{verdict_id:str}", operation_id="getVerdict", summary="Get a verdict")
     async def get_verdict(

@@ -37,17 +37,17 @@ class IngestService:
         self._db = db
         self._decider = decider
 
-    async def submit(self, verdicts: Sequence[Verdict]) -> IngestResult:
+    async def submit(self, verdicts: Sequence[Verdict], actor: str) -> IngestResult:
         """Store, decide and report on `verdicts` (all stored, or none)."""
         unique = _unique(verdicts)
         # Errors name a verdict by its index in the request, not in the deduplicated list.
         index = {v.id: i for i, v in reversed(list(enumerate(verdicts)))}
         try:
-            pending, retry, duplicates = await self._store(unique, index)
+            pending, retry, duplicates = await self._store(unique, index, actor)
         except IntegrityError:
             # Another request stored one of these ids between our check and insert:
             # run the check again, which now sees it (a repeat, or a 409).
-            pending, retry, duplicates = await self._store(unique, index)
+            pending, retry, duplicates = await self._store(unique, index, actor)
         try:
             await self._decider.decide([*pending, *retry])
         except Exception:
@@ -64,7 +64,7 @@ class IngestService:
         )
 
     async def _store(
-        self, verdicts: Sequence[Verdict], index: dict[str, int]
+        self, verdicts: Sequence[Verdict], index: dict[str, int], actor: str
     ) -> tuple[list[Pending], list[Pending], set[str]]:
         hashes = {v.id: v.content_hash() for v in verdicts}
         async with self._db.write() as session, session.begin():
@@ -105,7 +105,7 @@ class IngestService:
                 events.append(
                     EventDraft(
                         type="verdict.received",
-                        actor=f"detector:{verdict.detector.name}",
+                        actor=actor,
                         at=received_at,
                         provider=verdict.provider,
                         verdict_id=verdict.id,

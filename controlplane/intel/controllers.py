@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from litestar import Controller, get, post
+from litestar import Controller, Request, get, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody, QueryParameter
 
 from controlplane.audit import service as audit
 from controlplane.audit.chain import EventDraft
+from controlplane.auth.guards import principal_of, requires
+from controlplane.auth.roles import READERS, Role
 from controlplane.intel import repository
 from controlplane.intel.schemas import IndicatorBatch, IndicatorOut
 from controlplane.runtime import Runtime
@@ -20,10 +22,19 @@ from controlplane.store.types import utcnow
 class IndicatorController(Controller):
     path = "/v1/intel/indicators"
     tags = ["intel"]
+    guards = [requires(*READERS)]
 
-    @post("/", operation_id="addIndicators", summary="Add indicators")
+    @post(
+        "/",
+        operation_id="addIndicators",
+        summary="Add indicators",
+        guards=[requires(Role.ENGINEER)],
+    )
     async def add(
-        self, data: JSONBody[IndicatorBatch], runtime: NamedDependency[Runtime]
+        self,
+        request: Request[Any, Any, Any],
+        data: JSONBody[IndicatorBatch],
+        runtime: NamedDependency[Runtime],
     ) -> list[IndicatorOut]:
         """Add shared indicators; verdicts decided from now on see their matches."""
         now = utcnow()
@@ -35,7 +46,7 @@ class IndicatorController(Controller):
                 [
                     EventDraft(
                         type="indicator.added",
-                        actor="api",
+                        actor=principal_of(request).name,
                         at=now,
                         payload={
                             k: r[k] for k in ("id", "kind", "value", "source", "confidence", "tlp")

@@ -8,6 +8,8 @@ from litestar import Controller, get
 from litestar.di import NamedDependency
 from litestar.params import FromQuery, QueryParameter
 
+from controlplane.auth.guards import requires
+from controlplane.auth.roles import READERS
 from controlplane.domain.vocabulary import ActionState, ActionType, SubjectKind
 from controlplane.plan import repository
 from controlplane.plan.schemas import ActionOut, ActionPage
@@ -17,6 +19,7 @@ from controlplane.runtime import Runtime
 class ActionController(Controller):
     path = "/v1/actions"
     tags = ["actions"]
+    guards = [requires(*READERS)]
 
     @get("/", operation_id="listActions", summary="List actions")
     async def list_actions(

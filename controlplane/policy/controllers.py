@@ -11,6 +11,8 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody
 from litestar.status_codes import HTTP_200_OK
 
+from controlplane.auth.guards import requires
+from controlplane.auth.roles import READERS, Role
 from controlplane.domain.action import parse_duration
 from controlplane.engine.bundle import PolicyBundle, content_revision
 from controlplane.engine.embedded import EmbeddedEngine
@@ -25,6 +27,7 @@ from controlplane.runtime import Runtime
 class PolicyController(Controller):
     path = "/v1/policies"
     tags = ["policies"]
+    guards = [requires(*READERS)]
 
     @get("/", operation_id="listPolicyRevisions", summary="List policy revisions")
     async def list_revisions(self, runtime: NamedDependency[Runtime]) -> PoliciesOut:
@@ -62,6 +65,7 @@ class PolicyController(Controller):
         operation_id="policyImpact",
         summary="Impact of a policy change",
         status_code=HTTP_200_OK,
+        guards=[requires(Role.ENGINEER)],
     )
     async def impact(
         self, data: JSONBody[ImpactRequest], runtime: NamedDependency[Runtime]

@@ -187,3 +187,17 @@ class PolicyActivationRow(SQLModel, table=True):
     actor: str = Field(max_length=200)
     reason: str
     at: datetime = _utc(nullable=False)
+
+
+class ApiTokenRow(SQLModel, table=True):
+    """A bearer token, stored as its SHA-256: Tollgate never keeps a token in clear."""
+
+    __tablename__ = "api_token"
+
+    id: str = Field(primary_key=True, max_length=40)
+    name: str = Field(max_length=200)
+    role: str = Field(max_length=20)
+    token_hash: str = Field(max_length=64, unique=True)
+    created_at: datetime = _utc(nullable=False)
+    expires_at: datetime | None = _utc(nullable=True)
+    revoked_at: datetime | None = _utc(nullable=True)

@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 
 from controlplane.api.app import create_app
+from controlplane.auth.roles import Role
 from controlplane.runtime import Runtime
 from controlplane.settings import Settings
 
@@ -53,6 +54,11 @@ class Running:
     client: httpx.AsyncClient
     runtime: Runtime
     settings: Settings
+
+    async def token(self, role: Role, name: str = "test") -> dict[str, str]:
+        """Headers carrying a new token with `role`."""
+        token, _ = await self.runtime.tokens.create(name, role, actor="tests")
+        return {"Authorization": f"Bearer {token}"}
 
     async def submit(self, body: Any, **kwargs: Any) -> dict[str, Any]:
         """POST verdicts, expect 202, return the body."""
@@ -88,9 +94,13 @@ async def serve(settings: Settings) -> AsyncIterator[Running]:
             raise
         raise AssertionError("the app's lifespan ended before startup completed")
     try:
+        # The client acts as an admin; tests of roles make their own tokens.
+        admin, _ = await runtime.tokens.create("test-admin", Role.ADMIN, actor="tests")
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(
-            transport=transport, base_url="http://tollgate.test"
+            transport=transport,
+            base_url="http://tollgate.test",
+            headers={"Authorization": f"Bearer {admin}"},
         ) as client:
             yield Running(client, runtime, settings)
     finally:

@@ -29,6 +29,8 @@ holds every answer back, `reset()` forgets everything as a restarted OPA does.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import json
 import re
 import socket
@@ -140,11 +142,15 @@ class OpaTestServer:
         self.requests: list[Recorded] = []
         self.delay = 0.0
         self._faults: list[int] = []
+        self._connections: set[socket.socket] = set()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self._httpd.daemon_threads = True
         self._httpd.block_on_close = False
         self._thread = threading.Thread(
-            target=self._httpd.serve_forever, name="opa-test-server", daemon=True
+            target=self._httpd.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="opa-test-server",
+            daemon=True,
         )
 
     @property
@@ -157,8 +163,14 @@ class OpaTestServer:
         return self
 
     def stop(self) -> None:
+        """Stop listening and drop open connections too, as a server that went away."""
         self._httpd.shutdown()
         self._httpd.server_close()
+        with self.lock:
+            connections, self._connections = set(self._connections), set()
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
         with self.lock:
             if self.state.engine is not None:
                 self.state.engine.close()
@@ -198,7 +210,7 @@ class OpaTestServer:
 
     def document(self) -> dict[str, Any]:
         with self.lock:
-            return json.loads(json.dumps(self.state.data))
+            return copy.deepcopy(self.state.data)
 
     # Requests, under the lock: the evaluator serialises its evaluations anyway.
 
@@ -247,7 +259,7 @@ class OpaTestServer:
         if method == "POST":
             request = json.loads(body or b"{}")
             return 200, self.state.evaluate(segments, request.get("input"))
-        data = json.loads(json.dumps(self.state.data))
+        data = copy.deepcopy(self.state.data)
         if method == "PUT":
             value = _json(body)
             if not segments:
@@ -255,7 +267,9 @@ class OpaTestServer:
                     raise OpaFailure(400, "invalid_parameter", "root must be an object")
                 data = value
             else:
-                _parent(data, segments, create=True)[segments[-1]] = value
+                parent = _parent(data, segments, create=True)
+                assert parent is not None  # creating: a conflict raises instead
+                parent[segments[-1]] = value
         elif method == "DELETE":
             parent = _parent(data, segments, create=False)
             if not segments or parent is None or segments[-1] not in parent:
@@ -312,6 +326,22 @@ def _patch(data: dict[str, Any], root: list[str], op: dict[str, Any]) -> None:
 def _handler(server: OpaTestServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, as OPA; every answer has a length
+        disable_nagle_algorithm = True  # headers and body go out in two writes
+
+        def setup(self) -> None:
+            super().setup()
+            with server.lock:
+                server._connections.add(self.connection)
+
+        def finish(self) -> None:
+            with server.lock:
+                server._connections.discard(self.connection)
+            with contextlib.suppress(OSError):
+                super().finish()
+
+        def handle(self) -> None:
+            with contextlib.suppress(ConnectionError):  # a client that hung up: not news
+                super().handle()
 
         def _serve(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)

@@ -1,0 +1,1 @@
+"""Who may call what: bearer tokens with one role each, stored hashed."""

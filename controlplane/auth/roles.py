@@ -1,0 +1,21 @@
+"""Roles and what each may do (DESIGN.md, 'Security')."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Role(StrEnum):
+    DETECTOR = "detector"
+    """A detection program: submits verdicts and reads what became of them."""
+    ENGINEER = "engineer"
+    """A security engineer: policies, impact analysis, intel; reads everything."""
+    REVIEWER = "reviewer"
+    """On-call / reviewer: exemptions, lifts and appeals; reads everything."""
+    AUDITOR = "auditor"
+    """Reads everything, changes nothing."""
+    ADMIN = "admin"
+
+
+READERS = (Role.ENGINEER, Role.REVIEWER, Role.AUDITOR, Role.ADMIN)
+"""Everyone who may read the enforcement record."""

@@ -1,0 +1,82 @@
+"""`tollgate token`: bearer tokens for detectors, engineers, reviewers and auditors."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Annotated, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from controlplane.auth.roles import Role
+from controlplane.auth.service import TokenService
+from controlplane.cli.client import fail
+from controlplane.domain.action import parse_duration
+from controlplane.errors import TollgateError
+from controlplane.settings import get_settings
+from controlplane.store.db import Database, upgrade
+from controlplane.store.types import utcnow
+
+token_app = typer.Typer(help="API tokens (stored hashed; shown once).", no_args_is_help=True)
+out = Console()
+T = TypeVar("T")
+
+
+async def _with_tokens(work: Callable[[TokenService], Awaitable[T]]) -> T:
+    db = Database(get_settings().resolved_database_url)
+    try:
+        await asyncio.to_thread(upgrade, db.url)
+        return await work(TokenService(db))
+    finally:
+        await db.dispose()
+
+
+@token_app.command("create")
+def create(
+    name: Annotated[str, typer.Option(help="Who or what holds it; recorded as the actor.")],
+    role: Annotated[Role, typer.Option(help="What it may do.")],
+    expires: Annotated[str | None, typer.Option(help="Lifetime, e.g. 90d.")] = None,
+) -> None:
+    """Create a token and print it once: store it in your secret manager."""
+    try:
+        expires_at = utcnow() + parse_duration(expires) if expires else None
+    except ValueError as exc:
+        raise fail(f"--expires: {exc}") from None
+    token, row = asyncio.run(
+        _with_tokens(lambda t: t.create(name, role, actor="cli", expires_at=expires_at))
+    )
+    out.print(
+        f"token [bold]{row.id}[/] for {name} ({role.value}); it is shown only now:", highlight=False
+    )
+    print(token)
+
+
+@token_app.command("list")
+def list_tokens() -> None:
+    """Tokens by id, name and role (never the tokens themselves)."""
+    rows = asyncio.run(_with_tokens(lambda t: t.list()))
+    table = Table(title="API tokens")
+    for column in ("id", "name", "role", "created", "expires", "revoked"):
+        table.add_column(column)
+    for r in rows:
+        table.add_row(
+            r.id,
+            r.name,
+            r.role,
+            f"{r.created_at:%Y-%m-%d %H:%M}",
+            f"{r.expires_at:%Y-%m-%d}" if r.expires_at else "-",
+            f"{r.revoked_at:%Y-%m-%d %H:%M}" if r.revoked_at else "-",
+        )
+    out.print(table)
+
+
+@token_app.command("revoke")
+def revoke(token_id: Annotated[str, typer.Argument(help="The token's id (tok_...).")]) -> None:
+    """Revoke a token; servers refuse it within seconds."""
+    try:
+        asyncio.run(_with_tokens(lambda t: t.revoke(token_id, actor="cli")))
+    except TollgateError as exc:
+        raise fail(exc.message) from None
+    out.print(f"token {token_id} revoked")
