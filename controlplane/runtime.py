@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from controlplane.auth.service import TokenService
-from controlplane.engine.embedded import EmbeddedEngine
-from controlplane.engine.runtime import EngineSlot
+from controlplane.enforce.config import load_connectors
+from controlplane.enforce.service import Enforcer
+from controlplane.engine.runtime import EngineSlot, load_engine
 from controlplane.errors import EngineUnavailable, TollgateError
 from controlplane.evaluate.service import Decider
 from controlplane.ingest.service import IngestService
@@ -23,6 +24,7 @@ from controlplane.telemetry.tracing import configure
 log = logging.getLogger(__name__)
 
 RECOVERY_SECONDS = 15
+EXPIRY_SECONDS = 5
 CONVERGE_SECONDS = 5
 
 
@@ -34,6 +36,7 @@ class Runtime:
     ingest: IngestService
     policies: PolicyService
     tokens: TokenService
+    enforcer: Enforcer
     scheduler: AsyncIOScheduler = field(default_factory=AsyncIOScheduler)
     _sync_problems: list[str] = field(default_factory=list)
 
@@ -42,24 +45,39 @@ class Runtime:
         db = Database(settings.resolved_database_url)
         engines = EngineSlot()
         policies = PolicyService(db, source_from(settings), settings.entrypoint)
-        ingest = IngestService(db, Decider(db, engines))
-        return cls(settings, db, engines, ingest, policies, TokenService(db))
+        enforcer = Enforcer(db, load_connectors(settings.config))
+        ingest = IngestService(db, Decider(db, engines, on_planned=enforcer.push))
+        return cls(settings, db, engines, ingest, policies, TokenService(db), enforcer)
 
     async def start(self) -> None:
         """Migrate, gate and load the policy revision, decide leftovers, start jobs."""
         configure(self.settings.otlp_endpoint)
         await asyncio.to_thread(upgrade, self.db.url)
         await self.sync_policies()
+        await self.enforcer.start()
         await self.recover()
         for job, seconds in (
             (self.recover, RECOVERY_SECONDS),
             (self.sync_policies, self.settings.policy_sync_seconds),
             (self.converge, CONVERGE_SECONDS),
+            (self.enforcer.expire, EXPIRY_SECONDS),
         ):
             self.scheduler.add_job(
                 job, "interval", seconds=seconds, id=job.__name__, max_instances=1, coalesce=True
             )
+        for name in self.enforcer.names:
+            self.scheduler.add_job(
+                self.enforcer.reconcile,
+                "interval",
+                args=[name],
+                seconds=self.enforcer.config(name).reconcile_seconds,
+                id=f"reconcile-{name}",
+                max_instances=1,
+                coalesce=True,
+            )
         self.scheduler.start()
+        for name in self.enforcer.names:
+            self.enforcer.push_one(name)
 
     async def sync_policies(self) -> None:
         """Gate and activate the source's revision if it is new, then converge."""
@@ -92,9 +110,8 @@ class Runtime:
             )
         if self.engines.loaded and self.engines.current.revision == bundle.revision:
             return
-        engine = await asyncio.to_thread(
-            EmbeddedEngine, bundle, self.settings.entrypoint, self.settings.engine_workers
-        )
+        # On the loop itself: a remote engine's HTTP session belongs to this loop.
+        engine = await load_engine(self.settings, bundle)
         self.engines.swap(engine)
         log.info("policy revision %s is now deciding", bundle.revision)
 
@@ -106,5 +123,6 @@ class Runtime:
     async def stop(self) -> None:
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
+        await self.enforcer.close()
         self.engines.close()
         await self.db.dispose()

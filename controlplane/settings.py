@@ -81,6 +81,9 @@ class Settings:
     """`TOLLGATE_OTLP_ENDPOINT`: OTLP/HTTP traces endpoint (e.g. `http://127.0.0.1:4318/v1/traces`).
     Empty: spans are made (trace ids are stored) but not exported."""
 
+    config: Path = field(default_factory=lambda: Path(_env("CONFIG", "tollgate.yaml")))
+    """`TOLLGATE_CONFIG`: the config file (connectors per provider). Missing: no connectors."""
+
     host: str = field(default_factory=lambda: _env("HOST", "127.0.0.1"))
     """`TOLLGATE_HOST`: address `tollgate serve` binds."""
 
@@ -102,6 +105,25 @@ class Settings:
     @property
     def api_url(self) -> str:
         return self.url or f"http://{self.host}:{self.port}"
+
+
+def read_secret(where: str, ref: object) -> str:
+    """A secret named in a config file as `{env: NAME}` or `{file: PATH}`; its value is
+    never written in the file, stored in the database, logged or traced."""
+    if isinstance(ref, dict) and set(ref) == {"env"}:
+        value = os.environ.get(str(ref["env"]))
+        if not value:
+            raise ValueError(f"{where}: environment variable {ref['env']} is not set")
+        return value
+    if isinstance(ref, dict) and set(ref) == {"file"}:
+        try:
+            return Path(str(ref["file"])).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ValueError(f"{where}: cannot read {ref['file']}: {exc.strerror}") from None
+    raise ValueError(
+        f"{where} must be {{env: NAME}} or {{file: PATH}}: secrets are never "
+        "written in the config file"
+    )
 
 
 @lru_cache(maxsize=1)

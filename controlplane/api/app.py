@@ -20,6 +20,7 @@ from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlu
 
 from controlplane import __version__
 from controlplane.api.health import HealthController
+from controlplane.enforce.controllers import ConnectorController, LiftController
 from controlplane.errors import TollgateError
 from controlplane.evaluate.controllers import DecisionController
 from controlplane.exemptions.controllers import ExemptionController
@@ -41,6 +42,8 @@ ROUTES = [
     ExemptionController,
     IndicatorController,
     PolicyController,
+    ConnectorController,
+    LiftController,
 ]
 
 

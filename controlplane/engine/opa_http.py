@@ -15,7 +15,9 @@ what this adapter does about it:
 - `_request` retries a refused/reset connection, a connect timeout and a 500, 502 or
   504 answer `retries` times, sleeping 0.3 s, 0.6 s, ... between tries (the total
   timeout is not retried). So one call takes at most
-  `(retries + 1) * TOLLGATE_OPA_TIMEOUT + 0.3 * (2**retries - 1)` seconds. Two
+  `(retries + 1) * TOLLGATE_OPA_TIMEOUT + 0.3 * (2**retries - 1)` seconds (measured:
+  with `retries=2`, its default, a 502 is sent 3 times over 0.9 s of sleeps, not the
+  "four times" once noted; the tests pin `ADMIN_RETRIES + 1` attempts). Two
   clients share the session: `admin` (`ADMIN_RETRIES`) pushes policies and data, whose
   PUT and DELETE are idempotent, to a server that may be starting; `decide`
   (`DECIDE_RETRIES` = 0) evaluates, because an OPA 500 there is the policy's own
@@ -312,6 +314,8 @@ def unusable(url: str, status: int, what: str, detail: str) -> EngineUnavailable
     """An answer that means the server, not the policy, is the problem."""
     if status in (401, 403):
         hint = "the server's authorization policy refuses Tollgate: allow its requests"
+    elif status in (404, 405):
+        hint = "is TOLLGATE_OPA_URL the address of an OPA server?"
     else:
         hint = "check the OPA server's log (Tollgate retries the verdicts later)"
     return EngineUnavailable(f"OPA at {url} answered HTTP {status} ({what}: {detail}): {hint}")

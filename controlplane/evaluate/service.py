@@ -8,7 +8,7 @@ verdicts are evaluated in parallel on the engine's threads.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -60,9 +60,16 @@ class Outcome:
 class Decider:
     """Decides verdicts one batch at a time per process (history must not race)."""
 
-    def __init__(self, db: Database, engines: EngineSlot) -> None:
+    def __init__(
+        self,
+        db: Database,
+        engines: EngineSlot,
+        on_planned: Callable[[set[str]], None] | None = None,
+    ) -> None:
         self._db = db
         self._engines = engines
+        self._on_planned = on_planned
+        """Told the providers that got new enforceable actions (push to their gateways)."""
         self._lock = asyncio.Lock()
         self._intel = repository.IntelCache()
 
@@ -97,7 +104,15 @@ class Decider:
                             lookups.add_action(item.verdict.provider, action_document(action))
             async with self._db.write() as session, session.begin():
                 await self._store(session, list(outcomes.values()), now)
-            return outcomes
+        providers = {
+            a["provider"]
+            for o in outcomes.values()
+            for a in o.actions
+            if not a["shadow"] and a["type"] != "flag_review"
+        }
+        if providers and self._on_planned is not None:
+            self._on_planned(providers)
+        return outcomes
 
     async def _fill(
         self, session: AsyncSession, lookups: Lookups, pending: Sequence[Pending], now: datetime

@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Column, Index
-from sqlmodel import Field, SQLModel
+from sqlmodel import Field, SQLModel, col
 
 from controlplane.store.types import JSONDocument, UTCDateTime
 
@@ -201,3 +201,79 @@ class ApiTokenRow(SQLModel, table=True):
     created_at: datetime = _utc(nullable=False)
     expires_at: datetime | None = _utc(nullable=True)
     revoked_at: datetime | None = _utc(nullable=True)
+
+
+class ActionEnforcementRow(SQLModel, table=True):
+    """Where one action stands at one connector's gateway."""
+
+    __tablename__ = "action_enforcement"
+
+    action_id: str = Field(foreign_key="action.id", primary_key=True, max_length=40)
+    connector: str = Field(primary_key=True, max_length=63)
+    state: str = Field(max_length=16)
+    """`applied` or `failed`."""
+    attempts: int = 0
+    error: str | None = None
+    updated_at: datetime = _utc(nullable=False)
+
+
+class ConnectorStatusRow(SQLModel, table=True):
+    """The last reconcile of each connector, for `GET /v1/connectors`."""
+
+    __tablename__ = "connector_status"
+
+    name: str = Field(primary_key=True, max_length=63)
+    healthy: bool = False
+    detail: str = ""
+    last_reconcile_at: datetime | None = _utc(nullable=True)
+    last_success_at: datetime | None = _utc(nullable=True)
+    desired: int = 0
+    applied: int = 0
+    failed: int = 0
+    drift_repaired: int = 0
+    lag_seconds: float = 0.0
+    """Age of the oldest desired entry not yet at the gateway (0: in step)."""
+    last_error: str | None = None
+
+
+class AuditCheckpointRow(SQLModel, table=True):
+    """A signed statement that the audit chain ended at `seq` with `hash`. The Ed25519
+    signature covers (seq, hash), so whoever rewrites history before `seq` and
+    recomputes every hash still cannot make the signed hash match without the key."""
+
+    __tablename__ = "audit_checkpoint"
+
+    id: str = Field(primary_key=True, max_length=40)
+    seq: int = Field(index=True)
+    hash: str = Field(max_length=64)
+    at: datetime = _utc(nullable=False)
+    key_id: str = Field(max_length=64)
+    """First 16 hex digits of the SHA-256 of the raw 32-byte public key."""
+    signature: str = Field(max_length=128)
+    """Hex of the 64-byte Ed25519 signature."""
+
+
+class AuditSubjectRow(SQLModel, table=True):
+    """Which subjects each audit event concerns: the subject of its verdict, the target
+    of its action, the subject of an exemption. Derived from the chain (never hashed),
+    filled behind it by `controlplane.audit.subjects`; it can be rebuilt at any time."""
+
+    __tablename__ = "audit_subject"
+
+    kind: str = Field(primary_key=True, max_length=10)
+    value: str = Field(primary_key=True, max_length=200)
+    seq: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+
+
+class AuditSubjectHeadRow(SQLModel, table=True):
+    """One row: the last audit seq `audit_subject` has indexed, locked while indexing."""
+
+    __tablename__ = "audit_subject_head"
+
+    id: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    seq: int
+
+
+# Time-range queries and exports of the audit trail; the /metrics action gauge.
+Index("ix_audit_at", col(AuditEventRow.at))
+Index("ix_action_type_state", col(ActionRow.type), col(ActionRow.state))

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import yaml
 
 from controlplane.api.app import create_app
 from controlplane.auth.roles import Role
@@ -35,9 +36,13 @@ def make_settings(
     *,
     policy_dir: Path = POLICY_DIR,
     entrypoint: str = "tollgate.decision",
+    connectors: list[dict[str, Any]] | None = None,
 ) -> Settings:
     """Settings for one test app; every field that could come from the environment is set."""
+    config = data_dir / "tollgate.yaml"
+    config.write_text(yaml.safe_dump({"connectors": connectors or []}), encoding="utf-8")
     return Settings(
+        config=config,
         data_dir=data_dir,
         database_url=database_url,
         policy_dir=policy_dir,

@@ -27,7 +27,8 @@ from tests.support.opa_server import OpaTestServer, opa_test_server
 
 ENGINES = [pytest.param("embedded", id="embedded"), pytest.param("remote", id="remote")]
 
-Load = Callable[..., Awaitable[PolicyEngine]]
+Loader = Callable[..., Awaitable[PolicyEngine]]
+"""`await loader(kind, bundle, **settings)`."""
 
 
 def make_bundle(
@@ -78,7 +79,7 @@ def server(opa_server: OpaTestServer) -> Iterator[OpaTestServer]:
 
 
 @pytest.fixture
-async def loader(server: OpaTestServer) -> AsyncIterator[Callable[..., Awaitable[PolicyEngine]]]:
+async def loader(server: OpaTestServer) -> AsyncIterator[Loader]:
     """`await loader(kind, bundle, **settings)`: an engine of that kind, closed afterwards."""
     loaded: list[PolicyEngine] = []
 

@@ -6,19 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import copy
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from controlplane.engine.base import PolicyEngine
 from controlplane.engine.bundle import PolicyBundle, load_bundle
 from controlplane.engine.embedded import EmbeddedEngine
 from controlplane.errors import PolicyError
-from tests.integration.engine.conftest import ENGINES, make_bundle
-
-Loader = Callable[..., Awaitable[PolicyEngine]]
+from tests.integration.engine.conftest import ENGINES, Loader, make_bundle
 
 REPO = Path(__file__).resolve().parents[3]
 

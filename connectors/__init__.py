@@ -1,0 +1,1 @@
+"""Connectors: one module per gateway, each behind `controlplane.enforce.sdk.Connector`."""

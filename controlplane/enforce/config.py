@@ -1,0 +1,100 @@
+"""Connector configuration: `connectors:` in the config file (`TOLLGATE_CONFIG`).
+
+Secrets are never written in the file or stored in the database: a secret is
+`{env: NAME}` or `{file: PATH}` and is read when the connector is built.
+
+    connectors:
+      - name: edge-haproxy
+        type: haproxy
+        providers: [lab-a]          # or ["*"] for every provider
+        reconcile_seconds: 30
+        options: {socket: /run/haproxy/admin.sock, state_dir: /etc/haproxy/tollgate}
+      - name: keys-service
+        type: webhook
+        providers: ["*"]
+        options: {url: https://keys.internal/tollgate}
+        secrets: {signing_key: {env: TOLLGATE_WEBHOOK_KEY}}
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from controlplane.enforce.sdk import ConnectorConfig
+from controlplane.errors import InvalidInput
+from controlplane.settings import read_secret
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+def load_connectors(path: Path) -> list[ConnectorConfig]:
+    """The configured connectors; none when the file does not exist."""
+    if not path.exists():
+        return []
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise InvalidInput(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(document, dict):
+        raise InvalidInput(f"{path}: expected a mapping with a `connectors` list")
+    raw = document.get("connectors") or []
+    if not isinstance(raw, list):
+        raise InvalidInput(f"{path}: `connectors` must be a list")
+    configs = [_connector(path, i, item) for i, item in enumerate(raw)]
+    names = [c.name for c in configs]
+    if len(names) != len(set(names)):
+        raise InvalidInput(f"{path}: connector names must be unique, got {names}")
+    return configs
+
+
+def _connector(path: Path, i: int, item: Any) -> ConnectorConfig:
+    where = f"{path}: connectors[{i}]"
+    if not isinstance(item, dict):
+        raise InvalidInput(f"{where} must be a mapping")
+    unknown = set(item) - {
+        "name",
+        "type",
+        "providers",
+        "options",
+        "secrets",
+        "reconcile_seconds",
+        "timeout_seconds",
+    }
+    if unknown:
+        raise InvalidInput(f"{where}: unknown keys {sorted(unknown)}")
+    name = item.get("name")
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise InvalidInput(f"{where}.name must be lowercase letters, digits, - or _")
+    kind = item.get("type")
+    if not isinstance(kind, str) or not kind:
+        raise InvalidInput(f"{where}.type names the connector type, e.g. haproxy")
+    providers = item.get("providers", ["*"])
+    if not isinstance(providers, list) or not all(isinstance(p, str) for p in providers):
+        raise InvalidInput(f'{where}.providers must be a list of provider names or ["*"]')
+    options = item.get("options") or {}
+    if not isinstance(options, dict):
+        raise InvalidInput(f"{where}.options must be a mapping")
+    secrets = {
+        key: _secret(f"{where}.secrets.{key}", ref)
+        for key, ref in (item.get("secrets") or {}).items()
+    }
+    return ConnectorConfig(
+        name=name,
+        type=kind,
+        providers=tuple(providers),
+        options=options,
+        secrets=secrets,
+        reconcile_seconds=float(item.get("reconcile_seconds", 30)),
+        timeout_seconds=float(item.get("timeout_seconds", 5)),
+    )
+
+
+def _secret(where: str, ref: Any) -> str:
+    try:
+        return read_secret(where, ref)
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from None

@@ -1,0 +1,92 @@
+"""`/v1/connectors` and `/v1/actions/{id}/lift`: the gateways and manual lifts."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from litestar import Controller, Request, get, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath, JSONBody
+
+from controlplane.auth.guards import principal_of, requires
+from controlplane.auth.roles import READERS, Role
+from controlplane.enforce import repository
+from controlplane.enforce.schemas import ConnectorOut, LiftIn, ReconcileOut
+from controlplane.plan.schemas import ActionOut
+from controlplane.runtime import Runtime
+
+
+class ConnectorController(Controller):
+    path = "/v1/connectors"
+    tags = ["connectors"]
+    guards = [requires(*READERS)]
+
+    @get("/", operation_id="listConnectors", summary="List connectors")
+    async def list_connectors(self, runtime: NamedDependency[Runtime]) -> list[ConnectorOut]:
+        """Each connector's health now, its last reconcile, desired vs applied entries,
+        failures, drift repaired and lag."""
+        async with runtime.db.read() as session:
+            statuses = await repository.statuses(session)
+        out = []
+        for name in runtime.enforcer.names:
+            config = runtime.enforcer.config(name)
+            healthy, gateway, detail = await runtime.enforcer.health(name)
+            s = statuses.get(name)
+            out.append(
+                ConnectorOut(
+                    name=name,
+                    type=config.type,
+                    providers=list(config.providers),
+                    healthy=healthy,
+                    gateway=gateway,
+                    detail=detail,
+                    last_reconcile_at=s.last_reconcile_at if s else None,
+                    last_success_at=s.last_success_at if s else None,
+                    desired=s.desired if s else 0,
+                    applied=s.applied if s else 0,
+                    failed=s.failed if s else 0,
+                    drift_repaired=s.drift_repaired if s else 0,
+                    lag_seconds=s.lag_seconds if s else 0.0,
+                    last_error=s.last_error if s else None,
+                )
+            )
+        return out
+
+    @post(
+        "/{name:str}/reconcile",
+        operation_id="reconcileConnector",
+        summary="Reconcile a connector now",
+        guards=[requires(Role.ENGINEER, Role.REVIEWER)],
+        status_code=200,
+    )
+    async def reconcile(
+        self, name: FromPath[str], runtime: NamedDependency[Runtime]
+    ) -> ReconcileOut:
+        """Observe the gateway, diff it against the desired state and apply the difference."""
+        report = await runtime.enforcer.reconcile(name)
+        return ReconcileOut(**asdict(report))
+
+
+class LiftController(Controller):
+    path = "/v1/actions"
+    tags = ["actions"]
+    guards = [requires(Role.REVIEWER)]
+
+    @post(
+        "/{action_id:str}/lift",
+        operation_id="liftAction",
+        summary="Lift an action",
+        status_code=200,
+    )
+    async def lift(
+        self,
+        request: Request[Any, Any, Any],
+        action_id: FromPath[str],
+        data: JSONBody[LiftIn],
+        runtime: NamedDependency[Runtime],
+    ) -> ActionOut:
+        """Lift an active action by hand: it leaves the desired state, connectors remove
+        it from the gateways at once, and the actor and reason are recorded."""
+        row = await runtime.enforcer.lift(action_id, principal_of(request).name, data.reason)
+        return ActionOut.from_row(row.model_dump())

@@ -1,0 +1,47 @@
+"""Connector and lift API schemas."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ConnectorOut(BaseModel):
+    name: str
+    type: str
+    providers: list[str]
+    healthy: bool
+    gateway: str = Field(description="What the connector talks to.")
+    detail: str
+    last_reconcile_at: datetime | None
+    last_success_at: datetime | None
+    desired: int = Field(description="Entries the gateway should hold.")
+    applied: int = Field(description="Of those, entries it held after the last reconcile.")
+    failed: int
+    drift_repaired: int = Field(description="Entries re-applied after they vanished.")
+    lag_seconds: float = Field(description="Age of the oldest desired entry not yet applied.")
+    last_error: str | None
+
+
+class ReconcileOut(BaseModel):
+    connector: str
+    ok: bool
+    desired: int
+    applied: int
+    added: int
+    removed: int
+    changed: int
+    failed: int
+    drift_repaired: int
+    error: str | None
+    failures: list[str]
+
+
+class LiftIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: Annotated[str, Field(min_length=3, max_length=2000)] = Field(
+        description="Why, for the record (an appeal, a false positive, ...)."
+    )

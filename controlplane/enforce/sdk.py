@@ -1,0 +1,136 @@
+"""The connector SDK: what a connector is given and what it must do.
+
+Connectors live in the top-level `connectors` package (or any package that
+registers an entry point in the `tollgate.connectors` group). They see only the
+neutral value objects here, never Tollgate's domain or database: a connector
+maps entries to one gateway's operations, nothing more.
+
+A connector is told the *desired* entries; Tollgate observes the gateway, diffs
+and asks the connector to apply the difference. Applying must be idempotent:
+adding an entry that is there, or removing one that is not, is not an error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
+
+import httpx
+
+
+class EntryType(StrEnum):
+    BLOCK = "block"
+    """Refuse traffic from an IP or CIDR (HTTP 403)."""
+    REVOKE_KEY = "revoke_key"
+    """Refuse an API key (HTTP 401)."""
+    RATE_LIMIT = "rate_limit"
+    """Limit a key (or account/org, where the gateway can) to `requests_per_minute`."""
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One enforcement at a gateway, identified by (type, target kind, target value)."""
+
+    type: EntryType
+    target_kind: str
+    """`ip`, `cidr`, `api_key`, `account` or `org`."""
+    target_value: str
+    requests_per_minute: int | None = None
+    """For `rate_limit`: the limit; the strictest active action wins."""
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.type.value, self.target_kind, self.target_value)
+
+
+@dataclass(frozen=True)
+class GatewayState:
+    """What a gateway enforces now, as entries, plus vendor details in `extra`."""
+
+    entries: frozenset[Entry]
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Diff:
+    add: tuple[Entry, ...] = ()
+    remove: tuple[Entry, ...] = ()
+    """Entries to take away (by key; their parameters do not matter)."""
+    change: tuple[Entry, ...] = ()
+    """Entries present with other parameters (a rate limit's value)."""
+
+    def __bool__(self) -> bool:
+        return bool(self.add or self.remove or self.change)
+
+    @property
+    def size(self) -> int:
+        return len(self.add) + len(self.remove) + len(self.change)
+
+
+@dataclass
+class ApplyResult:
+    """Which entries of a diff took effect and which failed, with why."""
+
+    done: list[Entry] = field(default_factory=list)
+    failed: list[tuple[Entry, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Health:
+    ok: bool
+    gateway: str
+    """What the connector talks to, e.g. `haproxy 2.6 at /run/haproxy.sock`."""
+    detail: str = ""
+
+
+class ConnectorError(Exception):
+    """An operation failed; `retryable` says whether trying again may help."""
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class GatewayUnavailable(ConnectorError):
+    """The gateway cannot be reached: nothing is lost, everything is retried later."""
+
+
+@dataclass(frozen=True)
+class ConnectorConfig:
+    """One configured connector (from `tollgate.yaml`); secrets already resolved."""
+
+    name: str
+    type: str
+    providers: tuple[str, ...]
+    options: Mapping[str, Any] = field(default_factory=dict)
+    secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
+    reconcile_seconds: float = 30.0
+    timeout_seconds: float = 5.0
+
+
+class Connector(Protocol):
+    """What every connector implements. All calls are bounded by timeouts."""
+
+    name: str
+
+    def capabilities(self) -> frozenset[EntryType]:
+        """The entry types this gateway can enforce."""
+        ...
+
+    async def observe(self) -> GatewayState:
+        """What the gateway enforces now (raises `GatewayUnavailable` when unreachable)."""
+        ...
+
+    async def apply(self, diff: Diff) -> ApplyResult:
+        """Make the gateway match: idempotent; report each entry done or failed."""
+        ...
+
+    async def health(self) -> Health: ...
+
+    async def close(self) -> None: ...
+
+
+class ConnectorFactory(Protocol):
+    def __call__(self, config: ConnectorConfig, http: httpx.AsyncClient) -> Connector: ...
