@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from controlplane.cli.client import api_client, fail, request
+from controlplane.cli.connector import action_app, connector_app
 from controlplane.cli.decision import decision_app
 from controlplane.cli.policy import policy_app
 from controlplane.cli.token import token_app
@@ -30,6 +31,8 @@ app.add_typer(verdict_app, name="verdict")
 app.add_typer(policy_app, name="policy")
 app.add_typer(decision_app, name="decision")
 app.add_typer(token_app, name="token")
+app.add_typer(connector_app, name="connector")
+app.add_typer(action_app, name="action")
 out = Console()
 
 BATCH = 1000
