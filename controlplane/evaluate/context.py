@@ -7,50 +7,80 @@ import ipaddress
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from controlplane.domain.verdict import Verdict
 
 HISTORY_WINDOW = timedelta(days=30)
+T = TypeVar("T")
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
-class IntelIndex:
-    """CIDR indicators by prefix length: a lookup costs one dict probe per length in use."""
+class PrefixIndex(Generic[T]):
+    """Items keyed by network: a lookup costs one dict probe per prefix length in use,
+    whatever the number of networks (10k CIDRs cost what 10 do)."""
 
-    def __init__(self, indicators: list[dict[str, Any]]) -> None:
-        self._by_prefix: dict[tuple[int, int], dict[int, list[dict[str, Any]]]] = defaultdict(
+    def __init__(self) -> None:
+        self._by_prefix: dict[tuple[int, int], dict[int, list[T]]] = defaultdict(
             lambda: defaultdict(list)
         )
-        for indicator in indicators:
-            net = ipaddress.ip_network(indicator["value"], strict=False)
-            key = (net.version, net.prefixlen)
-            self._by_prefix[key][int(net.network_address)].append(indicator)
-        self._prefixes = sorted(self._by_prefix, key=lambda k: -k[1])
-        self.size = len(indicators)
+        self._prefixes: list[tuple[int, int]] = []
+        self.size = 0
 
-    def matches(self, ip: str) -> list[dict[str, Any]]:
-        address = ipaddress.ip_address(ip)
+    def add(self, network: Network, item: T) -> None:
+        key = (network.version, network.prefixlen)
+        if key not in self._by_prefix:
+            self._prefixes = sorted([*self._prefixes, key], key=lambda k: -k[1])
+        self._by_prefix[key][int(network.network_address)].append(item)
+        self.size += 1
+
+    def lookup(self, address: Address) -> list[T]:
         bits = address.max_prefixlen
         value = int(address)
-        found = []
+        found: list[T] = []
         for version, prefix in self._prefixes:
-            if version != address.version:
-                continue
-            network = value >> (bits - prefix) << (bits - prefix) if prefix else 0
-            for indicator in self._by_prefix[(version, prefix)].get(network, ()):
-                found.append(
-                    {
-                        "cidr": indicator["value"],
-                        "ip": ip,
-                        "source": indicator["source"],
-                        "confidence": indicator["confidence"],
-                        "tlp": indicator["tlp"],
-                    }
-                )
+            if version == address.version:
+                shift = bits - prefix
+                found.extend(self._by_prefix[(version, prefix)].get(value >> shift << shift, ()))
         return found
+
+
+class IntelIndex:
+    """CIDR indicators, matched against a verdict's IPs."""
+
+    def __init__(self, indicators: list[dict[str, Any]]) -> None:
+        self._index: PrefixIndex[dict[str, Any]] = PrefixIndex()
+        for indicator in indicators:
+            self._index.add(ipaddress.ip_network(indicator["value"], strict=False), indicator)
+        self.size = self._index.size
+
+    def matches(self, ip: str) -> list[dict[str, Any]]:
+        return [
+            {
+                "cidr": indicator["value"],
+                "ip": ip,
+                "source": indicator["source"],
+                "confidence": indicator["confidence"],
+                "tlp": indicator["tlp"],
+            }
+            for indicator in self._index.lookup(ipaddress.ip_address(ip))
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveAction:
+    """An action as `history.active_actions` shows it, with its expiry parsed once."""
+
+    document: dict[str, Any]
+    expires_at: datetime | None
+
+    @property
+    def identity(self) -> tuple[str, str, str, str]:
+        """What makes two actions the same enforcement: type, target and rule."""
+        d = self.document
+        return (d["type"], d["target"]["kind"], d["target"]["value"], d["rule"])
 
 
 RECENT_VERDICTS = 20
@@ -74,12 +104,12 @@ class Lookups:
     """What one batch's inputs are built from, fetched in a few queries, then kept
     current in memory as earlier verdicts of the batch are decided."""
 
-    actions: dict[tuple[str, str, str], list[dict[str, Any]]] = field(
+    actions: dict[tuple[str, str, str], list[ActiveAction]] = field(
         default_factory=lambda: defaultdict(list)
     )
     """Active, non-shadow actions by (provider, target kind, target value)."""
-    cidr_actions: dict[str, list[tuple[Network, dict[str, Any]]]] = field(
-        default_factory=lambda: defaultdict(list)
+    cidr_actions: dict[str, PrefixIndex[ActiveAction]] = field(
+        default_factory=lambda: defaultdict(PrefixIndex)
     )
     verdicts: dict[tuple[str, str, str], list[PriorVerdict]] = field(
         default_factory=lambda: defaultdict(list)
@@ -91,10 +121,12 @@ class Lookups:
 
     def add_action(self, provider: str, action: dict[str, Any]) -> None:
         target = action["target"]
+        expires = action.get("expires_at")
+        entry = ActiveAction(action, datetime.fromisoformat(expires) if expires else None)
         if target["kind"] == "cidr":
-            self.cidr_actions[provider].append((ipaddress.ip_network(target["value"]), action))
+            self.cidr_actions[provider].add(ipaddress.ip_network(target["value"]), entry)
         else:
-            self.actions[(provider, target["kind"], target["value"])].append(action)
+            self.actions[(provider, target["kind"], target["value"])].append(entry)
 
 
 def build_input(
@@ -103,22 +135,23 @@ def build_input(
     """The OPA `input` for one verdict."""
     provider = verdict.provider
     keys = verdict.subject.targets()
-    active: list[dict[str, Any]] = []
-    seen: set[str] = set()
-    for kind, value in keys:
-        for action in lookups.actions.get((provider, kind, value), ()):
-            if action["id"] not in seen and _active(action, now):
-                seen.add(action["id"])
-                active.append(action)
-    addresses = [ipaddress.ip_address(ip) for ip in verdict.subject.ips]
-    for network, action in lookups.cidr_actions.get(provider, ()):
-        if (
-            action["id"] not in seen
-            and _active(action, now)
-            and any(a in network for a in addresses)
-        ):
-            seen.add(action["id"])
-            active.append(action)
+    candidates = [
+        a for kind, value in keys for a in lookups.actions.get((provider, kind, value), ())
+    ]
+    cidrs = lookups.cidr_actions.get(provider)
+    if cidrs is not None:
+        for ip in verdict.subject.ips:
+            candidates.extend(cidrs.lookup(ipaddress.ip_address(ip)))
+    # One entry per enforcement: a policy that asks again for an active block must not
+    # make every later input carry each repeat (history stays small, evaluation fast).
+    latest: dict[tuple[str, str, str, str], ActiveAction] = {}
+    for action in candidates:
+        if action.expires_at is not None and action.expires_at <= now:
+            continue
+        kept = latest.get(action.identity)
+        if kept is None or _outlives(action, kept):
+            latest[action.identity] = action
+    active = [a.document for a in latest.values()]
 
     exemption = next(
         (e for kind, value in keys if (e := lookups.exemptions.get((provider, kind, value)))),
@@ -152,9 +185,10 @@ def build_input(
     }
 
 
-def _active(action: dict[str, Any], now: datetime) -> bool:
-    expires = action.get("expires_at")
-    return expires is None or datetime.fromisoformat(expires) > now
+def _outlives(candidate: ActiveAction, kept: ActiveAction) -> bool:
+    if kept.expires_at is None:
+        return False
+    return candidate.expires_at is None or candidate.expires_at > kept.expires_at
 
 
 def _prior(verdict: Verdict, received_at: datetime, lookups: Lookups) -> list[PriorVerdict]:

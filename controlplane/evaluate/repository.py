@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, insert, or_, select, tuple_
+from sqlalchemy import func, insert, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
@@ -35,6 +37,20 @@ def action_document(row: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+_ACTION_COLUMNS = (
+    col(ActionRow.id),
+    col(ActionRow.provider),
+    col(ActionRow.type),
+    col(ActionRow.target_kind),
+    col(ActionRow.target_value),
+    col(ActionRow.params),
+    col(ActionRow.rule),
+    col(ActionRow.state),
+    col(ActionRow.created_at),
+    col(ActionRow.expires_at),
+)
+
+
 async def fill_lookups(
     session: AsyncSession,
     lookups: Lookups,
@@ -43,77 +59,85 @@ async def fill_lookups(
     now: datetime,
 ) -> None:
     """Fetch active actions, earlier verdicts and exemptions for these (provider, kind, value)
-    keys, in a handful of queries whatever the batch size."""
-    keys = sorted(subject_keys)
-    providers = sorted({p for p, _, _ in keys})
+    keys. Queries go per (provider, kind) with a plain `IN` on one indexed column, which
+    both databases answer from their indexes (a row-value IN list is not)."""
+    groups: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for provider, kind, value in sorted(subject_keys):
+        groups[(provider, kind)].append(value)
     unexpired = or_(col(ActionRow.expires_at).is_(None), col(ActionRow.expires_at) > now)
     active = col(ActionRow.state).in_([s.value for s in ACTIVE_STATES]) & ~col(ActionRow.shadow)
-    for chunk in _chunks(keys):
-        rows = await session.execute(
-            select(ActionRow).where(
-                active,
-                unexpired,
-                tuple_(ActionRow.provider, ActionRow.target_kind, ActionRow.target_value).in_(
-                    chunk
-                ),
-            )
-        )
-        for (row,) in rows:
-            lookups.add_action(row.provider, action_document(row.model_dump()))
-        exemptions = await session.execute(
-            select(ExemptionRow).where(
-                or_(col(ExemptionRow.expires_at).is_(None), col(ExemptionRow.expires_at) > now),
-                tuple_(
-                    ExemptionRow.provider, ExemptionRow.subject_kind, ExemptionRow.subject_value
-                ).in_(chunk),
-            )
-        )
-        for (e,) in exemptions:
-            lookups.exemptions[(e.provider, e.subject_kind, e.subject_value)] = {
-                "subject": {"kind": e.subject_kind, "value": e.subject_value},
-                "owner": e.owner,
-                "reason": e.reason,
-                "expires_at": e.expires_at.isoformat() if e.expires_at else None,
-            }
-        accounts = [(p, v) for p, k, v in chunk if k == "account"]
-        api_keys = [(p, v) for p, k, v in chunk if k == "api_key"]
-        conditions = []
-        if accounts:
-            conditions.append(tuple_(VerdictRow.provider, VerdictRow.account_id).in_(accounts))
-        if api_keys:
-            conditions.append(tuple_(VerdictRow.provider, VerdictRow.api_key_id).in_(api_keys))
-        if conditions:
-            prior = await session.execute(
-                select(
-                    col(VerdictRow.id),
-                    col(VerdictRow.provider),
-                    col(VerdictRow.account_id),
-                    col(VerdictRow.api_key_id),
-                    col(VerdictRow.observed_at),
-                    col(VerdictRow.received_at),
-                    col(VerdictRow.score),
-                    col(VerdictRow.confidence),
-                    col(VerdictRow.detector_name),
-                ).where(or_(*conditions), col(VerdictRow.observed_at) >= since)
-            )
-            for verdict_id, p, account, key, observed, received, score, conf, det in prior:
-                verdict = PriorVerdict(
-                    verdict_id, account, key, observed, received, score, conf, det
+    for (provider, kind), values in groups.items():
+        for chunk in _chunks(values):
+            rows = await session.execute(
+                select(*_ACTION_COLUMNS).where(
+                    col(ActionRow.provider) == provider,
+                    col(ActionRow.target_kind) == kind,
+                    col(ActionRow.target_value).in_(chunk),
+                    active,
+                    unexpired,
                 )
-                for kind, value in (("account", account), ("api_key", key)):
-                    if value and (p, kind, value) in subject_keys:
-                        lookups.verdicts[(p, kind, value)].append(verdict)
-    if providers:
+            )
+            for row in rows:
+                lookups.add_action(provider, action_document(dict(row._mapping)))
+            exemptions = await session.execute(
+                select(ExemptionRow).where(
+                    col(ExemptionRow.provider) == provider,
+                    col(ExemptionRow.subject_kind) == kind,
+                    col(ExemptionRow.subject_value).in_(chunk),
+                    or_(col(ExemptionRow.expires_at).is_(None), col(ExemptionRow.expires_at) > now),
+                )
+            )
+            for (e,) in exemptions:
+                lookups.exemptions[(e.provider, e.subject_kind, e.subject_value)] = {
+                    "subject": {"kind": e.subject_kind, "value": e.subject_value},
+                    "owner": e.owner,
+                    "reason": e.reason,
+                    "expires_at": e.expires_at.isoformat() if e.expires_at else None,
+                }
+            if kind in ("account", "api_key"):
+                column = col(VerdictRow.account_id if kind == "account" else VerdictRow.api_key_id)
+                prior = await session.execute(
+                    select(
+                        col(VerdictRow.id),
+                        column,
+                        col(VerdictRow.account_id),
+                        col(VerdictRow.api_key_id),
+                        col(VerdictRow.observed_at),
+                        col(VerdictRow.received_at),
+                        col(VerdictRow.score),
+                        col(VerdictRow.confidence),
+                        col(VerdictRow.detector_name),
+                    ).where(
+                        col(VerdictRow.provider) == provider,
+                        column.in_(chunk),
+                        col(VerdictRow.observed_at) >= since,
+                    )
+                )
+                for (
+                    verdict_id,
+                    matched,
+                    account,
+                    key,
+                    observed,
+                    received,
+                    score,
+                    conf,
+                    det,
+                ) in prior:
+                    lookups.verdicts[(provider, kind, str(matched))].append(
+                        PriorVerdict(verdict_id, account, key, observed, received, score, conf, det)
+                    )
+    for provider in sorted({p for p, _ in groups}):
         cidrs = await session.execute(
-            select(ActionRow).where(
+            select(*_ACTION_COLUMNS).where(
+                col(ActionRow.provider) == provider,
+                col(ActionRow.target_kind) == "cidr",
                 active,
                 unexpired,
-                col(ActionRow.target_kind) == "cidr",
-                col(ActionRow.provider).in_(providers),
             )
         )
-        for (row,) in cidrs:
-            lookups.add_action(row.provider, action_document(row.model_dump()))
+        for row in cidrs:
+            lookups.add_action(provider, action_document(dict(row._mapping)))
 
 
 class IntelCache:
@@ -154,7 +178,7 @@ class IntelCache:
 
 async def insert_decisions(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
     if rows:
-        await session.execute(insert(DecisionRow), list(rows))
+        await session.execute(insert(DecisionRow.__table__), list(rows))  # type: ignore[attr-defined]
 
 
 async def get_decision(session: AsyncSession, decision_id: str) -> DecisionRow | None:
@@ -175,4 +199,34 @@ async def decisions_of_verdicts(
             select(DecisionRow).where(col(DecisionRow.verdict_id).in_(chunk))
         )
         found.update({row.verdict_id: row for row in rows.scalars()})
+    return found
+
+
+@dataclass(frozen=True)
+class DecisionSummary:
+    id: str
+    verdict_id: str
+    status: str
+    policy_revision: str
+    error: str | None
+    trace_id: str | None
+
+
+async def decision_summaries(
+    session: AsyncSession, verdict_ids: Sequence[str]
+) -> dict[str, DecisionSummary]:
+    """What an ingest answer reports per verdict, without loading inputs and results."""
+    found: dict[str, DecisionSummary] = {}
+    for chunk in _chunks(list(verdict_ids), 500):
+        rows = await session.execute(
+            select(
+                col(DecisionRow.id),
+                col(DecisionRow.verdict_id),
+                col(DecisionRow.status),
+                col(DecisionRow.policy_revision),
+                col(DecisionRow.error),
+                col(DecisionRow.trace_id),
+            ).where(col(DecisionRow.verdict_id).in_(chunk))
+        )
+        found.update({row.verdict_id: DecisionSummary(*row) for row in rows})
     return found

@@ -37,6 +37,7 @@ from controlplane.plan.service import plan_actions
 from controlplane.store.db import Database
 from controlplane.store.models import new_id
 from controlplane.store.types import utcnow
+from controlplane.telemetry import metrics
 from controlplane.telemetry.tracing import SPAN_EVALUATE, SPAN_PLAN, trace_id_hex, tracer
 
 PIPELINE_ACTOR = "tollgate"
@@ -104,6 +105,7 @@ class Decider:
                             lookups.add_action(item.verdict.provider, action_document(action))
             async with self._db.write() as session, session.begin():
                 await self._store(session, list(outcomes.values()), now)
+            metrics.decisions_recorded(o.decision for o in outcomes.values())
         providers = {
             a["provider"]
             for o in outcomes.values()
@@ -139,6 +141,7 @@ class Decider:
         trace_id = trace_id_hex(item.span) if item.span else None
         decision_id = new_id("dec")
         status, error, actions, shadow = DecisionStatus.OK, evaluation.error, [], False
+        decided = None
         t = tracer()
         end_ns = evaluation.started_ns + int(evaluation.duration_ms * 1e6)
         with t.start_as_current_span(
@@ -161,6 +164,7 @@ class Decider:
                     error = f"malformed decision: {exc}"
                 else:
                     shadow = decided.shadow
+                if decided is not None and decided.actions:
                     with t.start_as_current_span(
                         SPAN_PLAN, attributes={"tollgate.verdict_id": verdict.id}
                     ) as plan_span:

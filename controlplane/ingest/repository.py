@@ -40,7 +40,7 @@ async def stored_verdicts(session: AsyncSession, ids: Sequence[str]) -> dict[str
 
 async def insert_verdicts(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
     if rows:
-        await session.execute(insert(VerdictRow), list(rows))
+        await session.execute(insert(VerdictRow.__table__), list(rows))  # type: ignore[attr-defined]
 
 
 async def set_status(session: AsyncSession, ids: Sequence[str], status: VerdictStatus) -> None:

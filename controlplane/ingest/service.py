@@ -138,7 +138,7 @@ class IngestService:
 
     async def _results(self, ids: list[str], duplicates: set[str]) -> list[VerdictResult]:
         async with self._db.read() as session:
-            decisions = await decisions_repo.decisions_of_verdicts(session, ids)
+            decisions = await decisions_repo.decision_summaries(session, ids)
             actions = await actions_repo.actions_of_decisions(
                 session, [d.id for d in decisions.values()]
             )

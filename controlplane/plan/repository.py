@@ -15,7 +15,7 @@ from controlplane.store.models import ActionRow
 
 async def insert_actions(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
     if rows:
-        await session.execute(insert(ActionRow), list(rows))
+        await session.execute(insert(ActionRow.__table__), list(rows))  # type: ignore[attr-defined]
 
 
 async def actions_of_decisions(

@@ -42,8 +42,15 @@ def configure(otlp_endpoint: str = "") -> TracerProvider:
         return _provider
 
 
+_tracer: trace.Tracer | None = None
+
+
 def tracer() -> trace.Tracer:
-    return trace.get_tracer("tollgate", __version__)
+    """Tollgate's tracer, looked up once (the lookup is not free on a hot path)."""
+    global _tracer
+    if _tracer is None:
+        _tracer = trace.get_tracer("tollgate", __version__)
+    return _tracer
 
 
 def trace_id_hex(span: trace.Span) -> str | None:

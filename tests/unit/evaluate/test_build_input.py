@@ -147,12 +147,12 @@ def test_active_actions_matched_by_key_account_org_ip_and_cidr() -> None:
         action_doc("on-org", "org", "org_1", kind_type="flag_review"),
         action_doc("on-ip", "ip", "192.0.2.7", kind_type="block"),
         action_doc("on-cidr", "cidr", "192.0.2.0/24", kind_type="block"),
-        action_doc("other-key", "api_key", "key_2"),
+        action_doc("other-key", "api_key", "key_9"),
         action_doc("other-ip", "ip", "192.0.2.8", kind_type="block"),
         action_doc("other-cidr", "cidr", "198.51.100.0/24", kind_type="block"),
         action_doc("expired", "api_key", "key_1", expires=NOW - timedelta(seconds=1)),
         action_doc("expires-now", "api_key", "key_1", expires=NOW),
-        action_doc("expiring", "api_key", "key_1", expires=NOW + timedelta(hours=1)),
+        action_doc("expiring", "api_key", "key_2", expires=NOW + timedelta(hours=1)),
         action_doc("expired-cidr", "cidr", "192.0.0.0/16", expires=NOW - timedelta(hours=1)),
     ):
         lookups.add_action("lab-a", action)
@@ -162,13 +162,34 @@ def test_active_actions_matched_by_key_account_org_ip_and_cidr() -> None:
     active = build_input(the_verdict(), RECEIVED, lookups, NOW)["history"]["active_actions"]
 
     assert sorted(a["id"] for a in active) == [
-        "expiring",
         "on-account",
         "on-cidr",
         "on-ip",
         "on-key",
         "on-org",
     ]
+
+
+def test_repeats_of_one_enforcement_appear_once_with_the_longest_expiry() -> None:
+    # A policy that asks again for an active block (every verdict from a shared-intel
+    # range does) must not make each later input carry every repeat.
+    lookups = Lookups()
+    for n, hours in enumerate((1, 5, 3)):
+        lookups.add_action(
+            "lab-a",
+            action_doc(
+                f"block-{n}",
+                "cidr",
+                "192.0.2.0/24",
+                kind_type="block",
+                expires=NOW + timedelta(hours=hours),
+            ),
+        )
+    lookups.add_action("lab-a", action_doc("limit", "api_key", "key_1"))
+
+    active = build_input(the_verdict(), RECEIVED, lookups, NOW)["history"]["active_actions"]
+
+    assert sorted(a["id"] for a in active) == ["block-1", "limit"]
 
 
 def test_cidr_action_matches_ipv6_subjects() -> None:
@@ -185,7 +206,9 @@ def test_an_action_reachable_two_ways_is_listed_once() -> None:
     lookups = Lookups()
     shared = action_doc("shared", "api_key", "key_1")
     lookups.add_action("lab-a", shared)
-    lookups.actions[("lab-a", "account", "acct_1")].append(shared)
+    lookups.actions[("lab-a", "account", "acct_1")].append(
+        lookups.actions[("lab-a", "api_key", "key_1")][0]
+    )
 
     active = build_input(the_verdict(), RECEIVED, lookups, NOW)["history"]["active_actions"]
 
