@@ -42,7 +42,8 @@ class MemoryConnector:
         result = ApplyResult()
         for entry in (*diff.add, *diff.change):
             if entry.key in self.refuse:
-                result.failed.append((entry, "refused by the gateway"))
+                # Quotes the target as real gateways do: Tollgate must redact key ids.
+                result.failed.append((entry, f"refused by the gateway: {entry.target_value}"))
                 continue
             self.entries[entry.key] = entry
             result.done.append(entry)

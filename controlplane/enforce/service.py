@@ -24,6 +24,7 @@ from opentelemetry import trace
 
 from controlplane.audit import service as audit
 from controlplane.audit.chain import EventDraft
+from controlplane.domain.redact import key_handle, redact_keys
 from controlplane.domain.vocabulary import ACTIVE_STATES, ActionState
 from controlplane.enforce import repository
 from controlplane.enforce.desired import DesiredState, diff, entry_of
@@ -35,6 +36,7 @@ from controlplane.enforce.sdk import (
     ConnectorError,
     Diff,
     Entry,
+    EntryType,
     GatewayState,
 )
 from controlplane.errors import Conflict, NotFound
@@ -51,6 +53,8 @@ BACKOFF_CAP = 2.0
 SPAN_APPLY = "connector.apply"
 SPAN_RECONCILE = "connector.reconcile"
 ACTIVE = {s.value for s in ACTIVE_STATES}
+_PARAMLESS = {t.value: t for t in (EntryType.BLOCK, EntryType.REVOKE_KEY)}
+"""Entry types whose entry is the target alone."""
 
 
 @dataclass
@@ -161,7 +165,7 @@ class Enforcer:
             report.changed = len(change.change)
             report.failed = len(result.failed)
             report.failures = [
-                f"{e.type.value} {e.target_kind}:{e.target_value}: {why}"
+                f"{e.type.value} {e.target_kind}:{_shown(e)}: {why}"
                 for e, why in result.failed[:20]
             ]
             report.applied = sum(1 for k in desired.entries if k in present)
@@ -185,10 +189,22 @@ class Enforcer:
         async with self._db.read() as session:
             rows = await repository.desired_actions(session, providers, types, now)
         desired = DesiredState()
+        entries, actions, since = desired.entries, desired.actions, desired.since
         for action_id, _, kind, target_kind, value, params, created_at in rows:
-            entry = entry_of(kind, target_kind, value, params)
-            if entry is not None:
-                desired.add(action_id, entry, created_at)
+            # entry_of, minus its enum lookup where no parameter is read (most rows)
+            simple = _PARAMLESS.get(kind)
+            entry = (
+                Entry(simple, target_kind, value)
+                if simple
+                else entry_of(kind, target_kind, value, params)
+            )
+            if entry is None:
+                continue
+            key = (kind, target_kind, value)  # entry.key, without building it again
+            if key in entries:
+                desired.add(action_id, entry, created_at)  # more actions, one entry: rare
+            else:  # what `add` does for a new key, minus its cost, 100k times
+                entries[key], actions[key], since[key] = entry, [action_id], created_at
         return desired
 
     async def _apply(self, running: _Running, change: Diff) -> ApplyResult:
@@ -217,7 +233,7 @@ class Enforcer:
                     )
                 except (ConnectorError, TimeoutError) as exc:
                     retryable = getattr(exc, "retryable", True)
-                    why = str(exc) or "timed out"
+                    why = redact_keys(str(exc) or "timed out", _key_ids(change))
                     result = ApplyResult(failed=[(e, why) for e in _entries(pending)])
                     if not retryable:
                         span.set_status(trace.StatusCode.ERROR, why)
@@ -225,7 +241,7 @@ class Enforcer:
                 span.set_attribute("tollgate.done", len(result.done))
                 span.set_attribute("tollgate.failed", len(result.failed))
             done.extend(result.done)
-            failed = result.failed
+            failed = _redacted(result.failed, change)
             if not failed or attempt == ATTEMPTS:
                 break
             keys = {e.key for e, _ in failed}
@@ -251,8 +267,10 @@ class Enforcer:
         failed = {e.key: why for e, why in result.failed}
         action_ids = [a for ids in desired.actions.values() for a in ids]
         async with self._db.write() as session, session.begin():
-            before = await repository.enforcement_of(session, name, action_ids)
-            rows, events, touched = [], [], []
+            # Every desired action's state here, as plain values: most are unchanged, and
+            # ORM rows would cost time and memory (see `_attempts`).
+            before = await repository.enforcement_states(session, action_ids)
+            writes: list[tuple[str, str, tuple[str, str, str]]] = []
             repaired: set[tuple[str, str, str]] = set()
             re_added = {e.key for e in result.done}
             for key, ids in desired.actions.items():
@@ -260,25 +278,27 @@ class Enforcer:
                 if state is None:
                     continue
                 for action_id in ids:
-                    previous = before.get(action_id)
-                    if previous is not None and previous.state == state and state == "applied":
+                    previous = before.get(action_id, {}).get(name)
+                    if previous == state == "applied":
                         if key in re_added:
                             repaired.add(key)
                         continue
-                    attempts = (previous.attempts if previous else 0) + (
-                        ATTEMPTS if state == "failed" else 1
-                    )
-                    rows.append(
-                        {
-                            "action_id": action_id,
-                            "connector": name,
-                            "state": state,
-                            "attempts": attempts,
-                            "error": failed.get(key),
-                            "updated_at": now,
-                        }
-                    )
-                    touched.append(action_id)
+                    writes.append((action_id, state, key))
+            del before
+            touched = [action_id for action_id, _, _ in writes]
+            attempts = await self._attempts(session, name, touched)
+            rows = [
+                {
+                    "action_id": action_id,
+                    "connector": name,
+                    "state": state,
+                    "attempts": attempts.get(action_id, 0) + (ATTEMPTS if state == "failed" else 1),
+                    "error": failed.get(key),
+                    "updated_at": now,
+                }
+                for action_id, state, key in writes
+            ]
+            events = []
             await repository.upsert_enforcement(session, rows)
             changes = await self._overall(session, touched, now)
             for action in await repository.actions_by_id(session, list(changes)):
@@ -288,6 +308,19 @@ class Enforcer:
             await audit.record(session, events)
         return len(repaired)
 
+    @staticmethod
+    async def _attempts(session: Any, name: str, action_ids: Sequence[str]) -> dict[str, int]:
+        """Attempts so far at this connector of the actions whose state is about to be
+        written. The rows are dropped from the session once read: the bulk DELETE and
+        UPDATE that follow would otherwise check every loaded row against their WHERE
+        clause, once per chunk of ids (quadratic: minutes for 100k actions)."""
+        if not action_ids:
+            return {}
+        rows = await repository.enforcement_of(session, name, action_ids)
+        attempts = {action_id: row.attempts for action_id, row in rows.items()}
+        session.expunge_all()
+        return attempts
+
     async def _overall(
         self, session: Any, action_ids: Sequence[str], now: datetime
     ) -> dict[str, str]:
@@ -296,26 +329,32 @@ class Enforcer:
         if not action_ids:
             return {}
         states = await repository.enforcement_states(session, action_ids)
-        actions = await repository.actions_by_id(session, action_ids)
+        actions = [
+            (a.id, a.state, a.provider, a.type)
+            for a in await repository.actions_by_id(session, action_ids)
+        ]
+        session.expunge_all()  # as in `_attempts`: the bulk UPDATE below would scan them
+        expected_by: dict[tuple[str, str], list[str]] = {}
         changes: dict[str, str] = {}
-        for action in actions:
-            if action.state not in ACTIVE:
+        for action_id, current, provider, kind in actions:
+            if current not in ACTIVE:
                 continue
-            expected = [
-                r.config.name
-                for r in self._running.values()
-                if r.serves(action.provider)
-                and action.type in {t.value for t in r.connector.capabilities()}
-            ]
-            mine = states.get(action.id, {})
+            expected = expected_by.get((provider, kind))
+            if expected is None:
+                expected = expected_by[(provider, kind)] = [
+                    r.config.name
+                    for r in self._running.values()
+                    if r.serves(provider) and kind in {t.value for t in r.connector.capabilities()}
+                ]
+            mine = states.get(action_id, {})
             if any(mine.get(n) == "failed" for n in expected):
                 new = ActionState.FAILED.value
             elif expected and all(mine.get(n) == "applied" for n in expected):
                 new = ActionState.APPLIED.value
             else:
                 new = ActionState.PENDING.value
-            if new != action.state:
-                changes[action.id] = new
+            if new != current:
+                changes[action_id] = new
         await repository.set_action_states(session, changes, now)
         return changes
 
@@ -434,6 +473,20 @@ class Enforcer:
             )
         self.push([row.provider])
         return row
+
+
+def _key_ids(change: Diff) -> list[str]:
+    return [e.target_value for e in _entries(change) if e.target_kind == "api_key"]
+
+
+def _redacted(failed: list[tuple[Entry, str]], change: Diff) -> list[tuple[Entry, str]]:
+    """Gateways may quote a key id in their errors; what Tollgate keeps shows its handle."""
+    ids = _key_ids(change)
+    return [(entry, redact_keys(why, ids)) for entry, why in failed]
+
+
+def _shown(entry: Entry) -> str:
+    return key_handle(entry.target_value) if entry.target_kind == "api_key" else entry.target_value
 
 
 def _present_after(observed: GatewayState, result: ApplyResult) -> set[tuple[str, str, str]]:

@@ -14,6 +14,7 @@ from sqlalchemy import update
 from sqlmodel import col
 
 from connectors.memory import MemoryConnector
+from controlplane.domain.redact import key_handle
 from controlplane.enforce.sdk import Entry, EntryType
 from controlplane.store.models import ActionEnforcementRow, ActionRow, AuditEventRow
 from controlplane.store.types import utcnow
@@ -106,6 +107,8 @@ async def test_a_refused_entry_fails_visibly_after_retries_then_recovers(api: Ru
         api.runtime.db, ActionEnforcementRow, col(ActionEnforcementRow.action_id) == action_id
     )
     assert row.attempts >= 4 and "refused" in (row.error or "")
+    assert subject["api_key_id"] not in (row.error or ""), "key ids are shown as handles"
+    assert key_handle(subject["api_key_id"]) in (row.error or "")
     failed_events = await fetch(
         api.runtime.db,
         AuditEventRow,
