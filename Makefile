@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint policy bench clean
+.PHONY: demo test lint policy chromium bench clean
 
 $(STAMP): pyproject.toml requirements/opa-engine.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Tollgate needs Python >= 3.11: set PYTHON=python3.11")'
@@ -22,14 +22,27 @@ demo: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+	$(BIN)/ruff format --check controlplane connectors tests bench
 	$(BIN)/mypy
 
 policy: $(STAMP)
 	$(BIN)/tollgate policy check
 	$(BIN)/tollgate policy test --coverage --fail-under 90 --format github
 
-test: lint policy
+# The browser tests (tests/e2e) drive Debian's Chromium; Playwright never downloads one.
+chromium:
+	@if [ -x /usr/bin/chromium ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then \
+		echo "installing Debian's chromium for the browser tests"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium \
+		|| { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }; \
+	else \
+		echo "the browser tests need Debian's Chromium at /usr/bin/chromium:" \
+			"run 'sudo apt-get install -y chromium' (the package is chromium)"; \
+		exit 1; \
+	fi
+
+test: lint policy chromium
 	$(BIN)/pytest -q
 
 bench: $(STAMP)

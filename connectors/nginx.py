@@ -1,0 +1,829 @@
+"""NGINX: blocks, key revocations and per-key rate limits as include files, then a reload.
+
+NGINX has no runtime API for lists: what it enforces is what its configuration
+said at the last reload. So the gateway's state is a set of include files this
+connector owns in `include_dir`, and every change is *write, test, reload*:
+
+- `http.conf` (the frame, included in `http {}`): a `geo` over `blocked.conf`, two
+  `map`s over `revoked.conf` and `limits.conf`, and one `limit_req_zone` per tier;
+- `server.conf` (included in each protected `server {}` or `location {}`): 403 for a
+  blocked address, 401 for a revoked key, `limit_req` per tier with status 429;
+- `blocked.conf`: `203.0.113.7 ip;` / `198.51.100.0/24 cidr;`;
+- `revoked.conf`: `"key_3" 1;`;
+- `limits.conf`: `"key_9" 60;  # requests_per_minute=75`.
+
+A `limit_req_zone`'s rate is fixed, so per-key limits are tiers: one zone per
+configured rate (`tiers`, requests per minute) and a map from key to tier. A
+limit goes to the largest tier at or below it, never to a looser one; the exact
+value stays in a comment so `observe()` reports what Tollgate asked for. A key
+outside the map has an empty zone key, which NGINX does not count.
+
+`nginx -s reload` only signals: a configuration that fails leaves the old one
+running with the error in error.log, where nobody looks. So every write is
+followed by `nginx -T -c MAIN` (a test that also dumps the configuration, which
+shows whether NGINX reads these files at all), a failing test restores the
+previous files and is reported, and nothing is reloaded unless the test passes.
+The reload is a SIGHUP to the master from `pid_file`, confirmed by watching the
+master start new workers and the old ones stop accepting, so an apply returns
+once the new configuration is serving.
+
+Values are checked before they are written (addresses parsed, keys limited to
+characters and lengths a map can hold, map keywords escaped), so no entry
+Tollgate sends can break the configuration; only a file corrupted by hand or a
+broken main configuration can make the test fail.
+
+This module never imports Tollgate's domain: only `controlplane.enforce.sdk`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import ipaddress
+import os
+import re
+import shutil
+import signal
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from controlplane.enforce.sdk import (
+    ApplyResult,
+    ConnectorConfig,
+    ConnectorError,
+    Diff,
+    Entry,
+    EntryType,
+    GatewayState,
+    GatewayUnavailable,
+    Health,
+)
+
+FILES = ("http.conf", "server.conf", "blocked.conf", "revoked.conf", "limits.conf")
+"""Every file the connector owns in `include_dir`; nothing else there is touched."""
+_SAFE_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/+=-]*$")
+"""Keys written verbatim inside quotes: no quotes, backslashes, `$`, `;`, `#` or spaces."""
+_MAP_KEYWORDS = frozenset({"default", "hostnames", "include", "volatile"})
+"""Words a map reads as directives; a key spelled like one is written `"\\\\default"`."""
+_ADDRESS = re.compile(r"^[0-9A-Fa-f:.]+(/[0-9]{1,3})?$")
+"""What a geo entry may look like (rules out scoped IPv6 such as `fe80::1%eth0`)."""
+_TOKEN = r"""(?:"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|[^\s"';#{}]+)"""
+_LINE = re.compile(rf"^\s*({_TOKEN})\s+({_TOKEN})\s*;\s*(?:#(.*))?$")
+_RPM_NOTE = re.compile(r"requests_per_minute=(\d+)")
+_CONF_FILE = re.compile(r"^# configuration file (.+):$", re.MULTILINE)
+_LOG_PREFIX = re.compile(r"^\S+ \S+ \[(\w+)\] \d+#\d+: ")
+_Files = dict[str, bytes | None]
+"""File name -> content (None: no such file)."""
+_POLL = 0.005
+"""Seconds between looks at the master's workers while a reload is confirmed."""
+
+
+class ConfigRejected(ConnectorError):
+    """`nginx -t` failed: nothing was reloaded, and retrying cannot help until someone
+    fixes the configuration the error names."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retryable=False)
+
+
+# -- options --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NginxOptions:
+    """The connector's `options:` in tollgate.yaml; docs/nginx.md shows the nginx.conf
+    that pairs with them."""
+
+    main_config: str = "/etc/nginx/nginx.conf"
+    """The main configuration, tested with `nginx -T -c` before every reload."""
+    include_dir: str = "/etc/nginx/tollgate"
+    """Where the connector's files live; it owns the files named in `FILES` there."""
+    nginx: str = "nginx"
+    """The binary (a name looked up in PATH and /usr/sbin, or a path)."""
+    pid_file: str = "/run/nginx.pid"
+    """The master's pid file (the `pid` directive): SIGHUP goes to that process."""
+    tiers: tuple[int, ...] = (10, 60, 600)
+    """Requests per minute of the limit_req zones, one zone per tier."""
+    key_header: str = "X-API-Key"
+    """The request header carrying what Tollgate calls `api_key_id` (the lab's key id or
+    fingerprint: NGINX cannot hash a header, so a layer in front must send the id)."""
+    prefix: str = "tollgate"
+    """Prefix of the variables and zones the frame defines (two connectors, one nginx)."""
+    zone_size: str = "10m"
+    """Shared memory per tier zone (1m holds about 16k keys)."""
+    map_hash_bucket_size: int = 128
+    """Written in the frame, so keys up to `bucket - 18` characters fit (NGINX's default,
+    64, refuses a 64-character fingerprint). 0: the main config sets it (then 64 is
+    assumed for the length check)."""
+    map_hash_max_size: int = 65536
+    """Written in the frame so 10k+ keys build an optimal hash; 0: not written."""
+
+    @property
+    def max_key_length(self) -> int:
+        bucket = self.map_hash_bucket_size or 64
+        bucket = -(-bucket // 64) * 64  # NGINX aligns it to the cache line
+        return bucket - 18  # one hash element: pointer + name + length, plus a terminator
+
+    @property
+    def header_variable(self) -> str:
+        return "$http_" + self.key_header.lower().replace("-", "_")
+
+    @classmethod
+    def parse(cls, where: str, options: Mapping[str, Any]) -> NginxOptions:
+        """Options from the config file, each checked; errors name the option at fault."""
+        known = set(cls.__dataclass_fields__)
+        unknown = set(options) - known
+        if unknown:
+            raise _bad(f"{where}: unknown option(s) {sorted(unknown)}; known: {sorted(known)}")
+        values: dict[str, Any] = {}
+        for name, value in options.items():
+            default = cls.__dataclass_fields__[name].default
+            if name == "tiers":
+                if not isinstance(value, list | tuple) or not all(
+                    isinstance(t, int) and not isinstance(t, bool) and t > 0 for t in value
+                ):
+                    raise _bad(f"{where}: tiers must be a list of requests per minute (> 0)")
+                if not value or len(set(value)) != len(value):
+                    raise _bad(f"{where}: tiers must be a non-empty list without repeats")
+                value = tuple(sorted(value))
+            elif type(value) is not type(default):
+                raise _bad(f"{where}: option {name} must be a {type(default).__name__}")
+            values[name] = value
+        parsed = cls(**values)
+        if not re.fullmatch(r"[A-Za-z0-9]+(-[A-Za-z0-9]+)*", parsed.key_header):
+            raise _bad(
+                f"{where}: key_header {parsed.key_header!r} must be a header name of letters, "
+                "digits and dashes (NGINX drops headers with underscores by default)"
+            )
+        if not re.fullmatch(r"[a-z][a-z0-9_]{0,30}", parsed.prefix):
+            raise _bad(f"{where}: prefix must be lowercase letters, digits and _")
+        if not re.fullmatch(r"[1-9][0-9]*[kKmM]?", parsed.zone_size):
+            raise _bad(f"{where}: zone_size must be a size such as 10m")
+        for name in ("map_hash_bucket_size", "map_hash_max_size"):
+            if not 0 <= getattr(parsed, name) <= 1 << 20:
+                raise _bad(f"{where}: {name} must be between 0 and 1048576")
+        for name in ("main_config", "include_dir", "pid_file", "nginx"):
+            if not getattr(parsed, name):
+                raise _bad(f"{where}: {name} must not be empty")
+        return parsed
+
+
+def _bad(message: str) -> ConnectorError:
+    return ConnectorError(message, retryable=False)
+
+
+# -- what the files hold ----------------------------------------------------------------------
+
+
+@dataclass
+class _Tables:
+    """The three lists, by their key in NGINX's terms."""
+
+    blocked: dict[str, str] = field(default_factory=dict)
+    """Address or network -> `ip` / `cidr`."""
+    revoked: dict[str, str] = field(default_factory=dict)
+    """Lowercased key -> key. NGINX maps match ignoring case, so two keys that differ
+    only in case are one entry to NGINX (and both in one map fail the test)."""
+    limits: dict[str, tuple[str, int]] = field(default_factory=dict)
+    """Lowercased key -> (key, requests per minute asked for; the tier is derived)."""
+    ignored: int = 0
+    """Lines that are no entry this connector can read (dropped at the next write)."""
+
+    def entries(self) -> frozenset[Entry]:
+        return frozenset(
+            [Entry(EntryType.BLOCK, kind, value) for value, kind in self.blocked.items()]
+            + [Entry(EntryType.REVOKE_KEY, "api_key", key) for key in self.revoked.values()]
+            + [Entry(EntryType.RATE_LIMIT, "api_key", k, rpm) for k, rpm in self.limits.values()]
+        )
+
+
+def _canonical_address(kind: str, value: str) -> str:
+    """One spelling per address or network, as Tollgate stores targets (an IPv4-mapped
+    IPv6 address is its IPv4 address; a network has its host bits cleared)."""
+    if not _ADDRESS.match(value) or (kind == "ip" and "/" in value):
+        raise ValueError(value)
+    if kind == "ip":
+        address = ipaddress.ip_address(value)
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+            return str(address.ipv4_mapped)
+        return str(address)
+    return str(ipaddress.ip_network(value, strict=False))
+
+
+def _unquote(token: str) -> str:
+    """A token as NGINX's parser reads it: quotes and escapes removed."""
+    if len(token) >= 2 and token[0] == token[-1] and token[0] in "\"'":
+        token = re.sub(r"\\(.)", r"\1", token[1:-1])
+    return token
+
+
+def _map_key(token: str) -> str | None:
+    """The key a map line matches, or None for a directive or a regex line. Quotes do
+    not make a keyword a key (`"default" 1;` is the default); a leading backslash does,
+    and NGINX drops it."""
+    value = _unquote(token)
+    if value in _MAP_KEYWORDS or value.startswith("~"):
+        return None
+    return value[1:] if value.startswith("\\") else value
+
+
+def _twin(held: Mapping[str, Any], key: str) -> str:
+    """The key held under `key`'s lowercase spelling when it is not `key` itself, or ''."""
+    other = held.get(key.lower())
+    if other is None:
+        return ""
+    name = other if isinstance(other, str) else other[0]
+    return "" if name == key else str(name)
+
+
+def _quote_key(key: str) -> str:
+    return f'"\\\\{key}"' if key in _MAP_KEYWORDS else f'"{key}"'
+
+
+def _lines(text: str) -> Iterable[tuple[str, str, str] | None]:
+    """(first token, second token, comment) per entry line; None for a line that is
+    neither an entry, a comment nor blank."""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        match = _LINE.match(line)
+        yield (match.group(1), match.group(2), match.group(3) or "") if match else None
+
+
+# -- the connector ----------------------------------------------------------------------------
+
+
+class NginxConnector:
+    def __init__(self, config: ConnectorConfig, http: httpx.AsyncClient) -> None:
+        self.name = config.name
+        self.options = NginxOptions.parse(f"connector {config.name}", config.options)
+        self.timeout = config.timeout_seconds / 2
+        """Bound of each step (an `nginx` run, a reload's confirmation, the lock): half the
+        connector's timeout, so a test and a reload together fit in Tollgate's bound."""
+        self.dir = Path(self.options.include_dir)
+        self.paths = {name: self.dir / name for name in FILES}
+        self.last_reload_seconds: float | None = None
+        """From SIGHUP to new configuration serving, for the last reload."""
+        self._lock = asyncio.Lock()
+        """Observe and apply read, rewrite and reload the same files: one at a time."""
+        self._version = ""
+        self._unconfirmed = True
+        """The files may say more than NGINX serves (written, but the reload was not
+        confirmed; or unknown, at start): the next observe or apply reloads even when
+        it changes nothing."""
+
+    def capabilities(self) -> frozenset[EntryType]:
+        return frozenset(EntryType)
+
+    # -- observe ---------------------------------------------------------------------------
+
+    async def observe(self) -> GatewayState:
+        """The entries in the include files, which are what NGINX loads.
+
+        First the files are put in the form this connector writes: when they are
+        missing (first contact: NGINX cannot even start without them), were written
+        for other options (tiers, key header) or hold lines edited by hand, they are
+        rewritten from what they hold, tested and reloaded. Then `nginx -T` must pass
+        and show that NGINX reads them, else nothing here would be enforced: that is
+        reported (`ConfigRejected`) rather than pretended. A master that is not running
+        is `GatewayUnavailable`."""
+        async with self._exclusive():
+            before, tables, entries, wanted = await asyncio.to_thread(self._survey)
+            if wanted != before or self._unconfirmed:
+                await self._commit(before, wanted)
+            else:
+                self._check_included(await self._test())
+                if self._master() is None:
+                    raise self._not_running()
+            extra = {
+                "include_dir": str(self.dir),
+                "ignored_lines": tables.ignored,
+                "last_reload_seconds": self.last_reload_seconds,
+            }
+            return GatewayState(entries, extra=extra)
+
+    # -- apply -----------------------------------------------------------------------------
+
+    async def apply(self, diff: Diff) -> ApplyResult:
+        """Rewrite the files with the diff applied, test, reload, confirm.
+
+        Idempotent: an entry already there is rewritten as it is, a removal of one that
+        is not there changes nothing. An entry NGINX cannot hold is reported failed with
+        why and the others go ahead. A failing `nginx -t` restores the previous files
+        and raises `ConfigRejected` (the whole diff failed, not retried); a master that
+        is not running raises `GatewayUnavailable` (the tested files stay: NGINX loads
+        them when it starts)."""
+        async with self._exclusive():
+            before, result, wanted = await asyncio.to_thread(self._plan, diff)
+            if wanted != before or self._unconfirmed:
+                await self._commit(before, wanted)
+        return result
+
+    # Reading, parsing and rendering 30k entries takes about 0.2 s of CPU: they run in a
+    # thread, off the event loop. They only compute; writing stays on the loop (below).
+
+    def _survey(self) -> tuple[_Files, _Tables, frozenset[Entry], _Files]:
+        before = self._read()
+        tables = self._parse(before)
+        return before, tables, tables.entries(), self._render(tables)
+
+    def _plan(self, diff: Diff) -> tuple[_Files, ApplyResult, _Files]:
+        before = self._read()
+        tables = self._parse(before)
+        result = ApplyResult()
+        for entry in diff.remove:
+            self._remove(tables, entry)
+            result.done.append(entry)
+        for entry in (*diff.add, *diff.change):
+            why = self._put(tables, entry)
+            if why:
+                result.failed.append((entry, why))
+            else:
+                result.done.append(entry)
+        return before, result, self._render(tables)
+
+    def _remove(self, tables: _Tables, entry: Entry) -> None:
+        """Take an entry away by its key; one spelled oddly (by hand) is matched as
+        NGINX would read it, so it goes too."""
+        if entry.type is EntryType.BLOCK:
+            with contextlib.suppress(ValueError):
+                tables.blocked.pop(_canonical_address(entry.target_kind, entry.target_value), None)
+            tables.blocked.pop(entry.target_value, None)
+        elif entry.target_kind == "api_key" and entry.type is EntryType.REVOKE_KEY:
+            if tables.revoked.get(entry.target_value.lower()) == entry.target_value:
+                del tables.revoked[entry.target_value.lower()]
+        elif entry.target_kind == "api_key":
+            held = tables.limits.get(entry.target_value.lower())
+            if held is not None and held[0] == entry.target_value:
+                del tables.limits[entry.target_value.lower()]
+
+    def _put(self, tables: _Tables, entry: Entry) -> str:
+        """Add or update an entry; the reason it cannot be enforced here, or ''."""
+        value, kind = entry.target_value, entry.target_kind
+        if entry.type is EntryType.BLOCK:
+            if kind not in {"ip", "cidr"}:
+                return f"NGINX blocks IPs and CIDRs, not a {kind}"
+            try:
+                tables.blocked[_canonical_address(kind, value)] = kind
+            except ValueError:
+                return f"{value!r} is not a valid {kind}"
+            return ""
+        if kind != "api_key":
+            return (
+                f"NGINX sees API keys (options.key_header) and addresses, not {kind}s: "
+                f"{entry.type.value} on a {kind} cannot be enforced here"
+            )
+        if not _SAFE_KEY.match(value):
+            return (  # key ids are never quoted in reasons: Tollgate keeps and shows these
+                "the key id has characters an NGINX map cannot hold safely "
+                "(allowed: letters, digits and ._:@/+=- , starting with a letter or digit)"
+            )
+        if len(value) > self.options.max_key_length:
+            return (
+                f"key of {len(value)} characters is longer than map_hash_bucket_size allows "
+                f"({self.options.max_key_length}): raise options.map_hash_bucket_size"
+            )
+        twin = _twin(tables.revoked if entry.type is EntryType.REVOKE_KEY else tables.limits, value)
+        if twin:
+            return (
+                "NGINX maps match keys ignoring case, and a key id that differs from this one "
+                "only in case is already there: one entry would shadow the other"
+            )
+        if entry.type is EntryType.REVOKE_KEY:
+            tables.revoked[value.lower()] = value
+            return ""
+        rpm = entry.requests_per_minute
+        if rpm is None or rpm < 0:
+            return "a rate limit needs requests_per_minute >= 0"
+        if rpm > 0 and self._tier(rpm) is None:
+            return (
+                f"{rpm} requests/min is stricter than every tier (strictest: "
+                f"{self.options.tiers[0]}): add a tier at or below {rpm} to options.tiers"
+            )
+        tables.limits[value.lower()] = (value, rpm)
+        return ""
+
+    def _tier(self, rpm: int) -> int | None:
+        """The zone a limit goes in: the largest tier at or below it (0: refuse all)."""
+        if rpm == 0:
+            return 0
+        fitting = [t for t in self.options.tiers if t <= rpm]
+        return fitting[-1] if fitting else None
+
+    # -- health ----------------------------------------------------------------------------
+
+    async def health(self) -> Health:
+        """Cheap: whether the master in `pid_file` runs, and the binary's version."""
+        if not self._version:
+            with contextlib.suppress(ConnectorError):
+                _, _, err = await self._run("-v")
+                self._version = err.strip().removeprefix("nginx version: ")
+        gateway = f"{self._version or 'nginx'} with {self.options.main_config}"
+        pid = self._master()
+        if pid is None:
+            return Health(ok=False, gateway=gateway, detail=self._not_running().args[0])
+        detail = f"master pid {pid}"
+        if self.last_reload_seconds is not None:
+            detail += f"; last reload serving after {self.last_reload_seconds * 1000:.0f} ms"
+        return Health(ok=True, gateway=gateway, detail=detail)
+
+    async def close(self) -> None:
+        """Nothing held open: NGINX keeps serving the files as they are."""
+
+    # -- reading and writing the files -----------------------------------------------------
+
+    def _read(self) -> _Files:
+        contents: _Files = {}
+        for name, path in self.paths.items():
+            try:
+                contents[name] = path.read_bytes()
+            except FileNotFoundError:
+                contents[name] = None
+            except OSError as exc:
+                raise ConnectorError(f"cannot read {path}: {exc}") from None
+        return contents
+
+    def _parse(self, contents: _Files) -> _Tables:
+        tables = _Tables()
+
+        def text(name: str) -> str:
+            return (contents[name] or b"").decode("utf-8", errors="replace")
+
+        for line in _lines(text("blocked.conf")):
+            if line is None:
+                tables.ignored += 1
+                continue
+            address, value, _ = line
+            value = _unquote(value)
+            if value in {"", "0"}:
+                continue  # not a block: the geo's value is what `if` tests
+            kind = value if value in {"ip", "cidr"} else ("cidr" if "/" in address else "ip")
+            try:
+                tables.blocked[_canonical_address(kind, _unquote(address))] = kind
+            except ValueError:
+                tables.ignored += 1
+        for line in _lines(text("revoked.conf")):
+            key = self._readable_key(line, tables.revoked)
+            if key is None:
+                tables.ignored += 1
+            elif line and _unquote(line[1]) not in {"", "0"}:
+                tables.revoked[key.lower()] = key
+        for line in _lines(text("limits.conf")):
+            key = self._readable_key(line, tables.limits)
+            rpm = self._limit_of(_unquote(line[1]), line[2]) if line and key else None
+            if key is None or rpm is None:
+                tables.ignored += 1
+            else:
+                tables.limits[key.lower()] = (key, rpm)
+        return tables
+
+    def _readable_key(
+        self, line: tuple[str, str, str] | None, held: Mapping[str, Any]
+    ) -> str | None:
+        """The key of a map line, or None for one that could not be written back as it
+        is (a directive, a regex, odd characters, too long, or the twin in another case
+        of a key already read: NGINX would refuse the pair)."""
+        key = _map_key(line[0]) if line else None
+        if key is None or not _SAFE_KEY.match(key) or len(key) > self.options.max_key_length:
+            return None
+        if _twin(held, key):
+            return None
+        return key
+
+    def _limit_of(self, tier_text: str, comment: str) -> int | None:
+        """The limit a limits.conf line stands for: the value in its comment when that is
+        a limit its tier enforces (or one the current tiers can place: rewritten then),
+        else the tier itself; None for a tier with no zone."""
+        note = _RPM_NOTE.search(comment)
+        if note is not None:
+            rpm = int(note.group(1))
+            if self._tier(rpm) is not None:
+                return rpm
+        if tier_text.isdigit() and (int(tier_text) in self.options.tiers or tier_text == "0"):
+            return int(tier_text)
+        return None
+
+    def _render(self, tables: _Tables) -> _Files:
+        o = self.options
+        head = f"# Written by Tollgate's nginx connector {self.name!r}; edits are undone.\n"
+        blocked = "".join(f"{value} {kind};\n" for value, kind in sorted(tables.blocked.items()))
+        revoked = "".join(f"{_quote_key(k)} 1;\n" for k in sorted(tables.revoked.values()))
+        limits = "".join(
+            f"{_quote_key(k)} {self._tier(rpm)};  # requests_per_minute={rpm}\n"
+            for k, rpm in sorted(tables.limits.values())
+            if self._tier(rpm) is not None
+        )
+        files = {
+            "http.conf": head
+            + "# Include it in http {}, before any map of your own.\n"
+            + self._frame(),
+            "server.conf": head
+            + "# Include it in each server {} or location {} to protect.\n"
+            + self._rules(),
+            "blocked.conf": head
+            + "# geo entries: address or network, then ip or cidr.\n"
+            + blocked,
+            "revoked.conf": head + "# map entries: revoked API key.\n" + revoked,
+            "limits.conf": head
+            + f"# map entries: API key, then its tier of {list(o.tiers)}.\n"
+            + limits,
+        }
+        return {name: text.encode() for name, text in files.items()}
+
+    def _frame(self) -> str:
+        o, p, header = self.options, self.options.prefix, self.options.header_variable
+        out = []
+        if o.map_hash_bucket_size:
+            out.append(f"map_hash_bucket_size {o.map_hash_bucket_size};\n")
+        if o.map_hash_max_size:
+            out.append(f"map_hash_max_size {o.map_hash_max_size};\n")
+        out.append(
+            f"\ngeo ${p}_blocked {{\n    default 0;\n"
+            f"    include {self.paths['blocked.conf']};\n}}\n"
+            f"\nmap {header} ${p}_revoked {{\n    default 0;\n"
+            f"    include {self.paths['revoked.conf']};\n}}\n"
+            f'\nmap {header} ${p}_tier {{\n    default "";\n'
+            f"    include {self.paths['limits.conf']};\n}}\n"
+        )
+        for tier in o.tiers:
+            out.append(
+                f'\nmap ${p}_tier ${p}_key_{tier} {{\n    default "";\n    {tier} {header};\n}}\n'
+                f"limit_req_zone ${p}_key_{tier} zone={p}_{tier}:{o.zone_size} rate={tier}r/m;\n"
+            )
+        return "".join(out)
+
+    def _rules(self) -> str:
+        p = self.options.prefix
+        out = [
+            f"if (${p}_blocked) {{\n    return 403;\n}}\n",
+            f"if (${p}_revoked) {{\n    return 401;\n}}\n",
+            f'if (${p}_tier = "0") {{\n    return 429;\n}}\n',
+            "# burst = a minute's worth: a key gets its whole allowance at once, then the rate.\n",
+        ]
+        out += [
+            f"limit_req zone={p}_{tier} burst={tier - 1} nodelay;\n" for tier in self.options.tiers
+        ]
+        out.append("limit_req_status 429;\n")
+        return "".join(out)
+
+    def _write(self, contents: _Files) -> None:
+        """Each file replaced atomically (temp file, fsync, rename): NGINX, or a reload by
+        someone else, never reads half a file. Synchronous on purpose: no await can
+        cancel it halfway, so a restore never races a write."""
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            for name, data in contents.items():
+                path = self.paths[name]
+                if data is None:
+                    path.unlink(missing_ok=True)
+                    continue
+                fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.dir)
+                try:
+                    with os.fdopen(fd, "wb") as handle:
+                        handle.write(data)
+                        handle.flush()
+                        os.fsync(handle.fileno())
+                    Path(tmp).chmod(0o644)
+                    Path(tmp).replace(path)
+                except BaseException:
+                    Path(tmp).unlink(missing_ok=True)
+                    raise
+        except OSError as exc:
+            raise ConnectorError(f"cannot write {self.dir}: {exc}") from None
+
+    async def _commit(self, before: _Files, wanted: _Files) -> None:
+        """Write, test, reload. Any failure before the test passes puts the previous
+        files back, so what is on disk is always something that passed `nginx -t` (or
+        what someone else left there)."""
+        changed = {name: data for name, data in wanted.items() if data != before[name]}
+        if changed:
+            self._write(changed)
+            self._unconfirmed = True
+        try:
+            dump = await self._test()
+        except BaseException:
+            # Failed, timed out or cancelled: untested files must not wait for a reload.
+            self._write({name: before[name] for name in changed})
+            raise
+        # Files that pass but are not read yet stay: the operator needs them to exist
+        # before the main configuration can include them.
+        self._check_included(dump)
+        await self._reload()
+        self._unconfirmed = False
+
+    # -- nginx itself ----------------------------------------------------------------------
+
+    async def _test(self) -> str:
+        """`nginx -T -c MAIN`: the test, plus a dump of the configuration (which names
+        every file NGINX reads)."""
+        code, out, err = await self._run("-T", "-c", self.options.main_config)
+        if code != 0:
+            raise ConfigRejected(
+                f"nginx -t failed, so nothing was reloaded (NGINX keeps its running "
+                f"configuration) and Tollgate's files were left as they were: {_errors(err)}"
+            )
+        return out
+
+    def _check_included(self, dump: str) -> None:
+        """A main configuration that does not include the frame passes the test and
+        enforces nothing: that must be an error, not a silent success."""
+        read = [Path(p) for p in _CONF_FILE.findall(dump)]
+        for name in ("http.conf", "server.conf"):
+            if not any(_same(self.paths[name], p) for p in read):
+                raise ConfigRejected(
+                    f"{self.options.main_config} does not include {self.paths[name]}, so "
+                    f"nothing Tollgate writes is enforced: include it as docs/nginx.md shows"
+                )
+
+    async def _reload(self) -> None:
+        """SIGHUP to the master, then wait until it has started new workers (it only does
+        once the new configuration is loaded) and every old worker has stopped
+        accepting (its title turns to `... is shutting down`)."""
+        pid = self._master()
+        if pid is None:
+            raise self._not_running()
+        before = await self._settled(pid)
+        started = time.monotonic()
+        try:
+            os.kill(pid, signal.SIGHUP)
+        except ProcessLookupError:
+            raise self._not_running() from None
+        except PermissionError:
+            raise _bad(
+                f"not allowed to signal the nginx master (pid {pid}): run Tollgate as root "
+                "or as the user that runs nginx"
+            ) from None
+        if before is None:
+            await asyncio.sleep(0.2)  # no /proc to watch: give the master a moment
+            return
+        deadline = started + self.timeout
+        while True:
+            now = _children(pid)
+            if now is None:
+                raise GatewayUnavailable(f"nginx master {pid} exited during a reload")
+            fresh = [c for c, title in now.items() if c not in before and _accepting(title)]
+            lingering = [c for c, title in now.items() if c in before and _accepting(title)]
+            if fresh and not lingering:
+                self.last_reload_seconds = time.monotonic() - started
+                return
+            if time.monotonic() > deadline:
+                raise ConnectorError(
+                    f"nginx master {pid} did not start workers with the new configuration "
+                    f"within {self.timeout:g}s of SIGHUP: see its error log"
+                )
+            await asyncio.sleep(_POLL)
+
+    async def _settled(self, pid: int) -> dict[int, str] | None:
+        """The master's children once it has workers and none is still being forked (a
+        child keeps the master's title until it names itself): right after NGINX starts,
+        its first worker must not pass for one started by the reload."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            children = _children(pid)
+            if children is None:
+                return None
+            titles = children.values()
+            if any(_accepting(t) for t in titles) and not any("master" in t for t in titles):
+                return children
+            if time.monotonic() > deadline:
+                raise GatewayUnavailable(f"nginx master {pid} has no worker processes")
+            await asyncio.sleep(_POLL)
+
+    def _master(self) -> int | None:
+        """The master's pid when it runs (a stale pid file, or a pid now used by another
+        program, is not running)."""
+        try:
+            pid = int(Path(self.options.pid_file).read_text().strip())
+            os.kill(pid, 0)
+        except (OSError, ValueError):
+            return None
+        title = _title(pid)
+        return pid if title is None or "nginx" in title else None
+
+    def _not_running(self) -> GatewayUnavailable:
+        return GatewayUnavailable(
+            f"nginx is not running (no live master in {self.options.pid_file}); the files "
+            f"in {self.dir} are ready for when it starts"
+        )
+
+    async def _run(self, *args: str) -> tuple[int, str, str]:
+        binary = self._binary()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                binary,
+                *args,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+        except OSError as exc:
+            raise _bad(f"cannot run {binary}: {exc}") from None
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), self.timeout)
+        except TimeoutError:
+            raise ConnectorError(
+                f"{binary} {' '.join(args)} took longer than {self.timeout:g}s"
+            ) from None
+        finally:
+            if proc.returncode is None:  # timed out or cancelled: no stray nginx -t
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+        return proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")
+
+    def _binary(self) -> str:
+        given = self.options.nginx
+        if os.sep in given:
+            return given
+        found = shutil.which(given) or shutil.which(given, path="/usr/sbin:/usr/local/sbin")
+        if found is None:
+            raise _bad(f"{given} not found in PATH or /usr/sbin: set options.nginx")
+        return found
+
+    @contextlib.asynccontextmanager
+    async def _exclusive(self) -> AsyncIterator[None]:
+        """One writer per include dir: this connector's calls queue on a lock, and other
+        processes (a second Tollgate by mistake) on an flock of `.lock` there."""
+        async with self._lock:
+            try:
+                self.dir.mkdir(parents=True, exist_ok=True)
+                handle = (self.dir / ".lock").open("a")
+            except OSError as exc:
+                raise ConnectorError(f"cannot use {self.dir}: {exc}") from None
+            try:
+                deadline = time.monotonic() + self.timeout
+                while True:
+                    try:
+                        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if time.monotonic() > deadline:
+                            raise ConnectorError(
+                                f"another process holds {self.dir / '.lock'}"
+                            ) from None
+                        await asyncio.sleep(0.02)
+                yield
+            finally:
+                handle.close()
+
+
+def _errors(stderr: str) -> str:
+    """The `[emerg]` lines of nginx's output, without timestamps and pids."""
+    lines = []
+    for line in stderr.splitlines():
+        match = _LOG_PREFIX.match(line)
+        if match and match.group(1) in {"emerg", "alert", "crit"}:
+            lines.append(line[match.end() :])
+    return "; ".join(lines) or stderr.strip()
+
+
+def _same(path: Path, other: Path) -> bool:
+    try:
+        return path == other or path.samefile(other)
+    except OSError:
+        return False
+
+
+def _title(pid: int) -> str | None:
+    """A process's title (NGINX rewrites its own: `nginx: worker process`), or None
+    without /proc."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except FileNotFoundError:
+        return "" if not Path("/proc/self").exists() else None
+    except OSError:
+        return ""
+
+
+def _accepting(title: str) -> bool:
+    return "worker process" in title and "shutting down" not in title
+
+
+def _children(master: int) -> dict[int, str] | None:
+    """The master's child processes and their titles; None without /proc, or once the
+    master is gone."""
+    if not Path("/proc/self").exists() or not Path(f"/proc/{master}").exists():
+        return None
+    children: list[int] = []
+    listing = Path(f"/proc/{master}/task/{master}/children")
+    try:
+        children = [int(c) for c in listing.read_text().split()]
+    except OSError:
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == master:
+                    children.append(int(stat.parent.name))
+    titles = {c: _title(c) for c in children}
+    return {c: t for c, t in titles.items() if t}
+
+
+def create(config: ConnectorConfig, http: httpx.AsyncClient) -> NginxConnector:
+    return NginxConnector(config, http)
