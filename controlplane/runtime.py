@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from controlplane.audit import jobs as audit_jobs
 from controlplane.auth.service import TokenService
 from controlplane.enforce.config import load_connectors
 from controlplane.enforce.service import Enforcer
@@ -15,10 +16,12 @@ from controlplane.engine.runtime import EngineSlot, load_engine
 from controlplane.errors import EngineUnavailable, TollgateError
 from controlplane.evaluate.service import Decider
 from controlplane.ingest.service import IngestService
+from controlplane.leadership import Leadership
 from controlplane.policy.service import PolicyService
 from controlplane.policy.source import source_from
 from controlplane.settings import Settings
 from controlplane.store.db import Database, upgrade
+from controlplane.telemetry import spanstore
 from controlplane.telemetry.tracing import configure
 
 log = logging.getLogger(__name__)
@@ -37,8 +40,10 @@ class Runtime:
     policies: PolicyService
     tokens: TokenService
     enforcer: Enforcer
+    leadership: Leadership
     scheduler: AsyncIOScheduler = field(default_factory=AsyncIOScheduler)
     _sync_problems: list[str] = field(default_factory=list)
+    _span_store: bool = False
 
     @classmethod
     def create(cls, settings: Settings) -> Runtime:
@@ -47,7 +52,9 @@ class Runtime:
         policies = PolicyService(db, source_from(settings), settings.entrypoint)
         enforcer = Enforcer(db, load_connectors(settings.config))
         ingest = IngestService(db, Decider(db, engines, on_planned=enforcer.push))
-        return cls(settings, db, engines, ingest, policies, TokenService(db), enforcer)
+        return cls(
+            settings, db, engines, ingest, policies, TokenService(db), enforcer, Leadership(db)
+        )
 
     async def start(self) -> None:
         """Migrate, gate and load the policy revision, decide leftovers, start jobs."""
@@ -75,9 +82,42 @@ class Runtime:
                 max_instances=1,
                 coalesce=True,
             )
+        audit_jobs.schedule(self.scheduler, self.db, self.settings)
+        self._start_span_store()
+        # Every replica converges its own engine; the other jobs run on the leader only.
+        for job in self.scheduler.get_jobs():
+            if job.id != "converge":
+                job.modify(func=self.leadership.only(job.func))
         self.scheduler.start()
         for name in self.enforcer.names:
             self.enforcer.push_one(name)
+
+    def _start_span_store(self) -> None:
+        """Keep finished spans in this database (written off the request path) and prune
+        them after `TOLLGATE_SPAN_RETENTION_HOURS`. Attached last in `start`, so a start
+        that fails leaves no writer behind."""
+        if self.settings.span_retention_hours <= 0:
+            return
+        spanstore.store.attach(configure(self.settings.otlp_endpoint), self.db.url)
+        self._span_store = True
+        self.scheduler.add_job(
+            self.prune_spans,
+            "interval",
+            seconds=spanstore.PRUNE_SECONDS,
+            id="prune_spans",
+            max_instances=1,
+            coalesce=True,
+        )
+
+    async def prune_spans(self) -> None:
+        """The span store's retention job."""
+        removed = await spanstore.prune(self.db, self.settings.span_retention_hours)
+        if removed:
+            log.info(
+                "span store: pruned %d spans older than %sh",
+                removed,
+                self.settings.span_retention_hours,
+            )
 
     async def sync_policies(self) -> None:
         """Gate and activate the source's revision if it is new, then converge."""
@@ -121,8 +161,13 @@ class Runtime:
             pass
 
     async def stop(self) -> None:
+        if self._span_store:
+            # Writes what is queued first: the last request's spans are not lost.
+            await asyncio.to_thread(spanstore.store.detach, self.db.url)
+            self._span_store = False
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
         await self.enforcer.close()
+        await self.leadership.release()
         self.engines.close()
         await self.db.dispose()

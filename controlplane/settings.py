@@ -81,6 +81,25 @@ class Settings:
     """`TOLLGATE_OTLP_ENDPOINT`: OTLP/HTTP traces endpoint (e.g. `http://127.0.0.1:4318/v1/traces`).
     Empty: spans are made (trace ids are stored) but not exported."""
 
+    span_retention_hours: float = field(
+        default_factory=lambda: float(_env("SPAN_RETENTION_HOURS", "72"))
+    )
+    """`TOLLGATE_SPAN_RETENTION_HOURS`: how long the embedded span store keeps finished
+    spans in the database (so the console shows a trace without a tracing backend);
+    older ones are pruned every few minutes. 0 turns the span store off. OTLP export
+    (`TOLLGATE_OTLP_ENDPOINT`) works alongside it either way."""
+
+    console_secret: str = field(default_factory=lambda: _env("CONSOLE_SECRET", ""), repr=False)
+    """`TOLLGATE_CONSOLE_SECRET`: the key that signs web console sessions (never printed
+    or logged). Empty: a random key per process, so sessions end when the server
+    restarts and only work with one replica; set the same value on every replica."""
+
+    console_session_hours: float = field(
+        default_factory=lambda: float(_env("CONSOLE_SESSION_HOURS", "8"))
+    )
+    """`TOLLGATE_CONSOLE_SESSION_HOURS`: how long a console sign-in lasts. Revoking the
+    token that signed in ends its sessions within seconds."""
+
     config: Path = field(default_factory=lambda: Path(_env("CONFIG", "tollgate.yaml")))
     """`TOLLGATE_CONFIG`: the config file (connectors per provider). Missing: no connectors."""
 
@@ -95,6 +114,21 @@ class Settings:
 
     url: str = field(default_factory=lambda: _env("URL", ""))
     """`TOLLGATE_URL`: the server the CLI talks to. Empty: `http://<host>:<port>`."""
+
+    audit_signing_key_file: Path | None = field(
+        default_factory=lambda: Path(p) if (p := _env("AUDIT_SIGNING_KEY_FILE", "")) else None
+    )
+    """`TOLLGATE_AUDIT_SIGNING_KEY_FILE`: the Ed25519 private key (PEM, or 64 hex digits)
+    that signs audit checkpoints (`tollgate audit keygen` makes one). Unset: no
+    checkpoints are written. Keep it off the database host: whoever holds it can sign
+    a rewritten history."""
+
+    audit_checkpoint_seconds: float = field(
+        default_factory=lambda: float(_env("AUDIT_CHECKPOINT_SECONDS", "3600"))
+    )
+    """`TOLLGATE_AUDIT_CHECKPOINT_SECONDS`: how often the server signs the audit chain's
+    head (when a signing key is set and the chain moved). Events after the newest
+    checkpoint are chained but not yet signed."""
 
     @property
     def resolved_database_url(self) -> str:

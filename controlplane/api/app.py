@@ -20,6 +20,8 @@ from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlu
 
 from controlplane import __version__
 from controlplane.api.health import HealthController
+from controlplane.api.metrics import MetricsController
+from controlplane.audit.controllers import AuditController, SubjectController
 from controlplane.enforce.controllers import ConnectorController, LiftController
 from controlplane.errors import TollgateError
 from controlplane.evaluate.controllers import DecisionController
@@ -31,10 +33,14 @@ from controlplane.policy.controllers import PolicyController
 from controlplane.runtime import Runtime
 from controlplane.settings import Settings, get_settings
 from controlplane.telemetry.tracing import configure
+from controlplane.ui import controllers as console
+from controlplane.ui.traces import TraceController
 
 log = logging.getLogger(__name__)
 
 ROUTES = [
+    *console.ROUTES,
+    TraceController,
     HealthController,
     VerdictController,
     DecisionController,
@@ -44,6 +50,9 @@ ROUTES = [
     PolicyController,
     ConnectorController,
     LiftController,
+    AuditController,
+    SubjectController,
+    MetricsController,
 ]
 
 
@@ -93,6 +102,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     provider = configure(settings.otlp_endpoint)
     return Litestar(
         route_handlers=ROUTES,
+        template_config=console.template_config(),
         state=State({"runtime": runtime}),
         dependencies={"runtime": Provide(lambda: runtime, use_cache=True, sync_to_thread=False)},
         on_startup=[runtime.start],

@@ -1,14 +1,51 @@
-"""Audit SQL: the chain head (locked while appending) and the event rows."""
+"""Audit SQL: the chain head (locked while appending), the event rows, checkpoints, the
+subject index, and the figures /metrics reads."""
 
 from __future__ import annotations
 
-from sqlalchemy import insert, select, update
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    Row,
+    String,
+    Text,
+    and_,
+    cast,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    type_coerce,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from controlplane.store.models import AuditEventRow, AuditHeadRow
+from controlplane.audit.export import Checkpoint, StoredEvent
+from controlplane.domain.vocabulary import VerdictStatus
+from controlplane.store.models import (
+    ActionRow,
+    AuditCheckpointRow,
+    AuditEventRow,
+    AuditHeadRow,
+    AuditSubjectHeadRow,
+    AuditSubjectRow,
+    DecisionRow,
+    VerdictRow,
+)
 
 HEAD_ID = 1
+
+
+def _locked(session: AsyncSession, query: Any) -> Any:
+    """FOR UPDATE on PostgreSQL; SQLite writers already hold the lock (BEGIN IMMEDIATE)."""
+    return query.with_for_update() if session.get_bind().dialect.name == "postgresql" else query
 
 
 async def lock_head(session: AsyncSession) -> tuple[int, str]:
@@ -17,8 +54,15 @@ async def lock_head(session: AsyncSession) -> tuple[int, str]:
     query = select(col(AuditHeadRow.seq), col(AuditHeadRow.hash)).where(
         col(AuditHeadRow.id) == HEAD_ID
     )
-    if session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update()
+    row = (await session.execute(_locked(session, query))).one()
+    return row.seq, row.hash
+
+
+async def head(session: AsyncSession) -> tuple[int, str]:
+    """The last (seq, hash) as the head row records it (not locked)."""
+    query = select(col(AuditHeadRow.seq), col(AuditHeadRow.hash)).where(
+        col(AuditHeadRow.id) == HEAD_ID
+    )
     row = (await session.execute(query)).one()
     return row.seq, row.hash
 
@@ -28,3 +72,339 @@ async def append(session: AsyncSession, rows: list[dict[str, object]], seq: int,
     await session.execute(
         update(AuditHeadRow).where(col(AuditHeadRow.id) == HEAD_ID).values(seq=seq, hash=last)
     )
+
+
+async def hash_at(session: AsyncSession, seq: int) -> str | None:
+    query = select(col(AuditEventRow.hash)).where(col(AuditEventRow.seq) == seq)
+    return (await session.execute(query)).scalar_one_or_none()
+
+
+def _iso_from_sqlite(stored: str) -> str:
+    # SQLite keeps UTC timestamps as naive text ("2026-11-26 12:00:00.123456").
+    return datetime.fromisoformat(stored).replace(tzinfo=UTC).isoformat()
+
+
+def _iso_from_utc_text(text: str) -> str:
+    # PostgreSQL formats the UTC time (below); isoformat() drops a zero fraction.
+    return (text[:-7] if text.endswith(".000000") else text) + "+00:00"
+
+
+async def stream_events(
+    session: AsyncSession, first: int, last: int, chunk: int = 5000
+) -> AsyncGenerator[list[StoredEvent], None]:
+    """Events `first..last` in seq order, `chunk` rows at a time, through a server-side
+    cursor: memory stays flat however long the chain is. Core rows, `at` as the text
+    the hash covers and the payload as stored JSON text: at a million events the ORM,
+    the column types' Python conversions and a JSON round trip per row would more than
+    double the time of an export."""
+    sqlite = session.get_bind().dialect.name == "sqlite"
+    at = col(AuditEventRow.at)
+    query = (
+        select(
+            col(AuditEventRow.seq),
+            (
+                type_coerce(at, String)
+                if sqlite
+                else func.to_char(func.timezone("UTC", at), 'YYYY-MM-DD"T"HH24:MI:SS.US')
+            ),
+            col(AuditEventRow.type),
+            col(AuditEventRow.actor),
+            col(AuditEventRow.provider),
+            col(AuditEventRow.verdict_id),
+            col(AuditEventRow.decision_id),
+            col(AuditEventRow.action_id),
+            col(AuditEventRow.trace_id),
+            cast(col(AuditEventRow.payload), Text),
+            col(AuditEventRow.prev_hash),
+            col(AuditEventRow.hash),
+        )
+        .where(col(AuditEventRow.seq) >= first, col(AuditEventRow.seq) <= last)
+        .order_by(col(AuditEventRow.seq))
+        .execution_options(yield_per=chunk)
+    )
+    iso = _iso_from_sqlite if sqlite else _iso_from_utc_text
+    connection = await session.connection()
+    result = await connection.stream(query)
+    chunks = _read_ahead(result.partitions())
+    try:
+        async for rows in chunks:
+            yield [StoredEvent._make((r[0], iso(r[1]), *r[2:])) for r in rows]
+    finally:
+        # A caller that stops early (a verify at its first break) must not leave a
+        # fetch running on a cursor whose connection goes back to the pool.
+        await chunks.aclose()
+        await result.close()
+
+
+async def _read_ahead(
+    partitions: AsyncIterator[Sequence[Any]],
+) -> AsyncGenerator[Sequence[Any], None]:
+    """Ask for the next chunk before the caller works on this one, so the driver's
+    thread (aiosqlite) or the server (PostgreSQL) fetches while Python hashes."""
+    pending = asyncio.ensure_future(anext(partitions))
+    try:
+        while True:
+            try:
+                rows = await pending
+            except StopAsyncIteration:
+                return
+            pending = asyncio.ensure_future(anext(partitions))
+            await asyncio.sleep(0)  # let the fetch start before the caller takes the CPU
+            yield rows
+    finally:
+        if not pending.done():
+            pending.cancel()
+        with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration, Exception):
+            await pending
+
+
+async def export_bounds(
+    session: AsyncSession, since: datetime | None, until: datetime | None
+) -> tuple[int, int] | None:
+    """The contiguous seq range an export of [since, until) covers: from the first event
+    at or after `since` to the last one before `until` (the whole chain when open)."""
+    head_seq, _ = await head(session)
+    if head_seq == 0:
+        return None
+    if since is None and until is None:
+        return 1, head_seq
+    query = select(func.min(AuditEventRow.seq), func.max(AuditEventRow.seq)).where(
+        col(AuditEventRow.seq) <= head_seq
+    )
+    if since is not None:
+        query = query.where(col(AuditEventRow.at) >= since)
+    if until is not None:
+        query = query.where(col(AuditEventRow.at) < until)
+    low, high = (await session.execute(query)).one()
+    if low is None:
+        return None
+    return (1 if since is None else low), (head_seq if until is None else high)
+
+
+def _checkpoint(row: AuditCheckpointRow) -> Checkpoint:
+    return Checkpoint(row.seq, row.hash, row.at.isoformat(), row.key_id, row.signature)
+
+
+async def checkpoints(
+    session: AsyncSession, first: int | None = None, last: int | None = None
+) -> list[Checkpoint]:
+    """Checkpoints by seq, optionally only those in `first..last`."""
+    query = select(AuditCheckpointRow).order_by(
+        col(AuditCheckpointRow.seq), col(AuditCheckpointRow.id)
+    )
+    if first is not None:
+        query = query.where(col(AuditCheckpointRow.seq) >= first)
+    if last is not None:
+        query = query.where(col(AuditCheckpointRow.seq) <= last)
+    return [_checkpoint(r) for r in (await session.execute(query)).scalars()]
+
+
+async def latest_checkpoint(session: AsyncSession, key_id: str | None = None) -> Checkpoint | None:
+    query = select(AuditCheckpointRow)
+    if key_id is not None:
+        query = query.where(col(AuditCheckpointRow.key_id) == key_id)
+    query = query.order_by(col(AuditCheckpointRow.seq).desc()).limit(1)
+    row = (await session.execute(query)).scalar_one_or_none()
+    return _checkpoint(row) if row else None
+
+
+async def insert_checkpoint(session: AsyncSession, row: dict[str, Any]) -> None:
+    await session.execute(insert(AuditCheckpointRow), [row])
+
+
+@dataclass(frozen=True)
+class AuditFilter:
+    """What `GET /v1/audit` narrows to; every field set must match."""
+
+    subject_kind: str | None = None
+    subject_value: str | None = None
+    provider: str | None = None
+    action_type: str | None = None
+    rule: str | None = None
+    policy_revision: str | None = None
+    actor: str | None = None
+    type: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+async def list_events(
+    session: AsyncSession, where: AuditFilter, after: int | None, limit: int, ascending: bool
+) -> list[AuditEventRow]:
+    """Events matching `where`, by seq; `after` is the last seq of the previous page."""
+    seq = col(AuditEventRow.seq)
+    query = select(AuditEventRow)
+    if where.subject_kind is not None and where.subject_value is not None:
+        # Walk the subject's index entries in seq order: pages stay cheap however
+        # long the chain is.
+        query = query.join(AuditSubjectRow, col(AuditSubjectRow.seq) == seq).where(
+            col(AuditSubjectRow.kind) == where.subject_kind,
+            col(AuditSubjectRow.value) == where.subject_value,
+        )
+        seq = col(AuditSubjectRow.seq)
+    for column, value in (
+        (col(AuditEventRow.provider), where.provider),
+        (col(AuditEventRow.actor), where.actor),
+        (col(AuditEventRow.type), where.type),
+    ):
+        if value is not None:
+            query = query.where(column == value)
+    if where.since is not None:
+        query = query.where(col(AuditEventRow.at) >= where.since)
+    if where.until is not None:
+        query = query.where(col(AuditEventRow.at) < where.until)
+    if where.action_type is not None or where.rule is not None:
+        actions = select(col(ActionRow.id))
+        if where.action_type is not None:
+            actions = actions.where(col(ActionRow.type) == where.action_type)
+        if where.rule is not None:
+            actions = actions.where(col(ActionRow.rule) == where.rule)
+        query = query.where(col(AuditEventRow.action_id).in_(actions))
+    if where.policy_revision is not None:
+        decisions = select(col(DecisionRow.id)).where(
+            col(DecisionRow.policy_revision) == where.policy_revision
+        )
+        query = query.where(
+            or_(
+                col(AuditEventRow.decision_id).in_(decisions),
+                and_(
+                    col(AuditEventRow.type).like("policy.%"),
+                    col(AuditEventRow.payload)["revision"].as_string() == where.policy_revision,
+                ),
+            )
+        )
+    if after is not None:
+        query = query.where(seq > after if ascending else seq < after)
+    query = query.order_by(seq if ascending else seq.desc()).limit(limit)
+    return list((await session.execute(query)).scalars())
+
+
+# The subject index.
+
+
+async def lock_subject_head(session: AsyncSession) -> int:
+    """The last seq the subject index covers, locked until commit (one indexer at a time)."""
+    query = select(col(AuditSubjectHeadRow.seq)).where(col(AuditSubjectHeadRow.id) == HEAD_ID)
+    return int((await session.execute(_locked(session, query))).scalar_one())
+
+
+async def set_subject_head(session: AsyncSession, seq: int) -> None:
+    await session.execute(
+        update(AuditSubjectHeadRow).where(col(AuditSubjectHeadRow.id) == HEAD_ID).values(seq=seq)
+    )
+
+
+async def events_after(session: AsyncSession, seq: int, limit: int) -> list[Row[Any]]:
+    """The fields the subject index is derived from, for events after `seq`."""
+    query = (
+        select(
+            col(AuditEventRow.seq),
+            col(AuditEventRow.type),
+            col(AuditEventRow.verdict_id),
+            col(AuditEventRow.action_id),
+            col(AuditEventRow.payload),
+        )
+        .where(col(AuditEventRow.seq) > seq)
+        .order_by(col(AuditEventRow.seq))
+        .limit(limit)
+    )
+    return list((await session.execute(query)).all())
+
+
+async def verdict_subjects(
+    session: AsyncSession, verdict_ids: Sequence[str]
+) -> dict[str, list[tuple[str, str]]]:
+    """(kind, value) of each verdict's subject: account, key, org and IPs."""
+    found: dict[str, list[tuple[str, str]]] = {}
+    for i in range(0, len(verdict_ids), 500):
+        query = select(
+            col(VerdictRow.id),
+            col(VerdictRow.account_id),
+            col(VerdictRow.api_key_id),
+            col(VerdictRow.org_id),
+            col(VerdictRow.body)["subject"]["ips"],
+        ).where(col(VerdictRow.id).in_(verdict_ids[i : i + 500]))
+        for verdict_id, account, key, org, ips in (await session.execute(query)).all():
+            subjects = [
+                (kind, value)
+                for kind, value in (("account", account), ("api_key", key), ("org", org))
+                if value
+            ]
+            subjects.extend(("ip", ip) for ip in ips or ())
+            found[verdict_id] = subjects
+    return found
+
+
+async def action_targets(
+    session: AsyncSession, action_ids: Sequence[str]
+) -> dict[str, tuple[str, str]]:
+    found: dict[str, tuple[str, str]] = {}
+    for i in range(0, len(action_ids), 500):
+        query = select(
+            col(ActionRow.id), col(ActionRow.target_kind), col(ActionRow.target_value)
+        ).where(col(ActionRow.id).in_(action_ids[i : i + 500]))
+        for action_id, kind, value in (await session.execute(query)).all():
+            found[action_id] = (kind, value)
+    return found
+
+
+async def insert_subjects(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
+    if rows:
+        await session.execute(insert(AuditSubjectRow), list(rows))
+
+
+async def clear_subjects(session: AsyncSession) -> None:
+    await session.execute(delete(AuditSubjectRow))
+    await set_subject_head(session, 0)
+
+
+async def subject_events(
+    session: AsyncSession, kind: str, value: str, provider: str | None, limit: int
+) -> list[AuditEventRow]:
+    """The newest `limit` events indexed under the subject, newest first."""
+    query = (
+        select(AuditEventRow)
+        .join(AuditSubjectRow, col(AuditSubjectRow.seq) == col(AuditEventRow.seq))
+        .where(col(AuditSubjectRow.kind) == kind, col(AuditSubjectRow.value) == value)
+    )
+    if provider is not None:
+        query = query.where(col(AuditEventRow.provider) == provider)
+    query = query.order_by(col(AuditSubjectRow.seq).desc()).limit(limit)
+    return list((await session.execute(query)).scalars())
+
+
+async def subject_verdicts(
+    session: AsyncSession, kind: str, value: str, provider: str | None, limit: int
+) -> list[VerdictRow]:
+    """The newest `limit` verdicts named by events indexed under the subject: verdicts
+    about it, and verdicts whose actions target it."""
+    named = (
+        select(col(AuditEventRow.verdict_id))
+        .join(AuditSubjectRow, col(AuditSubjectRow.seq) == col(AuditEventRow.seq))
+        .where(
+            col(AuditSubjectRow.kind) == kind,
+            col(AuditSubjectRow.value) == value,
+            col(AuditEventRow.verdict_id).is_not(None),
+        )
+    )
+    query = select(VerdictRow).where(col(VerdictRow.id).in_(named))
+    if provider is not None:
+        query = query.where(col(VerdictRow.provider) == provider)
+    query = query.order_by(col(VerdictRow.received_at).desc()).limit(limit)
+    return list((await session.execute(query)).scalars())
+
+
+# Figures for /metrics, read at scrape time: each is one indexed query.
+
+
+async def action_counts(session: AsyncSession) -> list[tuple[str, str, int]]:
+    """(type, state, count) of all actions (ix_action_type_state covers it)."""
+    query = select(col(ActionRow.type), col(ActionRow.state), func.count()).group_by(
+        col(ActionRow.type), col(ActionRow.state)
+    )
+    return [(t, s, int(n)) for t, s, n in (await session.execute(query)).all()]
+
+
+async def undecided_verdicts(session: AsyncSession) -> int:
+    query = select(func.count()).where(col(VerdictRow.status) == VerdictStatus.RECEIVED.value)
+    return int((await session.execute(query)).scalar_one())

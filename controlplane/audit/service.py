@@ -1,13 +1,27 @@
-"""Appending to the audit chain. Callers pass drafts; the chain order is decided here."""
+"""Appending to the audit chain, and reading it back: filtered pages and the whole story
+of one subject. Callers pass drafts; the chain order is decided here."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from controlplane.audit import repository
+from controlplane.audit import repository, subjects
 from controlplane.audit.chain import EventDraft, event_hash
+from controlplane.audit.export import FORMAT_NAME, FORMAT_VERSION, End, Format
+from controlplane.audit.repository import AuditFilter
+from controlplane.domain.vocabulary import SubjectKind
+from controlplane.evaluate import repository as decisions_repo
+from controlplane.plan import repository as actions_repo
+from controlplane.store.db import Database
+from controlplane.store.models import ActionRow, AuditEventRow, DecisionRow, VerdictRow
+from controlplane.store.types import utcnow
+from controlplane.telemetry import metrics
 
 
 async def record(session: AsyncSession, drafts: Sequence[EventDraft]) -> None:
@@ -37,3 +51,106 @@ async def record(session: AsyncSession, drafts: Sequence[EventDraft]) -> None:
         )
         prev = digest
     await repository.append(session, rows, seq, prev)
+    # Counted for /metrics when (and only if) the caller's transaction commits.
+    metrics.count_on_commit(session, Counter(d.type for d in drafts))
+
+
+async def list_events(
+    db: Database, where: AuditFilter, after: int | None, limit: int, ascending: bool
+) -> list[AuditEventRow]:
+    """A page of events; a subject filter first brings the subject index up to date, so
+    an event committed before the request is never missing from the answer."""
+    if where.subject_kind is not None:
+        await subjects.catch_up(db)
+    async with db.read() as session:
+        return await repository.list_events(session, where, after, limit, ascending)
+
+
+@dataclass
+class History:
+    """Everything recorded about one subject, each list oldest first."""
+
+    verdicts: list[VerdictRow]
+    decisions: list[DecisionRow]
+    actions: list[ActionRow]
+    direct: set[str]
+    """Ids of the actions that target the subject itself (the others were planned from
+    verdicts about it but aim at another of its identifiers)."""
+    events: list[AuditEventRow]
+    truncated: bool
+
+
+async def subject_history(
+    db: Database, kind: SubjectKind, value: str, provider: str | None, limit: int
+) -> History:
+    """Verdicts about the subject (or whose actions target it), their decisions, the
+    actions (current state) and the audit events, the newest `limit` of each."""
+    await subjects.catch_up(db)
+    async with db.read() as session:
+        events = await repository.subject_events(session, kind.value, value, provider, limit + 1)
+        verdicts = await repository.subject_verdicts(
+            session, kind.value, value, provider, limit + 1
+        )
+        truncated = len(events) > limit or len(verdicts) > limit
+        events, verdicts = events[:limit], verdicts[:limit]
+        decided = await decisions_repo.decisions_of_verdicts(session, [v.id for v in verdicts])
+        planned = await actions_repo.actions_of_decisions(session, [d.id for d in decided.values()])
+        targeting = await actions_repo.list_actions(
+            session,
+            actions_repo.ActionFilter(
+                target_kind=kind.value, target_value=value, provider=provider
+            ),
+            None,
+            limit + 1,
+        )
+    truncated = truncated or len(targeting) > limit
+    actions = {a.id: a for rows in planned.values() for a in rows}
+    actions.update((a.id, a) for a in targeting[:limit])
+    return History(
+        verdicts=sorted(verdicts, key=lambda v: (v.received_at, v.id)),
+        decisions=sorted(decided.values(), key=lambda d: (d.decided_at, d.id)),
+        actions=sorted(actions.values(), key=lambda a: (a.created_at, a.id)),
+        direct={
+            a.id
+            for a in actions.values()
+            if a.target_kind == kind.value and a.target_value == value
+        },
+        events=sorted(events, key=lambda e: e.seq),
+        truncated=truncated,
+    )
+
+
+async def export(
+    db: Database, fmt: Format, since: datetime | None, until: datetime | None, chunk: int = 5000
+) -> AsyncIterator[str]:
+    """The export of [since, until) as text chunks: header, checkpoints, events, end.
+
+    The range is the contiguous seq run from the first event at or after `since` to the
+    last one before `until`, so it can be verified link by link; an event a little
+    outside the window may ride along (`at` is not strictly ordered by seq when
+    writers overlap). Rows come through a server-side cursor: memory stays flat."""
+    async with db.read() as session:
+        bounds = await repository.export_bounds(session, since, until)
+        first, last = bounds if bounds else (None, None)
+        yield fmt.header(
+            {
+                "format": FORMAT_NAME,
+                "version": FORMAT_VERSION,
+                "exported_at": utcnow().isoformat(),
+                "since": since.isoformat() if since else None,
+                "until": until.isoformat() if until else None,
+                "first_seq": first,
+                "last_seq": last,
+            }
+        )
+        events, last_hash = 0, None
+        if first is not None and last is not None:
+            checkpoints = await repository.checkpoints(session, first, last)
+            if checkpoints:
+                yield fmt.checkpoints(checkpoints)
+            async with aclosing(repository.stream_events(session, first, last, chunk)) as rows_of:
+                async for rows in rows_of:
+                    yield fmt.events(rows)
+                    events += len(rows)
+                    last_hash = rows[-1].hash
+        yield fmt.end(End(events, first, last, last_hash))

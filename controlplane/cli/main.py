@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from controlplane.cli.audit import audit_app
 from controlplane.cli.client import api_client, fail, request
 from controlplane.cli.connector import action_app, connector_app
 from controlplane.cli.decision import decision_app
@@ -31,6 +32,7 @@ app.add_typer(verdict_app, name="verdict")
 app.add_typer(policy_app, name="policy")
 app.add_typer(decision_app, name="decision")
 app.add_typer(token_app, name="token")
+app.add_typer(audit_app, name="audit")
 app.add_typer(connector_app, name="connector")
 app.add_typer(action_app, name="action")
 out = Console()

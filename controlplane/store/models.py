@@ -7,7 +7,7 @@ import time
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Column, Index
+from sqlalchemy import BigInteger, Column, Index
 from sqlmodel import Field, SQLModel, col
 
 from controlplane.store.types import JSONDocument, UTCDateTime
@@ -277,3 +277,27 @@ class AuditSubjectHeadRow(SQLModel, table=True):
 # Time-range queries and exports of the audit trail; the /metrics action gauge.
 Index("ix_audit_at", col(AuditEventRow.at))
 Index("ix_action_type_state", col(ActionRow.type), col(ActionRow.state))
+
+
+class SpanRow(SQLModel, table=True):
+    """A finished OpenTelemetry span, kept by the embedded span store
+    (`controlplane.telemetry.spanstore`) so an auditor can see a trace without a tracing
+    backend. Written in batches off the request path; pruned after
+    `TOLLGATE_SPAN_RETENTION_HOURS`. Attributes never hold secrets or API key ids."""
+
+    __tablename__ = "span"
+
+    trace_id: str = Field(primary_key=True, max_length=32)
+    span_id: str = Field(primary_key=True, max_length=16)
+    parent_id: str | None = Field(default=None, max_length=16)
+    name: str = Field(max_length=200)
+    kind: str = Field(max_length=10)
+    """`internal`, `server`, `client`, `producer` or `consumer`."""
+    start_ns: int = Field(sa_column=Column(BigInteger(), nullable=False, index=True))
+    """Nanoseconds since the epoch; the retention job prunes by it."""
+    end_ns: int = Field(sa_column=Column(BigInteger(), nullable=False))
+    status: str = Field(max_length=8)
+    """`unset`, `ok` or `error`."""
+    status_message: str | None = None
+    attributes: dict[str, Any] = _json(nullable=False)
+    service: str = Field(max_length=100)

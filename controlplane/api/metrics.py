@@ -1,0 +1,24 @@
+"""`/metrics`: Prometheus text, without a token (like /healthz: scrapers hold none).
+
+It shows counts and timings only: no subject, verdict or token is ever a label."""
+
+from __future__ import annotations
+
+from litestar import Controller, Response, get
+from litestar.di import NamedDependency
+
+from controlplane.runtime import Runtime
+from controlplane.telemetry import metrics
+
+
+class MetricsController(Controller):
+    tags = ["health"]
+
+    @get("/metrics", operation_id="metrics", summary="Prometheus metrics")
+    async def metrics(self, runtime: NamedDependency[Runtime]) -> Response[bytes]:
+        """Verdicts received, decisions by status, evaluation latency, audit events by
+        type (per process); actions by type and state, the undecided backlog, the audit
+        head and newest checkpoint, and each connector's lag and entries (from the
+        database at scrape time)."""
+        body = await metrics.scrape(runtime.db)
+        return Response(body, media_type=metrics.CONTENT_TYPE)

@@ -1,0 +1,226 @@
+"""`/v1/audit` and `/v1/subjects`: the record, its proof, its export, and one subject's story."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Annotated
+
+from litestar import Controller, get
+from litestar.di import NamedDependency
+from litestar.params import FromPath, QueryParameter
+from litestar.response import Stream
+
+from controlplane.audit import service
+from controlplane.audit.checkpoints import public_keys
+from controlplane.audit.export import FORMATS
+from controlplane.audit.repository import AuditFilter
+from controlplane.audit.schemas import (
+    AuditEventOut,
+    AuditPage,
+    ExportFormat,
+    HistoryAction,
+    HistoryDecision,
+    HistoryVerdict,
+    Order,
+    SubjectHistoryOut,
+    SubjectOut,
+    VerifyOut,
+)
+from controlplane.audit.subjects import normalise
+from controlplane.audit.verify import verify_database
+from controlplane.auth.guards import requires
+from controlplane.auth.roles import READERS
+from controlplane.domain.vocabulary import ActionType, SubjectKind
+from controlplane.errors import InvalidInput, NotFound
+from controlplane.plan.schemas import ActionOut
+from controlplane.runtime import Runtime
+
+Since = Annotated[
+    datetime | None,
+    QueryParameter(description="Events at or after this instant (ISO 8601 with a zone)."),
+]
+Until = Annotated[
+    datetime | None,
+    QueryParameter(description="Events before this instant (ISO 8601 with a zone)."),
+]
+
+
+def _aware(name: str, value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        raise InvalidInput(
+            f"{name} has no time zone: add `Z` or an offset, e.g. 2026-11-26T12:00:00Z",
+            details=[{"field": name, "message": "needs a time zone"}],
+        )
+    return value
+
+
+def _cursor(cursor: str | None) -> int | None:
+    if cursor is None:
+        return None
+    try:
+        return int(cursor)
+    except ValueError:
+        raise InvalidInput(
+            "cursor is not one this API gave: pass `next_cursor` of the previous page",
+            details=[{"field": "cursor", "message": "not a cursor from this API"}],
+        ) from None
+
+
+class AuditController(Controller):
+    path = "/v1/audit"
+    tags = ["audit"]
+    guards = [requires(*READERS)]
+
+    @get("/", operation_id="listAuditEvents", summary="List audit events")
+    async def list_events(
+        self,
+        runtime: NamedDependency[Runtime],
+        subject_kind: Annotated[
+            SubjectKind | None,
+            QueryParameter(description="With `subject_value`: events about this subject."),
+        ] = None,
+        subject_value: Annotated[str | None, QueryParameter(max_length=200)] = None,
+        provider: Annotated[str | None, QueryParameter(max_length=63)] = None,
+        action_type: Annotated[
+            ActionType | None, QueryParameter(description="Events about actions of this type.")
+        ] = None,
+        rule: Annotated[
+            str | None,
+            QueryParameter(max_length=200, description="Events about actions this rule asked for."),
+        ] = None,
+        policy_revision: Annotated[
+            str | None,
+            QueryParameter(
+                max_length=80,
+                description="Decisions and actions made at this revision, and its policy events.",
+            ),
+        ] = None,
+        actor: Annotated[str | None, QueryParameter(max_length=200)] = None,
+        event_type: Annotated[
+            str | None,
+            QueryParameter(name="type", max_length=40, description="e.g. `action.planned`."),
+        ] = None,
+        since: Since = None,
+        until: Until = None,
+        order: Annotated[
+            Order, QueryParameter(description="`desc`: newest first; `asc`: oldest first.")
+        ] = Order.DESC,
+        cursor: Annotated[
+            str | None, QueryParameter(description="`next_cursor` of the previous page.")
+        ] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=500)] = 100,
+    ) -> AuditPage:
+        """Audit events by seq, every filter given must match. A subject matches events
+        whose verdict is about it (account, api_key, org or one of its IPs), whose action
+        targets it, or that name it (an exemption, a CIDR indicator)."""
+        if (subject_kind is None) != (subject_value is None):
+            missing = "subject_value" if subject_value is None else "subject_kind"
+            raise InvalidInput(
+                f"{missing} is missing: a subject filter needs subject_kind and subject_value",
+                details=[{"field": missing, "message": "required with the other"}],
+            )
+        where = AuditFilter(
+            subject_kind=subject_kind.value if subject_kind else None,
+            subject_value=(
+                normalise(subject_kind, subject_value) if subject_kind and subject_value else None
+            ),
+            provider=provider,
+            action_type=action_type.value if action_type else None,
+            rule=rule,
+            policy_revision=policy_revision,
+            actor=actor,
+            type=event_type,
+            since=_aware("since", since),
+            until=_aware("until", until),
+        )
+        ascending = order is Order.ASC
+        rows = await service.list_events(runtime.db, where, _cursor(cursor), limit + 1, ascending)
+        items = [AuditEventOut.from_row(r) for r in rows[:limit]]
+        more = len(rows) > limit
+        return AuditPage(items=items, next_cursor=str(items[-1].seq) if more else None)
+
+    @get("/verify", operation_id="verifyAudit", summary="Verify the audit chain")
+    async def verify(self, runtime: NamedDependency[Runtime]) -> VerifyOut:
+        """Recompute every hash from genesis, check the head and every checkpoint; the
+        signatures are checked with the public half of the server's signing key when one
+        is configured. Takes about a second per 50,000 events. `tollgate audit verify`
+        prints the same, and can check with keys of your own."""
+        report = await verify_database(runtime.db, public_keys([], runtime.settings))
+        return VerifyOut.from_report(report)
+
+    @get("/export", operation_id="exportAudit", summary="Export the audit trail")
+    async def export(
+        self,
+        runtime: NamedDependency[Runtime],
+        export_format: Annotated[
+            ExportFormat, QueryParameter(name="format", description="jsonl or csv.")
+        ] = ExportFormat.JSONL,
+        since: Since = None,
+        until: Until = None,
+    ) -> Stream:
+        """Stream the events of [since, until) with their chain fields and the signed
+        checkpoints among them, as JSON lines or CSV; `tollgate audit verify --file`
+        checks it offline. The range is the contiguous run of seqs from the first event
+        at or after `since` to the last before `until` (docs/audit.md)."""
+        fmt = FORMATS[export_format.value]
+        chunks: AsyncIterator[str] = service.export(
+            runtime.db, fmt, _aware("since", since), _aware("until", until)
+        )
+        return Stream(
+            chunks,
+            media_type=fmt.media_type,
+            headers={"Content-Disposition": f'attachment; filename="tollgate-audit.{fmt.suffix}"'},
+        )
+
+
+class SubjectController(Controller):
+    path = "/v1/subjects"
+    tags = ["audit"]
+    guards = [requires(*READERS)]
+
+    @get(
+        "/{kind:str}/{rest:path}",
+        operation_id="subjectHistory",
+        summary="One subject's history",
+    )
+    async def history(
+        self,
+        kind: FromPath[str],
+        rest: FromPath[str],
+        runtime: NamedDependency[Runtime],
+        provider: Annotated[str | None, QueryParameter(max_length=63)] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=5000)] = 500,
+    ) -> SubjectHistoryOut:
+        """`GET /v1/subjects/{kind}/{value}/history`: verdicts about the subject (or whose
+        actions target it), their decisions, the actions with their state now, and the
+        audit events, each oldest first. A CIDR's slash stays as it is:
+        `/v1/subjects/cidr/203.0.113.0/24/history`."""
+        try:
+            subject_kind = SubjectKind(kind)
+        except ValueError:
+            raise InvalidInput(
+                f"kind {kind!r} is not a subject kind: use one of "
+                f"{', '.join(k.value for k in SubjectKind)}",
+                details=[{"field": "kind", "message": "not a subject kind"}],
+            ) from None
+        path = rest.lstrip("/")
+        if not path.endswith("/history") or path == "/history":
+            raise NotFound(f"no resource here: use /v1/subjects/{kind}/{{value}}/history")
+        value = normalise(subject_kind, path.removesuffix("/history"), field="value")
+        story = await service.subject_history(runtime.db, subject_kind, value, provider, limit)
+        return SubjectHistoryOut(
+            subject=SubjectOut(kind=subject_kind, value=value),
+            provider=provider,
+            verdicts=[HistoryVerdict.from_row(v) for v in story.verdicts],
+            decisions=[HistoryDecision.from_row(d) for d in story.decisions],
+            actions=[
+                HistoryAction(
+                    **ActionOut.from_row(a.model_dump()).model_dump(),
+                    targets_subject=a.id in story.direct,
+                )
+                for a in story.actions
+            ],
+            events=[AuditEventOut.from_row(e) for e in story.events],
+            truncated=story.truncated,
+        )

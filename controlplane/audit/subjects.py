@@ -1,0 +1,106 @@
+"""The subject index: which subjects each audit event concerns.
+
+An event names a verdict, a decision or an action by id; "everything about key_3" needs
+the subjects behind those ids. Looking them up while appending would put two more
+queries and several index rows on every ingest batch, so the index follows the chain
+instead: `catch_up` indexes the events after the last one indexed, from a periodic job
+and before every query that filters by subject (so answers are never behind).
+
+It is derived data: not hashed, rebuilt from the chain by `rebuild`. Which subjects an
+event concerns:
+- the subject of its verdict (account, api_key, org, each IP);
+- the target of its action;
+- a `subject` or `target` object `{kind, value}` in its payload (exemptions, and any
+  event type added later that names one);
+- a CIDR indicator (`indicator.added` with kind `cidr`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from controlplane.audit import repository
+from controlplane.domain.verdict import canonical_ip
+from controlplane.domain.vocabulary import SubjectKind
+from controlplane.errors import InvalidInput
+from controlplane.store.db import Database
+
+CHUNK = 5000
+
+
+def normalise(kind: SubjectKind, value: str, field: str = "subject_value") -> str:
+    """One spelling per subject, as stored: IPs canonical (IPv4-mapped IPv6 is IPv4),
+    CIDRs as their network (`203.0.113.7/24` is `203.0.113.0/24`)."""
+    value = value.strip()
+    if not value:
+        raise InvalidInput(f"{field} is empty: name the {kind.value}")
+    try:
+        if kind is SubjectKind.IP:
+            return canonical_ip(value)
+        if kind is SubjectKind.CIDR:
+            return str(ipaddress.ip_network(value, strict=False))
+    except ValueError:
+        raise InvalidInput(
+            f"{field} {value!r} is not a valid {kind.value}",
+            details=[{"field": field, "message": f"not a valid {kind.value}"}],
+        ) from None
+    return value
+
+
+def _named(payload: dict[str, Any], event_type: str) -> list[tuple[str, str]]:
+    found = []
+    for key in ("subject", "target"):
+        item = payload.get(key)
+        if isinstance(item, dict) and isinstance(item.get("kind"), str):
+            value = item.get("value")
+            if isinstance(value, str) and value:
+                found.append((item["kind"], value))
+    if event_type == "indicator.added" and payload.get("kind") == "cidr":
+        value = payload.get("value")
+        if isinstance(value, str):
+            found.append(("cidr", value))
+    return found
+
+
+async def catch_up(db: Database, chunk: int = CHUNK) -> int:
+    """Index every event not indexed yet; returns how many were. One indexer runs at a
+    time (the index head row is locked), across replicas too."""
+    total = 0
+    while True:
+        async with db.write() as session, session.begin():
+            done = await repository.lock_subject_head(session)
+            events = await repository.events_after(session, done, chunk)
+            if not events:
+                return total
+            verdicts = await repository.verdict_subjects(
+                session, sorted({e.verdict_id for e in events if e.verdict_id})
+            )
+            actions = await repository.action_targets(
+                session, sorted({e.action_id for e in events if e.action_id})
+            )
+            rows: list[dict[str, Any]] = []
+            for event in events:
+                subjects = set(verdicts.get(event.verdict_id, ()))
+                if event.action_id in actions:
+                    subjects.add(actions[event.action_id])
+                subjects.update(_named(event.payload or {}, event.type))
+                rows.extend(
+                    {"kind": kind, "value": value, "seq": event.seq}
+                    for kind, value in sorted(subjects)
+                    if len(kind) <= 10 and len(value) <= 200
+                )
+            await repository.insert_subjects(session, rows)
+            await repository.set_subject_head(session, events[-1].seq)
+        total += len(events)
+        if len(events) < chunk:
+            return total
+
+
+async def rebuild(db: Database) -> int:
+    """Drop the index and index the whole chain again (after a restore, or a suspicion
+    that someone edited the index: it is not covered by the hash chain)."""
+    async with db.write() as session, session.begin():
+        await repository.lock_subject_head(session)
+        await repository.clear_subjects(session)
+    return await catch_up(db)

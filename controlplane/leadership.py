@@ -1,0 +1,81 @@
+"""One leader among replicas runs the periodic jobs.
+
+Several replicas on one PostgreSQL would otherwise each sync policies, expire
+actions, reconcile every gateway and write audit checkpoints (APScheduler 3 has
+no coordination: two schedulers on one job store run jobs twice). The leader is
+whoever holds a session-level advisory lock on a connection kept for it; when
+that connection dies the lock is released and another replica takes over at
+its next check. SQLite serves one process: it is always the leader.
+Every replica still converges its own engine and serves requests.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from functools import wraps
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from controlplane.store.db import Database
+
+log = logging.getLogger(__name__)
+
+LOCK_KEY = 0x70_6C_67_74  # "tlgt": one advisory lock for Tollgate's scheduler
+
+
+class Leadership:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._connection: AsyncConnection | None = None
+        self.leader = db.dialect != "postgresql"
+
+    async def check(self) -> bool:
+        """Take or keep the lock; True while this replica leads."""
+        if self._db.dialect != "postgresql":
+            return True
+        try:
+            if self._connection is None:
+                self._connection = await self._db.engine.connect()
+            if self.leader:
+                await self._connection.execute(text("SELECT 1"))
+            else:
+                result = await self._connection.execute(
+                    text("SELECT pg_try_advisory_lock(:key)"), {"key": LOCK_KEY}
+                )
+                self.leader = bool(result.scalar())
+                await self._connection.commit()
+                if self.leader:
+                    log.info("this replica now leads the periodic jobs")
+        except Exception as exc:
+            log.warning("leadership check failed (%s); not leading until it succeeds", exc)
+            await self._drop()
+        return self.leader
+
+    def only(self, job: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        """`job`, run only while this replica leads."""
+
+        @wraps(job)
+        async def guarded(*args: Any, **kwargs: Any) -> Any:
+            if await self.check():
+                return await job(*args, **kwargs)
+            return None
+
+        return guarded
+
+    async def release(self) -> None:
+        await self._drop()
+
+    async def _drop(self) -> None:
+        self.leader = self._db.dialect != "postgresql"
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            try:
+                # Discard, not return to the pool: a pooled connection would keep
+                # holding the session lock and no other replica could take over.
+                await connection.invalidate()
+                await connection.close()
+            except Exception:
+                log.debug("closing the leadership connection failed", exc_info=True)

@@ -1,0 +1,180 @@
+"""Prometheus metrics: counters kept as things happen, and gauges read from the database
+at scrape time.
+
+Counters and the latency histogram are per process (Prometheus sums replicas); they
+cost a dict update on the hot path. Counts that must agree across replicas and
+restarts (actions by type and state, the undecided backlog, the audit head, the
+connectors' lag) are read from the database when /metrics is scraped, each with one
+indexed query, so nothing has to keep them current.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter as Tally
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import datetime
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
+
+from controlplane.audit import repository as audit_repo
+from controlplane.enforce import repository as enforce_repo
+from controlplane.store.db import Database
+
+log = logging.getLogger(__name__)
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+REGISTRY = CollectorRegistry()
+"""Tollgate's own registry (not the library's global one): what /metrics serves."""
+ProcessCollector(registry=REGISTRY)
+PlatformCollector(registry=REGISTRY)
+GCCollector(registry=REGISTRY)
+
+VERDICTS_RECEIVED = Counter(
+    "tollgate_verdicts_received",
+    "Verdicts stored (a repeat of a stored verdict id is not counted).",
+    registry=REGISTRY,
+)
+DECISIONS = Counter(
+    "tollgate_decisions",
+    "Decisions recorded, by status (ok, error).",
+    ["status"],
+    registry=REGISTRY,
+)
+AUDIT_EVENTS = Counter(
+    "tollgate_audit_events",
+    "Audit events committed, by event type.",
+    ["type"],
+    registry=REGISTRY,
+)
+EVALUATION_SECONDS = Histogram(
+    "tollgate_evaluation_duration_seconds",
+    "Policy evaluation time of one verdict (the decision's duration_ms).",
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
+    registry=REGISTRY,
+)
+
+_PENDING = "tollgate_metrics_audit_events"
+
+
+def count_on_commit(session: AsyncSession, types: Tally[str]) -> None:
+    """Count audit events by type once the session's transaction commits (a rolled-back
+    append counts nothing)."""
+    pending: Tally[str] = session.info.setdefault(_PENDING, Tally())
+    pending.update(types)
+
+
+@event.listens_for(Session, "after_commit")
+def _committed(session: Session) -> None:
+    counts: Tally[str] | None = session.info.pop(_PENDING, None)
+    if counts:
+        for event_type, n in counts.items():
+            AUDIT_EVENTS.labels(event_type).inc(n)
+        if counts["verdict.received"]:
+            VERDICTS_RECEIVED.inc(counts["verdict.received"])
+
+
+@event.listens_for(Session, "after_rollback")
+def _rolled_back(session: Session) -> None:
+    session.info.pop(_PENDING, None)
+
+
+def decisions_recorded(decisions: Iterable[Mapping[str, Any]]) -> None:
+    """Count committed decisions by status and observe their evaluation time."""
+    for decision in decisions:
+        DECISIONS.labels(decision["status"]).inc()
+        EVALUATION_SECONDS.observe(decision["duration_ms"] / 1000)
+
+
+class _Snapshot:
+    """A collector serving figures read just before the scrape."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self._families)
+
+
+async def _database_families(db: Database) -> list[Metric]:
+    actions = GaugeMetricFamily(
+        "tollgate_actions", "Actions by type and state, now.", labels=["type", "state"]
+    )
+    undecided = GaugeMetricFamily(
+        "tollgate_verdicts_undecided", "Verdicts stored but not decided yet (the backlog)."
+    )
+    head = GaugeMetricFamily("tollgate_audit_head_seq", "The audit chain's last seq.")
+    checkpoint = GaugeMetricFamily(
+        "tollgate_audit_checkpoint_seq", "The seq the newest signed checkpoint covers."
+    )
+    checkpoint_at = GaugeMetricFamily(
+        "tollgate_audit_checkpoint_timestamp_seconds",
+        "When the newest checkpoint was signed (alert when it stops moving).",
+    )
+    lag = GaugeMetricFamily(
+        "tollgate_connector_lag_seconds",
+        "Age of the oldest desired entry not yet at the connector's gateway (0: in step), "
+        "as of its last reconcile.",
+        labels=["connector"],
+    )
+    entries = GaugeMetricFamily(
+        "tollgate_connector_entries",
+        "Entries at the connector's last reconcile: desired, applied, failed.",
+        labels=["connector", "state"],
+    )
+    healthy = GaugeMetricFamily(
+        "tollgate_connector_healthy",
+        "1 when the connector's last reconcile reached its gateway.",
+        labels=["connector"],
+    )
+    async with db.read() as session:
+        for action_type, state, n in await audit_repo.action_counts(session):
+            actions.add_metric([action_type, state], n)
+        undecided.add_metric([], await audit_repo.undecided_verdicts(session))
+        head.add_metric([], (await audit_repo.head(session))[0])
+        latest = await audit_repo.latest_checkpoint(session)
+        statuses = await enforce_repo.statuses(session)
+    families: list[Metric] = [actions, undecided, head]
+    if latest is not None:
+        checkpoint.add_metric([], latest.seq)
+        checkpoint_at.add_metric([], datetime.fromisoformat(latest.at).timestamp())
+        families += [checkpoint, checkpoint_at]
+    for name, status in sorted(statuses.items()):
+        lag.add_metric([name], status.lag_seconds)
+        for state in ("desired", "applied", "failed"):
+            entries.add_metric([name, state], getattr(status, state))
+        healthy.add_metric([name], 1 if status.healthy else 0)
+    if statuses:
+        families += [lag, entries, healthy]
+    return families
+
+
+async def scrape(db: Database) -> bytes:
+    """The Prometheus text exposition: process metrics, then database figures, and
+    `tollgate_database_up` 0 (with the rest still served) when the database fails."""
+    up = GaugeMetricFamily("tollgate_database_up", "1 when the scrape could read the database.")
+    try:
+        families = await _database_families(db)
+        up.add_metric([], 1)
+    except Exception as exc:
+        log.warning("metrics: reading the database failed: %s", type(exc).__name__)
+        families = []
+        up.add_metric([], 0)
+    snapshot = CollectorRegistry()
+    snapshot.register(_Snapshot([up, *families]))
+    return generate_latest(REGISTRY) + generate_latest(snapshot)

@@ -1,0 +1,300 @@
+"""The embedded span store: finished spans kept in Tollgate's own database, so the web
+console and `GET /v1/traces/{id}` show a trace without a tracing backend.
+
+The request path only hands a finished span to a `BatchSpanProcessor` queue (a full
+queue drops spans; it never blocks a request). The processor's worker thread writes
+each batch with one bulk INSERT through a small sync engine of this module's own, so
+span writes never take a connection from the API's pool. OTLP export, when
+`TOLLGATE_OTLP_ENDPOINT` is set, is another processor on the same provider and sees
+every span, kept here or not.
+
+What is kept: Tollgate's pipeline spans (`verdict.ingest`, `policy.evaluate`,
+`action.plan`, `connector.apply`, `connector.reconcile`) and the HTTP requests that
+change something, with whatever they started. Reads (GET, HEAD, OPTIONS: health
+checks, console pages, API queries) and everything under them are dropped, as are
+the ASGI send/receive sub-spans: they would fill the table and no auditor asks for
+them. Attribute keys that name credentials are redacted as a last line of defence;
+the first is that no span is ever given a secret or an API key id.
+
+This module owns the `span` table: its SQL lives here, beside the only writer.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+import weakref
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from sqlalchemy import Engine, create_engine, delete, event, insert, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+from sqlmodel import col
+
+from controlplane.store.db import Database, sync_url
+from controlplane.store.models import SpanRow
+
+log = logging.getLogger(__name__)
+
+SCHEDULE_DELAY_MS = 1000
+"""A trace shows in the console about a second after its spans end."""
+MAX_QUEUE = 8192
+MAX_BATCH = 512
+MAX_TRACE_SPANS = 5000
+"""A trace larger than this (a huge batch) is cut when read back."""
+PRUNE_SECONDS = 600
+"""How often the retention job runs (`Runtime.start` schedules it)."""
+
+_READS = frozenset({"GET", "HEAD", "OPTIONS"})
+_REMEMBERED = 10_000
+_SENSITIVE_KEY = re.compile(r"authorization|cookie|secret|password|token|api[._-]?key", re.I)
+_SENSITIVE_VALUE = re.compile(r"^(bearer\s|tg_)", re.I)
+REDACTED = "[redacted]"
+
+
+def _method(attributes: Any) -> str | None:
+    value = attributes.get("http.request.method") or attributes.get("http.method")
+    return str(value).upper() if value else None
+
+
+def _path(attributes: Any) -> str:
+    return str(attributes.get("url.path") or attributes.get("http.target") or "")
+
+
+def _is_read(span: Span) -> bool:
+    """A server span of a read-only request, or of a console page."""
+    if span.kind is not trace.SpanKind.SERVER:
+        return False
+    attributes = span.attributes or {}
+    return _method(attributes) in _READS or _path(attributes).startswith("/console")
+
+
+def _attribute(key: str, value: Any) -> Any:
+    if _SENSITIVE_KEY.search(key):
+        return REDACTED
+    if isinstance(value, str):
+        return REDACTED if _SENSITIVE_VALUE.match(value) else value
+    if isinstance(value, (list, tuple)):
+        return [_attribute(key, v) for v in value]
+    return value
+
+
+def span_row(span: ReadableSpan) -> dict[str, Any] | None:
+    """The `span` row for a finished span, or None for spans not kept (see above)."""
+    ctx = span.context
+    if ctx is None or not ctx.is_valid or span.start_time is None or span.end_time is None:
+        return None
+    attributes = dict(span.attributes or {})
+    if "asgi.event.type" in attributes:
+        return None
+    parent = span.parent
+    return {
+        "trace_id": format(ctx.trace_id, "032x"),
+        "span_id": format(ctx.span_id, "016x"),
+        "parent_id": format(parent.span_id, "016x") if parent and parent.is_valid else None,
+        "name": span.name[:200],
+        "kind": span.kind.name.lower(),
+        "start_ns": span.start_time,
+        "end_ns": max(span.end_time, span.start_time),
+        "status": span.status.status_code.name.lower(),
+        "status_message": span.status.description or None,
+        "attributes": {k: _attribute(k, v) for k, v in attributes.items()},
+        "service": str(span.resource.attributes.get("service.name", "tollgate"))[:100],
+    }
+
+
+def _sync_engine(url: str) -> Engine:
+    """A small engine for the exporter thread. SQLite: WAL, the write lock taken at
+    BEGIN (as the API's writers do) and no fsync per batch: losing the last second of
+    spans at power loss is an acceptable price for not slowing every writer down."""
+    target = sync_url(url)
+    if make_url(target).get_backend_name() != "sqlite":
+        return create_engine(
+            target, pool_size=1, max_overflow=1, pool_pre_ping=True, hide_parameters=True
+        )
+    # hide_parameters: an error logged by `export` never quotes the spans it held.
+    engine = create_engine(target, connect_args={"timeout": 30}, hide_parameters=True)
+
+    def pragmas(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+        dbapi_connection.isolation_level = None
+
+    def begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    event.listen(engine, "connect", pragmas)
+    event.listen(engine, "begin", begin)
+    return engine
+
+
+class _Sink:
+    """One database spans are written to."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = _sync_engine(url)
+        self.users = 1
+
+    def write(self, rows: Sequence[dict[str, Any]]) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(insert(SpanRow), list(rows))
+
+
+class DatabaseSpanExporter(SpanExporter):
+    """Writes each batch to every attached database (one in a server; tests may run
+    several apps in one process, which share the process's tracer provider)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sinks: dict[str, _Sink] = {}
+
+    def attach(self, url: str) -> None:
+        with self._lock:
+            sink = self._sinks.get(url)
+            if sink is None:
+                self._sinks[url] = _Sink(url)
+            else:
+                sink.users += 1
+
+    def detach(self, url: str) -> None:
+        with self._lock:
+            sink = self._sinks.get(url)
+            if sink is None:
+                return
+            sink.users -= 1
+            if sink.users == 0:
+                del self._sinks[url]
+                sink.engine.dispose()
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        rows = [r for r in (span_row(s) for s in spans) if r is not None]
+        if not rows:
+            return SpanExportResult.SUCCESS
+        result = SpanExportResult.SUCCESS
+        # Held while writing, so a sink is never disposed under a batch being written.
+        with self._lock:
+            for sink in self._sinks.values():
+                try:
+                    sink.write(rows)
+                except SQLAlchemyError as exc:
+                    # The message names the table and error, never the rows' contents.
+                    log.warning("span store: a batch of %d spans was lost: %s", len(rows), exc)
+                    result = SpanExportResult.FAILURE
+        return result
+
+    def shutdown(self) -> None:
+        with self._lock:
+            for sink in self._sinks.values():
+                sink.engine.dispose()
+            self._sinks.clear()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+
+class StoreProcessor(SpanProcessor):
+    """Batches spans worth keeping for the exporter. Reads are recognised when their
+    server span starts, and their descendants by their parent, so no span of a read
+    request is queued at all."""
+
+    def __init__(self, exporter: DatabaseSpanExporter) -> None:
+        self.exporter = exporter
+        self._batch = BatchSpanProcessor(
+            exporter,
+            max_queue_size=MAX_QUEUE,
+            schedule_delay_millis=SCHEDULE_DELAY_MS,
+            max_export_batch_size=MAX_BATCH,
+        )
+        self._skipped: OrderedDict[int, None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        parent = trace.get_current_span(parent_context).get_span_context()
+        with self._lock:
+            skip = _is_read(span) or (parent.is_valid and parent.span_id in self._skipped)
+            if skip:
+                self._skipped[span.context.span_id] = None
+                if len(self._skipped) > _REMEMBERED:
+                    self._skipped.popitem(last=False)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if span.context is None:
+            return
+        with self._lock:
+            if span.context.span_id in self._skipped:
+                return
+        self._batch.on_end(span)
+
+    def shutdown(self) -> None:
+        self._batch.shutdown()  # type: ignore[no-untyped-call]
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self._batch.force_flush(timeout_millis)
+
+
+class SpanStore:
+    """The process's span store: one processor, added once to each tracer provider,
+    writing to the databases of the runtimes attached to it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._processor: StoreProcessor | None = None
+        self._providers: weakref.WeakSet[TracerProvider] = weakref.WeakSet()
+
+    def attach(self, provider: TracerProvider, url: str) -> None:
+        """Start keeping spans in the database at `url`."""
+        with self._lock:
+            if self._processor is None:
+                self._processor = StoreProcessor(DatabaseSpanExporter())
+            if provider not in self._providers:
+                provider.add_span_processor(self._processor)
+                self._providers.add(provider)
+            self._processor.exporter.attach(url)
+
+    def detach(self, url: str) -> None:
+        """Write what is queued, then stop writing to `url` (blocks: call it in a thread)."""
+        processor = self._processor
+        if processor is None:
+            return
+        processor.force_flush(5000)
+        processor.exporter.detach(url)
+
+    def flush(self, timeout_millis: int = 5000) -> bool:
+        """Write every span queued so far (tests call it; it blocks)."""
+        processor = self._processor
+        return processor.force_flush(timeout_millis) if processor else True
+
+
+store = SpanStore()
+
+
+async def prune(db: Database, retention_hours: float) -> int:
+    """Delete spans that started more than `retention_hours` ago; returns how many."""
+    cutoff = time.time_ns() - int(retention_hours * 3600 * 1e9)
+    async with db.write() as session, session.begin():
+        result = await session.execute(delete(SpanRow).where(col(SpanRow.start_ns) < cutoff))
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def trace_spans(db: Database, trace_id: str, limit: int = MAX_TRACE_SPANS) -> list[SpanRow]:
+    """The stored spans of one trace, by start time."""
+    query = (
+        select(SpanRow)
+        .where(col(SpanRow.trace_id) == trace_id)
+        .order_by(col(SpanRow.start_ns), col(SpanRow.span_id))
+        .limit(limit)
+    )
+    async with db.read() as session:
+        return list((await session.execute(query)).scalars())

@@ -1,0 +1,140 @@
+"""Console sessions: an API token, given once at sign-in, becomes a signed cookie.
+
+The cookie never holds the token. It holds the token's id, an expiry and a nonce,
+signed with HMAC-SHA256 under `TOLLGATE_CONSOLE_SECRET`, so it can be checked on any
+replica without a session table. Each request also checks that the token is still
+active (cached a few seconds, like bearer tokens), so revoking the token ends every
+console session it opened. Only readers (engineer, reviewer, auditor, admin) may
+sign in: the console shows the whole enforcement record.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+import secrets
+import time
+from typing import Any
+
+from litestar.connection import ASGIConnection
+from litestar.exceptions import NotAuthorizedException
+from litestar.handlers.base import BaseRouteHandler
+
+from controlplane.auth.roles import READERS, Role
+from controlplane.auth.service import Principal
+from controlplane.settings import Settings
+from controlplane.store.db import Database
+from controlplane.store.types import utcnow
+from controlplane.ui import repository
+
+log = logging.getLogger(__name__)
+
+COOKIE = "tollgate_console"
+SIGN_IN = "/console/sign-in"
+CACHE_SECONDS = 10.0
+_VERSION = "v1"
+_PROCESS_SECRET = secrets.token_bytes(32)
+"""Used when `TOLLGATE_CONSOLE_SECRET` is unset: sessions end at restart."""
+_cache: dict[tuple[str, str], tuple[float, Principal | None]] = {}
+_warned = False
+
+ALLOWED = frozenset(READERS) | {Role.ADMIN}
+
+
+class SignInRequired(NotAuthorizedException):
+    """No valid console session: the console answers with a redirect to sign in."""
+
+    def __init__(self, next_path: str) -> None:
+        super().__init__("sign in to the console")
+        self.next_path = next_path
+
+
+def _key(settings: Settings) -> bytes:
+    secret = settings.console_secret.encode() if settings.console_secret else _PROCESS_SECRET
+    return hashlib.sha256(b"tollgate.console.session.v1\0" + secret).digest()
+
+
+def _sign(settings: Settings, message: str) -> str:
+    digest = hmac.new(_key(settings), message.encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
+def issue(settings: Settings, principal: Principal) -> tuple[str, int]:
+    """A cookie value for `principal` and its lifetime in seconds."""
+    global _warned
+    if not settings.console_secret and not _warned:
+        _warned = True
+        log.warning(
+            "TOLLGATE_CONSOLE_SECRET is unset: console sessions are signed with a key of "
+            "this process, so they end at restart and work on this replica only"
+        )
+    lifetime = max(60, int(settings.console_session_hours * 3600))
+    expires = int(time.time()) + lifetime
+    message = f"{_VERSION}.{principal.token_id}.{expires}.{secrets.token_hex(8)}"
+    return f"{message}.{_sign(settings, message)}", lifetime
+
+
+def token_id_of(settings: Settings, value: str) -> str | None:
+    """The token id a cookie was issued for, if its signature holds and it has not expired."""
+    parts = value.split(".")
+    if len(parts) != 5 or parts[0] != _VERSION:
+        return None
+    message, signature = ".".join(parts[:4]), parts[4]
+    if not hmac.compare_digest(signature, _sign(settings, message)):
+        return None
+    try:
+        expires = int(parts[2])
+    except ValueError:
+        return None
+    return parts[1] if expires > time.time() else None
+
+
+async def principal_for(db: Database, token_id: str) -> Principal | None:
+    """The principal of an active reader token, or None (unknown, revoked, expired)."""
+    key = (db.url, token_id)
+    cached = _cache.get(key)
+    if cached and cached[0] > time.monotonic():
+        return cached[1]
+    row = await repository.token(db, token_id)
+    principal = None
+    if (
+        row is not None
+        and row.revoked_at is None
+        and (row.expires_at is None or row.expires_at > utcnow())
+        and row.role in {r.value for r in ALLOWED}
+    ):
+        principal = Principal(row.id, row.name, Role(row.role))
+    if len(_cache) > 10_000:
+        _cache.clear()
+    _cache[key] = (time.monotonic() + CACHE_SECONDS, principal)
+    return principal
+
+
+async def current(connection: ASGIConnection[Any, Any, Any, Any]) -> Principal | None:
+    value = connection.cookies.get(COOKIE)
+    if not value:
+        return None
+    runtime = connection.app.state.runtime
+    token_id = token_id_of(runtime.settings, value)
+    if token_id is None:
+        return None
+    return await principal_for(runtime.db, token_id)
+
+
+async def signed_in(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """Guard of every console page: a valid session of a reader, or a redirect to sign in.
+    The principal is left where the API's guards leave theirs (`principal_of` works)."""
+    principal = await current(connection)
+    if principal is None:
+        query = connection.scope.get("query_string", b"").decode("latin-1")
+        raise SignInRequired(connection.url.path + (f"?{query}" if query else ""))
+    connection.scope["tollgate_principal"] = principal  # type: ignore[typeddict-unknown-key]
+
+
+def safe_next(value: str | None) -> str:
+    """Where to go after sign-in: a console path only (no open redirect)."""
+    if value and value.startswith("/console") and "//" not in value and "\\" not in value:
+        return value
+    return "/console"
