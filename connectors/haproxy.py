@@ -1,0 +1,787 @@
+"""HAProxy: blocks, key revocations and per-key rate limits through the Runtime API.
+
+HAProxy applies runtime changes to ACLs and maps at once, without a reload, but
+forgets them at the next reload or restart. So every change is made twice: live,
+over the `stats socket ... level admin` (one command per entry, each reply read
+before the next: HAProxy 2.6 takes one entry per `add acl` and blind pipelining
+breaks the socket), and in the ACL/map files HAProxy loads at start, rewritten
+atomically (temp file + rename) from what the runtime then holds. A reload thus
+always comes back to what was enforced.
+
+What lives where (`sample_config()` writes the matching haproxy.cfg):
+
+- block ip / cidr: `blocked.acl`, read by `src -f`: 403;
+- revoke_key api_key: `revoked.map` (key -> `revoked`): 401;
+- rate_limit api_key: `rate_limit.map` (key -> requests per minute), whose value a
+  stick-table rule compares with the key's request rate over the last minute: 429;
+- rate_limit account / org: `rate_limit_account.map` / `rate_limit_org.map`, only when
+  `account_header` / `org_header` name a header that a trusted layer in front sets.
+
+Keys are matched as Tollgate names them: `key_match: fingerprint` (default) hashes the
+key header in HAProxy (`sha2(256),hex,lower`), so `api_key_id` must be the key's SHA-256
+fingerprint; `key_match: id` takes the header as the key id.
+
+Observed values are canonical (`127.0.0.2`, `10.0.0.0/8`), as Tollgate stores targets;
+deletes use the exact string HAProxy holds (`del acl` compares strings, so
+`127.0.0.2/32` is not `127.0.0.2`). A large change to one file (a full sync) is
+staged with `prepare` / `add @N` / `commit`, so HAProxy switches to the new list at
+once instead of enforcing half of it for a while.
+
+This module never imports Tollgate's domain: only `controlplane.enforce.sdk`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import ipaddress
+import os
+import re
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from controlplane.enforce.sdk import (
+    ApplyResult,
+    ConnectorConfig,
+    ConnectorError,
+    Diff,
+    Entry,
+    EntryType,
+    GatewayState,
+    GatewayUnavailable,
+    Health,
+)
+
+PROMPT = b"\n> "
+"""How an interactive (`prompt`) CLI session ends every reply."""
+REVOKED = "revoked"
+"""The value of a revoked key in `revoked.map` (the map only needs the key)."""
+_SAFE_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/+=-]{0,199}$")
+"""Keys the CLI and map files take verbatim: no spaces, `;`, `#` or backslashes."""
+_FINGERPRINT = re.compile(r"^[0-9a-f]{64}$")
+_VERSION = re.compile(r"New version created: (\d+)")
+_BUFFER = 1 << 28
+"""Largest reply read (a `show acl` of 100k CIDRs is about 3 MB)."""
+
+_FILE_OPTIONS = (
+    "blocked_acl",
+    "revoked_map",
+    "rate_limit_map",
+    "account_rate_limit_map",
+    "org_rate_limit_map",
+)
+
+# -- options --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HAProxyOptions:
+    """The connector's `options:` in tollgate.yaml; `sample_config()` renders the
+    haproxy.cfg that pairs with the same values, so both sides name the same files."""
+
+    socket: str = "/run/haproxy/admin.sock"
+    """The Runtime API socket (`stats socket PATH level admin`)."""
+    state_dir: str = "/etc/haproxy/tollgate"
+    """Where the ACL and map files live when not named one by one."""
+    blocked_acl: str = ""
+    revoked_map: str = ""
+    rate_limit_map: str = ""
+    account_rate_limit_map: str = ""
+    org_rate_limit_map: str = ""
+    key_header: str = "x-api-key"
+    """The request header that carries the API key (or the key id with `key_match: id`)."""
+    key_match: str = "fingerprint"
+    """`fingerprint`: HAProxy hashes the header with SHA-256 and matches `api_key_id` as
+    a lowercase hex fingerprint. `id`: the header is the lab's key id, matched as is."""
+    account_header: str = ""
+    """A header carrying the account id, set by an authenticating layer in front: enables
+    account rate limits. Empty: account limits are reported failed (HAProxy cannot see
+    accounts)."""
+    org_header: str = ""
+    """As `account_header`, for organisations."""
+    connect_timeout: float = 1.0
+    read_timeout: float = 5.0
+    """Seconds one reply of the Runtime API may take."""
+    bulk_threshold: int = 1000
+    """A file's change of at least this many entries, and at least a quarter of the
+    resulting list, is staged (`prepare`/`commit`) and switched atomically."""
+
+    def __post_init__(self) -> None:
+        state = Path(self.state_dir)
+        defaults: dict[str, Path] = {
+            "blocked_acl": state / "blocked.acl",
+            "revoked_map": state / "revoked.map",
+            "rate_limit_map": state / "rate_limit.map",
+            "account_rate_limit_map": state / "rate_limit_account.map",
+            "org_rate_limit_map": state / "rate_limit_org.map",
+        }
+        for name, default in defaults.items():
+            if not getattr(self, name):
+                object.__setattr__(self, name, str(default))
+
+    @classmethod
+    def parse(cls, where: str, options: Mapping[str, Any], timeout: float) -> HAProxyOptions:
+        """Options from the config file, each checked; errors name the option at fault."""
+        known = set(cls.__dataclass_fields__)
+        unknown = set(options) - known
+        if unknown:
+            raise ConnectorError(
+                f"{where}: unknown option(s) {sorted(unknown)}; known: {sorted(known)}",
+                retryable=False,
+            )
+        values: dict[str, Any] = {"read_timeout": timeout}
+        for name, value in options.items():
+            default = cls.__dataclass_fields__[name].default
+            if isinstance(default, float) and isinstance(value, int | float):
+                value = float(value)
+            if type(value) is not type(default):
+                raise ConnectorError(
+                    f"{where}: option {name} must be a {type(default).__name__}",
+                    retryable=False,
+                )
+            values[name] = value
+        parsed = cls(**values)
+        if parsed.key_match not in {"fingerprint", "id"}:
+            raise ConnectorError(
+                f"{where}: key_match must be 'fingerprint' or 'id', got {parsed.key_match!r}",
+                retryable=False,
+            )
+        for name in ("key_header", "account_header", "org_header"):
+            header = getattr(parsed, name)
+            if header and not re.fullmatch(r"[A-Za-z0-9-]+", header):
+                raise ConnectorError(
+                    f"{where}: {name} {header!r} is not a header name", retryable=False
+                )
+        for name in ("socket", "state_dir", *_FILE_OPTIONS):
+            if re.search(r"[\s;#\\]", getattr(parsed, name)):
+                raise ConnectorError(
+                    f"{where}: {name} must be a path without spaces, `;`, `#` or backslashes "
+                    "(HAProxy's runtime API names files by their path)",
+                    retryable=False,
+                )
+        if not parsed.key_header:
+            raise ConnectorError(f"{where}: key_header must name a header", retryable=False)
+        if parsed.connect_timeout <= 0 or parsed.read_timeout <= 0:
+            raise ConnectorError(f"{where}: timeouts must be positive", retryable=False)
+        return parsed
+
+
+# -- the files HAProxy loads, and what each holds --------------------------------------------
+
+
+@dataclass(frozen=True)
+class _File:
+    """One ACL or map file: what it holds and how entries are spelled in it."""
+
+    path: str
+    kind: str
+    """`acl` or `map`: the Runtime API's word for it."""
+    type: EntryType
+    target_kind: str
+    """The target kind of its entries; for the ACL, `ip` or `cidr` by spelling."""
+
+    def entry(self, key: str, value: str) -> Entry:
+        """The entry a map line holds (ACL lines: see `_first_per_key`)."""
+        if self.type is EntryType.RATE_LIMIT:
+            return Entry(self.type, self.target_kind, key, _int_or_none(value))
+        return Entry(self.type, self.target_kind, key)
+
+    def line(self, key: str, value: str) -> str:
+        return key if self.kind == "acl" else f"{key} {value}"
+
+
+@dataclass
+class _Ops:
+    """The changes to one file: canonical key -> (entry, value to hold), or removal."""
+
+    put: dict[str, tuple[Entry, str]] = field(default_factory=dict)
+    remove: dict[str, Entry] = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        return len(self.put) + len(self.remove)
+
+
+class HAProxyConnector:
+    def __init__(self, config: ConnectorConfig, http: httpx.AsyncClient) -> None:
+        self.name = config.name
+        self.options = HAProxyOptions.parse(
+            f"connector {config.name}", config.options, config.timeout_seconds
+        )
+        o = self.options
+        self._files = [
+            _File(o.blocked_acl, "acl", EntryType.BLOCK, "ip"),
+            _File(o.revoked_map, "map", EntryType.REVOKE_KEY, "api_key"),
+            _File(o.rate_limit_map, "map", EntryType.RATE_LIMIT, "api_key"),
+        ]
+        if o.account_header:
+            self._files.append(
+                _File(o.account_rate_limit_map, "map", EntryType.RATE_LIMIT, "account")
+            )
+        if o.org_header:
+            self._files.append(_File(o.org_rate_limit_map, "map", EntryType.RATE_LIMIT, "org"))
+        self._lock = asyncio.Lock()
+        """Observe and apply each read the runtime, change it and rewrite the files:
+        one at a time, whoever calls."""
+
+    def capabilities(self) -> frozenset[EntryType]:
+        return frozenset(EntryType)
+
+    # -- observe ---------------------------------------------------------------------------
+
+    async def observe(self) -> GatewayState:
+        """The runtime's ACL and maps, as entries. A file that no longer matches the
+        runtime (a failed write, an edit by hand) is rewritten from it here, so the
+        periodic reconcile also repairs what a reload would load; if that write fails,
+        entries held only at runtime are reported missing, to be re-applied and, while
+        the file cannot be written, to fail visibly."""
+        entries: list[Entry] = []
+        counts: dict[str, int] = {}
+        async with self._lock, self._session() as cli:
+            for spec in self._files:
+                live = await cli.show(spec)
+                counts[spec.path] = len(live)
+                if not await self._persist(spec, live):
+                    saved = set(await asyncio.to_thread(_read_file, spec))
+                    live = [item for item in live if item in saved]
+                entries.extend(_first_per_key(spec, live).values())
+        return GatewayState(frozenset(entries), extra={"entries_per_file": counts})
+
+    async def _persist(self, spec: _File, items: list[tuple[str, str]]) -> bool:
+        """Make the file hold `items` (what the runtime holds), writing only when it does
+        not already: False when it could not be written."""
+        try:
+            if await asyncio.to_thread(_read_file, spec) != items:
+                await asyncio.to_thread(_write_file, spec, items, self.name)
+        except OSError:
+            return False
+        return True
+
+    # -- apply -----------------------------------------------------------------------------
+
+    async def apply(self, diff: Diff) -> ApplyResult:
+        """Per file: read what the runtime holds now, then add/set/del each entry (or
+        stage the whole new list when the change is large), then make the file hold
+        the runtime's new list. Idempotent: an entry already held is done; a removal of
+        an absent one is done."""
+        result = ApplyResult()
+        plan: dict[str, _Ops] = {spec.path: _Ops() for spec in self._files}
+        for entry in (*diff.add, *diff.change):
+            spec, key, why = self._place(entry)
+            if spec is None:
+                result.failed.append((entry, why))
+            else:
+                plan[spec.path].put[key] = (entry, _value_of(entry))
+        for entry in diff.remove:
+            spec, key, why = self._place(entry, removing=True)
+            if spec is None:
+                result.done.append(entry)  # never held here: nothing to remove
+            else:
+                plan[spec.path].remove[key] = entry
+        async with self._lock, self._session() as cli:
+            for spec in self._files:
+                ops = plan[spec.path]
+                if ops.size:
+                    await self._apply_file(cli, spec, ops, result)
+        return result
+
+    async def _apply_file(self, cli: _Cli, spec: _File, ops: _Ops, result: ApplyResult) -> None:
+        live = await cli.show(spec)
+        held: dict[str, list[tuple[str, str]]] = {}
+        for raw, value in live:
+            held.setdefault(_canonical_key(spec, raw), []).append((raw, value))
+        final_size = (
+            len(held) - len(ops.remove.keys() & held.keys()) + len(ops.put.keys() - held.keys())
+        )
+        outcome = ApplyResult()
+        if ops.size >= self.options.bulk_threshold and ops.size * 4 >= final_size:
+            after = await self._replace(cli, spec, live, ops, outcome)
+        else:
+            after = await self._each(cli, spec, live, held, ops, outcome)
+        if not await self._persist(spec, after):
+            why = (
+                f"enforced by HAProxy now, but {spec.path} could not be written: "
+                "a reload would lose it"
+            )
+            outcome.failed.extend((e, why) for e in outcome.done)
+            outcome.done.clear()
+        result.done.extend(outcome.done)
+        result.failed.extend(outcome.failed)
+
+    async def _each(
+        self,
+        cli: _Cli,
+        spec: _File,
+        live: list[tuple[str, str]],
+        held: dict[str, list[tuple[str, str]]],
+        ops: _Ops,
+        result: ApplyResult,
+    ) -> list[tuple[str, str]]:
+        """One command per entry; returns the runtime's list afterwards (as HAProxy keeps
+        it: deletes drop every copy of a string, `set map` sets every copy, adds go last).
+        Maps have no upsert: a held key is `set`, a new one `add`, and a `set` that finds
+        the key gone falls back to `add`."""
+        deleted: set[str] = set()
+        values: dict[str, str] = {}
+        added: list[tuple[str, str]] = []
+        for key, entry in ops.remove.items():
+            failure = None
+            for raw, _ in held.get(key, ()):
+                reply = await cli.run(f"del {spec.kind} {spec.path} {raw}")
+                if reply and not reply.startswith("Key not found"):
+                    failure = reply
+                else:
+                    deleted.add(raw)
+            _record(result, entry, failure)
+        for key, (entry, value) in ops.put.items():
+            copies = held.get(key, [])
+            reply = ""
+            if spec.kind == "acl":
+                if not copies:
+                    reply = await cli.run(f"add acl {spec.path} {key}")
+                    added += [] if reply else [(key, "")]
+            elif copies and any(v != value for _, v in copies):
+                reply = await cli.run(f"set map {spec.path} {key} {value}")
+                if reply.startswith("entry not found"):
+                    reply = await cli.run(f"add map {spec.path} {key} {value}")
+                    added += [] if reply else [(key, value)]
+                elif not reply:
+                    values[key] = value
+            elif not copies:
+                reply = await cli.run(f"add map {spec.path} {key} {value}")
+                added += [] if reply else [(key, value)]
+            _record(result, entry, reply or None)
+        kept = [(raw, values.get(raw, value)) for raw, value in live if raw not in deleted]
+        return kept + added
+
+    async def _replace(
+        self,
+        cli: _Cli,
+        spec: _File,
+        live: list[tuple[str, str]],
+        ops: _Ops,
+        result: ApplyResult,
+    ) -> list[tuple[str, str]]:
+        """Stage the whole new list in a new version and commit it: HAProxy switches
+        from the old list to the new one in one step. Returns the list it then holds."""
+        keep: dict[str, tuple[str, str]] = {}
+        for raw, value in live:
+            key = _canonical_key(spec, raw)
+            if key not in ops.remove and key not in ops.put:
+                keep.setdefault(key, (raw, value))
+        everything = [*ops.remove.values(), *(e for e, _ in ops.put.values())]
+        reply = await cli.run(f"prepare {spec.kind} {spec.path}")
+        match = _VERSION.search(reply)
+        if match is None:
+            why = f"prepare {spec.kind} {spec.path}: {reply or 'no version'}"
+            result.failed.extend((e, why) for e in everything)
+            return live
+        version = match.group(1)
+        prefix = f"add {spec.kind} @{version} {spec.path}"
+        staged: list[tuple[str, str]] = []
+        for raw, value in keep.values():
+            if not await cli.run(f"{prefix} {spec.line(raw, value)}"):
+                staged.append((raw, value))
+        refused: dict[str, str] = {}
+        for key, (_, value) in ops.put.items():
+            reply = await cli.run(f"{prefix} {spec.line(key, value)}")
+            if reply:
+                refused[key] = reply
+            else:
+                staged.append((key, value))
+        reply = await cli.run(f"commit {spec.kind} @{version} {spec.path}")
+        if reply:
+            why = f"commit {spec.kind} @{version} {spec.path}: {reply}"
+            result.failed.extend((e, why) for e in everything)
+            return live
+        result.done.extend(ops.remove.values())
+        for key, (entry, _) in ops.put.items():
+            _record(result, entry, refused.get(key))
+        return staged
+
+    def _place(self, entry: Entry, *, removing: bool = False) -> tuple[_File | None, str, str]:
+        """The file an entry belongs in and its key there, or None and why it cannot be
+        enforced here. A removal is only placed, never judged: whatever HAProxy holds
+        (an entry added by hand, say) can be taken away."""
+        if entry.type is EntryType.BLOCK:
+            if entry.target_kind not in {"ip", "cidr"}:
+                return None, "", f"HAProxy blocks IPs and CIDRs, not a {entry.target_kind}"
+            try:
+                key = _canonical_address(entry.target_kind, entry.target_value)
+            except ValueError:
+                if removing:
+                    return self._files[0], entry.target_value, ""
+                return None, "", f"{entry.target_value!r} is not a valid {entry.target_kind}"
+            return self._files[0], key, ""
+        for spec in self._files[1:]:
+            if spec.type is entry.type and spec.target_kind == entry.target_kind:
+                why = "" if removing else self._key_problem(entry)
+                return (None, "", why) if why else (spec, entry.target_value, "")
+        if entry.type is EntryType.RATE_LIMIT and entry.target_kind in {"account", "org"}:
+            option = f"{entry.target_kind}_header"
+            return (
+                None,
+                "",
+                (
+                    f"HAProxy sees API keys and IPs, not {entry.target_kind}s: set "
+                    f"options.{option} to a header your authenticating layer sets "
+                    "(docs/haproxy.md)"
+                ),
+            )
+        return None, "", f"HAProxy cannot enforce {entry.type.value} on a {entry.target_kind}"
+
+    def _key_problem(self, entry: Entry) -> str:
+        value = entry.target_value
+        if not _SAFE_KEY.match(value):
+            return f"{value!r} has characters HAProxy's map files cannot hold"
+        if (
+            entry.target_kind == "api_key"
+            and self.options.key_match == "fingerprint"
+            and not _FINGERPRINT.match(value)
+        ):
+            return (
+                f"key_match is fingerprint but {value!r} is not a SHA-256 fingerprint "
+                "(64 lowercase hex digits): send fingerprints, or set key_match: id"
+            )
+        if entry.type is EntryType.RATE_LIMIT and (
+            entry.requests_per_minute is None or entry.requests_per_minute < 0
+        ):
+            return "a rate limit needs requests_per_minute >= 0"
+        return ""
+
+    # -- health ----------------------------------------------------------------------------
+
+    async def health(self) -> Health:
+        gateway = f"haproxy at {self.options.socket}"
+        try:
+            async with self._session() as cli:
+                version = (await cli.run("show version")).strip()
+                gateway = f"haproxy {version} at {self.options.socket}"
+                for spec in self._files:
+                    await cli.show(spec)
+        except ConnectorError as exc:
+            return Health(ok=False, gateway=gateway, detail=str(exc))
+        return Health(ok=True, gateway=gateway)
+
+    async def close(self) -> None:
+        """Nothing held open: every operation uses a session of its own, so a reload
+        (which re-creates the socket) never leaves the connector on a dead one."""
+
+    @contextlib.asynccontextmanager
+    async def _session(self) -> AsyncIterator[_Cli]:
+        cli = _Cli(self.options)
+        await cli.open()
+        try:
+            yield cli
+        finally:
+            await cli.close()
+
+
+# -- the Runtime API -----------------------------------------------------------------------
+
+
+class _Cli:
+    """One interactive Runtime API session: a command, its whole reply, the next."""
+
+    def __init__(self, options: HAProxyOptions) -> None:
+        self._options = options
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def open(self) -> None:
+        path = self._options.socket
+        try:
+            self._reader, self._writer = await asyncio.wait_for(
+                asyncio.open_unix_connection(path, limit=_BUFFER), self._options.connect_timeout
+            )
+        except TimeoutError:
+            raise GatewayUnavailable(
+                f"HAProxy's runtime API at {path} did not accept a connection within "
+                f"{self._options.connect_timeout}s"
+            ) from None
+        except PermissionError:
+            raise GatewayUnavailable(
+                f"no permission to use HAProxy's runtime API at {path}: run Tollgate as the "
+                "socket's owner or give its group access (`stats socket ... mode 660 group G`)"
+            ) from None
+        except OSError as exc:
+            raise GatewayUnavailable(
+                f"cannot reach HAProxy's runtime API at {path}: {exc.strerror or exc}"
+            ) from None
+        await self.run("prompt")
+
+    async def run(self, command: str) -> str:
+        """Send one command and return its reply: empty when it succeeded."""
+        if self._reader is None or self._writer is None:
+            raise ConnectorError("the runtime API session is not open")
+        try:
+            self._writer.write(command.encode() + b"\n")
+            async with asyncio.timeout(self._options.read_timeout):
+                await self._writer.drain()
+                raw = await self._reader.readuntil(PROMPT)
+        except TimeoutError:
+            raise GatewayUnavailable(
+                f"HAProxy did not answer {command.split(' ', 2)[:2]} within "
+                f"{self._options.read_timeout}s"
+            ) from None
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
+            raise GatewayUnavailable(f"HAProxy's runtime API session broke: {exc}") from None
+        return raw[: -len(PROMPT)].decode(errors="replace").strip("\n")
+
+    async def show(self, spec: _File) -> list[tuple[str, str]]:
+        """(key, value) of every entry the runtime holds in this file, in order."""
+        reply = await self.run(f"show {spec.kind} {spec.path}")
+        items: list[tuple[str, str]] = []
+        for line in reply.splitlines():
+            parts = line.split(" ", 2)
+            if not line.startswith("0x") or len(parts) < 2:
+                raise ConnectorError(
+                    f"HAProxy has no {spec.kind} loaded from {spec.path} ({reply.strip()}): "
+                    "haproxy.cfg must name exactly this file (see docs/haproxy.md)",
+                    retryable=False,
+                )
+            items.append((parts[1], parts[2] if len(parts) == 3 else ""))
+        return items
+
+    async def close(self) -> None:
+        if self._writer is None:
+            return
+        with contextlib.suppress(OSError, TimeoutError):
+            self._writer.write(b"quit\n")
+            self._writer.close()
+            await asyncio.wait_for(self._writer.wait_closed(), self._options.connect_timeout)
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1 << 18)
+def _canonical_address(kind: str, value: str) -> str:
+    """One spelling per address or network, as Tollgate stores targets (an IPv4-mapped
+    IPv6 address is its IPv4 address)."""
+    if kind == "cidr":
+        return str(ipaddress.ip_network(value, strict=False))
+    address = ipaddress.ip_address(value)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        return str(address.ipv4_mapped)
+    return str(address)
+
+
+def _canonical_key(spec: _File, raw: str) -> str:
+    if spec.kind != "acl":
+        return raw
+    try:
+        return _canonical_address("cidr" if "/" in raw else "ip", raw)
+    except ValueError:
+        return raw
+
+
+def _first_per_key(spec: _File, items: Iterable[tuple[str, str]]) -> dict[str, Entry]:
+    """Entries by key; of duplicate map keys the first is what HAProxy matches."""
+    found: dict[str, Entry] = {}
+    for raw, value in items:
+        if spec.kind == "acl":
+            key = _canonical_key(spec, raw)
+            if key not in found:
+                found[key] = Entry(spec.type, "cidr" if "/" in raw else "ip", key)
+        elif raw not in found:
+            found[raw] = spec.entry(raw, value)
+    return found
+
+
+def _value_of(entry: Entry) -> str:
+    if entry.type is EntryType.RATE_LIMIT:
+        return str(entry.requests_per_minute)
+    return REVOKED if entry.type is EntryType.REVOKE_KEY else ""
+
+
+def _int_or_none(value: str) -> int | None:
+    try:
+        return int(value)
+    except ValueError:
+        return None
+
+
+def _record(result: ApplyResult, entry: Entry, failure: str | None) -> None:
+    if failure:
+        result.failed.append((entry, f"HAProxy refused it: {failure.strip()}"))
+    else:
+        result.done.append(entry)
+
+
+def _read_file(spec: _File) -> list[tuple[str, str]]:
+    """The file's entries as HAProxy would load them (comments and blanks skipped)."""
+    try:
+        text = Path(spec.path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    items = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if spec.kind == "acl":
+            items.append((line, ""))
+        else:
+            key, _, value = line.partition(" ")
+            items.append((key, value.strip()))
+    return items
+
+
+def _write_file(spec: _File, items: Sequence[tuple[str, str]], connector: str) -> None:
+    """Replace the file atomically: a reload reads either the old list or the new one,
+    never half of one. The new file keeps the old one's mode and owner."""
+    path = Path(spec.path)
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    lines = [
+        f"# Written by Tollgate (connector {connector}). Edits by hand are undone at the "
+        "next reconcile.",
+        *(spec.line(key, value) for key, value in items),
+    ]
+    try:
+        with temp.open("w", encoding="utf-8") as handle:
+            handle.write("\n".join(lines) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        with contextlib.suppress(FileNotFoundError):
+            before = path.stat()
+            temp.chmod(before.st_mode & 0o7777)
+            with contextlib.suppress(PermissionError):
+                os.chown(temp, before.st_uid, before.st_gid)
+        temp.replace(path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            temp.unlink()
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def create(config: ConnectorConfig, http: httpx.AsyncClient) -> HAProxyConnector:
+    """The `haproxy` entry point of `tollgate.connectors` (the HTTP client goes unused:
+    HAProxy is driven over its Unix socket)."""
+    return HAProxyConnector(config, http)
+
+
+# -- the haproxy.cfg that pairs with the connector ------------------------------------------
+
+_JSON = "content-type application/json string"
+
+
+def sample_config(
+    options: HAProxyOptions,
+    *,
+    bind: str = ":8080",
+    backend: str = "127.0.0.1:9000",
+    trusted_proxies: Sequence[str] = (),
+) -> str:
+    """The haproxy.cfg that enforces what this connector writes: the same socket, files
+    and headers as `options`. `docs/examples/haproxy.cfg` is this with the defaults;
+    the tests and the demo run HAProxy on it, so the documented config is the tested one.
+    `trusted_proxies`: addresses of load balancers whose `X-Forwarded-For` names the client.
+    """
+    o = options
+    key_len = 64 if o.key_match == "fingerprint" else 200
+    lines = [
+        "# haproxy.cfg for Tollgate's HAProxy connector (connectors/haproxy.py), rendered by",
+        "# connectors.haproxy.sample_config(); docs/haproxy.md explains each part.",
+        "# The ACL and map files must exist before HAProxy starts (empty is fine).",
+        "",
+        "global",
+        "    # The Runtime API the connector drives: `level admin` may change ACLs and maps.",
+        f"    stats socket {o.socket} mode 600 level admin",
+        "    stats timeout 30s",
+        "    maxconn 4096",
+        "",
+        "defaults",
+        "    mode http",
+        "    timeout connect 5s",
+        "    timeout client 30s",
+        "    timeout server 120s",
+        "    timeout http-request 10s",
+        "",
+        "# Request rate over the last minute of each subject that has a limit in a map",
+        "# (nothing else is tracked): one table per kind of subject.",
+        "backend tollgate_rate_key",
+        f"    stick-table type string len {key_len} size 100k expire 2m store http_req_rate(1m)",
+    ]
+    extra = [("account", o.account_header, o.account_rate_limit_map, 1)] if o.account_header else []
+    if o.org_header:
+        extra.append(("org", o.org_header, o.org_rate_limit_map, 2))
+    for kind, _, _, _ in extra:
+        lines += [
+            f"backend tollgate_rate_{kind}",
+            "    stick-table type string len 200 size 100k expire 2m store http_req_rate(1m)",
+        ]
+    lines += ["", "frontend model_api", f"    bind {bind}"]
+    if trusted_proxies:
+        lines += [
+            "    # Behind a load balancer: the client is the last X-Forwarded-For address, only",
+            "    # when the connection comes from the balancer (clients cannot pick their IP).",
+            "    http-request set-src req.hdr_ip(x-forwarded-for,-1) "
+            f"if {{ src {' '.join(trusted_proxies)} }}",
+        ]
+    header = o.key_header
+    hashed = ",sha2(256),hex,lower" if o.key_match == "fingerprint" else ""
+    lines += [
+        "",
+        "    # 403: IPs and CIDRs Tollgate blocks.",
+        f"    http-request deny deny_status 403 {_JSON} "
+        f'\'{{"error":"blocked by policy"}}\' if {{ src -f {o.blocked_acl} }}',
+        "",
+        "    # One key header at most: with two, HAProxy and the API could read different ones.",
+        f"    http-request deny deny_status 400 {_JSON} "
+        f'\'{{"error":"more than one {header} header"}}\' if {{ req.fhdr_cnt({header}) gt 1 }}',
+        "    # The key as Tollgate names it: "
+        + (
+            "the SHA-256 fingerprint of the header (lowercase hex)."
+            if hashed
+            else "the key id, as the header carries it."
+        ),
+        f"    http-request set-var(txn.tollgate_key) req.fhdr({header}){hashed} "
+        f"if {{ req.fhdr({header}) -m found }}",
+        "",
+        "    # 401: revoked keys.",
+        f'    http-request deny deny_status 401 {_JSON} \'{{"error":"api key revoked"}}\' '
+        f"if {{ var(txn.tollgate_key),map_str({o.revoked_map}) -m found }}",
+        "",
+        "    # 429: past the limit (the map holds requests per minute; the table the rate).",
+        *_limit_rules("key", "var(txn.tollgate_key)", o.rate_limit_map, 0, declare=None),
+    ]
+    for kind, kind_header, path, counter in extra:
+        lines += _limit_rules(kind, f"req.fhdr({kind_header})", path, counter, declare=kind_header)
+    lines += [
+        "",
+        "    default_backend model_api",
+        "",
+        "backend model_api",
+        f"    server api1 {backend}",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _limit_rules(kind: str, fetch: str, path: str, counter: int, declare: str | None) -> list[str]:
+    subject, limit = f"txn.tollgate_{kind}", f"txn.tollgate_{kind}_limit"
+    rules = []
+    if declare is not None:
+        rules.append(
+            f"    http-request set-var({subject}) {fetch} if {{ req.fhdr({declare}) -m found }}"
+        )
+    return [
+        *rules,
+        f"    http-request set-var({limit}) var({subject}),map_str_int({path}) "
+        f"if {{ var({subject}) -m found }}",
+        f"    http-request track-sc{counter} var({subject}) table tollgate_rate_{kind} "
+        f"if {{ var({limit}) -m found }}",
+        f'    http-request deny deny_status 429 {_JSON} \'{{"error":"rate limited"}}\' '
+        f"hdr retry-after 60 if {{ var({limit}) -m found }} "
+        f"{{ sc_http_req_rate({counter}),sub({limit}) gt 0 }}",
+    ]

@@ -1,0 +1,317 @@
+"""The HAProxy connector against a real HAProxy 2.6: every enforcement is checked with
+real HTTP requests through the proxy, from distinct loopback source addresses."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+import pytest
+
+from connectors.haproxy import HAProxyOptions, sample_config
+from controlplane.enforce.sdk import (
+    ApplyResult,
+    ConnectorError,
+    Diff,
+    Entry,
+    EntryType,
+    GatewayUnavailable,
+)
+from tests.integration.connectors.haproxy_fixtures import (  # noqa: F401 (fixtures)
+    Gateway,
+    fingerprint,
+    haproxy_binary_fixture,
+    haproxy_by_id_fixture,
+    haproxy_fixture,
+    haproxy_id_fixture,
+    haproxy_session_fixture,
+    model_stub_fixture,
+)
+
+REPO = Path(__file__).resolve().parents[3]
+OK = 200
+
+
+def block(value: str) -> Entry:
+    return Entry(EntryType.BLOCK, "cidr" if "/" in value else "ip", value)
+
+
+def revoke(key: str) -> Entry:
+    return Entry(EntryType.REVOKE_KEY, "api_key", key)
+
+
+def limit(key: str, per_minute: int, kind: str = "api_key") -> Entry:
+    return Entry(EntryType.RATE_LIMIT, kind, key, per_minute)
+
+
+async def apply(
+    gateway: Gateway,
+    add: Iterable[Entry] = (),
+    remove: Iterable[Entry] = (),
+    change: Iterable[Entry] = (),
+    **options: object,
+) -> ApplyResult:
+    """Apply through a fresh connector and expect every entry done."""
+    diff = Diff(add=tuple(add), remove=tuple(remove), change=tuple(change))
+    result = await gateway.connector(**options).apply(diff)
+    assert not result.failed, result.failed
+    assert len(result.done) == diff.size
+    return result
+
+
+def lines(path: str) -> list[str]:
+    text = Path(path).read_text(encoding="utf-8")
+    return [line for line in text.splitlines() if line and not line.startswith("#")]
+
+
+def chmod(path: str, mode: int) -> None:
+    Path(path).chmod(mode)
+
+
+def mode(path: str) -> int:
+    return Path(path).stat().st_mode & 0o777
+
+
+def leftovers(directory: str) -> list[Path]:
+    """Temporary files an atomic write left behind."""
+    return list(Path(directory).glob(".*.tmp"))
+
+
+def write(path: str, text: str) -> None:
+    Path(path).write_text(text, encoding="utf-8")
+
+
+async def version_of(gateway: Gateway, kind: str, path: str) -> int:
+    """The committed version of an ACL or map (`prepare`/`commit` raises it)."""
+    listing = await gateway.runtime(f"show {kind}")
+    [line] = [row for row in listing.splitlines() if f"({path})" in row]
+    found = re.search(r"curr_ver=(\d+)", line)
+    assert found is not None, line
+    return int(found.group(1))
+
+
+async def test_blocked_ips_and_cidrs_get_403_and_others_200(haproxy: Gateway) -> None:
+    await apply(haproxy, add=[block("127.0.0.2"), block("127.0.1.0/24")])
+
+    assert await haproxy.get("127.0.0.2") == 403
+    assert await haproxy.get("127.0.1.77") == 403
+    assert await haproxy.get("127.0.0.3") == OK
+    assert await haproxy.get("127.0.2.1") == OK
+
+
+async def test_a_revoked_key_gets_401_matched_by_its_fingerprint(haproxy: Gateway) -> None:
+    await apply(haproxy, add=[revoke(fingerprint("sk-revoked-1"))])
+
+    assert await haproxy.get(**{"x-api-key": "sk-revoked-1"}) == 401
+    assert await haproxy.get(**{"x-api-key": "sk-someone-else"}) == OK
+    assert await haproxy.get() == OK
+
+
+async def test_a_limited_key_gets_429_past_its_limit_and_others_do_not(haproxy: Gateway) -> None:
+    await apply(haproxy, add=[limit(fingerprint("sk-limited-1"), 5)])
+
+    assert await haproxy.statuses(8, **{"x-api-key": "sk-limited-1"}) == [OK] * 5 + [429] * 3
+    assert await haproxy.statuses(8, **{"x-api-key": "sk-heavy-but-fine"}) == [OK] * 8
+
+
+async def test_lifting_gives_access_back(haproxy: Gateway) -> None:
+    entries = [
+        block("127.0.0.4"),
+        revoke(fingerprint("sk-lift-a")),
+        limit(fingerprint("sk-lift-b"), 0),
+    ]
+    await apply(haproxy, add=entries)
+    assert await haproxy.get("127.0.0.4") == 403
+    assert await haproxy.get(**{"x-api-key": "sk-lift-a"}) == 401
+    assert await haproxy.get(**{"x-api-key": "sk-lift-b"}) == 429
+
+    await apply(haproxy, remove=entries)
+
+    assert await haproxy.get("127.0.0.4") == OK
+    assert await haproxy.get(**{"x-api-key": "sk-lift-a"}) == OK
+    assert await haproxy.get(**{"x-api-key": "sk-lift-b"}) == OK
+    assert lines(haproxy.proxy.options.blocked_acl) == []
+
+
+async def test_observe_is_canonical_and_removal_deletes_the_stored_spelling(
+    haproxy: Gateway,
+) -> None:
+    acl = haproxy.proxy.options.blocked_acl
+    for by_hand in ("127.0.0.2/32", "127.0.0.9", "10.1.2.3/8", "2001:DB8::1"):
+        assert await haproxy.runtime(f"add acl {acl} {by_hand}") == ""
+
+    state = await haproxy.connector().observe()
+
+    assert state.entries == {
+        block("127.0.0.2/32"),  # a /32 is a CIDR entry, not the IP 127.0.0.2
+        block("127.0.0.9"),
+        block("10.0.0.0/8"),
+        block("2001:db8::1"),
+    }
+    await apply(haproxy, remove=state.entries)
+    assert await haproxy.runtime(f"show acl {acl}") == ""
+
+
+async def test_maps_have_no_upsert_so_add_sets_and_set_adds(haproxy: Gateway) -> None:
+    path = haproxy.proxy.options.rate_limit_map
+    key = fingerprint("sk-upsert")
+    await apply(haproxy, add=[limit(key, 10)])
+    await apply(haproxy, add=[limit(key, 20)])  # an add of a held key: a set
+    assert lines(path) == [f"{key} 20"]
+
+    assert await haproxy.runtime(f"del map {path} {key}") == ""
+    await apply(haproxy, change=[limit(key, 30)])  # a change of a missing key: an add
+    assert lines(path) == [f"{key} 30"]
+
+    assert await haproxy.runtime(f"add map {path} {key} 99") == ""  # a duplicate by hand
+    await apply(haproxy, change=[limit(key, 40)])
+    assert [
+        line.split()[2] for line in (await haproxy.runtime(f"show map {path}")).splitlines()
+    ] == [
+        "40",
+        "40",
+    ]
+    assert {e.requests_per_minute for e in (await haproxy.connector().observe()).entries} == {40}
+
+
+async def test_every_change_is_written_to_the_files_atomically(haproxy: Gateway) -> None:
+    o = haproxy.proxy.options
+    chmod(o.revoked_map, 0o640)
+    await apply(
+        haproxy,
+        add=[block("127.0.0.5"), revoke(fingerprint("sk-file")), limit(fingerprint("sk-f2"), 7)],
+    )
+
+    assert lines(o.blocked_acl) == ["127.0.0.5"]
+    assert lines(o.revoked_map) == [f"{fingerprint('sk-file')} revoked"]
+    assert lines(o.rate_limit_map) == [f"{fingerprint('sk-f2')} 7"]
+    assert mode(o.revoked_map) == 0o640  # the old file's mode kept
+    assert leftovers(o.state_dir) == []
+
+
+async def test_state_survives_a_reload_and_a_restart(haproxy: Gateway) -> None:
+    entries = [
+        block("127.0.0.6"),
+        revoke(fingerprint("sk-reload-a")),
+        limit(fingerprint("sk-reload-b"), 2),
+    ]
+    await apply(haproxy, add=entries)
+    before = haproxy.proxy.pids()
+
+    haproxy.proxy.reload()
+    assert haproxy.proxy.pids() != before
+    assert await haproxy.get("127.0.0.6") == 403
+    assert await haproxy.get(**{"x-api-key": "sk-reload-a"}) == 401
+    assert await haproxy.statuses(3, **{"x-api-key": "sk-reload-b"}) == [OK, OK, 429]
+
+    haproxy.proxy.stop()
+    haproxy.proxy.start()
+    assert (await haproxy.connector().observe()).entries == set(entries)
+    assert await haproxy.get("127.0.0.6") == 403
+    assert await haproxy.get(**{"x-api-key": "sk-reload-a"}) == 401
+    assert await haproxy.statuses(3, **{"x-api-key": "sk-reload-b"}) == [OK, OK, 429]
+
+
+async def test_a_large_change_is_staged_and_committed_at_once(haproxy: Gateway) -> None:
+    acl = haproxy.proxy.options.blocked_acl
+    cidrs = [block(f"10.{i // 256}.{i % 256}.0/24") for i in range(300)]
+    start = await version_of(haproxy, "acl", acl)
+
+    await apply(haproxy, add=cidrs, bulk_threshold=100)
+    assert await version_of(haproxy, "acl", acl) == start + 1  # one prepare/commit
+    await apply(haproxy, add=[block("127.0.0.7")], bulk_threshold=100)
+    assert await version_of(haproxy, "acl", acl) == start + 1  # one entry: one command
+    await apply(haproxy, remove=cidrs[:200], bulk_threshold=100)
+    assert await version_of(haproxy, "acl", acl) == start + 2
+
+    state = await haproxy.connector().observe()
+    assert state.entries == {*cidrs[200:], block("127.0.0.7")}
+    assert sorted(lines(acl)) == sorted(e.target_value for e in state.entries)
+    assert await haproxy.get("127.0.0.7") == 403
+
+
+async def test_observe_rewrites_a_file_that_lost_the_runtime_state(haproxy: Gateway) -> None:
+    acl = haproxy.proxy.options.blocked_acl
+    await apply(haproxy, add=[block("127.0.0.8")])
+    write(acl, "127.0.0.99\n")  # edited by hand
+
+    await haproxy.connector().observe()
+
+    assert lines(acl) == ["127.0.0.8"]  # a reload now loads what is enforced
+
+
+async def test_what_haproxy_cannot_enforce_fails_with_why(haproxy: Gateway) -> None:
+    good = block("127.0.0.10")
+    diff = Diff(
+        add=(
+            good,
+            revoke("key_3"),  # a key id, while the keys are matched by fingerprint
+            limit("acct_9", 10, kind="account"),  # no account header configured
+            Entry(EntryType.BLOCK, "api_key", "key_4"),
+        )
+    )
+
+    result = await haproxy.connector().apply(diff)
+
+    assert result.done == [good]
+    why = {e.target_value: reason for e, reason in result.failed}
+    assert "fingerprint" in why["key_3"] and "key_match: id" in why["key_3"]
+    assert "account_header" in why["acct_9"]
+    assert "IPs and CIDRs" in why["key_4"]
+    assert await haproxy.get("127.0.0.10") == 403
+
+
+async def test_an_unreachable_or_mismatched_haproxy_is_reported(
+    haproxy: Gateway, tmp_path: Path
+) -> None:
+    gone = haproxy.connector(socket=str(tmp_path / "none.sock"))
+    with pytest.raises(GatewayUnavailable, match="cannot reach"):
+        await gone.observe()
+    assert (await gone.health()).ok is False
+
+    elsewhere = haproxy.connector(blocked_acl=str(tmp_path / "other.acl"))
+    with pytest.raises(ConnectorError, match=r"haproxy\.cfg must name exactly this file"):
+        await elsewhere.observe()
+    assert (await elsewhere.health()).ok is False
+
+    health = await haproxy.connector().health()
+    assert health.ok and health.gateway.startswith("haproxy 2.6")
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"sockett": "/x"}, "unknown option"),
+        ({"key_match": "hash"}, "key_match must be"),
+        ({"read_timeout": "soon"}, "read_timeout must be a float"),
+        ({"key_header": "x api key"}, "not a header name"),
+        ({"blocked_acl": "/etc/my acls/blocked.acl"}, "without spaces"),
+    ],
+)
+async def test_bad_options_are_refused_naming_the_option(
+    haproxy: Gateway, options: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ConnectorError, match=message):
+        haproxy.connector(**options)
+
+
+def test_the_documented_config_is_the_tested_one() -> None:
+    documented = (REPO / "docs" / "examples" / "haproxy.cfg").read_text(encoding="utf-8")
+    assert documented == sample_config(HAProxyOptions())
+
+
+async def test_key_ids_account_limits_and_forwarded_client_ips(haproxy_id: Gateway) -> None:
+    await apply(
+        haproxy_id,
+        add=[block("203.0.113.0/24"), revoke("key_ab"), limit("acct_1", 3, kind="account")],
+    )
+
+    # 127.0.0.1 is the trusted balancer: its X-Forwarded-For names the client.
+    assert await haproxy_id.get(**{"x-forwarded-for": "203.0.113.7"}) == 403
+    assert await haproxy_id.get(**{"x-forwarded-for": "198.51.100.1"}) == OK
+    # Anyone else's X-Forwarded-For is ignored: the client is its own address.
+    assert await haproxy_id.get("127.0.0.2", **{"x-forwarded-for": "203.0.113.7"}) == OK
+    assert await haproxy_id.get(**{"x-api-key-id": "key_ab"}) == 401
+    assert await haproxy_id.statuses(4, **{"x-account-id": "acct_1"}) == [OK, OK, OK, 429]
+    assert await haproxy_id.get(**{"x-account-id": "acct_2"}) == OK
