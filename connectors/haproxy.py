@@ -158,7 +158,15 @@ class HAProxyOptions:
                     f"{where}: {name} {header!r} is not a header name", retryable=False
                 )
         for name in ("socket", "state_dir", *_FILE_OPTIONS):
-            if re.search(r"[\s;#\\]", getattr(parsed, name)):
+            value = getattr(parsed, name)
+            if value and not value.startswith("/"):
+                raise ConnectorError(
+                    f"{where}: {name} must be an absolute path, got {value!r} (HAProxy reads "
+                    "a relative stats socket as host:port and files relative to its own "
+                    "working directory)",
+                    retryable=False,
+                )
+            if re.search(r"[\s;#\\]", value):
                 raise ConnectorError(
                     f"{where}: {name} must be a path without spaces, `;`, `#` or backslashes "
                     "(HAProxy's runtime API names files by their path)",

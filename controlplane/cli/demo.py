@@ -54,7 +54,8 @@ out = Console()
 def run_demo(*, keep_serving: bool, port: int) -> int:
     scenario = json.loads(SCENARIO.read_text(encoding="utf-8"))
     settings = get_settings()
-    data_dir = settings.data_dir / "demo"
+    # Absolute: HAProxy reads a relative stats socket path as host:port.
+    data_dir = (settings.data_dir / "demo").resolve()
     DemoGateway.stop_leftover(data_dir)
     shutil.rmtree(data_dir, ignore_errors=True)
     data_dir.mkdir(parents=True)

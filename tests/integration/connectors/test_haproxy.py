@@ -287,6 +287,7 @@ async def test_an_unreachable_or_mismatched_haproxy_is_reported(
         ({"read_timeout": "soon"}, "read_timeout must be a float"),
         ({"key_header": "x api key"}, "not a header name"),
         ({"blocked_acl": "/etc/my acls/blocked.acl"}, "without spaces"),
+        ({"socket": "run/admin.sock"}, "absolute path"),
     ],
 )
 async def test_bad_options_are_refused_naming_the_option(
