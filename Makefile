@@ -47,6 +47,9 @@ test: lint policy chromium
 
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/impact.py
+	$(BIN)/python bench/enforce.py
+	$(BIN)/python bench/audit.py
 
 clean:
 	rm -rf $(VENV) .tollgate .mypy_cache .ruff_cache .pytest_cache
