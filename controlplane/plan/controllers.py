@@ -6,11 +6,12 @@ from typing import Annotated
 
 from litestar import Controller, get
 from litestar.di import NamedDependency
-from litestar.params import FromQuery, QueryParameter
+from litestar.params import FromPath, FromQuery, QueryParameter
 
 from controlplane.auth.guards import requires
 from controlplane.auth.roles import READERS
 from controlplane.domain.vocabulary import ActionState, ActionType, SubjectKind
+from controlplane.errors import NotFound
 from controlplane.plan import repository
 from controlplane.plan.schemas import ActionOut, ActionPage
 from controlplane.runtime import Runtime
@@ -54,3 +55,14 @@ class ActionController(Controller):
             rows = await repository.list_actions(session, where, cursor, limit + 1)
         items = [ActionOut.from_row(r.model_dump()) for r in rows[:limit]]
         return ActionPage(items=items, next_cursor=items[-1].id if len(rows) > limit else None)
+
+    @get("/{action_id:str}", operation_id="getAction", summary="Get an action")
+    async def get_action(
+        self, action_id: FromPath[str], runtime: NamedDependency[Runtime]
+    ) -> ActionOut:
+        """One action: its target, parameters, rule, reason, state and trace id."""
+        async with runtime.db.read() as session:
+            row = await repository.get_action(session, action_id)
+        if row is None:
+            raise NotFound(f"no action {action_id!r}")
+        return ActionOut.from_row(row.model_dump())

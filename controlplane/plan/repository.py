@@ -64,3 +64,7 @@ async def list_actions(
         query = query.where(col(ActionRow.id) < after)
     query = query.order_by(col(ActionRow.id).desc()).limit(limit)
     return list((await session.execute(query)).scalars())
+
+
+async def get_action(session: AsyncSession, action_id: str) -> ActionRow | None:
+    return await session.get(ActionRow, action_id)

@@ -140,3 +140,14 @@ async def test_bad_filter_is_422_naming_the_parameter(api: Running, query: dict[
     body = response.json()
     assert body["error"] == "invalid_input"
     assert [(d["field"], d["source"]) for d in body["details"]] == [(next(iter(query)), "query")]
+
+
+async def test_one_action_by_id_and_404(api: Running) -> None:
+    [result] = (await api.submit(verdict(subject=new_subject())))["results"]
+    action = result["actions"][0]
+
+    got = await api.client.get(f"/v1/actions/{action['id']}")
+    missing = await api.client.get("/v1/actions/act_nope")
+
+    assert got.status_code == 200 and got.json() == action
+    assert missing.status_code == 404 and "act_nope" in missing.json()["message"]
