@@ -9,6 +9,7 @@ deterministic, so re-running it would only cost time.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections import Counter, defaultdict
@@ -74,8 +75,13 @@ class ImpactReport:
         }
 
 
+NO_ACTIONS: frozenset[ActionKey] = frozenset()
+
+
 def action_keys(result: Any) -> frozenset[ActionKey] | None:
     """The actions of a decision result, or None when the result breaks the contract."""
+    if isinstance(result, dict) and result.get("actions") == [] and result.get("shadow") is False:
+        return NO_ACTIONS  # most verdicts: nothing to parse
     try:
         decided = parse_decision(result)
     except MalformedDecision:
@@ -107,7 +113,7 @@ async def replay(
     base_subjects: dict[str, set[str]] = defaultdict(set)
     head_subjects: dict[str, set[str]] = defaultdict(set)
     started = time.perf_counter()
-    async for rows in _decisions(db, start_at):
+    async for rows in _prefetched(_decisions(db, start_at)):
         inputs = [row[2] for row in rows]
         head_runs = await head.evaluate_many(inputs)
         reuse = [row[1] == base.revision and row[3] == "ok" for row in rows]
@@ -183,6 +189,32 @@ def _summarise(
     enforced_before = set().union(*base_subjects.values()) if base_subjects else set()
     enforced_after = set().union(*head_subjects.values()) if head_subjects else set()
     report.released = sorted(enforced_before - enforced_after)
+
+
+async def _prefetched(
+    chunks: AsyncIterator[list[tuple[Any, ...]]],
+) -> AsyncIterator[list[tuple[Any, ...]]]:
+    """Read the next chunk from the database while the current one is evaluated."""
+    queue: asyncio.Queue[list[tuple[Any, ...]] | None] = asyncio.Queue(maxsize=2)
+
+    async def produce() -> None:
+        try:
+            async for chunk in chunks:
+                await queue.put(chunk)
+        except asyncio.CancelledError:
+            raise  # the reader is gone: nobody waits for the end
+        except Exception:
+            await queue.put(None)  # wake the reader, which then sees this error
+            raise
+        await queue.put(None)
+
+    producer = asyncio.create_task(produce())
+    try:
+        while (chunk := await queue.get()) is not None:
+            yield chunk
+        await producer  # re-raises a failed read
+    finally:
+        producer.cancel()
 
 
 async def _decisions(db: Database, since: datetime | None) -> AsyncIterator[list[tuple[Any, ...]]]:
