@@ -68,7 +68,7 @@ async def head(session: AsyncSession) -> tuple[int, str]:
 
 
 async def append(session: AsyncSession, rows: list[dict[str, object]], seq: int, last: str) -> None:
-    await session.execute(insert(AuditEventRow), rows)
+    await session.execute(insert(AuditEventRow.__table__), rows)  # type: ignore[attr-defined]
     await session.execute(
         update(AuditHeadRow).where(col(AuditHeadRow.id) == HEAD_ID).values(seq=seq, hash=last)
     )
@@ -350,7 +350,7 @@ async def action_targets(
 
 async def insert_subjects(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
     if rows:
-        await session.execute(insert(AuditSubjectRow), list(rows))
+        await session.execute(insert(AuditSubjectRow.__table__), list(rows))  # type: ignore[attr-defined]
 
 
 async def clear_subjects(session: AsyncSession) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
+from functools import cached_property
 from typing import Annotated, Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -64,8 +65,9 @@ class Subject(BaseModel):
             raise ValueError("subject needs at least one of account_id, api_key_id, org_id, ips")
         return self
 
-    def targets(self) -> list[tuple[str, str]]:
-        """(kind, value) pairs an action could target for this subject."""
+    @cached_property
+    def targets(self) -> tuple[tuple[str, str], ...]:
+        """(kind, value) pairs an action could target for this subject (computed once)."""
         keys: list[tuple[str, str]] = []
         if self.account_id:
             keys.append(("account", self.account_id))
@@ -74,7 +76,7 @@ class Subject(BaseModel):
         if self.org_id:
             keys.append(("org", self.org_id))
         keys.extend(("ip", ip) for ip in self.ips)
-        return keys
+        return tuple(keys)
 
 
 class Verdict(BaseModel):

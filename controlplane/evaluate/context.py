@@ -134,7 +134,7 @@ def build_input(
 ) -> dict[str, Any]:
     """The OPA `input` for one verdict."""
     provider = verdict.provider
-    keys = verdict.subject.targets()
+    keys = verdict.subject.targets
     candidates = [
         a for kind, value in keys for a in lookups.actions.get((provider, kind, value), ())
     ]
@@ -218,7 +218,7 @@ def subject_overlaps(verdicts: list[Verdict]) -> list[int]:
     last_wave: dict[tuple[str, str, str], int] = {}
     waves = []
     for verdict in verdicts:
-        keys = [(verdict.provider, kind, value) for kind, value in verdict.subject.targets()]
+        keys = [(verdict.provider, kind, value) for kind, value in verdict.subject.targets]
         wave = 1 + max((last_wave.get(k, -1) for k in keys), default=-1)
         for k in keys:
             last_wave[k] = wave

@@ -221,10 +221,10 @@ class StoreProcessor(SpanProcessor):
         self._lock = threading.Lock()
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
-        parent = trace.get_current_span(parent_context).get_span_context()
-        with self._lock:
-            skip = _is_read(span) or (parent.is_valid and parent.span_id in self._skipped)
-            if skip:
+        # The span knows its parent: no context lookup on the hot path.
+        parent = span.parent
+        if _is_read(span) or (parent is not None and parent.span_id in self._skipped):
+            with self._lock:
                 self._skipped[span.context.span_id] = None
                 if len(self._skipped) > _REMEMBERED:
                     self._skipped.popitem(last=False)

@@ -49,7 +49,7 @@ def test_design_example_is_valid() -> None:
 def test_minimal_verdict_needs_only_one_subject_field() -> None:
     for subject in ({"account_id": "a"}, {"api_key_id": "k"}, {"org_id": "o"}, {"ips": ["::1"]}):
         parsed = Verdict.model_validate(verdict(subject=subject))
-        assert parsed.subject.targets()
+        assert parsed.subject.targets
 
 
 def test_ips_are_normalised() -> None:
@@ -133,13 +133,13 @@ def test_content_hash_is_canonical() -> None:
 
 def test_subject_targets_in_order() -> None:
     subject = Subject(account_id="a", api_key_id="k", org_id="o", ips=["192.0.2.1", "::1"])
-    assert subject.targets() == [
+    assert subject.targets == (
         ("account", "a"),
         ("api_key", "k"),
         ("org", "o"),
         ("ip", "192.0.2.1"),
         ("ip", "::1"),
-    ]
+    )
 
 
 def test_batch_holds_1_to_1000_verdicts() -> None:
