@@ -169,11 +169,23 @@ def _junit(report: TestReport) -> None:
 def _github(report: TestReport) -> None:
     failed: list[TestOutcome] = [o for o in report.outcomes if not o.passed]
     for o in failed:
-        print(f"::error file={o.file},line={o.line},title={o.package}.{o.name}::{o.message}")
+        where = f"file={_prop(o.file)},line={o.line},title={_prop(f'{o.package}.{o.name}')}"
+        print(f"::error {where}::{_data(o.message)}")
     for file, entry in report.coverage.items():
         if entry["not_covered"]:
-            print(f"::notice file={file}::lines not covered: {_ranges(entry['not_covered'])}")
+            print(
+                f"::notice file={_prop(file)}::lines not covered: {_ranges(entry['not_covered'])}"
+            )
     print(f"{report.passed} passed, {report.failed} failed")
+
+
+def _data(text: str) -> str:
+    """A workflow command's message: one line, escaped as GitHub's runner expects."""
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _prop(text: str) -> str:
+    return _data(text).replace(":", "%3A").replace(",", "%2C")
 
 
 def _ranges(lines: list[int]) -> str:

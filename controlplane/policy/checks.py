@@ -39,7 +39,9 @@ def check_bundle(bundle: PolicyBundle, entrypoint: str) -> list[Problem]:
     rule that can emit an action, and refuse network builtins."""
     modules = [read_module(path, source) for path, source in bundle.modules.items()]
     problems = [p for m in modules for p in _static(m)]
-    problems.extend(_compile(bundle, entrypoint.removeprefix("data.")))
+    # Refusing a network call must not make it: such a revision is compiled, not probed.
+    probe = not any(m.network_calls for m in modules)
+    problems.extend(_compile(bundle, entrypoint.removeprefix("data."), probe))
     return problems
 
 
@@ -104,7 +106,7 @@ def _metadata_hint(package: str) -> str:
     )
 
 
-def _compile(bundle: PolicyBundle, entrypoint: str) -> list[Problem]:
+def _compile(bundle: PolicyBundle, entrypoint: str, probe: bool = True) -> list[Problem]:
     opa = opa_module()
     engine = opa.OpaEngine()
     problems: list[Problem] = []
@@ -123,7 +125,8 @@ def _compile(bundle: PolicyBundle, entrypoint: str) -> list[Problem]:
             return problems
         try:
             engine.eval_query("true")  # compiles every module: type errors surface here
-            engine.eval_document(entrypoint, PROBE_INPUT)
+            if probe:
+                engine.eval_document(entrypoint, PROBE_INPUT)
         except opa.OpaUndefinedError:
             problems.append(
                 Problem(
