@@ -88,15 +88,17 @@ def test(
         report = run_tests(bundle, coverage=coverage or fail_under is not None)
     except TollgateError as exc:
         raise fail(exc.message, "run `tollgate policy check` for the details") from None
+    under = fail_under is not None and report.coverage_percent < fail_under
+    if under and output in (Format.TEXT, Format.GITHUB):
+        # Before the report: its last line stays `N passed, M failed`.
+        message = f"coverage {report.coverage_percent:.1f}% is under {fail_under}%"
+        print(f"::error::{message}" if output is Format.GITHUB else message)
     {
         Format.TEXT: _text,
         Format.JSON: _json,
         Format.JUNIT: _junit,
         Format.GITHUB: _github,
     }[output](report)
-    under = fail_under is not None and report.coverage_percent < fail_under
-    if under and output is Format.TEXT:
-        out.print(f"[bold red]coverage {report.coverage_percent:.1f}% is under {fail_under}%[/]")
     if report.failed or under or not report.outcomes:
         raise typer.Exit(code=1)
 

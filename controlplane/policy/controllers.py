@@ -49,7 +49,7 @@ class PolicyController(Controller):
                     created_at=r.created_at,
                     problems=r.problems,
                     tests=r.tests,
-                    shadow_rules=sorted(bundle_of(r).shadow.rules),
+                    shadow_rules=list(bundle_of(r).shadow.shown),
                 )
                 for r in revisions
             ],

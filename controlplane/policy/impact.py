@@ -13,7 +13,7 @@ import asyncio
 import json
 import time
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Container, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -78,7 +78,12 @@ class ImpactReport:
 NO_ACTIONS: frozenset[ActionKey] = frozenset()
 
 
-def action_keys(result: Any) -> frozenset[ActionKey] | None:
+SHADOW_MARK = " (shadow)"
+"""Appended to the rule of an action a shadow-mode rule asked for: recorded, not enforced,
+so moving a rule in or out of shadow mode is a change and never counts as enforcement."""
+
+
+def action_keys(result: Any, shadow_rules: Container[str] = ()) -> frozenset[ActionKey] | None:
     """The actions of a decision result, or None when the result breaks the contract."""
     if isinstance(result, dict) and result.get("actions") == [] and result.get("shadow") is False:
         return NO_ACTIONS  # most verdicts: nothing to parse
@@ -91,7 +96,7 @@ def action_keys(result: Any) -> frozenset[ActionKey] | None:
             a.type.value,
             a.target_kind.value,
             a.target_value,
-            a.rule,
+            a.rule + SHADOW_MARK if decided.shadow or a.rule in shadow_rules else a.rule,
             json.dumps(a.params, sort_keys=True),
         )
         for a in decided.actions
@@ -122,12 +127,16 @@ async def replay(
         )
         base_iter = iter(base_runs)
         for row, stored, head_run in zip(rows, reuse, head_runs, strict=True):
-            before = action_keys(row[4]) if stored else _keys(next(base_iter), report, "base")
-            after = _keys(head_run, report, "head")
+            before = (
+                action_keys(row[4], base.bundle.shadow)
+                if stored
+                else _keys(next(base_iter), report, "base", base.bundle.shadow)
+            )
+            after = _keys(head_run, report, "head", head.bundle.shadow)
             report.replayed += 1
             for keys, subjects in ((before, base_subjects), (after, head_subjects)):
-                for kind, tkind, value, _, _ in keys or ():
-                    if kind in ENFORCING:
+                for kind, tkind, value, rule, _ in keys or ():
+                    if kind in ENFORCING and not rule.endswith(SHADOW_MARK):
                         subjects[kind].add(f"{tkind}:{value}")
             if before == after:
                 continue
@@ -155,11 +164,13 @@ async def replay(
     return report
 
 
-def _keys(evaluation: Any, report: ImpactReport, side: str) -> frozenset[ActionKey] | None:
+def _keys(
+    evaluation: Any, report: ImpactReport, side: str, shadow_rules: Container[str]
+) -> frozenset[ActionKey] | None:
     if not evaluation.ok:
         report.errors[side] += 1
         return None
-    keys = action_keys(evaluation.result)
+    keys = action_keys(evaluation.result, shadow_rules)
     if keys is None:
         report.errors[side] += 1
     return keys

@@ -104,6 +104,8 @@ class ShadowRules:
 
     rules: frozenset[str] = frozenset()
     packages: frozenset[str] = frozenset()
+    shown: tuple[str, ...] = ()
+    """For people: `package.rule` per shadow rule and `package.*` per shadow package."""
 
     def __contains__(self, rule: object) -> bool:
         if not isinstance(rule, str):
@@ -117,6 +119,7 @@ class ShadowRules:
 def shadow_rules(modules: dict[str, str]) -> ShadowRules:
     rules: set[str] = set()
     packages: set[str] = set()
+    shown: set[str] = set()
     for path, source in modules.items():
         module = read_module(path, source)
         if module.is_test_file:
@@ -124,10 +127,12 @@ def shadow_rules(modules: dict[str, str]) -> ShadowRules:
         names = {module.package, module.package.removeprefix("tollgate.")}
         if _mode(module.package_metadata) == "shadow":
             packages.update(names)
+            shown.add(f"{module.package}.*")
         for rule in module.rules:
             if _mode(rule.metadata) == "shadow":
                 rules.update(f"{name}.{rule.name}" for name in names)
-    return ShadowRules(frozenset(rules), frozenset(packages))
+                shown.add(f"{module.package}.{rule.name}")
+    return ShadowRules(frozenset(rules), frozenset(packages), tuple(sorted(shown)))
 
 
 def _mode(metadata: dict[str, Any] | None) -> str | None:

@@ -24,7 +24,11 @@ async def insert_activation(session: AsyncSession, row: dict[str, Any]) -> None:
 
 
 async def activations(session: AsyncSession, limit: int = 100) -> list[PolicyActivationRow]:
-    query = select(PolicyActivationRow).order_by(col(PolicyActivationRow.id).desc()).limit(limit)
+    query = (
+        select(PolicyActivationRow)
+        .order_by(col(PolicyActivationRow.at).desc(), col(PolicyActivationRow.id).desc())
+        .limit(limit)
+    )
     return list((await session.execute(query)).scalars())
 
 

@@ -16,7 +16,9 @@ class RevisionOut(BaseModel):
     created_at: datetime
     problems: list[str] = Field(description="Why a rejected revision was rejected.")
     tests: dict[str, Any] = Field(description="`passed`, `failed` and the failures.")
-    shadow_rules: list[str] = Field(description="Rules in shadow mode in this revision.")
+    shadow_rules: list[str] = Field(
+        description="Shadow-mode rules (`package.rule`) and packages (`package.*`)."
+    )
 
 
 class ActivationOut(BaseModel):

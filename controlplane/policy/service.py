@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 
+from controlplane.audit import repository as audit_repository
 from controlplane.audit import service as audit
 from controlplane.audit.chain import EventDraft
 from controlplane.engine.bundle import PolicyBundle
@@ -180,8 +181,15 @@ class PolicyService:
         return bundle_of(row)
 
     async def _activate(self, revision: str, kind: str, actor: str, reason: str) -> None:
-        now = utcnow()
         async with self._db.write() as session, session.begin():
+            # Activations are ordered by time, so each is strictly later than the last
+            # whatever the clocks of the machines that made them; the audit head lock
+            # serialises concurrent activations (replicas, CLI) while this is decided.
+            await audit_repository.lock_head(session)
+            latest = await repository.activations(session, 1)
+            now = utcnow()
+            if latest and now <= latest[0].at:
+                now = latest[0].at + timedelta(microseconds=1)
             await repository.insert_activation(
                 session,
                 {

@@ -645,7 +645,7 @@ def _revision_view(
         source=r.source,
         tests=diff.tests_summary(r.tests),
         problems=list(r.problems),
-        shadow_rules=sorted(bundle_of(r).shadow.rules),
+        shadow_rules=list(bundle_of(r).shadow.shown),
         previous=before.id if before else None,
         changes=diff.changes(before, r),
     )

@@ -25,7 +25,7 @@ from controlplane.engine.bundle import PolicyBundle, load_bundle
 from controlplane.settings import get_settings
 from controlplane.store.models import DecisionRow
 from controlplane.store.types import utcnow
-from tests.integration.policy.policy_copies import copy_policies, edit_settings
+from tests.integration.policy.policy_copies import copy_policies, edit_settings, shadow_rule
 from tests.support.app import SCENARIO, Running, make_settings, serve
 
 TABLE_HEADER = "| action type | added | removed |"
@@ -115,6 +115,24 @@ async def test_a_stricter_head_releases_subjects(api: Running, stricter: PolicyB
     assert f"**{report['changed']} decisions change**" in text
     assert TABLE_HEADER in text
     assert "`api_key:key_sw_a1`" in text
+
+
+async def test_moving_a_rule_into_shadow_mode_is_a_change_that_enforces_nothing(
+    api: Running, tmp_path: Path
+) -> None:
+    root = copy_policies(tmp_path / "policies")
+    shadow_rule(root, "tollgate/graduated/graduated.rego", "first_offense")
+
+    report = await impact(api, uploaded(load_bundle(root)))
+
+    rules = report["by_rule"]
+    assert rules["graduated.first_offense"]["removed"] > 0
+    assert (
+        rules["graduated.first_offense (shadow)"]["added"]
+        == rules["graduated.first_offense"]["removed"]
+    )
+    assert report["newly"]["rate_limit"] == [], "a shadow action is not an enforcement"
+    assert "api_key:key_sw_a1" in report["released"]
 
 
 async def test_the_same_revision_changes_nothing(api: Running) -> None:

@@ -132,5 +132,6 @@ async def test_policies_list_the_shadow_rules(api: Running) -> None:
 
     [revision] = [r for r in listed["revisions"] if r["active"]]
     assert revision["id"] == api.runtime.engines.current.revision
-    assert "graduated.first_offense" in revision["shadow_rules"]
-    assert "graduated.severe_sweep" not in revision["shadow_rules"]
+    assert "tollgate.graduated.first_offense" in revision["shadow_rules"]
+    assert "tollgate.intel.*" in revision["shadow_rules"], "a package in shadow is listed"
+    assert not any("severe_sweep" in r for r in revision["shadow_rules"])
