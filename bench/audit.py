@@ -47,7 +47,7 @@ sys.path.insert(0, str(REPO))
 from controlplane.audit import repository  # noqa: E402
 from controlplane.audit import service as audit  # noqa: E402
 from controlplane.audit.chain import GENESIS_HASH, EventDraft, event_hash  # noqa: E402
-from controlplane.audit.export import FORMATS  # noqa: E402
+from controlplane.audit.export import EVENT_FIELDS, FORMATS  # noqa: E402
 from controlplane.audit.keys import Signer, generate, load_public_key, load_signer  # noqa: E402
 from controlplane.audit.verify import PublicKeys, verify_database, verify_file  # noqa: E402
 from controlplane.store.db import Database, upgrade  # noqa: E402
@@ -57,20 +57,7 @@ from controlplane.store.types import utcnow  # noqa: E402
 GOAL = 50_000
 CHUNK = 20_000
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
-COLUMNS = (
-    "seq",
-    "at",
-    "type",
-    "actor",
-    "provider",
-    "verdict_id",
-    "decision_id",
-    "action_id",
-    "trace_id",
-    "payload",
-    "prev_hash",
-    "hash",
-)
+COLUMNS = EVENT_FIELDS
 
 
 def log(message: str) -> None:

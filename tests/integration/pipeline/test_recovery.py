@@ -67,21 +67,27 @@ async def test_startup_decides_verdicts_left_received(database_url: str, tmp_pat
     assert recorded == 2
 
 
-async def test_verdict_whose_decision_failed_is_decided_at_the_next_start(
-    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def decider_fails_once(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Make the first non-empty decide() fail as an engine crash would; the list it
+    returns records each call."""
     original = Decider.decide
-    calls = 0
+    calls: list[int] = []
 
     async def fails_once(self: Decider, pending: Sequence[Pending]) -> dict[str, Outcome]:
-        nonlocal calls
         if pending:
-            calls += 1
-            if calls == 1:
+            calls.append(len(calls) + 1)
+            if len(calls) == 1:
                 raise RuntimeError("the engine fell over")
         return await original(self, pending)
 
     monkeypatch.setattr(Decider, "decide", fails_once)
+    return calls
+
+
+async def test_verdict_whose_decision_failed_is_decided_at_the_next_start(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = decider_fails_once(monkeypatch)
     document = verdict()
 
     async with serve(make_settings(database_url, tmp_path)) as api:
@@ -103,24 +109,13 @@ async def test_verdict_whose_decision_failed_is_decided_at_the_next_start(
     assert after["decision_id"] is not None
     assert [a["type"] for a in after["actions"]] == ["rate_limit"]
     assert [r.status for r in rows] == ["decided"]
-    assert calls == 2, "the decider failed once, then decided at the next start"
+    assert calls == [1, 2], "the decider failed once, then decided at the next start"
 
 
 async def test_a_retry_decides_a_verdict_whose_first_decision_failed(
     database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    original = Decider.decide
-    calls = 0
-
-    async def fails_once(self: Decider, pending: Sequence[Pending]) -> dict[str, Outcome]:
-        nonlocal calls
-        if pending:
-            calls += 1
-            if calls == 1:
-                raise RuntimeError("the engine fell over")
-        return await original(self, pending)
-
-    monkeypatch.setattr(Decider, "decide", fails_once)
+    calls = decider_fails_once(monkeypatch)
     document = verdict()
 
     async with serve(make_settings(database_url, tmp_path)) as api:
@@ -134,3 +129,4 @@ async def test_a_retry_decides_a_verdict_whose_first_decision_failed(
     assert (result["status"], result["duplicate"]) == ("decided", True)
     assert [a["type"] for a in result["actions"]] == ["rate_limit"]
     assert decisions == 1
+    assert calls == [1, 2], "the first decision failed, the retry decided"
