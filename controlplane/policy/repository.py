@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from controlplane.store.models import PolicyActivationRow, PolicyRevisionRow
+from controlplane.store.models import PolicyActivationRow, PolicyRevisionRow, PolicySourceRow
 
 
 async def get_revision(session: AsyncSession, revision: str) -> PolicyRevisionRow | None:
@@ -42,3 +43,15 @@ async def revisions(session: AsyncSession, limit: int = 100) -> list[PolicyRevis
         select(PolicyRevisionRow).order_by(col(PolicyRevisionRow.created_at).desc()).limit(limit)
     )
     return list((await session.execute(query)).scalars())
+
+
+async def synced_revision(session: AsyncSession, source: str) -> str | None:
+    row = await session.get(PolicySourceRow, source)
+    return row.revision if row else None
+
+
+async def set_synced(session: AsyncSession, source: str, revision: str, at: datetime) -> None:
+    await session.execute(delete(PolicySourceRow).where(col(PolicySourceRow.source) == source))
+    await session.execute(
+        insert(PolicySourceRow), [{"source": source, "revision": revision, "synced_at": at}]
+    )

@@ -69,16 +69,24 @@ class PolicyService:
         self._entrypoint = entrypoint
 
     async def sync(self, actor: str, reason: str) -> SyncResult:
-        """Fetch the source; gate, record and activate its revision if it is new."""
+        """Fetch the source; gate, record and activate its revision if the source moved.
+
+        A source that stays where it was is not followed again, so a rollback holds
+        until the source moves; a source that moves back to a revision seen before
+        (a revert, a reset ref) is followed without gating that revision again."""
         bundle = await asyncio.to_thread(self._source.fetch)
+        source = self._source.description
         async with self._db.read() as session:
             known = await repository.get_revision(session, bundle.revision)
             active = await repository.active_revision(session)
+            synced = await repository.synced_revision(session, source)
         if known is not None:
-            # Nothing new. (A dirty working tree whose content changed gets a new
-            # revision string only when git says so: see `revision_of`.)
-            if active is None and known.status == PASSED:
-                await self._activate(known.id, "activate", actor, reason)
+            moved = synced != known.id
+            if moved:
+                await self._mark_synced(source, known.id)
+            if known.status == PASSED and known.id != active and (moved or active is None):
+                why = reason if synced is None else f"{reason}: the source is back at it"
+                await self._activate(known.id, "activate", actor, why)
                 return SyncResult(known.id, "activated", [], known.tests)
             return SyncResult(known.id, "unchanged", known.problems, known.tests)
         problems, tests = await asyncio.to_thread(gate, bundle, self._entrypoint)
@@ -89,10 +97,15 @@ class PolicyService:
         except IntegrityError:
             # Another replica recorded the same revision first: theirs stands.
             return SyncResult(bundle.revision, "unchanged", problems, tests)
+        await self._mark_synced(source, bundle.revision)
         if problems:
             return SyncResult(bundle.revision, "rejected", problems, tests)
         await self._activate(bundle.revision, "activate", actor, reason)
         return SyncResult(bundle.revision, "activated", [], tests)
+
+    async def _mark_synced(self, source: str, revision: str) -> None:
+        async with self._db.write() as session, session.begin():
+            await repository.set_synced(session, source, revision, utcnow())
 
     async def _record(
         self,

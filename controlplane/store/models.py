@@ -301,3 +301,15 @@ class SpanRow(SQLModel, table=True):
     status_message: str | None = None
     attributes: dict[str, Any] = _json(nullable=False)
     service: str = Field(max_length=100)
+
+
+class PolicySourceRow(SQLModel, table=True):
+    """The revision each policy source was at when last synced: a source that moves
+    (even back to a revision seen before) is followed; one that stays is not re-read
+    as a reason to undo a rollback."""
+
+    __tablename__ = "policy_source"
+
+    source: str = Field(primary_key=True, max_length=500)
+    revision: str = Field(max_length=80)
+    synced_at: datetime = _utc(nullable=False)

@@ -265,3 +265,26 @@ async def test_cli_sync_and_rollback(db: Database, tmp_path: Path) -> None:
     assert ("policy.activated", "ci", {"revision": first, "reason": "merged"}) in events
     assert ("policy.rolled_back", "oncall", {"revision": first, "reason": "pager"}) in events
     assert [p["revision"] for k, _, p in events if k == "policy.activated"] == [first, fixed]
+
+
+async def test_a_source_moved_back_to_a_known_revision_is_followed(
+    db: Database, tmp_path: Path
+) -> None:
+    repo = tmp_path / "repo"
+    first = init_repo(repo)
+    policies = service(db, git_settings(db.url, tmp_path / "data", repo))
+    await policies.sync("ci", "first")
+    touch_module(repo, "second")
+    second = commit(repo, "second")
+    assert (await policies.sync("ci", "second")).outcome == "activated"
+
+    git(repo, "reset", "--hard", first)  # the branch is put back: the source moved
+    moved_back = await policies.sync("ci", "after the reset")
+
+    assert (moved_back.outcome, moved_back.revision) == ("activated", first)
+    assert await active(policies) == first
+    assert (await policies.sync("ci", "again")).outcome == "unchanged"
+    # ...whereas a rollback while the source stays put holds:
+    await policies.rollback(second, "oncall", "try the newer one again")
+    assert (await policies.sync("ci", "periodic")).outcome == "unchanged"
+    assert await active(policies) == second
