@@ -58,3 +58,22 @@ def legitimate(**kwargs: Any) -> dict[str, Any]:
 def action_types(result: dict[str, Any]) -> list[str]:
     """Sorted action types of one entry of an ingest response's `results`."""
     return sorted(a["type"] for a in result["actions"])
+
+
+DESIGN_VERDICT: dict[str, Any] = {
+    "id": "v-1",
+    "provider": "lab-a",
+    "score": 0.93,
+    "confidence": 0.8,
+    "detector": {"name": "sweep", "version": "1.4.0"},
+    "subject": {
+        "account_id": "acct_9",
+        "api_key_id": "key_3",
+        "org_id": "org_7",
+        "ips": ["203.0.113.7"],
+    },
+    "signals": {"requests_24h": 1200000, "prompt_template_reuse": 0.91},
+    "labels": ["distillation.capability_sweep"],
+    "observed_at": "2026-11-26T12:00:00Z",
+}
+"""The verdict of DESIGN.md, "The policy contract" (copy it before changing it)."""

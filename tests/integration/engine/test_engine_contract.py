@@ -16,26 +16,12 @@ from controlplane.engine.bundle import PolicyBundle, load_bundle
 from controlplane.engine.embedded import EmbeddedEngine
 from controlplane.errors import PolicyError
 from tests.integration.engine.conftest import ENGINES, Loader, make_bundle
+from tests.support.verdicts import DESIGN_VERDICT
 
 REPO = Path(__file__).resolve().parents[3]
 
 DESIGN_EXAMPLE: dict[str, Any] = {
-    "verdict": {
-        "id": "v-1",
-        "provider": "lab-a",
-        "score": 0.93,
-        "confidence": 0.8,
-        "detector": {"name": "sweep", "version": "1.4.0"},
-        "subject": {
-            "account_id": "acct_9",
-            "api_key_id": "key_3",
-            "org_id": "org_7",
-            "ips": ["203.0.113.7"],
-        },
-        "signals": {"requests_24h": 1200000, "prompt_template_reuse": 0.91},
-        "labels": ["distillation.capability_sweep"],
-        "observed_at": "2026-11-26T12:00:00Z",
-    },
+    "verdict": DESIGN_VERDICT,
     "history": {"active_actions": [], "verdicts_30d": 3, "appeals": []},
     "context": {
         "exempt": False,

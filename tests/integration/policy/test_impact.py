@@ -7,10 +7,8 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import threading
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +25,7 @@ from controlplane.store.models import DecisionRow
 from controlplane.store.types import utcnow
 from tests.integration.policy.policy_copies import copy_policies, edit_settings, shadow_rule
 from tests.support.app import SCENARIO, Running, make_settings, serve
+from tests.support.listener import http_listener
 
 TABLE_HEADER = "| action type | added | removed |"
 # Decided "three days ago" for the window tests.
@@ -180,27 +179,8 @@ async def test_bad_requests(api: Running, stricter: PolicyBundle) -> None:
 
 @pytest.fixture
 def listener() -> Iterator[tuple[str, list[str]]]:
-    """A local HTTP server and the paths it was asked for."""
-    asked: list[str] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            asked.append(self.path)
-            self.send_response(200)
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"{}")
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", asked
-    finally:
-        server.shutdown()
-        server.server_close()
+    with http_listener() as running:
+        yield running
 
 
 async def test_an_uploaded_head_may_not_call_the_network(

@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from controlplane.domain.verdict import Subject, Verdict, VerdictBatch
-from tests.support.verdicts import verdict
+from tests.support.verdicts import DESIGN_VERDICT, verdict
 
 
 def errors(document: dict[str, Any], model: type[Verdict | VerdictBatch] = Verdict) -> set[str]:
@@ -19,24 +19,7 @@ def errors(document: dict[str, Any], model: type[Verdict | VerdictBatch] = Verdi
 
 
 def test_design_example_is_valid() -> None:
-    parsed = Verdict.model_validate(
-        {
-            "id": "v-1",
-            "provider": "lab-a",
-            "score": 0.93,
-            "confidence": 0.8,
-            "detector": {"name": "sweep", "version": "1.4.0"},
-            "subject": {
-                "account_id": "acct_9",
-                "api_key_id": "key_3",
-                "org_id": "org_7",
-                "ips": ["203.0.113.7"],
-            },
-            "signals": {"requests_24h": 1200000, "prompt_template_reuse": 0.91},
-            "labels": ["distillation.capability_sweep"],
-            "observed_at": "2026-11-26T12:00:00Z",
-        }
-    )
+    parsed = Verdict.model_validate(DESIGN_VERDICT)
 
     assert parsed.observed_at == datetime(2026, 11, 26, 12, tzinfo=UTC)
     assert parsed.signals == {"requests_24h": 1200000.0, "prompt_template_reuse": 0.91}

@@ -3,15 +3,14 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from controlplane.policy.checks import Problem, check_dir
 from tests.support.app import POLICY_DIR
+from tests.support.listener import http_listener
 from tests.unit.policy.policy_dirs import DECISION, VALID, line_of, tollgate, write_policies
 
 ENTRYPOINT = "tollgate.decision"
@@ -71,28 +70,8 @@ def test_type_error_is_located(tmp_path: Path) -> None:
 
 @pytest.fixture
 def listener() -> Iterator[tuple[str, list[str]]]:
-    """A local HTTP server and the paths it was asked for: proof of a network call."""
-    asked: list[str] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            asked.append(self.path)
-            self.send_response(200)
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"{}")
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", asked
-    finally:
-        server.shutdown()
-        server.server_close()
+    with http_listener() as running:
+        yield running
 
 
 def test_network_builtins_are_refused_and_never_called(
