@@ -8,12 +8,14 @@ verdicts are evaluated in parallel on the engine's threads.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from opentelemetry import trace
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.audit import service as audit
@@ -41,6 +43,7 @@ from controlplane.telemetry import metrics
 from controlplane.telemetry.tracing import SPAN_EVALUATE, SPAN_PLAN, trace_id_hex, tracer
 
 PIPELINE_ACTOR = "tollgate"
+DECIDE_LOCK = 0x74_6C_67_64  # "tlgd": the advisory lock replicas decide under
 
 
 @dataclass(frozen=True)
@@ -78,7 +81,7 @@ class Decider:
         """Decide and record `pending`; returns the outcome by verdict id."""
         if not pending:
             return {}
-        async with self._lock:
+        async with self._lock, self._replicas_lock():
             now = utcnow()
             lookups = Lookups()
             async with self._db.read() as session:
@@ -115,6 +118,23 @@ class Decider:
         if providers and self._on_planned is not None:
             self._on_planned(providers)
         return outcomes
+
+    @asynccontextmanager
+    async def _replicas_lock(self) -> AsyncIterator[None]:
+        """On PostgreSQL, replicas decide one batch at a time too: a verdict's history
+        must include what another replica decided a moment ago about the same subject.
+        A session lock on a connection held for the batch; released with it."""
+        if self._db.dialect != "postgresql":
+            yield
+            return
+        async with self._db.engine.connect() as connection:
+            await connection.execute(select(func.pg_advisory_lock(DECIDE_LOCK)))
+            await connection.commit()
+            try:
+                yield
+            finally:
+                await connection.execute(select(func.pg_advisory_unlock(DECIDE_LOCK)))
+                await connection.commit()
 
     async def _fill(
         self, session: AsyncSession, lookups: Lookups, pending: Sequence[Pending], now: datetime
