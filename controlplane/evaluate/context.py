@@ -7,6 +7,7 @@ import ipaddress
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any, Generic, TypeVar
 
 from controlplane.domain.verdict import Verdict
@@ -16,6 +17,12 @@ T = TypeVar("T")
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@lru_cache(maxsize=65536)
+def parse_address(text: str) -> Address:
+    """An address parsed once: the same IPs recur across a batch and its lookups."""
+    return ipaddress.ip_address(text)
 
 
 class PrefixIndex(Generic[T]):
@@ -65,7 +72,7 @@ class IntelIndex:
                 "confidence": indicator["confidence"],
                 "tlp": indicator["tlp"],
             }
-            for indicator in self._index.lookup(ipaddress.ip_address(ip))
+            for indicator in self._index.lookup(parse_address(ip))
         ]
 
 
@@ -141,7 +148,7 @@ def build_input(
     cidrs = lookups.cidr_actions.get(provider)
     if cidrs is not None:
         for ip in verdict.subject.ips:
-            candidates.extend(cidrs.lookup(ipaddress.ip_address(ip)))
+            candidates.extend(cidrs.lookup(parse_address(ip)))
     # One entry per enforcement: a policy that asks again for an active block must not
     # make every later input carry each repeat (history stays small, evaluation fast).
     latest: dict[tuple[str, str, str, str], ActiveAction] = {}
