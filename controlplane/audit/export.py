@@ -16,25 +16,13 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TextIO
 
+from controlplane.audit.chain import HASHED_FIELDS
 from controlplane.errors import InvalidInput
 
 FORMAT_NAME = "tollgate-audit-export"
 FORMAT_VERSION = 1
 
-EVENT_FIELDS = (
-    "seq",
-    "at",
-    "type",
-    "actor",
-    "provider",
-    "verdict_id",
-    "decision_id",
-    "action_id",
-    "trace_id",
-    "payload",
-    "prev_hash",
-    "hash",
-)
+EVENT_FIELDS = (*HASHED_FIELDS, "prev_hash", "hash")
 CSV_COLUMNS = ("record", *EVENT_FIELDS, "key_id", "signature")
 NULL = "\\N"
 """How CSV writes a null (as PostgreSQL's COPY does): an empty cell is an empty string,

@@ -10,6 +10,7 @@ that answers 200 to everything, and is stopped afterwards by its pid file.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -116,18 +117,24 @@ def _run(
     return proxy.start()
 
 
-@pytest.fixture(scope="session", name="haproxy_session")
-async def haproxy_session_fixture(
-    haproxy_binary: str, model_stub: ModelStub, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[Gateway]:
-    """HAProxy as documented: keys matched by SHA-256 fingerprint of `x-api-key`."""
-    proxy = _run(haproxy_binary, tmp_path_factory.mktemp("haproxy"), model_stub)
+@contextlib.asynccontextmanager
+async def _gateway(proxy: LocalHAProxy) -> AsyncIterator[Gateway]:
+    """A running HAProxy's test handle; the proxy stops when it closes."""
     gateway = Gateway(proxy)
     try:
         yield gateway
     finally:
         await gateway.close()
         proxy.stop()
+
+
+@pytest.fixture(scope="session", name="haproxy_session")
+async def haproxy_session_fixture(
+    haproxy_binary: str, model_stub: ModelStub, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Gateway]:
+    """HAProxy as documented: keys matched by SHA-256 fingerprint of `x-api-key`."""
+    async with _gateway(_run(haproxy_binary, tmp_path_factory.mktemp("haproxy"), model_stub)) as g:
+        yield g
 
 
 @pytest.fixture(name="haproxy")
@@ -153,12 +160,8 @@ async def haproxy_by_id_fixture(
         key_match="id",
         account_header="x-account-id",
     )
-    gateway = Gateway(proxy)
-    try:
+    async with _gateway(proxy) as gateway:
         yield gateway
-    finally:
-        await gateway.close()
-        proxy.stop()
 
 
 @pytest.fixture(name="haproxy_id")
