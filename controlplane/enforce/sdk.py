@@ -5,9 +5,13 @@ registers an entry point in the `tollgate.connectors` group). They see only the
 neutral value objects here, never Tollgate's domain or database: a connector
 maps entries to one gateway's operations, nothing more.
 
-A connector is told the *desired* entries; Tollgate observes the gateway, diffs
-and asks the connector to apply the difference. Applying must be idempotent:
-adding an entry that is there, or removing one that is not, is not an error.
+Tollgate follows an ordered change log of the desired state and hands each
+connector small diffs (the entries whose desired state changed since its
+cursor), so `apply` must cost what the diff holds, never what the gateway
+already enforces: keep what is needed in memory, learned at `observe`. Only a
+full reconcile (at start, periodically, on demand) calls `observe` and diffs
+the whole desired state against it. Applying must be idempotent: adding an
+entry that is there, or removing one that is not, is not an error.
 """
 
 from __future__ import annotations
@@ -75,6 +79,11 @@ class ApplyResult:
 
     done: list[Entry] = field(default_factory=list)
     failed: list[tuple[Entry, str]] = field(default_factory=list)
+    """Failures that may succeed later (the gateway was busy, a file could not be
+    written): retried with backoff."""
+    rejected: list[tuple[Entry, str]] = field(default_factory=list)
+    """Failures that cannot succeed whatever the retry (the gateway cannot hold this
+    entry, or refuses its value): reported as permanent and never retried on their own."""
 
 
 @dataclass(frozen=True)
