@@ -1,8 +1,8 @@
 """An in-memory gateway: for documentation, tests and trying Tollgate without one.
 
 It enforces nothing; it holds entries the way a gateway would, and can be made
-unreachable (`down`) or to refuse some entries (`refuse`) to show how Tollgate
-retries and recovers.
+unreachable (`down`), to refuse some entries for now (`refuse`) or for good
+(`reject`) to show how Tollgate retries, recovers and reports.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ class MemoryConnector:
         self.entries: dict[tuple[str, str, str], Entry] = {}
         self.down = False
         self.refuse: set[tuple[str, str, str]] = set()
+        self.reject: set[tuple[str, str, str]] = set()
         self.applies = 0
 
     def capabilities(self) -> frozenset[EntryType]:
@@ -41,6 +42,9 @@ class MemoryConnector:
         self.applies += 1
         result = ApplyResult()
         for entry in (*diff.add, *diff.change):
+            if entry.key in self.reject:
+                result.rejected.append((entry, "the gateway cannot hold this entry"))
+                continue
             if entry.key in self.refuse:
                 # Quotes the target as real gateways do: Tollgate must redact key ids.
                 result.failed.append((entry, f"refused by the gateway: {entry.target_value}"))

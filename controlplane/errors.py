@@ -52,3 +52,10 @@ class EngineUnavailable(TollgateError):
 
     status_code = 503
     code = "engine_unavailable"
+
+
+class ServiceUnavailable(TollgateError):
+    """A part of Tollgate this request needs is not running here now; try again."""
+
+    status_code = 503
+    code = "unavailable"

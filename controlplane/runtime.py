@@ -51,7 +51,7 @@ class Runtime:
         engines = EngineSlot()
         policies = PolicyService(db, source_from(settings), settings.entrypoint)
         enforcer = Enforcer(db, load_connectors(settings.config))
-        ingest = IngestService(db, Decider(db, engines, on_planned=enforcer.push))
+        ingest = IngestService(db, Decider(db, engines, on_planned=enforcer.wake))
         return cls(
             settings, db, engines, ingest, policies, TokenService(db), enforcer, Leadership(db)
         )
@@ -72,16 +72,6 @@ class Runtime:
             self.scheduler.add_job(
                 job, "interval", seconds=seconds, id=job.__name__, max_instances=1, coalesce=True
             )
-        for name in self.enforcer.names:
-            self.scheduler.add_job(
-                self.enforcer.reconcile,
-                "interval",
-                args=[name],
-                seconds=self.enforcer.config(name).reconcile_seconds,
-                id=f"reconcile-{name}",
-                max_instances=1,
-                coalesce=True,
-            )
         audit_jobs.schedule(self.scheduler, self.db, self.settings)
         self._start_span_store()
         # Every replica converges its own engine; the other jobs run on the leader only.
@@ -89,8 +79,6 @@ class Runtime:
             if job.id != "converge":
                 job.modify(func=self.leadership.only(job.func))
         self.scheduler.start()
-        for name in self.enforcer.names:
-            self.enforcer.push_one(name)
 
     def _start_span_store(self) -> None:
         """Keep finished spans in this database (written off the request path) and prune

@@ -25,19 +25,26 @@ class ConnectorController(Controller):
     @get("/", operation_id="listConnectors", summary="List connectors")
     async def list_connectors(self, runtime: NamedDependency[Runtime]) -> list[ConnectorOut]:
         """Each connector's health now, its last reconcile, desired vs applied entries,
-        failures, drift repaired and lag."""
+        failures (retryable and permanent), drift repaired, its place in the change log
+        and lag."""
         async with runtime.db.read() as session:
             statuses = await repository.statuses(session)
+        positions = await runtime.enforcer.status()
         out = []
         for name in runtime.enforcer.names:
             config = runtime.enforcer.config(name)
             healthy, gateway, detail = await runtime.enforcer.health(name)
             s = statuses.get(name)
+            cursor, head = positions[name]
+            failing = bool(s and (s.failed or s.rejected or s.last_error))
             out.append(
                 ConnectorOut(
                     name=name,
                     type=config.type,
                     providers=list(config.providers),
+                    state="down"
+                    if not healthy or (s is not None and not s.healthy)
+                    else ("degraded" if failing else "healthy"),
                     healthy=healthy,
                     gateway=gateway,
                     detail=detail,
@@ -46,7 +53,10 @@ class ConnectorController(Controller):
                     desired=s.desired if s else 0,
                     applied=s.applied if s else 0,
                     failed=s.failed if s else 0,
+                    rejected=s.rejected if s else 0,
                     drift_repaired=s.drift_repaired if s else 0,
+                    cursor=cursor,
+                    pending_changes=max(0, head - cursor),
                     lag_seconds=s.lag_seconds if s else 0.0,
                     last_error=s.last_error if s else None,
                 )

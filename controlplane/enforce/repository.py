@@ -1,4 +1,5 @@
-"""Enforcement SQL: desired actions, per-connector state, connector status, expiry."""
+"""Enforcement SQL: the change log and connector cursors, desired actions by key and by
+page, per-connector state, connector status, expiry."""
 
 from __future__ import annotations
 
@@ -6,29 +7,94 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, insert, or_, select, update
+from sqlalchemy import delete, func, insert, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from controlplane.domain.vocabulary import ACTIVE_STATES, ActionState
-from controlplane.store.models import ActionEnforcementRow, ActionRow, ConnectorStatusRow
+from controlplane.store.models import (
+    ActionEnforcementRow,
+    ActionRow,
+    ChangeHeadRow,
+    ChangeRow,
+    ConnectorCursorRow,
+    ConnectorStatusRow,
+)
 
 ACTIVE = [s.value for s in ACTIVE_STATES]
+HEAD_ID = 1
+_CHUNK = 500
+
+# -- the change log ----------------------------------------------------------------------
 
 
-async def desired_actions(
-    session: AsyncSession, providers: Sequence[str] | None, types: Sequence[str], now: datetime
-) -> list[Any]:
-    """Active, non-shadow, unexpired actions of these types (all providers when None)."""
-    query = select(
-        col(ActionRow.id),
-        col(ActionRow.provider),
-        col(ActionRow.type),
-        col(ActionRow.target_kind),
-        col(ActionRow.target_value),
-        col(ActionRow.params),
-        col(ActionRow.created_at),
-    ).where(
+async def append_changes(session: AsyncSession, changes: Sequence[dict[str, Any]]) -> None:
+    """Append changes after the log's head, in the caller's transaction. The head row is
+    locked until commit (FOR UPDATE on PostgreSQL; SQLite writers hold the database
+    lock), so changes become visible in `seq` order and a reader never skips one.
+    Callers append after writing their audit events: one lock order, no deadlock."""
+    if not changes:
+        return
+    query = select(col(ChangeHeadRow.seq)).where(col(ChangeHeadRow.id) == HEAD_ID)
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update()
+    seq = (await session.execute(query)).scalar_one()
+    rows = [{**change, "seq": seq + i} for i, change in enumerate(changes, start=1)]
+    await session.execute(insert(ChangeRow.__table__), rows)  # type: ignore[attr-defined]
+    await session.execute(
+        update(ChangeHeadRow).where(col(ChangeHeadRow.id) == HEAD_ID).values(seq=seq + len(rows))
+    )
+
+
+async def change_head(session: AsyncSession) -> int:
+    query = select(col(ChangeHeadRow.seq)).where(col(ChangeHeadRow.id) == HEAD_ID)
+    return int((await session.execute(query)).scalar_one())
+
+
+async def changes_after(
+    session: AsyncSession, seq: int, limit: int, target_kind: str | None = None
+) -> list[ChangeRow]:
+    query = select(ChangeRow).where(col(ChangeRow.seq) > seq)
+    if target_kind is not None:
+        query = query.where(col(ChangeRow.target_kind) == target_kind)
+    query = query.order_by(col(ChangeRow.seq)).limit(limit)
+    rows = list((await session.execute(query)).scalars())
+    session.expunge_all()
+    return rows
+
+
+async def cursors(session: AsyncSession) -> dict[str, int]:
+    rows = await session.execute(select(col(ConnectorCursorRow.name), col(ConnectorCursorRow.seq)))
+    return {name: seq for name, seq in rows}
+
+
+async def save_cursor(session: AsyncSession, name: str, seq: int, now: datetime) -> None:
+    updated = await session.execute(
+        update(ConnectorCursorRow)
+        .where(col(ConnectorCursorRow.name) == name)
+        .values(seq=seq, updated_at=now)
+    )
+    if not updated.rowcount:  # type: ignore[attr-defined]
+        await session.execute(
+            insert(ConnectorCursorRow), [{"name": name, "seq": seq, "updated_at": now}]
+        )
+
+
+# -- the desired state -------------------------------------------------------------------
+
+_DESIRED_COLUMNS = (
+    col(ActionRow.id),
+    col(ActionRow.provider),
+    col(ActionRow.type),
+    col(ActionRow.target_kind),
+    col(ActionRow.target_value),
+    col(ActionRow.params),
+    col(ActionRow.created_at),
+)
+
+
+def _desired(providers: Sequence[str] | None, types: Sequence[str], now: datetime) -> Any:
+    query = select(*_DESIRED_COLUMNS).where(
         col(ActionRow.state).in_(ACTIVE),
         ~col(ActionRow.shadow),
         col(ActionRow.type).in_(list(types)),
@@ -36,7 +102,63 @@ async def desired_actions(
     )
     if providers is not None:
         query = query.where(col(ActionRow.provider).in_(list(providers)))
-    return list((await session.execute(query)).all())
+    return query
+
+
+async def desired_for_targets(
+    session: AsyncSession,
+    providers: Sequence[str] | None,
+    types: Sequence[str],
+    targets: Sequence[tuple[str, str]],
+    now: datetime,
+) -> list[Any]:
+    """Active, non-shadow, unexpired actions of these types on these (kind, value)
+    targets: an indexed lookup, whatever else is active."""
+    by_kind: dict[str, list[str]] = {}
+    for kind, value in sorted(set(targets)):
+        by_kind.setdefault(kind, []).append(value)
+    found: list[Any] = []
+    for kind, values in by_kind.items():
+        for i in range(0, len(values), _CHUNK):
+            query = _desired(providers, types, now).where(
+                col(ActionRow.target_kind) == kind,
+                col(ActionRow.target_value).in_(values[i : i + _CHUNK]),
+            )
+            found.extend((await session.execute(query)).all())
+    return found
+
+
+async def desired_page(
+    session: AsyncSession,
+    providers: Sequence[str] | None,
+    types: Sequence[str],
+    after: tuple[str, str] | None,
+    limit: int,
+    now: datetime,
+) -> tuple[list[Any], tuple[str, str] | None]:
+    """One page of the desired state in (target kind, value) order, every action of a
+    target in the same page; and where the next page starts (None: this was the last)."""
+    order = tuple_(col(ActionRow.target_kind), col(ActionRow.target_value))
+    query = _desired(providers, types, now)
+    if after is not None:
+        query = query.where(order > tuple_(*after))
+    query = query.order_by(col(ActionRow.target_kind), col(ActionRow.target_value)).limit(limit)
+    rows = list((await session.execute(query)).all())
+    if len(rows) < limit:
+        return rows, None
+    last = (rows[-1].target_kind, rows[-1].target_value)
+    # The page may end inside one target's actions: take that target's others too.
+    rest = await desired_for_targets(session, providers, types, [last], now)
+    seen = {r.id for r in rows}
+    rows.extend(r for r in rest if r.id not in seen)
+    return rows, last
+
+
+async def count_desired(
+    session: AsyncSession, providers: Sequence[str] | None, types: Sequence[str], now: datetime
+) -> int:
+    query = select(func.count()).select_from(_desired(providers, types, now).subquery())
+    return int((await session.execute(query)).scalar_one())
 
 
 async def actions_by_id(session: AsyncSession, ids: Sequence[str]) -> list[ActionRow]:
@@ -78,6 +200,46 @@ async def upsert_enforcement(session: AsyncSession, rows: Sequence[dict[str, Any
             )
         )
     await session.execute(insert(ActionEnforcementRow), list(rows))
+
+
+async def enforcement_at(
+    session: AsyncSession, connector: str, action_ids: Sequence[str]
+) -> dict[str, tuple[str, bool, int, str | None]]:
+    """action id -> (state, retryable, attempts, error) at this connector, as plain values."""
+    found: dict[str, tuple[str, bool, int, str | None]] = {}
+    for i in range(0, len(action_ids), _CHUNK):
+        rows = await session.execute(
+            select(
+                col(ActionEnforcementRow.action_id),
+                col(ActionEnforcementRow.state),
+                col(ActionEnforcementRow.retryable),
+                col(ActionEnforcementRow.attempts),
+                col(ActionEnforcementRow.error),
+            ).where(
+                col(ActionEnforcementRow.connector) == connector,
+                col(ActionEnforcementRow.action_id).in_(action_ids[i : i + _CHUNK]),
+            )
+        )
+        found.update({a: (s, r, n, e) for a, s, r, n, e in rows})
+    return found
+
+
+async def action_states(
+    session: AsyncSession, action_ids: Sequence[str]
+) -> list[tuple[str, str, str, str]]:
+    """(id, state, provider, type) of these actions."""
+    found: list[tuple[str, str, str, str]] = []
+    for i in range(0, len(action_ids), _CHUNK):
+        rows = await session.execute(
+            select(
+                col(ActionRow.id),
+                col(ActionRow.state),
+                col(ActionRow.provider),
+                col(ActionRow.type),
+            ).where(col(ActionRow.id).in_(action_ids[i : i + _CHUNK]))
+        )
+        found.extend((a, s, p, t) for a, s, p, t in rows)
+    return found
 
 
 async def enforcement_states(

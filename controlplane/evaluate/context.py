@@ -55,15 +55,20 @@ class PrefixIndex(Generic[T]):
 
 
 class IntelIndex:
-    """CIDR indicators, matched against a verdict's IPs."""
+    """CIDR indicators, matched against a verdict's IPs. Grows as indicators arrive;
+    an expired indicator stops matching at its expiry (`now` given to `matches`)."""
 
     def __init__(self, indicators: list[dict[str, Any]]) -> None:
         self._index: PrefixIndex[dict[str, Any]] = PrefixIndex()
+        self.size = 0
+        self.extend(indicators)
+
+    def extend(self, indicators: list[dict[str, Any]]) -> None:
         for indicator in indicators:
             self._index.add(ipaddress.ip_network(indicator["value"], strict=False), indicator)
         self.size = self._index.size
 
-    def matches(self, ip: str) -> list[dict[str, Any]]:
+    def matches(self, ip: str, now: datetime | None = None) -> list[dict[str, Any]]:
         return [
             {
                 "cidr": indicator["value"],
@@ -73,7 +78,33 @@ class IntelIndex:
                 "tlp": indicator["tlp"],
             }
             for indicator in self._index.lookup(parse_address(ip))
+            if now is None or (e := indicator.get("expires_at")) is None or e > now
         ]
+
+
+class NetworkSet:
+    """Which of a set of networks hold an address: a prefix index of network strings,
+    for the CIDR actions a verdict's IPs fall in (`evaluate.repository.CidrTargets`)."""
+
+    def __init__(self) -> None:
+        self._index: PrefixIndex[str] = PrefixIndex()
+        self._seen: set[str] = set()
+
+    def add(self, cidr: str) -> None:
+        if cidr in self._seen:
+            return
+        try:
+            network = ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            return  # never stored by Tollgate; nothing to match
+        self._seen.add(cidr)
+        self._index.add(network, cidr)
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def holding(self, ip: str) -> list[str]:
+        return self._index.lookup(parse_address(ip))
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +195,7 @@ def build_input(
         (e for kind, value in keys if (e := lookups.exemptions.get((provider, kind, value)))),
         None,
     )
-    intel = [match for ip in verdict.subject.ips for match in lookups.intel.matches(ip)]
+    intel = [match for ip in verdict.subject.ips for match in lookups.intel.matches(ip, now)]
     prior = _prior(verdict, received_at, lookups)
     return {
         "verdict": verdict.document(),

@@ -5,15 +5,16 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, insert, or_, select
+from sqlalchemy import insert, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from controlplane.domain.vocabulary import ACTIVE_STATES
-from controlplane.evaluate.context import IntelIndex, Lookups, PriorVerdict
+from controlplane.enforce import repository as changes_repo
+from controlplane.evaluate.context import IntelIndex, Lookups, NetworkSet, PriorVerdict
 from controlplane.store.models import (
     ActionRow,
     DecisionRow,
@@ -60,7 +61,8 @@ async def fill_lookups(
 ) -> None:
     """Fetch active actions, earlier verdicts and exemptions for these (provider, kind, value)
     keys. Queries go per (provider, kind) with a plain `IN` on one indexed column, which
-    both databases answer from their indexes (a row-value IN list is not)."""
+    both databases answer from their indexes (a row-value IN list is not). The `cidr`
+    keys are the CIDR actions that hold the batch's IPs (see `CidrTargets`)."""
     groups: dict[tuple[str, str], list[str]] = defaultdict(list)
     for provider, kind, value in sorted(subject_keys):
         groups[(provider, kind)].append(value)
@@ -127,52 +129,113 @@ async def fill_lookups(
                     lookups.verdicts[(provider, kind, str(matched))].append(
                         PriorVerdict(verdict_id, account, key, observed, received, score, conf, det)
                     )
-    for provider in sorted({p for p, _ in groups}):
-        cidrs = await session.execute(
-            select(*_ACTION_COLUMNS).where(
-                col(ActionRow.provider) == provider,
-                col(ActionRow.target_kind) == "cidr",
-                active,
-                unexpired,
+
+
+class CidrTargets:
+    """Every network some CIDR action has targeted, kept current from the change log:
+    a batch asks it which networks hold its IPs, then fetches only those networks'
+    actions, whatever else is blocked. It is loaded once, then follows the log (new
+    blocks are added at the next batch); networks whose actions ended stay until the
+    next rebuild, which costs nothing but a query that finds no active action."""
+
+    REBUILD_EVERY = 100_000
+    """Removals (lifts, expiries) seen before the set is rebuilt from active actions."""
+
+    def __init__(self) -> None:
+        self._networks: dict[str, NetworkSet] = {}
+        self._seq: int | None = None
+        self._removed = 0
+
+    async def holding(
+        self, session: AsyncSession, ips: set[tuple[str, str]], now: datetime
+    ) -> set[tuple[str, str, str]]:
+        """(provider, 'cidr', network) keys of the networks that hold these (provider, ip)."""
+        await self._catch_up(session, now)
+        found: set[tuple[str, str, str]] = set()
+        for provider, ip in ips:
+            networks = self._networks.get(provider)
+            if networks is not None:
+                found.update((provider, "cidr", n) for n in networks.holding(ip))
+        return found
+
+    async def _catch_up(self, session: AsyncSession, now: datetime) -> None:
+        if self._seq is None or self._removed >= self.REBUILD_EVERY:
+            # The head first: a change logged while the actions are read is seen again.
+            self._seq = await changes_repo.change_head(session)
+            self._networks, self._removed = {}, 0
+            rows = await session.execute(
+                select(col(ActionRow.provider), col(ActionRow.target_value)).where(
+                    col(ActionRow.target_kind) == "cidr",
+                    col(ActionRow.state).in_([s.value for s in ACTIVE_STATES]),
+                    ~col(ActionRow.shadow),
+                    or_(col(ActionRow.expires_at).is_(None), col(ActionRow.expires_at) > now),
+                )
             )
-        )
-        for row in cidrs:
-            lookups.add_action(provider, action_document(dict(row._mapping)))
+            for provider, value in rows:
+                self._networks.setdefault(provider, NetworkSet()).add(value)
+        while True:
+            changes = await changes_repo.changes_after(session, self._seq, 5000, "cidr")
+            for change in changes:
+                if change.cause == "planned":
+                    self._networks.setdefault(change.provider, NetworkSet()).add(
+                        change.target_value
+                    )
+                else:
+                    self._removed += 1
+                self._seq = change.seq
+            if len(changes) < 5000:
+                return
 
 
 class IntelCache:
-    """The intel index, rebuilt only when the indicator table changed."""
+    """The intel index: loaded once, then extended with the indicators added since
+    (found by `created_at`, an indexed column); expired ones stop matching at once and
+    are dropped at the next full load, every `RELOAD_SECONDS`."""
+
+    RELOAD_SECONDS = 600.0
+    LOOKBACK = timedelta(seconds=30)
+    """How far before the newest indicator seen each look goes again: a row stamped
+    earlier may commit later (ids already taken are skipped)."""
 
     def __init__(self) -> None:
-        self._stamp: tuple[Any, ...] | None = None
         self._index = IntelIndex([])
+        self._loaded_at: datetime | None = None
+        self._watermark: datetime | None = None
+        self._recent: dict[str, datetime] = {}
 
     async def index(self, session: AsyncSession, now: datetime) -> IntelIndex:
-        count, newest, earliest_expiry = (
-            await session.execute(
-                select(
-                    func.count(),
-                    func.max(col(IndicatorRow.created_at)),
-                    func.min(col(IndicatorRow.expires_at)),
-                )
+        full = self._loaded_at is None or (now - self._loaded_at) >= timedelta(
+            seconds=self.RELOAD_SECONDS
+        )
+        query = select(IndicatorRow).where(col(IndicatorRow.kind) == "cidr")
+        if full:
+            self._index, self._loaded_at, self._recent = IntelIndex([]), now, {}
+            self._watermark = now
+            query = query.where(
+                or_(col(IndicatorRow.expires_at).is_(None), col(IndicatorRow.expires_at) > now)
             )
-        ).one()
-        stamp = (count, newest, earliest_expiry)
-        expired_since = earliest_expiry is not None and earliest_expiry <= now
-        if stamp != self._stamp or expired_since:
-            rows = await session.execute(
-                select(IndicatorRow).where(
-                    col(IndicatorRow.kind) == "cidr",
-                    or_(col(IndicatorRow.expires_at).is_(None), col(IndicatorRow.expires_at) > now),
-                )
-            )
-            self._index = IntelIndex(
-                [
-                    {"value": r.value, "source": r.source, "confidence": r.confidence, "tlp": r.tlp}
-                    for (r,) in rows
-                ]
-            )
-            self._stamp = stamp
+        else:
+            assert self._watermark is not None
+            query = query.where(col(IndicatorRow.created_at) >= self._watermark - self.LOOKBACK)
+        fresh = [r for (r,) in await session.execute(query) if r.id not in self._recent]
+        self._index.extend(
+            [
+                {
+                    "value": r.value,
+                    "source": r.source,
+                    "confidence": r.confidence,
+                    "tlp": r.tlp,
+                    "expires_at": r.expires_at,
+                }
+                for r in fresh
+            ]
+        )
+        if fresh:
+            self._watermark = max(self._watermark or now, max(r.created_at for r in fresh))
+        horizon = (self._watermark or now) - self.LOOKBACK
+        self._recent.update((r.id, r.created_at) for r in fresh if r.created_at >= horizon)
+        if len(self._recent) > 10_000:
+            self._recent = {i: at for i, at in self._recent.items() if at >= horizon}
         return self._index
 
 

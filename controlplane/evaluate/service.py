@@ -23,6 +23,7 @@ from controlplane.audit.chain import EventDraft
 from controlplane.domain.action import MalformedDecision, parse_decision
 from controlplane.domain.verdict import Verdict
 from controlplane.domain.vocabulary import DecisionStatus, VerdictStatus
+from controlplane.enforce.service import record_changes
 from controlplane.engine.base import Evaluation, PolicyEngine
 from controlplane.engine.runtime import EngineSlot
 from controlplane.evaluate import repository
@@ -59,6 +60,8 @@ class Pending:
 class Outcome:
     decision: dict[str, Any]
     actions: list[dict[str, Any]]
+    span_id: str | None = None
+    """The `action.plan` span: the gateway apply that follows continues from it."""
 
 
 class Decider:
@@ -76,6 +79,7 @@ class Decider:
         """Told the providers that got new enforceable actions (push to their gateways)."""
         self._lock = asyncio.Lock()
         self._intel = repository.IntelCache()
+        self._cidrs = repository.CidrTargets()
 
     async def decide(self, pending: Sequence[Pending]) -> dict[str, Outcome]:
         """Decide and record `pending`; returns the outcome by verdict id."""
@@ -144,6 +148,8 @@ class Decider:
             for p in pending
             for kind, value in p.verdict.subject.targets
         }
+        ips = {(p.verdict.provider, ip) for p in pending for ip in p.verdict.subject.ips}
+        keys |= await self._cidrs.holding(session, ips, now)
         since = min(p.verdict.observed_at for p in pending) - HISTORY_WINDOW
         await repository.fill_lookups(session, lookups, keys, since, now)
         lookups.intel = await self._intel.index(session, now)
@@ -162,6 +168,7 @@ class Decider:
         decision_id = new_id("dec")
         status, error, actions, shadow = DecisionStatus.OK, evaluation.error, [], False
         decided = None
+        plan_span_id = None
         t = tracer()
         end_ns = evaluation.started_ns + int(evaluation.duration_ms * 1e6)
         # Plain start_span/end: attaching each span as the current context costs more
@@ -201,6 +208,7 @@ class Decider:
                     now=now,
                     shadow_rules=engine.bundle.shadow,
                 )
+                plan_span_id = format(plan_span.get_span_context().span_id, "016x")
                 plan_span.set_attribute("tollgate.actions", len(actions))
                 plan_span.set_attribute("tollgate.rules", sorted({a["rule"] for a in actions}))
                 plan_span.end()
@@ -225,7 +233,7 @@ class Decider:
             "trace_id": trace_id,
             "decided_at": now,
         }
-        return Outcome(decision, actions)
+        return Outcome(decision, actions, plan_span_id)
 
     async def _store(self, session: AsyncSession, outcomes: list[Outcome], now: datetime) -> None:
         decisions = [o.decision for o in outcomes]
@@ -281,3 +289,5 @@ class Decider:
                 for a in outcome.actions
             )
         await audit.record(session, events)
+        for outcome in outcomes:
+            await record_changes(session, outcome.actions, "planned", now, outcome.span_id)

@@ -214,6 +214,8 @@ class ActionEnforcementRow(SQLModel, table=True):
     """`applied` or `failed`."""
     attempts: int = 0
     error: str | None = None
+    retryable: bool = True
+    """For `failed`: False when the gateway can never hold the entry (not retried)."""
     updated_at: datetime = _utc(nullable=False)
 
 
@@ -232,7 +234,9 @@ class ConnectorStatusRow(SQLModel, table=True):
     failed: int = 0
     drift_repaired: int = 0
     lag_seconds: float = 0.0
-    """Age of the oldest desired entry not yet at the gateway (0: in step)."""
+    """Age of the oldest change not yet applied at the gateway (0: in step)."""
+    rejected: int = 0
+    """Entries the gateway can never hold (permanent failures), at the last reconcile."""
     last_error: str | None = None
 
 
@@ -313,3 +317,51 @@ class PolicySourceRow(SQLModel, table=True):
     source: str = Field(primary_key=True, max_length=500)
     revision: str = Field(max_length=80)
     synced_at: datetime = _utc(nullable=False)
+
+
+class ChangeRow(SQLModel, table=True):
+    """One change to the desired state of one gateway entry (an action planned, lifted,
+    expired, exempted, upheld on appeal), appended in the transaction that made it.
+    `seq` orders the log: it is assigned under the `change_head` lock, so a change is
+    visible only after every change with a lower `seq` (connectors never skip one)."""
+
+    __tablename__ = "enforcement_change"
+    __table_args__ = (Index("ix_change_kind_seq", "target_kind", "seq"),)
+
+    seq: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    provider: str = Field(max_length=63)
+    type: str = Field(max_length=20)
+    target_kind: str = Field(max_length=10)
+    target_value: str = Field(max_length=200)
+    cause: str = Field(max_length=16)
+    """`planned`, `lifted`, `expired`, `exempted`, `upheld`."""
+    action_id: str | None = Field(default=None, max_length=40)
+    trace_id: str | None = Field(default=None, max_length=32)
+    span_id: str | None = Field(default=None, max_length=16)
+    """The span that made the change: the apply that follows continues its trace."""
+    at: datetime = _utc(nullable=False)
+
+
+class ChangeHeadRow(SQLModel, table=True):
+    """One row: the change log's last seq, locked while appending."""
+
+    __tablename__ = "change_head"
+
+    id: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    seq: int
+
+
+class ConnectorCursorRow(SQLModel, table=True):
+    """The last change each connector has applied (saved with its outcome)."""
+
+    __tablename__ = "connector_cursor"
+
+    name: str = Field(primary_key=True, max_length=63)
+    seq: int
+    updated_at: datetime = _utc(nullable=False)
+
+
+# Expiry finds due actions without scanning every active one; the decider's intel
+# index takes the indicators added since its last look.
+Index("ix_action_expires", col(ActionRow.expires_at))
+Index("ix_indicator_created", col(IndicatorRow.created_at))

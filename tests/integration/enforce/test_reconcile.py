@@ -59,6 +59,10 @@ async def test_a_planned_action_is_pushed_at_once(api: Running) -> None:
     assert gateway(api).entries[key].requests_per_minute == 60
     assert await state(api, str(action["id"])) == "applied"
     [status] = (await api.client.get("/v1/connectors")).json()
+    assert (status["state"], status["pending_changes"], status["lag_seconds"]) == ("healthy", 0, 0)
+    # Desired and applied counts are the last full reconcile's.
+    await api.runtime.enforcer.reconcile("edge")
+    [status] = (await api.client.get("/v1/connectors")).json()
     assert (status["desired"], status["applied"], status["healthy"]) == (1, 1, True)
 
 

@@ -1,0 +1,701 @@
+"""One connector following the change log.
+
+The follower applies the changes after its cursor, in `seq` order, in batches: for
+each target a batch touches it reads that target's desired state now (an indexed
+query), so the cost of a batch is what it holds, never what is already enforced,
+and a lift that races a plan on the same entry ends with the entry as the log's
+last word says. The outcome (per-action state, overall transitions with their
+audit events) and the new cursor are saved in one transaction: a crash between an
+apply and that commit re-applies the batch, idempotently, and records it once.
+
+A gateway that cannot be reached holds the cursor: the batch is tried again with
+growing pauses until it goes through, so an outage delays and never loses. An
+entry the gateway refuses for now is retried on its own with backoff; one it can
+never hold is recorded as a permanent failure and not retried.
+
+A full reconcile (at start, every `reconcile_seconds`, on demand) repairs drift:
+it observes the gateway once, then pages through the desired state, applying each
+page's difference and the pending changes between pages, then removes what the
+gateway holds that nothing asks for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+import zlib
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, TraceFlags
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+
+from controlplane.audit import service as audit
+from controlplane.domain.redact import key_handle, redact_keys
+from controlplane.domain.vocabulary import ActionState
+from controlplane.enforce import repository
+from controlplane.enforce.desired import DesiredState, entry_of
+from controlplane.enforce.events import action_event
+from controlplane.enforce.sdk import (
+    ApplyResult,
+    Connector,
+    ConnectorConfig,
+    ConnectorError,
+    Diff,
+    Entry,
+    EntryType,
+)
+from controlplane.store.db import Database
+from controlplane.store.models import ActionRow, ChangeRow
+from controlplane.store.types import utcnow
+from controlplane.telemetry.tracing import tracer
+
+log = logging.getLogger(__name__)
+
+ATTEMPTS = 4
+BACKOFF_BASE = 0.2
+BACKOFF_CAP = 2.0
+OUTAGE_BACKOFF_CAP = 30.0
+"""Longest pause between two tries of a batch while the gateway is unreachable."""
+RETRY_CAP = 300.0
+"""Longest pause before an entry the gateway refused is tried again."""
+BATCH = 1000
+"""Changes applied together at most."""
+PAGE = 2000
+"""Desired actions per page of a full reconcile."""
+SPAN_APPLY = "connector.apply"
+SPAN_RECONCILE = "connector.reconcile"
+FOLLOW_LOCK = 0x74_6C_66_00
+"""Advisory locks (plus a hash of the connector's name): one follower per connector."""
+
+Key = tuple[str, str, str]
+
+
+@dataclass
+class ReconcileReport:
+    connector: str
+    ok: bool
+    desired: int = 0
+    applied: int = 0
+    added: int = 0
+    removed: int = 0
+    changed: int = 0
+    failed: int = 0
+    rejected: int = 0
+    drift_repaired: int = 0
+    error: str | None = None
+    failures: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Applied:
+    result: ApplyResult
+    unreachable: str | None = None
+    """Why the gateway could not be reached at all (nothing was recorded)."""
+    tries: dict[Key, int] = field(default_factory=dict)
+
+
+@dataclass
+class _Retry:
+    due: float
+    attempt: int
+
+
+class Follower:
+    """Keeps one connector's gateway in step; runs on the enforcement worker's loop."""
+
+    def __init__(
+        self,
+        db: Database,
+        config: ConnectorConfig,
+        connector: Connector,
+        expected: Callable[[str, str], list[str]],
+        poll_seconds: float,
+    ) -> None:
+        self.config = config
+        self.connector = connector
+        self._db = db
+        self._expected = expected
+        """(provider, action type) -> the connectors that must hold such an action."""
+        self._poll = poll_seconds
+        self._types = sorted(t.value for t in connector.capabilities())
+        self._providers = None if "*" in config.providers else list(config.providers)
+        self.cursor = 0
+        self.attempted = 0
+        """The last seq tried, applied or not (`settle` waits for it)."""
+        self._tries = 0
+        """Batches tried so far."""
+        self.active = False
+        """Holds its connector's lock: the one follower applying for this connector."""
+        self._wake = asyncio.Event()
+        self._requests: list[asyncio.Future[ReconcileReport]] = []
+        self._retry: dict[Key, _Retry] = {}
+        self._outage = 0
+        self._next_reconcile = 0.0
+        self._reconciled = False
+        """The first reconcile tries permanent failures again (the gateway's config may
+        have been fixed since); later ones leave them alone."""
+        self._progress = asyncio.Condition()
+
+    # -- from the worker ---------------------------------------------------------------
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def serves(self, provider: str) -> bool:
+        return "*" in self.config.providers or provider in self.config.providers
+
+    async def request_reconcile(self) -> ReconcileReport:
+        future: asyncio.Future[ReconcileReport] = asyncio.get_running_loop().create_future()
+        self._requests.append(future)
+        self._wake.set()
+        return await future
+
+    async def settle(self, head: int) -> None:
+        """Until every change up to `head` is applied, or has been tried since this call
+        began and failed visibly (the gateway is down, say)."""
+        async with self._progress:
+            tries = self._tries
+            await self._progress.wait_for(
+                lambda: (
+                    self.cursor >= head
+                    or (self.attempted >= head and self._tries > tries)
+                    or not self.active
+                )
+            )
+
+    async def run(self) -> None:
+        async with self._exclusive():
+            self.active = True
+            try:
+                await self._follow()
+            finally:
+                self.active = False
+                async with self._progress:
+                    self._progress.notify_all()
+
+    # -- the loop ----------------------------------------------------------------------
+
+    async def _follow(self) -> None:
+        async with self._db.read() as session:
+            self.cursor = (await repository.cursors(session)).get(self.config.name, 0)
+        self.attempted = self.cursor
+        self._requests.append(asyncio.get_running_loop().create_future())  # at start
+        while True:
+            # Cleared before looking, so a wake that comes while a batch is applied is
+            # kept, and the next look follows at once.
+            self._wake.clear()
+            try:
+                if self._requests or time.monotonic() >= self._next_reconcile:
+                    await self._reconcile_now()
+                worked = await self._drain()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("connector %s: enforcement step failed; retrying", self.config.name)
+                worked = False
+                await asyncio.sleep(1.0)
+            if not worked:
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self._pause())
+
+    def _pause(self) -> float:
+        """How long to wait for a wake: the poll (changes from other replicas), less when
+        a retry falls due, more while the gateway is unreachable."""
+        pause = self._poll
+        if self._retry:
+            due = min(r.due for r in self._retry.values()) - time.monotonic()
+            pause = min(pause, max(0.0, due))
+        if self._outage:
+            pause = max(pause, min(OUTAGE_BACKOFF_CAP, BACKOFF_BASE * 2**self._outage))
+            pause = random.uniform(pause / 2, pause)
+        return pause
+
+    async def _drain(self) -> bool:
+        """Apply one batch of changes (and the retries that are due); True when it did
+        something and more may be waiting."""
+        async with self._db.read() as session:
+            changes = await repository.changes_after(session, self.cursor, BATCH)
+        now_mono = time.monotonic()
+        due = [k for k, r in self._retry.items() if r.due <= now_mono]
+        if not changes and not due:
+            return False
+        last = changes[-1].seq if changes else self.cursor
+        keys = {
+            (c.type, c.target_kind, c.target_value)
+            for c in changes
+            if self.serves(c.provider) and c.type in self._types
+        }
+        keys.update(due)
+        ok = await self._apply_keys(keys, changes, last)
+        async with self._progress:
+            self.attempted = max(self.attempted, last)
+            self._tries += 1
+            self._progress.notify_all()
+        # After a batch, look again at once: more may have come while it was applied.
+        return ok and bool(changes)
+
+    async def _apply_keys(self, keys: set[Key], changes: Sequence[ChangeRow], last: int) -> bool:
+        now = utcnow()
+        desired = await self._desired_for(keys, now)
+        if not keys:
+            await self._commit(desired, _Applied(ApplyResult()), set(), now, cursor=last)
+            self.cursor = last
+            return True
+        change = Diff(
+            add=tuple(desired.entries.values()),
+            remove=tuple(
+                Entry(EntryType(k[0]), k[1], k[2]) for k in keys if k not in desired.entries
+            ),
+        )
+        with _apply_span(self.config, changes) as span:
+            applied = await self._apply(change)
+            result, unreachable = applied.result, applied.unreachable
+            span.set_attribute("tollgate.done", len(result.done))
+            span.set_attribute("tollgate.failed", len(result.failed) + len(result.rejected))
+            if unreachable:
+                span.set_status(trace.StatusCode.ERROR, unreachable)
+        if unreachable:
+            self._outage += 1
+            await self._save_status(
+                now, error=unreachable, lag_from=changes[0].at if changes else None
+            )
+            return False
+        self._outage = 0
+        present = {e.key for e in result.done if e.key in desired.entries}
+        await self._commit(desired, applied, present, now, cursor=last)
+        self.cursor = last
+        self._schedule_retries(result, keys)
+        return True
+
+    def _schedule_retries(self, result: ApplyResult, keys: Iterable[Key]) -> None:
+        """Entries refused for now are tried again on their own, each with its backoff."""
+        failed = {e.key for e, _ in result.failed}
+        for key in keys:
+            if key not in failed:
+                self._retry.pop(key, None)
+        for entry, _ in result.failed:
+            previous = self._retry.get(entry.key)
+            attempt = previous.attempt + 1 if previous else 1
+            pause = min(RETRY_CAP, BACKOFF_BASE * 2 ** (attempt + 2))
+            self._retry[entry.key] = _Retry(
+                time.monotonic() + random.uniform(pause / 2, pause), attempt
+            )
+
+    async def _desired_for(self, keys: set[Key], now: datetime) -> DesiredState:
+        targets = [(k[1], k[2]) for k in keys]
+        async with self._db.read() as session:
+            rows = await repository.desired_for_targets(
+                session, self._providers, self._types, targets, now
+            )
+        desired = DesiredState()
+        for action_id, _, kind, target_kind, value, params, created_at in rows:
+            if (kind, target_kind, value) not in keys:
+                continue
+            entry = entry_of(kind, target_kind, value, params)
+            if entry is not None:
+                desired.add(action_id, entry, created_at)
+        return desired
+
+    async def _apply(self, change: Diff) -> _Applied:
+        """Apply with retries (exponential backoff, full jitter) on retryable failures."""
+        done: list[Entry] = []
+        rejected: list[tuple[Entry, str]] = []
+        failed: list[tuple[Entry, str]] = []
+        pending = change
+        ids = _key_ids(change)
+        timeout = self.config.timeout_seconds * max(1, change.size // 500 + 1)
+        tries: dict[Key, int] = {}
+        for attempt in range(1, ATTEMPTS + 1):
+            for entry in _entries(pending):
+                tries[entry.key] = attempt
+            try:
+                result = await asyncio.wait_for(self.connector.apply(pending), timeout)
+            except (ConnectorError, TimeoutError) as exc:
+                # The whole apply failed: the connector or its gateway, not an entry, is at
+                # fault (down, or misconfigured). Nothing is recorded against the entries;
+                # the batch waits, visibly, until the connector works again.
+                why = redact_keys(str(exc) or "timed out", ids)
+                if not getattr(exc, "retryable", True) or attempt == ATTEMPTS:
+                    partial = ApplyResult(done=done, rejected=rejected)
+                    return _Applied(partial, f"gateway unavailable: {why}", tries)
+                await _backoff(attempt)
+                continue
+            done.extend(result.done)
+            rejected.extend((e, redact_keys(w, ids)) for e, w in result.rejected)
+            failed = [(e, redact_keys(w, ids)) for e, w in result.failed]
+            if not failed or attempt == ATTEMPTS:
+                break
+            keys = {e.key for e, _ in failed}
+            pending = Diff(
+                add=tuple(e for e in pending.add if e.key in keys),
+                remove=tuple(e for e in pending.remove if e.key in keys),
+                change=tuple(e for e in pending.change if e.key in keys),
+            )
+            await _backoff(attempt)
+        return _Applied(ApplyResult(done=done, failed=failed, rejected=rejected), None, tries)
+
+    # -- recording ---------------------------------------------------------------------
+
+    async def _commit(
+        self,
+        desired: DesiredState,
+        applied: _Applied,
+        present: set[Key],
+        now: datetime,
+        *,
+        cursor: int | None = None,
+        status: dict[str, Any] | None = None,
+    ) -> int:
+        """Per-action state at this connector, overall transitions with their audit
+        events, and the cursor: one transaction. Returns how many entries that were
+        recorded as applied had to be applied again (drift repaired)."""
+        name = self.config.name
+        result = applied.result
+        failed = {e.key: (why, True) for e, why in result.failed}
+        failed.update({e.key: (why, False) for e, why in result.rejected})
+        re_added = {e.key for e in result.done}
+        action_ids = [a for ids in desired.actions.values() for a in ids]
+        async with self._db.write() as session, session.begin():
+            before = await repository.enforcement_at(session, name, action_ids)
+            rows: list[dict[str, Any]] = []
+            repaired: set[Key] = set()
+            for key, ids in desired.actions.items():
+                outcome = failed.get(key)
+                state = "failed" if outcome else ("applied" if key in present else None)
+                if state is None:
+                    continue
+                for action_id in ids:
+                    previous = before.get(action_id)
+                    if previous is not None and previous[0] == state == "applied":
+                        if key in re_added:
+                            repaired.add(key)
+                        continue
+                    attempts = (previous[2] if previous else 0) + applied.tries.get(key, 1)
+                    rows.append(
+                        {
+                            "action_id": action_id,
+                            "connector": name,
+                            "state": state,
+                            "attempts": attempts,
+                            "error": outcome[0] if outcome else None,
+                            "retryable": outcome[1] if outcome else True,
+                            "updated_at": now,
+                        }
+                    )
+            await repository.upsert_enforcement(session, rows)
+            touched = [r["action_id"] for r in rows]
+            changes = await self._overall(session, touched, now)
+            events = [
+                action_event(
+                    action, changes[action.id], name, now, failed.get(_key_of(action), (None,))[0]
+                )
+                for action in await repository.actions_by_id(session, list(changes))
+            ]
+            await audit.record(session, events)
+            if cursor is not None:
+                await repository.save_cursor(session, name, cursor, now)
+            await repository.save_status(session, await self._status(session, now, status))
+        return len(repaired)
+
+    async def _overall(
+        self, session: AsyncSession, action_ids: Sequence[str], now: datetime
+    ) -> dict[str, str]:
+        """New overall states: applied when every connector that should enforce an action
+        has it, failed when one failed; only transitions are returned (and stored)."""
+        if not action_ids:
+            return {}
+        states = await repository.enforcement_states(session, action_ids)
+        actions = await repository.action_states(session, action_ids)
+        changes: dict[str, str] = {}
+        for action_id, current, provider, kind in actions:
+            if current not in repository.ACTIVE:
+                continue
+            expected = self._expected(provider, kind)
+            mine = states.get(action_id, {})
+            if any(mine.get(n) == "failed" for n in expected):
+                new = ActionState.FAILED.value
+            elif expected and all(mine.get(n) == "applied" for n in expected):
+                new = ActionState.APPLIED.value
+            else:
+                new = ActionState.PENDING.value
+            if new != current:
+                changes[action_id] = new
+        await repository.set_action_states(session, changes, now)
+        return changes
+
+    async def _status(
+        self, session: AsyncSession, now: datetime, fields: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        previous = (await repository.statuses(session)).get(self.config.name)
+        row: dict[str, Any] = {
+            "name": self.config.name,
+            "healthy": True,
+            "detail": "",
+            "last_reconcile_at": previous.last_reconcile_at if previous else None,
+            "last_success_at": previous.last_success_at if previous else None,
+            "desired": previous.desired if previous else 0,
+            "applied": previous.applied if previous else 0,
+            "failed": previous.failed if previous else 0,
+            "rejected": previous.rejected if previous else 0,
+            "drift_repaired": previous.drift_repaired if previous else 0,
+            "lag_seconds": 0.0,
+            # An outage's error goes when the gateway answers again; a reconcile's
+            # failures stay until the next reconcile.
+            "last_error": previous.last_error if previous and previous.healthy else None,
+        }
+        row.update(fields or {})
+        return row
+
+    async def _save_status(self, now: datetime, *, error: str, lag_from: datetime | None) -> None:
+        lag = (now - lag_from).total_seconds() if lag_from else 0.0
+        async with self._db.write() as session, session.begin():
+            fields = {
+                "healthy": False,
+                "detail": error,
+                "last_error": error,
+                "lag_seconds": max(lag, 0.0),
+            }
+            await repository.save_status(session, await self._status(session, now, fields))
+
+    # -- full reconcile ----------------------------------------------------------------
+
+    async def _reconcile_now(self) -> None:
+        requests, self._requests = self._requests, []
+        self._next_reconcile = time.monotonic() + self.config.reconcile_seconds
+        try:
+            report = await self._reconcile()
+        except Exception as exc:
+            for future in requests:
+                if not future.done():
+                    future.set_exception(exc)
+            raise
+        for future in requests:
+            if not future.done():
+                future.set_result(report)
+
+    async def _reconcile(self) -> ReconcileReport:
+        name = self.config.name
+        report = ReconcileReport(connector=name, ok=False)
+        now = utcnow()
+        async with self._db.read() as session:
+            head = await repository.change_head(session)
+        with tracer().start_as_current_span(
+            SPAN_RECONCILE,
+            attributes={"tollgate.connector": name, "tollgate.gateway": self.config.type},
+        ) as span:
+            try:
+                observed = await asyncio.wait_for(
+                    self.connector.observe(), self.config.timeout_seconds * 4
+                )
+            except (ConnectorError, TimeoutError) as exc:
+                report.error = f"gateway unavailable: {exc or 'timed out'}"
+                span.set_status(trace.StatusCode.ERROR, report.error)
+                await self._save_status(now, error=report.error, lag_from=None)
+                return report
+            held = {e.key: e for e in observed.entries}
+            remaining = set(held)
+            after: tuple[str, str] | None = None
+            first = True
+            while first or after is not None:
+                first = False
+                async with self._db.read() as session:
+                    rows, after = await repository.desired_page(
+                        session, self._providers, self._types, after, PAGE, now
+                    )
+                desired = DesiredState()
+                for action_id, _, kind, target_kind, value, params, created_at in rows:
+                    entry = entry_of(kind, target_kind, value, params)
+                    if entry is not None:
+                        desired.add(action_id, entry, created_at)
+                await self._reconcile_page(desired, held, remaining, report, now)
+                await self._drain()  # pending changes wait for one page at most
+            strays = await self._strays(remaining, now)
+            if strays:
+                applied = await self._apply(Diff(remove=tuple(held[k] for k in strays)))
+                result = applied.result
+                if applied.unreachable:
+                    report.error = applied.unreachable
+                removed = {e.key for e in result.done}
+                report.removed += len(removed & set(strays))
+                report.failed += len(result.failed) + len(result.rejected)
+            report.ok = report.error is None and report.failed == 0 and report.rejected == 0
+            for key in (
+                "desired",
+                "applied",
+                "added",
+                "removed",
+                "failed",
+                "rejected",
+                "drift_repaired",
+            ):
+                span.set_attribute(f"tollgate.{key}", getattr(report, key))
+        if report.error is None and self.cursor < head:
+            async with self._db.write() as session, session.begin():
+                await repository.save_cursor(session, name, head, utcnow())
+            self.cursor = head
+            async with self._progress:
+                self.attempted = max(self.attempted, head)
+                self._progress.notify_all()
+        await self._save_reconcile(report, now)
+        self._reconciled = self._reconciled or report.error is None
+        return report
+
+    async def _reconcile_page(
+        self,
+        desired: DesiredState,
+        held: dict[Key, Entry],
+        remaining: set[Key],
+        report: ReconcileReport,
+        now: datetime,
+    ) -> None:
+        async with self._db.read() as session:
+            ids = [a for ids in desired.actions.values() for a in ids]
+            before = await repository.enforcement_at(session, self.config.name, ids)
+        add: list[Entry] = []
+        change: list[Entry] = []
+        for key, entry in desired.entries.items():
+            remaining.discard(key)
+            have = held.get(key)
+            if have is None:
+                if self._reconciled and all(
+                    (b := before.get(a)) is not None and b[0] == "failed" and not b[1]
+                    for a in desired.actions[key]
+                ):
+                    report.rejected += 1  # permanent: not tried again
+                    if len(report.failures) < 20:
+                        why = before[desired.actions[key][0]][3]
+                        shown = f"{entry.type.value} {entry.target_kind}:{_shown(entry)}"
+                        report.failures.append(f"{shown}: {why} (permanent)")
+                    continue
+                add.append(entry)
+            elif have.requests_per_minute != entry.requests_per_minute:
+                change.append(entry)
+        applied = _Applied(ApplyResult())
+        if add or change:
+            applied = await self._apply(Diff(add=tuple(add), change=tuple(change)))
+        result = applied.result
+        if applied.unreachable:
+            report.error = applied.unreachable
+        failed = {e.key for e, _ in (*result.failed, *result.rejected)}
+        present = (set(desired.entries) & set(held)) | {e.key for e in result.done}
+        present -= failed
+        report.desired += len(desired.entries)
+        report.added += sum(1 for e in result.done if e.key not in held)
+        report.changed += sum(1 for e in result.done if e.key in held)
+        report.failed += len(result.failed)
+        report.rejected += len(result.rejected)
+        report.failures += [
+            f"{e.type.value} {e.target_kind}:{_shown(e)}: {why}"
+            for e, why in (*result.failed, *result.rejected)
+        ][: max(0, 20 - len(report.failures))]
+        report.applied += len(present)
+        report.drift_repaired += await self._commit(desired, applied, present, now)
+
+    async def _strays(self, remaining: set[Key], now: datetime) -> list[Key]:
+        """Of what the gateway held and no page asked for, what is still not desired
+        (a push may have planned it while the pages went by)."""
+        if not remaining:
+            return []
+        keys = set(remaining)
+        desired = await self._desired_for(keys, now)
+        return [k for k in keys if k not in desired.entries]
+
+    async def _save_reconcile(self, report: ReconcileReport, now: datetime) -> None:
+        async with self._db.write() as session, session.begin():
+            previous = (await repository.statuses(session)).get(self.config.name)
+            fields = {
+                "healthy": report.error is None,
+                "detail": report.error or "",
+                "last_reconcile_at": now,
+                "last_success_at": now
+                if report.ok
+                else (previous.last_success_at if previous else None),
+                "desired": report.desired,
+                "applied": report.applied,
+                "failed": report.failed,
+                "rejected": report.rejected,
+                "drift_repaired": (previous.drift_repaired if previous else 0)
+                + report.drift_repaired,
+                "last_error": report.error or ("; ".join(report.failures[:3]) or None),
+            }
+            await repository.save_status(session, await self._status(session, now, fields))
+
+    # -- one follower per connector ----------------------------------------------------
+
+    @asynccontextmanager
+    async def _exclusive(self) -> AsyncIterator[None]:
+        """On PostgreSQL, replicas each run a follower per connector but only the holder
+        of the connector's advisory lock applies; the others wait to take over."""
+        if self._db.dialect != "postgresql":
+            yield
+            return
+        key = FOLLOW_LOCK + zlib.crc32(self.config.name.encode()) % 0xFF
+        while True:
+            connection: AsyncConnection = await self._db.engine.connect()
+            try:
+                taken = (await connection.execute(select(func.pg_try_advisory_lock(key)))).scalar()
+                await connection.commit()
+                if taken:
+                    try:
+                        yield
+                    finally:
+                        await connection.invalidate()
+                    return
+            finally:
+                await connection.close()
+            await asyncio.sleep(5.0)
+
+
+def _apply_span(config: ConnectorConfig, changes: Sequence[ChangeRow]) -> Any:
+    """The apply span continues the trace of the change that caused it (the first, when
+    a batch holds several) and links the others."""
+    contexts = []
+    for c in changes:
+        if c.trace_id and c.span_id:
+            contexts.append(
+                SpanContext(
+                    int(c.trace_id, 16),
+                    int(c.span_id, 16),
+                    is_remote=True,
+                    trace_flags=TraceFlags(TraceFlags.SAMPLED),
+                )
+            )
+    parent = trace.set_span_in_context(NonRecordingSpan(contexts[0])) if contexts else None
+    return tracer().start_as_current_span(
+        SPAN_APPLY,
+        context=parent,
+        links=[Link(c) for c in contexts[1:50]],
+        attributes={
+            "tollgate.connector": config.name,
+            "tollgate.gateway": config.type,
+            "tollgate.changes": len(changes),
+        },
+    )
+
+
+async def _backoff(attempt: int) -> None:
+    await asyncio.sleep(random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt)))
+
+
+def _key_ids(change: Diff) -> list[str]:
+    return [e.target_value for e in _entries(change) if e.target_kind == "api_key"]
+
+
+def _entries(change: Diff) -> list[Entry]:
+    return [*change.add, *change.remove, *change.change]
+
+
+def _shown(entry: Entry) -> str:
+    return key_handle(entry.target_value) if entry.target_kind == "api_key" else entry.target_value
+
+
+def _key_of(action: ActionRow) -> Key:
+    return (action.type, action.target_kind, action.target_value)
