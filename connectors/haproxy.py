@@ -4,9 +4,20 @@ HAProxy applies runtime changes to ACLs and maps at once, without a reload, but
 forgets them at the next reload or restart. So every change is made twice: live,
 over the `stats socket ... level admin` (one command per entry, each reply read
 before the next: HAProxy 2.6 takes one entry per `add acl` and blind pipelining
-breaks the socket), and in the ACL/map files HAProxy loads at start, rewritten
-atomically (temp file + rename) from what the runtime then holds. A reload thus
-always comes back to what was enforced.
+breaks the socket), and in the ACL/map files HAProxy loads at start.
+
+An apply costs what its diff holds, never what HAProxy already enforces: the
+connector keeps a model of what the runtime holds per file (read by `observe()`, or
+at a file's first apply, and updated by every command that succeeds), sends only the
+diff's commands, and writes the files from the model later, coalesced: at most once
+per `file_flush_seconds`, in a background task, atomically (temp file + fsync +
+rename), and at `observe()` and `close()`. A reload inside that window loses that
+window's changes until the next reconcile puts them back; a file that cannot be
+written is reported by `health()` and retried at every period.
+
+An entry HAProxy can never hold (a value the runtime refuses to parse, a key its
+files cannot spell, a subject it cannot see) is `rejected`; a busy or unreachable
+socket is retryable.
 
 What lives where (`sample_config()` writes the matching haproxy.cfg):
 
@@ -38,6 +49,7 @@ import functools
 import ipaddress
 import os
 import re
+import threading
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +77,9 @@ _SAFE_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/+=-]{0,199}$")
 """Keys the CLI and map files take verbatim: no spaces, `;`, `#` or backslashes."""
 _FINGERPRINT = re.compile(r"^[0-9a-f]{64}$")
 _VERSION = re.compile(r"New version created: (\d+)")
+_REFUSED = re.compile(r"unable to parse|is not a valid")
+"""How HAProxy refuses a value it cannot hold (not a number for `map_str_int`, not an
+address for `src`): retrying cannot help."""
 _BUFFER = 1 << 28
 """Largest reply read (a `show acl` of 100k CIDRs is about 3 MB)."""
 
@@ -110,6 +125,9 @@ class HAProxyOptions:
     bulk_threshold: int = 1000
     """A file's change of at least this many entries, and at least a quarter of the
     resulting list, is staged (`prepare`/`commit`) and switched atomically."""
+    file_flush_seconds: float = 1.0
+    """At most this long after a change, the ACL/map files hold it (they are written from
+    the connector's model of the runtime, at most once per period, never per push)."""
 
     def __post_init__(self) -> None:
         state = Path(self.state_dir)
@@ -176,6 +194,8 @@ class HAProxyOptions:
             raise ConnectorError(f"{where}: key_header must name a header", retryable=False)
         if parsed.connect_timeout <= 0 or parsed.read_timeout <= 0:
             raise ConnectorError(f"{where}: timeouts must be positive", retryable=False)
+        if parsed.file_flush_seconds <= 0:
+            raise ConnectorError(f"{where}: file_flush_seconds must be positive", retryable=False)
         return parsed
 
 
@@ -201,6 +221,11 @@ class _File:
 
     def line(self, key: str, value: str) -> str:
         return key if self.kind == "acl" else f"{key} {value}"
+
+
+_Copies = dict[str, list[tuple[str, str]]]
+"""A file's entries by canonical key: the (raw string, value) copies HAProxy holds, in
+its order (a map can hold a key twice; the first copy is the one matched)."""
 
 
 @dataclass
@@ -234,8 +259,22 @@ class HAProxyConnector:
         if o.org_header:
             self._files.append(_File(o.org_rate_limit_map, "map", EntryType.RATE_LIMIT, "org"))
         self._lock = asyncio.Lock()
-        """Observe and apply each read the runtime, change it and rewrite the files:
-        one at a time, whoever calls."""
+        """Observe and apply each change the runtime and the model of it: one at a time,
+        whoever calls."""
+        self._held: dict[str, _Copies] = {}
+        """Per file: what the runtime holds, as observe found it and every command that
+        succeeded since left it. Absent: not known yet (read at the file's first apply)."""
+        self._changes: dict[str, int] = {}
+        """Per file: how many times its model changed; the file on disk is stale while
+        this is ahead of `_written`."""
+        self._written: dict[str, int] = {}
+        """Per file: the change count the file on disk holds (only `_save_file` sets it)."""
+        self._disk = threading.Lock()
+        """Writes to the files, one at a time and never an older model over a newer one,
+        even when the coroutine that asked for a write was cancelled meanwhile."""
+        self._unwritable: dict[str, str] = {}
+        """Files whose last write failed, and why: reported by `health()`."""
+        self._flusher: asyncio.Task[None] | None = None
 
     def capabilities(self) -> frozenset[EntryType]:
         return frozenset(EntryType)
@@ -243,46 +282,37 @@ class HAProxyConnector:
     # -- observe ---------------------------------------------------------------------------
 
     async def observe(self) -> GatewayState:
-        """The runtime's ACL and maps, as entries. A file that no longer matches the
-        runtime (a failed write, an edit by hand) is rewritten from it here, so the
-        periodic reconcile also repairs what a reload would load; if that write fails,
-        entries held only at runtime are reported missing, to be re-applied and, while
-        the file cannot be written, to fail visibly."""
+        """The runtime's ACL and maps, as entries; the model of each file is refreshed
+        from them (so drift made by hand at the Runtime API is known from here on). A
+        file that no longer matches the runtime (an edit by hand, a write that failed)
+        is rewritten from it here, so the periodic reconcile also repairs what a reload
+        would load; a file that cannot be written is reported by `health()`."""
         entries: list[Entry] = []
         counts: dict[str, int] = {}
         async with self._lock, self._session() as cli:
             for spec in self._files:
                 live = await cli.show(spec)
                 counts[spec.path] = len(live)
-                if not await self._persist(spec, live):
-                    saved = set(await asyncio.to_thread(_read_file, spec))
-                    live = [item for item in live if item in saved]
+                held = _by_key(spec, live)
+                self._held[spec.path] = held
+                await self._save(spec, _items(held), self._changed(spec), only_if_stale=True)
                 entries.extend(_first_per_key(spec, live).values())
         return GatewayState(frozenset(entries), extra={"entries_per_file": counts})
-
-    async def _persist(self, spec: _File, items: list[tuple[str, str]]) -> bool:
-        """Make the file hold `items` (what the runtime holds), writing only when it does
-        not already: False when it could not be written."""
-        try:
-            if await asyncio.to_thread(_read_file, spec) != items:
-                await asyncio.to_thread(_write_file, spec, items, self.name)
-        except OSError:
-            return False
-        return True
 
     # -- apply -----------------------------------------------------------------------------
 
     async def apply(self, diff: Diff) -> ApplyResult:
-        """Per file: read what the runtime holds now, then add/set/del each entry (or
-        stage the whole new list when the change is large), then make the file hold
-        the runtime's new list. Idempotent: an entry already held is done; a removal of
-        an absent one is done."""
+        """Per file: add/set/del each entry against the model of what the runtime holds
+        (or stage the whole new list when the change is large), so an apply costs what
+        its diff holds. The files HAProxy loads at start follow within
+        `file_flush_seconds` (see `_flush_later`). Idempotent: an entry already held is
+        done; a removal of an absent one is done."""
         result = ApplyResult()
         plan: dict[str, _Ops] = {spec.path: _Ops() for spec in self._files}
         for entry in (*diff.add, *diff.change):
             spec, key, why = self._place(entry)
             if spec is None:
-                result.failed.append((entry, why))
+                result.rejected.append((entry, why))
             else:
                 plan[spec.path].put[key] = (entry, _value_of(entry))
         for entry in diff.remove:
@@ -299,52 +329,43 @@ class HAProxyConnector:
         return result
 
     async def _apply_file(self, cli: _Cli, spec: _File, ops: _Ops, result: ApplyResult) -> None:
-        live = await cli.show(spec)
-        held: dict[str, list[tuple[str, str]]] = {}
-        for raw, value in live:
-            held.setdefault(_canonical_key(spec, raw), []).append((raw, value))
+        held = self._held.get(spec.path)
+        if held is None:  # no observe yet: learn this file once, then follow it
+            held = self._held[spec.path] = _by_key(spec, await cli.show(spec))
         final_size = (
             len(held) - len(ops.remove.keys() & held.keys()) + len(ops.put.keys() - held.keys())
         )
-        outcome = ApplyResult()
-        if ops.size >= self.options.bulk_threshold and ops.size * 4 >= final_size:
-            after = await self._replace(cli, spec, live, ops, outcome)
-        else:
-            after = await self._each(cli, spec, live, held, ops, outcome)
-        if not await self._persist(spec, after):
-            why = (
-                f"enforced by HAProxy now, but {spec.path} could not be written: "
-                "a reload would lose it"
-            )
-            outcome.failed.extend((e, why) for e in outcome.done)
-            outcome.done.clear()
-        result.done.extend(outcome.done)
-        result.failed.extend(outcome.failed)
+        try:
+            if ops.size >= self.options.bulk_threshold and ops.size * 4 >= final_size:
+                await self._replace(cli, spec, held, ops, result)
+            else:
+                await self._each(cli, spec, held, ops, result)
+        except GatewayUnavailable:
+            # A command may have taken effect without its reply reaching us: what the
+            # runtime holds is unknown, so it is read again at the next apply or observe.
+            self._held.pop(spec.path, None)
+            raise
+        finally:
+            self._changed(spec)
+            self._flush_soon()
 
     async def _each(
-        self,
-        cli: _Cli,
-        spec: _File,
-        live: list[tuple[str, str]],
-        held: dict[str, list[tuple[str, str]]],
-        ops: _Ops,
-        result: ApplyResult,
-    ) -> list[tuple[str, str]]:
-        """One command per entry; returns the runtime's list afterwards (as HAProxy keeps
-        it: deletes drop every copy of a string, `set map` sets every copy, adds go last).
+        self, cli: _Cli, spec: _File, held: _Copies, ops: _Ops, result: ApplyResult
+    ) -> None:
+        """One command per entry, each recorded in `held` once HAProxy took it (as HAProxy
+        keeps its list: a delete drops every copy of a string, `set map` sets every copy).
         Maps have no upsert: a held key is `set`, a new one `add`, and a `set` that finds
         the key gone falls back to `add`."""
-        deleted: set[str] = set()
-        values: dict[str, str] = {}
-        added: list[tuple[str, str]] = []
         for key, entry in ops.remove.items():
             failure = None
-            for raw, _ in held.get(key, ()):
+            for raw in dict.fromkeys(raw for raw, _ in held.get(key, ())):
                 reply = await cli.run(f"del {spec.kind} {spec.path} {raw}")
                 if reply and not reply.startswith("Key not found"):
                     failure = reply
                 else:
-                    deleted.add(raw)
+                    held[key] = [copy for copy in held[key] if copy[0] != raw]
+            if not held.get(key, True):
+                del held[key]
             _record(result, entry, failure)
         for key, (entry, value) in ops.put.items():
             copies = held.get(key, [])
@@ -352,65 +373,116 @@ class HAProxyConnector:
             if spec.kind == "acl":
                 if not copies:
                     reply = await cli.run(f"add acl {spec.path} {key}")
-                    added += [] if reply else [(key, "")]
+                    if not reply:
+                        held[key] = [(key, "")]
             elif copies and any(v != value for _, v in copies):
                 reply = await cli.run(f"set map {spec.path} {key} {value}")
                 if reply.startswith("entry not found"):
                     reply = await cli.run(f"add map {spec.path} {key} {value}")
-                    added += [] if reply else [(key, value)]
+                    if not reply:
+                        held[key] = [(key, value)]
                 elif not reply:
-                    values[key] = value
+                    held[key] = [(raw, value) for raw, _ in copies]
             elif not copies:
                 reply = await cli.run(f"add map {spec.path} {key} {value}")
-                added += [] if reply else [(key, value)]
+                if not reply:
+                    held[key] = [(key, value)]
             _record(result, entry, reply or None)
-        kept = [(raw, values.get(raw, value)) for raw, value in live if raw not in deleted]
-        return kept + added
 
     async def _replace(
-        self,
-        cli: _Cli,
-        spec: _File,
-        live: list[tuple[str, str]],
-        ops: _Ops,
-        result: ApplyResult,
-    ) -> list[tuple[str, str]]:
+        self, cli: _Cli, spec: _File, held: _Copies, ops: _Ops, result: ApplyResult
+    ) -> None:
         """Stage the whole new list in a new version and commit it: HAProxy switches
-        from the old list to the new one in one step. Returns the list it then holds."""
-        keep: dict[str, tuple[str, str]] = {}
-        for raw, value in live:
-            key = _canonical_key(spec, raw)
-            if key not in ops.remove and key not in ops.put:
-                keep.setdefault(key, (raw, value))
+        from the old list to the new one in one step, and the model follows."""
+        keep = {
+            key: copies[0]
+            for key, copies in held.items()
+            if key not in ops.remove and key not in ops.put
+        }
         everything = [*ops.remove.values(), *(e for e, _ in ops.put.values())]
         reply = await cli.run(f"prepare {spec.kind} {spec.path}")
         match = _VERSION.search(reply)
         if match is None:
             why = f"prepare {spec.kind} {spec.path}: {reply or 'no version'}"
             result.failed.extend((e, why) for e in everything)
-            return live
+            return
         version = match.group(1)
         prefix = f"add {spec.kind} @{version} {spec.path}"
-        staged: list[tuple[str, str]] = []
-        for raw, value in keep.values():
+        staged: _Copies = {}
+        for key, (raw, value) in keep.items():
             if not await cli.run(f"{prefix} {spec.line(raw, value)}"):
-                staged.append((raw, value))
+                staged[key] = [(raw, value)]
         refused: dict[str, str] = {}
         for key, (_, value) in ops.put.items():
             reply = await cli.run(f"{prefix} {spec.line(key, value)}")
             if reply:
                 refused[key] = reply
             else:
-                staged.append((key, value))
+                staged[key] = [(key, value)]
         reply = await cli.run(f"commit {spec.kind} @{version} {spec.path}")
         if reply:
             why = f"commit {spec.kind} @{version} {spec.path}: {reply}"
             result.failed.extend((e, why) for e in everything)
-            return live
+            return
+        held.clear()
+        held.update(staged)
         result.done.extend(ops.remove.values())
         for key, (entry, _) in ops.put.items():
             _record(result, entry, refused.get(key))
-        return staged
+
+    # -- the files HAProxy loads at start ---------------------------------------------------
+
+    def _changed(self, spec: _File) -> int:
+        self._changes[spec.path] = count = self._changes.get(spec.path, 0) + 1
+        return count
+
+    def _stale(self) -> list[_File]:
+        """Files whose model is known and ahead of what the file on disk holds."""
+        return [
+            spec
+            for spec in self._files
+            if spec.path in self._held
+            and self._changes.get(spec.path, 0) > self._written.get(spec.path, 0)
+        ]
+
+    def _flush_soon(self) -> None:
+        """Writing a whole file per push would cost what the gateway holds, not what the
+        push changed: the files are written from the model at most once per
+        `file_flush_seconds`, in a task of their own, so a reload within that window
+        loses at most that window's changes (the next reconcile puts them back)."""
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_later())
+
+    async def _flush_later(self) -> None:
+        while self._stale():  # an unwritable file stays stale: retried each period
+            await asyncio.sleep(self.options.file_flush_seconds)
+            await self._flush()
+
+    async def _flush(self) -> None:
+        for spec in self._stale():
+            await self._save(spec, _items(self._held[spec.path]), self._changes[spec.path])
+
+    async def _save(
+        self, spec: _File, items: list[tuple[str, str]], count: int, *, only_if_stale: bool = False
+    ) -> None:
+        """Write `items` (a snapshot of the model at change `count`) to the file in a
+        thread; a failure is kept for `health()` and the file stays stale."""
+        try:
+            await asyncio.to_thread(self._save_file, spec, items, count, only_if_stale)
+        except OSError as exc:
+            self._unwritable[spec.path] = exc.strerror or str(exc)
+        else:
+            self._unwritable.pop(spec.path, None)
+
+    def _save_file(
+        self, spec: _File, items: list[tuple[str, str]], count: int, only_if_stale: bool
+    ) -> None:
+        with self._disk:
+            if count <= self._written.get(spec.path, 0):
+                return  # a newer model is on disk already
+            if not only_if_stale or _read_file(spec) != items:
+                _write_file(spec, items, self.name)
+            self._written[spec.path] = count
 
     def _place(self, entry: Entry, *, removing: bool = False) -> tuple[_File | None, str, str]:
         """The file an entry belongs in and its key there, or None and why it cannot be
@@ -465,20 +537,37 @@ class HAProxyConnector:
     # -- health ----------------------------------------------------------------------------
 
     async def health(self) -> Health:
+        """Whether HAProxy answers and has every file loaded (from its list of ACLs and
+        maps: no file is read whole here), and whether every file could be written."""
         gateway = f"haproxy at {self.options.socket}"
         try:
             async with self._session() as cli:
                 version = (await cli.run("show version")).strip()
                 gateway = f"haproxy {version} at {self.options.socket}"
-                for spec in self._files:
-                    await cli.show(spec)
+                loaded = {kind: await cli.loaded(kind) for kind in ("acl", "map")}
         except ConnectorError as exc:
             return Health(ok=False, gateway=gateway, detail=str(exc))
+        for spec in self._files:
+            if spec.path not in loaded[spec.kind]:
+                return Health(ok=False, gateway=gateway, detail=_not_loaded(spec, "not listed"))
+        if self._unwritable:
+            detail = "; ".join(
+                f"cannot write {path} ({why}): enforced now, but a reload would lose it; "
+                f"retried every {self.options.file_flush_seconds:g}s"
+                for path, why in sorted(self._unwritable.items())
+            )
+            return Health(ok=False, gateway=gateway, detail=detail)
         return Health(ok=True, gateway=gateway)
 
     async def close(self) -> None:
-        """Nothing held open: every operation uses a session of its own, so a reload
-        (which re-creates the socket) never leaves the connector on a dead one."""
+        """Write what the files do not hold yet. No session is held open: every operation
+        uses one of its own, so a reload (which re-creates the socket) never leaves the
+        connector on a dead one."""
+        flusher, self._flusher = self._flusher, None
+        if flusher is not None:
+            flusher.cancel()  # a write it started still ends, in order (`_save_file`)
+            await asyncio.wait([flusher])
+        await self._flush()
 
     @contextlib.asynccontextmanager
     async def _session(self) -> AsyncIterator[_Cli]:
@@ -548,13 +637,14 @@ class _Cli:
         for line in reply.splitlines():
             parts = line.split(" ", 2)
             if not line.startswith("0x") or len(parts) < 2:
-                raise ConnectorError(
-                    f"HAProxy has no {spec.kind} loaded from {spec.path} ({reply.strip()}): "
-                    "haproxy.cfg must name exactly this file (see docs/haproxy.md)",
-                    retryable=False,
-                )
+                raise ConnectorError(_not_loaded(spec, reply.strip()), retryable=False)
             items.append((parts[1], parts[2] if len(parts) == 3 else ""))
         return items
+
+    async def loaded(self, kind: str) -> set[str]:
+        """The files HAProxy loaded ACLs (`acl`) or maps (`map`) from."""
+        reply = await self.run(f"show {kind}")
+        return set(re.findall(r"^\S+ \((/[^)]*)\) ", reply, re.MULTILINE))
 
     async def close(self) -> None:
         if self._writer is None:
@@ -589,6 +679,19 @@ def _canonical_key(spec: _File, raw: str) -> str:
         return raw
 
 
+def _by_key(spec: _File, items: Iterable[tuple[str, str]]) -> _Copies:
+    held: _Copies = {}
+    for raw, value in items:
+        held.setdefault(_canonical_key(spec, raw), []).append((raw, value))
+    return held
+
+
+def _items(held: _Copies) -> list[tuple[str, str]]:
+    """What the file holds for a model: every copy, grouped by key (order between keys
+    does not change what HAProxy matches)."""
+    return [copy for copies in held.values() for copy in copies]
+
+
 def _first_per_key(spec: _File, items: Iterable[tuple[str, str]]) -> dict[str, Entry]:
     """Entries by key; of duplicate map keys the first is what HAProxy matches."""
     found: dict[str, Entry] = {}
@@ -616,10 +719,19 @@ def _int_or_none(value: str) -> int | None:
 
 
 def _record(result: ApplyResult, entry: Entry, failure: str | None) -> None:
-    if failure:
-        result.failed.append((entry, f"HAProxy refused it: {failure.strip()}"))
-    else:
+    if not failure:
         result.done.append(entry)
+    elif _REFUSED.search(failure):
+        result.rejected.append((entry, f"HAProxy cannot hold it: {failure.strip()}"))
+    else:
+        result.failed.append((entry, f"HAProxy refused it: {failure.strip()}"))
+
+
+def _not_loaded(spec: _File, seen: str) -> str:
+    return (
+        f"HAProxy has no {spec.kind} loaded from {spec.path} ({seen}): "
+        "haproxy.cfg must name exactly this file (see docs/haproxy.md)"
+    )
 
 
 def _read_file(spec: _File) -> list[tuple[str, str]]:

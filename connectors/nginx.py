@@ -27,6 +27,15 @@ The reload is a SIGHUP to the master from `pid_file`, confirmed by watching the
 master start new workers and the old ones stop accepting, so an apply returns
 once the new configuration is serving.
 
+An apply costs what its diff holds in Python: the parsed lists stay in memory (read
+at `observe()` or the first apply, and again only when a file changed behind the
+connector's back), and only the lists a batch touched are rendered again. Reloads
+are coalesced: at most one write-test-reload per `reload_min_seconds`, carrying
+every diff that arrived meanwhile; each apply still returns once its entries serve.
+An entry NGINX can never hold (a value it cannot parse, a key the include cannot
+spell, a limit below every tier) is `rejected`; one held back by a key that differs
+only in case is `failed`, as it may succeed once the other is lifted.
+
 Values are checked before they are written (addresses parsed, keys limited to
 characters and lengths a map can hold, map keywords escaped), so no entry
 Tollgate sends can break the configuration; only a file corrupted by hand or a
@@ -81,6 +90,14 @@ _CONF_FILE = re.compile(r"^# configuration file (.+):$", re.MULTILINE)
 _LOG_PREFIX = re.compile(r"^\S+ \S+ \[(\w+)\] \d+#\d+: ")
 _Files = dict[str, bytes | None]
 """File name -> content (None: no such file)."""
+_Stamps = dict[str, tuple[int, int, int] | None]
+"""File name -> (inode, size, mtime) (None: no such file): whether a file changed."""
+_LIST_OF = {
+    EntryType.BLOCK: "blocked.conf",
+    EntryType.REVOKE_KEY: "revoked.conf",
+    EntryType.RATE_LIMIT: "limits.conf",
+}
+"""The include each entry type lives in."""
 _POLL = 0.005
 """Seconds between looks at the master's workers while a reload is confirmed."""
 
@@ -124,6 +141,10 @@ class NginxOptions:
     assumed for the length check)."""
     map_hash_max_size: int = 65536
     """Written in the frame so 10k+ keys build an optimal hash; 0: not written."""
+    reload_min_seconds: float = 0.5
+    """At most one write-test-reload per this many seconds: diffs that arrive meanwhile
+    wait and go live together in the next one (a reload rewrites whole files and
+    re-reads the configuration, whatever a diff holds)."""
 
     @property
     def max_key_length(self) -> int:
@@ -153,6 +174,8 @@ class NginxOptions:
                 if not value or len(set(value)) != len(value):
                     raise _bad(f"{where}: tiers must be a non-empty list without repeats")
                 value = tuple(sorted(value))
+            elif isinstance(default, float) and isinstance(value, int | float):
+                value = float(value)
             elif type(value) is not type(default):
                 raise _bad(f"{where}: option {name} must be a {type(default).__name__}")
             values[name] = value
@@ -169,6 +192,8 @@ class NginxOptions:
         for name in ("map_hash_bucket_size", "map_hash_max_size"):
             if not 0 <= getattr(parsed, name) <= 1 << 20:
                 raise _bad(f"{where}: {name} must be between 0 and 1048576")
+        if not 0 <= parsed.reload_min_seconds <= 60:
+            raise _bad(f"{where}: reload_min_seconds must be between 0 and 60")
         for name in ("main_config", "include_dir", "pid_file", "nginx"):
             if not getattr(parsed, name):
                 raise _bad(f"{where}: {name} must not be empty")
@@ -195,6 +220,9 @@ class _Tables:
     """Lowercased key -> (key, requests per minute asked for; the tier is derived)."""
     ignored: int = 0
     """Lines that are no entry this connector can read (dropped at the next write)."""
+
+    def copy(self) -> _Tables:
+        return _Tables(dict(self.blocked), dict(self.revoked), dict(self.limits), self.ignored)
 
     def entries(self) -> frozenset[Entry]:
         return frozenset(
@@ -279,6 +307,16 @@ class NginxConnector:
         """The files may say more than NGINX serves (written, but the reload was not
         confirmed; or unknown, at start): the next observe or apply reloads even when
         it changes nothing."""
+        self._tables: _Tables | None = None
+        """What the files hold, parsed: read once (observe, or the first apply) and then
+        kept in step with every write, so an apply never re-reads every include."""
+        self._disk: _Files = {}
+        """The files as last read or written; `_stamps` tells whether they still are."""
+        self._stamps: _Stamps = {}
+        self._queue: list[tuple[Diff, asyncio.Future[ApplyResult]]] = []
+        """Diffs waiting for the next write-test-reload, each with its caller's future."""
+        self._committer: asyncio.Task[None] | None = None
+        self._last_commit = -float("inf")
 
     def capabilities(self) -> frozenset[EntryType]:
         return frozenset(EntryType)
@@ -296,10 +334,11 @@ class NginxConnector:
         reported (`ConfigRejected`) rather than pretended. A master that is not running
         is `GatewayUnavailable`."""
         async with self._exclusive():
-            before, tables, entries, wanted = await asyncio.to_thread(self._survey)
+            stamps, before, tables, entries, wanted = await asyncio.to_thread(self._survey)
             if wanted != before or self._unconfirmed:
-                await self._commit(before, wanted)
+                await self._commit(before, wanted, tables)
             else:
+                self._remember(wanted, tables, stamps)
                 self._check_included(await self._test())
                 if self._master() is None:
                     raise self._not_running()
@@ -313,42 +352,102 @@ class NginxConnector:
     # -- apply -----------------------------------------------------------------------------
 
     async def apply(self, diff: Diff) -> ApplyResult:
-        """Rewrite the files with the diff applied, test, reload, confirm.
+        """Queue the diff for the next write-test-reload and return once it is live.
 
-        Idempotent: an entry already there is rewritten as it is, a removal of one that
-        is not there changes nothing. An entry NGINX cannot hold is reported failed with
-        why and the others go ahead. A failing `nginx -t` restores the previous files
-        and raises `ConfigRejected` (the whole diff failed, not retried); a master that
-        is not running raises `GatewayUnavailable` (the tested files stay: NGINX loads
-        them when it starts)."""
+        Reloads are coalesced: at most one per `reload_min_seconds`, and every diff that
+        arrived meanwhile goes live in it, so a burst of small diffs costs a handful of
+        reloads. Idempotent: an entry already there changes nothing, a removal of one
+        that is not there changes nothing. An entry NGINX can never hold is `rejected`
+        with why, and the others go ahead. A failing `nginx -t` restores the previous
+        files and raises `ConfigRejected` (every diff of that reload failed, not
+        retried); a master that is not running raises `GatewayUnavailable` (the tested
+        files stay: NGINX loads them when it starts)."""
+        done: asyncio.Future[ApplyResult] = asyncio.get_running_loop().create_future()
+        self._queue.append((diff, done))
+        if self._committer is None or self._committer.done():
+            self._committer = asyncio.create_task(self._commit_queued())
+        return await done
+
+    async def _commit_queued(self) -> None:
+        """Take what is queued, make it live, answer its callers; again while more came."""
+        while self._queue:
+            wait = self._last_commit + self.options.reload_min_seconds - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            # A caller that gave up (cancelled, timed out) does not have its diff applied.
+            batch = [(diff, done) for diff, done in self._queue if not done.done()]
+            self._queue.clear()
+            if not batch:
+                continue
+            self._last_commit = time.monotonic()
+            try:
+                results = await self._apply_batch([diff for diff, _ in batch])
+            except BaseException as exc:
+                failure = (
+                    exc
+                    if isinstance(exc, Exception)
+                    else GatewayUnavailable(
+                        "the connector closed before these changes were reloaded"
+                    )
+                )
+                for _, done in batch:
+                    if not done.done():
+                        done.set_exception(failure)
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            for (_, done), result in zip(batch, results, strict=True):
+                if not done.done():
+                    done.set_result(result)
+
+    async def _apply_batch(self, diffs: list[Diff]) -> list[ApplyResult]:
+        """Each diff against the tables in memory (what it costs: its own entries), then
+        the lists it touched rendered once, written, tested and reloaded."""
         async with self._exclusive():
-            before, result, wanted = await asyncio.to_thread(self._plan, diff)
-            if wanted != before or self._unconfirmed:
-                await self._commit(before, wanted)
-        return result
+            if self._tables is None or await asyncio.to_thread(self._stamp) != self._stamps:
+                # First apply, or the files changed behind our back: read them again.
+                stamps, before, tables, _, wanted = await asyncio.to_thread(self._survey)
+                self._remember(before, tables, stamps)
+            else:
+                tables, wanted = self._tables, dict(self._disk)
+            tables = tables.copy()
+            touched: set[str] = set()
+            results = [self._plan(tables, diff, touched) for diff in diffs]
+            wanted.update(await asyncio.to_thread(self._render_lists, tables, touched))
+            if wanted != self._disk or self._unconfirmed:
+                await self._commit(self._disk, wanted, tables)
+        return results
 
     # Reading, parsing and rendering 30k entries takes about 0.2 s of CPU: they run in a
     # thread, off the event loop. They only compute; writing stays on the loop (below).
 
-    def _survey(self) -> tuple[_Files, _Tables, frozenset[Entry], _Files]:
+    def _survey(self) -> tuple[_Stamps, _Files, _Tables, frozenset[Entry], _Files]:
+        stamps = self._stamp()  # before reading: a change while reading shows next time
         before = self._read()
         tables = self._parse(before)
-        return before, tables, tables.entries(), self._render(tables)
+        return stamps, before, tables, tables.entries(), self._render(tables)
 
-    def _plan(self, diff: Diff) -> tuple[_Files, ApplyResult, _Files]:
-        before = self._read()
-        tables = self._parse(before)
+    def _plan(self, tables: _Tables, diff: Diff, touched: set[str]) -> ApplyResult:
         result = ApplyResult()
         for entry in diff.remove:
             self._remove(tables, entry)
             result.done.append(entry)
+            touched.add(_LIST_OF[entry.type])
         for entry in (*diff.add, *diff.change):
             why = self._put(tables, entry)
-            if why:
+            if not why:
+                result.done.append(entry)
+                touched.add(_LIST_OF[entry.type])
+            elif entry.type is not EntryType.BLOCK and _twin(
+                tables.revoked if entry.type is EntryType.REVOKE_KEY else tables.limits,
+                entry.target_value,
+            ):
+                # Held back by another entry (its twin in another case): fine once that
+                # one is lifted, so it may succeed later.
                 result.failed.append((entry, why))
             else:
-                result.done.append(entry)
-        return before, result, self._render(tables)
+                result.rejected.append((entry, why))
+        return result
 
     def _remove(self, tables: _Tables, entry: Entry) -> None:
         """Take an entry away by its key; one spelled oddly (by hand) is matched as
@@ -436,7 +535,31 @@ class NginxConnector:
         return Health(ok=True, gateway=gateway, detail=detail)
 
     async def close(self) -> None:
-        """Nothing held open: NGINX keeps serving the files as they are."""
+        """Let queued diffs go live (bounded), then nothing is held open: NGINX keeps
+        serving the files as they are."""
+        committer, self._committer = self._committer, None
+        if committer is not None and not committer.done():
+            bound = self.options.reload_min_seconds + 4 * self.timeout
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(committer, bound)  # cancelled past the bound
+
+    def _remember(self, files: _Files, tables: _Tables, stamps: _Stamps) -> None:
+        self._disk, self._tables, self._stamps = files, tables, stamps
+
+    def _stamp(self) -> _Stamps:
+        """Each file's identity and size and time of change: a write by anyone else (an
+        edit by hand, a restore) shows as a difference, and the files are read again."""
+        stamps: _Stamps = {}
+        for name, path in self.paths.items():
+            try:
+                info = path.stat()
+            except FileNotFoundError:
+                stamps[name] = None
+            except OSError as exc:
+                raise ConnectorError(f"cannot read {path}: {exc}") from None
+            else:
+                stamps[name] = (info.st_ino, info.st_size, info.st_mtime_ns)
+        return stamps
 
     # -- reading and writing the files -----------------------------------------------------
 
@@ -512,15 +635,7 @@ class NginxConnector:
         return None
 
     def _render(self, tables: _Tables) -> _Files:
-        o = self.options
-        head = f"# Written by Tollgate's nginx connector {self.name!r}; edits are undone.\n"
-        blocked = "".join(f"{value} {kind};\n" for value, kind in sorted(tables.blocked.items()))
-        revoked = "".join(f"{_quote_key(k)} 1;\n" for k in sorted(tables.revoked.values()))
-        limits = "".join(
-            f"{_quote_key(k)} {self._tier(rpm)};  # requests_per_minute={rpm}\n"
-            for k, rpm in sorted(tables.limits.values())
-            if self._tier(rpm) is not None
-        )
+        head = self._head()
         files = {
             "http.conf": head
             + "# Include it in http {}, before any map of your own.\n"
@@ -528,15 +643,40 @@ class NginxConnector:
             "server.conf": head
             + "# Include it in each server {} or location {} to protect.\n"
             + self._rules(),
-            "blocked.conf": head
-            + "# geo entries: address or network, then ip or cidr.\n"
-            + blocked,
-            "revoked.conf": head + "# map entries: revoked API key.\n" + revoked,
-            "limits.conf": head
-            + f"# map entries: API key, then its tier of {list(o.tiers)}.\n"
-            + limits,
         }
-        return {name: text.encode() for name, text in files.items()}
+        rendered: _Files = {name: text.encode() for name, text in files.items()}
+        rendered.update(self._render_lists(tables, set(_LIST_OF.values())))
+        return rendered
+
+    def _render_lists(self, tables: _Tables, names: set[str]) -> _Files:
+        """The list includes named, from the tables (the frame does not depend on them)."""
+        head, lists = self._head(), {}
+        if "blocked.conf" in names:
+            lists["blocked.conf"] = (
+                head
+                + "# geo entries: address or network, then ip or cidr.\n"
+                + "".join(f"{value} {kind};\n" for value, kind in sorted(tables.blocked.items()))
+            )
+        if "revoked.conf" in names:
+            lists["revoked.conf"] = (
+                head
+                + "# map entries: revoked API key.\n"
+                + "".join(f"{_quote_key(k)} 1;\n" for k in sorted(tables.revoked.values()))
+            )
+        if "limits.conf" in names:
+            lists["limits.conf"] = (
+                head
+                + f"# map entries: API key, then its tier of {list(self.options.tiers)}.\n"
+                + "".join(
+                    f"{_quote_key(k)} {self._tier(rpm)};  # requests_per_minute={rpm}\n"
+                    for k, rpm in sorted(tables.limits.values())
+                    if self._tier(rpm) is not None
+                )
+            )
+        return {name: text.encode() for name, text in lists.items()}
+
+    def _head(self) -> str:
+        return f"# Written by Tollgate's nginx connector {self.name!r}; edits are undone.\n"
 
     def _frame(self) -> str:
         o, p, header = self.options, self.options.prefix, self.options.header_variable
@@ -599,10 +739,11 @@ class NginxConnector:
         except OSError as exc:
             raise ConnectorError(f"cannot write {self.dir}: {exc}") from None
 
-    async def _commit(self, before: _Files, wanted: _Files) -> None:
+    async def _commit(self, before: _Files, wanted: _Files, tables: _Tables) -> None:
         """Write, test, reload. Any failure before the test passes puts the previous
         files back, so what is on disk is always something that passed `nginx -t` (or
-        what someone else left there)."""
+        what someone else left there); once it passes, `tables` are what the files
+        hold."""
         changed = {name: data for name, data in wanted.items() if data != before[name]}
         if changed:
             self._write(changed)
@@ -615,6 +756,7 @@ class NginxConnector:
             raise
         # Files that pass but are not read yet stay: the operator needs them to exist
         # before the main configuration can include them.
+        self._remember(wanted, tables, self._stamp())
         self._check_included(dump)
         await self._reload()
         self._unconfirmed = False

@@ -38,6 +38,9 @@ class Gateway:
     clients: dict[str, httpx.AsyncClient] = field(default_factory=dict)
     unused: httpx.AsyncClient = field(default_factory=httpx.AsyncClient)
     """The HTTP client a connector is given (HAProxy's is driven over its socket)."""
+    made: list[HAProxyConnector] = field(default_factory=list)
+    """Connectors of the current test, closed at its end: none writes its files late,
+    into the next test's."""
 
     def connector(self, name: str = "edge", /, **options: Any) -> HAProxyConnector:
         """A connector on this HAProxy (extra options override the fixture's)."""
@@ -48,7 +51,9 @@ class Gateway:
             options={**self.connector_options(), **options},
             timeout_seconds=5.0,
         )
-        return HAProxyConnector(config, self.unused)
+        connector = HAProxyConnector(config, self.unused)
+        self.made.append(connector)
+        return connector
 
     def connector_options(self) -> dict[str, Any]:
         """What tollgate.yaml's `options:` would say for this HAProxy."""
@@ -88,7 +93,13 @@ class Gateway:
             await self.runtime(f"clear {kind} {path}")
             path.write_text("", encoding="utf-8")
 
+    async def close_connectors(self) -> None:
+        for connector in self.made:
+            await connector.close()
+        self.made.clear()
+
     async def close(self) -> None:
+        await self.close_connectors()
         for client in [*self.clients.values(), self.unused]:
             await client.aclose()
         self.clients.clear()
@@ -142,6 +153,7 @@ async def haproxy_fixture(haproxy_session: Gateway) -> AsyncIterator[Gateway]:
     """The session's HAProxy, emptied for this test."""
     await haproxy_session.reset()
     yield haproxy_session
+    await haproxy_session.close_connectors()
 
 
 @pytest.fixture(scope="session", name="haproxy_by_id")
@@ -169,3 +181,4 @@ async def haproxy_id_fixture(haproxy_by_id: Gateway) -> AsyncIterator[Gateway]:
     """The key-id HAProxy, emptied for this test."""
     await haproxy_by_id.reset()
     yield haproxy_by_id
+    await haproxy_by_id.close_connectors()

@@ -3,13 +3,14 @@ real HTTP requests through the proxy, from distinct loopback source addresses.""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
 
-from connectors.haproxy import HAProxyOptions, sample_config
+from connectors.haproxy import HAProxyOptions, _Cli, sample_config
 from controlplane.enforce.sdk import (
     ApplyResult,
     ConnectorError,
@@ -52,10 +53,13 @@ async def apply(
     change: Iterable[Entry] = (),
     **options: object,
 ) -> ApplyResult:
-    """Apply through a fresh connector and expect every entry done."""
+    """Apply through a fresh connector and expect every entry done; the connector is
+    closed after, so the files hold the change too (they are written coalesced)."""
     diff = Diff(add=tuple(add), remove=tuple(remove), change=tuple(change))
-    result = await gateway.connector(**options).apply(diff)
-    assert not result.failed, result.failed
+    connector = gateway.connector(**options)
+    result = await connector.apply(diff)
+    await connector.close()
+    assert not result.failed and not result.rejected, (result.failed, result.rejected)
     assert len(result.done) == diff.size
     return result
 
@@ -80,6 +84,23 @@ def leftovers(directory: str) -> list[Path]:
 
 def write(path: str, text: str) -> None:
     Path(path).write_text(text, encoding="utf-8")
+
+
+def inode(path: str) -> int:
+    """Changes when a file is replaced (an atomic write renames a new file over it)."""
+    return Path(path).stat().st_ino
+
+
+def make_unwritable(path: str) -> None:
+    """A directory where the file was: it cannot be replaced, whoever runs the test
+    (root included). `make_writable` puts the file back."""
+    Path(path).rename(f"{path}.away")
+    Path(path).mkdir()
+
+
+def make_writable(path: str) -> None:
+    Path(path).rmdir()
+    Path(f"{path}.away").rename(path)
 
 
 async def version_of(gateway: Gateway, kind: str, path: str) -> int:
@@ -241,7 +262,7 @@ async def test_observe_rewrites_a_file_that_lost_the_runtime_state(haproxy: Gate
     assert lines(acl) == ["127.0.0.8"]  # a reload now loads what is enforced
 
 
-async def test_what_haproxy_cannot_enforce_fails_with_why(haproxy: Gateway) -> None:
+async def test_what_haproxy_cannot_enforce_is_rejected_with_why(haproxy: Gateway) -> None:
     good = block("127.0.0.10")
     diff = Diff(
         add=(
@@ -254,8 +275,8 @@ async def test_what_haproxy_cannot_enforce_fails_with_why(haproxy: Gateway) -> N
 
     result = await haproxy.connector().apply(diff)
 
-    assert result.done == [good]
-    why = {e.target_value: reason for e, reason in result.failed}
+    assert result.done == [good] and not result.failed
+    why = {e.target_value: reason for e, reason in result.rejected}
     assert "fingerprint" in why["key_3"] and "key_match: id" in why["key_3"]
     assert "account_header" in why["acct_9"]
     assert "IPs and CIDRs" in why["key_4"]
@@ -316,3 +337,89 @@ async def test_key_ids_account_limits_and_forwarded_client_ips(haproxy_id: Gatew
     assert await haproxy_id.get(**{"x-api-key-id": "key_ab"}) == 401
     assert await haproxy_id.statuses(4, **{"x-account-id": "acct_1"}) == [OK, OK, OK, 429]
     assert await haproxy_id.get(**{"x-account-id": "acct_2"}) == OK
+
+
+# -- cost per apply, and the files written coalesced ------------------------------------
+
+
+async def test_an_apply_among_20k_held_entries_sends_only_its_own_commands(
+    haproxy: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    acl = haproxy.proxy.options.blocked_acl
+    held = [block(f"10.{i // 256 % 256}.{i % 256}.{i // 65536}") for i in range(20_000)]
+    connector = haproxy.connector(file_flush_seconds=3600.0)  # files only at observe/close
+    await connector.apply(Diff(add=tuple(held)))
+    await connector.observe()  # the model and the file, as a reconcile leaves them
+    assert len(lines(acl)) == 20_000
+    written = inode(acl)
+    sent: list[str] = []
+    run = _Cli.run
+
+    async def spy(cli: _Cli, command: str) -> str:
+        sent.append(command)
+        return await run(cli, command)
+
+    monkeypatch.setattr(_Cli, "run", spy)
+    result = await connector.apply(Diff(add=(block("127.0.0.30"),)))
+
+    assert result.done == [block("127.0.0.30")]
+    assert sent == ["prompt", f"add acl {acl} 127.0.0.30"]  # no `show acl`, one add
+    assert await haproxy.get("127.0.0.30") == 403
+    assert inode(acl) == written  # the file is not rewritten per push
+    assert "127.0.0.30" not in lines(acl)
+
+    await connector.close()
+    assert sorted(lines(acl)) == sorted([*(e.target_value for e in held), "127.0.0.30"])
+    haproxy.proxy.reload()  # a reload loads the files: it comes back to what was enforced
+    assert await haproxy.get("127.0.0.30") == 403
+    assert len((await haproxy.runtime(f"show acl {acl}")).splitlines()) == 20_001
+
+
+async def test_the_files_follow_the_runtime_in_the_background(haproxy: Gateway) -> None:
+    o = haproxy.proxy.options
+    connector = haproxy.connector(file_flush_seconds=0.05)
+    await connector.apply(Diff(add=(block("127.0.0.31"), revoke(fingerprint("sk-bg")))))
+    await connector.apply(Diff(remove=(block("127.0.0.31"),), add=(block("127.0.0.32"),)))
+
+    for _ in range(400):  # written by the connector's own task, with no further call
+        if lines(o.blocked_acl) == ["127.0.0.32"] and lines(o.revoked_map):
+            break
+        await asyncio.sleep(0.025)
+    assert lines(o.blocked_acl) == ["127.0.0.32"]
+    assert lines(o.revoked_map) == [f"{fingerprint('sk-bg')} revoked"]
+
+
+async def test_a_file_that_cannot_be_written_is_reported_and_written_later(
+    haproxy: Gateway,
+) -> None:
+    acl = haproxy.proxy.options.blocked_acl
+    make_unwritable(acl)
+    connector = haproxy.connector(file_flush_seconds=3600.0)
+    try:
+        result = await connector.apply(Diff(add=(block("127.0.0.33"),)))
+        assert result.done == [block("127.0.0.33")]  # enforced now: only the file lags
+        await connector.close()
+
+        health = await connector.health()
+        assert not health.ok
+        assert acl in health.detail and "reload would lose it" in health.detail
+        assert await haproxy.get("127.0.0.33") == 403
+    finally:
+        make_writable(acl)
+
+    await connector.close()  # the next flush writes it
+    assert lines(acl) == ["127.0.0.33"]
+    assert (await connector.health()).ok
+
+
+async def test_a_value_the_runtime_cannot_parse_is_rejected(haproxy_id: Gateway) -> None:
+    # Misconfigured on purpose: revocations sent to a map of integers (map_str_int).
+    o = haproxy_id.proxy.options
+    connector = haproxy_id.connector(revoked_map=o.account_rate_limit_map, account_header="")
+    key = revoke("key_unparsable")
+
+    result = await connector.apply(Diff(add=(key,)))
+
+    assert not result.done and not result.failed, result
+    [(entry, why)] = result.rejected
+    assert entry == key and "unable to parse" in why
