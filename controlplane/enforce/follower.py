@@ -26,14 +26,15 @@ import logging
 import random
 import time
 import zlib
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from contextlib import asynccontextmanager, suppress
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, TraceFlags
+from opentelemetry.util.types import AttributeValue
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
@@ -72,6 +73,8 @@ PAGE = 2000
 """Desired actions per page of a full reconcile."""
 SPAN_APPLY = "connector.apply"
 SPAN_RECONCILE = "connector.reconcile"
+TRACED_PER_BATCH = 100
+"""Parent spans an apply span is repeated under, at most (the rest are counted only)."""
 FOLLOW_LOCK = 0x74_6C_66_00
 """Advisory locks (plus a hash of the connector's name): one follower per connector."""
 
@@ -402,7 +405,13 @@ class Follower:
             await audit.record(session, events)
             if cursor is not None:
                 await repository.save_cursor(session, name, cursor, now)
-            await repository.save_status(session, await self._status(session, now, status))
+            fields = dict(status or {})
+            if failed:
+                fields["last_error"] = "; ".join(
+                    f"{e.type.value} {e.target_kind}:{_shown(e)}: {why}"
+                    for e, why in (*result.failed, *result.rejected)
+                )[:2000]
+            await repository.save_status(session, await self._status(session, now, fields))
         return len(repaired)
 
     async def _overall(
@@ -435,6 +444,7 @@ class Follower:
         self, session: AsyncSession, now: datetime, fields: dict[str, Any] | None
     ) -> dict[str, Any]:
         previous = (await repository.statuses(session)).get(self.config.name)
+        failed, rejected = await repository.failing(session, self.config.name)
         row: dict[str, Any] = {
             "name": self.config.name,
             "healthy": True,
@@ -443,13 +453,15 @@ class Follower:
             "last_success_at": previous.last_success_at if previous else None,
             "desired": previous.desired if previous else 0,
             "applied": previous.applied if previous else 0,
-            "failed": previous.failed if previous else 0,
-            "rejected": previous.rejected if previous else 0,
+            "failed": failed,
+            "rejected": rejected,
             "drift_repaired": previous.drift_repaired if previous else 0,
             "lag_seconds": 0.0,
-            # An outage's error goes when the gateway answers again; a reconcile's
-            # failures stay until the next reconcile.
-            "last_error": previous.last_error if previous and previous.healthy else None,
+            # An outage's error goes when the gateway answers again, an entry's when
+            # nothing fails any more.
+            "last_error": previous.last_error
+            if previous and previous.healthy and (failed or rejected)
+            else None,
         }
         row.update(fields or {})
         return row
@@ -620,8 +632,6 @@ class Follower:
                 else (previous.last_success_at if previous else None),
                 "desired": report.desired,
                 "applied": report.applied,
-                "failed": report.failed,
-                "rejected": report.rejected,
                 "drift_repaired": (previous.drift_repaired if previous else 0)
                 + report.drift_repaired,
                 "last_error": report.error or ("; ".join(report.failures[:3]) or None),
@@ -654,31 +664,46 @@ class Follower:
             await asyncio.sleep(5.0)
 
 
-def _apply_span(config: ConnectorConfig, changes: Sequence[ChangeRow]) -> Any:
-    """The apply span continues the trace of the change that caused it (the first, when
-    a batch holds several) and links the others."""
-    contexts = []
+@contextmanager
+def _apply_span(config: ConnectorConfig, changes: Sequence[ChangeRow]) -> Iterator[trace.Span]:
+    """The apply continues the trace of each change it carries: one span under the
+    span that made the first change, and a twin with the same times and attributes
+    under each other one (at most `TRACED_PER_BATCH`), linked to it, so every
+    verdict's trace shows the apply that enforced it."""
+    parents: dict[tuple[str, str], SpanContext] = {}
     for c in changes:
-        if c.trace_id and c.span_id:
-            contexts.append(
+        if c.trace_id and c.span_id and len(parents) < TRACED_PER_BATCH:
+            parents.setdefault(
+                (c.trace_id, c.span_id),
                 SpanContext(
                     int(c.trace_id, 16),
                     int(c.span_id, 16),
                     is_remote=True,
                     trace_flags=TraceFlags(TraceFlags.SAMPLED),
-                )
+                ),
             )
+    contexts = list(parents.values())
+    attributes: dict[str, AttributeValue] = {
+        "tollgate.connector": config.name,
+        "tollgate.gateway": config.type,
+        "tollgate.changes": len(changes),
+    }
+    t = tracer()
+    started = time.time_ns()
     parent = trace.set_span_in_context(NonRecordingSpan(contexts[0])) if contexts else None
-    return tracer().start_as_current_span(
-        SPAN_APPLY,
-        context=parent,
-        links=[Link(c) for c in contexts[1:50]],
-        attributes={
-            "tollgate.connector": config.name,
-            "tollgate.gateway": config.type,
-            "tollgate.changes": len(changes),
-        },
-    )
+    with t.start_as_current_span(SPAN_APPLY, context=parent, attributes=attributes) as span:
+        yield span
+    ended = time.time_ns()
+    main = span.get_span_context()
+    for other in contexts[1:]:
+        twin = t.start_span(
+            SPAN_APPLY,
+            context=trace.set_span_in_context(NonRecordingSpan(other)),
+            attributes={**attributes, **(getattr(span, "attributes", None) or {})},
+            links=[Link(main)],
+            start_time=started,
+        )
+        twin.end(end_time=ended)
 
 
 async def _backoff(attempt: int) -> None:

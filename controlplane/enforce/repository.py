@@ -224,6 +224,22 @@ async def enforcement_at(
     return found
 
 
+async def failing(session: AsyncSession, connector: str) -> tuple[int, int]:
+    """(retryable, permanent) failures of still-active actions at this connector."""
+    rows = await session.execute(
+        select(col(ActionEnforcementRow.retryable), func.count())
+        .join(ActionRow, col(ActionRow.id) == col(ActionEnforcementRow.action_id))
+        .where(
+            col(ActionEnforcementRow.connector) == connector,
+            col(ActionEnforcementRow.state) == "failed",
+            col(ActionRow.state).in_(ACTIVE),
+        )
+        .group_by(col(ActionEnforcementRow.retryable))
+    )
+    counts = {bool(retryable): int(n) for retryable, n in rows}
+    return counts.get(True, 0), counts.get(False, 0)
+
+
 async def action_states(
     session: AsyncSession, action_ids: Sequence[str]
 ) -> list[tuple[str, str, str, str]]:

@@ -207,6 +207,7 @@ class ActionEnforcementRow(SQLModel, table=True):
     """Where one action stands at one connector's gateway."""
 
     __tablename__ = "action_enforcement"
+    __table_args__ = (Index("ix_enforcement_connector_state", "connector", "state"),)
 
     action_id: str = Field(foreign_key="action.id", primary_key=True, max_length=40)
     connector: str = Field(primary_key=True, max_length=63)

@@ -64,6 +64,9 @@ async def test_verdicts_are_enforced_at_the_proxy_and_lifts_undo_them(
 
     [status] = (await api.client.get("/v1/connectors")).json()
     assert status["healthy"] and status["gateway"].startswith("haproxy 2.6")
+    assert (status["state"], status["pending_changes"], status["failed"]) == ("healthy", 0, 0)
+    await api.runtime.enforcer.reconcile("edge")
+    [status] = (await api.client.get("/v1/connectors")).json()
     assert (status["desired"], status["applied"], status["failed"]) == (2, 2, 0)
 
     lift = await api.client.post(f"/v1/actions/{revoked[0]['id']}/lift", json={"reason": "e2e"})

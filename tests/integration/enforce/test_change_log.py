@@ -290,10 +290,13 @@ async def test_sigkill_between_apply_and_cursor_reapplies_once(
         assert len(events) == 1
         shown = await haproxy.runtime(f"show map {rate_map}")
         assert shown.count(key) == 1, "applied twice, held once"
-        async with db.read() as session:
-            assert (await repository.cursors(session))["edge"] == await repository.change_head(
-                session
-            )
+
+        async def caught_up() -> bool:
+            async with db.read() as session:
+                head = await repository.change_head(session)
+                return (await repository.cursors(session)).get("edge", 0) == head
+
+        assert await _until(caught_up, what="the cursor at the head of the log")
     finally:
         await db.dispose()
 

@@ -75,9 +75,9 @@ async def test_a_verdicts_trace_is_stored_and_served_tree_ready(seeded: Seeded) 
         assert span["service"] == "tollgate"
     starts = [s["start_ns"] for s in spans]
     assert starts == sorted(starts)
-    # The push to the connector happened in the request's context: same trace.
-    names = {s["name"] for s in spans}
-    assert {"connector.reconcile", "connector.apply"} <= names
+    # The connector's apply continues the trace of the change it applied.
+    [apply] = [s for s in spans if s["name"] == "connector.apply"]
+    assert apply["parent_id"] == plan["span_id"]
     assert not any(s["attributes"].get("asgi.event.type") for s in spans), "ASGI sub-spans"
 
 

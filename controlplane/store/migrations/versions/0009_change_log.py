@@ -56,11 +56,13 @@ def upgrade() -> None:
     with op.batch_alter_table("connector_status") as batch:
         batch.add_column(sa.Column("rejected", sa.Integer(), nullable=False, server_default="0"))
     op.create_index("ix_action_expires", "action", ["expires_at"])
+    op.create_index("ix_enforcement_connector_state", "action_enforcement", ["connector", "state"])
     op.create_index("ix_indicator_created", "indicator", ["created_at"])
 
 
 def downgrade() -> None:
     op.drop_index("ix_indicator_created", table_name="indicator")
+    op.drop_index("ix_enforcement_connector_state", table_name="action_enforcement")
     op.drop_index("ix_action_expires", table_name="action")
     with op.batch_alter_table("connector_status") as batch:
         batch.drop_column("rejected")
