@@ -36,6 +36,7 @@ from controlplane.evaluate.repository import action_document
 from controlplane.ingest import repository as verdicts_repo
 from controlplane.plan import repository as actions_repo
 from controlplane.plan.service import plan_actions
+from controlplane.settings import Providers
 from controlplane.store.db import Database
 from controlplane.store.models import new_id
 from controlplane.store.types import utcnow
@@ -69,8 +70,11 @@ class Decider:
         db: Database,
         engines: EngineSlot,
         on_planned: Callable[[set[str]], None] | None = None,
+        providers: Providers | None = None,
     ) -> None:
         self._db = db
+        self._providers = providers or Providers()
+        """Each provider's `min_prefix`, checked on policy output."""
         self._engines = engines
         self._on_planned = on_planned
         """Told the providers that got new enforceable actions (push to their gateways)."""
@@ -178,9 +182,10 @@ class Decider:
                 "tollgate.decision_id": decision_id,
             },
         )
+        settings = self._providers.of(verdict.provider)
         if evaluation.ok:
             try:
-                decided = parse_decision(evaluation.result)
+                decided = parse_decision(evaluation.result, settings.min_prefix)
             except MalformedDecision as exc:
                 error = f"malformed decision: {exc}"
             else:
