@@ -154,7 +154,10 @@ async def test_policy_output_wider_than_the_providers_floor_is_a_decision_error(
     assert narrow["decision_status"] == "error"
     assert "rule intel.known_range" in narrow["error"]
     assert "100.64.0.0/12 covers more than a block may" in narrow["error"]
-    assert narrow["actions"] == []
+    [fallback] = narrow["actions"]
+    assert (fallback["type"], fallback["rule"]) == ("flag_review", "tollgate.fallback")
+    assert fallback["target"] == {"kind": "account", "value": subject["account_id"]}
+    assert "intel.known_range" in fallback["reason"]
     assert wide["decision_status"] == "ok"
     assert [(a["type"], a["target"]["value"]) for a in wide["actions"]] == [
         ("block", "100.64.0.0/12")
@@ -173,4 +176,4 @@ async def test_a_whole_internet_indicator_stored_earlier_never_becomes_a_block(
     assert "from rule intel.known_range" in result["error"]
     blocks = await fetch(fresh_api.runtime.db, ActionRow, col(ActionRow.type) == "block")
     assert blocks == []
-    assert result["actions"] == []
+    assert [a["rule"] for a in result["actions"]] == ["tollgate.fallback"]
