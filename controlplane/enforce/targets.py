@@ -49,9 +49,6 @@ class PrefixFloor:
     ipv4: int = 16
     ipv6: int = 32
 
-    def describe(self) -> str:
-        return f"/{self.ipv4} for IPv4, /{self.ipv6} for IPv6"
-
 
 DEFAULT_FLOOR = PrefixFloor()
 NO_FLOOR = PrefixFloor(0, 0)
