@@ -50,6 +50,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/impact.py
 	$(BIN)/python bench/enforce.py
 	$(BIN)/python bench/audit.py
+	$(BIN)/python bench/scale.py
 
 clean:
 	rm -rf $(VENV) .tollgate .mypy_cache .ruff_cache .pytest_cache

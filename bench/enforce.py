@@ -14,8 +14,10 @@ how fast a big list is synced, what a large reconcile costs.
    stages them with prepare/add @N/commit), then, for comparison, one command each.
    Goal: 10k CIDRs < 1 s.
 3. reconcile: `--entries` active actions in a SQLite database (blocks, revocations,
-   rate limits), synced to HAProxy by the Enforcer; then `--drift` of them are deleted
-   and as many strays added by hand at the Runtime API, and a reconcile repairs it.
+   rate limits), synced to HAProxy by the connector's follower (its start reconcile);
+   then, in a new process, once its start reconcile and one more are done, `--drift` of
+   them are deleted and as many strays added by hand at the Runtime API, and a requested
+   reconcile repairs it (timed, with where its time went in the follower's steps).
    Each phase runs in a child process of its own, so its peak RSS
    (`resource.getrusage`) is its own. The same reconcile with the in-memory connector
    gives the engine's cost without a gateway. Goal: < 5 s and < 300 MB.
@@ -461,16 +463,36 @@ async def _setup(spec: dict[str, Any]) -> dict[str, Any]:
             await session.execute(insert(ActionRow), actions[i : i + 5000])
     seeded = time.perf_counter() - started
     del actions
+    # The follower reconciles by itself at start: that reconcile is the first sync.
     enforcer = _enforcer(db, spec, "haproxy")
-    await enforcer.start()
     started = time.perf_counter()
-    report = await enforcer.reconcile("edge")
+    await enforcer.start()
+    await _start_reconciled(enforcer)
     took = time.perf_counter() - started
     await enforcer.close()
+    from controlplane.enforce import repository
+
+    async with db.read() as session:
+        status = (await repository.statuses(session))["edge"]
     await db.dispose()
-    if not report.ok or report.applied != spec["entries"]:
-        raise SystemExit(f"the first sync failed: {report}")
+    if status.failed or status.rejected or status.applied != spec["entries"]:
+        raise SystemExit(
+            f"the first sync failed: applied {status.applied} of {spec['entries']}, failed "
+            f"{status.failed}, rejected {status.rejected}: {status.last_error}"
+        )
     return {"seed_s": seeded, "sync_s": took, "rss_mb": rss_mb()}
+
+
+async def _start_reconciled(enforcer: Any, seconds: float = 1800.0) -> None:
+    """Until the follower's start reconcile has gone through."""
+    deadline = time.monotonic() + seconds
+    while True:
+        follower = enforcer._running.get("edge")
+        if follower is not None and follower.active and follower._reconciled:
+            return
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the follower's start reconcile did not end within {seconds:g} s")
+        await asyncio.sleep(0.02)
 
 
 def _enforcer(db: Any, spec: dict[str, Any], kind: str) -> Any:
@@ -494,35 +516,43 @@ def _enforcer(db: Any, spec: dict[str, Any], kind: str) -> Any:
 
 
 async def _drift(spec: dict[str, Any]) -> dict[str, Any]:
+    from controlplane.enforce.desired import entry_of
     from controlplane.store.db import Database
 
     rss_start = rss_mb()
     db = Database(spec["url"])
     enforcer = _enforcer(db, spec, spec["connector"])
     await enforcer.start()
+    # The follower reconciles at start (the in-memory connector starts empty: that one
+    # fills it); one more, requested and awaited, so the timed reconcile is the repair.
+    await _start_reconciled(enforcer)
+    await enforcer.reconcile("edge")
     running = enforcer._running["edge"]
-    desired = await enforcer._desired(running, _now())
-    drifted = int(len(desired.entries) * spec["drift"])
-    gone = list(desired.entries.values())[: drifted // 2]
+    desired = [
+        entry
+        for kind, target_kind, value, params in _desired_rows(spec["entries"])
+        if (entry := entry_of(kind, target_kind, value, params)) is not None
+    ]
+    drifted = int(len(desired) * spec["drift"])
+    gone = desired[: drifted // 2]
     strays = [
         Entry(EntryType.BLOCK, "ip", f"192.168.{i // 256}.{i % 256}")
         for i in range(drifted - len(gone))
     ]
-    connector = running.connector
-    if spec["connector"] == "memory":
-        connector.entries = dict(desired.entries)
-        for entry in gone:
-            del connector.entries[entry.key]
-        for entry in strays:
-            connector.entries[entry.key] = entry
-    else:
-        await _drift_by_hand(connector, gone, strays)
     del desired
+    connector = running.connector
+    # The connector lives on the enforcement worker's loop: drift it from there.
+    if spec["connector"] == "memory":
+        await enforcer._on_worker(_drift_memory(connector, gone, strays))
+    else:
+        await enforcer._on_worker(_drift_by_hand(connector, gone, strays))
     phases = _time_phases(enforcer)
     started = time.perf_counter()
     report = await enforcer.reconcile("edge")
     took = time.perf_counter() - started
     timed = dict(phases)
+    if timed:
+        timed["other"] = max(0.0, took - sum(timed.values()))
     started = time.perf_counter()
     clean = await enforcer.reconcile("edge")
     clean_took = time.perf_counter() - started
@@ -543,10 +573,11 @@ async def _drift(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _now() -> Any:
-    from controlplane.store.types import utcnow
-
-    return utcnow()
+async def _drift_memory(connector: Any, gone: list[Entry], strays: list[Entry]) -> None:
+    for entry in gone:
+        del connector.entries[entry.key]
+    for entry in strays:
+        connector.entries[entry.key] = entry
 
 
 async def _drift_by_hand(connector: Any, gone: list[Entry], strays: list[Entry]) -> None:
@@ -570,25 +601,39 @@ async def _drift_by_hand(connector: Any, gone: list[Entry], strays: list[Entry])
 
 
 def _time_phases(enforcer: Any) -> dict[str, float]:
-    """Wrap the Enforcer's steps to see where a reconcile's time goes (information only)."""
+    """Wrap the follower's steps to see where a reconcile's time goes (information only).
+    Each step is charged its own time: a page's diff excludes the apply and the record
+    it calls."""
+    from controlplane.enforce import repository
+
     timings: dict[str, float] = {}
-    running = enforcer._running["edge"]
+    nested: list[float] = []
+    follower = enforcer._running["edge"]
     targets: list[tuple[Any, str, str]] = [
-        (enforcer, "_desired", "desired state"),
-        (running.connector, "observe", "observe"),
-        (enforcer, "_apply", "apply"),
-        (enforcer, "_record", "record"),
-        (enforcer, "_save_status", "status"),
+        (repository, "desired_page", "desired state"),
+        (follower.connector, "observe", "observe"),
+        (follower, "_reconcile_page", "page diff"),
+        (follower, "_apply", "apply"),
+        (follower, "_commit", "record"),
+        (follower, "_strays", "strays"),
+        (follower, "_save_reconcile", "status"),
     ]
     for owner, attribute, label in targets:
         original: Callable[..., Any] = getattr(owner, attribute)
 
-        async def timed(*args: Any, _f: Callable[..., Any] = original, _l: str = label) -> Any:
+        async def timed(
+            *args: Any, _f: Callable[..., Any] = original, _l: str = label, **kwargs: Any
+        ) -> Any:
+            nested.append(0.0)
             started = time.perf_counter()
             try:
-                return await _f(*args)
+                return await _f(*args, **kwargs)
             finally:
-                timings[_l] = timings.get(_l, 0.0) + time.perf_counter() - started
+                took = time.perf_counter() - started
+                inner = nested.pop()
+                timings[_l] = timings.get(_l, 0.0) + took - inner
+                if nested:
+                    nested[-1] += took
 
         setattr(owner, attribute, timed)
     return timings

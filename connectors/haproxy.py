@@ -68,6 +68,7 @@ from controlplane.enforce.sdk import (
     GatewayUnavailable,
     Health,
 )
+from controlplane.enforce.targets import refusal
 
 PROMPT = b"\n> "
 """How an interactive (`prompt`) CLI session ends every reply."""
@@ -246,6 +247,7 @@ class HAProxyConnector:
         self.options = HAProxyOptions.parse(
             f"connector {config.name}", config.options, config.timeout_seconds
         )
+        self.min_prefix = config.min_prefix
         o = self.options
         self._files = [
             _File(o.blocked_acl, "acl", EntryType.BLOCK, "ip"),
@@ -488,6 +490,11 @@ class HAProxyConnector:
         """The file an entry belongs in and its key there, or None and why it cannot be
         enforced here. A removal is only placed, never judged: whatever HAProxy holds
         (an entry added by hand, say) can be taken away."""
+        # A value reaches the Runtime API's command line only in canonical form: no zone
+        # id, space, `;` or newline can end the command and start another.
+        why = "" if removing else refusal(entry, self.min_prefix)
+        if why:
+            return None, "", why
         if entry.type is EntryType.BLOCK:
             if entry.target_kind not in {"ip", "cidr"}:
                 return None, "", f"HAProxy blocks IPs and CIDRs, not a {entry.target_kind}"

@@ -74,6 +74,7 @@ from controlplane.enforce.sdk import (
     GatewayUnavailable,
     Health,
 )
+from controlplane.enforce.targets import refusal
 
 FILES = ("http.conf", "server.conf", "blocked.conf", "revoked.conf", "limits.conf")
 """Every file the connector owns in `include_dir`; nothing else there is touched."""
@@ -293,6 +294,7 @@ class NginxConnector:
     def __init__(self, config: ConnectorConfig, http: httpx.AsyncClient) -> None:
         self.name = config.name
         self.options = NginxOptions.parse(f"connector {config.name}", config.options)
+        self.min_prefix = config.min_prefix
         self.timeout = config.timeout_seconds / 2
         """Bound of each step (an `nginx` run, a reload's confirmation, the lock): half the
         connector's timeout, so a test and a reload together fit in Tollgate's bound."""
@@ -466,6 +468,11 @@ class NginxConnector:
 
     def _put(self, tables: _Tables, entry: Entry) -> str:
         """Add or update an entry; the reason it cannot be enforced here, or ''."""
+        # Only canonical values are written into a file NGINX parses: no `;`, quote,
+        # space or newline can end an entry and add a directive.
+        why = refusal(entry, self.min_prefix)
+        if why:
+            return why
         value, kind = entry.target_value, entry.target_kind
         if entry.type is EntryType.BLOCK:
             if kind not in {"ip", "cidr"}:

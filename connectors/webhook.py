@@ -47,6 +47,7 @@ from controlplane.enforce.sdk import (
     GatewayUnavailable,
     Health,
 )
+from controlplane.enforce.targets import DEFAULT_FLOOR, PrefixFloor, refusal
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +164,7 @@ class WebhookConnector:
         default_factory=dict, repr=False
     )
     _last_delivery: tuple[bool, str] = (True, "nothing sent yet")
+    min_prefix: PrefixFloor = DEFAULT_FLOOR
 
     @property
     def receiver(self) -> str:
@@ -223,12 +225,19 @@ class WebhookConnector:
         """POST every change; report each done or failed with the receiver's reason."""
         now = time.monotonic()
         self._forget_stale(now)
-        changes = [
-            *(self._change("add", e, now) for e in diff.add),
-            *(self._change("remove", e, now) for e in diff.remove),
-            *(self._change("change", e, now) for e in diff.change),
-        ]
         result = ApplyResult()
+        # Only canonical values leave Tollgate; a removal sends back what the receiver's
+        # own state listed.
+        held_back = [
+            (e, why) for e in (*diff.add, *diff.change) if (why := refusal(e, self.min_prefix))
+        ]
+        result.rejected.extend(held_back)
+        refused = {e.key for e, _ in held_back}
+        changes = [
+            *(self._change("add", e, now) for e in diff.add if e.key not in refused),
+            *(self._change("remove", e, now) for e in diff.remove),
+            *(self._change("change", e, now) for e in diff.change if e.key not in refused),
+        ]
         hold = self.options.refusal_hold_seconds
         to_send = []
         for change in changes:
@@ -378,6 +387,7 @@ def create(config: ConnectorConfig, http: httpx.AsyncClient) -> WebhookConnector
         timeout_seconds=config.timeout_seconds,
         _http=http,
         _key=key,
+        min_prefix=config.min_prefix,
     )
 
 

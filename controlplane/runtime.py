@@ -19,7 +19,7 @@ from controlplane.ingest.service import IngestService
 from controlplane.leadership import Leadership
 from controlplane.policy.service import PolicyService
 from controlplane.policy.source import source_from
-from controlplane.settings import Settings
+from controlplane.settings import Providers, Settings, load_providers
 from controlplane.store.db import Database, upgrade
 from controlplane.telemetry import spanstore
 from controlplane.telemetry.tracing import configure
@@ -41,6 +41,7 @@ class Runtime:
     tokens: TokenService
     enforcer: Enforcer
     leadership: Leadership
+    providers: Providers = field(default_factory=Providers)
     scheduler: AsyncIOScheduler = field(default_factory=AsyncIOScheduler)
     _sync_problems: list[str] = field(default_factory=list)
     _span_store: bool = False
@@ -50,10 +51,20 @@ class Runtime:
         db = Database(settings.resolved_database_url)
         engines = EngineSlot()
         policies = PolicyService(db, source_from(settings), settings.entrypoint)
+        providers = load_providers(settings.config)
         enforcer = Enforcer(db, load_connectors(settings.config))
-        ingest = IngestService(db, Decider(db, engines, on_planned=enforcer.wake))
+        decider = Decider(db, engines, on_planned=enforcer.wake, providers=providers)
+        ingest = IngestService(db, decider)
         return cls(
-            settings, db, engines, ingest, policies, TokenService(db), enforcer, Leadership(db)
+            settings,
+            db,
+            engines,
+            ingest,
+            policies,
+            TokenService(db),
+            enforcer,
+            Leadership(db),
+            providers,
         )
 
     async def start(self) -> None:

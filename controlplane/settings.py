@@ -1,14 +1,23 @@
-"""Settings, read only here: environment variables `TOLLGATE_*`.
+"""Settings, read only here: environment variables `TOLLGATE_*`, and the per-provider
+settings of the config file (`providers:` in `TOLLGATE_CONFIG`).
 
-Every other module asks `get_settings()`; nothing else reads `os.environ`.
+Every other module asks `get_settings()` or `load_providers()`; nothing else reads
+`os.environ`.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from controlplane.enforce.targets import DEFAULT_FLOOR, PrefixFloor
+from controlplane.errors import InvalidInput
 
 
 def _env(name: str, default: str) -> str:
@@ -101,7 +110,8 @@ class Settings:
     token that signed in ends its sessions within seconds."""
 
     config: Path = field(default_factory=lambda: Path(_env("CONFIG", "tollgate.yaml")))
-    """`TOLLGATE_CONFIG`: the config file (connectors per provider). Missing: no connectors."""
+    """`TOLLGATE_CONFIG`: the config file (connectors, and settings per provider).
+    Missing: no connectors, and every provider on the defaults of `ProviderSettings`."""
 
     host: str = field(default_factory=lambda: _env("HOST", "127.0.0.1"))
     """`TOLLGATE_HOST`: address `tollgate serve` binds."""
@@ -164,3 +174,97 @@ def read_secret(where: str, ref: object) -> str:
 def get_settings() -> Settings:
     """The process's settings, read once from the environment."""
     return Settings()
+
+
+# -- per provider (the config file's `providers:`) ----------------------------------------
+
+Fallback = Literal["flag_review", "none"]
+FALLBACKS: tuple[Fallback, ...] = ("flag_review", "none")
+ANY_PROVIDER = "*"
+
+
+@dataclass(frozen=True)
+class ProviderSettings:
+    """What Tollgate itself enforces for one provider, whatever its policies say.
+
+    providers:
+      "*":   {min_prefix: {ipv4: 16, ipv6: 32}, fallback: flag_review}
+      lab-a: {min_prefix: {ipv4: 20}, fallback: none}
+    """
+
+    min_prefix: PrefixFloor = DEFAULT_FLOOR
+    """The widest CIDR a block may name (`ipv4`, `ipv6` prefix lengths): an intel
+    indicator, exemption or policy action wider than this is refused."""
+    fallback: Fallback = "flag_review"
+    """What a decision that errors plans: `flag_review` of the subject (so a human sees
+    it) or `none` (counted and shown, nothing planned)."""
+
+
+@dataclass(frozen=True)
+class Providers:
+    """Settings per provider; a provider not named gets the `"*"` entry (or the defaults)."""
+
+    default: ProviderSettings = field(default_factory=ProviderSettings)
+    named: Mapping[str, ProviderSettings] = field(default_factory=dict)
+
+    def of(self, provider: str) -> ProviderSettings:
+        return self.named.get(provider, self.default)
+
+    def loosest_floor(self, providers: Iterable[str] | None = None) -> PrefixFloor:
+        """The widest floor among `providers` (all when None or `"*"` is among them):
+        what is shared by several providers (intel, a connector serving many) must pass
+        for one of them, and each one's own floor applies again when it decides."""
+        wanted = list(providers) if providers is not None else [ANY_PROVIDER]
+        if ANY_PROVIDER in wanted:
+            chosen = [self.default, *self.named.values()]
+        else:
+            chosen = [self.of(p) for p in wanted] or [self.default]
+        return PrefixFloor(
+            min(s.min_prefix.ipv4 for s in chosen), min(s.min_prefix.ipv6 for s in chosen)
+        )
+
+
+def load_providers(path: Path) -> Providers:
+    """The config file's `providers:`; the defaults when the file or the section is absent."""
+    if not path.exists():
+        return Providers()
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise InvalidInput(f"{path}: not valid YAML: {exc}") from None
+    raw = document.get("providers") if isinstance(document, dict) else None
+    return parse_providers(f"{path}: providers", raw or {})
+
+
+def parse_providers(where: str, raw: Any) -> Providers:
+    if not isinstance(raw, dict):
+        raise InvalidInput(f'{where} must be a mapping of provider name (or "*") to settings')
+    default = _provider(f"{where}.*", raw.get(ANY_PROVIDER) or {}, ProviderSettings())
+    named = {
+        str(name): _provider(f"{where}.{name}", item or {}, default)
+        for name, item in raw.items()
+        if name != ANY_PROVIDER
+    }
+    return Providers(default, named)
+
+
+def _provider(where: str, raw: Any, base: ProviderSettings) -> ProviderSettings:
+    if not isinstance(raw, dict) or set(raw) - {"min_prefix", "fallback"}:
+        raise InvalidInput(f"{where} takes min_prefix and fallback only")
+    fallback = raw.get("fallback", base.fallback)
+    if fallback not in FALLBACKS:
+        raise InvalidInput(f"{where}.fallback must be one of {', '.join(FALLBACKS)}")
+    prefix = raw.get("min_prefix") or {}
+    if not isinstance(prefix, dict) or set(prefix) - {"ipv4", "ipv6"}:
+        raise InvalidInput(f"{where}.min_prefix takes ipv4 and ipv6 prefix lengths")
+    floor = PrefixFloor(
+        _length(f"{where}.min_prefix.ipv4", prefix.get("ipv4", base.min_prefix.ipv4), 32),
+        _length(f"{where}.min_prefix.ipv6", prefix.get("ipv6", base.min_prefix.ipv6), 128),
+    )
+    return ProviderSettings(min_prefix=floor, fallback=fallback)
+
+
+def _length(where: str, value: Any, most: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= most:
+        raise InvalidInput(f"{where} must be a prefix length from 0 to {most}")
+    return value

@@ -17,12 +17,11 @@ event concerns:
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Any
 
 from controlplane.audit import repository
-from controlplane.domain.verdict import canonical_ip
 from controlplane.domain.vocabulary import SubjectKind
+from controlplane.enforce.targets import TargetError, canonical_target
 from controlplane.errors import InvalidInput
 from controlplane.store.db import Database
 
@@ -35,17 +34,15 @@ def normalise(kind: SubjectKind, value: str, field: str = "subject_value") -> st
     value = value.strip()
     if not value:
         raise InvalidInput(f"{field} is empty: name the {kind.value}")
+    if kind not in (SubjectKind.IP, SubjectKind.CIDR):
+        return value
     try:
-        if kind is SubjectKind.IP:
-            return canonical_ip(value)
-        if kind is SubjectKind.CIDR:
-            return str(ipaddress.ip_network(value, strict=False))
-    except ValueError:
+        return canonical_target(kind.value, value)
+    except TargetError:
         raise InvalidInput(
             f"{field} {value!r} is not a valid {kind.value}",
             details=[{"field": field, "message": f"not a valid {kind.value}"}],
         ) from None
-    return value
 
 
 def _named(payload: dict[str, Any], event_type: str) -> list[tuple[str, str]]:

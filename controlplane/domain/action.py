@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from controlplane.domain.verdict import canonical_ip
 from controlplane.domain.vocabulary import ACTION_TARGETS, ActionType, SubjectKind
+from controlplane.enforce.targets import (
+    DEFAULT_FLOOR,
+    PrefixFloor,
+    TargetError,
+    TooWide,
+    canonical_target,
+)
 
 _DURATION = re.compile(r"(\d+)(ms|s|m|h|d|w)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -49,8 +54,10 @@ class DecisionResult:
     shadow: bool
 
 
-def parse_decision(result: Any) -> DecisionResult:
-    """Check the entrypoint's output; raise `MalformedDecision` naming the bad field."""
+def parse_decision(result: Any, floor: PrefixFloor = DEFAULT_FLOOR) -> DecisionResult:
+    """Check the entrypoint's output; raise `MalformedDecision` naming the bad field (and
+    the rule, for a target). Targets come back canonical; a CIDR wider than `floor` (the
+    provider's `min_prefix`) breaks the contract: one rule must not block everyone."""
     if not isinstance(result, dict):
         raise MalformedDecision(f"decision must be an object, got {type(result).__name__}")
     shadow = result.get("shadow", False)
@@ -59,11 +66,11 @@ def parse_decision(result: Any) -> DecisionResult:
     raw_actions = result.get("actions", [])
     if not isinstance(raw_actions, list):
         raise MalformedDecision("decision.actions must be an array (or a set)")
-    actions = tuple(_parse_action(i, a) for i, a in enumerate(raw_actions))
+    actions = tuple(_parse_action(i, a, floor) for i, a in enumerate(raw_actions))
     return DecisionResult(actions=actions, shadow=shadow)
 
 
-def _parse_action(i: int, raw: Any) -> ActionSpec:
+def _parse_action(i: int, raw: Any, floor: PrefixFloor) -> ActionSpec:
     where = f"decision.actions[{i}]"
     if not isinstance(raw, dict):
         raise MalformedDecision(f"{where} must be an object")
@@ -85,7 +92,7 @@ def _parse_action(i: int, raw: Any) -> ActionSpec:
     value = target.get("value")
     if not isinstance(value, str) or not value:
         raise MalformedDecision(f"{where}.target.value must be a non-empty string")
-    value = _normalise_target(where, kind, value)
+    value = _normalise_target(where, kind, value, raw.get("rule"), floor)
     params = raw.get("params", {})
     if params is None:
         params = {}
@@ -113,15 +120,18 @@ def _parse_action(i: int, raw: Any) -> ActionSpec:
     return ActionSpec(kind_type, kind, value, params, ttl, rule, reason)
 
 
-def _normalise_target(where: str, kind: SubjectKind, value: str) -> str:
+def _normalise_target(
+    where: str, kind: SubjectKind, value: str, rule: Any, floor: PrefixFloor
+) -> str:
+    named = f"rule {rule}" if isinstance(rule, str) and rule else "an unnamed rule"
     try:
-        if kind is SubjectKind.IP:
-            return canonical_ip(value)
-        if kind is SubjectKind.CIDR:
-            return str(ipaddress.ip_network(value, strict=False))
-    except ValueError:
-        raise MalformedDecision(f"{where}.target.value {value!r} is not a valid {kind}") from None
-    return value
+        return canonical_target(kind.value, value, floor)
+    except TooWide as exc:
+        raise MalformedDecision(f"{where}.target.value from {named}: {exc}") from None
+    except TargetError:
+        raise MalformedDecision(
+            f"{where}.target.value {value!r} is not a valid {kind} ({named})"
+        ) from None
 
 
 def _check_rate_limit(where: str, params: dict[str, Any]) -> None:

@@ -3,27 +3,17 @@
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import json
 from functools import cached_property
 from typing import Annotated, Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-Identifier = Annotated[
-    str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@/+=-]*$")
-]
+from controlplane.enforce.targets import ID_CHARS, TargetError, canonical_ip
+
+Identifier = Annotated[str, Field(min_length=1, max_length=200, pattern=rf"^{ID_CHARS}$")]
 ProviderName = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9][a-z0-9_-]*$")]
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
-
-
-def canonical_ip(text: str) -> str:
-    """One spelling per address: an IPv4-mapped IPv6 address (`::ffff:203.0.113.7`) is
-    the IPv4 address, so it meets the same blocks and intel as its plain form."""
-    address = ipaddress.ip_address(text)
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        return str(address.ipv4_mapped)
-    return str(address)
 
 
 class Detector(BaseModel):
@@ -53,9 +43,10 @@ class Subject(BaseModel):
         for i, ip in enumerate(ips):
             try:
                 normalised.append(canonical_ip(ip))
-            except ValueError:
+            except TargetError:
                 raise ValueError(
-                    f"ips[{i}]: {ip!r} is not an IPv4 or IPv6 address (no CIDR here)"
+                    f"ips[{i}]: {ip!r} is not an IPv4 or IPv6 address (no CIDR, zone id "
+                    "or spaces here)"
                 ) from None
         return normalised
 

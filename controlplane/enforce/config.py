@@ -26,7 +26,7 @@ import yaml
 
 from controlplane.enforce.sdk import ConnectorConfig
 from controlplane.errors import InvalidInput
-from controlplane.settings import read_secret
+from controlplane.settings import Providers, parse_providers, read_secret
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
@@ -44,14 +44,15 @@ def load_connectors(path: Path) -> list[ConnectorConfig]:
     raw = document.get("connectors") or []
     if not isinstance(raw, list):
         raise InvalidInput(f"{path}: `connectors` must be a list")
-    configs = [_connector(path, i, item) for i, item in enumerate(raw)]
+    providers = parse_providers(f"{path}: providers", document.get("providers") or {})
+    configs = [_connector(path, i, item, providers) for i, item in enumerate(raw)]
     names = [c.name for c in configs]
     if len(names) != len(set(names)):
         raise InvalidInput(f"{path}: connector names must be unique, got {names}")
     return configs
 
 
-def _connector(path: Path, i: int, item: Any) -> ConnectorConfig:
+def _connector(path: Path, i: int, item: Any, settings: Providers) -> ConnectorConfig:
     where = f"{path}: connectors[{i}]"
     if not isinstance(item, dict):
         raise InvalidInput(f"{where} must be a mapping")
@@ -90,6 +91,7 @@ def _connector(path: Path, i: int, item: Any) -> ConnectorConfig:
         secrets=secrets,
         reconcile_seconds=float(item.get("reconcile_seconds", 30)),
         timeout_seconds=float(item.get("timeout_seconds", 5)),
+        min_prefix=settings.loosest_floor(providers),
     )
 
 

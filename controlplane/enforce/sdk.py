@@ -23,6 +23,8 @@ from typing import Any, Protocol
 
 import httpx
 
+from controlplane.enforce.targets import DEFAULT_FLOOR, PrefixFloor
+
 
 class EntryType(StrEnum):
     BLOCK = "block"
@@ -117,6 +119,9 @@ class ConnectorConfig:
     secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
     reconcile_seconds: float = 30.0
     timeout_seconds: float = 5.0
+    min_prefix: PrefixFloor = DEFAULT_FLOOR
+    """The widest CIDR this connector sends (the loosest `min_prefix` of the providers it
+    serves): `targets.refusal` holds back anything wider, or not canonical."""
 
 
 class Connector(Protocol):

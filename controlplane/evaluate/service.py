@@ -36,7 +36,8 @@ from controlplane.evaluate.context import (
 from controlplane.evaluate.repository import action_document
 from controlplane.ingest import repository as verdicts_repo
 from controlplane.plan import repository as actions_repo
-from controlplane.plan.service import plan_actions
+from controlplane.plan.service import fallback_actions, plan_actions
+from controlplane.settings import Providers
 from controlplane.store.db import Database
 from controlplane.store.models import new_id
 from controlplane.store.types import utcnow
@@ -72,8 +73,11 @@ class Decider:
         db: Database,
         engines: EngineSlot,
         on_planned: Callable[[set[str]], None] | None = None,
+        providers: Providers | None = None,
     ) -> None:
         self._db = db
+        self._providers = providers or Providers()
+        """Each provider's `min_prefix` (checked on policy output) and `fallback`."""
         self._engines = engines
         self._on_planned = on_planned
         """Told the providers that got new enforceable actions (push to their gateways)."""
@@ -113,6 +117,11 @@ class Decider:
             async with self._db.write() as session, session.begin():
                 await self._store(session, list(outcomes.values()), now)
             metrics.decisions_recorded(o.decision for o in outcomes.values())
+            metrics.fallbacks_planned(
+                o.actions[0]["type"] if o.actions else "none"
+                for o in outcomes.values()
+                if o.decision["status"] == DecisionStatus.ERROR.value
+            )
         providers = {
             a["provider"]
             for o in outcomes.values()
@@ -185,9 +194,10 @@ class Decider:
                 "tollgate.decision_id": decision_id,
             },
         )
+        settings = self._providers.of(verdict.provider)
         if evaluation.ok:
             try:
-                decided = parse_decision(evaluation.result)
+                decided = parse_decision(evaluation.result, settings.min_prefix)
             except MalformedDecision as exc:
                 error = f"malformed decision: {exc}"
             else:
@@ -215,6 +225,20 @@ class Decider:
         if error is not None:
             status = DecisionStatus.ERROR
             span.set_status(trace.StatusCode.ERROR, error)
+            # An error must never be a quiet no-action (an attacker who makes the engine
+            # refuse the input would go untouched): the provider's fallback is planned.
+            actions = fallback_actions(
+                settings.fallback,
+                verdict.subject.targets,
+                error,
+                decision_id=decision_id,
+                verdict_id=verdict.id,
+                provider=verdict.provider,
+                policy_revision=engine.revision,
+                trace_id=trace_id,
+                now=now,
+            )
+            span.set_attribute("tollgate.fallback", settings.fallback)
         span.set_attribute("tollgate.decision_status", status.value)
         span.end(end_time=max(end_ns, evaluation.started_ns) or None)
         decision = {

@@ -44,6 +44,7 @@ class ExemptionController(Controller):
         runtime: NamedDependency[Runtime],
     ) -> ExemptionOut:
         """Exempt a subject in one provider, with an owner and a reason."""
+        data.check_floor(runtime.providers.of(data.provider).min_prefix)
         now = utcnow()
         row = {
             "id": new_id("exm"),

@@ -37,6 +37,7 @@ class IndicatorController(Controller):
         runtime: NamedDependency[Runtime],
     ) -> list[IndicatorOut]:
         """Add shared indicators; verdicts decided from now on see their matches."""
+        data.check_floor(runtime.providers.loosest_floor())
         now = utcnow()
         rows = [{"id": new_id("ind"), **i.model_dump(), "created_at": now} for i in data.indicators]
         async with runtime.db.write() as session, session.begin():

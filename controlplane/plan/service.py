@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Container
+from collections.abc import Container, Sequence
 from datetime import datetime
 from typing import Any
 
-from controlplane.domain.action import DecisionResult
-from controlplane.domain.vocabulary import ActionState
+from controlplane.domain.action import ActionSpec, DecisionResult
+from controlplane.domain.vocabulary import ActionState, ActionType, SubjectKind
 from controlplane.store.models import new_id
+
+FALLBACK_RULE = "tollgate.fallback"
+"""The rule named on what a provider's fallback plans when a decision errors."""
+REASON_LIMIT = 500
+"""Characters of the error quoted in a fallback's reason (the decision keeps all of it)."""
 
 
 def plan_actions(
@@ -49,3 +54,29 @@ def plan_actions(
             }
         )
     return rows
+
+
+def fallback_actions(
+    fallback: str,
+    targets: Sequence[tuple[str, str]],
+    error: str,
+    **context: Any,
+) -> list[dict[str, Any]]:
+    """What a decision that errored plans under the provider's `fallback`: with
+    `flag_review`, a review of the subject's first target (account, then key, org, IP:
+    the order exemptions use), so a human sees what the policy could not decide; with
+    `none`, nothing (the error is still counted and shown)."""
+    if fallback != ActionType.FLAG_REVIEW.value or not targets:
+        return []
+    kind, value = targets[0]
+    quoted = error if len(error) <= REASON_LIMIT else error[:REASON_LIMIT] + "…"
+    spec = ActionSpec(
+        type=ActionType.FLAG_REVIEW,
+        target_kind=SubjectKind(kind),
+        target_value=value,
+        params={},
+        ttl=None,
+        rule=FALLBACK_RULE,
+        reason=f"the decision failed, so no policy acted; review by hand: {quoted}",
+    )
+    return plan_actions(DecisionResult(actions=(spec,), shadow=False), **context)

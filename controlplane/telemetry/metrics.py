@@ -56,6 +56,13 @@ DECISIONS = Counter(
     ["status"],
     registry=REGISTRY,
 )
+DECISION_FALLBACKS = Counter(
+    "tollgate_decision_fallbacks",
+    "Decisions that errored (engine refused the input, policy error, contract broken), by "
+    "what their provider's fallback planned: flag_review, or none.",
+    ["fallback"],
+    registry=REGISTRY,
+)
 AUDIT_EVENTS = Counter(
     "tollgate_audit_events",
     "Audit events committed, by event type.",
@@ -99,6 +106,12 @@ def decisions_recorded(decisions: Iterable[Mapping[str, Any]]) -> None:
     for decision in decisions:
         DECISIONS.labels(decision["status"]).inc()
         EVALUATION_SECONDS.observe(decision["duration_ms"] / 1000)
+
+
+def fallbacks_planned(planned: Iterable[str]) -> None:
+    """Count committed error decisions by the fallback action type planned (`none`)."""
+    for fallback in planned:
+        DECISION_FALLBACKS.labels(fallback).inc()
 
 
 class _Snapshot:

@@ -311,6 +311,8 @@ def _event_view(
         )
     elif row.type == "decision.recorded":
         summary = f"{p.get('status', '?')}, {p.get('actions', 0)} action(s)"
+        if p.get("error"):  # a failed decision is never a quiet no-action: say why here
+            summary += f": {p['error']}"
     elif action is not None:
         summary = str(p.get("error") or p.get("reason") or action.reason)
     else:
@@ -329,7 +331,7 @@ def _event_view(
         revision_short=short(revision),
         summary=redact.text(summary),
         trace_id=row.trace_id,
-        state=str(p.get("state") or ""),
+        state=str(p.get("state") or p.get("status") or ""),
     )
 
 

@@ -37,10 +37,14 @@ def make_settings(
     policy_dir: Path = POLICY_DIR,
     entrypoint: str = "tollgate.decision",
     connectors: list[dict[str, Any]] | None = None,
+    providers: dict[str, Any] | None = None,
 ) -> Settings:
     """Settings for one test app; every field that could come from the environment is set."""
     config = data_dir / "tollgate.yaml"
-    config.write_text(yaml.safe_dump({"connectors": connectors or []}), encoding="utf-8")
+    document: dict[str, Any] = {"connectors": connectors or []}
+    if providers is not None:
+        document["providers"] = providers
+    config.write_text(yaml.safe_dump(document), encoding="utf-8")
     return Settings(
         config=config,
         data_dir=data_dir,

@@ -274,6 +274,28 @@ async def test_a_batch_is_one_post_with_results_per_entry(
     assert result.failed == [(REVOKE, "receiver rejected it: not ours")]
 
 
+async def test_values_not_in_canonical_form_are_never_sent(
+    receiver: WebhookReceiver, http: httpx.AsyncClient
+) -> None:
+    hostile = (
+        Entry(EntryType.BLOCK, "cidr", "fe80::%x;disable frontend model_api;/64"),
+        Entry(EntryType.BLOCK, "ip", "203.0.113.7\n"),
+        Entry(EntryType.BLOCK, "ip", "\u0662\u0660\u0663.0.113.7"),
+        Entry(EntryType.BLOCK, "cidr", "203.0.113.77/24"),
+        Entry(EntryType.BLOCK, "cidr", "0.0.0.0/0"),
+        Entry(EntryType.REVOKE_KEY, "api_key", "key 3"),
+        Entry(EntryType.RATE_LIMIT, "account", "acct_9;", 60),
+    )
+
+    result = await webhook(receiver, http).apply(Diff(add=(LIMIT, *hostile)))
+
+    assert result.done == [LIMIT]
+    assert {e for e, _ in result.failed} == set(hostile)
+    assert all(why.startswith("refused before it reached") for _, why in result.failed)
+    [post] = receiver.received
+    assert [c["entry"]["target"]["value"] for c in post.document["changes"]] == ["key_limited"]
+
+
 async def test_an_unreachable_receiver_is_retryable_and_unhealthy(
     receiver: WebhookReceiver, http: httpx.AsyncClient
 ) -> None:

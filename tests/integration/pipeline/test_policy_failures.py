@@ -1,5 +1,7 @@
 """A policy that fails for some inputs: the verdict is still stored and acknowledged, the
-decision is recorded as an error with its message, and nothing is planned."""
+decision is recorded as an error with its message, none of the policy's actions is
+planned, and the provider's fallback is (by default a flag_review of the subject, so a
+failing decision is never a quiet no-action); it is counted and shown in the console."""
 
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ from sqlmodel import col
 
 from controlplane.errors import TollgateError
 from controlplane.store.models import ActionRow, AuditEventRow, VerdictRow
+from tests.integration.audit.test_metrics import scrape, value
+from tests.integration.ui.conftest import signed_in
 from tests.support.app import Running, make_settings, serve
 from tests.support.databases import sqlite_url
 from tests.support.store import count, fetch
@@ -104,27 +108,39 @@ async def failing_api(
         yield running
 
 
-async def assert_error_decision(api: Running, result: dict[str, Any], message: str) -> None:
+def delta(before: dict[Any, float], after: dict[Any, float], name: str, **labels: str) -> float:
+    return value(after, name, **labels) - value(before, name, **labels)
+
+
+async def assert_error_decision(
+    api: Running, result: dict[str, Any], message: str, *, fallback: bool = True
+) -> None:
     verdict_id = result["verdict_id"]
     assert result["status"] == "decided"
     assert result["decision_status"] == "error"
     assert message in result["error"]
-    assert result["actions"] == []
+    assert [a["rule"] for a in result["actions"]] == (["tollgate.fallback"] if fallback else [])
 
     stored = (await api.client.get(f"/v1/verdicts/{verdict_id}")).json()
     assert (stored["status"], stored["decision_status"]) == ("decided", "error")
     decision = (await api.client.get(f"/v1/decisions/{result['decision_id']}")).json()
     assert decision["status"] == "error"
     assert message in decision["error"]
-    assert decision["actions"] == []
+    assert decision["actions"] == result["actions"]
     db = api.runtime.db
-    assert await count(db, ActionRow, col(ActionRow.verdict_id) == verdict_id) == 0
+    rows = await fetch(db, ActionRow, col(ActionRow.verdict_id) == verdict_id)
+    assert [(r.type, r.rule, r.shadow) for r in rows] == (
+        [("flag_review", "tollgate.fallback", False)] if fallback else []
+    )
+    if fallback:
+        assert message in rows[0].reason  # the reviewer sees why
     events = await fetch(db, AuditEventRow, col(AuditEventRow.verdict_id) == verdict_id)
-    assert sorted(e.type for e in events) == ["decision.recorded", "verdict.received"]
+    planned = ["action.planned"] if fallback else []
+    assert sorted(e.type for e in events) == [*planned, "decision.recorded", "verdict.received"]
     [recorded] = [e for e in events if e.type == "decision.recorded"]
     assert recorded.payload["status"] == "error"
     assert message in recorded.payload["error"]
-    assert recorded.payload["actions"] == 0
+    assert recorded.payload["actions"] == len(planned)
 
 
 @pytest.mark.parametrize("case", list(FAILURES))
@@ -193,3 +209,75 @@ async def test_startup_refuses_a_policy_with_an_undefined_entrypoint(
 
     # The error that stops startup, or the log beside it, names the problem.
     assert "entrypoint data.tollgate.decision is undefined" in raised.value.message + caplog.text
+
+
+async def test_the_fallback_flags_the_subject_for_a_human(failing_api: Running) -> None:
+    subject = new_subject()
+
+    [result] = (await failing_api.submit(verdict(subject=subject, score=0.7)))["results"]
+
+    [flag] = result["actions"]
+    assert flag["type"] == "flag_review"
+    assert flag["target"] == {"kind": "account", "value": subject["account_id"]}
+    assert flag["reason"].startswith("the decision failed, so no policy acted")
+    assert "eval_conflict_error" in flag["reason"]
+    assert flag["ttl_seconds"] is None
+
+
+async def test_errors_and_fallbacks_are_counted_in_metrics(failing_api: Running) -> None:
+    before = await scrape(failing_api)
+
+    await failing_api.submit(
+        {"verdicts": [verdict(score=0.7), verdict(score=0.12), verdict(score=0.3)]}
+    )
+
+    after = await scrape(failing_api)
+    assert delta(before, after, "tollgate_decisions_total", status="error") == 2
+    assert delta(before, after, "tollgate_decision_fallbacks_total", fallback="flag_review") == 2
+
+
+async def test_the_console_shows_the_failed_decision(failing_api: Running) -> None:
+    subject = new_subject()
+    await failing_api.submit(verdict(subject=subject, score=0.12))
+
+    async with signed_in(failing_api) as console:
+        page = await console.get(
+            "/console", params={"subject_kind": "account", "subject": subject["account_id"]}
+        )
+
+    assert page.status_code == 200
+    html = page.text
+    assert '<span class="badge error">error</span>' in html
+    assert "error, 1 action(s): malformed decision: decision.actions[0].type" in html
+    assert "tollgate.fallback" in html
+
+
+@pytest.fixture(scope="module")
+async def quiet_api(
+    module_database_url: str,
+    failing_policy_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[Running]:
+    """lab-a's fallback is `none`: nothing is planned, the error is still counted."""
+    settings = make_settings(
+        module_database_url,
+        tmp_path_factory.mktemp("data"),
+        policy_dir=failing_policy_dir,
+        entrypoint="failing.decision",
+        providers={"lab-a": {"fallback": "none"}},
+    )
+    async with serve(settings) as running:
+        yield running
+
+
+async def test_a_provider_may_choose_no_fallback(quiet_api: Running) -> None:
+    before = await scrape(quiet_api)
+
+    [result] = (await quiet_api.submit(verdict(score=0.7)))["results"]
+    [other] = (await quiet_api.submit(verdict(score=0.7, provider="lab-b")))["results"]
+
+    await assert_error_decision(quiet_api, result, "eval_conflict_error", fallback=False)
+    await assert_error_decision(quiet_api, other, "eval_conflict_error")
+    after = await scrape(quiet_api)
+    assert delta(before, after, "tollgate_decision_fallbacks_total", fallback="none") == 1
+    assert delta(before, after, "tollgate_decision_fallbacks_total", fallback="flag_review") == 1

@@ -10,6 +10,7 @@ import pytest
 
 from controlplane.domain.action import MalformedDecision, parse_decision
 from controlplane.domain.vocabulary import ActionType, SubjectKind
+from controlplane.enforce.targets import PrefixFloor
 
 
 def action(**changes: Any) -> dict[str, Any]:
@@ -220,3 +221,49 @@ def test_malformed_decision_names_the_field(case: str) -> None:
 def test_decision_that_is_not_an_object(result: Any) -> None:
     with pytest.raises(MalformedDecision, match="decision must be an object, got"):
         parse_decision(result)
+
+
+def _block(value: str, kind: str = "cidr", rule: str = "intel.known_range") -> dict[str, Any]:
+    return action(type="block", target={"kind": kind, "value": value}, params={}, rule=rule)
+
+
+@pytest.mark.parametrize("value", ["0.0.0.0/0", "::/0", "192.0.2.77/0", "10.0.0.0/15", "2001::/16"])
+def test_a_block_wider_than_the_floor_is_an_error_naming_the_rule(value: str) -> None:
+    with pytest.raises(MalformedDecision) as raised:
+        parse_decision({"actions": [action(), _block(value)]})
+
+    message = str(raised.value)
+    assert message.startswith("decision.actions[1].target.value from rule intel.known_range:")
+    assert "covers more than a block may" in message
+
+
+def test_the_floor_is_the_providers() -> None:
+    wide = {"actions": [_block("10.0.0.0/8")]}
+
+    [spec] = parse_decision(wide, PrefixFloor(ipv4=8, ipv6=32)).actions
+    assert spec.target_value == "10.0.0.0/8"
+    with pytest.raises(MalformedDecision, match="nothing wider than /16 for IPv4"):
+        parse_decision(wide)
+
+
+@pytest.mark.parametrize(
+    ("kind", "value"),
+    [
+        ("cidr", "fe80::%x;disable frontend model_api;/64"),
+        ("ip", "fe80::1%eth0"),
+        ("ip", "192.0.2.7\n"),
+        ("api_key", "key_3;disable frontend api"),
+        ("account", "acct 9"),
+        ("org", "org_7\nadd acl x y"),
+    ],
+)
+def test_a_target_a_gateway_would_read_as_syntax_is_an_error_naming_the_rule(
+    kind: str, value: str
+) -> None:
+    item = action(type="flag_review", target={"kind": kind, "value": value}, rule="evil.rule")
+
+    with pytest.raises(MalformedDecision) as raised:
+        parse_decision({"actions": [item]})
+
+    assert str(raised.value).startswith("decision.actions[0].target.value")
+    assert "(rule evil.rule)" in str(raised.value)

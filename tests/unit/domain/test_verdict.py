@@ -49,6 +49,22 @@ def test_ipv4_mapped_ipv6_is_the_ipv4_address() -> None:
 
 
 @pytest.mark.parametrize(
+    "ip",
+    [
+        "fe80::%x;disable frontend model_api;/64",
+        "fe80::1%eth0",
+        "fe80::1%1",
+        "192.0.2.7\n",
+        " 192.0.2.7",
+        "\u0661\u0669\u0662.\u0660.\u0662.\u0667",
+    ],
+)
+def test_zone_ids_spaces_and_foreign_digits_are_not_addresses(ip: str) -> None:
+    # A zone id makes one address many subjects, and carries text to the gateways.
+    assert errors(verdict(subject={"ips": ["192.0.2.1", ip]})) == {"subject.ips"}
+
+
+@pytest.mark.parametrize(
     ("change", "field"),
     [
         ({"subject": None}, "subject"),
