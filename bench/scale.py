@@ -775,6 +775,10 @@ class PostFigures:
     transport: Counter[str] = field(default_factory=Counter)
     sample: str = ""
     stored: int = -1
+    server_cpu_s: float = 0.0
+    """CPU time of the server process (all its threads) over warm-up and window."""
+    client_cpu_s: float = 0.0
+    wall_s: float = 0.0
 
     @property
     def ok(self) -> int:
@@ -850,6 +854,15 @@ async def post_load(
     figures.seconds = max(1e-9, last_end - measure_from)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, all threads."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return math.nan
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def count_verdicts(url: str) -> int:
     from sqlalchemy import create_engine, func, select
 
@@ -882,7 +895,14 @@ def posts_run(
         log(f"posts {database} C={connections}: server pid {server.process.pid} ready")
         requests = Requests(pool, port, token)
         figures = PostFigures(database, connections, seconds)
+        server_cpu = cpu_seconds(server.process.pid)
+        client_cpu = time.process_time()
+        wall = time.perf_counter()
         asyncio.run(post_load(port, requests, connections, seconds, figures))
+        wall = time.perf_counter() - wall
+        figures.server_cpu_s = cpu_seconds(server.process.pid) - server_cpu
+        figures.client_cpu_s = time.process_time() - client_cpu
+        figures.wall_s = wall
         if requests.taken > len(pool):
             log(
                 f"posts {database} C={connections}: the pool ran out; "
@@ -924,6 +944,13 @@ def report_posts(results: list[PostFigures], seconds: float) -> None:
             f"{ms(pct(lat, 99))} {ms(max(lat) if lat else math.nan)} {f.ok:7d} {f.errors:7d} "
             f"{f.stored:7d}"
         )
+        sent = f.ok + f.errors
+        if sent and f.wall_s:
+            print(
+                f"      server CPU {f.server_cpu_s / f.wall_s:.0%} of a core, "
+                f"{f.server_cpu_s * 1000 / max(1, f.stored):.1f} ms per stored verdict; "
+                f"client CPU {f.client_cpu_s / f.wall_s:.0%} of a core"
+            )
         if f.errors:
             detail = {**{f"HTTP {s}": n for s, n in f.statuses.items() if s != 202}, **f.transport}
             print(f"      errors: {detail}")
