@@ -58,8 +58,8 @@ async def assert_refused_and_unchanged(
     result = await gateway.connector(**options).apply(Diff(add=tuple(hostile)))
 
     assert result.done == []
-    assert {e for e, _ in result.failed} == set(hostile)
-    assert all(why.startswith(REFUSED) for _, why in result.failed), result.failed
+    assert {e for e, _ in result.rejected} == set(hostile)
+    assert all(why.startswith(REFUSED) for _, why in result.rejected), result.rejected
     assert await snapshot(gateway) == before
     assert "model_api" in await gateway.runtime("show stat")
 
@@ -84,7 +84,7 @@ async def test_a_large_hostile_change_is_refused_too(haproxy: Gateway) -> None:
     result = await haproxy.connector(bulk_threshold=2).apply(Diff(add=(*HOSTILE_BLOCKS, *good)))
 
     assert sorted(result.done, key=str) == sorted(good, key=str)
-    assert len(result.failed) == len(HOSTILE_BLOCKS)
+    assert len(result.rejected) == len(HOSTILE_BLOCKS)
     assert await haproxy.runtime("show acl") != version  # staged and committed
     held = [line.split()[-1] for line in (await haproxy.runtime(f"show acl {acl}")).splitlines()]
     assert held == ["127.0.0.9", "127.0.0.10"]

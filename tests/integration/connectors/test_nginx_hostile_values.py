@@ -65,8 +65,8 @@ async def test_hostile_values_are_refused_and_nginx_keeps_serving(nginx: Nginx) 
     result = await nginx.connector().apply(Diff(add=tuple(hostile)))
 
     assert result.done == []
-    assert {e for e, _ in result.failed} == set(hostile)
-    assert all(why.startswith(REFUSED) for _, why in result.failed), result.failed
+    assert {e for e, _ in result.rejected} == set(hostile)
+    assert all(why.startswith(REFUSED) for _, why in result.rejected), result.rejected
     assert files(nginx) == before
     assert await nginx.get("127.0.0.3") == OK  # serving, and nobody else is blocked
     assert await nginx.get("127.0.0.2") == 403  # still enforcing

@@ -290,8 +290,8 @@ async def test_values_not_in_canonical_form_are_never_sent(
     result = await webhook(receiver, http).apply(Diff(add=(LIMIT, *hostile)))
 
     assert result.done == [LIMIT]
-    assert {e for e, _ in result.failed} == set(hostile)
-    assert all(why.startswith("refused before it reached") for _, why in result.failed)
+    assert {e for e, _ in result.rejected} == set(hostile)
+    assert all(why.startswith("refused before it reached") for _, why in result.rejected)
     [post] = receiver.received
     assert [c["entry"]["target"]["value"] for c in post.document["changes"]] == ["key_limited"]
 
