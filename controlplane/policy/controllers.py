@@ -14,7 +14,7 @@ from litestar.status_codes import HTTP_200_OK
 from controlplane.auth.guards import requires
 from controlplane.auth.roles import READERS, Role
 from controlplane.domain.action import parse_duration
-from controlplane.engine.bundle import PolicyBundle, content_revision
+from controlplane.engine.bundle import PolicyBundle, content_revision, short_revision
 from controlplane.engine.embedded import EmbeddedEngine
 from controlplane.engine.sandbox import refuse_denied
 from controlplane.errors import InvalidInput, NotFound, PolicyError
@@ -43,6 +43,7 @@ class PolicyController(Controller):
             revisions=[
                 RevisionOut(
                     id=r.id,
+                    short_id=short_revision(r.id),
                     source=r.source,
                     status=r.status,
                     active=r.id == active,

@@ -49,6 +49,7 @@ def make_settings(
         entrypoint=entrypoint,
         engine_workers=2,
         otlp_endpoint="",
+        policy_allow_uncommitted=False,
     )
 
 

@@ -19,7 +19,7 @@ from typer.testing import CliRunner, Result
 
 from controlplane.auth.roles import Role
 from controlplane.cli.main import app
-from controlplane.engine.bundle import PolicyBundle, load_bundle
+from controlplane.engine.bundle import PolicyBundle, load_bundle, short_revision
 from controlplane.settings import get_settings
 from controlplane.store.models import DecisionRow
 from controlplane.store.types import utcnow
@@ -226,7 +226,8 @@ async def test_cli_compares_the_active_revision_with_a_working_tree(
 
     assert text.exit_code == 0, text.output
     assert text.stdout.startswith(
-        f"### Tollgate policy impact: `{over_http['base'][:12]}` → `{stricter.revision[:12]}`"
+        f"### Tollgate policy impact: `{short_revision(over_http['base'])}` → "
+        f"`{short_revision(stricter.revision)}`"
     )
     assert "Replayed **30** stored verdicts" in text.stdout
     assert f"**{over_http['changed']} decisions change**" in text.stdout
