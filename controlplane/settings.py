@@ -45,13 +45,22 @@ class Settings:
     policy_repo: str = field(default_factory=lambda: _env("POLICY_REPO", ""))
     """`TOLLGATE_POLICY_REPO`: a git repository (path or URL) to take policies from, at
     `TOLLGATE_POLICY_REF`, under `TOLLGATE_POLICY_SUBDIR`. Empty: the working tree of
-    `TOLLGATE_POLICY_DIR` (revision = its last commit, `-dirty` with local changes)."""
+    `TOLLGATE_POLICY_DIR` (revision = its last commit; its uncommitted edits only with
+`TOLLGATE_POLICY_ALLOW_UNCOMMITTED`)."""
 
     policy_ref: str = field(default_factory=lambda: _env("POLICY_REF", "HEAD"))
     """`TOLLGATE_POLICY_REF`: branch, tag or commit of the policy repository."""
 
     policy_subdir: str = field(default_factory=lambda: _env("POLICY_SUBDIR", ""))
     """`TOLLGATE_POLICY_SUBDIR`: the policies' folder inside the policy repository."""
+
+    policy_allow_uncommitted: bool = field(
+        default_factory=lambda: _env("POLICY_ALLOW_UNCOMMITTED", "").lower() in ("1", "true", "yes")
+    )
+    """`TOLLGATE_POLICY_ALLOW_UNCOMMITTED`: development only. With the working tree as the
+    policy source, activate its uncommitted edits (a `<commit>-dirty.<hash>` revision per
+    edit), with a warning in the log at every sync. Off (the default): a server activates
+    only what is committed, and a tree with local edits serves its last commit."""
 
     policy_sync_seconds: float = field(
         default_factory=lambda: float(_env("POLICY_SYNC_SECONDS", "60"))

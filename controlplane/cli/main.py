@@ -18,6 +18,7 @@ from controlplane.cli.connector import action_app, connector_app
 from controlplane.cli.decision import decision_app
 from controlplane.cli.policy import policy_app
 from controlplane.cli.token import token_app
+from controlplane.engine.bundle import short_revision
 from controlplane.settings import get_settings
 
 app = typer.Typer(
@@ -113,7 +114,7 @@ def decision_table(results: list[dict[str, Any]]) -> Table:
         status = r.get("decision_status") or r["status"]
         if r.get("duplicate"):
             status += " (repeat)"
-        revision = (r.get("policy_revision") or "")[:12]
+        revision = short_revision(r.get("policy_revision"))
         if not r["actions"]:
             note = r.get("error") or "no action"
             table.add_row(r["verdict_id"], status, revision, "-", "-", "-", note)

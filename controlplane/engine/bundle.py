@@ -16,6 +16,8 @@ from controlplane.errors import PolicyError
 from controlplane.policy.rego import ShadowRules, shadow_rules
 
 DATA_FILES = ("data.json", "data.yaml", "data.yml")
+UNCOMMITTED = "-dirty."
+"""Between a commit and the content hash in the revision of a tree with local edits."""
 
 
 @dataclass(frozen=True)
@@ -78,10 +80,31 @@ def revision_of(root: Path, modules: dict[str, str], data: list[tuple[str, Any]]
         commit = _git(root, "log", "-1", "--format=%H", "--", ".")
         if commit:
             dirty = _git(root, "status", "--porcelain", "--untracked-files=all", "--", ".")
-            return f"{commit}-dirty.{_content_hash(modules, data)[:8]}" if dirty else commit
+            return f"{commit}{UNCOMMITTED}{_content_hash(modules, data)[:8]}" if dirty else commit
     except (OSError, subprocess.CalledProcessError):
         pass
     return content_revision(modules, data)
+
+
+def is_uncommitted(revision: str) -> bool:
+    """A working tree's revision with edits that are not committed."""
+    return UNCOMMITTED in revision
+
+
+def base_commit(revision: str) -> str:
+    """The commit an uncommitted revision was edited from (the revision itself if none)."""
+    return revision.split(UNCOMMITTED, 1)[0]
+
+
+def short_revision(revision: str | None) -> str:
+    """A revision as people see it: 12 hex digits of a commit; an uncommitted one keeps
+    its `-dirty.<hash>`, so edits never pass for the commit they were made on; a content
+    revision keeps its `content-` prefix and 8 digits."""
+    text = revision or ""
+    if is_uncommitted(text):
+        commit, _, edits = text.partition(UNCOMMITTED)
+        return f"{commit[:12]}{UNCOMMITTED}{edits}"
+    return text[:16] if text.startswith("content-") else text[:12]
 
 
 def content_revision(modules: dict[str, str], data: list[tuple[str, Any]]) -> str:

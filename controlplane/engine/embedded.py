@@ -16,11 +16,8 @@ from typing import Any
 
 from controlplane.engine.base import Evaluation
 from controlplane.engine.bundle import PolicyBundle
-from controlplane.errors import EngineUnavailable, PolicyError
-
-INSTALL_STEP = (
-    "pip install --no-deps --ignore-requires-python --require-hashes -r requirements/opa-engine.txt"
-)
+from controlplane.engine.sandbox import new_engine, opa_module
+from controlplane.errors import PolicyError
 
 PROBE_INPUT: dict[str, Any] = {
     "verdict": {
@@ -47,18 +44,6 @@ PROBE_INPUT: dict[str, Any] = {
 """A representative input: a type error or an undefined entrypoint shows at the probe."""
 
 
-def opa_module() -> Any:
-    """The `opa_bindings` module, or `EngineUnavailable` naming the install step."""
-    try:
-        import opa_bindings
-    except ImportError as exc:
-        raise EngineUnavailable(
-            f"the embedded OPA engine (opa-golib-python-bindings) is not installed ({exc}). "
-            f"Install it in its own step: `{INSTALL_STEP}` (`make demo` and `make test` do this)."
-        ) from None
-    return opa_bindings
-
-
 class EmbeddedEngine:
     """A loaded, probed revision, evaluated on `workers` threads with one engine each."""
 
@@ -73,7 +58,7 @@ class EmbeddedEngine:
         built = []
         try:
             for _ in range(self._workers):
-                engine = self._build()
+                engine = new_engine(self._bundle)
                 built.append(engine)
                 self._probe(engine)
         except BaseException:
@@ -95,23 +80,6 @@ class EmbeddedEngine:
     @property
     def bundle(self) -> PolicyBundle:
         return self._bundle
-
-    def _build(self) -> Any:
-        engine = self._opa.OpaEngine()
-        for path, source in self._bundle.modules.items():
-            try:
-                engine.add_policy(path, source)
-            except self._opa.OpaError as exc:
-                engine.close()
-                raise PolicyError(f"{self._bundle.root / path}: {exc.message}") from None
-        for path, document in self._bundle.data:
-            try:
-                engine.add_data(document, path)
-            except self._opa.OpaError as exc:
-                engine.close()
-                where = f"data.{path}" if path else "data"
-                raise PolicyError(f"data file mounted at {where}: {exc.message}") from None
-        return engine
 
     def _probe(self, engine: Any) -> None:
         try:

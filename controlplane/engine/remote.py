@@ -39,6 +39,7 @@ from controlplane.engine.opa_push import (
     server_state,
     settle,
 )
+from controlplane.engine.sandbox import refuse_denied
 from controlplane.errors import EngineUnavailable, PolicyError
 
 __all__ = ["RemoteEngine", "policy_id"]
@@ -78,8 +79,11 @@ class RemoteEngine:
     async def load(
         cls, bundle: PolicyBundle, entrypoint: str, target: OpaTarget, *, concurrency: int = 8
     ) -> RemoteEngine:
-        """Push `bundle` to the server at `target`, replacing its revision, and probe it."""
+        """Push `bundle` to the server at `target`, replacing its revision, and probe it.
+        A revision that uses a builtin that leaves the process is refused before anything
+        is pushed: an OPA server takes no capabilities over its REST API, and would run it."""
         entrypoint = entrypoint.removeprefix("data.")
+        await asyncio.to_thread(refuse_denied, bundle.modules)
         state = server_state(target.url)
         http = OpaHttp(target, concurrency=concurrency)
         try:

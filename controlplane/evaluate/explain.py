@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from controlplane.engine.bundle import PolicyBundle
-from controlplane.engine.embedded import opa_module
-from controlplane.errors import NotFound
+from controlplane.engine.sandbox import new_engine, opa_module
+from controlplane.errors import NotFound, PolicyError
 from controlplane.evaluate import repository
 from controlplane.policy import repository as policies_repo
 from controlplane.policy.rego import read_module
@@ -81,12 +81,12 @@ async def explain(db: Database, decision_id: str) -> Explanation:
 
 def _rerun(bundle: PolicyBundle, entrypoint: str, given: Any) -> tuple[Any, str | None, Any]:
     opa = opa_module()
-    engine = opa.OpaEngine()
     try:
-        for path, source in bundle.modules.items():
-            engine.add_policy(path, source)
-        for path, document in bundle.data:
-            engine.add_data(document, path)
+        # A revision recorded before its builtins were refused is refused now, not re-run.
+        engine = new_engine(bundle)
+    except PolicyError as exc:
+        return None, exc.message, None
+    try:
         try:
             return engine.eval_document(entrypoint, given, trace=True), None, engine.last_trace
         except opa.OpaError as exc:

@@ -7,11 +7,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from controlplane.engine.bundle import PolicyBundle, load_bundle
-from controlplane.engine.embedded import PROBE_INPUT, opa_module
+from controlplane.engine.embedded import PROBE_INPUT
+from controlplane.engine.sandbox import (
+    HINT,
+    DeniedUse,
+    compile_only,
+    denied_uses,
+    new_engine,
+    opa_module,
+)
 from controlplane.errors import PolicyError
 from controlplane.policy.rego import Module, read_module
 
 REQUIRED_METADATA = ("title", "description", "custom.owner")
+COMPILE_HINT = "the policy does not compile or fails on a representative input"
 
 
 @dataclass(frozen=True)
@@ -36,27 +45,47 @@ def check_dir(root: Path, entrypoint: str) -> list[Problem]:
 
 def check_bundle(bundle: PolicyBundle, entrypoint: str) -> list[Problem]:
     """Parse and compile every module, probe the entrypoint, require METADATA on every
-    rule that can emit an action, and refuse network builtins."""
-    modules = [read_module(path, source) for path, source in bundle.modules.items()]
-    problems = [p for m in modules for p in _static(m)]
+    rule that can emit an action, and refuse builtins that leave the process."""
+    modules = {path: read_module(path, source) for path, source in bundle.modules.items()}
+    problems = [p for m in modules.values() for p in _static(m)]
+    denied, unchecked = _denied(bundle)
+    problems.extend(_denied_problem(use, modules[use.path]) for use in denied)
+    compiled = _compile(bundle)
+    problems.extend(compiled)
+    if not compiled:
+        # A module OPA's parser refused cannot be cleared of denied builtins.
+        problems.extend(unchecked)
     # Refusing a network call must not make it: such a revision is compiled, not probed.
-    probe = not any(m.network_calls for m in modules)
-    problems.extend(_compile(bundle, entrypoint.removeprefix("data."), probe))
+    if not (denied or unchecked or compiled):
+        problems.extend(_probe(bundle, entrypoint.removeprefix("data.")))
     return problems
+
+
+def _denied(bundle: PolicyBundle) -> tuple[list[DeniedUse], list[Problem]]:
+    """Denied builtins in OPA's syntax tree of each module, and the modules that could
+    not be parsed to look."""
+    found: list[DeniedUse] = []
+    unchecked: list[Problem] = []
+    for path, source in bundle.modules.items():
+        try:
+            found.extend(denied_uses({path: source}))
+        except PolicyError as exc:
+            unchecked.extend(_engine_problems(path, exc.message, "fix the syntax"))
+    return found, unchecked
+
+
+def _denied_problem(use: DeniedUse, module: Module) -> Problem:
+    line = next((r.line for r in module.rules if r.name == use.rule.split(".")[0]), 0)
+    return Problem(
+        use.path,
+        line,
+        f"{use.builtin} is not allowed in Tollgate policies (rule {use.rule})",
+        HINT,
+    )
 
 
 def _static(module: Module) -> list[Problem]:
     problems = [Problem(module.path, line, message) for line, message in module.metadata_errors]
-    for line, builtin in module.network_calls:
-        problems.append(
-            Problem(
-                module.path,
-                line,
-                f"{builtin} is not allowed in Tollgate policies",
-                "compute what you need before evaluation and pass it in input.context "
-                "or as data; policies must not call the network",
-            )
-        )
     if not module.package:
         problems.append(Problem(module.path, 1, "no package declaration"))
     if module.is_test_file:
@@ -106,47 +135,40 @@ def _metadata_hint(package: str) -> str:
     )
 
 
-def _compile(bundle: PolicyBundle, entrypoint: str, probe: bool = True) -> list[Problem]:
-    opa = opa_module()
-    engine = opa.OpaEngine()
+def _compile(bundle: PolicyBundle) -> list[Problem]:
     problems: list[Problem] = []
+    for error in compile_only(bundle):
+        if error.stage == "module":
+            problems.extend(_engine_problems(error.where, error.message, "fix the syntax"))
+        elif error.stage == "data":
+            problems.append(Problem(error.where, 0, error.message))
+        else:
+            problems.extend(_engine_problems("", error.message, COMPILE_HINT))
+    return problems
+
+
+def _probe(bundle: PolicyBundle, entrypoint: str) -> list[Problem]:
+    opa = opa_module()
     try:
-        for path, source in bundle.modules.items():
-            try:
-                engine.add_policy(path, source)
-            except opa.OpaError as exc:
-                problems.extend(_engine_problems(path, exc.message, "fix the syntax"))
-        for path, document in bundle.data:
-            try:
-                engine.add_data(document, path)
-            except opa.OpaError as exc:
-                problems.append(Problem(f"data.{path}" if path else "data", 0, exc.message))
-        if problems:
-            return problems
-        try:
-            engine.eval_query("true")  # compiles every module: type errors surface here
-            if probe:
-                engine.eval_document(entrypoint, PROBE_INPUT)
-        except opa.OpaUndefinedError:
-            problems.append(
-                Problem(
-                    str(bundle.root),
-                    0,
-                    f"entrypoint data.{entrypoint} is undefined",
-                    "check TOLLGATE_ENTRYPOINT and the package name of the decision policy",
-                )
+        engine = new_engine(bundle)
+    except PolicyError as exc:
+        return [Problem(str(bundle.root), 0, exc.message)]
+    try:
+        engine.eval_document(entrypoint, PROBE_INPUT)
+    except opa.OpaUndefinedError:
+        return [
+            Problem(
+                str(bundle.root),
+                0,
+                f"entrypoint data.{entrypoint} is undefined",
+                "check TOLLGATE_ENTRYPOINT and the package name of the decision policy",
             )
-        except opa.OpaError as exc:
-            problems.extend(
-                _engine_problems(
-                    "",
-                    exc.message,
-                    "the policy does not compile or fails on a representative input",
-                )
-            )
+        ]
+    except opa.OpaError as exc:
+        return _engine_problems("", exc.message, COMPILE_HINT)
     finally:
         engine.close()
-    return problems
+    return []
 
 
 _LOCATED = re.compile(r"([^\s:]+\.rego):(\d+): (rego_\w+: [^\n]*(?:\n\t[^\n]*)*)")

@@ -14,12 +14,12 @@ from litestar.status_codes import HTTP_200_OK
 from controlplane.auth.guards import requires
 from controlplane.auth.roles import READERS, Role
 from controlplane.domain.action import parse_duration
-from controlplane.engine.bundle import PolicyBundle, content_revision
+from controlplane.engine.bundle import PolicyBundle, content_revision, short_revision
 from controlplane.engine.embedded import EmbeddedEngine
-from controlplane.errors import InvalidInput, NotFound
+from controlplane.engine.sandbox import refuse_denied
+from controlplane.errors import InvalidInput, NotFound, PolicyError
 from controlplane.policy import repository
 from controlplane.policy.impact import markdown, replay
-from controlplane.policy.rego import read_module
 from controlplane.policy.schemas import ActivationOut, ImpactRequest, PoliciesOut, RevisionOut
 from controlplane.policy.service import bundle_of
 from controlplane.runtime import Runtime
@@ -43,6 +43,7 @@ class PolicyController(Controller):
             revisions=[
                 RevisionOut(
                     id=r.id,
+                    short_id=short_revision(r.id),
                     source=r.source,
                     status=r.status,
                     active=r.id == active,
@@ -97,16 +98,13 @@ class PolicyController(Controller):
             if found is None:
                 raise NotFound(f"no recorded revision {data.head!r}: see GET /v1/policies")
             head = found
-        # Replaying runs both policies here: one that calls the network is refused, as
+        # Replaying runs both policies here: one that leaves the process is refused, as
         # `tollgate policy check` refuses it (an uploaded head has not been checked).
-        calls = [
-            f"{path}:{line}: {builtin}"
-            for bundle in (base, head)
-            for path, source in bundle.modules.items()
-            for line, builtin in read_module(path, source).network_calls
-        ]
-        if calls:
-            raise InvalidInput(f"policies may not call the network: {'; '.join(calls)}")
+        for bundle in (base, head):
+            try:
+                await asyncio.to_thread(refuse_denied, bundle.modules)
+            except PolicyError as exc:
+                raise InvalidInput(exc.message, details=exc.details) from None
         settings = runtime.settings
         engines = [
             await asyncio.to_thread(EmbeddedEngine, b, settings.entrypoint, settings.engine_workers)

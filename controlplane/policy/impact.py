@@ -23,6 +23,7 @@ from sqlmodel import col
 
 from controlplane.domain.action import MalformedDecision, parse_decision
 from controlplane.engine.base import PolicyEngine
+from controlplane.engine.bundle import short_revision
 from controlplane.store.db import Database
 from controlplane.store.models import DecisionRow
 from controlplane.store.types import utcnow
@@ -249,7 +250,8 @@ async def _decisions(db: Database, since: datetime | None) -> AsyncIterator[list
 def markdown(report: ImpactReport) -> str:
     """The report as a pull-request comment."""
     lines = [
-        f"### Tollgate policy impact: `{report.base[:12]}` → `{report.head[:12]}`",
+        f"### Tollgate policy impact: `{short_revision(report.base)}` → "
+        f"`{short_revision(report.head)}`",
         "",
         f"Replayed **{report.replayed:,}** stored verdicts"
         + (f" decided since {report.since:%Y-%m-%d %H:%M} UTC" if report.since else "")

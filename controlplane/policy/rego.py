@@ -14,7 +14,6 @@ _RULE = re.compile(
     r"^(?:default\s+)?([A-Za-z_]\w*)(?:\s*\[[^\]]*\])?(?:\([^)]*\))?\s*(?::=|=|\bcontains\b|\bif\b|\{)"
 )
 _KEYWORDS = {"package", "import", "else", "not", "some", "every", "with", "as"}
-_NETWORK_BUILTINS = re.compile(r"\b(http\.send|net\.lookup_ip_addr)\s*\(")
 
 
 @dataclass
@@ -40,7 +39,6 @@ class Module:
     package_metadata: dict[str, Any] | None
     rules: list[Rule] = field(default_factory=list)
     metadata_errors: list[tuple[int, str]] = field(default_factory=list)
-    network_calls: list[tuple[int, str]] = field(default_factory=list)
 
     @property
     def is_test_file(self) -> bool:
@@ -64,9 +62,6 @@ def read_module(path: str, source: str) -> Module:
         if line.strip() == "# METADATA":
             block, block_line = [], number
             continue
-        code = line.split("#", 1)[0]
-        for match in _NETWORK_BUILTINS.finditer(code):
-            module.network_calls.append((number, match.group(1)))
         if package := _PACKAGE.match(line):
             module.package, module.package_line = package.group(1), number
             module.package_metadata, pending = pending, None

@@ -10,6 +10,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 class RevisionOut(BaseModel):
     id: str = Field(description="The git commit (with `-dirty.<hash>` for local edits).")
+    short_id: str = Field(
+        description="How people see it: 12 digits of the commit, and `-dirty.<hash>` for "
+        "uncommitted edits, so an edited tree never shows as its commit."
+    )
     source: str
     status: str = Field(description="`passed` (may be activated) or `rejected`.")
     active: bool

@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from controlplane.audit import repository as audit_repository
 from controlplane.audit import service as audit
 from controlplane.audit.chain import EventDraft
-from controlplane.engine.bundle import PolicyBundle
+from controlplane.engine.bundle import PolicyBundle, is_uncommitted, short_revision
 from controlplane.errors import Conflict, NotFound, PolicyError
 from controlplane.policy import repository
 from controlplane.policy.checks import check_bundle
@@ -149,36 +149,58 @@ class PolicyService:
             )
 
     async def rollback(self, revision: str | None, actor: str, reason: str) -> str:
-        """Reactivate `revision`, or the one active before the current one."""
+        """Reactivate `revision`, or the latest committed revision activated before the
+        current one (never a copy with uncommitted edits, never the current one again)."""
         async with self._db.read() as session:
             history = await repository.activations(session, 1000)
             if not history:
                 raise Conflict("no revision was ever activated: nothing to roll back to")
             current = history[0].revision
             if revision is None:
-                earlier = [a.revision for a in history if a.revision != current]
+                earlier = [
+                    a.revision
+                    for a in history
+                    if a.revision != current and not is_uncommitted(a.revision)
+                ]
                 if not earlier:
-                    raise Conflict(f"{current[:12]} is the only revision ever activated")
+                    raise Conflict(
+                        f"no committed revision other than {short_revision(current)} was ever "
+                        "activated: nothing to roll back to"
+                    )
                 revision = earlier[0]
             row = await repository.get_revision(session, revision)
             if row is None:
-                row = await self._by_prefix(session, revision)
+                row = await self._by_prefix(session, revision, "tollgate policy rollback {id}")
         if row.status != PASSED:
             raise Conflict(
-                f"revision {row.id[:12]} failed its check or tests and can never be "
+                f"revision {short_revision(row.id)} failed its check or tests and can never be "
                 f"activated: {'; '.join(row.problems[:3])}"
             )
+        if is_uncommitted(row.id) and not self._source.allows_uncommitted:
+            raise Conflict(
+                f"revision {short_revision(row.id)} holds uncommitted edits and a server "
+                "activates only commits (TOLLGATE_POLICY_ALLOW_UNCOMMITTED is for development)"
+            )
         if row.id == current:
-            raise Conflict(f"revision {row.id[:12]} is already active")
+            raise Conflict(f"revision {short_revision(row.id)} is already active")
         await self._activate(row.id, "rollback", actor, reason)
         return row.id
 
-    async def _by_prefix(self, session: Any, prefix: str) -> PolicyRevisionRow:
+    async def _by_prefix(self, session: Any, prefix: str, pick: str) -> PolicyRevisionRow:
+        """The one revision whose id starts with `prefix`. An ambiguous prefix lists every
+        match with the command (`pick`, `{id}` filled in) that names it."""
         matches = [r for r in await repository.revisions(session, 10000) if r.id.startswith(prefix)]
-        if len(matches) != 1:
-            raise NotFound(
-                f"no single revision starts with {prefix!r} "
-                f"({len(matches)} match): see `GET /v1/policies`"
+        if not matches:
+            raise NotFound(f"no revision starts with {prefix!r}: see `GET /v1/policies`")
+        if len(matches) > 1:
+            listed = "; ".join(
+                f"{r.id} ({r.status}, recorded {r.created_at:%Y-%m-%d %H:%M:%S}): "
+                f"`{pick.format(id=r.id)}`"
+                for r in matches
+            )
+            raise Conflict(
+                f"{prefix!r} matches {len(matches)} revisions; pick one: {listed}",
+                details=[{"field": "revision", "message": r.id} for r in matches],
             )
         return matches[0]
 
@@ -188,7 +210,7 @@ class PolicyService:
             row = await repository.get_revision(session, revision)
             if row is None:
                 try:
-                    row = await self._by_prefix(session, revision)
+                    row = await self._by_prefix(session, revision, "{id}")
                 except NotFound:
                     return None
         return bundle_of(row)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import subprocess
 import tarfile
 import tempfile
@@ -11,17 +12,30 @@ from io import BytesIO
 from pathlib import Path
 from typing import Protocol
 
-from controlplane.engine.bundle import PolicyBundle, load_bundle
+from controlplane.engine.bundle import (
+    PolicyBundle,
+    base_commit,
+    is_uncommitted,
+    load_bundle,
+    short_revision,
+)
 from controlplane.errors import PolicyError
 from controlplane.settings import Settings
 
 GIT_TIMEOUT = 120
+
+log = logging.getLogger(__name__)
 
 
 class PolicySource(Protocol):
     @property
     def description(self) -> str:
         """Where the policies come from, for revision records."""
+        ...
+
+    @property
+    def allows_uncommitted(self) -> bool:
+        """Whether revisions with uncommitted edits may be activated."""
         ...
 
     def fetch(self) -> PolicyBundle:
@@ -31,16 +45,40 @@ class PolicySource(Protocol):
 
 @dataclass(frozen=True)
 class WorkingTree:
-    """A policy directory as it is on disk (the laptop and demo default)."""
+    """A policy directory on disk (the laptop and demo default). A tree in git with
+    uncommitted edits gives its last commit, unless `allows_uncommitted` (the
+    development setting `TOLLGATE_POLICY_ALLOW_UNCOMMITTED`, or an impact report's
+    `worktree`): a server must not decide with edits nobody committed or reviewed."""
 
     root: Path
+    allows_uncommitted: bool = False
 
     @property
     def description(self) -> str:
         return str(self.root.resolve())
 
     def fetch(self) -> PolicyBundle:
-        return load_bundle(self.root)
+        bundle = load_bundle(self.root)
+        if not is_uncommitted(bundle.revision):
+            return bundle
+        if self.allows_uncommitted:
+            log.warning(
+                "TOLLGATE_POLICY_ALLOW_UNCOMMITTED is on: %s has uncommitted edits, read as "
+                "revision %s. For development only: never set it on a server that enforces",
+                self.description,
+                short_revision(bundle.revision),
+            )
+            return bundle
+        commit = base_commit(bundle.revision)
+        log.warning(
+            "%s has uncommitted edits; they are not activated, its last commit %s is. Commit "
+            "them, or set TOLLGATE_POLICY_ALLOW_UNCOMMITTED=1 while developing",
+            self.description,
+            short_revision(commit),
+        )
+        top = _toplevel(self.root)
+        subdir = self.root.resolve().relative_to(top).as_posix()
+        return _archived(top, commit, "" if subdir == "." else subdir, self.description)
 
 
 @dataclass(frozen=True)
@@ -53,6 +91,10 @@ class GitRepository:
     mirror: Path
 
     @property
+    def allows_uncommitted(self) -> bool:
+        return False  # every revision is a commit
+
+    @property
     def description(self) -> str:
         sub = f" ({self.subdir})" if self.subdir else ""
         return f"{self.url}@{self.ref}{sub}"
@@ -60,29 +102,7 @@ class GitRepository:
     def fetch(self) -> PolicyBundle:
         self._update_mirror()
         commit = self._git("rev-parse", "--verify", f"{self.ref}^{{commit}}").strip()
-        archive = subprocess.run(
-            [
-                "git",
-                "-C",
-                str(self.mirror),
-                "archive",
-                "--format=tar",
-                commit,
-                *([self.subdir] if self.subdir else []),
-            ],
-            capture_output=True,
-            timeout=GIT_TIMEOUT,
-            check=False,
-        )
-        if archive.returncode != 0:
-            raise PolicyError(
-                f"{self.description}: cannot read {self.subdir or 'the tree'} at {commit[:12]}: "
-                f"{archive.stderr.decode(errors='replace').strip()}"
-            )
-        with tempfile.TemporaryDirectory(prefix="tollgate-policy-") as tmp:
-            with tarfile.open(fileobj=BytesIO(archive.stdout)) as tar:
-                tar.extractall(tmp, filter="data")
-            return _detached(load_bundle(Path(tmp) / self.subdir, revision=commit))
+        return _archived(self.mirror, commit, self.subdir, self.description)
 
     def _update_mirror(self) -> None:
         if (self.mirror / "HEAD").exists():
@@ -118,6 +138,46 @@ class GitRepository:
         return done.stdout
 
 
+def _archived(git_dir: Path, commit: str, subdir: str, description: str) -> PolicyBundle:
+    """The policies under `subdir` as committed in `commit`, read from `git archive`."""
+    archive = subprocess.run(
+        [
+            "git",
+            "-C",
+            str(git_dir),
+            "archive",
+            "--format=tar",
+            commit,
+            *([subdir] if subdir else []),
+        ],
+        capture_output=True,
+        timeout=GIT_TIMEOUT,
+        check=False,
+    )
+    if archive.returncode != 0:
+        raise PolicyError(
+            f"{description}: cannot read {subdir or 'the tree'} at {commit[:12]}: "
+            f"{archive.stderr.decode(errors='replace').strip()}"
+        )
+    with tempfile.TemporaryDirectory(prefix="tollgate-policy-") as tmp:
+        with tarfile.open(fileobj=BytesIO(archive.stdout)) as tar:
+            tar.extractall(tmp, filter="data")
+        return _detached(load_bundle(Path(tmp) / subdir, revision=commit))
+
+
+def _toplevel(root: Path) -> Path:
+    done = subprocess.run(
+        ["git", "-C", str(root), "rev-parse", "--show-toplevel"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise PolicyError(f"{root}: cannot find its git repository: {done.stderr.strip()}")
+    return Path(done.stdout.strip()).resolve()
+
+
 def _detached(bundle: PolicyBundle) -> PolicyBundle:
     """The bundle no longer points into the temporary checkout."""
     return PolicyBundle(
@@ -130,7 +190,7 @@ def _detached(bundle: PolicyBundle) -> PolicyBundle:
 
 def source_from(settings: Settings) -> PolicySource:
     if not settings.policy_repo:
-        return WorkingTree(settings.policy_dir)
+        return WorkingTree(settings.policy_dir, settings.policy_allow_uncommitted)
     key = hashlib.sha256(settings.policy_repo.encode()).hexdigest()[:12]
     return GitRepository(
         url=settings.policy_repo,
@@ -148,7 +208,8 @@ def source_at(settings: Settings, revision: str) -> PolicySource:
     commit, branch or tag of the policy repository (TOLLGATE_POLICY_REPO, else the git
     repository holding TOLLGATE_POLICY_DIR)."""
     if revision == WORKTREE:
-        return WorkingTree(settings.policy_dir)
+        # Measuring uncommitted edits is what `worktree` is for; it activates nothing.
+        return WorkingTree(settings.policy_dir, allows_uncommitted=True)
     if settings.policy_repo:
         url, subdir = settings.policy_repo, settings.policy_subdir.strip("/")
     else:

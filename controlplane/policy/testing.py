@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from controlplane.engine.bundle import PolicyBundle
-from controlplane.engine.embedded import opa_module
+from controlplane.engine.sandbox import new_engine, opa_module
 from controlplane.policy.rego import Rule, read_module
 
 
@@ -51,17 +51,14 @@ def run_tests(
     coverage: bool = False,
     on_result: Callable[[TestOutcome], None] | None = None,
 ) -> TestReport:
-    """Run every test rule of the bundle on one fresh engine."""
+    """Run every test rule of the bundle on one fresh engine. `PolicyError` for a
+    bundle that does not load or uses a builtin that leaves the process."""
     opa = opa_module()
-    engine = opa.OpaEngine()
+    engine = new_engine(bundle)
     report = TestReport()
     covered: dict[str, set[int]] = {}
     not_covered: dict[str, set[int]] = {}
     try:
-        for path, source in bundle.modules.items():
-            engine.add_policy(path, source)
-        for path, document in bundle.data:
-            engine.add_data(document, path)
         tests: dict[str, list[tuple[str, Rule]]] = {}
         for path, source in bundle.modules.items():
             module = read_module(path, source)

@@ -28,6 +28,7 @@ from controlplane.auth.guards import principal_of
 from controlplane.errors import TollgateError
 from controlplane.runtime import Runtime
 from controlplane.ui import service, sessions
+from controlplane.ui.display import short
 from controlplane.ui.sessions import COOKIE, SIGN_IN, SignInRequired
 
 HERE = Path(__file__).parent
@@ -59,6 +60,8 @@ def template_config() -> TemplateConfig[JinjaTemplateEngine]:
         lstrip_blocks=True,
     )
     environment.globals["version"] = __version__
+    # Every revision shown on a page goes through one short form (`display.short`).
+    environment.filters["short"] = short
     return TemplateConfig(instance=JinjaTemplateEngine.from_environment(environment))
 
 

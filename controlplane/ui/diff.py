@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from controlplane.engine.bundle import short_revision
 from controlplane.store.models import PolicyRevisionRow
 
 
@@ -42,8 +43,8 @@ def changes(before: PolicyRevisionRow | None, after: PolicyRevisionRow) -> list[
             difflib.unified_diff(
                 (a or "").splitlines(),
                 (b or "").splitlines(),
-                fromfile=f"{before.id[:12] if before else 'nothing'}/{path}",
-                tofile=f"{after.id[:12]}/{path}",
+                fromfile=f"{short_revision(before.id) if before else 'nothing'}/{path}",
+                tofile=f"{short_revision(after.id)}/{path}",
                 lineterm="",
                 n=3,
             )

@@ -19,6 +19,7 @@ from typing import Any
 
 from controlplane.domain.redact import key_handle
 from controlplane.domain.vocabulary import SubjectKind
+from controlplane.engine.bundle import short_revision
 
 HANDLE = re.compile(r"^key:[0-9a-f]{12}$")
 MENTION = re.compile(r"(?<![\w-])api_key:(\S+?)(?=:\s|[;,)]|\s|$)")
@@ -113,10 +114,8 @@ def when(value: datetime | None) -> str:
 
 
 def short(revision: str | None) -> str:
-    """A revision as a column shows it: 12 hex digits of a commit; a content revision
-    keeps its `content-` prefix and 8 digits."""
-    text = revision or ""
-    return text[:16] if text.startswith("content-") else text[:12]
+    """A revision as a column shows it (`short_revision`)."""
+    return short_revision(revision)
 
 
 def duration_ms(start_ns: int, end_ns: int) -> str:

@@ -53,6 +53,7 @@ def make_settings(
         entrypoint=entrypoint,
         engine_workers=2,
         otlp_endpoint="",
+        policy_allow_uncommitted=False,
     )
 
 

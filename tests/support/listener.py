@@ -11,16 +11,19 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 @contextmanager
 def http_listener() -> Iterator[tuple[str, list[str]]]:
-    """Yields (base URL, paths asked for); answers `{}` with 200 to every GET."""
+    """Yields (base URL, paths asked for); answers `{}` with 200 to every GET and POST."""
     asked: list[str] = []
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             asked.append(self.path)
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
             self.send_response(200)
             self.send_header("Content-Length", "2")
             self.end_headers()
             self.wfile.write(b"{}")
+
+        do_POST = do_GET
 
         def log_message(self, format: str, *args: object) -> None:
             pass

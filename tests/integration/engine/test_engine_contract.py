@@ -16,6 +16,9 @@ from controlplane.engine.bundle import PolicyBundle, load_bundle
 from controlplane.engine.embedded import EmbeddedEngine
 from controlplane.errors import PolicyError
 from tests.integration.engine.conftest import ENGINES, Loader, make_bundle
+from tests.support.escapes import escapes
+from tests.support.listener import http_listener
+from tests.support.opa_server import OpaTestServer
 from tests.support.verdicts import DESIGN_VERDICT
 
 REPO = Path(__file__).resolve().parents[3]
@@ -169,6 +172,33 @@ async def test_a_probe_error_fails_the_load(kind: str, loader: Loader) -> None:
 
     assert "probe evaluation" in raised.value.message
     assert "eval_conflict_error" in raised.value.message
+
+
+@pytest.fixture
+def listener() -> Iterator[tuple[str, list[str]]]:
+    with http_listener() as running:
+        yield running
+
+
+@pytest.mark.parametrize("escape", sorted(escapes("http://127.0.0.1:1")))
+@pytest.mark.parametrize("kind", ENGINES)
+async def test_a_policy_that_can_leave_the_process_is_refused_before_it_runs(
+    kind: str,
+    escape: str,
+    loader: Loader,
+    server: OpaTestServer,
+    repo_bundle: PolicyBundle,
+    listener: tuple[str, list[str]],
+) -> None:
+    url, asked = listener
+    bundle = make_bundle(escapes(url)[escape].apply(dict(repo_bundle.modules)), repo_bundle.data)
+
+    with pytest.raises(PolicyError, match="which is not allowed"):
+        await loader(kind, bundle)
+
+    assert asked == []
+    # The remote engine pushes nothing: the OPA server would run it.
+    assert server.received("PUT", "/v1/policies") == []
 
 
 @pytest.mark.parametrize("kind", ENGINES)

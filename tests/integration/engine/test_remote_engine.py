@@ -15,7 +15,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from controlplane.engine.bundle import PolicyBundle, load_bundle
-from controlplane.engine.opa_http import ADMIN_RETRIES, OpaTarget
+from controlplane.engine.opa_http import ADMIN_RETRIES, OpaHttp, OpaTarget
+from controlplane.engine.opa_push import push
 from controlplane.engine.remote import RemoteEngine, policy_id
 from controlplane.engine.runtime import EngineSlot, load_engine
 from controlplane.errors import EngineUnavailable, PolicyError
@@ -80,11 +81,15 @@ async def test_the_library_would_rewrite_a_v0_module_by_default(server: OpaTestS
         assert await client.delete_policy("elsewhere/legacy.rego")
 
 
-async def test_a_v0_module_is_refused_not_rewritten(loader: Loader, server: OpaTestServer) -> None:
+async def test_a_v0_module_is_refused_not_rewritten(server: OpaTestServer) -> None:
+    """The push itself: OPA's refusal stands and the library rewrites nothing."""
     bundle = make_bundle({"legacy/legacy.rego": "package legacy\n\ndecision { true }\n"})
-
-    with pytest.raises(PolicyError) as raised:
-        await remote(loader, bundle, entrypoint="legacy.decision")
+    http = OpaHttp(OpaTarget(server.url, 2.0, 0.5), concurrency=1)
+    try:
+        with pytest.raises(PolicyError) as raised:
+            await push(http, bundle, None)
+    finally:
+        await http.aclose()
 
     target = policy_id(bundle.revision, "legacy/legacy.rego")
     puts = server.received("PUT", f"/v1/policies/{target}")
@@ -94,6 +99,18 @@ async def test_a_v0_module_is_refused_not_rewritten(loader: Loader, server: OpaT
     assert raised.value.details == [
         {"field": "legacy/legacy.rego", "message": raised.value.details[0]["message"]}
     ]
+
+
+async def test_a_module_tollgate_cannot_parse_is_never_pushed(
+    loader: Loader, server: OpaTestServer
+) -> None:
+    """Unparsed, it cannot be cleared of builtins that leave the process."""
+    bundle = make_bundle({"legacy/legacy.rego": "package legacy\n\ndecision { true }\n"})
+
+    with pytest.raises(PolicyError, match=r"legacy/legacy\.rego:3: rego_parse_error"):
+        await remote(loader, bundle, entrypoint="legacy.decision")
+
+    assert server.received("PUT", "/v1/policies") == []
 
 
 async def test_modules_are_uploaded_byte_for_byte(loader: Loader, server: OpaTestServer) -> None:

@@ -11,9 +11,12 @@ from typing import Any
 
 import pytest
 
+from controlplane.errors import PolicyError
+from controlplane.policy import repository
 from controlplane.policy.service import PolicyService
 from controlplane.policy.source import source_from
 from controlplane.store.db import Database
+from controlplane.store.types import utcnow
 from tests.integration.policy.policy_copies import (
     BROKEN_TEST,
     break_a_test,
@@ -23,6 +26,8 @@ from tests.integration.policy.policy_copies import (
     touch_module,
 )
 from tests.support.app import Running, make_settings, serve
+from tests.support.escapes import escapes
+from tests.support.listener import http_listener
 from tests.support.verdicts import verdict
 
 
@@ -110,3 +115,37 @@ async def test_servers_converge_on_a_rollback_and_list_every_activation(
     fixed = commit(repo, "fixed")
     await api.runtime.sync_policies()
     assert await decided_by(api) == fixed
+
+
+async def test_a_recorded_revision_that_can_leave_the_process_never_decides(
+    api: Running,
+) -> None:
+    """A revision recorded as passed before its builtins were refused (by an older
+    Tollgate, or written into the database) is refused when a server loads it."""
+    first = api.runtime.engines.current.revision
+    active = await api.runtime.policies.active()
+    assert active is not None
+    with http_listener() as (url, asked):
+        sneaky = "f" * 40
+        async with api.runtime.db.write() as session, session.begin():
+            await repository.insert_revision(
+                session,
+                {
+                    "id": sneaky,
+                    "source": "recorded before the sandbox",
+                    "status": "passed",
+                    "created_at": utcnow(),
+                    "problems": [],
+                    "tests": {},
+                    "modules": escapes(url)["indexed"].apply(dict(active.modules)),
+                    "data": [list(item) for item in active.data],
+                },
+            )
+        await api.runtime.policies.rollback(sneaky, "mallory", "try it")
+
+        with pytest.raises(PolicyError, match=r"uses http\.send, which is not allowed"):
+            await api.runtime.converge()
+
+        assert api.runtime.engines.current.revision == first
+        assert await decided_by(api) == first
+    assert asked == []

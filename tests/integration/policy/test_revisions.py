@@ -155,7 +155,7 @@ async def test_rollback_needs_an_earlier_activation(db: Database, tmp_path: Path
     with pytest.raises(Conflict, match="nothing to roll back to"):
         await policies.rollback(None, "bob", "too early")
     await policies.sync("alice", "first deploy")
-    with pytest.raises(Conflict, match="the only revision ever activated"):
+    with pytest.raises(Conflict, match="no committed revision other than"):
         await policies.rollback(None, "bob", "nothing before")
 
 
@@ -186,7 +186,9 @@ async def test_a_working_tree_with_edits_is_a_revision_per_edit(
     git(repo, "init", "-q", "-b", "main")
     head = commit(repo, "policies")
     root = repo / "policies"
-    settings = dataclasses.replace(make_settings(db.url, tmp_path), policy_dir=root)
+    settings = dataclasses.replace(
+        make_settings(db.url, tmp_path), policy_dir=root, policy_allow_uncommitted=True
+    )
     policies = service(db, settings)
     assert isinstance(source_from(settings), WorkingTree)
 
@@ -211,6 +213,63 @@ async def test_a_working_tree_with_edits_is_a_revision_per_edit(
     assert at_head.revision == head and "first edit" not in at_head.modules[GRADUATED]
     worktree = await asyncio.to_thread(source_at(settings, WORKTREE).fetch)
     assert worktree.revision == edited_again.revision
+
+
+def edited_tree(db: Database, tmp_path: Path, **overrides: Any) -> tuple[Path, str, Settings]:
+    """A policy dir in git (its commit) and settings whose source is its working tree."""
+    repo = tmp_path / "repo"
+    copy_policies(repo / "policies")
+    git(repo, "init", "-q", "-b", "main")
+    head = commit(repo, "policies")
+    root = repo / "policies"
+    settings = dataclasses.replace(make_settings(db.url, tmp_path), policy_dir=root, **overrides)
+    return root, head, settings
+
+
+async def test_a_server_never_activates_uncommitted_edits_by_default(
+    db: Database, tmp_path: Path
+) -> None:
+    root, head, settings = edited_tree(db, tmp_path)
+    policies = service(db, settings)
+    touch_module(root, "edited, not committed")
+
+    synced = await policies.sync("alice", "tree with edits")
+
+    assert (synced.revision, synced.outcome) == (head, "activated")
+    active_bundle = await policies.active()
+    assert active_bundle is not None and active_bundle.revision == head
+    assert "edited, not committed" not in active_bundle.modules[GRADUATED]
+    second = commit(root.parent, "the edit, committed")
+    assert (await policies.sync("alice", "committed")).revision == second
+    assert await active(policies) == second
+
+
+async def test_rollback_skips_uncommitted_copies_and_a_prefix_must_be_unique(
+    db: Database, tmp_path: Path
+) -> None:
+    root, head, settings = edited_tree(db, tmp_path, policy_allow_uncommitted=True)
+    developing = service(db, settings)
+    await developing.sync("alice", "clean")
+    touch_module(root, "first edit")
+    first_edit = (await developing.sync("alice", "first edit")).revision
+    touch_module(root, "second edit")
+    second_edit = (await developing.sync("alice", "second edit")).revision
+    assert head != first_edit != second_edit
+
+    # The revision before is the committed one, not a dirty copy of the same change.
+    assert await developing.rollback(None, "oncall", "back") == head
+
+    with pytest.raises(Conflict) as ambiguous:
+        await developing.rollback(head[:12], "oncall", "which one?")
+    for revision in (head, first_edit, second_edit):
+        assert f"`tollgate policy rollback {revision}`" in ambiguous.value.message
+    assert "matches 3 revisions" in ambiguous.value.message
+
+    # A server without the development setting never activates an uncommitted one.
+    serving = service(db, dataclasses.replace(settings, policy_allow_uncommitted=False))
+    with pytest.raises(Conflict, match="uncommitted edits"):
+        await serving.rollback(first_edit, "oncall", "try the edit")
+    assert await active(serving) == head
 
 
 async def tollgate(settings: Settings, *args: str) -> Result:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.engine.bundle import load_bundle
+from controlplane.engine.bundle import is_uncommitted, load_bundle, short_revision
 
 POLICY = "package tollgate.decision\n\nactions := []\n\nshadow := false\n"
 GIT_ENV = {
@@ -89,3 +89,12 @@ def test_outside_git_the_revision_hashes_the_content(tmp_path: Path) -> None:
     assert load_bundle(two).revision != revision
     (one / "data.json").write_text('{"rpm": 60}', encoding="utf-8")
     assert load_bundle(one).revision != revision, "data is part of the revision"
+
+
+def test_an_edited_tree_never_shows_as_its_commit() -> None:
+    commit = "491bed7ba593c0ffee1234567890abcdef123456"
+    shown = [short_revision(r) for r in (commit, f"{commit}-dirty.1a2b3c4d", f"{commit}-dirty.99")]
+
+    assert shown == ["491bed7ba593", "491bed7ba593-dirty.1a2b3c4d", "491bed7ba593-dirty.99"]
+    assert short_revision("content-0123456789abcdef0123") == "content-01234567"
+    assert (is_uncommitted(f"{commit}-dirty.99"), is_uncommitted(commit)) == (True, False)

@@ -7,7 +7,7 @@ import importlib.metadata
 import re
 import sys
 
-from controlplane.engine.embedded import INSTALL_STEP
+from controlplane.engine.sandbox import INSTALL_STEP
 from tests.support.app import REPO
 
 DISTRIBUTION = "opa-golib-python-bindings"

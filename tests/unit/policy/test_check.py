@@ -10,6 +10,7 @@ import pytest
 
 from controlplane.policy.checks import Problem, check_dir
 from tests.support.app import POLICY_DIR
+from tests.support.escapes import escapes
 from tests.support.listener import http_listener
 from tests.unit.policy.policy_dirs import DECISION, VALID, line_of, tollgate, write_policies
 
@@ -94,17 +95,34 @@ def test_network_builtins_are_refused_and_never_called(
         (
             DECISION,
             line_of(root, DECISION, "http.send"),
-            "http.send is not allowed in Tollgate policies",
+            "http.send is not allowed in Tollgate policies (rule _fetched)",
         ),
         (
             DECISION,
             line_of(root, DECISION, "net.lookup_ip_addr"),
-            "net.lookup_ip_addr is not allowed in Tollgate policies",
+            "net.lookup_ip_addr is not allowed in Tollgate policies (rule _addresses)",
         ),
     ]
-    assert all("must not call the network" in p.hint for p in problems)
+    assert all("must not reach the network" in p.hint for p in problems)
     # Refusing a call must not make it: checking a pull request's policy is no way
     # to reach the network from CI or from the server that gates it.
+    assert asked == []
+
+
+@pytest.mark.parametrize("name", sorted(escapes("http://127.0.0.1:1")))
+def test_every_spelling_of_a_network_call_is_refused_and_never_called(
+    name: str, tmp_path: Path, listener: tuple[str, list[str]]
+) -> None:
+    url, asked = listener
+    escape = escapes(url)[name]
+    root = write_policies(tmp_path, escape.apply({DECISION: VALID}))
+
+    refused = [p for p in check_dir(root, ENTRYPOINT) if "not allowed" in p.message]
+
+    builtin = "json.verify_schema" if name == "schema-ref" else "http.send"
+    assert [p.message.split(" (")[0] for p in refused] == [
+        f"{builtin} is not allowed in Tollgate policies"
+    ]
     assert asked == []
 
 
@@ -123,15 +141,21 @@ def test_a_policy_with_network_calls_is_still_compiled(tmp_path: Path) -> None:
     assert [(p.line, p.message.split(":")[0]) for p in problems] == [
         (
             line_of(root, DECISION, "net.lookup_ip_addr"),
-            "net.lookup_ip_addr is not allowed in Tollgate policies",
+            "net.lookup_ip_addr is not allowed in Tollgate policies (rule _addresses)",
         ),
         (line_of(root, DECISION, "_typed"), "rego_type_error"),
     ]
 
 
-def test_network_builtin_in_a_comment_is_not_a_call(tmp_path: Path) -> None:
+def test_network_builtin_in_a_comment_or_string_is_not_a_call(tmp_path: Path) -> None:
     root = write_policies(
-        tmp_path, {DECISION: with_valid("# policies must never use http.send(...) here\n")}
+        tmp_path,
+        {
+            DECISION: with_valid(
+                "# policies must never use http.send(...) here\n"
+                '_said := "http.send({}) is refused"\n'
+            )
+        },
     )
     assert check_dir(root, ENTRYPOINT) == []
 
