@@ -512,8 +512,10 @@ class Follower:
                 span.set_status(trace.StatusCode.ERROR, report.error)
                 await self._save_status(now, error=report.error, lag_from=None)
                 return report
+            # What the gateway holds and no page has asked for yet: pages take their
+            # entries out, and what is left at the end are strays.
             held = {e.key: e for e in observed.entries}
-            remaining = set(held)
+            del observed
             after: tuple[str, str] | None = None
             first = True
             while first or after is not None:
@@ -527,9 +529,9 @@ class Follower:
                     entry = entry_of(kind, target_kind, value, params)
                     if entry is not None:
                         desired.add(action_id, entry, created_at)
-                await self._reconcile_page(desired, held, remaining, report, now)
+                await self._reconcile_page(desired, held, report, now)
                 await self._drain()  # pending changes wait for one page at most
-            strays = await self._strays(remaining, now)
+            strays = await self._strays(set(held), now)
             if strays:
                 applied = await self._apply(Diff(remove=tuple(held[k] for k in strays)))
                 result = applied.result
@@ -564,7 +566,6 @@ class Follower:
         self,
         desired: DesiredState,
         held: dict[Key, Entry],
-        remaining: set[Key],
         report: ReconcileReport,
         now: datetime,
     ) -> None:
@@ -573,9 +574,11 @@ class Follower:
             before = await repository.enforcement_at(session, self.config.name, ids)
         add: list[Entry] = []
         change: list[Entry] = []
+        had: set[Key] = set()
         for key, entry in desired.entries.items():
-            remaining.discard(key)
-            have = held.get(key)
+            have = held.pop(key, None)
+            if have is not None:
+                had.add(key)
             if have is None:
                 if self._reconciled and all(
                     (b := before.get(a)) is not None and b[0] == "failed" and not b[1]
@@ -597,11 +600,10 @@ class Follower:
         if applied.unreachable:
             report.error = applied.unreachable
         failed = {e.key for e, _ in (*result.failed, *result.rejected)}
-        present = (set(desired.entries) & set(held)) | {e.key for e in result.done}
-        present -= failed
+        present = (had | {e.key for e in result.done}) - failed
         report.desired += len(desired.entries)
-        report.added += sum(1 for e in result.done if e.key not in held)
-        report.changed += sum(1 for e in result.done if e.key in held)
+        report.added += sum(1 for e in result.done if e.key not in had)
+        report.changed += sum(1 for e in result.done if e.key in had)
         report.failed += len(result.failed)
         report.rejected += len(result.rejected)
         report.failures += [

@@ -7,11 +7,11 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, insert, or_, select, tuple_, update
+from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from controlplane.domain.vocabulary import ACTIVE_STATES, ActionState
+from controlplane.domain.vocabulary import ACTIVE_STATES, ActionState, SubjectKind
 from controlplane.store.models import (
     ActionEnforcementRow,
     ActionRow,
@@ -137,28 +137,34 @@ async def desired_page(
     now: datetime,
 ) -> tuple[list[Any], tuple[str, str] | None]:
     """One page of the desired state in (target kind, value) order, every action of a
-    target in the same page; and where the next page starts (None: this was the last)."""
-    order = tuple_(col(ActionRow.target_kind), col(ActionRow.target_value))
-    query = _desired(providers, types, now)
-    if after is not None:
-        query = query.where(order > tuple_(*after))
-    query = query.order_by(col(ActionRow.target_kind), col(ActionRow.target_value)).limit(limit)
-    rows = list((await session.execute(query)).all())
-    if len(rows) < limit:
-        return rows, None
-    last = (rows[-1].target_kind, rows[-1].target_value)
-    # The page may end inside one target's actions: take that target's others too.
-    rest = await desired_for_targets(session, providers, types, [last], now)
-    seen = {r.id for r in rows}
-    rows.extend(r for r in rest if r.id not in seen)
-    return rows, last
-
-
-async def count_desired(
-    session: AsyncSession, providers: Sequence[str] | None, types: Sequence[str], now: datetime
-) -> int:
-    query = select(func.count()).select_from(_desired(providers, types, now).subquery())
-    return int((await session.execute(query)).scalar_one())
+    target in the same page; and where the next page starts (None: this was the last).
+    One target kind at a time, by keyset on `ix_action_target` (equality on the kind,
+    a range on the value), so a page costs its own rows whatever the table holds."""
+    kinds = [k.value for k in SubjectKind]
+    kind, value = after if after is not None else (kinds[0], "")
+    for current in kinds[kinds.index(kind) :]:
+        start = value if current == kind else ""
+        query = (
+            _desired(providers, types, now)
+            .where(col(ActionRow.target_kind) == current, col(ActionRow.target_value) > start)
+            .order_by(col(ActionRow.target_value))
+            .limit(limit)
+            # SQLite's planner would rather scan (type, state) and sort everything.
+            .with_hint(ActionRow, "INDEXED BY ix_action_target", "sqlite")
+        )
+        rows = list((await session.execute(query)).all())
+        if not rows:
+            continue
+        if len(rows) < limit:
+            following = kinds.index(current) + 1
+            return rows, (kinds[following], "") if following < len(kinds) else None
+        last = (current, rows[-1].target_value)
+        # The page may end inside one target's actions: take that target's others too.
+        rest = await desired_for_targets(session, providers, types, [last], now)
+        seen = {r.id for r in rows}
+        rows.extend(r for r in rest if r.id not in seen)
+        return rows, last
+    return [], None
 
 
 async def actions_by_id(session: AsyncSession, ids: Sequence[str]) -> list[ActionRow]:
