@@ -59,3 +59,11 @@ class ServiceUnavailable(TollgateError):
 
     status_code = 503
     code = "unavailable"
+
+
+class DecisionFailed(TollgateError):
+    """Deciding stored verdicts failed for a reason of the server's own (a bug, not a
+    policy error): the verdicts are kept and decided again on retry or recovery."""
+
+    status_code = 500
+    code = "decision_failed"

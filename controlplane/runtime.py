@@ -53,8 +53,7 @@ class Runtime:
         policies = PolicyService(db, source_from(settings), settings.entrypoint)
         providers = load_providers(settings.config)
         enforcer = Enforcer(db, load_connectors(settings.config))
-        decider = Decider(db, engines, on_planned=enforcer.wake, providers=providers)
-        ingest = IngestService(db, decider)
+        ingest = IngestService(db, Decider(db, engines, providers), on_planned=enforcer.wake)
         return cls(
             settings,
             db,

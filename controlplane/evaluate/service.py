@@ -1,4 +1,7 @@
-"""Deciding stored verdicts: build inputs, evaluate, record decisions, plan actions.
+"""The evaluate step: build each verdict's input from batch-sized lookups, evaluate it
+against the active revision, and turn the result into a decision (planning its
+actions through the plan step). Nothing is written here: the caller records the
+outcomes in its own transaction (`record`, then the plan step's `record`).
 
 A batch is decided in waves: verdicts that share a subject with an earlier verdict
 of the batch wait for it, so a repeat sees what the first one planned; a wave's
@@ -8,7 +11,7 @@ verdicts are evaluated in parallel on the engine's threads.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -18,39 +21,34 @@ from opentelemetry import trace
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from controlplane.audit import service as audit
 from controlplane.audit.chain import EventDraft
 from controlplane.domain.action import MalformedDecision, parse_decision
 from controlplane.domain.verdict import Verdict
-from controlplane.domain.vocabulary import DecisionStatus, VerdictStatus
-from controlplane.enforce.service import record_changes
+from controlplane.domain.vocabulary import DecisionStatus
 from controlplane.engine.base import Evaluation, PolicyEngine
 from controlplane.engine.runtime import EngineSlot
 from controlplane.evaluate import repository
 from controlplane.evaluate.context import (
     HISTORY_WINDOW,
     Lookups,
+    PriorVerdict,
     build_input,
     subject_overlaps,
 )
 from controlplane.evaluate.repository import action_document
-from controlplane.ingest import repository as verdicts_repo
-from controlplane.plan import repository as actions_repo
-from controlplane.plan.service import fallback_actions, plan_actions
+from controlplane.plan.service import PIPELINE_ACTOR, Planned, fallback_actions, plan
 from controlplane.settings import Providers
 from controlplane.store.db import Database
 from controlplane.store.models import new_id
-from controlplane.store.types import utcnow
 from controlplane.telemetry import metrics
-from controlplane.telemetry.tracing import SPAN_EVALUATE, SPAN_PLAN, trace_id_hex, tracer
+from controlplane.telemetry.tracing import SPAN_EVALUATE, trace_id_hex, tracer
 
-PIPELINE_ACTOR = "tollgate"
 DECIDE_LOCK = 0x74_6C_67_64  # "tlgd": the advisory lock replicas decide under
 
 
 @dataclass(frozen=True)
 class Pending:
-    """A stored verdict waiting for its decision, with the span that traces it."""
+    """A verdict to decide, with when it arrived and the span that traces it."""
 
     verdict: Verdict
     received_at: datetime
@@ -60,76 +58,56 @@ class Pending:
 @dataclass
 class Outcome:
     decision: dict[str, Any]
-    actions: list[dict[str, Any]]
-    span_id: str | None = None
-    """The `action.plan` span: the gateway apply that follows continues from it."""
+    """The decision row."""
+    planned: Planned
+
+    @property
+    def actions(self) -> list[dict[str, Any]]:
+        return self.planned.actions
 
 
 class Decider:
-    """Decides verdicts one batch at a time per process (history must not race)."""
+    """Decides verdicts one batch at a time per process and, on PostgreSQL, across
+    replicas (`exclusive`): a verdict's history must not race another's."""
 
     def __init__(
-        self,
-        db: Database,
-        engines: EngineSlot,
-        on_planned: Callable[[set[str]], None] | None = None,
-        providers: Providers | None = None,
+        self, db: Database, engines: EngineSlot, providers: Providers | None = None
     ) -> None:
         self._db = db
         self._providers = providers or Providers()
         """Each provider's `min_prefix` (checked on policy output) and `fallback`."""
         self._engines = engines
-        self._on_planned = on_planned
-        """Told the providers that got new enforceable actions (push to their gateways)."""
         self._lock = asyncio.Lock()
         self._intel = repository.IntelCache()
         self._cidrs = repository.CidrTargets()
 
-    async def decide(self, pending: Sequence[Pending]) -> dict[str, Outcome]:
-        """Decide and record `pending`; returns the outcome by verdict id."""
+    @asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        """Held from reading a batch's history to committing its outcomes."""
+        async with self._lock, self._replicas_lock():
+            yield
+
+    async def decide(
+        self, session: AsyncSession, pending: Sequence[Pending], now: datetime
+    ) -> dict[str, Outcome]:
+        """The outcome of each of `pending` by verdict id (call inside `exclusive`)."""
         if not pending:
             return {}
-        async with self._lock, self._replicas_lock():
-            now = utcnow()
-            lookups = Lookups()
-            async with self._db.read() as session:
-                # Another path (recovery, a concurrent retry) may have decided some already.
-                undecided = await verdicts_repo.undecided_among(
-                    session, [p.verdict.id for p in pending]
-                )
-                pending = [p for p in pending if p.verdict.id in undecided]
-                if not pending:
-                    return {}
-                await self._fill(session, lookups, pending, now)
-            waves = subject_overlaps([p.verdict for p in pending])
-            outcomes: dict[str, Outcome] = {}
-            for wave in range(max(waves) + 1):
-                members = [p for p, w in zip(pending, waves, strict=True) if w == wave]
-                engine = self._engines.current
-                inputs = [build_input(p.verdict, p.received_at, lookups, now) for p in members]
-                evaluations = await engine.evaluate_many(inputs)
-                for item, given, evaluation in zip(members, inputs, evaluations, strict=True):
-                    outcome = self._record(engine, item, given, evaluation, now)
-                    outcomes[item.verdict.id] = outcome
-                    for action in outcome.actions:
-                        if not action["shadow"]:
-                            lookups.add_action(item.verdict.provider, action_document(action))
-            async with self._db.write() as session, session.begin():
-                await self._store(session, list(outcomes.values()), now)
-            metrics.decisions_recorded(o.decision for o in outcomes.values())
-            metrics.fallbacks_planned(
-                o.actions[0]["type"] if o.actions else "none"
-                for o in outcomes.values()
-                if o.decision["status"] == DecisionStatus.ERROR.value
-            )
-        providers = {
-            a["provider"]
-            for o in outcomes.values()
-            for a in o.actions
-            if not a["shadow"] and a["type"] != "flag_review"
-        }
-        if providers and self._on_planned is not None:
-            self._on_planned(providers)
+        lookups = Lookups()
+        await self._fill(session, lookups, pending, now)
+        waves = subject_overlaps([p.verdict for p in pending])
+        outcomes: dict[str, Outcome] = {}
+        for wave in range(max(waves) + 1):
+            members = [p for p, w in zip(pending, waves, strict=True) if w == wave]
+            engine = self._engines.current
+            inputs = [build_input(p.verdict, p.received_at, lookups, now) for p in members]
+            evaluations = await engine.evaluate_many(inputs)
+            for item, given, evaluation in zip(members, inputs, evaluations, strict=True):
+                outcome = self._outcome(engine, item, given, evaluation, now)
+                outcomes[item.verdict.id] = outcome
+                for action in outcome.actions:
+                    if not action["shadow"]:
+                        lookups.add_action(item.verdict.provider, action_document(action))
         return outcomes
 
     @asynccontextmanager
@@ -161,9 +139,29 @@ class Decider:
         keys |= await self._cidrs.holding(session, ips, now)
         since = min(p.verdict.observed_at for p in pending) - HISTORY_WINDOW
         await repository.fill_lookups(session, lookups, keys, since, now)
+        # The batch's own verdicts are history for the later ones (they are stored with
+        # their decisions, after this): each counts those received before it.
+        for p in pending:
+            v = p.verdict
+            prior = PriorVerdict(
+                v.id,
+                v.subject.account_id,
+                v.subject.api_key_id,
+                v.observed_at,
+                p.received_at,
+                v.score,
+                v.confidence,
+                v.detector.name,
+            )
+            for kind, value in (
+                ("account", v.subject.account_id),
+                ("api_key", v.subject.api_key_id),
+            ):
+                if value:
+                    lookups.verdicts[(v.provider, kind, value)].append(prior)
         lookups.intel = await self._intel.index(session, now)
 
-    def _record(
+    def _outcome(
         self,
         engine: PolicyEngine,
         item: Pending,
@@ -175,14 +173,12 @@ class Decider:
         parent = trace.set_span_in_context(item.span) if item.span else None
         trace_id = trace_id_hex(item.span) if item.span else None
         decision_id = new_id("dec")
-        status, error, actions, shadow = DecisionStatus.OK, evaluation.error, [], False
-        decided = None
-        plan_span_id = None
-        t = tracer()
+        status, error, shadow = DecisionStatus.OK, evaluation.error, False
+        planned = Planned([])
         end_ns = evaluation.started_ns + int(evaluation.duration_ms * 1e6)
         # Plain start_span/end: attaching each span as the current context costs more
         # than the evaluation's own bookkeeping, and nothing below reads the context.
-        span = t.start_span(
+        span = tracer().start_span(
             SPAN_EVALUATE,
             context=parent,
             start_time=evaluation.started_ns or None,
@@ -195,6 +191,14 @@ class Decider:
             },
         )
         settings = self._providers.of(verdict.provider)
+        context = {
+            "decision_id": decision_id,
+            "verdict_id": verdict.id,
+            "provider": verdict.provider,
+            "policy_revision": engine.revision,
+            "trace_id": trace_id,
+            "now": now,
+        }
         if evaluation.ok:
             try:
                 decided = parse_decision(evaluation.result, settings.min_prefix)
@@ -202,41 +206,15 @@ class Decider:
                 error = f"malformed decision: {exc}"
             else:
                 shadow = decided.shadow
-            if decided is not None and decided.actions:
-                plan_span = t.start_span(
-                    SPAN_PLAN,
-                    context=trace.set_span_in_context(span),
-                    attributes={"tollgate.verdict_id": verdict.id},
-                )
-                actions = plan_actions(
-                    decided,
-                    decision_id=decision_id,
-                    verdict_id=verdict.id,
-                    provider=verdict.provider,
-                    policy_revision=engine.revision,
-                    trace_id=trace_id,
-                    now=now,
-                    shadow_rules=engine.bundle.shadow,
-                )
-                plan_span_id = format(plan_span.get_span_context().span_id, "016x")
-                plan_span.set_attribute("tollgate.actions", len(actions))
-                plan_span.set_attribute("tollgate.rules", sorted({a["rule"] for a in actions}))
-                plan_span.end()
+                if decided.actions:
+                    planned = plan(decided, span, shadow_rules=engine.bundle.shadow, **context)
         if error is not None:
             status = DecisionStatus.ERROR
             span.set_status(trace.StatusCode.ERROR, error)
             # An error must never be a quiet no-action (an attacker who makes the engine
             # refuse the input would go untouched): the provider's fallback is planned.
-            actions = fallback_actions(
-                settings.fallback,
-                verdict.subject.targets,
-                error,
-                decision_id=decision_id,
-                verdict_id=verdict.id,
-                provider=verdict.provider,
-                policy_revision=engine.revision,
-                trace_id=trace_id,
-                now=now,
+            planned = Planned(
+                fallback_actions(settings.fallback, verdict.subject.targets, error, **context)
             )
             span.set_attribute("tollgate.fallback", settings.fallback)
         span.set_attribute("tollgate.decision_status", status.value)
@@ -257,61 +235,42 @@ class Decider:
             "trace_id": trace_id,
             "decided_at": now,
         }
-        return Outcome(decision, actions, plan_span_id)
+        return Outcome(decision, planned)
 
-    async def _store(self, session: AsyncSession, outcomes: list[Outcome], now: datetime) -> None:
-        decisions = [o.decision for o in outcomes]
-        actions = [a for o in outcomes for a in o.actions]
-        await repository.insert_decisions(session, decisions)
-        await actions_repo.insert_actions(session, actions)
-        await verdicts_repo.set_status(
-            session, [d["verdict_id"] for d in decisions], VerdictStatus.DECIDED
+
+async def record(
+    session: AsyncSession, outcomes: Sequence[Outcome], now: datetime
+) -> list[EventDraft]:
+    """Insert the decisions in the caller's transaction; returns their
+    `decision.recorded` events (`count` them once it commits)."""
+    await repository.insert_decisions(session, [o.decision for o in outcomes])
+    return [
+        EventDraft(
+            type="decision.recorded",
+            actor=PIPELINE_ACTOR,
+            at=now,
+            provider=o.decision["provider"],
+            verdict_id=o.decision["verdict_id"],
+            decision_id=o.decision["id"],
+            trace_id=o.decision["trace_id"],
+            payload={
+                "status": o.decision["status"],
+                "policy_revision": o.decision["policy_revision"],
+                "entrypoint": o.decision["entrypoint"],
+                "engine": o.decision["engine"],
+                "error": o.decision["error"],
+                "actions": len(o.actions),
+            },
         )
-        events: list[EventDraft] = []
-        for outcome in outcomes:
-            d = outcome.decision
-            events.append(
-                EventDraft(
-                    type="decision.recorded",
-                    actor=PIPELINE_ACTOR,
-                    at=now,
-                    provider=d["provider"],
-                    verdict_id=d["verdict_id"],
-                    decision_id=d["id"],
-                    trace_id=d["trace_id"],
-                    payload={
-                        "status": d["status"],
-                        "policy_revision": d["policy_revision"],
-                        "entrypoint": d["entrypoint"],
-                        "engine": d["engine"],
-                        "error": d["error"],
-                        "actions": len(outcome.actions),
-                    },
-                )
-            )
-            events.extend(
-                EventDraft(
-                    type="action.planned",
-                    actor=PIPELINE_ACTOR,
-                    at=now,
-                    provider=a["provider"],
-                    verdict_id=a["verdict_id"],
-                    decision_id=a["decision_id"],
-                    action_id=a["id"],
-                    trace_id=a["trace_id"],
-                    payload={
-                        "type": a["type"],
-                        "target": {"kind": a["target_kind"], "value": a["target_value"]},
-                        "params": a["params"],
-                        "ttl_seconds": a["ttl_seconds"],
-                        "rule": a["rule"],
-                        "reason": a["reason"],
-                        "shadow": a["shadow"],
-                        "policy_revision": a["policy_revision"],
-                    },
-                )
-                for a in outcome.actions
-            )
-        await audit.record(session, events)
-        for outcome in outcomes:
-            await record_changes(session, outcome.actions, "planned", now, outcome.span_id)
+        for o in outcomes
+    ]
+
+
+def count(outcomes: Sequence[Outcome]) -> None:
+    """Committed decisions and fallbacks, for /metrics."""
+    metrics.decisions_recorded(o.decision for o in outcomes)
+    metrics.fallbacks_planned(
+        o.actions[0]["type"] if o.actions else "none"
+        for o in outcomes
+        if o.decision["status"] == DecisionStatus.ERROR.value
+    )

@@ -1,42 +1,47 @@
-"""The ingest step: store verdicts durably, acknowledge, decide.
+"""The ingest step: the request boundary of the pipeline. It takes verdicts, hands
+them to evaluate (which plans through plan), and stores verdicts, decisions,
+actions, their audit events and their enforcement changes in ONE transaction,
+before the 202. Nothing is acknowledged before it is stored; a fault while deciding
+(a bug, not a policy error) still stores the verdicts, as `received`, answers 500
+and leaves them to `decide_undecided` (start-up and every 15 s) or a retry.
 
-A verdict is committed (status `received`) before it is evaluated, so a policy
-error, an engine failure or a crash never loses it: undecided verdicts are
-decided by `decide_undecided`, at start-up and periodically.
-
-Group commit: requests that arrive while a group is being stored and decided
-wait and go together in the next group (one transaction to store, one decision
-batch, one to record), so concurrent single-verdict requests cost what one batch
-does. Each request keeps its own answer and its own errors: a 409 in one request
-stores nothing of that request and does not touch the others; a repeat of a
-verdict id across requests of one group is a repeat, as within a batch.
+Group commit: requests that arrive while a group is being decided and stored wait
+and go together in the next group, so concurrent single-verdict requests cost what
+one batch does. Each request keeps its own answer, its own trace and its own
+errors: a 409 in one request stores nothing of that request and does not touch the
+others; a repeat of a verdict id across requests of one group is a repeat, as
+within a batch.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.audit import service as audit
 from controlplane.audit.chain import EventDraft
 from controlplane.domain.verdict import Verdict
 from controlplane.domain.vocabulary import VerdictStatus
-from controlplane.errors import Conflict, InvalidInput
+from controlplane.errors import Conflict, DecisionFailed, InvalidInput, TollgateError
 from controlplane.evaluate import repository as decisions_repo
-from controlplane.evaluate.service import Decider, Pending
+from controlplane.evaluate import service as decisions
+from controlplane.evaluate.service import Decider, Outcome, Pending
 from controlplane.ingest import repository
 from controlplane.ingest.schemas import IngestResult, VerdictResult
 from controlplane.plan import repository as actions_repo
+from controlplane.plan import service as plan_service
 from controlplane.plan.schemas import ActionOut
 from controlplane.store.db import Database
 from controlplane.store.types import utcnow
+from controlplane.telemetry import metrics
 from controlplane.telemetry.tracing import SPAN_INGEST, trace_id_hex, tracer
 
 log = logging.getLogger(__name__)
@@ -65,9 +70,16 @@ class _Submission:
 
 
 class IngestService:
-    def __init__(self, db: Database, decider: Decider) -> None:
+    def __init__(
+        self,
+        db: Database,
+        decider: Decider,
+        on_planned: Callable[[], None] | None = None,
+    ) -> None:
         self._db = db
         self._decider = decider
+        self._on_planned = on_planned
+        """Told when enforceable actions were planned (wakes the connectors)."""
         self._queue: list[_Submission] = []
         self._runner: asyncio.Task[None] | None = None
 
@@ -104,8 +116,15 @@ class IngestService:
                 group.append(item)
                 size += len(item.verdicts)
             try:
-                await self._group(group)
+                try:
+                    await self._group(group)
+                except IntegrityError:
+                    # Another replica stored one of these ids between our read and our
+                    # insert: once more, which now sees it (a repeat, or a 409).
+                    await self._group(group)
             except BaseException as exc:  # answered to each request: nothing is dropped
+                if not isinstance(exc, TollgateError | asyncio.CancelledError):
+                    log.exception("storing %d verdicts failed", size)
                 for item in group:
                     if not item.answer.done():
                         item.answer.set_exception(exc)
@@ -113,24 +132,172 @@ class IngestService:
                     raise
 
     async def _group(self, group: list[_Submission]) -> None:
-        try:
-            retry = await self._store(group)
-        except IntegrityError:
-            # Another replica stored one of these ids between our check and insert:
-            # run the check again, which now sees it (a repeat, or a 409).
-            retry = await self._store(group)
+        """Read what the group repeats, decide the rest, and store verdicts, decisions,
+        actions, their audit events and their changes in one transaction."""
         live = [item for item in group if not item.answer.done()]
-        pending = [p for item in live for p in item.pending]
+        hashes = {v.id: v.content_hash() for item in live for v in item.verdicts}
+        spans: list[trace.Span] = []
+        async with self._decider.exclusive():
+            arrived = utcnow()
+            async with self._db.read() as session:
+                stored = await repository.stored_verdicts(session, list(hashes))
+                new = self._sort(live, stored, hashes, arrived, spans)
+                # Decided just after the last arrival: the audit chain's times follow
+                # its order (received, then decided).
+                now = arrived + timedelta(microseconds=len(new) + 1)
+                # A repeat of a verdict stored but not decided yet (its first attempt met
+                # an error) is decided now rather than at the next recovery run.
+                retry = [
+                    Pending(v, stored[v.id].received_at)
+                    for item in live
+                    if not item.answer.done()
+                    for v in item.verdicts
+                    if v.id in stored and stored[v.id].status == VerdictStatus.RECEIVED.value
+                ]
+                outcomes, failure = await self._decide(session, [*new, *retry], now)
+            rows = [
+                _row(
+                    p.verdict,
+                    hashes[p.verdict.id],
+                    p.received_at,
+                    trace_id_hex(p.span) if p.span else None,
+                    decided=p.verdict.id in outcomes,
+                )
+                for p in new
+            ]
+            events = [
+                _received(p, hashes[p.verdict.id], item.actor)
+                for item in live
+                if not item.answer.done()
+                for p in item.pending
+            ]
+            try:
+                await self._record(
+                    session_rows=rows, events=events, retry=retry, outcomes=outcomes, now=now
+                )
+            except BaseException:
+                for span in spans:
+                    span.set_status(trace.StatusCode.ERROR, "not stored")
+                    span.end()
+                raise
+        for span in spans:
+            span.end()
+        if failure is not None:
+            error = DecisionFailed(
+                f"the verdicts were stored but deciding them failed ({type(failure).__name__}); "
+                "they will be decided on retry or within 15 s"
+            )
+            for item in live:
+                if not item.answer.done():
+                    item.answer.set_exception(error)
+            return
+        await self._answer([i for i in live if not i.answer.done()], outcomes)
+
+    def _sort(
+        self,
+        live: list[_Submission],
+        stored: dict[str, repository.Stored],
+        hashes: dict[str, str],
+        now: datetime,
+        spans: list[trace.Span],
+    ) -> list[Pending]:
+        """The group's new verdicts, each with its `verdict.ingest` span in its request's
+        trace. A request that reuses a stored id with other content is answered 409
+        and adds nothing; repeats are noted per request."""
+        known = {i: r.content_hash for i, r in stored.items()}
+        new: list[Pending] = []
+        t = tracer()
+        for item in live:
+            item.pending, item.duplicates = [], set()
+            conflicts = [
+                {
+                    "field": f"verdicts[{item.index[v.id]}].id",
+                    "message": f"{v.id!r} was stored before "
+                    "with different content; a retry must resend the same verdict, a new "
+                    "report needs a new id",
+                }
+                for v in item.verdicts
+                if v.id in known and known[v.id] != hashes[v.id]
+            ]
+            if conflicts:
+                item.answer.set_exception(
+                    Conflict(
+                        "verdict id reused with different content; nothing was stored",
+                        details=conflicts,
+                    )
+                )
+                continue
+            for verdict in item.verdicts:
+                if verdict.id in known:
+                    item.duplicates.add(verdict.id)
+                    continue
+                known[verdict.id] = hashes[verdict.id]
+                span = t.start_span(
+                    SPAN_INGEST,
+                    context=item.context,
+                    attributes={
+                        "tollgate.verdict_id": verdict.id,
+                        "tollgate.provider": verdict.provider,
+                        "tollgate.detector": verdict.detector.name,
+                    },
+                )
+                spans.append(span)
+                # Arrival order within a group is the order given: history counts on it.
+                pending = Pending(verdict, now + timedelta(microseconds=len(new)), span)
+                item.pending.append(pending)
+                new.append(pending)
+        return new
+
+    async def _decide(
+        self, session: AsyncSession, pending: list[Pending], now: datetime
+    ) -> tuple[dict[str, Outcome], Exception | None]:
+        """Outcomes by verdict id; a fault (not a policy error: those are decisions)
+        leaves the verdicts undecided, logged and counted, to be stored and retried."""
         try:
-            await self._decider.decide([*pending, *retry])
-        except Exception:
-            # The verdicts are stored: they stay `received` and are decided on retry.
-            log.exception("deciding %d verdicts failed; they will be retried", len(pending))
-        finally:
-            for stored in pending:
-                if stored.span is not None:
-                    stored.span.end()
-        results = await self._results(sorted({i for item in live for i in item.given}))
+            return await self._decider.decide(session, pending, now), None
+        except Exception as exc:
+            log.exception("deciding %d verdicts failed; they are stored and retried", len(pending))
+            metrics.decide_faults(type(exc).__name__)
+            return {}, exc
+
+    async def _record(
+        self,
+        *,
+        session_rows: list[dict[str, object]],
+        events: list[EventDraft],
+        retry: list[Pending],
+        outcomes: dict[str, Outcome],
+        now: datetime,
+    ) -> None:
+        decided = list(outcomes.values())
+        planned = [o.planned for o in decided]
+        async with self._db.write() as session, session.begin():
+            await repository.insert_verdicts(session, session_rows)
+            await repository.set_status(
+                session,
+                [p.verdict.id for p in retry if p.verdict.id in outcomes],
+                VerdictStatus.DECIDED,
+            )
+            events = [
+                *events,
+                *await decisions.record(session, decided, now),
+                *await plan_service.record(session, planned, now),
+            ]
+            await audit.record(session, events)
+            await plan_service.log_changes(session, planned, now)
+        decisions.count(decided)
+        enforceable = any(
+            not a["shadow"] and a["type"] != "flag_review" for p in planned for a in p.actions
+        )
+        if enforceable and self._on_planned is not None:
+            self._on_planned()
+
+    async def _answer(self, live: list[_Submission], outcomes: dict[str, Outcome]) -> None:
+        """Each request's answer: what this group decided, from memory; what was
+        stored before (repeats), from the database."""
+        earlier = sorted({i for item in live for i in item.given if i not in outcomes})
+        results = {i: _result(o) for i, o in outcomes.items()}
+        results.update(await self._results(earlier))
         for item in live:
             item.answer.set_result(
                 IngestResult(
@@ -143,110 +310,21 @@ class IngestService:
                 )
             )
 
-    async def _store(self, group: list[_Submission]) -> list[Pending]:
-        """Store the group's new verdicts in one transaction. A request that reuses a
-        stored id with other content is answered 409 and stores nothing; the others go
-        on. Returns the stored but undecided verdicts the group repeats."""
-        hashes = {v.id: v.content_hash() for item in group for v in item.verdicts}
-        async with self._db.write() as session, session.begin():
-            stored = await repository.stored_verdicts(session, list(hashes))
-            known = {i: r.content_hash for i, r in stored.items()}
-            now = utcnow()
-            rows: list[dict[str, object]] = []
-            events: list[EventDraft] = []
-            spans: list[trace.Span] = []
-            t = tracer()
-            for item in group:
-                if item.answer.done():
-                    continue  # answered 409 by a first attempt
-                item.pending, item.duplicates = [], set()
-                conflicts = [
-                    {
-                        "field": f"verdicts[{item.index[v.id]}].id",
-                        "message": f"{v.id!r} was stored before "
-                        "with different content; a retry must resend the same verdict, a new "
-                        "report needs a new id",
-                    }
-                    for v in item.verdicts
-                    if v.id in known and known[v.id] != v.content_hash()
-                ]
-                if conflicts:
-                    item.answer.set_exception(
-                        Conflict(
-                            "verdict id reused with different content; nothing was stored",
-                            details=conflicts,
-                        )
-                    )
-                    continue
-                for verdict in item.verdicts:
-                    if verdict.id in known:
-                        item.duplicates.add(verdict.id)
-                        continue
-                    known[verdict.id] = hashes[verdict.id]
-                    # Arrival order within a group is the order given: history counts on it.
-                    received_at = now + timedelta(microseconds=len(rows))
-                    span = t.start_span(
-                        SPAN_INGEST,
-                        context=item.context,
-                        attributes={
-                            "tollgate.verdict_id": verdict.id,
-                            "tollgate.provider": verdict.provider,
-                            "tollgate.detector": verdict.detector.name,
-                        },
-                    )
-                    spans.append(span)
-                    trace_id = trace_id_hex(span)
-                    item.pending.append(Pending(verdict, received_at, span))
-                    rows.append(_row(verdict, hashes[verdict.id], received_at, trace_id))
-                    events.append(
-                        EventDraft(
-                            type="verdict.received",
-                            actor=item.actor,
-                            at=received_at,
-                            provider=verdict.provider,
-                            verdict_id=verdict.id,
-                            trace_id=trace_id,
-                            payload={
-                                "content_hash": hashes[verdict.id],
-                                "detector": verdict.detector.model_dump(),
-                                "score": verdict.score,
-                                "confidence": verdict.confidence,
-                            },
-                        )
-                    )
-            try:
-                await repository.insert_verdicts(session, rows)
-                await audit.record(session, events)
-            except BaseException:
-                for span in spans:
-                    span.set_status(trace.StatusCode.ERROR, "not stored")
-                    span.end()
-                raise
-        # A repeat of a verdict stored but not decided yet (the first attempt met an
-        # error) is decided now rather than at the next recovery run.
-        return [
-            Pending(v, stored[v.id].received_at)
-            for item in group
-            if not item.answer.done()
-            for v in item.verdicts
-            if v.id in stored and stored[v.id].status == VerdictStatus.RECEIVED.value
-        ]
-
     async def _results(self, ids: list[str]) -> dict[str, VerdictResult]:
-        """Each verdict's outcome (`duplicate` is the caller's to set)."""
+        """Each stored verdict's outcome (`duplicate` is the caller's to set)."""
+        if not ids:
+            return {}
         async with self._db.read() as session:
-            decisions = await decisions_repo.decision_summaries(session, ids)
+            found = await decisions_repo.decision_summaries(session, ids)
             actions = await actions_repo.actions_of_decisions(
-                session, [d.id for d in decisions.values()]
+                session, [d.id for d in found.values()]
             )
         results = {}
         for verdict_id in ids:
-            decision = decisions.get(verdict_id)
+            decision = found.get(verdict_id)
             if decision is None:
                 results[verdict_id] = VerdictResult(
-                    verdict_id=verdict_id,
-                    status=VerdictStatus.RECEIVED,
-                    duplicate=False,
+                    verdict_id=verdict_id, status=VerdictStatus.RECEIVED, duplicate=False
                 )
                 continue
             results[verdict_id] = VerdictResult(
@@ -263,12 +341,57 @@ class IngestService:
         return results
 
     async def decide_undecided(self, limit: int = 1000) -> int:
-        """Decide verdicts left `received` (crash, engine outage). Returns how many."""
+        """Decide verdicts left `received` (a fault, a crash). Returns how many."""
         async with self._db.read() as session:
             rows = await repository.undecided(session, limit)
+        if not rows:
+            return 0
         pending = [Pending(Verdict.model_validate(r.body), r.received_at) for r in rows]
-        await self._decider.decide(pending)
-        return len(pending)
+        async with self._decider.exclusive():
+            now = utcnow()
+            async with self._db.read() as session:
+                # A concurrent retry may have decided some meanwhile.
+                still = await repository.undecided_among(session, [p.verdict.id for p in pending])
+                pending = [p for p in pending if p.verdict.id in still]
+                outcomes, failure = await self._decide(session, pending, now)
+            if failure is None:
+                await self._record(
+                    session_rows=[], events=[], retry=pending, outcomes=outcomes, now=now
+                )
+        return len(outcomes)
+
+
+def _received(pending: Pending, content_hash: str, actor: str) -> EventDraft:
+    verdict = pending.verdict
+    return EventDraft(
+        type="verdict.received",
+        actor=actor,
+        at=pending.received_at,
+        provider=verdict.provider,
+        verdict_id=verdict.id,
+        trace_id=trace_id_hex(pending.span) if pending.span else None,
+        payload={
+            "content_hash": content_hash,
+            "detector": verdict.detector.model_dump(),
+            "score": verdict.score,
+            "confidence": verdict.confidence,
+        },
+    )
+
+
+def _result(outcome: Outcome) -> VerdictResult:
+    decision = outcome.decision
+    return VerdictResult(
+        verdict_id=decision["verdict_id"],
+        status=VerdictStatus.DECIDED,
+        duplicate=False,
+        decision_id=decision["id"],
+        decision_status=decision["status"],
+        policy_revision=decision["policy_revision"],
+        error=decision["error"],
+        trace_id=decision["trace_id"],
+        actions=[ActionOut.from_row(a) for a in outcome.actions],
+    )
 
 
 def _unique(verdicts: Sequence[Verdict]) -> list[Verdict]:
@@ -293,7 +416,12 @@ def _unique(verdicts: Sequence[Verdict]) -> list[Verdict]:
 
 
 def _row(
-    verdict: Verdict, content_hash: str, received_at: object, trace_id: str | None
+    verdict: Verdict,
+    content_hash: str,
+    received_at: object,
+    trace_id: str | None,
+    *,
+    decided: bool,
 ) -> dict[str, object]:
     return {
         "id": verdict.id,
@@ -309,6 +437,6 @@ def _row(
         "received_at": received_at,
         "body": verdict.document(),
         "content_hash": content_hash,
-        "status": VerdictStatus.RECEIVED.value,
+        "status": (VerdictStatus.DECIDED if decided else VerdictStatus.RECEIVED).value,
         "trace_id": trace_id,
     }

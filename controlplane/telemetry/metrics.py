@@ -56,6 +56,13 @@ DECISIONS = Counter(
     ["status"],
     registry=REGISTRY,
 )
+DECIDE_FAULTS = Counter(
+    "tollgate_decide_faults",
+    "Batches whose deciding failed for a reason of the server's own (not a policy error): "
+    "their verdicts were stored undecided and are decided again later, by exception type.",
+    ["exception"],
+    registry=REGISTRY,
+)
 DECISION_FALLBACKS = Counter(
     "tollgate_decision_fallbacks",
     "Decisions that errored (engine refused the input, policy error, contract broken), by "
@@ -106,6 +113,11 @@ def decisions_recorded(decisions: Iterable[Mapping[str, Any]]) -> None:
     for decision in decisions:
         DECISIONS.labels(decision["status"]).inc()
         EVALUATION_SECONDS.observe(decision["duration_ms"] / 1000)
+
+
+def decide_faults(exception: str) -> None:
+    """Count a batch whose deciding failed with an unexpected exception."""
+    DECIDE_FAULTS.labels(exception).inc()
 
 
 def fallbacks_planned(planned: Iterable[str]) -> None:

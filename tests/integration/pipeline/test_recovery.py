@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from controlplane.domain.verdict import Verdict
@@ -73,12 +74,14 @@ def decider_fails_once(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     original = Decider.decide
     calls: list[int] = []
 
-    async def fails_once(self: Decider, pending: Sequence[Pending]) -> dict[str, Outcome]:
+    async def fails_once(
+        self: Decider, session: AsyncSession, pending: Sequence[Pending], now: datetime
+    ) -> dict[str, Outcome]:
         if pending:
             calls.append(len(calls) + 1)
             if len(calls) == 1:
                 raise RuntimeError("the engine fell over")
-        return await original(self, pending)
+        return await original(self, session, pending, now)
 
     monkeypatch.setattr(Decider, "decide", fails_once)
     return calls
@@ -95,9 +98,9 @@ async def test_verdict_whose_decision_failed_is_decided_at_the_next_start(
         stored = (await api.client.get(f"/v1/verdicts/{document['id']}")).json()
         undecided = await count(api.runtime.db, DecisionRow)
 
-    assert response.status_code == 202
-    [result] = response.json()["results"]
-    assert (result["status"], result["decision_id"], result["actions"]) == ("received", None, [])
+    # Not a silent 202: a fault is a 5xx the detector retries; the verdict is kept.
+    assert response.status_code == 500
+    assert response.json()["error"] == "decision_failed"
     assert (stored["status"], stored["decision_id"]) == ("received", None)
     assert undecided == 0
 
@@ -119,11 +122,11 @@ async def test_a_retry_decides_a_verdict_whose_first_decision_failed(
     document = verdict()
 
     async with serve(make_settings(database_url, tmp_path)) as api:
-        first = (await api.client.post("/v1/verdicts", json=document)).json()
+        first = await api.client.post("/v1/verdicts", json=document)
         retry = (await api.client.post("/v1/verdicts", json=document)).json()
         decisions = await count(api.runtime.db, DecisionRow)
 
-    assert first["results"][0]["status"] == "received"
+    assert first.status_code == 500, "stored, not decided: the detector retries"
     [result] = retry["results"]
     assert (retry["accepted"], retry["duplicates"]) == (0, 1)
     assert (result["status"], result["duplicate"]) == ("decided", True)
