@@ -340,7 +340,7 @@ class EnvoyConnector:
                 pass
             if time.monotonic() > deadline:
                 return False
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.005)
 
     async def loaded_version(self) -> str:
         """The route configuration version Envoy runs (admin `config_dump`)."""
