@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,8 +25,6 @@ from controlplane.ingest.schemas import IngestResult, VerdictOut
 from controlplane.plan import repository as actions_repo
 from controlplane.plan.schemas import ActionOut
 from controlplane.runtime import Runtime
-
-MAX_BODY = 16 * 1024 * 1024
 
 
 @dataclass
@@ -93,14 +90,9 @@ def _to_schema(document: dict[str, Any]) -> Schema:
     return Schema(**fields)
 
 
-def parse_submission(raw: bytes) -> list[Verdict]:
-    """One verdict or a batch; a 422 names every bad field (with its index in a batch)."""
-    if len(raw) > MAX_BODY:
-        raise InvalidInput(f"body is over {MAX_BODY // 1024 // 1024} MiB: send smaller batches")
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidInput(f"body is not valid JSON: {exc}") from None
+def parse_submission(body: Any) -> list[Verdict]:
+    """One verdict or a batch, from the decoded body; a 422 names every bad field (with
+    its index in a batch)."""
     try:
         if isinstance(body, dict) and "verdicts" in body:
             return list(VerdictBatch.model_validate(body).verdicts)
@@ -156,7 +148,7 @@ class VerdictController(Controller):
         Idempotent by verdict `id`: a repeat returns the first result and makes no
         second decision; the same `id` with different content is a 409. A batch
         with one invalid verdict is refused whole (422, each bad field named)."""
-        verdicts = parse_submission(await request.body())
+        verdicts = parse_submission(await request.json())
         return await runtime.ingest.submit(verdicts, actor=principal_of(request).name)
 
     @get("/{verdict_id:str}", operation_id="getVerdict", summary="Get a verdict")
