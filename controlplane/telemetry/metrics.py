@@ -68,6 +68,12 @@ EVALUATION_SECONDS = Histogram(
     buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
     registry=REGISTRY,
 )
+HTTP_SERVER_ERRORS = Counter(
+    "tollgate_http_server_errors",
+    "API answers with a 5xx status, by status (each is logged with its traceback).",
+    ["status"],
+    registry=REGISTRY,
+)
 
 _PENDING = "tollgate_metrics_audit_events"
 
