@@ -7,8 +7,8 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
 
-from controlplane.api import errors, openapi
-from controlplane.api.body import MAX_BODY, JSONRequest
+from controlplane.api import errors, middleware, openapi
+from controlplane.api.body import MAX_BODY, JSONRequest, StrictPydantic
 from controlplane.api.health import HealthController
 from controlplane.api.metrics import MetricsController
 from controlplane.audit.controllers import AuditController, SubjectController
@@ -56,11 +56,14 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         on_startup=[runtime.start],
         on_shutdown=[runtime.stop],
         exception_handlers=errors.HANDLERS,
-        middleware=[errors.count_server_errors],
+        middleware=[middleware.count_server_errors, middleware.true_allow],
         request_class=JSONRequest,
         # One limit, checked while the body streams in (413), for every endpoint.
         request_max_body_size=MAX_BODY,
-        plugins=[OpenTelemetryPlugin(OpenTelemetryConfig(tracer_provider=provider))],
+        plugins=[
+            StrictPydantic(),
+            OpenTelemetryPlugin(OpenTelemetryConfig(tracer_provider=provider)),
+        ],
         openapi_config=openapi.config(),
         # Logging is the entry point's business (`tollgate serve` configures it).
         logging_config=None,

@@ -9,16 +9,22 @@ that can be stored and evaluated (else 422 naming each bad one): see `domain.jso
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from litestar import Request
+from litestar._signature.types import ExtendedMsgSpecValidationError
+from litestar.plugins.pydantic import PydanticInitPlugin
 from litestar.types import Empty
+from pydantic import BaseModel, ValidationError
 
 from controlplane.domain import jsonsafe
 from controlplane.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 
 MAX_BODY = 16 * 1024 * 1024
 """Largest request body, in bytes (a batch of 1,000 verdicts with evidence fits)."""
+
+Model = TypeVar("Model", bound=BaseModel)
 
 
 def is_json(content_type: str) -> bool:
@@ -52,6 +58,38 @@ def decode(raw: bytes, content_type: str) -> Any:
     if found:
         raise InvalidInput(f"{len(found)} invalid value(s); nothing was stored", details=found)
     return value
+
+
+def validate(model: type[Model], value: Any) -> Model:
+    """A decoded body as `model`, by the rules its JSON Schema states: pydantic's strict
+    JSON mode (no string or boolean for a number, no number for a date), where its
+    default would take `"0.5"` or `true` for a score and the document would lie."""
+    return model.model_validate_json(json.dumps(value, allow_nan=False), strict=True)
+
+
+def _is_model(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+def _decode(model: type[BaseModel], value: Any) -> BaseModel:
+    try:
+        return validate(model, value)
+    except ValidationError as exc:
+        # The error litestar turns into per-field details (as its own decoder does).
+        raise ExtendedMsgSpecValidationError(
+            errors=[dict(e) for e in exc.errors(include_url=False)]
+        ) from exc
+
+
+class StrictPydantic(PydanticInitPlugin):
+    """litestar's pydantic support, with `validate` deciding a handler's pydantic `data`
+    (litestar's own decoder, first otherwise, validates lax)."""
+
+    @classmethod
+    def decoders(
+        cls, validate_strict: bool = False
+    ) -> list[tuple[Callable[[Any], bool], Callable[[Any, Any], Any]]]:
+        return [(_is_model, _decode), *super().decoders(validate_strict)]
 
 
 class JSONRequest(Request[Any, Any, Any]):

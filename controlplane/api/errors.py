@@ -1,8 +1,8 @@
 """Errors to HTTP, in one place: every error answer is `{"error", "message", "details"}`.
 
 A 5xx is for a fault of the server only, and each one is logged with its traceback
-and counted in /metrics (`tollgate_http_server_errors_total`): detectors retry a 5xx,
-so one that a client could fix would block its batch forever, unseen. A database
+here and counted in /metrics (`tollgate_http_server_errors_total`, by api.middleware):
+detectors retry a 5xx, so one that a client could fix would block its batch forever. A database
 that cannot be reached is a 503 with `Retry-After`, like every unavailable error.
 """
 
@@ -13,11 +13,9 @@ from typing import Any
 
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from sqlalchemy import exc as sql
 
 from controlplane.errors import StoreUnavailable, TollgateError
-from controlplane.telemetry import metrics
 
 log = logging.getLogger(__name__)
 
@@ -113,17 +111,3 @@ HANDLERS: dict[Any, Any] = {
     Exception: internal_error,
 }
 """The app's exception handlers (areas may refine them, as the console does)."""
-
-
-def count_server_errors(app: ASGIApp) -> ASGIApp:
-    """Middleware counting every answer with a 5xx status, whatever produced it."""
-
-    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-        async def counting(message: Message) -> None:
-            if message["type"] == "http.response.start" and message["status"] >= 500:
-                metrics.HTTP_SERVER_ERRORS.labels(str(message["status"])).inc()
-            await send(message)
-
-        await app(scope, receive, counting)
-
-    return middleware

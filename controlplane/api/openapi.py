@@ -21,6 +21,7 @@ from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
 from litestar.router import Router
 from litestar.routes import HTTPRoute
 from litestar.static_files import create_static_files_router
+from pydantic import BaseModel
 
 from controlplane import __version__
 from controlplane.api.body import MAX_BODY
@@ -39,6 +40,8 @@ EXTRA_STATUSES: dict[str, set[int]] = {
     "subjectHistory": {404},
 }
 """Statuses an operation answers besides those its shape implies (see `_statuses`)."""
+BODIES: dict[str, list[str]] = {"exportAudit": ["application/x-ndjson", "text/csv"]}
+"""Operations whose 200 body is not JSON, with the media types they answer."""
 WITHOUT_DATABASE = {"healthz", "metrics"}
 """Operations that answer without the database (/metrics reports it down as a gauge)."""
 
@@ -139,12 +142,64 @@ def true_document(app: Litestar, document: dict[str, Any]) -> dict[str, Any]:
             operation = item.get(method.lower())
             if operation is not None and handler.resolve_include_in_schema():
                 _correct(operation, route, handler)
+                _validated_body(operation, handler, schemas)
+        item["options"] = _options(item)
     return document
+
+
+def _options(item: dict[str, Any]) -> dict[str, Any]:
+    """litestar answers OPTIONS on every path itself (204 with `Allow`), behind the
+    guards of the path's other operations."""
+    siblings = [op for method, op in item.items() if method != "options"]
+    options: dict[str, Any] = {
+        "summary": "Allowed methods",
+        "responses": {
+            "204": {
+                "description": "The methods this path allows, in `Allow`.",
+                "headers": {"Allow": {"schema": {"type": "string"}}},
+            }
+        },
+    }
+    # Any value: litestar's answer does not validate the path's parameters.
+    path_parameters = {
+        p["name"]: {"name": p["name"], "in": "path", "required": True, "schema": {"type": "string"}}
+        for op in siblings
+        for p in op.get("parameters", [])
+        if p.get("in") == "path"
+    }
+    if path_parameters:
+        options["parameters"] = list(path_parameters.values())
+    guarded = [op for op in siblings if op.get("security")]
+    if guarded:
+        options["security"] = guarded[0]["security"]
+        for status in (401, 403):
+            options["responses"][str(status)] = guarded[0]["responses"][str(status)]
+    return options
+
+
+def _validated_body(
+    operation: dict[str, Any], handler: HTTPRouteHandler, schemas: dict[str, Any]
+) -> None:
+    """A `data` body documented by the pydantic model that validates it: litestar's own
+    rendering of the model drops constraints (`extra="forbid"` among them)."""
+    data = handler.parsed_fn_signature.parameters.get("data")
+    model = getattr(data, "annotation", None)
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        return
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    schemas.update(schema.pop("$defs", {}))
+    schemas[model.__name__] = schema
+    content = operation.get("requestBody", {}).get("content", {})
+    for media in content.values():
+        media["schema"] = {"$ref": f"#/components/schemas/{model.__name__}"}
 
 
 def _correct(operation: dict[str, Any], route: HTTPRoute, handler: HTTPRouteHandler) -> None:
     responses: dict[str, Any] = operation.setdefault("responses", {})
     responses.pop("400", None)  # parameter errors are 422s in our shape (api.errors)
+    media_types = BODIES.get(operation.get("operationId", ""))
+    if media_types and "200" in responses:
+        responses["200"]["content"] = {m: {"schema": {"type": "string"}} for m in media_types}
     guarded = bool(handler.resolve_guards())
     if guarded:
         operation["security"] = [{SCHEME: []}]

@@ -18,7 +18,7 @@ from controlplane.audit import service as audit
 from controlplane.audit.chain import EventDraft
 from controlplane.domain.verdict import Verdict
 from controlplane.domain.vocabulary import VerdictStatus
-from controlplane.errors import Conflict, InvalidInput
+from controlplane.errors import Conflict
 from controlplane.evaluate import repository as decisions_repo
 from controlplane.evaluate.service import Decider, Pending
 from controlplane.ingest import repository
@@ -195,7 +195,9 @@ def _unique(verdicts: Sequence[Verdict]) -> list[Verdict]:
                 }
             )
     if problems:
-        raise InvalidInput("a batch repeats a verdict id with different content", details=problems)
+        # A conflict like a stored id with other content (a 409), though each verdict
+        # alone is valid: the schema of a batch cannot say that ids differ.
+        raise Conflict("a batch repeats a verdict id with different content", details=problems)
     return unique
 
 

@@ -16,7 +16,7 @@ from controlplane.auth.roles import READERS, Role
 from controlplane.domain.action import parse_duration
 from controlplane.engine.bundle import PolicyBundle, content_revision
 from controlplane.engine.embedded import EmbeddedEngine
-from controlplane.errors import InvalidInput, NotFound
+from controlplane.errors import InvalidInput, NotFound, PolicyError
 from controlplane.policy import repository
 from controlplane.policy.impact import markdown, replay
 from controlplane.policy.rego import read_module
@@ -108,10 +108,21 @@ class PolicyController(Controller):
         if calls:
             raise InvalidInput(f"policies may not call the network: {'; '.join(calls)}")
         settings = runtime.settings
-        engines = [
-            await asyncio.to_thread(EmbeddedEngine, b, settings.entrypoint, settings.engine_workers)
-            for b in (base, head)
-        ]
+        engines: list[EmbeddedEngine] = []
+        try:
+            for bundle in (base, head):
+                engines.append(
+                    await asyncio.to_thread(
+                        EmbeddedEngine, bundle, settings.entrypoint, settings.engine_workers
+                    )
+                )
+        except PolicyError as exc:
+            for engine in engines:
+                engine.close()
+            if data.head_modules is not None and bundle is head:
+                # An uploaded policy that does not compile is the caller's to fix: a 422.
+                raise InvalidInput(f"head_modules: {exc.message}") from None
+            raise
         try:
             report = await replay(runtime.db, engines[0], engines[1], window)
         finally:

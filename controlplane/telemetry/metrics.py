@@ -37,7 +37,8 @@ from controlplane.store.db import Database
 
 log = logging.getLogger(__name__)
 
-CONTENT_TYPE = CONTENT_TYPE_LATEST
+# litestar adds the charset to a text/* type itself: keep it from being sent twice.
+CONTENT_TYPE = CONTENT_TYPE_LATEST.replace("; charset=utf-8", "")
 
 REGISTRY = CollectorRegistry()
 """Tollgate's own registry (not the library's global one): what /metrics serves."""
