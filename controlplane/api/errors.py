@@ -78,9 +78,10 @@ def validation_error(request: Request[Any, Any, Any], exc: ValidationException) 
         for item in (exc.extra if isinstance(exc.extra, list) else [])
         if isinstance(item, dict)
     ]
+    named = ", ".join(sorted({d["field"] for d in details if d["field"]}))
+    message = f"invalid request parameters: {named}" if named else "invalid request parameters"
     return Response(
-        {"error": "invalid_input", "message": "invalid request parameters", "details": details},
-        status_code=422,
+        {"error": "invalid_input", "message": message, "details": details}, status_code=422
     )
 
 

@@ -29,6 +29,7 @@ from controlplane.api.schemas import ErrorBody
 from controlplane.domain.jsonsafe import MAX_DEPTH
 
 SCHEME = "bearer"
+ERROR_BODY = "#/components/schemas/ErrorBody"
 ASSETS = "/assets"
 """Where the docs page's scripts and styles are served, under the schema path."""
 
@@ -169,6 +170,11 @@ def _options(item: dict[str, Any]) -> dict[str, Any]:
     }
     if path_parameters:
         options["parameters"] = list(path_parameters.values())
+        # A value holding `/` does not reach the route at all.
+        options["responses"]["404"] = {
+            "description": _MEANING[404],
+            "content": {"application/json": {"schema": {"$ref": ERROR_BODY}}},
+        }
     guarded = [op for op in siblings if op.get("security")]
     if guarded:
         options["security"] = guarded[0]["security"]
@@ -207,9 +213,7 @@ def _correct(operation: dict[str, Any], route: HTTPRoute, handler: HTTPRouteHand
         declared = responses.get(str(status))
         response = declared or {"description": _MEANING[status]}
         if not declared or status != 503 or "content" not in declared:
-            response["content"] = {
-                "application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}
-            }
+            response["content"] = {"application/json": {"schema": {"$ref": ERROR_BODY}}}
         if status == 503 and not declared:
             response["headers"] = {
                 "Retry-After": {
