@@ -86,6 +86,7 @@ async def test_schemathesis_finds_nothing(tmp_path: Path) -> None:
                 "--output-truncate",
                 "true",
             ],
+            cwd=tmp_path,  # its cache folder lands here, not in the work tree
             capture_output=True,
             text=True,
             timeout=RUN_TIMEOUT,
