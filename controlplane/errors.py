@@ -10,6 +10,8 @@ class TollgateError(Exception):
 
     status_code = 500
     code = "internal_error"
+    retry_after: int | None = None
+    """Seconds a client should wait before retrying (sent as `Retry-After`), when it may."""
 
     def __init__(self, message: str, *, details: list[dict[str, Any]] | None = None) -> None:
         super().__init__(message)
@@ -28,6 +30,16 @@ class InvalidInput(TollgateError):
 
     status_code = 422
     code = "invalid_input"
+
+
+class PayloadTooLarge(TollgateError):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(TollgateError):
+    status_code = 415
+    code = "unsupported_media_type"
 
 
 class NotFound(TollgateError):
@@ -52,6 +64,16 @@ class EngineUnavailable(TollgateError):
 
     status_code = 503
     code = "engine_unavailable"
+    retry_after = 5
+
+
+class StoreUnavailable(TollgateError):
+    """The database cannot be reached (down, restarting, or its file cannot be opened):
+    nothing was done, and the same request may succeed once it is back."""
+
+    status_code = 503
+    code = "database_unavailable"
+    retry_after = 5
 
 
 class ServiceUnavailable(TollgateError):

@@ -6,6 +6,7 @@ from typing import Any
 
 from litestar import Controller, Response, get
 from litestar.di import NamedDependency
+from litestar.openapi import ResponseSpec
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 from sqlalchemy import text
 
@@ -20,7 +21,16 @@ class HealthController(Controller):
         """The process is up."""
         return {"status": "ok"}
 
-    @get("/readyz", operation_id="readyz", summary="Readiness")
+    @get(
+        "/readyz",
+        operation_id="readyz",
+        summary="Readiness",
+        responses={
+            503: ResponseSpec(
+                dict[str, Any], description="Not ready: `checks` says what is missing."
+            )
+        },
+    )
     async def readyz(self, runtime: NamedDependency[Runtime]) -> Response[dict[str, Any]]:
         """Ready when the database answers and a policy revision is loaded."""
         checks: dict[str, Any] = {}

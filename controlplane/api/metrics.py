@@ -14,7 +14,12 @@ from controlplane.telemetry import metrics
 class MetricsController(Controller):
     tags = ["health"]
 
-    @get("/metrics", operation_id="metrics", summary="Prometheus metrics")
+    @get(
+        "/metrics",
+        operation_id="metrics",
+        summary="Prometheus metrics",
+        media_type=metrics.CONTENT_TYPE,
+    )
     async def metrics(self, runtime: NamedDependency[Runtime]) -> Response[bytes]:
         """Verdicts received, decisions by status, evaluation latency, audit events by
         type (per process); actions by type and state, the undecided backlog, the audit

@@ -8,7 +8,7 @@ from typing import Annotated
 
 from litestar import Controller, get
 from litestar.di import NamedDependency
-from litestar.params import FromPath, QueryParameter
+from litestar.params import FromPath, Parameter, QueryParameter
 from litestar.response import Stream
 
 from controlplane.audit import service
@@ -36,18 +36,35 @@ from controlplane.errors import InvalidInput, NotFound
 from controlplane.plan.schemas import ActionOut
 from controlplane.runtime import Runtime
 
+# Read as text and parsed here: litestar would also take a number as a Unix time,
+# which the documented `date-time` format does not allow.
 Since = Annotated[
-    datetime | None,
-    QueryParameter(description="Events at or after this instant (ISO 8601 with a zone)."),
+    str | None,
+    QueryParameter(
+        description="Events at or after this instant (RFC 3339, with a zone).",
+        schema_extra={"format": "date-time"},
+    ),
 ]
 Until = Annotated[
-    datetime | None,
-    QueryParameter(description="Events before this instant (ISO 8601 with a zone)."),
+    str | None,
+    QueryParameter(
+        description="Events before this instant (RFC 3339, with a zone).",
+        schema_extra={"format": "date-time"},
+    ),
 ]
 
 
-def _aware(name: str, value: datetime | None) -> datetime | None:
-    if value is not None and value.tzinfo is None:
+def _aware(name: str, text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidInput(
+            f"{name} is not a date-time: write it like 2026-11-26T12:00:00Z",
+            details=[{"field": name, "message": "not an RFC 3339 date-time"}],
+        ) from None
+    if value.tzinfo is None:
         raise InvalidInput(
             f"{name} has no time zone: add `Z` or an offset, e.g. 2026-11-26T12:00:00Z",
             details=[{"field": name, "message": "needs a time zone"}],
@@ -107,7 +124,11 @@ class AuditController(Controller):
             Order, QueryParameter(description="`desc`: newest first; `asc`: oldest first.")
         ] = Order.DESC,
         cursor: Annotated[
-            str | None, QueryParameter(description="`next_cursor` of the previous page.")
+            str | None,
+            QueryParameter(
+                description="`next_cursor` of the previous page.",
+                pattern=r"^[0-9]{1,18}$",
+            ),
         ] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=500)] = 100,
     ) -> AuditPage:
@@ -186,7 +207,7 @@ class SubjectController(Controller):
     )
     async def history(
         self,
-        kind: FromPath[str],
+        kind: Annotated[str, Parameter(pattern=r"^(account|api_key|ip|cidr|org)$")],
         rest: FromPath[str],
         runtime: NamedDependency[Runtime],
         provider: Annotated[str | None, QueryParameter(max_length=63)] = None,

@@ -7,8 +7,18 @@ import json
 from functools import cached_property
 from typing import Annotated, Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    FiniteFloat,
+    field_validator,
+    model_validator,
+)
 
+from controlplane.domain import jsonsafe
 from controlplane.enforce.targets import ID_CHARS, TargetError, canonical_ip
 
 Identifier = Annotated[str, Field(min_length=1, max_length=200, pattern=rf"^{ID_CHARS}$")]
@@ -16,11 +26,22 @@ ProviderName = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
+def _real_text(text: str) -> str:
+    why = jsonsafe.text_problem(text)
+    if why:
+        raise ValueError(f"the string {why}")
+    return text
+
+
+Text = Annotated[str, AfterValidator(_real_text)]
+"""A string that can be stored and evaluated: no NUL character, no lone surrogate."""
+
+
 class Detector(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: Annotated[str, Field(min_length=1, max_length=100)]
-    version: Annotated[str, Field(min_length=1, max_length=50)]
+    name: Annotated[Text, Field(min_length=1, max_length=100)]
+    version: Annotated[Text, Field(min_length=1, max_length=50)]
 
 
 class Subject(BaseModel):
@@ -82,11 +103,21 @@ class Verdict(BaseModel):
     subject: Subject
     score: Fraction = Field(description="How strongly this looks like distillation, 0..1.")
     confidence: Fraction = Field(description="The detector's confidence in the score, 0..1.")
-    signals: Annotated[dict[str, float], Field(max_length=200)] = Field(default_factory=dict)
-    labels: Annotated[list[Annotated[str, Field(max_length=200)]], Field(max_length=100)] = Field(
+    signals: Annotated[dict[Text, FiniteFloat], Field(max_length=200)] = Field(default_factory=dict)
+    labels: Annotated[list[Annotated[Text, Field(max_length=200)]], Field(max_length=100)] = Field(
         default_factory=list
     )
     evidence: Annotated[list[Any], Field(max_length=100)] = Field(default_factory=list)
+
+    @field_validator("evidence")
+    @classmethod
+    def _evidence_is_plain_json(cls, evidence: list[Any]) -> list[Any]:
+        # Evidence often quotes text the subject chose: a value the engine or the
+        # database refuses would turn this verdict into an undecidable one.
+        found = jsonsafe.problems(evidence, "evidence", depth=2)
+        if found:
+            raise ValueError("; ".join(f"{p['field']}: {p['message']}" for p in found))
+        return evidence
 
     def document(self) -> dict[str, Any]:
         """The verdict as JSON, as stored and as policies see it."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +14,7 @@ from litestar.params import FromPath
 from litestar.status_codes import HTTP_202_ACCEPTED
 from pydantic import ValidationError
 
+from controlplane.api.body import validate
 from controlplane.api.schemas import ErrorBody
 from controlplane.auth.guards import principal_of, requires
 from controlplane.auth.roles import READERS, Role
@@ -26,8 +26,6 @@ from controlplane.ingest.schemas import IngestResult, VerdictOut
 from controlplane.plan import repository as actions_repo
 from controlplane.plan.schemas import ActionOut
 from controlplane.runtime import Runtime
-
-MAX_BODY = 16 * 1024 * 1024
 
 
 @dataclass
@@ -44,9 +42,38 @@ class _SubmitOperation(OpenAPIOperation):
 
 def submission_schema() -> Schema:
     """The request body schema: a verdict or a batch, with nested models inlined."""
-    verdict = _inline(Verdict.model_json_schema())
-    batch = _inline(VerdictBatch.model_json_schema())
+    verdict = _subject_needs_one(_inline(Verdict.model_json_schema()))
+    batch = _subject_needs_one(_inline(VerdictBatch.model_json_schema()))
     return Schema(one_of=[_to_schema(verdict), _to_schema(batch)])
+
+
+_SUBJECT_NEEDS_ONE = {
+    "anyOf": [
+        *(
+            {"required": [name], "properties": {name: {"type": "string"}}}
+            for name in ("account_id", "api_key_id", "org_id")
+        ),
+        {"required": ["ips"], "properties": {"ips": {"type": "array", "minItems": 1}}},
+    ]
+}
+
+
+_ADDRESS = {"type": "string", "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]}
+
+
+def _subject_needs_one(node: Any) -> Any:
+    """States `Subject`'s rules (at least one field set, addresses in `ips`) in the
+    schema, which pydantic cannot derive from its validators."""
+    if isinstance(node, dict):
+        if node.get("title") == "Subject":
+            node.update(_SUBJECT_NEEDS_ONE)
+            node["properties"]["ips"]["items"] = _ADDRESS
+        for value in node.values():
+            _subject_needs_one(value)
+    elif isinstance(node, list):
+        for value in node:
+            _subject_needs_one(value)
+    return node
 
 
 def _inline(document: dict[str, Any]) -> dict[str, Any]:
@@ -93,18 +120,13 @@ def _to_schema(document: dict[str, Any]) -> Schema:
     return Schema(**fields)
 
 
-def parse_submission(raw: bytes) -> list[Verdict]:
-    """One verdict or a batch; a 422 names every bad field (with its index in a batch)."""
-    if len(raw) > MAX_BODY:
-        raise InvalidInput(f"body is over {MAX_BODY // 1024 // 1024} MiB: send smaller batches")
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidInput(f"body is not valid JSON: {exc}") from None
+def parse_submission(body: Any) -> list[Verdict]:
+    """One verdict or a batch, from the decoded body; a 422 names every bad field (with
+    its index in a batch)."""
     try:
         if isinstance(body, dict) and "verdicts" in body:
-            return list(VerdictBatch.model_validate(body).verdicts)
-        return [Verdict.model_validate(body)]
+            return list(validate(VerdictBatch, body).verdicts)
+        return [validate(Verdict, body)]
     except ValidationError as exc:
         raise InvalidInput(
             f"{exc.error_count()} invalid field(s); nothing was stored",
@@ -156,7 +178,7 @@ class VerdictController(Controller):
         Idempotent by verdict `id`: a repeat returns the first result and makes no
         second decision; the same `id` with different content is a 409. A batch
         with one invalid verdict is refused whole (422, each bad field named)."""
-        verdicts = parse_submission(await request.body())
+        verdicts = parse_submission(await request.json())
         return await runtime.ingest.submit(verdicts, actor=principal_of(request).name)
 
     @get("/{verdict_id:str}", operation_id="getVerdict", summary="Get a verdict")

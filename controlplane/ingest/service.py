@@ -30,7 +30,7 @@ from controlplane.audit import service as audit
 from controlplane.audit.chain import EventDraft
 from controlplane.domain.verdict import Verdict
 from controlplane.domain.vocabulary import VerdictStatus
-from controlplane.errors import Conflict, DecisionFailed, InvalidInput, TollgateError
+from controlplane.errors import Conflict, DecisionFailed, TollgateError
 from controlplane.evaluate import repository as decisions_repo
 from controlplane.evaluate import service as decisions
 from controlplane.evaluate.service import Decider, Outcome, Pending
@@ -411,7 +411,9 @@ def _unique(verdicts: Sequence[Verdict]) -> list[Verdict]:
                 }
             )
     if problems:
-        raise InvalidInput("a batch repeats a verdict id with different content", details=problems)
+        # A conflict like a stored id with other content (a 409), though each verdict
+        # alone is valid: the schema of a batch cannot say that ids differ.
+        raise Conflict("a batch repeats a verdict id with different content", details=problems)
     return unique
 
 

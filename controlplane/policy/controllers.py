@@ -106,10 +106,21 @@ class PolicyController(Controller):
             except PolicyError as exc:
                 raise InvalidInput(exc.message, details=exc.details) from None
         settings = runtime.settings
-        engines = [
-            await asyncio.to_thread(EmbeddedEngine, b, settings.entrypoint, settings.engine_workers)
-            for b in (base, head)
-        ]
+        engines: list[EmbeddedEngine] = []
+        try:
+            for bundle in (base, head):
+                engines.append(
+                    await asyncio.to_thread(
+                        EmbeddedEngine, bundle, settings.entrypoint, settings.engine_workers
+                    )
+                )
+        except PolicyError as exc:
+            for engine in engines:
+                engine.close()
+            if data.head_modules is not None and bundle is head:
+                # An uploaded policy that does not compile is the caller's to fix: a 422.
+                raise InvalidInput(f"head_modules: {exc.message}") from None
+            raise
         try:
             report = await replay(runtime.db, engines[0], engines[1], window)
         finally:

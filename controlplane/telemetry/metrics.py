@@ -37,7 +37,8 @@ from controlplane.store.db import Database
 
 log = logging.getLogger(__name__)
 
-CONTENT_TYPE = CONTENT_TYPE_LATEST
+# litestar adds the charset to a text/* type itself: keep it from being sent twice.
+CONTENT_TYPE = CONTENT_TYPE_LATEST.replace("; charset=utf-8", "")
 
 REGISTRY = CollectorRegistry()
 """Tollgate's own registry (not the library's global one): what /metrics serves."""
@@ -80,6 +81,12 @@ EVALUATION_SECONDS = Histogram(
     "tollgate_evaluation_duration_seconds",
     "Policy evaluation time of one verdict (the decision's duration_ms).",
     buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
+    registry=REGISTRY,
+)
+HTTP_SERVER_ERRORS = Counter(
+    "tollgate_http_server_errors",
+    "API answers with a 5xx status, by status (each is logged with its traceback).",
+    ["status"],
     registry=REGISTRY,
 )
 

@@ -69,11 +69,37 @@ def _page(
     request: Request[Any, Any, Any], name: str, status_code: int = 200, **context: Any
 ) -> Template:
     principal = principal_of(request)
+    csrf, fresh = sessions.csrf_cookie(request)
+    settings = request.app.state.runtime.settings
     return Template(
         template_name=name,
-        context={"principal": principal, "path": request.url.path, **context},
+        context={
+            "principal": principal,
+            "path": request.url.path,
+            "csrf": sessions.csrf_token(settings, csrf),
+            **context,
+        },
         status_code=status_code,
         headers=HEADERS,
+        cookies=[sessions.set_csrf_cookie(csrf, _secure(request))] if fresh else [],
+    )
+
+
+def _secure(request: Request[Any, Any, Any]) -> bool:
+    return request.url.scheme == "https"
+
+
+def _sign_in_page(
+    request: Request[Any, Any, Any], target: str, error: str | None, status_code: int = 200
+) -> Template:
+    csrf, fresh = sessions.csrf_cookie(request)
+    settings = request.app.state.runtime.settings
+    return Template(
+        template_name="sign_in.html",
+        context={"next": target, "error": error, "csrf": sessions.csrf_token(settings, csrf)},
+        status_code=status_code,
+        headers=HEADERS,
+        cookies=[sessions.set_csrf_cookie(csrf, _secure(request))] if fresh else [],
     )
 
 
@@ -100,11 +126,7 @@ class SignInController(Controller):
         """The sign-in form, or straight on when a session is already open."""
         if await sessions.current(request) is not None:
             return Redirect(sessions.safe_next(next_path), status_code=303)
-        return Template(
-            template_name="sign_in.html",
-            context={"next": sessions.safe_next(next_path), "error": None},
-            headers=HEADERS,
-        )
+        return _sign_in_page(request, sessions.safe_next(next_path), None)
 
     @post("/sign-in", status_code=303)
     async def sign_in(
@@ -113,8 +135,11 @@ class SignInController(Controller):
         """Check the token once and open a session: a signed cookie naming the token's
         id (never the token), HttpOnly, SameSite=Strict, Secure over https."""
         form = await request.form()
-        token = str(form.get("token", "")).strip()
         target = sessions.safe_next(str(form.get("next", "")))
+        forged = sessions.form_problem(request, runtime.settings, str(form.get("csrf", "")))
+        if forged:
+            return _sign_in_page(request, target, forged, status_code=403)
+        token = str(form.get("token", "")).strip()
         principal = await runtime.tokens.authenticate(token) if token else None
         error = None
         if principal is None:
@@ -125,12 +150,7 @@ class SignInController(Controller):
                 "enforcement record, so it needs an engineer, reviewer, auditor or admin token."
             )
         if error is not None or principal is None:
-            return Template(
-                template_name="sign_in.html",
-                context={"next": target, "error": error},
-                status_code=401 if principal is None else 403,
-                headers=HEADERS,
-            )
+            return _sign_in_page(request, target, error, 401 if principal is None else 403)
         value, lifetime = sessions.issue(runtime.settings, principal)
         return Redirect(
             target,
@@ -143,14 +163,20 @@ class SignInController(Controller):
                     path="/console",
                     httponly=True,
                     samesite="strict",
-                    secure=request.url.scheme == "https",
+                    secure=_secure(request),
                 )
             ],
         )
 
     @post("/sign-out", status_code=303)
-    async def sign_out(self) -> Response[Any]:
+    async def sign_out(
+        self, request: Request[Any, Any, Any], runtime: NamedDependency[Runtime]
+    ) -> Response[Any]:
         """Forget the session cookie here (revoke the token to end it everywhere)."""
+        form = await request.form()
+        forged = sessions.form_problem(request, runtime.settings, str(form.get("csrf", "")))
+        if forged:
+            return Response(forged, status_code=403, media_type="text/plain", headers=HEADERS)
         response = Redirect(SIGN_IN, status_code=303)
         response.delete_cookie(COOKIE, path="/console")
         return response

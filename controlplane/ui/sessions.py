@@ -14,11 +14,14 @@ import base64
 import hashlib
 import hmac
 import logging
+import re
 import secrets
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 from litestar.connection import ASGIConnection
+from litestar.datastructures import Cookie
 from litestar.exceptions import NotAuthorizedException
 from litestar.handlers.base import BaseRouteHandler
 
@@ -32,6 +35,9 @@ from controlplane.ui import repository
 log = logging.getLogger(__name__)
 
 COOKIE = "tollgate_console"
+CSRF_COOKIE = "tollgate_csrf"
+CSRF_FIELD = "csrf"
+_CSRF_VALUE = re.compile(r"^[0-9a-f]{64}$")
 SIGN_IN = "/console/sign-in"
 CACHE_SECONDS = 10.0
 _VERSION = "v1"
@@ -138,3 +144,49 @@ def safe_next(value: str | None) -> str:
     if value and value.startswith("/console") and "//" not in value and "\\" not in value:
         return value
     return "/console"
+
+
+# -- forms -------------------------------------------------------------------------------
+# Sign-in and sign-out change who the browser is signed in as, so a page elsewhere must
+# not be able to post them (login CSRF: the victim would work as the attacker's token).
+# Each form carries a token bound to a cookie of ours (HttpOnly, SameSite=Strict, so a
+# cross-site post never has it), and a browser's Origin must be this host.
+
+
+def csrf_cookie(connection: ASGIConnection[Any, Any, Any, Any]) -> tuple[str, bool]:
+    """The browser's CSRF cookie value, or a new one (and True: set it)."""
+    value = connection.cookies.get(CSRF_COOKIE, "")
+    if _CSRF_VALUE.match(value):
+        return value, False
+    return secrets.token_hex(32), True
+
+
+def csrf_token(settings: Settings, cookie_value: str) -> str:
+    """What a form must carry for the browser holding `cookie_value`."""
+    return _sign(settings, f"csrf.{cookie_value}")
+
+
+def set_csrf_cookie(value: str, secure: bool) -> Cookie:
+    return Cookie(
+        key=CSRF_COOKIE,
+        value=value,
+        path="/console",
+        httponly=True,
+        samesite="strict",
+        secure=secure,
+    )
+
+
+def form_problem(
+    connection: ASGIConnection[Any, Any, Any, Any], settings: Settings, sent: str
+) -> str | None:
+    """Why a posted console form must be refused, or None."""
+    origin = connection.headers.get("origin")
+    if origin is not None and urlsplit(origin).netloc != connection.headers.get("host", ""):
+        return "This form was sent from another site: open the console's own page to use it."
+    if connection.headers.get("sec-fetch-site") == "cross-site":
+        return "This form was sent from another site: open the console's own page to use it."
+    cookie = connection.cookies.get(CSRF_COOKIE, "")
+    if not _CSRF_VALUE.match(cookie) or not hmac.compare_digest(sent, csrf_token(settings, cookie)):
+        return "This form has expired or was not sent from the console: reload it and try again."
+    return None

@@ -5,10 +5,11 @@ It lives beside the console, which draws the same spans as a waterfall."""
 from __future__ import annotations
 
 import re
+from typing import Annotated
 
 from litestar import Controller, get
 from litestar.di import NamedDependency
-from litestar.params import FromPath
+from litestar.params import Parameter
 
 from controlplane.auth.guards import requires
 from controlplane.auth.roles import READERS
@@ -27,7 +28,9 @@ class TraceController(Controller):
 
     @get("/{trace_id:str}", operation_id="getTrace", summary="Get a trace's spans")
     async def get_trace(
-        self, trace_id: FromPath[str], runtime: NamedDependency[Runtime]
+        self,
+        trace_id: Annotated[str, Parameter(pattern=r"^[0-9a-fA-F]{32}$")],
+        runtime: NamedDependency[Runtime],
     ) -> TraceOut:
         """The spans of one trace kept by the embedded span store, by start time: span
         id, parent, name, start and end in nanoseconds, attributes and status. A verdict's,

@@ -152,7 +152,7 @@ INVALID = {
     "signal not a number": (
         lambda v: {**v, "signals": {"requests_24h": "many"}},
         "signals.requests_24h",
-        "float_parsing",
+        "float_type",
     ),
 }
 
@@ -308,13 +308,13 @@ async def test_409_names_the_index_in_the_request_after_exact_repeats(api: Runni
     await assert_not_stored(api, newcomer["id"])
 
 
-async def test_same_id_twice_in_a_batch_with_other_content_is_422(api: Running) -> None:
+async def test_same_id_twice_in_a_batch_with_other_content_is_409(api: Running) -> None:
     document = verdict()
     batch = [document, verdict(), {**document, "confidence": 0.95}]
 
     response = await api.client.post("/v1/verdicts", json={"verdicts": batch})
 
-    assert response.status_code == 422
+    assert response.status_code == 409
     body = response.json()
     assert fields(body) == {"verdicts[2].id"}
     assert "verdicts[0]" in body["details"][0]["message"]

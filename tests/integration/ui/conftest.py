@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -75,6 +76,14 @@ async def seeded(
         yield Seeded(api, await seed(api, scenario), scenario)
 
 
+async def form_csrf(client: httpx.AsyncClient, page: str = "/console/sign-in") -> str:
+    """The CSRF token of the form on `page`, as a browser showing it would send it."""
+    response = await client.get(page)
+    found = re.search(r'name="csrf" value="([^"]+)"', response.text)
+    assert found, f"no CSRF field on {page}"
+    return found.group(1)
+
+
 def transport(api: Running) -> httpx.AsyncBaseTransport:
     """The app's ASGI transport, for clients of their own (no admin header, own cookies)."""
     return api.client._transport
@@ -88,6 +97,9 @@ async def signed_in(
     token, _ = await api.runtime.tokens.create(f"console-{role.value}", role, actor="tests")
     base = ("https" if https else "http") + "://tollgate.test"
     async with httpx.AsyncClient(transport=transport(api), base_url=base) as client:
-        response = await client.post("/console/sign-in", data={"token": token, "next": "/console"})
+        response = await client.post(
+            "/console/sign-in",
+            data={"token": token, "next": "/console", "csrf": await form_csrf(client)},
+        )
         assert response.status_code == 303, response.text
         yield client

@@ -22,7 +22,7 @@ from controlplane.auth.service import Principal
 from controlplane.store.models import AuditEventRow
 from controlplane.ui import sessions
 from controlplane.ui.display import key_handle
-from tests.integration.ui.conftest import Seeded, signed_in, transport
+from tests.integration.ui.conftest import Seeded, form_csrf, signed_in, transport
 from tests.support.app import Running
 from tests.support.verdicts import new_subject, verdict
 
@@ -62,7 +62,8 @@ async def test_sign_in_sets_a_signed_httponly_strict_cookie(seeded: Seeded) -> N
     token, row = await seeded.api.runtime.tokens.create("alice", Role.AUDITOR, actor="tests")
     async with httpx.AsyncClient(transport=transport(seeded.api), base_url="http://t") as client:
         response = await client.post(
-            "/console/sign-in", data={"token": token, "next": "/console/audit"}
+            "/console/sign-in",
+            data={"token": token, "next": "/console/audit", "csrf": await form_csrf(client)},
         )
         assert response.status_code == 303
         assert response.headers["location"] == "/console/audit"
@@ -80,22 +81,27 @@ async def test_cookie_is_secure_over_https(seeded: Seeded) -> None:
         assert (await client.get("/console/connectors")).status_code == 200
     token, _ = await seeded.api.runtime.tokens.create("bob", Role.ENGINEER, actor="tests")
     async with httpx.AsyncClient(transport=transport(seeded.api), base_url="https://t") as other:
-        response = await other.post("/console/sign-in", data={"token": token})
+        response = await other.post(
+            "/console/sign-in", data={"token": token, "csrf": await form_csrf(other)}
+        )
         assert "Secure" in response.headers["set-cookie"]
 
 
 async def test_bad_tokens_and_non_readers_cannot_sign_in(seeded: Seeded) -> None:
     async with httpx.AsyncClient(transport=transport(seeded.api), base_url="http://t") as client:
-        wrong = await client.post("/console/sign-in", data={"token": "tg_" + "x" * 40})
+        csrf = await form_csrf(client)
+        wrong = await client.post(
+            "/console/sign-in", data={"token": "tg_" + "x" * 40, "csrf": csrf}
+        )
         assert wrong.status_code == 401 and "unknown, revoked or expired" in wrong.text
         detector, _ = await seeded.api.runtime.tokens.create("det", Role.DETECTOR, actor="t")
-        refused = await client.post("/console/sign-in", data={"token": detector})
+        refused = await client.post("/console/sign-in", data={"token": detector, "csrf": csrf})
         assert refused.status_code == 403 and "detector token cannot open" in refused.text
         assert "set-cookie" not in refused.headers
         # Only console paths are followed after sign-in (no open redirect).
         auditor, _ = await seeded.api.runtime.tokens.create("aud", Role.AUDITOR, actor="t")
         away = await client.post(
-            "/console/sign-in", data={"token": auditor, "next": "//evil.example/x"}
+            "/console/sign-in", data={"token": auditor, "next": "//evil.example/x", "csrf": csrf}
         )
         assert away.headers["location"] == "/console"
 
@@ -126,8 +132,43 @@ async def test_revoking_the_token_ends_its_sessions(
         assert (await client.get("/console/connectors")).status_code == 303
 
 
+async def test_a_cross_site_sign_in_form_signs_nobody_in(seeded: Seeded) -> None:
+    """Login CSRF: a page elsewhere auto-posts the sign-in form with its author's token."""
+    attacker, _ = await seeded.api.runtime.tokens.create("attacker", Role.ADMIN, actor="t")
+    async with httpx.AsyncClient(transport=transport(seeded.api), base_url="http://t") as victim:
+        csrf = await form_csrf(victim)  # even a victim who once opened the real form
+        posts = [
+            ({"Origin": "http://evil.example"}, {"token": attacker}),
+            ({"Origin": "http://evil.example"}, {"token": attacker, "csrf": csrf}),
+            ({"Sec-Fetch-Site": "cross-site"}, {"token": attacker, "csrf": csrf}),
+            ({}, {"token": attacker}),
+            ({}, {"token": attacker, "csrf": "x" + csrf[1:]}),
+        ]
+        for headers, form in posts:
+            response = await victim.post("/console/sign-in", data=form, headers=headers)
+            assert response.status_code == 403, (headers, form.keys())
+            assert "tollgate_console" not in response.headers.get("set-cookie", "")
+            assert (await victim.get("/console")).status_code == 303, "nobody is signed in"
+        same_site = await victim.post(
+            "/console/sign-in",
+            data={"token": attacker, "csrf": csrf},
+            headers={"Origin": "http://t"},
+        )
+        assert same_site.status_code == 303, "the console's own form still works"
+
+
+async def test_a_cross_site_sign_out_form_is_refused(seeded: Seeded) -> None:
+    async with signed_in(seeded.api) as client:
+        csrf = await form_csrf(client, "/console")
+        for headers, form in [({"Origin": "http://evil.example"}, {"csrf": csrf}), ({}, {})]:
+            response = await client.post("/console/sign-out", data=form, headers=headers)
+            assert response.status_code == 403
+            assert (await client.get("/console")).status_code == 200, "still signed in"
+
+
 async def test_sign_out_forgets_the_session(auditor: httpx.AsyncClient) -> None:
-    response = await auditor.post("/console/sign-out")
+    csrf = await form_csrf(auditor, "/console")
+    response = await auditor.post("/console/sign-out", data={"csrf": csrf})
     assert response.status_code == 303 and response.headers["location"] == "/console/sign-in"
     assert "tollgate_console" not in auditor.cookies
     assert (await auditor.get("/console")).status_code == 303

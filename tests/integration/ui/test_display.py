@@ -93,7 +93,11 @@ def test_pages_render_when_parts_of_the_story_are_missing() -> None:
     """An action whose verdict, decision, explanation or spans are gone still renders."""
     engine = template_config().instance
     assert engine is not None
-    common = {"principal": Principal("tok_1", "ana", Role.AUDITOR), "path": "/console"}
+    common = {
+        "principal": Principal("tok_1", "ana", Role.AUDITOR),
+        "path": "/console",
+        "csrf": "token-of-the-sign-out-form",
+    }
     action = {
         "id": "act_1",
         "type": "block",

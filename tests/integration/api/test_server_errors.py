@@ -1,0 +1,97 @@
+"""5xx only for faults of the server: a database outage is a 503 with `Retry-After`, and
+every 5xx is logged with its traceback and counted in /metrics."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from sqlalchemy.engine import make_url
+
+from controlplane.telemetry.metrics import REGISTRY
+from tests.support.app import Running
+from tests.support.verdicts import verdict
+
+SERVER_ERRORS = "tollgate_http_server_errors_total"
+
+
+def _served(status: int) -> float:
+    return REGISTRY.get_sample_value(SERVER_ERRORS, {"status": str(status)}) or 0.0
+
+
+@asynccontextmanager
+async def database_down(api: Running) -> AsyncIterator[None]:
+    """The real database refuses new connections (the pool is emptied first)."""
+    url = make_url(api.settings.database_url)
+    await api.runtime.db.engine.dispose()
+    if url.get_backend_name() == "sqlite":
+        # SQLite cannot open a file whose folder is gone ("unable to open database file").
+        folder = Path(str(url.database)).parent
+        away = folder.with_name(folder.name + "-away")
+        folder.rename(away)
+        try:
+            yield
+        finally:
+            away.rename(folder)
+        return
+    admin = url.set(drivername="postgresql", database="postgres")
+    name = url.database
+    with psycopg.connect(admin.render_as_string(hide_password=False), autocommit=True) as conn:
+        conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", [name]
+        )
+        try:
+            yield
+        finally:
+            conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+
+
+async def test_a_database_outage_is_503_with_retry_after_logged_and_counted(
+    fresh_api: Running, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="controlplane.api.errors")
+    before = _served(503)
+
+    async with database_down(fresh_api):
+        listed = await fresh_api.client.get("/v1/actions")
+        submitted = await fresh_api.client.post("/v1/verdicts", json=verdict())
+
+    for response in (listed, submitted):
+        assert response.status_code == 503, response.text
+        assert response.json()["error"] == "database_unavailable"
+        assert int(response.headers["retry-after"]) > 0
+    assert _served(503) - before >= 2
+    logged = [r for r in caplog.records if r.name == "controlplane.api.errors"]
+    assert len(logged) >= 2
+    assert all(r.exc_info for r in logged), "each 5xx is logged with its traceback"
+    assert (await fresh_api.client.get("/v1/actions")).status_code == 200, "back once it is"
+    scraped = (await fresh_api.client.get("/metrics")).text
+    assert f'{SERVER_ERRORS}{{status="503"}}' in scraped
+
+
+async def test_an_unexpected_fault_is_500_in_the_error_shape_logged_and_counted(
+    api: Running, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(*_: Any, **__: Any) -> None:
+        raise RuntimeError("injected fault in the ingest service")
+
+    # Fault injection into the real server: the one way to make it fail on purpose.
+    monkeypatch.setattr(api.runtime.ingest, "submit", broken)
+    caplog.set_level(logging.ERROR, logger="controlplane.api.errors")
+    before = _served(500)
+
+    response = await api.client.post("/v1/verdicts", json=verdict())
+
+    assert response.status_code == 500
+    assert response.json()["error"] == "internal_error"
+    assert "injected" not in response.text, "internals stay in the log"
+    assert _served(500) == before + 1
+    [record] = [r for r in caplog.records if r.name == "controlplane.api.errors"]
+    assert record.exc_info is not None
+    assert "injected fault" in str(record.exc_info[1])
