@@ -22,6 +22,7 @@ from controlplane import __version__
 from controlplane.api.health import HealthController
 from controlplane.api.metrics import MetricsController
 from controlplane.audit.controllers import AuditController, SubjectController
+from controlplane.customers.controllers import CustomerController
 from controlplane.enforce.controllers import ConnectorController, LiftController
 from controlplane.errors import TollgateError
 from controlplane.evaluate.controllers import DecisionController
@@ -30,6 +31,7 @@ from controlplane.ingest.controllers import VerdictController
 from controlplane.intel.controllers import IndicatorController
 from controlplane.plan.controllers import ActionController
 from controlplane.policy.controllers import PolicyController
+from controlplane.remedy.reviews_controllers import ReviewController
 from controlplane.runtime import Runtime
 from controlplane.settings import Settings, get_settings
 from controlplane.telemetry.tracing import configure
@@ -46,6 +48,8 @@ ROUTES = [
     DecisionController,
     ActionController,
     ExemptionController,
+    CustomerController,
+    ReviewController,
     IndicatorController,
     PolicyController,
     ConnectorController,

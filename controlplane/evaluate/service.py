@@ -20,6 +20,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.audit import service as audit
 from controlplane.audit.chain import EventDraft
+from controlplane.customers import repository as customers_repo
+from controlplane.customers.service import customer_document
 from controlplane.domain.action import MalformedDecision, parse_decision
 from controlplane.domain.verdict import Verdict
 from controlplane.domain.vocabulary import DecisionStatus, VerdictStatus
@@ -31,12 +33,20 @@ from controlplane.evaluate.context import (
     HISTORY_WINDOW,
     Lookups,
     build_input,
+    network_of,
     subject_overlaps,
 )
 from controlplane.evaluate.repository import action_document
 from controlplane.ingest import repository as verdicts_repo
 from controlplane.plan import repository as actions_repo
-from controlplane.plan.service import fallback_actions, plan_actions
+from controlplane.plan.service import (
+    expand_suspensions,
+    fallback_actions,
+    followup_revocations,
+    plan_actions,
+    review_rows,
+)
+from controlplane.remedy import reviews_repository as reviews_repo
 from controlplane.settings import Providers
 from controlplane.store.db import Database
 from controlplane.store.models import new_id
@@ -114,8 +124,10 @@ class Decider:
                     for action in outcome.actions:
                         if not action["shadow"]:
                             lookups.add_action(item.verdict.provider, action_document(action))
+                for item in members:
+                    lookups.saw(item.verdict)
             async with self._db.write() as session, session.begin():
-                await self._store(session, list(outcomes.values()), now)
+                await self._store(session, list(outcomes.values()), now, pending)
             metrics.decisions_recorded(o.decision for o in outcomes.values())
             metrics.fallbacks_planned(
                 o.actions[0]["type"] if o.actions else "none"
@@ -162,6 +174,59 @@ class Decider:
         since = min(p.verdict.observed_at for p in pending) - HISTORY_WINDOW
         await repository.fill_lookups(session, lookups, keys, since, now)
         lookups.intel = await self._intel.index(session, now)
+        await self._fill_operation(session, lookups, pending, keys, now)
+
+    async def _fill_operation(
+        self,
+        session: AsyncSession,
+        lookups: Lookups,
+        pending: Sequence[Pending],
+        filled: set[tuple[str, str, str]],
+        now: datetime,
+    ) -> None:
+        """Customer records of the batch's accounts; what their accounts and orgs were seen
+        using (keys, networks, accounts), with those keys' and accounts' active actions;
+        which of their networks verified customers use. All by index, for the batch."""
+        scopes = {
+            (p.verdict.provider, scope, scope_id)
+            for p in pending
+            for scope, scope_id in (
+                ("account", p.verdict.subject.account_id),
+                ("org", p.verdict.subject.org_id),
+            )
+            if scope_id
+        }
+        others: set[tuple[str, str, str]] = set()
+        networks: dict[str, set[str]] = {}
+        for (provider, scope, scope_id), items in (
+            await customers_repo.sightings_of(session, scopes)
+        ).items():
+            for kind, value, _ in items:
+                lookups.seen[(provider, scope, scope_id)][kind].add(value)
+                if kind == "network":
+                    networks.setdefault(provider, set()).add(value)
+                else:
+                    others.add((provider, kind, value))
+        for p in pending:
+            networks.setdefault(p.verdict.provider, set()).update(
+                network_of(ip) for ip in p.verdict.subject.ips
+            )
+        await repository.fill_actions(session, lookups, others - filled, now)
+        accounts = {p.verdict.subject.account_id for p in pending if p.verdict.subject.account_id}
+        users: dict[str, dict[str, set[str]]] = {}
+        for provider, nets in networks.items():
+            seen = await customers_repo.scopes_seeing(session, provider, "network", nets)
+            users[provider] = {
+                net: {i for scope, i in who if scope == "account"} for net, who in seen.items()
+            }
+            accounts.update(a for who in users[provider].values() for a in who)
+        records = await customers_repo.customers_of(session, accounts)
+        lookups.customers = {a: customer_document(r) for a, r in records.items()}
+        for provider, by_net in users.items():
+            lookups.verified_networks[provider] = {
+                net: {a for a in who if a in records and records[a].verified}
+                for net, who in by_net.items()
+            }
 
     def _record(
         self,
@@ -239,6 +304,21 @@ class Decider:
                 now=now,
             )
             span.set_attribute("tollgate.fallback", settings.fallback)
+        # A key of a suspended account or org is revoked as it appears, whatever the
+        # policy said (an operation's new keys never get through on a fresh key).
+        actions += followup_revocations(
+            verdict.subject.targets,
+            given["history"]["active_actions"],
+            actions,
+            now,
+            decision_id=decision_id,
+            verdict_id=verdict.id,
+            provider=verdict.provider,
+            policy_revision=engine.revision,
+            trace_id=trace_id,
+            created_at=now,
+            updated_at=now,
+        )
         span.set_attribute("tollgate.decision_status", status.value)
         span.end(end_time=max(end_ns, evaluation.started_ns) or None)
         decision = {
@@ -259,11 +339,24 @@ class Decider:
         }
         return Outcome(decision, actions, plan_span_id)
 
-    async def _store(self, session: AsyncSession, outcomes: list[Outcome], now: datetime) -> None:
+    async def _store(
+        self,
+        session: AsyncSession,
+        outcomes: list[Outcome],
+        now: datetime,
+        pending: Sequence[Pending],
+    ) -> None:
+        await customers_repo.record_sightings(session, _sightings(pending))
+        # After the sightings: a suspension revokes the key of the verdict that asked for it.
+        children = await expand_suspensions(session, [a for o in outcomes for a in o.actions], now)
+        by_action = {a["id"]: o for o in outcomes for a in o.actions}
+        for child in children:
+            by_action[child["parent_id"]].actions.append(child)
         decisions = [o.decision for o in outcomes]
         actions = [a for o in outcomes for a in o.actions]
         await repository.insert_decisions(session, decisions)
         await actions_repo.insert_actions(session, actions)
+        await reviews_repo.insert_reviews(session, review_rows(actions, now))
         await verdicts_repo.set_status(
             session, [d["verdict_id"] for d in decisions], VerdictStatus.DECIDED
         )
@@ -315,3 +408,23 @@ class Decider:
         await audit.record(session, events)
         for outcome in outcomes:
             await record_changes(session, outcome.actions, "planned", now, outcome.span_id)
+
+
+def _sightings(pending: Sequence[Pending]) -> dict[tuple[str, str, str, str, str], datetime]:
+    """What each verdict shows of its account and org: its key, networks and account."""
+    seen: dict[tuple[str, str, str, str, str], datetime] = {}
+    for p in pending:
+        v = p.verdict
+        for scope, scope_id in (("account", v.subject.account_id), ("org", v.subject.org_id)):
+            if not scope_id:
+                continue
+            values = [("network", network_of(ip)) for ip in v.subject.ips]
+            if v.subject.api_key_id:
+                values.append(("api_key", v.subject.api_key_id))
+            if scope == "org" and v.subject.account_id:
+                values.append(("account", v.subject.account_id))
+            for kind, value in values:
+                key = (v.provider, scope, scope_id, kind, value)
+                if key not in seen or seen[key] < v.observed_at:
+                    seen[key] = v.observed_at
+    return seen
