@@ -346,12 +346,16 @@ class Decider:
         now: datetime,
         pending: Sequence[Pending],
     ) -> None:
+        # Per decision, with the keys seen up to its verdict (stored ones, and this batch's
+        # up to it), so a verdict's outcome never depends on the batch it came in.
+        position = {p.verdict.id: i for i, p in enumerate(pending)}
+        for outcome in outcomes:
+            if any(a["type"] == "suspend" for a in outcome.actions):
+                upto = pending[: position[outcome.decision["verdict_id"]] + 1]
+                outcome.actions += await expand_suspensions(
+                    session, outcome.actions, now, _keys_seen(upto)
+                )
         await customers_repo.record_sightings(session, _sightings(pending))
-        # After the sightings: a suspension revokes the key of the verdict that asked for it.
-        children = await expand_suspensions(session, [a for o in outcomes for a in o.actions], now)
-        by_action = {a["id"]: o for o in outcomes for a in o.actions}
-        for child in children:
-            by_action[child["parent_id"]].actions.append(child)
         decisions = [o.decision for o in outcomes]
         actions = [a for o in outcomes for a in o.actions]
         await repository.insert_decisions(session, decisions)
@@ -428,3 +432,16 @@ def _sightings(pending: Sequence[Pending]) -> dict[tuple[str, str, str, str, str
                 if key not in seen or seen[key] < v.observed_at:
                     seen[key] = v.observed_at
     return seen
+
+
+def _keys_seen(pending: Sequence[Pending]) -> dict[tuple[str, str], set[str]]:
+    """(`account`|`org`, id) -> the keys these verdicts name for it."""
+    found: dict[tuple[str, str], set[str]] = {}
+    for p in pending:
+        v = p.verdict
+        if not v.subject.api_key_id:
+            continue
+        for scope, scope_id in (("account", v.subject.account_id), ("org", v.subject.org_id)):
+            if scope_id:
+                found.setdefault((scope, scope_id), set()).add(v.subject.api_key_id)
+    return found

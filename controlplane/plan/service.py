@@ -82,11 +82,15 @@ def _child(parent: dict[str, Any], key: str, reason: str, now: datetime) -> dict
 
 
 async def expand_suspensions(
-    session: AsyncSession, rows: Sequence[dict[str, Any]], now: datetime
+    session: AsyncSession,
+    rows: Sequence[dict[str, Any]],
+    now: datetime,
+    also_seen: dict[tuple[str, str], set[str]] | None = None,
 ) -> list[dict[str, Any]]:
     """For each suspension among `rows`: a revocation of every key Tollgate knows for the
-    account or org (customer records, keys seen in verdicts), so a gateway that sees only
-    keys refuses the operation too. Keys another row of `rows` already revokes are skipped."""
+    account or org (customer records, keys seen in verdicts, `also_seen`: keys named by
+    verdicts not stored yet), so a gateway that sees only keys refuses the operation too.
+    Keys another row of `rows` already revokes are skipped."""
     suspensions = [r for r in rows if r["type"] == ActionType.SUSPEND.value]
     if not suspensions:
         return []
@@ -102,7 +106,8 @@ async def expand_suspensions(
             session, provider, [(r["target_kind"], r["target_value"]) for r in group]
         )
         for row in group:
-            for key in sorted(keys.get((row["target_kind"], row["target_value"]), ())):
+            scope = (row["target_kind"], row["target_value"])
+            for key in sorted(keys.get(scope, set()) | (also_seen or {}).get(scope, set())):
                 if (provider, key) in revoked:
                     continue
                 revoked.add((provider, key))
