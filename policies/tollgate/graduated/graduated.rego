@@ -5,7 +5,7 @@
 #   API key; a repeat (an earlier qualifying verdict in 30 days, or an active
 #   graduated action on the same key, account or org) or a severe capability
 #   sweep flags the account for review and either revokes the key, when the
-#   evidence is hard (an operation's structure, or severe verdicts from two
+#   evidence is hard (key or IP rotation, or severe verdicts from two
 #   detectors), or holds it to a tighter limit. A score alone never revokes:
 #   evaluation researchers and batch processors score high on sweep and
 #   volume detectors too. Verdicts below the score or confidence bar get
@@ -177,9 +177,10 @@ _repeat if count(_active_graduated) > 0
 
 _escalated if _repeat
 
-# Evidence that justifies refusing traffic: the signals show an operation, or
-# severe verdicts from at least severe_detectors different detectors agree.
-_hard_evidence if signals.operation
+# Evidence that justifies refusing traffic: the account or org rotates keys or
+# networks (an operation's structure), or severe verdicts from at least
+# severe_detectors different detectors agree.
+_hard_evidence if signals.structure
 
 _hard_evidence if {
 	verdict.score >= _settings.severe_score
