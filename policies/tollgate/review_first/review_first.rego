@@ -5,8 +5,9 @@
 #   has traffic refused by a policy alone. Whatever the other policies would
 #   do to it (the types in review_first.withhold) is withheld and carried,
 #   with why, in one flag_review: Tollgate opens a review, and a reviewer's
-#   confirmation applies exactly those actions. One review is open per
-#   account at a time; later verdicts wait for it.
+#   confirmation applies exactly those actions. A later verdict opens another
+#   review only when it would do something the open reviews do not already
+#   hold (an escalation), so a reviewer is not flooded with repeats.
 # custom:
 #   owner: trust-and-safety
 package tollgate.review_first
@@ -36,13 +37,14 @@ actions := verified_customer | passed_through
 # title: verified_customer
 # description: |
 #   One flag_review on the account with the withheld actions in
-#   params.withheld, unless a review of this account is open already.
+#   params.withheld, unless open reviews of it already hold every one of them.
 # custom:
 #   owner: trust-and-safety
 verified_customer contains action if {
 	applies
 	count(_withheld) > 0
-	not _review_open
+	some fresh in _withheld
+	not _held_open(fresh)
 	action := {
 		"type": "flag_review",
 		"target": {"kind": "account", "value": verdict.account_id},
@@ -76,10 +78,13 @@ _proposed := contract.enforceable((graduated.actions | intel.actions) | operatio
 
 _withheld := [action | some action in _proposed; action.type in _s.withhold]
 
-_review_open if {
+_held_open(action) if {
 	some a in object.get(input, ["history", "active_actions"], [])
 	a.type == "flag_review"
 	a.rule == "review_first.verified_customer"
+	some w in object.get(a, ["params", "withheld"], [])
+	w.type == action.type
+	w.target == action.target
 }
 
 _describe(action) := sprintf("%s %s %s (%s)", [action.type, action.target.kind, action.target.value, action.rule])

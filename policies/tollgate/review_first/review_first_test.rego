@@ -34,9 +34,22 @@ test_verified_customer_gets_one_review_with_the_withheld_actions if {
 	types == {"revoke_key", "suspend"}
 }
 
-test_no_second_review_while_one_is_open if {
-	open := [{"type": "flag_review", "target": {"kind": "account", "value": "acct_v"}, "rule": "review_first.verified_customer"}]
-	count(review_first.actions) == 0 with input as _input(_customer, open)
+_open(withheld) := [{
+	"type": "flag_review", "target": {"kind": "account", "value": "acct_v"},
+	"rule": "review_first.verified_customer", "params": {"withheld": withheld},
+}]
+
+_suspend := {"type": "suspend", "target": {"kind": "account", "value": "acct_v"}}
+
+_revoke := {"type": "revoke_key", "target": {"kind": "api_key", "value": "key_v"}}
+
+test_no_second_review_while_one_holds_the_same if {
+	count(review_first.actions) == 0 with input as _input(_customer, _open([_suspend, _revoke]))
+}
+
+# An escalation (a suspension the open review does not hold) opens a new review.
+test_escalation_opens_another_review if {
+	count(review_first.actions) == 1 with input as _input(_customer, _open([_revoke]))
 }
 
 test_unverified_customer_is_not_reviewed_first if {
