@@ -34,8 +34,8 @@ def verdict(
     **extra: Any,
 ) -> dict[str, Any]:
     """A verdict document. The defaults qualify for the graduated response but are not
-    severe: a first one rate-limits the key, a repeat revokes it (its addresses rotate,
-    which is hard evidence, yet with one kind of content it is no operation)."""
+    severe: a first one rate-limits the key, a repeat revokes it (its addresses rotate
+    and its prompts are templated sweeps eliciting reasoning: an operation's signals)."""
     document: dict[str, Any] = {
         "id": unique("v"),
         "provider": provider,

@@ -178,8 +178,9 @@ _repeat if count(_active_graduated) > 0
 _escalated if _repeat
 
 # Evidence that justifies refusing traffic: the account or org rotates keys or
-# networks (an operation's structure), or severe verdicts from at least
-# severe_detectors different detectors agree.
+# a proxy pool's networks (an operation's structure; an end-user population's
+# address spread is not rotation, see tollgate.signals), or severe verdicts from
+# at least severe_detectors different detectors agree.
 _hard_evidence if signals.structure
 
 _hard_evidence if {

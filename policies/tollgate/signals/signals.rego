@@ -79,11 +79,27 @@ key_rotation if "distillation.key_farm" in verdict.labels
 # description: The account comes from more networks (or addresses) than a service behind a few egress points does.
 # custom:
 #   owner: abuse-engineering
-ip_rotation if networks >= _s.ip_rotation.networks
+ip_rotation if {
+	networks >= _s.ip_rotation.networks
+	not end_user_spread
+}
 
-ip_rotation if _signal("distinct_ips_24h") >= _s.ip_rotation.distinct_ips_24h
+ip_rotation if {
+	_signal("distinct_ips_24h") >= _s.ip_rotation.distinct_ips_24h
+	not end_user_spread
+}
 
 ip_rotation if "distillation.ip_rotation" in verdict.labels
+
+# METADATA
+# title: end_user_spread
+# description: |
+#   Addresses spread like an application's end users (hundreds or more a day,
+#   from everywhere), not like an operation's proxy pool of a few ranges: not
+#   IP rotation. A detector's ip_rotation label still counts.
+# custom:
+#   owner: abuse-engineering
+end_user_spread if _signal("distinct_ips_24h") >= _s.ip_rotation.end_user_ips
 
 # METADATA
 # title: templated

@@ -106,3 +106,11 @@ test_thresholds_come_from_data if {
 	not signals.key_rotation with input as inp
 	signals.key_rotation with input as inp with data.tollgate.settings.default.signals.key_rotation.account_keys as 2
 }
+
+# A mobile app's users: hundreds of addresses over many networks is no rotation.
+test_end_user_spread_is_not_ip_rotation if {
+	inp := _input({"signals": {"distinct_ips_24h": 900, "prompt_template_reuse": 0.9, "cot_request_ratio": 0.9}}, _account(1, 8))
+	signals.end_user_spread with input as inp
+	not signals.ip_rotation with input as inp
+	not signals.operation with input as inp
+}
