@@ -116,7 +116,8 @@ async def test_verified_customer_is_served_during_review_and_refused_after_confi
 
     reviewer = await api.token(Role.REVIEWER, name="reviewer-ana")
     confirmed = await api.client.post(
-        f"/v1/reviews/{review['id']}/confirm", json={"note": "confirmed with the account team"},
+        f"/v1/reviews/{review['id']}/confirm",
+        json={"note": "confirmed with the account team"},
         headers=reviewer,
     )
     assert confirmed.status_code == 200, confirmed.text
