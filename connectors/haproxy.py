@@ -26,7 +26,11 @@ What lives where (`sample_config()` writes the matching haproxy.cfg):
 - rate_limit api_key: `rate_limit.map` (key -> requests per minute), whose value a
   stick-table rule compares with the key's request rate over the last minute: 429;
 - rate_limit account / org: `rate_limit_account.map` / `rate_limit_org.map`, only when
-  `account_header` / `org_header` name a header that a trusted layer in front sets.
+  `account_header` / `org_header` name a header that a trusted layer in front sets;
+- suspend account / org: `suspended_account.map` / `suspended_org.map` (id ->
+  `suspended`), read from the same headers: 403, whatever key or address the request
+  comes with. Without the header a suspension is rejected here; Tollgate also revokes
+  every key it knows of the account or org, which HAProxy enforces through `revoked.map`.
 
 Keys are matched as Tollgate names them: `key_match: fingerprint` (default) hashes the
 key header in HAProxy (`sha2(256),hex,lower`), so `api_key_id` must be the key's SHA-256
@@ -74,6 +78,8 @@ PROMPT = b"\n> "
 """How an interactive (`prompt`) CLI session ends every reply."""
 REVOKED = "revoked"
 """The value of a revoked key in `revoked.map` (the map only needs the key)."""
+SUSPENDED = "suspended"
+"""The value of a suspended account or org in its map (the map only needs the id)."""
 _SAFE_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/+=-]{0,199}$")
 """Keys the CLI and map files take verbatim: no spaces, `;`, `#` or backslashes."""
 _FINGERPRINT = re.compile(r"^[0-9a-f]{64}$")
@@ -90,6 +96,8 @@ _FILE_OPTIONS = (
     "rate_limit_map",
     "account_rate_limit_map",
     "org_rate_limit_map",
+    "account_suspend_map",
+    "org_suspend_map",
 )
 
 # -- options --------------------------------------------------------------------------------
@@ -109,6 +117,8 @@ class HAProxyOptions:
     rate_limit_map: str = ""
     account_rate_limit_map: str = ""
     org_rate_limit_map: str = ""
+    account_suspend_map: str = ""
+    org_suspend_map: str = ""
     key_header: str = "x-api-key"
     """The request header that carries the API key (or the key id with `key_match: id`)."""
     key_match: str = "fingerprint"
@@ -116,8 +126,8 @@ class HAProxyOptions:
     a lowercase hex fingerprint. `id`: the header is the lab's key id, matched as is."""
     account_header: str = ""
     """A header carrying the account id, set by an authenticating layer in front: enables
-    account rate limits. Empty: account limits are reported failed (HAProxy cannot see
-    accounts)."""
+    account rate limits and suspensions. Empty: they are rejected (HAProxy cannot see
+    accounts; a suspended account's keys are still revoked one by one)."""
     org_header: str = ""
     """As `account_header`, for organisations."""
     connect_timeout: float = 1.0
@@ -138,6 +148,8 @@ class HAProxyOptions:
             "rate_limit_map": state / "rate_limit.map",
             "account_rate_limit_map": state / "rate_limit_account.map",
             "org_rate_limit_map": state / "rate_limit_org.map",
+            "account_suspend_map": state / "suspended_account.map",
+            "org_suspend_map": state / "suspended_org.map",
         }
         for name, default in defaults.items():
             if not getattr(self, name):
@@ -255,11 +267,15 @@ class HAProxyConnector:
             _File(o.rate_limit_map, "map", EntryType.RATE_LIMIT, "api_key"),
         ]
         if o.account_header:
-            self._files.append(
-                _File(o.account_rate_limit_map, "map", EntryType.RATE_LIMIT, "account")
-            )
+            self._files += [
+                _File(o.account_rate_limit_map, "map", EntryType.RATE_LIMIT, "account"),
+                _File(o.account_suspend_map, "map", EntryType.SUSPEND, "account"),
+            ]
         if o.org_header:
-            self._files.append(_File(o.org_rate_limit_map, "map", EntryType.RATE_LIMIT, "org"))
+            self._files += [
+                _File(o.org_rate_limit_map, "map", EntryType.RATE_LIMIT, "org"),
+                _File(o.org_suspend_map, "map", EntryType.SUSPEND, "org"),
+            ]
         self._lock = asyncio.Lock()
         """Observe and apply each change the runtime and the model of it: one at a time,
         whoever calls."""
@@ -279,7 +295,11 @@ class HAProxyConnector:
         self._flusher: asyncio.Task[None] | None = None
 
     def capabilities(self) -> frozenset[EntryType]:
-        return frozenset(EntryType)
+        """Suspensions only with a header that names accounts or orgs; without one, the
+        suspended account's keys (revoked by Tollgate with it) are what HAProxy refuses."""
+        if self.options.account_header or self.options.org_header:
+            return frozenset(EntryType)
+        return frozenset(EntryType) - {EntryType.SUSPEND}
 
     # -- observe ---------------------------------------------------------------------------
 
@@ -509,7 +529,10 @@ class HAProxyConnector:
             if spec.type is entry.type and spec.target_kind == entry.target_kind:
                 why = "" if removing else self._key_problem(entry)
                 return (None, "", why) if why else (spec, entry.target_value, "")
-        if entry.type is EntryType.RATE_LIMIT and entry.target_kind in {"account", "org"}:
+        if entry.type in {EntryType.RATE_LIMIT, EntryType.SUSPEND} and entry.target_kind in {
+            "account",
+            "org",
+        }:
             option = f"{entry.target_kind}_header"
             return (
                 None,
@@ -715,6 +738,8 @@ def _first_per_key(spec: _File, items: Iterable[tuple[str, str]]) -> dict[str, E
 def _value_of(entry: Entry) -> str:
     if entry.type is EntryType.RATE_LIMIT:
         return str(entry.requests_per_minute)
+    if entry.type is EntryType.SUSPEND:
+        return SUSPENDED
     return REVOKED if entry.type is EntryType.REVOKE_KEY else ""
 
 
@@ -863,6 +888,28 @@ def sample_config(
         f"    http-request deny deny_status 403 {_JSON} "
         f'\'{{"error":"blocked by policy"}}\' if {{ src -f {o.blocked_acl} }}',
         "",
+    ]
+    suspended = [
+        (kind, kind_header, path)
+        for kind, kind_header, path in (
+            ("account", o.account_header, o.account_suspend_map),
+            ("organisation", o.org_header, o.org_suspend_map),
+        )
+        if kind_header
+    ]
+    if suspended:
+        lines += [
+            "    # 403: suspended accounts and organisations, whatever key or address they use",
+            "    # (the header must come from the authenticating layer in front, never a client).",
+            *(
+                f"    http-request deny deny_status 403 {_JSON} "
+                f'\'{{"error":"{kind} suspended"}}\' '
+                f"if {{ req.fhdr({kind_header}),map_str({path}) -m found }}"
+                for kind, kind_header, path in suspended
+            ),
+            "",
+        ]
+    lines += [
         "    # One key header at most: with two, HAProxy and the API could read different ones.",
         f"    http-request deny deny_status 400 {_JSON} "
         f'\'{{"error":"more than one {header} header"}}\' if {{ req.fhdr_cnt({header}) gt 1 }}',

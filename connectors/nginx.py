@@ -321,7 +321,9 @@ class NginxConnector:
         self._last_commit = -float("inf")
 
     def capabilities(self) -> frozenset[EntryType]:
-        return frozenset(EntryType)
+        # NGINX here sees keys and addresses only: a suspended account's or org's keys
+        # are revoked one by one by Tollgate, which this connector enforces.
+        return frozenset(EntryType) - {EntryType.SUSPEND}
 
     # -- observe ---------------------------------------------------------------------------
 

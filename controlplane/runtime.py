@@ -10,6 +10,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from controlplane.audit import jobs as audit_jobs
 from controlplane.auth.service import TokenService
+from controlplane.customers.service import CustomerService
 from controlplane.enforce.config import load_connectors
 from controlplane.enforce.service import Enforcer
 from controlplane.engine.runtime import EngineSlot, load_engine
@@ -19,6 +20,7 @@ from controlplane.ingest.service import IngestService
 from controlplane.leadership import Leadership
 from controlplane.policy.service import PolicyService
 from controlplane.policy.source import source_from
+from controlplane.remedy.reviews_service import ReviewService
 from controlplane.settings import Providers, Settings, load_providers
 from controlplane.store.db import Database, upgrade
 from controlplane.telemetry import spanstore
@@ -41,6 +43,8 @@ class Runtime:
     tokens: TokenService
     enforcer: Enforcer
     leadership: Leadership
+    customers: CustomerService
+    reviews: ReviewService
     providers: Providers = field(default_factory=Providers)
     scheduler: AsyncIOScheduler = field(default_factory=AsyncIOScheduler)
     _sync_problems: list[str] = field(default_factory=list)
@@ -63,6 +67,8 @@ class Runtime:
             TokenService(db),
             enforcer,
             Leadership(db),
+            CustomerService(db),
+            ReviewService(db, enforcer.wake),
             providers,
         )
 

@@ -12,6 +12,7 @@ from controlplane.api.body import MAX_BODY, JSONRequest, StrictPydantic
 from controlplane.api.health import HealthController
 from controlplane.api.metrics import MetricsController
 from controlplane.audit.controllers import AuditController, SubjectController
+from controlplane.customers.controllers import CustomerController
 from controlplane.enforce.controllers import ConnectorController, LiftController
 from controlplane.evaluate.controllers import DecisionController
 from controlplane.exemptions.controllers import ExemptionController
@@ -19,6 +20,7 @@ from controlplane.ingest.controllers import VerdictController
 from controlplane.intel.controllers import IndicatorController
 from controlplane.plan.controllers import ActionController
 from controlplane.policy.controllers import PolicyController
+from controlplane.remedy.reviews_controllers import ReviewController
 from controlplane.runtime import Runtime
 from controlplane.settings import Settings, get_settings
 from controlplane.telemetry.tracing import configure
@@ -33,6 +35,8 @@ ROUTES = [
     DecisionController,
     ActionController,
     ExemptionController,
+    CustomerController,
+    ReviewController,
     IndicatorController,
     PolicyController,
     ConnectorController,

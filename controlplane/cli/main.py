@@ -15,6 +15,7 @@ from rich.table import Table
 from controlplane.cli.audit import audit_app
 from controlplane.cli.client import api_client, fail, request
 from controlplane.cli.connector import action_app, connector_app
+from controlplane.cli.customers import customer_app, review_app
 from controlplane.cli.decision import decision_app
 from controlplane.cli.policy import policy_app
 from controlplane.cli.token import token_app
@@ -36,6 +37,8 @@ app.add_typer(token_app, name="token")
 app.add_typer(audit_app, name="audit")
 app.add_typer(connector_app, name="connector")
 app.add_typer(action_app, name="action")
+app.add_typer(customer_app, name="customer")
+app.add_typer(review_app, name="review")
 out = Console()
 
 BATCH = 1000

@@ -46,6 +46,19 @@ class ActionSpec:
     ttl: timedelta | None
     rule: str
     reason: str
+    withheld: tuple[ActionSpec, ...] = ()
+    """For a `flag_review`: the actions a policy withheld for a reviewer to confirm."""
+
+    def document(self) -> dict[str, Any]:
+        """The action as a policy spells it (canonical target; ttl as seconds)."""
+        return {
+            "type": self.type.value,
+            "target": {"kind": self.target_kind.value, "value": self.target_value},
+            "params": self.params,
+            "ttl_seconds": self.ttl.total_seconds() if self.ttl else None,
+            "rule": self.rule,
+            "reason": self.reason,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,8 +83,10 @@ def parse_decision(result: Any, floor: PrefixFloor = DEFAULT_FLOOR) -> DecisionR
     return DecisionResult(actions=actions, shadow=shadow)
 
 
-def _parse_action(i: int, raw: Any, floor: PrefixFloor) -> ActionSpec:
-    where = f"decision.actions[{i}]"
+def _parse_action(
+    i: int, raw: Any, floor: PrefixFloor, within: str = "decision.actions"
+) -> ActionSpec:
+    where = f"{within}[{i}]"
     if not isinstance(raw, dict):
         raise MalformedDecision(f"{where} must be an object")
     try:
@@ -100,6 +115,10 @@ def _parse_action(i: int, raw: Any, floor: PrefixFloor) -> ActionSpec:
         raise MalformedDecision(f"{where}.params must be an object")
     if kind_type is ActionType.RATE_LIMIT:
         _check_rate_limit(where, params)
+    withheld: tuple[ActionSpec, ...] = ()
+    if kind_type is ActionType.FLAG_REVIEW and params.get("withheld") is not None:
+        withheld = _parse_withheld(where, params["withheld"], floor)
+        params = {**params, "withheld": [w.document() for w in withheld]}
     ttl_raw = raw.get("ttl")
     ttl = None
     if ttl_raw is not None:
@@ -117,7 +136,20 @@ def _parse_action(i: int, raw: Any, floor: PrefixFloor) -> ActionSpec:
     reason = raw.get("reason", "")
     if not isinstance(reason, str):
         raise MalformedDecision(f"{where}.reason must be a string")
-    return ActionSpec(kind_type, kind, value, params, ttl, rule, reason)
+    return ActionSpec(kind_type, kind, value, params, ttl, rule, reason, withheld)
+
+
+def _parse_withheld(where: str, raw: Any, floor: PrefixFloor) -> tuple[ActionSpec, ...]:
+    """A review's withheld actions: each a whole action, checked as if it were planned
+    (a reviewer's confirmation plans exactly these)."""
+    within = f"{where}.params.withheld"
+    if not isinstance(raw, list):
+        raise MalformedDecision(f"{within} must be an array of actions")
+    specs = tuple(_parse_action(j, item, floor, within) for j, item in enumerate(raw))
+    for j, spec in enumerate(specs):
+        if spec.type is ActionType.FLAG_REVIEW:
+            raise MalformedDecision(f"{within}[{j}]: a review cannot withhold another review")
+    return specs
 
 
 def _normalise_target(

@@ -19,6 +19,8 @@ class ActionType(StrEnum):
     RATE_LIMIT = "rate_limit"
     REVOKE_KEY = "revoke_key"
     BLOCK = "block"
+    SUSPEND = "suspend"
+    """Refuse every request of an account or organisation, whatever key or IP it uses."""
     FLAG_REVIEW = "flag_review"
 
 
@@ -51,5 +53,6 @@ ACTION_TARGETS: dict[ActionType, frozenset[SubjectKind]] = {
     ActionType.RATE_LIMIT: frozenset({SubjectKind.API_KEY, SubjectKind.ACCOUNT, SubjectKind.ORG}),
     ActionType.REVOKE_KEY: frozenset({SubjectKind.API_KEY}),
     ActionType.BLOCK: frozenset({SubjectKind.IP, SubjectKind.CIDR}),
+    ActionType.SUSPEND: frozenset({SubjectKind.ACCOUNT, SubjectKind.ORG}),
     ActionType.FLAG_REVIEW: frozenset(SubjectKind),
 }

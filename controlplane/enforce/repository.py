@@ -320,6 +320,24 @@ async def lift(
     return row, True
 
 
+async def lift_children(session: AsyncSession, parent_id: str, now: datetime) -> list[ActionRow]:
+    """Mark lifted the active actions planned because of `parent_id` (the keys revoked
+    with a suspension); returns them."""
+    rows = list(
+        (
+            await session.execute(
+                select(ActionRow).where(
+                    col(ActionRow.parent_id) == parent_id, col(ActionRow.state).in_(ACTIVE)
+                )
+            )
+        ).scalars()
+    )
+    for row in rows:
+        row.state = ActionState.LIFTED.value
+        row.updated_at = now
+    return rows
+
+
 async def save_status(session: AsyncSession, row: dict[str, Any]) -> None:
     await session.execute(
         delete(ConnectorStatusRow).where(col(ConnectorStatusRow.name) == row["name"])

@@ -33,6 +33,10 @@ class EntryType(StrEnum):
     """Refuse an API key (HTTP 401)."""
     RATE_LIMIT = "rate_limit"
     """Limit a key (or account/org, where the gateway can) to `requests_per_minute`."""
+    SUSPEND = "suspend"
+    """Refuse every request of an `account` or `org` (HTTP 403), whatever key or IP it
+    comes with. A gateway that cannot see accounts rejects it: Tollgate also revokes
+    every key it knows of the account or org, so key-only gateways refuse it too."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -173,6 +173,8 @@ class Enforcer:
                 raise NotFound(f"no action {action_id!r}")
             if not lifted:
                 raise Conflict(f"action {action_id} is {row.state}, not active: nothing to lift")
+            # A suspension's key revocations end with it.
+            children = await repository.lift_children(session, row.id, now)
             await audit.record(
                 session,
                 [
@@ -180,20 +182,27 @@ class Enforcer:
                         type="action.lifted",
                         actor=actor,
                         at=now,
-                        provider=row.provider,
-                        verdict_id=row.verdict_id,
-                        decision_id=row.decision_id,
-                        action_id=row.id,
-                        trace_id=row.trace_id,
+                        provider=lifted_row.provider,
+                        verdict_id=lifted_row.verdict_id,
+                        decision_id=lifted_row.decision_id,
+                        action_id=lifted_row.id,
+                        trace_id=lifted_row.trace_id,
                         payload={
-                            "reason": reason,
-                            "type": row.type,
-                            "target": {"kind": row.target_kind, "value": row.target_value},
+                            "reason": reason
+                            if lifted_row is row
+                            else f"{row.type} {row.target_kind} {row.target_value} lifted: "
+                            f"{reason}",
+                            "type": lifted_row.type,
+                            "target": {
+                                "kind": lifted_row.target_kind,
+                                "value": lifted_row.target_value,
+                            },
                         },
                     )
+                    for lifted_row in [row, *children]
                 ],
             )
-            await record_changes(session, [row.model_dump()], "lifted", now)
+            await record_changes(session, [r.model_dump() for r in [row, *children]], "lifted", now)
         self.wake()
         return row
 

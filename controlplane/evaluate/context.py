@@ -156,6 +156,28 @@ class Lookups:
     each counts only those received before it."""
     exemptions: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
     intel: IntelIndex = field(default_factory=lambda: IntelIndex([]))
+    customers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Customer records (as `context.customer` shows them) of the batch's accounts."""
+    seen: dict[tuple[str, str, str], dict[str, set[str]]] = field(
+        default_factory=lambda: defaultdict(lambda: defaultdict(set))
+    )
+    """(provider, 'account'|'org', id) -> kind ('api_key', 'network', 'account') -> values
+    seen in verdicts about it, this batch's earlier verdicts included."""
+    verified_networks: dict[str, dict[str, set[str]]] = field(default_factory=dict)
+    """Provider -> network -> the verified customers' accounts seen using it."""
+
+    def saw(self, verdict: Verdict) -> None:
+        """Count what a verdict shows (its key, networks, account) for its account and org."""
+        provider, subject = verdict.provider, verdict.subject
+        for scope, scope_id in (("account", subject.account_id), ("org", subject.org_id)):
+            if not scope_id:
+                continue
+            found = self.seen[(provider, scope, scope_id)]
+            if subject.api_key_id:
+                found["api_key"].add(subject.api_key_id)
+            found["network"].update(network_of(ip) for ip in subject.ips)
+            if scope == "org" and subject.account_id:
+                found["account"].add(subject.account_id)
 
     def add_action(self, provider: str, action: dict[str, Any]) -> None:
         target = action["target"]
@@ -165,6 +187,72 @@ class Lookups:
             self.cidr_actions[provider].add(ipaddress.ip_network(target["value"]), entry)
         else:
             self.actions[(provider, target["kind"], target["value"])].append(entry)
+
+
+@lru_cache(maxsize=65536)
+def network_of(ip: str) -> str:
+    """The network an address counts in for IP rotation: its /24 (IPv4) or /48 (IPv6)."""
+    address = parse_address(ip)
+    prefix = 24 if address.version == 4 else 48
+    return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False))
+
+
+NETWORKS_LISTED = 64
+"""Networks `history.account.networks` lists at most (all are counted)."""
+
+
+def _active(lookups: Lookups, provider: str, kind: str, value: str, now: datetime) -> set[str]:
+    """Types of the active actions on one target."""
+    return {
+        a.document["type"]
+        for a in lookups.actions.get((provider, kind, value), ())
+        if a.expires_at is None or a.expires_at > now
+    }
+
+
+def _operation(verdict: Verdict, lookups: Lookups, now: datetime) -> dict[str, Any]:
+    """`history.account` and `history.org`: how many keys, networks (and, for an org,
+    accounts) Tollgate has seen them use, this verdict's included, and how many of those
+    keys are revoked and accounts suspended now."""
+    provider, subject = verdict.provider, verdict.subject
+    found: dict[str, Any] = {}
+    for scope, scope_id in (("account", subject.account_id), ("org", subject.org_id)):
+        if not scope_id:
+            continue
+        seen = lookups.seen.get((provider, scope, scope_id), {})
+        keys = set(seen.get("api_key", ()))
+        if subject.api_key_id:
+            keys.add(subject.api_key_id)
+        networks = set(seen.get("network", ())) | {network_of(ip) for ip in subject.ips}
+        summary: dict[str, Any] = {
+            "keys_seen": len(keys),
+            "networks_seen": len(networks),
+            "networks": sorted(networks)[:NETWORKS_LISTED],
+            "keys_acted_on": sum(
+                1 for k in keys if "revoke_key" in _active(lookups, provider, "api_key", k, now)
+            ),
+        }
+        if scope == "org":
+            accounts = set(seen.get("account", ()))
+            if subject.account_id:
+                accounts.add(subject.account_id)
+            summary["accounts_seen"] = len(accounts)
+            summary["accounts_acted_on"] = sum(
+                1 for a in accounts if "suspend" in _active(lookups, provider, "account", a, now)
+            )
+        found[scope] = summary
+    return found
+
+
+def _verified_networks(verdict: Verdict, lookups: Lookups, operation: dict[str, Any]) -> list[str]:
+    """The networks this verdict's subject uses that a verified customer (another account)
+    uses too: a range block there would refuse that customer."""
+    users = lookups.verified_networks.get(verdict.provider, {})
+    mine = {network_of(ip) for ip in verdict.subject.ips}
+    for summary in operation.values():
+        mine.update(summary["networks"])
+    own = verdict.subject.account_id
+    return sorted(n for n in mine if users.get(n, set()) - {own})
 
 
 def build_input(
@@ -197,6 +285,16 @@ def build_input(
     )
     intel = [match for ip in verdict.subject.ips for match in lookups.intel.matches(ip, now)]
     prior = _prior(verdict, received_at, lookups)
+    operation = _operation(verdict, lookups, now)
+    context: dict[str, Any] = {
+        "exempt": exemption is not None,
+        "exemption": exemption,
+        "intel_matches": intel,
+        "verified_networks": _verified_networks(verdict, lookups, operation),
+    }
+    customer = lookups.customers.get(verdict.subject.account_id or "")
+    if customer is not None:
+        context["customer"] = customer
     return {
         "verdict": verdict.document(),
         "history": {
@@ -213,12 +311,9 @@ def build_input(
                 for p in prior[:RECENT_VERDICTS]
             ],
             "appeals": [],
+            **operation,
         },
-        "context": {
-            "exempt": exemption is not None,
-            "exemption": exemption,
-            "intel_matches": intel,
-        },
+        "context": context,
         "now": _rfc3339(now),
     }
 

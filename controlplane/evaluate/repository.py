@@ -131,6 +131,34 @@ async def fill_lookups(
                     )
 
 
+async def fill_actions(
+    session: AsyncSession,
+    lookups: Lookups,
+    subject_keys: set[tuple[str, str, str]],
+    now: datetime,
+) -> None:
+    """Only the active actions of these (provider, kind, value) keys: the other keys and
+    accounts an account or org was seen with (how many of them are already acted on)."""
+    groups: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for provider, kind, value in sorted(subject_keys):
+        groups[(provider, kind)].append(value)
+    unexpired = or_(col(ActionRow.expires_at).is_(None), col(ActionRow.expires_at) > now)
+    active = col(ActionRow.state).in_([s.value for s in ACTIVE_STATES]) & ~col(ActionRow.shadow)
+    for (provider, kind), values in groups.items():
+        for chunk in _chunks(values):
+            rows = await session.execute(
+                select(*_ACTION_COLUMNS).where(
+                    col(ActionRow.provider) == provider,
+                    col(ActionRow.target_kind) == kind,
+                    col(ActionRow.target_value).in_(chunk),
+                    active,
+                    unexpired,
+                )
+            )
+            for row in rows:
+                lookups.add_action(provider, action_document(dict(row._mapping)))
+
+
 class CidrTargets:
     """Every network some CIDR action has targeted, kept current from the change log:
     a batch asks it which networks hold its IPs, then fetches only those networks'

@@ -22,6 +22,8 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.audit.chain import EventDraft
+from controlplane.customers import repository as customers_repo
+from controlplane.customers.service import customer_document
 from controlplane.domain.action import MalformedDecision, parse_decision
 from controlplane.domain.verdict import Verdict
 from controlplane.domain.vocabulary import DecisionStatus
@@ -33,10 +35,18 @@ from controlplane.evaluate.context import (
     Lookups,
     PriorVerdict,
     build_input,
+    network_of,
     subject_overlaps,
 )
 from controlplane.evaluate.repository import action_document
-from controlplane.plan.service import PIPELINE_ACTOR, Planned, fallback_actions, plan
+from controlplane.plan.service import (
+    PIPELINE_ACTOR,
+    Planned,
+    expand_suspensions,
+    fallback_actions,
+    followup_revocations,
+    plan,
+)
 from controlplane.settings import Providers
 from controlplane.store.db import Database
 from controlplane.store.models import new_id
@@ -108,6 +118,8 @@ class Decider:
                 for action in outcome.actions:
                     if not action["shadow"]:
                         lookups.add_action(item.verdict.provider, action_document(action))
+            for item in members:
+                lookups.saw(item.verdict)
         return outcomes
 
     @asynccontextmanager
@@ -160,6 +172,59 @@ class Decider:
                 if value:
                     lookups.verdicts[(v.provider, kind, value)].append(prior)
         lookups.intel = await self._intel.index(session, now)
+        await self._fill_operation(session, lookups, pending, keys, now)
+
+    async def _fill_operation(
+        self,
+        session: AsyncSession,
+        lookups: Lookups,
+        pending: Sequence[Pending],
+        filled: set[tuple[str, str, str]],
+        now: datetime,
+    ) -> None:
+        """Customer records of the batch's accounts; what their accounts and orgs were seen
+        using (keys, networks, accounts), with those keys' and accounts' active actions;
+        which of their networks verified customers use. All by index, for the batch."""
+        scopes = {
+            (p.verdict.provider, scope, scope_id)
+            for p in pending
+            for scope, scope_id in (
+                ("account", p.verdict.subject.account_id),
+                ("org", p.verdict.subject.org_id),
+            )
+            if scope_id
+        }
+        others: set[tuple[str, str, str]] = set()
+        networks: dict[str, set[str]] = {}
+        for (provider, scope, scope_id), items in (
+            await customers_repo.sightings_of(session, scopes)
+        ).items():
+            for kind, value, _ in items:
+                lookups.seen[(provider, scope, scope_id)][kind].add(value)
+                if kind == "network":
+                    networks.setdefault(provider, set()).add(value)
+                else:
+                    others.add((provider, kind, value))
+        for p in pending:
+            networks.setdefault(p.verdict.provider, set()).update(
+                network_of(ip) for ip in p.verdict.subject.ips
+            )
+        await repository.fill_actions(session, lookups, others - filled, now)
+        accounts = {p.verdict.subject.account_id for p in pending if p.verdict.subject.account_id}
+        users: dict[str, dict[str, set[str]]] = {}
+        for provider, nets in networks.items():
+            seen = await customers_repo.scopes_seeing(session, provider, "network", nets)
+            users[provider] = {
+                net: {i for scope, i in who if scope == "account"} for net, who in seen.items()
+            }
+            accounts.update(a for who in users[provider].values() for a in who)
+        records = await customers_repo.customers_of(session, accounts)
+        lookups.customers = {a: customer_document(r) for a, r in records.items()}
+        for provider, by_net in users.items():
+            lookups.verified_networks[provider] = {
+                net: {a for a in who if a in records and records[a].verified}
+                for net, who in by_net.items()
+            }
 
     def _outcome(
         self,
@@ -217,6 +282,17 @@ class Decider:
                 fallback_actions(settings.fallback, verdict.subject.targets, error, **context)
             )
             span.set_attribute("tollgate.fallback", settings.fallback)
+        # A key of a suspended account or org is revoked as it appears, whatever the
+        # policy said (an operation's new keys never get through on a fresh key).
+        planned.actions += followup_revocations(
+            verdict.subject.targets,
+            given["history"]["active_actions"],
+            planned.actions,
+            now,
+            **{k: v for k, v in context.items() if k != "now"},
+            created_at=now,
+            updated_at=now,
+        )
         span.set_attribute("tollgate.decision_status", status.value)
         span.end(end_time=max(end_ns, evaluation.started_ns) or None)
         decision = {
@@ -239,10 +315,25 @@ class Decider:
 
 
 async def record(
-    session: AsyncSession, outcomes: Sequence[Outcome], now: datetime
+    session: AsyncSession,
+    outcomes: Sequence[Outcome],
+    pending: Sequence[Pending],
+    now: datetime,
 ) -> list[EventDraft]:
-    """Insert the decisions in the caller's transaction; returns their
-    `decision.recorded` events (`count` them once it commits)."""
+    """Insert the decisions in the caller's transaction, with what their verdicts showed
+    of each account and org; complete each suspension with the keys it covers (through
+    the plan step, before it records). Returns the `decision.recorded` events (`count`
+    them once it commits)."""
+    # Per decision, with the keys seen up to its verdict (stored ones, and this batch's
+    # up to it), so a verdict's outcome never depends on the batch it came in.
+    position = {p.verdict.id: i for i, p in enumerate(pending)}
+    for outcome in outcomes:
+        if any(a["type"] == "suspend" for a in outcome.actions):
+            upto = pending[: position[outcome.decision["verdict_id"]] + 1]
+            outcome.planned.actions += await expand_suspensions(
+                session, outcome.actions, now, _keys_seen(upto)
+            )
+    await customers_repo.record_sightings(session, _sightings(pending))
     await repository.insert_decisions(session, [o.decision for o in outcomes])
     return [
         EventDraft(
@@ -274,3 +365,36 @@ def count(outcomes: Sequence[Outcome]) -> None:
         for o in outcomes
         if o.decision["status"] == DecisionStatus.ERROR.value
     )
+
+
+def _sightings(pending: Sequence[Pending]) -> dict[tuple[str, str, str, str, str], datetime]:
+    """What each verdict shows of its account and org: its key, networks and account."""
+    seen: dict[tuple[str, str, str, str, str], datetime] = {}
+    for p in pending:
+        v = p.verdict
+        for scope, scope_id in (("account", v.subject.account_id), ("org", v.subject.org_id)):
+            if not scope_id:
+                continue
+            values = [("network", network_of(ip)) for ip in v.subject.ips]
+            if v.subject.api_key_id:
+                values.append(("api_key", v.subject.api_key_id))
+            if scope == "org" and v.subject.account_id:
+                values.append(("account", v.subject.account_id))
+            for kind, value in values:
+                key = (v.provider, scope, scope_id, kind, value)
+                if key not in seen or seen[key] < v.observed_at:
+                    seen[key] = v.observed_at
+    return seen
+
+
+def _keys_seen(pending: Sequence[Pending]) -> dict[tuple[str, str], set[str]]:
+    """(`account`|`org`, id) -> the keys these verdicts name for it."""
+    found: dict[tuple[str, str], set[str]] = {}
+    for p in pending:
+        v = p.verdict
+        if not v.subject.api_key_id:
+            continue
+        for scope, scope_id in (("account", v.subject.account_id), ("org", v.subject.org_id)):
+            if scope_id:
+                found.setdefault((scope, scope_id), set()).add(v.subject.api_key_id)
+    return found

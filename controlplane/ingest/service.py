@@ -173,7 +173,12 @@ class IngestService:
             ]
             try:
                 await self._record(
-                    session_rows=rows, events=events, retry=retry, outcomes=outcomes, now=now
+                    session_rows=rows,
+                    events=events,
+                    retry=retry,
+                    pending=[*new, *retry],
+                    outcomes=outcomes,
+                    now=now,
                 )
             except BaseException:
                 for span in spans:
@@ -266,10 +271,12 @@ class IngestService:
         session_rows: list[dict[str, object]],
         events: list[EventDraft],
         retry: list[Pending],
+        pending: list[Pending],
         outcomes: dict[str, Outcome],
         now: datetime,
     ) -> None:
-        decided = list(outcomes.values())
+        pending = [p for p in pending if p.verdict.id in outcomes]
+        decided = [outcomes[p.verdict.id] for p in pending]
         planned = [o.planned for o in decided]
         async with self._db.write() as session, session.begin():
             await repository.insert_verdicts(session, session_rows)
@@ -280,7 +287,7 @@ class IngestService:
             )
             events = [
                 *events,
-                *await decisions.record(session, decided, now),
+                *await decisions.record(session, decided, pending, now),
                 *await plan_service.record(session, planned, now),
             ]
             await audit.record(session, events)
@@ -356,7 +363,12 @@ class IngestService:
                 outcomes, failure = await self._decide(session, pending, now)
             if failure is None:
                 await self._record(
-                    session_rows=[], events=[], retry=pending, outcomes=outcomes, now=now
+                    session_rows=[],
+                    events=[],
+                    retry=pending,
+                    pending=pending,
+                    outcomes=outcomes,
+                    now=now,
                 )
         return len(outcomes)
 

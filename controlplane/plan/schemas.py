@@ -36,6 +36,11 @@ class ActionOut(BaseModel):
     trace_id: str | None
     created_at: datetime
     updated_at: datetime
+    parent_id: str | None = Field(
+        default=None,
+        description="For a key revoked because its account or org is suspended: the "
+        "suspension (it ends with it).",
+    )
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> ActionOut:

@@ -1,26 +1,32 @@
 """The plan step: a checked decision becomes action rows (the desired state), each
-recorded with its `action.planned` event and its change in the enforcement log."""
+recorded with its `action.planned` event and its change in the enforcement log;
+suspensions bring the revocation of every key their account or org is known to
+use; withheld hard actions become reviews."""
 
 from __future__ import annotations
 
-from collections.abc import Container, Sequence
+from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from opentelemetry import trace
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.audit.chain import EventDraft
+from controlplane.customers.service import keys_covered
 from controlplane.domain.action import ActionSpec, DecisionResult
 from controlplane.domain.vocabulary import ActionState, ActionType, SubjectKind
 from controlplane.enforce.service import record_changes
 from controlplane.plan import repository
+from controlplane.remedy import reviews_repository as reviews_repo
 from controlplane.store.models import new_id
 from controlplane.telemetry.tracing import SPAN_PLAN, tracer
 
 PIPELINE_ACTOR = "tollgate"
 
+SUSPENSION_RULE = "tollgate.suspension"
+"""The rule named on a key revoked because its account or org is suspended."""
 FALLBACK_RULE = "tollgate.fallback"
 """The rule named on what a provider's fallback plans when a decision errors."""
 REASON_LIMIT = 500
@@ -62,6 +68,186 @@ def plan_actions(
                 "trace_id": trace_id,
                 "created_at": now,
                 "updated_at": now,
+                "parent_id": None,
+            }
+        )
+    return rows
+
+
+def _child(parent: dict[str, Any], key: str, reason: str, now: datetime) -> dict[str, Any]:
+    """A key revocation that lives and ends with its suspension."""
+    expires = parent["expires_at"]
+    return {
+        **parent,
+        "id": new_id("act"),
+        "type": ActionType.REVOKE_KEY.value,
+        "target_kind": SubjectKind.API_KEY.value,
+        "target_value": key,
+        "params": {},
+        "ttl_seconds": (expires - now).total_seconds() if expires else None,
+        "rule": SUSPENSION_RULE,
+        "reason": reason,
+        "created_at": now,
+        "updated_at": now,
+        "parent_id": parent["id"],
+    }
+
+
+async def expand_suspensions(
+    session: AsyncSession,
+    rows: Sequence[dict[str, Any]],
+    now: datetime,
+    also_seen: dict[tuple[str, str], set[str]] | None = None,
+) -> list[dict[str, Any]]:
+    """For each suspension among `rows`: a revocation of every key Tollgate knows for the
+    account or org (customer records, keys seen in verdicts, `also_seen`: keys named by
+    verdicts not stored yet), so a gateway that sees only keys refuses the operation too.
+    Keys another row of `rows` already revokes are skipped."""
+    suspensions = [r for r in rows if r["type"] == ActionType.SUSPEND.value]
+    if not suspensions:
+        return []
+    revoked = {
+        (r["provider"], r["target_value"]) for r in rows if r["type"] == ActionType.REVOKE_KEY.value
+    }
+    children: list[dict[str, Any]] = []
+    by_provider: dict[str, list[dict[str, Any]]] = {}
+    for row in suspensions:
+        by_provider.setdefault(row["provider"], []).append(row)
+    for provider, group in by_provider.items():
+        keys = await keys_covered(
+            session, provider, [(r["target_kind"], r["target_value"]) for r in group]
+        )
+        for row in group:
+            scope = (row["target_kind"], row["target_value"])
+            for key in sorted(keys.get(scope, set()) | (also_seen or {}).get(scope, set())):
+                if (provider, key) in revoked:
+                    continue
+                revoked.add((provider, key))
+                children.append(
+                    _child(
+                        row,
+                        key,
+                        f"{row['target_kind']} {row['target_value']} suspended "
+                        f"({row['rule']}): every key it is known to use is revoked with it",
+                        now,
+                    )
+                )
+    return children
+
+
+def followup_revocations(
+    targets: Iterable[tuple[str, str]],
+    active: Iterable[dict[str, Any]],
+    planned: Sequence[dict[str, Any]],
+    now: datetime,
+    **context: Any,
+) -> list[dict[str, Any]]:
+    """A verdict naming a key of a suspended account or org: that key is revoked too (an
+    operation's new keys are refused as they appear). `active` are the actions in force
+    on the verdict's subjects, as its input lists them; `planned` what its decision
+    planned; `context` the decision's fields (decision_id, verdict_id, provider,
+    policy_revision, trace_id)."""
+    named = dict(targets)
+    key = named.get(SubjectKind.API_KEY.value)
+    if not key:
+        return []
+    actions = list(active)
+    already = any(
+        a["type"] == ActionType.REVOKE_KEY.value and a["target"]["value"] == key for a in actions
+    ) or any(
+        r["type"] == ActionType.REVOKE_KEY.value and r["target_value"] == key and not r["shadow"]
+        for r in planned
+    )
+    if already:
+        return []
+    for action in actions:
+        kind, value = action["target"]["kind"], action["target"]["value"]
+        if action["type"] != ActionType.SUSPEND.value or named.get(kind) != value:
+            continue
+        expires = datetime.fromisoformat(action["expires_at"]) if action["expires_at"] else None
+        if expires is not None and expires <= now:
+            continue
+        parent = {
+            **context,
+            "params": {},
+            "state": ActionState.PENDING.value,
+            "id": action["id"],
+            "expires_at": expires,
+            "rule": action["rule"],
+            "shadow": False,
+        }
+        child = _child(
+            parent,
+            key,
+            f"a new key of {kind} {value}, which is suspended ({action['rule']}): revoked "
+            "as it appeared",
+            now,
+        )
+        return [child]
+    return []
+
+
+def review_rows(rows: Sequence[dict[str, Any]], now: datetime) -> list[dict[str, Any]]:
+    """A review for each live `flag_review` that carries withheld actions."""
+    return [
+        {
+            "id": new_id("rev"),
+            "provider": r["provider"],
+            "verdict_id": r["verdict_id"],
+            "decision_id": r["decision_id"],
+            "action_id": r["id"],
+            "subject_kind": r["target_kind"],
+            "subject_value": r["target_value"],
+            "rule": r["rule"],
+            "reason": r["reason"],
+            "withheld": list(r["params"]["withheld"]),
+            "policy_revision": r["policy_revision"],
+            "trace_id": r["trace_id"],
+            "state": "open",
+            "created_at": now,
+            "resolved_at": None,
+            "resolved_by": None,
+            "resolution": None,
+            "applied": [],
+        }
+        for r in rows
+        if r["type"] == ActionType.FLAG_REVIEW.value
+        and not r["shadow"]
+        and r["params"].get("withheld")
+    ]
+
+
+def confirmed_actions(
+    review: dict[str, Any], actor: str, note: str, now: datetime
+) -> list[dict[str, Any]]:
+    """The withheld actions of a review, planned now on a reviewer's word: each keeps its
+    rule, and its reason says who confirmed it. TTLs run from the confirmation."""
+    rows = []
+    for w in review["withheld"]:
+        ttl = w.get("ttl_seconds")
+        said = f"; {note}" if note else ""
+        rows.append(
+            {
+                "id": new_id("act"),
+                "decision_id": review["decision_id"],
+                "verdict_id": review["verdict_id"],
+                "provider": review["provider"],
+                "type": w["type"],
+                "target_kind": w["target"]["kind"],
+                "target_value": w["target"]["value"],
+                "params": w.get("params") or {},
+                "ttl_seconds": ttl,
+                "expires_at": now + timedelta(seconds=ttl) if ttl else None,
+                "rule": w["rule"],
+                "reason": f"{w.get('reason', '')} (withheld for review {review['id']}, "
+                f"confirmed by {actor}{said})",
+                "state": ActionState.PENDING.value,
+                "shadow": False,
+                "policy_revision": review["policy_revision"],
+                "trace_id": review["trace_id"],
+                "created_at": now,
+                "updated_at": now,
+                "parent_id": None,
             }
         )
     return rows
@@ -123,6 +309,7 @@ async def record(
     events (the caller chains them, then calls `log_changes`)."""
     actions = [a for p in planned for a in p.actions]
     await repository.insert_actions(session, actions)
+    await reviews_repo.insert_reviews(session, review_rows(actions, now))
     return [
         EventDraft(
             type="action.planned",

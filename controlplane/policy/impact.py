@@ -30,7 +30,7 @@ from controlplane.store.types import utcnow
 
 CHUNK = 2000
 SAMPLE = 20
-ENFORCING = ("revoke_key", "block", "rate_limit")
+ENFORCING = ("suspend", "revoke_key", "block", "rate_limit")
 
 ActionKey = tuple[str, str, str, str, str]
 """(type, target kind, target value, rule, params JSON)."""
@@ -48,7 +48,7 @@ class ImpactReport:
     """Action type -> {"added": n, "removed": n}."""
     by_rule: dict[str, dict[str, int]] = field(default_factory=dict)
     newly: dict[str, list[str]] = field(default_factory=dict)
-    """`revoke_key`/`block`/`rate_limit` -> subjects (kind:value) only the head enforces."""
+    """Enforcing action type -> subjects (kind:value) only the head enforces."""
     released: list[str] = field(default_factory=list)
     """Subjects the base enforced against and the head no longer does."""
     sample: list[dict[str, Any]] = field(default_factory=list)
@@ -274,6 +274,7 @@ def markdown(report: ImpactReport) -> str:
             ]
             lines.append("")
     for kind, label in (
+        ("suspend", "Newly suspended"),
         ("revoke_key", "Newly revoked"),
         ("block", "Newly blocked"),
         ("rate_limit", "Newly rate-limited"),

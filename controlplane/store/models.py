@@ -95,6 +95,9 @@ class ActionRow(SQLModel, table=True):
     trace_id: str | None = Field(default=None, max_length=32)
     created_at: datetime = _utc(nullable=False)
     updated_at: datetime = _utc(nullable=False)
+    parent_id: str | None = Field(default=None, max_length=40)
+    """For a key revoked because its account or org is suspended: the suspension. It
+    ends with its parent (same expiry; lifted with it)."""
 
 
 class AuditEventRow(SQLModel, table=True):
@@ -366,3 +369,75 @@ class ConnectorCursorRow(SQLModel, table=True):
 # index takes the indicators added since its last look.
 Index("ix_action_expires", col(ActionRow.expires_at))
 Index("ix_indicator_created", col(IndicatorRow.created_at))
+
+
+class CustomerRow(SQLModel, table=True):
+    """A lab's record of an account it knows: its org, tier, whether it is verified,
+    its keys. Policies see it as `input.context.customer`."""
+
+    __tablename__ = "customer"
+    __table_args__ = (Index("ix_customer_org", "org_id"),)
+
+    account_id: str = Field(primary_key=True, max_length=200)
+    org_id: str | None = Field(default=None, max_length=200)
+    tier: str = Field(max_length=40)
+    verified: bool = True
+    keys: list[str] = _json(nullable=False)
+    contract: str | None = Field(default=None, max_length=200)
+    owner: str | None = Field(default=None, max_length=200)
+    created_at: datetime = _utc(nullable=False)
+    updated_at: datetime = _utc(nullable=False)
+
+
+class SightingRow(SQLModel, table=True):
+    """A key or network seen in a verdict about an account or org: how many keys and
+    networks an operation uses, read per subject from an index (never from every verdict
+    of the subject), and which keys a suspension must revoke."""
+
+    __tablename__ = "sighting"
+    __table_args__ = (Index("ix_sighting_value", "provider", "kind", "value"),)
+
+    provider: str = Field(primary_key=True, max_length=63)
+    scope: str = Field(primary_key=True, max_length=10)
+    """`account` or `org`."""
+    scope_id: str = Field(primary_key=True, max_length=200)
+    kind: str = Field(primary_key=True, max_length=10)
+    """`api_key` or `network` (the /24 or /48 an address is in)."""
+    value: str = Field(primary_key=True, max_length=200)
+    first_seen: datetime = _utc(nullable=False)
+    last_seen: datetime = _utc(nullable=False)
+
+
+class ReviewRow(SQLModel, table=True):
+    """Hard actions a policy withheld from a verified customer, waiting for a reviewer
+    to confirm (the actions are planned then) or dismiss (with a reason)."""
+
+    __tablename__ = "review"
+    __table_args__ = (Index("ix_review_state_created", "state", "created_at"),)
+
+    id: str = Field(primary_key=True, max_length=40)
+    provider: str = Field(max_length=63)
+    verdict_id: str = Field(max_length=200)
+    decision_id: str = Field(max_length=40)
+    action_id: str = Field(index=True, max_length=40)
+    """The `flag_review` action that opened it."""
+    subject_kind: str = Field(max_length=10)
+    subject_value: str = Field(max_length=200)
+    rule: str = Field(max_length=200)
+    reason: str
+    withheld: list[dict[str, Any]] = _json(nullable=False)
+    """The actions that would have been taken, as the policy asked for them."""
+    policy_revision: str = Field(max_length=80)
+    trace_id: str | None = Field(default=None, max_length=32)
+    state: str = Field(max_length=16)
+    """`open`, `confirmed` or `dismissed`."""
+    created_at: datetime = _utc(nullable=False)
+    resolved_at: datetime | None = _utc(nullable=True)
+    resolved_by: str | None = Field(default=None, max_length=200)
+    resolution: str | None = None
+    """The dismissal's reason, or the confirmation's note."""
+    applied: list[str] = _json(nullable=False)
+    """Ids of the actions a confirmation planned."""
+
+
+Index("ix_action_parent", col(ActionRow.parent_id))

@@ -33,7 +33,9 @@ from sqlalchemy.orm import Session
 
 from controlplane.audit import repository as audit_repo
 from controlplane.enforce import repository as enforce_repo
+from controlplane.remedy import reviews_repository as reviews_repo
 from controlplane.store.db import Database
+from controlplane.store.types import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -174,14 +176,24 @@ async def _database_families(db: Database) -> list[Metric]:
         "1 when the connector's last reconcile reached its gateway.",
         labels=["connector"],
     )
+    reviews_open = GaugeMetricFamily("tollgate_reviews_open", "Reviews waiting for a reviewer.")
+    oldest_review = GaugeMetricFamily(
+        "tollgate_review_oldest_open_seconds",
+        "Age of the oldest open review (0: none open): alert when reviewers fall behind.",
+    )
     async with db.read() as session:
+        waiting, oldest = await reviews_repo.open_summary(session)
+        reviews_open.add_metric([], waiting)
+        oldest_review.add_metric(
+            [], max(0.0, (utcnow() - oldest).total_seconds()) if oldest else 0.0
+        )
         for action_type, state, n in await audit_repo.action_counts(session):
             actions.add_metric([action_type, state], n)
         undecided.add_metric([], await audit_repo.undecided_verdicts(session))
         head.add_metric([], (await audit_repo.head(session))[0])
         latest = await audit_repo.latest_checkpoint(session)
         statuses = await enforce_repo.statuses(session)
-    families: list[Metric] = [actions, undecided, head]
+    families: list[Metric] = [actions, undecided, head, reviews_open, oldest_review]
     if latest is not None:
         checkpoint.add_metric([], latest.seq)
         checkpoint_at.add_metric([], datetime.fromisoformat(latest.at).timestamp())

@@ -34,7 +34,8 @@ def verdict(
     **extra: Any,
 ) -> dict[str, Any]:
     """A verdict document. The defaults qualify for the graduated response but are not
-    severe: a first one rate-limits the key, a repeat revokes it."""
+    severe: a first one rate-limits the key, a repeat revokes it (its addresses rotate
+    and its prompts are templated sweeps eliciting reasoning: an operation's signals)."""
     document: dict[str, Any] = {
         "id": unique("v"),
         "provider": provider,
@@ -43,7 +44,7 @@ def verdict(
         "subject": subject if subject is not None else new_subject(),
         "score": score,
         "confidence": confidence,
-        "signals": {"requests_24h": 400000, "prompt_template_reuse": 0.83},
+        "signals": {"requests_24h": 400000, "prompt_template_reuse": 0.83, "distinct_ips_24h": 25},
         "labels": labels if labels is not None else [],
     }
     document.update(extra)

@@ -5,7 +5,8 @@
 #   (DESIGN.md, "The policy contract"). The entrypoint passes every proposed
 #   action through enforceable() as a last guard, so a malformed action (a
 #   null or empty target, an unknown type or kind, a revoke_key aimed at
-#   something other than a key) is dropped instead of reaching a gateway.
+#   something other than a key, a suspend aimed at something other than an
+#   account or org) is dropped instead of reaching a gateway.
 # custom:
 #   owner: policy-platform
 package tollgate.contract
@@ -23,7 +24,7 @@ enforceable(proposed) := {action | some action in proposed; well_formed(action)}
 # custom:
 #   owner: policy-platform
 well_formed(action) if {
-	action.type in {"rate_limit", "revoke_key", "block", "flag_review"}
+	action.type in {"rate_limit", "revoke_key", "block", "suspend", "flag_review"}
 	action.target.kind in {"account", "api_key", "ip", "cidr", "org"}
 	is_string(action.target.value)
 	action.target.value != ""
@@ -39,4 +40,10 @@ _misdirected(action) if {
 _misdirected(action) if {
 	action.type == "block"
 	not action.target.kind in {"ip", "cidr"}
+}
+
+# suspend acts on a whole account or organisation.
+_misdirected(action) if {
+	action.type == "suspend"
+	not action.target.kind in {"account", "org"}
 }

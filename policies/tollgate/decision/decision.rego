@@ -4,8 +4,10 @@
 #   The entrypoint (data.tollgate.decision). Its document is the decision:
 #   {"actions": [...], "shadow": false}, so this package defines nothing
 #   else. Exempt subjects get only what tollgate.exemptions asks for;
-#   everyone else gets the graduated response plus shared-intel blocks.
-#   Every action passes the tollgate.contract guard first.
+#   verified customers get a review of what would have been done
+#   (tollgate.review_first); everyone else gets the graduated response, the
+#   operation-level response and shared-intel blocks. Every action passes
+#   the tollgate.contract guard first.
 # entrypoint: true
 # custom:
 #   owner: policy-platform
@@ -15,6 +17,8 @@ import data.tollgate.contract
 import data.tollgate.exemptions
 import data.tollgate.graduated
 import data.tollgate.intel
+import data.tollgate.operation
+import data.tollgate.review_first
 
 # METADATA
 # title: actions
@@ -23,7 +27,9 @@ import data.tollgate.intel
 #   owner: policy-platform
 actions := contract.enforceable(exemptions.actions) if {
 	exemptions.exempt
-} else := contract.enforceable(graduated.actions | intel.actions)
+} else := contract.enforceable(review_first.actions) if {
+	review_first.applies
+} else := contract.enforceable((graduated.actions | intel.actions) | operation.actions)
 
 # METADATA
 # title: shadow

@@ -24,12 +24,46 @@ test_document_is_actions_and_shadow_only if {
 	doc.shadow == false
 }
 
-test_design_example_revokes_flags_and_blocks if {
+# A severe sweep on one key: shared intel blocks the range; without an
+# operation's structure the key is throttled, not revoked, and a human looks.
+test_design_example_throttles_flags_and_blocks if {
 	_types(decision.actions) == [
 		"block:203.0.113.0/24",
 		"flag_review:acct_9",
-		"revoke_key:key_3",
+		"rate_limit:key_3",
 	] with input as _design_input
+}
+
+# The same verdict from an account that rotates keys is an operation.
+test_rotating_account_is_suspended if {
+	inp := object.union(_design_input, {"history": {"account": {"keys_seen": 7, "networks_seen": 1, "networks": ["203.0.113.0/24"], "keys_acted_on": 0}}})
+	types := _types(decision.actions) with input as inp
+	"suspend:acct_9" in types
+	"revoke_key:key_3" in types
+	"block:203.0.113.0/24" in types
+}
+
+# A verified customer gets one review carrying what would have been done.
+test_verified_customer_gets_a_review_only if {
+	inp := object.union(_design_input, {
+		"history": {"account": {"keys_seen": 7, "networks_seen": 1, "networks": [], "keys_acted_on": 0}},
+		"context": {"customer": {"account_id": "acct_9", "tier": "enterprise", "verified": true, "owner": "am@lab"}},
+	})
+	actions := decision.actions with input as inp
+	_types(actions) == ["flag_review:acct_9"]
+	some a in actions
+	a.rule == "review_first.verified_customer"
+	withheld := {sprintf("%s:%s", [w.type, w.target.value]) | some w in a.params.withheld}
+	withheld == {"block:203.0.113.0/24", "revoke_key:key_3", "suspend:acct_9"}
+}
+
+test_unverified_customer_is_treated_as_anyone if {
+	inp := object.union(_design_input, {"context": {"customer": {"account_id": "acct_9", "tier": "research", "verified": false}}})
+	_types(decision.actions) == [
+		"block:203.0.113.0/24",
+		"flag_review:acct_9",
+		"rate_limit:key_3",
+	] with input as inp
 }
 
 test_every_action_has_the_contract_fields if {

@@ -11,6 +11,7 @@ package tollgate.exemptions
 
 import data.tollgate.graduated
 import data.tollgate.intel
+import data.tollgate.operation
 import data.tollgate.verdict
 
 # METADATA
@@ -52,7 +53,7 @@ exempt_subject contains action if {
 	}
 }
 
-_withheld := graduated.actions | intel.actions
+_withheld := (graduated.actions | intel.actions) | operation.actions
 
 _review_target := {"kind": "account", "value": verdict.account_id} if {
 	verdict.account_id

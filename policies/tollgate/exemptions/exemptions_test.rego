@@ -34,7 +34,7 @@ test_exempt_subject_gets_one_flag_review_on_the_account if {
 	a.ttl == null
 	contains(a.reason, "subject is exempt (owner trust-and-safety@lab-a")
 	contains(a.reason, "score 0.93")
-	contains(a.reason, "revoke_key api_key key_mh (graduated.severe_sweep)")
+	contains(a.reason, "rate_limit api_key key_mh (graduated.repeat_throttle)")
 	contains(a.reason, "block cidr 203.0.113.0/24 (intel.known_range)")
 }
 

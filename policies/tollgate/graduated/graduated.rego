@@ -3,15 +3,19 @@
 # description: |
 #   Escalates with the evidence: a first qualifying verdict rate-limits the
 #   API key; a repeat (an earlier qualifying verdict in 30 days, or an active
-#   graduated action on the same key, account or org) or a severe capability sweep
-#   revokes the key and flags the account for review. Verdicts below the
-#   score or confidence bar (legitimate heavy users) get nothing, however
-#   often they recur.
+#   graduated action on the same key, account or org) or a severe capability
+#   sweep flags the account for review and either revokes the key, when the
+#   evidence is hard (key or IP rotation, or severe verdicts from two
+#   detectors), or holds it to a tighter limit. A score alone never revokes:
+#   evaluation researchers and batch processors score high on sweep and
+#   volume detectors too. Verdicts below the score or confidence bar get
+#   nothing, however often they recur.
 # custom:
 #   owner: abuse-engineering
 package tollgate.graduated
 
 import data.tollgate.config
+import data.tollgate.signals
 import data.tollgate.verdict
 
 # METADATA
@@ -19,7 +23,7 @@ import data.tollgate.verdict
 # description: Every action the graduated response asks for on this verdict.
 # custom:
 #   owner: abuse-engineering
-actions := first_offense | repeat_offense | severe_sweep | keyless_escalation | account_review | org_review
+actions := (((first_offense | repeat_offense) | severe_sweep) | (repeat_throttle | keyless_escalation)) | (account_review | org_review)
 
 # METADATA
 # title: first_offense
@@ -47,12 +51,13 @@ first_offense contains action if {
 
 # METADATA
 # title: repeat_offense
-# description: A qualifying verdict on a subject seen before revokes the API key.
+# description: A qualifying verdict on a subject seen before, with hard evidence, revokes the API key.
 # custom:
 #   owner: abuse-engineering
 repeat_offense contains action if {
 	_qualifies
 	_repeat
+	_hard_evidence
 	action := _revoke(sprintf("repeat offense (%s): %s", [_repeat_evidence, verdict.summary]), "graduated.repeat_offense")
 }
 
@@ -68,7 +73,35 @@ severe_sweep contains action if {
 	_qualifies
 	_severe
 	not _repeat
+	_hard_evidence
 	action := _revoke(sprintf("severe: %s", [verdict.summary]), "graduated.severe_sweep")
+}
+
+# METADATA
+# title: repeat_throttle
+# description: |
+#   An escalation without hard evidence (a researcher's or a batch job's
+#   noisy high scores look like this) holds the key to a tighter limit
+#   instead of revoking it; account_review asks a human to look.
+# custom:
+#   owner: abuse-engineering
+repeat_throttle contains action if {
+	_qualifies
+	_escalated
+	not _hard_evidence
+	action := {
+		"type": "rate_limit",
+		"target": {"kind": "api_key", "value": verdict.api_key_id},
+		"params": object.filter(_settings.repeat_throttle, {"requests_per_minute", "tokens_per_minute"}),
+		"ttl": _settings.repeat_throttle.ttl,
+		"rule": "graduated.repeat_throttle",
+		"reason": sprintf("escalated (%s) without an operation's structure: %s; limited to %v requests/min for %s", [
+			_escalation_cause,
+			verdict.summary,
+			_settings.repeat_throttle.requests_per_minute,
+			_settings.repeat_throttle.ttl,
+		]),
+	}
 }
 
 # METADATA
@@ -143,6 +176,26 @@ _repeat if _prior_verdicts >= _settings.repeat_after_verdicts
 _repeat if count(_active_graduated) > 0
 
 _escalated if _repeat
+
+# Evidence that justifies refusing traffic: the account or org rotates keys or
+# a proxy pool's networks (an operation's structure; an end-user population's
+# address spread is not rotation, see tollgate.signals), or severe verdicts from
+# at least severe_detectors different detectors agree.
+_hard_evidence if signals.structure
+
+_hard_evidence if {
+	verdict.score >= _settings.severe_score
+	count(_severe_detectors) >= _settings.severe_detectors
+}
+
+_severe_detectors contains name if {
+	some v in _array(object.get(input, ["history", "recent_verdicts"], []))
+	is_number(v.score)
+	v.score >= _settings.severe_score
+	name := v.detector
+}
+
+_severe_detectors contains object.get(input, ["verdict", "detector", "name"], "unknown")
 
 _escalated if _severe
 

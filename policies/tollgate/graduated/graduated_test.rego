@@ -43,11 +43,14 @@ test_first_offense_uses_provider_limits if {
 	a.params.requests_per_minute == 30
 }
 
+# Hard evidence: the account rotates keys (an operation's structure).
+_rotating := {"signals": {"requests_24h": 400000, "prompt_template_reuse": 0.83, "keys_per_account": 6}}
+
 test_repeat_by_earlier_verdict_revokes_and_flags_account if {
 	history := {"verdicts_30d": 2, "recent_verdicts": _prior(2, 0.8)}
-	actions := graduated.actions with input as _input({}, history)
+	actions := graduated.actions with input as _input(_rotating, history)
 	_kinds(actions) == ["flag_review:account:graduated.account_review", "revoke_key:api_key:graduated.repeat_offense"]
-	some a in graduated.repeat_offense with input as _input({}, history)
+	some a in graduated.repeat_offense with input as _input(_rotating, history)
 	a.target.value == "key_3"
 	a.ttl == "30d"
 	contains(a.reason, "earlier qualifying verdicts in 30 days: 2")
@@ -67,8 +70,32 @@ test_repeat_by_active_graduated_rate_limit if {
 		"rule": "graduated.first_offense", "params": {"requests_per_minute": 60},
 		"expires_at": "2026-11-27T12:00:00Z",
 	}
-	actions := graduated.actions with input as _input({}, {"active_actions": [active]})
+	actions := graduated.actions with input as _input(_rotating, {"active_actions": [active]})
 	_kinds(actions) == ["flag_review:account:graduated.account_review", "revoke_key:api_key:graduated.repeat_offense"]
+}
+
+# A researcher's repeated high scores, one key, one network: no revocation,
+# a tighter limit and a review.
+test_repeat_without_hard_evidence_throttles_and_flags if {
+	history := {"verdicts_30d": 2, "recent_verdicts": _prior(2, 0.8)}
+	actions := graduated.actions with input as _input({}, history)
+	_kinds(actions) == ["flag_review:account:graduated.account_review", "rate_limit:api_key:graduated.repeat_throttle"]
+	some a in graduated.repeat_throttle with input as _input({}, history)
+	a.params == {"requests_per_minute": 20, "tokens_per_minute": 8000}
+	contains(a.reason, "without an operation's structure")
+}
+
+# Severe verdicts from two different detectors are hard evidence on their own.
+test_severe_verdicts_from_two_detectors_revoke if {
+	prior := [{"id": "v-0", "observed_at": "2026-11-25T12:00:00Z", "score": 0.99, "confidence": 0.9, "detector": "volume"}]
+	actions := graduated.actions with input as _input({"score": 0.98}, {"recent_verdicts": prior})
+	_kinds(actions) == ["flag_review:account:graduated.account_review", "revoke_key:api_key:graduated.repeat_offense"]
+}
+
+test_severe_verdicts_from_one_detector_only_throttle if {
+	prior := [{"id": "v-0", "observed_at": "2026-11-25T12:00:00Z", "score": 0.99, "confidence": 0.9, "detector": "sweep"}]
+	actions := graduated.actions with input as _input({"score": 0.98}, {"recent_verdicts": prior})
+	_kinds(actions) == ["flag_review:account:graduated.account_review", "rate_limit:api_key:graduated.repeat_throttle"]
 }
 
 test_active_action_from_another_rule_is_not_a_repeat if {
@@ -78,12 +105,12 @@ test_active_action_from_another_rule_is_not_a_repeat if {
 }
 
 test_severe_capability_sweep_revokes_at_once if {
-	actions := graduated.actions with input as _input({"score": 0.93}, {})
+	actions := graduated.actions with input as _input(object.union(_rotating, {"score": 0.93}), {})
 	_kinds(actions) == ["flag_review:account:graduated.account_review", "revoke_key:api_key:graduated.severe_sweep"]
 }
 
 test_very_high_score_without_sweep_label_is_severe if {
-	actions := graduated.actions with input as _input({"score": 0.98, "labels": []}, {})
+	actions := graduated.actions with input as _input(object.union(_rotating, {"score": 0.98, "labels": []}), {})
 	_kinds(actions) == ["flag_review:account:graduated.account_review", "revoke_key:api_key:graduated.severe_sweep"]
 }
 

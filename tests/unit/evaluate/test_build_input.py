@@ -83,7 +83,12 @@ def test_shape_and_verdict_document() -> None:
     assert given["history"]["active_actions"] == []
     assert given["history"]["verdicts_30d"] == 0
     assert given["history"]["appeals"] == []
-    assert given["context"] == {"exempt": False, "exemption": None, "intel_matches": []}
+    assert given["context"] == {
+        "exempt": False,
+        "exemption": None,
+        "intel_matches": [],
+        "verified_networks": [],
+    }
 
 
 def test_verdicts_30d_counts_only_earlier_verdicts_within_30_days() -> None:

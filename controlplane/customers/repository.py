@@ -1,0 +1,196 @@
+"""Customer and sighting SQL. Both tables are queried here only: evaluate asks for the
+records and sightings of a batch's subjects, plan for the keys a suspension covers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
+
+from controlplane.store.models import CustomerRow, SightingRow
+
+CHUNK = 500
+REFRESH = timedelta(hours=1)
+"""A sighting's `last_seen` moves forward only by more than this: one write per key and
+network per hour, not per verdict."""
+
+
+def _chunks(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+async def existing(session: AsyncSession, account_ids: Sequence[str]) -> dict[str, datetime]:
+    """Account id -> created_at of the records that exist among these."""
+    found: dict[str, datetime] = {}
+    for chunk in _chunks(list(account_ids)):
+        rows = await session.execute(
+            select(col(CustomerRow.account_id), col(CustomerRow.created_at)).where(
+                col(CustomerRow.account_id).in_(chunk)
+            )
+        )
+        found.update({a: c for a, c in rows})
+    return found
+
+
+async def replace_customers(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
+    """Write these records whole (a record sent again replaces the stored one)."""
+    ids = [r["account_id"] for r in rows]
+    for chunk in _chunks(ids):
+        await session.execute(delete(CustomerRow).where(col(CustomerRow.account_id).in_(chunk)))
+    for chunk in _chunks(list(rows), 1000):
+        await session.execute(insert(CustomerRow.__table__), list(chunk))  # type: ignore[attr-defined]
+
+
+async def delete_customer(session: AsyncSession, account_id: str) -> bool:
+    result = await session.execute(
+        delete(CustomerRow).where(col(CustomerRow.account_id) == account_id)
+    )
+    return bool(getattr(result, "rowcount", 0))
+
+
+async def get_customer(session: AsyncSession, account_id: str) -> CustomerRow | None:
+    return await session.get(CustomerRow, account_id)
+
+
+async def list_customers(session: AsyncSession, after: str | None, limit: int) -> list[CustomerRow]:
+    query = select(CustomerRow).order_by(col(CustomerRow.account_id)).limit(limit)
+    if after:
+        query = query.where(col(CustomerRow.account_id) > after)
+    return list((await session.execute(query)).scalars())
+
+
+async def customers_of(session: AsyncSession, account_ids: Iterable[str]) -> dict[str, CustomerRow]:
+    """The records of these accounts (one indexed IN per chunk)."""
+    found: dict[str, CustomerRow] = {}
+    for chunk in _chunks(sorted(set(account_ids))):
+        rows = await session.execute(
+            select(CustomerRow).where(col(CustomerRow.account_id).in_(chunk))
+        )
+        found.update({r.account_id: r for r in rows.scalars()})
+    return found
+
+
+async def customers_of_orgs(
+    session: AsyncSession, org_ids: Iterable[str]
+) -> dict[str, list[CustomerRow]]:
+    found: dict[str, list[CustomerRow]] = {}
+    for chunk in _chunks(sorted(set(org_ids))):
+        rows = await session.execute(select(CustomerRow).where(col(CustomerRow.org_id).in_(chunk)))
+        for r in rows.scalars():
+            found.setdefault(r.org_id or "", []).append(r)
+    return found
+
+
+# -- sightings ------------------------------------------------------------------------------
+
+Scope = tuple[str, str, str]
+"""(provider, `account`|`org`, id)."""
+
+
+async def sightings_of(
+    session: AsyncSession, scopes: Iterable[Scope]
+) -> dict[Scope, list[tuple[str, str, datetime]]]:
+    """(kind, value, last_seen) of everything seen for these accounts and orgs."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for provider, scope, scope_id in sorted(set(scopes)):
+        groups.setdefault((provider, scope), []).append(scope_id)
+    found: dict[Scope, list[tuple[str, str, datetime]]] = {}
+    for (provider, scope), ids in groups.items():
+        for chunk in _chunks(ids):
+            rows = await session.execute(
+                select(
+                    col(SightingRow.scope_id),
+                    col(SightingRow.kind),
+                    col(SightingRow.value),
+                    col(SightingRow.last_seen),
+                ).where(
+                    col(SightingRow.provider) == provider,
+                    col(SightingRow.scope) == scope,
+                    col(SightingRow.scope_id).in_(chunk),
+                )
+            )
+            for scope_id, kind, value, last_seen in rows:
+                found.setdefault((provider, scope, scope_id), []).append((kind, value, last_seen))
+    return found
+
+
+async def scopes_seeing(
+    session: AsyncSession, provider: str, kind: str, values: Iterable[str]
+) -> dict[str, set[tuple[str, str]]]:
+    """Value -> the (scope, id) that were seen with it (e.g. the accounts using a network)."""
+    found: dict[str, set[tuple[str, str]]] = {}
+    for chunk in _chunks(sorted(set(values))):
+        rows = await session.execute(
+            select(col(SightingRow.value), col(SightingRow.scope), col(SightingRow.scope_id)).where(
+                col(SightingRow.provider) == provider,
+                col(SightingRow.kind) == kind,
+                col(SightingRow.value).in_(chunk),
+            )
+        )
+        for value, scope, scope_id in rows:
+            found.setdefault(value, set()).add((scope, scope_id))
+    return found
+
+
+async def record_sightings(
+    session: AsyncSession, seen: dict[tuple[str, str, str, str, str], datetime]
+) -> None:
+    """Insert new sightings, move `last_seen` of known ones forward. `seen` maps
+    (provider, scope, scope_id, kind, value) to when: batch-sized, by primary key."""
+    if not seen:
+        return
+    keys = list(seen)
+    known: set[tuple[str, str, str, str, str]] = set()
+    by_scope: dict[tuple[str, str], list[str]] = {}
+    for provider, scope, scope_id, _, _ in keys:
+        by_scope.setdefault((provider, scope), []).append(scope_id)
+    for (provider, scope), ids in by_scope.items():
+        for chunk in _chunks(sorted(set(ids))):
+            rows = await session.execute(
+                select(
+                    col(SightingRow.scope_id),
+                    col(SightingRow.kind),
+                    col(SightingRow.value),
+                    col(SightingRow.last_seen),
+                ).where(
+                    col(SightingRow.provider) == provider,
+                    col(SightingRow.scope) == scope,
+                    col(SightingRow.scope_id).in_(chunk),
+                )
+            )
+            for scope_id, kind, value, last_seen in rows:
+                key = (provider, scope, scope_id, kind, value)
+                if key in seen:
+                    known.add(key)
+                    if seen[key] - last_seen > REFRESH:
+                        await session.execute(
+                            update(SightingRow)
+                            .where(
+                                col(SightingRow.provider) == provider,
+                                col(SightingRow.scope) == scope,
+                                col(SightingRow.scope_id) == scope_id,
+                                col(SightingRow.kind) == kind,
+                                col(SightingRow.value) == value,
+                            )
+                            .values(last_seen=seen[key])
+                        )
+    fresh = [
+        {
+            "provider": k[0],
+            "scope": k[1],
+            "scope_id": k[2],
+            "kind": k[3],
+            "value": k[4],
+            "first_seen": at,
+            "last_seen": at,
+        }
+        for k, at in seen.items()
+        if k not in known
+    ]
+    for chunk in _chunks(fresh, 1000):
+        await session.execute(insert(SightingRow.__table__), list(chunk))  # type: ignore[attr-defined]

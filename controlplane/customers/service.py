@@ -1,0 +1,132 @@
+"""Customer records: imported whole or refused whole, audited, deleted by hand.
+
+Also what the pipeline reads of them: the records of a batch's accounts, and the keys
+a suspension of an account or org covers (from the records and from verdicts seen)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from controlplane.audit import service as audit
+from controlplane.audit.chain import EventDraft
+from controlplane.customers import repository
+from controlplane.customers.schemas import CustomerIn
+from controlplane.errors import NotFound
+from controlplane.store.db import Database
+from controlplane.store.models import CustomerRow
+from controlplane.store.types import utcnow
+
+AUDITED_IDS = 100
+"""Account ids listed in one import's audit event (the count covers the rest)."""
+
+
+def customer_document(row: CustomerRow) -> dict[str, Any]:
+    """A record as policies see it in `input.context.customer` (keys counted, not listed)."""
+    return {
+        "account_id": row.account_id,
+        "org_id": row.org_id,
+        "tier": row.tier,
+        "verified": row.verified,
+        "keys": len(row.keys),
+        "contract": row.contract,
+        "owner": row.owner,
+    }
+
+
+@dataclass(frozen=True)
+class Imported:
+    created: int
+    updated: int
+
+
+class CustomerService:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def import_(self, customers: Sequence[CustomerIn], actor: str) -> Imported:
+        """Store every record (a known account's record is replaced), in one transaction."""
+        now = utcnow()
+        async with self._db.write() as session, session.begin():
+            before = await repository.existing(session, [c.account_id for c in customers])
+            rows = [
+                {
+                    **c.model_dump(),
+                    "keys": sorted(set(c.keys)),
+                    "created_at": before.get(c.account_id, now),
+                    "updated_at": now,
+                }
+                for c in customers
+            ]
+            await repository.replace_customers(session, rows)
+            await audit.record(
+                session,
+                [
+                    EventDraft(
+                        type="customers.imported",
+                        actor=actor,
+                        at=now,
+                        payload={
+                            "count": len(rows),
+                            "created": len(rows) - len(before),
+                            "verified": sum(1 for c in customers if c.verified),
+                            "accounts": [c.account_id for c in customers[:AUDITED_IDS]],
+                        },
+                    )
+                ],
+            )
+        return Imported(created=len(rows) - len(before), updated=len(before))
+
+    async def delete(self, account_id: str, actor: str) -> None:
+        now = utcnow()
+        async with self._db.write() as session, session.begin():
+            if not await repository.delete_customer(session, account_id):
+                raise NotFound(f"no customer record for account {account_id!r}")
+            await audit.record(
+                session,
+                [
+                    EventDraft(
+                        type="customers.deleted",
+                        actor=actor,
+                        at=now,
+                        payload={"account_id": account_id},
+                    )
+                ],
+            )
+
+    async def get(self, account_id: str) -> CustomerRow:
+        async with self._db.read() as session:
+            row = await repository.get_customer(session, account_id)
+        if row is None:
+            raise NotFound(f"no customer record for account {account_id!r}")
+        return row
+
+    async def page(self, after: str | None, limit: int) -> tuple[list[CustomerRow], str | None]:
+        async with self._db.read() as session:
+            rows = await repository.list_customers(session, after, limit + 1)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return rows, (rows[-1].account_id if more and rows else None)
+
+
+async def keys_covered(
+    session: AsyncSession, provider: str, scopes: Iterable[tuple[str, str]]
+) -> dict[tuple[str, str], set[str]]:
+    """(`account`|`org`, id) -> every key Tollgate knows for it: the customer records'
+    keys (an org's: of its accounts) and the keys seen in verdicts about it."""
+    wanted = sorted(set(scopes))
+    found: dict[tuple[str, str], set[str]] = {s: set() for s in wanted}
+    seen = await repository.sightings_of(session, [(provider, k, v) for k, v in wanted])
+    for (_, scope, scope_id), items in seen.items():
+        found[(scope, scope_id)].update(v for kind, v, _ in items if kind == "api_key")
+    accounts = [v for k, v in wanted if k == "account"]
+    for account_id, row in (await repository.customers_of(session, accounts)).items():
+        found[("account", account_id)].update(row.keys)
+    orgs = [v for k, v in wanted if k == "org"]
+    for org_id, rows in (await repository.customers_of_orgs(session, orgs)).items():
+        for row in rows:
+            found[("org", org_id)].update(row.keys)
+    return found

@@ -1,0 +1,1 @@
+"""Remedy: people undoing mistakes (reviews of withheld hard actions, appeals, exemptions)."""

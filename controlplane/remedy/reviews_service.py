@@ -1,0 +1,155 @@
+"""The review queue: hard actions a policy withheld from a verified customer wait here.
+
+Confirming plans the withheld actions (through the change log, recorded with the
+reviewer, a suspension with its keys); dismissing keeps them withheld, with a reason.
+Either way the review's `flag_review` ends, so a later verdict can open a new one."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from controlplane.audit import service as audit
+from controlplane.audit.chain import EventDraft
+from controlplane.domain.vocabulary import ActionState
+from controlplane.enforce import repository as enforce_repo
+from controlplane.enforce.service import record_changes
+from controlplane.errors import Conflict, NotFound
+from controlplane.plan import repository as actions_repo
+from controlplane.plan.service import confirmed_actions, expand_suspensions
+from controlplane.remedy import reviews_repository as repository
+from controlplane.store.db import Database
+from controlplane.store.models import ReviewRow
+from controlplane.store.types import utcnow
+
+
+@dataclass(frozen=True)
+class Confirmed:
+    review: ReviewRow
+    actions: list[dict[str, Any]]
+
+
+class ReviewService:
+    def __init__(self, db: Database, wake: Callable[[], None] = lambda: None) -> None:
+        self._db = db
+        self._wake = wake
+        """Tells enforcement a change was logged (its followers look at once)."""
+
+    async def page(
+        self, state: str | None, after: str | None, limit: int
+    ) -> tuple[list[ReviewRow], str | None]:
+        async with self._db.read() as session:
+            rows = await repository.list_reviews(session, state, after, limit + 1)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return rows, (rows[-1].id if more and rows else None)
+
+    async def get(self, review_id: str) -> ReviewRow:
+        async with self._db.read() as session:
+            row = await repository.get_review(session, review_id)
+        if row is None:
+            raise NotFound(f"no review {review_id!r}")
+        return row
+
+    async def confirm(self, review_id: str, actor: str, note: str) -> Confirmed:
+        now = utcnow()
+        async with self._db.write() as session, session.begin():
+            review = await self._open(session, review_id)
+            rows = confirmed_actions(review.model_dump(), actor, note, now)
+            rows += await expand_suspensions(session, rows, now)
+            await actions_repo.insert_actions(session, rows)
+            self._resolve(review, "confirmed", actor, note, now)
+            review.applied = [r["id"] for r in rows]
+            await enforce_repo.set_action_states(
+                session, {review.action_id: ActionState.LIFTED.value}, now
+            )
+            await audit.record(
+                session,
+                [
+                    self._event(review, "review.confirmed", actor, now, {"note": note}),
+                    *(
+                        EventDraft(
+                            type="action.planned",
+                            actor=actor,
+                            at=now,
+                            provider=r["provider"],
+                            verdict_id=r["verdict_id"],
+                            decision_id=r["decision_id"],
+                            action_id=r["id"],
+                            trace_id=r["trace_id"],
+                            payload={
+                                "type": r["type"],
+                                "target": {"kind": r["target_kind"], "value": r["target_value"]},
+                                "params": r["params"],
+                                "ttl_seconds": r["ttl_seconds"],
+                                "rule": r["rule"],
+                                "reason": r["reason"],
+                                "shadow": False,
+                                "policy_revision": r["policy_revision"],
+                                "review_id": review.id,
+                            },
+                        )
+                        for r in rows
+                    ),
+                ],
+            )
+            await record_changes(session, rows, "planned", now)
+        self._wake()
+        return Confirmed(review, rows)
+
+    async def dismiss(self, review_id: str, actor: str, reason: str) -> ReviewRow:
+        now = utcnow()
+        async with self._db.write() as session, session.begin():
+            review = await self._open(session, review_id)
+            self._resolve(review, "dismissed", actor, reason, now)
+            await enforce_repo.set_action_states(
+                session, {review.action_id: ActionState.LIFTED.value}, now
+            )
+            await audit.record(
+                session, [self._event(review, "review.dismissed", actor, now, {"reason": reason})]
+            )
+        return review
+
+    @staticmethod
+    async def _open(session: Any, review_id: str) -> ReviewRow:
+        review = await repository.get_review(session, review_id, for_update=True)
+        if review is None:
+            raise NotFound(f"no review {review_id!r}")
+        if review.state != repository.OPEN:
+            raise Conflict(
+                f"review {review_id} was {review.state} by {review.resolved_by} at "
+                f"{review.resolved_at:%Y-%m-%d %H:%M:%S}Z: nothing left to decide"
+                if review.resolved_at
+                else f"review {review_id} is {review.state}"
+            )
+        return review
+
+    @staticmethod
+    def _resolve(review: ReviewRow, state: str, actor: str, text: str, now: datetime) -> None:
+        review.state = state
+        review.resolved_at = now
+        review.resolved_by = actor
+        review.resolution = text or None
+
+    @staticmethod
+    def _event(
+        review: ReviewRow, kind: str, actor: str, now: datetime, extra: dict[str, Any]
+    ) -> EventDraft:
+        return EventDraft(
+            type=kind,
+            actor=actor,
+            at=now,
+            provider=review.provider,
+            verdict_id=review.verdict_id,
+            decision_id=review.decision_id,
+            action_id=review.action_id,
+            trace_id=review.trace_id,
+            payload={
+                "review_id": review.id,
+                "subject": {"kind": review.subject_kind, "value": review.subject_value},
+                "withheld": len(review.withheld),
+                **extra,
+            },
+        )
