@@ -104,7 +104,9 @@ class PolicyController(Controller):
             try:
                 await asyncio.to_thread(refuse_denied, bundle.modules)
             except PolicyError as exc:
-                raise InvalidInput(exc.message, details=exc.details) from None
+                uploaded = data.head_modules is not None and bundle is head
+                where = "head_modules: " if uploaded else ""
+                raise InvalidInput(f"{where}{exc.message}", details=exc.details) from None
         settings = runtime.settings
         engines: list[EmbeddedEngine] = []
         try:
