@@ -93,7 +93,14 @@ _DESIRED_COLUMNS = (
 )
 
 
-def _desired(providers: Sequence[str] | None, types: Sequence[str], now: datetime) -> Any:
+def _desired(
+    providers: Sequence[str] | None,
+    types: Sequence[str],
+    now: datetime,
+    kinds: Sequence[str] | None = None,
+) -> Any:
+    """Active, non-shadow, unexpired actions of these types (and target kinds, when
+    given) of these providers (all when None): what a connector's scope admits."""
     query = select(*_DESIRED_COLUMNS).where(
         col(ActionRow.state).in_(ACTIVE),
         ~col(ActionRow.shadow),
@@ -102,6 +109,8 @@ def _desired(providers: Sequence[str] | None, types: Sequence[str], now: datetim
     )
     if providers is not None:
         query = query.where(col(ActionRow.provider).in_(list(providers)))
+    if kinds is not None:
+        query = query.where(col(ActionRow.target_kind).in_(list(kinds)))
     return query
 
 
@@ -111,6 +120,7 @@ async def desired_for_targets(
     types: Sequence[str],
     targets: Sequence[tuple[str, str]],
     now: datetime,
+    kinds: Sequence[str] | None = None,
 ) -> list[Any]:
     """Active, non-shadow, unexpired actions of these types on these (kind, value)
     targets: an indexed lookup, whatever else is active."""
@@ -120,7 +130,7 @@ async def desired_for_targets(
     found: list[Any] = []
     for kind, values in by_kind.items():
         for i in range(0, len(values), _CHUNK):
-            query = _desired(providers, types, now).where(
+            query = _desired(providers, types, now, kinds).where(
                 col(ActionRow.target_kind) == kind,
                 col(ActionRow.target_value).in_(values[i : i + _CHUNK]),
             )
@@ -135,11 +145,12 @@ async def desired_page(
     after: tuple[str, str] | None,
     limit: int,
     now: datetime,
+    kinds: Sequence[str] | None = None,
 ) -> tuple[list[Any], tuple[str, str] | None]:
     """One page of the desired state in (target kind, value) order, every action of a
     target in the same page; and where the next page starts (None: this was the last)."""
     order = tuple_(col(ActionRow.target_kind), col(ActionRow.target_value))
-    query = _desired(providers, types, now)
+    query = _desired(providers, types, now, kinds)
     if after is not None:
         query = query.where(order > tuple_(*after))
     query = query.order_by(col(ActionRow.target_kind), col(ActionRow.target_value)).limit(limit)
@@ -148,16 +159,20 @@ async def desired_page(
         return rows, None
     last = (rows[-1].target_kind, rows[-1].target_value)
     # The page may end inside one target's actions: take that target's others too.
-    rest = await desired_for_targets(session, providers, types, [last], now)
+    rest = await desired_for_targets(session, providers, types, [last], now, kinds)
     seen = {r.id for r in rows}
     rows.extend(r for r in rest if r.id not in seen)
     return rows, last
 
 
 async def count_desired(
-    session: AsyncSession, providers: Sequence[str] | None, types: Sequence[str], now: datetime
+    session: AsyncSession,
+    providers: Sequence[str] | None,
+    types: Sequence[str],
+    now: datetime,
+    kinds: Sequence[str] | None = None,
 ) -> int:
-    query = select(func.count()).select_from(_desired(providers, types, now).subquery())
+    query = select(func.count()).select_from(_desired(providers, types, now, kinds).subquery())
     return int((await session.execute(query)).scalar_one())
 
 
@@ -242,9 +257,9 @@ async def failing(session: AsyncSession, connector: str) -> tuple[int, int]:
 
 async def action_states(
     session: AsyncSession, action_ids: Sequence[str]
-) -> list[tuple[str, str, str, str]]:
-    """(id, state, provider, type) of these actions."""
-    found: list[tuple[str, str, str, str]] = []
+) -> list[tuple[str, str, str, str, str]]:
+    """(id, state, provider, type, target kind) of these actions."""
+    found: list[tuple[str, str, str, str, str]] = []
     for i in range(0, len(action_ids), _CHUNK):
         rows = await session.execute(
             select(
@@ -252,9 +267,10 @@ async def action_states(
                 col(ActionRow.state),
                 col(ActionRow.provider),
                 col(ActionRow.type),
+                col(ActionRow.target_kind),
             ).where(col(ActionRow.id).in_(action_ids[i : i + _CHUNK]))
         )
-        found.extend((a, s, p, t) for a, s, p, t in rows)
+        found.extend((a, s, p, t, k) for a, s, p, t, k in rows)
     return found
 
 
