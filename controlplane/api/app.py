@@ -22,6 +22,7 @@ from controlplane import __version__
 from controlplane.api.health import HealthController
 from controlplane.api.metrics import MetricsController
 from controlplane.audit.controllers import AuditController, SubjectController
+from controlplane.bouncers.controllers import BouncerController
 from controlplane.enforce.controllers import ConnectorController, LiftController
 from controlplane.errors import TollgateError
 from controlplane.evaluate.controllers import DecisionController
@@ -43,6 +44,7 @@ ROUTES = [
     TraceController,
     HealthController,
     VerdictController,
+    BouncerController,
     DecisionController,
     ActionController,
     ExemptionController,

@@ -52,9 +52,15 @@ async def change_head(session: AsyncSession) -> int:
 
 
 async def changes_after(
-    session: AsyncSession, seq: int, limit: int, target_kind: str | None = None
+    session: AsyncSession,
+    seq: int,
+    limit: int,
+    target_kind: str | None = None,
+    upto: int | None = None,
 ) -> list[ChangeRow]:
     query = select(ChangeRow).where(col(ChangeRow.seq) > seq)
+    if upto is not None:
+        query = query.where(col(ChangeRow.seq) <= upto)
     if target_kind is not None:
         query = query.where(col(ChangeRow.target_kind) == target_kind)
     query = query.order_by(col(ChangeRow.seq)).limit(limit)
@@ -91,6 +97,8 @@ _DESIRED_COLUMNS = (
     col(ActionRow.params),
     col(ActionRow.created_at),
 )
+DECISION_COLUMNS = (*_DESIRED_COLUMNS, col(ActionRow.expires_at), col(ActionRow.rule))
+"""The desired columns plus what a CrowdSec decision shows (its end, its rule)."""
 
 
 def _desired(
@@ -98,10 +106,11 @@ def _desired(
     types: Sequence[str],
     now: datetime,
     kinds: Sequence[str] | None = None,
+    columns: Sequence[Any] = _DESIRED_COLUMNS,
 ) -> Any:
     """Active, non-shadow, unexpired actions of these types (and target kinds, when
     given) of these providers (all when None): what a connector's scope admits."""
-    query = select(*_DESIRED_COLUMNS).where(
+    query = select(*columns).where(
         col(ActionRow.state).in_(ACTIVE),
         ~col(ActionRow.shadow),
         col(ActionRow.type).in_(list(types)),
@@ -121,6 +130,7 @@ async def desired_for_targets(
     targets: Sequence[tuple[str, str]],
     now: datetime,
     kinds: Sequence[str] | None = None,
+    columns: Sequence[Any] = _DESIRED_COLUMNS,
 ) -> list[Any]:
     """Active, non-shadow, unexpired actions of these types on these (kind, value)
     targets: an indexed lookup, whatever else is active."""
@@ -130,7 +140,7 @@ async def desired_for_targets(
     found: list[Any] = []
     for kind, values in by_kind.items():
         for i in range(0, len(values), _CHUNK):
-            query = _desired(providers, types, now, kinds).where(
+            query = _desired(providers, types, now, kinds, columns).where(
                 col(ActionRow.target_kind) == kind,
                 col(ActionRow.target_value).in_(values[i : i + _CHUNK]),
             )
@@ -146,11 +156,12 @@ async def desired_page(
     limit: int,
     now: datetime,
     kinds: Sequence[str] | None = None,
+    columns: Sequence[Any] = _DESIRED_COLUMNS,
 ) -> tuple[list[Any], tuple[str, str] | None]:
     """One page of the desired state in (target kind, value) order, every action of a
     target in the same page; and where the next page starts (None: this was the last)."""
     order = tuple_(col(ActionRow.target_kind), col(ActionRow.target_value))
-    query = _desired(providers, types, now, kinds)
+    query = _desired(providers, types, now, kinds, columns)
     if after is not None:
         query = query.where(order > tuple_(*after))
     query = query.order_by(col(ActionRow.target_kind), col(ActionRow.target_value)).limit(limit)
@@ -159,7 +170,7 @@ async def desired_page(
         return rows, None
     last = (rows[-1].target_kind, rows[-1].target_value)
     # The page may end inside one target's actions: take that target's others too.
-    rest = await desired_for_targets(session, providers, types, [last], now, kinds)
+    rest = await desired_for_targets(session, providers, types, [last], now, kinds, columns)
     seen = {r.id for r in rows}
     rows.extend(r for r in rest if r.id not in seen)
     return rows, last
