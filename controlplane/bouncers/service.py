@@ -9,7 +9,9 @@ sent whole, so a bouncer that loses an answer is sent its changes again and none
 missed:
 
 - `startup=true` (or a bouncer never seen before): every decision now, as `new`,
-  paged through the desired state (memory bounded whatever is active);
+  paged through the desired state (memory bounded whatever is active), and, for a
+  bouncer seen before, what ended since its cursor as `deleted` (a restarted bouncer
+  may still hold it);
 - `startup=false`: the targets that changed since the bouncer's cursor, each as the
   desired state says now: a decision in `new`, or (no longer asked for) in `deleted`.
 
@@ -107,9 +109,11 @@ class DecisionStream:
         kinds = [k for k in self._config.kinds if k in filters.kinds]
         yield b'{"new":['
         first = True
+        deleted: AsyncIterator[list[dict[str, Any]]] | None = None
         if startup or cursor is None:
             pages = self._everything(kinds, filters)
-            deleted: AsyncIterator[list[dict[str, Any]]] | None = None
+            if cursor is not None:  # a bouncer restarting: what it may hold that ended
+                deleted = self._changed(cursor, head, kinds, filters, want_active=False)
         else:
             pages = self._changed(cursor, head, kinds, filters, want_active=True)
             deleted = self._changed(cursor, head, kinds, filters, want_active=False)

@@ -219,3 +219,15 @@ async def test_a_decisions_own_route_is_still_a_decision(api: Running) -> None:
 )
 def test_durations_are_written_as_go_writes_them(seconds: float, text: str) -> None:
     assert go_duration(seconds) == text
+
+
+async def test_a_restarting_bouncer_is_told_what_ended_while_it_was_away(api: Running) -> None:
+    [gone] = await plan(api.runtime.db, Planned("block", "ip", "198.51.100.70"))
+    key = await bouncer(api)
+    await pull(api, key, startup=True)
+    await api.runtime.enforcer.lift(gone, "tests", "false positive")
+
+    restart = await pull(api, key, startup=True)
+
+    assert "198.51.100.70" not in values(restart["new"])
+    assert values(restart["deleted"]) == {"198.51.100.70"}
