@@ -49,9 +49,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import ipaddress
-import os
 import re
 import threading
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
@@ -73,6 +70,13 @@ from controlplane.enforce.sdk import (
     Health,
 )
 from controlplane.enforce.targets import refusal
+from controlplane.enforce.toolkit import (
+    Terms,
+    atomic_write,
+    observed,
+    option_error,
+    parse_options,
+)
 
 PROMPT = b"\n> "
 """How an interactive (`prompt`) CLI session ends every reply."""
@@ -90,15 +94,20 @@ address for `src`): retrying cannot help."""
 _BUFFER = 1 << 28
 """Largest reply read (a `show acl` of 100k CIDRs is about 3 MB)."""
 
-_FILE_OPTIONS = (
-    "blocked_acl",
-    "revoked_map",
-    "rate_limit_map",
-    "account_rate_limit_map",
-    "org_rate_limit_map",
-    "account_suspend_map",
-    "org_suspend_map",
+_MAPS: Terms[tuple[EntryType, str], str] = Terms(
+    {
+        (EntryType.REVOKE_KEY, "api_key"): "revoked_map",
+        (EntryType.RATE_LIMIT, "api_key"): "rate_limit_map",
+        (EntryType.RATE_LIMIT, "account"): "account_rate_limit_map",
+        (EntryType.RATE_LIMIT, "org"): "org_rate_limit_map",
+        (EntryType.SUSPEND, "account"): "account_suspend_map",
+        (EntryType.SUSPEND, "org"): "org_suspend_map",
+    }
 )
+"""Which map file (its option) holds each keyed entry; blocks go to `blocked_acl`.
+Account and org limits and suspensions only when a header carries them
+(`account_header`, `org_header`)."""
+_FILE_OPTIONS = ("blocked_acl", *(option for _, option in _MAPS.items()))
 
 # -- options --------------------------------------------------------------------------------
 
@@ -158,57 +167,37 @@ class HAProxyOptions:
     @classmethod
     def parse(cls, where: str, options: Mapping[str, Any], timeout: float) -> HAProxyOptions:
         """Options from the config file, each checked; errors name the option at fault."""
-        known = set(cls.__dataclass_fields__)
-        unknown = set(options) - known
-        if unknown:
-            raise ConnectorError(
-                f"{where}: unknown option(s) {sorted(unknown)}; known: {sorted(known)}",
-                retryable=False,
-            )
-        values: dict[str, Any] = {"read_timeout": timeout}
-        for name, value in options.items():
-            default = cls.__dataclass_fields__[name].default
-            if isinstance(default, float) and isinstance(value, int | float):
-                value = float(value)
-            if type(value) is not type(default):
-                raise ConnectorError(
-                    f"{where}: option {name} must be a {type(default).__name__}",
-                    retryable=False,
-                )
-            values[name] = value
-        parsed = cls(**values)
+        parsed = parse_options(cls, where, options, read_timeout=timeout)
         if parsed.key_match not in {"fingerprint", "id"}:
-            raise ConnectorError(
-                f"{where}: key_match must be 'fingerprint' or 'id', got {parsed.key_match!r}",
-                retryable=False,
+            raise option_error(
+                where, "key_match", f"must be 'fingerprint' or 'id', got {parsed.key_match!r}"
             )
         for name in ("key_header", "account_header", "org_header"):
             header = getattr(parsed, name)
             if header and not re.fullmatch(r"[A-Za-z0-9-]+", header):
-                raise ConnectorError(
-                    f"{where}: {name} {header!r} is not a header name", retryable=False
-                )
+                raise option_error(where, name, f"{header!r} is not a header name")
         for name in ("socket", "state_dir", *_FILE_OPTIONS):
             value = getattr(parsed, name)
             if value and not value.startswith("/"):
-                raise ConnectorError(
-                    f"{where}: {name} must be an absolute path, got {value!r} (HAProxy reads "
-                    "a relative stats socket as host:port and files relative to its own "
-                    "working directory)",
-                    retryable=False,
+                raise option_error(
+                    where,
+                    name,
+                    f"must be an absolute path, got {value!r} (HAProxy reads a relative "
+                    "stats socket as host:port and files relative to its own working "
+                    "directory)",
                 )
             if re.search(r"[\s;#\\]", value):
-                raise ConnectorError(
-                    f"{where}: {name} must be a path without spaces, `;`, `#` or backslashes "
-                    "(HAProxy's runtime API names files by their path)",
-                    retryable=False,
+                raise option_error(
+                    where,
+                    name,
+                    "must be a path without spaces, `;`, `#` or backslashes (HAProxy's "
+                    "runtime API names files by their path)",
                 )
         if not parsed.key_header:
-            raise ConnectorError(f"{where}: key_header must name a header", retryable=False)
-        if parsed.connect_timeout <= 0 or parsed.read_timeout <= 0:
-            raise ConnectorError(f"{where}: timeouts must be positive", retryable=False)
-        if parsed.file_flush_seconds <= 0:
-            raise ConnectorError(f"{where}: file_flush_seconds must be positive", retryable=False)
+            raise option_error(where, "key_header", "must name a header")
+        for name in ("connect_timeout", "read_timeout", "file_flush_seconds"):
+            if getattr(parsed, name) <= 0:
+                raise option_error(where, name, "must be positive")
         return parsed
 
 
@@ -257,25 +246,15 @@ class HAProxyConnector:
     def __init__(self, config: ConnectorConfig, http: httpx.AsyncClient) -> None:
         self.name = config.name
         self.options = HAProxyOptions.parse(
-            f"connector {config.name}", config.options, config.timeout_seconds
+            f"connector {config.name}: options", config.options, config.timeout_seconds
         )
         self.min_prefix = config.min_prefix
         o = self.options
-        self._files = [
-            _File(o.blocked_acl, "acl", EntryType.BLOCK, "ip"),
-            _File(o.revoked_map, "map", EntryType.REVOKE_KEY, "api_key"),
-            _File(o.rate_limit_map, "map", EntryType.RATE_LIMIT, "api_key"),
-        ]
-        if o.account_header:
-            self._files += [
-                _File(o.account_rate_limit_map, "map", EntryType.RATE_LIMIT, "account"),
-                _File(o.account_suspend_map, "map", EntryType.SUSPEND, "account"),
-            ]
-        if o.org_header:
-            self._files += [
-                _File(o.org_rate_limit_map, "map", EntryType.RATE_LIMIT, "org"),
-                _File(o.org_suspend_map, "map", EntryType.SUSPEND, "org"),
-            ]
+        self._files = [_File(o.blocked_acl, "acl", EntryType.BLOCK, "ip")]
+        for (kind, target_kind), option in _MAPS.items():
+            needs = {"account": o.account_header, "org": o.org_header}.get(target_kind, "on")
+            if needs:
+                self._files.append(_File(getattr(o, option), "map", kind, target_kind))
         self._lock = asyncio.Lock()
         """Observe and apply each change the runtime and the model of it: one at a time,
         whoever calls."""
@@ -519,7 +498,7 @@ class HAProxyConnector:
             if entry.target_kind not in {"ip", "cidr"}:
                 return None, "", f"HAProxy blocks IPs and CIDRs, not a {entry.target_kind}"
             try:
-                key = _canonical_address(entry.target_kind, entry.target_value)
+                key = observed(entry.target_kind, entry.target_value)
             except ValueError:
                 if removing:
                     return self._files[0], entry.target_value, ""
@@ -688,23 +667,11 @@ class _Cli:
 # -- helpers -------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=1 << 18)
-def _canonical_address(kind: str, value: str) -> str:
-    """One spelling per address or network, as Tollgate stores targets (an IPv4-mapped
-    IPv6 address is its IPv4 address)."""
-    if kind == "cidr":
-        return str(ipaddress.ip_network(value, strict=False))
-    address = ipaddress.ip_address(value)
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        return str(address.ipv4_mapped)
-    return str(address)
-
-
 def _canonical_key(spec: _File, raw: str) -> str:
     if spec.kind != "acl":
         return raw
     try:
-        return _canonical_address("cidr" if "/" in raw else "ip", raw)
+        return observed("cidr" if "/" in raw else "ip", raw)
     except ValueError:
         return raw
 
@@ -788,32 +755,12 @@ def _read_file(spec: _File) -> list[tuple[str, str]]:
 def _write_file(spec: _File, items: Sequence[tuple[str, str]], connector: str) -> None:
     """Replace the file atomically: a reload reads either the old list or the new one,
     never half of one. The new file keeps the old one's mode and owner."""
-    path = Path(spec.path)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     lines = [
         f"# Written by Tollgate (connector {connector}). Edits by hand are undone at the "
         "next reconcile.",
         *(spec.line(key, value) for key, value in items),
     ]
-    try:
-        with temp.open("w", encoding="utf-8") as handle:
-            handle.write("\n".join(lines) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        with contextlib.suppress(FileNotFoundError):
-            before = path.stat()
-            temp.chmod(before.st_mode & 0o7777)
-            with contextlib.suppress(PermissionError):
-                os.chown(temp, before.st_uid, before.st_gid)
-        temp.replace(path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            temp.unlink()
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    atomic_write(spec.path, "\n".join(lines) + "\n")
 
 
 def create(config: ConnectorConfig, http: httpx.AsyncClient) -> HAProxyConnector:

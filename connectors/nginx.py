@@ -48,13 +48,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import fcntl
-import ipaddress
 import os
 import re
 import shutil
 import signal
-import tempfile
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -75,6 +74,14 @@ from controlplane.enforce.sdk import (
     Health,
 )
 from controlplane.enforce.targets import refusal
+from controlplane.enforce.toolkit import (
+    Terms,
+    atomic_write,
+    bounded,
+    observed,
+    option_error,
+    parse_options,
+)
 
 FILES = ("http.conf", "server.conf", "blocked.conf", "revoked.conf", "limits.conf")
 """Every file the connector owns in `include_dir`; nothing else there is touched."""
@@ -82,8 +89,6 @@ _SAFE_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/+=-]*$")
 """Keys written verbatim inside quotes: no quotes, backslashes, `$`, `;`, `#` or spaces."""
 _MAP_KEYWORDS = frozenset({"default", "hostnames", "include", "volatile"})
 """Words a map reads as directives; a key spelled like one is written `"\\\\default"`."""
-_ADDRESS = re.compile(r"^[0-9A-Fa-f:.]+(/[0-9]{1,3})?$")
-"""What a geo entry may look like (rules out scoped IPv6 such as `fe80::1%eth0`)."""
 _TOKEN = r"""(?:"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|[^\s"';#{}]+)"""
 _LINE = re.compile(rf"^\s*({_TOKEN})\s+({_TOKEN})\s*;\s*(?:#(.*))?$")
 _RPM_NOTE = re.compile(r"requests_per_minute=(\d+)")
@@ -93,11 +98,13 @@ _Files = dict[str, bytes | None]
 """File name -> content (None: no such file)."""
 _Stamps = dict[str, tuple[int, int, int] | None]
 """File name -> (inode, size, mtime) (None: no such file): whether a file changed."""
-_LIST_OF = {
-    EntryType.BLOCK: "blocked.conf",
-    EntryType.REVOKE_KEY: "revoked.conf",
-    EntryType.RATE_LIMIT: "limits.conf",
-}
+_LIST_OF: Terms[EntryType, str] = Terms(
+    {
+        EntryType.BLOCK: "blocked.conf",
+        EntryType.REVOKE_KEY: "revoked.conf",
+        EntryType.RATE_LIMIT: "limits.conf",
+    }
+)
 """The include each entry type lives in."""
 _POLL = 0.005
 """Seconds between looks at the master's workers while a reload is confirmed."""
@@ -136,13 +143,13 @@ class NginxOptions:
     """Prefix of the variables and zones the frame defines (two connectors, one nginx)."""
     zone_size: str = "10m"
     """Shared memory per tier zone (1m holds about 16k keys)."""
-    map_hash_bucket_size: int = 128
+    map_hash_bucket_size: int = bounded(128, 0, 1 << 20)
     """Written in the frame, so keys up to `bucket - 18` characters fit (NGINX's default,
     64, refuses a 64-character fingerprint). 0: the main config sets it (then 64 is
     assumed for the length check)."""
-    map_hash_max_size: int = 65536
+    map_hash_max_size: int = bounded(65536, 0, 1 << 20)
     """Written in the frame so 10k+ keys build an optimal hash; 0: not written."""
-    reload_min_seconds: float = 0.5
+    reload_min_seconds: float = bounded(0.5, 0, 60)
     """At most one write-test-reload per this many seconds: diffs that arrive meanwhile
     wait and go live together in the next one (a reload rewrites whole files and
     re-reads the configuration, whatever a diff holds)."""
@@ -160,44 +167,26 @@ class NginxOptions:
     @classmethod
     def parse(cls, where: str, options: Mapping[str, Any]) -> NginxOptions:
         """Options from the config file, each checked; errors name the option at fault."""
-        known = set(cls.__dataclass_fields__)
-        unknown = set(options) - known
-        if unknown:
-            raise _bad(f"{where}: unknown option(s) {sorted(unknown)}; known: {sorted(known)}")
-        values: dict[str, Any] = {}
-        for name, value in options.items():
-            default = cls.__dataclass_fields__[name].default
-            if name == "tiers":
-                if not isinstance(value, list | tuple) or not all(
-                    isinstance(t, int) and not isinstance(t, bool) and t > 0 for t in value
-                ):
-                    raise _bad(f"{where}: tiers must be a list of requests per minute (> 0)")
-                if not value or len(set(value)) != len(value):
-                    raise _bad(f"{where}: tiers must be a non-empty list without repeats")
-                value = tuple(sorted(value))
-            elif isinstance(default, float) and isinstance(value, int | float):
-                value = float(value)
-            elif type(value) is not type(default):
-                raise _bad(f"{where}: option {name} must be a {type(default).__name__}")
-            values[name] = value
-        parsed = cls(**values)
+        parsed = parse_options(cls, where, options)
+        if not all(t > 0 for t in parsed.tiers):
+            raise option_error(where, "tiers", "must be a list of requests per minute (> 0)")
+        if not parsed.tiers or len(set(parsed.tiers)) != len(parsed.tiers):
+            raise option_error(where, "tiers", "must be a non-empty list without repeats")
+        parsed = dataclasses.replace(parsed, tiers=tuple(sorted(parsed.tiers)))
         if not re.fullmatch(r"[A-Za-z0-9]+(-[A-Za-z0-9]+)*", parsed.key_header):
-            raise _bad(
-                f"{where}: key_header {parsed.key_header!r} must be a header name of letters, "
-                "digits and dashes (NGINX drops headers with underscores by default)"
+            raise option_error(
+                where,
+                "key_header",
+                f"{parsed.key_header!r} must be a header name of letters, digits and dashes "
+                "(NGINX drops headers with underscores by default)",
             )
         if not re.fullmatch(r"[a-z][a-z0-9_]{0,30}", parsed.prefix):
-            raise _bad(f"{where}: prefix must be lowercase letters, digits and _")
+            raise option_error(where, "prefix", "must be lowercase letters, digits and _")
         if not re.fullmatch(r"[1-9][0-9]*[kKmM]?", parsed.zone_size):
-            raise _bad(f"{where}: zone_size must be a size such as 10m")
-        for name in ("map_hash_bucket_size", "map_hash_max_size"):
-            if not 0 <= getattr(parsed, name) <= 1 << 20:
-                raise _bad(f"{where}: {name} must be between 0 and 1048576")
-        if not 0 <= parsed.reload_min_seconds <= 60:
-            raise _bad(f"{where}: reload_min_seconds must be between 0 and 60")
+            raise option_error(where, "zone_size", "must be a size such as 10m")
         for name in ("main_config", "include_dir", "pid_file", "nginx"):
             if not getattr(parsed, name):
-                raise _bad(f"{where}: {name} must not be empty")
+                raise option_error(where, name, "must not be empty")
         return parsed
 
 
@@ -231,19 +220,6 @@ class _Tables:
             + [Entry(EntryType.REVOKE_KEY, "api_key", key) for key in self.revoked.values()]
             + [Entry(EntryType.RATE_LIMIT, "api_key", k, rpm) for k, rpm in self.limits.values()]
         )
-
-
-def _canonical_address(kind: str, value: str) -> str:
-    """One spelling per address or network, as Tollgate stores targets (an IPv4-mapped
-    IPv6 address is its IPv4 address; a network has its host bits cleared)."""
-    if not _ADDRESS.match(value) or (kind == "ip" and "/" in value):
-        raise ValueError(value)
-    if kind == "ip":
-        address = ipaddress.ip_address(value)
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-            return str(address.ipv4_mapped)
-        return str(address)
-    return str(ipaddress.ip_network(value, strict=False))
 
 
 def _unquote(token: str) -> str:
@@ -293,7 +269,7 @@ def _lines(text: str) -> Iterable[tuple[str, str, str] | None]:
 class NginxConnector:
     def __init__(self, config: ConnectorConfig, http: httpx.AsyncClient) -> None:
         self.name = config.name
-        self.options = NginxOptions.parse(f"connector {config.name}", config.options)
+        self.options = NginxOptions.parse(f"connector {config.name}: options", config.options)
         self.min_prefix = config.min_prefix
         self.timeout = config.timeout_seconds / 2
         """Bound of each step (an `nginx` run, a reload's confirmation, the lock): half the
@@ -458,7 +434,7 @@ class NginxConnector:
         NGINX would read it, so it goes too."""
         if entry.type is EntryType.BLOCK:
             with contextlib.suppress(ValueError):
-                tables.blocked.pop(_canonical_address(entry.target_kind, entry.target_value), None)
+                tables.blocked.pop(observed(entry.target_kind, entry.target_value), None)
             tables.blocked.pop(entry.target_value, None)
         elif entry.target_kind == "api_key" and entry.type is EntryType.REVOKE_KEY:
             if tables.revoked.get(entry.target_value.lower()) == entry.target_value:
@@ -480,7 +456,7 @@ class NginxConnector:
             if kind not in {"ip", "cidr"}:
                 return f"NGINX blocks IPs and CIDRs, not a {kind}"
             try:
-                tables.blocked[_canonical_address(kind, value)] = kind
+                tables.blocked[observed(kind, value)] = kind
             except ValueError:
                 return f"{value!r} is not a valid {kind}"
             return ""
@@ -599,7 +575,7 @@ class NginxConnector:
                 continue  # not a block: the geo's value is what `if` tests
             kind = value if value in {"ip", "cidr"} else ("cidr" if "/" in address else "ip")
             try:
-                tables.blocked[_canonical_address(kind, _unquote(address))] = kind
+                tables.blocked[observed(kind, _unquote(address))] = kind
             except ValueError:
                 tables.ignored += 1
         for line in _lines(text("revoked.conf")):
@@ -734,17 +710,7 @@ class NginxConnector:
                 if data is None:
                     path.unlink(missing_ok=True)
                     continue
-                fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.dir)
-                try:
-                    with os.fdopen(fd, "wb") as handle:
-                        handle.write(data)
-                        handle.flush()
-                        os.fsync(handle.fileno())
-                    Path(tmp).chmod(0o644)
-                    Path(tmp).replace(path)
-                except BaseException:
-                    Path(tmp).unlink(missing_ok=True)
-                    raise
+                atomic_write(path, data)
         except OSError as exc:
             raise ConnectorError(f"cannot write {self.dir}: {exc}") from None
 

@@ -22,6 +22,7 @@ Why it looks the way it does:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import hmac
 import ipaddress
@@ -29,7 +30,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -48,6 +49,7 @@ from controlplane.enforce.sdk import (
     Health,
 )
 from controlplane.enforce.targets import DEFAULT_FLOOR, PrefixFloor, refusal
+from controlplane.enforce.toolkit import bounded, option_error, parse_options
 
 log = logging.getLogger(__name__)
 
@@ -68,15 +70,6 @@ BUDGET_SHARE = 0.9
 before the Enforcer's own timeout cancels it and loses the results."""
 
 Op = Literal["add", "remove", "change"]
-_OPTIONS = {
-    "url",
-    "observe",
-    "batch_size",
-    "concurrency",
-    "request_timeout_seconds",
-    "refusal_hold_seconds",
-    "allow_http",
-}
 
 
 def sign(key: str, timestamp: str, body: bytes) -> str:
@@ -93,37 +86,31 @@ class WebhookOptions:
     url: str
     observe: bool = False
     """GET `{url}/state` to learn what the receiver enforces; off: trust what was pushed."""
-    batch_size: int = 1
+    batch_size: int = bounded(1, 1, MAX_BATCH)
     """Changes per POST; 1 keeps the simplest receiver, up to 500 for large fleets."""
-    concurrency: int = 4
+    concurrency: int = bounded(4, 1, 32)
     """POSTs in flight at once: changes to different entries are independent."""
-    request_timeout_seconds: float = 2.5
+    request_timeout_seconds: float = bounded(2.5, 0.05, 300)
     """One request's bound; half of `timeout_seconds` unless set, so a stalled request
     leaves the apply time to report the rest."""
-    refusal_hold_seconds: float = 60.0
+    refusal_hold_seconds: float = bounded(60.0, 0, 86400)
     """How long a 4xx refusal is answered from memory before the change is sent again."""
+    allow_http: bool = False
+    """Plain http to another machine (loopback is always allowed): off by default."""
 
     @classmethod
     def of(cls, config: ConnectorConfig) -> WebhookOptions:
         where = f"connector {config.name}: options"
-        raw = dict(config.options)
-        unknown = set(raw) - _OPTIONS
-        if unknown:
-            raise _config_error(f"{where}: unknown {sorted(unknown)}; known: {sorted(_OPTIONS)}")
-        url = raw.get("url")
-        if not isinstance(url, str) or not url:
-            raise _config_error(f"{where}.url is required: the receiver's https URL")
-        _check_url(where, url, allow_http=_flag(where, raw, "allow_http", False))
-        return cls(
-            url=url.rstrip("/"),
-            observe=_flag(where, raw, "observe", False),
-            batch_size=int(_number(where, raw, "batch_size", 1, 1, MAX_BATCH)),
-            concurrency=int(_number(where, raw, "concurrency", 4, 1, 32)),
-            request_timeout_seconds=_number(
-                where, raw, "request_timeout_seconds", config.timeout_seconds / 2, 0.05, 300
-            ),
-            refusal_hold_seconds=_number(where, raw, "refusal_hold_seconds", 60.0, 0, 86400),
+        parsed = parse_options(
+            cls,
+            where,
+            config.options,
+            request_timeout_seconds=min(300.0, max(0.05, config.timeout_seconds / 2)),
         )
+        if not parsed.url:
+            raise option_error(where, "url", "is required: the receiver's https URL")
+        _check_url(where, parsed.url, allow_http=parsed.allow_http)
+        return dataclasses.replace(parsed, url=parsed.url.rstrip("/"))
 
 
 @dataclass
@@ -512,22 +499,6 @@ def _state_error(i: int, where: str) -> ConnectorError:
 
 def _config_error(message: str) -> ConnectorError:
     return ConnectorError(message, retryable=False)
-
-
-def _flag(where: str, raw: Mapping[str, Any], name: str, default: bool) -> bool:
-    value = raw.get(name, default)
-    if not isinstance(value, bool):
-        raise _config_error(f"{where}.{name} must be true or false")
-    return value
-
-
-def _number(
-    where: str, raw: Mapping[str, Any], name: str, default: float, low: float, high: float
-) -> float:
-    value = raw.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-        raise _config_error(f"{where}.{name} must be a number from {low:g} to {high:g}")
-    return float(value)
 
 
 def _check_url(where: str, url: str, *, allow_http: bool) -> None:

@@ -10,6 +10,8 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from controlplane.audit import jobs as audit_jobs
 from controlplane.auth.service import TokenService
+from controlplane.bouncers.config import load_stream_config
+from controlplane.bouncers.service import DecisionStream
 from controlplane.customers.service import CustomerService
 from controlplane.enforce.config import load_connectors
 from controlplane.enforce.service import Enforcer
@@ -46,6 +48,8 @@ class Runtime:
     customers: CustomerService
     reviews: ReviewService
     providers: Providers = field(default_factory=Providers)
+    bouncers: DecisionStream | None = None
+    """The CrowdSec decision stream (`crowdsec:` in the config file)."""
     scheduler: AsyncIOScheduler = field(default_factory=AsyncIOScheduler)
     _sync_problems: list[str] = field(default_factory=list)
     _span_store: bool = False
@@ -70,6 +74,7 @@ class Runtime:
             CustomerService(db),
             ReviewService(db, enforcer.wake),
             providers,
+            DecisionStream(db, load_stream_config(settings.config)),
         )
 
     async def start(self) -> None:

@@ -12,6 +12,7 @@ from controlplane.api.body import MAX_BODY, JSONRequest, StrictPydantic
 from controlplane.api.health import HealthController
 from controlplane.api.metrics import MetricsController
 from controlplane.audit.controllers import AuditController, SubjectController
+from controlplane.bouncers.controllers import BouncerController
 from controlplane.customers.controllers import CustomerController
 from controlplane.enforce.controllers import ConnectorController, LiftController
 from controlplane.evaluate.controllers import DecisionController
@@ -32,6 +33,7 @@ ROUTES = [
     TraceController,
     HealthController,
     VerdictController,
+    BouncerController,
     DecisionController,
     ActionController,
     ExemptionController,

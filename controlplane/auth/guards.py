@@ -30,15 +30,37 @@ def requires(*roles: Role) -> Guard:
     return guard
 
 
-async def authenticate(connection: ASGIConnection[Any, Any, Any, Any]) -> Principal:
+def requires_api_key(*roles: Role) -> Guard:
+    """As `requires`, for clients that send their token in `X-Api-Key` (CrowdSec
+    bouncers); a bearer token is taken too."""
+    allowed = frozenset(roles) | {Role.ADMIN}
+
+    async def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+        principal = await authenticate(connection, api_key=True)
+        if principal.role not in allowed:
+            raise PermissionDeniedException(
+                f"role {principal.role.value} may not do this; it needs one of "
+                f"{', '.join(sorted(r.value for r in allowed))}"
+            )
+
+    return guard
+
+
+async def authenticate(
+    connection: ASGIConnection[Any, Any, Any, Any], *, api_key: bool = False
+) -> Principal:
     cached = connection.scope.get("tollgate_principal")
     if isinstance(cached, Principal):
         return cached
     header = connection.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
+    if api_key and connection.headers.get("x-api-key", "").strip():
+        scheme, token = "bearer", connection.headers["x-api-key"]
     if scheme.lower() != "bearer" or not token.strip():
         raise NotAuthorizedException(
-            "send `Authorization: Bearer <token>`; create one with `tollgate token create`"
+            "send `X-Api-Key: <token>` (a bouncer token: `tollgate token create --role bouncer`)"
+            if api_key
+            else "send `Authorization: Bearer <token>`; create one with `tollgate token create`"
         )
     principal = await connection.app.state.runtime.tokens.authenticate(token.strip())
     if principal is None:

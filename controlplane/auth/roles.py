@@ -15,6 +15,9 @@ class Role(StrEnum):
     AUDITOR = "auditor"
     """Reads everything, changes nothing."""
     ADMIN = "admin"
+    BOUNCER = "bouncer"
+    """A CrowdSec bouncer: pulls block decisions (`/v1/decisions/stream`) with its token
+    in `X-Api-Key`; nothing else."""
 
 
 READERS = (Role.ENGINEER, Role.REVIEWER, Role.AUDITOR, Role.ADMIN)

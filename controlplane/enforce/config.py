@@ -7,6 +7,7 @@ Secrets are never written in the file or stored in the database: a secret is
       - name: edge-haproxy
         type: haproxy
         providers: [lab-a]          # or ["*"] for every provider
+        scope: {types: [block], target_kinds: [ip, cidr]}   # optional: less than it can
         reconcile_seconds: 30
         options: {socket: /run/haproxy/admin.sock, state_dir: /etc/haproxy/tollgate}
       - name: keys-service
@@ -19,12 +20,13 @@ Secrets are never written in the file or stored in the database: a secret is
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from controlplane.enforce.sdk import ConnectorConfig
+from controlplane.enforce.sdk import TARGET_KINDS, ConnectorConfig, EntryType, Scope
 from controlplane.errors import InvalidInput
 from controlplane.settings import Providers, parse_providers, read_secret
 
@@ -64,6 +66,7 @@ def _connector(path: Path, i: int, item: Any, settings: Providers) -> ConnectorC
         "secrets",
         "reconcile_seconds",
         "timeout_seconds",
+        "scope",
     }
     if unknown:
         raise InvalidInput(f"{where}: unknown keys {sorted(unknown)}")
@@ -92,7 +95,38 @@ def _connector(path: Path, i: int, item: Any, settings: Providers) -> ConnectorC
         reconcile_seconds=float(item.get("reconcile_seconds", 30)),
         timeout_seconds=float(item.get("timeout_seconds", 5)),
         min_prefix=settings.loosest_floor(providers),
+        scope=parse_scope(f"{where}.scope", item.get("scope")),
     )
+
+
+def parse_scope(where: str, raw: Any) -> Scope:
+    """`scope: {types: [block], target_kinds: [ip, cidr]}`; either key may be left out
+    (no limit). Errors name the key at fault."""
+    if raw is None:
+        return Scope()
+    if not isinstance(raw, dict):
+        raise InvalidInput(f"{where} must be a mapping with `types` and/or `target_kinds`")
+    unknown = set(raw) - {"types", "target_kinds"}
+    if unknown:
+        raise InvalidInput(f"{where}: unknown keys {sorted(unknown)} (types, target_kinds)")
+    types = _names(f"{where}.types", raw.get("types"), {t.value for t in EntryType})
+    kinds = _names(f"{where}.target_kinds", raw.get("target_kinds"), TARGET_KINDS)
+    return Scope(
+        types=frozenset(EntryType(t) for t in types) if types is not None else None,
+        target_kinds=kinds,
+    )
+
+
+def _names(where: str, raw: Any, known: Iterable[str]) -> frozenset[str] | None:
+    if raw is None:
+        return None
+    choices = ", ".join(sorted(known))
+    if not isinstance(raw, list) or not raw:
+        raise InvalidInput(f"{where} must be a non-empty list of: {choices}")
+    for i, name in enumerate(raw):
+        if not isinstance(name, str) or name not in known:
+            raise InvalidInput(f"{where}[{i}]: {name!r} is not one of: {choices}")
+    return frozenset(raw)
 
 
 def _secret(where: str, ref: Any) -> str:

@@ -119,16 +119,22 @@ class Follower:
         db: Database,
         config: ConnectorConfig,
         connector: Connector,
-        expected: Callable[[str, str], list[str]],
+        expected: Callable[[str, str, str], list[str]],
         poll_seconds: float,
     ) -> None:
         self.config = config
         self.connector = connector
         self._db = db
         self._expected = expected
-        """(provider, action type) -> the connectors that must hold such an action."""
+        """(provider, action type, target kind) -> the connectors that must hold such an
+        action."""
         self._poll = poll_seconds
-        self._types = sorted(t.value for t in connector.capabilities())
+        scoped = config.scope.types
+        self._types = sorted(
+            t.value for t in connector.capabilities() if scoped is None or t in scoped
+        )
+        kinds = config.scope.target_kinds
+        self._kinds = sorted(kinds) if kinds is not None else None
         self._providers = None if "*" in config.providers else list(config.providers)
         self.cursor = 0
         self.attempted = 0
@@ -152,8 +158,10 @@ class Follower:
     def wake(self) -> None:
         self._wake.set()
 
-    def serves(self, provider: str) -> bool:
-        return "*" in self.config.providers or provider in self.config.providers
+    def holds(self, provider: str, entry_type: str, target_kind: str) -> bool:
+        """Whether this connector must hold an action of this provider, type and target
+        kind: its providers, its scope and its gateway's capabilities say so."""
+        return entry_type in self._types and self.config.covers(provider, entry_type, target_kind)
 
     async def request_reconcile(self) -> ReconcileReport:
         future: asyncio.Future[ReconcileReport] = asyncio.get_running_loop().create_future()
@@ -234,7 +242,7 @@ class Follower:
         keys = {
             (c.type, c.target_kind, c.target_value)
             for c in changes
-            if self.serves(c.provider) and c.type in self._types
+            if self.holds(c.provider, c.type, c.target_kind)
         }
         keys.update(due)
         ok = await self._apply_keys(keys, changes, last)
@@ -296,7 +304,7 @@ class Follower:
         targets = [(k[1], k[2]) for k in keys]
         async with self._db.read() as session:
             rows = await repository.desired_for_targets(
-                session, self._providers, self._types, targets, now
+                session, self._providers, self._types, targets, now, self._kinds
             )
         desired = DesiredState()
         for action_id, _, kind, target_kind, value, params, created_at in rows:
@@ -424,10 +432,10 @@ class Follower:
         states = await repository.enforcement_states(session, action_ids)
         actions = await repository.action_states(session, action_ids)
         changes: dict[str, str] = {}
-        for action_id, current, provider, kind in actions:
+        for action_id, current, provider, kind, target_kind in actions:
             if current not in repository.ACTIVE:
                 continue
-            expected = self._expected(provider, kind)
+            expected = self._expected(provider, kind, target_kind)
             mine = states.get(action_id, {})
             if any(mine.get(n) == "failed" for n in expected):
                 new = ActionState.FAILED.value
@@ -522,7 +530,7 @@ class Follower:
                 first = False
                 async with self._db.read() as session:
                     rows, after = await repository.desired_page(
-                        session, self._providers, self._types, after, PAGE, now
+                        session, self._providers, self._types, after, PAGE, now, self._kinds
                     )
                 desired = DesiredState()
                 for action_id, _, kind, target_kind, value, params, created_at in rows:

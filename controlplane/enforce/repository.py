@@ -52,9 +52,15 @@ async def change_head(session: AsyncSession) -> int:
 
 
 async def changes_after(
-    session: AsyncSession, seq: int, limit: int, target_kind: str | None = None
+    session: AsyncSession,
+    seq: int,
+    limit: int,
+    target_kind: str | None = None,
+    upto: int | None = None,
 ) -> list[ChangeRow]:
     query = select(ChangeRow).where(col(ChangeRow.seq) > seq)
+    if upto is not None:
+        query = query.where(col(ChangeRow.seq) <= upto)
     if target_kind is not None:
         query = query.where(col(ChangeRow.target_kind) == target_kind)
     query = query.order_by(col(ChangeRow.seq)).limit(limit)
@@ -91,10 +97,20 @@ _DESIRED_COLUMNS = (
     col(ActionRow.params),
     col(ActionRow.created_at),
 )
+DECISION_COLUMNS = (*_DESIRED_COLUMNS, col(ActionRow.expires_at), col(ActionRow.rule))
+"""The desired columns plus what a CrowdSec decision shows (its end, its rule)."""
 
 
-def _desired(providers: Sequence[str] | None, types: Sequence[str], now: datetime) -> Any:
-    query = select(*_DESIRED_COLUMNS).where(
+def _desired(
+    providers: Sequence[str] | None,
+    types: Sequence[str],
+    now: datetime,
+    kinds: Sequence[str] | None = None,
+    columns: Sequence[Any] = _DESIRED_COLUMNS,
+) -> Any:
+    """Active, non-shadow, unexpired actions of these types (and target kinds, when
+    given) of these providers (all when None): what a connector's scope admits."""
+    query = select(*columns).where(
         col(ActionRow.state).in_(ACTIVE),
         ~col(ActionRow.shadow),
         col(ActionRow.type).in_(list(types)),
@@ -102,6 +118,8 @@ def _desired(providers: Sequence[str] | None, types: Sequence[str], now: datetim
     )
     if providers is not None:
         query = query.where(col(ActionRow.provider).in_(list(providers)))
+    if kinds is not None:
+        query = query.where(col(ActionRow.target_kind).in_(list(kinds)))
     return query
 
 
@@ -111,6 +129,8 @@ async def desired_for_targets(
     types: Sequence[str],
     targets: Sequence[tuple[str, str]],
     now: datetime,
+    kinds: Sequence[str] | None = None,
+    columns: Sequence[Any] = _DESIRED_COLUMNS,
 ) -> list[Any]:
     """Active, non-shadow, unexpired actions of these types on these (kind, value)
     targets: an indexed lookup, whatever else is active."""
@@ -120,7 +140,7 @@ async def desired_for_targets(
     found: list[Any] = []
     for kind, values in by_kind.items():
         for i in range(0, len(values), _CHUNK):
-            query = _desired(providers, types, now).where(
+            query = _desired(providers, types, now, kinds, columns).where(
                 col(ActionRow.target_kind) == kind,
                 col(ActionRow.target_value).in_(values[i : i + _CHUNK]),
             )
@@ -135,36 +155,49 @@ async def desired_page(
     after: tuple[str, str] | None,
     limit: int,
     now: datetime,
+    kinds: Sequence[str] | None = None,
+    columns: Sequence[Any] = _DESIRED_COLUMNS,
 ) -> tuple[list[Any], tuple[str, str] | None]:
     """One page of the desired state in (target kind, value) order, every action of a
     target in the same page; and where the next page starts (None: this was the last).
     One target kind at a time, by keyset on `ix_action_target` (equality on the kind,
     a range on the value), so a page costs its own rows whatever the table holds."""
-    kinds = [k.value for k in SubjectKind]
-    kind, value = after if after is not None else (kinds[0], "")
-    for current in kinds[kinds.index(kind) :]:
+    order = [k.value for k in SubjectKind if kinds is None or k.value in kinds]
+    if not order:
+        return [], None
+    kind, value = after if after is not None else (order[0], "")
+    for current in order[order.index(kind) :]:
         start = value if current == kind else ""
         query = (
-            _desired(providers, types, now)
+            _desired(providers, types, now, kinds, columns)
             .where(col(ActionRow.target_kind) == current, col(ActionRow.target_value) > start)
             .order_by(col(ActionRow.target_value))
             .limit(limit)
-            # SQLite's planner would rather scan (type, state) and sort everything.
-            .with_hint(ActionRow, "INDEXED BY ix_action_target", "sqlite")
         )
         rows = list((await session.execute(query)).all())
         if not rows:
             continue
         if len(rows) < limit:
-            following = kinds.index(current) + 1
-            return rows, (kinds[following], "") if following < len(kinds) else None
+            following = order.index(current) + 1
+            return rows, (order[following], "") if following < len(order) else None
         last = (current, rows[-1].target_value)
         # The page may end inside one target's actions: take that target's others too.
-        rest = await desired_for_targets(session, providers, types, [last], now)
+        rest = await desired_for_targets(session, providers, types, [last], now, kinds, columns)
         seen = {r.id for r in rows}
         rows.extend(r for r in rest if r.id not in seen)
         return rows, last
     return [], None
+
+
+async def count_desired(
+    session: AsyncSession,
+    providers: Sequence[str] | None,
+    types: Sequence[str],
+    now: datetime,
+    kinds: Sequence[str] | None = None,
+) -> int:
+    query = select(func.count()).select_from(_desired(providers, types, now, kinds).subquery())
+    return int((await session.execute(query)).scalar_one())
 
 
 async def actions_by_id(session: AsyncSession, ids: Sequence[str]) -> list[ActionRow]:
@@ -248,9 +281,9 @@ async def failing(session: AsyncSession, connector: str) -> tuple[int, int]:
 
 async def action_states(
     session: AsyncSession, action_ids: Sequence[str]
-) -> list[tuple[str, str, str, str]]:
-    """(id, state, provider, type) of these actions."""
-    found: list[tuple[str, str, str, str]] = []
+) -> list[tuple[str, str, str, str, str]]:
+    """(id, state, provider, type, target kind) of these actions."""
+    found: list[tuple[str, str, str, str, str]] = []
     for i in range(0, len(action_ids), _CHUNK):
         rows = await session.execute(
             select(
@@ -258,9 +291,10 @@ async def action_states(
                 col(ActionRow.state),
                 col(ActionRow.provider),
                 col(ActionRow.type),
+                col(ActionRow.target_kind),
             ).where(col(ActionRow.id).in_(action_ids[i : i + _CHUNK]))
         )
-        found.extend((a, s, p, t) for a, s, p, t in rows)
+        found.extend((a, s, p, t, k) for a, s, p, t, k in rows)
     return found
 
 

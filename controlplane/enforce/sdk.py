@@ -112,6 +112,25 @@ class GatewayUnavailable(ConnectorError):
     """The gateway cannot be reached: nothing is lost, everything is retried later."""
 
 
+TARGET_KINDS = frozenset({"ip", "cidr", "api_key", "account", "org"})
+"""Every kind of target an entry can have."""
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What a connector is limited to, beyond its providers (`scope:` in tollgate.yaml):
+    entry types and target kinds; None means no limit. A connector is given, and is
+    expected to hold, only what its providers, its capabilities and its scope admit."""
+
+    types: frozenset[EntryType] | None = None
+    target_kinds: frozenset[str] | None = None
+
+    def admits(self, entry_type: str, target_kind: str) -> bool:
+        if self.types is not None and entry_type not in {t.value for t in self.types}:
+            return False
+        return self.target_kinds is None or target_kind in self.target_kinds
+
+
 @dataclass(frozen=True)
 class ConnectorConfig:
     """One configured connector (from `tollgate.yaml`); secrets already resolved."""
@@ -126,6 +145,16 @@ class ConnectorConfig:
     min_prefix: PrefixFloor = DEFAULT_FLOOR
     """The widest CIDR this connector sends (the loosest `min_prefix` of the providers it
     serves): `targets.refusal` holds back anything wider, or not canonical."""
+    scope: Scope = Scope()
+    """The entry types and target kinds this connector is limited to."""
+
+    def serves(self, provider: str) -> bool:
+        return "*" in self.providers or provider in self.providers
+
+    def covers(self, provider: str, entry_type: str, target_kind: str) -> bool:
+        """Whether an action of this provider, type and target kind is this connector's
+        to hold, as far as its configuration says (its capabilities aside)."""
+        return self.serves(provider) and self.scope.admits(entry_type, target_kind)
 
 
 class Connector(Protocol):

@@ -309,13 +309,9 @@ class _Worker:
         await http.aclose()
         await self._db.dispose()
 
-    def _expected(self, provider: str, kind: str) -> list[str]:
-        """The connectors that must hold an action of this type and provider."""
-        return [
-            name
-            for name, f in self.followers.items()
-            if f.serves(provider) and kind in {t.value for t in f.connector.capabilities()}
-        ]
+    def _expected(self, provider: str, kind: str, target_kind: str) -> list[str]:
+        """The connectors that must hold an action of this provider, type and target kind."""
+        return [name for name, f in self.followers.items() if f.holds(provider, kind, target_kind)]
 
 
 async def _supervise(follower: Follower) -> None:

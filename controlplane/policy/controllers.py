@@ -104,8 +104,7 @@ class PolicyController(Controller):
             try:
                 await asyncio.to_thread(refuse_denied, bundle.modules)
             except PolicyError as exc:
-                uploaded = data.head_modules is not None and bundle is head
-                where = "head_modules: " if uploaded else ""
+                where = "head_modules: " if data.head_modules is not None and bundle is head else ""
                 raise InvalidInput(f"{where}{exc.message}", details=exc.details) from None
         settings = runtime.settings
         engines: list[EmbeddedEngine] = []

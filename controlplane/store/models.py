@@ -365,6 +365,17 @@ class ConnectorCursorRow(SQLModel, table=True):
     updated_at: datetime = _utc(nullable=False)
 
 
+class BouncerCursorRow(SQLModel, table=True):
+    """Where each CrowdSec bouncer (by its token) is in the change log: moved only when a
+    stream answer was sent whole, so a bouncer sees every change once."""
+
+    __tablename__ = "bouncer_cursor"
+
+    token_id: str = Field(primary_key=True, max_length=40)
+    seq: int
+    last_pull: datetime = _utc(nullable=False)
+
+
 # Expiry finds due actions without scanning every active one; the decider's intel
 # index takes the indicators added since its last look.
 Index("ix_action_expires", col(ActionRow.expires_at))

@@ -558,7 +558,7 @@ def _connector_states(
     states: list[ConnectorState] = []
     for name in runtime.enforcer.names:
         config = runtime.enforcer.config(name)
-        if "*" not in config.providers and row.provider not in config.providers:
+        if not config.covers(row.provider, row.type, row.target_kind):
             continue
         found = by_name.pop(name, None)
         states.append(

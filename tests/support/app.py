@@ -38,12 +38,15 @@ def make_settings(
     entrypoint: str = "tollgate.decision",
     connectors: list[dict[str, Any]] | None = None,
     providers: dict[str, Any] | None = None,
+    crowdsec: dict[str, Any] | None = None,
 ) -> Settings:
     """Settings for one test app; every field that could come from the environment is set."""
     config = data_dir / "tollgate.yaml"
     document: dict[str, Any] = {"connectors": connectors or []}
     if providers is not None:
         document["providers"] = providers
+    if crowdsec is not None:
+        document["crowdsec"] = crowdsec
     config.write_text(yaml.safe_dump(document), encoding="utf-8")
     return Settings(
         config=config,

@@ -1,0 +1,1 @@
+"""CrowdSec bouncers: the decision stream every existing CrowdSec bouncer can pull."""

@@ -1,0 +1,254 @@
+"""The connector toolkit: what every connector needs and none should write again.
+
+- **Canonical targets**: `rendered(entry, floor)` is the value to send (or `Refused`
+  saying why not), `observed(kind, raw)` reads back what a gateway holds in Tollgate's
+  one spelling, both on `controlplane.enforce.targets`.
+- **Atomic files**: `atomic_write(path, data)` replaces a file that a gateway loads so
+  that a reload reads the old content or the new, never half (temp file + fsync +
+  rename + directory fsync), keeping the old file's mode and owner.
+- **Options**: `parse_options(Options, where, config.options)` turns `options:` from
+  tollgate.yaml into a frozen dataclass, refusing unknown names, wrong types and values
+  out of range with a `ConnectorError` naming the option (`connector edge: options.x`).
+- **Mapping tables**: `Terms` maps Tollgate's entry types and target kinds to a
+  gateway's words both ways (libcloud's two-way tables), so a connector states once
+  what it supports and reads back what a gateway says.
+
+Like the SDK, it imports nothing of Tollgate's domain: connectors may import it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import os
+import tempfile
+import types
+from collections.abc import Callable, Hashable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, Generic, TypeVar, Union, get_args, get_origin, get_type_hints
+
+from controlplane.enforce.sdk import ConnectorError, Entry
+from controlplane.enforce.targets import (
+    DEFAULT_FLOOR,
+    NO_FLOOR,
+    PrefixFloor,
+    canonical_target,
+    refusal,
+)
+
+__all__ = [
+    "Refused",
+    "Terms",
+    "atomic_write",
+    "bounded",
+    "observed",
+    "option_error",
+    "parse_options",
+    "rendered",
+]
+
+# -- canonical targets -------------------------------------------------------------------
+
+
+class Refused(ConnectorError):
+    """An entry must not reach the gateway (not canonical, or wider than the floor):
+    report it in `ApplyResult.rejected` with this message."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retryable=False)
+
+
+def rendered(entry: Entry, floor: PrefixFloor = DEFAULT_FLOOR) -> str:
+    """The target value to send for `entry`: its canonical form, checked against the
+    connector's floor (`config.min_prefix`); raises `Refused` otherwise."""
+    why = refusal(entry, floor)
+    if why:
+        raise Refused(why)
+    return entry.target_value
+
+
+@functools.lru_cache(maxsize=1 << 18)
+def observed(kind: str, raw: str) -> str:
+    """What a gateway holds, in Tollgate's spelling (`10.0.0.7/8` -> `10.0.0.0/8`, an
+    IPv4-mapped IPv6 address as IPv4), so it compares equal to the desired entry.
+    Raises `ValueError` (a `TargetError`) for a value that is no target of `kind`."""
+    return canonical_target(kind, raw, NO_FLOOR)
+
+
+# -- atomic files ------------------------------------------------------------------------
+
+
+def atomic_write(path: Path | str, data: bytes | str, *, mode: int = 0o644) -> None:
+    """Replace `path` with `data` atomically and durably: a reader (a gateway's reload)
+    sees the old file or the new one, never half of one, and a crash after return keeps
+    the new one. An existing file's mode and owner are kept; a new one gets `mode`.
+    Raises `OSError` (the caller knows whether that is retryable)."""
+    path = Path(path)
+    content = data.encode("utf-8") if isinstance(data, str) else data
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    temp = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(content)
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            before = path.stat()
+        except FileNotFoundError:
+            temp.chmod(mode)
+        else:
+            temp.chmod(before.st_mode & 0o7777)
+            with contextlib.suppress(PermissionError):
+                os.chown(temp, before.st_uid, before.st_gid)
+        temp.replace(path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """The rename itself is durable only once the directory is."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# -- options -----------------------------------------------------------------------------
+
+Options = TypeVar("Options")
+
+
+def option_error(where: str, name: str, problem: str) -> ConnectorError:
+    """A configuration mistake, named by its option: retrying cannot help."""
+    return ConnectorError(f"{where}.{name} {problem}", retryable=False)
+
+
+def bounded(default: Any, low: float, high: float) -> Any:
+    """A numeric option's dataclass field, refused outside [low, high]."""
+    return dataclasses.field(default=default, metadata={"range": (low, high)})
+
+
+def parse_options(
+    cls: type[Options], where: str, options: Mapping[str, Any], **defaults: Any
+) -> Options:
+    """`options` as a `cls` (a frozen dataclass whose fields are the options, each with
+    its type and default; `bounded` ones with a range). `defaults` override the class's
+    defaults (a timeout taken from the connector's, say). Refuses unknown names, missing
+    required options, wrong types and values out of range, naming the option; the
+    connector checks what depends on several options afterwards."""
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
+    unknown = set(options) - set(fields)
+    if unknown:
+        raise ConnectorError(
+            f"{where}: unknown {sorted(unknown)}; unknown options are refused so that a "
+            f"typo is never ignored; known: {sorted(fields)}",
+            retryable=False,
+        )
+    hints = get_type_hints(cls)
+    values = dict(defaults)
+    for name, value in options.items():
+        values[name] = _typed(where, name, hints[name], value)
+        low_high = fields[name].metadata.get("range")
+        if low_high is not None and not low_high[0] <= values[name] <= low_high[1]:
+            low, high = low_high
+            raise option_error(where, name, f"must be a number from {low:g} to {high:g}")
+    for name, f in fields.items():
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if required and name not in values:
+            raise option_error(where, name, "is required")
+    return cls(**values)
+
+
+def _typed(where: str, name: str, hint: Any, value: Any) -> Any:
+    origin = get_origin(hint)
+    if origin in (Union, types.UnionType):
+        for option in get_args(hint):
+            with contextlib.suppress(ConnectorError):
+                return _typed(where, name, option, value)
+        raise option_error(where, name, f"must be one of: {_names(get_args(hint))}")
+    if origin is tuple:
+        (item, *_) = get_args(hint)
+        if not isinstance(value, list | tuple):
+            raise option_error(where, name, f"must be a list of {_names((item,))}")
+        return tuple(_typed(where, f"{name}[{i}]", item, v) for i, v in enumerate(value))
+    if hint is type(None):
+        if value is not None:
+            raise option_error(where, name, "must be null")
+        return None
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise option_error(where, name, "must be true or false")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise option_error(where, name, "must be a float")
+        return float(value)
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise option_error(where, name, "must be an int")
+        return value
+    if hint is str:
+        if not isinstance(value, str):
+            raise option_error(where, name, "must be a str")
+        return value
+    raise TypeError(f"parse_options cannot read an option of type {hint!r}")
+
+
+def _names(hints: tuple[Any, ...]) -> str:
+    return ", ".join(getattr(h, "__name__", str(h)) for h in hints)
+
+
+# -- mapping tables ----------------------------------------------------------------------
+
+Ours = TypeVar("Ours", bound=Hashable)
+Theirs = TypeVar("Theirs", bound=Hashable)
+
+
+class Terms(Generic[Ours, Theirs]):
+    """A one-to-one table between Tollgate's terms (an `EntryType`, a target kind, or a
+    pair of them) and a gateway's (a file, a scope name, an API's enum value).
+
+        SCOPES = Terms({"ip": "Ip", "cidr": "Range"}, fold=str.lower)
+        SCOPES.theirs("cidr") == "Range"; SCOPES.ours("range") == "cidr"
+
+    `fold` normalises the gateway's terms before they are compared (a gateway that
+    does not care about case). What is not in the table is None both ways: the
+    connector cannot express it, or does not know it.
+    """
+
+    def __init__(
+        self, pairs: Mapping[Ours, Theirs], *, fold: Callable[[Theirs], Theirs] | None = None
+    ) -> None:
+        self._to: dict[Ours, Theirs] = dict(pairs)
+        self._fold = fold or (lambda term: term)
+        self._from: dict[Theirs, Ours] = {self._fold(t): o for o, t in self._to.items()}
+        if len(self._from) != len(self._to):
+            raise ValueError(f"a mapping table must be one-to-one: {dict(pairs)!r}")
+
+    def theirs(self, ours: Ours) -> Theirs | None:
+        """The gateway's term for ours, or None when it has none."""
+        return self._to.get(ours)
+
+    def ours(self, theirs: Theirs) -> Ours | None:
+        """Our term for the gateway's, or None when it means nothing to Tollgate."""
+        return self._from.get(self._fold(theirs))
+
+    def __getitem__(self, ours: Ours) -> Theirs:
+        """The gateway's term for ours; `KeyError` when it has none."""
+        return self._to[ours]
+
+    def values(self) -> Iterator[Theirs]:
+        return iter(self._to.values())
+
+    def __contains__(self, ours: object) -> bool:
+        return ours in self._to
+
+    def __iter__(self) -> Iterator[Ours]:
+        return iter(self._to)
+
+    def items(self) -> Iterator[tuple[Ours, Theirs]]:
+        return iter(self._to.items())

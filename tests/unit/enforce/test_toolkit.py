@@ -1,0 +1,112 @@
+"""The connector toolkit: canonical rendering, atomic files, options, mapping tables."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from controlplane.enforce.sdk import ConnectorError, Entry, EntryType
+from controlplane.enforce.targets import PrefixFloor
+from controlplane.enforce.toolkit import (
+    Refused,
+    Terms,
+    atomic_write,
+    bounded,
+    observed,
+    parse_options,
+    rendered,
+)
+
+
+def test_rendered_sends_canonical_values_only() -> None:
+    assert rendered(Entry(EntryType.BLOCK, "cidr", "198.51.100.0/24")) == "198.51.100.0/24"
+    with pytest.raises(Refused, match="not canonical"):
+        rendered(Entry(EntryType.BLOCK, "cidr", "198.51.100.7/24"))
+    with pytest.raises(Refused, match="covers more than a block may"):
+        rendered(Entry(EntryType.BLOCK, "cidr", "10.0.0.0/8"), PrefixFloor(16, 32))
+    with pytest.raises(Refused) as caught:
+        rendered(Entry(EntryType.REVOKE_KEY, "api_key", "key; drop"))
+    assert "drop" not in str(caught.value) and caught.value.retryable is False
+
+
+def test_observed_reads_a_gateway_value_back_in_tollgates_spelling() -> None:
+    assert observed("cidr", "10.1.2.3/8") == "10.0.0.0/8"
+    assert observed("ip", "::ffff:192.0.2.7") == "192.0.2.7"
+    assert observed("cidr", "192.0.2.7") == "192.0.2.7/32"
+    with pytest.raises(ValueError):
+        observed("ip", "fe80::1%eth0")
+
+
+def test_atomic_write_replaces_keeping_mode_and_leaves_no_temp_file(tmp_path: Path) -> None:
+    path = tmp_path / "blocked.acl"
+    atomic_write(path, "one\n")
+    assert (path.read_text(), path.stat().st_mode & 0o777) == ("one\n", 0o644)
+    path.chmod(0o600)
+    inode = path.stat().st_ino
+
+    atomic_write(path, b"two\n")
+
+    assert path.read_text() == "two\n"
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert path.stat().st_ino != inode  # a new file moved into place, not rewritten
+    assert [p.name for p in tmp_path.iterdir()] == ["blocked.acl"]
+
+
+def test_atomic_write_failing_leaves_the_old_file(tmp_path: Path) -> None:
+    path = tmp_path / "missing-dir" / "x.map"
+    with pytest.raises(OSError):
+        atomic_write(path, "x")
+    assert not path.parent.exists()
+
+
+@dataclass(frozen=True)
+class Options:
+    url: str
+    retries: int = bounded(3, 0, 10)
+    timeout: float = 1.0
+    strict: bool = True
+    tiers: tuple[int, ...] = (10, 60)
+
+
+def test_options_are_parsed_into_a_frozen_dataclass() -> None:
+    parsed = parse_options(Options, "w", {"url": "u", "timeout": 2, "tiers": [5]}, retries=4)
+
+    assert parsed == Options(url="u", retries=4, timeout=2.0, strict=True, tiers=(5,))
+    assert isinstance(parsed.timeout, float)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"url": "u", "retrys": 1}, "w: unknown ['retrys']"),
+        ({}, "w.url is required"),
+        ({"url": "u", "retries": 11}, "w.retries must be a number from 0 to 10"),
+        ({"url": "u", "retries": True}, "w.retries must be an int"),
+        ({"url": "u", "timeout": "soon"}, "w.timeout must be a float"),
+        ({"url": "u", "strict": "yes"}, "w.strict must be true or false"),
+        ({"url": "u", "tiers": [5, "x"]}, "w.tiers[1] must be an int"),
+        ({"url": 7}, "w.url must be a str"),
+    ],
+)
+def test_each_bad_option_is_named(options: dict[str, object], message: str) -> None:
+    with pytest.raises(ConnectorError) as caught:
+        parse_options(Options, "w", options)
+    assert message in str(caught.value) and caught.value.retryable is False
+
+
+def test_a_mapping_table_reads_both_ways() -> None:
+    scopes = Terms({"ip": "Ip", "cidr": "Range"}, fold=str.lower)
+    files = Terms({EntryType.BLOCK: "blocked.conf", EntryType.REVOKE_KEY: "revoked.conf"})
+
+    assert (scopes.theirs("cidr"), scopes.ours("RANGE"), scopes.ours("country")) == (
+        "Range",
+        "cidr",
+        None,
+    )
+    assert files[EntryType.BLOCK] == "blocked.conf"
+    assert files.ours("revoked.conf") is EntryType.REVOKE_KEY
+    assert files.theirs(EntryType.RATE_LIMIT) is None and EntryType.RATE_LIMIT not in files
+    with pytest.raises(ValueError, match="one-to-one"):
+        Terms({"ip": "Ip", "cidr": "ip"}, fold=str.lower)
