@@ -1,6 +1,6 @@
 """customers, key and network sightings, reviews, suspension children
 
-Revision ID: 0010_customers
+Revision ID: 0010
 Revises: 0009
 Create Date: 2026-12-01
 """
@@ -13,7 +13,7 @@ from alembic import op
 
 import controlplane.store.types
 
-revision = "0010_customers"
+revision = "0010"
 down_revision = "0009"
 branch_labels = None
 depends_on = None

@@ -1,7 +1,7 @@
 """CrowdSec bouncers' positions in the change log
 
-Revision ID: 0010_crowdsec
-Revises: 0009
+Revision ID: 0011
+Revises: 0010
 Create Date: 2026-11-30
 """
 
@@ -13,8 +13,8 @@ from alembic import op
 
 import controlplane.store.types
 
-revision = "0010_crowdsec"
-down_revision = "0009"
+revision = "0011"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 
