@@ -8,6 +8,9 @@ import httpx
 import typer
 from rich.console import Console
 
+from controlplane.errors import TollgateError
+from controlplane.settings import Settings, get_settings
+
 err = Console(stderr=True)
 
 
@@ -16,6 +19,14 @@ def fail(message: str, hint: str = "") -> typer.Exit:
     if hint:
         err.print(f"[dim]hint:[/] {hint}")
     return typer.Exit(code=1)
+
+
+def cli_settings() -> Settings:
+    """The settings, or one line naming the variable that is wrong."""
+    try:
+        return get_settings()
+    except TollgateError as exc:
+        raise fail(exc.message) from None
 
 
 def api_client(base_url: str, token: str, timeout: float = 120) -> httpx.Client:
