@@ -57,7 +57,7 @@ class Runtime:
         providers = load_providers(settings.config)
         # With enforcement off, connector workers apply the change log: this process
         # only names the connectors, and never reads (or needs) their credentials.
-        embedded = settings.enforce == "embedded"
+        embedded = settings.enforce.strip().lower() == "embedded"
         enforcer = Enforcer(
             db, load_connectors(settings.config, read_secrets=embedded), embedded=embedded
         )

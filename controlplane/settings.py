@@ -187,10 +187,10 @@ class Settings:
         for name, value, allowed in (
             ("TOLLGATE_ENFORCE", self.enforce, ENFORCE_MODES),
             ("TOLLGATE_LOG_FORMAT", self.log_format, LOG_FORMATS),
-            ("TOLLGATE_ENGINE", self.engine.strip().lower(), ENGINES),
-            ("TOLLGATE_LOG_LEVEL", self.log_level.upper(), LOG_LEVELS),
+            ("TOLLGATE_ENGINE", self.engine, ENGINES),
+            ("TOLLGATE_LOG_LEVEL", self.log_level, LOG_LEVELS),
         ):
-            if value not in allowed:
+            if value.strip().lower() not in [a.lower() for a in allowed]:
                 raise InvalidInput(f"{name}={value!r}: must be one of {', '.join(allowed)}")
         if self.config_explicit and not self.config.is_file():
             raise InvalidInput(

@@ -40,13 +40,13 @@ class JsonFormatter(logging.Formatter):
 def configure_logging(settings: Settings) -> None:
     """Route every logger (uvicorn's too) through one handler on the root logger."""
     handler = logging.StreamHandler()
-    json_lines = settings.log_format == "json"
+    json_lines = settings.log_format.strip().lower() == "json"
     handler.setFormatter(JsonFormatter() if json_lines else logging.Formatter(TEXT))
     root = logging.getLogger()
     for existing in list(root.handlers):
         root.removeHandler(existing)
     root.addHandler(handler)
-    root.setLevel(settings.log_level.upper())
+    root.setLevel(settings.log_level.strip().upper())
     for name in QUIET:
         logging.getLogger(name).setLevel(logging.WARNING)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
