@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from controlplane.cli.client import fail
+from controlplane.cli.client import cli_settings, fail
 from controlplane.domain.action import parse_duration
 from controlplane.engine.bundle import PolicyBundle, load_bundle
 from controlplane.engine.embedded import EmbeddedEngine
@@ -26,7 +26,7 @@ from controlplane.policy.impact import ImpactReport, count_decisions, markdown, 
 from controlplane.policy.service import PolicyService
 from controlplane.policy.source import WORKTREE, source_at, source_from
 from controlplane.policy.testing import TestOutcome, TestReport, run_tests
-from controlplane.settings import get_settings
+from controlplane.settings import get_settings, load_providers
 from controlplane.store.db import Database, upgrade
 
 policy_app = typer.Typer(
@@ -79,13 +79,24 @@ def test(
         float | None, typer.Option(help="Fail when total coverage is below PCT.", metavar="PCT")
     ] = None,
     output: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.TEXT,
+    entrypoint: Annotated[str | None, typer.Option(help="[TOLLGATE_ENTRYPOINT]")] = None,
 ) -> None:
     """Run every `test_*` rule with `opa test` semantics: true passes; false,
-    undefined or an error fails."""
-    root = directory or get_settings().policy_dir
+    undefined or an error fails, naming the expression that failed. Every decision a
+    test makes the entrypoint produce must also meet the output contract."""
+    settings = cli_settings()
+    root = directory or settings.policy_dir
     try:
         bundle = load_bundle(root)
-        report = run_tests(bundle, coverage=coverage or fail_under is not None)
+        # Every decision a test makes the entrypoint produce must meet the output
+        # contract, with blocks no wider than the loosest configured `min_prefix`.
+        floor = load_providers(settings.config).loosest_floor()
+        report = run_tests(
+            bundle,
+            coverage=coverage or fail_under is not None,
+            entrypoint=entrypoint or settings.entrypoint,
+            floor=floor,
+        )
     except TollgateError as exc:
         raise fail(exc.message, "run `tollgate policy check` for the details") from None
     under = fail_under is not None and report.coverage_percent < fail_under
@@ -171,7 +182,9 @@ def _junit(report: TestReport) -> None:
 def _github(report: TestReport) -> None:
     failed: list[TestOutcome] = [o for o in report.outcomes if not o.passed]
     for o in failed:
-        where = f"file={_prop(o.file)},line={o.line},title={_prop(f'{o.package}.{o.name}')}"
+        file = o.failed_at.rpartition(":")[0] or o.file
+        title = _prop(f"{o.package}.{o.name}")
+        where = f"file={_prop(file)},line={o.failed_line},title={title}"
         print(f"::error {where}::{_data(o.message)}")
     for file, entry in report.coverage.items():
         if entry["not_covered"]:
