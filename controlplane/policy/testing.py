@@ -214,7 +214,7 @@ def _decisions(trace: list[dict[str, Any]], entrypoint: str) -> list[tuple[str, 
     found: list[tuple[str, Any]] = []
     pending: dict[int, tuple[str, bool]] = {}
     for event in trace:
-        node, query = str(event.get("node", "")), event.get("query_id")
+        node, query = str(event.get("node", "")), int(event.get("query_id", -1))
         if event.get("op") == "Eval" and (match := ref.match(node)):
             pending[query] = (str(event.get("location", "")), bool(match["actions"]))
         elif event.get("op") == "Unify" and query in pending and "data." not in node:
