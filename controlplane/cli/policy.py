@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 from xml.etree import ElementTree
 
 import typer
@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from controlplane.cli.client import cli_settings, fail
+from controlplane.cli.client import api_client, cli_settings, fail, request
 from controlplane.domain.action import parse_duration
 from controlplane.engine.bundle import PolicyBundle, load_bundle
 from controlplane.engine.embedded import EmbeddedEngine
@@ -26,7 +26,7 @@ from controlplane.policy.impact import ImpactReport, count_decisions, markdown, 
 from controlplane.policy.service import PolicyService
 from controlplane.policy.source import WORKTREE, source_at, source_from
 from controlplane.policy.testing import TestOutcome, TestReport, run_tests
-from controlplane.settings import get_settings, load_providers
+from controlplane.settings import Settings, get_settings, load_providers
 from controlplane.store.db import Database, upgrade
 
 policy_app = typer.Typer(
@@ -340,11 +340,17 @@ def impact(
     ] = ImpactFormat.MARKDOWN,
 ) -> None:
     """Replay stored verdicts, each with the history and context it had, against two
-    revisions, and report what would change."""
+    revisions, and report what would change. With TOLLGATE_URL set, the server replays
+    its own traffic: the head is uploaded from the policy directory (or named, when it
+    is a revision the server recorded) and nothing touches a local database."""
     try:
         window = parse_duration(since) if since else None
     except ValueError as exc:
         raise fail(f"--since: {exc}") from None
+    settings = cli_settings()
+    if settings.url:
+        _remote_impact(settings, base, head, since, output)
+        return
     try:
         report = asyncio.run(_impact(base, head, window))
     except TollgateError as exc:
@@ -353,3 +359,24 @@ def impact(
         print(json.dumps(report.to_dict(), indent=2))
     else:
         print(markdown(report), end="")
+
+
+def _remote_impact(
+    settings: Settings, base: str | None, head: str, since: str | None, output: ImpactFormat
+) -> None:
+    body: dict[str, Any] = {"base": base, "since": since}
+    if head == WORKTREE:
+        try:
+            bundle = load_bundle(settings.policy_dir)
+        except TollgateError as exc:
+            raise fail(exc.message) from None
+        body["head_modules"] = bundle.modules
+        body["head_data"] = [list(item) for item in bundle.data]
+    else:
+        body["head"] = head
+    with api_client(settings.api_url, settings.token, timeout=600) as client:
+        answer = request(client, "POST", "/v1/policies/impact", json=body)
+    if output is ImpactFormat.JSON:
+        print(json.dumps({k: v for k, v in answer.items() if k != "markdown"}, indent=2))
+    else:
+        print(answer["markdown"], end="")
