@@ -37,7 +37,15 @@ def api_client(base_url: str, token: str, timeout: float = 120) -> httpx.Client:
             "the request. Create a token with `tollgate token create`."
         )
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    return httpx.Client(base_url=base_url, timeout=timeout, headers=headers)
+    if not base_url.startswith(("http://", "https://")):
+        raise fail(
+            f"TOLLGATE_URL {base_url!r} is not a server URL",
+            "use http(s)://host:port, e.g. http://127.0.0.1:8400",
+        )
+    try:
+        return httpx.Client(base_url=base_url, timeout=timeout, headers=headers)
+    except httpx.InvalidURL as exc:
+        raise fail(f"TOLLGATE_URL {base_url!r} is not a server URL: {exc}") from None
 
 
 def request(client: httpx.Client, method: str, path: str, **kwargs: Any) -> Any:
@@ -49,9 +57,19 @@ def request(client: httpx.Client, method: str, path: str, **kwargs: Any) -> Any:
             f"no Tollgate server answers at {client.base_url}",
             "start one with `tollgate serve`, or point TOLLGATE_URL at yours",
         ) from None
+    except (httpx.InvalidURL, httpx.UnsupportedProtocol):
+        raise fail(
+            f"TOLLGATE_URL {str(client.base_url)!r} is not a server URL",
+            "use http(s)://host:port, e.g. http://127.0.0.1:8400",
+        ) from None
     except httpx.TimeoutException:
         raise fail(
             f"{client.base_url} did not answer in time", "is the server overloaded?"
+        ) from None
+    except httpx.TransportError as exc:
+        raise fail(
+            f"cannot reach the Tollgate server at {client.base_url}: {type(exc).__name__}",
+            "check TOLLGATE_URL and the network",
         ) from None
     if response.status_code == 401:
         raise fail(

@@ -168,24 +168,38 @@ def verdict_submit(
 
 
 def decision_table(results: list[dict[str, Any]]) -> Table:
+    """Per verdict: its decision (id and status) and each action (id, type, target)."""
     table = Table(title="Decisions")
-    for column in ("verdict", "decision", "revision", "action", "target", "rule", "reason"):
+    for column in (
+        "verdict",
+        "decision",
+        "status",
+        "revision",
+        "action",
+        "type",
+        "target",
+        "rule",
+        "reason",
+    ):
         table.add_column(column, overflow="fold")
     for r in results:
         status = r.get("decision_status") or r["status"]
         if r.get("duplicate"):
             status += " (repeat)"
+        decision = r.get("decision_id") or "-"
         revision = short_revision(r.get("policy_revision"))
         if not r["actions"]:
             note = r.get("error") or "no action"
-            table.add_row(r["verdict_id"], status, revision, "-", "-", "-", note)
+            table.add_row(r["verdict_id"], decision, status, revision, "-", "-", "-", "-", note)
         for a in r["actions"]:
             shadow = " (shadow)" if a["shadow"] else ""
             target = f"{a['target']['kind']}:{a['target']['value']}"
             table.add_row(
                 r["verdict_id"],
+                decision,
                 status,
                 revision,
+                a["id"],
                 a["type"] + shadow,
                 target,
                 a["rule"],
