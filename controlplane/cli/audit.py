@@ -36,7 +36,7 @@ from controlplane.audit.verify import (
     verify_database,
     verify_file,
 )
-from controlplane.cli.client import api_client, fail
+from controlplane.cli.client import api_client, fail, local_database
 from controlplane.domain.action import parse_duration
 from controlplane.errors import TollgateError
 from controlplane.settings import get_settings
@@ -53,8 +53,10 @@ T = TypeVar("T")
 
 
 def _run(work: Callable[[Database], Awaitable[T]]) -> T:
+    url = local_database("audit")
+
     async def main() -> T:
-        db = Database(get_settings().resolved_database_url)
+        db = Database(url)
         try:
             return await work(db)
         finally:

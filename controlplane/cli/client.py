@@ -29,6 +29,30 @@ def cli_settings() -> Settings:
         raise fail(exc.message) from None
 
 
+def local_database(command: str, *, may_create: bool = False) -> str:
+    """The database URL for a command that reads the database directly. Refused, in one
+    line, when TOLLGATE_URL says the user means a server (the command would otherwise
+    act on some local database instead), and when the default SQLite file does not
+    exist (unless `may_create`: a first token bootstraps a new installation), so a
+    command run in the wrong folder never leaves an empty database behind."""
+    settings = cli_settings()
+    if settings.url:
+        raise fail(
+            f"`tollgate {command}` works on the database itself, not through a server, "
+            f"and TOLLGATE_URL is set ({settings.url})",
+            "set TOLLGATE_DATABASE_URL to the server's database and unset TOLLGATE_URL",
+        )
+    if not settings.database_url and not may_create:
+        path = (settings.data_dir / "tollgate.db").resolve()
+        if not path.exists():
+            raise fail(
+                f"no Tollgate database at {path}",
+                "run it in the folder the server runs in, or set TOLLGATE_DATABASE_URL "
+                "(or TOLLGATE_DATA_DIR); with only a server's URL, set TOLLGATE_URL",
+            )
+    return settings.resolved_database_url
+
+
 def api_client(base_url: str, token: str, timeout: float = 120) -> httpx.Client:
     """A client for the API, sending the bearer token when there is one."""
     if not token:

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from controlplane.cli.client import api_client, cli_settings, fail, request
+from controlplane.cli.client import api_client, cli_settings, fail, local_database, request
 from controlplane.domain.action import parse_duration
 from controlplane.engine.bundle import PolicyBundle, load_bundle
 from controlplane.engine.embedded import EmbeddedEngine
@@ -213,9 +213,11 @@ def _ranges(lines: list[int]) -> str:
     return ", ".join(spans)
 
 
-async def _with_service(work: Callable[[PolicyService], Awaitable[T]]) -> T:
+async def _with_service(
+    work: Callable[[PolicyService], Awaitable[T]], *, may_create: bool = False
+) -> T:
     settings = get_settings()
-    db = Database(settings.resolved_database_url)
+    db = Database(local_database("policy sync/rollback", may_create=may_create))
     try:
         await asyncio.to_thread(upgrade, db.url)
         return await work(PolicyService(db, source_from(settings), settings.entrypoint))
@@ -231,7 +233,7 @@ def sync(
     """Fetch the policy source; check, test and activate its revision if it is new.
     Running servers switch to it within seconds."""
     try:
-        result = asyncio.run(_with_service(lambda s: s.sync(actor, reason)))
+        result = asyncio.run(_with_service(lambda s: s.sync(actor, reason), may_create=True))
     except TollgateError as exc:
         raise fail(exc.message) from None
     if result.outcome == "rejected":
@@ -280,7 +282,7 @@ async def _bundle(service: PolicyService, revision: str) -> PolicyBundle:
 
 async def _impact(base: str | None, head: str, since: timedelta | None) -> ImpactReport:
     settings = get_settings()
-    db = Database(settings.resolved_database_url)
+    db = Database(local_database("policy impact"))
     try:
         await asyncio.to_thread(upgrade, db.url)
         service = PolicyService(db, source_from(settings), settings.entrypoint)

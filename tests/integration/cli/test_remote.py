@@ -155,3 +155,30 @@ async def _token(server: Server, role: Role) -> str:
     finally:
         await db.dispose()
     return token
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["decision", "explain", "dec_x"],
+        ["token", "list"],
+        ["policy", "rollback"],
+        ["audit", "reindex"],
+    ],
+)
+def test_commands_on_the_database_never_create_an_empty_one(
+    tmp_path: Path, command: list[str]
+) -> None:
+    data_dir = tmp_path / "elsewhere"
+    done = run(command, {"TOLLGATE_DATA_DIR": str(data_dir)})
+    assert done.returncode == 1
+    assert (
+        done.stderr.splitlines()[0] == f"error: no Tollgate database at {data_dir / 'tollgate.db'}"
+    )
+    assert not data_dir.exists()
+
+    url = "http://127.0.0.1:1"
+    done = run(command, {"TOLLGATE_DATA_DIR": str(data_dir), "TOLLGATE_URL": url})
+    assert done.returncode == 1
+    assert f"TOLLGATE_URL is set ({url})" in done.stderr.splitlines()[0]
+    assert not data_dir.exists()
