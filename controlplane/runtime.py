@@ -16,7 +16,7 @@ from controlplane.customers.service import CustomerService
 from controlplane.enforce.config import load_connectors
 from controlplane.enforce.service import Enforcer
 from controlplane.engine.runtime import EngineSlot, load_engine
-from controlplane.errors import EngineUnavailable, TollgateError
+from controlplane.errors import EngineUnavailable, InvalidInput, TollgateError
 from controlplane.evaluate.service import Decider
 from controlplane.ingest.service import IngestService
 from controlplane.leadership import Leadership
@@ -53,14 +53,22 @@ class Runtime:
     scheduler: AsyncIOScheduler = field(default_factory=AsyncIOScheduler)
     _sync_problems: list[str] = field(default_factory=list)
     _span_store: bool = False
+    _started: bool = False
+    _stopped: bool = False
 
     @classmethod
     def create(cls, settings: Settings) -> Runtime:
+        settings.check()
         db = Database(settings.resolved_database_url)
         engines = EngineSlot()
         policies = PolicyService(db, source_from(settings), settings.entrypoint)
         providers = load_providers(settings.config)
-        enforcer = Enforcer(db, load_connectors(settings.config))
+        # With enforcement off, connector workers apply the change log: this process
+        # only names the connectors, and never reads (or needs) their credentials.
+        embedded = settings.enforce.strip().lower() == "embedded"
+        enforcer = Enforcer(
+            db, load_connectors(settings.config, read_secrets=embedded), embedded=embedded
+        )
         ingest = IngestService(db, Decider(db, engines, providers), on_planned=enforcer.wake)
         return cls(
             settings,
@@ -78,7 +86,11 @@ class Runtime:
         )
 
     async def start(self) -> None:
-        """Migrate, gate and load the policy revision, decide leftovers, start jobs."""
+        """Migrate, gate and load the policy revision, decide leftovers, start jobs.
+        Once: `tollgate serve` starts it before serving, and the app's startup again."""
+        if self._started:
+            return
+        self._started = True
         configure(self.settings.otlp_endpoint)
         await asyncio.to_thread(upgrade, self.db.url)
         await self.sync_policies()
@@ -170,6 +182,9 @@ class Runtime:
             pass
 
     async def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
         if self._span_store:
             # Writes what is queued first: the last request's spans are not lost.
             await asyncio.to_thread(spanstore.store.detach, self.db.url)
@@ -179,4 +194,46 @@ class Runtime:
         await self.enforcer.close()
         await self.leadership.release()
         self.engines.close()
+        await self.db.dispose()
+
+
+@dataclass
+class WorkerRuntime:
+    """What a connector worker (`tollgate worker`) runs: only the followers, one per
+    connector, applying the change log the API replicas write. It runs no migrations
+    (the chart's migration Job does), decides nothing and runs no periodic jobs; on
+    PostgreSQL each connector's advisory lock lets one worker apply while the others
+    stand by."""
+
+    settings: Settings
+    db: Database
+    enforcer: Enforcer
+    _span_store: bool = False
+
+    @classmethod
+    def create(cls, settings: Settings) -> WorkerRuntime:
+        settings.check()
+        configs = load_connectors(settings.config)
+        if not configs:
+            raise InvalidInput(
+                f"{settings.config}: no connectors configured, so a connector worker has "
+                "nothing to apply. Set TOLLGATE_CONFIG to the file with `connectors:`"
+            )
+        db = Database(settings.resolved_database_url)
+        return cls(settings, db, Enforcer(db, configs))
+
+    async def start(self) -> None:
+        provider = configure(self.settings.otlp_endpoint)
+        await self.enforcer.start()
+        if self.settings.span_retention_hours > 0:
+            # The followers' `connector.apply` spans join their traces in the console.
+            spanstore.store.attach(provider, self.db.url)
+            self._span_store = True
+        log.info("connector worker following the change log for %s", ", ".join(self.enforcer.names))
+
+    async def stop(self) -> None:
+        if self._span_store:
+            await asyncio.to_thread(spanstore.store.detach, self.db.url)
+            self._span_store = False
+        await self.enforcer.close()
         await self.db.dispose()

@@ -24,6 +24,22 @@ def _env(name: str, default: str) -> str:
     return os.environ.get(f"TOLLGATE_{name}", default)
 
 
+ENFORCE_MODES = ("embedded", "off")
+LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+ENGINES = ("embedded", "remote")
+
+
+def _number(name: str, default: str, kind: type[float] | type[int]) -> Any:
+    """A numeric setting; a value that is not a number names the variable."""
+    raw = _env(name, default)
+    try:
+        return kind(raw)
+    except ValueError:
+        what = "a whole number" if kind is int else "a number"
+        raise InvalidInput(f"TOLLGATE_{name}={raw!r}: must be {what}") from None
+
+
 def _default_workers() -> int:
     return max(1, min(os.cpu_count() or 1, 8))
 
@@ -63,7 +79,7 @@ class Settings:
     only what is committed, and a tree with local edits serves its last commit."""
 
     policy_sync_seconds: float = field(
-        default_factory=lambda: float(_env("POLICY_SYNC_SECONDS", "60"))
+        default_factory=lambda: _number("POLICY_SYNC_SECONDS", "60", float)
     )
     """`TOLLGATE_POLICY_SYNC_SECONDS`: how often the server looks for a new revision."""
 
@@ -71,7 +87,7 @@ class Settings:
     """`TOLLGATE_ENTRYPOINT`: the decision document, evaluated as `data.<entrypoint>`."""
 
     engine_workers: int = field(
-        default_factory=lambda: int(_env("ENGINE_WORKERS", str(_default_workers())))
+        default_factory=lambda: _number("ENGINE_WORKERS", str(_default_workers()), int)
     )
     """`TOLLGATE_ENGINE_WORKERS`: evaluation threads, one OPA engine each. With the remote
     engine: how many evaluations are in flight to the OPA server at once."""
@@ -84,12 +100,12 @@ class Settings:
     """`TOLLGATE_OPA_URL`: the OPA server of the remote engine, `http(s)://host:port`
     (no path: the client always talks to `/v1/...` at the root)."""
 
-    opa_timeout: float = field(default_factory=lambda: float(_env("OPA_TIMEOUT", "5")))
+    opa_timeout: float = field(default_factory=lambda: _number("OPA_TIMEOUT", "5", float))
     """`TOLLGATE_OPA_TIMEOUT`: seconds one request to the OPA server may take in all
     (connecting, sending, evaluating, reading the answer)."""
 
     opa_connect_timeout: float = field(
-        default_factory=lambda: float(_env("OPA_CONNECT_TIMEOUT", "1"))
+        default_factory=lambda: _number("OPA_CONNECT_TIMEOUT", "1", float)
     )
     """`TOLLGATE_OPA_CONNECT_TIMEOUT`: seconds to open a connection to the OPA server
     (capped at `TOLLGATE_OPA_TIMEOUT`): an unreachable server fails fast instead of
@@ -100,7 +116,7 @@ class Settings:
     Empty: spans are made (trace ids are stored) but not exported."""
 
     span_retention_hours: float = field(
-        default_factory=lambda: float(_env("SPAN_RETENTION_HOURS", "72"))
+        default_factory=lambda: _number("SPAN_RETENTION_HOURS", "72", float)
     )
     """`TOLLGATE_SPAN_RETENTION_HOURS`: how long the embedded span store keeps finished
     spans in the database (so the console shows a trace without a tracing backend);
@@ -113,7 +129,7 @@ class Settings:
     restarts and only work with one replica; set the same value on every replica."""
 
     console_session_hours: float = field(
-        default_factory=lambda: float(_env("CONSOLE_SESSION_HOURS", "8"))
+        default_factory=lambda: _number("CONSOLE_SESSION_HOURS", "8", float)
     )
     """`TOLLGATE_CONSOLE_SESSION_HOURS`: how long a console sign-in lasts. Revoking the
     token that signed in ends its sessions within seconds."""
@@ -125,7 +141,7 @@ class Settings:
     host: str = field(default_factory=lambda: _env("HOST", "127.0.0.1"))
     """`TOLLGATE_HOST`: address `tollgate serve` binds."""
 
-    port: int = field(default_factory=lambda: int(_env("PORT", "8400")))
+    port: int = field(default_factory=lambda: _number("PORT", "8400", int))
     """`TOLLGATE_PORT`: port `tollgate serve` binds."""
 
     token: str = field(default_factory=lambda: _env("TOKEN", ""), repr=False)
@@ -143,11 +159,44 @@ class Settings:
     a rewritten history."""
 
     audit_checkpoint_seconds: float = field(
-        default_factory=lambda: float(_env("AUDIT_CHECKPOINT_SECONDS", "3600"))
+        default_factory=lambda: _number("AUDIT_CHECKPOINT_SECONDS", "3600", float)
     )
     """`TOLLGATE_AUDIT_CHECKPOINT_SECONDS`: how often the server signs the audit chain's
     head (when a signing key is set and the chain moved). Events after the newest
     checkpoint are chained but not yet signed."""
+
+    enforce: str = field(default_factory=lambda: _env("ENFORCE", "embedded"))
+    """`TOLLGATE_ENFORCE`: `embedded` (the default): this process runs a follower per
+    connector in a worker thread and applies the change log to the gateways. `off`: it
+    only writes the change log, and connector workers (`tollgate worker`, the Helm
+    chart's worker Deployment) apply it; such a process needs no connector credentials."""
+
+    log_format: str = field(default_factory=lambda: _env("LOG_FORMAT", "text"))
+    """`TOLLGATE_LOG_FORMAT`: `text` (the default, one readable line per record) or `json`
+    (one JSON object per line, for a log collector)."""
+
+    log_level: str = field(default_factory=lambda: _env("LOG_LEVEL", "INFO"))
+    """`TOLLGATE_LOG_LEVEL`: `DEBUG`, `INFO` (the default), `WARNING` or `ERROR`."""
+
+    config_explicit: bool = field(default_factory=lambda: "TOLLGATE_CONFIG" in os.environ)
+    """Whether `TOLLGATE_CONFIG` was set: a config file that was named but is missing
+    stops the server at start (a mistyped path must not mean "no connectors")."""
+
+    def check(self) -> None:
+        """Refuse settings that cannot work, each with one line saying which and why."""
+        for name, value, allowed in (
+            ("TOLLGATE_ENFORCE", self.enforce, ENFORCE_MODES),
+            ("TOLLGATE_LOG_FORMAT", self.log_format, LOG_FORMATS),
+            ("TOLLGATE_ENGINE", self.engine, ENGINES),
+            ("TOLLGATE_LOG_LEVEL", self.log_level, LOG_LEVELS),
+        ):
+            if value.strip().lower() not in [a.lower() for a in allowed]:
+                raise InvalidInput(f"{name}={value!r}: must be one of {', '.join(allowed)}")
+        if self.config_explicit and not self.config.is_file():
+            raise InvalidInput(
+                f"TOLLGATE_CONFIG={self.config}: no such file. Fix the path, or unset "
+                "TOLLGATE_CONFIG to run without connectors"
+            )
 
     @property
     def resolved_database_url(self) -> str:

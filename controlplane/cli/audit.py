@@ -1,8 +1,10 @@
 """`tollgate audit`: verify the hash chain, export it, sign checkpoints, make keys.
 
-These talk to the database named by the settings (`TOLLGATE_DATABASE_URL`), not to a
-server: an auditor verifying the record should not have to trust the server that
-wrote it. `verify --file` needs no database at all.
+These talk to the database named by the settings (`TOLLGATE_DATABASE_URL`). With
+`TOLLGATE_URL` (and an auditor's `TOLLGATE_TOKEN`) set, `verify` and `export` go through
+the server instead, and `verify` still trusts it with nothing: it downloads the export
+and checks the chain and the checkpoint signatures here, with the auditor's keys.
+`verify --file` needs no database and no server at all.
 """
 
 from __future__ import annotations
@@ -10,23 +12,31 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Annotated, TypeVar
 
+import httpx
 import typer
 from rich.console import Console
 from sqlalchemy.exc import DBAPIError
 
 from controlplane.audit import keys, subjects
 from controlplane.audit.checkpoints import public_keys, write_checkpoint
-from controlplane.audit.export import FORMATS
+from controlplane.audit.export import FORMATS, Checkpoint
 from controlplane.audit.schemas import ExportFormat
 from controlplane.audit.service import export as export_events
-from controlplane.audit.verify import Report, read_checkpoints, verify_database, verify_file
-from controlplane.cli.client import fail
+from controlplane.audit.verify import (
+    PublicKeys,
+    Report,
+    read_checkpoints,
+    verify_database,
+    verify_file,
+)
+from controlplane.cli.client import api_client, fail, local_database
 from controlplane.domain.action import parse_duration
 from controlplane.errors import TollgateError
 from controlplane.settings import get_settings
@@ -43,8 +53,10 @@ T = TypeVar("T")
 
 
 def _run(work: Callable[[Database], Awaitable[T]]) -> T:
+    url = local_database("audit")
+
     async def main() -> T:
-        db = Database(get_settings().resolved_database_url)
+        db = Database(url)
         try:
             return await work(db)
         finally:
@@ -116,6 +128,8 @@ def verify(
         external = read_checkpoints(checkpoints) if checkpoints else []
         if file is not None:
             report = verify_file(file, trusted, external)
+        elif get_settings().url:
+            report = _verify_remote(trusted, external)
         else:
             report = _run(lambda db: verify_database(db, trusted, external))
     except TollgateError as exc:
@@ -126,6 +140,54 @@ def verify(
         _print_report(report)
     if not report.ok:
         raise typer.Exit(code=1)
+
+
+def _download(path: Path | None, params: dict[str, str]) -> int:
+    """Stream `GET /v1/audit/export` to `path` (standard output when None); the size."""
+    settings = get_settings()
+    size = 0
+    with api_client(settings.api_url, settings.token, timeout=3600) as client:
+        try:
+            with client.stream("GET", "/v1/audit/export", params=params) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise fail(
+                        f"{settings.api_url} answered {response.status_code}: "
+                        f"{_message(response.text)}",
+                        "an auditor, engineer or admin token may export the audit trail",
+                    )
+                sink = path.open("w", encoding="utf-8", newline="") if path else sys.stdout
+                try:
+                    for chunk in response.iter_text():
+                        sink.write(chunk)
+                        size += len(chunk)
+                finally:
+                    if path is not None:
+                        sink.close()
+        except httpx.TransportError:
+            raise fail(
+                f"no Tollgate server answers at {settings.api_url}",
+                "check TOLLGATE_URL, or unset it to read the database directly",
+            ) from None
+    return size
+
+
+def _message(text: str) -> str:
+    try:
+        return str(json.loads(text).get("message", text))
+    except (ValueError, AttributeError):
+        return text[:200]
+
+
+def _verify_remote(trusted: PublicKeys | None, external: list[Checkpoint]) -> Report:
+    """The server's export, verified here: the chain and the checkpoints' signatures are
+    checked with the auditor's own keys, so the server is not trusted to say it is whole."""
+    with tempfile.TemporaryDirectory(prefix="tollgate-audit-") as tmp:
+        path = Path(tmp) / "export.jsonl"
+        _download(path, {"format": "jsonl"})
+        report = verify_file(path, trusted, external)
+        report.source = f"{get_settings().api_url} (its export, verified here)"
+        return report
 
 
 def _print_report(report: Report) -> None:
@@ -185,6 +247,21 @@ def export(
     `tollgate audit verify --file` checks the result offline."""
     fmt = FORMATS[export_format.value]
     start, end = parse_instant("--since", since), parse_instant("--until", until)
+    if get_settings().url:
+        params = {"format": export_format.value}
+        params |= {"since": start.isoformat()} if start else {}
+        params |= {"until": end.isoformat()} if end else {}
+        began = time.perf_counter()
+        try:
+            size = _download(output, params)
+        except OSError as exc:
+            raise fail(f"--output: cannot write {output}: {exc.strerror}") from None
+        if output is not None:
+            err.print(
+                f"wrote {output} ({size / 1e6:,.1f} MB) in {time.perf_counter() - began:.1f} s",
+                highlight=False,
+            )
+        return
 
     async def write(db: Database) -> int:
         size = 0

@@ -10,18 +10,17 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from controlplane.cli.client import fail
+from controlplane.cli.client import fail, local_database
 from controlplane.errors import TollgateError
 from controlplane.evaluate.explain import Explanation, explain
-from controlplane.settings import get_settings
 from controlplane.store.db import Database
 
 decision_app = typer.Typer(help="Decisions.", no_args_is_help=True)
 out = Console()
 
 
-async def _explain(decision_id: str) -> Explanation:
-    db = Database(get_settings().resolved_database_url)
+async def _explain(decision_id: str, url: str) -> Explanation:
+    db = Database(url)
     try:
         return await explain(db, decision_id)
     finally:
@@ -38,7 +37,7 @@ def explain_command(
     """Re-evaluate the stored input at the stored revision; show the rules that fired
     with their METADATA and bindings, and whether the re-run matches."""
     try:
-        e = asyncio.run(_explain(decision_id))
+        e = asyncio.run(_explain(decision_id, local_database("decision explain")))
     except TollgateError as exc:
         raise fail(exc.message) from None
     out.print(f"decision [bold]{e.decision_id}[/] for verdict [bold]{e.verdict_id}[/]")

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-import logging
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -12,15 +12,18 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from controlplane import __version__
 from controlplane.cli.audit import audit_app
-from controlplane.cli.client import api_client, fail, request
+from controlplane.cli.client import api_client, cli_settings, fail, request
 from controlplane.cli.connector import action_app, connector_app
 from controlplane.cli.customers import customer_app, review_app
 from controlplane.cli.decision import decision_app
 from controlplane.cli.policy import policy_app
+from controlplane.cli.startup import start_or_exit
 from controlplane.cli.token import token_app
 from controlplane.engine.bundle import short_revision
 from controlplane.settings import get_settings
+from controlplane.telemetry.logs import configure_logging
 
 app = typer.Typer(
     help="Tollgate: policy-as-code enforcement against adversarial distillation.",
@@ -44,26 +47,84 @@ out = Console()
 BATCH = 1000
 
 
+def _version(value: bool) -> None:
+    if value:
+        print(f"tollgate {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Tollgate: policy-as-code enforcement against adversarial distillation."""
+
+
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Address to bind [TOLLGATE_HOST].")] = None,
     port: Annotated[int | None, typer.Option(help="Port [TOLLGATE_PORT].")] = None,
 ) -> None:
-    """Serve the API (migrates the database and loads the policies first)."""
+    """Serve the API (migrates the database and loads the policies first). A setting,
+    config file, database or policy that cannot work stops it at once, in one line."""
+    from controlplane.api.app import create_app
+    from controlplane.enforce.config import check_connectors
+    from controlplane.runtime import Runtime
+
+    settings = cli_settings()
+    configure_logging(settings)
+
+    async def build() -> Runtime:
+        runtime = Runtime.create(settings)
+        if runtime.enforcer.embedded:
+            await check_connectors([runtime.enforcer.config(n) for n in runtime.enforcer.names])
+        return runtime
+
+    async def serve_api(runtime: Runtime) -> None:
+        await _uvicorn(create_app(settings, runtime), host or settings.host, port or settings.port)
+
+    raise typer.Exit(code=asyncio.run(start_or_exit(settings, build, serve_api)))
+
+
+@app.command()
+def worker(
+    host: Annotated[
+        str, typer.Option(help="Address of the probes (/healthz, /readyz).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port of the probes.")] = 8401,
+) -> None:
+    """Run a connector worker: a follower per connector applies the change log that the
+    API servers (with TOLLGATE_ENFORCE=off) write. No migrations, no deciding, no jobs;
+    on PostgreSQL one worker applies each connector while the others stand by."""
+    from controlplane.api.worker import create_worker_app
+    from controlplane.enforce.config import check_connectors
+    from controlplane.runtime import WorkerRuntime
+
+    settings = cli_settings()
+    configure_logging(settings)
+
+    async def build() -> WorkerRuntime:
+        runtime = WorkerRuntime.create(settings)
+        await check_connectors([runtime.enforcer.config(n) for n in runtime.enforcer.names])
+        return runtime
+
+    async def serve_probes(runtime: WorkerRuntime) -> None:
+        await _uvicorn(create_worker_app(runtime), host, port)
+
+    raise typer.Exit(code=asyncio.run(start_or_exit(settings, build, serve_probes)))
+
+
+async def _uvicorn(app: Any, host: str, port: int) -> None:
     import uvicorn
 
-    from controlplane.api.app import create_app
-
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    settings = get_settings()
-    uvicorn.run(
-        create_app(settings),
-        host=host or settings.host,
-        port=port or settings.port,
-        log_level="info",
-    )
+    # log_config=None: uvicorn's records go through the handler configure_logging set.
+    config = uvicorn.Config(app, host=host, port=port, log_config=None)
+    await uvicorn.Server(config).serve()
 
 
 @db_app.command("upgrade")
@@ -110,24 +171,38 @@ def verdict_submit(
 
 
 def decision_table(results: list[dict[str, Any]]) -> Table:
+    """Per verdict: its decision (id and status) and each action (id, type, target)."""
     table = Table(title="Decisions")
-    for column in ("verdict", "decision", "revision", "action", "target", "rule", "reason"):
+    for column in (
+        "verdict",
+        "decision",
+        "status",
+        "revision",
+        "action",
+        "type",
+        "target",
+        "rule",
+        "reason",
+    ):
         table.add_column(column, overflow="fold")
     for r in results:
         status = r.get("decision_status") or r["status"]
         if r.get("duplicate"):
             status += " (repeat)"
+        decision = r.get("decision_id") or "-"
         revision = short_revision(r.get("policy_revision"))
         if not r["actions"]:
             note = r.get("error") or "no action"
-            table.add_row(r["verdict_id"], status, revision, "-", "-", "-", note)
+            table.add_row(r["verdict_id"], decision, status, revision, "-", "-", "-", "-", note)
         for a in r["actions"]:
             shadow = " (shadow)" if a["shadow"] else ""
             target = f"{a['target']['kind']}:{a['target']['value']}"
             table.add_row(
                 r["verdict_id"],
+                decision,
                 status,
                 revision,
+                a["id"],
                 a["type"] + shadow,
                 target,
                 a["rule"],

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 from xml.etree import ElementTree
 
 import typer
@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from controlplane.cli.client import fail
+from controlplane.cli.client import api_client, cli_settings, fail, local_database, request
 from controlplane.domain.action import parse_duration
 from controlplane.engine.bundle import PolicyBundle, load_bundle
 from controlplane.engine.embedded import EmbeddedEngine
@@ -26,7 +26,7 @@ from controlplane.policy.impact import ImpactReport, count_decisions, markdown, 
 from controlplane.policy.service import PolicyService
 from controlplane.policy.source import WORKTREE, source_at, source_from
 from controlplane.policy.testing import TestOutcome, TestReport, run_tests
-from controlplane.settings import get_settings
+from controlplane.settings import Settings, get_settings, load_providers
 from controlplane.store.db import Database, upgrade
 
 policy_app = typer.Typer(
@@ -79,13 +79,24 @@ def test(
         float | None, typer.Option(help="Fail when total coverage is below PCT.", metavar="PCT")
     ] = None,
     output: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.TEXT,
+    entrypoint: Annotated[str | None, typer.Option(help="[TOLLGATE_ENTRYPOINT]")] = None,
 ) -> None:
     """Run every `test_*` rule with `opa test` semantics: true passes; false,
-    undefined or an error fails."""
-    root = directory or get_settings().policy_dir
+    undefined or an error fails, naming the expression that failed. Every decision a
+    test makes the entrypoint produce must also meet the output contract."""
+    settings = cli_settings()
+    root = directory or settings.policy_dir
     try:
         bundle = load_bundle(root)
-        report = run_tests(bundle, coverage=coverage or fail_under is not None)
+        # Every decision a test makes the entrypoint produce must meet the output
+        # contract, with blocks no wider than the loosest configured `min_prefix`.
+        floor = load_providers(settings.config).loosest_floor()
+        report = run_tests(
+            bundle,
+            coverage=coverage or fail_under is not None,
+            entrypoint=entrypoint or settings.entrypoint,
+            floor=floor,
+        )
     except TollgateError as exc:
         raise fail(exc.message, "run `tollgate policy check` for the details") from None
     under = fail_under is not None and report.coverage_percent < fail_under
@@ -171,7 +182,9 @@ def _junit(report: TestReport) -> None:
 def _github(report: TestReport) -> None:
     failed: list[TestOutcome] = [o for o in report.outcomes if not o.passed]
     for o in failed:
-        where = f"file={_prop(o.file)},line={o.line},title={_prop(f'{o.package}.{o.name}')}"
+        file = o.failed_at.rpartition(":")[0] or o.file
+        title = _prop(f"{o.package}.{o.name}")
+        where = f"file={_prop(file)},line={o.failed_line},title={title}"
         print(f"::error {where}::{_data(o.message)}")
     for file, entry in report.coverage.items():
         if entry["not_covered"]:
@@ -200,9 +213,11 @@ def _ranges(lines: list[int]) -> str:
     return ", ".join(spans)
 
 
-async def _with_service(work: Callable[[PolicyService], Awaitable[T]]) -> T:
+async def _with_service(
+    work: Callable[[PolicyService], Awaitable[T]], *, may_create: bool = False
+) -> T:
     settings = get_settings()
-    db = Database(settings.resolved_database_url)
+    db = Database(local_database("policy sync/rollback", may_create=may_create))
     try:
         await asyncio.to_thread(upgrade, db.url)
         return await work(PolicyService(db, source_from(settings), settings.entrypoint))
@@ -218,7 +233,7 @@ def sync(
     """Fetch the policy source; check, test and activate its revision if it is new.
     Running servers switch to it within seconds."""
     try:
-        result = asyncio.run(_with_service(lambda s: s.sync(actor, reason)))
+        result = asyncio.run(_with_service(lambda s: s.sync(actor, reason), may_create=True))
     except TollgateError as exc:
         raise fail(exc.message) from None
     if result.outcome == "rejected":
@@ -267,7 +282,7 @@ async def _bundle(service: PolicyService, revision: str) -> PolicyBundle:
 
 async def _impact(base: str | None, head: str, since: timedelta | None) -> ImpactReport:
     settings = get_settings()
-    db = Database(settings.resolved_database_url)
+    db = Database(local_database("policy impact"))
     try:
         await asyncio.to_thread(upgrade, db.url)
         service = PolicyService(db, source_from(settings), settings.entrypoint)
@@ -327,11 +342,17 @@ def impact(
     ] = ImpactFormat.MARKDOWN,
 ) -> None:
     """Replay stored verdicts, each with the history and context it had, against two
-    revisions, and report what would change."""
+    revisions, and report what would change. With TOLLGATE_URL set, the server replays
+    its own traffic: the head is uploaded from the policy directory (or named, when it
+    is a revision the server recorded) and nothing touches a local database."""
     try:
         window = parse_duration(since) if since else None
     except ValueError as exc:
         raise fail(f"--since: {exc}") from None
+    settings = cli_settings()
+    if settings.url:
+        _remote_impact(settings, base, head, since, output)
+        return
     try:
         report = asyncio.run(_impact(base, head, window))
     except TollgateError as exc:
@@ -340,3 +361,24 @@ def impact(
         print(json.dumps(report.to_dict(), indent=2))
     else:
         print(markdown(report), end="")
+
+
+def _remote_impact(
+    settings: Settings, base: str | None, head: str, since: str | None, output: ImpactFormat
+) -> None:
+    body: dict[str, Any] = {"base": base, "since": since}
+    if head == WORKTREE:
+        try:
+            bundle = load_bundle(settings.policy_dir)
+        except TollgateError as exc:
+            raise fail(exc.message) from None
+        body["head_modules"] = bundle.modules
+        body["head_data"] = [list(item) for item in bundle.data]
+    else:
+        body["head"] = head
+    with api_client(settings.api_url, settings.token, timeout=600) as client:
+        answer = request(client, "POST", "/v1/policies/impact", json=body)
+    if output is ImpactFormat.JSON:
+        print(json.dumps({k: v for k, v in answer.items() if k != "markdown"}, indent=2))
+    else:
+        print(answer["markdown"], end="")

@@ -12,10 +12,9 @@ from rich.table import Table
 
 from controlplane.auth.roles import Role
 from controlplane.auth.service import TokenService
-from controlplane.cli.client import fail
+from controlplane.cli.client import fail, local_database
 from controlplane.domain.action import parse_duration
 from controlplane.errors import TollgateError
-from controlplane.settings import get_settings
 from controlplane.store.db import Database, upgrade
 from controlplane.store.types import utcnow
 
@@ -24,8 +23,10 @@ out = Console()
 T = TypeVar("T")
 
 
-async def _with_tokens(work: Callable[[TokenService], Awaitable[T]]) -> T:
-    db = Database(get_settings().resolved_database_url)
+async def _with_tokens(
+    work: Callable[[TokenService], Awaitable[T]], *, may_create: bool = False
+) -> T:
+    db = Database(local_database("token", may_create=may_create))
     try:
         await asyncio.to_thread(upgrade, db.url)
         return await work(TokenService(db))
@@ -45,7 +46,9 @@ def create(
     except ValueError as exc:
         raise fail(f"--expires: {exc}") from None
     token, row = asyncio.run(
-        _with_tokens(lambda t: t.create(name, role, actor="cli", expires_at=expires_at))
+        _with_tokens(
+            lambda t: t.create(name, role, actor="cli", expires_at=expires_at), may_create=True
+        )
     )
     out.print(
         f"token [bold]{row.id}[/] for {name} ({role.value}); it is shown only now:", highlight=False

@@ -152,6 +152,21 @@ class Follower:
         """The first reconcile tries permanent failures again (the gateway's config may
         have been fixed since); later ones leave them alone."""
         self._progress = asyncio.Condition()
+        self._state = "healthy"
+        """healthy, degraded (entries failing) or down (gateway unreachable): each change
+        is logged once, at WARNING, so an operator sees outages and recoveries."""
+
+    def _note(self, state: str, why: str = "") -> None:
+        previous, self._state = self._state, state
+        if state == previous:
+            return
+        name = self.config.name
+        if state == "down":
+            log.warning("connector %s is down: %s", name, why)
+        elif state == "degraded":
+            log.warning("connector %s is degraded: %s", name, why)
+        else:
+            log.warning("connector %s recovered (was %s)", name, previous)
 
     # -- from the worker ---------------------------------------------------------------
 
@@ -275,6 +290,7 @@ class Follower:
                 span.set_status(trace.StatusCode.ERROR, unreachable)
         if unreachable:
             self._outage += 1
+            self._note("down", unreachable)
             await self._save_status(
                 now, error=unreachable, lag_from=changes[0].at if changes else None
             )
@@ -284,6 +300,12 @@ class Follower:
         await self._commit(desired, applied, present, now, cursor=last)
         self.cursor = last
         self._schedule_retries(result, keys)
+        failing = [*result.failed, *result.rejected]
+        if failing or self._retry:
+            why = "; ".join(f"{e.type.value} {e.target_kind}:{_shown(e)}: {w}" for e, w in failing)
+            self._note("degraded", why[:500] or f"{len(self._retry)} entries waiting to retry")
+        else:
+            self._note("healthy")
         return True
 
     def _schedule_retries(self, result: ApplyResult, keys: Iterable[Key]) -> None:
@@ -517,6 +539,7 @@ class Follower:
                 )
             except (ConnectorError, TimeoutError) as exc:
                 report.error = f"gateway unavailable: {exc or 'timed out'}"
+                self._note("down", report.error)
                 span.set_status(trace.StatusCode.ERROR, report.error)
                 await self._save_status(now, error=report.error, lag_from=None)
                 return report
@@ -567,6 +590,12 @@ class Follower:
                 self.attempted = max(self.attempted, head)
                 self._progress.notify_all()
         await self._save_reconcile(report, now)
+        if report.error:
+            self._note("down", report.error)
+        elif not report.ok:
+            self._note("degraded", "; ".join(report.failures[:3]) or "entries failed")
+        else:
+            self._note("healthy")
         self._reconciled = self._reconciled or report.error is None
         return report
 

@@ -79,12 +79,20 @@ class Enforcer:
     """What the API, the CLI and the jobs see of enforcement."""
 
     def __init__(
-        self, db: Database, configs: Sequence[ConnectorConfig], poll_seconds: float = 0.25
+        self,
+        db: Database,
+        configs: Sequence[ConnectorConfig],
+        poll_seconds: float = 0.25,
+        *,
+        embedded: bool = True,
     ) -> None:
         self._db = db
         self._configs = list(configs)
         self._poll = poll_seconds
         self._worker: _Worker | None = None
+        self.embedded = embedded
+        """False (`TOLLGATE_ENFORCE=off`): this process only writes the change log;
+        connector workers (`tollgate worker`) apply it."""
 
     @property
     def names(self) -> list[str]:
@@ -102,7 +110,7 @@ class Enforcer:
 
     async def start(self) -> None:
         """Start the worker thread and a follower per configured connector."""
-        if not self._configs:
+        if not self._configs or not self.embedded:
             return
         worker = _Worker(self._db.url, self._configs, self._poll)
         await asyncio.to_thread(worker.start)
@@ -119,8 +127,29 @@ class Enforcer:
             self._worker.wake()
 
     async def health(self, name: str) -> tuple[bool, str, str]:
+        if not self.embedded:
+            return await self._reported_health(name)
         follower = self._follower(name)
         return await self._on_worker(_health(follower))
+
+    @property
+    def alive(self) -> bool:
+        """The followers' thread runs (a connector worker's liveness)."""
+        return self._worker is not None and self._worker.alive
+
+    def applying(self) -> dict[str, bool]:
+        """Connector -> whether this process's follower holds its lock and applies (the
+        others stand by to take over)."""
+        return {name: f.active for name, f in self._running.items()}
+
+    async def _reported_health(self, name: str) -> tuple[bool, str, str]:
+        """Health as the connector workers last recorded it (this process applies nothing)."""
+        config = self.config(name)
+        async with self._db.read() as session:
+            status = (await repository.statuses(session)).get(name)
+        if status is None:
+            return False, config.type, "no connector worker has reported on it yet"
+        return status.healthy, config.type, status.detail or "as reported by a connector worker"
 
     async def reconcile(self, name: str) -> ReconcileReport:
         """A full reconcile now, by the follower that applies for this connector."""
@@ -210,6 +239,12 @@ class Enforcer:
 
     def _follower(self, name: str) -> Follower:
         self.config(name)  # NotFound naming the configured ones
+        if not self.embedded:
+            raise ServiceUnavailable(
+                f"connector {name} is applied by the connector workers (`tollgate worker`), "
+                "not by this server (TOLLGATE_ENFORCE=off); their periodic reconcile repairs "
+                "drift, or restart a worker to reconcile at once"
+            )
         follower = self._running.get(name)
         if follower is None:
             raise ServiceUnavailable(f"connector {name} is not running; is the server starting?")
@@ -255,6 +290,10 @@ class _Worker:
         if self._loop is not None and self._stop is not None:
             self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(STOP_SECONDS)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive() and self._loop is not None
 
     def wake(self) -> None:
         if self._loop is not None:

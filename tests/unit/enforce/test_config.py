@@ -5,8 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from controlplane.enforce.config import load_connectors
+import pytest
+
+from controlplane.enforce.config import check_connectors, load_connectors
 from controlplane.enforce.targets import DEFAULT_FLOOR, PrefixFloor
+from controlplane.errors import InvalidInput
 
 
 def test_a_connector_takes_the_loosest_floor_of_its_providers(tmp_path: Path) -> None:
@@ -35,3 +38,34 @@ connectors:
         "every": PrefixFloor(12, 24),
         "other": DEFAULT_FLOOR,
     }
+
+
+def test_an_unknown_connector_type_is_refused_naming_it(tmp_path: Path) -> None:
+    path = tmp_path / "tollgate.yaml"
+    path.write_text("connectors:\n  - {name: edge, type: haproxi}\n", encoding="utf-8")
+    with pytest.raises(InvalidInput) as caught:
+        load_connectors(path)
+    assert "connectors[0].type" in caught.value.message
+    assert "'haproxi'" in caught.value.message and "haproxy" in caught.value.message
+
+
+def test_a_process_that_applies_nothing_never_reads_the_secrets(tmp_path: Path) -> None:
+    path = tmp_path / "tollgate.yaml"
+    path.write_text(
+        "connectors:\n  - name: keys\n    type: webhook\n"
+        "    secrets: {signing_key: {env: TOLLGATE_TEST_NEVER_SET}}\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(InvalidInput, match="TOLLGATE_TEST_NEVER_SET is not set"):
+        load_connectors(path)
+    [config] = load_connectors(path, read_secrets=False)
+    assert config.name == "keys" and config.secrets == {}
+
+
+async def test_a_bad_option_is_found_when_the_connectors_are_checked(tmp_path: Path) -> None:
+    path = tmp_path / "tollgate.yaml"
+    path.write_text(
+        "connectors:\n  - {name: edge, type: haproxy, options: {socket: 3}}\n", encoding="utf-8"
+    )
+    with pytest.raises(InvalidInput, match="connector edge: option socket"):
+        await check_connectors(load_connectors(path))

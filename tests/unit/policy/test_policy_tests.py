@@ -15,7 +15,14 @@ from controlplane.engine.bundle import load_bundle
 from controlplane.policy import testing
 from controlplane.policy.testing import run_tests
 from tests.support.app import POLICY_DIR
-from tests.unit.policy.policy_dirs import DECISION_TEST, line_of, tollgate, write_policies
+from tests.unit.policy.policy_dirs import (
+    DECISION,
+    DECISION_TEST,
+    VALID,
+    line_of,
+    tollgate,
+    write_policies,
+)
 
 # Four tests, one per outcome `opa test` knows.
 MIXED = """\
@@ -202,6 +209,11 @@ def test_cli_github_annotations(mixed: Path) -> None:
     assert len(errors) == 3
     for name, reason in REASONS.items():
         line = line_of(mixed, DECISION_TEST, name)
+        # An undefined test points at the expression in its body that failed, an
+        # error at where OPA says it arose (the second `_conflicting`).
+        line += 1 if name == "test_is_undefined" else 0
+        if name == "test_errors":
+            line = MIXED.splitlines().index("_conflicting := 2") + 1
         [annotation] = [e for e in errors if f"title=tollgate.decision_test.{name}::" in e]
         assert annotation.startswith(f"::error file={DECISION_TEST},line={line},")
         assert reason in annotation
@@ -235,3 +247,95 @@ def test_cli_without_tests_fails(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "no test_* rules found" in result.stdout
     assert result.stdout.splitlines()[-1] == "0 passed, 0 failed"
+
+
+def test_a_failing_test_names_the_expression_that_failed(tmp_path: Path) -> None:
+    body = """\
+package tollgate.decision_test
+
+import data.tollgate.decision
+
+test_three_conditions if {
+	decision.shadow == false
+	x := count(decision.actions)
+	x == 2
+	x < 10
+}
+"""
+    root = write_policies(tmp_path, {DECISION_TEST: body})
+    [outcome] = run_tests(load_bundle(root)).outcomes
+    assert not outcome.passed
+    assert outcome.failed_at == f"{DECISION_TEST}:8"
+    assert outcome.message.endswith(f"{DECISION_TEST}:8: `x == 2`")
+
+    result = tollgate("policy", "test", str(root), "--format", "github")
+    assert result.stdout.startswith(f"::error file={DECISION_TEST},line=8,")
+
+
+# A rule that emits what the output contract refuses; its own test passes in OPA.
+WIDE_BLOCK = VALID.replace(
+    "actions := []",
+    """actions := [{"type": "block", "target": {"kind": "cidr", "value": "10.0.0.0/8"},
+	"params": {}, "ttl": "7d", "rule": "decision.wide", "reason": "too wide"}] if {
+	input.verdict.score > 0.5
+}
+
+default actions := []""",
+)
+BAD_TTL = VALID.replace(
+    "actions := []",
+    """actions := {{"type": "revoke_key", "target": {"kind": "api_key", "value": "key_1"},
+	"params": {}, "ttl": "forever", "rule": "decision.ttl", "reason": "bad ttl"}}""",
+)
+COUNTS_ACTIONS = """\
+package tollgate.decision_test
+
+import data.tollgate.decision
+
+test_one_action if {
+	count(decision.actions) == 1 with input as {"verdict": {"score": 0.9}}
+}
+"""
+
+
+@pytest.mark.parametrize(
+    ("policy", "problem"),
+    [
+        (WIDE_BLOCK, "decision.actions[0].target.value from rule decision.wide"),
+        (BAD_TTL, "decision.actions[0].ttl: 'forever' is not a duration"),
+    ],
+)
+def test_a_decision_that_breaks_the_output_contract_fails_its_test(
+    tmp_path: Path, policy: str, problem: str
+) -> None:
+    root = write_policies(tmp_path, {DECISION: policy, DECISION_TEST: COUNTS_ACTIONS})
+    bundle = load_bundle(root)
+    [plain] = run_tests(bundle).outcomes
+    assert plain.passed, "OPA alone lets it pass"
+
+    [checked] = run_tests(bundle, entrypoint="tollgate.decision").outcomes
+    assert not checked.passed
+    assert "breaks the output contract" in checked.message and problem in checked.message
+    assert checked.failed_at == f"{DECISION_TEST}:6"
+
+    result = tollgate("policy", "test", str(root))
+    assert result.exit_code == 1
+    assert result.stdout.splitlines()[-1] == "0 passed, 1 failed"
+
+
+def test_a_decision_within_the_contract_passes(tmp_path: Path) -> None:
+    narrow = WIDE_BLOCK.replace("10.0.0.0/8", "203.0.113.0/24")
+    root = write_policies(tmp_path, {DECISION: narrow, DECISION_TEST: COUNTS_ACTIONS})
+    [outcome] = run_tests(load_bundle(root), entrypoint="tollgate.decision").outcomes
+    assert outcome.passed, outcome.message
+
+
+def test_rego_values_are_read_as_opa_prints_them() -> None:
+    assert testing.rego_value('{{"a": 1, "b": [1, 2.5, "x = y"]}, {"c": null}} = __local1__') == [
+        {"a": 1, "b": [1, 2.5, "x = y"]},
+        {"c": None},
+    ]
+    assert testing.rego_value("set() = x") == []
+    assert testing.rego_value('{"k": {1, 2}, "e": {}}') == {"k": [1, 2], "e": {}}
+    with pytest.raises(ValueError):
+        testing.rego_value("__local3__ = 2")

@@ -1,0 +1,58 @@
+"""The connector worker's HTTP side: liveness and readiness for its probes, nothing else."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Controller, Litestar, Response, get
+from litestar.datastructures import State
+from litestar.di import NamedDependency, Provide
+from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
+from sqlalchemy import text
+
+from controlplane.runtime import WorkerRuntime
+
+
+class WorkerHealthController(Controller):
+    tags = ["health"]
+
+    @get("/healthz", operation_id="workerHealthz", summary="Liveness")
+    async def healthz(self, worker: NamedDependency[WorkerRuntime]) -> Response[dict[str, str]]:
+        """Alive while the followers' thread runs."""
+        alive = worker.enforcer.alive
+        return Response(
+            {"status": "ok" if alive else "followers stopped"},
+            status_code=HTTP_200_OK if alive else HTTP_503_SERVICE_UNAVAILABLE,
+        )
+
+    @get("/readyz", operation_id="workerReadyz", summary="Readiness")
+    async def readyz(self, worker: NamedDependency[WorkerRuntime]) -> Response[dict[str, Any]]:
+        """Ready when the database answers and the followers run; says per connector
+        whether this worker applies it or stands by."""
+        checks: dict[str, Any] = {}
+        try:
+            async with worker.db.read() as session:
+                await session.execute(text("SELECT 1"))
+            checks["database"] = "ok"
+        except Exception as exc:
+            checks["database"] = f"unreachable: {type(exc).__name__}"
+        checks["connectors"] = {
+            name: "applying" if active else "standing by"
+            for name, active in worker.enforcer.applying().items()
+        }
+        ready = checks["database"] == "ok" and worker.enforcer.alive
+        return Response(
+            {"status": "ready" if ready else "not ready", "checks": checks},
+            status_code=HTTP_200_OK if ready else HTTP_503_SERVICE_UNAVAILABLE,
+        )
+
+
+def create_worker_app(worker: WorkerRuntime) -> Litestar:
+    """Probes only; the worker is started before and stopped after serving them."""
+    return Litestar(
+        route_handlers=[WorkerHealthController],
+        state=State({"worker": worker}),
+        dependencies={"worker": Provide(lambda: worker, use_cache=True, sync_to_thread=False)},
+        openapi_config=None,
+        logging_config=None,
+    )

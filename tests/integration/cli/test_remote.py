@@ -1,0 +1,184 @@
+"""The CLI against a real server on 127.0.0.1, given only TOLLGATE_URL and TOLLGATE_TOKEN:
+what it prints, and one readable line for a URL, connection or token problem."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from controlplane.auth.roles import Role
+from controlplane.auth.service import TokenService
+from controlplane.store.db import Database, upgrade
+from tests.support.app import POLICY_DIR
+from tests.support.processes import Process, free_port, run, started
+from tests.support.verdicts import new_subject, verdict
+
+
+@dataclass
+class Server:
+    process: Process
+    token: str
+    """An admin token."""
+    database_url: str
+
+    @property
+    def url(self) -> str:
+        return self.process.url
+
+
+@pytest.fixture(scope="module")
+async def server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Server]:
+    """A server on SQLite in its own folder, and an admin token for it."""
+    folder = tmp_path_factory.mktemp("server")
+    database_url = f"sqlite+aiosqlite:///{folder / 'tollgate.db'}"
+    upgrade(database_url)
+    db = Database(database_url)
+    try:
+        token, _ = await TokenService(db).create("ops", Role.ADMIN, actor="tests")
+    finally:
+        await db.dispose()
+    port = free_port()
+    settings = {
+        "TOLLGATE_DATABASE_URL": database_url,
+        "TOLLGATE_DATA_DIR": str(folder / "data"),
+        "TOLLGATE_POLICY_DIR": str(POLICY_DIR),
+        "TOLLGATE_PORT": str(port),
+        "TOLLGATE_ENGINE_WORKERS": "1",
+    }
+    with started(["serve"], settings, port, folder / "serve.log") as process:
+        await process.ready()
+        yield Server(process, token, database_url)
+
+
+def remote(server: Server, workdir: Path, **extra: str) -> dict[str, str]:
+    """Only the URL and the token: a data dir that would be created if anything local ran."""
+    return {
+        "TOLLGATE_URL": server.url,
+        "TOLLGATE_TOKEN": server.token,
+        "TOLLGATE_DATA_DIR": str(workdir / "local"),
+        **extra,
+    }
+
+
+async def test_verdict_submit_shows_decision_and_action_ids(server: Server, tmp_path: Path) -> None:
+    document = verdict(subject=new_subject(), score=0.95)
+    path = tmp_path / "verdict.json"
+    path.write_text(json.dumps(document))
+    done = run(["verdict", "submit", str(path)], remote(server, tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert "dec_" in done.stdout and "act_" in done.stdout
+    answered = run(["verdict", "submit", str(path), "--json"], remote(server, tmp_path))
+    [result] = json.loads(answered.stdout)
+    assert result["decision_id"] in done.stdout
+    for action in result["actions"]:
+        assert action["id"] in done.stdout
+    assert not (tmp_path / "local").exists(), "nothing local was created"
+
+
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("127.0.0.1:8400", "TOLLGATE_URL '127.0.0.1:8400' is not a server URL"),
+        ("ftp://127.0.0.1:1", "TOLLGATE_URL 'ftp://127.0.0.1:1' is not a server URL"),
+        ("http://127.0.0.1:1", "no Tollgate server answers at http://127.0.0.1:1"),
+    ],
+)
+def test_a_bad_url_or_no_server_is_one_line(tmp_path: Path, url: str, said: str) -> None:
+    path = tmp_path / "verdict.json"
+    path.write_text(json.dumps(verdict()))
+    done = run(["verdict", "submit", str(path)], {"TOLLGATE_URL": url, "TOLLGATE_TOKEN": "tg_x"})
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert done.stderr.splitlines()[0] == f"error: {said}"
+
+
+async def test_a_refused_token_is_one_line(server: Server, tmp_path: Path) -> None:
+    path = tmp_path / "verdict.json"
+    path.write_text(json.dumps(verdict()))
+    done = run(
+        ["verdict", "submit", str(path)], remote(server, tmp_path, TOLLGATE_TOKEN="tg_wrong")
+    )
+    assert done.returncode == 1
+    assert done.stderr.splitlines()[0].startswith(f"error: {server.url} refused the token")
+
+
+async def test_policy_impact_asks_the_server(server: Server, tmp_path: Path) -> None:
+    done = run(
+        ["policy", "impact", "--since", "7d"],
+        remote(server, tmp_path, TOLLGATE_POLICY_DIR=str(POLICY_DIR)),
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("### Tollgate policy impact:")
+    assert not (tmp_path / "local").exists(), "no local database was created"
+
+
+async def test_an_auditor_with_only_a_token_verifies_and_exports(
+    server: Server, tmp_path: Path
+) -> None:
+    # Something to verify: a verdict submitted with the admin token.
+    admin = remote(server, tmp_path)
+    created = run(["verdict", "submit", "-"], admin, stdin=json.dumps(verdict()))
+    assert created.returncode == 0, created.stderr
+    auditor = await _token(server, Role.AUDITOR)
+    settings = remote(server, tmp_path, TOLLGATE_TOKEN=auditor)
+
+    verified = run(["audit", "verify", "--json"], settings)
+    assert verified.returncode == 0, verified.stderr
+    report = json.loads(verified.stdout)
+    assert report["ok"] is True and report["events"] > 0
+    assert report["source"] == f"{server.url} (its export, verified here)"
+
+    exported = tmp_path / "audit.jsonl"
+    done = run(["audit", "export", "--output", str(exported)], settings)
+    assert done.returncode == 0, done.stderr
+    offline = run(["audit", "verify", "--file", str(exported), "--json"], {})
+    assert json.loads(offline.stdout)["events"] == report["events"]
+    assert not (tmp_path / "local").exists(), "no local database was created"
+
+
+async def test_a_detector_token_may_not_export(server: Server, tmp_path: Path) -> None:
+    detector = await _token(server, Role.DETECTOR)
+    done = run(["audit", "export"], remote(server, tmp_path, TOLLGATE_TOKEN=detector))
+    assert done.returncode == 1
+    assert done.stderr.splitlines()[0].startswith(f"error: {server.url} answered 403")
+
+
+async def _token(server: Server, role: Role) -> str:
+    """A new token of `role` in the server's database."""
+    db = Database(server.database_url)
+    try:
+        token, _ = await TokenService(db).create(role.value, role, actor="tests")
+    finally:
+        await db.dispose()
+    return token
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["decision", "explain", "dec_x"],
+        ["token", "list"],
+        ["policy", "rollback"],
+        ["audit", "reindex"],
+    ],
+)
+def test_commands_on_the_database_never_create_an_empty_one(
+    tmp_path: Path, command: list[str]
+) -> None:
+    data_dir = tmp_path / "elsewhere"
+    done = run(command, {"TOLLGATE_DATA_DIR": str(data_dir)})
+    assert done.returncode == 1
+    assert (
+        done.stderr.splitlines()[0] == f"error: no Tollgate database at {data_dir / 'tollgate.db'}"
+    )
+    assert not data_dir.exists()
+
+    url = "http://127.0.0.1:1"
+    done = run(command, {"TOLLGATE_DATA_DIR": str(data_dir), "TOLLGATE_URL": url})
+    assert done.returncode == 1
+    assert f"TOLLGATE_URL is set ({url})" in done.stderr.splitlines()[0]
+    assert not data_dir.exists()

@@ -1,0 +1,41 @@
+"""Settings that cannot work are refused with one line naming the variable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from controlplane.errors import InvalidInput
+from controlplane.settings import Settings
+
+
+def test_a_config_file_that_was_named_must_exist(tmp_path: Path) -> None:
+    missing = tmp_path / "tolgate.yaml"
+    with pytest.raises(InvalidInput) as caught:
+        Settings(config=missing, config_explicit=True).check()
+    assert caught.value.message.startswith(f"TOLLGATE_CONFIG={missing}: no such file")
+    # The default path, not named by anyone, may be absent: no connectors.
+    Settings(config=missing, config_explicit=False).check()
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "variable"),
+    [
+        ("enforce", "sometimes", "TOLLGATE_ENFORCE"),
+        ("log_format", "xml", "TOLLGATE_LOG_FORMAT"),
+        ("engine", "wasm", "TOLLGATE_ENGINE"),
+        ("log_level", "chatty", "TOLLGATE_LOG_LEVEL"),
+    ],
+)
+def test_a_value_out_of_its_set_names_the_variable(field: str, value: str, variable: str) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        Settings(**{field: value, "config_explicit": False}).check()  # type: ignore[arg-type]
+    assert caught.value.message.startswith(f"{variable}={value!r}: must be one of")
+
+
+def test_a_number_that_is_not_one_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TOLLGATE_PORT", "84OO")
+    with pytest.raises(InvalidInput) as caught:
+        Settings()
+    assert caught.value.message == "TOLLGATE_PORT='84OO': must be a whole number"
