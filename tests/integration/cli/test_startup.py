@@ -54,7 +54,7 @@ def test_a_named_config_file_that_is_missing_stops_the_process(
         ("connectors:\n  - {name: edge, type: haproxi}\n", "no connector type 'haproxi'"),
         (
             "connectors:\n  - {name: edge, type: haproxy, options: {socket: 3}}\n",
-            "connector edge: option socket",
+            "connector edge: options.socket",
         ),
         ("connectors:\n  - {name: edge, type: memory, timeout_seconds: -1}\n", "timeout_seconds"),
         ("providers:\n  lab-a: {fallback: shrug}\n", "lab-a.fallback must be one of"),
