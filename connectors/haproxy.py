@@ -279,7 +279,7 @@ class HAProxyConnector:
         self._flusher: asyncio.Task[None] | None = None
 
     def capabilities(self) -> frozenset[EntryType]:
-        return frozenset(EntryType)
+        return frozenset(EntryType) - {EntryType.ALLOW}
 
     # -- observe ---------------------------------------------------------------------------
 

@@ -321,7 +321,7 @@ class NginxConnector:
         self._last_commit = -float("inf")
 
     def capabilities(self) -> frozenset[EntryType]:
-        return frozenset(EntryType)
+        return frozenset(EntryType) - {EntryType.ALLOW}
 
     # -- observe ---------------------------------------------------------------------------
 

@@ -59,3 +59,10 @@ class ServiceUnavailable(TollgateError):
 
     status_code = 503
     code = "unavailable"
+
+
+class Forbidden(TollgateError):
+    """The caller's role may do this in general, but not this time (and why)."""
+
+    status_code = 403
+    code = "forbidden"

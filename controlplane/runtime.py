@@ -19,6 +19,7 @@ from controlplane.ingest.service import IngestService
 from controlplane.leadership import Leadership
 from controlplane.policy.service import PolicyService
 from controlplane.policy.source import source_from
+from controlplane.remedy.service import Remedy
 from controlplane.settings import Providers, Settings, load_providers
 from controlplane.store.db import Database, upgrade
 from controlplane.telemetry import spanstore
@@ -41,6 +42,7 @@ class Runtime:
     tokens: TokenService
     enforcer: Enforcer
     leadership: Leadership
+    remedy: Remedy
     providers: Providers = field(default_factory=Providers)
     scheduler: AsyncIOScheduler = field(default_factory=AsyncIOScheduler)
     _sync_problems: list[str] = field(default_factory=list)
@@ -64,6 +66,7 @@ class Runtime:
             TokenService(db),
             enforcer,
             Leadership(db),
+            Remedy(db, enforcer, providers),
             providers,
         )
 
@@ -79,6 +82,7 @@ class Runtime:
             (self.sync_policies, self.settings.policy_sync_seconds),
             (self.converge, CONVERGE_SECONDS),
             (self.enforcer.expire, EXPIRY_SECONDS),
+            (self.remedy.expire_exemptions, EXPIRY_SECONDS),
         ):
             self.scheduler.add_job(
                 job, "interval", seconds=seconds, id=job.__name__, max_instances=1, coalesce=True

@@ -22,14 +22,14 @@ from controlplane import __version__
 from controlplane.api.health import HealthController
 from controlplane.api.metrics import MetricsController
 from controlplane.audit.controllers import AuditController, SubjectController
-from controlplane.enforce.controllers import ConnectorController, LiftController
+from controlplane.enforce.controllers import ConnectorController
 from controlplane.errors import TollgateError
 from controlplane.evaluate.controllers import DecisionController
-from controlplane.exemptions.controllers import ExemptionController
 from controlplane.ingest.controllers import VerdictController
 from controlplane.intel.controllers import IndicatorController
 from controlplane.plan.controllers import ActionController
 from controlplane.policy.controllers import PolicyController
+from controlplane.remedy import controllers as remedy
 from controlplane.runtime import Runtime
 from controlplane.settings import Settings, get_settings
 from controlplane.telemetry.tracing import configure
@@ -45,11 +45,10 @@ ROUTES = [
     VerdictController,
     DecisionController,
     ActionController,
-    ExemptionController,
+    *remedy.ROUTES,
     IndicatorController,
     PolicyController,
     ConnectorController,
-    LiftController,
     AuditController,
     SubjectController,
     MetricsController,

@@ -16,6 +16,7 @@ entry that is there, or removing one that is not, is not an error.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -33,6 +34,11 @@ class EntryType(StrEnum):
     """Refuse an API key (HTTP 401)."""
     RATE_LIMIT = "rate_limit"
     """Limit a key (or account/org, where the gateway can) to `requests_per_minute`."""
+    ALLOW = "allow"
+    """Serve an IP or CIDR whatever block covers it (an exemption carved out of a blocked
+    range): consulted before the block list. A gateway that cannot do this leaves
+    `allow` out of its capabilities, and Tollgate reports the exemption as not carved
+    out there."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +55,28 @@ class Entry:
     @property
     def key(self) -> tuple[str, str, str]:
         return (self.type.value, self.target_kind, self.target_value)
+
+    @property
+    def reference(self) -> str:
+        """What a refusal at the gateway quotes (`reference_of`)."""
+        return reference_of(self.type.value, self.target_kind, self.target_value)
+
+
+_REFERENCE_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+"""Crockford's base32: no I, L, O or U, so a reference read over the phone survives."""
+
+
+def reference_of(entry_type: str, target_kind: str, target_value: str) -> str:
+    """The short reference a refusal quotes for one gateway entry (`TG-` and ten
+    characters): the same at every gateway and for every action asking for the entry,
+    so a customer can quote what they were shown and Tollgate can find the actions."""
+    digest = hashlib.sha256(f"{entry_type}|{target_kind}|{target_value}".encode()).digest()
+    number = int.from_bytes(digest[:7], "big") >> 6  # 50 bits
+    chars = []
+    for _ in range(10):
+        number, digit = divmod(number, 32)
+        chars.append(_REFERENCE_ALPHABET[digit])
+    return "TG-" + "".join(reversed(chars))
 
 
 @dataclass(frozen=True)

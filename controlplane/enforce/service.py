@@ -26,16 +26,14 @@ import httpx
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.audit import service as audit
-from controlplane.audit.chain import EventDraft
 from controlplane.domain.vocabulary import ActionState
 from controlplane.enforce import repository
 from controlplane.enforce.events import action_event
 from controlplane.enforce.follower import Follower, ReconcileReport
 from controlplane.enforce.registry import factory
 from controlplane.enforce.sdk import ConnectorConfig, ConnectorError, EntryType
-from controlplane.errors import Conflict, NotFound, ServiceUnavailable
+from controlplane.errors import NotFound, ServiceUnavailable
 from controlplane.store.db import Database
-from controlplane.store.models import ActionRow
 from controlplane.store.types import utcnow
 
 log = logging.getLogger(__name__)
@@ -148,7 +146,16 @@ class Enforcer:
             cursors = await repository.cursors(session)
         return {name: (cursors.get(name, 0), head) for name in self.names}
 
-    # -- expiry and lifts (on the caller's loop: they only write the log) --------------
+    def serving(self, provider: str) -> list[tuple[str, frozenset[str]]]:
+        """(connector, the entry types it enforces) of each running connector serving
+        this provider."""
+        return [
+            (name, frozenset(t.value for t in f.connector.capabilities()))
+            for name, f in self._running.items()
+            if f.serves(provider)
+        ]
+
+    # -- expiry (on the caller's loop: it only writes the log) ----------------------------
 
     async def expire(self, limit: int = 5000) -> int:
         """Mark actions past their TTL expired (each an audit event) and log removals."""
@@ -164,38 +171,6 @@ class Enforcer:
             await record_changes(session, [a.model_dump() for a in due], "expired", now)
         self.wake()
         return len(due)
-
-    async def lift(self, action_id: str, actor: str, reason: str) -> ActionRow:
-        now = utcnow()
-        async with self._db.write() as session, session.begin():
-            row, lifted = await repository.lift(session, action_id, now)
-            if row is None:
-                raise NotFound(f"no action {action_id!r}")
-            if not lifted:
-                raise Conflict(f"action {action_id} is {row.state}, not active: nothing to lift")
-            await audit.record(
-                session,
-                [
-                    EventDraft(
-                        type="action.lifted",
-                        actor=actor,
-                        at=now,
-                        provider=row.provider,
-                        verdict_id=row.verdict_id,
-                        decision_id=row.decision_id,
-                        action_id=row.id,
-                        trace_id=row.trace_id,
-                        payload={
-                            "reason": reason,
-                            "type": row.type,
-                            "target": {"kind": row.target_kind, "value": row.target_value},
-                        },
-                    )
-                ],
-            )
-            await record_changes(session, [row.model_dump()], "lifted", now)
-        self.wake()
-        return row
 
     # -- plumbing ----------------------------------------------------------------------
 

@@ -160,7 +160,7 @@ class Decider:
         ips = {(p.verdict.provider, ip) for p in pending for ip in p.verdict.subject.ips}
         keys |= await self._cidrs.holding(session, ips, now)
         since = min(p.verdict.observed_at for p in pending) - HISTORY_WINDOW
-        await repository.fill_lookups(session, lookups, keys, since, now)
+        await repository.fill_lookups(session, lookups, keys, since, now, self._providers)
         lookups.intel = await self._intel.index(session, now)
 
     def _record(

@@ -36,6 +36,11 @@ class ActionOut(BaseModel):
     trace_id: str | None
     created_at: datetime
     updated_at: datetime
+    reference: str | None = Field(
+        default=None,
+        description="What a refusal at the gateway quotes (e.g. `TG-7Q2M9K4D1X`); null "
+        "for actions no gateway enforces.",
+    )
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> ActionOut:

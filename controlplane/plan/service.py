@@ -8,6 +8,7 @@ from typing import Any
 
 from controlplane.domain.action import ActionSpec, DecisionResult
 from controlplane.domain.vocabulary import ActionState, ActionType, SubjectKind
+from controlplane.enforce.sdk import EntryType, reference_of
 from controlplane.store.models import new_id
 
 FALLBACK_RULE = "tollgate.fallback"
@@ -51,9 +52,20 @@ def plan_actions(
                 "trace_id": trace_id,
                 "created_at": now,
                 "updated_at": now,
+                "reference": _reference(spec.type.value, spec),
             }
         )
     return rows
+
+
+_GATEWAY_TYPES = {t.value for t in EntryType}
+
+
+def _reference(action_type: str, spec: ActionSpec) -> str | None:
+    """What a gateway's refusal will quote for this action (none for a review)."""
+    if action_type not in _GATEWAY_TYPES:
+        return None
+    return reference_of(action_type, spec.target_kind.value, spec.target_value)
 
 
 def fallback_actions(

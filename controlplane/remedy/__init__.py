@@ -1,0 +1,2 @@
+"""People undoing mistakes: lifts by hand, exemptions, appeals, and the figures of how
+often enforcement was overturned (`docs/appeals.md`)."""
