@@ -12,9 +12,8 @@
 package tollgate.decision
 
 import data.tollgate.contract
+import data.tollgate.cooldown
 import data.tollgate.exemptions
-import data.tollgate.graduated
-import data.tollgate.intel
 
 # METADATA
 # title: actions
@@ -23,7 +22,7 @@ import data.tollgate.intel
 #   owner: policy-platform
 actions := contract.enforceable(exemptions.actions) if {
 	exemptions.exempt
-} else := contract.enforceable(graduated.actions | intel.actions)
+} else := contract.enforceable(cooldown.allowed | cooldown.held_back)
 
 # METADATA
 # title: shadow
