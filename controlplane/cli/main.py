@@ -17,6 +17,7 @@ from controlplane.cli.client import api_client, fail, request
 from controlplane.cli.connector import action_app, connector_app
 from controlplane.cli.decision import decision_app
 from controlplane.cli.policy import policy_app
+from controlplane.cli.remedy import appeal_app, exemption_app, report_app
 from controlplane.cli.token import token_app
 from controlplane.engine.bundle import short_revision
 from controlplane.settings import get_settings
@@ -36,6 +37,9 @@ app.add_typer(token_app, name="token")
 app.add_typer(audit_app, name="audit")
 app.add_typer(connector_app, name="connector")
 app.add_typer(action_app, name="action")
+app.add_typer(appeal_app, name="appeal")
+app.add_typer(exemption_app, name="exemption")
+app.add_typer(report_app, name="report")
 out = Console()
 
 BATCH = 1000
