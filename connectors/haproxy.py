@@ -21,8 +21,11 @@ socket is retryable.
 
 What lives where (`sample_config()` writes the matching haproxy.cfg):
 
-- block ip / cidr: `blocked.acl`, read by `src -f`: 403;
-- revoke_key api_key: `revoked.map` (key -> `revoked`): 401;
+- block ip / cidr: `blocked.acl`, read by `src -f`: 403, unless the source is in
+- allow ip / cidr: `allowed.acl` (exemptions carved out of blocked ranges), consulted
+  before the block list;
+- revoke_key api_key: `revoked.map` (key -> the reference a refusal quotes): 401 with
+  the reference in the body and an `x-tollgate-reference` header;
 - rate_limit api_key: `rate_limit.map` (key -> requests per minute), whose value a
   stick-table rule compares with the key's request rate over the last minute: 429;
 - rate_limit account / org: `rate_limit_account.map` / `rate_limit_org.map`, only when
@@ -72,8 +75,8 @@ from controlplane.enforce.targets import refusal
 
 PROMPT = b"\n> "
 """How an interactive (`prompt`) CLI session ends every reply."""
-REVOKED = "revoked"
-"""The value of a revoked key in `revoked.map` (the map only needs the key)."""
+REFERENCE_HEADER = "x-tollgate-reference"
+"""The response header a refusal carries the action's reference in."""
 _SAFE_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/+=-]{0,199}$")
 """Keys the CLI and map files take verbatim: no spaces, `;`, `#` or backslashes."""
 _FINGERPRINT = re.compile(r"^[0-9a-f]{64}$")
@@ -86,6 +89,7 @@ _BUFFER = 1 << 28
 
 _FILE_OPTIONS = (
     "blocked_acl",
+    "allowed_acl",
     "revoked_map",
     "rate_limit_map",
     "account_rate_limit_map",
@@ -105,6 +109,8 @@ class HAProxyOptions:
     state_dir: str = "/etc/haproxy/tollgate"
     """Where the ACL and map files live when not named one by one."""
     blocked_acl: str = ""
+    allowed_acl: str = ""
+    """IPs and CIDRs served whatever block covers them (exemptions)."""
     revoked_map: str = ""
     rate_limit_map: str = ""
     account_rate_limit_map: str = ""
@@ -134,6 +140,7 @@ class HAProxyOptions:
         state = Path(self.state_dir)
         defaults: dict[str, Path] = {
             "blocked_acl": state / "blocked.acl",
+            "allowed_acl": state / "allowed.acl",
             "revoked_map": state / "revoked.map",
             "rate_limit_map": state / "rate_limit.map",
             "account_rate_limit_map": state / "rate_limit_account.map",
@@ -251,6 +258,7 @@ class HAProxyConnector:
         o = self.options
         self._files = [
             _File(o.blocked_acl, "acl", EntryType.BLOCK, "ip"),
+            _File(o.allowed_acl, "acl", EntryType.ALLOW, "ip"),
             _File(o.revoked_map, "map", EntryType.REVOKE_KEY, "api_key"),
             _File(o.rate_limit_map, "map", EntryType.RATE_LIMIT, "api_key"),
         ]
@@ -279,7 +287,7 @@ class HAProxyConnector:
         self._flusher: asyncio.Task[None] | None = None
 
     def capabilities(self) -> frozenset[EntryType]:
-        return frozenset(EntryType) - {EntryType.ALLOW}
+        return frozenset(EntryType)
 
     # -- observe ---------------------------------------------------------------------------
 
@@ -495,17 +503,19 @@ class HAProxyConnector:
         why = "" if removing else refusal(entry, self.min_prefix)
         if why:
             return None, "", why
-        if entry.type is EntryType.BLOCK:
+        if entry.type in (EntryType.BLOCK, EntryType.ALLOW):
+            spec = self._files[0 if entry.type is EntryType.BLOCK else 1]
             if entry.target_kind not in {"ip", "cidr"}:
-                return None, "", f"HAProxy blocks IPs and CIDRs, not a {entry.target_kind}"
+                verb = "blocks" if entry.type is EntryType.BLOCK else "allows"
+                return None, "", f"HAProxy {verb} IPs and CIDRs, not a {entry.target_kind}"
             try:
                 key = _canonical_address(entry.target_kind, entry.target_value)
             except ValueError:
                 if removing:
-                    return self._files[0], entry.target_value, ""
+                    return spec, entry.target_value, ""
                 return None, "", f"{entry.target_value!r} is not a valid {entry.target_kind}"
-            return self._files[0], key, ""
-        for spec in self._files[1:]:
+            return spec, key, ""
+        for spec in self._files[2:]:
             if spec.type is entry.type and spec.target_kind == entry.target_kind:
                 why = "" if removing else self._key_problem(entry)
                 return (None, "", why) if why else (spec, entry.target_value, "")
@@ -715,7 +725,7 @@ def _first_per_key(spec: _File, items: Iterable[tuple[str, str]]) -> dict[str, E
 def _value_of(entry: Entry) -> str:
     if entry.type is EntryType.RATE_LIMIT:
         return str(entry.requests_per_minute)
-    return REVOKED if entry.type is EntryType.REVOKE_KEY else ""
+    return entry.reference if entry.type is EntryType.REVOKE_KEY else ""
 
 
 def _int_or_none(value: str) -> int | None:
@@ -859,9 +869,11 @@ def sample_config(
     hashed = ",sha2(256),hex,lower" if o.key_match == "fingerprint" else ""
     lines += [
         "",
-        "    # 403: IPs and CIDRs Tollgate blocks.",
+        "    # 403: IPs and CIDRs Tollgate blocks, except those exempt (the allow list is",
+        "    # consulted first: an exempt address inside a blocked range is served).",
         f"    http-request deny deny_status 403 {_JSON} "
-        f'\'{{"error":"blocked by policy"}}\' if {{ src -f {o.blocked_acl} }}',
+        f'\'{{"error":"blocked by policy"}}\' if {{ src -f {o.blocked_acl} }} '
+        f"!{{ src -f {o.allowed_acl} }}",
         "",
         "    # One key header at most: with two, HAProxy and the API could read different ones.",
         f"    http-request deny deny_status 400 {_JSON} "
@@ -875,9 +887,13 @@ def sample_config(
         f"    http-request set-var(txn.tollgate_key) req.fhdr({header}){hashed} "
         f"if {{ req.fhdr({header}) -m found }}",
         "",
-        "    # 401: revoked keys.",
-        f'    http-request deny deny_status 401 {_JSON} \'{{"error":"api key revoked"}}\' '
-        f"if {{ var(txn.tollgate_key),map_str({o.revoked_map}) -m found }}",
+        "    # 401: revoked keys; the map holds the reference the customer can quote.",
+        f"    http-request set-var(txn.tollgate_revoked) var(txn.tollgate_key),"
+        f"map_str({o.revoked_map}) if {{ var(txn.tollgate_key) -m found }}",
+        "    http-request deny deny_status 401 content-type application/json lf-string "
+        '\'{"error":"api key revoked","reference":"%[var(txn.tollgate_revoked)]"}\' '
+        f"hdr {REFERENCE_HEADER} %[var(txn.tollgate_revoked)] "
+        "if { var(txn.tollgate_revoked) -m found }",
         "",
         "    # 429: past the limit (the map holds requests per minute; the table the rate).",
         *_limit_rules("key", "var(txn.tollgate_key)", o.rate_limit_map, 0, declare=None),
