@@ -445,3 +445,5 @@ class LiftRow(SQLModel, table=True):
 
 Index("ix_exemption_expires", col(ExemptionRow.expires_at))
 Index("ix_lift_at", col(LiftRow.at))
+# The remediation report and its /metrics figures count the actions of a period.
+Index("ix_action_created", col(ActionRow.created_at))

@@ -86,9 +86,11 @@ def upgrade() -> None:
     op.create_index("ix_action_reference", "action", ["reference"])
     # An upheld appeal about an org lifts what its verdicts planned: found by index.
     op.create_index("ix_verdict_provider_org", "verdict", ["provider", "org_id"])
+    op.create_index("ix_action_created", "action", ["created_at"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_action_created", table_name="action")
     op.drop_index("ix_verdict_provider_org", table_name="verdict")
     op.drop_index("ix_action_reference", table_name="action")
     with op.batch_alter_table("action") as batch:
