@@ -100,7 +100,7 @@ class AppealView:
         lifted = sum(1 for _, at in self.actions if at is not None)
         text = (
             f"Your appeal {row.id} was upheld: {row.decision_reason}. "
-            f"{lifted} restriction(s) on {row.subject_kind} {row.subject_value} were lifted"
+            f"{lifted} restriction(s) on {row.subject_kind}:{row.subject_value} were lifted"
         )
         if self.exempt_until is not None:
             text += f", and it is exempt until {self.exempt_until.isoformat()}"
