@@ -52,6 +52,7 @@ _WHY = {
     404: "No such record.",
     409: "The record is not in a state that allows this.",
     422: "Invalid input; each bad field is named; nothing was changed.",
+    503: "The database cannot be reached now; nothing was changed: retry later.",
 }
 
 
@@ -59,7 +60,7 @@ def _errors(*codes: int, **overrides: str) -> dict[int, ResponseSpec]:
     """The error answers of a handler, each with the shape every error has."""
     return {
         code: ResponseSpec(ErrorBody, description=overrides.get(f"e{code}", _WHY[code]))
-        for code in codes
+        for code in (*codes, 503)
     }
 
 

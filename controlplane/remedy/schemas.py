@@ -150,8 +150,9 @@ class AppealIn(BaseModel):
     )
     reference: str | None = Field(
         default=None,
+        pattern=r"^\s*[Tt][Gg]-[0-9A-Za-z]{10}\s*$",
         description="The reference the customer was shown at a refusal (`TG-` and ten "
-        "characters); its actions are covered too.",
+        "characters, any letter case); its actions are covered too.",
     )
     statement: Annotated[str, Field(min_length=1, max_length=5000)] = Field(
         description="The customer's case, in their words."
@@ -177,6 +178,8 @@ class UpholdIn(BaseModel):
     reason: Annotated[str, Field(min_length=3, max_length=2000)]
     exempt_for: str | None = Field(
         default="30d",
+        pattern=r"^([0-9]+(ms|s|m|h|d|w))+$",
+        max_length=20,
         description="How long the subject is exempt after the uphold (`30d`, `12h`); null: "
         "no exemption (the cool-down still holds the same rule back).",
     )
