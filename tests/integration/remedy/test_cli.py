@@ -105,7 +105,8 @@ async def test_appeal_and_exemption_commands(server: Server) -> None:
     refused = await tollgate(server, Role.SUPPORT, "appeal", "deny", appeal_id, "--reason", "no")
     assert refused.exit_code == 1 and "error 403" in refused.output
     upheld = await tollgate(
-        server, Role.REVIEWER, "appeal", "uphold", appeal_id, "--reason", "verified", "--exempt-for", "7d"
+        server, Role.REVIEWER, "appeal", "uphold", appeal_id,
+        "--reason", "verified", "--exempt-for", "7d",
     )  # fmt: skip
     assert upheld.exit_code == 0, upheld.output
     assert "upheld" in upheld.output and "lifted" in upheld.output
