@@ -21,7 +21,9 @@ socket is retryable.
 
 What lives where (`sample_config()` writes the matching haproxy.cfg):
 
-- block ip / cidr: `blocked.acl`, read by `src -f`: 403, unless the source is in
+- block ip / cidr: `blocked.acl`, read by `src -f`: 403 (with the reference that
+  `blocked_ref.map`, address -> reference, holds for the blocked value), unless the
+  source is in
 - allow ip / cidr: `allowed.acl` (exemptions carved out of blocked ranges), consulted
   before the block list;
 - revoke_key api_key: `revoked.map` (key -> the reference a refusal quotes): 401 with
@@ -90,6 +92,7 @@ _BUFFER = 1 << 28
 _FILE_OPTIONS = (
     "blocked_acl",
     "allowed_acl",
+    "blocked_ref_map",
     "revoked_map",
     "rate_limit_map",
     "account_rate_limit_map",
@@ -111,6 +114,8 @@ class HAProxyOptions:
     blocked_acl: str = ""
     allowed_acl: str = ""
     """IPs and CIDRs served whatever block covers them (exemptions)."""
+    blocked_ref_map: str = ""
+    """Blocked IPs and CIDRs -> the reference a 403 quotes (kept in step with the ACL)."""
     revoked_map: str = ""
     rate_limit_map: str = ""
     account_rate_limit_map: str = ""
@@ -141,6 +146,7 @@ class HAProxyOptions:
         defaults: dict[str, Path] = {
             "blocked_acl": state / "blocked.acl",
             "allowed_acl": state / "allowed.acl",
+            "blocked_ref_map": state / "blocked_ref.map",
             "revoked_map": state / "revoked.map",
             "rate_limit_map": state / "rate_limit.map",
             "account_rate_limit_map": state / "rate_limit_account.map",
@@ -220,6 +226,9 @@ class _File:
     type: EntryType
     target_kind: str
     """The target kind of its entries; for the ACL, `ip` or `cidr` by spelling."""
+    references: bool = False
+    """A map of blocked addresses to their references: it mirrors the block ACL, for
+    refusals to quote, and holds no entries of its own."""
 
     def entry(self, key: str, value: str) -> Entry:
         """The entry a map line holds (ACL lines: see `_first_per_key`)."""
@@ -268,6 +277,8 @@ class HAProxyConnector:
             )
         if o.org_header:
             self._files.append(_File(o.org_rate_limit_map, "map", EntryType.RATE_LIMIT, "org"))
+        self._refs = _File(o.blocked_ref_map, "map", EntryType.BLOCK, "ip", references=True)
+        self._files.append(self._refs)
         self._lock = asyncio.Lock()
         """Observe and apply each change the runtime and the model of it: one at a time,
         whoever calls."""
@@ -306,7 +317,8 @@ class HAProxyConnector:
                 held = _by_key(spec, live)
                 self._held[spec.path] = held
                 await self._save(spec, _items(held), self._changed(spec), only_if_stale=True)
-                entries.extend(_first_per_key(spec, live).values())
+                if not spec.references:
+                    entries.extend(_first_per_key(spec, live).values())
         return GatewayState(frozenset(entries), extra={"entries_per_file": counts})
 
     # -- apply -----------------------------------------------------------------------------
@@ -331,12 +343,29 @@ class HAProxyConnector:
                 result.done.append(entry)  # never held here: nothing to remove
             else:
                 plan[spec.path].remove[key] = entry
+        blocks, refs = plan[self._files[0].path], plan[self._refs.path]
+        refs.put = {k: (e, e.reference) for k, (e, _) in blocks.put.items()}
+        refs.remove = dict(blocks.remove)
         async with self._lock, self._session() as cli:
             for spec in self._files:
                 ops = plan[spec.path]
-                if ops.size:
+                if ops.size and not spec.references:
                     await self._apply_file(cli, spec, ops, result)
+            if refs.size:
+                await self._apply_refs(cli, refs, result)
         return result
+
+    async def _apply_refs(self, cli: _Cli, ops: _Ops, result: ApplyResult) -> None:
+        """The blocked values' references follow the block ACL. A block whose reference
+        HAProxy did not take is reported failed (retried), though it already refuses."""
+        mirrored = ApplyResult()
+        await self._apply_file(cli, self._refs, ops, mirrored)
+        missed = {e.key: why for e, why in (*mirrored.failed, *mirrored.rejected)}
+        if missed:
+            result.done[:] = [e for e in result.done if e.key not in missed]
+            result.failed.extend(
+                (e, f"its reference: {why}") for e, _ in ops.put.values() if e.key in missed
+            )
 
     async def _apply_file(self, cli: _Cli, spec: _File, ops: _Ops, result: ApplyResult) -> None:
         held = self._held.get(spec.path)
@@ -516,6 +545,8 @@ class HAProxyConnector:
                 return None, "", f"{entry.target_value!r} is not a valid {entry.target_kind}"
             return spec, key, ""
         for spec in self._files[2:]:
+            if spec.references:
+                continue
             if spec.type is entry.type and spec.target_kind == entry.target_kind:
                 why = "" if removing else self._key_problem(entry)
                 return (None, "", why) if why else (spec, entry.target_value, "")
@@ -688,7 +719,7 @@ def _canonical_address(kind: str, value: str) -> str:
 
 
 def _canonical_key(spec: _File, raw: str) -> str:
-    if spec.kind != "acl":
+    if spec.kind != "acl" and not spec.references:
         return raw
     try:
         return _canonical_address("cidr" if "/" in raw else "ip", raw)
@@ -870,10 +901,14 @@ def sample_config(
     lines += [
         "",
         "    # 403: IPs and CIDRs Tollgate blocks, except those exempt (the allow list is",
-        "    # consulted first: an exempt address inside a blocked range is served).",
-        f"    http-request deny deny_status 403 {_JSON} "
-        f'\'{{"error":"blocked by policy"}}\' if {{ src -f {o.blocked_acl} }} '
-        f"!{{ src -f {o.allowed_acl} }}",
+        "    # consulted first: an exempt address inside a blocked range is served), with the",
+        "    # reference of the blocked value for the customer to quote.",
+        f"    http-request set-var(txn.tollgate_block_ref) src,map_ip({o.blocked_ref_map}) "
+        f"if {{ src -f {o.blocked_acl} }}",
+        "    http-request deny deny_status 403 content-type application/json lf-string "
+        '\'{"error":"blocked by policy","reference":"%[var(txn.tollgate_block_ref)]"}\' '
+        f"hdr {REFERENCE_HEADER} %[var(txn.tollgate_block_ref)] "
+        f"if {{ src -f {o.blocked_acl} }} !{{ src -f {o.allowed_acl} }}",
         "",
         "    # One key header at most: with two, HAProxy and the API could read different ones.",
         f"    http-request deny deny_status 400 {_JSON} "

@@ -364,7 +364,12 @@ async def test_an_apply_among_20k_held_entries_sends_only_its_own_commands(
     result = await connector.apply(Diff(add=(block("127.0.0.30"),)))
 
     assert result.done == [block("127.0.0.30")]
-    assert sent == ["prompt", f"add acl {acl} 127.0.0.30"]  # no `show acl`, one add
+    refs, reference = haproxy.proxy.options.blocked_ref_map, block("127.0.0.30").reference
+    assert sent == [  # no `show acl`: one add, and the reference a refusal quotes
+        "prompt",
+        f"add acl {acl} 127.0.0.30",
+        f"add map {refs} 127.0.0.30 {reference}",
+    ]
     assert await haproxy.get("127.0.0.30") == 403
     assert inode(acl) == written  # the file is not rewritten per push
     assert "127.0.0.30" not in lines(acl)

@@ -140,10 +140,14 @@ async def test_an_exempt_address_inside_a_blocked_range_is_served_and_its_neighb
     [result] = (await api.submit(verdict(subject=new_subject(ips=["127.0.6.9"]), score=0.4)))[
         "results"
     ]
-    assert [a["type"] for a in result["actions"]] == ["block"]
+    [block] = result["actions"]
+    assert block["type"] == "block"
     await api.runtime.enforcer.settle()
     assert await haproxy.get("127.0.6.7") == 403
-    assert await haproxy.get("127.0.6.8") == 403
+    refused = await refusal(haproxy, "127.0.6.8", "sk-any")
+    assert refused.status_code == 403
+    assert refused.headers["x-tollgate-reference"] == block["reference"]
+    assert refused.json() == {"error": "blocked by policy", "reference": block["reference"]}
 
     body = {
         "subject": {"kind": "ip", "value": "127.0.6.7"},
