@@ -364,7 +364,9 @@ class HAProxyConnector:
         if missed:
             result.done[:] = [e for e in result.done if e.key not in missed]
             result.failed.extend(
-                (e, f"its reference: {why}") for e, _ in ops.put.values() if e.key in missed
+                (e, f"its reference: {missed[e.key]}")
+                for e, _ in ops.put.values()
+                if e.key in missed
             )
 
     async def _apply_file(self, cli: _Cli, spec: _File, ops: _Ops, result: ApplyResult) -> None:
