@@ -52,6 +52,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/audit.py
 	$(BIN)/python bench/scale.py
 	$(BIN)/python bench/gateways.py
+	$(BIN)/python bench/appeals.py
 
 clean:
 	rm -rf $(VENV) .tollgate .mypy_cache .ruff_cache .pytest_cache

@@ -21,8 +21,13 @@ socket is retryable.
 
 What lives where (`sample_config()` writes the matching haproxy.cfg):
 
-- block ip / cidr: `blocked.acl`, read by `src -f`: 403;
-- revoke_key api_key: `revoked.map` (key -> `revoked`): 401;
+- block ip / cidr: `blocked.acl`, read by `src -f`: 403 (with the reference that
+  `blocked_ref.map`, address -> reference, holds for the blocked value), unless the
+  source is in
+- allow ip / cidr: `allowed.acl` (exemptions carved out of blocked ranges), consulted
+  before the block list;
+- revoke_key api_key: `revoked.map` (key -> the reference a refusal quotes): 401 with
+  the reference in the body and an `x-tollgate-reference` header;
 - rate_limit api_key: `rate_limit.map` (key -> requests per minute), whose value a
   stick-table rule compares with the key's request rate over the last minute: 429;
 - rate_limit account / org: `rate_limit_account.map` / `rate_limit_org.map`, only when
@@ -80,10 +85,10 @@ from controlplane.enforce.toolkit import (
 
 PROMPT = b"\n> "
 """How an interactive (`prompt`) CLI session ends every reply."""
-REVOKED = "revoked"
-"""The value of a revoked key in `revoked.map` (the map only needs the key)."""
 SUSPENDED = "suspended"
 """The value of a suspended account or org in its map (the map only needs the id)."""
+REFERENCE_HEADER = "x-tollgate-reference"
+"""The response header a refusal carries the action's reference in."""
 _SAFE_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/+=-]{0,199}$")
 """Keys the CLI and map files take verbatim: no spaces, `;`, `#` or backslashes."""
 _FINGERPRINT = re.compile(r"^[0-9a-f]{64}$")
@@ -104,10 +109,16 @@ _MAPS: Terms[tuple[EntryType, str], str] = Terms(
         (EntryType.SUSPEND, "org"): "org_suspend_map",
     }
 )
-"""Which map file (its option) holds each keyed entry; blocks go to `blocked_acl`.
+"""Which map file (its option) holds each keyed entry; blocks go to `blocked_acl`,
+exemptions to `allowed_acl`, and blocked values' references to `blocked_ref_map`.
 Account and org limits and suspensions only when a header carries them
 (`account_header`, `org_header`)."""
-_FILE_OPTIONS = ("blocked_acl", *(option for _, option in _MAPS.items()))
+_FILE_OPTIONS = (
+    "blocked_acl",
+    "allowed_acl",
+    "blocked_ref_map",
+    *(option for _, option in _MAPS.items()),
+)
 
 # -- options --------------------------------------------------------------------------------
 
@@ -122,6 +133,10 @@ class HAProxyOptions:
     state_dir: str = "/etc/haproxy/tollgate"
     """Where the ACL and map files live when not named one by one."""
     blocked_acl: str = ""
+    allowed_acl: str = ""
+    """IPs and CIDRs served whatever block covers them (exemptions)."""
+    blocked_ref_map: str = ""
+    """Blocked IPs and CIDRs -> the reference a 403 quotes (kept in step with the ACL)."""
     revoked_map: str = ""
     rate_limit_map: str = ""
     account_rate_limit_map: str = ""
@@ -153,6 +168,8 @@ class HAProxyOptions:
         state = Path(self.state_dir)
         defaults: dict[str, Path] = {
             "blocked_acl": state / "blocked.acl",
+            "allowed_acl": state / "allowed.acl",
+            "blocked_ref_map": state / "blocked_ref.map",
             "revoked_map": state / "revoked.map",
             "rate_limit_map": state / "rate_limit.map",
             "account_rate_limit_map": state / "rate_limit_account.map",
@@ -214,6 +231,9 @@ class _File:
     type: EntryType
     target_kind: str
     """The target kind of its entries; for the ACL, `ip` or `cidr` by spelling."""
+    references: bool = False
+    """A map of blocked addresses to their references: it mirrors the block ACL, for
+    refusals to quote, and holds no entries of its own."""
 
     def entry(self, key: str, value: str) -> Entry:
         """The entry a map line holds (ACL lines: see `_first_per_key`)."""
@@ -250,11 +270,16 @@ class HAProxyConnector:
         )
         self.min_prefix = config.min_prefix
         o = self.options
-        self._files = [_File(o.blocked_acl, "acl", EntryType.BLOCK, "ip")]
+        self._files = [
+            _File(o.blocked_acl, "acl", EntryType.BLOCK, "ip"),
+            _File(o.allowed_acl, "acl", EntryType.ALLOW, "ip"),
+        ]
         for (kind, target_kind), option in _MAPS.items():
             needs = {"account": o.account_header, "org": o.org_header}.get(target_kind, "on")
             if needs:
                 self._files.append(_File(getattr(o, option), "map", kind, target_kind))
+        self._refs = _File(o.blocked_ref_map, "map", EntryType.BLOCK, "ip", references=True)
+        self._files.append(self._refs)
         self._lock = asyncio.Lock()
         """Observe and apply each change the runtime and the model of it: one at a time,
         whoever calls."""
@@ -297,7 +322,8 @@ class HAProxyConnector:
                 held = _by_key(spec, live)
                 self._held[spec.path] = held
                 await self._save(spec, _items(held), self._changed(spec), only_if_stale=True)
-                entries.extend(_first_per_key(spec, live).values())
+                if not spec.references:
+                    entries.extend(_first_per_key(spec, live).values())
         return GatewayState(frozenset(entries), extra={"entries_per_file": counts})
 
     # -- apply -----------------------------------------------------------------------------
@@ -322,12 +348,31 @@ class HAProxyConnector:
                 result.done.append(entry)  # never held here: nothing to remove
             else:
                 plan[spec.path].remove[key] = entry
+        blocks, refs = plan[self._files[0].path], plan[self._refs.path]
+        refs.put = {k: (e, e.reference) for k, (e, _) in blocks.put.items()}
+        refs.remove = dict(blocks.remove)
         async with self._lock, self._session() as cli:
             for spec in self._files:
                 ops = plan[spec.path]
-                if ops.size:
+                if ops.size and not spec.references:
                     await self._apply_file(cli, spec, ops, result)
+            if refs.size:
+                await self._apply_refs(cli, refs, result)
         return result
+
+    async def _apply_refs(self, cli: _Cli, ops: _Ops, result: ApplyResult) -> None:
+        """The blocked values' references follow the block ACL. A block whose reference
+        HAProxy did not take is reported failed (retried), though it already refuses."""
+        mirrored = ApplyResult()
+        await self._apply_file(cli, self._refs, ops, mirrored)
+        missed = {e.key: why for e, why in (*mirrored.failed, *mirrored.rejected)}
+        if missed:
+            result.done[:] = [e for e in result.done if e.key not in missed]
+            result.failed.extend(
+                (e, f"its reference: {missed[e.key]}")
+                for e, _ in ops.put.values()
+                if e.key in missed
+            )
 
     async def _apply_file(self, cli: _Cli, spec: _File, ops: _Ops, result: ApplyResult) -> None:
         held = self._held.get(spec.path)
@@ -494,17 +539,21 @@ class HAProxyConnector:
         why = "" if removing else refusal(entry, self.min_prefix)
         if why:
             return None, "", why
-        if entry.type is EntryType.BLOCK:
+        if entry.type in (EntryType.BLOCK, EntryType.ALLOW):
+            spec = self._files[0 if entry.type is EntryType.BLOCK else 1]
             if entry.target_kind not in {"ip", "cidr"}:
-                return None, "", f"HAProxy blocks IPs and CIDRs, not a {entry.target_kind}"
+                verb = "blocks" if entry.type is EntryType.BLOCK else "allows"
+                return None, "", f"HAProxy {verb} IPs and CIDRs, not a {entry.target_kind}"
             try:
                 key = observed(entry.target_kind, entry.target_value)
             except ValueError:
                 if removing:
-                    return self._files[0], entry.target_value, ""
+                    return spec, entry.target_value, ""
                 return None, "", f"{entry.target_value!r} is not a valid {entry.target_kind}"
-            return self._files[0], key, ""
-        for spec in self._files[1:]:
+            return spec, key, ""
+        for spec in self._files[2:]:
+            if spec.references:
+                continue
             if spec.type is entry.type and spec.target_kind == entry.target_kind:
                 why = "" if removing else self._key_problem(entry)
                 return (None, "", why) if why else (spec, entry.target_value, "")
@@ -668,7 +717,7 @@ class _Cli:
 
 
 def _canonical_key(spec: _File, raw: str) -> str:
-    if spec.kind != "acl":
+    if spec.kind != "acl" and not spec.references:
         return raw
     try:
         return observed("cidr" if "/" in raw else "ip", raw)
@@ -707,7 +756,7 @@ def _value_of(entry: Entry) -> str:
         return str(entry.requests_per_minute)
     if entry.type is EntryType.SUSPEND:
         return SUSPENDED
-    return REVOKED if entry.type is EntryType.REVOKE_KEY else ""
+    return entry.reference if entry.type is EntryType.REVOKE_KEY else ""
 
 
 def _int_or_none(value: str) -> int | None:
@@ -831,9 +880,15 @@ def sample_config(
     hashed = ",sha2(256),hex,lower" if o.key_match == "fingerprint" else ""
     lines += [
         "",
-        "    # 403: IPs and CIDRs Tollgate blocks.",
-        f"    http-request deny deny_status 403 {_JSON} "
-        f'\'{{"error":"blocked by policy"}}\' if {{ src -f {o.blocked_acl} }}',
+        "    # 403: IPs and CIDRs Tollgate blocks, except those exempt (the allow list is",
+        "    # consulted first: an exempt address inside a blocked range is served), with the",
+        "    # reference of the blocked value for the customer to quote.",
+        f"    http-request set-var(txn.tollgate_block_ref) src,map_ip({o.blocked_ref_map}) "
+        f"if {{ src -f {o.blocked_acl} }}",
+        "    http-request deny deny_status 403 content-type application/json lf-string "
+        '\'{"error":"blocked by policy","reference":"%[var(txn.tollgate_block_ref)]"}\' '
+        f"hdr {REFERENCE_HEADER} %[var(txn.tollgate_block_ref)] "
+        f"if {{ src -f {o.blocked_acl} }} !{{ src -f {o.allowed_acl} }}",
         "",
     ]
     suspended = [
@@ -869,9 +924,13 @@ def sample_config(
         f"    http-request set-var(txn.tollgate_key) req.fhdr({header}){hashed} "
         f"if {{ req.fhdr({header}) -m found }}",
         "",
-        "    # 401: revoked keys.",
-        f'    http-request deny deny_status 401 {_JSON} \'{{"error":"api key revoked"}}\' '
-        f"if {{ var(txn.tollgate_key),map_str({o.revoked_map}) -m found }}",
+        "    # 401: revoked keys; the map holds the reference the customer can quote.",
+        f"    http-request set-var(txn.tollgate_revoked) var(txn.tollgate_key),"
+        f"map_str({o.revoked_map}) if {{ var(txn.tollgate_key) -m found }}",
+        "    http-request deny deny_status 401 content-type application/json lf-string "
+        '\'{"error":"api key revoked","reference":"%[var(txn.tollgate_revoked)]"}\' '
+        f"hdr {REFERENCE_HEADER} %[var(txn.tollgate_revoked)] "
+        "if { var(txn.tollgate_revoked) -m found }",
         "",
         "    # 429: past the limit (the map holds requests per minute; the table the rate).",
         *_limit_rules("key", "var(txn.tollgate_key)", o.rate_limit_map, 0, declare=None),

@@ -298,8 +298,9 @@ class NginxConnector:
 
     def capabilities(self) -> frozenset[EntryType]:
         # NGINX here sees keys and addresses only: a suspended account's or org's keys
-        # are revoked one by one by Tollgate, which this connector enforces.
-        return frozenset(EntryType) - {EntryType.SUSPEND}
+        # are revoked one by one by Tollgate, which this connector enforces; exemptions
+        # inside blocked ranges cannot be carved out of a geo block.
+        return frozenset(EntryType) - {EntryType.SUSPEND, EntryType.ALLOW}
 
     # -- observe ---------------------------------------------------------------------------
 

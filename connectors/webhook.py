@@ -390,6 +390,7 @@ def entry_document(entry: Entry, op: Op = "add") -> dict[str, Any]:
         "type": entry.type.value,
         "target": {"kind": entry.target_kind, "value": entry.target_value},
         "params": params,
+        "reference": entry.reference,
     }
 
 

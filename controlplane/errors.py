@@ -89,3 +89,10 @@ class DecisionFailed(TollgateError):
 
     status_code = 500
     code = "decision_failed"
+
+
+class Forbidden(TollgateError):
+    """The caller's role may do this in general, but not this time (and why)."""
+
+    status_code = 403
+    code = "forbidden"

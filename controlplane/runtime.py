@@ -23,6 +23,7 @@ from controlplane.leadership import Leadership
 from controlplane.policy.service import PolicyService
 from controlplane.policy.source import source_from
 from controlplane.remedy.reviews_service import ReviewService
+from controlplane.remedy.service import Remedy
 from controlplane.settings import Providers, Settings, load_providers
 from controlplane.store.db import Database, upgrade
 from controlplane.telemetry import spanstore
@@ -47,6 +48,7 @@ class Runtime:
     leadership: Leadership
     customers: CustomerService
     reviews: ReviewService
+    remedy: Remedy
     providers: Providers = field(default_factory=Providers)
     bouncers: DecisionStream | None = None
     """The CrowdSec decision stream (`crowdsec:` in the config file)."""
@@ -81,6 +83,7 @@ class Runtime:
             Leadership(db),
             CustomerService(db),
             ReviewService(db, enforcer.wake),
+            Remedy(db, enforcer, providers),
             providers,
             DecisionStream(db, load_stream_config(settings.config)),
         )
@@ -101,6 +104,7 @@ class Runtime:
             (self.sync_policies, self.settings.policy_sync_seconds),
             (self.converge, CONVERGE_SECONDS),
             (self.enforcer.expire, EXPIRY_SECONDS),
+            (self.remedy.expire_exemptions, EXPIRY_SECONDS),
         ):
             self.scheduler.add_job(
                 job, "interval", seconds=seconds, id=job.__name__, max_instances=1, coalesce=True

@@ -10,12 +10,14 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
+from controlplane.domain.action import parse_duration
 from controlplane.enforce.targets import DEFAULT_FLOOR, PrefixFloor
 from controlplane.errors import InvalidInput
 
@@ -246,8 +248,8 @@ class ProviderSettings:
     """What Tollgate itself enforces for one provider, whatever its policies say.
 
     providers:
-      "*":   {min_prefix: {ipv4: 16, ipv6: 32}, fallback: flag_review}
-      lab-a: {min_prefix: {ipv4: 20}, fallback: none}
+      "*":   {min_prefix: {ipv4: 16, ipv6: 32}, fallback: flag_review, cooldown: 7d}
+      lab-a: {min_prefix: {ipv4: 20}, fallback: none, cooldown: 14d}
     """
 
     min_prefix: PrefixFloor = DEFAULT_FLOOR
@@ -256,6 +258,10 @@ class ProviderSettings:
     fallback: Fallback = "flag_review"
     """What a decision that errors plans: `flag_review` of the subject (so a human sees
     it) or `none` (counted and shown, nothing planned)."""
+    cooldown: timedelta = timedelta(days=7)
+    """After an upheld appeal or a lift by hand, how long the same rule may not act again
+    on the same subject unless the new evidence is stronger (`cooldown: 7d`); the
+    policies see it as `history.appeals[].cooldown_until`."""
 
 
 @dataclass(frozen=True)
@@ -267,6 +273,10 @@ class Providers:
 
     def of(self, provider: str) -> ProviderSettings:
         return self.named.get(provider, self.default)
+
+    @property
+    def longest_cooldown(self) -> timedelta:
+        return max(s.cooldown for s in (self.default, *self.named.values()))
 
     def loosest_floor(self, providers: Iterable[str] | None = None) -> PrefixFloor:
         """The widest floor among `providers` (all when None or `"*"` is among them):
@@ -307,8 +317,8 @@ def parse_providers(where: str, raw: Any) -> Providers:
 
 
 def _provider(where: str, raw: Any, base: ProviderSettings) -> ProviderSettings:
-    if not isinstance(raw, dict) or set(raw) - {"min_prefix", "fallback"}:
-        raise InvalidInput(f"{where} takes min_prefix and fallback only")
+    if not isinstance(raw, dict) or set(raw) - {"min_prefix", "fallback", "cooldown"}:
+        raise InvalidInput(f"{where} takes min_prefix, fallback and cooldown only")
     fallback = raw.get("fallback", base.fallback)
     if fallback not in FALLBACKS:
         raise InvalidInput(f"{where}.fallback must be one of {', '.join(FALLBACKS)}")
@@ -319,7 +329,13 @@ def _provider(where: str, raw: Any, base: ProviderSettings) -> ProviderSettings:
         _length(f"{where}.min_prefix.ipv4", prefix.get("ipv4", base.min_prefix.ipv4), 32),
         _length(f"{where}.min_prefix.ipv6", prefix.get("ipv6", base.min_prefix.ipv6), 128),
     )
-    return ProviderSettings(min_prefix=floor, fallback=fallback)
+    cooldown = base.cooldown
+    if "cooldown" in raw:
+        try:
+            cooldown = parse_duration(str(raw["cooldown"]))
+        except ValueError as exc:
+            raise InvalidInput(f"{where}.cooldown: {exc}") from None
+    return ProviderSettings(min_prefix=floor, fallback=fallback, cooldown=cooldown)
 
 
 def _length(where: str, value: Any, most: int) -> int:

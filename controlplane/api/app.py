@@ -14,13 +14,13 @@ from controlplane.api.metrics import MetricsController
 from controlplane.audit.controllers import AuditController, SubjectController
 from controlplane.bouncers.controllers import BouncerController
 from controlplane.customers.controllers import CustomerController
-from controlplane.enforce.controllers import ConnectorController, LiftController
+from controlplane.enforce.controllers import ConnectorController
 from controlplane.evaluate.controllers import DecisionController
-from controlplane.exemptions.controllers import ExemptionController
 from controlplane.ingest.controllers import VerdictController
 from controlplane.intel.controllers import IndicatorController
 from controlplane.plan.controllers import ActionController
 from controlplane.policy.controllers import PolicyController
+from controlplane.remedy import controllers as remedy
 from controlplane.remedy.reviews_controllers import ReviewController
 from controlplane.runtime import Runtime
 from controlplane.settings import Settings, get_settings
@@ -36,13 +36,12 @@ ROUTES = [
     BouncerController,
     DecisionController,
     ActionController,
-    ExemptionController,
     CustomerController,
     ReviewController,
+    *remedy.ROUTES,
     IndicatorController,
     PolicyController,
     ConnectorController,
-    LiftController,
     AuditController,
     SubjectController,
     MetricsController,

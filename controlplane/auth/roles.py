@@ -12,6 +12,8 @@ class Role(StrEnum):
     """A security engineer: policies, impact analysis, intel; reads everything."""
     REVIEWER = "reviewer"
     """On-call / reviewer: exemptions, lifts and appeals; reads everything."""
+    SUPPORT = "support"
+    """Customer support: files appeals for customers and follows them; decides nothing."""
     AUDITOR = "auditor"
     """Reads everything, changes nothing."""
     ADMIN = "admin"

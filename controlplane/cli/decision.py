@@ -29,7 +29,10 @@ async def _explain(decision_id: str, url: str) -> Explanation:
 
 @decision_app.command("explain")
 def explain_command(
-    decision_id: Annotated[str, typer.Argument(help="The decision id (dec_...).")],
+    decision_id: Annotated[
+        str,
+        typer.Argument(help="The decision id (dec_...), or a reference a refusal quoted (TG-...)."),
+    ],
     all_rules: Annotated[
         bool, typer.Option("--all", help="Show helper rules (_name) too.")
     ] = False,

@@ -434,7 +434,8 @@ class LocalHAProxy:
 
     def files(self) -> list[Path]:
         o = self.options
-        paths = [o.blocked_acl, o.revoked_map, o.rate_limit_map]
+        paths = [o.blocked_acl, o.allowed_acl, o.revoked_map, o.rate_limit_map]
+        paths += [o.blocked_ref_map]
         paths += [o.account_rate_limit_map, o.account_suspend_map] if o.account_header else []
         paths += [o.org_rate_limit_map, o.org_suspend_map] if o.org_header else []
         return [Path(p) for p in paths]

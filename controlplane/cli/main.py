@@ -19,6 +19,7 @@ from controlplane.cli.connector import action_app, connector_app
 from controlplane.cli.customers import customer_app, review_app
 from controlplane.cli.decision import decision_app
 from controlplane.cli.policy import policy_app
+from controlplane.cli.remedy import appeal_app, exemption_app, report_app
 from controlplane.cli.startup import start_or_exit
 from controlplane.cli.token import token_app
 from controlplane.engine.bundle import short_revision
@@ -42,6 +43,9 @@ app.add_typer(connector_app, name="connector")
 app.add_typer(action_app, name="action")
 app.add_typer(customer_app, name="customer")
 app.add_typer(review_app, name="review")
+app.add_typer(appeal_app, name="appeal")
+app.add_typer(exemption_app, name="exemption")
+app.add_typer(report_app, name="report")
 out = Console()
 
 BATCH = 1000

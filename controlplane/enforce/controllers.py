@@ -1,19 +1,17 @@
-"""`/v1/connectors` and `/v1/actions/{id}/lift`: the gateways and manual lifts."""
+"""`/v1/connectors`: the gateways."""
 
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any
 
-from litestar import Controller, Request, get, post
+from litestar import Controller, get, post
 from litestar.di import NamedDependency
-from litestar.params import FromPath, JSONBody
+from litestar.params import FromPath
 
-from controlplane.auth.guards import principal_of, requires
+from controlplane.auth.guards import requires
 from controlplane.auth.roles import READERS, Role
 from controlplane.enforce import repository
-from controlplane.enforce.schemas import ConnectorOut, LiftIn, ReconcileOut
-from controlplane.plan.schemas import ActionOut
+from controlplane.enforce.schemas import ConnectorOut, ReconcileOut
 from controlplane.runtime import Runtime
 
 
@@ -76,27 +74,3 @@ class ConnectorController(Controller):
         """Observe the gateway, diff it against the desired state and apply the difference."""
         report = await runtime.enforcer.reconcile(name)
         return ReconcileOut(**asdict(report))
-
-
-class LiftController(Controller):
-    path = "/v1/actions"
-    tags = ["actions"]
-    guards = [requires(Role.REVIEWER)]
-
-    @post(
-        "/{action_id:str}/lift",
-        operation_id="liftAction",
-        summary="Lift an action",
-        status_code=200,
-    )
-    async def lift(
-        self,
-        request: Request[Any, Any, Any],
-        action_id: FromPath[str],
-        data: JSONBody[LiftIn],
-        runtime: NamedDependency[Runtime],
-    ) -> ActionOut:
-        """Lift an active action by hand: it leaves the desired state, connectors remove
-        it from the gateways at once, and the actor and reason are recorded."""
-        row = await runtime.enforcer.lift(action_id, principal_of(request).name, data.reason)
-        return ActionOut.from_row(row.model_dump())

@@ -27,6 +27,11 @@ class DesiredState:
         if key not in self.since or created_at < self.since[key]:
             self.since[key] = created_at
 
+    def allow(self, entry: Entry) -> None:
+        """A carve-out: asked for by an exemption, not by actions."""
+        self.entries[entry.key] = entry
+        self.actions.setdefault(entry.key, [])
+
 
 def entry_of(
     action_type: str, target_kind: str, target_value: str, params: dict[str, Any]

@@ -53,6 +53,7 @@ from controlplane.enforce.sdk import (
     Entry,
     EntryType,
 )
+from controlplane.remedy import repository as remedy_repo
 from controlplane.store.db import Database
 from controlplane.store.models import ActionRow, ChangeRow
 from controlplane.store.types import utcnow
@@ -172,6 +173,11 @@ class Follower:
 
     def wake(self) -> None:
         self._wake.set()
+
+    @property
+    def types(self) -> list[str]:
+        """The entry types this connector enforces (its capabilities, within its scope)."""
+        return self._types
 
     def holds(self, provider: str, entry_type: str, target_kind: str) -> bool:
         """Whether this connector must hold an action of this provider, type and target
@@ -297,7 +303,14 @@ class Follower:
             return False
         self._outage = 0
         present = {e.key for e in result.done if e.key in desired.entries}
-        await self._commit(desired, applied, present, now, cursor=last)
+        taken_off = {e.key for e in result.done if e.key not in desired.entries}
+        # When each lifted action left this gateway: the remediation report's "to lift".
+        removed = [
+            c.action_id
+            for c in changes
+            if c.action_id and c.cause != "planned" and _change_key(c) in taken_off
+        ]
+        await self._commit(desired, applied, present, now, cursor=last, removed=removed)
         self.cursor = last
         self._schedule_retries(result, keys)
         failing = [*result.failed, *result.rejected]
@@ -335,7 +348,21 @@ class Follower:
             entry = entry_of(kind, target_kind, value, params)
             if entry is not None:
                 desired.add(action_id, entry, created_at)
+        allowed = [(k[1], k[2]) for k in keys if k[0] == EntryType.ALLOW.value]
+        if allowed:
+            await self._allowed(desired, allowed, now)
         return desired
+
+    async def _allowed(
+        self, desired: DesiredState, targets: list[tuple[str, str]] | None, now: datetime
+    ) -> None:
+        """Live IP and CIDR exemptions as `allow` entries (of these targets, or all)."""
+        async with self._db.read() as session:
+            found = await remedy_repo.live_network_exemptions(
+                session, self._providers, targets, now
+            )
+        for _, kind, value in found:
+            desired.allow(Entry(EntryType.ALLOW, kind, value))
 
     async def _apply(self, change: Diff) -> _Applied:
         """Apply with retries (exponential backoff, full jitter) on retryable failures."""
@@ -386,10 +413,12 @@ class Follower:
         *,
         cursor: int | None = None,
         status: dict[str, Any] | None = None,
+        removed: Sequence[str] = (),
     ) -> int:
-        """Per-action state at this connector, overall transitions with their audit
-        events, and the cursor: one transaction. Returns how many entries that were
-        recorded as applied had to be applied again (drift repaired)."""
+        """Per-action state at this connector (`removed` for lifted or expired actions it
+        took off), overall transitions with their audit events, and the cursor: one
+        transaction. Returns how many entries that were recorded as applied had to be
+        applied again (drift repaired)."""
         name = self.config.name
         result = applied.result
         failed = {e.key: (why, True) for e, why in result.failed}
@@ -423,6 +452,18 @@ class Follower:
                             "updated_at": now,
                         }
                     )
+            rows += [
+                {
+                    "action_id": action_id,
+                    "connector": name,
+                    "state": "removed",
+                    "attempts": 0,
+                    "error": None,
+                    "retryable": True,
+                    "updated_at": now,
+                }
+                for action_id in dict.fromkeys(removed)
+            ]
             await repository.upsert_enforcement(session, rows)
             touched = [r["action_id"] for r in rows]
             changes = await self._overall(session, touched, now)
@@ -562,6 +603,10 @@ class Follower:
                         desired.add(action_id, entry, created_at)
                 await self._reconcile_page(desired, held, report, now)
                 await self._drain()  # pending changes wait for one page at most
+            if EntryType.ALLOW.value in self._types:
+                carve_outs = DesiredState()
+                await self._allowed(carve_outs, None, now)
+                await self._reconcile_page(carve_outs, held, report, now)
             strays = await self._strays(set(held), now)
             if strays:
                 applied = await self._apply(Diff(remove=tuple(held[k] for k in strays)))
@@ -617,9 +662,13 @@ class Follower:
             if have is not None:
                 had.add(key)
             if have is None:
-                if self._reconciled and all(
-                    (b := before.get(a)) is not None and b[0] == "failed" and not b[1]
-                    for a in desired.actions[key]
+                if (
+                    self._reconciled
+                    and desired.actions[key]
+                    and all(
+                        (b := before.get(a)) is not None and b[0] == "failed" and not b[1]
+                        for a in desired.actions[key]
+                    )
                 ):
                     report.rejected += 1  # permanent: not tried again
                     if len(report.failures) < 20:
@@ -759,6 +808,10 @@ def _entries(change: Diff) -> list[Entry]:
 
 def _shown(entry: Entry) -> str:
     return key_handle(entry.target_value) if entry.target_kind == "api_key" else entry.target_value
+
+
+def _change_key(change: ChangeRow) -> Key:
+    return (change.type, change.target_kind, change.target_value)
 
 
 def _key_of(action: ActionRow) -> Key:

@@ -382,3 +382,19 @@ async def save_status(session: AsyncSession, row: dict[str, Any]) -> None:
 async def statuses(session: AsyncSession) -> dict[str, ConnectorStatusRow]:
     rows = await session.execute(select(ConnectorStatusRow))
     return {r.name: r for r in rows.scalars()}
+
+
+async def removed_at(session: AsyncSession, action_ids: Sequence[str]) -> dict[str, datetime]:
+    """When the last connector took each of these (lifted) actions off its gateway."""
+    found: dict[str, datetime] = {}
+    for i in range(0, len(action_ids), _CHUNK):
+        rows = await session.execute(
+            select(col(ActionEnforcementRow.action_id), func.max(ActionEnforcementRow.updated_at))
+            .where(
+                col(ActionEnforcementRow.action_id).in_(action_ids[i : i + _CHUNK]),
+                col(ActionEnforcementRow.state) == "removed",
+            )
+            .group_by(col(ActionEnforcementRow.action_id))
+        )
+        found.update({a: at for a, at in rows if at is not None})
+    return found

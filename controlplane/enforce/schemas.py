@@ -1,11 +1,11 @@
-"""Connector and lift API schemas."""
+"""Connector API schemas."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 
 class ConnectorOut(BaseModel):
@@ -47,11 +47,3 @@ class ReconcileOut(BaseModel):
     drift_repaired: int
     error: str | None
     failures: list[str]
-
-
-class LiftIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    reason: Annotated[str, Field(min_length=3, max_length=2000)] = Field(
-        description="Why, for the record (an appeal, a false positive, ...)."
-    )

@@ -16,6 +16,7 @@ entry that is there, or removing one that is not, is not an error.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -37,6 +38,11 @@ class EntryType(StrEnum):
     """Refuse every request of an `account` or `org` (HTTP 403), whatever key or IP it
     comes with. A gateway that cannot see accounts rejects it: Tollgate also revokes
     every key it knows of the account or org, so key-only gateways refuse it too."""
+    ALLOW = "allow"
+    """Serve an IP or CIDR whatever block covers it (an exemption carved out of a blocked
+    range): consulted before the block list. A gateway that cannot do this leaves
+    `allow` out of its capabilities, and Tollgate reports the exemption as not carved
+    out there."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +59,28 @@ class Entry:
     @property
     def key(self) -> tuple[str, str, str]:
         return (self.type.value, self.target_kind, self.target_value)
+
+    @property
+    def reference(self) -> str:
+        """What a refusal at the gateway quotes (`reference_of`)."""
+        return reference_of(self.type.value, self.target_kind, self.target_value)
+
+
+_REFERENCE_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+"""Crockford's base32: no I, L, O or U, so a reference read over the phone survives."""
+
+
+def reference_of(entry_type: str, target_kind: str, target_value: str) -> str:
+    """The short reference a refusal quotes for one gateway entry (`TG-` and ten
+    characters): the same at every gateway and for every action asking for the entry,
+    so a customer can quote what they were shown and Tollgate can find the actions."""
+    digest = hashlib.sha256(f"{entry_type}|{target_kind}|{target_value}".encode()).digest()
+    number = int.from_bytes(digest[:7], "big") >> 6  # 50 bits
+    chars = []
+    for _ in range(10):
+        number, digit = divmod(number, 32)
+        chars.append(_REFERENCE_ALPHABET[digit])
+    return "TG-" + "".join(reversed(chars))
 
 
 @dataclass(frozen=True)

@@ -26,16 +26,14 @@ import httpx
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.audit import service as audit
-from controlplane.audit.chain import EventDraft
 from controlplane.domain.vocabulary import ActionState
 from controlplane.enforce import repository
 from controlplane.enforce.events import action_event
 from controlplane.enforce.follower import Follower, ReconcileReport
 from controlplane.enforce.registry import factory
 from controlplane.enforce.sdk import ConnectorConfig, ConnectorError, EntryType
-from controlplane.errors import Conflict, NotFound, ServiceUnavailable
+from controlplane.errors import NotFound, ServiceUnavailable
 from controlplane.store.db import Database
-from controlplane.store.models import ActionRow
 from controlplane.store.types import utcnow
 
 log = logging.getLogger(__name__)
@@ -177,7 +175,16 @@ class Enforcer:
             cursors = await repository.cursors(session)
         return {name: (cursors.get(name, 0), head) for name in self.names}
 
-    # -- expiry and lifts (on the caller's loop: they only write the log) --------------
+    def serving(self, provider: str) -> list[tuple[str, frozenset[str]]]:
+        """(connector, the entry types it enforces) of each running connector serving
+        this provider."""
+        return [
+            (name, frozenset(f.types))
+            for name, f in self._running.items()
+            if "*" in f.config.providers or provider in f.config.providers
+        ]
+
+    # -- expiry (on the caller's loop: it only writes the log) ----------------------------
 
     async def expire(self, limit: int = 5000) -> int:
         """Mark actions past their TTL expired (each an audit event) and log removals."""
@@ -193,47 +200,6 @@ class Enforcer:
             await record_changes(session, [a.model_dump() for a in due], "expired", now)
         self.wake()
         return len(due)
-
-    async def lift(self, action_id: str, actor: str, reason: str) -> ActionRow:
-        now = utcnow()
-        async with self._db.write() as session, session.begin():
-            row, lifted = await repository.lift(session, action_id, now)
-            if row is None:
-                raise NotFound(f"no action {action_id!r}")
-            if not lifted:
-                raise Conflict(f"action {action_id} is {row.state}, not active: nothing to lift")
-            # A suspension's key revocations end with it.
-            children = await repository.lift_children(session, row.id, now)
-            await audit.record(
-                session,
-                [
-                    EventDraft(
-                        type="action.lifted",
-                        actor=actor,
-                        at=now,
-                        provider=lifted_row.provider,
-                        verdict_id=lifted_row.verdict_id,
-                        decision_id=lifted_row.decision_id,
-                        action_id=lifted_row.id,
-                        trace_id=lifted_row.trace_id,
-                        payload={
-                            "reason": reason
-                            if lifted_row is row
-                            else f"{row.type} {row.target_kind} {row.target_value} lifted: "
-                            f"{reason}",
-                            "type": lifted_row.type,
-                            "target": {
-                                "kind": lifted_row.target_kind,
-                                "value": lifted_row.target_value,
-                            },
-                        },
-                    )
-                    for lifted_row in [row, *children]
-                ],
-            )
-            await record_changes(session, [r.model_dump() for r in [row, *children]], "lifted", now)
-        self.wake()
-        return row
 
     # -- plumbing ----------------------------------------------------------------------
 

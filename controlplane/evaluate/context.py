@@ -179,6 +179,22 @@ class Lookups:
             if scope == "org" and subject.account_id:
                 found["account"].add(subject.account_id)
 
+    remedies: dict[tuple[str, str, str], list[dict[str, Any]]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
+    """Lifts and undecided or denied appeals by (provider, target kind, value): what
+    `history.appeals` shows (the cool-down against re-ban loops reads it)."""
+    range_remedies: dict[str, PrefixIndex[dict[str, Any]]] = field(
+        default_factory=lambda: defaultdict(PrefixIndex)
+    )
+    """Recent lifts of CIDR blocks per provider, matched against a verdict's IPs."""
+
+    def add_remedy(self, provider: str, remedy: dict[str, Any]) -> None:
+        target = remedy["target"]
+        if target["kind"] == "cidr":
+            self.range_remedies[provider].add(ipaddress.ip_network(target["value"]), remedy)
+        self.remedies[(provider, target["kind"], target["value"])].append(remedy)
+
     def add_action(self, provider: str, action: dict[str, Any]) -> None:
         target = action["target"]
         expires = action.get("expires_at")
@@ -284,6 +300,14 @@ def build_input(
         None,
     )
     intel = [match for ip in verdict.subject.ips for match in lookups.intel.matches(ip, now)]
+    appeals: dict[str, dict[str, Any]] = {}
+    for kind, value in keys:
+        for remedy in lookups.remedies.get((provider, kind, value), ()):
+            appeals[remedy["id"]] = remedy
+    ranges = lookups.range_remedies.get(provider)
+    if ranges is not None:
+        for ip in verdict.subject.ips:
+            appeals.update((r["id"], r) for r in ranges.lookup(parse_address(ip)))
     prior = _prior(verdict, received_at, lookups)
     operation = _operation(verdict, lookups, now)
     context: dict[str, Any] = {
@@ -310,7 +334,7 @@ def build_input(
                 }
                 for p in prior[:RECENT_VERDICTS]
             ],
-            "appeals": [],
+            "appeals": sorted(appeals.values(), key=lambda r: (r["at"], r["id"])),
             **operation,
         },
         "context": context,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -14,12 +15,21 @@ from sqlmodel import col
 
 from controlplane.domain.vocabulary import ACTIVE_STATES
 from controlplane.enforce import repository as changes_repo
-from controlplane.evaluate.context import IntelIndex, Lookups, NetworkSet, PriorVerdict
+from controlplane.evaluate.context import (
+    HISTORY_WINDOW,
+    IntelIndex,
+    Lookups,
+    NetworkSet,
+    PriorVerdict,
+)
+from controlplane.settings import Providers
 from controlplane.store.models import (
     ActionRow,
+    AppealRow,
     DecisionRow,
     ExemptionRow,
     IndicatorRow,
+    LiftRow,
     VerdictRow,
 )
 
@@ -58,6 +68,7 @@ async def fill_lookups(
     subject_keys: set[tuple[str, str, str]],
     since: datetime,
     now: datetime,
+    providers: Providers | None = None,
 ) -> None:
     """Fetch active actions, earlier verdicts and exemptions for these (provider, kind, value)
     keys. Queries go per (provider, kind) with a plain `IN` on one indexed column, which
@@ -66,6 +77,8 @@ async def fill_lookups(
     groups: dict[tuple[str, str], list[str]] = defaultdict(list)
     for provider, kind, value in sorted(subject_keys):
         groups[(provider, kind)].append(value)
+    settings = providers or Providers()
+    window = now - max(HISTORY_WINDOW, settings.longest_cooldown)
     unexpired = or_(col(ActionRow.expires_at).is_(None), col(ActionRow.expires_at) > now)
     active = col(ActionRow.state).in_([s.value for s in ACTIVE_STATES]) & ~col(ActionRow.shadow)
     for (provider, kind), values in groups.items():
@@ -87,6 +100,7 @@ async def fill_lookups(
                     col(ExemptionRow.subject_kind) == kind,
                     col(ExemptionRow.subject_value).in_(chunk),
                     or_(col(ExemptionRow.expires_at).is_(None), col(ExemptionRow.expires_at) > now),
+                    col(ExemptionRow.ended_at).is_(None),
                 )
             )
             for (e,) in exemptions:
@@ -129,6 +143,96 @@ async def fill_lookups(
                     lookups.verdicts[(provider, kind, str(matched))].append(
                         PriorVerdict(verdict_id, account, key, observed, received, score, conf, det)
                     )
+            await _fill_remedies(session, lookups, provider, kind, chunk, window, settings)
+    for provider in sorted({p for p, _, _ in subject_keys}):
+        await _fill_range_remedies(session, lookups, provider, window, settings)
+
+
+def _lift_document(lift: LiftRow, cooldown: timedelta) -> dict[str, Any]:
+    return {
+        "id": lift.id,
+        "appeal_id": lift.appeal_id,
+        "state": lift.cause,
+        "rule": lift.rule,
+        "type": lift.type,
+        "target": {"kind": lift.target_kind, "value": lift.target_value},
+        "score": lift.score,
+        "at": _rfc3339(lift.at),
+        "cooldown_until": _rfc3339(lift.at + cooldown),
+    }
+
+
+async def _fill_remedies(
+    session: AsyncSession,
+    lookups: Lookups,
+    provider: str,
+    kind: str,
+    values: Sequence[str],
+    since: datetime,
+    providers: Providers,
+) -> None:
+    """`history.appeals` of these targets: lifts (by hand, upheld appeals, exemptions),
+    and appeals still open or denied; both by their (provider, kind, value) index."""
+    cooldown = providers.of(provider).cooldown
+    lifts = await session.execute(
+        select(LiftRow).where(
+            col(LiftRow.provider) == provider,
+            col(LiftRow.target_kind) == kind,
+            col(LiftRow.target_value).in_(values),
+            col(LiftRow.at) >= since,
+        )
+    )
+    for (lift,) in lifts:
+        lookups.add_remedy(provider, _lift_document(lift, cooldown))
+    appeals = await session.execute(
+        select(AppealRow).where(
+            col(AppealRow.provider) == provider,
+            col(AppealRow.subject_kind) == kind,
+            col(AppealRow.subject_value).in_(values),
+            col(AppealRow.state).in_(["open", "denied"]),
+            col(AppealRow.filed_at) >= since,
+        )
+    )
+    for (appeal,) in appeals:
+        lookups.remedies[(provider, kind, appeal.subject_value)].append(
+            {
+                "id": appeal.id,
+                "appeal_id": appeal.id,
+                "state": appeal.state,
+                "rule": None,
+                "type": None,
+                "target": {"kind": kind, "value": appeal.subject_value},
+                "score": None,
+                "at": _rfc3339(appeal.filed_at),
+                "cooldown_until": None,
+            }
+        )
+
+
+async def _fill_range_remedies(
+    session: AsyncSession, lookups: Lookups, provider: str, since: datetime, providers: Providers
+) -> None:
+    """Recent lifts of CIDR blocks of a provider: a verdict's IP inside one sees it.
+    People lift few ranges, so this is a handful of rows by the (provider, kind) index."""
+    cooldown = providers.of(provider).cooldown
+    rows = await session.execute(
+        select(LiftRow).where(
+            col(LiftRow.provider) == provider,
+            col(LiftRow.target_kind) == "cidr",
+            col(LiftRow.at) >= since,
+        )
+    )
+    known = {r["id"] for rs in lookups.remedies.values() for r in rs}
+    for (lift,) in rows:
+        if lift.id not in known:
+            document = _lift_document(lift, cooldown)
+            lookups.range_remedies[provider].add(
+                ipaddress.ip_network(lift.target_value, strict=False), document
+            )
+
+
+def _rfc3339(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
 
 
 async def fill_actions(

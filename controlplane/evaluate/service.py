@@ -150,7 +150,7 @@ class Decider:
         ips = {(p.verdict.provider, ip) for p in pending for ip in p.verdict.subject.ips}
         keys |= await self._cidrs.holding(session, ips, now)
         since = min(p.verdict.observed_at for p in pending) - HISTORY_WINDOW
-        await repository.fill_lookups(session, lookups, keys, since, now)
+        await repository.fill_lookups(session, lookups, keys, since, now, self._providers)
         # The batch's own verdicts are history for the later ones (they are stored with
         # their decisions, after this): each counts those received before it.
         for p in pending:

@@ -10,7 +10,10 @@ from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from controlplane.store.models import ActionRow
+from controlplane.domain.vocabulary import ACTIVE_STATES
+from controlplane.store.models import ActionRow, DecisionRow, VerdictRow
+
+ACTIVE = [s.value for s in ACTIVE_STATES]
 
 
 async def insert_actions(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
@@ -68,3 +71,72 @@ async def list_actions(
 
 async def get_action(session: AsyncSession, action_id: str) -> ActionRow | None:
     return await session.get(ActionRow, action_id)
+
+
+def _active() -> Any:
+    return col(ActionRow.state).in_(ACTIVE) & ~col(ActionRow.shadow)
+
+
+async def active_on_target(
+    session: AsyncSession, provider: str, kind: str, value: str, *, for_update: bool = False
+) -> list[ActionRow]:
+    """Active, non-shadow actions of one provider aimed at exactly this target."""
+    query = select(ActionRow).where(
+        col(ActionRow.provider) == provider,
+        col(ActionRow.target_kind) == kind,
+        col(ActionRow.target_value) == value,
+        _active(),
+    )
+    if for_update:
+        query = query.with_for_update()
+    return list((await session.execute(query)).scalars())
+
+
+async def active_from_subject(
+    session: AsyncSession, provider: str, kind: str, value: str, *, for_update: bool = False
+) -> list[ActionRow]:
+    """Active, non-shadow actions planned from verdicts that name this account, key or
+    org (whatever they target: its keys, its IPs); verdict -> decision -> action, each
+    step by index."""
+    column = {
+        "account": VerdictRow.account_id,
+        "api_key": VerdictRow.api_key_id,
+        "org": VerdictRow.org_id,
+    }.get(kind)
+    if column is None:
+        return []
+    query = (
+        select(ActionRow)
+        .join(DecisionRow, col(DecisionRow.id) == col(ActionRow.decision_id))
+        .join(VerdictRow, col(VerdictRow.id) == col(DecisionRow.verdict_id))
+        .where(col(VerdictRow.provider) == provider, col(column) == value, _active())
+    )
+    if for_update:
+        query = query.with_for_update(of=ActionRow)
+    return list((await session.execute(query)).scalars())
+
+
+async def active_network_blocks(
+    session: AsyncSession, provider: str, *, for_update: bool = False
+) -> list[ActionRow]:
+    """Active IP and CIDR actions of a provider (an exemption of a range is matched
+    against them: exemptions are rare, deliberate changes, not the hot path)."""
+    query = select(ActionRow).where(
+        col(ActionRow.provider) == provider,
+        col(ActionRow.target_kind).in_(["ip", "cidr"]),
+        _active(),
+    )
+    if for_update:
+        query = query.with_for_update()
+    return list((await session.execute(query)).scalars())
+
+
+async def actions_by_reference(
+    session: AsyncSession, reference: str, provider: str | None = None
+) -> list[ActionRow]:
+    """Actions whose gateway entry a refusal quotes as `reference`, newest first."""
+    query = select(ActionRow).where(col(ActionRow.reference) == reference)
+    if provider is not None:
+        query = query.where(col(ActionRow.provider) == provider)
+    query = query.order_by(col(ActionRow.id).desc()).limit(500)
+    return list((await session.execute(query)).scalars())

@@ -41,6 +41,11 @@ class ActionOut(BaseModel):
         description="For a key revoked because its account or org is suspended: the "
         "suspension (it ends with it).",
     )
+    reference: str | None = Field(
+        default=None,
+        description="What a refusal at the gateway quotes (e.g. `TG-7Q2M9K4D1X`); null "
+        "for actions no gateway enforces.",
+    )
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> ActionOut:

@@ -17,6 +17,7 @@ from controlplane.audit.chain import EventDraft
 from controlplane.customers.service import keys_covered
 from controlplane.domain.action import ActionSpec, DecisionResult
 from controlplane.domain.vocabulary import ActionState, ActionType, SubjectKind
+from controlplane.enforce.sdk import EntryType, reference_of
 from controlplane.enforce.service import record_changes
 from controlplane.plan import repository
 from controlplane.remedy import reviews_repository as reviews_repo
@@ -68,6 +69,7 @@ def plan_actions(
                 "trace_id": trace_id,
                 "created_at": now,
                 "updated_at": now,
+                "reference": _reference(spec.type.value, spec),
                 "parent_id": None,
             }
         )
@@ -87,6 +89,7 @@ def _child(parent: dict[str, Any], key: str, reason: str, now: datetime) -> dict
         "ttl_seconds": (expires - now).total_seconds() if expires else None,
         "rule": SUSPENSION_RULE,
         "reason": reason,
+        "reference": reference_of(ActionType.REVOKE_KEY.value, SubjectKind.API_KEY.value, key),
         "created_at": now,
         "updated_at": now,
         "parent_id": parent["id"],
@@ -248,9 +251,22 @@ def confirmed_actions(
                 "created_at": now,
                 "updated_at": now,
                 "parent_id": None,
+                "reference": reference_of(w["type"], w["target"]["kind"], w["target"]["value"])
+                if w["type"] in _GATEWAY_TYPES
+                else None,
             }
         )
     return rows
+
+
+_GATEWAY_TYPES = {t.value for t in EntryType}
+
+
+def _reference(action_type: str, spec: ActionSpec) -> str | None:
+    """What a gateway's refusal will quote for this action (none for a review)."""
+    if action_type not in _GATEWAY_TYPES:
+        return None
+    return reference_of(action_type, spec.target_kind.value, spec.target_value)
 
 
 def fallback_actions(

@@ -1,1 +1,2 @@
-"""Remedy: people undoing mistakes (reviews of withheld hard actions, appeals, exemptions)."""
+"""People undoing mistakes: reviews of withheld hard actions, lifts by hand, exemptions,
+appeals, and the figures of how often enforcement was overturned (`docs/appeals.md`)."""

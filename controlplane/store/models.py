@@ -31,6 +31,7 @@ class VerdictRow(SQLModel, table=True):
     __table_args__ = (
         Index("ix_verdict_provider_account", "provider", "account_id"),
         Index("ix_verdict_provider_api_key", "provider", "api_key_id"),
+        Index("ix_verdict_provider_org", "provider", "org_id"),
         Index("ix_verdict_status", "status"),
     )
 
@@ -98,6 +99,9 @@ class ActionRow(SQLModel, table=True):
     parent_id: str | None = Field(default=None, max_length=40)
     """For a key revoked because its account or org is suspended: the suspension. It
     ends with its parent (same expiry; lifted with it)."""
+    reference: str | None = Field(default=None, max_length=16, index=True)
+    """The short reference a refusal at the gateway quotes (`enforce.sdk.reference_of`
+    its entry): the customer quotes it in an appeal, `decision explain` takes it."""
 
 
 class AuditEventRow(SQLModel, table=True):
@@ -145,6 +149,11 @@ class ExemptionRow(SQLModel, table=True):
     reason: str
     expires_at: datetime | None = _utc(nullable=True)
     created_at: datetime = _utc(nullable=False)
+    ended_at: datetime | None = _utc(nullable=True)
+    """When it was removed or expired (and its carve-out left the gateways); null: live."""
+    ended_by: str | None = Field(default=None, max_length=200)
+    appeal_id: str | None = Field(default=None, max_length=40)
+    """The upheld appeal that added it, if any."""
 
 
 class IndicatorRow(SQLModel, table=True):
@@ -452,3 +461,75 @@ class ReviewRow(SQLModel, table=True):
 
 
 Index("ix_action_parent", col(ActionRow.parent_id))
+
+
+class AppealRow(SQLModel, table=True):
+    """A request to review enforcement on one subject, filed for a customer, decided by
+    a reviewer who did not file it (`controlplane.remedy`)."""
+
+    __tablename__ = "appeal"
+    __table_args__ = (
+        Index("ix_appeal_subject", "provider", "subject_kind", "subject_value"),
+        Index("ix_appeal_state_filed", "state", "filed_at"),
+    )
+
+    id: str = Field(primary_key=True, max_length=40)
+    provider: str = Field(max_length=63)
+    subject_kind: str = Field(max_length=10)
+    subject_value: str = Field(max_length=200)
+    reference: str | None = Field(default=None, max_length=16)
+    statement: str
+    contact: str = Field(max_length=200)
+    state: str = Field(max_length=16)
+    """`open`, `upheld` or `denied`."""
+    filed_by: str = Field(max_length=200)
+    filed_at: datetime = _utc(nullable=False)
+    decided_by: str | None = Field(default=None, max_length=200)
+    decided_at: datetime | None = _utc(nullable=True)
+    decision_reason: str | None = None
+    exemption_id: str | None = Field(default=None, max_length=40)
+    trace_id: str | None = Field(default=None, max_length=32)
+    span_id: str | None = Field(default=None, max_length=16)
+    """The span the appeal was filed in: its decision continues the same trace."""
+
+
+class AppealActionRow(SQLModel, table=True):
+    """An action an appeal covers: named when filed, or found on the subject (and, when
+    upheld, every other action lifted with it)."""
+
+    __tablename__ = "appeal_action"
+
+    appeal_id: str = Field(foreign_key="appeal.id", primary_key=True, max_length=40)
+    action_id: str = Field(foreign_key="action.id", primary_key=True, max_length=40, index=True)
+    lifted_at: datetime | None = _utc(nullable=True)
+
+
+class LiftRow(SQLModel, table=True):
+    """An action taken back by people (by hand, an upheld appeal, an exemption): the
+    policy sees these in `history.appeals` (the cool-down against re-ban loops), the
+    remediation report counts them."""
+
+    __tablename__ = "lift"
+    __table_args__ = (Index("ix_lift_target", "provider", "target_kind", "target_value"),)
+
+    id: str = Field(primary_key=True, max_length=40)
+    action_id: str = Field(foreign_key="action.id", max_length=40, index=True)
+    provider: str = Field(max_length=63)
+    type: str = Field(max_length=20)
+    target_kind: str = Field(max_length=10)
+    target_value: str = Field(max_length=200)
+    rule: str = Field(max_length=200)
+    score: float
+    """The score of the verdict behind the action: new evidence must beat it."""
+    cause: str = Field(max_length=16)
+    """`lifted` (by hand), `upheld` (an appeal), `exempted` (an exemption)."""
+    appeal_id: str | None = Field(default=None, max_length=40)
+    actor: str = Field(max_length=200)
+    reason: str
+    at: datetime = _utc(nullable=False)
+
+
+Index("ix_exemption_expires", col(ExemptionRow.expires_at))
+Index("ix_lift_at", col(LiftRow.at))
+# The remediation report and its /metrics figures count the actions of a period.
+Index("ix_action_created", col(ActionRow.created_at))

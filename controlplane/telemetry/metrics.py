@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections import Counter as Tally
 from collections.abc import Iterable, Iterator, Mapping
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from prometheus_client import (
@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session
 
 from controlplane.audit import repository as audit_repo
 from controlplane.enforce import repository as enforce_repo
+from controlplane.remedy import report
 from controlplane.remedy import reviews_repository as reviews_repo
 from controlplane.store.db import Database
 from controlplane.store.types import utcnow
@@ -193,7 +194,14 @@ async def _database_families(db: Database) -> list[Metric]:
         head.add_metric([], (await audit_repo.head(session))[0])
         latest = await audit_repo.latest_checkpoint(session)
         statuses = await enforce_repo.statuses(session)
-    families: list[Metric] = [actions, undecided, head, reviews_open, oldest_review]
+    families: list[Metric] = [
+        actions,
+        undecided,
+        head,
+        reviews_open,
+        oldest_review,
+        *await _remediation_families(db),
+    ]
     if latest is not None:
         checkpoint.add_metric([], latest.seq)
         checkpoint_at.add_metric([], datetime.fromisoformat(latest.at).timestamp())
@@ -206,6 +214,57 @@ async def _database_families(db: Database) -> list[Metric]:
     if statuses:
         families += [lag, entries, healthy]
     return families
+
+
+REMEDIATION_WINDOW = timedelta(days=30)
+
+
+async def _remediation_families(db: Database) -> list[Metric]:
+    """The remediation figures of the last 30 days, per rule and per detector (the
+    report's `GET /v1/reports/remediation` figures; labels name rules and detectors,
+    never subjects)."""
+    now = datetime.now(UTC)
+    figures = await report.remediation(db, now - REMEDIATION_WINDOW, now)
+    labels = ["by", "name"]
+    taken = GaugeMetricFamily(
+        "tollgate_remediation_actions", "Actions taken in the last 30 days.", labels=labels
+    )
+    appeals = GaugeMetricFamily(
+        "tollgate_remediation_appeals",
+        "Appeals filed in the last 30 days covering the rule's or detector's actions, by "
+        "state (open, upheld, denied).",
+        labels=[*labels, "state"],
+    )
+    overturn = GaugeMetricFamily(
+        "tollgate_remediation_overturn_ratio",
+        "Upheld / decided appeals of the last 30 days (absent before any decision).",
+        labels=labels,
+    )
+    median = GaugeMetricFamily(
+        "tollgate_remediation_median_seconds",
+        "Median seconds, last 30 days: action_to_appeal, appeal_to_decision, "
+        "decision_to_lift (until the last gateway took the action off).",
+        labels=[*labels, "stage"],
+    )
+    rows = [
+        ("total", figures.totals),
+        *(("rule", f) for f in figures.rules),
+        *(("detector", f) for f in figures.detectors),
+    ]
+    for by, f in rows:
+        taken.add_metric([by, f.name], f.actions)
+        for state in ("open", "upheld", "denied"):
+            appeals.add_metric([by, f.name, state], getattr(f, state))
+        if f.overturn_rate is not None:
+            overturn.add_metric([by, f.name], f.overturn_rate)
+        for stage, value in (
+            ("action_to_appeal", f.median_action_to_appeal_seconds),
+            ("appeal_to_decision", f.median_appeal_to_decision_seconds),
+            ("decision_to_lift", f.median_decision_to_lift_seconds),
+        ):
+            if value is not None:
+                median.add_metric([by, f.name, stage], value)
+    return [taken, appeals, overturn, median]
 
 
 async def scrape(db: Database) -> bytes:

@@ -2,7 +2,8 @@
 
 Pages: the enforcement timeline (filterable), a subject's story, an action from
 verdict to decision to gateway with its trace, policy revisions and what each
-changed, connector status, and the audit chain's verification. Every page needs a
+changed, the appeal queue and each appeal, connector status, and the audit chain's
+verification. Every page needs a
 console session of a reader; a request without one is sent to sign in.
 """
 
@@ -27,7 +28,7 @@ from controlplane import __version__
 from controlplane.auth.guards import principal_of
 from controlplane.errors import TollgateError
 from controlplane.runtime import Runtime
-from controlplane.ui import service, sessions
+from controlplane.ui import remedy, service, sessions
 from controlplane.ui.display import short
 from controlplane.ui.sessions import COOKIE, SIGN_IN, SignInRequired
 
@@ -262,6 +263,28 @@ class ConsoleController(Controller):
         """One revision, diffed against the revision recorded before it."""
         view = await service.revision_page(runtime, revision)
         return _page(request, "revision.html", revision=view)
+
+    @get("/appeals", name="console-appeals")
+    async def appeals(
+        self,
+        request: Request[Any, Any, Any],
+        runtime: NamedDependency[Runtime],
+        appeal_state: Annotated[str, QueryParameter(name="state")] = "",
+    ) -> Template:
+        """The appeal queue, with the remediation figures of the last 30 days."""
+        page = await remedy.queue_page(runtime, appeal_state)
+        return _page(request, "appeals.html", page=page, rate=remedy.rate, duration=remedy.duration)
+
+    @get("/appeals/{appeal_id:str}", name="console-appeal")
+    async def appeal(
+        self,
+        request: Request[Any, Any, Any],
+        runtime: NamedDependency[Runtime],
+        appeal_id: FromPath[str],
+    ) -> Template:
+        """One appeal: the customer's case, the decision and what was told, every action
+        it covers and its state now."""
+        return _page(request, "appeal.html", page=await remedy.appeal_page(runtime, appeal_id))
 
     @get("/connectors", name="console-connectors")
     async def connectors(

@@ -78,7 +78,7 @@ async def _tokens(url: str) -> dict[Role, str]:
         service = TokenService(db)
         return {
             role: (await service.create(f"e2e-{role.value}", role, actor="e2e"))[0]
-            for role in (Role.ADMIN, Role.AUDITOR, Role.DETECTOR)
+            for role in (Role.ADMIN, Role.AUDITOR, Role.DETECTOR, Role.SUPPORT, Role.REVIEWER)
         }
     finally:
         await db.dispose()
@@ -106,7 +106,9 @@ async def _seed(client: httpx.AsyncClient, scenario: dict[str, Any]) -> list[dic
     results: list[dict[str, Any]] = response.json()["results"]
 
     async def applied() -> bool:
-        [edge] = (await client.get("/v1/connectors")).json()
+        # Desired and applied counts are a reconcile's: ask for one (the follower applies
+        # changes as they come, and reconciles only every `reconcile_seconds`).
+        edge = (await client.post("/v1/connectors/edge/reconcile")).json()
         return bool(edge["desired"]) and edge["applied"] == edge["desired"]
 
     await wait_for("the memory connector to apply every lab-a action", applied)

@@ -56,7 +56,8 @@ providers:
         ({"lab-a": {"min_prefix": {"ipv6": "32"}}}, "min_prefix.ipv6 must be a prefix length"),
         ({"lab-a": {"min_prefix": {"ipv4": True}}}, "min_prefix.ipv4 must be a prefix length"),
         ({"lab-a": {"min_prefix": {"v4": 8}}}, "min_prefix takes ipv4 and ipv6"),
-        ({"*": {"floor": 8}}, "takes min_prefix and fallback only"),
+        ({"*": {"floor": 8}}, "takes min_prefix, fallback and cooldown only"),
+        ({"lab-a": {"cooldown": "a week"}}, "lab-a.cooldown: 'a week' is not a duration"),
     ],
 )
 def test_bad_settings_are_named(raw: Any, message: str) -> None:

@@ -6,18 +6,17 @@
 #   else. Exempt subjects get only what tollgate.exemptions asks for;
 #   verified customers get a review of what would have been done
 #   (tollgate.review_first); everyone else gets the graduated response, the
-#   operation-level response and shared-intel blocks. Every action passes
-#   the tollgate.contract guard first.
+#   operation-level response and shared-intel blocks, less what a cool-down
+#   after a lift holds back (tollgate.cooldown). Every action passes the
+#   tollgate.contract guard first.
 # entrypoint: true
 # custom:
 #   owner: policy-platform
 package tollgate.decision
 
 import data.tollgate.contract
+import data.tollgate.cooldown
 import data.tollgate.exemptions
-import data.tollgate.graduated
-import data.tollgate.intel
-import data.tollgate.operation
 import data.tollgate.review_first
 
 # METADATA
@@ -29,7 +28,7 @@ actions := contract.enforceable(exemptions.actions) if {
 	exemptions.exempt
 } else := contract.enforceable(review_first.actions) if {
 	review_first.applies
-} else := contract.enforceable((graduated.actions | intel.actions) | operation.actions)
+} else := contract.enforceable(cooldown.allowed | cooldown.held_back)
 
 # METADATA
 # title: shadow

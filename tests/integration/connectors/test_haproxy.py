@@ -205,7 +205,8 @@ async def test_every_change_is_written_to_the_files_atomically(haproxy: Gateway)
     )
 
     assert lines(o.blocked_acl) == ["127.0.0.5"]
-    assert lines(o.revoked_map) == [f"{fingerprint('sk-file')} revoked"]
+    revoked = revoke(fingerprint("sk-file"))
+    assert lines(o.revoked_map) == [f"{revoked.target_value} {revoked.reference}"]
     assert lines(o.rate_limit_map) == [f"{fingerprint('sk-f2')} 7"]
     assert mode(o.revoked_map) == 0o640  # the old file's mode kept
     assert leftovers(o.state_dir) == []
@@ -363,7 +364,12 @@ async def test_an_apply_among_20k_held_entries_sends_only_its_own_commands(
     result = await connector.apply(Diff(add=(block("127.0.0.30"),)))
 
     assert result.done == [block("127.0.0.30")]
-    assert sent == ["prompt", f"add acl {acl} 127.0.0.30"]  # no `show acl`, one add
+    refs, reference = haproxy.proxy.options.blocked_ref_map, block("127.0.0.30").reference
+    assert sent == [  # no `show acl`: one add, and the reference a refusal quotes
+        "prompt",
+        f"add acl {acl} 127.0.0.30",
+        f"add map {refs} 127.0.0.30 {reference}",
+    ]
     assert await haproxy.get("127.0.0.30") == 403
     assert inode(acl) == written  # the file is not rewritten per push
     assert "127.0.0.30" not in lines(acl)
@@ -386,7 +392,9 @@ async def test_the_files_follow_the_runtime_in_the_background(haproxy: Gateway) 
             break
         await asyncio.sleep(0.025)
     assert lines(o.blocked_acl) == ["127.0.0.32"]
-    assert lines(o.revoked_map) == [f"{fingerprint('sk-bg')} revoked"]
+    assert lines(o.revoked_map) == [
+        f"{fingerprint('sk-bg')} {revoke(fingerprint('sk-bg')).reference}"
+    ]
 
 
 async def test_a_file_that_cannot_be_written_is_reported_and_written_later(

@@ -116,10 +116,12 @@ async def test_a_change_is_signed_exactly_as_documented(
                     "type": "rate_limit",
                     "target": {"kind": "api_key", "value": "key_limited"},
                     "params": {"requests_per_minute": 60},
+                    "reference": LIMIT.reference,
                 },
             }
         ],
     }
+    assert LIMIT.reference.startswith("TG-")
     assert receiver.state[LIMIT.key]["params"] == {"requests_per_minute": 60}
     assert [r.url for r in http.sent] == [receiver.url]  # type: ignore[attr-defined]
 

@@ -97,7 +97,8 @@ async def test_plan_lift_plan_on_one_entry_ends_as_the_last_change_says(api: Run
     gateway(api).down = True  # the follower holds its cursor while all of it happens
     first = await plan_limit(api, subject)
     await lift(api, first["id"])
-    [result] = (await api.submit(verdict(subject=subject)))["results"]
+    # Stronger evidence than the lifted action's: the cool-down lets the policy act again.
+    [result] = (await api.submit(verdict(subject=subject, score=0.85)))["results"]
     again = [a for a in result["actions"] if a["type"] != "flag_review"]
     gateway(api).down = False
     api.runtime.enforcer.wake()
@@ -179,10 +180,10 @@ if cfg["kill_after_apply"]:
     # The gateway has applied the batch; its outcome and cursor are not saved yet.
     original = follower.Follower._commit
 
-    async def commit(self, desired, applied, present, now, *, cursor=None, status=None):
+    async def commit(self, desired, applied, present, now, *, cursor=None, **rest):
         if cursor is not None and applied.result.done:
             os.kill(os.getpid(), signal.SIGKILL)
-        return await original(self, desired, applied, present, now, cursor=cursor, status=status)
+        return await original(self, desired, applied, present, now, cursor=cursor, **rest)
 
     follower.Follower._commit = commit
 settings = Settings(data_dir=Path(cfg["data_dir"]), database_url=cfg["url"],

@@ -67,5 +67,5 @@ async def test_a_bad_option_is_found_when_the_connectors_are_checked(tmp_path: P
     path.write_text(
         "connectors:\n  - {name: edge, type: haproxy, options: {socket: 3}}\n", encoding="utf-8"
     )
-    with pytest.raises(InvalidInput, match="connector edge: options.socket"):
+    with pytest.raises(InvalidInput, match=r"connector edge: options\.socket"):
         await check_connectors(load_connectors(path))

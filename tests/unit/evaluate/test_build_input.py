@@ -259,3 +259,33 @@ def test_intel_matches_for_every_ip() -> None:
         ("203.0.113.0/24", "203.0.113.7"),
         ("203.0.113.0/24", "203.0.113.8"),
     ]
+
+
+def remedy(remedy_id: str, kind: str, value: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "id": remedy_id,
+        "appeal_id": None,
+        "state": "lifted",
+        "rule": "graduated.first_offense",
+        "type": "rate_limit",
+        "target": {"kind": kind, "value": value},
+        "score": 0.8,
+        "at": "2026-11-25T12:00:00Z",
+        "cooldown_until": "2026-12-02T12:00:00Z",
+        **extra,
+    }
+
+
+def test_appeal_history_of_every_subject_key_and_of_ranges_holding_an_ip() -> None:
+    lookups = Lookups()
+    lookups.add_remedy("lab-a", remedy("lft_key", "api_key", "key_1", at="2026-11-25T13:00:00Z"))
+    lookups.add_remedy("lab-a", remedy("lft_range", "cidr", "192.0.2.0/24"))
+    lookups.add_remedy("lab-a", remedy("apl_open", "account", "acct_1", state="open"))
+    lookups.add_remedy("lab-a", remedy("lft_other", "cidr", "198.51.100.0/24"))
+    lookups.add_remedy("lab-b", remedy("lft_elsewhere", "api_key", "key_1"))
+    history = build_input(the_verdict(), RECEIVED, lookups, NOW)["history"]
+    assert [r["id"] for r in history["appeals"]] == ["apl_open", "lft_range", "lft_key"]
+
+
+def test_no_appeal_history_is_an_empty_list() -> None:
+    assert build_input(the_verdict(), RECEIVED, Lookups(), NOW)["history"]["appeals"] == []

@@ -1,1 +1,0 @@
-"""Exemptions: allowlisted subjects; policies see them as `context.exempt`."""
