@@ -59,3 +59,10 @@ class ServiceUnavailable(TollgateError):
 
     status_code = 503
     code = "unavailable"
+
+
+class Forbidden(TollgateError):
+    """The caller is known but may not read or do this."""
+
+    status_code = 403
+    code = "forbidden"

@@ -16,6 +16,10 @@ from controlplane.engine.runtime import EngineSlot, load_engine
 from controlplane.errors import EngineUnavailable, TollgateError
 from controlplane.evaluate.service import Decider
 from controlplane.ingest.service import IngestService
+from controlplane.intel.config import load_intel
+from controlplane.intel.pull import Puller
+from controlplane.intel.service import IntelService
+from controlplane.intel.taxii.service import TaxiiService
 from controlplane.leadership import Leadership
 from controlplane.policy.service import PolicyService
 from controlplane.policy.source import source_from
@@ -29,6 +33,8 @@ log = logging.getLogger(__name__)
 RECOVERY_SECONDS = 15
 EXPIRY_SECONDS = 5
 CONVERGE_SECONDS = 5
+INTEL_PUBLISH_SECONDS = 10
+INTEL_AGE_OUT_SECONDS = 3600
 
 
 @dataclass
@@ -41,6 +47,9 @@ class Runtime:
     tokens: TokenService
     enforcer: Enforcer
     leadership: Leadership
+    intel: IntelService
+    taxii: TaxiiService
+    puller: Puller
     providers: Providers = field(default_factory=Providers)
     scheduler: AsyncIOScheduler = field(default_factory=AsyncIOScheduler)
     _sync_problems: list[str] = field(default_factory=list)
@@ -55,6 +64,14 @@ class Runtime:
         enforcer = Enforcer(db, load_connectors(settings.config))
         decider = Decider(db, engines, on_planned=enforcer.wake, providers=providers)
         ingest = IngestService(db, decider)
+        intel_config = load_intel(settings.config)
+        intel = IntelService(
+            db,
+            intel_config,
+            bundle=lambda: engines.current.bundle,
+            lift=enforcer.lift,
+            floor=providers.loosest_floor,
+        )
         return cls(
             settings,
             db,
@@ -64,6 +81,9 @@ class Runtime:
             TokenService(db),
             enforcer,
             Leadership(db),
+            intel,
+            TaxiiService(db, intel_config),
+            Puller(db, intel),
             providers,
         )
 
@@ -79,9 +99,20 @@ class Runtime:
             (self.sync_policies, self.settings.policy_sync_seconds),
             (self.converge, CONVERGE_SECONDS),
             (self.enforcer.expire, EXPIRY_SECONDS),
+            (self.intel.publish_from_actions, INTEL_PUBLISH_SECONDS),
+            (self.intel.age_out, INTEL_AGE_OUT_SECONDS),
         ):
             self.scheduler.add_job(
                 job, "interval", seconds=seconds, id=job.__name__, max_instances=1, coalesce=True
+            )
+        if self.intel.config.peers:
+            self.scheduler.add_job(
+                self.puller.pull_all,
+                "interval",
+                seconds=self.intel.config.pull_seconds,
+                id="pull_intel",
+                max_instances=1,
+                coalesce=True,
             )
         audit_jobs.schedule(self.scheduler, self.db, self.settings)
         self._start_span_store()
@@ -167,6 +198,7 @@ class Runtime:
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
         await self.enforcer.close()
+        self.intel.close()
         await self.leadership.release()
         self.engines.close()
         await self.db.dispose()

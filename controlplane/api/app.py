@@ -28,6 +28,7 @@ from controlplane.evaluate.controllers import DecisionController
 from controlplane.exemptions.controllers import ExemptionController
 from controlplane.ingest.controllers import VerdictController
 from controlplane.intel.controllers import IndicatorController
+from controlplane.intel.taxii.controllers import TaxiiController
 from controlplane.plan.controllers import ActionController
 from controlplane.policy.controllers import PolicyController
 from controlplane.runtime import Runtime
@@ -47,6 +48,7 @@ ROUTES = [
     ActionController,
     ExemptionController,
     IndicatorController,
+    TaxiiController,
     PolicyController,
     ConnectorController,
     LiftController,

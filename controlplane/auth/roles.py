@@ -15,7 +15,13 @@ class Role(StrEnum):
     AUDITOR = "auditor"
     """Reads everything, changes nothing."""
     ADMIN = "admin"
+    PEER = "peer"
+    """Another lab's Tollgate: reads the TAXII collections granted to its token's name
+    (`intel.collections[].readers`), nothing else."""
 
 
 READERS = (Role.ENGINEER, Role.REVIEWER, Role.AUDITOR, Role.ADMIN)
 """Everyone who may read the enforcement record."""
+
+TAXII_READERS = (*READERS, Role.PEER)
+"""Who may call the TAXII server (a peer only sees the collections granted to it)."""

@@ -324,3 +324,19 @@ async def save_status(session: AsyncSession, row: dict[str, Any]) -> None:
 async def statuses(session: AsyncSession) -> dict[str, ConnectorStatusRow]:
     rows = await session.execute(select(ConnectorStatusRow))
     return {r.name: r for r in rows.scalars()}
+
+
+async def intel_actions(
+    session: AsyncSession, target_kinds: Sequence[str], now: datetime
+) -> list[ActionRow]:
+    """Active, unexpired actions of these target kinds that a shared-intel rule
+    (`intel.*`) asked for: what a retracted indicator may have been the basis of."""
+    if not target_kinds:
+        return []
+    query = select(ActionRow).where(
+        col(ActionRow.state).in_(ACTIVE),
+        col(ActionRow.target_kind).in_(list(target_kinds)),
+        col(ActionRow.rule).startswith("intel."),
+        or_(col(ActionRow.expires_at).is_(None), col(ActionRow.expires_at) > now),
+    )
+    return list((await session.execute(query)).scalars())
