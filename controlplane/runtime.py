@@ -62,9 +62,15 @@ class Runtime:
         policies = PolicyService(db, source_from(settings), settings.entrypoint)
         providers = load_providers(settings.config)
         enforcer = Enforcer(db, load_connectors(settings.config))
-        decider = Decider(db, engines, on_planned=enforcer.wake, providers=providers)
-        ingest = IngestService(db, decider)
         intel_config = load_intel(settings.config)
+        decider = Decider(
+            db,
+            engines,
+            on_planned=enforcer.wake,
+            providers=providers,
+            keyring=intel_config.keyring,
+        )
+        ingest = IngestService(db, decider)
         intel = IntelService(
             db,
             intel_config,

@@ -35,6 +35,7 @@ from controlplane.evaluate.context import (
 )
 from controlplane.evaluate.repository import action_document
 from controlplane.ingest import repository as verdicts_repo
+from controlplane.intel.hashing import Keyring
 from controlplane.plan import repository as actions_repo
 from controlplane.plan.service import fallback_actions, plan_actions
 from controlplane.settings import Providers
@@ -74,6 +75,7 @@ class Decider:
         engines: EngineSlot,
         on_planned: Callable[[set[str]], None] | None = None,
         providers: Providers | None = None,
+        keyring: Keyring | None = None,
     ) -> None:
         self._db = db
         self._providers = providers or Providers()
@@ -82,7 +84,7 @@ class Decider:
         self._on_planned = on_planned
         """Told the providers that got new enforceable actions (push to their gateways)."""
         self._lock = asyncio.Lock()
-        self._intel = repository.IntelCache()
+        self._intel = repository.IntelCache(keyring)
         self._cidrs = repository.CidrTargets()
 
     async def decide(self, pending: Sequence[Pending]) -> dict[str, Outcome]:

@@ -425,3 +425,4 @@ class ConnectorCursorRow(SQLModel, table=True):
 # index takes the indicators added since its last look.
 Index("ix_action_expires", col(ActionRow.expires_at))
 Index("ix_indicator_created", col(IndicatorRow.created_at))
+Index("ix_indicator_modified", col(IndicatorRow.modified))

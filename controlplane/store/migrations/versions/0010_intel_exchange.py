@@ -58,6 +58,7 @@ def upgrade() -> None:
             sa.Column("revoked_reason", sqlmodel.sql.sqltypes.AutoString(length=500), nullable=True)
         )
     op.create_index("ix_indicator_stix_id", "indicator", ["stix_id"])
+    op.create_index("ix_indicator_modified", "indicator", ["modified"])
     op.create_table(
         "intel_object",
         sa.Column("seq", sa.Integer(), autoincrement=True, nullable=False),
@@ -93,6 +94,7 @@ def downgrade() -> None:
     op.drop_index("ix_intel_object_stix", "intel_object")
     op.drop_index("ix_intel_object_added", "intel_object")
     op.drop_table("intel_object")
+    op.drop_index("ix_indicator_modified", "indicator")
     op.drop_index("ix_indicator_stix_id", "indicator")
     with op.batch_alter_table("indicator") as batch:
         for column in (
