@@ -15,6 +15,7 @@
           url: http://127.0.0.1:8401/taxii2/tollgate/    # the peer's API root
           collection: 2016ad17-76e1-45ba-9c2e-06cfd2f2133f
           token: {env: TOLLGATE_PEER_LAB_B}
+          auth: bearer                             # or basic: token is user:password
           public_key_file: /etc/tollgate/lab-b.pub.pem
           trust: 0.8                              # scales the peer's confidence
           accept: {tlp: [clear, green, amber], pap: [clear, green, amber, red]}
@@ -67,6 +68,9 @@ class Peer:
     trust: float = 1.0
     accept_tlp: tuple[str, ...] = ("clear", "green", "amber")
     accept_pap: tuple[str, ...] = PAPS
+    auth: str = "bearer"
+    """`bearer` (a Tollgate peer token) or `basic` (the token is `user:password`, as
+    plain TAXII servers such as medallion take it)."""
 
     @property
     def key_id(self) -> str:
@@ -89,8 +93,12 @@ class IntelConfig:
         return next((p for p in self.peers if p.name == name), None)
 
     def trusted_keys(self) -> dict[str, TrustedKey]:
-        """Key id -> the lab it speaks for: every peer's, and this lab's own."""
-        keys = {p.key_id: TrustedKey(p.name, p.public) for p in self.peers}
+        """Key id -> the lab it speaks for: every peer's, and this lab's own. A key named by
+        several peers (a relay lists the key of the lab whose objects it carries) speaks
+        for the first peer that names it."""
+        keys: dict[str, TrustedKey] = {}
+        for p in self.peers:
+            keys.setdefault(p.key_id, TrustedKey(p.name, p.public))
         if self.signer is not None:
             keys[self.signer.key_id] = TrustedKey(self.lab, self.signer.public)
         return keys
@@ -213,7 +221,7 @@ def _collection(where: str, raw: Any) -> Collection:
     )
 
 
-_PEER_KEYS = {"name", "url", "collection", "token", "public_key_file", "trust", "accept"}
+_PEER_KEYS = {"name", "url", "collection", "token", "auth", "public_key_file", "trust", "accept"}
 
 
 def _peer(where: str, raw: Any) -> Peer:
@@ -236,6 +244,9 @@ def _peer(where: str, raw: Any) -> Peer:
     trust = raw.get("trust", 1.0)
     if isinstance(trust, bool) or not isinstance(trust, int | float) or not 0 <= trust <= 1:
         raise InvalidInput(f"{where}.trust must be a number from 0 to 1")
+    auth = raw.get("auth", "bearer")
+    if auth not in ("bearer", "basic") or (auth == "basic" and ":" not in token):
+        raise InvalidInput(f"{where}.auth must be bearer, or basic with a `user:password` token")
     accept = raw.get("accept") or {}
     if not isinstance(accept, dict) or set(accept) - {"tlp", "pap"}:
         raise InvalidInput(f"{where}.accept takes tlp and pap lists")
@@ -248,4 +259,5 @@ def _peer(where: str, raw: Any) -> Peer:
         float(trust),
         _markings(f"{where}.accept.tlp", accept.get("tlp"), TLPS, ("clear", "green", "amber")),
         _markings(f"{where}.accept.pap", accept.get("pap"), PAPS, PAPS),
+        auth,
     )

@@ -75,14 +75,23 @@ class Puller:
             state = await repository.peer_state(session, peer.name)
         cursor = state.cursor if state else None
         url = f"{peer.url}collections/{peer.collection}/objects/"
-        headers = {"Authorization": f"Bearer {peer.token}", "Accept": MEDIA_TYPE}
+        headers = {"Accept": MEDIA_TYPE}
+        auth: httpx.Auth | None = None
+        if peer.auth == "basic":
+            user, _, password = peer.token.partition(":")
+            auth = httpx.BasicAuth(user, password)
+        else:
+            headers["Authorization"] = f"Bearer {peer.token}"
         params: dict[str, Any] = {"limit": PAGE}
         if cursor:
             params["added_after"] = cursor
         retracted: list[IndicatorRow] = []
         try:
             async with httpx.AsyncClient(
-                transport=self._transport, timeout=httpx.Timeout(30, connect=5), headers=headers
+                transport=self._transport,
+                timeout=httpx.Timeout(30, connect=5),
+                headers=headers,
+                auth=auth,
             ) as client:
                 while report.pages < MAX_PAGES:
                     response = await client.get(url, params=params)
