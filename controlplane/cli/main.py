@@ -16,6 +16,7 @@ from controlplane.cli.audit import audit_app
 from controlplane.cli.client import api_client, fail, request
 from controlplane.cli.connector import action_app, connector_app
 from controlplane.cli.decision import decision_app
+from controlplane.cli.intel import intel_app
 from controlplane.cli.policy import policy_app
 from controlplane.cli.token import token_app
 from controlplane.engine.bundle import short_revision
@@ -36,6 +37,7 @@ app.add_typer(token_app, name="token")
 app.add_typer(audit_app, name="audit")
 app.add_typer(connector_app, name="connector")
 app.add_typer(action_app, name="action")
+app.add_typer(intel_app, name="intel")
 out = Console()
 
 BATCH = 1000
