@@ -1,14 +1,16 @@
 """Intel at scale: matching against millions of indicators, and pulling a large feed.
 
     .venv/bin/python bench/intel.py [--cidrs 1000000] [--hashes 1000000]
-        [--lookups 50000] [--decisions 2000] [--feed 100000]
+        [--lookups 50000] [--decisions 2000] [--feed 100000] [--only index,decisions,pull]
 
 1. index: an `IntelIndex` (controlplane/evaluate/intel.py) holding `--cidrs` CIDR
    indicators (IPv4, a mix of /16, /20, /24, /28 and /32) and `--hashes` keyed-hash
    identifier indicators (accounts, API keys, orgs under one consortium key). Printed:
    build time, the process's resident memory before and after (and per indicator), and
    lookups/s of `match_verdict` for verdicts with two IPs and an account, key and org
-   id (every lookup hashes each id under the keys in force), half of them hitting.
+   id (every lookup hashes each id under the keys in force), for verdicts that match
+   nothing and for verdicts that match, each against the full index and against one
+   of 20,000 indicators in the same run (the ratio shows cost independent of size).
 2. decisions: the bundled policies in the embedded OPA engine; `--decisions` verdicts,
    each built into an input and evaluated twice in the same run, interleaved: once with
    the full index, once with an empty one. Printed: p50/p99 of build + evaluate, both
@@ -63,11 +65,17 @@ def rss_mb() -> float:
     return pages * 4096 / 2**20
 
 
+MISS = ipaddress.ip_network("198.18.0.0/15")
+"""No indicator covers it: lookups there measure the index, not the matches."""
+
+
 def cidr_indicators(n: int, rng: random.Random) -> list[dict[str, Any]]:
     rows = []
     for i in range(n):
         prefix = PREFIXES[i % len(PREFIXES)]
         address = rng.getrandbits(32) & ~((1 << (32 - prefix)) - 1)
+        while (address >> 17) == (int(MISS.network_address) >> 17):
+            address = rng.getrandbits(32) & ~((1 << (32 - prefix)) - 1)
         rows.append(
             {
                 "id": f"c{i}",
@@ -103,6 +111,33 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def probes(n: int, cidrs: list[dict[str, Any]], hashes: int, rng: random.Random) -> list[Any]:
+    """Half misses (IPs in MISS, unknown ids), half hits (an IP in a known range, a
+    known id)."""
+    made = []
+    for i in range(n):
+        ids = {k: f"{k}-x{i}" for k in ("account", "api_key", "org")}
+        miss = int(MISS.network_address) + rng.randrange(MISS.num_addresses)
+        ips = [str(ipaddress.IPv4Address(miss)), str(ipaddress.IPv4Address(miss ^ 1))]
+        if i % 2:
+            network = ipaddress.ip_network(cidrs[rng.randrange(len(cidrs))]["value"])
+            ips[0] = str(network.network_address)
+            k = rng.randrange(max(hashes, 1))
+            kind = ("account", "api_key", "org")[k % 3]
+            ids[kind] = f"{kind}-{k}"
+        made.append((ips, list(ids.items()), i % 2 == 1))
+    return made
+
+
+def lookups_per_second(index: IntelIndex, made: list[Any], hits: bool) -> float:
+    chosen = [(ips, ids) for ips, ids, hit in made if hit == hits]
+    started = time.perf_counter()
+    found = sum(bool(index.match_verdict(ips, ids, {}, NOW)) for ips, ids in chosen)
+    elapsed = time.perf_counter() - started
+    assert found == (len(chosen) if hits else 0), (found, len(chosen), hits)
+    return len(chosen) / elapsed
+
+
 def bench_index(args: argparse.Namespace) -> IntelIndex:
     rng = random.Random(7)
     before = rss_mb()
@@ -113,34 +148,25 @@ def bench_index(args: argparse.Namespace) -> IntelIndex:
     index.extend(cidrs)
     index.extend(hashes)
     built = time.perf_counter() - started
-    del cidrs, hashes
     after = rss_mb()
+    small = IntelIndex(cidrs[:10_000] + hashes[:10_000], KEYRING)
     total = args.cidrs + args.hashes
     print(f"index: {args.cidrs:,} CIDR + {args.hashes:,} hashed-identifier indicators")
     print(
         f"  build {built:.1f} s; RSS {before:.0f} -> {after:.0f} MB "
         f"({(after - before) * 2**20 / max(total, 1):.0f} bytes per indicator)"
     )
-    probes = []
-    for i in range(args.lookups):
-        hit = i % 2 == 0
-        ips = [str(ipaddress.IPv4Address(rng.getrandbits(32))) for _ in range(2)]
-        n = rng.randrange(max(args.hashes, 1))
-        kind = ("account", "api_key", "org")[n % 3]
-        ids = {k: f"{k}-x{i}" for k in ("account", "api_key", "org")}
-        if hit and args.hashes:
-            ids[kind] = f"{kind}-{n}"
-        probes.append((ips, list(ids.items())))
-    started = time.perf_counter()
-    matched = 0
-    for ips, ids in probes:
-        matched += bool(index.match_verdict(ips, ids, {}, NOW))
-    elapsed = time.perf_counter() - started
-    print(
-        f"  lookups: {args.lookups / elapsed:,.0f} verdicts/s "
-        f"({elapsed / args.lookups * 1e6:.1f} us each: 2 IPs + 3 ids hashed and probed); "
-        f"{matched:,} of {args.lookups:,} matched"
-    )
+    made = probes(args.lookups, cidrs, args.hashes, rng)
+    small_made = probes(args.lookups, cidrs[:10_000], 10_000, rng)
+    for label, hits in (("no match", False), ("matching", True)):
+        big_rate = lookups_per_second(index, made, hits)
+        small_rate = lookups_per_second(small, small_made, hits)
+        print(
+            f"  lookups, {label}: {big_rate:,.0f} verdicts/s at {index.size:,} indicators, "
+            f"{small_rate:,.0f}/s at {small.size:,} (ratio {big_rate / small_rate:.2f}); "
+            "each verdict: 2 IPs, 3 ids hashed and probed"
+        )
+    del cidrs, hashes
     return index
 
 
@@ -330,13 +356,18 @@ def main() -> int:
     parser.add_argument("--lookups", type=int, default=50_000)
     parser.add_argument("--decisions", type=int, default=2_000)
     parser.add_argument("--feed", type=int, default=100_000)
+    parser.add_argument("--only", default="index,decisions,pull", help="Parts to run.")
     args = parser.parse_args()
-    log("index: building")
-    index = bench_index(args)
-    log("decisions: evaluating")
-    bench_decisions(args, index)
-    del index
-    asyncio.run(bench_pull(args))
+    only = set(args.only.split(","))
+    if only & {"index", "decisions"}:
+        log("index: building")
+        index = bench_index(args)
+        if "decisions" in only:
+            log("decisions: evaluating")
+            bench_decisions(args, index)
+        del index
+    if "pull" in only:
+        asyncio.run(bench_pull(args))
     return 0
 
 
