@@ -274,3 +274,22 @@ async def test_retracted_objects_are_served_as_new_versions(exchange: Exchange) 
         f"/v1/intel/indicators/{row['id']}/retract", json={"reason": "again"}
     )
     assert again.status_code == 409
+
+
+async def test_what_stands_behind_a_hard_action_is_published_hashed(exchange: Exchange) -> None:
+    a, b = exchange["lab-a"], exchange["lab-b"]
+    subject = new_subject()
+    severe = verdict(subject=subject, score=0.98, labels=["distillation.capability_sweep"])
+    result = (await a.client.post("/v1/verdicts", json=severe)).json()["results"][0]
+    assert "revoke_key" in [x["type"] for x in result["actions"]]
+
+    await a.runtime.intel.publish_from_actions()
+    await b.pull("lab-a")
+
+    key = ConsortiumKey("k1", exchange.consortium_secret.encode())
+    hashed = key.digest("api_key", subject["api_key_id"])
+    [held] = [i for i in await b.indicators(kind="api_key") if i["value"] == hashed]
+    assert held["source"] == "lab-a"
+    _, everything = await published(a)
+    assert subject["api_key_id"].encode() not in everything
+    assert subject["account_id"].encode() not in everything
