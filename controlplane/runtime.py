@@ -19,6 +19,10 @@ from controlplane.engine.runtime import EngineSlot, load_engine
 from controlplane.errors import EngineUnavailable, InvalidInput, TollgateError
 from controlplane.evaluate.service import Decider
 from controlplane.ingest.service import IngestService
+from controlplane.intel.config import load_intel
+from controlplane.intel.pull import Puller
+from controlplane.intel.service import IntelService
+from controlplane.intel.taxii.service import TaxiiService
 from controlplane.leadership import Leadership
 from controlplane.policy.service import PolicyService
 from controlplane.policy.source import source_from
@@ -34,6 +38,8 @@ log = logging.getLogger(__name__)
 RECOVERY_SECONDS = 15
 EXPIRY_SECONDS = 5
 CONVERGE_SECONDS = 5
+INTEL_PUBLISH_SECONDS = 10
+INTEL_AGE_OUT_SECONDS = 3600
 
 
 @dataclass
@@ -49,6 +55,9 @@ class Runtime:
     customers: CustomerService
     reviews: ReviewService
     remedy: Remedy
+    intel: IntelService
+    taxii: TaxiiService
+    puller: Puller
     providers: Providers = field(default_factory=Providers)
     bouncers: DecisionStream | None = None
     """The CrowdSec decision stream (`crowdsec:` in the config file)."""
@@ -71,7 +80,17 @@ class Runtime:
         enforcer = Enforcer(
             db, load_connectors(settings.config, read_secrets=embedded), embedded=embedded
         )
-        ingest = IngestService(db, Decider(db, engines, providers), on_planned=enforcer.wake)
+        intel_config = load_intel(settings.config)
+        decider = Decider(db, engines, providers, keyring=intel_config.keyring)
+        ingest = IngestService(db, decider, on_planned=enforcer.wake)
+        remedy = Remedy(db, enforcer, providers)
+        intel = IntelService(
+            db,
+            intel_config,
+            bundle=lambda: engines.current.bundle,
+            lift=remedy.lift,
+            floor=providers.loosest_floor,
+        )
         return cls(
             settings,
             db,
@@ -83,7 +102,10 @@ class Runtime:
             Leadership(db),
             CustomerService(db),
             ReviewService(db, enforcer.wake),
-            Remedy(db, enforcer, providers),
+            remedy,
+            intel,
+            TaxiiService(db, intel_config),
+            Puller(db, intel),
             providers,
             DecisionStream(db, load_stream_config(settings.config)),
         )
@@ -105,9 +127,20 @@ class Runtime:
             (self.converge, CONVERGE_SECONDS),
             (self.enforcer.expire, EXPIRY_SECONDS),
             (self.remedy.expire_exemptions, EXPIRY_SECONDS),
+            (self.intel.publish_from_actions, INTEL_PUBLISH_SECONDS),
+            (self.intel.age_out, INTEL_AGE_OUT_SECONDS),
         ):
             self.scheduler.add_job(
                 job, "interval", seconds=seconds, id=job.__name__, max_instances=1, coalesce=True
+            )
+        if self.intel.config.peers:
+            self.scheduler.add_job(
+                self.puller.pull_all,
+                "interval",
+                seconds=self.intel.config.pull_seconds,
+                id="pull_intel",
+                max_instances=1,
+                coalesce=True,
             )
         audit_jobs.schedule(self.scheduler, self.db, self.settings)
         self._start_span_store()
@@ -196,6 +229,7 @@ class Runtime:
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
         await self.enforcer.close()
+        self.intel.close()
         await self.leadership.release()
         self.engines.close()
         await self.db.dispose()

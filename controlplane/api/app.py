@@ -18,6 +18,7 @@ from controlplane.enforce.controllers import ConnectorController
 from controlplane.evaluate.controllers import DecisionController
 from controlplane.ingest.controllers import VerdictController
 from controlplane.intel.controllers import IndicatorController
+from controlplane.intel.taxii.controllers import TaxiiController
 from controlplane.plan.controllers import ActionController
 from controlplane.policy.controllers import PolicyController
 from controlplane.remedy import controllers as remedy
@@ -40,6 +41,7 @@ ROUTES = [
     ReviewController,
     *remedy.ROUTES,
     IndicatorController,
+    TaxiiController,
     PolicyController,
     ConnectorController,
     AuditController,

@@ -20,7 +20,13 @@ class Role(StrEnum):
     BOUNCER = "bouncer"
     """A CrowdSec bouncer: pulls block decisions (`/v1/decisions/stream`) with its token
     in `X-Api-Key`; nothing else."""
+    PEER = "peer"
+    """Another lab's Tollgate: reads the TAXII collections granted to its token's name
+    (`intel.collections[].readers`), nothing else."""
 
 
 READERS = (Role.ENGINEER, Role.REVIEWER, Role.AUDITOR, Role.ADMIN)
 """Everyone who may read the enforcement record."""
+
+TAXII_READERS = (*READERS, Role.PEER)
+"""Who may call the TAXII server (a peer only sees the collections granted to it)."""

@@ -18,6 +18,7 @@ from controlplane.cli.client import api_client, cli_settings, fail, request
 from controlplane.cli.connector import action_app, connector_app
 from controlplane.cli.customers import customer_app, review_app
 from controlplane.cli.decision import decision_app
+from controlplane.cli.intel import intel_app
 from controlplane.cli.policy import policy_app
 from controlplane.cli.remedy import appeal_app, exemption_app, report_app
 from controlplane.cli.startup import start_or_exit
@@ -46,6 +47,7 @@ app.add_typer(review_app, name="review")
 app.add_typer(appeal_app, name="appeal")
 app.add_typer(exemption_app, name="exemption")
 app.add_typer(report_app, name="report")
+app.add_typer(intel_app, name="intel")
 out = Console()
 
 BATCH = 1000

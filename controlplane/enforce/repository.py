@@ -398,3 +398,19 @@ async def removed_at(session: AsyncSession, action_ids: Sequence[str]) -> dict[s
         )
         found.update({a: at for a, at in rows if at is not None})
     return found
+
+
+async def intel_actions(
+    session: AsyncSession, target_kinds: Sequence[str], now: datetime
+) -> list[ActionRow]:
+    """Active, unexpired actions of these target kinds that a shared-intel rule
+    (`intel.*`) asked for: what a retracted indicator may have been the basis of."""
+    if not target_kinds:
+        return []
+    query = select(ActionRow).where(
+        col(ActionRow.state).in_(ACTIVE),
+        col(ActionRow.target_kind).in_(list(target_kinds)),
+        col(ActionRow.rule).startswith("intel."),
+        or_(col(ActionRow.expires_at).is_(None), col(ActionRow.expires_at) > now),
+    )
+    return list((await session.execute(query)).scalars())

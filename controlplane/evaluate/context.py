@@ -8,78 +8,16 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import lru_cache
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 from controlplane.domain.verdict import Verdict
+from controlplane.evaluate.intel import IntelIndex
+from controlplane.evaluate.prefixes import Address, Network, PrefixIndex, parse_address
 
 HISTORY_WINDOW = timedelta(days=30)
 T = TypeVar("T")
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
-@lru_cache(maxsize=65536)
-def parse_address(text: str) -> Address:
-    """An address parsed once: the same IPs recur across a batch and its lookups."""
-    return ipaddress.ip_address(text)
-
-
-class PrefixIndex(Generic[T]):
-    """Items keyed by network: a lookup costs one dict probe per prefix length in use,
-    whatever the number of networks (10k CIDRs cost what 10 do)."""
-
-    def __init__(self) -> None:
-        self._by_prefix: dict[tuple[int, int], dict[int, list[T]]] = defaultdict(
-            lambda: defaultdict(list)
-        )
-        self._prefixes: list[tuple[int, int]] = []
-        self.size = 0
-
-    def add(self, network: Network, item: T) -> None:
-        key = (network.version, network.prefixlen)
-        if key not in self._by_prefix:
-            self._prefixes = sorted([*self._prefixes, key], key=lambda k: -k[1])
-        self._by_prefix[key][int(network.network_address)].append(item)
-        self.size += 1
-
-    def lookup(self, address: Address) -> list[T]:
-        bits = address.max_prefixlen
-        value = int(address)
-        found: list[T] = []
-        for version, prefix in self._prefixes:
-            if version == address.version:
-                shift = bits - prefix
-                found.extend(self._by_prefix[(version, prefix)].get(value >> shift << shift, ()))
-        return found
-
-
-class IntelIndex:
-    """CIDR indicators, matched against a verdict's IPs. Grows as indicators arrive;
-    an expired indicator stops matching at its expiry (`now` given to `matches`)."""
-
-    def __init__(self, indicators: list[dict[str, Any]]) -> None:
-        self._index: PrefixIndex[dict[str, Any]] = PrefixIndex()
-        self.size = 0
-        self.extend(indicators)
-
-    def extend(self, indicators: list[dict[str, Any]]) -> None:
-        for indicator in indicators:
-            self._index.add(ipaddress.ip_network(indicator["value"], strict=False), indicator)
-        self.size = self._index.size
-
-    def matches(self, ip: str, now: datetime | None = None) -> list[dict[str, Any]]:
-        return [
-            {
-                "cidr": indicator["value"],
-                "ip": ip,
-                "source": indicator["source"],
-                "confidence": indicator["confidence"],
-                "tlp": indicator["tlp"],
-            }
-            for indicator in self._index.lookup(parse_address(ip))
-            if now is None or (e := indicator.get("expires_at")) is None or e > now
-        ]
+__all__ = ["Address", "IntelIndex", "Lookups", "Network", "PrefixIndex", "build_input"]
 
 
 class NetworkSet:
@@ -299,7 +237,21 @@ def build_input(
         (e for kind, value in keys if (e := lookups.exemptions.get((provider, kind, value)))),
         None,
     )
-    intel = [match for ip in verdict.subject.ips for match in lookups.intel.matches(ip, now)]
+    subject = verdict.subject
+    intel = lookups.intel.match_verdict(
+        subject.ips,
+        [
+            (k, v)
+            for k, v in (
+                ("account", subject.account_id),
+                ("api_key", subject.api_key_id),
+                ("org", subject.org_id),
+            )
+            if v
+        ],
+        verdict.signals,
+        now,
+    )
     appeals: dict[str, dict[str, Any]] = {}
     for kind, value in keys:
         for remedy in lookups.remedies.get((provider, kind, value), ()):

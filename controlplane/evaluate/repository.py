@@ -22,6 +22,7 @@ from controlplane.evaluate.context import (
     NetworkSet,
     PriorVerdict,
 )
+from controlplane.intel.hashing import Keyring
 from controlplane.settings import Providers
 from controlplane.store.models import (
     ActionRow,
@@ -320,55 +321,79 @@ class CidrTargets:
 
 
 class IntelCache:
-    """The intel index: loaded once, then extended with the indicators added since
-    (found by `created_at`, an indexed column); expired ones stop matching at once and
-    are dropped at the next full load, every `RELOAD_SECONDS`."""
+    """The intel index: loaded once, then extended with the indicators added or changed
+    since (found by `modified`, an indexed column; a revoked one is dropped at once);
+    expired ones stop matching at once and are dropped at the next full load, every
+    `RELOAD_SECONDS`."""
 
     RELOAD_SECONDS = 600.0
     LOOKBACK = timedelta(seconds=30)
-    """How far before the newest indicator seen each look goes again: a row stamped
-    earlier may commit later (ids already taken are skipped)."""
+    """How far before the newest change seen each look goes again: a row stamped
+    earlier may commit later (versions already taken are skipped)."""
 
-    def __init__(self) -> None:
-        self._index = IntelIndex([])
+    def __init__(self, keyring: Keyring | None = None) -> None:
+        self._keyring = keyring or Keyring()
+        self._index = IntelIndex([], self._keyring)
         self._loaded_at: datetime | None = None
         self._watermark: datetime | None = None
-        self._recent: dict[str, datetime] = {}
+        self._recent: dict[tuple[str, datetime], datetime] = {}
 
     async def index(self, session: AsyncSession, now: datetime) -> IntelIndex:
         full = self._loaded_at is None or (now - self._loaded_at) >= timedelta(
             seconds=self.RELOAD_SECONDS
         )
-        query = select(IndicatorRow).where(col(IndicatorRow.kind) == "cidr")
+        query = select(IndicatorRow)
         if full:
-            self._index, self._loaded_at, self._recent = IntelIndex([]), now, {}
+            self._index, self._loaded_at, self._recent = IntelIndex([], self._keyring), now, {}
             self._watermark = now
             query = query.where(
-                or_(col(IndicatorRow.expires_at).is_(None), col(IndicatorRow.expires_at) > now)
+                ~col(IndicatorRow.revoked),
+                or_(col(IndicatorRow.expires_at).is_(None), col(IndicatorRow.expires_at) > now),
             )
         else:
             assert self._watermark is not None
-            query = query.where(col(IndicatorRow.created_at) >= self._watermark - self.LOOKBACK)
-        fresh = [r for (r,) in await session.execute(query) if r.id not in self._recent]
+            since = self._watermark - self.LOOKBACK
+            query = query.where(
+                or_(
+                    col(IndicatorRow.modified) >= since,
+                    col(IndicatorRow.modified).is_(None) & (col(IndicatorRow.created_at) >= since),
+                )
+            )
+        rows = [r for (r,) in await session.execute(query)]
+        fresh = [r for r in rows if (r.id, _changed(r)) not in self._recent]
+        self._index.drop(r.id for r in fresh)  # an earlier version of a changed row
         self._index.extend(
-            [
-                {
-                    "value": r.value,
-                    "source": r.source,
-                    "confidence": r.confidence,
-                    "tlp": r.tlp,
-                    "expires_at": r.expires_at,
-                }
-                for r in fresh
-            ]
+            {
+                "id": r.id,
+                "kind": r.kind,
+                "value": r.value,
+                "source": r.source,
+                "confidence": r.confidence,
+                "tlp": r.tlp,
+                "pap": r.pap,
+                "expires_at": r.expires_at,
+                "last_seen": r.last_seen,
+                "first_seen": r.first_seen,
+                "created_at": r.created_at,
+                "decay_days": r.decay_days,
+                "detail": r.detail,
+            }
+            for r in fresh
+            if not r.revoked
         )
         if fresh:
-            self._watermark = max(self._watermark or now, max(r.created_at for r in fresh))
+            self._watermark = max(self._watermark or now, max(_changed(r) for r in fresh))
         horizon = (self._watermark or now) - self.LOOKBACK
-        self._recent.update((r.id, r.created_at) for r in fresh if r.created_at >= horizon)
+        self._recent.update(
+            ((r.id, _changed(r)), _changed(r)) for r in fresh if _changed(r) >= horizon
+        )
         if len(self._recent) > 10_000:
-            self._recent = {i: at for i, at in self._recent.items() if at >= horizon}
+            self._recent = {k: at for k, at in self._recent.items() if at >= horizon}
         return self._index
+
+
+def _changed(row: IndicatorRow) -> datetime:
+    return row.modified or row.created_at
 
 
 async def insert_decisions(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:

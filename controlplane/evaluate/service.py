@@ -39,6 +39,7 @@ from controlplane.evaluate.context import (
     subject_overlaps,
 )
 from controlplane.evaluate.repository import action_document
+from controlplane.intel.hashing import Keyring
 from controlplane.plan.service import (
     PIPELINE_ACTOR,
     Planned,
@@ -81,14 +82,18 @@ class Decider:
     replicas (`exclusive`): a verdict's history must not race another's."""
 
     def __init__(
-        self, db: Database, engines: EngineSlot, providers: Providers | None = None
+        self,
+        db: Database,
+        engines: EngineSlot,
+        providers: Providers | None = None,
+        keyring: Keyring | None = None,
     ) -> None:
         self._db = db
         self._providers = providers or Providers()
         """Each provider's `min_prefix` (checked on policy output) and `fallback`."""
         self._engines = engines
         self._lock = asyncio.Lock()
-        self._intel = repository.IntelCache()
+        self._intel = repository.IntelCache(keyring)
         self._cidrs = repository.CidrTargets()
 
     @asynccontextmanager

@@ -1,4 +1,4 @@
-"""`/v1/intel/indicators`: shared attribution intel."""
+"""`/v1/intel`: indicators, retractions, peers."""
 
 from __future__ import annotations
 
@@ -6,29 +6,45 @@ from typing import Annotated, Any
 
 from litestar import Controller, Request, get, post
 from litestar.di import NamedDependency
-from litestar.params import JSONBody, QueryParameter
+from litestar.openapi import ResponseSpec
+from litestar.params import FromPath, JSONBody, QueryParameter
 
-from controlplane.audit import service as audit
-from controlplane.audit.chain import EventDraft
+from controlplane.api.schemas import ErrorBody
 from controlplane.auth.guards import principal_of, requires
 from controlplane.auth.roles import READERS, Role
-from controlplane.intel import repository
-from controlplane.intel.schemas import IndicatorBatch, IndicatorOut
+from controlplane.intel.schemas import (
+    IndicatorBatch,
+    IndicatorOut,
+    Kind,
+    PeerOut,
+    PullOut,
+    RetractIn,
+    Retraction,
+)
 from controlplane.runtime import Runtime
-from controlplane.store.models import new_id
-from controlplane.store.types import utcnow
+
+_AUTH = {
+    401: ResponseSpec(ErrorBody, description="No bearer token, or an unknown one."),
+    403: ResponseSpec(ErrorBody, description="The token's role may not do this."),
+}
 
 
 class IndicatorController(Controller):
-    path = "/v1/intel/indicators"
+    path = "/v1/intel"
     tags = ["intel"]
     guards = [requires(*READERS)]
 
     @post(
-        "/",
+        "/indicators",
         operation_id="addIndicators",
         summary="Add indicators",
         guards=[requires(Role.ENGINEER)],
+        responses={
+            **_AUTH,
+            422: ResponseSpec(
+                ErrorBody, description="A bad field (named with its index); nothing stored."
+            ),
+        },
     )
     async def add(
         self,
@@ -36,35 +52,80 @@ class IndicatorController(Controller):
         data: JSONBody[IndicatorBatch],
         runtime: NamedDependency[Runtime],
     ) -> list[IndicatorOut]:
-        """Add shared indicators; verdicts decided from now on see their matches."""
-        data.check_floor(runtime.providers.loosest_floor())
-        now = utcnow()
-        rows = [{"id": new_id("ind"), **i.model_dump(), "created_at": now} for i in data.indicators]
-        async with runtime.db.write() as session, session.begin():
-            await repository.insert_indicators(session, rows)
-            await audit.record(
-                session,
-                [
-                    EventDraft(
-                        type="indicator.added",
-                        actor=principal_of(request).name,
-                        at=now,
-                        payload={
-                            k: r[k] for k in ("id", "kind", "value", "source", "confidence", "tlp")
-                        },
-                    )
-                    for r in rows
-                ],
-            )
+        """Add indicators (identifiers are hashed before they are stored) and publish
+        what the share policy allows; verdicts decided from now on see their matches."""
+        rows, _ = await runtime.intel.add(
+            principal_of(request).name, [i.model_dump() for i in data.indicators]
+        )
         return [IndicatorOut(**r) for r in rows]
 
-    @get("/", operation_id="listIndicators", summary="List indicators")
+    @get(
+        "/indicators",
+        operation_id="listIndicators",
+        summary="List indicators",
+        responses={**_AUTH, 422: ResponseSpec(ErrorBody, description="A bad parameter.")},
+    )
     async def list_all(
         self,
         runtime: NamedDependency[Runtime],
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
+        kind: Kind | None = None,
+        source: Annotated[str | None, QueryParameter(max_length=100)] = None,
     ) -> list[IndicatorOut]:
-        """The newest indicators."""
-        async with runtime.db.read() as session:
-            rows = await repository.list_indicators(session, limit)
+        """The newest indicators, local and pulled."""
+        rows = await runtime.intel.list(limit, kind, source)
         return [IndicatorOut(**r.model_dump()) for r in rows]
+
+    @post(
+        "/indicators/{indicator_id:str}/retract",
+        operation_id="retractIndicator",
+        summary="Mark an indicator a false positive",
+        guards=[requires(Role.ENGINEER, Role.REVIEWER)],
+        status_code=200,
+        responses={
+            **_AUTH,
+            404: ResponseSpec(ErrorBody, description="No such indicator."),
+            409: ResponseSpec(ErrorBody, description="Already retracted."),
+            422: ResponseSpec(ErrorBody, description="No reason given."),
+        },
+    )
+    async def retract(
+        self,
+        request: Request[Any, Any, Any],
+        indicator_id: FromPath[str],
+        data: JSONBody[RetractIn],
+        runtime: NamedDependency[Runtime],
+    ) -> Retraction:
+        """Revoke it, tell peers (signed revoked version and opinion) and lift the
+        actions whose only basis it was."""
+        result = await runtime.intel.mark_false_positive(
+            indicator_id, principal_of(request).name, data.reason
+        )
+        return Retraction(**result)
+
+    @get("/peers", operation_id="listPeers", summary="Peers", responses=_AUTH)
+    async def peers(self, runtime: NamedDependency[Runtime]) -> list[PeerOut]:
+        """Configured peers, the health of their last pull and what each contributed."""
+        return [PeerOut(**p) for p in await runtime.intel.peers()]
+
+    @post(
+        "/peers/{name:str}/pull",
+        operation_id="pullPeer",
+        summary="Pull a peer now",
+        guards=[requires(Role.ENGINEER)],
+        status_code=200,
+        responses={**_AUTH, 404: ResponseSpec(ErrorBody, description="No such peer.")},
+    )
+    async def pull(self, name: FromPath[str], runtime: NamedDependency[Runtime]) -> PullOut:
+        """Pull one peer's collection now (the scheduled pull does this for all)."""
+        report = await runtime.puller.pull(runtime.intel.peer(name))
+        return PullOut(
+            peer=report.peer,
+            pages=report.pages,
+            accepted=report.accepted,
+            rejected=report.rejected,
+            duplicates=report.duplicates,
+            retractions=report.retractions,
+            lifted=report.lifted,
+            error=report.error,
+        )

@@ -157,18 +157,77 @@ class ExemptionRow(SQLModel, table=True):
 
 
 class IndicatorRow(SQLModel, table=True):
-    """Shared attribution intel; only CIDR indicators are matched so far."""
+    """Attribution intel and detection signatures, entered here or pulled from peers.
+    Identifiers (account, api_key, org, payment) are stored as keyed hashes only
+    (`<key id>:<hex>`, see `controlplane.intel.hashing`); never raw."""
 
     __tablename__ = "indicator"
 
     id: str = Field(primary_key=True, max_length=40)
     kind: str = Field(max_length=20)
+    """`cidr`, `asn`, `org_pattern`, `account`, `api_key`, `org`, `payment`, `signature`."""
     value: str = Field(max_length=200)
     source: str = Field(max_length=100)
+    """The lab that said it (for pulled intel: the lab whose key signed it)."""
     confidence: float
     tlp: str = Field(max_length=20)
     expires_at: datetime | None = _utc(nullable=True)
+    """Valid until: it stops matching then."""
     created_at: datetime = _utc(nullable=False)
+    pap: str = Field(default="green", max_length=10)
+    detail: dict[str, Any] | None = _json(nullable=True)
+    """A detection signature's `{signal, op, threshold}`; free notes otherwise."""
+    first_seen: datetime | None = _utc(nullable=True)
+    last_seen: datetime | None = _utc(nullable=True)
+    decay_days: float | None = None
+    """Half-life of the confidence, counted from `last_seen` (None: no decay)."""
+    origin: str = Field(default="local", max_length=63)
+    """`local`, or the peer it was pulled from (provenance; `source` says who said it)."""
+    stix_id: str | None = Field(default=None, max_length=100, index=True)
+    modified: datetime | None = _utc(nullable=True)
+    """The STIX version this row holds."""
+    revoked: bool = False
+    revoked_reason: str | None = Field(default=None, max_length=500)
+
+
+class IntelObjectRow(SQLModel, table=True):
+    """A signed STIX object as a TAXII collection serves it; versions are appended."""
+
+    __tablename__ = "intel_object"
+    __table_args__ = (
+        Index("ix_intel_object_added", "collection", "date_added"),
+        Index("ix_intel_object_stix", "collection", "stix_id"),
+    )
+
+    seq: int | None = Field(default=None, primary_key=True)
+    collection: str = Field(max_length=63)
+    stix_id: str = Field(max_length=100)
+    type: str = Field(max_length=40)
+    version: str = Field(max_length=40)
+    """The object's `modified` (or `created`) as STIX writes it."""
+    date_added: datetime = _utc(nullable=False)
+    """When this server added it: unique and increasing per collection (TAXII paging)."""
+    latest: bool = True
+    """The newest version of `stix_id` in the collection (TAXII's default `version=last`)."""
+    body: dict[str, Any] = _json(nullable=False)
+
+
+class IntelPeerRow(SQLModel, table=True):
+    """What pulling from one peer has given so far, and its TAXII cursor."""
+
+    __tablename__ = "intel_peer"
+
+    name: str = Field(primary_key=True, max_length=63)
+    cursor: str | None = Field(default=None, max_length=40)
+    """The peer's `X-TAXII-Date-Added-Last` of the last page taken (`added_after` next)."""
+    last_pull_at: datetime | None = _utc(nullable=True)
+    last_success_at: datetime | None = _utc(nullable=True)
+    last_error: str | None = None
+    accepted: int = 0
+    rejected: int = 0
+    duplicates: int = 0
+    retractions: int = 0
+    lifted: int = 0
 
 
 class PolicyRevisionRow(SQLModel, table=True):
@@ -533,3 +592,4 @@ Index("ix_exemption_expires", col(ExemptionRow.expires_at))
 Index("ix_lift_at", col(LiftRow.at))
 # The remediation report and its /metrics figures count the actions of a period.
 Index("ix_action_created", col(ActionRow.created_at))
+Index("ix_indicator_modified", col(IndicatorRow.modified))

@@ -293,6 +293,13 @@ class ConsoleController(Controller):
         """Each connector's health and last reconcile."""
         return _page(request, "connectors.html", connectors=await service.connectors_page(runtime))
 
+    @get("/peers", name="console-peers")
+    async def peers(
+        self, request: Request[Any, Any, Any], runtime: NamedDependency[Runtime]
+    ) -> Template:
+        """Intel peers: the health of their last pull and what each contributed."""
+        return _page(request, "peers.html", peers=await service.peers_page(runtime))
+
     @get("/audit", name="console-audit")
     async def audit(
         self, request: Request[Any, Any, Any], runtime: NamedDependency[Runtime]

@@ -669,6 +669,19 @@ async def revision_page(runtime: Runtime, revision: str) -> RevisionView:
 # -- connectors and audit --------------------------------------------------------------
 
 
+async def peers_page(runtime: Runtime) -> list[dict[str, Any]]:
+    """What `GET /v1/intel/peers` answers, with times as the console shows them."""
+    return [
+        {
+            **p,
+            "last_pull": when(p["last_pull_at"]) if p["last_pull_at"] else "never",
+            "last_success": when(p["last_success_at"]) if p["last_success_at"] else "never",
+            "last_error": mentions(p["last_error"]) if p["last_error"] else "",
+        }
+        for p in await runtime.intel.peers()
+    ]
+
+
 async def connectors_page(runtime: Runtime) -> list[dict[str, Any]]:
     """What `GET /v1/connectors` answers: health now and the last reconcile."""
     async with runtime.db.read() as session:

@@ -89,9 +89,13 @@ test_open_or_denied_appeals_hold_nothing_back if {
 
 test_an_intel_block_lifted_on_appeal_is_held_back if {
 	lift := _lift({"rule": "intel.known_range", "type": "block", "target": {"kind": "cidr", "value": "203.0.113.0/24"}, "score": 0.4})
-	inp := object.union(_input(0.4, [lift]), {"context": {"intel_matches": [
-		{"cidr": "203.0.113.0/24", "source": "lab-b", "confidence": 0.9, "ip": "203.0.113.7"},
-	]}})
+	# Two labs agree on the range: intel alone may block it (see tollgate.intel).
+	inp := object.union(_input(0.4, [lift]), {"context": {"intel_matches": [{
+		"kind": "cidr", "value": "203.0.113.0/24", "cidr": "203.0.113.0/24", "ip": "203.0.113.7",
+		"target": {"kind": "ip", "value": "203.0.113.7"}, "source": "lab-b",
+		"sources": ["lab-b", "lab-c"], "labs": 2, "enforceable_labs": 2,
+		"confidence": 0.9, "tlp": "green", "pap": "green",
+	}]}})
 	actions := decision.actions with input as inp
 	_types(actions) == ["flag_review:203.0.113.0/24:cooldown.held_back"]
 }

@@ -30,7 +30,7 @@ async def seeded(api: Running) -> dict[str, Any]:
     subjects = [new_subject() for _ in range(4)]
     first = [verdict(subject=s, provider=provider) for s in subjects]
     repeats = [verdict(subject=s, provider=provider) for s in subjects[:2]]
-    ranged = verdict(subject={"ips": ["198.18.7.9"]}, provider=provider, score=0.3)
+    ranged = verdict(subject={"ips": ["198.18.7.9"]}, provider=provider, score=0.6)
     await api.submit({"verdicts": first})
     await api.submit({"verdicts": [*repeats, ranged]})
     return {"provider": provider, "subjects": subjects, "cidr": cidr}

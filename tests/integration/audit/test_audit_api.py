@@ -50,7 +50,7 @@ async def seeded(api: Running) -> dict[str, Any]:
     ][0]
     ranged = (
         await api.submit(
-            verdict(subject={"ips": ["198.18.44.9"]}, provider=provider, score=0.3),
+            verdict(subject={"ips": ["198.18.44.9"]}, provider=provider, score=0.6),
             headers=headers,
         )
     )["results"][0]

@@ -96,7 +96,7 @@ async def test_a_cidr_keeps_its_slash_in_the_path(api: Running) -> None:
     )
     assert shared.status_code == 201
     [result] = (
-        await api.submit(verdict(subject={"ips": ["198.18.90.5"]}, provider=provider, score=0.3))
+        await api.submit(verdict(subject={"ips": ["198.18.90.5"]}, provider=provider, score=0.6))
     )["results"]
 
     body = await history(api, "cidr/198.18.90.0/24")

@@ -81,7 +81,8 @@ async def test_an_intel_block_is_enforced_and_drift_is_repaired(
     indicator = {"kind": "cidr", "value": "127.0.3.0/24", "source": "lab-b", "confidence": 0.9}
     response = await api.client.post("/v1/intel/indicators", json={"indicators": [indicator]})
     assert response.status_code in (200, 201), response.text
-    actions = await decide(api, verdict(subject=new_subject(ips=["127.0.3.9"]), score=0.4))
+    # One lab says so and the local verdict is evidence (score >= 0.5): a block.
+    actions = await decide(api, verdict(subject=new_subject(ips=["127.0.3.9"]), score=0.6))
     assert [(a["type"], a["target"]["value"]) for a in actions] == [("block", "127.0.3.0/24")]
     assert await haproxy.get("127.0.3.9") == 403
 

@@ -137,17 +137,18 @@ async def test_policy_output_wider_than_the_providers_floor_is_a_decision_error(
 ) -> None:
     api = floors_api
     # Shared intel passes for the loosest provider; each provider's floor applies again
-    # to what its policies ask for.
+    # to what its policies ask for. One lab's intel blocks only with local evidence
+    # (score >= intel.local_evidence_score), below the graduated response's bar.
     added = await api.client.post(
         "/v1/intel/indicators", json={"indicators": [intel("100.64.0.0/12")]}
     )
     assert added.status_code == 201, added.text
     subject = new_subject(ips=["100.64.1.2"])
 
-    [narrow] = (await api.submit(verdict(subject=subject, score=0.3)))["results"]
+    [narrow] = (await api.submit(verdict(subject=subject, score=0.6)))["results"]
     [wide] = (
         await api.submit(
-            verdict(subject=new_subject(ips=["100.64.1.3"]), score=0.3, provider="lab-wide")
+            verdict(subject=new_subject(ips=["100.64.1.3"]), score=0.6, provider="lab-wide")
         )
     )["results"]
 
@@ -170,7 +171,7 @@ async def test_a_whole_internet_indicator_stored_earlier_never_becomes_a_block(
     # As a database written before the floor existed holds it.
     await add(fresh_api.runtime.db, indicator("0.0.0.0/0"), indicator("::/0"))
 
-    [result] = (await fresh_api.submit(verdict(subject=new_subject(), score=0.0)))["results"]
+    [result] = (await fresh_api.submit(verdict(subject=new_subject(), score=0.6)))["results"]
 
     assert result["decision_status"] == "error"
     assert "from rule intel.known_range" in result["error"]

@@ -63,7 +63,9 @@ async def test_ip_in_an_intel_cidr_blocks_that_cidr(api: Running) -> None:
     cidr, ip = fresh_range()
     await add(api.runtime.db, indicator(cidr, source="lab-b", confidence=0.9))
 
-    [result] = (await api.submit(verdict(subject={"ips": [ip]}, score=0.3)))["results"]
+    # One lab's intel blocks with local evidence: a verdict scoring at least
+    # intel.local_evidence_score (0.5), though below the graduated response's bar.
+    [result] = (await api.submit(verdict(subject={"ips": [ip]}, score=0.6)))["results"]
 
     [block] = result["actions"]
     assert block["type"] == "block"
@@ -107,10 +109,32 @@ async def test_ip_outside_every_intel_cidr_blocks_nothing(api: Running) -> None:
 
 async def test_ipv4_mapped_address_meets_the_ipv4_intel(fresh_api: Running) -> None:
     await add(fresh_api.runtime.db, indicator("203.0.113.0/24"))
-    document = verdict(subject=new_subject(ips=["::ffff:203.0.113.9"]), score=0.2)
+    document = verdict(subject=new_subject(ips=["::ffff:203.0.113.9"]), score=0.6)
 
     [result] = (await fresh_api.client.post("/v1/verdicts", json=document)).json()["results"]
 
     assert [(a["type"], a["target"]["value"]) for a in result["actions"]] == [
         ("block", "203.0.113.0/24")
     ]
+
+
+async def test_one_labs_intel_without_local_evidence_only_asks_for_review(api: Running) -> None:
+    cidr, ip = fresh_range()
+    await add(api.runtime.db, indicator(cidr, source="lab-b", confidence=0.9))
+
+    [result] = (await api.submit(verdict(subject={"ips": [ip]}, score=0.3)))["results"]
+
+    [review] = result["actions"]
+    assert (review["type"], review["rule"]) == ("flag_review", "intel.bounded_review")
+    assert review["target"] == {"kind": "ip", "value": ip}
+
+
+async def test_two_labs_block_a_range_on_intel_alone(api: Running) -> None:
+    cidr, ip = fresh_range()
+    await add(api.runtime.db, indicator(cidr, source="lab-b"), indicator(cidr, source="lab-c"))
+
+    [result] = (await api.submit(verdict(subject={"ips": [ip]}, score=0.1)))["results"]
+
+    [block] = result["actions"]
+    assert (block["type"], block["target"]["value"]) == ("block", cidr)
+    assert "lab-b, lab-c" in block["reason"] and "2 labs agree" in block["reason"]

@@ -118,7 +118,7 @@ async def test_shadow_actions_are_not_history(api: Running) -> None:
 async def test_a_shadow_package_shadows_all_its_rules(api: Running) -> None:
     subject = new_subject(ips=["203.0.113.7"])
 
-    result = await decide(api, verdict(subject=subject, score=0.2))
+    result = await decide(api, verdict(subject=subject, score=0.6))
 
     [block] = result["actions"]
     assert (block["type"], block["rule"], block["shadow"]) == ("block", "intel.known_range", True)

@@ -20,11 +20,19 @@ def test_ipv4_match_reports_the_indicator() -> None:
 
     assert index.matches("203.0.113.7") == [
         {
+            "kind": "cidr",
+            "value": "203.0.113.0/24",
             "cidr": "203.0.113.0/24",
             "ip": "203.0.113.7",
+            "target": {"kind": "ip", "value": "203.0.113.7"},
             "source": "lab-b",
+            "sources": ["lab-b"],
+            "labs": 1,
+            "enforceable_labs": 1,
             "confidence": 0.9,
             "tlp": "amber",
+            "pap": "green",
+            "indicators": [],
         }
     ]
     assert index.size == 2
@@ -52,10 +60,11 @@ def test_overlapping_prefixes_all_match_longest_first() -> None:
     assert cidrs(index, "10.9.9.9") == ["10.0.0.0/8"]
 
 
-def test_same_range_from_two_sources_matches_twice() -> None:
+def test_same_range_from_two_sources_is_one_match_naming_both() -> None:
     index = IntelIndex([ind("203.0.113.0/24", "lab-b"), ind("203.0.113.0/24", "lab-c")])
 
-    assert sorted(m["source"] for m in index.matches("203.0.113.200")) == ["lab-b", "lab-c"]
+    [match] = index.matches("203.0.113.200")
+    assert (match["sources"], match["labs"]) == (["lab-b", "lab-c"], 2)
 
 
 def test_no_match() -> None:

@@ -1,0 +1,295 @@
+"""Pulling peers' TAXII collections: page with the TAXII cursor rules, verify every
+signature, refuse (with an audit event) what does not verify or is not accepted,
+de-duplicate by STIX id and version, keep provenance, act on retractions.
+
+Paging (TAXII 2.1, 3.4): `added_after` is exclusive and about when the server added an
+object. Each page's `X-TAXII-Date-Added-Last` is saved as the peer's cursor in the
+transaction that stores the page, so a crash repeats at most one page (de-duplicated)
+and skips none; within one pull, `next` is followed when the server gives one, and
+`added_after` = the last page's header when it says `more` without a `next`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from controlplane.audit import service as audit
+from controlplane.audit.chain import EventDraft
+from controlplane.enforce.targets import TargetError, canonical_cidr
+from controlplane.errors import TollgateError
+from controlplane.intel import repository
+from controlplane.intel.config import Peer
+from controlplane.intel.hashing import HASHED_KINDS, is_keyed_hash
+from controlplane.intel.service import IntelService
+from controlplane.intel.signing import SignatureRefused, TrustedKey, verify
+from controlplane.intel.stix.objects import Unusable, parse_indicator
+from controlplane.intel.taxii.schemas import MEDIA_TYPE
+from controlplane.store.db import Database
+from controlplane.store.models import IndicatorRow, new_id
+from controlplane.store.types import utcnow
+
+log = logging.getLogger(__name__)
+
+PAGE = 5000
+MAX_PAGES = 1000
+"""A pull stops after this many pages (5M objects) and goes on at the next run."""
+
+
+@dataclass
+class PullReport:
+    peer: str
+    pages: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    duplicates: int = 0
+    retractions: int = 0
+    lifted: int = 0
+    error: str | None = None
+    reasons: list[str] = field(default_factory=list)
+
+
+class Puller:
+    def __init__(
+        self,
+        db: Database,
+        service: IntelService,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._db = db
+        self._service = service
+        self._transport = transport
+
+    async def pull_all(self) -> list[PullReport]:
+        """Pull every configured peer (the scheduled, leader-only job)."""
+        return [await self.pull(peer) for peer in self._service.config.peers]
+
+    async def pull(self, peer: Peer) -> PullReport:
+        report = PullReport(peer.name)
+        now = utcnow()
+        async with self._db.read() as session:
+            state = await repository.peer_state(session, peer.name)
+        cursor = state.cursor if state else None
+        url = f"{peer.url}collections/{peer.collection}/objects/"
+        headers = {"Accept": MEDIA_TYPE}
+        auth: httpx.Auth | None = None
+        if peer.auth == "basic":
+            user, _, password = peer.token.partition(":")
+            auth = httpx.BasicAuth(user, password)
+        else:
+            headers["Authorization"] = f"Bearer {peer.token}"
+        params: dict[str, Any] = {"limit": PAGE}
+        if cursor:
+            params["added_after"] = cursor
+        retracted: list[IndicatorRow] = []
+        try:
+            async with httpx.AsyncClient(
+                transport=self._transport,
+                timeout=httpx.Timeout(30, connect=5),
+                headers=headers,
+                auth=auth,
+            ) as client:
+                while report.pages < MAX_PAGES:
+                    response = await client.get(url, params=params)
+                    if response.status_code != 200:
+                        raise PullFailed(
+                            f"{peer.name} answered {response.status_code} for its collection "
+                            f"{peer.collection}: {response.text[:200]}"
+                        )
+                    body = response.json()
+                    objects = body.get("objects") or []
+                    last = response.headers.get("X-TAXII-Date-Added-Last")
+                    report.pages += 1
+                    async with self._db.write() as session, session.begin():
+                        retracted += await self._take(session, peer, objects, report)
+                        await repository.save_peer_state(
+                            session, peer.name, {"cursor": last or cursor}
+                        )
+                    cursor = last or cursor
+                    if not body.get("more"):
+                        break
+                    if body.get("next"):
+                        # The same filters, and the server's cursor within them.
+                        params = {**params, "next": body["next"]}
+                    elif last:
+                        params = {"limit": PAGE, "added_after": last}
+                    else:
+                        raise PullFailed(
+                            f"{peer.name} said there is more but gave neither `next` nor "
+                            "X-TAXII-Date-Added-Last: cannot page on"
+                        )
+        except (httpx.HTTPError, ValueError, PullFailed) as exc:
+            report.error = (
+                str(exc) if isinstance(exc, PullFailed) else f"{type(exc).__name__}: {exc}"
+            )
+            log.warning("intel pull from %s failed: %s", peer.name, report.error)
+        if retracted:
+            lifted = await self._service.lift_resting_on(
+                retracted,
+                f"retracted by its source (pulled from {peer.name})",
+                f"intel:{peer.name}",
+            )
+            report.lifted = len(lifted)
+        async with self._db.write() as session, session.begin():
+            await repository.save_peer_state(
+                session,
+                peer.name,
+                {
+                    "last_pull_at": now,
+                    "last_error": report.error,
+                    **({"last_success_at": now} if report.error is None else {}),
+                    "+accepted": report.accepted,
+                    "+rejected": report.rejected,
+                    "+duplicates": report.duplicates,
+                    "+retractions": report.retractions,
+                    "+lifted": report.lifted,
+                },
+            )
+        return report
+
+    async def _take(
+        self, session: AsyncSession, peer: Peer, objects: list[Any], report: PullReport
+    ) -> list[IndicatorRow]:
+        """Store one page; returns the indicators it retracted."""
+        keys = self._service.config.trusted_keys()
+        now = utcnow()
+        refused: list[EventDraft] = []
+        fresh: dict[str, tuple[dict[str, Any], TrustedKey]] = {}
+        opinions: list[tuple[dict[str, Any], TrustedKey]] = []
+        for obj in objects:
+            if not isinstance(obj, dict):
+                report.rejected += 1
+                continue
+            try:
+                key = verify(obj, keys)
+            except SignatureRefused as exc:
+                refused.append(_refusal(peer, obj, str(exc), now))
+                report.rejected += 1
+                continue
+            kind = obj.get("type")
+            if kind == "indicator":
+                fresh[str(obj.get("id"))] = (obj, key)
+            elif kind == "opinion":
+                opinions.append((obj, key))
+        held = await repository.indicators_by_stix_id(session, list(fresh))
+        new_rows: list[dict[str, Any]] = []
+        retracted: list[IndicatorRow] = []
+        for stix_id, (obj, key) in fresh.items():
+            if key.lab == self._service.config.lab:
+                report.duplicates += 1  # our own object, relayed back
+                continue
+            try:
+                fields = self._accept(peer, obj)
+            except Unusable as exc:
+                refused.append(_refusal(peer, obj, str(exc), now))
+                report.rejected += 1
+                continue
+            fields["source"] = key.lab
+            fields["origin"] = peer.name
+            existing = held.get(stix_id)
+            if existing is not None:
+                if existing.modified is not None and existing.modified >= fields["modified"]:
+                    report.duplicates += 1
+                    continue
+                values = {k: v for k, v in fields.items() if k not in ("created_at", "stix_id")}
+                if fields["revoked"] and not existing.revoked:
+                    values["revoked_reason"] = f"revoked by {key.lab}"
+                    values["expires_at"] = fields["modified"]
+                    retracted.append(existing)
+                    report.retractions += 1
+                await repository.replace_indicator(session, existing.id, values)
+                report.accepted += 1
+                continue
+            if fields["revoked"]:
+                report.duplicates += 1  # revoked before we ever held it: nothing to do
+                continue
+            new_rows.append({"id": new_id("ind"), **fields})
+            report.accepted += 1
+        await repository.insert_indicators(session, new_rows)
+        for obj, key in opinions:
+            if obj.get("opinion") not in ("strongly-disagree", "disagree"):
+                continue
+            refs = [
+                str(r) for r in obj.get("object_refs") or [] if str(r).startswith("indicator--")
+            ]
+            for stix_id, row in (await repository.indicators_by_stix_id(session, refs)).items():
+                # Only the lab that said it can retract it; other labs' opinions are
+                # recorded, not obeyed.
+                if row.source != key.lab or row.revoked:
+                    continue
+                reason = str(obj.get("explanation") or "false positive")[:400]
+                await repository.revoke_indicator(session, row.id, f"{key.lab}: {reason}", now)
+                retracted.append(row)
+                report.retractions += 1
+                refused.append(
+                    EventDraft(
+                        type="indicator.retracted",
+                        actor=f"intel:{peer.name}",
+                        at=now,
+                        payload={
+                            "id": row.id,
+                            "stix_id": stix_id,
+                            "source": key.lab,
+                            "reason": reason,
+                        },
+                    )
+                )
+        if new_rows:
+            refused.append(
+                EventDraft(
+                    type="intel.pulled",
+                    actor=f"intel:{peer.name}",
+                    at=now,
+                    payload={"peer": peer.name, "indicators": len(new_rows)},
+                )
+            )
+        await audit.record(session, refused)
+        return retracted
+
+    def _accept(self, peer: Peer, obj: dict[str, Any]) -> dict[str, Any]:
+        fields = parse_indicator(obj)
+        if fields["tlp"] not in peer.accept_tlp:
+            raise Unusable(f"TLP:{fields['tlp'].upper()} is not accepted from {peer.name}")
+        if fields["pap"] not in peer.accept_pap:
+            raise Unusable(f"PAP:{fields['pap'].upper()} is not accepted from {peer.name}")
+        kind, value = fields["kind"], fields["value"]
+        if kind == "cidr":
+            try:
+                fields["value"] = canonical_cidr(value, self._service.floor())
+            except TargetError as exc:
+                raise Unusable(str(exc)) from None
+        elif kind in HASHED_KINDS:
+            known = {k.key_id for k in self._service.config.keyring.keys}
+            if not is_keyed_hash(value):
+                raise Unusable(f"a {kind} indicator must be a keyed hash, never a raw id")
+            if value.partition(":")[0] not in known:
+                raise Unusable(
+                    f"hashed under consortium key {value.partition(':')[0]!r}, not held here"
+                )
+        elif kind == "asn" and not value.isdigit():
+            raise Unusable(f"{value!r} is not an AS number")
+        fields["confidence"] = round(fields["confidence"] * peer.trust, 4)
+        return fields
+
+
+class PullFailed(TollgateError):
+    status_code = 502
+    code = "peer_failed"
+
+
+def _refusal(peer: Peer, obj: dict[str, Any], reason: str, at: Any) -> EventDraft:
+    return EventDraft(
+        type="intel.object_refused",
+        actor=f"intel:{peer.name}",
+        at=at,
+        payload={
+            "peer": peer.name,
+            "stix_id": str(obj.get("id"))[:100],
+            "type": str(obj.get("type"))[:40],
+            "reason": reason[:400],
+        },
+    )

@@ -1,0 +1,260 @@
+"""`/taxii2/`: the TAXII 2.1 server peers pull from (read-only collections)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from litestar import Controller, Request, Response, get
+from litestar.di import NamedDependency
+from litestar.openapi import ResponseSpec
+from litestar.params import FromPath, QueryParameter
+
+from controlplane.api.schemas import ErrorBody
+from controlplane.auth.guards import principal_of, requires
+from controlplane.auth.roles import TAXII_READERS
+from controlplane.intel.config import API_ROOT, Collection
+from controlplane.intel.taxii.schemas import (
+    MEDIA_TYPE,
+    STIX_MEDIA_TYPE,
+    ApiRoot,
+    CollectionOut,
+    Collections,
+    Discovery,
+    Envelope,
+    Manifest,
+    ManifestRecord,
+    Versions,
+)
+from controlplane.intel.taxii.service import envelope, filters, taxii_time
+from controlplane.runtime import Runtime
+
+_ERRORS = {
+    401: ResponseSpec(ErrorBody, description="No bearer token, or an unknown one."),
+    403: ResponseSpec(ErrorBody, description="The token may not read this collection."),
+}
+_NOT_FOUND = {404: ResponseSpec(ErrorBody, description="No such collection or object.")}
+_BAD_FILTER = {422: ResponseSpec(ErrorBody, description="A filter or `next` is malformed (named).")}
+Limit = Annotated[
+    int | None, QueryParameter(ge=1, le=100_000, description="Most objects per page.")
+]
+AddedAfter = Annotated[
+    str | None,
+    QueryParameter(
+        description="Only objects this server added strictly after this time (RFC 3339)."
+    ),
+]
+Next = Annotated[
+    str | None, QueryParameter(query="next", description="The previous page's `next`.")
+]
+MatchId = Annotated[
+    str | None, QueryParameter(query="match[id]", description="STIX ids, comma-separated.")
+]
+MatchType = Annotated[
+    str | None, QueryParameter(query="match[type]", description="STIX types, comma-separated.")
+]
+MatchVersion = Annotated[
+    str | None,
+    QueryParameter(
+        query="match[version]", description="`last` (default), `first`, `all` or times."
+    ),
+]
+MatchSpec = Annotated[
+    str | None, QueryParameter(query="match[spec_version]", description="`2.1` only.")
+]
+
+
+def _taxii(body: Any, headers: dict[str, str] | None = None) -> Response[Any]:
+    return Response(body, media_type=MEDIA_TYPE, headers=headers or {})
+
+
+def _collection_out(c: Collection) -> CollectionOut:
+    return CollectionOut(
+        id=c.id,
+        title=c.title,
+        description=f"Signed STIX 2.1 indicators and retractions marked TLP {', '.join(c.tlp)}",
+        can_read=True,
+        can_write=False,
+        media_types=[STIX_MEDIA_TYPE],
+    )
+
+
+class TaxiiController(Controller):
+    path = "/taxii2"
+    tags = ["taxii"]
+    guards = [requires(*TAXII_READERS)]
+
+    @get("/", operation_id="taxiiDiscovery", summary="TAXII discovery", responses=_ERRORS)
+    async def discovery(self, request: Request[Any, Any, Any]) -> Response[Discovery]:
+        """The TAXII server's API roots."""
+        root = str(request.base_url).rstrip("/") + f"/taxii2/{API_ROOT}/"
+        return _taxii(
+            Discovery(
+                title="Tollgate",
+                description="Shared attribution intel and detection signatures",
+                default=root,
+                api_roots=[root],
+            )
+        )
+
+    @get(f"/{API_ROOT}/", operation_id="taxiiApiRoot", summary="TAXII API root", responses=_ERRORS)
+    async def api_root(self) -> Response[ApiRoot]:
+        """What the API root serves."""
+        return _taxii(
+            ApiRoot(
+                title="Tollgate intel",
+                description="Collections of signed STIX 2.1 objects",
+                versions=[MEDIA_TYPE],
+                max_content_length=0,
+            )
+        )
+
+    @get(
+        f"/{API_ROOT}/collections/",
+        operation_id="taxiiCollections",
+        summary="TAXII collections",
+        responses=_ERRORS,
+    )
+    async def collections(
+        self, request: Request[Any, Any, Any], runtime: NamedDependency[Runtime]
+    ) -> Response[Collections]:
+        """The collections this token may read."""
+        readable = runtime.taxii.readable(principal_of(request))
+        return _taxii(Collections(collections=[_collection_out(c) for c in readable]))
+
+    @get(
+        f"/{API_ROOT}/collections/{{collection_id:str}}/",
+        operation_id="taxiiCollection",
+        summary="A TAXII collection",
+        responses={**_ERRORS, **_NOT_FOUND},
+    )
+    async def collection(
+        self,
+        request: Request[Any, Any, Any],
+        runtime: NamedDependency[Runtime],
+        collection_id: FromPath[str],
+    ) -> Response[CollectionOut]:
+        """One collection."""
+        return _taxii(
+            _collection_out(runtime.taxii.collection(principal_of(request), collection_id))
+        )
+
+    @get(
+        f"/{API_ROOT}/collections/{{collection_id:str}}/objects/",
+        operation_id="taxiiObjects",
+        summary="A collection's objects",
+        responses={**_ERRORS, **_NOT_FOUND, **_BAD_FILTER},
+    )
+    async def objects(
+        self,
+        request: Request[Any, Any, Any],
+        runtime: NamedDependency[Runtime],
+        collection_id: FromPath[str],
+        added_after: AddedAfter = None,
+        limit: Limit = None,
+        next_: Next = None,
+        match_id: MatchId = None,
+        match_type: MatchType = None,
+        match_version: MatchVersion = None,
+        match_spec_version: MatchSpec = None,
+    ) -> Response[Envelope]:
+        """Objects in the order this server added them; page with `next` or with
+        `added_after` set to the `X-TAXII-Date-Added-Last` header."""
+        f = filters(
+            added_after, next_, match_id, match_type, match_version, match_spec_version, limit
+        )
+        page = await runtime.taxii.objects(principal_of(request), collection_id, f)
+        return _taxii(envelope(page), page.headers())
+
+    @get(
+        f"/{API_ROOT}/collections/{{collection_id:str}}/manifest/",
+        operation_id="taxiiManifest",
+        summary="A collection's manifest",
+        responses={**_ERRORS, **_NOT_FOUND, **_BAD_FILTER},
+    )
+    async def manifest(
+        self,
+        request: Request[Any, Any, Any],
+        runtime: NamedDependency[Runtime],
+        collection_id: FromPath[str],
+        added_after: AddedAfter = None,
+        limit: Limit = None,
+        next_: Next = None,
+        match_id: MatchId = None,
+        match_type: MatchType = None,
+        match_version: MatchVersion = None,
+        match_spec_version: MatchSpec = None,
+    ) -> Response[Manifest]:
+        """Ids, versions and when each was added, without the objects."""
+        f = filters(
+            added_after, next_, match_id, match_type, match_version, match_spec_version, limit
+        )
+        page = await runtime.taxii.objects(principal_of(request), collection_id, f)
+        body = Manifest(
+            more=page.more,
+            next=page.next,
+            objects=[
+                ManifestRecord(
+                    id=r.stix_id,
+                    date_added=taxii_time(r.date_added),
+                    version=r.version,
+                    media_type=STIX_MEDIA_TYPE,
+                )
+                for r in page.rows
+            ],
+        )
+        return _taxii(body.model_dump(exclude_none=True), page.headers())
+
+    @get(
+        f"/{API_ROOT}/collections/{{collection_id:str}}/objects/{{object_id:str}}/",
+        operation_id="taxiiObject",
+        summary="One object's versions",
+        responses={**_ERRORS, **_NOT_FOUND, **_BAD_FILTER},
+    )
+    async def object(
+        self,
+        request: Request[Any, Any, Any],
+        runtime: NamedDependency[Runtime],
+        collection_id: FromPath[str],
+        object_id: FromPath[str],
+        match_version: MatchVersion = None,
+    ) -> Response[Envelope]:
+        """The object (its newest version unless `match[version]` says otherwise)."""
+        rows = await runtime.taxii.versions(principal_of(request), collection_id, object_id)
+        version = (match_version or "last").strip()
+        if version == "last":
+            rows = rows[-1:]
+        elif version == "first":
+            rows = rows[:1]
+        elif version != "all":
+            f = filters(None, None, None, None, version, None, None)
+            rows = [r for r in rows if r.version in f.version.split(",")]
+        headers = {}
+        if rows:
+            headers = {
+                "X-TAXII-Date-Added-First": taxii_time(rows[0].date_added),
+                "X-TAXII-Date-Added-Last": taxii_time(rows[-1].date_added),
+            }
+        return _taxii({"more": False, "objects": [r.body for r in rows]}, headers)
+
+    @get(
+        f"/{API_ROOT}/collections/{{collection_id:str}}/objects/{{object_id:str}}/versions/",
+        operation_id="taxiiObjectVersions",
+        summary="One object's version list",
+        responses={**_ERRORS, **_NOT_FOUND},
+    )
+    async def versions(
+        self,
+        request: Request[Any, Any, Any],
+        runtime: NamedDependency[Runtime],
+        collection_id: FromPath[str],
+        object_id: FromPath[str],
+    ) -> Response[Versions]:
+        """Every version of the object this collection holds, oldest first."""
+        rows = await runtime.taxii.versions(principal_of(request), collection_id, object_id)
+        return _taxii(
+            Versions(more=False, versions=[r.version for r in rows]),
+            {
+                "X-TAXII-Date-Added-First": taxii_time(rows[0].date_added),
+                "X-TAXII-Date-Added-Last": taxii_time(rows[-1].date_added),
+            },
+        )
