@@ -16,10 +16,10 @@ from collections.abc import Awaitable, Callable
 from functools import wraps
 from typing import Any
 
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from controlplane.store.db import Database
+from controlplane.store.repository import ping_connection, try_advisory_lock
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +40,9 @@ class Leadership:
             if self._connection is None:
                 self._connection = await self._db.engine.connect()
             if self.leader:
-                await self._connection.execute(text("SELECT 1"))
+                await ping_connection(self._connection)
             else:
-                result = await self._connection.execute(
-                    text("SELECT pg_try_advisory_lock(:key)"), {"key": LOCK_KEY}
-                )
-                self.leader = bool(result.scalar())
-                await self._connection.commit()
+                self.leader = await try_advisory_lock(self._connection, LOCK_KEY)
                 if self.leader:
                     log.info("this replica now leads the periodic jobs")
         except Exception as exc:

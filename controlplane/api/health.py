@@ -8,9 +8,9 @@ from litestar import Controller, Response, get
 from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
-from sqlalchemy import text
 
 from controlplane.runtime import Runtime
+from controlplane.store.repository import ping
 
 
 class HealthController(Controller):
@@ -36,7 +36,7 @@ class HealthController(Controller):
         checks: dict[str, Any] = {}
         try:
             async with runtime.db.read() as session:
-                await session.execute(text("SELECT 1"))
+                await ping(session)
             checks["database"] = "ok"
         except Exception as exc:
             checks["database"] = f"unreachable: {type(exc).__name__}"

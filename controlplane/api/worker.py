@@ -8,9 +8,9 @@ from litestar import Controller, Litestar, Response, get
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
-from sqlalchemy import text
 
 from controlplane.runtime import WorkerRuntime
+from controlplane.store.repository import ping
 
 
 class WorkerHealthController(Controller):
@@ -32,7 +32,7 @@ class WorkerHealthController(Controller):
         checks: dict[str, Any] = {}
         try:
             async with worker.db.read() as session:
-                await session.execute(text("SELECT 1"))
+                await ping(session)
             checks["database"] = "ok"
         except Exception as exc:
             checks["database"] = f"unreachable: {type(exc).__name__}"

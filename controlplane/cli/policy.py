@@ -21,8 +21,9 @@ from controlplane.domain.action import parse_duration
 from controlplane.engine.bundle import PolicyBundle, load_bundle
 from controlplane.engine.embedded import EmbeddedEngine
 from controlplane.errors import PolicyError, TollgateError
+from controlplane.evaluate.repository import count_decisions
 from controlplane.policy.checks import check_dir
-from controlplane.policy.impact import ImpactReport, count_decisions, markdown, replay
+from controlplane.policy.impact import ImpactReport, markdown, replay
 from controlplane.policy.service import PolicyService
 from controlplane.policy.source import WORKTREE, source_at, source_from
 from controlplane.policy.testing import TestOutcome, TestReport, run_tests

@@ -35,7 +35,6 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, TraceFlags
 from opentelemetry.util.types import AttributeValue
-from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from controlplane.audit import service as audit
@@ -56,6 +55,7 @@ from controlplane.enforce.sdk import (
 from controlplane.remedy import repository as remedy_repo
 from controlplane.store.db import Database
 from controlplane.store.models import ActionRow, ChangeRow
+from controlplane.store.repository import try_advisory_lock
 from controlplane.store.types import utcnow
 from controlplane.telemetry.tracing import tracer
 
@@ -739,8 +739,7 @@ class Follower:
         while True:
             connection: AsyncConnection = await self._db.engine.connect()
             try:
-                taken = (await connection.execute(select(func.pg_try_advisory_lock(key)))).scalar()
-                await connection.commit()
+                taken = await try_advisory_lock(connection, key)
                 if taken:
                     try:
                         yield

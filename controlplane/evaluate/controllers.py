@@ -11,7 +11,7 @@ from controlplane.auth.roles import READERS
 from controlplane.errors import NotFound
 from controlplane.evaluate import repository
 from controlplane.evaluate.explain import explain
-from controlplane.ingest.schemas import DecisionOut, ExplanationOut, FiredRuleOut
+from controlplane.evaluate.schemas import DecisionOut, ExplanationOut, FiredRuleOut
 from controlplane.plan import repository as actions_repo
 from controlplane.plan.schemas import ActionOut
 from controlplane.runtime import Runtime

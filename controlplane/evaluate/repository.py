@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import ipaddress
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import insert, or_, select
+from sqlalchemy import func, insert, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
@@ -24,6 +24,7 @@ from controlplane.evaluate.context import (
 )
 from controlplane.intel.hashing import Keyring
 from controlplane.settings import Providers
+from controlplane.store.db import Database
 from controlplane.store.models import (
     ActionRow,
     AppealRow,
@@ -33,6 +34,7 @@ from controlplane.store.models import (
     LiftRow,
     VerdictRow,
 )
+from controlplane.store.types import utcnow
 
 
 def action_document(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -450,3 +452,32 @@ async def decision_summaries(
         )
         found.update({row.verdict_id: DecisionSummary(*row) for row in rows})
     return found
+
+
+async def decisions_since(
+    db: Database, since: datetime | None, chunk: int
+) -> AsyncIterator[list[tuple[Any, ...]]]:
+    """Stored decisions of the window in chunks, for an impact replay: (verdict id,
+    revision, input, status, result), oldest first, streamed (never all in memory)."""
+    query = select(
+        col(DecisionRow.verdict_id),
+        col(DecisionRow.policy_revision),
+        col(DecisionRow.input),
+        col(DecisionRow.status),
+        col(DecisionRow.result),
+    ).order_by(col(DecisionRow.decided_at), col(DecisionRow.id))
+    if since is not None:
+        query = query.where(col(DecisionRow.decided_at) >= since)
+    async with db.read() as session:
+        stream = await session.stream(query.execution_options(yield_per=chunk))
+        async for partition in stream.partitions(chunk):
+            yield [tuple(row) for row in partition]
+
+
+async def count_decisions(db: Database, since: timedelta | None) -> int:
+    """Stored decisions in the window (what an impact replay will go through)."""
+    query = select(func.count()).select_from(DecisionRow)
+    if since is not None:
+        query = query.where(col(DecisionRow.decided_at) >= utcnow() - since)
+    async with db.read() as session:
+        return int((await session.execute(query)).scalar_one())

@@ -18,7 +18,6 @@ from datetime import datetime
 from typing import Any
 
 from opentelemetry import trace
-from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.audit.chain import EventDraft
@@ -51,6 +50,7 @@ from controlplane.plan.service import (
 from controlplane.settings import Providers
 from controlplane.store.db import Database
 from controlplane.store.models import new_id
+from controlplane.store.repository import advisory_lock, advisory_unlock
 from controlplane.telemetry import metrics
 from controlplane.telemetry.tracing import SPAN_EVALUATE, trace_id_hex, tracer
 
@@ -136,13 +136,11 @@ class Decider:
             yield
             return
         async with self._db.engine.connect() as connection:
-            await connection.execute(select(func.pg_advisory_lock(DECIDE_LOCK)))
-            await connection.commit()
+            await advisory_lock(connection, DECIDE_LOCK)
             try:
                 yield
             finally:
-                await connection.execute(select(func.pg_advisory_unlock(DECIDE_LOCK)))
-                await connection.commit()
+                await advisory_unlock(connection, DECIDE_LOCK)
 
     async def _fill(
         self, session: AsyncSession, lookups: Lookups, pending: Sequence[Pending], now: datetime

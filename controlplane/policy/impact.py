@@ -18,14 +18,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
-from sqlmodel import col
-
 from controlplane.domain.action import MalformedDecision, parse_decision
 from controlplane.engine.base import PolicyEngine
 from controlplane.engine.bundle import short_revision
+from controlplane.evaluate import repository
 from controlplane.store.db import Database
-from controlplane.store.models import DecisionRow
 from controlplane.store.types import utcnow
 
 CHUNK = 2000
@@ -119,7 +116,7 @@ async def replay(
     base_subjects: dict[str, set[str]] = defaultdict(set)
     head_subjects: dict[str, set[str]] = defaultdict(set)
     started = time.perf_counter()
-    async for rows in _prefetched(_decisions(db, start_at)):
+    async for rows in _prefetched(repository.decisions_since(db, start_at, CHUNK)):
         inputs = [row[2] for row in rows]
         head_runs = await head.evaluate_many(inputs)
         reuse = [row[1] == base.revision and row[3] == "ok" for row in rows]
@@ -229,24 +226,6 @@ async def _prefetched(
         producer.cancel()
 
 
-async def _decisions(db: Database, since: datetime | None) -> AsyncIterator[list[tuple[Any, ...]]]:
-    """Stored decisions of the window in chunks: (verdict id, revision, input, status,
-    result), oldest first."""
-    query = select(
-        col(DecisionRow.verdict_id),
-        col(DecisionRow.policy_revision),
-        col(DecisionRow.input),
-        col(DecisionRow.status),
-        col(DecisionRow.result),
-    ).order_by(col(DecisionRow.decided_at), col(DecisionRow.id))
-    if since is not None:
-        query = query.where(col(DecisionRow.decided_at) >= since)
-    async with db.read() as session:
-        stream = await session.stream(query.execution_options(yield_per=CHUNK))
-        async for partition in stream.partitions(CHUNK):
-            yield [tuple(row) for row in partition]
-
-
 def markdown(report: ImpactReport) -> str:
     """The report as a pull-request comment."""
     lines = [
@@ -304,11 +283,3 @@ def _subjects(subjects: Iterable[str], limit: int = 15) -> str:
         return "none"
     shown = ", ".join(f"`{s}`" for s in items[:limit])
     return shown + (f" and {len(items) - limit:,} more" if len(items) > limit else "")
-
-
-async def count_decisions(db: Database, since: timedelta | None) -> int:
-    query = select(func.count()).select_from(DecisionRow)
-    if since is not None:
-        query = query.where(col(DecisionRow.decided_at) >= utcnow() - since)
-    async with db.read() as session:
-        return int((await session.execute(query)).scalar_one())

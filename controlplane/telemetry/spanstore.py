@@ -34,13 +34,13 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
-from sqlalchemy import Engine, create_engine, delete, event, insert, select
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
-from sqlmodel import col
 
 from controlplane.store.db import Database, sync_url
 from controlplane.store.models import SpanRow
+from controlplane.telemetry import repository
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ class _Sink:
 
     def write(self, rows: Sequence[dict[str, Any]]) -> None:
         with self.engine.begin() as conn:
-            conn.execute(insert(SpanRow), list(rows))
+            repository.insert_spans(conn, rows)
 
 
 class DatabaseSpanExporter(SpanExporter):
@@ -284,17 +284,10 @@ async def prune(db: Database, retention_hours: float) -> int:
     """Delete spans that started more than `retention_hours` ago; returns how many."""
     cutoff = time.time_ns() - int(retention_hours * 3600 * 1e9)
     async with db.write() as session, session.begin():
-        result = await session.execute(delete(SpanRow).where(col(SpanRow.start_ns) < cutoff))
-    return int(result.rowcount)  # type: ignore[attr-defined]
+        return await repository.prune(session, cutoff)
 
 
 async def trace_spans(db: Database, trace_id: str, limit: int = MAX_TRACE_SPANS) -> list[SpanRow]:
     """The stored spans of one trace, by start time."""
-    query = (
-        select(SpanRow)
-        .where(col(SpanRow.trace_id) == trace_id)
-        .order_by(col(SpanRow.start_ns), col(SpanRow.span_id))
-        .limit(limit)
-    )
     async with db.read() as session:
-        return list((await session.execute(query)).scalars())
+        return await repository.trace_spans(session, trace_id, limit)

@@ -1,0 +1,34 @@
+"""Database-wide SQL that belongs to no one table: a ping, and PostgreSQL advisory
+locks (the leader's, the decider's, a connector follower's)."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select, text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+
+
+async def ping(session: AsyncSession) -> None:
+    """Raises when the database does not answer."""
+    await session.execute(text("SELECT 1"))
+
+
+async def ping_connection(connection: AsyncConnection) -> None:
+    await connection.execute(text("SELECT 1"))
+
+
+async def advisory_lock(connection: AsyncConnection, key: int) -> None:
+    """Wait for the session-level advisory lock `key` (PostgreSQL)."""
+    await connection.execute(select(func.pg_advisory_lock(key)))
+    await connection.commit()
+
+
+async def try_advisory_lock(connection: AsyncConnection, key: int) -> bool:
+    """Take the session-level advisory lock `key` if free (PostgreSQL)."""
+    taken = (await connection.execute(select(func.pg_try_advisory_lock(key)))).scalar()
+    await connection.commit()
+    return bool(taken)
+
+
+async def advisory_unlock(connection: AsyncConnection, key: int) -> None:
+    await connection.execute(select(func.pg_advisory_unlock(key)))
+    await connection.commit()

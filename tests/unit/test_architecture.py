@@ -1,0 +1,145 @@
+"""The rules the code keeps (STYLE.md), checked on its syntax trees, as small linters:
+a violation fails with the file and line.
+
+- SQL only in repositories (and the store): services and controllers ask them.
+- Services never import litestar: HTTP stays in controllers.
+- Settings only from `controlplane/settings.py`: nothing else reads `os.environ`.
+- Connectors see only the connector SDK (`sdk`, `targets`, `toolkit`), never the domain.
+- Stages call forward only: ingest -> evaluate -> plan -> enforce; a stage never imports
+  an earlier stage.
+- No broad `except` that swallows: a handler of `Exception`/`BaseException` (or a bare
+  one) re-raises, logs, or uses the exception it caught.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SOURCES = sorted([*(REPO / "controlplane").rglob("*.py"), *(REPO / "connectors").rglob("*.py")])
+SQL = {"select", "insert", "update", "delete", "text", "func", "tuple_", "or_", "and_"}
+CONNECTOR_SDK = {
+    "controlplane.enforce.sdk",
+    "controlplane.enforce.targets",
+    "controlplane.enforce.toolkit",
+}
+STAGES = ["ingest", "evaluate", "plan", "enforce"]
+LOGS = {"debug", "info", "warning", "error", "exception", "critical"}
+
+
+def relative(path: Path) -> str:
+    return path.relative_to(REPO).as_posix()
+
+
+def trees() -> Iterator[tuple[str, ast.Module]]:
+    for path in SOURCES:
+        if "/migrations/" not in relative(path):
+            yield relative(path), ast.parse(path.read_text(encoding="utf-8"), str(path))
+
+
+def imports(tree: ast.Module) -> Iterator[tuple[int, str, list[str]]]:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            yield node.lineno, node.module, [a.name for a in node.names]
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name, []
+
+
+def is_repository(path: str) -> bool:
+    name = path.rsplit("/", 1)[-1]
+    return "repository" in name or path.startswith("controlplane/store/")
+
+
+def is_service(path: str) -> bool:
+    name = path.rsplit("/", 1)[-1]
+    return name == "service.py" or name.endswith("_service.py")
+
+
+def stage_of(path: str) -> int | None:
+    parts = path.split("/")
+    return STAGES.index(parts[1]) if len(parts) > 2 and parts[1] in STAGES else None
+
+
+def violations() -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {
+        "SQL outside a repository": [],
+        "litestar imported by a service": [],
+        "os.environ read outside settings": [],
+        "a connector imports beyond the SDK": [],
+        "a stage imports an earlier stage": [],
+        "a broad except swallows": [],
+    }
+    for path, tree in trees():
+        stage = stage_of(path)
+        for line, module, names in imports(tree):
+            if module.startswith("sqlalchemy") and SQL & set(names) and not is_repository(path):
+                found["SQL outside a repository"].append(
+                    f"{path}:{line}: {sorted(SQL & set(names))}"
+                )
+            if module.split(".")[0] == "litestar" and is_service(path):
+                found["litestar imported by a service"].append(f"{path}:{line}")
+            outside = module.startswith("controlplane") and module not in CONNECTOR_SDK
+            if path.startswith("connectors/") and outside:
+                found["a connector imports beyond the SDK"].append(f"{path}:{line}: {module}")
+            target = module.split(".")
+            earlier = len(target) > 1 and target[0] == "controlplane" and target[1] in STAGES
+            if stage is not None and earlier and STAGES.index(target[1]) < stage:
+                found["a stage imports an earlier stage"].append(f"{path}:{line}: {module}")
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr == "environ"
+                and isinstance(node.value, ast.Name)
+                and node.value.id == "os"
+                and path != "controlplane/settings.py"
+            ):
+                found["os.environ read outside settings"].append(f"{path}:{node.lineno}")
+            if isinstance(node, ast.ExceptHandler) and swallows(node):
+                found["a broad except swallows"].append(f"{path}:{node.lineno}")
+    return found
+
+
+def swallows(handler: ast.ExceptHandler) -> bool:
+    broad = handler.type is None or (
+        isinstance(handler.type, ast.Name) and handler.type.id in {"Exception", "BaseException"}
+    )
+    if not broad:
+        return False
+    for node in (n for statement in handler.body for n in ast.walk(statement)):
+        if isinstance(node, ast.Raise):
+            return False
+        if isinstance(node, ast.Attribute) and node.attr in LOGS:
+            return False
+        if handler.name and isinstance(node, ast.Name) and node.id == handler.name:
+            return False
+    return True
+
+
+@pytest.mark.parametrize("rule", list(violations()))
+def test_the_rule_holds(rule: str) -> None:
+    found = violations()[rule]
+    assert not found, f"{rule}:\n" + "\n".join(found)
+
+
+def test_the_linters_find_what_they_look_for(tmp_path: Path) -> None:
+    """Each check fires on a small offending module (so a passing run means something)."""
+    swallowing = ast.parse("try:\n    x = 1\nexcept Exception:\n    pass\n")
+    logged = ast.parse("try:\n    x = 1\nexcept Exception:\n    log.exception('x')\n")
+    handlers = [
+        n for t in (swallowing, logged) for n in ast.walk(t) if isinstance(n, ast.ExceptHandler)
+    ]
+    assert [swallows(h) for h in handlers] == [True, False]
+    assert (
+        stage_of("controlplane/plan/service.py") == 2
+        and stage_of("controlplane/audit/x.py") is None
+    )
+    assert is_repository("controlplane/remedy/reviews_repository.py")
+    assert not is_repository("controlplane/evaluate/service.py")
+    assert is_service("controlplane/remedy/reviews_service.py")
+    source = ast.parse("from sqlalchemy import select\nimport litestar\n")
+    assert [(m, n) for _, m, n in imports(source)] == [("sqlalchemy", ["select"]), ("litestar", [])]
