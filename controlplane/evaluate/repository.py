@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, insert, or_, select
+from sqlalchemy import and_, func, insert, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
@@ -73,24 +73,27 @@ async def fill_lookups(
     now: datetime,
     providers: Providers | None = None,
 ) -> None:
-    """Fetch active actions, earlier verdicts and exemptions for these (provider, kind, value)
-    keys. Queries go per (provider, kind) with a plain `IN` on one indexed column, which
-    both databases answer from their indexes (a row-value IN list is not). The `cidr`
-    keys are the CIDR actions that hold the batch's IPs (see `CidrTargets`)."""
-    groups: dict[tuple[str, str], list[str]] = defaultdict(list)
-    for provider, kind, value in sorted(subject_keys):
-        groups[(provider, kind)].append(value)
+    """Fetch active actions, earlier verdicts, exemptions and remedies for these
+    (provider, kind, value) keys: one query per table and provider (a chunk of keys at
+    a time), each an OR of `kind = ? AND value IN (...)` terms that both databases
+    answer from their (kind, value) indexes. The `cidr` keys are the CIDR actions that
+    hold the batch's IPs (see `CidrTargets`)."""
     settings = providers or Providers()
     window = now - max(HISTORY_WINDOW, settings.longest_cooldown)
     unexpired = or_(col(ActionRow.expires_at).is_(None), col(ActionRow.expires_at) > now)
     active = col(ActionRow.state).in_([s.value for s in ACTIVE_STATES]) & ~col(ActionRow.shadow)
-    for (provider, kind), values in groups.items():
-        for chunk in _chunks(values):
+    by_provider: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for provider, kind, value in sorted(subject_keys):
+        by_provider[provider].append((kind, value))
+    for provider, pairs in by_provider.items():
+        for chunk in _chunks(pairs):
+            kinds: dict[str, list[str]] = defaultdict(list)
+            for kind, value in chunk:
+                kinds[kind].append(value)
             rows = await session.execute(
                 select(*_ACTION_COLUMNS).where(
                     col(ActionRow.provider) == provider,
-                    col(ActionRow.target_kind) == kind,
-                    col(ActionRow.target_value).in_(chunk),
+                    _targets(col(ActionRow.target_kind), col(ActionRow.target_value), kinds),
                     active,
                     unexpired,
                 )
@@ -100,8 +103,9 @@ async def fill_lookups(
             exemptions = await session.execute(
                 select(ExemptionRow).where(
                     col(ExemptionRow.provider) == provider,
-                    col(ExemptionRow.subject_kind) == kind,
-                    col(ExemptionRow.subject_value).in_(chunk),
+                    _targets(
+                        col(ExemptionRow.subject_kind), col(ExemptionRow.subject_value), kinds
+                    ),
                     or_(col(ExemptionRow.expires_at).is_(None), col(ExemptionRow.expires_at) > now),
                     col(ExemptionRow.ended_at).is_(None),
                 )
@@ -113,42 +117,55 @@ async def fill_lookups(
                     "reason": e.reason,
                     "expires_at": e.expires_at.isoformat() if e.expires_at else None,
                 }
-            if kind in ("account", "api_key"):
-                column = col(VerdictRow.account_id if kind == "account" else VerdictRow.api_key_id)
-                prior = await session.execute(
-                    select(
-                        col(VerdictRow.id),
-                        column,
-                        col(VerdictRow.account_id),
-                        col(VerdictRow.api_key_id),
-                        col(VerdictRow.observed_at),
-                        col(VerdictRow.received_at),
-                        col(VerdictRow.score),
-                        col(VerdictRow.confidence),
-                        col(VerdictRow.detector_name),
-                    ).where(
-                        col(VerdictRow.provider) == provider,
-                        column.in_(chunk),
-                        col(VerdictRow.observed_at) >= since,
-                    )
-                )
-                for (
-                    verdict_id,
-                    matched,
-                    account,
-                    key,
-                    observed,
-                    received,
-                    score,
-                    conf,
-                    det,
-                ) in prior:
-                    lookups.verdicts[(provider, kind, str(matched))].append(
-                        PriorVerdict(verdict_id, account, key, observed, received, score, conf, det)
-                    )
-            await _fill_remedies(session, lookups, provider, kind, chunk, window, settings)
-    for provider in sorted({p for p, _, _ in subject_keys}):
+            await _fill_prior(session, lookups, provider, kinds, since)
+            await _fill_remedies(session, lookups, provider, kinds, window, settings)
+    for provider in sorted(by_provider):
         await _fill_range_remedies(session, lookups, provider, window, settings)
+
+
+def _targets(kind_column: Any, value_column: Any, kinds: Mapping[str, Sequence[str]]) -> Any:
+    """`(kind = k AND value IN (...)) OR ...`: one indexed range per kind."""
+    return or_(*(and_(kind_column == k, value_column.in_(list(v))) for k, v in kinds.items()))
+
+
+async def _fill_prior(
+    session: AsyncSession,
+    lookups: Lookups,
+    provider: str,
+    kinds: Mapping[str, Sequence[str]],
+    since: datetime,
+) -> None:
+    """Earlier verdicts about these accounts and keys, observed since `since`."""
+    accounts, keys = set(kinds.get("account", ())), set(kinds.get("api_key", ()))
+    terms = []
+    if accounts:
+        terms.append(col(VerdictRow.account_id).in_(sorted(accounts)))
+    if keys:
+        terms.append(col(VerdictRow.api_key_id).in_(sorted(keys)))
+    if not terms:
+        return
+    prior = await session.execute(
+        select(
+            col(VerdictRow.id),
+            col(VerdictRow.account_id),
+            col(VerdictRow.api_key_id),
+            col(VerdictRow.observed_at),
+            col(VerdictRow.received_at),
+            col(VerdictRow.score),
+            col(VerdictRow.confidence),
+            col(VerdictRow.detector_name),
+        ).where(
+            col(VerdictRow.provider) == provider,
+            or_(*terms),
+            col(VerdictRow.observed_at) >= since,
+        )
+    )
+    for verdict_id, account, key, observed, received, score, conf, det in prior:
+        found = PriorVerdict(verdict_id, account, key, observed, received, score, conf, det)
+        if account in accounts:
+            lookups.verdicts[(provider, "account", account)].append(found)
+        if key in keys:
+            lookups.verdicts[(provider, "api_key", key)].append(found)
 
 
 def _lift_document(lift: LiftRow, cooldown: timedelta) -> dict[str, Any]:
@@ -169,8 +186,7 @@ async def _fill_remedies(
     session: AsyncSession,
     lookups: Lookups,
     provider: str,
-    kind: str,
-    values: Sequence[str],
+    kinds: Mapping[str, Sequence[str]],
     since: datetime,
     providers: Providers,
 ) -> None:
@@ -180,8 +196,7 @@ async def _fill_remedies(
     lifts = await session.execute(
         select(LiftRow).where(
             col(LiftRow.provider) == provider,
-            col(LiftRow.target_kind) == kind,
-            col(LiftRow.target_value).in_(values),
+            _targets(col(LiftRow.target_kind), col(LiftRow.target_value), kinds),
             col(LiftRow.at) >= since,
         )
     )
@@ -190,13 +205,13 @@ async def _fill_remedies(
     appeals = await session.execute(
         select(AppealRow).where(
             col(AppealRow.provider) == provider,
-            col(AppealRow.subject_kind) == kind,
-            col(AppealRow.subject_value).in_(values),
+            _targets(col(AppealRow.subject_kind), col(AppealRow.subject_value), kinds),
             col(AppealRow.state).in_(["open", "denied"]),
             col(AppealRow.filed_at) >= since,
         )
     )
     for (appeal,) in appeals:
+        kind = appeal.subject_kind
         lookups.remedies[(provider, kind, appeal.subject_value)].append(
             {
                 "id": appeal.id,
