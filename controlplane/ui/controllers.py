@@ -286,6 +286,17 @@ class ConsoleController(Controller):
         it covers and its state now."""
         return _page(request, "appeal.html", page=await remedy.appeal_page(runtime, appeal_id))
 
+    @get("/reviews", name="console-reviews")
+    async def reviews(
+        self,
+        request: Request[Any, Any, Any],
+        runtime: NamedDependency[Runtime],
+        review_state: Annotated[str, QueryParameter(name="state")] = "open",
+    ) -> Template:
+        """Hard actions withheld from verified customers, waiting for a reviewer."""
+        page = await service.reviews_page(runtime, review_state)
+        return _page(request, "reviews.html", page=page)
+
     @get("/connectors", name="console-connectors")
     async def connectors(
         self, request: Request[Any, Any, Any], runtime: NamedDependency[Runtime]

@@ -22,7 +22,7 @@ from controlplane.audit import subjects
 from controlplane.audit.checkpoints import public_keys
 from controlplane.audit.repository import AuditFilter
 from controlplane.audit.verify import verify_database
-from controlplane.domain.redact import key_handle
+from controlplane.domain.redact import key_handle, redact_keys
 from controlplane.domain.vocabulary import ActionType, SubjectKind
 from controlplane.enforce import repository as enforce_repo
 from controlplane.errors import InvalidInput, NotFound, TollgateError
@@ -667,6 +667,47 @@ async def revision_page(runtime: Runtime, revision: str) -> RevisionView:
 
 
 # -- connectors and audit --------------------------------------------------------------
+
+
+async def reviews_page(runtime: Runtime, state: str) -> dict[str, Any]:
+    """The review queue: hard actions withheld from verified customers, oldest open
+    first in age, each with what would have been done; keys shown by their handle."""
+    chosen = state if state in {"open", "confirmed", "dismissed"} else "open"
+    rows, _ = await runtime.reviews.page(chosen, None, 200)
+    now = datetime.now(UTC)
+    items = [
+        {
+            "id": r.id,
+            "provider": r.provider,
+            "subject": subject_label(r.subject_kind, r.subject_value),
+            "subject_kind": r.subject_kind,
+            "href": subject_href(r.subject_kind, r.subject_value),
+            "rule": r.rule,
+            "reason": redact_keys(mentions(r.reason), _review_keys(r)),
+            "withheld": [
+                f"{w['type']} {w['target']['kind']} "
+                f"{subject_label(w['target']['kind'], w['target']['value'])}"
+                + (f" ({w['rule']})" if w.get("rule") else "")
+                for w in r.withheld
+            ],
+            "opened": when(r.created_at),
+            "age_hours": (now - r.created_at).total_seconds() / 3600,
+            "resolved": when(r.resolved_at) if r.resolved_at else "",
+            "resolved_by": r.resolved_by or "",
+            "resolution": redact_keys(mentions(r.resolution), _review_keys(r))
+            if r.resolution
+            else "",
+            "applied": len(r.applied),
+        }
+        for r in rows
+    ]
+    return {"state": chosen, "reviews": items}
+
+
+def _review_keys(review: Any) -> list[str]:
+    """The key ids a review names (its subject, what it withheld): shown as handles."""
+    keys = [w["target"]["value"] for w in review.withheld if w["target"]["kind"] == "api_key"]
+    return keys + ([review.subject_value] if review.subject_kind == "api_key" else [])
 
 
 async def peers_page(runtime: Runtime) -> list[dict[str, Any]]:
