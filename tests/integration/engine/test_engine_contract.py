@@ -92,8 +92,10 @@ async def test_the_design_example_decides_the_same(
     assert evaluation.error is None
     assert evaluation.result == reference
     assert reference["shadow"] is False
+    # The bundled library on DESIGN.md's example: a repeat without key or address
+    # rotation is throttled (not revoked), the shared range blocked, the account reviewed.
     assert {(a["type"], a["target"]["value"]) for a in reference["actions"]} == {
-        ("revoke_key", "key_3"),
+        ("rate_limit", "key_3"),
         ("block", "203.0.113.0/24"),
         ("flag_review", "acct_9"),
     }

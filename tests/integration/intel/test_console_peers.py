@@ -6,6 +6,7 @@ import httpx
 
 from controlplane.auth.roles import Role
 from tests.integration.intel.conftest import Exchange
+from tests.integration.ui.conftest import form_csrf
 
 
 async def test_peers_page_shows_health_and_contributions(exchange: Exchange) -> None:
@@ -15,7 +16,10 @@ async def test_peers_page_shows_health_and_contributions(exchange: Exchange) -> 
     await b.pull("lab-c")
     token, _ = await b.runtime.tokens.create("console-auditor", Role.AUDITOR, actor="tests")
     async with httpx.AsyncClient(base_url=b.url) as browser:
-        signed = await browser.post("/console/sign-in", data={"token": token, "next": "/console"})
+        csrf = await form_csrf(browser)
+        signed = await browser.post(
+            "/console/sign-in", data={"token": token, "next": "/console", "csrf": csrf}
+        )
         assert signed.status_code == 303, signed.text
         page = await browser.get("/console/peers")
 

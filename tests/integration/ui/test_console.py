@@ -249,7 +249,8 @@ async def test_timeline_names_api_keys_by_handle_only(
 
 
 async def test_subject_page_tells_the_story(seeded: Seeded, auditor: httpx.AsyncClient) -> None:
-    action = seeded.actions("revoke_key")[0]
+    # One the connector serves (it enforces lab-a's actions).
+    action = next(a for a in seeded.actions("revoke_key") if a["provider"] == "lab-a")
     key_id = action["target"]["value"]
     page = await auditor.get(
         "/console/subject", params={"kind": "api_key", "value": key_handle(key_id)}
@@ -269,7 +270,8 @@ async def test_subject_page_tells_the_story(seeded: Seeded, auditor: httpx.Async
 async def test_action_page_goes_from_verdict_to_gateway(
     seeded: Seeded, auditor: httpx.AsyncClient
 ) -> None:
-    action = seeded.actions("revoke_key")[0]
+    # One the connector serves (it enforces lab-a's actions).
+    action = next(a for a in seeded.actions("revoke_key") if a["provider"] == "lab-a")
     page = await auditor.get(f"/console/actions/{action['id']}")
     assert page.status_code == 200, page.text
     text = page.text
