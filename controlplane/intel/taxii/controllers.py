@@ -25,7 +25,13 @@ from controlplane.intel.taxii.schemas import (
     ManifestRecord,
     Versions,
 )
-from controlplane.intel.taxii.service import envelope, filters, taxii_time
+from controlplane.intel.taxii.service import (
+    NEXT_PATTERN,
+    SPEC_VERSION_PATTERN,
+    envelope,
+    filters,
+    taxii_time,
+)
 from controlplane.runtime import Runtime
 
 _ERRORS = {
@@ -40,11 +46,13 @@ Limit = Annotated[
 AddedAfter = Annotated[
     str | None,
     QueryParameter(
-        description="Only objects this server added strictly after this time (RFC 3339)."
+        description="Only objects this server added strictly after this time (RFC 3339).",
+        schema_extra={"format": "date-time"},
     ),
 ]
 Next = Annotated[
-    str | None, QueryParameter(query="next", description="The previous page's `next`.")
+    str | None,
+    QueryParameter(query="next", pattern=NEXT_PATTERN, description="The previous page's `next`."),
 ]
 MatchId = Annotated[
     str | None, QueryParameter(query="match[id]", description="STIX ids, comma-separated.")
@@ -59,7 +67,12 @@ MatchVersion = Annotated[
     ),
 ]
 MatchSpec = Annotated[
-    str | None, QueryParameter(query="match[spec_version]", description="`2.1` only.")
+    str | None,
+    QueryParameter(
+        query="match[spec_version]",
+        pattern=SPEC_VERSION_PATTERN,
+        description="Spec versions, comma-separated; one must be `2.1` (the only one held).",
+    ),
 ]
 
 
@@ -83,7 +96,13 @@ class TaxiiController(Controller):
     tags = ["taxii"]
     guards = [requires(*TAXII_READERS)]
 
-    @get("/", operation_id="taxiiDiscovery", summary="TAXII discovery", responses=_ERRORS)
+    @get(
+        "/",
+        operation_id="taxiiDiscovery",
+        summary="TAXII discovery",
+        media_type=MEDIA_TYPE,
+        responses=_ERRORS,
+    )
     async def discovery(self, request: Request[Any, Any, Any]) -> Response[Discovery]:
         """The TAXII server's API roots."""
         root = str(request.base_url).rstrip("/") + f"/taxii2/{API_ROOT}/"
@@ -96,7 +115,13 @@ class TaxiiController(Controller):
             )
         )
 
-    @get(f"/{API_ROOT}/", operation_id="taxiiApiRoot", summary="TAXII API root", responses=_ERRORS)
+    @get(
+        f"/{API_ROOT}/",
+        operation_id="taxiiApiRoot",
+        summary="TAXII API root",
+        media_type=MEDIA_TYPE,
+        responses=_ERRORS,
+    )
     async def api_root(self) -> Response[ApiRoot]:
         """What the API root serves."""
         return _taxii(
@@ -112,6 +137,7 @@ class TaxiiController(Controller):
         f"/{API_ROOT}/collections/",
         operation_id="taxiiCollections",
         summary="TAXII collections",
+        media_type=MEDIA_TYPE,
         responses=_ERRORS,
     )
     async def collections(
@@ -125,6 +151,7 @@ class TaxiiController(Controller):
         f"/{API_ROOT}/collections/{{collection_id:str}}/",
         operation_id="taxiiCollection",
         summary="A TAXII collection",
+        media_type=MEDIA_TYPE,
         responses={**_ERRORS, **_NOT_FOUND},
     )
     async def collection(
@@ -142,6 +169,7 @@ class TaxiiController(Controller):
         f"/{API_ROOT}/collections/{{collection_id:str}}/objects/",
         operation_id="taxiiObjects",
         summary="A collection's objects",
+        media_type=MEDIA_TYPE,
         responses={**_ERRORS, **_NOT_FOUND, **_BAD_FILTER},
     )
     async def objects(
@@ -169,6 +197,7 @@ class TaxiiController(Controller):
         f"/{API_ROOT}/collections/{{collection_id:str}}/manifest/",
         operation_id="taxiiManifest",
         summary="A collection's manifest",
+        media_type=MEDIA_TYPE,
         responses={**_ERRORS, **_NOT_FOUND, **_BAD_FILTER},
     )
     async def manifest(
@@ -208,6 +237,7 @@ class TaxiiController(Controller):
         f"/{API_ROOT}/collections/{{collection_id:str}}/objects/{{object_id:str}}/",
         operation_id="taxiiObject",
         summary="One object's versions",
+        media_type=MEDIA_TYPE,
         responses={**_ERRORS, **_NOT_FOUND, **_BAD_FILTER},
     )
     async def object(
@@ -240,6 +270,7 @@ class TaxiiController(Controller):
         f"/{API_ROOT}/collections/{{collection_id:str}}/objects/{{object_id:str}}/versions/",
         operation_id="taxiiObjectVersions",
         summary="One object's version list",
+        media_type=MEDIA_TYPE,
         responses={**_ERRORS, **_NOT_FOUND},
     )
     async def versions(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -14,6 +15,10 @@ from controlplane.intel.config import API_ROOT, Collection, IntelConfig
 from controlplane.store.db import Database
 from controlplane.store.models import IntelObjectRow
 
+NEXT_PATTERN = r"^[0-9]+$"
+"""A `next` as this server gives it (a position in the collection)."""
+SPEC_VERSION_PATTERN = r"^(|([^,]*,)*2\.1(,[^,]*)*)$"
+"""`match[spec_version]` naming 2.1 among its values (or empty: any)."""
 MAX_PAGE = 10_000
 """The most objects one page holds (a larger `limit` is lowered to it)."""
 
@@ -57,18 +62,18 @@ def filters(
     limit: int | None,
 ) -> Filters:
     after_seq = None
-    if next_token:
-        if not next_token.isdigit():
+    if next_token is not None:
+        if not re.fullmatch(NEXT_PATTERN, next_token):
             raise _bad("next", "pass back the `next` of the previous page unchanged")
         after_seq = int(next_token)
-    if match_spec_version and "2.1" not in match_spec_version.split(","):
+    if not re.fullmatch(SPEC_VERSION_PATTERN, match_spec_version or ""):
         raise _bad("match[spec_version]", "this server holds STIX 2.1 objects only")
     version = (match_version or "last").strip()
     if version not in ("last", "first", "all"):
         for v in version.split(","):
             parse_taxii_time("match[version]", v)
     return Filters(
-        parse_taxii_time("added_after", added_after) if added_after else None,
+        parse_taxii_time("added_after", added_after) if added_after is not None else None,
         after_seq,
         [i for i in (match_id or "").split(",") if i],
         [t for t in (match_type or "").split(",") if t],
