@@ -18,6 +18,8 @@ from controlplane.plan.schemas import ActionOut
 REFERENCE = re.compile(r"^TG-[0-9A-HJKMNP-TV-Z]{10}$")
 """A reference as refusals quote it (`enforce.sdk.reference_of`)."""
 LONGEST_EXEMPTION = timedelta(days=366)
+DURATION = r"^([0-9]+(ms|s|m|h|d|w))+$"
+"""A period as `domain.action.parse_duration` reads it (`30d`, `1h30m`)."""
 
 
 class SubjectRef(BaseModel):
@@ -55,9 +57,13 @@ def check_floor(subject: SubjectRef, floor: PrefixFloor) -> None:
 
 def duration_text(value: str) -> timedelta:
     """A period such as `30d` for an exemption, at least a minute and at most a year."""
-    period = parse_duration(value)
+    out_of_range = ValueError(f"{value!r} must be from 1m to 366d")
+    try:
+        period = parse_duration(value)
+    except OverflowError:
+        raise out_of_range from None
     if not timedelta(minutes=1) <= period <= LONGEST_EXEMPTION:
-        raise ValueError(f"{value!r} must be from 1m to 366d")
+        raise out_of_range
     return period
 
 
@@ -178,7 +184,7 @@ class UpholdIn(BaseModel):
     reason: Annotated[str, Field(min_length=3, max_length=2000)]
     exempt_for: str | None = Field(
         default="30d",
-        pattern=r"^([0-9]+(ms|s|m|h|d|w))+$",
+        pattern=DURATION,
         max_length=20,
         description="How long the subject is exempt after the uphold (`30d`, `12h`); null: "
         "no exemption (the cool-down still holds the same rule back).",
