@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from litestar import Litestar, Request
 from litestar.datastructures import CacheControlHeader
@@ -41,8 +41,12 @@ EXTRA_STATUSES: dict[str, set[int]] = {
     "subjectHistory": {404},
 }
 """Statuses an operation answers besides those its shape implies (see `_statuses`)."""
-BODIES: dict[str, list[str]] = {"exportAudit": ["application/x-ndjson", "text/csv"]}
-"""Operations whose 200 body is not JSON, with the media types they answer."""
+BODIES: dict[str, list[str]] = {
+    "exportAudit": ["application/x-ndjson", "text/csv"],
+    "remediationReport": ["application/json", "text/csv", "text/markdown"],
+}
+"""Operations whose 200 body is not (only) JSON, with the media types they answer; a
+JSON body keeps the schema its handler declares, the others are text."""
 WITHOUT_DATABASE = {"healthz", "metrics"}
 """Operations that answer without the database (/metrics reports it down as a gauge)."""
 
@@ -189,7 +193,11 @@ def _validated_body(
     """A `data` body documented by the pydantic model that validates it: litestar's own
     rendering of the model drops constraints (`extra="forbid"` among them)."""
     data = handler.parsed_fn_signature.parameters.get("data")
-    model = getattr(data, "annotation", None)
+    # An optional body (`Model | None`) is validated by its model all the same.
+    model = next(
+        (t for t in get_args(getattr(data, "annotation", None)) if t is not type(None)),
+        getattr(data, "annotation", None),
+    )
     if not (isinstance(model, type) and issubclass(model, BaseModel)):
         return
     schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
@@ -205,7 +213,10 @@ def _correct(operation: dict[str, Any], route: HTTPRoute, handler: HTTPRouteHand
     responses.pop("400", None)  # parameter errors are 422s in our shape (api.errors)
     media_types = BODIES.get(operation.get("operationId", ""))
     if media_types and "200" in responses:
-        responses["200"]["content"] = {m: {"schema": {"type": "string"}} for m in media_types}
+        declared = responses["200"].get("content", {})
+        responses["200"]["content"] = {
+            m: declared.get(m, {"schema": {"type": "string"}}) for m in media_types
+        }
     guarded = bool(handler.resolve_guards())
     if guarded:
         operation["security"] = [{SCHEME: []}]
