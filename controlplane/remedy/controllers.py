@@ -3,7 +3,8 @@ people undoing mistakes, and the figures of how often they had to."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+import re
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, delete, get, post
@@ -20,6 +21,7 @@ from controlplane.errors import InvalidInput, NotFound
 from controlplane.plan.schemas import ActionOut
 from controlplane.remedy import report, repository
 from controlplane.remedy.schemas import (
+    DURATION,
     AppealIn,
     AppealOut,
     AppealPage,
@@ -30,6 +32,7 @@ from controlplane.remedy.schemas import (
     ExemptionIn,
     ExemptionOut,
     LiftIn,
+    RemediationReport,
     SubjectRef,
     UpholdIn,
     check_floor,
@@ -113,6 +116,31 @@ def appeal_out(view: AppealView) -> AppealOut:
             for a, at in view.actions
         ],
     )
+
+
+SUBJECT_FILTER = r"^(account|api_key|ip|cidr|org):[\s\S]+$"
+"""A `subject` filter, `kind:value` (the value as stored; any text matches or not)."""
+
+
+def _older_than(age: str) -> datetime:
+    try:
+        return utcnow() - parse_duration(age)
+    except OverflowError:
+        return datetime.min.replace(tzinfo=UTC)  # older than anything: nothing is that old
+    except ValueError as exc:
+        raise InvalidInput(f"age: {exc}", details=[{"field": "age", "message": str(exc)}]) from None
+
+
+def _moment(name: str, text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidInput(
+            f"{name} is not a date-time: write it like 2026-11-26T12:00:00Z",
+            details=[{"field": name, "message": "not an RFC 3339 date-time"}],
+        ) from None
 
 
 class ExemptionController(Controller):
@@ -279,13 +307,17 @@ class AppealController(Controller):
         subject: Annotated[
             str | None,
             QueryParameter(
-                max_length=211, description="`kind:value`, e.g. `account:acct_9`, `ip:192.0.2.7`."
+                max_length=211,
+                pattern=SUBJECT_FILTER,
+                description="`kind:value`, e.g. `account:acct_9`, `ip:192.0.2.7`.",
             ),
         ] = None,
         age: Annotated[
             str | None,
             QueryParameter(
-                max_length=20, description="Only appeals older than this (`2d`, `12h`)."
+                max_length=20,
+                pattern=DURATION,
+                description="Only appeals older than this (`2d`, `12h`).",
             ),
         ] = None,
         cursor: Annotated[
@@ -297,20 +329,13 @@ class AppealController(Controller):
         """Appeals newest first, filtered by state, provider, subject and age."""
         kind = value = None
         if subject is not None:
-            kind, sep, value = subject.partition(":")
-            if not sep or kind not in ("account", "api_key", "ip", "cidr", "org") or not value:
+            if not re.fullmatch(SUBJECT_FILTER, subject):
                 raise InvalidInput(
                     "subject must be kind:value with kind account, api_key, ip, cidr or org",
                     details=[{"field": "subject", "message": "not kind:value"}],
                 )
-        before: datetime | None = None
-        if age is not None:
-            try:
-                before = utcnow() - parse_duration(age)
-            except ValueError as exc:
-                raise InvalidInput(
-                    f"age: {exc}", details=[{"field": "age", "message": str(exc)}]
-                ) from None
+            kind, _, value = subject.partition(":")
+        before = None if age is None else _older_than(age)
         where = repository.AppealFilter(
             state=appeal_state,
             provider=provider,
@@ -404,16 +429,34 @@ class ReportController(Controller):
         "/remediation",
         operation_id="remediationReport",
         summary="Remediation report",
-        responses=_errors(401, 403, 422),
+        responses={
+            200: ResponseSpec(
+                RemediationReport,
+                description="The figures: JSON, or a CSV or Markdown table as `format` asks.",
+            ),
+            **_errors(401, 403, 422),
+        },
         media_type="application/json",
     )
     async def remediation(
         self,
         runtime: NamedDependency[Runtime],
+        # Strings, not datetimes: litestar would also take a number as seconds since
+        # 1970, which the documented `date-time` format does not allow.
         since: Annotated[
-            datetime | None, QueryParameter(description="Start (default: 30 days ago).")
+            str | None,
+            QueryParameter(
+                description="Start, with a zone (default: 30 days ago).",
+                schema_extra={"format": "date-time"},
+            ),
         ] = None,
-        until: Annotated[datetime | None, QueryParameter(description="End (default: now).")] = None,
+        until: Annotated[
+            str | None,
+            QueryParameter(
+                description="End, with a zone (default: now).",
+                schema_extra={"format": "date-time"},
+            ),
+        ] = None,
         report_format: Annotated[
             report.Format, QueryParameter(name="format", description="json, csv or markdown.")
         ] = "json",
@@ -422,7 +465,7 @@ class ReportController(Controller):
         overturn rate, and the median times from action to appeal, appeal to decision
         and decision to lift; with the totals a complaint-handling report asks for
         (complaints received, decisions, median decision time, decisions reversed)."""
-        start, end = report.window(since, until)
+        start, end = report.window(_moment("since", since), _moment("until", until))
         figures = await report.remediation(runtime.db, start, end)
         if report_format == "csv":
             return Response(report.to_csv(figures), media_type="text/csv")
