@@ -203,16 +203,22 @@ class ExemptionController(Controller):
         "/{exemption_id:str}",
         operation_id="getExemption",
         summary="Get an exemption",
-        responses=_errors(401, 403, 404),
+        responses=_errors(401, 403, 404, e404="No such exemption, or it has ended."),
     )
     async def get_one(
         self, exemption_id: FromPath[str], runtime: NamedDependency[Runtime]
     ) -> ExemptionOut:
-        """One exemption, ended or not."""
+        """One exemption that holds now. An ended one (removed or expired) is no longer
+        here: its record stays in `GET /v1/exemptions` and in the audit trail."""
         async with runtime.db.read() as session:
             row = await repository.get_exemption(session, exemption_id)
         if row is None:
             raise NotFound(f"no exemption {exemption_id!r}")
+        if row.ended_at is not None:
+            raise NotFound(
+                f"exemption {exemption_id} ended at {row.ended_at.isoformat()}: its record "
+                "is listed by GET /v1/exemptions"
+            )
         return exemption_out(row)
 
     @delete(
@@ -233,7 +239,9 @@ class ExemptionController(Controller):
         ],
     ) -> ExemptionOut:
         """End an exemption now: verdicts decided from now on are enforced again, and an
-        IP or CIDR carve-out leaves the gateways. Nothing lifted is put back."""
+        IP or CIDR carve-out leaves the gateways. Nothing lifted is put back. The answer
+        is the ended record, which stays listed by `GET /v1/exemptions` (and in the
+        audit trail); `GET /v1/exemptions/{id}` answers 404 from now on."""
         row = await runtime.remedy.remove_exemption(
             exemption_id, principal_of(request).name, reason
         )

@@ -107,6 +107,10 @@ async def test_an_exemption_lifts_what_is_enforced_then_ends_by_hand(api: Runnin
     assert again.status_code == 409
     live = (await api.client.get("/v1/exemptions", params={"live": "true"})).json()
     assert exemption_id not in [e["id"] for e in live]
+    # Gone by id once ended, yet kept for the record in the list.
+    assert (await api.client.get(f"/v1/exemptions/{exemption_id}")).status_code == 404
+    listed = (await api.client.get("/v1/exemptions")).json()
+    assert [e["ended_by"] for e in listed if e["id"] == exemption_id] == ["test-admin"]
     # Enforced again from now on (the cool-down of the exemption's lift still holds the
     # same evidence back, so stronger evidence acts).
     result = await decide(api, verdict(subject=subject, score=0.88))
