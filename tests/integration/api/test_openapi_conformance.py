@@ -60,6 +60,46 @@ checks.positive_data_acceptance.enabled = false
 # subject_kind and subject_value go together (OpenAPI cannot tie two parameters)
 include-operation-id = "listAuditEvents"
 checks.positive_data_acceptance.enabled = false
+
+[[operations]]
+# one of ip and range is needed (OpenAPI cannot tie two parameters), and whether a
+# string is a CIDR
+include-operation-id = "liveDecisions"
+checks.positive_data_acceptance.enabled = false
+
+[[operations]]
+# since must be before until, whose default is now (OpenAPI cannot compare two values)
+include-operation-id = "remediationReport"
+checks.positive_data_acceptance.enabled = false
+
+[[operations]]
+# whether a subject's value is an account id, an IP or a CIDR depends on its kind, and
+# the provider must be one this server serves (for exemptions, with its prefix floor)
+include-operation-id = "fileAppeal"
+checks.positive_data_acceptance.enabled = false
+
+[[operations]]
+include-operation-id = "addExemption"
+checks.positive_data_acceptance.enabled = false
+
+[[operations]]
+# exempt_for is a sum of periods that must come to 1m..366d (no pattern can add)
+include-operation-id = "upholdAppeal"
+checks.positive_data_acceptance.enabled = false
+
+[[operations]]
+# match[version] is `first`, `last`, `all` or a list of RFC 3339 times (JSON Schema
+# has a format for one time, not for a comma-separated list)
+include-operation-id = "taxiiObjects"
+checks.positive_data_acceptance.enabled = false
+
+[[operations]]
+include-operation-id = "taxiiManifest"
+checks.positive_data_acceptance.enabled = false
+
+[[operations]]
+include-operation-id = "taxiiObject"
+checks.positive_data_acceptance.enabled = false
 """
 
 
