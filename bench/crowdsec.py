@@ -169,7 +169,7 @@ def bench_latency(server: Server, tmp: Path, count: int, poll: str) -> list[floa
                 "detector": {"name": "bench", "version": "1"},
                 "observed_at": "2026-11-26T12:00:00Z",
                 "subject": {"account_id": f"acct_cs_{i}", "ips": [address]},
-                "score": 0.4,
+                "score": 0.6,  # local evidence: one lab's range may then drive a block
                 "confidence": 0.8,
             }
             desynchronise(poll)

@@ -233,7 +233,7 @@ async def _latency_run(
                 "detector": {"name": "bench", "version": "1"},
                 "observed_at": "2026-11-26T12:00:00Z",
                 "subject": {"account_id": f"acct_{tag}", "ips": [address]},
-                "score": 0.4,
+                "score": 0.6,  # local evidence: one lab's range may then drive a block
                 "confidence": 0.8,
             }
             sent = time.perf_counter()

@@ -522,7 +522,7 @@ async def _enforce_run(
                 "detector": {"name": "bench", "version": "1"},
                 "observed_at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
                 "subject": {"account_id": f"acct_{tag}", "ips": [address]},
-                "score": 0.4,
+                "score": 0.6,  # local evidence: one lab's range may then drive a block
                 "confidence": 0.8,
             }
             sent = time.perf_counter()
