@@ -189,17 +189,6 @@ async def desired_page(
     return [], None
 
 
-async def count_desired(
-    session: AsyncSession,
-    providers: Sequence[str] | None,
-    types: Sequence[str],
-    now: datetime,
-    kinds: Sequence[str] | None = None,
-) -> int:
-    query = select(func.count()).select_from(_desired(providers, types, now, kinds).subquery())
-    return int((await session.execute(query)).scalar_one())
-
-
 async def actions_by_id(session: AsyncSession, ids: Sequence[str]) -> list[ActionRow]:
     found: list[ActionRow] = []
     for i in range(0, len(ids), 500):
@@ -207,21 +196,6 @@ async def actions_by_id(session: AsyncSession, ids: Sequence[str]) -> list[Actio
             select(ActionRow).where(col(ActionRow.id).in_(ids[i : i + 500]))
         )
         found.extend(rows.scalars())
-    return found
-
-
-async def enforcement_of(
-    session: AsyncSession, connector: str, action_ids: Sequence[str]
-) -> dict[str, ActionEnforcementRow]:
-    found: dict[str, ActionEnforcementRow] = {}
-    for i in range(0, len(action_ids), 500):
-        rows = await session.execute(
-            select(ActionEnforcementRow).where(
-                col(ActionEnforcementRow.connector) == connector,
-                col(ActionEnforcementRow.action_id).in_(action_ids[i : i + 500]),
-            )
-        )
-        found.update({r.action_id: r for r in rows.scalars()})
     return found
 
 
