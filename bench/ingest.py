@@ -8,7 +8,11 @@ the pipeline keeps at least 60% of the raw single-engine evaluation rate.
 
     .venv/bin/python bench/ingest.py [--verdicts 20000] [--batch 500]
         [--backend sqlite|postgresql|both] [--workers N] [--concurrency 1|2]
-        [--profile DIR]
+        [--profile DIR] [--replicas N]
+
+`--replicas N` (PostgreSQL): the same workload through 1 server, then N servers on one
+database, each given subjects no other replica sees; prints verdicts per CPU-second of
+each and how long batches waited for another replica's subject locks.
 
 `--profile DIR` samples the server with py-spy (`pip install py-spy` into the venv)
 while the verdicts are posted, writes the raw stacks to DIR and prints where the
@@ -430,6 +434,7 @@ def start_server(
     tmp: Path,
     cleanup: Cleanup,
     pyinstrument_out: Path | None = None,
+    label: str = "",
 ) -> Server:
     port = free_port()
     config: dict[str, Any] = {
@@ -441,7 +446,7 @@ def start_server(
         "pyinstrument": str(pyinstrument_out) if pyinstrument_out else None,
     }
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOLLGATE_")}
-    log_path = tmp / f"server-{backend.name}.log"
+    log_path = tmp / f"server-{backend.name}{label}.log"
     with log_path.open("wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-c", SERVER, json.dumps(config)],
@@ -927,6 +932,169 @@ def report(f: Figures) -> None:
         print(f"  raw engine errors: {raw.single_errors}")
 
 
+# --------------------------------------------------------------------------- replicas
+
+
+def disjoint(verdicts: Sequence[dict[str, Any]], parts: int) -> list[list[dict[str, Any]]]:
+    """The verdicts dealt round-robin into `parts` slices whose subjects never meet: each
+    slice's accounts, keys and orgs carry its number, and its IPv4 addresses end in a
+    number of its own modulo `parts` (so the intel range still holds them). Within a
+    slice, subjects repeat as in the whole."""
+    slices: list[list[dict[str, Any]]] = [[] for _ in range(parts)]
+    for i, original in enumerate(verdicts):
+        part = i % parts
+        verdict = json.loads(json.dumps(original))
+        subject = verdict["subject"]
+        for field_name in ("account_id", "api_key_id", "org_id"):
+            if subject.get(field_name):
+                subject[field_name] = f"{subject[field_name]}.r{part}"
+        subject["ips"] = [_disjoint_ip(ip, part, parts) for ip in subject.get("ips", [])]
+        slices[part].append(verdict)
+    return slices
+
+
+def _disjoint_ip(ip: str, part: int, parts: int) -> str:
+    if ":" in ip:
+        head, _, last = ip.rpartition(":")
+        number = int(last or "0", 16)
+        return f"{head}:{number - number % parts + part + parts:x}"
+    head, _, last = ip.rpartition(".")
+    number = min(int(last), 250)
+    return f"{head}.{number - number % parts + part}"
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (/proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def lock_waits(servers: Sequence[Server]) -> tuple[Counter[float], int]:
+    """Every server's `tollgate_decide_lock_wait_seconds` buckets, summed: (count at or
+    under each bound, total)."""
+    buckets: Counter[float] = Counter()
+    total = 0
+    for server in servers:
+        text = httpx.get(f"{server.url}/metrics", timeout=10).text
+        for line in text.splitlines():
+            if line.startswith("tollgate_decide_lock_wait_seconds_bucket"):
+                bound = line.split('le="', 1)[1].split('"', 1)[0]
+                value = float(line.rsplit(" ", 1)[1])
+                if bound == "+Inf":
+                    total += int(value)
+                else:
+                    buckets[float(bound)] += int(value)
+    return buckets, total
+
+
+def bucket_percentile(buckets: Counter[float], total: int, q: float) -> str:
+    """The smallest bucket bound that holds `q`% of the waits ("<= 0.1 ms")."""
+    if not total:
+        return "n/a"
+    for bound in sorted(buckets):
+        if buckets[bound] >= q / 100 * total:
+            return f"<= {bound * 1000:g} ms"
+    return f"> {max(buckets) * 1000:g} ms"
+
+
+@dataclass
+class ReplicaFigures:
+    replicas: int
+    verdicts: int
+    seconds: float
+    cpu: float
+    waits: tuple[Counter[float], int]
+
+    @property
+    def per_cpu_second(self) -> float:
+        return self.verdicts / self.cpu
+
+
+def run_replicas_once(
+    replicas: int, slices: list[list[dict[str, Any]]], args: argparse.Namespace, tmp: Path
+) -> ReplicaFigures:
+    """`replicas` servers on one fresh PostgreSQL database, each posted its own slices."""
+    cleanup = Cleanup()
+    try:
+        run_dir = tmp / f"replicas-{replicas}"
+        run_dir.mkdir()
+        backend = postgresql_backend(run_dir, cleanup, args.pgserver)
+        token = prepare_database(backend)
+        servers = []
+        for n in range(replicas):
+            server = start_server(backend, args.workers, run_dir, cleanup, label=f"-{n}")
+            server.token = token
+            servers.append(server)
+        log(f"[replicas={replicas}] servers {', '.join(str(s.process.pid) for s in servers)}")
+        # Each server gets the slices i with i % replicas == its number, as batches.
+        bodies = [
+            encode_batches(
+                [v for i in range(n, len(slices), replicas) for v in slices[i]], args.batch
+            )
+            for n in range(replicas)
+        ]
+        total = sum(len(part) for part in slices)
+        before = sum(cpu_seconds(s.process.pid) for s in servers)
+        started = time.perf_counter()
+        loads: list[LoadResult] = []
+        failures: list[BaseException] = []
+
+        def post(n: int) -> None:
+            try:
+                loads.append(
+                    post_all(servers[n], bodies[n], total, f"replica {n}", args.concurrency)
+                )
+            except BaseException as exc:
+                failures.append(exc)
+
+        threads = [threading.Thread(target=post, args=(n,), daemon=True) for n in range(replicas)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if failures:
+            raise failures[0]
+        seconds = time.perf_counter() - started
+        cpu = sum(cpu_seconds(s.process.pid) for s in servers) - before
+        waits = lock_waits(servers)
+        return ReplicaFigures(replicas, sum(x.accepted for x in loads), seconds, cpu, waits)
+    finally:
+        cleanup.run()
+
+
+def run_replicas(verdicts: list[dict[str, Any]], args: argparse.Namespace, tmp: Path) -> None:
+    """One server, then `--replicas` servers, on the same disjoint workload (PostgreSQL)."""
+    slices = disjoint(verdicts, max(2, args.replicas))
+    results = [run_replicas_once(n, slices, args, tmp) for n in (1, args.replicas)]
+    one, many = results
+    print(
+        f"\n== replicas on one PostgreSQL: {len(verdicts)} verdicts in batches of {args.batch}, "
+        f"subjects disjoint between replicas, {args.concurrency} client(s) per replica; "
+        f"{os.cpu_count()} CPUs"
+    )
+    print("  replicas  verdicts/s  server CPU s  verdicts per CPU-s  lock wait p50 / p99 (waits)")
+    for r in results:
+        buckets, total = r.waits
+        print(
+            f"  {r.replicas:>8}  {r.verdicts / r.seconds:10,.0f}  {r.cpu:12.1f}  "
+            f"{r.per_cpu_second:18,.0f}  {bucket_percentile(buckets, total, 50)} / "
+            f"{bucket_percentile(buckets, total, 99)} ({total})"
+        )
+    ratio = many.per_cpu_second / one.per_cpu_second
+    buckets, total = many.waits
+    p99 = bucket_percentile(buckets, total, 99)
+    under = total and buckets.get(0.001, 0) >= 0.99 * total
+    print(
+        f"  {args.replicas} replicas / 1: {ratio:.1%} of the verdicts per CPU-second "
+        f"(goal: within 10%: {'MET' if ratio >= 0.9 else 'NOT MET'}); lock wait p99 {p99} "
+        f"(goal < 1 ms: {'MET' if under else 'NOT MET'})"
+    )
+    print(
+        "  (this machine's cores are shared by the replicas and PostgreSQL: what must hold "
+        "is that replicas never wait on each other for unrelated subjects)"
+    )
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--verdicts", type=int, default=20_000)
@@ -940,6 +1108,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--concurrency", type=int, choices=(1, 2), default=1, help="clients")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="N > 1: PostgreSQL only; 1 server, then N servers on one database, subjects "
+        "disjoint between them: verdicts per CPU-second and the subject-lock waits",
+    )
     parser.add_argument(
         "--pgserver", action="store_true", help="use pgserver even if 127.0.0.1:5432 answers"
     )
@@ -955,8 +1130,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not 1 <= args.batch <= 1000:
         parser.error("--batch must be 1..1000 (the API's limit)")
-    if args.verdicts < 1 or args.workers < 1:
-        parser.error("--verdicts and --workers must be positive")
+    if args.verdicts < 1 or args.workers < 1 or args.replicas < 1:
+        parser.error("--verdicts, --workers and --replicas must be positive")
     return args
 
 
@@ -973,6 +1148,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     tmp.chmod(0o755)
     results: list[Figures] = []
     try:
+        if args.replicas > 1:
+            run_replicas(verdicts, args, tmp)
+            return 0
         for name in backends:
             results.append(run_backend(name, verdicts, args, tmp))
     except KeyboardInterrupt:

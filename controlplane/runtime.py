@@ -231,6 +231,8 @@ class Runtime:
         await self.enforcer.close()
         self.intel.close()
         await self.leadership.release()
+        # Off the loop: a group being decided still evaluates on it.
+        await asyncio.to_thread(self.ingest.close)
         self.engines.close()
         await self.db.dispose()
 

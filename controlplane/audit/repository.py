@@ -25,6 +25,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from controlplane.audit.export import Checkpoint, StoredEvent
@@ -43,18 +44,18 @@ from controlplane.store.models import (
 HEAD_ID = 1
 
 
-def _locked(session: AsyncSession, query: Any) -> Any:
+def _locked(session: AsyncSession | Session, query: Any) -> Any:
     """FOR UPDATE on PostgreSQL; SQLite writers already hold the lock (BEGIN IMMEDIATE)."""
     return query.with_for_update() if session.get_bind().dialect.name == "postgresql" else query
 
 
-async def lock_head(session: AsyncSession) -> tuple[int, str]:
+def lock_head(session: Session) -> tuple[int, str]:
     """The last (seq, hash), locked until commit so appends form one chain across
     replicas. The head row is created by migration 0003, before any writer runs."""
     query = select(col(AuditHeadRow.seq), col(AuditHeadRow.hash)).where(
         col(AuditHeadRow.id) == HEAD_ID
     )
-    row = (await session.execute(_locked(session, query))).one()
+    row = session.execute(_locked(session, query)).one()
     return row.seq, row.hash
 
 
@@ -67,9 +68,9 @@ async def head(session: AsyncSession) -> tuple[int, str]:
     return row.seq, row.hash
 
 
-async def append(session: AsyncSession, rows: list[dict[str, object]], seq: int, last: str) -> None:
-    await session.execute(insert(AuditEventRow.__table__), rows)  # type: ignore[attr-defined]
-    await session.execute(
+def append(session: Session, rows: list[dict[str, object]], seq: int, last: str) -> None:
+    session.execute(insert(AuditEventRow.__table__), rows)  # type: ignore[attr-defined]
+    session.execute(
         update(AuditHeadRow).where(col(AuditHeadRow.id) == HEAD_ID).values(seq=seq, hash=last)
     )
 

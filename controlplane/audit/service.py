@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from controlplane.audit import repository, subjects
 from controlplane.audit.chain import EventDraft, event_hash
@@ -26,9 +27,15 @@ from controlplane.telemetry import metrics
 
 async def record(session: AsyncSession, drafts: Sequence[EventDraft]) -> None:
     """Chain `drafts` after the current head, in the caller's transaction."""
+    if drafts:
+        await session.run_sync(record_blocking, list(drafts))
+
+
+def record_blocking(session: Session, drafts: Sequence[EventDraft]) -> None:
+    """`record` on a sync session (the decide thread's)."""
     if not drafts:
         return
-    seq, prev = await repository.lock_head(session)
+    seq, prev = repository.lock_head(session)
     rows: list[dict[str, object]] = []
     for draft in drafts:
         seq += 1
@@ -50,7 +57,7 @@ async def record(session: AsyncSession, drafts: Sequence[EventDraft]) -> None:
             }
         )
         prev = digest
-    await repository.append(session, rows, seq, prev)
+    repository.append(session, rows, seq, prev)
     # Counted for /metrics when (and only if) the caller's transaction commits.
     metrics.count_on_commit(session, Counter(d.type for d in drafts))
 

@@ -1,5 +1,6 @@
 """Customer and sighting SQL. Both tables are queried here only: evaluate asks for the
-records and sightings of a batch's subjects, plan for the keys a suspension covers."""
+records and sightings of a batch's subjects, plan for the keys a suspension covers.
+What the decide thread runs is sync (a `Session`)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import Table, bindparam, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from controlplane.store.models import CustomerRow, SightingRow
@@ -64,23 +66,19 @@ async def list_customers(session: AsyncSession, after: str | None, limit: int) -
     return list((await session.execute(query)).scalars())
 
 
-async def customers_of(session: AsyncSession, account_ids: Iterable[str]) -> dict[str, CustomerRow]:
+def customers_of(session: Session, account_ids: Iterable[str]) -> dict[str, CustomerRow]:
     """The records of these accounts (one indexed IN per chunk)."""
     found: dict[str, CustomerRow] = {}
     for chunk in _chunks(sorted(set(account_ids))):
-        rows = await session.execute(
-            select(CustomerRow).where(col(CustomerRow.account_id).in_(chunk))
-        )
+        rows = session.execute(select(CustomerRow).where(col(CustomerRow.account_id).in_(chunk)))
         found.update({r.account_id: r for r in rows.scalars()})
     return found
 
 
-async def customers_of_orgs(
-    session: AsyncSession, org_ids: Iterable[str]
-) -> dict[str, list[CustomerRow]]:
+def customers_of_orgs(session: Session, org_ids: Iterable[str]) -> dict[str, list[CustomerRow]]:
     found: dict[str, list[CustomerRow]] = {}
     for chunk in _chunks(sorted(set(org_ids))):
-        rows = await session.execute(select(CustomerRow).where(col(CustomerRow.org_id).in_(chunk)))
+        rows = session.execute(select(CustomerRow).where(col(CustomerRow.org_id).in_(chunk)))
         for r in rows.scalars():
             found.setdefault(r.org_id or "", []).append(r)
     return found
@@ -92,93 +90,95 @@ Scope = tuple[str, str, str]
 """(provider, `account`|`org`, id)."""
 
 
-async def sightings_of(
-    session: AsyncSession, scopes: Iterable[Scope]
+_sighting: Table = SightingRow.__table__  # type: ignore[attr-defined]
+_SIGHTINGS_OF = select(
+    _sighting.c.scope_id, _sighting.c.kind, _sighting.c.value, _sighting.c.last_seen
+).where(
+    _sighting.c.provider == bindparam("provider"),
+    _sighting.c.scope == bindparam("scope"),
+    _sighting.c.scope_id.in_(bindparam("ids", expanding=True)),
+)
+_SEEING = select(_sighting.c.value, _sighting.c.scope, _sighting.c.scope_id).where(
+    _sighting.c.provider == bindparam("provider"),
+    _sighting.c.kind == bindparam("kind"),
+    _sighting.c.value.in_(bindparam("values", expanding=True)),
+)
+_SEEN_AGAIN = (
+    update(_sighting)
+    .where(
+        _sighting.c.provider == bindparam("k_provider"),
+        _sighting.c.scope == bindparam("k_scope"),
+        _sighting.c.scope_id == bindparam("k_scope_id"),
+        _sighting.c.kind == bindparam("k_kind"),
+        _sighting.c.value == bindparam("k_value"),
+    )
+    .values(last_seen=bindparam("k_last_seen"))
+)
+
+
+def sightings_of(
+    session: Session, scopes: Iterable[Scope]
 ) -> dict[Scope, list[tuple[str, str, datetime]]]:
     """(kind, value, last_seen) of everything seen for these accounts and orgs."""
     groups: dict[tuple[str, str], list[str]] = {}
     for provider, scope, scope_id in sorted(set(scopes)):
         groups.setdefault((provider, scope), []).append(scope_id)
     found: dict[Scope, list[tuple[str, str, datetime]]] = {}
+    connection = session.connection()
     for (provider, scope), ids in groups.items():
         for chunk in _chunks(ids):
-            rows = await session.execute(
-                select(
-                    col(SightingRow.scope_id),
-                    col(SightingRow.kind),
-                    col(SightingRow.value),
-                    col(SightingRow.last_seen),
-                ).where(
-                    col(SightingRow.provider) == provider,
-                    col(SightingRow.scope) == scope,
-                    col(SightingRow.scope_id).in_(chunk),
-                )
+            rows = connection.execute(
+                _SIGHTINGS_OF, {"provider": provider, "scope": scope, "ids": list(chunk)}
             )
             for scope_id, kind, value, last_seen in rows:
                 found.setdefault((provider, scope, scope_id), []).append((kind, value, last_seen))
     return found
 
 
-async def scopes_seeing(
-    session: AsyncSession, provider: str, kind: str, values: Iterable[str]
+def scopes_seeing(
+    session: Session, provider: str, kind: str, values: Iterable[str]
 ) -> dict[str, set[tuple[str, str]]]:
     """Value -> the (scope, id) that were seen with it (e.g. the accounts using a network)."""
     found: dict[str, set[tuple[str, str]]] = {}
+    connection = session.connection()
     for chunk in _chunks(sorted(set(values))):
-        rows = await session.execute(
-            select(col(SightingRow.value), col(SightingRow.scope), col(SightingRow.scope_id)).where(
-                col(SightingRow.provider) == provider,
-                col(SightingRow.kind) == kind,
-                col(SightingRow.value).in_(chunk),
-            )
+        rows = connection.execute(
+            _SEEING, {"provider": provider, "kind": kind, "values": list(chunk)}
         )
         for value, scope, scope_id in rows:
             found.setdefault(value, set()).add((scope, scope_id))
     return found
 
 
-async def record_sightings(
-    session: AsyncSession, seen: dict[tuple[str, str, str, str, str], datetime]
+def record_sightings(
+    session: Session, seen: dict[tuple[str, str, str, str, str], datetime]
 ) -> None:
     """Insert new sightings, move `last_seen` of known ones forward. `seen` maps
     (provider, scope, scope_id, kind, value) to when: batch-sized, by primary key."""
     if not seen:
         return
-    keys = list(seen)
-    known: set[tuple[str, str, str, str, str]] = set()
-    by_scope: dict[tuple[str, str], list[str]] = {}
-    for provider, scope, scope_id, _, _ in keys:
-        by_scope.setdefault((provider, scope), []).append(scope_id)
-    for (provider, scope), ids in by_scope.items():
-        for chunk in _chunks(sorted(set(ids))):
-            rows = await session.execute(
-                select(
-                    col(SightingRow.scope_id),
-                    col(SightingRow.kind),
-                    col(SightingRow.value),
-                    col(SightingRow.last_seen),
-                ).where(
-                    col(SightingRow.provider) == provider,
-                    col(SightingRow.scope) == scope,
-                    col(SightingRow.scope_id).in_(chunk),
-                )
-            )
-            for scope_id, kind, value, last_seen in rows:
-                key = (provider, scope, scope_id, kind, value)
-                if key in seen:
-                    known.add(key)
-                    if seen[key] - last_seen > REFRESH:
-                        await session.execute(
-                            update(SightingRow)
-                            .where(
-                                col(SightingRow.provider) == provider,
-                                col(SightingRow.scope) == scope,
-                                col(SightingRow.scope_id) == scope_id,
-                                col(SightingRow.kind) == kind,
-                                col(SightingRow.value) == value,
-                            )
-                            .values(last_seen=seen[key])
-                        )
+    known = sightings_of(session, {(k[0], k[1], k[2]) for k in seen})
+    stale: list[dict[str, Any]] = []
+    old: set[tuple[str, str, str, str, str]] = set()
+    for (provider, scope, scope_id), items in known.items():
+        for kind, value, last_seen in items:
+            key = (provider, scope, scope_id, kind, value)
+            if key in seen:
+                old.add(key)
+                if seen[key] - last_seen > REFRESH:
+                    stale.append(
+                        {
+                            "k_provider": provider,
+                            "k_scope": scope,
+                            "k_scope_id": scope_id,
+                            "k_kind": kind,
+                            "k_value": value,
+                            "k_last_seen": seen[key],
+                        }
+                    )
+    connection = session.connection()
+    if stale:
+        connection.execute(_SEEN_AGAIN, stale)
     fresh = [
         {
             "provider": k[0],
@@ -190,7 +190,7 @@ async def record_sightings(
             "last_seen": at,
         }
         for k, at in seen.items()
-        if k not in known
+        if k not in old
     ]
     for chunk in _chunks(fresh, 1000):
-        await session.execute(insert(SightingRow.__table__), list(chunk))  # type: ignore[attr-defined]
+        connection.execute(insert(_sighting), list(chunk))

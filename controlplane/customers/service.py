@@ -9,7 +9,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from controlplane.audit import service as audit
 from controlplane.audit.chain import EventDraft
@@ -112,21 +112,21 @@ class CustomerService:
         return rows, (rows[-1].account_id if more and rows else None)
 
 
-async def keys_covered(
-    session: AsyncSession, provider: str, scopes: Iterable[tuple[str, str]]
+def keys_covered(
+    session: Session, provider: str, scopes: Iterable[tuple[str, str]]
 ) -> dict[tuple[str, str], set[str]]:
     """(`account`|`org`, id) -> every key Tollgate knows for it: the customer records'
     keys (an org's: of its accounts) and the keys seen in verdicts about it."""
     wanted = sorted(set(scopes))
     found: dict[tuple[str, str], set[str]] = {s: set() for s in wanted}
-    seen = await repository.sightings_of(session, [(provider, k, v) for k, v in wanted])
+    seen = repository.sightings_of(session, [(provider, k, v) for k, v in wanted])
     for (_, scope, scope_id), items in seen.items():
         found[(scope, scope_id)].update(v for kind, v, _ in items if kind == "api_key")
     accounts = [v for k, v in wanted if k == "account"]
-    for account_id, row in (await repository.customers_of(session, accounts)).items():
+    for account_id, row in (repository.customers_of(session, accounts)).items():
         found[("account", account_id)].update(row.keys)
     orgs = [v for k, v in wanted if k == "org"]
-    for org_id, rows in (await repository.customers_of_orgs(session, orgs)).items():
+    for org_id, rows in (repository.customers_of_orgs(session, orgs)).items():
         for row in rows:
             found[("org", org_id)].update(row.keys)
     return found

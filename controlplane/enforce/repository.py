@@ -7,8 +7,9 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, insert, or_, select, update
+from sqlalchemy import Select, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from controlplane.domain.vocabulary import ACTIVE_STATES, ActionState, SubjectKind
@@ -28,27 +29,45 @@ _CHUNK = 500
 # -- the change log ----------------------------------------------------------------------
 
 
-async def append_changes(session: AsyncSession, changes: Sequence[dict[str, Any]]) -> None:
+def append_changes(session: Session, changes: Sequence[dict[str, Any]]) -> None:
     """Append changes after the log's head, in the caller's transaction. The head row is
     locked until commit (FOR UPDATE on PostgreSQL; SQLite writers hold the database
     lock), so changes become visible in `seq` order and a reader never skips one.
-    Callers append after writing their audit events: one lock order, no deadlock."""
+    Callers append after writing their audit events: one lock order, no deadlock.
+    (Sync: the decide thread calls it as is, async callers through `run_sync`.)"""
     if not changes:
         return
-    query = select(col(ChangeHeadRow.seq)).where(col(ChangeHeadRow.id) == HEAD_ID)
+    query = _HEAD
     if session.get_bind().dialect.name == "postgresql":
         query = query.with_for_update()
-    seq = (await session.execute(query)).scalar_one()
+    seq = session.execute(query).scalar_one()
     rows = [{**change, "seq": seq + i} for i, change in enumerate(changes, start=1)]
-    await session.execute(insert(ChangeRow.__table__), rows)  # type: ignore[attr-defined]
-    await session.execute(
+    session.execute(insert(ChangeRow.__table__), rows)  # type: ignore[attr-defined]
+    session.execute(
         update(ChangeHeadRow).where(col(ChangeHeadRow.id) == HEAD_ID).values(seq=seq + len(rows))
     )
 
 
+_HEAD = select(col(ChangeHeadRow.seq)).where(col(ChangeHeadRow.id) == HEAD_ID)
+
+
 async def change_head(session: AsyncSession) -> int:
-    query = select(col(ChangeHeadRow.seq)).where(col(ChangeHeadRow.id) == HEAD_ID)
-    return int((await session.execute(query)).scalar_one())
+    return int((await session.execute(_HEAD)).scalar_one())
+
+
+def change_head_blocking(session: Session) -> int:
+    return int(session.execute(_HEAD).scalar_one())
+
+
+def _changes_after(
+    seq: int, limit: int, target_kind: str | None, upto: int | None
+) -> Select[ChangeRow]:
+    query = select(ChangeRow).where(col(ChangeRow.seq) > seq)
+    if upto is not None:
+        query = query.where(col(ChangeRow.seq) <= upto)
+    if target_kind is not None:
+        query = query.where(col(ChangeRow.target_kind) == target_kind)
+    return query.order_by(col(ChangeRow.seq)).limit(limit)
 
 
 async def changes_after(
@@ -58,13 +77,15 @@ async def changes_after(
     target_kind: str | None = None,
     upto: int | None = None,
 ) -> list[ChangeRow]:
-    query = select(ChangeRow).where(col(ChangeRow.seq) > seq)
-    if upto is not None:
-        query = query.where(col(ChangeRow.seq) <= upto)
-    if target_kind is not None:
-        query = query.where(col(ChangeRow.target_kind) == target_kind)
-    query = query.order_by(col(ChangeRow.seq)).limit(limit)
-    rows = list((await session.execute(query)).scalars())
+    rows = list((await session.execute(_changes_after(seq, limit, target_kind, upto))).scalars())
+    session.expunge_all()
+    return rows
+
+
+def changes_after_blocking(
+    session: Session, seq: int, limit: int, target_kind: str | None = None
+) -> list[ChangeRow]:
+    rows = list(session.execute(_changes_after(seq, limit, target_kind, None)).scalars())
     session.expunge_all()
     return rows
 

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 import httpx
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from controlplane.audit import service as audit
 from controlplane.domain.vocabulary import ActionState
@@ -38,7 +39,7 @@ from controlplane.store.types import utcnow
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Enforcer", "ReconcileReport", "record_changes"]
+__all__ = ["Enforcer", "ReconcileReport", "record_changes", "record_changes_blocking"]
 
 T = TypeVar("T")
 ENFORCED = {t.value for t in EntryType}
@@ -55,22 +56,35 @@ async def record_changes(
 ) -> None:
     """Append to the change log, in the caller's transaction, the gateway entries these
     actions (as row dicts) touch. Call it after writing the transaction's audit events."""
-    changes = [
-        {
-            "provider": a["provider"],
-            "type": a["type"],
-            "target_kind": a["target_kind"],
-            "target_value": a["target_value"],
-            "cause": cause,
-            "action_id": a["id"],
-            "trace_id": a.get("trace_id"),
-            "span_id": a.get("span_id", span_id),
-            "at": at,
-        }
-        for a in actions
-        if a["type"] in ENFORCED and not a.get("shadow")
-    ]
-    await repository.append_changes(session, changes)
+    await session.run_sync(record_changes_blocking, list(actions), cause, at, span_id)
+
+
+def record_changes_blocking(
+    session: Session,
+    actions: Iterable[dict[str, Any]],
+    cause: str,
+    at: datetime,
+    span_id: str | None = None,
+) -> None:
+    """`record_changes` on a sync session (the decide thread's)."""
+    repository.append_changes(
+        session,
+        [
+            {
+                "provider": a["provider"],
+                "type": a["type"],
+                "target_kind": a["target_kind"],
+                "target_value": a["target_value"],
+                "cause": cause,
+                "action_id": a["id"],
+                "trace_id": a.get("trace_id"),
+                "span_id": a.get("span_id", span_id),
+                "at": at,
+            }
+            for a in actions
+            if a["type"] in ENFORCED and not a.get("shadow")
+        ],
+    )
 
 
 class Enforcer:

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, insert, or_, select
+from sqlalchemy import Connection, Table, and_, bindparam, func, insert, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from controlplane.domain.vocabulary import ACTIVE_STATES
@@ -37,7 +38,7 @@ from controlplane.store.models import (
 from controlplane.store.types import utcnow
 
 
-def action_document(row: Mapping[str, Any]) -> dict[str, Any]:
+def action_document(row: Mapping[Any, Any]) -> dict[str, Any]:
     """An action row as policies see it in `history.active_actions`."""
     return {
         "id": row["id"],
@@ -51,22 +52,111 @@ def action_document(row: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-_ACTION_COLUMNS = (
-    col(ActionRow.id),
-    col(ActionRow.provider),
-    col(ActionRow.type),
-    col(ActionRow.target_kind),
-    col(ActionRow.target_value),
-    col(ActionRow.params),
-    col(ActionRow.rule),
-    col(ActionRow.state),
-    col(ActionRow.created_at),
-    col(ActionRow.expires_at),
+_action: Table = ActionRow.__table__  # type: ignore[attr-defined]
+_exemption: Table = ExemptionRow.__table__  # type: ignore[attr-defined]
+_verdict: Table = VerdictRow.__table__  # type: ignore[attr-defined]
+_lift: Table = LiftRow.__table__  # type: ignore[attr-defined]
+_appeal: Table = AppealRow.__table__  # type: ignore[attr-defined]
+
+# The decide thread's lookups: Core statements built once, values bound per batch, so
+# each runs from the compiled cache. `kind IN (...) AND value IN (...)` is answered by
+# the (provider, kind, value) indexes of both databases; rows of a kind asked for other
+# values (the cross product) are dropped in `_wanted`.
+_ACTIVE_NOW = and_(
+    _action.c.state.in_([s.value for s in ACTIVE_STATES]),
+    ~_action.c.shadow,
+    or_(_action.c.expires_at.is_(None), _action.c.expires_at > bindparam("now")),
+)
+_ACTIONS = select(
+    _action.c.id,
+    _action.c.provider,
+    _action.c.type,
+    _action.c.target_kind,
+    _action.c.target_value,
+    _action.c.params,
+    _action.c.rule,
+    _action.c.state,
+    _action.c.created_at,
+    _action.c.expires_at,
+).where(
+    _action.c.provider == bindparam("provider"),
+    _action.c.target_kind.in_(bindparam("kinds", expanding=True)),
+    _action.c.target_value.in_(bindparam("values", expanding=True)),
+    _ACTIVE_NOW,
+)
+_EXEMPTIONS = select(
+    _exemption.c.provider,
+    _exemption.c.subject_kind,
+    _exemption.c.subject_value,
+    _exemption.c.owner,
+    _exemption.c.reason,
+    _exemption.c.expires_at,
+).where(
+    _exemption.c.provider == bindparam("provider"),
+    _exemption.c.subject_kind.in_(bindparam("kinds", expanding=True)),
+    _exemption.c.subject_value.in_(bindparam("values", expanding=True)),
+    or_(_exemption.c.expires_at.is_(None), _exemption.c.expires_at > bindparam("now")),
+    _exemption.c.ended_at.is_(None),
+)
+_PRIOR = select(
+    _verdict.c.id,
+    _verdict.c.account_id,
+    _verdict.c.api_key_id,
+    _verdict.c.observed_at,
+    _verdict.c.received_at,
+    _verdict.c.score,
+    _verdict.c.confidence,
+    _verdict.c.detector_name,
+).where(
+    _verdict.c.provider == bindparam("provider"),
+    or_(
+        _verdict.c.account_id.in_(bindparam("accounts", expanding=True)),
+        _verdict.c.api_key_id.in_(bindparam("keys", expanding=True)),
+    ),
+    _verdict.c.observed_at >= bindparam("since"),
+)
+_LIFT_COLUMNS = (
+    _lift.c.id,
+    _lift.c.appeal_id,
+    _lift.c.cause,
+    _lift.c.rule,
+    _lift.c.type,
+    _lift.c.target_kind,
+    _lift.c.target_value,
+    _lift.c.score,
+    _lift.c.at,
+)
+_LIFTS = select(*_LIFT_COLUMNS).where(
+    _lift.c.provider == bindparam("provider"),
+    _lift.c.target_kind.in_(bindparam("kinds", expanding=True)),
+    _lift.c.target_value.in_(bindparam("values", expanding=True)),
+    _lift.c.at >= bindparam("since"),
+)
+_RANGE_LIFTS = select(*_LIFT_COLUMNS).where(
+    _lift.c.provider == bindparam("provider"),
+    _lift.c.target_kind == "cidr",
+    _lift.c.at >= bindparam("since"),
+)
+_APPEALS = select(
+    _appeal.c.id,
+    _appeal.c.state,
+    _appeal.c.subject_kind,
+    _appeal.c.subject_value,
+    _appeal.c.filed_at,
+).where(
+    _appeal.c.provider == bindparam("provider"),
+    _appeal.c.subject_kind.in_(bindparam("kinds", expanding=True)),
+    _appeal.c.subject_value.in_(bindparam("values", expanding=True)),
+    _appeal.c.state.in_(["open", "denied"]),
+    _appeal.c.filed_at >= bindparam("since"),
+)
+_FOLLOWED = select(_action.c.provider, _action.c.target_value).where(
+    _action.c.target_kind == "cidr", _ACTIVE_NOW
 )
 
 
-async def fill_lookups(
-    session: AsyncSession,
+def fill_lookups(
+    session: Session,
     lookups: Lookups,
     subject_keys: set[tuple[str, str, str]],
     since: datetime,
@@ -75,90 +165,63 @@ async def fill_lookups(
 ) -> None:
     """Fetch active actions, earlier verdicts, exemptions and remedies for these
     (provider, kind, value) keys: one query per table and provider (a chunk of keys at
-    a time), each an OR of `kind = ? AND value IN (...)` terms that both databases
-    answer from their (kind, value) indexes. The `cidr` keys are the CIDR actions that
-    hold the batch's IPs (see `CidrTargets`)."""
+    a time), by the tables' (provider, kind, value) indexes. The `cidr` keys are the
+    CIDR actions that hold the batch's IPs (see `CidrTargets`)."""
     settings = providers or Providers()
     window = now - max(HISTORY_WINDOW, settings.longest_cooldown)
-    unexpired = or_(col(ActionRow.expires_at).is_(None), col(ActionRow.expires_at) > now)
-    active = col(ActionRow.state).in_([s.value for s in ACTIVE_STATES]) & ~col(ActionRow.shadow)
     by_provider: dict[str, list[tuple[str, str]]] = defaultdict(list)
     for provider, kind, value in sorted(subject_keys):
         by_provider[provider].append((kind, value))
+    connection = session.connection()
     for provider, pairs in by_provider.items():
+        cooldown = settings.of(provider).cooldown
         for chunk in _chunks(pairs):
-            kinds: dict[str, list[str]] = defaultdict(list)
-            for kind, value in chunk:
-                kinds[kind].append(value)
-            rows = await session.execute(
-                select(*_ACTION_COLUMNS).where(
-                    col(ActionRow.provider) == provider,
-                    _targets(col(ActionRow.target_kind), col(ActionRow.target_value), kinds),
-                    active,
-                    unexpired,
-                )
-            )
-            for row in rows:
-                lookups.add_action(provider, action_document(dict(row._mapping)))
-            exemptions = await session.execute(
-                select(ExemptionRow).where(
-                    col(ExemptionRow.provider) == provider,
-                    _targets(
-                        col(ExemptionRow.subject_kind), col(ExemptionRow.subject_value), kinds
-                    ),
-                    or_(col(ExemptionRow.expires_at).is_(None), col(ExemptionRow.expires_at) > now),
-                    col(ExemptionRow.ended_at).is_(None),
-                )
-            )
-            for (e,) in exemptions:
-                lookups.exemptions[(e.provider, e.subject_kind, e.subject_value)] = {
-                    "subject": {"kind": e.subject_kind, "value": e.subject_value},
-                    "owner": e.owner,
-                    "reason": e.reason,
-                    "expires_at": e.expires_at.isoformat() if e.expires_at else None,
-                }
-            await _fill_prior(session, lookups, provider, kinds, since)
-            await _fill_remedies(session, lookups, provider, kinds, window, settings)
+            wanted = set(chunk)
+            params = {
+                "provider": provider,
+                "kinds": sorted({k for k, _ in chunk}),
+                "values": sorted({v for _, v in chunk}),
+                "now": now,
+            }
+            for row in connection.execute(_ACTIONS, params).mappings():
+                if (row["target_kind"], row["target_value"]) in wanted:
+                    lookups.add_action(provider, action_document(row))
+            for e in connection.execute(_EXEMPTIONS, params):
+                if (e.subject_kind, e.subject_value) in wanted:
+                    lookups.exemptions[(e.provider, e.subject_kind, e.subject_value)] = {
+                        "subject": {"kind": e.subject_kind, "value": e.subject_value},
+                        "owner": e.owner,
+                        "reason": e.reason,
+                        "expires_at": e.expires_at.isoformat() if e.expires_at else None,
+                    }
+            _fill_prior(connection, lookups, provider, chunk, since)
+            for lift in connection.execute(_LIFTS, {**params, "since": window}):
+                if (lift.target_kind, lift.target_value) in wanted:
+                    lookups.add_remedy(provider, _lift_document(lift, cooldown))
+            for appeal in connection.execute(_APPEALS, {**params, "since": window}):
+                if (appeal.subject_kind, appeal.subject_value) in wanted:
+                    lookups.remedies[(provider, appeal.subject_kind, appeal.subject_value)].append(
+                        _appeal_document(appeal)
+                    )
     for provider in sorted(by_provider):
-        await _fill_range_remedies(session, lookups, provider, window, settings)
+        _fill_range_remedies(connection, lookups, provider, window, settings)
 
 
-def _targets(kind_column: Any, value_column: Any, kinds: Mapping[str, Sequence[str]]) -> Any:
-    """`(kind = k AND value IN (...)) OR ...`: one indexed range per kind."""
-    return or_(*(and_(kind_column == k, value_column.in_(list(v))) for k, v in kinds.items()))
-
-
-async def _fill_prior(
-    session: AsyncSession,
+def _fill_prior(
+    connection: Connection,
     lookups: Lookups,
     provider: str,
-    kinds: Mapping[str, Sequence[str]],
+    pairs: Sequence[tuple[str, str]],
     since: datetime,
 ) -> None:
     """Earlier verdicts about these accounts and keys, observed since `since`."""
-    accounts, keys = set(kinds.get("account", ())), set(kinds.get("api_key", ()))
-    terms = []
-    if accounts:
-        terms.append(col(VerdictRow.account_id).in_(sorted(accounts)))
-    if keys:
-        terms.append(col(VerdictRow.api_key_id).in_(sorted(keys)))
-    if not terms:
+    accounts = {v for k, v in pairs if k == "account"}
+    keys = {v for k, v in pairs if k == "api_key"}
+    if not accounts and not keys:
         return
-    prior = await session.execute(
-        select(
-            col(VerdictRow.id),
-            col(VerdictRow.account_id),
-            col(VerdictRow.api_key_id),
-            col(VerdictRow.observed_at),
-            col(VerdictRow.received_at),
-            col(VerdictRow.score),
-            col(VerdictRow.confidence),
-            col(VerdictRow.detector_name),
-        ).where(
-            col(VerdictRow.provider) == provider,
-            or_(*terms),
-            col(VerdictRow.observed_at) >= since,
-        )
+    prior = connection.execute(
+        _PRIOR,
+        {"provider": provider, "accounts": sorted(accounts), "keys": sorted(keys), "since": since},
     )
     for verdict_id, account, key, observed, received, score, conf, det in prior:
         found = PriorVerdict(verdict_id, account, key, observed, received, score, conf, det)
@@ -168,7 +231,7 @@ async def _fill_prior(
             lookups.verdicts[(provider, "api_key", key)].append(found)
 
 
-def _lift_document(lift: LiftRow, cooldown: timedelta) -> dict[str, Any]:
+def _lift_document(lift: Any, cooldown: timedelta) -> dict[str, Any]:
     return {
         "id": lift.id,
         "appeal_id": lift.appeal_id,
@@ -182,66 +245,33 @@ def _lift_document(lift: LiftRow, cooldown: timedelta) -> dict[str, Any]:
     }
 
 
-async def _fill_remedies(
-    session: AsyncSession,
+def _appeal_document(appeal: Any) -> dict[str, Any]:
+    """An appeal still open or denied, as `history.appeals` shows it."""
+    return {
+        "id": appeal.id,
+        "appeal_id": appeal.id,
+        "state": appeal.state,
+        "rule": None,
+        "type": None,
+        "target": {"kind": appeal.subject_kind, "value": appeal.subject_value},
+        "score": None,
+        "at": _rfc3339(appeal.filed_at),
+        "cooldown_until": None,
+    }
+
+
+def _fill_range_remedies(
+    connection: Connection,
     lookups: Lookups,
     provider: str,
-    kinds: Mapping[str, Sequence[str]],
     since: datetime,
     providers: Providers,
-) -> None:
-    """`history.appeals` of these targets: lifts (by hand, upheld appeals, exemptions),
-    and appeals still open or denied; both by their (provider, kind, value) index."""
-    cooldown = providers.of(provider).cooldown
-    lifts = await session.execute(
-        select(LiftRow).where(
-            col(LiftRow.provider) == provider,
-            _targets(col(LiftRow.target_kind), col(LiftRow.target_value), kinds),
-            col(LiftRow.at) >= since,
-        )
-    )
-    for (lift,) in lifts:
-        lookups.add_remedy(provider, _lift_document(lift, cooldown))
-    appeals = await session.execute(
-        select(AppealRow).where(
-            col(AppealRow.provider) == provider,
-            _targets(col(AppealRow.subject_kind), col(AppealRow.subject_value), kinds),
-            col(AppealRow.state).in_(["open", "denied"]),
-            col(AppealRow.filed_at) >= since,
-        )
-    )
-    for (appeal,) in appeals:
-        kind = appeal.subject_kind
-        lookups.remedies[(provider, kind, appeal.subject_value)].append(
-            {
-                "id": appeal.id,
-                "appeal_id": appeal.id,
-                "state": appeal.state,
-                "rule": None,
-                "type": None,
-                "target": {"kind": kind, "value": appeal.subject_value},
-                "score": None,
-                "at": _rfc3339(appeal.filed_at),
-                "cooldown_until": None,
-            }
-        )
-
-
-async def _fill_range_remedies(
-    session: AsyncSession, lookups: Lookups, provider: str, since: datetime, providers: Providers
 ) -> None:
     """Recent lifts of CIDR blocks of a provider: a verdict's IP inside one sees it.
     People lift few ranges, so this is a handful of rows by the (provider, kind) index."""
     cooldown = providers.of(provider).cooldown
-    rows = await session.execute(
-        select(LiftRow).where(
-            col(LiftRow.provider) == provider,
-            col(LiftRow.target_kind) == "cidr",
-            col(LiftRow.at) >= since,
-        )
-    )
     known = {r["id"] for rs in lookups.remedies.values() for r in rs}
-    for (lift,) in rows:
+    for lift in connection.execute(_RANGE_LIFTS, {"provider": provider, "since": since}):
         if lift.id not in known:
             document = _lift_document(lift, cooldown)
             lookups.range_remedies[provider].add(
@@ -253,8 +283,8 @@ def _rfc3339(moment: datetime) -> str:
     return moment.isoformat().replace("+00:00", "Z")
 
 
-async def fill_actions(
-    session: AsyncSession,
+def fill_actions(
+    session: Session,
     lookups: Lookups,
     subject_keys: set[tuple[str, str, str]],
     now: datetime,
@@ -264,21 +294,12 @@ async def fill_actions(
     groups: dict[tuple[str, str], list[str]] = defaultdict(list)
     for provider, kind, value in sorted(subject_keys):
         groups[(provider, kind)].append(value)
-    unexpired = or_(col(ActionRow.expires_at).is_(None), col(ActionRow.expires_at) > now)
-    active = col(ActionRow.state).in_([s.value for s in ACTIVE_STATES]) & ~col(ActionRow.shadow)
+    connection = session.connection()
     for (provider, kind), values in groups.items():
         for chunk in _chunks(values):
-            rows = await session.execute(
-                select(*_ACTION_COLUMNS).where(
-                    col(ActionRow.provider) == provider,
-                    col(ActionRow.target_kind) == kind,
-                    col(ActionRow.target_value).in_(chunk),
-                    active,
-                    unexpired,
-                )
-            )
-            for row in rows:
-                lookups.add_action(provider, action_document(dict(row._mapping)))
+            params = {"provider": provider, "kinds": [kind], "values": list(chunk), "now": now}
+            for row in connection.execute(_ACTIONS, params).mappings():
+                lookups.add_action(provider, action_document(row))
 
 
 class CidrTargets:
@@ -296,11 +317,11 @@ class CidrTargets:
         self._seq: int | None = None
         self._removed = 0
 
-    async def holding(
-        self, session: AsyncSession, ips: set[tuple[str, str]], now: datetime
+    def holding(
+        self, session: Session, ips: set[tuple[str, str]], now: datetime
     ) -> set[tuple[str, str, str]]:
         """(provider, 'cidr', network) keys of the networks that hold these (provider, ip)."""
-        await self._catch_up(session, now)
+        self._catch_up(session, now)
         found: set[tuple[str, str, str]] = set()
         for provider, ip in ips:
             networks = self._networks.get(provider)
@@ -308,23 +329,15 @@ class CidrTargets:
                 found.update((provider, "cidr", n) for n in networks.holding(ip))
         return found
 
-    async def _catch_up(self, session: AsyncSession, now: datetime) -> None:
+    def _catch_up(self, session: Session, now: datetime) -> None:
         if self._seq is None or self._removed >= self.REBUILD_EVERY:
             # The head first: a change logged while the actions are read is seen again.
-            self._seq = await changes_repo.change_head(session)
+            self._seq = changes_repo.change_head_blocking(session)
             self._networks, self._removed = {}, 0
-            rows = await session.execute(
-                select(col(ActionRow.provider), col(ActionRow.target_value)).where(
-                    col(ActionRow.target_kind) == "cidr",
-                    col(ActionRow.state).in_([s.value for s in ACTIVE_STATES]),
-                    ~col(ActionRow.shadow),
-                    or_(col(ActionRow.expires_at).is_(None), col(ActionRow.expires_at) > now),
-                )
-            )
-            for provider, value in rows:
+            for provider, value in session.connection().execute(_FOLLOWED, {"now": now}):
                 self._networks.setdefault(provider, NetworkSet()).add(value)
         while True:
-            changes = await changes_repo.changes_after(session, self._seq, 5000, "cidr")
+            changes = changes_repo.changes_after_blocking(session, self._seq, 5000, "cidr")
             for change in changes:
                 if change.cause == "planned":
                     self._networks.setdefault(change.provider, NetworkSet()).add(
@@ -355,7 +368,7 @@ class IntelCache:
         self._watermark: datetime | None = None
         self._recent: dict[tuple[str, datetime], datetime] = {}
 
-    async def index(self, session: AsyncSession, now: datetime) -> IntelIndex:
+    def index(self, session: Session, now: datetime) -> IntelIndex:
         full = self._loaded_at is None or (now - self._loaded_at) >= timedelta(
             seconds=self.RELOAD_SECONDS
         )
@@ -376,7 +389,7 @@ class IntelCache:
                     col(IndicatorRow.modified).is_(None) & (col(IndicatorRow.created_at) >= since),
                 )
             )
-        rows = [r for (r,) in await session.execute(query)]
+        rows = [r for (r,) in session.execute(query)]
         fresh = [r for r in rows if (r.id, _changed(r)) not in self._recent]
         self._index.drop(r.id for r in fresh)  # an earlier version of a changed row
         self._index.extend(
@@ -413,9 +426,9 @@ def _changed(row: IndicatorRow) -> datetime:
     return row.modified or row.created_at
 
 
-async def insert_decisions(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
+def insert_decisions(session: Session, rows: Sequence[dict[str, Any]]) -> None:
     if rows:
-        await session.execute(insert(DecisionRow.__table__), list(rows))  # type: ignore[attr-defined]
+        session.execute(insert(DecisionRow.__table__), list(rows))  # type: ignore[attr-defined]
 
 
 async def get_decision(session: AsyncSession, decision_id: str) -> DecisionRow | None:

@@ -11,14 +11,16 @@ verdicts are evaluated in parallel on the engine's threads.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+import hashlib
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from opentelemetry import trace
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from controlplane.audit.chain import EventDraft
 from controlplane.customers import repository as customers_repo
@@ -50,11 +52,22 @@ from controlplane.plan.service import (
 from controlplane.settings import Providers
 from controlplane.store.db import Database
 from controlplane.store.models import new_id
-from controlplane.store.repository import advisory_lock, advisory_unlock
+from controlplane.store.repository import lock_keys, unlock_all
 from controlplane.telemetry import metrics
 from controlplane.telemetry.tracing import SPAN_EVALUATE, trace_id_hex, tracer
 
-DECIDE_LOCK = 0x74_6C_67_64  # "tlgd": the advisory lock replicas decide under
+
+def subject_locks(verdicts: Iterable[Verdict]) -> list[int]:
+    """The advisory lock keys of a batch's subjects: a signed 64-bit hash of each
+    (provider, kind, value) of its accounts, keys, orgs and IPs."""
+    keys = set()
+    for v in verdicts:
+        for kind, value in v.subject.targets:
+            digest = hashlib.blake2b(
+                f"{v.provider}\0{kind}\0{value}".encode(), digest_size=8
+            ).digest()
+            keys.add(int.from_bytes(digest, "big", signed=True))
+    return sorted(keys)
 
 
 @dataclass(frozen=True)
@@ -78,8 +91,9 @@ class Outcome:
 
 
 class Decider:
-    """Decides verdicts one batch at a time per process and, on PostgreSQL, across
-    replicas (`exclusive`): a verdict's history must not race another's."""
+    """Decides verdicts one batch at a time per process, in the decide thread, and, on
+    PostgreSQL, one batch per subject across replicas (`exclusive`): a verdict's history
+    must not race another's."""
 
     def __init__(
         self,
@@ -92,31 +106,51 @@ class Decider:
         self._providers = providers or Providers()
         """Each provider's `min_prefix` (checked on policy output) and `fallback`."""
         self._engines = engines
-        self._lock = asyncio.Lock()
         self._intel = repository.IntelCache(keyring)
         self._cidrs = repository.CidrTargets()
 
-    @asynccontextmanager
-    async def exclusive(self) -> AsyncIterator[None]:
-        """Held from reading a batch's history to committing its outcomes."""
-        async with self._lock, self._replicas_lock():
+    @contextmanager
+    def exclusive(self, verdicts: Sequence[Verdict]) -> Iterator[None]:
+        """Held (in the decide thread) from reading a batch's history to committing its
+        outcomes. One decide thread per process decides one batch at a time; on
+        PostgreSQL, replicas also lock the batch's subjects (session advisory locks on
+        hashes of its accounts, keys, orgs and IPs, taken in ascending order), so
+        two replicas decide disjoint subjects at once while a subject's history always
+        includes what another replica just decided about it."""
+        if self._db.dialect != "postgresql":
             yield
+            return
+        with self._db.blocking.connect() as connection:
+            started = time.perf_counter()
+            lock_keys(connection, subject_locks(verdicts))
+            metrics.decide_lock_waited(time.perf_counter() - started)
+            try:
+                yield
+            finally:
+                unlock_all(connection)
 
-    async def decide(
-        self, session: AsyncSession, pending: Sequence[Pending], now: datetime
+    def decide(
+        self,
+        session: Session,
+        pending: Sequence[Pending],
+        now: datetime,
+        loop: asyncio.AbstractEventLoop,
     ) -> dict[str, Outcome]:
-        """The outcome of each of `pending` by verdict id (call inside `exclusive`)."""
+        """The outcome of each of `pending` by verdict id (in the decide thread, inside
+        `exclusive`; the engine evaluates on `loop`'s side)."""
         if not pending:
             return {}
         lookups = Lookups()
-        await self._fill(session, lookups, pending, now)
+        self._fill(session, lookups, pending, now)
         waves = subject_overlaps([p.verdict for p in pending])
         outcomes: dict[str, Outcome] = {}
         for wave in range(max(waves) + 1):
             members = [p for p, w in zip(pending, waves, strict=True) if w == wave]
             engine = self._engines.current
             inputs = [build_input(p.verdict, p.received_at, lookups, now) for p in members]
-            evaluations = await engine.evaluate_many(inputs)
+            evaluations = asyncio.run_coroutine_threadsafe(
+                engine.evaluate_many(inputs), loop
+            ).result()
             for item, given, evaluation in zip(members, inputs, evaluations, strict=True):
                 outcome = self._outcome(engine, item, given, evaluation, now)
                 outcomes[item.verdict.id] = outcome
@@ -127,23 +161,8 @@ class Decider:
                 lookups.saw(item.verdict)
         return outcomes
 
-    @asynccontextmanager
-    async def _replicas_lock(self) -> AsyncIterator[None]:
-        """On PostgreSQL, replicas decide one batch at a time too: a verdict's history
-        must include what another replica decided a moment ago about the same subject.
-        A session lock on a connection held for the batch; released with it."""
-        if self._db.dialect != "postgresql":
-            yield
-            return
-        async with self._db.engine.connect() as connection:
-            await advisory_lock(connection, DECIDE_LOCK)
-            try:
-                yield
-            finally:
-                await advisory_unlock(connection, DECIDE_LOCK)
-
-    async def _fill(
-        self, session: AsyncSession, lookups: Lookups, pending: Sequence[Pending], now: datetime
+    def _fill(
+        self, session: Session, lookups: Lookups, pending: Sequence[Pending], now: datetime
     ) -> None:
         keys = {
             (p.verdict.provider, kind, value)
@@ -151,9 +170,9 @@ class Decider:
             for kind, value in p.verdict.subject.targets
         }
         ips = {(p.verdict.provider, ip) for p in pending for ip in p.verdict.subject.ips}
-        keys |= await self._cidrs.holding(session, ips, now)
+        keys |= self._cidrs.holding(session, ips, now)
         since = min(p.verdict.observed_at for p in pending) - HISTORY_WINDOW
-        await repository.fill_lookups(session, lookups, keys, since, now, self._providers)
+        repository.fill_lookups(session, lookups, keys, since, now, self._providers)
         # The batch's own verdicts are history for the later ones (they are stored with
         # their decisions, after this): each counts those received before it.
         for p in pending:
@@ -174,12 +193,12 @@ class Decider:
             ):
                 if value:
                     lookups.verdicts[(v.provider, kind, value)].append(prior)
-        lookups.intel = await self._intel.index(session, now)
-        await self._fill_operation(session, lookups, pending, keys, now)
+        lookups.intel = self._intel.index(session, now)
+        self._fill_operation(session, lookups, pending, keys, now)
 
-    async def _fill_operation(
+    def _fill_operation(
         self,
-        session: AsyncSession,
+        session: Session,
         lookups: Lookups,
         pending: Sequence[Pending],
         filled: set[tuple[str, str, str]],
@@ -199,8 +218,8 @@ class Decider:
         }
         others: set[tuple[str, str, str]] = set()
         networks: dict[str, set[str]] = {}
-        for (provider, scope, scope_id), items in (
-            await customers_repo.sightings_of(session, scopes)
+        for (provider, scope, scope_id), items in customers_repo.sightings_of(
+            session, scopes
         ).items():
             for kind, value, _ in items:
                 lookups.seen[(provider, scope, scope_id)][kind].add(value)
@@ -212,16 +231,16 @@ class Decider:
             networks.setdefault(p.verdict.provider, set()).update(
                 network_of(ip) for ip in p.verdict.subject.ips
             )
-        await repository.fill_actions(session, lookups, others - filled, now)
+        repository.fill_actions(session, lookups, others - filled, now)
         accounts = {p.verdict.subject.account_id for p in pending if p.verdict.subject.account_id}
         users: dict[str, dict[str, set[str]]] = {}
         for provider, nets in networks.items():
-            seen = await customers_repo.scopes_seeing(session, provider, "network", nets)
+            seen = customers_repo.scopes_seeing(session, provider, "network", nets)
             users[provider] = {
                 net: {i for scope, i in who if scope == "account"} for net, who in seen.items()
             }
             accounts.update(a for who in users[provider].values() for a in who)
-        records = await customers_repo.customers_of(session, accounts)
+        records = customers_repo.customers_of(session, accounts)
         lookups.customers = {a: customer_document(r) for a, r in records.items()}
         for provider, by_net in users.items():
             lookups.verified_networks[provider] = {
@@ -317,8 +336,8 @@ class Decider:
         return Outcome(decision, planned)
 
 
-async def record(
-    session: AsyncSession,
+def record(
+    session: Session,
     outcomes: Sequence[Outcome],
     pending: Sequence[Pending],
     now: datetime,
@@ -333,11 +352,11 @@ async def record(
     for outcome in outcomes:
         if any(a["type"] == "suspend" for a in outcome.actions):
             upto = pending[: position[outcome.decision["verdict_id"]] + 1]
-            outcome.planned.actions += await expand_suspensions(
+            outcome.planned.actions += expand_suspensions(
                 session, outcome.actions, now, _keys_seen(upto)
             )
-    await customers_repo.record_sightings(session, _sightings(pending))
-    await repository.insert_decisions(session, [o.decision for o in outcomes])
+    customers_repo.record_sightings(session, _sightings(pending))
+    repository.insert_decisions(session, [o.decision for o in outcomes])
     return [
         EventDraft(
             type="decision.recorded",

@@ -1,4 +1,4 @@
-"""Verdict SQL."""
+"""Verdict SQL. What the decide thread runs is sync (a `Session`)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from controlplane.domain.vocabulary import VerdictStatus
@@ -22,11 +23,11 @@ class Stored:
     received_at: datetime
 
 
-async def stored_verdicts(session: AsyncSession, ids: Sequence[str]) -> dict[str, Stored]:
+def stored_verdicts(session: Session, ids: Sequence[str]) -> dict[str, Stored]:
     """Content hash, status and arrival of those of `ids` already stored."""
     found: dict[str, Stored] = {}
     for i in range(0, len(ids), 500):
-        rows = await session.execute(
+        rows = session.execute(
             select(
                 col(VerdictRow.id),
                 col(VerdictRow.content_hash),
@@ -38,14 +39,14 @@ async def stored_verdicts(session: AsyncSession, ids: Sequence[str]) -> dict[str
     return found
 
 
-async def insert_verdicts(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
+def insert_verdicts(session: Session, rows: Sequence[dict[str, Any]]) -> None:
     if rows:
-        await session.execute(insert(VerdictRow.__table__), list(rows))  # type: ignore[attr-defined]
+        session.execute(insert(VerdictRow.__table__), list(rows))  # type: ignore[attr-defined]
 
 
-async def set_status(session: AsyncSession, ids: Sequence[str], status: VerdictStatus) -> None:
+def set_status(session: Session, ids: Sequence[str], status: VerdictStatus) -> None:
     for i in range(0, len(ids), 500):
-        await session.execute(
+        session.execute(
             update(VerdictRow)
             .where(col(VerdictRow.id).in_(ids[i : i + 500]))
             .values(status=status.value)
@@ -67,10 +68,10 @@ async def get_verdict(session: AsyncSession, verdict_id: str) -> VerdictRow | No
     return await session.get(VerdictRow, verdict_id)
 
 
-async def undecided_among(session: AsyncSession, ids: Sequence[str]) -> set[str]:
+def undecided_among(session: Session, ids: Sequence[str]) -> set[str]:
     found: set[str] = set()
     for i in range(0, len(ids), 500):
-        rows = await session.execute(
+        rows = session.execute(
             select(col(VerdictRow.id)).where(
                 col(VerdictRow.id).in_(ids[i : i + 500]),
                 col(VerdictRow.status) == VerdictStatus.RECEIVED.value,

@@ -11,6 +11,10 @@ one batch does. Each request keeps its own answer, its own trace and its own
 errors: a 409 in one request stores nothing of that request and does not touch the
 others; a repeat of a verdict id across requests of one group is a repeat, as
 within a batch.
+
+A group is read, decided and stored in the decide thread, on a sync connection (no
+event-loop round trip per statement), while the event loop goes on serving requests;
+only the engine's evaluation hops back to the loop's side.
 """
 
 from __future__ import annotations
@@ -18,13 +22,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from controlplane.audit import service as audit
 from controlplane.audit.chain import EventDraft
@@ -65,8 +70,19 @@ class _Submission:
     context: otel_context.Context
     """The request's trace context: its spans continue the caller's trace."""
     answer: asyncio.Future[IngestResult]
+    error: TollgateError | None = None
+    """Why this request is refused (set in the decide thread, answered on the loop)."""
     pending: list[Pending] = field(default_factory=list)
     duplicates: set[str] = field(default_factory=set)
+
+
+@dataclass
+class _Decided:
+    """What the decide thread did with a group."""
+
+    outcomes: dict[str, Outcome]
+    failure: Exception | None
+    enforceable: bool
 
 
 class IngestService:
@@ -82,6 +98,12 @@ class IngestService:
         """Told when enforceable actions were planned (wakes the connectors)."""
         self._queue: list[_Submission] = []
         self._runner: asyncio.Task[None] | None = None
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tollgate-decide")
+        """The decide thread: groups are read, decided and stored there, on a sync
+        connection, one at a time, while the event loop goes on serving requests."""
+
+    def close(self) -> None:
+        self._thread.shutdown(wait=True)
 
     async def submit(self, verdicts: Sequence[Verdict], actor: str) -> IngestResult:
         """Store, decide and report on `verdicts` (all stored, or none), together with
@@ -116,12 +138,7 @@ class IngestService:
                 group.append(item)
                 size += len(item.verdicts)
             try:
-                try:
-                    await self._group(group)
-                except IntegrityError:
-                    # Another replica stored one of these ids between our read and our
-                    # insert: once more, which now sees it (a repeat, or a 409).
-                    await self._group(group)
+                await self._group(group)
             except BaseException as exc:  # answered to each request: nothing is dropped
                 if not isinstance(exc, TollgateError | asyncio.CancelledError):
                     log.exception("storing %d verdicts failed", size)
@@ -132,16 +149,49 @@ class IngestService:
                     raise
 
     async def _group(self, group: list[_Submission]) -> None:
-        """Read what the group repeats, decide the rest, and store verdicts, decisions,
-        actions, their audit events and their changes in one transaction."""
+        """Have the decide thread store and decide the group, then answer each request."""
+        loop = asyncio.get_running_loop()
+        decided = await loop.run_in_executor(self._thread, self._store_group, group, loop)
+        for item in group:
+            if item.error is not None and not item.answer.done():
+                item.answer.set_exception(item.error)
         live = [item for item in group if not item.answer.done()]
-        hashes = {v.id: v.content_hash() for item in live for v in item.verdicts}
+        if decided.enforceable and self._on_planned is not None:
+            self._on_planned()
+        if decided.failure is not None:
+            error = DecisionFailed(
+                "the verdicts were stored but deciding them failed "
+                f"({type(decided.failure).__name__}); "
+                "they will be decided on retry or within 15 s"
+            )
+            for item in live:
+                item.answer.set_exception(error)
+            return
+        await self._answer(live, decided.outcomes)
+
+    def _store_group(self, group: list[_Submission], loop: asyncio.AbstractEventLoop) -> _Decided:
+        """(decide thread) Once more if another replica stored one of these ids between
+        our read and our insert: the second attempt sees it (a repeat, or a 409)."""
+        try:
+            return self._store_group_once(group, loop)
+        except IntegrityError:
+            for item in group:
+                item.error = None
+            return self._store_group_once(group, loop)
+
+    def _store_group_once(
+        self, group: list[_Submission], loop: asyncio.AbstractEventLoop
+    ) -> _Decided:
+        """(decide thread) Read what the group repeats, decide the rest, and store
+        verdicts, decisions, actions, their audit events and their changes in one
+        transaction."""
+        hashes = {v.id: v.content_hash() for item in group for v in item.verdicts}
         spans: list[trace.Span] = []
-        async with self._decider.exclusive():
+        with self._decider.exclusive([v for item in group for v in item.verdicts]):
             arrived = utcnow()
-            async with self._db.read() as session:
-                stored = await repository.stored_verdicts(session, list(hashes))
-                new = self._sort(live, stored, hashes, arrived, spans)
+            with self._db.read_blocking() as session:
+                stored = repository.stored_verdicts(session, list(hashes))
+                new = self._sort(group, stored, hashes, arrived, spans)
                 # Decided just after the last arrival: the audit chain's times follow
                 # its order (received, then decided).
                 now = arrived + timedelta(microseconds=len(new) + 1)
@@ -149,12 +199,12 @@ class IngestService:
                 # an error) is decided now rather than at the next recovery run.
                 retry = [
                     Pending(v, stored[v.id].received_at)
-                    for item in live
-                    if not item.answer.done()
+                    for item in group
+                    if item.error is None
                     for v in item.verdicts
                     if v.id in stored and stored[v.id].status == VerdictStatus.RECEIVED.value
                 ]
-                outcomes, failure = await self._decide(session, [*new, *retry], now)
+                outcomes, failure = self._decide(session, [*new, *retry], now, loop)
             rows = [
                 _row(
                     p.verdict,
@@ -167,12 +217,12 @@ class IngestService:
             ]
             events = [
                 _received(p, hashes[p.verdict.id], item.actor)
-                for item in live
-                if not item.answer.done()
+                for item in group
+                if item.error is None
                 for p in item.pending
             ]
             try:
-                await self._record(
+                enforceable = self._record(
                     session_rows=rows,
                     events=events,
                     retry=retry,
@@ -187,32 +237,23 @@ class IngestService:
                 raise
         for span in spans:
             span.end()
-        if failure is not None:
-            error = DecisionFailed(
-                f"the verdicts were stored but deciding them failed ({type(failure).__name__}); "
-                "they will be decided on retry or within 15 s"
-            )
-            for item in live:
-                if not item.answer.done():
-                    item.answer.set_exception(error)
-            return
-        await self._answer([i for i in live if not i.answer.done()], outcomes)
+        return _Decided(outcomes, failure, enforceable)
 
     def _sort(
         self,
-        live: list[_Submission],
+        group: list[_Submission],
         stored: dict[str, repository.Stored],
         hashes: dict[str, str],
         now: datetime,
         spans: list[trace.Span],
     ) -> list[Pending]:
         """The group's new verdicts, each with its `verdict.ingest` span in its request's
-        trace. A request that reuses a stored id with other content is answered 409
+        trace. A request that reuses a stored id with other content is refused (409)
         and adds nothing; repeats are noted per request."""
         known = {i: r.content_hash for i, r in stored.items()}
         new: list[Pending] = []
         t = tracer()
-        for item in live:
+        for item in group:
             item.pending, item.duplicates = [], set()
             conflicts = [
                 {
@@ -225,11 +266,9 @@ class IngestService:
                 if v.id in known and known[v.id] != hashes[v.id]
             ]
             if conflicts:
-                item.answer.set_exception(
-                    Conflict(
-                        "verdict id reused with different content; nothing was stored",
-                        details=conflicts,
-                    )
+                item.error = Conflict(
+                    "verdict id reused with different content; nothing was stored",
+                    details=conflicts,
                 )
                 continue
             for verdict in item.verdicts:
@@ -253,19 +292,23 @@ class IngestService:
                 new.append(pending)
         return new
 
-    async def _decide(
-        self, session: AsyncSession, pending: list[Pending], now: datetime
+    def _decide(
+        self,
+        session: Session,
+        pending: list[Pending],
+        now: datetime,
+        loop: asyncio.AbstractEventLoop,
     ) -> tuple[dict[str, Outcome], Exception | None]:
         """Outcomes by verdict id; a fault (not a policy error: those are decisions)
         leaves the verdicts undecided, logged and counted, to be stored and retried."""
         try:
-            return await self._decider.decide(session, pending, now), None
+            return self._decider.decide(session, pending, now, loop), None
         except Exception as exc:
             log.exception("deciding %d verdicts failed; they are stored and retried", len(pending))
             metrics.decide_faults(type(exc).__name__)
             return {}, exc
 
-    async def _record(
+    def _record(
         self,
         *,
         session_rows: list[dict[str, object]],
@@ -274,30 +317,29 @@ class IngestService:
         pending: list[Pending],
         outcomes: dict[str, Outcome],
         now: datetime,
-    ) -> None:
+    ) -> bool:
+        """Store it all in one transaction; True when enforceable actions were planned."""
         pending = [p for p in pending if p.verdict.id in outcomes]
         decided = [outcomes[p.verdict.id] for p in pending]
         planned = [o.planned for o in decided]
-        async with self._db.write() as session, session.begin():
-            await repository.insert_verdicts(session, session_rows)
-            await repository.set_status(
+        with self._db.write_blocking() as session, session.begin():
+            repository.insert_verdicts(session, session_rows)
+            repository.set_status(
                 session,
                 [p.verdict.id for p in retry if p.verdict.id in outcomes],
                 VerdictStatus.DECIDED,
             )
             events = [
                 *events,
-                *await decisions.record(session, decided, pending, now),
-                *await plan_service.record(session, planned, now),
+                *decisions.record(session, decided, pending, now),
+                *plan_service.record(session, planned, now),
             ]
-            await audit.record(session, events)
-            await plan_service.log_changes(session, planned, now)
+            audit.record_blocking(session, events)
+            plan_service.log_changes(session, planned, now)
         decisions.count(decided)
-        enforceable = any(
+        return any(
             not a["shadow"] and a["type"] != "flag_review" for p in planned for a in p.actions
         )
-        if enforceable and self._on_planned is not None:
-            self._on_planned()
 
     async def _answer(self, live: list[_Submission], outcomes: dict[str, Outcome]) -> None:
         """Each request's answer: what this group decided, from memory; what was
@@ -354,15 +396,24 @@ class IngestService:
         if not rows:
             return 0
         pending = [Pending(Verdict.model_validate(r.body), r.received_at) for r in rows]
-        async with self._decider.exclusive():
+        loop = asyncio.get_running_loop()
+        decided = await loop.run_in_executor(self._thread, self._redecide, pending, loop)
+        if decided.enforceable and self._on_planned is not None:
+            self._on_planned()
+        return len(decided.outcomes)
+
+    def _redecide(self, pending: list[Pending], loop: asyncio.AbstractEventLoop) -> _Decided:
+        """(decide thread) Decide and record those of `pending` still undecided."""
+        with self._decider.exclusive([p.verdict for p in pending]):
             now = utcnow()
-            async with self._db.read() as session:
+            with self._db.read_blocking() as session:
                 # A concurrent retry may have decided some meanwhile.
-                still = await repository.undecided_among(session, [p.verdict.id for p in pending])
+                still = repository.undecided_among(session, [p.verdict.id for p in pending])
                 pending = [p for p in pending if p.verdict.id in still]
-                outcomes, failure = await self._decide(session, pending, now)
+                outcomes, failure = self._decide(session, pending, now, loop)
+            enforceable = False
             if failure is None:
-                await self._record(
+                enforceable = self._record(
                     session_rows=[],
                     events=[],
                     retry=pending,
@@ -370,7 +421,7 @@ class IngestService:
                     outcomes=outcomes,
                     now=now,
                 )
-        return len(outcomes)
+        return _Decided(outcomes if failure is None else {}, failure, enforceable)
 
 
 def _received(pending: Pending, content_hash: str, actor: str) -> EventDraft:

@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from controlplane.domain.vocabulary import ACTIVE_STATES
@@ -16,9 +17,9 @@ from controlplane.store.models import ActionRow, DecisionRow, VerdictRow
 ACTIVE = [s.value for s in ACTIVE_STATES]
 
 
-async def insert_actions(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
+def insert_actions(session: Session, rows: Sequence[dict[str, Any]]) -> None:
     if rows:
-        await session.execute(insert(ActionRow.__table__), list(rows))  # type: ignore[attr-defined]
+        session.execute(insert(ActionRow.__table__), list(rows))  # type: ignore[attr-defined]
 
 
 async def actions_of_decisions(

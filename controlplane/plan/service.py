@@ -11,14 +11,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from opentelemetry import trace
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from controlplane.audit.chain import EventDraft
 from controlplane.customers.service import keys_covered
 from controlplane.domain.action import ActionSpec, DecisionResult
 from controlplane.domain.vocabulary import ActionState, ActionType, SubjectKind
 from controlplane.enforce.sdk import EntryType, reference_of
-from controlplane.enforce.service import record_changes
+from controlplane.enforce.service import record_changes_blocking
 from controlplane.plan import repository
 from controlplane.remedy import reviews_repository as reviews_repo
 from controlplane.store.models import new_id
@@ -96,8 +96,8 @@ def _child(parent: dict[str, Any], key: str, reason: str, now: datetime) -> dict
     }
 
 
-async def expand_suspensions(
-    session: AsyncSession,
+def expand_suspensions(
+    session: Session,
     rows: Sequence[dict[str, Any]],
     now: datetime,
     also_seen: dict[tuple[str, str], set[str]] | None = None,
@@ -117,7 +117,7 @@ async def expand_suspensions(
     for row in suspensions:
         by_provider.setdefault(row["provider"], []).append(row)
     for provider, group in by_provider.items():
-        keys = await keys_covered(
+        keys = keys_covered(
             session, provider, [(r["target_kind"], r["target_value"]) for r in group]
         )
         for row in group:
@@ -318,14 +318,12 @@ def plan(result: DecisionResult, parent: trace.Span | None, **context: Any) -> P
     return Planned(actions, format(span.get_span_context().span_id, "016x"))
 
 
-async def record(
-    session: AsyncSession, planned: Sequence[Planned], now: datetime
-) -> list[EventDraft]:
+def record(session: Session, planned: Sequence[Planned], now: datetime) -> list[EventDraft]:
     """Insert the actions in the caller's transaction; returns their `action.planned`
     events (the caller chains them, then calls `log_changes`)."""
     actions = [a for p in planned for a in p.actions]
-    await repository.insert_actions(session, actions)
-    await reviews_repo.insert_reviews(session, review_rows(actions, now))
+    repository.insert_actions(session, actions)
+    reviews_repo.insert_reviews(session, review_rows(actions, now))
     return [
         EventDraft(
             type="action.planned",
@@ -351,7 +349,11 @@ async def record(
     ]
 
 
-async def log_changes(session: AsyncSession, planned: Sequence[Planned], now: datetime) -> None:
+def log_changes(session: Session, planned: Sequence[Planned], now: datetime) -> None:
     """The planned entries, in the enforcement change log (after the audit events)."""
-    for p in planned:
-        await record_changes(session, p.actions, "planned", now, p.span_id)
+    record_changes_blocking(
+        session,
+        [{**a, "span_id": a.get("span_id", p.span_id)} for p in planned for a in p.actions],
+        "planned",
+        now,
+    )

@@ -220,7 +220,7 @@ class PolicyService:
             # Activations are ordered by time, so each is strictly later than the last
             # whatever the clocks of the machines that made them; the audit head lock
             # serialises concurrent activations (replicas, CLI) while this is decided.
-            await audit_repository.lock_head(session)
+            await session.run_sync(audit_repository.lock_head)
             latest = await repository.activations(session, 1)
             now = utcnow()
             if latest and now <= latest[0].at:

@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from controlplane.store.models import ReviewRow
@@ -15,9 +16,9 @@ from controlplane.store.models import ReviewRow
 OPEN = "open"
 
 
-async def insert_reviews(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
+def insert_reviews(session: Session, rows: Sequence[dict[str, Any]]) -> None:
     if rows:
-        await session.execute(insert(ReviewRow.__table__), list(rows))  # type: ignore[attr-defined]
+        session.execute(insert(ReviewRow.__table__), list(rows))  # type: ignore[attr-defined]
 
 
 async def get_review(

@@ -58,8 +58,8 @@ class ReviewService:
         async with self._db.write() as session, session.begin():
             review = await self._open(session, review_id)
             rows = confirmed_actions(review.model_dump(), actor, note, now)
-            rows += await expand_suspensions(session, rows, now)
-            await actions_repo.insert_actions(session, rows)
+            rows += await session.run_sync(expand_suspensions, rows, now)
+            await session.run_sync(actions_repo.insert_actions, rows)
             self._resolve(review, "confirmed", actor, note, now)
             review.applied = [r["id"] for r in rows]
             await enforce_repo.set_action_states(

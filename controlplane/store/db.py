@@ -1,13 +1,18 @@
-"""The database: one async engine per process, sessions, and migrations."""
+"""The database: one async engine per process, sessions, and migrations; and a sync
+engine for the decide thread, which stores and decides verdict groups with no event
+loop round trip per statement."""
 
 from __future__ import annotations
 
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import Engine, event
+from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -19,10 +24,23 @@ def create_engine(url: str) -> AsyncEngine:
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_async_engine(url, connect_args={"timeout": 30})
-        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
-        event.listen(engine.sync_engine, "begin", _sqlite_begin)
+        _sqlite_events(engine.sync_engine)
         return engine
     return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+
+
+def create_blocking_engine(url: str) -> Engine:
+    """A sync engine on the same database (same SQLite pragmas and write transactions),
+    for work done in a thread of its own."""
+    engine = create_sync_engine(sync_url(url), pool_pre_ping=True)
+    if engine.dialect.name == "sqlite":
+        _sqlite_events(engine)
+    return engine
+
+
+def _sqlite_events(engine: Engine) -> None:
+    event.listen(engine, "connect", _sqlite_pragmas)
+    event.listen(engine, "begin", _sqlite_begin)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -60,8 +78,32 @@ class Database:
             self.engine.execution_options(**{WRITE_OPTION: True}), expire_on_commit=False
         )
 
+    @cached_property
+    def blocking(self) -> Engine:
+        """The sync engine, made on first use (by the decide thread)."""
+        return create_blocking_engine(self.url)
+
+    @cached_property
+    def _blocking_sessions(self) -> tuple[sessionmaker[Session], sessionmaker[Session]]:
+        return (
+            sessionmaker(self.blocking, expire_on_commit=False),
+            sessionmaker(
+                self.blocking.execution_options(**{WRITE_OPTION: True}), expire_on_commit=False
+            ),
+        )
+
+    def read_blocking(self) -> Session:
+        """A sync session for queries (call from a thread, never the event loop)."""
+        return self._blocking_sessions[0]()
+
+    def write_blocking(self) -> Session:
+        """A sync session for a transaction that changes state (SQLite: BEGIN IMMEDIATE)."""
+        return self._blocking_sessions[1]()
+
     async def dispose(self) -> None:
         await self.engine.dispose()
+        if "blocking" in self.__dict__:
+            self.blocking.dispose()
 
 
 def sync_url(url: str) -> str:

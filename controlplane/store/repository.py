@@ -3,7 +3,9 @@ locks (the leader's, the decider's, a connector follower's)."""
 
 from __future__ import annotations
 
-from sqlalchemy import func, select, text
+from collections.abc import Sequence
+
+from sqlalchemy import Connection, func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 
@@ -32,3 +34,23 @@ async def try_advisory_lock(connection: AsyncConnection, key: int) -> bool:
 async def advisory_unlock(connection: AsyncConnection, key: int) -> None:
     await connection.execute(select(func.pg_advisory_unlock(key)))
     await connection.commit()
+
+
+def lock_keys(connection: Connection, keys: Sequence[int]) -> None:
+    """Wait for the session-level advisory locks `keys` (PostgreSQL), taken in ascending
+    order so two holders of overlapping sets never deadlock."""
+    if keys:
+        connection.execute(
+            text(
+                "SELECT pg_advisory_lock(k) FROM "
+                "(SELECT DISTINCT unnest(CAST(:keys AS bigint[])) AS k ORDER BY k) AS ordered"
+            ),
+            {"keys": sorted(set(keys))},
+        )
+        connection.commit()
+
+
+def unlock_all(connection: Connection) -> None:
+    """Release every session-level advisory lock this connection holds."""
+    connection.execute(text("SELECT pg_advisory_unlock_all()"))
+    connection.commit()

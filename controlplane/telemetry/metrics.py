@@ -86,6 +86,13 @@ EVALUATION_SECONDS = Histogram(
     buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
     registry=REGISTRY,
 )
+DECIDE_LOCK_WAIT = Histogram(
+    "tollgate_decide_lock_wait_seconds",
+    "PostgreSQL: how long a batch waited for the locks of its subjects (another replica "
+    "deciding one of them holds it).",
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
+    registry=REGISTRY,
+)
 HTTP_SERVER_ERRORS = Counter(
     "tollgate_http_server_errors",
     "API answers with a 5xx status, by status (each is logged with its traceback).",
@@ -96,7 +103,7 @@ HTTP_SERVER_ERRORS = Counter(
 _PENDING = "tollgate_metrics_audit_events"
 
 
-def count_on_commit(session: AsyncSession, types: Tally[str]) -> None:
+def count_on_commit(session: AsyncSession | Session, types: Tally[str]) -> None:
     """Count audit events by type once the session's transaction commits (a rolled-back
     append counts nothing)."""
     pending: Tally[str] = session.info.setdefault(_PENDING, Tally())
@@ -128,6 +135,10 @@ def decisions_recorded(decisions: Iterable[Mapping[str, Any]]) -> None:
 def decide_faults(exception: str) -> None:
     """Count a batch whose deciding failed with an unexpected exception."""
     DECIDE_FAULTS.labels(exception).inc()
+
+
+def decide_lock_waited(seconds: float) -> None:
+    DECIDE_LOCK_WAIT.observe(seconds)
 
 
 def fallbacks_planned(planned: Iterable[str]) -> None:

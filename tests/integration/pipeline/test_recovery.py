@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from controlplane.domain.verdict import Verdict
@@ -74,14 +75,18 @@ def decider_fails_once(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     original = Decider.decide
     calls: list[int] = []
 
-    async def fails_once(
-        self: Decider, session: AsyncSession, pending: Sequence[Pending], now: datetime
+    def fails_once(
+        self: Decider,
+        session: Session,
+        pending: Sequence[Pending],
+        now: datetime,
+        loop: asyncio.AbstractEventLoop,
     ) -> dict[str, Outcome]:
         if pending:
             calls.append(len(calls) + 1)
             if len(calls) == 1:
                 raise RuntimeError("the engine fell over")
-        return await original(self, session, pending, now)
+        return original(self, session, pending, now, loop)
 
     monkeypatch.setattr(Decider, "decide", fails_once)
     return calls

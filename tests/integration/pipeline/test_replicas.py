@@ -1,17 +1,23 @@
-"""Several replicas on one PostgreSQL decide as one: a verdict's history includes what
-another replica decided a moment before about the same subject."""
+"""Several replicas on one PostgreSQL decide at once, but never the same subject at
+once: a verdict's history includes what another replica decided a moment before about
+the same subject, and replicas whose subjects are disjoint do not wait for each other."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections.abc import Iterator, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy.orm import Session
 
 from controlplane.engine.base import Evaluation
 from controlplane.engine.embedded import EmbeddedEngine
+from controlplane.evaluate.service import Decider, Outcome, Pending
 from tests.support.app import make_settings, serve
 from tests.support.databases import PostgresServer, fresh_database
 from tests.support.verdicts import new_subject, verdict
@@ -68,3 +74,73 @@ def pair() -> tuple[dict[str, Any], dict[str, Any]]:
 
 def kinds_of(answer: dict[str, Any]) -> list[str]:
     return sorted(a["type"] for a in answer["results"][0]["actions"])
+
+
+HOLD_SECONDS = 0.4
+"""How long each decide holds its subjects after reading their history: long enough
+that, without subject locks, both replicas read before either commits."""
+
+
+@pytest.fixture
+def slow_decide(monkeypatch: pytest.MonkeyPatch) -> list[tuple[float, float]]:
+    """Each decide sleeps after reading its history; returns (start, end) of each."""
+    original = Decider.decide
+    spans: list[tuple[float, float]] = []
+    lock = threading.Lock()
+
+    def slow(
+        self: Decider,
+        session: Session,
+        pending: Sequence[Pending],
+        now: datetime,
+        loop: asyncio.AbstractEventLoop,
+    ) -> dict[str, Outcome]:
+        started = time.monotonic()
+        outcomes = original(self, session, pending, now, loop)
+        time.sleep(HOLD_SECONDS)
+        with lock:
+            spans.append((started, time.monotonic()))
+        return outcomes
+
+    monkeypatch.setattr(Decider, "decide", slow)
+    return spans
+
+
+async def test_a_repeat_escalates_whichever_replica_takes_it(
+    postgres_url: str, tmp_path: Path, slow_decide: list[tuple[float, float]]
+) -> None:
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    async with (
+        serve(make_settings(postgres_url, tmp_path / "a")) as one,
+        serve(make_settings(postgres_url, tmp_path / "b")) as two,
+    ):
+        for _ in range(3):
+            subject = new_subject()
+            first, repeat = verdict(subject=subject), verdict(subject=subject)
+            answers = await asyncio.gather(one.submit(first), two.submit(repeat))
+            # One decided first and rate-limited the key; the other waited for the key's
+            # lock, saw that (and the first verdict) and revoked it.
+            assert sorted(kinds_of(answer) for answer in answers) == [
+                ["flag_review", "revoke_key"],
+                ["rate_limit"],
+            ]
+
+
+async def test_replicas_with_disjoint_subjects_do_not_wait_for_each_other(
+    postgres_url: str, tmp_path: Path, slow_decide: list[tuple[float, float]]
+) -> None:
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    async with (
+        serve(make_settings(postgres_url, tmp_path / "a")) as one,
+        serve(make_settings(postgres_url, tmp_path / "b")) as two,
+    ):
+        slow_decide.clear()
+        await asyncio.gather(
+            one.submit(verdict(subject=new_subject(ips=["198.51.100.1"]))),
+            two.submit(verdict(subject=new_subject(ips=["198.51.100.2"]))),
+        )
+        (_, end_first), (start_second, _) = sorted(slow_decide)
+        # The second began deciding while the first still held its subjects.
+        assert start_second < end_first, slow_decide
