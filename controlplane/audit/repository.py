@@ -13,8 +13,10 @@ from typing import Any
 from sqlalchemy import (
     Row,
     String,
+    Table,
     Text,
     and_,
+    bindparam,
     cast,
     delete,
     func,
@@ -44,18 +46,28 @@ from controlplane.store.models import (
 HEAD_ID = 1
 
 
-def _locked(session: AsyncSession | Session, query: Any) -> Any:
+def _locked(session: AsyncSession, query: Any) -> Any:
     """FOR UPDATE on PostgreSQL; SQLite writers already hold the lock (BEGIN IMMEDIATE)."""
     return query.with_for_update() if session.get_bind().dialect.name == "postgresql" else query
 
 
+_head: Table = AuditHeadRow.__table__  # type: ignore[attr-defined]
+_HEAD = select(_head.c.seq, _head.c.hash).where(_head.c.id == HEAD_ID)
+_HEAD_LOCKED = _HEAD.with_for_update()
+_EVENTS = insert(AuditEventRow.__table__)  # type: ignore[attr-defined]
+_MOVE_HEAD = (
+    update(_head)
+    .where(_head.c.id == HEAD_ID)
+    .values(seq=bindparam("new_seq"), hash=bindparam("new_hash"))
+)
+
+
 def lock_head(session: Session) -> tuple[int, str]:
     """The last (seq, hash), locked until commit so appends form one chain across
-    replicas. The head row is created by migration 0003, before any writer runs."""
-    query = select(col(AuditHeadRow.seq), col(AuditHeadRow.hash)).where(
-        col(AuditHeadRow.id) == HEAD_ID
-    )
-    row = session.execute(_locked(session, query)).one()
+    replicas (FOR UPDATE on PostgreSQL; SQLite writers already hold the lock). The head
+    row is created by migration 0003, before any writer runs."""
+    postgres = session.get_bind().dialect.name == "postgresql"
+    row = session.connection().execute(_HEAD_LOCKED if postgres else _HEAD).one()
     return row.seq, row.hash
 
 
@@ -69,10 +81,9 @@ async def head(session: AsyncSession) -> tuple[int, str]:
 
 
 def append(session: Session, rows: list[dict[str, object]], seq: int, last: str) -> None:
-    session.execute(insert(AuditEventRow.__table__), rows)  # type: ignore[attr-defined]
-    session.execute(
-        update(AuditHeadRow).where(col(AuditHeadRow.id) == HEAD_ID).values(seq=seq, hash=last)
-    )
+    connection = session.connection()
+    connection.execute(_EVENTS, rows)
+    connection.execute(_MOVE_HEAD, {"new_seq": seq, "new_hash": last})
 
 
 async def hash_at(session: AsyncSession, seq: int) -> str | None:

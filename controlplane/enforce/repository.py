@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, delete, func, insert, or_, select, update
+from sqlalchemy import Select, Table, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 from sqlmodel import col
@@ -37,13 +37,12 @@ def append_changes(session: Session, changes: Sequence[dict[str, Any]]) -> None:
     (Sync: the decide thread calls it as is, async callers through `run_sync`.)"""
     if not changes:
         return
-    query = _HEAD
-    if session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update()
-    seq = session.execute(query).scalar_one()
+    connection = session.connection()
+    postgres = connection.dialect.name == "postgresql"
+    seq = connection.execute(_HEAD.with_for_update() if postgres else _HEAD).scalar_one()
     rows = [{**change, "seq": seq + i} for i, change in enumerate(changes, start=1)]
-    session.execute(insert(ChangeRow.__table__), rows)  # type: ignore[attr-defined]
-    session.execute(
+    connection.execute(insert(ChangeRow.__table__), rows)  # type: ignore[attr-defined]
+    connection.execute(
         update(ChangeHeadRow).where(col(ChangeHeadRow.id) == HEAD_ID).values(seq=seq + len(rows))
     )
 
@@ -82,12 +81,22 @@ async def changes_after(
     return rows
 
 
-def changes_after_blocking(
-    session: Session, seq: int, limit: int, target_kind: str | None = None
-) -> list[ChangeRow]:
-    rows = list(session.execute(_changes_after(seq, limit, target_kind, None)).scalars())
-    session.expunge_all()
-    return rows
+_change: Table = ChangeRow.__table__  # type: ignore[attr-defined]
+_CHANGES_OF_KIND = (
+    select(_change)
+    .where(_change.c.seq > bindparam("seq"), _change.c.target_kind == bindparam("kind"))
+    .order_by(_change.c.seq)
+    .limit(bindparam("limit"))
+)
+
+
+def changes_after_blocking(session: Session, seq: int, limit: int, target_kind: str) -> list[Any]:
+    """Changes of one target kind after `seq` (rows with ChangeRow's columns)."""
+    return list(
+        session.connection().execute(
+            _CHANGES_OF_KIND, {"seq": seq, "kind": target_kind, "limit": limit}
+        )
+    )
 
 
 async def cursors(session: AsyncSession) -> dict[str, int]:

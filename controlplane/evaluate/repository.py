@@ -372,24 +372,14 @@ class IntelCache:
         full = self._loaded_at is None or (now - self._loaded_at) >= timedelta(
             seconds=self.RELOAD_SECONDS
         )
-        query = select(IndicatorRow)
         if full:
             self._index, self._loaded_at, self._recent = IntelIndex([], self._keyring), now, {}
             self._watermark = now
-            query = query.where(
-                ~col(IndicatorRow.revoked),
-                or_(col(IndicatorRow.expires_at).is_(None), col(IndicatorRow.expires_at) > now),
-            )
+            query, since = _LIVE_INDICATORS, now
         else:
             assert self._watermark is not None
-            since = self._watermark - self.LOOKBACK
-            query = query.where(
-                or_(
-                    col(IndicatorRow.modified) >= since,
-                    col(IndicatorRow.modified).is_(None) & (col(IndicatorRow.created_at) >= since),
-                )
-            )
-        rows = [r for (r,) in session.execute(query)]
+            query, since = _CHANGED_INDICATORS, self._watermark - self.LOOKBACK
+        rows = list(session.connection().execute(query, {"since": since}))
         fresh = [r for r in rows if (r.id, _changed(r)) not in self._recent]
         self._index.drop(r.id for r in fresh)  # an earlier version of a changed row
         self._index.extend(
@@ -422,13 +412,27 @@ class IntelCache:
         return self._index
 
 
-def _changed(row: IndicatorRow) -> datetime:
-    return row.modified or row.created_at
+_indicator: Table = IndicatorRow.__table__  # type: ignore[attr-defined]
+_LIVE_INDICATORS = select(_indicator).where(
+    ~_indicator.c.revoked,
+    or_(_indicator.c.expires_at.is_(None), _indicator.c.expires_at > bindparam("since")),
+)
+_CHANGED_INDICATORS = select(_indicator).where(
+    or_(
+        _indicator.c.modified >= bindparam("since"),
+        _indicator.c.modified.is_(None) & (_indicator.c.created_at >= bindparam("since")),
+    )
+)
+
+
+def _changed(row: Any) -> datetime:
+    moment: datetime = row.modified or row.created_at
+    return moment
 
 
 def insert_decisions(session: Session, rows: Sequence[dict[str, Any]]) -> None:
     if rows:
-        session.execute(insert(DecisionRow.__table__), list(rows))  # type: ignore[attr-defined]
+        session.connection().execute(insert(DecisionRow.__table__), list(rows))  # type: ignore[attr-defined]
 
 
 async def get_decision(session: AsyncSession, decision_id: str) -> DecisionRow | None:

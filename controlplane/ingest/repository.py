@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 from sqlmodel import col
@@ -23,25 +23,26 @@ class Stored:
     received_at: datetime
 
 
+_verdict: Table = VerdictRow.__table__  # type: ignore[attr-defined]
+_STORED = select(
+    _verdict.c.id, _verdict.c.content_hash, _verdict.c.status, _verdict.c.received_at
+).where(_verdict.c.id.in_(bindparam("ids", expanding=True)))
+_INSERT = insert(_verdict)
+
+
 def stored_verdicts(session: Session, ids: Sequence[str]) -> dict[str, Stored]:
     """Content hash, status and arrival of those of `ids` already stored."""
     found: dict[str, Stored] = {}
+    connection = session.connection()
     for i in range(0, len(ids), 500):
-        rows = session.execute(
-            select(
-                col(VerdictRow.id),
-                col(VerdictRow.content_hash),
-                col(VerdictRow.status),
-                col(VerdictRow.received_at),
-            ).where(col(VerdictRow.id).in_(ids[i : i + 500]))
-        )
+        rows = connection.execute(_STORED, {"ids": list(ids[i : i + 500])})
         found.update({r.id: Stored(r.content_hash, r.status, r.received_at) for r in rows})
     return found
 
 
 def insert_verdicts(session: Session, rows: Sequence[dict[str, Any]]) -> None:
     if rows:
-        session.execute(insert(VerdictRow.__table__), list(rows))  # type: ignore[attr-defined]
+        session.connection().execute(_INSERT, list(rows))
 
 
 def set_status(session: Session, ids: Sequence[str], status: VerdictStatus) -> None:

@@ -19,7 +19,7 @@ ACTIVE = [s.value for s in ACTIVE_STATES]
 
 def insert_actions(session: Session, rows: Sequence[dict[str, Any]]) -> None:
     if rows:
-        session.execute(insert(ActionRow.__table__), list(rows))  # type: ignore[attr-defined]
+        session.connection().execute(insert(ActionRow.__table__), list(rows))  # type: ignore[attr-defined]
 
 
 async def actions_of_decisions(
