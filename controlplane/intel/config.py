@@ -9,6 +9,8 @@
       collections:                               # what this lab serves over TAXII
         - {id: 2016ad17-76e1-45ba-9c2e-06cfd2f2133f, title: shared,
            tlp: [clear, green], readers: [lab-b, lab-c]}   # peer token names
+        - {id: 5b6c1d0e-2f3a-4b5c-8d7e-9f0a1b2c3d4e, title: inbox,
+           writers: [lab-b], readers: [lab-b]}     # lab-b may POST objects here
       pull_seconds: 300
       peers:                                     # whom this lab pulls from
         - name: lab-b
@@ -56,6 +58,9 @@ class Collection:
     """The TLP markings of the objects it holds."""
     readers: tuple[str, ...] = ()
     """Names of the `peer` tokens that may read it (engineers and auditors always may)."""
+    writers: tuple[str, ...] = ()
+    """Peers that may add objects to it (TAXII POST). A collection with writers is an
+    inbox: it holds what they posted, never what this lab publishes."""
 
 
 @dataclass(frozen=True)
@@ -142,6 +147,13 @@ def parse_intel(where: str, raw: Any) -> IntelConfig:
     ):
         if len(set(names)) != len(names):
             raise InvalidInput(f"{where}.{label}: names must be unique")
+    for i, c in enumerate(collections):
+        unknown = sorted(set(c.writers) - {p.name for p in peers})
+        if unknown:
+            raise InvalidInput(
+                f"{where}.collections[{i}].writers: {', '.join(unknown)} must be among the "
+                "peers (their key verifies what they post)"
+            )
     seconds = raw.get("pull_seconds", 300)
     if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds <= 0:
         raise InvalidInput(f"{where}.pull_seconds must be a positive number of seconds")
@@ -205,19 +217,22 @@ def _markings(
 
 
 def _collection(where: str, raw: Any) -> Collection:
-    if not isinstance(raw, dict) or set(raw) - {"id", "title", "tlp", "readers"}:
-        raise InvalidInput(f"{where} takes id, title, tlp and readers")
+    if not isinstance(raw, dict) or set(raw) - {"id", "title", "tlp", "readers", "writers"}:
+        raise InvalidInput(f"{where} takes id, title, tlp, readers and writers")
     ident = raw.get("id")
     if not isinstance(ident, str) or not re.fullmatch(r"[0-9a-f-]{36}", ident):
         raise InvalidInput(f"{where}.id must be a UUID (TAXII collection ids are UUIDs)")
-    readers = raw.get("readers") or []
+    readers, writers = raw.get("readers") or [], raw.get("writers") or []
     if not isinstance(readers, list):
         raise InvalidInput(f"{where}.readers must be a list of peer token names")
+    if not isinstance(writers, list):
+        raise InvalidInput(f"{where}.writers must be a list of peer names")
     return Collection(
         ident,
         str(raw.get("title") or ident),
         _markings(f"{where}.tlp", raw.get("tlp"), TLPS, ("clear", "green")),
         tuple(str(r) for r in readers),
+        tuple(_name(f"{where}.writers[{i}]", w) for i, w in enumerate(writers)),
     )
 
 

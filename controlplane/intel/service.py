@@ -197,6 +197,8 @@ class IntelService:
         signer = self.config.signer
         assert signer is not None
         for collection in self.config.collections:
+            if collection.writers:
+                continue  # an inbox: it holds what peers posted, not what this lab says
             chosen = [o for o in objects if _tlp_of(o) in collection.tlp]
             if not chosen:
                 continue
