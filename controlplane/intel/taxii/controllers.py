@@ -1,4 +1,4 @@
-"""`/taxii2/`: the TAXII 2.1 server peers pull from (read-only collections)."""
+"""`/taxii2/`: the TAXII 2.1 server peers pull from (and post to, where they are writers)."""
 
 from __future__ import annotations
 
@@ -17,12 +17,12 @@ from controlplane.intel.taxii.schemas import (
     MAX_CONTENT_LENGTH,
     MEDIA_TYPE,
     STIX_MEDIA_TYPE,
+    AddEnvelope,
     ApiRoot,
     CollectionOut,
     Collections,
     Discovery,
     Envelope,
-    AddEnvelope,
     Manifest,
     ManifestRecord,
     Status,
