@@ -12,6 +12,9 @@
         - {id: 5b6c1d0e-2f3a-4b5c-8d7e-9f0a1b2c3d4e, title: inbox,
            writers: [lab-b], readers: [lab-b]}     # lab-b may POST objects here
       pull_seconds: 300
+      bundle:                                    # blocking strategies shared as an OPA bundle
+        packages: [tollgate.shared]              # GET /v1/intel/bundle
+        readers: [lab-b]                         # peer token names
       peers:                                     # whom this lab pulls from
         - name: lab-b
           url: http://127.0.0.1:8401/taxii2/tollgate/    # the peer's API root
@@ -83,6 +86,15 @@ class Peer:
 
 
 @dataclass(frozen=True)
+class SharedBundle:
+    """The Rego packages this lab shares as a signed OPA bundle (`GET
+    /v1/intel/bundle`), and the peers that may fetch it."""
+
+    packages: tuple[str, ...] = ()
+    readers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class IntelConfig:
     lab: str = "local"
     signer: Signer | None = None
@@ -90,6 +102,7 @@ class IntelConfig:
     collections: Sequence[Collection] = (Collection(DEFAULT_COLLECTION, "shared"),)
     peers: Sequence[Peer] = ()
     pull_seconds: float = 300.0
+    bundle: SharedBundle = field(default_factory=lambda: SharedBundle())
 
     def collection(self, collection_id: str) -> Collection | None:
         return next((c for c in self.collections if c.id == collection_id), None)
@@ -121,7 +134,16 @@ def load_intel(path: Path) -> IntelConfig:
     return parse_intel(f"{path}: intel", raw or {})
 
 
-_KEYS = {"lab", "signing_key_file", "consortium_keys", "collections", "peers", "pull_seconds"}
+_KEYS = {
+    "lab",
+    "signing_key_file",
+    "consortium_keys",
+    "collections",
+    "peers",
+    "pull_seconds",
+    "bundle",
+}
+_PACKAGE = re.compile(r"^[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)*$")
 
 
 def parse_intel(where: str, raw: Any) -> IntelConfig:
@@ -157,7 +179,30 @@ def parse_intel(where: str, raw: Any) -> IntelConfig:
     seconds = raw.get("pull_seconds", 300)
     if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds <= 0:
         raise InvalidInput(f"{where}.pull_seconds must be a positive number of seconds")
-    return IntelConfig(lab, signer, Keyring(keys), collections, peers, float(seconds))
+    return IntelConfig(
+        lab,
+        signer,
+        Keyring(keys),
+        collections,
+        peers,
+        float(seconds),
+        _bundle(f"{where}.bundle", raw.get("bundle") or {}),
+    )
+
+
+def _bundle(where: str, raw: Any) -> SharedBundle:
+    if not isinstance(raw, dict) or set(raw) - {"packages", "readers"}:
+        raise InvalidInput(f"{where} takes packages and readers")
+    packages, readers = raw.get("packages") or [], raw.get("readers") or []
+    if not isinstance(packages, list) or not all(
+        isinstance(p, str) and _PACKAGE.match(p) for p in packages
+    ):
+        raise InvalidInput(f"{where}.packages must be Rego package names (tollgate.shared)")
+    if not isinstance(readers, list):
+        raise InvalidInput(f"{where}.readers must be a list of peer token names")
+    if readers and not packages:
+        raise InvalidInput(f"{where}.readers: name the packages shared, under {where}.packages")
+    return SharedBundle(tuple(packages), tuple(str(r) for r in readers))
 
 
 def _list(where: str, raw: dict[str, Any], key: str) -> list[Any]:

@@ -244,6 +244,11 @@ async def exchange(
                     "collections": collections,
                     "peers": peers,
                     "pull_seconds": 86400,
+                    **(
+                        {"bundle": {"packages": ["tollgate.share"], "readers": ["lab-b"]}}
+                        if name == "lab-a"
+                        else {}
+                    ),
                 },
             }
             settings.config.write_text(yaml.safe_dump(document))
