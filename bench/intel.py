@@ -6,7 +6,8 @@
 1. index: an `IntelIndex` (controlplane/evaluate/intel.py) holding `--cidrs` CIDR
    indicators (IPv4, a mix of /16, /20, /24, /28 and /32) and `--hashes` keyed-hash
    identifier indicators (accounts, API keys, orgs under one consortium key). Printed:
-   build time, the process's resident memory before and after (and per indicator), and
+   build time, the process's resident memory before and after (and per indicator; the
+   indicators are made one at a time, so this is the index's own memory), and
    lookups/s of `match_verdict` for verdicts with two IPs and an account, key and org
    id (every lookup hashes each id under the keys in force), for verdicts that match
    nothing and for verdicts that match, each against the full index and against one
