@@ -6,7 +6,8 @@
 1. index: an `IntelIndex` (controlplane/evaluate/intel.py) holding `--cidrs` CIDR
    indicators (IPv4, a mix of /16, /20, /24, /28 and /32) and `--hashes` keyed-hash
    identifier indicators (accounts, API keys, orgs under one consortium key). Printed:
-   build time, the process's resident memory before and after (and per indicator), and
+   build time, the process's resident memory before and after (and per indicator; the
+   indicators are made one at a time, so this is the index's own memory), and
    lookups/s of `match_verdict` for verdicts with two IPs and an account, key and org
    id (every lookup hashes each id under the keys in force), for verdicts that match
    nothing and for verdicts that match, each against the full index and against one
@@ -29,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ipaddress
+import itertools
 import random
 import secrets
 import socket
@@ -37,6 +39,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -69,32 +72,31 @@ MISS = ipaddress.ip_network("198.18.0.0/15")
 """No indicator covers it: lookups there measure the index, not the matches."""
 
 
-def cidr_indicators(n: int, rng: random.Random) -> list[dict[str, Any]]:
-    rows = []
+def cidr_indicators(n: int) -> Iterator[dict[str, Any]]:
+    """Made one at a time (the same ones on every call), so the memory measured is the
+    index's, not a list of inputs'."""
+    rng = random.Random(7)
     for i in range(n):
         prefix = PREFIXES[i % len(PREFIXES)]
         address = rng.getrandbits(32) & ~((1 << (32 - prefix)) - 1)
         while (address >> 17) == (int(MISS.network_address) >> 17):
             address = rng.getrandbits(32) & ~((1 << (32 - prefix)) - 1)
-        rows.append(
-            {
-                "id": f"c{i}",
-                "kind": "cidr",
-                "value": f"{ipaddress.IPv4Address(address)}/{prefix}",
-                "source": f"lab-{'bcd'[i % 3]}",
-                "confidence": 0.9,
-                "tlp": "green",
-                "pap": "green",
-            }
-        )
-    return rows
+        yield {
+            "id": indicator_id("c", i),
+            "kind": "cidr",
+            "value": f"{ipaddress.IPv4Address(address)}/{prefix}",
+            "source": f"lab-{'bcd'[i % 3]}",
+            "confidence": 0.9,
+            "tlp": "green",
+            "pap": "green",
+        }
 
 
-def hashed_indicators(n: int) -> list[dict[str, Any]]:
+def hashed_indicators(n: int) -> Iterator[dict[str, Any]]:
     kinds = ("account", "api_key", "org")
-    return [
-        {
-            "id": f"h{i}",
+    for i in range(n):
+        yield {
+            "id": indicator_id("h", i),
             "kind": kinds[i % 3],
             "value": KEY.digest(kinds[i % 3], f"{kinds[i % 3]}-{i}"),
             "source": f"lab-{'bcd'[i % 3]}",
@@ -102,8 +104,11 @@ def hashed_indicators(n: int) -> list[dict[str, Any]]:
             "tlp": "green",
             "pap": "green",
         }
-        for i in range(n)
-    ]
+
+
+def indicator_id(prefix: str, i: int) -> str:
+    """Shaped like the ids Tollgate gives (`ind_` + 24 hex), so their memory is real."""
+    return f"ind_{prefix}{i:023x}"
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -111,7 +116,7 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def probes(n: int, cidrs: list[dict[str, Any]], hashes: int, rng: random.Random) -> list[Any]:
+def probes(n: int, cidrs: list[str], hashes: int, rng: random.Random) -> list[Any]:
     """Half misses (IPs in MISS, unknown ids), half hits (an IP in a known range, a
     known id)."""
     made = []
@@ -120,7 +125,7 @@ def probes(n: int, cidrs: list[dict[str, Any]], hashes: int, rng: random.Random)
         miss = int(MISS.network_address) + rng.randrange(MISS.num_addresses)
         ips = [str(ipaddress.IPv4Address(miss)), str(ipaddress.IPv4Address(miss ^ 1))]
         if i % 2:
-            network = ipaddress.ip_network(cidrs[rng.randrange(len(cidrs))]["value"])
+            network = ipaddress.ip_network(cidrs[rng.randrange(len(cidrs))])
             ips[0] = str(network.network_address)
             k = rng.randrange(max(hashes, 1))
             kind = ("account", "api_key", "org")[k % 3]
@@ -139,17 +144,16 @@ def lookups_per_second(index: IntelIndex, made: list[Any], hits: bool) -> float:
 
 
 def bench_index(args: argparse.Namespace) -> IntelIndex:
-    rng = random.Random(7)
+    rng = random.Random(8)
     before = rss_mb()
     started = time.perf_counter()
-    cidrs = cidr_indicators(args.cidrs, rng)
-    hashes = hashed_indicators(args.hashes)
     index = IntelIndex([], KEYRING)
-    index.extend(cidrs)
-    index.extend(hashes)
+    index.extend(cidr_indicators(args.cidrs))
+    index.extend(hashed_indicators(args.hashes))
     built = time.perf_counter() - started
     after = rss_mb()
-    small = IntelIndex(cidrs[:10_000] + hashes[:10_000], KEYRING)
+    small = IntelIndex(itertools.chain(cidr_indicators(10_000), hashed_indicators(10_000)), KEYRING)
+    cidrs = [i["value"] for i in cidr_indicators(args.cidrs)]
     total = args.cidrs + args.hashes
     print(f"index: {args.cidrs:,} CIDR + {args.hashes:,} hashed-identifier indicators")
     print(
@@ -166,7 +170,7 @@ def bench_index(args: argparse.Namespace) -> IntelIndex:
             f"{small_rate:,.0f}/s at {small.size:,} (ratio {big_rate / small_rate:.2f}); "
             "each verdict: 2 IPs, 3 ids hashed and probed"
         )
-    del cidrs, hashes
+    del cidrs
     return index
 
 

@@ -91,6 +91,7 @@ class Runtime:
             lift=remedy.lift,
             floor=providers.loosest_floor,
         )
+        puller = Puller(db, intel)
         return cls(
             settings,
             db,
@@ -104,8 +105,8 @@ class Runtime:
             ReviewService(db, enforcer.wake),
             remedy,
             intel,
-            TaxiiService(db, intel_config),
-            Puller(db, intel),
+            TaxiiService(db, intel_config, puller),
+            puller,
             providers,
             DecisionStream(db, load_stream_config(settings.config)),
         )

@@ -17,7 +17,7 @@ from controlplane.customers.controllers import CustomerController
 from controlplane.enforce.controllers import ConnectorController
 from controlplane.evaluate.controllers import DecisionController
 from controlplane.ingest.controllers import VerdictController
-from controlplane.intel.controllers import IndicatorController
+from controlplane.intel.controllers import BundleController, IndicatorController
 from controlplane.intel.taxii.controllers import TaxiiController
 from controlplane.plan.controllers import ActionController
 from controlplane.policy.controllers import PolicyController
@@ -41,6 +41,7 @@ ROUTES = [
     ReviewController,
     *remedy.ROUTES,
     IndicatorController,
+    BundleController,
     TaxiiController,
     PolicyController,
     ConnectorController,

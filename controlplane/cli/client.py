@@ -72,8 +72,11 @@ def api_client(base_url: str, token: str, timeout: float = 120) -> httpx.Client:
         raise fail(f"TOLLGATE_URL {base_url!r} is not a server URL: {exc}") from None
 
 
-def request(client: httpx.Client, method: str, path: str, **kwargs: Any) -> Any:
-    """Send one request; turn connection failures and error answers into a clean exit."""
+def request(
+    client: httpx.Client, method: str, path: str, *, raw: bool = False, **kwargs: Any
+) -> Any:
+    """Send one request; turn connection failures and error answers into a clean exit.
+    The decoded JSON answer, or its bytes when `raw`."""
     try:
         response = client.request(method, path, **kwargs)
     except httpx.ConnectError:
@@ -109,4 +112,4 @@ def request(client: httpx.Client, method: str, path: str, **kwargs: Any) -> Any:
         for detail in body.get("details", []):
             err.print(f"  [yellow]{detail.get('field', '?')}[/]: {detail.get('message', '')}")
         raise typer.Exit(code=1)
-    return response.json()
+    return response.content if raw else response.json()

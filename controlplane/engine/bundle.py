@@ -46,6 +46,12 @@ def load_bundle(root: Path, revision: str | None = None) -> PolicyBundle:
         )
     modules: dict[str, str] = {}
     data: list[tuple[str, Any]] = []
+    # A vendored OPA bundle (a directory with a .manifest) mounts its data from its own
+    # root, as OPA would: vendor/lab_a/x/data.json is data.x.
+    bundle_roots = sorted(
+        (m.parent for m in root.rglob(".manifest") if m.parent != root),
+        key=lambda p: -len(p.parts),
+    )
     for path in sorted(root.rglob("*")):
         if not path.is_file() or any(part.startswith(".") for part in path.relative_to(root).parts):
             continue
@@ -53,7 +59,8 @@ def load_bundle(root: Path, revision: str | None = None) -> PolicyBundle:
         if path.suffix == ".rego":
             modules[rel.as_posix()] = path.read_text(encoding="utf-8")
         elif path.name in DATA_FILES:
-            data.append((".".join(rel.parent.parts), _read_data(path)))
+            base = next((b for b in bundle_roots if b in path.parents), root)
+            data.append((".".join(path.parent.relative_to(base).parts), _read_data(path)))
     if not modules:
         raise PolicyError(f"no .rego files under {root}: is TOLLGATE_POLICY_DIR right?")
     return PolicyBundle(

@@ -9,7 +9,12 @@
       collections:                               # what this lab serves over TAXII
         - {id: 2016ad17-76e1-45ba-9c2e-06cfd2f2133f, title: shared,
            tlp: [clear, green], readers: [lab-b, lab-c]}   # peer token names
+        - {id: 5b6c1d0e-2f3a-4b5c-8d7e-9f0a1b2c3d4e, title: inbox,
+           writers: [lab-b], readers: [lab-b]}     # lab-b may POST objects here
       pull_seconds: 300
+      bundle:                                    # blocking strategies shared as an OPA bundle
+        packages: [tollgate.shared]              # GET /v1/intel/bundle
+        readers: [lab-b]                         # peer token names
       peers:                                     # whom this lab pulls from
         - name: lab-b
           url: http://127.0.0.1:8401/taxii2/tollgate/    # the peer's API root
@@ -56,6 +61,9 @@ class Collection:
     """The TLP markings of the objects it holds."""
     readers: tuple[str, ...] = ()
     """Names of the `peer` tokens that may read it (engineers and auditors always may)."""
+    writers: tuple[str, ...] = ()
+    """Peers that may add objects to it (TAXII POST). A collection with writers is an
+    inbox: it holds what they posted, never what this lab publishes."""
 
 
 @dataclass(frozen=True)
@@ -78,6 +86,15 @@ class Peer:
 
 
 @dataclass(frozen=True)
+class SharedBundle:
+    """The Rego packages this lab shares as a signed OPA bundle (`GET
+    /v1/intel/bundle`), and the peers that may fetch it."""
+
+    packages: tuple[str, ...] = ()
+    readers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class IntelConfig:
     lab: str = "local"
     signer: Signer | None = None
@@ -85,6 +102,7 @@ class IntelConfig:
     collections: Sequence[Collection] = (Collection(DEFAULT_COLLECTION, "shared"),)
     peers: Sequence[Peer] = ()
     pull_seconds: float = 300.0
+    bundle: SharedBundle = field(default_factory=lambda: SharedBundle())
 
     def collection(self, collection_id: str) -> Collection | None:
         return next((c for c in self.collections if c.id == collection_id), None)
@@ -116,7 +134,16 @@ def load_intel(path: Path) -> IntelConfig:
     return parse_intel(f"{path}: intel", raw or {})
 
 
-_KEYS = {"lab", "signing_key_file", "consortium_keys", "collections", "peers", "pull_seconds"}
+_KEYS = {
+    "lab",
+    "signing_key_file",
+    "consortium_keys",
+    "collections",
+    "peers",
+    "pull_seconds",
+    "bundle",
+}
+_PACKAGE = re.compile(r"^[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)*$")
 
 
 def parse_intel(where: str, raw: Any) -> IntelConfig:
@@ -142,10 +169,40 @@ def parse_intel(where: str, raw: Any) -> IntelConfig:
     ):
         if len(set(names)) != len(names):
             raise InvalidInput(f"{where}.{label}: names must be unique")
+    for i, c in enumerate(collections):
+        unknown = sorted(set(c.writers) - {p.name for p in peers})
+        if unknown:
+            raise InvalidInput(
+                f"{where}.collections[{i}].writers: {', '.join(unknown)} must be among the "
+                "peers (their key verifies what they post)"
+            )
     seconds = raw.get("pull_seconds", 300)
     if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds <= 0:
         raise InvalidInput(f"{where}.pull_seconds must be a positive number of seconds")
-    return IntelConfig(lab, signer, Keyring(keys), collections, peers, float(seconds))
+    return IntelConfig(
+        lab,
+        signer,
+        Keyring(keys),
+        collections,
+        peers,
+        float(seconds),
+        _bundle(f"{where}.bundle", raw.get("bundle") or {}),
+    )
+
+
+def _bundle(where: str, raw: Any) -> SharedBundle:
+    if not isinstance(raw, dict) or set(raw) - {"packages", "readers"}:
+        raise InvalidInput(f"{where} takes packages and readers")
+    packages, readers = raw.get("packages") or [], raw.get("readers") or []
+    if not isinstance(packages, list) or not all(
+        isinstance(p, str) and _PACKAGE.match(p) for p in packages
+    ):
+        raise InvalidInput(f"{where}.packages must be Rego package names (tollgate.shared)")
+    if not isinstance(readers, list):
+        raise InvalidInput(f"{where}.readers must be a list of peer token names")
+    if readers and not packages:
+        raise InvalidInput(f"{where}.readers: name the packages shared, under {where}.packages")
+    return SharedBundle(tuple(packages), tuple(str(r) for r in readers))
 
 
 def _list(where: str, raw: dict[str, Any], key: str) -> list[Any]:
@@ -205,19 +262,22 @@ def _markings(
 
 
 def _collection(where: str, raw: Any) -> Collection:
-    if not isinstance(raw, dict) or set(raw) - {"id", "title", "tlp", "readers"}:
-        raise InvalidInput(f"{where} takes id, title, tlp and readers")
+    if not isinstance(raw, dict) or set(raw) - {"id", "title", "tlp", "readers", "writers"}:
+        raise InvalidInput(f"{where} takes id, title, tlp, readers and writers")
     ident = raw.get("id")
     if not isinstance(ident, str) or not re.fullmatch(r"[0-9a-f-]{36}", ident):
         raise InvalidInput(f"{where}.id must be a UUID (TAXII collection ids are UUIDs)")
-    readers = raw.get("readers") or []
+    readers, writers = raw.get("readers") or [], raw.get("writers") or []
     if not isinstance(readers, list):
         raise InvalidInput(f"{where}.readers must be a list of peer token names")
+    if not isinstance(writers, list):
+        raise InvalidInput(f"{where}.writers must be a list of peer names")
     return Collection(
         ident,
         str(raw.get("title") or ident),
         _markings(f"{where}.tlp", raw.get("tlp"), TLPS, ("clear", "green")),
         tuple(str(r) for r in readers),
+        tuple(_name(f"{where}.writers[{i}]", w) for i, w in enumerate(writers)),
     )
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any
 
-from litestar import Controller, Request, get, post
+from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, JSONBody, QueryParameter
@@ -128,4 +129,50 @@ class IndicatorController(Controller):
             retractions=report.retractions,
             lifted=report.lifted,
             error=report.error,
+        )
+
+
+class BundleController(Controller):
+    path = "/v1/intel/bundle"
+    tags = ["intel"]
+    guards = [requires(Role.ENGINEER, Role.ADMIN, Role.PEER)]
+
+    @get(
+        "/",
+        operation_id="exportBundle",
+        summary="The active revision as a signed OPA bundle",
+        media_type="application/gzip",
+        responses={
+            **_AUTH,
+            403: ResponseSpec(
+                ErrorBody,
+                description="A peer token not among intel.bundle.readers, or a package not "
+                "shared with peers.",
+            ),
+            409: ResponseSpec(ErrorBody, description="This lab has no intel signing key."),
+            422: ResponseSpec(ErrorBody, description="No package of the revision is named."),
+        },
+    )
+    async def export(
+        self,
+        request: Request[Any, Any, Any],
+        runtime: NamedDependency[Runtime],
+        package: Annotated[
+            list[str] | None,
+            QueryParameter(
+                description="Rego packages to export (with what is under them); peers get "
+                "intel.bundle.packages when none is named, engineers the whole revision."
+            ),
+        ] = None,
+    ) -> Response[bytes]:
+        """A gzipped OPA bundle: the packages' `.rego` files and `data.json`, a
+        `.manifest` and a `.signatures.json` signed with this lab's intel key (EdDSA),
+        ready for `tollgate intel bundle import` at a peer or for an OPA server."""
+        principal = principal_of(request)
+        peer = principal.name if principal.role is Role.PEER else None
+        archive = await asyncio.to_thread(runtime.intel.signed_bundle, package or [], peer)
+        return Response(
+            archive,
+            media_type="application/gzip",
+            headers={"Content-Disposition": 'attachment; filename="bundle.tar.gz"'},
         )

@@ -12,6 +12,7 @@ and skips none; within one pull, `next` is followed when the server gives one, a
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +52,29 @@ class PullReport:
     lifted: int = 0
     error: str | None = None
     reasons: list[str] = field(default_factory=list)
+    outcomes: list[Outcome] | None = None
+    """Per object (when asked for: objects posted to a collection get a TAXII status)."""
+
+    def outcome(self, obj: Any, ok: bool, message: str) -> None:
+        if self.outcomes is not None:
+            self.outcomes.append(Outcome(obj, ok, message))
+
+
+@dataclass(frozen=True)
+class Outcome:
+    obj: Any
+    ok: bool
+    message: str
+
+    def detail(self) -> dict[str, str]:
+        """A TAXII status detail: `id`, `version`, `message`."""
+        obj = self.obj if isinstance(self.obj, dict) else {}
+        version = obj.get("modified") or obj.get("created") or ""
+        return {
+            "id": str(obj.get("id") or "")[:100],
+            "version": str(version)[:40],
+            "message": self.message[:400],
+        }
 
 
 class Puller:
@@ -151,6 +175,36 @@ class Puller:
             )
         return report
 
+    async def receive(
+        self, peer: Peer, objects: list[Any], store: Callable[[AsyncSession, list[Any]], Any]
+    ) -> PullReport:
+        """Objects a peer posted: taken as a pulled page is (verified, accepted or
+        refused, de-duplicated, retractions obeyed), with each object's outcome; `store`
+        keeps the verified ones in the same transaction."""
+        report = PullReport(peer.name, pages=1, outcomes=[])
+        async with self._db.write() as session, session.begin():
+            retracted = await self._take(session, peer, objects, report)
+            assert report.outcomes is not None
+            await store(session, [o.obj for o in report.outcomes if o.ok])
+        if retracted:
+            lifted = await self._service.lift_resting_on(
+                retracted, f"retracted by its source (posted by {peer.name})", f"intel:{peer.name}"
+            )
+            report.lifted = len(lifted)
+        async with self._db.write() as session, session.begin():
+            await repository.save_peer_state(
+                session,
+                peer.name,
+                {
+                    "+accepted": report.accepted,
+                    "+rejected": report.rejected,
+                    "+duplicates": report.duplicates,
+                    "+retractions": report.retractions,
+                    "+lifted": report.lifted,
+                },
+            )
+        return report
+
     async def _take(
         self, session: AsyncSession, peer: Peer, objects: list[Any], report: PullReport
     ) -> list[IndicatorRow]:
@@ -163,30 +217,36 @@ class Puller:
         for obj in objects:
             if not isinstance(obj, dict):
                 report.rejected += 1
+                report.outcome(obj, False, "not a STIX object")
                 continue
             try:
                 key = verify(obj, keys)
             except SignatureRefused as exc:
                 refused.append(_refusal(peer, obj, str(exc), now))
                 report.rejected += 1
+                report.outcome(obj, False, str(exc))
                 continue
             kind = obj.get("type")
             if kind == "indicator":
                 fresh[str(obj.get("id"))] = (obj, key)
             elif kind == "opinion":
                 opinions.append((obj, key))
+            else:
+                report.outcome(obj, True, f"signed by {key.lab}")
         held = await repository.indicators_by_stix_id(session, list(fresh))
         new_rows: list[dict[str, Any]] = []
         retracted: list[IndicatorRow] = []
         for stix_id, (obj, key) in fresh.items():
             if key.lab == self._service.config.lab:
                 report.duplicates += 1  # our own object, relayed back
+                report.outcome(obj, True, "this lab's own object: nothing to take")
                 continue
             try:
                 fields = self._accept(peer, obj)
             except Unusable as exc:
                 refused.append(_refusal(peer, obj, str(exc), now))
                 report.rejected += 1
+                report.outcome(obj, False, str(exc))
                 continue
             fields["source"] = key.lab
             fields["origin"] = peer.name
@@ -194,6 +254,7 @@ class Puller:
             if existing is not None:
                 if existing.modified is not None and existing.modified >= fields["modified"]:
                     report.duplicates += 1
+                    report.outcome(obj, True, "already held (this version or a newer one)")
                     continue
                 values = {k: v for k, v in fields.items() if k not in ("created_at", "stix_id")}
                 if fields["revoked"] and not existing.revoked:
@@ -203,14 +264,18 @@ class Puller:
                     report.retractions += 1
                 await repository.replace_indicator(session, existing.id, values)
                 report.accepted += 1
+                report.outcome(obj, True, "a newer version: taken")
                 continue
             if fields["revoked"]:
                 report.duplicates += 1  # revoked before we ever held it: nothing to do
+                report.outcome(obj, True, "revoked, and never held here")
                 continue
             new_rows.append({"id": new_id("ind"), **fields})
             report.accepted += 1
+            report.outcome(obj, True, "taken")
         await repository.insert_indicators(session, new_rows)
         for obj, key in opinions:
+            report.outcome(obj, True, f"an opinion of {key.lab}")
             if obj.get("opinion") not in ("strongly-disagree", "disagree"):
                 continue
             refs = [

@@ -10,7 +10,7 @@ from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from controlplane.store.models import IndicatorRow, IntelObjectRow, IntelPeerRow
+from controlplane.store.models import IndicatorRow, IntelObjectRow, IntelPeerRow, IntelStatusRow
 
 # -- indicators --------------------------------------------------------------------------
 
@@ -253,3 +253,14 @@ async def save_peer_state(session: AsyncSession, name: str, values: dict[str, An
     if not updated.rowcount:  # type: ignore[attr-defined]
         fresh = {k.lstrip("+"): v for k, v in values.items()}
         await session.execute(insert(IntelPeerRow), [{"name": name, **fresh}])
+
+
+# -- TAXII status of added objects -------------------------------------------------------
+
+
+async def insert_status(session: AsyncSession, row: IntelStatusRow) -> None:
+    session.add(row)
+
+
+async def get_status(session: AsyncSession, status_id: str) -> IntelStatusRow | None:
+    return await session.get(IntelStatusRow, status_id)

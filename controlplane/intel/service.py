@@ -22,7 +22,7 @@ from controlplane.audit.chain import EventDraft
 from controlplane.enforce import repository as enforce_repo
 from controlplane.enforce.targets import PrefixFloor, TargetError, canonical_cidr
 from controlplane.engine.bundle import PolicyBundle
-from controlplane.errors import Conflict, InvalidInput, NotFound
+from controlplane.errors import Conflict, Forbidden, InvalidInput, NotFound
 from controlplane.intel import repository
 from controlplane.intel.config import IntelConfig, Peer
 from controlplane.intel.hashing import HASHED_KINDS, is_keyed_hash
@@ -35,6 +35,7 @@ from controlplane.intel.stix.objects import (
     indicator_object,
     opinion_object,
 )
+from controlplane.policy.bundles import export_bundle
 from controlplane.store.db import Database
 from controlplane.store.models import IndicatorRow, new_id
 from controlplane.store.types import utcnow
@@ -83,6 +84,23 @@ class IntelService:
 
     def close(self) -> None:
         self._share.close()
+
+    def signed_bundle(self, packages: Sequence[str], peer: str | None) -> bytes:
+        """The active revision's `packages` as a signed OPA bundle (`.tar.gz`). A peer
+        gets only the packages `intel.bundle` shares, and only if it is a reader."""
+        shared = self.config.bundle
+        if self.config.signer is None:
+            raise Conflict("this lab has no intel.signing_key_file: it cannot sign a bundle")
+        if peer is not None:
+            if peer not in shared.readers:
+                raise Forbidden(f"token {peer!r} is not among intel.bundle.readers of this lab")
+            outside = [p for p in packages if not any(_under(p, s) for s in shared.packages)]
+            if outside:
+                raise Forbidden(f"not shared with peers: {', '.join(outside)}")
+            packages = packages or shared.packages
+        return export_bundle(
+            self._bundle(), packages, self.config.signer, self.config.lab
+        ).archive()
 
     # -- entering indicators --------------------------------------------------------
 
@@ -197,6 +215,8 @@ class IntelService:
         signer = self.config.signer
         assert signer is not None
         for collection in self.config.collections:
+            if collection.writers:
+                continue  # an inbox: it holds what peers posted, not what this lab says
             chosen = [o for o in objects if _tlp_of(o) in collection.tlp]
             if not chosen:
                 continue
@@ -452,6 +472,10 @@ def _action_kinds(kind: str) -> tuple[str, ...]:
         "api_key": ("api_key",),
         "org": ("org",),
     }.get(kind, ())
+
+
+def _under(package: str, root: str) -> bool:
+    return package == root or package.startswith(root + ".")
 
 
 def _tlp_of(obj: dict[str, Any]) -> str:

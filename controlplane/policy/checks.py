@@ -17,9 +17,14 @@ from controlplane.engine.sandbox import (
     opa_module,
 )
 from controlplane.errors import PolicyError
+from controlplane.policy.bundles import check_vendored
 from controlplane.policy.rego import Module, read_module
 
 REQUIRED_METADATA = ("title", "description", "custom.owner")
+VENDOR_HINT = (
+    "import it again with `tollgate intel bundle import`, from its lab, rather than "
+    "editing it; its lab's key must be in vendor/keys/"
+)
 COMPILE_HINT = "the policy does not compile or fails on a representative input"
 
 
@@ -36,11 +41,14 @@ class Problem:
 
 
 def check_dir(root: Path, entrypoint: str) -> list[Problem]:
+    """`check_bundle` on the directory, and every vendored OPA bundle's signature
+    verified against the keys in `vendor/keys/`."""
+    vendored = [Problem(where, 0, message, VENDOR_HINT) for where, message in check_vendored(root)]
     try:
         bundle = load_bundle(root)
     except PolicyError as exc:
-        return [Problem(str(root), 0, exc.message)]
-    return check_bundle(bundle, entrypoint)
+        return [*vendored, Problem(str(root), 0, exc.message)]
+    return [*vendored, *check_bundle(bundle, entrypoint)]
 
 
 def check_bundle(bundle: PolicyBundle, entrypoint: str) -> list[Problem]:

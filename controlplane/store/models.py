@@ -230,6 +230,29 @@ class IntelPeerRow(SQLModel, table=True):
     lifted: int = 0
 
 
+class IntelStatusRow(SQLModel, table=True):
+    """The TAXII status of one request that added objects to a collection (TAXII 2.1,
+    4.3): what was taken and what was refused, per object."""
+
+    __tablename__ = "intel_status"
+
+    id: str = Field(primary_key=True, max_length=36)
+    """A UUID: the `{status-id}` of `GET {api-root}/status/{status-id}/`."""
+    collection: str = Field(max_length=63)
+    writer: str = Field(max_length=63)
+    """The peer token that posted the objects (only it and the readers of the enforcement
+    record may read the status)."""
+    request_timestamp: datetime = _utc(nullable=False)
+    status: str = Field(default="complete", max_length=20)
+    total_count: int = 0
+    success_count: int = 0
+    failure_count: int = 0
+    pending_count: int = 0
+    details: dict[str, Any] = _json(nullable=False)
+    """`{"successes": [...], "failures": [...], "pendings": [...]}`: TAXII status details
+    (`id`, `version`, `message`)."""
+
+
 class PolicyRevisionRow(SQLModel, table=True):
     """A policy revision Tollgate has seen, gated, and kept a snapshot of (so rollback,
     explain and impact work without the source)."""

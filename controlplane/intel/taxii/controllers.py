@@ -1,10 +1,10 @@
-"""`/taxii2/`: the TAXII 2.1 server peers pull from (read-only collections)."""
+"""`/taxii2/`: the TAXII 2.1 server peers pull from (and post to, where they are writers)."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from litestar import Controller, Request, Response, get
+from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, QueryParameter
@@ -14,8 +14,10 @@ from controlplane.auth.guards import principal_of, requires
 from controlplane.auth.roles import TAXII_READERS
 from controlplane.intel.config import API_ROOT, Collection
 from controlplane.intel.taxii.schemas import (
+    MAX_CONTENT_LENGTH,
     MEDIA_TYPE,
     STIX_MEDIA_TYPE,
+    AddEnvelope,
     ApiRoot,
     CollectionOut,
     Collections,
@@ -23,6 +25,7 @@ from controlplane.intel.taxii.schemas import (
     Envelope,
     Manifest,
     ManifestRecord,
+    Status,
     Versions,
 )
 from controlplane.intel.taxii.service import (
@@ -30,6 +33,7 @@ from controlplane.intel.taxii.service import (
     SPEC_VERSION_PATTERN,
     envelope,
     filters,
+    status_body,
     taxii_time,
 )
 from controlplane.runtime import Runtime
@@ -80,13 +84,18 @@ def _taxii(body: Any, headers: dict[str, str] | None = None) -> Response[Any]:
     return Response(body, media_type=MEDIA_TYPE, headers=headers or {})
 
 
-def _collection_out(c: Collection) -> CollectionOut:
+def _collection_out(c: Collection, can_write: bool) -> CollectionOut:
+    description = (
+        f"An inbox: signed STIX 2.1 objects posted by {', '.join(c.writers)}"
+        if c.writers
+        else f"Signed STIX 2.1 indicators and retractions marked TLP {', '.join(c.tlp)}"
+    )
     return CollectionOut(
         id=c.id,
         title=c.title,
-        description=f"Signed STIX 2.1 indicators and retractions marked TLP {', '.join(c.tlp)}",
+        description=description,
         can_read=True,
-        can_write=False,
+        can_write=can_write,
         media_types=[STIX_MEDIA_TYPE],
     )
 
@@ -129,7 +138,7 @@ class TaxiiController(Controller):
                 title="Tollgate intel",
                 description="Collections of signed STIX 2.1 objects",
                 versions=[MEDIA_TYPE],
-                max_content_length=0,
+                max_content_length=MAX_CONTENT_LENGTH,
             )
         )
 
@@ -144,8 +153,15 @@ class TaxiiController(Controller):
         self, request: Request[Any, Any, Any], runtime: NamedDependency[Runtime]
     ) -> Response[Collections]:
         """The collections this token may read."""
-        readable = runtime.taxii.readable(principal_of(request))
-        return _taxii(Collections(collections=[_collection_out(c) for c in readable]))
+        principal = principal_of(request)
+        readable = runtime.taxii.readable(principal)
+        return _taxii(
+            Collections(
+                collections=[
+                    _collection_out(c, runtime.taxii.writable(principal, c)) for c in readable
+                ]
+            )
+        )
 
     @get(
         f"/{API_ROOT}/collections/{{collection_id:str}}/",
@@ -161,9 +177,9 @@ class TaxiiController(Controller):
         collection_id: FromPath[str],
     ) -> Response[CollectionOut]:
         """One collection."""
-        return _taxii(
-            _collection_out(runtime.taxii.collection(principal_of(request), collection_id))
-        )
+        principal = principal_of(request)
+        found = runtime.taxii.collection(principal, collection_id)
+        return _taxii(_collection_out(found, runtime.taxii.writable(principal, found)))
 
     @get(
         f"/{API_ROOT}/collections/{{collection_id:str}}/objects/",
@@ -192,6 +208,60 @@ class TaxiiController(Controller):
         )
         page = await runtime.taxii.objects(principal_of(request), collection_id, f)
         return _taxii(envelope(page), page.headers())
+
+    @post(
+        f"/{API_ROOT}/collections/{{collection_id:str}}/objects/",
+        operation_id="taxiiAddObjects",
+        summary="Add objects to an inbox collection",
+        media_type=MEDIA_TYPE,
+        status_code=202,
+        request_max_body_size=MAX_CONTENT_LENGTH,
+        responses={
+            **_ERRORS,
+            **_NOT_FOUND,
+            403: ResponseSpec(
+                ErrorBody, description="The token may not add objects to this collection."
+            ),
+            413: ResponseSpec(ErrorBody, description="The body is over `max_content_length`."),
+            422: ResponseSpec(
+                ErrorBody, description="The body is not a TAXII envelope (the field named)."
+            ),
+        },
+    )
+    async def add_objects(
+        self,
+        request: Request[Any, Any, Any],
+        runtime: NamedDependency[Runtime],
+        collection_id: FromPath[str],
+        data: AddEnvelope,
+    ) -> Response[Status]:
+        """Objects a peer listed under the collection's `writers` adds: every one is
+        verified against the peers' keys and taken as intel pulled from that peer
+        (refused ones are failures, with the reason). Answers the status, complete."""
+        row = await runtime.taxii.add_objects(principal_of(request), collection_id, data.objects)
+        answer = _taxii(status_body(row))
+        answer.status_code = 202
+        return answer
+
+    @get(
+        f"/{API_ROOT}/status/{{status_id:str}}/",
+        operation_id="taxiiStatus",
+        summary="The status of objects added",
+        media_type=MEDIA_TYPE,
+        responses={
+            **_ERRORS,
+            404: ResponseSpec(ErrorBody, description="No such status for this token."),
+        },
+    )
+    async def status(
+        self,
+        request: Request[Any, Any, Any],
+        runtime: NamedDependency[Runtime],
+        status_id: FromPath[str],
+    ) -> Response[Status]:
+        """What became of each object of one add request (TAXII 2.1 status resource)."""
+        row = await runtime.taxii.status(principal_of(request), status_id)
+        return _taxii(status_body(row))
 
     @get(
         f"/{API_ROOT}/collections/{{collection_id:str}}/manifest/",

@@ -8,6 +8,10 @@ from pydantic import BaseModel, Field
 
 MEDIA_TYPE = "application/taxii+json;version=2.1"
 STIX_MEDIA_TYPE = "application/stix+json;version=2.1"
+MAX_ADD = 10_000
+"""The most objects one POST may add."""
+MAX_CONTENT_LENGTH = 16 * 2**20
+"""The largest request body the API root takes (its `max_content_length`)."""
 
 
 class Discovery(BaseModel):
@@ -59,3 +63,32 @@ class Manifest(BaseModel):
 class Versions(BaseModel):
     more: bool
     versions: list[str]
+
+
+class StatusDetail(BaseModel):
+    id: str
+    version: str
+    message: str | None = None
+
+
+class Status(BaseModel):
+    """TAXII 2.1 status resource (4.3.1): the outcome of one request that added objects."""
+
+    id: str
+    status: str = Field(description="`complete` (Tollgate takes posted objects at once).")
+    request_timestamp: str | None = None
+    total_count: int
+    success_count: int
+    successes: list[StatusDetail] = Field(default_factory=list)
+    failure_count: int
+    failures: list[StatusDetail] = Field(default_factory=list)
+    pending_count: int
+    pendings: list[StatusDetail] = Field(default_factory=list)
+
+
+class AddEnvelope(BaseModel):
+    """The objects to add (TAXII envelope; `more` and `next` are ignored)."""
+
+    objects: list[Any] = Field(max_length=MAX_ADD)
+    more: bool | None = None
+    next: str | None = None

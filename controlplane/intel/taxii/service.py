@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -12,8 +13,10 @@ from controlplane.auth.service import Principal
 from controlplane.errors import Forbidden, InvalidInput, NotFound
 from controlplane.intel import repository
 from controlplane.intel.config import API_ROOT, Collection, IntelConfig
+from controlplane.intel.pull import Puller
 from controlplane.store.db import Database
-from controlplane.store.models import IntelObjectRow
+from controlplane.store.models import IntelObjectRow, IntelStatusRow
+from controlplane.store.types import utcnow
 
 NEXT_PATTERN = r"^[0-9]+$"
 """A `next` as this server gives it (a position in the collection)."""
@@ -101,9 +104,10 @@ class Page:
 
 
 class TaxiiService:
-    def __init__(self, db: Database, config: IntelConfig, base_url: str = "") -> None:
+    def __init__(self, db: Database, config: IntelConfig, puller: Puller | None = None) -> None:
         self._db = db
         self._config = config
+        self._puller = puller
 
     def readable(self, principal: Principal) -> list[Collection]:
         if principal.role is Role.PEER:
@@ -120,6 +124,59 @@ class TaxiiService:
                 f"{collection_id}; ask its lab to add it under intel.collections[].readers"
             )
         return found
+
+    def writable(self, principal: Principal, collection: Collection) -> bool:
+        return principal.role is Role.PEER and principal.name in collection.writers
+
+    async def add_objects(
+        self, principal: Principal, collection_id: str, objects: list[Any]
+    ) -> IntelStatusRow:
+        """Objects a peer posts to an inbox collection: each verified against the peers'
+        keys and taken as pulled intel from that peer; the verified ones are kept in the
+        collection. Answers the TAXII status (complete: nothing is left pending)."""
+        found = self._config.collection(collection_id)
+        if found is None:
+            raise NotFound(f"no collection {collection_id!r}; GET the collections to list them")
+        if not self.writable(principal, found):
+            raise Forbidden(
+                f"token {principal.name!r} may not add objects to collection {collection_id}; "
+                "its lab lists the peers that may under intel.collections[].writers"
+            )
+        peer = self._config.peer(principal.name)
+        if peer is None or self._puller is None:
+            raise Forbidden(f"{principal.name!r} is not a configured peer of this lab")
+        requested = utcnow()
+
+        async def keep(session: Any, verified: list[Any]) -> None:
+            await repository.append_objects(session, found.id, verified, utcnow())
+
+        report = await self._puller.receive(peer, objects, keep)
+        outcomes = report.outcomes or []
+        successes = [o.detail() for o in outcomes if o.ok]
+        failures = [o.detail() for o in outcomes if not o.ok]
+        row = IntelStatusRow(
+            id=str(uuid.uuid4()),
+            collection=found.id,
+            writer=principal.name,
+            request_timestamp=requested,
+            status="complete",
+            total_count=len(objects),
+            success_count=len(successes),
+            failure_count=len(failures),
+            pending_count=0,
+            details={"successes": successes, "failures": failures, "pendings": []},
+        )
+        async with self._db.write() as session, session.begin():
+            await repository.insert_status(session, row)
+        return row
+
+    async def status(self, principal: Principal, status_id: str) -> IntelStatusRow:
+        """A status: for the peer that posted, and for readers of the enforcement record."""
+        async with self._db.read() as session:
+            row = await repository.get_status(session, status_id)
+        if row is None or (principal.role is Role.PEER and row.writer != principal.name):
+            raise NotFound(f"no status {status_id!r} for this token")
+        return row
 
     async def objects(self, principal: Principal, collection_id: str, f: Filters) -> Page:
         collection = self.collection(principal, collection_id)
@@ -149,6 +206,21 @@ class TaxiiService:
     @staticmethod
     def root_name() -> str:
         return API_ROOT
+
+
+def status_body(row: IntelStatusRow) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "status": row.status,
+        "request_timestamp": taxii_time(row.request_timestamp),
+        "total_count": row.total_count,
+        "success_count": row.success_count,
+        "successes": row.details.get("successes", []),
+        "failure_count": row.failure_count,
+        "failures": row.details.get("failures", []),
+        "pending_count": row.pending_count,
+        "pendings": row.details.get("pendings", []),
+    }
 
 
 def envelope(page: Page) -> dict[str, Any]:

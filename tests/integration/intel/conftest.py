@@ -36,6 +36,8 @@ SHARED = "2016ad17-76e1-45ba-9c2e-06cfd2f2133f"
 """The collection every lab serves to the other two (TLP clear, green, amber)."""
 CLOSE = "8d0b5c8e-3a41-4a8e-9d1f-6c2f7b1e0a55"
 """A second collection lab-a grants to lab-b only."""
+INBOX = "5b6c1d0e-2f3a-4b5c-8d7e-9f0a1b2c3d4e"
+"""lab-b's inbox: lab-a may POST objects to it (and read them back)."""
 LABS = ("lab-a", "lab-b", "lab-c")
 MEDALLION_USER = ("relay", "relay-password-for-tests")
 
@@ -229,6 +231,10 @@ async def exchange(
                 collections.append(
                     {"id": CLOSE, "title": "close", "tlp": ["green"], "readers": ["lab-b"]}
                 )
+            if name == "lab-b":
+                collections.append(
+                    {"id": INBOX, "title": "inbox", "writers": ["lab-a"], "readers": ["lab-a"]}
+                )
             document = {
                 "connectors": [],
                 "intel": {
@@ -238,6 +244,11 @@ async def exchange(
                     "collections": collections,
                     "peers": peers,
                     "pull_seconds": 86400,
+                    **(
+                        {"bundle": {"packages": ["tollgate.share"], "readers": ["lab-b"]}}
+                        if name == "lab-a"
+                        else {}
+                    ),
                 },
             }
             settings.config.write_text(yaml.safe_dump(document))
