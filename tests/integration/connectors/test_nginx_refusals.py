@@ -16,7 +16,7 @@ import pytest
 
 from connectors.nginx import NginxConnector
 from controlplane.auth.roles import Role
-from controlplane.enforce.sdk import Diff, Entry, EntryType
+from controlplane.enforce.sdk import ConnectorConfig, ConnectorError, Diff, Entry, EntryType
 from tests.integration.connectors.nginx_fixtures import (  # noqa: F401 (fixtures)
     Nginx,
     backend_fixture,
@@ -145,6 +145,20 @@ async def test_account_ids_that_could_break_the_configuration_are_refused(nginx:
     assert (await nginx.response(**caller("acct_ok"))).status_code == 403
     assert (await nginx.response(**caller("default"))).status_code == 403
     assert (await nginx.response(**caller("acct_fine"))).status_code == OK  # not everyone
+
+
+def test_bad_header_options_are_refused_naming_the_option() -> None:
+    cases: list[tuple[dict[str, str], str]] = [
+        ({"account_header": "X_Account_Id"}, "account_header"),
+        ({"org_header": "X-Org Id"}, "org_header"),
+        ({"account_header": "x-api-key"}, "must be different"),
+        ({"account_header": "X-Who", "org_header": "x-who"}, "must be different"),
+    ]
+    for options, words in cases:
+        config = ConnectorConfig("edge-nginx", "nginx", ("*",), options)
+        with pytest.raises(ConnectorError, match=words) as caught:
+            NginxConnector(config, httpx.AsyncClient())
+        assert caught.value.retryable is False
 
 
 # -- through Tollgate ---------------------------------------------------------------------
