@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -36,6 +37,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -188,6 +191,38 @@ def bench_latency(server: Server, tmp: Path, count: int, poll: str) -> list[floa
     return from_202
 
 
+def reader_bouncer(directory: Path, url: str, key: str, poll: str) -> CustomBouncer:
+    """A bouncer fed through stdin: one long-lived reader appending each decision (a JSON
+    line) to `bouncer.seen`, instead of a script run per decision."""
+    bouncer = CustomBouncer(directory, url, key, poll)
+    reader = directory / "reader.sh"
+    reader.write_text(f"#!/bin/sh\nexec cat >> {bouncer.seen}\n")
+    reader.chmod(0o755)
+    config_path = directory / "bouncer.yaml"
+    config = yaml.safe_load(config_path.read_text())
+    config.update({"bin_path": str(reader), "feed_via_stdin": True})
+    config_path.write_text(yaml.safe_dump(config))
+    return bouncer
+
+
+def startup_sync(bouncer: CustomBouncer, entries: int) -> float:
+    """Seconds from starting `bouncer` to its reader holding `entries` decisions; the
+    bouncer is stopped after."""
+    started = time.perf_counter()
+    bouncer.start()
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            lines = bouncer.seen.read_text().count("\n") if bouncer.seen.exists() else 0
+            if lines >= entries:
+                return time.perf_counter() - started
+            if time.monotonic() > deadline:
+                raise SystemExit(f"the bouncer got {lines} of {entries}: {bouncer.log()}")
+            time.sleep(0.01)
+    finally:
+        bouncer.stop()
+
+
 def bench_sync(server: Server, tmp: Path, entries: int, poll: str) -> None:
     planned = [
         Planned("block", "ip", f"10.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}")
@@ -209,26 +244,8 @@ def bench_sync(server: Server, tmp: Path, entries: int, poll: str) -> None:
                 first_byte = time.perf_counter() - started
             size += len(chunk)
     raw = time.perf_counter() - started
-    bouncer = CustomBouncer(tmp / "sync", server.base, server.token(Role.BOUNCER, "b2"), poll)
-    reader = tmp / "sync" / "reader.sh"
-    reader.write_text(f"#!/bin/sh\nexec cat >> {bouncer.seen}\n")
-    reader.chmod(0o755)
-    config_path = tmp / "sync" / "bouncer.yaml"
-    config = yaml.safe_load(config_path.read_text())
-    config.update({"bin_path": str(reader), "feed_via_stdin": True})
-    config_path.write_text(yaml.safe_dump(config))
-    started = time.perf_counter()
-    bouncer.start()
-    deadline = time.monotonic() + 300
-    while True:
-        lines = bouncer.seen.read_text().count("\n") if bouncer.seen.exists() else 0
-        if lines >= entries:
-            break
-        if time.monotonic() > deadline:
-            raise SystemExit(f"the bouncer got {lines} of {entries}: {bouncer.log()}")
-        time.sleep(0.01)
-    synced = time.perf_counter() - started
-    bouncer.stop()
+    bouncer = reader_bouncer(tmp / "sync", server.base, server.token(Role.BOUNCER, "b2"), poll)
+    synced = startup_sync(bouncer, entries)
     print(f"\n2. startup sync: {entries} active blocks")
     print(
         f"  startup answer (streamed)          {raw * 1000:7.0f} ms  {size / 1e6:.1f} MB, "
@@ -238,13 +255,23 @@ def bench_sync(server: Server, tmp: Path, entries: int, poll: str) -> None:
     print(f"  server peak RSS                    {server.rss_mb():7.0f} MB")
 
 
-def bench_lapi(tmp: Path, count: int, poll: str, tollgate: list[float]) -> None:
-    print(f"\n3. reference: CrowdSec's LAPI -> the same bouncer, poll {poll}")
+@dataclass
+class Lapi:
+    """A running CrowdSec LAPI (`crowdsec -no-cs -no-capi`) of its own, and a bouncer key."""
+
+    url: str
+    key: str
+    cscli: list[str]
+
+
+@contextlib.contextmanager
+def running_lapi(directory: Path) -> Iterator[Lapi | str]:
+    """CrowdSec's LAPI alone, offline, with a config and database of its own under
+    `directory`, stopped at the end; or, when it cannot run here, why (a string)."""
     why = lapi_missing()
     if why:
-        print(f"  not measured: {why}")
+        yield why
         return
-    directory = tmp / "lapi"
     directory.mkdir()
     port = free_port()
     config = yaml.safe_load(Path("/etc/crowdsec/config.yaml").read_text())
@@ -274,7 +301,6 @@ def bench_lapi(tmp: Path, count: int, poll: str, tollgate: list[float]) -> None:
         stdout=(directory / "lapi.out").open("wb"),
         stderr=subprocess.STDOUT,
     )
-    bouncer = CustomBouncer(directory / "bouncer", f"http://127.0.0.1:{port}", key, poll)
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -283,32 +309,52 @@ def bench_lapi(tmp: Path, count: int, poll: str, tollgate: list[float]) -> None:
                 break
             except httpx.TransportError:
                 if time.monotonic() > deadline or lapi.poll() is not None:
-                    print("  not measured: the LAPI did not start (see its log)")
+                    yield f"the LAPI did not start (see {directory / 'lapi.out'})"
                     return
                 time.sleep(0.1)
-        bouncer.start()
-        time.sleep(2)
-        stored: list[float] = []
-        for i in range(count):
-            value = f"100.90.{i // 256}.{i % 256}"
-            desynchronise(poll)
-            subprocess.run(
-                [*cscli, "decisions", "add", "--ip", value, "--duration", "1h", "--reason", "b"],
-                check=True,
-                capture_output=True,
-            )
-            added = time.perf_counter()
-            stored.append((wait_seen(bouncer, value, time.monotonic() + 30) - added) * 1000)
+        yield Lapi(f"http://127.0.0.1:{port}", key, cscli)
+    finally:
+        lapi.terminate()
+        lapi.wait(10)
+
+
+def bench_lapi(tmp: Path, count: int, poll: str, tollgate: list[float]) -> None:
+    print(f"\n3. reference: CrowdSec's LAPI -> the same bouncer, poll {poll}")
+    with running_lapi(tmp / "lapi") as lapi:
+        if isinstance(lapi, str):
+            print(f"  not measured: {lapi}")
+            return
+        stored = lapi_latencies(lapi, tmp / "lapi" / "bouncer", count, poll)
         print(row("cscli decisions add -> script", stored))
         print(row("Tollgate 202 -> script (from 1.)", tollgate))
         print(
             f"  ratio Tollgate / LAPI at p50: "
             f"{percentile(tollgate, 0.5) / percentile(stored, 0.5):.2f}"
         )
+
+
+def lapi_latencies(lapi: Lapi, directory: Path, count: int, poll: str) -> list[float]:
+    """Milliseconds from `cscli decisions add` returning (the decision stored) to the
+    bouncer's script running with it, `count` times, each after a random part of the poll."""
+    bouncer = CustomBouncer(directory, lapi.url, lapi.key, poll)
+    try:
+        bouncer.start()
+        time.sleep(2)
+        stored: list[float] = []
+        for i in range(count):
+            value = f"100.90.{i // 256}.{i % 256}"
+            desynchronise(poll)
+            add = ["decisions", "add", "--ip", value, "--duration", "1h", "--reason", "b"]
+            subprocess.run(
+                [*lapi.cscli, *add],
+                check=True,
+                capture_output=True,
+            )
+            added = time.perf_counter()
+            stored.append((wait_seen(bouncer, value, time.monotonic() + 30) - added) * 1000)
+        return stored
     finally:
         bouncer.stop()
-        lapi.terminate()
-        lapi.wait(10)
 
 
 def lapi_missing() -> str:

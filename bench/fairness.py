@@ -1,6 +1,6 @@
 """Fairness: a simulated hour of traffic through the API, judged by who got refused.
 
-Populations (all seeded, so a run is repeatable; `--seed` draws another hour):
+Populations (all seeded, so a run is repeatable; each of `--seeds` draws another hour):
 - verified enterprise document processors: huge volume, templated prompts, noisy
   volume-detector scores, one network;
 - evaluation researchers (half verified): broad capability coverage, templates,
@@ -16,14 +16,15 @@ a request every 5 s of the hour; it is refused when the desired state at that mo
 (the actions the API planned up to then, with the simulated time of the verdict that
 planned them) suspends its account or org, revokes its key, or blocks its address.
 
-Prints per population the accounts with a hard action (suspend, revoke_key, block),
-a rate limit and a review; the share of each operation's requests refused from 2
-minutes after its first verdict; and the time from its first verdict to its first
-refused request. Goals: no hard action on a verified customer, at most 1 in 20
-unverified legitimate heavy accounts hard-actioned, and >= 95% of operations' traffic
-refused from 2 minutes on.
+Prints, per seed, per population the accounts with a hard action (suspend,
+revoke_key, block), a rate limit and a review; the share of each operation's requests
+refused from 2 minutes after its first verdict; and the time from its first verdict to
+its first refused request. Then one line per seed and the aggregate over all seeds.
+Goals: no hard action on a verified customer, at most 1 in 20 unverified legitimate
+heavy accounts hard-actioned, and >= 95% of operations' traffic refused from 2 minutes
+on; the exit code is 0 only when every seed meets every goal.
 
-    .venv/bin/python bench/fairness.py [--seed N] [--operations 6]
+    .venv/bin/python bench/fairness.py [--seeds 7,11,23] [--operations 6]
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import ipaddress
 import json
 import os
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -325,7 +327,50 @@ def start_server(data: Path) -> tuple[subprocess.Popen[bytes], str, str]:
     return process, base, token
 
 
-def run(seed: int, operations: int) -> int:
+@dataclass
+class Figures:
+    """What one simulated hour came to."""
+
+    seed: int
+    verdicts: int
+    seconds: float
+    verified_hard: int
+    unverified_legit: int
+    unverified_hard: int
+    sent: int
+    refused: int
+    first_refusals: list[int]
+    """Seconds from each operation's first verdict to its first refused request."""
+    never_refused: int
+    """Operations none of whose requests was refused."""
+
+    @property
+    def unverified_ratio(self) -> float:
+        return self.unverified_hard / self.unverified_legit if self.unverified_legit else 0.0
+
+    @property
+    def share(self) -> float:
+        return self.refused / self.sent if self.sent else 0.0
+
+    def goals(self) -> list[tuple[str, bool]]:
+        return [
+            (
+                f"hard actions on verified customers: {self.verified_hard} (goal 0)",
+                self.verified_hard == 0,
+            ),
+            (
+                f"unverified legitimate heavy accounts hard-actioned: {self.unverified_hard}/"
+                f"{self.unverified_legit} = {self.unverified_ratio:.1%} (goal <= 5%)",
+                self.unverified_ratio <= 0.05,
+            ),
+            (
+                f"operations' traffic refused from +2 min: {self.share:.1%} (goal >= 95%)",
+                self.share >= 0.95,
+            ),
+        ]
+
+
+def run(seed: int, operations: int) -> Figures:
     rng = random.Random(seed)
     accounts = populations(rng, operations)
     timeline = verdicts(accounts, rng)
@@ -373,20 +418,21 @@ def run(seed: int, operations: int) -> int:
         finally:
             process.terminate()
             process.wait(30)
-    return report(accounts, timeline, desired, acted, first_verdict, seconds)
+    return report(seed, accounts, timeline, desired, acted, first_verdict, seconds)
 
 
 def report(
+    seed: int,
     accounts: Sequence[Account],
     timeline: Sequence[tuple[int, dict[str, Any]]],
     desired: Desired,
     acted: dict[str, set[str]],
     first_verdict: dict[str, int],
     seconds: float,
-) -> int:
+) -> Figures:
     print(
-        f"{len(timeline)} verdicts of a simulated hour posted in {seconds:.1f} s "
-        f"({len(timeline) / seconds:.0f} verdicts/s)\n"
+        f"== seed {seed}: {len(timeline)} verdicts of a simulated hour posted in "
+        f"{seconds:.1f} s ({len(timeline) / seconds:.0f} verdicts/s)\n"
     )
     print(f"{'population':34} {'accounts':>8} {'hard action':>11} {'rate limit':>10} {'review':>7}")
     groups: dict[str, list[Account]] = defaultdict(list)
@@ -407,6 +453,8 @@ def report(
     print()
     rng = random.Random(0)
     sent_total = refused_total = 0
+    first_refusals: list[int] = []
+    never = 0
     print(
         f"{'operation':12} {'keys':>5} {'networks':>8} {'refused from +2 min':>20} "
         f"{'first refusal after':>20}"
@@ -429,6 +477,10 @@ def report(
                     refused += no
         sent_total += sent
         refused_total += refused
+        if first is not None and first_refused is not None:
+            first_refusals.append(first_refused - first)
+        else:
+            never += 1
         share = f"{refused / sent:.1%}" if sent else "n/a"
         after = (
             f"{first_refused - first} s"
@@ -438,31 +490,97 @@ def report(
         keys = sum(len(a.keys) for a in members)
         networks = len({n for a in members for n in a.networks})
         print(f"{org:12} {keys:>5} {networks:>8} {share:>20} {after:>20}")
-    share = refused_total / sent_total if sent_total else 0.0
-    print(
-        f"\nall operations: {refused_total}/{sent_total} requests refused from +2 min ({share:.1%})"
+    figures = Figures(
+        seed=seed,
+        verdicts=len(timeline),
+        seconds=seconds,
+        verified_hard=verdict_hard,
+        unverified_legit=unverified_legit,
+        unverified_hard=unverified_hard,
+        sent=sent_total,
+        refused=refused_total,
+        first_refusals=first_refusals,
+        never_refused=never,
     )
-    ratio = unverified_hard / unverified_legit if unverified_legit else 0.0
-    goals = [
-        (f"hard actions on verified customers: {verdict_hard} (goal 0)", verdict_hard == 0),
-        (
-            f"unverified legitimate heavy accounts hard-actioned: {unverified_hard}/"
-            f"{unverified_legit} = {ratio:.1%} (goal <= 5%)",
-            ratio <= 0.05,
-        ),
-        (f"operations' traffic refused from +2 min: {share:.1%} (goal >= 95%)", share >= 0.95),
-    ]
-    for text, ok in goals:
+    print(
+        f"\nall operations: {refused_total}/{sent_total} requests refused from +2 min "
+        f"({figures.share:.1%})"
+    )
+    for text, ok in figures.goals():
         print(("met     " if ok else "MISSED  ") + text)
-    return 0 if all(ok for _, ok in goals) else 1
+    print()
+    return figures
+
+
+def _after(values: list[int]) -> str:
+    if not values:
+        return "n/a"
+    return f"{statistics.median(values):.0f} / {max(values)} s"
+
+
+def summary(runs: Sequence[Figures]) -> int:
+    """One line per seed, then the aggregate; 0 when every seed met every goal."""
+    print(
+        f"{'seed':>6} {'verdicts':>8} {'verified hard':>13} {'unverified hard':>15} "
+        f"{'ops refused +2 min':>18} {'first refusal median / max':>27}"
+    )
+    for f in runs:
+        unverified = f"{f.unverified_hard}/{f.unverified_legit}"
+        print(
+            f"{f.seed:>6} {f.verdicts:>8} {f.verified_hard:>13} {unverified:>15} "
+            f"{f.share:>18.1%} {_after(f.first_refusals):>27}"
+        )
+    total = Figures(
+        seed=-1,
+        verdicts=sum(f.verdicts for f in runs),
+        seconds=sum(f.seconds for f in runs),
+        verified_hard=sum(f.verified_hard for f in runs),
+        unverified_legit=sum(f.unverified_legit for f in runs),
+        unverified_hard=sum(f.unverified_hard for f in runs),
+        sent=sum(f.sent for f in runs),
+        refused=sum(f.refused for f in runs),
+        first_refusals=[s for f in runs for s in f.first_refusals],
+        never_refused=sum(f.never_refused for f in runs),
+    )
+    unverified = f"{total.unverified_hard}/{total.unverified_legit}"
+    print(
+        f"{'all':>6} {total.verdicts:>8} {total.verified_hard:>13} {unverified:>15} "
+        f"{total.share:>18.1%} {_after(total.first_refusals):>27}"
+    )
+    worst = min(runs, key=lambda f: f.share)
+    print(
+        f"\nover {len(runs)} seeds: lowest share refused {worst.share:.1%} (seed {worst.seed}); "
+        f"operations never refused: {total.never_refused}"
+    )
+    met_everywhere = True
+    for n, (text, _) in enumerate(total.goals()):
+        met = sum(1 for f in runs if f.goals()[n][1])
+        met_everywhere &= met == len(runs)
+        print(f"{'met     ' if met == len(runs) else 'MISSED  '}{text}: met in {met}/{len(runs)}")
+    return 0 if met_everywhere else 1
+
+
+def seeds(text: str) -> list[int]:
+    try:
+        chosen = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        why = f"{text!r}: give seeds as integers, e.g. 7,11,23"
+        raise argparse.ArgumentTypeError(why) from None
+    if not chosen:
+        raise argparse.ArgumentTypeError("give at least one seed")
+    return chosen
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--seeds", type=seeds, default=[7, 11, 23], help="comma-separated, e.g. 7,11,23"
+    )
+    parser.add_argument("--seed", type=int, help="one seed only (same as --seeds N)")
     parser.add_argument("--operations", type=int, default=6)
     args = parser.parse_args(argv)
-    return run(args.seed, args.operations)
+    chosen = [args.seed] if args.seed is not None else args.seeds
+    return summary([run(seed, args.operations) for seed in chosen])
 
 
 if __name__ == "__main__":

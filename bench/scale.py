@@ -71,6 +71,7 @@ import ingest  # noqa: E402  (bench/ingest.py: backends, server, cleanup)
 
 from connectors.haproxy import HAProxyOptions  # noqa: E402
 from controlplane.cli.demo import LocalHAProxy, ensure_haproxy  # noqa: E402
+from controlplane.enforce.sdk import reference_of  # noqa: E402
 
 ENFORCE_GOAL_MS = 50.0
 ENFORCE_GOAL_1M_MS = 100.0
@@ -270,7 +271,8 @@ def seed_database(url: str, count: int) -> None:
 
 def write_gateway_files(options: HAProxyOptions, count: int) -> None:
     """The ACL and map files HAProxy loads at start, already holding the N entries, in
-    the format the connector reads (ACL: one entry a line; maps: `key value`)."""
+    the format the connector reads (ACL: one entry a line; maps: `key value`, the value
+    being the reference a refusal quotes, after the limit for `rate_limit.map`)."""
     Path(options.state_dir).mkdir(parents=True, exist_ok=True)
     files = {
         options.blocked_acl: [],
@@ -283,9 +285,10 @@ def write_gateway_files(options: HAProxyOptions, count: int) -> None:
         if kind == "block":
             acl.append(value)
         elif kind == "revoke_key":
-            revoked.append(f"{value} revoked")
+            revoked.append(f"{value} {reference_of(kind, 'api_key', value)}")
         else:
-            limited.append(f"{value} {params['requests_per_minute']}")
+            reference = reference_of(kind, "api_key", value)
+            limited.append(f"{value} {params['requests_per_minute']}:{reference}")
     for path, lines in files.items():
         Path(path).write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
 

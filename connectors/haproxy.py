@@ -28,14 +28,20 @@ What lives where (`sample_config()` writes the matching haproxy.cfg):
   before the block list;
 - revoke_key api_key: `revoked.map` (key -> the reference a refusal quotes): 401 with
   the reference in the body and an `x-tollgate-reference` header;
-- rate_limit api_key: `rate_limit.map` (key -> requests per minute), whose value a
-  stick-table rule compares with the key's request rate over the last minute: 429;
-- rate_limit account / org: `rate_limit_account.map` / `rate_limit_org.map`, only when
-  `account_header` / `org_header` name a header that a trusted layer in front sets;
-- suspend account / org: `suspended_account.map` / `suspended_org.map` (id ->
-  `suspended`), read from the same headers: 403, whatever key or address the request
-  comes with. Without the header a suspension is rejected here; Tollgate also revokes
-  every key it knows of the account or org, which HAProxy enforces through `revoked.map`.
+- rate_limit api_key: `rate_limit.map` (key -> `requests per minute:reference`), whose
+  limit a stick-table rule compares with the key's request rate over the last minute:
+  429 with the reference;
+- rate_limit account / org: `rate_limit_account.map` / `rate_limit_org.map` (the same
+  values), only when `account_header` / `org_header` name a header that a trusted layer
+  in front sets;
+- suspend account / org: `suspended_account.map` / `suspended_org.map` (id -> the
+  reference), read from the same headers: 403 with the reference, whatever key or
+  address the request comes with. Without the header a suspension is rejected here;
+  Tollgate also revokes every key it knows of the account or org, which HAProxy
+  enforces through `revoked.map`.
+
+Every refusal carries the reference of the entry that refused it (`Entry.reference`) in
+an `x-tollgate-reference` header and its JSON body: what a customer quotes in an appeal.
 
 Keys are matched as Tollgate names them: `key_match: fingerprint` (default) hashes the
 key header in HAProxy (`sha2(256),hex,lower`), so `api_key_id` must be the key's SHA-256
@@ -85,8 +91,6 @@ from controlplane.enforce.toolkit import (
 
 PROMPT = b"\n> "
 """How an interactive (`prompt`) CLI session ends every reply."""
-SUSPENDED = "suspended"
-"""The value of a suspended account or org in its map (the map only needs the id)."""
 REFERENCE_HEADER = "x-tollgate-reference"
 """The response header a refusal carries the action's reference in."""
 _SAFE_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/+=-]{0,199}$")
@@ -94,8 +98,8 @@ _SAFE_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/+=-]{0,199}$")
 _FINGERPRINT = re.compile(r"^[0-9a-f]{64}$")
 _VERSION = re.compile(r"New version created: (\d+)")
 _REFUSED = re.compile(r"unable to parse|is not a valid")
-"""How HAProxy refuses a value it cannot hold (not a number for `map_str_int`, not an
-address for `src`): retrying cannot help."""
+"""How HAProxy refuses a value it cannot hold (a key that is no address in a `map_ip`,
+not an address for `src`): retrying cannot help."""
 _BUFFER = 1 << 28
 """Largest reply read (a `show acl` of 100k CIDRs is about 3 MB)."""
 
@@ -236,9 +240,14 @@ class _File:
     refusals to quote, and holds no entries of its own."""
 
     def entry(self, key: str, value: str) -> Entry:
-        """The entry a map line holds (ACL lines: see `_first_per_key`)."""
+        """The entry a map line holds (ACL lines: see `_first_per_key`). A limit whose
+        value lacks its reference (written by hand, or before refusals quoted one) is
+        reported without a limit, so the next reconcile writes it again, whole."""
         if self.type is EntryType.RATE_LIMIT:
-            return Entry(self.type, self.target_kind, key, _int_or_none(value))
+            held = Entry(self.type, self.target_kind, key)
+            rpm, _, reference = value.partition(":")
+            limit = _int_or_none(rpm) if reference == held.reference else None
+            return Entry(self.type, self.target_kind, key, limit)
         return Entry(self.type, self.target_kind, key)
 
     def line(self, key: str, value: str) -> str:
@@ -752,11 +761,13 @@ def _first_per_key(spec: _File, items: Iterable[tuple[str, str]]) -> dict[str, E
 
 
 def _value_of(entry: Entry) -> str:
+    """What a map holds for an entry: the reference its refusal quotes (a limit: the
+    requests per minute, then the reference, as `60:TG-...`); nothing for the ACLs."""
     if entry.type is EntryType.RATE_LIMIT:
-        return str(entry.requests_per_minute)
-    if entry.type is EntryType.SUSPEND:
-        return SUSPENDED
-    return entry.reference if entry.type is EntryType.REVOKE_KEY else ""
+        return f"{entry.requests_per_minute}:{entry.reference}"
+    if entry.type in {EntryType.REVOKE_KEY, EntryType.SUSPEND}:
+        return entry.reference
+    return ""
 
 
 def _int_or_none(value: str) -> int | None:
@@ -821,6 +832,7 @@ def create(config: ConnectorConfig, http: httpx.AsyncClient) -> HAProxyConnector
 # -- the haproxy.cfg that pairs with the connector ------------------------------------------
 
 _JSON = "content-type application/json string"
+_WORDS = {"account": "account", "org": "organisation"}
 
 
 def sample_config(
@@ -885,32 +897,36 @@ def sample_config(
         "    # reference of the blocked value for the customer to quote.",
         f"    http-request set-var(txn.tollgate_block_ref) src,map_ip({o.blocked_ref_map}) "
         f"if {{ src -f {o.blocked_acl} }}",
-        "    http-request deny deny_status 403 content-type application/json lf-string "
-        '\'{"error":"blocked by policy","reference":"%[var(txn.tollgate_block_ref)]"}\' '
-        f"hdr {REFERENCE_HEADER} %[var(txn.tollgate_block_ref)] "
-        f"if {{ src -f {o.blocked_acl} }} !{{ src -f {o.allowed_acl} }}",
+        _refusal(
+            403,
+            "blocked by policy",
+            "txn.tollgate_block_ref",
+            f"{{ src -f {o.blocked_acl} }} !{{ src -f {o.allowed_acl} }}",
+        ),
         "",
     ]
     suspended = [
         (kind, kind_header, path)
         for kind, kind_header, path in (
             ("account", o.account_header, o.account_suspend_map),
-            ("organisation", o.org_header, o.org_suspend_map),
+            ("org", o.org_header, o.org_suspend_map),
         )
         if kind_header
     ]
     if suspended:
         lines += [
             "    # 403: suspended accounts and organisations, whatever key or address they use",
-            "    # (the header must come from the authenticating layer in front, never a client).",
-            *(
-                f"    http-request deny deny_status 403 {_JSON} "
-                f'\'{{"error":"{kind} suspended"}}\' '
-                f"if {{ req.fhdr({kind_header}),map_str({path}) -m found }}"
-                for kind, kind_header, path in suspended
-            ),
-            "",
+            "    # (the header must come from the authenticating layer in front, never a client);",
+            "    # the map holds the suspension's reference.",
         ]
+        for kind, kind_header, path in suspended:
+            var = f"txn.tollgate_suspended_{kind}"
+            lines += [
+                f"    http-request set-var({var}) req.fhdr({kind_header}),map_str({path}) "
+                f"if {{ req.fhdr({kind_header}) -m found }}",
+                _refusal(403, f"{_WORDS[kind]} suspended", var),
+            ]
+        lines.append("")
     lines += [
         "    # One key header at most: with two, HAProxy and the API could read different ones.",
         f"    http-request deny deny_status 400 {_JSON} "
@@ -927,12 +943,10 @@ def sample_config(
         "    # 401: revoked keys; the map holds the reference the customer can quote.",
         f"    http-request set-var(txn.tollgate_revoked) var(txn.tollgate_key),"
         f"map_str({o.revoked_map}) if {{ var(txn.tollgate_key) -m found }}",
-        "    http-request deny deny_status 401 content-type application/json lf-string "
-        '\'{"error":"api key revoked","reference":"%[var(txn.tollgate_revoked)]"}\' '
-        f"hdr {REFERENCE_HEADER} %[var(txn.tollgate_revoked)] "
-        "if { var(txn.tollgate_revoked) -m found }",
+        _refusal(401, "api key revoked", "txn.tollgate_revoked"),
         "",
-        "    # 429: past the limit (the map holds requests per minute; the table the rate).",
+        "    # 429: past the limit. The map holds `requests per minute:reference`; the table",
+        "    # the rate over the last minute.",
         *_limit_rules("key", "var(txn.tollgate_key)", o.rate_limit_map, 0, declare=None),
     ]
     for kind, kind_header, path, counter in extra:
@@ -948,8 +962,20 @@ def sample_config(
     return "\n".join(lines)
 
 
+def _refusal(status: int, error: str, reference: str, condition: str = "", extra: str = "") -> str:
+    """A deny whose JSON body and `x-tollgate-reference` header quote the reference held
+    in the variable `reference`; by default when that variable is set."""
+    quoted = f"%[var({reference})]"
+    return (
+        f"    http-request deny deny_status {status} content-type application/json lf-string "
+        f'\'{{"error":"{error}","reference":"{quoted}"}}\' hdr {REFERENCE_HEADER} {quoted}'
+        f"{extra} if {condition or f'{{ var({reference}) -m found }}'}"
+    )
+
+
 def _limit_rules(kind: str, fetch: str, path: str, counter: int, declare: str | None) -> list[str]:
-    subject, limit = f"txn.tollgate_{kind}", f"txn.tollgate_{kind}_limit"
+    subject, held = f"txn.tollgate_{kind}", f"txn.tollgate_{kind}_held"
+    limit, reference = f"txn.tollgate_{kind}_limit", f"txn.tollgate_{kind}_ref"
     rules = []
     if declare is not None:
         rules.append(
@@ -957,11 +983,18 @@ def _limit_rules(kind: str, fetch: str, path: str, counter: int, declare: str | 
         )
     return [
         *rules,
-        f"    http-request set-var({limit}) var({subject}),map_str_int({path}) "
+        f"    http-request set-var({held}) var({subject}),map_str({path}) "
         f"if {{ var({subject}) -m found }}",
+        f"    http-request set-var({limit}) var({held}),field(1,:) if {{ var({held}) -m found }}",
+        f"    http-request set-var({reference}) var({held}),field(2,:) "
+        f"if {{ var({held}) -m found }}",
         f"    http-request track-sc{counter} var({subject}) table tollgate_rate_{kind} "
         f"if {{ var({limit}) -m found }}",
-        f'    http-request deny deny_status 429 {_JSON} \'{{"error":"rate limited"}}\' '
-        f"hdr retry-after 60 if {{ var({limit}) -m found }} "
-        f"{{ sc_http_req_rate({counter}),sub({limit}) gt 0 }}",
+        _refusal(
+            429,
+            "rate limited",
+            reference,
+            f"{{ var({limit}) -m found }} {{ sc_http_req_rate({counter}),sub({limit}) gt 0 }}",
+            extra=" hdr retry-after 60",
+        ),
     ]

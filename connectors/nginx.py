@@ -1,16 +1,25 @@
-"""NGINX: blocks, key revocations and per-key rate limits as include files, then a reload.
+"""NGINX: blocks, key revocations, per-key rate limits and account or org suspensions
+as include files, then a reload.
 
 NGINX has no runtime API for lists: what it enforces is what its configuration
 said at the last reload. So the gateway's state is a set of include files this
 connector owns in `include_dir`, and every change is *write, test, reload*:
 
-- `http.conf` (the frame, included in `http {}`): a `geo` over `blocked.conf`, two
-  `map`s over `revoked.conf` and `limits.conf`, and one `limit_req_zone` per tier;
+- `http.conf` (the frame, included in `http {}`): a `geo` over `blocked.conf`, `map`s
+  over `revoked.conf`, `limits.conf` and (with `account_header` / `org_header`) the
+  suspension lists, and one `limit_req_zone` per tier;
 - `server.conf` (included in each protected `server {}` or `location {}`): 403 for a
-  blocked address, 401 for a revoked key, `limit_req` per tier with status 429;
-- `blocked.conf`: `203.0.113.7 ip;` / `198.51.100.0/24 cidr;`;
-- `revoked.conf`: `"key_3" 1;`;
-- `limits.conf`: `"key_9" 60;  # requests_per_minute=75`.
+  blocked address or a suspended account or org, 401 for a revoked key, `limit_req`
+  per tier with status 429;
+- `blocked.conf`: `203.0.113.7 TG-...;` / `198.51.100.0/24 TG-...;`;
+- `revoked.conf`: `"key_3" TG-...;`;
+- `limits.conf`: `"key_9" "60 TG-...";  # requests_per_minute=75`;
+- `suspended_account.conf` / `suspended_org.conf`: `"acct_9" TG-...;`, matched on the
+  header a trusted layer in front sets (`account_header` / `org_header`).
+
+Each entry's value is the reference its refusal quotes (`Entry.reference`): a 401 or
+403 says it in its JSON body, and every refusal in an `x-tollgate-reference` header
+(a 429 of `limit_req` has NGINX's own body), for the customer to quote in an appeal.
 
 A `limit_req_zone`'s rate is fixed, so per-key limits are tiers: one zone per
 configured rate (`tiers`, requests per minute) and a map from key to tier. A
@@ -83,7 +92,15 @@ from controlplane.enforce.toolkit import (
     parse_options,
 )
 
-FILES = ("http.conf", "server.conf", "blocked.conf", "revoked.conf", "limits.conf")
+FILES = (
+    "http.conf",
+    "server.conf",
+    "blocked.conf",
+    "revoked.conf",
+    "limits.conf",
+    "suspended_account.conf",
+    "suspended_org.conf",
+)
 """Every file the connector owns in `include_dir`; nothing else there is touched."""
 _SAFE_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/+=-]*$")
 """Keys written verbatim inside quotes: no quotes, backslashes, `$`, `;`, `#` or spaces."""
@@ -98,14 +115,18 @@ _Files = dict[str, bytes | None]
 """File name -> content (None: no such file)."""
 _Stamps = dict[str, tuple[int, int, int] | None]
 """File name -> (inode, size, mtime) (None: no such file): whether a file changed."""
-_LIST_OF: Terms[EntryType, str] = Terms(
+_LIST_OF: Terms[tuple[EntryType, str], str] = Terms(
     {
-        EntryType.BLOCK: "blocked.conf",
-        EntryType.REVOKE_KEY: "revoked.conf",
-        EntryType.RATE_LIMIT: "limits.conf",
+        (EntryType.BLOCK, "address"): "blocked.conf",
+        (EntryType.REVOKE_KEY, "api_key"): "revoked.conf",
+        (EntryType.RATE_LIMIT, "api_key"): "limits.conf",
+        (EntryType.SUSPEND, "account"): "suspended_account.conf",
+        (EntryType.SUSPEND, "org"): "suspended_org.conf",
     }
 )
-"""The include each entry type lives in."""
+"""The include each entry lives in, by type and target kind (`address`: ip or cidr)."""
+REFERENCE_HEADER = "x-tollgate-reference"
+"""The response header a refusal carries the entry's reference in."""
 _POLL = 0.005
 """Seconds between looks at the master's workers while a reload is confirmed."""
 
@@ -139,6 +160,12 @@ class NginxOptions:
     key_header: str = "X-API-Key"
     """The request header carrying what Tollgate calls `api_key_id` (the lab's key id or
     fingerprint: NGINX cannot hash a header, so a layer in front must send the id)."""
+    account_header: str = ""
+    """A header carrying the account id, set by an authenticating layer in front (which
+    strips it from clients): enables account suspensions. Empty: they are rejected
+    (NGINX cannot see accounts; a suspended account's keys are still revoked one by one)."""
+    org_header: str = ""
+    """As `account_header`, for organisations."""
     prefix: str = "tollgate"
     """Prefix of the variables and zones the frame defines (two connectors, one nginx)."""
     zone_size: str = "10m"
@@ -162,7 +189,11 @@ class NginxOptions:
 
     @property
     def header_variable(self) -> str:
-        return "$http_" + self.key_header.lower().replace("-", "_")
+        return _variable_of(self.key_header)
+
+    def subject_header(self, kind: str) -> str:
+        """The header naming accounts (`account`) or orgs (`org`); '' when not set."""
+        return {"account": self.account_header, "org": self.org_header}.get(kind, "")
 
     @classmethod
     def parse(cls, where: str, options: Mapping[str, Any]) -> NginxOptions:
@@ -173,12 +204,21 @@ class NginxOptions:
         if not parsed.tiers or len(set(parsed.tiers)) != len(parsed.tiers):
             raise option_error(where, "tiers", "must be a non-empty list without repeats")
         parsed = dataclasses.replace(parsed, tiers=tuple(sorted(parsed.tiers)))
-        if not re.fullmatch(r"[A-Za-z0-9]+(-[A-Za-z0-9]+)*", parsed.key_header):
+        for name in ("key_header", "account_header", "org_header"):
+            header = getattr(parsed, name)
+            if name != "key_header" and not header:
+                continue
+            if not re.fullmatch(r"[A-Za-z0-9]+(-[A-Za-z0-9]+)*", header):
+                raise option_error(
+                    where,
+                    name,
+                    f"{header!r} must be a header name of letters, digits and dashes "
+                    "(NGINX drops headers with underscores by default)",
+                )
+        headers = [h.lower() for h in (parsed.key_header, parsed.account_header, parsed.org_header)]
+        if len(set(filter(None, headers))) != len(list(filter(None, headers))):
             raise option_error(
-                where,
-                "key_header",
-                f"{parsed.key_header!r} must be a header name of letters, digits and dashes "
-                "(NGINX drops headers with underscores by default)",
+                where, "account_header", "key, account and org headers must be different"
             )
         if not re.fullmatch(r"[a-z][a-z0-9_]{0,30}", parsed.prefix):
             raise option_error(where, "prefix", "must be lowercase letters, digits and _")
@@ -192,6 +232,16 @@ class NginxOptions:
 
 def _bad(message: str) -> ConnectorError:
     return ConnectorError(message, retryable=False)
+
+
+def _variable_of(header: str) -> str:
+    return "$http_" + header.lower().replace("-", "_")
+
+
+def _list_of(entry: Entry) -> str | None:
+    """The include an entry lives in, or None when it has none here."""
+    kind = "address" if entry.target_kind in {"ip", "cidr"} else entry.target_kind
+    return _LIST_OF.theirs((entry.type, kind))
 
 
 # -- what the files hold ----------------------------------------------------------------------
@@ -208,17 +258,41 @@ class _Tables:
     only in case are one entry to NGINX (and both in one map fail the test)."""
     limits: dict[str, tuple[str, int]] = field(default_factory=dict)
     """Lowercased key -> (key, requests per minute asked for; the tier is derived)."""
+    accounts: dict[str, str] = field(default_factory=dict)
+    """Suspended accounts: lowercased id -> id (maps ignore case, as for keys)."""
+    orgs: dict[str, str] = field(default_factory=dict)
+    """Suspended organisations, as `accounts`."""
     ignored: int = 0
     """Lines that are no entry this connector can read (dropped at the next write)."""
 
     def copy(self) -> _Tables:
-        return _Tables(dict(self.blocked), dict(self.revoked), dict(self.limits), self.ignored)
+        return _Tables(
+            dict(self.blocked),
+            dict(self.revoked),
+            dict(self.limits),
+            dict(self.accounts),
+            dict(self.orgs),
+            self.ignored,
+        )
+
+    def keyed(self, entry_type: EntryType, kind: str) -> dict[str, Any] | None:
+        """The table of keyed entries of this type and target kind (None: blocks, or
+        what NGINX cannot hold)."""
+        tables: dict[tuple[EntryType, str], dict[str, Any]] = {
+            (EntryType.REVOKE_KEY, "api_key"): self.revoked,
+            (EntryType.RATE_LIMIT, "api_key"): self.limits,
+            (EntryType.SUSPEND, "account"): self.accounts,
+            (EntryType.SUSPEND, "org"): self.orgs,
+        }
+        return tables.get((entry_type, kind))
 
     def entries(self) -> frozenset[Entry]:
         return frozenset(
             [Entry(EntryType.BLOCK, kind, value) for value, kind in self.blocked.items()]
             + [Entry(EntryType.REVOKE_KEY, "api_key", key) for key in self.revoked.values()]
             + [Entry(EntryType.RATE_LIMIT, "api_key", k, rpm) for k, rpm in self.limits.values()]
+            + [Entry(EntryType.SUSPEND, "account", a) for a in self.accounts.values()]
+            + [Entry(EntryType.SUSPEND, "org", o) for o in self.orgs.values()]
         )
 
 
@@ -297,10 +371,14 @@ class NginxConnector:
         self._last_commit = -float("inf")
 
     def capabilities(self) -> frozenset[EntryType]:
-        # NGINX here sees keys and addresses only: a suspended account's or org's keys
-        # are revoked one by one by Tollgate, which this connector enforces; exemptions
-        # inside blocked ranges cannot be carved out of a geo block.
-        return frozenset(EntryType) - {EntryType.SUSPEND, EntryType.ALLOW}
+        """Suspensions only with a header that names accounts or orgs; without one, NGINX
+        sees keys and addresses only, and a suspended account's or org's keys (revoked
+        one by one by Tollgate) are what it refuses. Exemptions inside blocked ranges
+        are not carved out here."""
+        unseen = {EntryType.ALLOW}
+        if not (self.options.account_header or self.options.org_header):
+            unseen.add(EntryType.SUSPEND)
+        return frozenset(EntryType) - unseen
 
     # -- observe ---------------------------------------------------------------------------
 
@@ -413,16 +491,14 @@ class NginxConnector:
         for entry in diff.remove:
             self._remove(tables, entry)
             result.done.append(entry)
-            touched.add(_LIST_OF[entry.type])
+            touched.update(filter(None, [_list_of(entry)]))
         for entry in (*diff.add, *diff.change):
             why = self._put(tables, entry)
+            held = tables.keyed(entry.type, entry.target_kind)
             if not why:
                 result.done.append(entry)
-                touched.add(_LIST_OF[entry.type])
-            elif entry.type is not EntryType.BLOCK and _twin(
-                tables.revoked if entry.type is EntryType.REVOKE_KEY else tables.limits,
-                entry.target_value,
-            ):
+                touched.update(filter(None, [_list_of(entry)]))
+            elif held is not None and _twin(held, entry.target_value):
                 # Held back by another entry (its twin in another case): fine once that
                 # one is lifted, so it may succeed later.
                 result.failed.append((entry, why))
@@ -437,13 +513,10 @@ class NginxConnector:
             with contextlib.suppress(ValueError):
                 tables.blocked.pop(observed(entry.target_kind, entry.target_value), None)
             tables.blocked.pop(entry.target_value, None)
-        elif entry.target_kind == "api_key" and entry.type is EntryType.REVOKE_KEY:
-            if tables.revoked.get(entry.target_value.lower()) == entry.target_value:
-                del tables.revoked[entry.target_value.lower()]
-        elif entry.target_kind == "api_key":
-            held = tables.limits.get(entry.target_value.lower())
-            if held is not None and held[0] == entry.target_value:
-                del tables.limits[entry.target_value.lower()]
+            return
+        held = tables.keyed(entry.type, entry.target_kind)
+        if held is not None and not _twin(held, entry.target_value):
+            held.pop(entry.target_value.lower(), None)
 
     def _put(self, tables: _Tables, entry: Entry) -> str:
         """Add or update an entry; the reason it cannot be enforced here, or ''."""
@@ -461,29 +534,36 @@ class NginxConnector:
             except ValueError:
                 return f"{value!r} is not a valid {kind}"
             return ""
-        if kind != "api_key":
+        suspends = entry.type is EntryType.SUSPEND and kind in {"account", "org"}
+        if suspends and not self.options.subject_header(kind):
+            return (
+                f"NGINX sees API keys and addresses, not {kind}s: set options.{kind}_header "
+                "to a header your authenticating layer sets (docs/nginx.md)"
+            )
+        held = tables.keyed(entry.type, kind)
+        if held is None:
             return (
                 f"NGINX sees API keys (options.key_header) and addresses, not {kind}s: "
                 f"{entry.type.value} on a {kind} cannot be enforced here"
             )
+        what = "key id" if kind == "api_key" else f"{kind} id"
         if not _SAFE_KEY.match(value):
-            return (  # key ids are never quoted in reasons: Tollgate keeps and shows these
-                "the key id has characters an NGINX map cannot hold safely "
+            return (  # ids are never quoted in reasons: Tollgate keeps and shows these
+                f"the {what} has characters an NGINX map cannot hold safely "
                 "(allowed: letters, digits and ._:@/+=- , starting with a letter or digit)"
             )
         if len(value) > self.options.max_key_length:
             return (
-                f"key of {len(value)} characters is longer than map_hash_bucket_size allows "
-                f"({self.options.max_key_length}): raise options.map_hash_bucket_size"
+                f"{what} of {len(value)} characters is longer than map_hash_bucket_size "
+                f"allows ({self.options.max_key_length}): raise options.map_hash_bucket_size"
             )
-        twin = _twin(tables.revoked if entry.type is EntryType.REVOKE_KEY else tables.limits, value)
-        if twin:
+        if _twin(held, value):
             return (
-                "NGINX maps match keys ignoring case, and a key id that differs from this one "
+                f"NGINX maps match ignoring case, and a {what} that differs from this one "
                 "only in case is already there: one entry would shadow the other"
             )
-        if entry.type is EntryType.REVOKE_KEY:
-            tables.revoked[value.lower()] = value
+        if entry.type is not EntryType.RATE_LIMIT:
+            held[value.lower()] = value
             return ""
         rpm = entry.requests_per_minute
         if rpm is None or rpm < 0:
@@ -579,12 +659,17 @@ class NginxConnector:
                 tables.blocked[observed(kind, _unquote(address))] = kind
             except ValueError:
                 tables.ignored += 1
-        for line in _lines(text("revoked.conf")):
-            key = self._readable_key(line, tables.revoked)
-            if key is None:
-                tables.ignored += 1
-            elif line and _unquote(line[1]) not in {"", "0"}:
-                tables.revoked[key.lower()] = key
+        for name, held in (
+            ("revoked.conf", tables.revoked),
+            ("suspended_account.conf", tables.accounts),
+            ("suspended_org.conf", tables.orgs),
+        ):
+            for line in _lines(text(name)):
+                key = self._readable_key(line, held)
+                if key is None:
+                    tables.ignored += 1
+                elif line and _unquote(line[1]) not in {"", "0"}:
+                    held[key.lower()] = key
         for line in _lines(text("limits.conf")):
             key = self._readable_key(line, tables.limits)
             rpm = self._limit_of(_unquote(line[1]), line[2]) if line and key else None
@@ -610,7 +695,9 @@ class NginxConnector:
     def _limit_of(self, tier_text: str, comment: str) -> int | None:
         """The limit a limits.conf line stands for: the value in its comment when that is
         a limit its tier enforces (or one the current tiers can place: rewritten then),
-        else the tier itself; None for a tier with no zone."""
+        else the tier itself; None for a tier with no zone. The value is the tier, then
+        the reference (`60 TG-...`); a tier alone is read too, and rewritten whole."""
+        tier_text = tier_text.split(" ", 1)[0]
         note = _RPM_NOTE.search(comment)
         if note is not None:
             rpm = int(note.group(1))
@@ -640,21 +727,37 @@ class NginxConnector:
         if "blocked.conf" in names:
             lists["blocked.conf"] = (
                 head
-                + "# geo entries: address or network, then ip or cidr.\n"
-                + "".join(f"{value} {kind};\n" for value, kind in sorted(tables.blocked.items()))
+                + "# geo entries: address or network, then the reference its refusal quotes.\n"
+                + "".join(
+                    f"{value} {Entry(EntryType.BLOCK, kind, value).reference};\n"
+                    for value, kind in sorted(tables.blocked.items())
+                )
             )
-        if "revoked.conf" in names:
-            lists["revoked.conf"] = (
-                head
-                + "# map entries: revoked API key.\n"
-                + "".join(f"{_quote_key(k)} 1;\n" for k in sorted(tables.revoked.values()))
-            )
+        keyed = (
+            ("revoked.conf", EntryType.REVOKE_KEY, "api_key", "revoked API key"),
+            ("suspended_account.conf", EntryType.SUSPEND, "account", "suspended account"),
+            ("suspended_org.conf", EntryType.SUSPEND, "org", "suspended organisation"),
+        )
+        for name, entry_type, kind, what in keyed:
+            if name in names:
+                held = tables.keyed(entry_type, kind) or {}
+                lists[name] = (
+                    head
+                    + f"# map entries: {what}, then the reference its refusal quotes.\n"
+                    + "".join(
+                        f"{_quote_key(k)} {Entry(entry_type, kind, k).reference};\n"
+                        for k in sorted(held.values())
+                    )
+                )
         if "limits.conf" in names:
             lists["limits.conf"] = (
                 head
-                + f"# map entries: API key, then its tier of {list(self.options.tiers)}.\n"
+                + f"# map entries: API key, then its tier of {list(self.options.tiers)} and the "
+                + "reference its refusal quotes.\n"
                 + "".join(
-                    f"{_quote_key(k)} {self._tier(rpm)};  # requests_per_minute={rpm}\n"
+                    f'{_quote_key(k)} "{self._tier(rpm)} '
+                    f'{Entry(EntryType.RATE_LIMIT, "api_key", k).reference}";'
+                    f"  # requests_per_minute={rpm}\n"
                     for k, rpm in sorted(tables.limits.values())
                     if self._tier(rpm) is not None
                 )
@@ -664,6 +767,14 @@ class NginxConnector:
     def _head(self) -> str:
         return f"# Written by Tollgate's nginx connector {self.name!r}; edits are undone.\n"
 
+    def _suspensions(self) -> list[tuple[str, str]]:
+        """(kind, header) of the suspensions NGINX can see: those with a header."""
+        return [
+            (kind, header)
+            for kind in ("account", "org")
+            if (header := self.options.subject_header(kind))
+        ]
+
     def _frame(self) -> str:
         o, p, header = self.options, self.options.prefix, self.options.header_variable
         out = []
@@ -672,32 +783,73 @@ class NginxConnector:
         if o.map_hash_max_size:
             out.append(f"map_hash_max_size {o.map_hash_max_size};\n")
         out.append(
-            f"\ngeo ${p}_blocked {{\n    default 0;\n"
+            "\n# Each list's value is the reference its refusal quotes.\n"
+            f"geo ${p}_blocked {{\n    default 0;\n"
             f"    include {self.paths['blocked.conf']};\n}}\n"
             f"\nmap {header} ${p}_revoked {{\n    default 0;\n"
             f"    include {self.paths['revoked.conf']};\n}}\n"
-            f'\nmap {header} ${p}_tier {{\n    default "";\n'
+        )
+        for kind, subject_header in self._suspensions():
+            out.append(
+                f"\n# Set by the authenticating layer in front, never by a client.\n"
+                f"map {_variable_of(subject_header)} ${p}_suspended_{kind} {{\n"
+                f"    default 0;\n    include {self.paths[f'suspended_{kind}.conf']};\n}}\n"
+            )
+        out.append(
+            f'\nmap {header} ${p}_limit {{\n    default "";\n'
             f"    include {self.paths['limits.conf']};\n}}\n"
+            f'map ${p}_limit ${p}_tier {{\n    default "";\n'
+            f'    "~^(?<{p}_tier_of>[0-9]+) " ${p}_tier_of;\n}}\n'
+            f'map ${p}_limit ${p}_limit_ref {{\n    default "";\n'
+            f'    "~ (?<{p}_ref_of>[^ ]+)$" ${p}_ref_of;\n}}\n'
         )
         for tier in o.tiers:
             out.append(
                 f'\nmap ${p}_tier ${p}_key_{tier} {{\n    default "";\n    {tier} {header};\n}}\n'
                 f"limit_req_zone ${p}_key_{tier} zone={p}_{tier}:{o.zone_size} rate={tier}r/m;\n"
             )
+        refusing = ":".join(f"${name}" for name, _, _ in self._refusals())
+        out.append(
+            f"\n# The reference a refusal carries in its {REFERENCE_HEADER} header, none on any\n"
+            "# other answer: for a 401 or 403, that of the first list holding the request (in\n"
+            "# the order server.conf tests them); for a 429, the key's limit.\n"
+            f'map "{refusing}" ${p}_reference {{\n    default "";\n'
+            f'    "~^(?:0:)*(?<{p}_first>[^0:][^:]*)" ${p}_first;\n}}\n'
+            f'map $status ${p}_refusal {{\n    default "";\n    401 ${p}_reference;\n'
+            f"    403 ${p}_reference;\n    429 ${p}_limit_ref;\n}}\n"
+        )
         return "".join(out)
+
+    def _refusals(self) -> list[tuple[str, int, str]]:
+        """(variable, status, error) of the lists that refuse outright, in the order
+        server.conf tests them."""
+        p = self.options.prefix
+        found = [(f"{p}_blocked", 403, "blocked by policy")]
+        for kind, _ in self._suspensions():
+            what = "account" if kind == "account" else "organisation"
+            found.append((f"{p}_suspended_{kind}", 403, f"{what} suspended"))
+        return [*found, (f"{p}_revoked", 401, "api key revoked")]
 
     def _rules(self) -> str:
         p = self.options.prefix
-        out = [
-            f"if (${p}_blocked) {{\n    return 403;\n}}\n",
-            f"if (${p}_revoked) {{\n    return 401;\n}}\n",
-            f'if (${p}_tier = "0") {{\n    return 429;\n}}\n',
+
+        def refuse(variable: str, status: int, error: str) -> str:
+            body = f'{{"error":"{error}","reference":"${{{variable}}}"}}\\n'
+            return f"if (${variable}) {{\n    return {status} '{body}';\n}}\n"
+
+        out = [refuse(*refusal) for refusal in self._refusals()]
+        out += [
+            f'if (${p}_tier = "0") {{\n    return 429 '
+            f'\'{{"error":"rate limited","reference":"${{{p}_limit_ref}}"}}\\n\';\n}}\n',
             "# burst = a minute's worth: a key gets its whole allowance at once, then the rate.\n",
         ]
         out += [
             f"limit_req zone={p}_{tier} burst={tier - 1} nodelay;\n" for tier in self.options.tiers
         ]
-        out.append("limit_req_status 429;\n")
+        out += [
+            "limit_req_status 429;\n",
+            f"add_header {REFERENCE_HEADER} ${p}_refusal always;\n",
+        ]
         return "".join(out)
 
     def _write(self, contents: _Files) -> None:

@@ -69,13 +69,16 @@ class Gateway:
 
     async def get(self, source: str = "127.0.0.1", **headers: str) -> int:
         """One request through HAProxy from `source` (a loopback address): its status."""
+        return (await self.response(source, **headers)).status_code
+
+    async def response(self, source: str = "127.0.0.1", **headers: str) -> httpx.Response:
+        """One request through HAProxy from `source` (a loopback address)."""
         client = self.clients.get(source)
         if client is None:
             transport = httpx.AsyncHTTPTransport(local_address=source)
             client = httpx.AsyncClient(transport=transport, timeout=5.0)
             self.clients[source] = client
-        response = await client.get(f"{self.proxy.url}/v1/messages", headers=headers)
-        return response.status_code
+        return await client.get(f"{self.proxy.url}/v1/messages", headers=headers)
 
     async def statuses(self, count: int, source: str = "127.0.0.1", **headers: str) -> list[int]:
         return [await self.get(source, **headers) for _ in range(count)]

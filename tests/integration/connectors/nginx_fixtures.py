@@ -157,6 +157,7 @@ http {{
 
     server {{
         listen 127.0.0.1:{port};
+        default_type application/json;
         include {include_dir}/server.conf;
 
         location / {{
@@ -274,18 +275,24 @@ class Nginx:
 
     async def get(self, source: str = "127.0.0.1", key: str | None = None) -> int:
         """One request through NGINX from `source` (a loopback address), with `key` in
-        the key header: its status. A new connection each time, so a reload's old
-        workers never answer a request the test makes after the reload."""
+        the key header: its status."""
+        return (await self.response(source, key)).status_code
+
+    async def response(
+        self, source: str = "127.0.0.1", key: str | None = None, **headers: str
+    ) -> httpx.Response:
+        """One request through NGINX from `source`, with `key` in the key header and
+        `headers` (those a trusted layer in front would set). A new connection each time,
+        so a reload's old workers never answer a request the test makes after it."""
         client = self.clients.get(source)
         if client is None:
             transport = httpx.AsyncHTTPTransport(local_address=source)
             client = httpx.AsyncClient(transport=transport, timeout=5.0)
             self.clients[source] = client
-        headers = {"Connection": "close"}
+        sent = {"Connection": "close", **headers}
         if key is not None:
-            headers[KEY_HEADER] = key
-        response = await client.get(f"{self.url}/v1/messages", headers=headers)
-        return response.status_code
+            sent[KEY_HEADER] = key
+        return await client.get(f"{self.url}/v1/messages", headers=sent)
 
     async def statuses(
         self, count: int, source: str = "127.0.0.1", key: str | None = None

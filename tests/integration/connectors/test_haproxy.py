@@ -46,6 +46,15 @@ def limit(key: str, per_minute: int, kind: str = "api_key") -> Entry:
     return Entry(EntryType.RATE_LIMIT, kind, key, per_minute)
 
 
+def suspend(value: str, kind: str = "account") -> Entry:
+    return Entry(EntryType.SUSPEND, kind, value)
+
+
+def held(entry: Entry) -> str:
+    """A limit's value in its map: requests per minute, then the reference to quote."""
+    return f"{entry.requests_per_minute}:{entry.reference}"
+
+
 async def apply(
     gateway: Gateway,
     add: Iterable[Entry] = (),
@@ -179,20 +188,17 @@ async def test_maps_have_no_upsert_so_add_sets_and_set_adds(haproxy: Gateway) ->
     key = fingerprint("sk-upsert")
     await apply(haproxy, add=[limit(key, 10)])
     await apply(haproxy, add=[limit(key, 20)])  # an add of a held key: a set
-    assert lines(path) == [f"{key} 20"]
+    assert lines(path) == [f"{key} {held(limit(key, 20))}"]
 
     assert await haproxy.runtime(f"del map {path} {key}") == ""
     await apply(haproxy, change=[limit(key, 30)])  # a change of a missing key: an add
-    assert lines(path) == [f"{key} 30"]
+    assert lines(path) == [f"{key} {held(limit(key, 30))}"]
 
     assert await haproxy.runtime(f"add map {path} {key} 99") == ""  # a duplicate by hand
     await apply(haproxy, change=[limit(key, 40)])
     assert [
         line.split()[2] for line in (await haproxy.runtime(f"show map {path}")).splitlines()
-    ] == [
-        "40",
-        "40",
-    ]
+    ] == [held(limit(key, 40))] * 2
     assert {e.requests_per_minute for e in (await haproxy.connector().observe()).entries} == {40}
 
 
@@ -207,7 +213,9 @@ async def test_every_change_is_written_to_the_files_atomically(haproxy: Gateway)
     assert lines(o.blocked_acl) == ["127.0.0.5"]
     revoked = revoke(fingerprint("sk-file"))
     assert lines(o.revoked_map) == [f"{revoked.target_value} {revoked.reference}"]
-    assert lines(o.rate_limit_map) == [f"{fingerprint('sk-f2')} 7"]
+    assert lines(o.rate_limit_map) == [
+        f"{fingerprint('sk-f2')} {held(limit(fingerprint('sk-f2'), 7))}"
+    ]
     assert mode(o.revoked_map) == 0o640  # the old file's mode kept
     assert leftovers(o.state_dir) == []
 
@@ -421,13 +429,77 @@ async def test_a_file_that_cannot_be_written_is_reported_and_written_later(
 
 
 async def test_a_value_the_runtime_cannot_parse_is_rejected(haproxy_id: Gateway) -> None:
-    # Misconfigured on purpose: revocations sent to a map of integers (map_str_int).
+    # Misconfigured on purpose: revocations sent to the map keyed by addresses (map_ip),
+    # and blocks' references to another map.
     o = haproxy_id.proxy.options
-    connector = haproxy_id.connector(revoked_map=o.account_rate_limit_map, account_header="")
+    connector = haproxy_id.connector(
+        revoked_map=o.blocked_ref_map, blocked_ref_map=o.account_suspend_map
+    )
     key = revoke("key_unparsable")
 
     result = await connector.apply(Diff(add=(key,)))
 
     assert not result.done and not result.failed, result
     [(entry, why)] = result.rejected
-    assert entry == key and "unable to parse" in why
+    assert entry == key and "is not a valid" in why
+
+
+# -- references on refusals, suspensions ----------------------------------------------------
+
+
+async def test_every_refusal_quotes_the_reference_of_the_entry_that_refused(
+    haproxy_id: Gateway,
+) -> None:
+    """The header and the JSON body of a 403, 401 and 429 name the entry's reference,
+    which is what `decision explain` and an appeal take."""
+    blocked, revoked = block("203.0.113.0/24"), revoke("key_ref")
+    key_limit, account_limit = limit("key_lim", 1), limit("acct_lim", 1, kind="account")
+    suspended = suspend("acct_sus")
+    await apply(haproxy_id, add=[blocked, revoked, key_limit, account_limit, suspended])
+
+    async def refusal(status: int, entry: Entry, **headers: str) -> None:
+        response = await haproxy_id.response(**headers)
+        assert response.status_code == status, (entry, response.text)
+        assert response.headers["x-tollgate-reference"] == entry.reference
+        assert response.json()["reference"] == entry.reference
+
+    await refusal(403, blocked, **{"x-forwarded-for": "203.0.113.9"})
+    await refusal(403, suspended, **{"x-account-id": "acct_sus", "x-api-key-id": "key_new"})
+    await refusal(401, revoked, **{"x-api-key-id": "key_ref"})
+    assert await haproxy_id.get(**{"x-api-key-id": "key_lim"}) == OK
+    await refusal(429, key_limit, **{"x-api-key-id": "key_lim"})
+    assert await haproxy_id.get(**{"x-account-id": "acct_lim"}) == OK
+    await refusal(429, account_limit, **{"x-account-id": "acct_lim"})
+    served = await haproxy_id.response(**{"x-api-key-id": "key_fine"})
+    assert served.status_code == OK and "x-tollgate-reference" not in served.headers
+
+
+async def test_a_suspension_refuses_every_key_of_the_account_until_it_is_lifted(
+    haproxy_id: Gateway,
+) -> None:
+    suspended = suspend("acct_gone")
+    await apply(haproxy_id, add=[suspended])
+    for key in ("key_a", "key_never_seen"):
+        assert await haproxy_id.get(**{"x-account-id": "acct_gone", "x-api-key-id": key}) == 403
+    assert await haproxy_id.get(**{"x-account-id": "acct_other", "x-api-key-id": "key_a"}) == OK
+
+    await apply(haproxy_id, remove=[suspended])
+    assert await haproxy_id.get(**{"x-account-id": "acct_gone", "x-api-key-id": "key_a"}) == OK
+
+
+async def test_a_limit_held_without_its_reference_is_written_again_whole(
+    haproxy: Gateway,
+) -> None:
+    """A limit put in the map by hand (or before refusals quoted a reference) is observed
+    without a limit, so a reconcile rewrites it with the reference its 429 quotes."""
+    path, key = haproxy.proxy.options.rate_limit_map, fingerprint("sk-legacy")
+    assert await haproxy.runtime(f"add map {path} {key} 5") == ""
+    connector = haproxy.connector()
+    [seen] = (await connector.observe()).entries
+    assert seen.key == limit(key, 5).key and seen.requests_per_minute is None
+
+    result = await connector.apply(Diff(change=(limit(key, 5),)))
+
+    assert result.done == [limit(key, 5)]
+    assert (await haproxy.runtime(f"show map {path}")).split()[2] == held(limit(key, 5))
+    assert {e.requests_per_minute for e in (await connector.observe()).entries} == {5}

@@ -113,7 +113,7 @@ async def test_a_limit_between_tiers_goes_to_the_stricter_tier_and_is_reported_e
     await put(connector, between)
 
     assert (await connector.observe()).entries == {between}
-    line = '"key_between" 10;  # requests_per_minute=45'
+    line = f'"key_between" "10 {between.reference}";  # requests_per_minute=45'
     assert line in (nginx.include_dir / "limits.conf").read_text()
     assert await nginx.statuses(11, key="key_between") == [200] * 10 + [429]
 
@@ -196,10 +196,10 @@ async def test_a_hand_changed_tier_is_put_back(nginx: Nginx) -> None:
     connector = nginx.connector()
     await put(connector, LIMIT)
     limits = nginx.include_dir / "limits.conf"
-    limits.write_text(limits.read_text().replace('" 10;', '" 600;'), encoding="utf-8")
+    limits.write_text(limits.read_text().replace('"10 ', '"600 '), encoding="utf-8")
 
     assert (await connector.observe()).entries == {LIMIT}
-    assert '"key_limited" 10;' in limits.read_text()
+    assert f'"key_limited" "10 {LIMIT.reference}";' in limits.read_text()
     assert await nginx.statuses(11, key="key_limited") == [200] * 10 + [429]
 
 
@@ -279,7 +279,7 @@ async def test_an_include_corrupted_between_applies_is_rewritten_and_tested(ngin
 
     await put(connector, REVOKE)
 
-    assert "return 403;" in server.read_text()
+    assert "return 403 '" in server.read_text()
     assert await nginx.get("127.0.0.2") == 403
     assert await nginx.get(key="key_revoked") == 401
 
@@ -315,7 +315,7 @@ async def test_changed_tiers_retier_the_limits_at_the_next_reconcile(nginx: Ngin
     assert (await retiered.observe()).entries == {between}
 
     limits = (nginx.include_dir / "limits.conf").read_text()
-    assert '"key_between" 30;  # requests_per_minute=45' in limits
+    assert f'"key_between" "30 {between.reference}";  # requests_per_minute=45' in limits
     assert "rate=30r/m" in (nginx.include_dir / "http.conf").read_text()
     await assert_limited(nginx, "key_between", 30)
 
@@ -334,6 +334,8 @@ async def test_first_contact_writes_the_files_nginx_needs_to_start(nginx_stopped
         "limits.conf",
         "revoked.conf",
         "server.conf",
+        "suspended_account.conf",
+        "suspended_org.conf",
     ]
     assert not (await connector.health()).ok
 
