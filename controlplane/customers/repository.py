@@ -91,15 +91,25 @@ Scope = tuple[str, str, str]
 
 
 _sighting: Table = SightingRow.__table__  # type: ignore[attr-defined]
+# (provider, scope, id) and (provider, kind, value) sets are asked as cross products
+# of IN lists, answered by the primary key and the (provider, kind, value) index; rows
+# of combinations not asked for are dropped.
 _SIGHTINGS_OF = select(
-    _sighting.c.scope_id, _sighting.c.kind, _sighting.c.value, _sighting.c.last_seen
+    _sighting.c.provider,
+    _sighting.c.scope,
+    _sighting.c.scope_id,
+    _sighting.c.kind,
+    _sighting.c.value,
+    _sighting.c.last_seen,
 ).where(
-    _sighting.c.provider == bindparam("provider"),
-    _sighting.c.scope == bindparam("scope"),
+    _sighting.c.provider.in_(bindparam("providers", expanding=True)),
+    _sighting.c.scope.in_(bindparam("scopes", expanding=True)),
     _sighting.c.scope_id.in_(bindparam("ids", expanding=True)),
 )
-_SEEING = select(_sighting.c.value, _sighting.c.scope, _sighting.c.scope_id).where(
-    _sighting.c.provider == bindparam("provider"),
+_SEEING = select(
+    _sighting.c.provider, _sighting.c.value, _sighting.c.scope, _sighting.c.scope_id
+).where(
+    _sighting.c.provider.in_(bindparam("providers", expanding=True)),
     _sighting.c.kind == bindparam("kind"),
     _sighting.c.value.in_(bindparam("values", expanding=True)),
 )
@@ -120,33 +130,40 @@ def sightings_of(
     session: Session, scopes: Iterable[Scope]
 ) -> dict[Scope, list[tuple[str, str, datetime]]]:
     """(kind, value, last_seen) of everything seen for these accounts and orgs."""
-    groups: dict[tuple[str, str], list[str]] = {}
-    for provider, scope, scope_id in sorted(set(scopes)):
-        groups.setdefault((provider, scope), []).append(scope_id)
     found: dict[Scope, list[tuple[str, str, datetime]]] = {}
     connection = session.connection()
-    for (provider, scope), ids in groups.items():
-        for chunk in _chunks(ids):
-            rows = connection.execute(
-                _SIGHTINGS_OF, {"provider": provider, "scope": scope, "ids": list(chunk)}
-            )
-            for scope_id, kind, value, last_seen in rows:
+    for chunk in _chunks(sorted(set(scopes))):
+        wanted = set(chunk)
+        params = {
+            "providers": sorted({p for p, _, _ in chunk}),
+            "scopes": sorted({s for _, s, _ in chunk}),
+            "ids": sorted({i for _, _, i in chunk}),
+        }
+        for provider, scope, scope_id, kind, value, last_seen in connection.execute(
+            _SIGHTINGS_OF, params
+        ):
+            if (provider, scope, scope_id) in wanted:
                 found.setdefault((provider, scope, scope_id), []).append((kind, value, last_seen))
     return found
 
 
 def scopes_seeing(
-    session: Session, provider: str, kind: str, values: Iterable[str]
-) -> dict[str, set[tuple[str, str]]]:
-    """Value -> the (scope, id) that were seen with it (e.g. the accounts using a network)."""
-    found: dict[str, set[tuple[str, str]]] = {}
+    session: Session, kind: str, values: Iterable[tuple[str, str]]
+) -> dict[tuple[str, str], set[tuple[str, str]]]:
+    """(provider, value) -> the (scope, id) that were seen with it (e.g. the accounts
+    using a network)."""
+    found: dict[tuple[str, str], set[tuple[str, str]]] = {}
     connection = session.connection()
     for chunk in _chunks(sorted(set(values))):
-        rows = connection.execute(
-            _SEEING, {"provider": provider, "kind": kind, "values": list(chunk)}
-        )
-        for value, scope, scope_id in rows:
-            found.setdefault(value, set()).add((scope, scope_id))
+        wanted = set(chunk)
+        params = {
+            "providers": sorted({p for p, _ in chunk}),
+            "kind": kind,
+            "values": sorted({v for _, v in chunk}),
+        }
+        for provider, value, scope, scope_id in connection.execute(_SEEING, params):
+            if (provider, value) in wanted:
+                found.setdefault((provider, value), set()).add((scope, scope_id))
     return found
 
 

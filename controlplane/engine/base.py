@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -54,6 +55,13 @@ class PolicyEngine(Protocol):
 
     def evaluate_sync(self, input: dict[str, Any]) -> Evaluation:
         """One evaluation on the calling thread (benchmarks, probes, explain)."""
+        ...
+
+    def evaluate_blocking(
+        self, inputs: Sequence[dict[str, Any]], loop: asyncio.AbstractEventLoop
+    ) -> list[Evaluation]:
+        """`evaluate_many` for a thread that is not `loop`'s (the decide thread), waiting
+        for the answers: in order, in parallel where possible."""
         ...
 
     def close(self) -> None: ...

@@ -44,6 +44,10 @@ PROBE_INPUT: dict[str, Any] = {
 """A representative input: a type error or an undefined entrypoint shows at the probe."""
 
 
+INLINE = 8
+"""Batches this small are evaluated on the calling thread by `evaluate_blocking`."""
+
+
 class EmbeddedEngine:
     """A loaded, probed revision, evaluated on `workers` threads with one engine each."""
 
@@ -113,6 +117,20 @@ class EmbeddedEngine:
 
     def evaluate_sync(self, input: dict[str, Any]) -> Evaluation:
         return self._eval_chunk([input])[0]
+
+    def evaluate_blocking(
+        self, inputs: Sequence[dict[str, Any]], loop: asyncio.AbstractEventLoop
+    ) -> list[Evaluation]:
+        """A few inputs on the calling thread (a hop to a worker costs more than they
+        do); more in chunks on the workers. The event loop is not involved."""
+        if len(inputs) <= INLINE:
+            return self._eval_chunk(inputs)
+        size = -(-len(inputs) // self._workers)
+        futures = [
+            self._pool.submit(self._eval_chunk, inputs[i : i + size])
+            for i in range(0, len(inputs), size)
+        ]
+        return [evaluation for future in futures for evaluation in future.result()]
 
     async def evaluate_many(self, inputs: Sequence[dict[str, Any]]) -> list[Evaluation]:
         if not inputs:

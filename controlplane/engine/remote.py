@@ -243,6 +243,12 @@ class RemoteEngine:
             "pushed again; the verdicts of this batch are decided again"
         )
 
+    def evaluate_blocking(
+        self, inputs: Sequence[dict[str, Any]], loop: asyncio.AbstractEventLoop
+    ) -> list[Evaluation]:
+        """On `loop`, whose HTTP session this engine uses."""
+        return asyncio.run_coroutine_threadsafe(self.evaluate_many(inputs), loop).result()
+
     def evaluate_sync(self, input: dict[str, Any]) -> Evaluation:
         """One evaluation on the calling thread, over a short-lived connection of its own
         (the engine's session belongs to its event loop). Benchmarks, probes, explain."""

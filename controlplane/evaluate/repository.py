@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -79,7 +78,7 @@ _ACTIONS = select(
     _action.c.created_at,
     _action.c.expires_at,
 ).where(
-    _action.c.provider == bindparam("provider"),
+    _action.c.provider.in_(bindparam("providers", expanding=True)),
     _action.c.target_kind.in_(bindparam("kinds", expanding=True)),
     _action.c.target_value.in_(bindparam("values", expanding=True)),
     _ACTIVE_NOW,
@@ -92,13 +91,14 @@ _EXEMPTIONS = select(
     _exemption.c.reason,
     _exemption.c.expires_at,
 ).where(
-    _exemption.c.provider == bindparam("provider"),
+    _exemption.c.provider.in_(bindparam("providers", expanding=True)),
     _exemption.c.subject_kind.in_(bindparam("kinds", expanding=True)),
     _exemption.c.subject_value.in_(bindparam("values", expanding=True)),
     or_(_exemption.c.expires_at.is_(None), _exemption.c.expires_at > bindparam("now")),
     _exemption.c.ended_at.is_(None),
 )
 _PRIOR = select(
+    _verdict.c.provider,
     _verdict.c.id,
     _verdict.c.account_id,
     _verdict.c.api_key_id,
@@ -108,7 +108,7 @@ _PRIOR = select(
     _verdict.c.confidence,
     _verdict.c.detector_name,
 ).where(
-    _verdict.c.provider == bindparam("provider"),
+    _verdict.c.provider.in_(bindparam("providers", expanding=True)),
     or_(
         _verdict.c.account_id.in_(bindparam("accounts", expanding=True)),
         _verdict.c.api_key_id.in_(bindparam("keys", expanding=True)),
@@ -126,25 +126,26 @@ _LIFT_COLUMNS = (
     _lift.c.score,
     _lift.c.at,
 )
-_LIFTS = select(*_LIFT_COLUMNS).where(
-    _lift.c.provider == bindparam("provider"),
+_LIFTS = select(_lift.c.provider, *_LIFT_COLUMNS).where(
+    _lift.c.provider.in_(bindparam("providers", expanding=True)),
     _lift.c.target_kind.in_(bindparam("kinds", expanding=True)),
     _lift.c.target_value.in_(bindparam("values", expanding=True)),
     _lift.c.at >= bindparam("since"),
 )
-_RANGE_LIFTS = select(*_LIFT_COLUMNS).where(
-    _lift.c.provider == bindparam("provider"),
+_RANGE_LIFTS = select(_lift.c.provider, *_LIFT_COLUMNS).where(
+    _lift.c.provider.in_(bindparam("providers", expanding=True)),
     _lift.c.target_kind == "cidr",
     _lift.c.at >= bindparam("since"),
 )
 _APPEALS = select(
+    _appeal.c.provider,
     _appeal.c.id,
     _appeal.c.state,
     _appeal.c.subject_kind,
     _appeal.c.subject_value,
     _appeal.c.filed_at,
 ).where(
-    _appeal.c.provider == bindparam("provider"),
+    _appeal.c.provider.in_(bindparam("providers", expanding=True)),
     _appeal.c.subject_kind.in_(bindparam("kinds", expanding=True)),
     _appeal.c.subject_value.in_(bindparam("values", expanding=True)),
     _appeal.c.state.in_(["open", "denied"]),
@@ -164,70 +165,70 @@ def fill_lookups(
     providers: Providers | None = None,
 ) -> None:
     """Fetch active actions, earlier verdicts, exemptions and remedies for these
-    (provider, kind, value) keys: one query per table and provider (a chunk of keys at
-    a time), by the tables' (provider, kind, value) indexes. The `cidr` keys are the
-    CIDR actions that hold the batch's IPs (see `CidrTargets`)."""
+    (provider, kind, value) keys: one query per table (a chunk of keys at a time), by
+    the tables' (provider, kind, value) indexes. The `cidr` keys are the CIDR actions
+    that hold the batch's IPs (see `CidrTargets`)."""
     settings = providers or Providers()
     window = now - max(HISTORY_WINDOW, settings.longest_cooldown)
-    by_provider: dict[str, list[tuple[str, str]]] = defaultdict(list)
-    for provider, kind, value in sorted(subject_keys):
-        by_provider[provider].append((kind, value))
     connection = session.connection()
-    for provider, pairs in by_provider.items():
-        cooldown = settings.of(provider).cooldown
-        for chunk in _chunks(pairs):
-            wanted = set(chunk)
-            params = {
-                "provider": provider,
-                "kinds": sorted({k for k, _ in chunk}),
-                "values": sorted({v for _, v in chunk}),
-                "now": now,
-            }
-            for row in connection.execute(_ACTIONS, params).mappings():
-                if (row["target_kind"], row["target_value"]) in wanted:
-                    lookups.add_action(provider, action_document(row))
-            for e in connection.execute(_EXEMPTIONS, params):
-                if (e.subject_kind, e.subject_value) in wanted:
-                    lookups.exemptions[(e.provider, e.subject_kind, e.subject_value)] = {
-                        "subject": {"kind": e.subject_kind, "value": e.subject_value},
-                        "owner": e.owner,
-                        "reason": e.reason,
-                        "expires_at": e.expires_at.isoformat() if e.expires_at else None,
-                    }
-            _fill_prior(connection, lookups, provider, chunk, since)
-            for lift in connection.execute(_LIFTS, {**params, "since": window}):
-                if (lift.target_kind, lift.target_value) in wanted:
-                    lookups.add_remedy(provider, _lift_document(lift, cooldown))
-            for appeal in connection.execute(_APPEALS, {**params, "since": window}):
-                if (appeal.subject_kind, appeal.subject_value) in wanted:
-                    lookups.remedies[(provider, appeal.subject_kind, appeal.subject_value)].append(
-                        _appeal_document(appeal)
-                    )
-    for provider in sorted(by_provider):
-        _fill_range_remedies(connection, lookups, provider, window, settings)
+    keys = sorted(subject_keys)
+    for chunk in _chunks(keys):
+        wanted = set(chunk)
+        params = {
+            "providers": sorted({p for p, _, _ in chunk}),
+            "kinds": sorted({k for _, k, _ in chunk}),
+            "values": sorted({v for _, _, v in chunk}),
+            "now": now,
+        }
+        for row in connection.execute(_ACTIONS, params).mappings():
+            if (row["provider"], row["target_kind"], row["target_value"]) in wanted:
+                lookups.add_action(row["provider"], action_document(row))
+        for e in connection.execute(_EXEMPTIONS, params):
+            key = (e.provider, e.subject_kind, e.subject_value)
+            if key in wanted:
+                lookups.exemptions[key] = {
+                    "subject": {"kind": e.subject_kind, "value": e.subject_value},
+                    "owner": e.owner,
+                    "reason": e.reason,
+                    "expires_at": e.expires_at.isoformat() if e.expires_at else None,
+                }
+        _fill_prior(connection, lookups, chunk, since)
+        for lift in connection.execute(_LIFTS, {**params, "since": window}):
+            if (lift.provider, lift.target_kind, lift.target_value) in wanted:
+                cooldown = settings.of(lift.provider).cooldown
+                lookups.add_remedy(lift.provider, _lift_document(lift, cooldown))
+        for appeal in connection.execute(_APPEALS, {**params, "since": window}):
+            key = (appeal.provider, appeal.subject_kind, appeal.subject_value)
+            if key in wanted:
+                lookups.remedies[key].append(_appeal_document(appeal))
+    if keys:
+        _fill_range_remedies(connection, lookups, {p for p, _, _ in keys}, window, settings)
 
 
 def _fill_prior(
     connection: Connection,
     lookups: Lookups,
-    provider: str,
-    pairs: Sequence[tuple[str, str]],
+    keys: Sequence[tuple[str, str, str]],
     since: datetime,
 ) -> None:
     """Earlier verdicts about these accounts and keys, observed since `since`."""
-    accounts = {v for k, v in pairs if k == "account"}
-    keys = {v for k, v in pairs if k == "api_key"}
-    if not accounts and not keys:
+    wanted = {(p, k, v) for p, k, v in keys if k in ("account", "api_key")}
+    if not wanted:
         return
     prior = connection.execute(
         _PRIOR,
-        {"provider": provider, "accounts": sorted(accounts), "keys": sorted(keys), "since": since},
+        {
+            "providers": sorted({p for p, _, _ in wanted}),
+            "accounts": sorted({v for _, k, v in wanted if k == "account"}),
+            "keys": sorted({v for _, k, v in wanted if k == "api_key"}),
+            "since": since,
+        },
     )
-    for verdict_id, account, key, observed, received, score, conf, det in prior:
+    for provider, verdict_id, account, key, observed, received, score, conf, det in prior:
         found = PriorVerdict(verdict_id, account, key, observed, received, score, conf, det)
-        if account in accounts:
+        if (provider, "account", account) in wanted:
             lookups.verdicts[(provider, "account", account)].append(found)
-        if key in keys:
+        if (provider, "api_key", key) in wanted:
             lookups.verdicts[(provider, "api_key", key)].append(found)
 
 
@@ -263,18 +264,18 @@ def _appeal_document(appeal: Any) -> dict[str, Any]:
 def _fill_range_remedies(
     connection: Connection,
     lookups: Lookups,
-    provider: str,
+    providers: set[str],
     since: datetime,
-    providers: Providers,
+    settings: Providers,
 ) -> None:
-    """Recent lifts of CIDR blocks of a provider: a verdict's IP inside one sees it.
+    """Recent lifts of CIDR blocks of these providers: a verdict's IP inside one sees it.
     People lift few ranges, so this is a handful of rows by the (provider, kind) index."""
-    cooldown = providers.of(provider).cooldown
     known = {r["id"] for rs in lookups.remedies.values() for r in rs}
-    for lift in connection.execute(_RANGE_LIFTS, {"provider": provider, "since": since}):
+    params = {"providers": sorted(providers), "since": since}
+    for lift in connection.execute(_RANGE_LIFTS, params):
         if lift.id not in known:
-            document = _lift_document(lift, cooldown)
-            lookups.range_remedies[provider].add(
+            document = _lift_document(lift, settings.of(lift.provider).cooldown)
+            lookups.range_remedies[lift.provider].add(
                 ipaddress.ip_network(lift.target_value, strict=False), document
             )
 
@@ -291,15 +292,18 @@ def fill_actions(
 ) -> None:
     """Only the active actions of these (provider, kind, value) keys: the other keys and
     accounts an account or org was seen with (how many of them are already acted on)."""
-    groups: dict[tuple[str, str], list[str]] = defaultdict(list)
-    for provider, kind, value in sorted(subject_keys):
-        groups[(provider, kind)].append(value)
     connection = session.connection()
-    for (provider, kind), values in groups.items():
-        for chunk in _chunks(values):
-            params = {"provider": provider, "kinds": [kind], "values": list(chunk), "now": now}
-            for row in connection.execute(_ACTIONS, params).mappings():
-                lookups.add_action(provider, action_document(row))
+    for chunk in _chunks(sorted(subject_keys)):
+        wanted = set(chunk)
+        params = {
+            "providers": sorted({p for p, _, _ in chunk}),
+            "kinds": sorted({k for _, k, _ in chunk}),
+            "values": sorted({v for _, _, v in chunk}),
+            "now": now,
+        }
+        for row in connection.execute(_ACTIONS, params).mappings():
+            if (row["provider"], row["target_kind"], row["target_value"]) in wanted:
+                lookups.add_action(row["provider"], action_document(row))
 
 
 class CidrTargets:

@@ -148,9 +148,7 @@ class Decider:
             members = [p for p, w in zip(pending, waves, strict=True) if w == wave]
             engine = self._engines.current
             inputs = [build_input(p.verdict, p.received_at, lookups, now) for p in members]
-            evaluations = asyncio.run_coroutine_threadsafe(
-                engine.evaluate_many(inputs), loop
-            ).result()
+            evaluations = engine.evaluate_blocking(inputs, loop)
             for item, given, evaluation in zip(members, inputs, evaluations, strict=True):
                 outcome = self._outcome(engine, item, given, evaluation, now)
                 outcomes[item.verdict.id] = outcome
@@ -233,13 +231,13 @@ class Decider:
             )
         repository.fill_actions(session, lookups, others - filled, now)
         accounts = {p.verdict.subject.account_id for p in pending if p.verdict.subject.account_id}
-        users: dict[str, dict[str, set[str]]] = {}
-        for provider, nets in networks.items():
-            seen = customers_repo.scopes_seeing(session, provider, "network", nets)
-            users[provider] = {
-                net: {i for scope, i in who if scope == "account"} for net, who in seen.items()
-            }
-            accounts.update(a for who in users[provider].values() for a in who)
+        users: dict[str, dict[str, set[str]]] = {provider: {} for provider in networks}
+        seen = customers_repo.scopes_seeing(
+            session, "network", {(p, net) for p, nets in networks.items() for net in nets}
+        )
+        for (provider, net), who in seen.items():
+            users[provider][net] = {i for scope, i in who if scope == "account"}
+            accounts.update(users[provider][net])
         records = customers_repo.customers_of(session, accounts)
         lookups.customers = {a: customer_document(r) for a, r in records.items()}
         for provider, by_net in users.items():

@@ -32,15 +32,17 @@ def postgres_url(postgres: PostgresServer, tmp_path: Path) -> Iterator[str]:
 async def test_two_replicas_see_each_others_decisions(
     postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    evaluate = EmbeddedEngine.evaluate_many
+    evaluate = EmbeddedEngine.evaluate_blocking
 
-    async def slow(self: EmbeddedEngine, inputs: Sequence[dict[str, Any]]) -> list[Evaluation]:
+    def slow(
+        self: EmbeddedEngine, inputs: Sequence[dict[str, Any]], loop: asyncio.AbstractEventLoop
+    ) -> list[Evaluation]:
         # Both replicas have read their history before either has stored its decision,
-        # unless deciding is serialised across replicas.
-        await asyncio.sleep(0.2)
-        return await evaluate(self, inputs)
+        # unless they lock the subjects they decide.
+        time.sleep(0.2)
+        return evaluate(self, inputs, loop)
 
-    monkeypatch.setattr(EmbeddedEngine, "evaluate_many", slow)
+    monkeypatch.setattr(EmbeddedEngine, "evaluate_blocking", slow)
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
     async with (
