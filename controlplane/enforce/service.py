@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from controlplane.audit import service as audit
 from controlplane.domain.vocabulary import ActionState
 from controlplane.enforce import repository
+from controlplane.enforce.actions import Actions
 from controlplane.enforce.events import action_event
 from controlplane.enforce.follower import Follower, ReconcileReport
 from controlplane.enforce.registry import factory
@@ -82,9 +83,12 @@ class Enforcer:
         configs: Sequence[ConnectorConfig],
         poll_seconds: float = 0.25,
         *,
+        actions: Actions,
         embedded: bool = True,
     ) -> None:
         self._db = db
+        self._actions = actions
+        """The action table's queries (the plan step's repository)."""
         self._configs = list(configs)
         self._poll = poll_seconds
         self._worker: _Worker | None = None
@@ -110,7 +114,7 @@ class Enforcer:
         """Start the worker thread and a follower per configured connector."""
         if not self._configs or not self.embedded:
             return
-        worker = _Worker(self._db.url, self._configs, self._poll)
+        worker = _Worker(self._db.url, self._actions, self._configs, self._poll)
         await asyncio.to_thread(worker.start)
         self._worker = worker
 
@@ -190,11 +194,11 @@ class Enforcer:
         """Mark actions past their TTL expired (each an audit event) and log removals."""
         now = utcnow()
         async with self._db.write() as session, session.begin():
-            due = await repository.due_to_expire(session, now, limit)
+            due = await self._actions.due_to_expire(session, now, limit)
             if not due:
                 return 0
             changes = {a.id: ActionState.EXPIRED.value for a in due}
-            await repository.set_action_states(session, changes, now)
+            await self._actions.set_action_states(session, changes, now)
             expired = ActionState.EXPIRED.value
             await audit.record(session, [action_event(a, expired, "tollgate", now) for a in due])
             await record_changes(session, [a.model_dump() for a in due], "expired", now)
@@ -235,8 +239,11 @@ class _Worker:
     """A thread running its own event loop: the followers, their database engine and
     their HTTP client live there."""
 
-    def __init__(self, url: str, configs: Sequence[ConnectorConfig], poll: float) -> None:
+    def __init__(
+        self, url: str, actions: Actions, configs: Sequence[ConnectorConfig], poll: float
+    ) -> None:
         self._url = url
+        self._actions = actions
         self._configs = configs
         self._poll = poll
         self.followers: dict[str, Follower] = {}
@@ -289,7 +296,7 @@ class _Worker:
             for config in self._configs:
                 connector = factory(config.type)(config, http)
                 self.followers[config.name] = Follower(
-                    self._db, config, connector, self._expected, self._poll
+                    self._db, self._actions, config, connector, self._expected, self._poll
                 )
             self._stop = asyncio.Event()
         except BaseException as exc:

@@ -1,4 +1,7 @@
-"""Evaluate's SQL: the lookups an input is built from, and decision rows."""
+"""Evaluate's SQL (the `decision` table, its one querier) and the lookups an input is
+built from, asked of the tables' owners: actions of plan, exemptions, lifts and
+appeals of remedy, indicators of intel; earlier verdicts through the `VerdictHistory`
+the caller hands in (ingest owns verdicts, and a stage never imports an earlier one)."""
 
 from __future__ import annotations
 
@@ -7,13 +10,12 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
-from sqlalchemy import and_, func, insert, or_, select
+from sqlalchemy import Select, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from controlplane.domain.vocabulary import ACTIVE_STATES
 from controlplane.enforce import repository as changes_repo
 from controlplane.evaluate.context import (
     HISTORY_WINDOW,
@@ -22,19 +24,29 @@ from controlplane.evaluate.context import (
     NetworkSet,
     PriorVerdict,
 )
+from controlplane.intel import repository as intel_repo
 from controlplane.intel.hashing import Keyring
+from controlplane.plan import repository as actions_repo
+from controlplane.remedy import repository as remedy_repo
 from controlplane.settings import Providers
 from controlplane.store.db import Database
-from controlplane.store.models import (
-    ActionRow,
-    AppealRow,
-    DecisionRow,
-    ExemptionRow,
-    IndicatorRow,
-    LiftRow,
-    VerdictRow,
-)
+from controlplane.store.models import DecisionRow, IndicatorRow, LiftRow
 from controlplane.store.types import utcnow
+
+
+class VerdictHistory(Protocol):
+    """Earlier verdicts of a provider about these accounts or keys, observed since
+    `since`: (id, account, key, observed, received, score, confidence, detector) each
+    (`controlplane.ingest.repository.prior_verdicts`)."""
+
+    async def __call__(
+        self,
+        session: AsyncSession,
+        provider: str,
+        accounts: Sequence[str],
+        keys: Sequence[str],
+        since: datetime,
+    ) -> list[tuple[Any, ...]]: ...
 
 
 def action_document(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -51,20 +63,6 @@ def action_document(row: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-_ACTION_COLUMNS = (
-    col(ActionRow.id),
-    col(ActionRow.provider),
-    col(ActionRow.type),
-    col(ActionRow.target_kind),
-    col(ActionRow.target_value),
-    col(ActionRow.params),
-    col(ActionRow.rule),
-    col(ActionRow.state),
-    col(ActionRow.created_at),
-    col(ActionRow.expires_at),
-)
-
-
 async def fill_lookups(
     session: AsyncSession,
     lookups: Lookups,
@@ -72,6 +70,8 @@ async def fill_lookups(
     since: datetime,
     now: datetime,
     providers: Providers | None = None,
+    *,
+    verdicts: VerdictHistory,
 ) -> None:
     """Fetch active actions, earlier verdicts, exemptions and remedies for these
     (provider, kind, value) keys: one query per table and provider (a chunk of keys at
@@ -80,8 +80,6 @@ async def fill_lookups(
     hold the batch's IPs (see `CidrTargets`)."""
     settings = providers or Providers()
     window = now - max(HISTORY_WINDOW, settings.longest_cooldown)
-    unexpired = or_(col(ActionRow.expires_at).is_(None), col(ActionRow.expires_at) > now)
-    active = col(ActionRow.state).in_([s.value for s in ACTIVE_STATES]) & ~col(ActionRow.shadow)
     by_provider: dict[str, list[tuple[str, str]]] = defaultdict(list)
     for provider, kind, value in sorted(subject_keys):
         by_provider[provider].append((kind, value))
@@ -90,42 +88,19 @@ async def fill_lookups(
             kinds: dict[str, list[str]] = defaultdict(list)
             for kind, value in chunk:
                 kinds[kind].append(value)
-            rows = await session.execute(
-                select(*_ACTION_COLUMNS).where(
-                    col(ActionRow.provider) == provider,
-                    _targets(col(ActionRow.target_kind), col(ActionRow.target_value), kinds),
-                    active,
-                    unexpired,
-                )
-            )
-            for row in rows:
-                lookups.add_action(provider, action_document(dict(row._mapping)))
-            exemptions = await session.execute(
-                select(ExemptionRow).where(
-                    col(ExemptionRow.provider) == provider,
-                    _targets(
-                        col(ExemptionRow.subject_kind), col(ExemptionRow.subject_value), kinds
-                    ),
-                    or_(col(ExemptionRow.expires_at).is_(None), col(ExemptionRow.expires_at) > now),
-                    col(ExemptionRow.ended_at).is_(None),
-                )
-            )
-            for (e,) in exemptions:
+            for row in await actions_repo.active_on_targets(session, provider, kinds, now):
+                lookups.add_action(provider, action_document(row))
+            for e in await remedy_repo.live_exemptions_on(session, provider, kinds, now):
                 lookups.exemptions[(e.provider, e.subject_kind, e.subject_value)] = {
                     "subject": {"kind": e.subject_kind, "value": e.subject_value},
                     "owner": e.owner,
                     "reason": e.reason,
                     "expires_at": e.expires_at.isoformat() if e.expires_at else None,
                 }
-            await _fill_prior(session, lookups, provider, kinds, since)
+            await _fill_prior(session, lookups, provider, kinds, since, verdicts)
             await _fill_remedies(session, lookups, provider, kinds, window, settings)
     for provider in sorted(by_provider):
         await _fill_range_remedies(session, lookups, provider, window, settings)
-
-
-def _targets(kind_column: Any, value_column: Any, kinds: Mapping[str, Sequence[str]]) -> Any:
-    """`(kind = k AND value IN (...)) OR ...`: one indexed range per kind."""
-    return or_(*(and_(kind_column == k, value_column.in_(list(v))) for k, v in kinds.items()))
 
 
 async def _fill_prior(
@@ -134,32 +109,13 @@ async def _fill_prior(
     provider: str,
     kinds: Mapping[str, Sequence[str]],
     since: datetime,
+    verdicts: VerdictHistory,
 ) -> None:
     """Earlier verdicts about these accounts and keys, observed since `since`."""
     accounts, keys = set(kinds.get("account", ())), set(kinds.get("api_key", ()))
-    terms = []
-    if accounts:
-        terms.append(col(VerdictRow.account_id).in_(sorted(accounts)))
-    if keys:
-        terms.append(col(VerdictRow.api_key_id).in_(sorted(keys)))
-    if not terms:
+    if not accounts and not keys:
         return
-    prior = await session.execute(
-        select(
-            col(VerdictRow.id),
-            col(VerdictRow.account_id),
-            col(VerdictRow.api_key_id),
-            col(VerdictRow.observed_at),
-            col(VerdictRow.received_at),
-            col(VerdictRow.score),
-            col(VerdictRow.confidence),
-            col(VerdictRow.detector_name),
-        ).where(
-            col(VerdictRow.provider) == provider,
-            or_(*terms),
-            col(VerdictRow.observed_at) >= since,
-        )
-    )
+    prior = await verdicts(session, provider, sorted(accounts), sorted(keys), since)
     for verdict_id, account, key, observed, received, score, conf, det in prior:
         found = PriorVerdict(verdict_id, account, key, observed, received, score, conf, det)
         if account in accounts:
@@ -193,24 +149,9 @@ async def _fill_remedies(
     """`history.appeals` of these targets: lifts (by hand, upheld appeals, exemptions),
     and appeals still open or denied; both by their (provider, kind, value) index."""
     cooldown = providers.of(provider).cooldown
-    lifts = await session.execute(
-        select(LiftRow).where(
-            col(LiftRow.provider) == provider,
-            _targets(col(LiftRow.target_kind), col(LiftRow.target_value), kinds),
-            col(LiftRow.at) >= since,
-        )
-    )
-    for (lift,) in lifts:
+    for lift in await remedy_repo.lifts_on(session, provider, kinds, since):
         lookups.add_remedy(provider, _lift_document(lift, cooldown))
-    appeals = await session.execute(
-        select(AppealRow).where(
-            col(AppealRow.provider) == provider,
-            _targets(col(AppealRow.subject_kind), col(AppealRow.subject_value), kinds),
-            col(AppealRow.state).in_(["open", "denied"]),
-            col(AppealRow.filed_at) >= since,
-        )
-    )
-    for (appeal,) in appeals:
+    for appeal in await remedy_repo.pending_appeals_on(session, provider, kinds, since):
         kind = appeal.subject_kind
         lookups.remedies[(provider, kind, appeal.subject_value)].append(
             {
@@ -233,15 +174,9 @@ async def _fill_range_remedies(
     """Recent lifts of CIDR blocks of a provider: a verdict's IP inside one sees it.
     People lift few ranges, so this is a handful of rows by the (provider, kind) index."""
     cooldown = providers.of(provider).cooldown
-    rows = await session.execute(
-        select(LiftRow).where(
-            col(LiftRow.provider) == provider,
-            col(LiftRow.target_kind) == "cidr",
-            col(LiftRow.at) >= since,
-        )
-    )
+    rows = await remedy_repo.range_lifts(session, provider, since)
     known = {r["id"] for rs in lookups.remedies.values() for r in rs}
-    for (lift,) in rows:
+    for lift in rows:
         if lift.id not in known:
             document = _lift_document(lift, cooldown)
             lookups.range_remedies[provider].add(
@@ -264,21 +199,11 @@ async def fill_actions(
     groups: dict[tuple[str, str], list[str]] = defaultdict(list)
     for provider, kind, value in sorted(subject_keys):
         groups[(provider, kind)].append(value)
-    unexpired = or_(col(ActionRow.expires_at).is_(None), col(ActionRow.expires_at) > now)
-    active = col(ActionRow.state).in_([s.value for s in ACTIVE_STATES]) & ~col(ActionRow.shadow)
     for (provider, kind), values in groups.items():
         for chunk in _chunks(values):
-            rows = await session.execute(
-                select(*_ACTION_COLUMNS).where(
-                    col(ActionRow.provider) == provider,
-                    col(ActionRow.target_kind) == kind,
-                    col(ActionRow.target_value).in_(chunk),
-                    active,
-                    unexpired,
-                )
-            )
+            rows = await actions_repo.active_on_targets(session, provider, {kind: chunk}, now)
             for row in rows:
-                lookups.add_action(provider, action_document(dict(row._mapping)))
+                lookups.add_action(provider, action_document(row))
 
 
 class CidrTargets:
@@ -313,14 +238,7 @@ class CidrTargets:
             # The head first: a change logged while the actions are read is seen again.
             self._seq = await changes_repo.change_head(session)
             self._networks, self._removed = {}, 0
-            rows = await session.execute(
-                select(col(ActionRow.provider), col(ActionRow.target_value)).where(
-                    col(ActionRow.target_kind) == "cidr",
-                    col(ActionRow.state).in_([s.value for s in ACTIVE_STATES]),
-                    ~col(ActionRow.shadow),
-                    or_(col(ActionRow.expires_at).is_(None), col(ActionRow.expires_at) > now),
-                )
-            )
+            rows = await actions_repo.active_cidr_targets(session, now)
             for provider, value in rows:
                 self._networks.setdefault(provider, NetworkSet()).add(value)
         while True:
@@ -359,24 +277,15 @@ class IntelCache:
         full = self._loaded_at is None or (now - self._loaded_at) >= timedelta(
             seconds=self.RELOAD_SECONDS
         )
-        query = select(IndicatorRow)
         if full:
             self._index, self._loaded_at, self._recent = IntelIndex([], self._keyring), now, {}
             self._watermark = now
-            query = query.where(
-                ~col(IndicatorRow.revoked),
-                or_(col(IndicatorRow.expires_at).is_(None), col(IndicatorRow.expires_at) > now),
-            )
+            rows = await intel_repo.live_indicators(session, now)
         else:
             assert self._watermark is not None
-            since = self._watermark - self.LOOKBACK
-            query = query.where(
-                or_(
-                    col(IndicatorRow.modified) >= since,
-                    col(IndicatorRow.modified).is_(None) & (col(IndicatorRow.created_at) >= since),
-                )
+            rows = await intel_repo.indicators_changed_since(
+                session, self._watermark - self.LOOKBACK
             )
-        rows = [r for (r,) in await session.execute(query)]
         fresh = [r for r in rows if (r.id, _changed(r)) not in self._recent]
         self._index.drop(r.id for r in fresh)  # an earlier version of a changed row
         self._index.extend(
@@ -420,6 +329,24 @@ async def insert_decisions(session: AsyncSession, rows: Sequence[dict[str, Any]]
 
 async def get_decision(session: AsyncSession, decision_id: str) -> DecisionRow | None:
     return await session.get(DecisionRow, decision_id)
+
+
+async def decisions_by_id(session: AsyncSession, ids: Sequence[str]) -> dict[str, DecisionRow]:
+    found: dict[str, DecisionRow] = {}
+    for chunk in _chunks(sorted(set(ids)), 500):
+        rows = await session.execute(select(DecisionRow).where(col(DecisionRow.id).in_(chunk)))
+        found.update({row.id: row for row in rows.scalars()})
+    return found
+
+
+def ids_of_verdicts(verdict_ids: Select[Any]) -> Select[Any]:
+    """A subquery of the ids of the decisions of the verdicts `verdict_ids` selects."""
+    return select(col(DecisionRow.id)).where(col(DecisionRow.verdict_id).in_(verdict_ids))
+
+
+def ids_of_revision(revision: str) -> Select[Any]:
+    """A subquery of the ids of the decisions a policy revision made."""
+    return select(col(DecisionRow.id)).where(col(DecisionRow.policy_revision) == revision)
 
 
 def _chunks(items: Sequence[Any], size: int = 300) -> Iterable[Sequence[Any]]:

@@ -87,8 +87,12 @@ class Decider:
         engines: EngineSlot,
         providers: Providers | None = None,
         keyring: Keyring | None = None,
+        *,
+        verdicts: repository.VerdictHistory,
     ) -> None:
         self._db = db
+        self._verdicts = verdicts
+        """Earlier verdicts (ingest's repository: a stage never imports an earlier one)."""
         self._providers = providers or Providers()
         """Each provider's `min_prefix` (checked on policy output) and `fallback`."""
         self._engines = engines
@@ -153,7 +157,9 @@ class Decider:
         ips = {(p.verdict.provider, ip) for p in pending for ip in p.verdict.subject.ips}
         keys |= await self._cidrs.holding(session, ips, now)
         since = min(p.verdict.observed_at for p in pending) - HISTORY_WINDOW
-        await repository.fill_lookups(session, lookups, keys, since, now, self._providers)
+        await repository.fill_lookups(
+            session, lookups, keys, since, now, self._providers, verdicts=self._verdicts
+        )
         # The batch's own verdicts are history for the later ones (they are stored with
         # their decisions, after this): each counts those received before it.
         for p in pending:

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
@@ -85,6 +85,27 @@ async def active_indicators_for(
         )
     )
     return list(rows.scalars())
+
+
+async def live_indicators(session: AsyncSession, now: datetime) -> list[IndicatorRow]:
+    """Every indicator neither revoked nor expired (the intel index's full load)."""
+    query = select(IndicatorRow).where(
+        ~col(IndicatorRow.revoked),
+        or_(col(IndicatorRow.expires_at).is_(None), col(IndicatorRow.expires_at) > now),
+    )
+    return list((await session.execute(query)).scalars())
+
+
+async def indicators_changed_since(session: AsyncSession, since: datetime) -> list[IndicatorRow]:
+    """Indicators added or changed since `since` (by the indexed `modified`; a row never
+    modified counts from its creation), revoked ones included."""
+    query = select(IndicatorRow).where(
+        or_(
+            col(IndicatorRow.modified) >= since,
+            col(IndicatorRow.modified).is_(None) & (col(IndicatorRow.created_at) >= since),
+        )
+    )
+    return list((await session.execute(query)).scalars())
 
 
 async def count_by_origin(session: AsyncSession, now: datetime) -> dict[str, tuple[int, int]]:

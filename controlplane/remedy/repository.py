@@ -1,8 +1,9 @@
-"""Remedy SQL: exemptions, appeals and the actions they cover, lifts."""
+"""Remedy SQL: exemptions, appeals and the actions they cover, lifts, reviews
+(`reviews_repository.py`): the one module that queries these tables."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -12,13 +13,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from controlplane.store.models import (
-    ActionRow,
     AppealActionRow,
     AppealRow,
     ExemptionRow,
     LiftRow,
-    VerdictRow,
 )
+from controlplane.store.repository import any_target
 
 _CHUNK = 500
 
@@ -194,18 +194,21 @@ async def covered_ids(session: AsyncSession, appeal_id: str) -> list[str]:
 
 async def covered(
     session: AsyncSession, appeal_ids: Sequence[str]
-) -> dict[str, list[tuple[ActionRow, datetime | None]]]:
-    """appeal id -> [(action, lifted_at)], oldest action first."""
-    found: dict[str, list[tuple[ActionRow, datetime | None]]] = {a: [] for a in appeal_ids}
+) -> dict[str, list[tuple[str, datetime | None]]]:
+    """appeal id -> [(action id, lifted_at)], by action id."""
+    found: dict[str, list[tuple[str, datetime | None]]] = {a: [] for a in appeal_ids}
     for i in range(0, len(appeal_ids), _CHUNK):
         rows = await session.execute(
-            select(col(AppealActionRow.appeal_id), ActionRow, col(AppealActionRow.lifted_at))
-            .join(ActionRow, col(ActionRow.id) == col(AppealActionRow.action_id))
+            select(
+                col(AppealActionRow.appeal_id),
+                col(AppealActionRow.action_id),
+                col(AppealActionRow.lifted_at),
+            )
             .where(col(AppealActionRow.appeal_id).in_(appeal_ids[i : i + _CHUNK]))
-            .order_by(col(ActionRow.id))
+            .order_by(col(AppealActionRow.action_id))
         )
-        for appeal_id, action, lifted_at in rows:
-            found[appeal_id].append((action, lifted_at))
+        for appeal_id, action_id, lifted_at in rows:
+            found[appeal_id].append((action_id, lifted_at))
     return found
 
 
@@ -225,38 +228,7 @@ async def insert_lifts(session: AsyncSession, rows: Sequence[dict[str, Any]]) ->
         await session.execute(insert(LiftRow), list(rows))
 
 
-async def verdict_scores(session: AsyncSession, verdict_ids: Sequence[str]) -> dict[str, float]:
-    """The score of each verdict (the evidence a lifted action stood on)."""
-    found: dict[str, float] = {}
-    ids = list(dict.fromkeys(verdict_ids))
-    for i in range(0, len(ids), _CHUNK):
-        rows = await session.execute(
-            select(col(VerdictRow.id), col(VerdictRow.score)).where(
-                col(VerdictRow.id).in_(ids[i : i + _CHUNK])
-            )
-        )
-        found.update({v: float(s) for v, s in rows})
-    return found
-
-
 # -- the remediation report ----------------------------------------------------------------
-
-
-async def actions_taken(
-    session: AsyncSession, since: datetime, until: datetime
-) -> list[tuple[str, str, int]]:
-    """(rule, detector, actions) of the non-shadow actions planned in [since, until)."""
-    rows = await session.execute(
-        select(col(ActionRow.rule), col(VerdictRow.detector_name), func.count())
-        .join(VerdictRow, col(VerdictRow.id) == col(ActionRow.verdict_id))
-        .where(
-            col(ActionRow.created_at) >= since,
-            col(ActionRow.created_at) < until,
-            ~col(ActionRow.shadow),
-        )
-        .group_by(col(ActionRow.rule), col(VerdictRow.detector_name))
-    )
-    return [(rule, detector, int(n)) for rule, detector, n in rows]
 
 
 @dataclass(frozen=True)
@@ -274,23 +246,82 @@ class AppealFact:
 
 async def appeal_facts(session: AsyncSession, since: datetime, until: datetime) -> list[AppealFact]:
     """Every appeal filed in [since, until), once per action it covers (once with no
-    action when it covers none)."""
+    action when it covers none); the action's rule, detector and time are the caller's
+    to fill in (`with_actions`)."""
     rows = await session.execute(
         select(
             col(AppealRow.id),
             col(AppealRow.state),
             col(AppealRow.filed_at),
             col(AppealRow.decided_at),
-            col(ActionRow.id),
-            col(ActionRow.rule),
-            col(VerdictRow.detector_name),
-            col(ActionRow.created_at),
+            col(AppealActionRow.action_id),
             col(AppealActionRow.lifted_at),
         )
         .select_from(AppealRow)
         .outerjoin(AppealActionRow, col(AppealActionRow.appeal_id) == col(AppealRow.id))
-        .outerjoin(ActionRow, col(ActionRow.id) == col(AppealActionRow.action_id))
-        .outerjoin(VerdictRow, col(VerdictRow.id) == col(ActionRow.verdict_id))
         .where(col(AppealRow.filed_at) >= since, col(AppealRow.filed_at) < until)
     )
-    return [AppealFact(*row) for row in rows]
+    return [
+        AppealFact(appeal, state, filed, decided, action, None, None, None, lifted)
+        for appeal, state, filed, decided, action, lifted in rows
+    ]
+
+
+# -- a verdict's history (evaluate builds `history.appeals` and `context.exempt` from these)
+
+
+async def live_exemptions_on(
+    session: AsyncSession, provider: str, kinds: Mapping[str, Sequence[str]], now: datetime
+) -> list[ExemptionRow]:
+    """A provider's live exemptions of these subjects (kind -> values), by index."""
+    query = select(ExemptionRow).where(
+        col(ExemptionRow.provider) == provider,
+        any_target(col(ExemptionRow.subject_kind), col(ExemptionRow.subject_value), kinds),
+        _live(now),
+    )
+    return list((await session.execute(query)).scalars())
+
+
+async def lifts_on(
+    session: AsyncSession, provider: str, kinds: Mapping[str, Sequence[str]], since: datetime
+) -> list[LiftRow]:
+    """A provider's lifts of these targets since `since`, by index."""
+    query = select(LiftRow).where(
+        col(LiftRow.provider) == provider,
+        any_target(col(LiftRow.target_kind), col(LiftRow.target_value), kinds),
+        col(LiftRow.at) >= since,
+    )
+    return list((await session.execute(query)).scalars())
+
+
+async def range_lifts(session: AsyncSession, provider: str, since: datetime) -> list[LiftRow]:
+    """A provider's lifts of CIDR blocks since `since` (people lift few ranges)."""
+    query = select(LiftRow).where(
+        col(LiftRow.provider) == provider,
+        col(LiftRow.target_kind) == "cidr",
+        col(LiftRow.at) >= since,
+    )
+    return list((await session.execute(query)).scalars())
+
+
+async def pending_appeals_on(
+    session: AsyncSession, provider: str, kinds: Mapping[str, Sequence[str]], since: datetime
+) -> list[AppealRow]:
+    """A provider's open or denied appeals about these subjects filed since `since`."""
+    query = select(AppealRow).where(
+        col(AppealRow.provider) == provider,
+        any_target(col(AppealRow.subject_kind), col(AppealRow.subject_value), kinds),
+        col(AppealRow.state).in_(["open", "denied"]),
+        col(AppealRow.filed_at) >= since,
+    )
+    return list((await session.execute(query)).scalars())
+
+
+async def exemptions_of(session: AsyncSession, kind: str, value: str) -> list[ExemptionRow]:
+    """Every exemption of one subject (any provider, ended or not), newest first."""
+    query = (
+        select(ExemptionRow)
+        .where(col(ExemptionRow.subject_kind) == kind, col(ExemptionRow.subject_value) == value)
+        .order_by(col(ExemptionRow.created_at).desc())
+    )
+    return list((await session.execute(query)).scalars())
