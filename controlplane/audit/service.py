@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from controlplane.audit import repository, subjects
 from controlplane.audit.chain import EventDraft, event_hash
 from controlplane.audit.export import FORMAT_NAME, FORMAT_VERSION, End, Format
-from controlplane.audit.repository import AuditFilter
+from controlplane.audit.repository import AuditFilter as AuditFilter
 from controlplane.domain.vocabulary import SubjectKind
 from controlplane.evaluate import repository as decisions_repo
 from controlplane.ingest import repository as verdicts_repo

@@ -35,6 +35,7 @@ from controlplane.enforce.registry import factory
 from controlplane.enforce.sdk import ConnectorConfig, ConnectorError, EntryType
 from controlplane.errors import NotFound, ServiceUnavailable
 from controlplane.store.db import Database
+from controlplane.store.models import ConnectorStatusRow
 from controlplane.store.types import utcnow
 
 log = logging.getLogger(__name__)
@@ -143,6 +144,11 @@ class Enforcer:
         """Connector -> whether this process's follower holds its lock and applies (the
         others stand by to take over)."""
         return {name: f.active for name, f in self._running.items()}
+
+    async def statuses(self) -> dict[str, ConnectorStatusRow]:
+        """Each connector's last recorded status, by name."""
+        async with self._db.read() as session:
+            return await repository.statuses(session)
 
     async def _reported_health(self, name: str) -> tuple[bool, str, str]:
         """Health as the connector workers last recorded it (this process applies nothing)."""

@@ -34,6 +34,7 @@ from controlplane.evaluate import repository as decisions_repo
 from controlplane.ingest import repository as verdicts_repo
 from controlplane.plan import repository as actions_repo
 from controlplane.remedy import repository
+from controlplane.remedy.repository import AppealFilter as AppealFilter
 from controlplane.settings import Providers
 from controlplane.store.db import Database
 from controlplane.store.models import ActionRow, AppealRow, ExemptionRow, new_id
@@ -379,6 +380,27 @@ class Remedy:
                 )
         return await self.appeal(appeal_id)
 
+    async def exemptions(self, provider: str | None, live: bool, limit: int) -> list[ExemptionRow]:
+        """The newest exemptions, of one provider or all, only those holding now or all."""
+        async with self._db.read() as session:
+            return await repository.list_exemptions(
+                session, provider, utcnow() if live else None, limit
+            )
+
+    async def exemption(self, exemption_id: str) -> ExemptionRow:
+        """One exemption that holds now (an ended one is NotFound: its record stays in
+        the list and the audit trail)."""
+        async with self._db.read() as session:
+            row = await repository.get_exemption(session, exemption_id)
+        if row is None:
+            raise NotFound(f"no exemption {exemption_id!r}")
+        if row.ended_at is not None:
+            raise NotFound(
+                f"exemption {exemption_id} ended at {row.ended_at.isoformat()}: its record "
+                "is listed by GET /v1/exemptions"
+            )
+        return row
+
     async def appeal(self, appeal_id: str) -> AppealView:
         async with self._db.read() as session:
             row = await repository.get_appeal(session, appeal_id)
@@ -387,7 +409,7 @@ class Remedy:
             return (await self._views(session, [row]))[0]
 
     async def appeals(
-        self, where: repository.AppealFilter, cursor: str | None, limit: int
+        self, where: AppealFilter, cursor: str | None, limit: int
     ) -> list[AppealView]:
         async with self._db.read() as session:
             rows = await repository.list_appeals(session, where, cursor, limit)

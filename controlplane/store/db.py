@@ -9,6 +9,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
+from controlplane.store.repository import ping
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
@@ -59,6 +61,11 @@ class Database:
         self.write = async_sessionmaker(
             self.engine.execution_options(**{WRITE_OPTION: True}), expire_on_commit=False
         )
+
+    async def ping(self) -> None:
+        """Raises when the database does not answer."""
+        async with self.read() as session:
+            await ping(session)
 
     async def dispose(self) -> None:
         await self.engine.dispose()

@@ -9,6 +9,8 @@ a violation fails with the file and line.
   an earlier stage.
 - No broad `except` that swallows: a handler of `Exception`/`BaseException` (or a bare
   one) re-raises, logs, or uses the exception it caught.
+- Handlers call services: a controller never imports a repository nor opens a
+  database session itself (transactions open in services, at the request's edge).
 - One owner per table: only the owning area's repository names a table's row class in
   code (a query, a row it builds); the others ask that repository. Type annotations
   may name any row. Every table of `store/models.py` has an owner here.
@@ -89,6 +91,11 @@ def imports(tree: ast.Module) -> Iterator[tuple[int, str, list[str]]]:
 def is_repository(path: str) -> bool:
     name = path.rsplit("/", 1)[-1]
     return "repository" in name or path.startswith("controlplane/store/")
+
+
+def is_controller(path: str) -> bool:
+    name = path.rsplit("/", 1)[-1]
+    return name == "controllers.py" or name.endswith("_controllers.py")
 
 
 def is_service(path: str) -> bool:
@@ -172,6 +179,7 @@ def violations() -> dict[str, list[str]]:
         "a stage imports an earlier stage": [],
         "a broad except swallows": [],
         "a repository queries a table another area owns": [],
+        "a handler calls a repository or opens a session": [],
     }
     for path, tree in trees():
         found["a repository queries a table another area owns"] += foreign_rows(path, tree)
@@ -180,6 +188,11 @@ def violations() -> dict[str, list[str]]:
             if module.startswith("sqlalchemy") and SQL & set(names) and not is_repository(path):
                 found["SQL outside a repository"].append(
                     f"{path}:{line}: {sorted(SQL & set(names))}"
+                )
+            touched = [module, *(f"{module}.{n}" for n in names)]
+            if is_controller(path) and any("repository" in m.rsplit(".", 1)[-1] for m in touched):
+                found["a handler calls a repository or opens a session"].append(
+                    f"{path}:{line}: {module}"
                 )
             if module.split(".")[0] == "litestar" and is_service(path):
                 found["litestar imported by a service"].append(f"{path}:{line}")
@@ -199,9 +212,24 @@ def violations() -> dict[str, list[str]]:
                 and path != "controlplane/settings.py"
             ):
                 found["os.environ read outside settings"].append(f"{path}:{node.lineno}")
+            if is_controller(path) and opens_session(node):
+                found["a handler calls a repository or opens a session"].append(
+                    f"{path}:{node.lineno}"
+                )
             if isinstance(node, ast.ExceptHandler) and swallows(node):
                 found["a broad except swallows"].append(f"{path}:{node.lineno}")
     return found
+
+
+def opens_session(node: ast.AST) -> bool:
+    """`<...>.db.read()` / `.db.write()`: a session opened where it is called."""
+    return (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr in {"read", "write"}
+        and isinstance(node.func.value, ast.Attribute | ast.Name)
+        and (getattr(node.func.value, "attr", None) or getattr(node.func.value, "id", "")) == "db"
+    )
 
 
 def swallows(handler: ast.ExceptHandler) -> bool:
@@ -241,6 +269,10 @@ def test_the_linters_find_what_they_look_for(tmp_path: Path) -> None:
     assert is_repository("controlplane/remedy/reviews_repository.py")
     assert not is_repository("controlplane/evaluate/service.py")
     assert is_service("controlplane/remedy/reviews_service.py")
+    opened = ast.parse("async def f(runtime, db):\n    runtime.db.read()\n    db.write()\n")
+    assert [opens_session(n) for n in ast.walk(opened) if isinstance(n, ast.Call)] == [True, True]
+    assert is_controller("controlplane/remedy/reviews_controllers.py")
+    assert not is_controller("controlplane/remedy/reviews_service.py")
     source = ast.parse("from sqlalchemy import select\nimport litestar\n")
     assert [(m, n) for _, m, n in imports(source)] == [("sqlalchemy", ["select"]), ("litestar", [])]
 

@@ -9,6 +9,7 @@ from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, QueryParameter
 
+from controlplane.api.dependencies import provide
 from controlplane.api.schemas import ErrorBody
 from controlplane.auth.guards import principal_of, requires
 from controlplane.auth.roles import TAXII_READERS
@@ -28,11 +29,11 @@ from controlplane.intel.taxii.schemas import (
 from controlplane.intel.taxii.service import (
     NEXT_PATTERN,
     SPEC_VERSION_PATTERN,
+    TaxiiService,
     envelope,
     filters,
     taxii_time,
 )
-from controlplane.runtime import Runtime
 
 _ERRORS = {
     401: ResponseSpec(ErrorBody, description="No bearer token, or an unknown one."),
@@ -141,10 +142,10 @@ class TaxiiController(Controller):
         responses=_ERRORS,
     )
     async def collections(
-        self, request: Request[Any, Any, Any], runtime: NamedDependency[Runtime]
+        self, request: Request[Any, Any, Any], taxii: NamedDependency[TaxiiService]
     ) -> Response[Collections]:
         """The collections this token may read."""
-        readable = runtime.taxii.readable(principal_of(request))
+        readable = taxii.readable(principal_of(request))
         return _taxii(Collections(collections=[_collection_out(c) for c in readable]))
 
     @get(
@@ -157,13 +158,11 @@ class TaxiiController(Controller):
     async def collection(
         self,
         request: Request[Any, Any, Any],
-        runtime: NamedDependency[Runtime],
+        taxii: NamedDependency[TaxiiService],
         collection_id: FromPath[str],
     ) -> Response[CollectionOut]:
         """One collection."""
-        return _taxii(
-            _collection_out(runtime.taxii.collection(principal_of(request), collection_id))
-        )
+        return _taxii(_collection_out(taxii.collection(principal_of(request), collection_id)))
 
     @get(
         f"/{API_ROOT}/collections/{{collection_id:str}}/objects/",
@@ -175,7 +174,7 @@ class TaxiiController(Controller):
     async def objects(
         self,
         request: Request[Any, Any, Any],
-        runtime: NamedDependency[Runtime],
+        taxii: NamedDependency[TaxiiService],
         collection_id: FromPath[str],
         added_after: AddedAfter = None,
         limit: Limit = None,
@@ -190,7 +189,7 @@ class TaxiiController(Controller):
         f = filters(
             added_after, next_, match_id, match_type, match_version, match_spec_version, limit
         )
-        page = await runtime.taxii.objects(principal_of(request), collection_id, f)
+        page = await taxii.objects(principal_of(request), collection_id, f)
         return _taxii(envelope(page), page.headers())
 
     @get(
@@ -203,7 +202,7 @@ class TaxiiController(Controller):
     async def manifest(
         self,
         request: Request[Any, Any, Any],
-        runtime: NamedDependency[Runtime],
+        taxii: NamedDependency[TaxiiService],
         collection_id: FromPath[str],
         added_after: AddedAfter = None,
         limit: Limit = None,
@@ -217,7 +216,7 @@ class TaxiiController(Controller):
         f = filters(
             added_after, next_, match_id, match_type, match_version, match_spec_version, limit
         )
-        page = await runtime.taxii.objects(principal_of(request), collection_id, f)
+        page = await taxii.objects(principal_of(request), collection_id, f)
         body = Manifest(
             more=page.more,
             next=page.next,
@@ -243,13 +242,13 @@ class TaxiiController(Controller):
     async def object(
         self,
         request: Request[Any, Any, Any],
-        runtime: NamedDependency[Runtime],
+        taxii: NamedDependency[TaxiiService],
         collection_id: FromPath[str],
         object_id: FromPath[str],
         match_version: MatchVersion = None,
     ) -> Response[Envelope]:
         """The object (its newest version unless `match[version]` says otherwise)."""
-        rows = await runtime.taxii.versions(principal_of(request), collection_id, object_id)
+        rows = await taxii.versions(principal_of(request), collection_id, object_id)
         version = (match_version or "last").strip()
         if version == "last":
             rows = rows[-1:]
@@ -276,12 +275,12 @@ class TaxiiController(Controller):
     async def versions(
         self,
         request: Request[Any, Any, Any],
-        runtime: NamedDependency[Runtime],
+        taxii: NamedDependency[TaxiiService],
         collection_id: FromPath[str],
         object_id: FromPath[str],
     ) -> Response[Versions]:
         """Every version of the object this collection holds, oldest first."""
-        rows = await runtime.taxii.versions(principal_of(request), collection_id, object_id)
+        rows = await taxii.versions(principal_of(request), collection_id, object_id)
         return _taxii(
             Versions(more=False, versions=[r.version for r in rows]),
             {
@@ -289,3 +288,7 @@ class TaxiiController(Controller):
                 "X-TAXII-Date-Added-Last": taxii_time(rows[-1].date_added),
             },
         )
+
+
+DEPENDENCIES = {"taxii": provide(lambda runtime: runtime.taxii)}
+ROUTES = [TaxiiController]
