@@ -606,7 +606,7 @@ def _time_phases(enforcer: Any) -> dict[str, float]:
     """Wrap the follower's steps to see where a reconcile's time goes (information only).
     Each step is charged its own time: a page's diff excludes the apply and the record
     it calls."""
-    from controlplane.enforce import repository
+    from controlplane.plan import repository
 
     timings: dict[str, float] = {}
     nested: list[float] = []
