@@ -497,6 +497,7 @@ async def _start_reconciled(enforcer: Any, seconds: float = 1800.0) -> None:
 
 def _enforcer(db: Any, spec: dict[str, Any], kind: str) -> Any:
     from controlplane.enforce.service import Enforcer
+    from controlplane.plan import repository as actions
 
     config = connector_config(HAProxyOptions(**spec["options"]))
     if kind == "memory":
@@ -512,6 +513,7 @@ def _enforcer(db: Any, spec: dict[str, Any], kind: str) -> Any:
                 timeout_seconds=10,
             )
         ],
+        actions=actions,
     )
 
 
@@ -604,7 +606,7 @@ def _time_phases(enforcer: Any) -> dict[str, float]:
     """Wrap the follower's steps to see where a reconcile's time goes (information only).
     Each step is charged its own time: a page's diff excludes the apply and the record
     it calls."""
-    from controlplane.enforce import repository
+    from controlplane.plan import repository
 
     timings: dict[str, float] = {}
     nested: list[float] = []

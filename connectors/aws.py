@@ -48,7 +48,6 @@ from typing import Any, Literal, TypeVar
 
 import httpx
 
-from connectors._common import WriteRate, bad_option, parse_options, positive, with_retries
 from controlplane.enforce.sdk import (
     ApplyResult,
     ConnectorConfig,
@@ -61,6 +60,14 @@ from controlplane.enforce.sdk import (
     Health,
 )
 from controlplane.enforce.targets import refusal
+from controlplane.enforce.toolkit import (
+    WriteRate,
+    bounded,
+    option_error,
+    parse_options,
+    positive,
+    with_retries,
+)
 
 T = TypeVar("T")
 
@@ -99,9 +106,9 @@ class AwsOptions:
     """Enforce blocks in WAFv2 IP sets."""
     scope: Literal["REGIONAL", "CLOUDFRONT"] = "REGIONAL"
     ip_set_prefix: str = "tollgate-blocked"
-    ipv4_shards: int = 1
-    ipv6_shards: int = 1
-    addresses_per_set: int = WAF_SET_LIMIT
+    ipv4_shards: int = bounded(1, 0, 100)
+    ipv6_shards: int = bounded(1, 0, 100)
+    addresses_per_set: int = bounded(WAF_SET_LIMIT, 1, WAF_SET_LIMIT)
     api_gateway: bool = True
     """Enforce key revocations and rate limits in API Gateway."""
     key_match: Literal["id", "name"] = "id"
@@ -110,52 +117,39 @@ class AwsOptions:
     """Tiers: usage plan id -> the requests per minute it allows (its throttle)."""
     home_usage_plan: str = ""
     """Where a key goes at a lift when Tollgate did not see it in any plan before."""
-    writes_per_second: float = 1.0
+    writes_per_second: float = positive(1.0)
     """Writes to AWS per second, shared by every connector on this account and Region."""
-    write_burst: int = 5
-    lock_attempts: int = 5
+    write_burst: int = positive(5)
+    lock_attempts: int = positive(5, 20)
     """Tries of an IP set write that meets `WAFOptimisticLockException`."""
-    throttle_attempts: int = 4
+    throttle_attempts: int = positive(4, 20)
     """Tries of a call that AWS throttles."""
-    connect_timeout: float = 2.0
-    read_timeout: float = 5.0
+    connect_timeout: float = positive(2.0, 60)
+    read_timeout: float = positive(5.0, 300)
 
     @classmethod
     def of(cls, config: ConnectorConfig) -> AwsOptions:
-        where = f"connector {config.name}"
+        where = f"connector {config.name}: options"
         o = parse_options(cls, where, config.options, read_timeout=config.timeout_seconds)
         if not re.fullmatch(r"[a-z]{2}(-[a-z]+)+-\d", o.region):
-            raise bad_option(f"{where}: option region {o.region!r} is not an AWS Region")
+            raise option_error(where, "region", f"{o.region!r} is not an AWS Region")
         if o.scope == "CLOUDFRONT" and o.region != "us-east-1":
-            raise bad_option(f"{where}: option scope CLOUDFRONT needs region us-east-1")
+            raise option_error(where, "scope", "CLOUDFRONT needs region us-east-1")
         if o.endpoint_url and not re.fullmatch(r"https?://[^\s/?#@]+/?", o.endpoint_url):
-            raise bad_option(f"{where}: option endpoint_url must be http(s)://host[:port]")
+            raise option_error(where, "endpoint_url", "must be http(s)://host[:port]")
         if not _NAME.fullmatch(o.ip_set_prefix) or len(o.ip_set_prefix) > 90:
-            raise bad_option(f"{where}: option ip_set_prefix must be up to 90 of A-Z a-z 0-9 _ -")
-        for name in ("ipv4_shards", "ipv6_shards"):
-            if not 0 <= getattr(o, name) <= 100:
-                raise bad_option(f"{where}: option {name} must be between 0 and 100")
-        if not 1 <= o.addresses_per_set <= WAF_SET_LIMIT:
-            raise bad_option(
-                f"{where}: option addresses_per_set must be between 1 and {WAF_SET_LIMIT}"
-            )
+            raise option_error(where, "ip_set_prefix", "must be up to 90 of A-Z a-z 0-9 _ -")
         for plan, rpm in o.usage_plans.items():
             if not _KEY_ID.fullmatch(plan):
-                raise bad_option(f"{where}: option usage_plans: {plan!r} is not a plan id")
+                raise option_error(where, "usage_plans", f"{plan!r} is not a plan id")
             if rpm < 1:
-                raise bad_option(f"{where}: option usage_plans[{plan!r}] must be >= 1")
+                raise option_error(where, f"usage_plans[{plan!r}]", "must be >= 1")
         if o.home_usage_plan and not _KEY_ID.fullmatch(o.home_usage_plan):
-            raise bad_option(f"{where}: option home_usage_plan is not a plan id")
+            raise option_error(where, "home_usage_plan", "is not a plan id")
         if o.home_usage_plan in o.usage_plans:
-            raise bad_option(f"{where}: option home_usage_plan must not be a tier")
-        positive(f"{where}: option writes_per_second", o.writes_per_second)
-        positive(f"{where}: option write_burst", o.write_burst)
-        positive(f"{where}: option lock_attempts", o.lock_attempts, 20)
-        positive(f"{where}: option throttle_attempts", o.throttle_attempts, 20)
-        positive(f"{where}: option connect_timeout", o.connect_timeout, 60)
-        positive(f"{where}: option read_timeout", o.read_timeout, 300)
+            raise option_error(where, "home_usage_plan", "must not be a tier")
         if not (o.waf or o.api_gateway):
-            raise bad_option(f"{where}: options waf and api_gateway are both off")
+            raise option_error(where, "waf", "and options.api_gateway are both off: turn one on")
         return o
 
 
@@ -219,13 +213,15 @@ class AwsConnector:
         self._secrets = dict(config.secrets)
         unknown = set(self._secrets) - {"access_key_id", "secret_access_key", "session_token"}
         if unknown:
-            raise bad_option(
+            raise ConnectorError(
                 f"connector {config.name}: unknown secret(s) {sorted(unknown)}; known: "
-                "access_key_id, secret_access_key, session_token"
+                "access_key_id, secret_access_key, session_token",
+                retryable=False,
             )
         if ("access_key_id" in self._secrets) != ("secret_access_key" in self._secrets):
-            raise bad_option(
-                f"connector {config.name}: secrets access_key_id and secret_access_key go together"
+            raise ConnectorError(
+                f"connector {config.name}: secrets access_key_id and secret_access_key go together",
+                retryable=False,
             )
         self._clients: dict[str, Any] = {}
         self._shards: list[_Shard] | None = None

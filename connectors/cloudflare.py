@@ -34,7 +34,6 @@ from typing import Any
 
 import httpx
 
-from connectors._common import bad_option, parse_options, positive, with_retries
 from controlplane.enforce.sdk import (
     ApplyResult,
     ConnectorConfig,
@@ -47,6 +46,7 @@ from controlplane.enforce.sdk import (
     Health,
 )
 from controlplane.enforce.targets import refusal
+from controlplane.enforce.toolkit import option_error, parse_options, positive, with_retries
 
 API = "https://api.cloudflare.com/client/v4"
 COMMENT = "tollgate"
@@ -78,36 +78,32 @@ class CloudflareOptions:
     tiers: tuple[int, ...] = ()
     key_header: str = "x-api-key"
     api_base: str = API
-    poll_seconds: float = 0.5
-    operation_timeout_seconds: float = 60.0
-    request_timeout_seconds: float = 5.0
-    attempts: int = 4
+    poll_seconds: float = positive(0.5, 60)
+    operation_timeout_seconds: float = positive(60.0, 3600)
+    request_timeout_seconds: float = positive(5.0, 300)
+    attempts: int = positive(4, 10)
     mitigation_timeout_seconds: int = 60
 
     @classmethod
     def of(cls, config: ConnectorConfig) -> CloudflareOptions:
-        where = f"connector {config.name}"
+        where = f"connector {config.name}: options"
         o = parse_options(
             cls, where, config.options, request_timeout_seconds=config.timeout_seconds
         )
         for name in ("account_id", "list_id", "zone_id"):
             value = getattr(o, name)
             if (value or name == "account_id") and not _HEX32.fullmatch(value):
-                raise bad_option(f"{where}: option {name} must be 32 lowercase hex digits")
+                raise option_error(where, name, "must be 32 lowercase hex digits")
         if not (o.list_id or o.zone_id):
-            raise bad_option(f"{where}: options list_id and zone_id are both empty")
+            raise option_error(where, "list_id", "and options.zone_id are both empty: set one")
         if o.zone_id and not o.tiers:
-            raise bad_option(f"{where}: option tiers is needed with zone_id (e.g. [60, 600])")
+            raise option_error(where, "tiers", "is needed with zone_id (e.g. [60, 600])")
         if any(t < 1 for t in o.tiers) or len(set(o.tiers)) != len(o.tiers):
-            raise bad_option(f"{where}: option tiers must be distinct positive numbers")
+            raise option_error(where, "tiers", "must be distinct positive numbers")
         if not _HEADER.fullmatch(o.key_header):
-            raise bad_option(f"{where}: option key_header must be a lowercase header name")
+            raise option_error(where, "key_header", "must be a lowercase header name")
         if not re.fullmatch(r"https?://[^\s/?#@]+(/[^\s?#]*)?", o.api_base):
-            raise bad_option(f"{where}: option api_base must be an http(s) URL")
-        positive(f"{where}: option poll_seconds", o.poll_seconds, 60)
-        positive(f"{where}: option operation_timeout_seconds", o.operation_timeout_seconds, 3600)
-        positive(f"{where}: option request_timeout_seconds", o.request_timeout_seconds, 300)
-        positive(f"{where}: option attempts", o.attempts, 10)
+            raise option_error(where, "api_base", "must be an http(s) URL")
         return o
 
 
@@ -127,9 +123,10 @@ class CloudflareConnector:
         self.options = CloudflareOptions.of(config)
         self.min_prefix = config.min_prefix
         if set(config.secrets) != {"api_token"}:
-            raise bad_option(
+            raise ConnectorError(
                 f"connector {config.name}: secrets must hold exactly api_token "
-                "(an API token with Account Filter Lists Edit and Zone WAF Edit)"
+                "(an API token with Account Filter Lists Edit and Zone WAF Edit)",
+                retryable=False,
             )
         self._auth = {"Authorization": f"Bearer {config.secrets['api_token']}"}
         self._http = http

@@ -46,7 +46,6 @@ from typing import Any, Literal
 
 import httpx
 
-from connectors._common import bad_option, parse_options, positive
 from controlplane.enforce.sdk import (
     ApplyResult,
     ConnectorConfig,
@@ -59,6 +58,7 @@ from controlplane.enforce.sdk import (
     Health,
 )
 from controlplane.enforce.targets import refusal
+from controlplane.enforce.toolkit import option_error, parse_options, positive
 
 ROUTE = "type.googleapis.com/envoy.config.route.v3.Route"
 ROUTE_CONFIGURATION = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
@@ -100,31 +100,31 @@ class EnvoyOptions:
     proxy; set the connection manager's `xff_num_trusted_hops` accordingly."""
     admin_url: str = ""
     """Envoy's admin address (loopback): confirms each version loaded; health."""
-    flush_min_seconds: float = 0.2
+    flush_min_seconds: float = positive(0.2, 60)
     """At most one file write per this many seconds, carrying every diff queued."""
-    confirm_seconds: float = 5.0
+    confirm_seconds: float = positive(5.0, 300)
     """How long an apply waits for Envoy to report the new version (with `admin_url`)."""
 
     @classmethod
     def of(cls, config: ConnectorConfig) -> EnvoyOptions:
-        where = f"connector {config.name}"
+        where = f"connector {config.name}: options"
         o = parse_options(cls, where, config.options)
         if not o.rds_path.startswith("/") or re.search(r"\s", o.rds_path):
-            raise bad_option(f"{where}: option rds_path must be an absolute path, no spaces")
+            raise option_error(where, "rds_path", "must be an absolute path, no spaces")
         for name in ("route_config_name", "virtual_host", "cluster"):
             if not _NAME.fullmatch(getattr(o, name)):
-                raise bad_option(f"{where}: option {name} must be up to 100 of A-Z a-z 0-9 _ . -")
+                raise option_error(where, name, "must be up to 100 of A-Z a-z 0-9 _ . -")
         if not _HEADER.fullmatch(o.key_header):
-            raise bad_option(f"{where}: option key_header must be a lowercase header name")
+            raise option_error(where, "key_header", "must be a lowercase header name")
         if o.admin_url and not re.fullmatch(
             r"http://(127\.\d+\.\d+\.\d+|localhost|\[::1\]):\d+/?", o.admin_url
         ):
-            raise bad_option(
-                f"{where}: option admin_url must be http://127.0.0.1:PORT (Envoy's admin "
-                "interface is never exposed beyond loopback)"
+            raise option_error(
+                where,
+                "admin_url",
+                "must be http://127.0.0.1:PORT (Envoy's admin interface is never exposed "
+                "beyond loopback)",
             )
-        positive(f"{where}: option flush_min_seconds", o.flush_min_seconds, 60)
-        positive(f"{where}: option confirm_seconds", o.confirm_seconds, 300)
         return o
 
 

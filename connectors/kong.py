@@ -34,7 +34,6 @@ from urllib.parse import quote
 
 import httpx
 
-from connectors._common import bad_option, parse_options, positive, with_retries
 from controlplane.enforce.sdk import (
     ApplyResult,
     ConnectorConfig,
@@ -47,6 +46,13 @@ from controlplane.enforce.sdk import (
     Health,
 )
 from controlplane.enforce.targets import refusal
+from controlplane.enforce.toolkit import (
+    bounded,
+    option_error,
+    parse_options,
+    positive,
+    with_retries,
+)
 
 TAG = "tollgate"
 TARGET_TAG = "tollgate-target:"
@@ -64,30 +70,27 @@ class KongOptions:
     rate_limit_policy: Literal["local", "cluster", "redis"] = "local"
     ip_restriction_service: str = ""
     """A service name or id for the deny list; empty: a global plugin."""
-    deny_status: int = 403
-    request_timeout_seconds: float = 5.0
-    attempts: int = 3
+    deny_status: int = bounded(403, 400, 499)
+    """A 4xx status."""
+    request_timeout_seconds: float = positive(5.0, 300)
+    attempts: int = positive(3, 10)
     allow_http: bool = True
     """Plain http is for an Admin API on loopback or a private network."""
 
     @classmethod
     def of(cls, config: ConnectorConfig) -> KongOptions:
-        where = f"connector {config.name}"
+        where = f"connector {config.name}: options"
         o = parse_options(
             cls, where, config.options, request_timeout_seconds=config.timeout_seconds
         )
         if not re.fullmatch(r"https?://[^\s/?#@]+(/[^\s?#]*)?", o.admin_url):
-            raise bad_option(f"{where}: option admin_url must be http(s)://host[:port][/path]")
+            raise option_error(where, "admin_url", "must be http(s)://host[:port][/path]")
         if o.admin_url.startswith("http://") and not o.allow_http:
-            raise bad_option(f"{where}: option admin_url is http but allow_http is off")
+            raise option_error(where, "admin_url", "is http but options.allow_http is off")
         if o.ip_restriction_service and not re.fullmatch(
             r"[A-Za-z0-9._~-]{1,128}", o.ip_restriction_service
         ):
-            raise bad_option(f"{where}: option ip_restriction_service is not a service name")
-        if not 400 <= o.deny_status <= 499:
-            raise bad_option(f"{where}: option deny_status must be a 4xx status")
-        positive(f"{where}: option request_timeout_seconds", o.request_timeout_seconds, 300)
-        positive(f"{where}: option attempts", o.attempts, 10)
+            raise option_error(where, "ip_restriction_service", "is not a service name")
         return o
 
 
@@ -112,8 +115,9 @@ class KongConnector:
         self.min_prefix = config.min_prefix
         unknown = set(config.secrets) - {"admin_token"}
         if unknown:
-            raise bad_option(
-                f"connector {config.name}: unknown secret(s) {sorted(unknown)}; known: admin_token"
+            raise ConnectorError(
+                f"connector {config.name}: unknown secret(s) {sorted(unknown)}; known: admin_token",
+                retryable=False,
             )
         self._headers = (
             {"Kong-Admin-Token": config.secrets["admin_token"]}

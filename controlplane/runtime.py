@@ -18,12 +18,14 @@ from controlplane.enforce.service import Enforcer
 from controlplane.engine.runtime import EngineSlot, load_engine
 from controlplane.errors import EngineUnavailable, InvalidInput, TollgateError
 from controlplane.evaluate.service import Decider
+from controlplane.ingest import repository as verdicts
 from controlplane.ingest.service import IngestService
 from controlplane.intel.config import load_intel
 from controlplane.intel.pull import Puller
 from controlplane.intel.service import IntelService
 from controlplane.intel.taxii.service import TaxiiService
 from controlplane.leadership import Leadership
+from controlplane.plan import repository as actions
 from controlplane.policy.service import PolicyService
 from controlplane.policy.source import source_from
 from controlplane.remedy.reviews_service import ReviewService
@@ -78,10 +80,15 @@ class Runtime:
         # only names the connectors, and never reads (or needs) their credentials.
         embedded = settings.enforce.strip().lower() == "embedded"
         enforcer = Enforcer(
-            db, load_connectors(settings.config, read_secrets=embedded), embedded=embedded
+            db,
+            load_connectors(settings.config, read_secrets=embedded),
+            actions=actions,
+            embedded=embedded,
         )
         intel_config = load_intel(settings.config)
-        decider = Decider(db, engines, providers, keyring=intel_config.keyring)
+        decider = Decider(
+            db, engines, providers, keyring=intel_config.keyring, verdicts=verdicts.prior_verdicts
+        )
         ingest = IngestService(db, decider, on_planned=enforcer.wake)
         remedy = Remedy(db, enforcer, providers)
         intel = IntelService(
@@ -261,7 +268,7 @@ class WorkerRuntime:
                 "nothing to apply. Set TOLLGATE_CONFIG to the file with `connectors:`"
             )
         db = Database(settings.resolved_database_url)
-        return cls(settings, db, Enforcer(db, configs))
+        return cls(settings, db, Enforcer(db, configs, actions=actions))
 
     async def start(self) -> None:
         provider = configure(self.settings.otlp_endpoint)

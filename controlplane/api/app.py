@@ -2,53 +2,70 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from litestar import Litestar
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
 
-from controlplane.api import errors, middleware, openapi
+from controlplane.api import dependencies, errors, middleware, openapi
 from controlplane.api.body import MAX_BODY, JSONRequest, StrictPydantic
 from controlplane.api.health import HealthController
 from controlplane.api.metrics import MetricsController
-from controlplane.audit.controllers import AuditController, SubjectController
-from controlplane.bouncers.controllers import BouncerController
-from controlplane.customers.controllers import CustomerController
-from controlplane.enforce.controllers import ConnectorController
-from controlplane.evaluate.controllers import DecisionController
-from controlplane.ingest.controllers import VerdictController
-from controlplane.intel.controllers import BundleController, IndicatorController
-from controlplane.intel.taxii.controllers import TaxiiController
-from controlplane.plan.controllers import ActionController
-from controlplane.policy.controllers import PolicyController
-from controlplane.remedy import controllers as remedy
-from controlplane.remedy.reviews_controllers import ReviewController
+from controlplane.audit import controllers as audit_routes
+from controlplane.bouncers import controllers as bouncer_routes
+from controlplane.customers import controllers as customer_routes
+from controlplane.enforce import controllers as connector_routes
+from controlplane.evaluate import controllers as decision_routes
+from controlplane.ingest import controllers as verdict_routes
+from controlplane.intel import controllers as indicator_routes
+from controlplane.intel.taxii import controllers as taxii_routes
+from controlplane.plan import controllers as action_routes
+from controlplane.policy import controllers as policy_routes
+from controlplane.remedy import controllers as remedy_routes
+from controlplane.remedy import reviews_controllers as review_routes
 from controlplane.runtime import Runtime
 from controlplane.settings import Settings, get_settings
 from controlplane.telemetry.tracing import configure
 from controlplane.ui import controllers as console
-from controlplane.ui.traces import TraceController
+
+AREAS: list[Any] = [
+    console,
+    verdict_routes,
+    bouncer_routes,
+    decision_routes,
+    action_routes,
+    customer_routes,
+    review_routes,
+    remedy_routes,
+    indicator_routes,
+    taxii_routes,
+    policy_routes,
+    connector_routes,
+    audit_routes,
+]
+"""Each area's controllers module: its `ROUTES` and, when it has any, its `DEPENDENCIES`."""
 
 ROUTES = [
     *console.ROUTES,
-    TraceController,
     HealthController,
-    VerdictController,
-    BouncerController,
-    DecisionController,
-    ActionController,
-    CustomerController,
-    ReviewController,
-    *remedy.ROUTES,
-    IndicatorController,
-    BundleController,
-    TaxiiController,
-    PolicyController,
-    ConnectorController,
-    AuditController,
-    SubjectController,
+    *(r for area in AREAS[1:] for r in area.ROUTES),
     MetricsController,
 ]
+
+
+def _dependencies() -> dict[str, Provide]:
+    """The areas' providers, then `db`, `settings` and the `runtime` itself (for the
+    health checks and the console); one name, one provider."""
+    found: dict[str, Provide] = {}
+    for area in AREAS:
+        for name, provider in getattr(area, "DEPENDENCIES", {}).items():
+            if name in found:
+                raise RuntimeError(f"two areas provide the dependency {name!r}")
+            found[name] = provider
+    # The health checks and the console look at the whole process.
+    return {**found, **dependencies.common(), "runtime": dependencies.provide(lambda r: r)}
 
 
 def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> Litestar:
@@ -60,7 +77,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         route_handlers=ROUTES,
         template_config=console.template_config(),
         state=State({"runtime": runtime}),
-        dependencies={"runtime": Provide(lambda: runtime, use_cache=True, sync_to_thread=False)},
+        dependencies=_dependencies(),
         on_startup=[runtime.start],
         on_shutdown=[runtime.stop],
         exception_handlers=errors.HANDLERS,

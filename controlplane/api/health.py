@@ -10,7 +10,6 @@ from litestar.openapi import ResponseSpec
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 
 from controlplane.runtime import Runtime
-from controlplane.store.repository import ping
 
 
 class HealthController(Controller):
@@ -35,8 +34,7 @@ class HealthController(Controller):
         """Ready when the database answers and a policy revision is loaded."""
         checks: dict[str, Any] = {}
         try:
-            async with runtime.db.read() as session:
-                await ping(session)
+            await runtime.db.ping()
             checks["database"] = "ok"
         except Exception as exc:
             checks["database"] = f"unreachable: {type(exc).__name__}"

@@ -10,7 +10,6 @@ from litestar.di import NamedDependency, Provide
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 
 from controlplane.runtime import WorkerRuntime
-from controlplane.store.repository import ping
 
 
 class WorkerHealthController(Controller):
@@ -31,8 +30,7 @@ class WorkerHealthController(Controller):
         whether this worker applies it or stands by."""
         checks: dict[str, Any] = {}
         try:
-            async with worker.db.read() as session:
-                await ping(session)
+            await worker.db.ping()
             checks["database"] = "ok"
         except Exception as exc:
             checks["database"] = f"unreachable: {type(exc).__name__}"

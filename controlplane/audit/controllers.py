@@ -14,7 +14,6 @@ from litestar.response import Stream
 from controlplane.audit import service
 from controlplane.audit.checkpoints import public_keys
 from controlplane.audit.export import FORMATS
-from controlplane.audit.repository import AuditFilter
 from controlplane.audit.schemas import (
     AuditEventOut,
     AuditPage,
@@ -27,6 +26,7 @@ from controlplane.audit.schemas import (
     SubjectOut,
     VerifyOut,
 )
+from controlplane.audit.service import AuditFilter
 from controlplane.audit.subjects import normalise
 from controlplane.audit.verify import verify_database
 from controlplane.auth.guards import requires
@@ -34,7 +34,8 @@ from controlplane.auth.roles import READERS
 from controlplane.domain.vocabulary import ActionType, SubjectKind
 from controlplane.errors import InvalidInput, NotFound
 from controlplane.plan.schemas import ActionOut
-from controlplane.runtime import Runtime
+from controlplane.settings import Settings
+from controlplane.store.db import Database
 
 # Read as text and parsed here: litestar would also take a number as a Unix time,
 # which the documented `date-time` format does not allow.
@@ -92,7 +93,7 @@ class AuditController(Controller):
     @get("/", operation_id="listAuditEvents", summary="List audit events")
     async def list_events(
         self,
-        runtime: NamedDependency[Runtime],
+        db: NamedDependency[Database],
         subject_kind: Annotated[
             SubjectKind | None,
             QueryParameter(description="With `subject_value`: events about this subject."),
@@ -156,24 +157,26 @@ class AuditController(Controller):
             until=_aware("until", until),
         )
         ascending = order is Order.ASC
-        rows = await service.list_events(runtime.db, where, _cursor(cursor), limit + 1, ascending)
+        rows = await service.list_events(db, where, _cursor(cursor), limit + 1, ascending)
         items = [AuditEventOut.from_row(r) for r in rows[:limit]]
         more = len(rows) > limit
         return AuditPage(items=items, next_cursor=str(items[-1].seq) if more else None)
 
     @get("/verify", operation_id="verifyAudit", summary="Verify the audit chain")
-    async def verify(self, runtime: NamedDependency[Runtime]) -> VerifyOut:
+    async def verify(
+        self, db: NamedDependency[Database], settings: NamedDependency[Settings]
+    ) -> VerifyOut:
         """Recompute every hash from genesis, check the head and every checkpoint; the
         signatures are checked with the public half of the server's signing key when one
         is configured. Takes about a second per 50,000 events. `tollgate audit verify`
         prints the same, and can check with keys of your own."""
-        report = await verify_database(runtime.db, public_keys([], runtime.settings))
+        report = await verify_database(db, public_keys([], settings))
         return VerifyOut.from_report(report)
 
     @get("/export", operation_id="exportAudit", summary="Export the audit trail")
     async def export(
         self,
-        runtime: NamedDependency[Runtime],
+        db: NamedDependency[Database],
         export_format: Annotated[
             ExportFormat, QueryParameter(name="format", description="jsonl or csv.")
         ] = ExportFormat.JSONL,
@@ -186,7 +189,7 @@ class AuditController(Controller):
         at or after `since` to the last before `until` (docs/audit.md)."""
         fmt = FORMATS[export_format.value]
         chunks: AsyncIterator[str] = service.export(
-            runtime.db, fmt, _aware("since", since), _aware("until", until)
+            db, fmt, _aware("since", since), _aware("until", until)
         )
         return Stream(
             chunks,
@@ -209,7 +212,7 @@ class SubjectController(Controller):
         self,
         kind: Annotated[str, Parameter(pattern=r"^(account|api_key|ip|cidr|org)$")],
         rest: FromPath[str],
-        runtime: NamedDependency[Runtime],
+        db: NamedDependency[Database],
         provider: Annotated[str | None, QueryParameter(max_length=63)] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=5000)] = 500,
     ) -> SubjectHistoryOut:
@@ -229,7 +232,7 @@ class SubjectController(Controller):
         if not path.endswith("/history") or path == "/history":
             raise NotFound(f"no resource here: use /v1/subjects/{kind}/{{value}}/history")
         value = normalise(subject_kind, path.removesuffix("/history"), field="value")
-        story = await service.subject_history(runtime.db, subject_kind, value, provider, limit)
+        story = await service.subject_history(db, subject_kind, value, provider, limit)
         return SubjectHistoryOut(
             subject=SubjectOut(kind=subject_kind, value=value),
             provider=provider,
@@ -245,3 +248,6 @@ class SubjectController(Controller):
             events=[AuditEventOut.from_row(e) for e in story.events],
             truncated=story.truncated,
         )
+
+
+ROUTES = [AuditController, SubjectController]

@@ -1,5 +1,5 @@
-"""Audit SQL: the chain head (locked while appending), the event rows, checkpoints, the
-subject index, and the figures /metrics reads."""
+"""Audit SQL: the chain head (locked while appending), the event rows, checkpoints and
+the subject index: the one module that queries these tables."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import (
     Row,
+    Select,
     String,
     Table,
     Text,
@@ -31,16 +32,14 @@ from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from controlplane.audit.export import Checkpoint, StoredEvent
-from controlplane.domain.vocabulary import VerdictStatus
+from controlplane.evaluate import repository as decisions_repo
+from controlplane.plan import repository as actions_repo
 from controlplane.store.models import (
-    ActionRow,
     AuditCheckpointRow,
     AuditEventRow,
     AuditHeadRow,
     AuditSubjectHeadRow,
     AuditSubjectRow,
-    DecisionRow,
-    VerdictRow,
 )
 
 HEAD_ID = 1
@@ -266,16 +265,10 @@ async def list_events(
     if where.until is not None:
         query = query.where(col(AuditEventRow.at) < where.until)
     if where.action_type is not None or where.rule is not None:
-        actions = select(col(ActionRow.id))
-        if where.action_type is not None:
-            actions = actions.where(col(ActionRow.type) == where.action_type)
-        if where.rule is not None:
-            actions = actions.where(col(ActionRow.rule) == where.rule)
+        actions = actions_repo.ids_where(where.action_type, where.rule)
         query = query.where(col(AuditEventRow.action_id).in_(actions))
     if where.policy_revision is not None:
-        decisions = select(col(DecisionRow.id)).where(
-            col(DecisionRow.policy_revision) == where.policy_revision
-        )
+        decisions = decisions_repo.ids_of_revision(where.policy_revision)
         query = query.where(
             or_(
                 col(AuditEventRow.decision_id).in_(decisions),
@@ -323,43 +316,6 @@ async def events_after(session: AsyncSession, seq: int, limit: int) -> list[Row[
     return list((await session.execute(query)).all())
 
 
-async def verdict_subjects(
-    session: AsyncSession, verdict_ids: Sequence[str]
-) -> dict[str, list[tuple[str, str]]]:
-    """(kind, value) of each verdict's subject: account, key, org and IPs."""
-    found: dict[str, list[tuple[str, str]]] = {}
-    for i in range(0, len(verdict_ids), 500):
-        query = select(
-            col(VerdictRow.id),
-            col(VerdictRow.account_id),
-            col(VerdictRow.api_key_id),
-            col(VerdictRow.org_id),
-            col(VerdictRow.body)["subject"]["ips"],
-        ).where(col(VerdictRow.id).in_(verdict_ids[i : i + 500]))
-        for verdict_id, account, key, org, ips in (await session.execute(query)).all():
-            subjects = [
-                (kind, value)
-                for kind, value in (("account", account), ("api_key", key), ("org", org))
-                if value
-            ]
-            subjects.extend(("ip", ip) for ip in ips or ())
-            found[verdict_id] = subjects
-    return found
-
-
-async def action_targets(
-    session: AsyncSession, action_ids: Sequence[str]
-) -> dict[str, tuple[str, str]]:
-    found: dict[str, tuple[str, str]] = {}
-    for i in range(0, len(action_ids), 500):
-        query = select(
-            col(ActionRow.id), col(ActionRow.target_kind), col(ActionRow.target_value)
-        ).where(col(ActionRow.id).in_(action_ids[i : i + 500]))
-        for action_id, kind, value in (await session.execute(query)).all():
-            found[action_id] = (kind, value)
-    return found
-
-
 async def insert_subjects(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
     if rows:
         await session.execute(insert(AuditSubjectRow.__table__), list(rows))  # type: ignore[attr-defined]
@@ -385,12 +341,10 @@ async def subject_events(
     return list((await session.execute(query)).scalars())
 
 
-async def subject_verdicts(
-    session: AsyncSession, kind: str, value: str, provider: str | None, limit: int
-) -> list[VerdictRow]:
-    """The newest `limit` verdicts named by events indexed under the subject: verdicts
+def verdict_ids_under(kind: str, value: str) -> Select[Any]:
+    """A subquery of the verdict ids named by events indexed under the subject: verdicts
     about it, and verdicts whose actions target it."""
-    named = (
+    return (
         select(col(AuditEventRow.verdict_id))
         .join(AuditSubjectRow, col(AuditSubjectRow.seq) == col(AuditEventRow.seq))
         .where(
@@ -399,24 +353,33 @@ async def subject_verdicts(
             col(AuditEventRow.verdict_id).is_not(None),
         )
     )
-    query = select(VerdictRow).where(col(VerdictRow.id).in_(named))
-    if provider is not None:
-        query = query.where(col(VerdictRow.provider) == provider)
-    query = query.order_by(col(VerdictRow.received_at).desc()).limit(limit)
+
+
+async def subject_values(session: AsyncSession, kind: str) -> list[str]:
+    """Every value indexed under this kind of subject."""
+    query = select(col(AuditSubjectRow.value)).where(col(AuditSubjectRow.kind) == kind)
+    return [str(v) for v in (await session.execute(query.distinct())).scalars()]
+
+
+async def story_events(
+    session: AsyncSession, action_id: str, decision_id: str, verdict_id: str, limit: int
+) -> list[AuditEventRow]:
+    """The events of an action's story: its verdict, its decision and the action itself."""
+    query = (
+        select(AuditEventRow)
+        .where(
+            or_(
+                col(AuditEventRow.action_id) == action_id,
+                (col(AuditEventRow.decision_id) == decision_id)
+                & col(AuditEventRow.action_id).is_(None),
+                (col(AuditEventRow.verdict_id) == verdict_id)
+                & col(AuditEventRow.decision_id).is_(None),
+            )
+        )
+        .order_by(col(AuditEventRow.seq))
+        .limit(limit)
+    )
     return list((await session.execute(query)).scalars())
 
 
-# Figures for /metrics, read at scrape time: each is one indexed query.
-
-
-async def action_counts(session: AsyncSession) -> list[tuple[str, str, int]]:
-    """(type, state, count) of all actions (ix_action_type_state covers it)."""
-    query = select(col(ActionRow.type), col(ActionRow.state), func.count()).group_by(
-        col(ActionRow.type), col(ActionRow.state)
-    )
-    return [(t, s, int(n)) for t, s, n in (await session.execute(query)).all()]
-
-
-async def undecided_verdicts(session: AsyncSession) -> int:
-    query = select(func.count()).where(col(VerdictRow.status) == VerdictStatus.RECEIVED.value)
-    return int((await session.execute(query)).scalar_one())
+# The figures /metrics reads of the chain: its head (`head`) and last checkpoint.

@@ -15,9 +15,10 @@ from sqlalchemy.orm import Session
 from controlplane.audit import repository, subjects
 from controlplane.audit.chain import EventDraft, event_hash
 from controlplane.audit.export import FORMAT_NAME, FORMAT_VERSION, End, Format
-from controlplane.audit.repository import AuditFilter
+from controlplane.audit.repository import AuditFilter as AuditFilter
 from controlplane.domain.vocabulary import SubjectKind
 from controlplane.evaluate import repository as decisions_repo
+from controlplane.ingest import repository as verdicts_repo
 from controlplane.plan import repository as actions_repo
 from controlplane.store.db import Database
 from controlplane.store.models import ActionRow, AuditEventRow, DecisionRow, VerdictRow
@@ -95,8 +96,8 @@ async def subject_history(
     await subjects.catch_up(db)
     async with db.read() as session:
         events = await repository.subject_events(session, kind.value, value, provider, limit + 1)
-        verdicts = await repository.subject_verdicts(
-            session, kind.value, value, provider, limit + 1
+        verdicts = await verdicts_repo.newest_verdicts(
+            session, repository.verdict_ids_under(kind.value, value), provider, limit + 1
         )
         truncated = len(events) > limit or len(verdicts) > limit
         events, verdicts = events[:limit], verdicts[:limit]

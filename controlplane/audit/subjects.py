@@ -23,6 +23,8 @@ from controlplane.audit import repository
 from controlplane.domain.vocabulary import SubjectKind
 from controlplane.enforce.targets import TargetError, canonical_target
 from controlplane.errors import InvalidInput
+from controlplane.ingest import repository as verdicts_repo
+from controlplane.plan import repository as actions_repo
 from controlplane.store.db import Database
 
 CHUNK = 5000
@@ -70,10 +72,10 @@ async def catch_up(db: Database, chunk: int = CHUNK) -> int:
             events = await repository.events_after(session, done, chunk)
             if not events:
                 return total
-            verdicts = await repository.verdict_subjects(
+            verdicts = await verdicts_repo.subjects_of(
                 session, sorted({e.verdict_id for e in events if e.verdict_id})
             )
-            actions = await repository.action_targets(
+            actions = await actions_repo.action_targets(
                 session, sorted({e.action_id for e in events if e.action_id})
             )
             rows: list[dict[str, Any]] = []

@@ -20,6 +20,10 @@ async def by_hash(session: AsyncSession, token_hash: str) -> ApiTokenRow | None:
     return (await session.execute(query)).scalar_one_or_none()
 
 
+async def get_token(session: AsyncSession, token_id: str) -> ApiTokenRow | None:
+    return await session.get(ApiTokenRow, token_id)
+
+
 async def list_tokens(session: AsyncSession) -> list[ApiTokenRow]:
     query = select(ApiTokenRow).order_by(col(ApiTokenRow.created_at))
     return list((await session.execute(query)).scalars())

@@ -113,3 +113,9 @@ class TokenService:
             self._cache.clear()
         self._cache[key] = (time.monotonic() + CACHE_SECONDS, principal)
         return principal
+
+
+async def token_by_id(db: Database, token_id: str) -> ApiTokenRow | None:
+    """A token's record by its id (the console's session names its token by id)."""
+    async with db.read() as session:
+        return await repository.get_token(session, token_id)

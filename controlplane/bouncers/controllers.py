@@ -12,6 +12,7 @@ from litestar.openapi import ResponseSpec
 from litestar.params import Parameter, QueryParameter
 from litestar.response import Stream
 
+from controlplane.api.dependencies import provide
 from controlplane.api.schemas import ErrorBody
 from controlplane.auth.guards import principal_of, requires_api_key
 from controlplane.auth.roles import Role
@@ -54,7 +55,7 @@ class BouncerController(Controller):
     async def stream(
         self,
         request: Request[Any, Any, Any],
-        runtime: NamedDependency[Runtime],
+        bouncers: NamedDependency[DecisionStream],
         startup: bool = Parameter(
             default=False,
             description="true: every decision now (a bouncer starting); false: what "
@@ -72,7 +73,7 @@ class BouncerController(Controller):
         when an answer was sent whole, so each change reaches it once; startup answers
         are streamed page by page."""
         filters = Filters.parse(scopes, origins, scenarios_containing, scenarios_not_containing)
-        answer = _stream(runtime).answer(principal_of(request).token_id, startup, filters)
+        answer = bouncers.answer(principal_of(request).token_id, startup, filters)
         return Stream(answer, media_type="application/json")
 
     @get(
@@ -83,7 +84,7 @@ class BouncerController(Controller):
     )
     async def live(
         self,
-        runtime: NamedDependency[Runtime],
+        bouncers: NamedDependency[DecisionStream],
         ip: str | None = Parameter(
             default=None, max_length=45, description="An address: decisions covering it."
         ),
@@ -105,7 +106,7 @@ class BouncerController(Controller):
         """The decisions covering one address or network now (a bouncer in live mode
         asks per request): the target itself and every network that contains it."""
         filters = Filters.parse(scopes, origins, scenarios_containing, scenarios_not_containing)
-        found = await _stream(runtime).live(ip, range_, type_, filters)
+        found = await bouncers.live(ip, range_, type_, filters)
         return [CrowdSecDecision(**d) for d in found]
 
 
@@ -113,3 +114,7 @@ def _stream(runtime: Runtime) -> DecisionStream:
     if runtime.bouncers is None:
         raise ServiceUnavailable("the decision stream is not running; is the server starting?")
     return runtime.bouncers
+
+
+DEPENDENCIES = {"bouncers": provide(_stream)}
+ROUTES = [BouncerController]

@@ -35,6 +35,7 @@ from controlplane.enforce import repository as enforce
 from controlplane.enforce.targets import TargetError, canonical_cidr, canonical_ip
 from controlplane.enforce.toolkit import Terms
 from controlplane.errors import InvalidInput
+from controlplane.plan import repository as actions
 from controlplane.store.db import Database
 from controlplane.store.types import utcnow
 
@@ -161,8 +162,8 @@ class DecisionStream:
         kinds = [k for k in self._config.kinds if k in filters.kinds]
         now = utcnow()
         async with self._db.read() as session:
-            rows = await enforce.desired_for_targets(
-                session, self._providers, _BLOCK, targets, now, kinds, enforce.DECISION_COLUMNS
+            rows = await actions.desired_for_targets(
+                session, self._providers, _BLOCK, targets, now, kinds, actions.DECISION_COLUMNS
             )
         return [d for d in self._decisions(rows, now) if filters.admits(d)]
 
@@ -177,7 +178,7 @@ class DecisionStream:
         while True:
             now = utcnow()
             async with self._db.read() as session:
-                rows, after = await enforce.desired_page(
+                rows, after = await actions.desired_page(
                     session,
                     self._providers,
                     _BLOCK,
@@ -185,7 +186,7 @@ class DecisionStream:
                     PAGE,
                     now,
                     kinds,
-                    enforce.DECISION_COLUMNS,
+                    actions.DECISION_COLUMNS,
                 )
             yield [d for d in self._decisions(rows, now) if filters.admits(d)]
             if after is None:
@@ -218,14 +219,14 @@ class DecisionStream:
                 continue
             now = utcnow()
             async with self._db.read() as session:
-                rows = await enforce.desired_for_targets(
+                rows = await actions.desired_for_targets(
                     session,
                     self._providers,
                     _BLOCK,
                     list(latest),
                     now,
                     kinds,
-                    enforce.DECISION_COLUMNS,
+                    actions.DECISION_COLUMNS,
                 )
                 if want_active:
                     decisions = self._decisions(rows, now)
@@ -242,7 +243,7 @@ class DecisionStream:
             yield chosen
 
     async def _rules(self, session: Any, action_ids: Sequence[str]) -> dict[str, str]:
-        return {a.id: a.rule for a in await enforce.actions_by_id(session, list(action_ids))}
+        return {a.id: a.rule for a in await actions.actions_by_id(session, list(action_ids))}
 
     # -- decisions -----------------------------------------------------------------------
 

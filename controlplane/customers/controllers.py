@@ -15,6 +15,7 @@ from litestar.params import FromPath, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_204_NO_CONTENT
 from pydantic import ValidationError
 
+from controlplane.api.dependencies import provide
 from controlplane.api.schemas import ErrorBody
 from controlplane.auth.guards import principal_of, requires
 from controlplane.auth.roles import Role
@@ -25,9 +26,9 @@ from controlplane.customers.schemas import (
     CustomerPage,
     ImportResult,
 )
+from controlplane.customers.service import CustomerService
 from controlplane.errors import InvalidInput
 from controlplane.ingest.controllers import _inline, _to_schema
-from controlplane.runtime import Runtime
 
 MAX_BODY = 16 * 1024 * 1024
 
@@ -113,12 +114,12 @@ class CustomerController(Controller):
         },
     )
     async def import_customers(
-        self, request: Request[Any, Any, Any], runtime: NamedDependency[Runtime]
+        self, request: Request[Any, Any, Any], customers: NamedDependency[CustomerService]
     ) -> ImportResult:
         """Store up to 10,000 records whole: a known account's record is replaced; one bad
         record refuses the whole request (422, the field named)."""
-        customers = parse_customers(await request.body())
-        done = await runtime.customers.import_(customers, actor=principal_of(request).name)
+        records = parse_customers(await request.body())
+        done = await customers.import_(records, actor=principal_of(request).name)
         return ImportResult(created=done.created, updated=done.updated)
 
     @get(
@@ -129,12 +130,12 @@ class CustomerController(Controller):
     )
     async def list_customers(
         self,
-        runtime: NamedDependency[Runtime],
+        customers: NamedDependency[CustomerService],
         cursor: Annotated[str | None, QueryParameter(max_length=200)] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
     ) -> CustomerPage:
         """Records by account id; `next_cursor` pages on."""
-        rows, after = await runtime.customers.page(cursor, limit)
+        rows, after = await customers.page(cursor, limit)
         return CustomerPage(customers=[_out(r) for r in rows], next_cursor=after)
 
     @get(
@@ -148,10 +149,10 @@ class CustomerController(Controller):
         },
     )
     async def get_customer(
-        self, account_id: FromPath[str], runtime: NamedDependency[Runtime]
+        self, account_id: FromPath[str], customers: NamedDependency[CustomerService]
     ) -> CustomerOut:
         """One account's record."""
-        return _out(await runtime.customers.get(account_id))
+        return _out(await customers.get(account_id))
 
     @delete(
         "/{account_id:str}",
@@ -168,7 +169,11 @@ class CustomerController(Controller):
         self,
         request: Request[Any, Any, Any],
         account_id: FromPath[str],
-        runtime: NamedDependency[Runtime],
+        customers: NamedDependency[CustomerService],
     ) -> None:
         """Forget an account's record: policies see it as unknown from the next verdict."""
-        await runtime.customers.delete(account_id, actor=principal_of(request).name)
+        await customers.delete(account_id, actor=principal_of(request).name)
+
+
+DEPENDENCIES = {"customers": provide(lambda runtime: runtime.customers)}
+ROUTES = [CustomerController]

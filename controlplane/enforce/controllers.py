@@ -8,11 +8,11 @@ from litestar import Controller, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath
 
+from controlplane.api.dependencies import provide
 from controlplane.auth.guards import requires
 from controlplane.auth.roles import READERS, Role
-from controlplane.enforce import repository
 from controlplane.enforce.schemas import ConnectorOut, ReconcileOut
-from controlplane.runtime import Runtime
+from controlplane.enforce.service import Enforcer
 
 
 class ConnectorController(Controller):
@@ -21,17 +21,16 @@ class ConnectorController(Controller):
     guards = [requires(*READERS)]
 
     @get("/", operation_id="listConnectors", summary="List connectors")
-    async def list_connectors(self, runtime: NamedDependency[Runtime]) -> list[ConnectorOut]:
+    async def list_connectors(self, enforcer: NamedDependency[Enforcer]) -> list[ConnectorOut]:
         """Each connector's health now, its last reconcile, desired vs applied entries,
         failures (retryable and permanent), drift repaired, its place in the change log
         and lag."""
-        async with runtime.db.read() as session:
-            statuses = await repository.statuses(session)
-        positions = await runtime.enforcer.status()
+        statuses = await enforcer.statuses()
+        positions = await enforcer.status()
         out = []
-        for name in runtime.enforcer.names:
-            config = runtime.enforcer.config(name)
-            healthy, gateway, detail = await runtime.enforcer.health(name)
+        for name in enforcer.names:
+            config = enforcer.config(name)
+            healthy, gateway, detail = await enforcer.health(name)
             s = statuses.get(name)
             cursor, head = positions[name]
             failing = bool(s and (s.failed or s.rejected or s.last_error))
@@ -69,8 +68,12 @@ class ConnectorController(Controller):
         status_code=200,
     )
     async def reconcile(
-        self, name: FromPath[str], runtime: NamedDependency[Runtime]
+        self, name: FromPath[str], enforcer: NamedDependency[Enforcer]
     ) -> ReconcileOut:
         """Observe the gateway, diff it against the desired state and apply the difference."""
-        report = await runtime.enforcer.reconcile(name)
+        report = await enforcer.reconcile(name)
         return ReconcileOut(**asdict(report))
+
+
+DEPENDENCIES = {"enforcer": provide(lambda runtime: runtime.enforcer)}
+ROUTES = [ConnectorController]

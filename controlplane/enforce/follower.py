@@ -41,6 +41,7 @@ from controlplane.audit import service as audit
 from controlplane.domain.redact import key_handle, redact_keys
 from controlplane.domain.vocabulary import ActionState
 from controlplane.enforce import repository
+from controlplane.enforce.actions import Actions
 from controlplane.enforce.desired import DesiredState, entry_of
 from controlplane.enforce.events import action_event
 from controlplane.enforce.sdk import (
@@ -118,6 +119,7 @@ class Follower:
     def __init__(
         self,
         db: Database,
+        actions: Actions,
         config: ConnectorConfig,
         connector: Connector,
         expected: Callable[[str, str, str], list[str]],
@@ -126,6 +128,7 @@ class Follower:
         self.config = config
         self.connector = connector
         self._db = db
+        self._actions = actions
         self._expected = expected
         """(provider, action type, target kind) -> the connectors that must hold such an
         action."""
@@ -338,7 +341,7 @@ class Follower:
     async def _desired_for(self, keys: set[Key], now: datetime) -> DesiredState:
         targets = [(k[1], k[2]) for k in keys]
         async with self._db.read() as session:
-            rows = await repository.desired_for_targets(
+            rows = await self._actions.desired_for_targets(
                 session, self._providers, self._types, targets, now, self._kinds
             )
         desired = DesiredState()
@@ -471,7 +474,7 @@ class Follower:
                 action_event(
                     action, changes[action.id], name, now, failed.get(_key_of(action), (None,))[0]
                 )
-                for action in await repository.actions_by_id(session, list(changes))
+                for action in await self._actions.actions_by_id(session, list(changes))
             ]
             await audit.record(session, events)
             if cursor is not None:
@@ -493,10 +496,10 @@ class Follower:
         if not action_ids:
             return {}
         states = await repository.enforcement_states(session, action_ids)
-        actions = await repository.action_states(session, action_ids)
+        actions = await self._actions.action_states(session, action_ids)
         changes: dict[str, str] = {}
         for action_id, current, provider, kind, target_kind in actions:
-            if current not in repository.ACTIVE:
+            if current not in self._actions.ACTIVE:
                 continue
             expected = self._expected(provider, kind, target_kind)
             mine = states.get(action_id, {})
@@ -508,14 +511,14 @@ class Follower:
                 new = ActionState.PENDING.value
             if new != current:
                 changes[action_id] = new
-        await repository.set_action_states(session, changes, now)
+        await self._actions.set_action_states(session, changes, now)
         return changes
 
     async def _status(
         self, session: AsyncSession, now: datetime, fields: dict[str, Any] | None
     ) -> dict[str, Any]:
         previous = (await repository.statuses(session)).get(self.config.name)
-        failed, rejected = await repository.failing(session, self.config.name)
+        failed, rejected = await self._failing(session)
         row: dict[str, Any] = {
             "name": self.config.name,
             "healthy": True,
@@ -536,6 +539,13 @@ class Follower:
         }
         row.update(fields or {})
         return row
+
+    async def _failing(self, session: AsyncSession) -> tuple[int, int]:
+        """(retryable, permanent) failures at this connector of still-active actions."""
+        failed = await repository.failed_at(session, self.config.name)
+        active = await self._actions.active_among(session, [a for a, _ in failed])
+        retryable = sum(1 for a, r in failed if r and a in active)
+        return retryable, sum(1 for a, r in failed if not r and a in active)
 
     async def _save_status(self, now: datetime, *, error: str, lag_from: datetime | None) -> None:
         lag = (now - lag_from).total_seconds() if lag_from else 0.0
@@ -593,7 +603,7 @@ class Follower:
             while first or after is not None:
                 first = False
                 async with self._db.read() as session:
-                    rows, after = await repository.desired_page(
+                    rows, after = await self._actions.desired_page(
                         session, self._providers, self._types, after, PAGE, now, self._kinds
                     )
                 desired = DesiredState()

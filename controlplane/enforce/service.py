@@ -29,12 +29,14 @@ from sqlalchemy.orm import Session
 from controlplane.audit import service as audit
 from controlplane.domain.vocabulary import ActionState
 from controlplane.enforce import repository
+from controlplane.enforce.actions import Actions
 from controlplane.enforce.events import action_event
 from controlplane.enforce.follower import Follower, ReconcileReport
 from controlplane.enforce.registry import factory
 from controlplane.enforce.sdk import ConnectorConfig, ConnectorError, EntryType
 from controlplane.errors import NotFound, ServiceUnavailable
 from controlplane.store.db import Database
+from controlplane.store.models import ConnectorStatusRow
 from controlplane.store.types import utcnow
 
 log = logging.getLogger(__name__)
@@ -96,9 +98,12 @@ class Enforcer:
         configs: Sequence[ConnectorConfig],
         poll_seconds: float = 0.25,
         *,
+        actions: Actions,
         embedded: bool = True,
     ) -> None:
         self._db = db
+        self._actions = actions
+        """The action table's queries (the plan step's repository)."""
         self._configs = list(configs)
         self._poll = poll_seconds
         self._worker: _Worker | None = None
@@ -124,7 +129,7 @@ class Enforcer:
         """Start the worker thread and a follower per configured connector."""
         if not self._configs or not self.embedded:
             return
-        worker = _Worker(self._db.url, self._configs, self._poll)
+        worker = _Worker(self._db.url, self._actions, self._configs, self._poll)
         await asyncio.to_thread(worker.start)
         self._worker = worker
 
@@ -153,6 +158,11 @@ class Enforcer:
         """Connector -> whether this process's follower holds its lock and applies (the
         others stand by to take over)."""
         return {name: f.active for name, f in self._running.items()}
+
+    async def statuses(self) -> dict[str, ConnectorStatusRow]:
+        """Each connector's last recorded status, by name."""
+        async with self._db.read() as session:
+            return await repository.statuses(session)
 
     async def _reported_health(self, name: str) -> tuple[bool, str, str]:
         """Health as the connector workers last recorded it (this process applies nothing)."""
@@ -204,11 +214,11 @@ class Enforcer:
         """Mark actions past their TTL expired (each an audit event) and log removals."""
         now = utcnow()
         async with self._db.write() as session, session.begin():
-            due = await repository.due_to_expire(session, now, limit)
+            due = await self._actions.due_to_expire(session, now, limit)
             if not due:
                 return 0
             changes = {a.id: ActionState.EXPIRED.value for a in due}
-            await repository.set_action_states(session, changes, now)
+            await self._actions.set_action_states(session, changes, now)
             expired = ActionState.EXPIRED.value
             await audit.record(session, [action_event(a, expired, "tollgate", now) for a in due])
             await record_changes(session, [a.model_dump() for a in due], "expired", now)
@@ -249,8 +259,11 @@ class _Worker:
     """A thread running its own event loop: the followers, their database engine and
     their HTTP client live there."""
 
-    def __init__(self, url: str, configs: Sequence[ConnectorConfig], poll: float) -> None:
+    def __init__(
+        self, url: str, actions: Actions, configs: Sequence[ConnectorConfig], poll: float
+    ) -> None:
         self._url = url
+        self._actions = actions
         self._configs = configs
         self._poll = poll
         self.followers: dict[str, Follower] = {}
@@ -303,7 +316,7 @@ class _Worker:
             for config in self._configs:
                 connector = factory(config.type)(config, http)
                 self.followers[config.name] = Follower(
-                    self._db, config, connector, self._expected, self._poll
+                    self._db, self._actions, config, connector, self._expected, self._poll
                 )
             self._stop = asyncio.Event()
         except BaseException as exc:

@@ -8,7 +8,11 @@
   rename + directory fsync), keeping the old file's mode and owner.
 - **Options**: `parse_options(Options, where, config.options)` turns `options:` from
   tollgate.yaml into a frozen dataclass, refusing unknown names, wrong types and values
-  out of range with a `ConnectorError` naming the option (`connector edge: options.x`).
+  out of range (`bounded`, `positive` fields) with a `ConnectorError` naming the option
+  (`connector edge: options.x ...`, the `where` being `connector edge: options`);
+  `option_error` words a connector's own checks the same way.
+- **Gateway APIs**: `WriteRate`, a token bucket shared by the connectors that write to
+  one account's quota, and `with_retries`, bounded retries with jittered backoff.
 - **Mapping tables**: `Terms` maps Tollgate's entry types and target kinds to a
   gateway's words both ways (libcloud's two-way tables), so a connector states once
   what it supports and reads back what a gateway says.
@@ -18,15 +22,29 @@ Like the SDK, it imports nothing of Tollgate's domain: connectors may import it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import functools
+import math
 import os
+import random
 import tempfile
+import threading
+import time
 import types
-from collections.abc import Callable, Hashable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Generic, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import (
+    Any,
+    Generic,
+    Literal,
+    TypeVar,
+    Union,
+    get_args,
+    get_origin,
+    get_type_hints,
+)
 
 from controlplane.enforce.sdk import ConnectorError, Entry
 from controlplane.enforce.targets import (
@@ -40,12 +58,15 @@ from controlplane.enforce.targets import (
 __all__ = [
     "Refused",
     "Terms",
+    "WriteRate",
     "atomic_write",
     "bounded",
     "observed",
     "option_error",
     "parse_options",
+    "positive",
     "rendered",
+    "with_retries",
 ]
 
 # -- canonical targets -------------------------------------------------------------------
@@ -129,7 +150,25 @@ def option_error(where: str, name: str, problem: str) -> ConnectorError:
 
 def bounded(default: Any, low: float, high: float) -> Any:
     """A numeric option's dataclass field, refused outside [low, high]."""
-    return dataclasses.field(default=default, metadata={"range": (low, high)})
+    return dataclasses.field(default=default, metadata={"range": (low, high, False)})
+
+
+def positive(default: Any, most: float = math.inf) -> Any:
+    """A numeric option's dataclass field, refused unless more than 0 (and at most
+    `most`): a rate, a timeout, a number of tries."""
+    return dataclasses.field(default=default, metadata={"range": (0, most, True)})
+
+
+def _out_of_range(value: float, low: float, high: float, low_open: bool) -> str | None:
+    """What is wrong with `value` against the range, or None."""
+    if low_open:
+        if value > low and value <= high:
+            return None
+        most = f" and at most {high:g}" if high != math.inf else ""
+        return f"must be more than {low:g}{most}, got {value:g}"
+    if low <= value <= high:
+        return None
+    return f"must be a number from {low:g} to {high:g}"
 
 
 def parse_options(
@@ -152,10 +191,12 @@ def parse_options(
     values = dict(defaults)
     for name, value in options.items():
         values[name] = _typed(where, name, hints[name], value)
-        low_high = fields[name].metadata.get("range")
-        if low_high is not None and not low_high[0] <= values[name] <= low_high[1]:
-            low, high = low_high
-            raise option_error(where, name, f"must be a number from {low:g} to {high:g}")
+    # Defaults given by the caller are checked too (a timeout taken from the connector's).
+    for name, value in values.items():
+        limits = fields[name].metadata.get("range")
+        problem = _out_of_range(value, *limits) if limits is not None else None
+        if problem is not None:
+            raise option_error(where, name, problem)
     for name, f in fields.items():
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         if required and name not in values:
@@ -170,6 +211,23 @@ def _typed(where: str, name: str, hint: Any, value: Any) -> Any:
             with contextlib.suppress(ConnectorError):
                 return _typed(where, name, option, value)
         raise option_error(where, name, f"must be one of: {_names(get_args(hint))}")
+    if origin is Literal:
+        if value not in get_args(hint) or isinstance(value, bool) != any(
+            isinstance(a, bool) for a in get_args(hint)
+        ):
+            choices = ", ".join(repr(a) for a in get_args(hint))
+            raise option_error(where, name, f"must be one of {choices}, got {value!r}")
+        return value
+    if origin in (dict, Mapping) or hint is dict:
+        key, item = get_args(hint) or (str, Any)
+        if not isinstance(value, dict):
+            raise option_error(where, name, "must be a mapping")
+        return {
+            _typed(where, f"{name} key {k!r}", key, k): _typed(where, f"{name}[{k!r}]", item, v)
+            for k, v in value.items()
+        }
+    if hint is Any:
+        return value
     if origin is tuple:
         (item, *_) = get_args(hint)
         if not isinstance(value, list | tuple):
@@ -200,6 +258,78 @@ def _typed(where: str, name: str, hint: Any, value: Any) -> Any:
 
 def _names(hints: tuple[Any, ...]) -> str:
     return ", ".join(getattr(h, "__name__", str(h)) for h in hints)
+
+
+# -- gateway APIs: write rates and retries ----------------------------------------------
+
+T = TypeVar("T")
+
+
+class WriteRate:
+    """A token bucket: at most `per_second` writes on average, `burst` at once.
+
+    Shared by every connector of one process that writes to the same account and region
+    (see `for_scope`), since a gateway's quota is per account and region, not per
+    connector. Thread-safe: followers run in worker threads with their own loops."""
+
+    _shared: dict[tuple[str, ...], WriteRate] = {}
+    _registry_lock = threading.Lock()
+
+    def __init__(self, per_second: float, burst: int) -> None:
+        self.per_second = per_second
+        self.burst = float(burst)
+        self._tokens = float(burst)
+        self._stamp = time.monotonic()
+        self._lock = threading.Lock()
+        self.waited_seconds = 0.0
+
+    @classmethod
+    def for_scope(cls, scope: tuple[str, ...], per_second: float, burst: int) -> WriteRate:
+        with cls._registry_lock:
+            limiter = cls._shared.get(scope)
+            if limiter is None:
+                limiter = cls._shared[scope] = cls(per_second, burst)
+            else:  # the strictest configuration of that scope wins
+                limiter.per_second = min(limiter.per_second, per_second)
+                limiter.burst = min(limiter.burst, float(burst))
+            return limiter
+
+    def _take(self) -> float:
+        """Take a token; the seconds to wait before the write may go (0: at once)."""
+        with self._lock:
+            now = time.monotonic()
+            self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.per_second)
+            self._stamp = now
+            self._tokens -= 1.0
+            if self._tokens >= 0:
+                return 0.0
+            return -self._tokens / self.per_second
+
+    async def acquire(self) -> None:
+        wait = self._take()
+        if wait > 0:
+            self.waited_seconds += wait
+            await asyncio.sleep(wait)
+
+
+async def with_retries(
+    call: Callable[[], Awaitable[T]],
+    *,
+    attempts: int,
+    retry_on: Callable[[Exception], bool],
+    base_delay: float = 0.1,
+    max_delay: float = 2.0,
+) -> T:
+    """`call()` up to `attempts` times while `retry_on(error)` says so, with exponential
+    backoff and full jitter between tries; the last error is raised."""
+    for attempt in range(attempts):
+        try:
+            return await call()
+        except Exception as exc:
+            if attempt == attempts - 1 or not retry_on(exc):
+                raise
+            await asyncio.sleep(random.uniform(0, min(max_delay, base_delay * 2**attempt)))
+    raise AssertionError("unreachable")  # attempts >= 1
 
 
 # -- mapping tables ----------------------------------------------------------------------

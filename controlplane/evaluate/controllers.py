@@ -6,15 +6,14 @@ from litestar import Controller, get
 from litestar.di import NamedDependency
 from litestar.params import FromPath
 
+from controlplane.api.dependencies import provide
 from controlplane.auth.guards import requires
 from controlplane.auth.roles import READERS
-from controlplane.errors import NotFound
-from controlplane.evaluate import repository
 from controlplane.evaluate.explain import explain
+from controlplane.evaluate.read_service import DecisionReader
 from controlplane.evaluate.schemas import DecisionOut, ExplanationOut, FiredRuleOut
-from controlplane.plan import repository as actions_repo
 from controlplane.plan.schemas import ActionOut
-from controlplane.runtime import Runtime
+from controlplane.store.db import Database
 
 
 class DecisionController(Controller):
@@ -24,15 +23,11 @@ class DecisionController(Controller):
 
     @get("/{decision_id:str}", operation_id="getDecision", summary="Get a decision")
     async def get_decision(
-        self, decision_id: FromPath[str], runtime: NamedDependency[Runtime]
+        self, decision_id: FromPath[str], decisions: NamedDependency[DecisionReader]
     ) -> DecisionOut:
         """One decision: the policy revision and entrypoint, the exact input and
         output, the engine, its duration, the trace id and the actions it planned."""
-        async with runtime.db.read() as session:
-            row = await repository.get_decision(session, decision_id)
-            if row is None:
-                raise NotFound(f"no decision {decision_id!r}")
-            actions = (await actions_repo.actions_of_decisions(session, [row.id]))[row.id]
+        row, actions = await decisions.get(decision_id)
         fields = row.model_dump()
         return DecisionOut(**fields, actions=[ActionOut.from_row(a.model_dump()) for a in actions])
 
@@ -42,12 +37,12 @@ class DecisionController(Controller):
         summary="Explain a decision",
     )
     async def explain_decision(
-        self, decision_id: FromPath[str], runtime: NamedDependency[Runtime]
+        self, decision_id: FromPath[str], db: NamedDependency[Database]
     ) -> ExplanationOut:
         """Re-evaluate the stored input at the stored revision with the engine's trace:
         the rules that fired with their METADATA and bindings, and whether the re-run
         matches the stored result."""
-        e = await explain(runtime.db, decision_id)
+        e = await explain(db, decision_id)
         return ExplanationOut(
             decision_id=e.decision_id,
             verdict_id=e.verdict_id,
@@ -60,3 +55,7 @@ class DecisionController(Controller):
             actions=e.actions,
             fired=[FiredRuleOut(**vars(f)) for f in e.fired],
         )
+
+
+DEPENDENCIES = {"decisions": provide(lambda runtime: DecisionReader(runtime.db))}
+ROUTES = [DecisionController]

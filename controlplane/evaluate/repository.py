@@ -1,4 +1,7 @@
-"""Evaluate's SQL: the lookups an input is built from, and decision rows."""
+"""Evaluate's SQL (the `decision` table, its one querier) and the lookups an input is
+built from, asked of the tables' owners: actions of plan, exemptions, lifts and
+appeals of remedy, indicators of intel; earlier verdicts through the `VerdictHistory`
+the caller hands in (ingest owns verdicts, and a stage never imports an earlier one)."""
 
 from __future__ import annotations
 
@@ -6,14 +9,13 @@ import ipaddress
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
-from sqlalchemy import Connection, Table, and_, bindparam, func, insert, or_, select
+from sqlalchemy import Select, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
-from controlplane.domain.vocabulary import ACTIVE_STATES
 from controlplane.enforce import repository as changes_repo
 from controlplane.evaluate.context import (
     HISTORY_WINDOW,
@@ -22,19 +24,29 @@ from controlplane.evaluate.context import (
     NetworkSet,
     PriorVerdict,
 )
+from controlplane.intel import repository as intel_repo
 from controlplane.intel.hashing import Keyring
+from controlplane.plan import repository as actions_repo
+from controlplane.remedy import repository as remedy_repo
 from controlplane.settings import Providers
 from controlplane.store.db import Database
-from controlplane.store.models import (
-    ActionRow,
-    AppealRow,
-    DecisionRow,
-    ExemptionRow,
-    IndicatorRow,
-    LiftRow,
-    VerdictRow,
-)
+from controlplane.store.models import DecisionRow
 from controlplane.store.types import utcnow
+
+
+class VerdictHistory(Protocol):
+    """(decide thread) Earlier verdicts of these providers about these accounts or keys,
+    observed since `since`: (provider, id, account, key, observed, received, score,
+    confidence, detector) each (`controlplane.ingest.repository.prior_verdicts`)."""
+
+    def __call__(
+        self,
+        session: Session,
+        providers: Sequence[str],
+        accounts: Sequence[str],
+        keys: Sequence[str],
+        since: datetime,
+    ) -> list[tuple[Any, ...]]: ...
 
 
 def action_document(row: Mapping[Any, Any]) -> dict[str, Any]:
@@ -51,111 +63,6 @@ def action_document(row: Mapping[Any, Any]) -> dict[str, Any]:
     }
 
 
-_action: Table = ActionRow.__table__  # type: ignore[attr-defined]
-_exemption: Table = ExemptionRow.__table__  # type: ignore[attr-defined]
-_verdict: Table = VerdictRow.__table__  # type: ignore[attr-defined]
-_lift: Table = LiftRow.__table__  # type: ignore[attr-defined]
-_appeal: Table = AppealRow.__table__  # type: ignore[attr-defined]
-
-# The decide thread's lookups: Core statements built once, values bound per batch, so
-# each runs from the compiled cache. `kind IN (...) AND value IN (...)` is answered by
-# the (provider, kind, value) indexes of both databases; rows of a kind asked for other
-# values (the cross product) are dropped in `_wanted`.
-_ACTIVE_NOW = and_(
-    _action.c.state.in_([s.value for s in ACTIVE_STATES]),
-    ~_action.c.shadow,
-    or_(_action.c.expires_at.is_(None), _action.c.expires_at > bindparam("now")),
-)
-_ACTIONS = select(
-    _action.c.id,
-    _action.c.provider,
-    _action.c.type,
-    _action.c.target_kind,
-    _action.c.target_value,
-    _action.c.params,
-    _action.c.rule,
-    _action.c.state,
-    _action.c.created_at,
-    _action.c.expires_at,
-).where(
-    _action.c.provider.in_(bindparam("providers", expanding=True)),
-    _action.c.target_kind.in_(bindparam("kinds", expanding=True)),
-    _action.c.target_value.in_(bindparam("values", expanding=True)),
-    _ACTIVE_NOW,
-)
-_EXEMPTIONS = select(
-    _exemption.c.provider,
-    _exemption.c.subject_kind,
-    _exemption.c.subject_value,
-    _exemption.c.owner,
-    _exemption.c.reason,
-    _exemption.c.expires_at,
-).where(
-    _exemption.c.provider.in_(bindparam("providers", expanding=True)),
-    _exemption.c.subject_kind.in_(bindparam("kinds", expanding=True)),
-    _exemption.c.subject_value.in_(bindparam("values", expanding=True)),
-    or_(_exemption.c.expires_at.is_(None), _exemption.c.expires_at > bindparam("now")),
-    _exemption.c.ended_at.is_(None),
-)
-_PRIOR = select(
-    _verdict.c.provider,
-    _verdict.c.id,
-    _verdict.c.account_id,
-    _verdict.c.api_key_id,
-    _verdict.c.observed_at,
-    _verdict.c.received_at,
-    _verdict.c.score,
-    _verdict.c.confidence,
-    _verdict.c.detector_name,
-).where(
-    _verdict.c.provider.in_(bindparam("providers", expanding=True)),
-    or_(
-        _verdict.c.account_id.in_(bindparam("accounts", expanding=True)),
-        _verdict.c.api_key_id.in_(bindparam("keys", expanding=True)),
-    ),
-    _verdict.c.observed_at >= bindparam("since"),
-)
-_LIFT_COLUMNS = (
-    _lift.c.id,
-    _lift.c.appeal_id,
-    _lift.c.cause,
-    _lift.c.rule,
-    _lift.c.type,
-    _lift.c.target_kind,
-    _lift.c.target_value,
-    _lift.c.score,
-    _lift.c.at,
-)
-_LIFTS = select(_lift.c.provider, *_LIFT_COLUMNS).where(
-    _lift.c.provider.in_(bindparam("providers", expanding=True)),
-    _lift.c.target_kind.in_(bindparam("kinds", expanding=True)),
-    _lift.c.target_value.in_(bindparam("values", expanding=True)),
-    _lift.c.at >= bindparam("since"),
-)
-_RANGE_LIFTS = select(_lift.c.provider, *_LIFT_COLUMNS).where(
-    _lift.c.provider.in_(bindparam("providers", expanding=True)),
-    _lift.c.target_kind == "cidr",
-    _lift.c.at >= bindparam("since"),
-)
-_APPEALS = select(
-    _appeal.c.provider,
-    _appeal.c.id,
-    _appeal.c.state,
-    _appeal.c.subject_kind,
-    _appeal.c.subject_value,
-    _appeal.c.filed_at,
-).where(
-    _appeal.c.provider.in_(bindparam("providers", expanding=True)),
-    _appeal.c.subject_kind.in_(bindparam("kinds", expanding=True)),
-    _appeal.c.subject_value.in_(bindparam("values", expanding=True)),
-    _appeal.c.state.in_(["open", "denied"]),
-    _appeal.c.filed_at >= bindparam("since"),
-)
-_FOLLOWED = select(_action.c.provider, _action.c.target_value).where(
-    _action.c.target_kind == "cidr", _ACTIVE_NOW
-)
-
-
 def fill_lookups(
     session: Session,
     lookups: Lookups,
@@ -163,66 +70,52 @@ def fill_lookups(
     since: datetime,
     now: datetime,
     providers: Providers | None = None,
+    *,
+    verdicts: VerdictHistory,
 ) -> None:
     """Fetch active actions, earlier verdicts, exemptions and remedies for these
-    (provider, kind, value) keys: one query per table (a chunk of keys at a time), by
-    the tables' (provider, kind, value) indexes. The `cidr` keys are the CIDR actions
-    that hold the batch's IPs (see `CidrTargets`)."""
+    (provider, kind, value) keys: one query per table (a chunk of keys at a time), asked
+    of the table's owner, by index. The `cidr` keys are the CIDR actions that hold the
+    batch's IPs (see `CidrTargets`)."""
     settings = providers or Providers()
     window = now - max(HISTORY_WINDOW, settings.longest_cooldown)
-    connection = session.connection()
     keys = sorted(subject_keys)
     for chunk in _chunks(keys):
-        wanted = set(chunk)
-        params = {
-            "providers": sorted({p for p, _, _ in chunk}),
-            "kinds": sorted({k for _, k, _ in chunk}),
-            "values": sorted({v for _, _, v in chunk}),
-            "now": now,
-        }
-        for row in connection.execute(_ACTIONS, params).mappings():
-            if (row["provider"], row["target_kind"], row["target_value"]) in wanted:
-                lookups.add_action(row["provider"], action_document(row))
-        for e in connection.execute(_EXEMPTIONS, params):
-            key = (e.provider, e.subject_kind, e.subject_value)
-            if key in wanted:
-                lookups.exemptions[key] = {
-                    "subject": {"kind": e.subject_kind, "value": e.subject_value},
-                    "owner": e.owner,
-                    "reason": e.reason,
-                    "expires_at": e.expires_at.isoformat() if e.expires_at else None,
-                }
-        _fill_prior(connection, lookups, chunk, since)
-        for lift in connection.execute(_LIFTS, {**params, "since": window}):
-            if (lift.provider, lift.target_kind, lift.target_value) in wanted:
-                cooldown = settings.of(lift.provider).cooldown
-                lookups.add_remedy(lift.provider, _lift_document(lift, cooldown))
-        for appeal in connection.execute(_APPEALS, {**params, "since": window}):
+        for row in actions_repo.active_on_keys(session, chunk, now):
+            lookups.add_action(row["provider"], action_document(row))
+        for e in remedy_repo.live_exemptions_on(session, chunk, now):
+            lookups.exemptions[(e.provider, e.subject_kind, e.subject_value)] = {
+                "subject": {"kind": e.subject_kind, "value": e.subject_value},
+                "owner": e.owner,
+                "reason": e.reason,
+                "expires_at": e.expires_at.isoformat() if e.expires_at else None,
+            }
+        _fill_prior(session, lookups, chunk, since, verdicts)
+        for lift in remedy_repo.lifts_on(session, chunk, window):
+            cooldown = settings.of(lift.provider).cooldown
+            lookups.add_remedy(lift.provider, _lift_document(lift, cooldown))
+        for appeal in remedy_repo.pending_appeals_on(session, chunk, window):
             key = (appeal.provider, appeal.subject_kind, appeal.subject_value)
-            if key in wanted:
-                lookups.remedies[key].append(_appeal_document(appeal))
+            lookups.remedies[key].append(_appeal_document(appeal))
     if keys:
-        _fill_range_remedies(connection, lookups, {p for p, _, _ in keys}, window, settings)
+        _fill_range_remedies(session, lookups, {p for p, _, _ in keys}, window, settings)
 
 
 def _fill_prior(
-    connection: Connection,
+    session: Session,
     lookups: Lookups,
     keys: Sequence[tuple[str, str, str]],
     since: datetime,
+    verdicts: VerdictHistory,
 ) -> None:
     """Earlier verdicts about these accounts and keys, observed since `since`."""
     wanted = {(p, k, v) for p, k, v in keys if k in ("account", "api_key")}
-    if not wanted:
-        return
-    prior = connection.execute(
-        _PRIOR,
-        {
-            "providers": sorted({p for p, _, _ in wanted}),
-            "accounts": sorted({v for _, k, v in wanted if k == "account"}),
-            "keys": sorted({v for _, k, v in wanted if k == "api_key"}),
-            "since": since,
-        },
+    prior = verdicts(
+        session,
+        sorted({p for p, _, _ in wanted}),
+        sorted({v for _, k, v in wanted if k == "account"}),
+        sorted({v for _, k, v in wanted if k == "api_key"}),
+        since,
     )
     for provider, verdict_id, account, key, observed, received, score, conf, det in prior:
         found = PriorVerdict(verdict_id, account, key, observed, received, score, conf, det)
@@ -262,7 +155,7 @@ def _appeal_document(appeal: Any) -> dict[str, Any]:
 
 
 def _fill_range_remedies(
-    connection: Connection,
+    session: Session,
     lookups: Lookups,
     providers: set[str],
     since: datetime,
@@ -271,8 +164,7 @@ def _fill_range_remedies(
     """Recent lifts of CIDR blocks of these providers: a verdict's IP inside one sees it.
     People lift few ranges, so this is a handful of rows by the (provider, kind) index."""
     known = {r["id"] for rs in lookups.remedies.values() for r in rs}
-    params = {"providers": sorted(providers), "since": since}
-    for lift in connection.execute(_RANGE_LIFTS, params):
+    for lift in remedy_repo.range_lifts(session, sorted(providers), since):
         if lift.id not in known:
             document = _lift_document(lift, settings.of(lift.provider).cooldown)
             lookups.range_remedies[lift.provider].add(
@@ -292,18 +184,9 @@ def fill_actions(
 ) -> None:
     """Only the active actions of these (provider, kind, value) keys: the other keys and
     accounts an account or org was seen with (how many of them are already acted on)."""
-    connection = session.connection()
     for chunk in _chunks(sorted(subject_keys)):
-        wanted = set(chunk)
-        params = {
-            "providers": sorted({p for p, _, _ in chunk}),
-            "kinds": sorted({k for _, k, _ in chunk}),
-            "values": sorted({v for _, _, v in chunk}),
-            "now": now,
-        }
-        for row in connection.execute(_ACTIONS, params).mappings():
-            if (row["provider"], row["target_kind"], row["target_value"]) in wanted:
-                lookups.add_action(row["provider"], action_document(row))
+        for row in actions_repo.active_on_keys(session, chunk, now):
+            lookups.add_action(row["provider"], action_document(row))
 
 
 class CidrTargets:
@@ -338,7 +221,7 @@ class CidrTargets:
             # The head first: a change logged while the actions are read is seen again.
             self._seq = changes_repo.change_head_blocking(session)
             self._networks, self._removed = {}, 0
-            for provider, value in session.connection().execute(_FOLLOWED, {"now": now}):
+            for provider, value in actions_repo.active_cidr_targets(session, now):
                 self._networks.setdefault(provider, NetworkSet()).add(value)
         while True:
             changes = changes_repo.changes_after_blocking(session, self._seq, 5000, "cidr")
@@ -379,11 +262,11 @@ class IntelCache:
         if full:
             self._index, self._loaded_at, self._recent = IntelIndex([], self._keyring), now, {}
             self._watermark = now
-            query, since = _LIVE_INDICATORS, now
+            rows = intel_repo.live_indicators(session, now)
         else:
             assert self._watermark is not None
-            query, since = _CHANGED_INDICATORS, self._watermark - self.LOOKBACK
-        rows = list(session.connection().execute(query, {"since": since}))
+            since = self._watermark - self.LOOKBACK
+            rows = intel_repo.indicators_changed_since(session, since)
         fresh = [r for r in rows if (r.id, _changed(r)) not in self._recent]
         self._index.drop(r.id for r in fresh)  # an earlier version of a changed row
         self._index.extend(
@@ -416,19 +299,6 @@ class IntelCache:
         return self._index
 
 
-_indicator: Table = IndicatorRow.__table__  # type: ignore[attr-defined]
-_LIVE_INDICATORS = select(_indicator).where(
-    ~_indicator.c.revoked,
-    or_(_indicator.c.expires_at.is_(None), _indicator.c.expires_at > bindparam("since")),
-)
-_CHANGED_INDICATORS = select(_indicator).where(
-    or_(
-        _indicator.c.modified >= bindparam("since"),
-        _indicator.c.modified.is_(None) & (_indicator.c.created_at >= bindparam("since")),
-    )
-)
-
-
 def _changed(row: Any) -> datetime:
     moment: datetime = row.modified or row.created_at
     return moment
@@ -441,6 +311,24 @@ def insert_decisions(session: Session, rows: Sequence[dict[str, Any]]) -> None:
 
 async def get_decision(session: AsyncSession, decision_id: str) -> DecisionRow | None:
     return await session.get(DecisionRow, decision_id)
+
+
+async def decisions_by_id(session: AsyncSession, ids: Sequence[str]) -> dict[str, DecisionRow]:
+    found: dict[str, DecisionRow] = {}
+    for chunk in _chunks(sorted(set(ids)), 500):
+        rows = await session.execute(select(DecisionRow).where(col(DecisionRow.id).in_(chunk)))
+        found.update({row.id: row for row in rows.scalars()})
+    return found
+
+
+def ids_of_verdicts(verdict_ids: Select[Any]) -> Select[Any]:
+    """A subquery of the ids of the decisions of the verdicts `verdict_ids` selects."""
+    return select(col(DecisionRow.id)).where(col(DecisionRow.verdict_id).in_(verdict_ids))
+
+
+def ids_of_revision(revision: str) -> Select[Any]:
+    """A subquery of the ids of the decisions a policy revision made."""
+    return select(col(DecisionRow.id)).where(col(DecisionRow.policy_revision) == revision)
 
 
 def _chunks(items: Sequence[Any], size: int = 300) -> Iterable[Sequence[Any]]:

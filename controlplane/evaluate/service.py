@@ -101,8 +101,12 @@ class Decider:
         engines: EngineSlot,
         providers: Providers | None = None,
         keyring: Keyring | None = None,
+        *,
+        verdicts: repository.VerdictHistory,
     ) -> None:
         self._db = db
+        self._verdicts = verdicts
+        """Earlier verdicts (ingest's repository: a stage never imports an earlier one)."""
         self._providers = providers or Providers()
         """Each provider's `min_prefix` (checked on policy output) and `fallback`."""
         self._engines = engines
@@ -170,7 +174,9 @@ class Decider:
         ips = {(p.verdict.provider, ip) for p in pending for ip in p.verdict.subject.ips}
         keys |= self._cidrs.holding(session, ips, now)
         since = min(p.verdict.observed_at for p in pending) - HISTORY_WINDOW
-        repository.fill_lookups(session, lookups, keys, since, now, self._providers)
+        repository.fill_lookups(
+            session, lookups, keys, since, now, self._providers, verdicts=self._verdicts
+        )
         # The batch's own verdicts are history for the later ones (they are stored with
         # their decisions, after this): each counts those received before it.
         for p in pending:

@@ -15,17 +15,16 @@ from litestar.status_codes import HTTP_202_ACCEPTED
 from pydantic import ValidationError
 
 from controlplane.api.body import validate
+from controlplane.api.dependencies import provide
 from controlplane.api.schemas import ErrorBody
 from controlplane.auth.guards import principal_of, requires
 from controlplane.auth.roles import READERS, Role
 from controlplane.domain.verdict import Verdict, VerdictBatch
-from controlplane.errors import InvalidInput, NotFound
-from controlplane.evaluate import repository as decisions_repo
-from controlplane.ingest import repository
+from controlplane.errors import InvalidInput
+from controlplane.ingest.read_service import VerdictReader
 from controlplane.ingest.schemas import IngestResult, VerdictOut
-from controlplane.plan import repository as actions_repo
+from controlplane.ingest.service import IngestService
 from controlplane.plan.schemas import ActionOut
-from controlplane.runtime import Runtime
 
 
 @dataclass
@@ -170,7 +169,7 @@ class VerdictController(Controller):
         },
     )
     async def submit(
-        self, request: Request[Any, Any, Any], runtime: NamedDependency[Runtime]
+        self, request: Request[Any, Any, Any], ingest: NamedDependency[IngestService]
     ) -> IngestResult:
         """Store one verdict or a batch durably, decide each against the active policy
         revision, and answer with the decision and the planned actions per verdict.
@@ -179,25 +178,14 @@ class VerdictController(Controller):
         second decision; the same `id` with different content is a 409. A batch
         with one invalid verdict is refused whole (422, each bad field named)."""
         verdicts = parse_submission(await request.json())
-        return await runtime.ingest.submit(verdicts, actor=principal_of(request).name)
+        return await ingest.submit(verdicts, actor=principal_of(request).name)
 
     @get("/{verdict_id:str}", operation_id="getVerdict", summary="Get a verdict")
     async def get_verdict(
-        self, verdict_id: FromPath[str], runtime: NamedDependency[Runtime]
+        self, verdict_id: FromPath[str], verdicts: NamedDependency[VerdictReader]
     ) -> VerdictOut:
         """A stored verdict with its decision and actions."""
-        async with runtime.db.read() as session:
-            row = await repository.get_verdict(session, verdict_id)
-            if row is None:
-                raise NotFound(f"no verdict {verdict_id!r}")
-            decision = (await decisions_repo.decisions_of_verdicts(session, [verdict_id])).get(
-                verdict_id
-            )
-            actions = (
-                (await actions_repo.actions_of_decisions(session, [decision.id]))[decision.id]
-                if decision
-                else []
-            )
+        row, decision, actions = await verdicts.get(verdict_id)
         return VerdictOut(
             id=row.id,
             status=row.status,
@@ -209,3 +197,10 @@ class VerdictController(Controller):
             policy_revision=decision.policy_revision if decision else None,
             actions=[ActionOut.from_row(a.model_dump()) for a in actions],
         )
+
+
+DEPENDENCIES = {
+    "ingest": provide(lambda runtime: runtime.ingest),
+    "verdicts": provide(lambda runtime: VerdictReader(runtime.db)),
+}
+ROUTES = [VerdictController]

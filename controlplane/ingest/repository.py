@@ -1,4 +1,6 @@
-"""Verdict SQL. What the decide thread runs is sync (a `Session`)."""
+"""Verdict SQL: the one module that queries the `verdict` table; the other areas ask it
+(evaluate through the `VerdictHistory` it is handed: a stage never imports an earlier
+one). What the decide thread runs is sync (a `Session`)."""
 
 from __future__ import annotations
 
@@ -7,7 +9,18 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy import (
+    ColumnElement,
+    ScalarSelect,
+    Select,
+    Table,
+    bindparam,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 from sqlmodel import col
@@ -80,3 +93,151 @@ def undecided_among(session: Session, ids: Sequence[str]) -> set[str]:
         )
         found.update(rows.scalars())
     return found
+
+
+def _chunks(ids: Sequence[str], size: int = 500) -> list[list[str]]:
+    unique = list(dict.fromkeys(ids))
+    return [unique[i : i + size] for i in range(0, len(unique), size)]
+
+
+_PRIOR = select(
+    _verdict.c.provider,
+    _verdict.c.id,
+    _verdict.c.account_id,
+    _verdict.c.api_key_id,
+    _verdict.c.observed_at,
+    _verdict.c.received_at,
+    _verdict.c.score,
+    _verdict.c.confidence,
+    _verdict.c.detector_name,
+).where(
+    _verdict.c.provider.in_(bindparam("providers", expanding=True)),
+    or_(
+        _verdict.c.account_id.in_(bindparam("accounts", expanding=True)),
+        _verdict.c.api_key_id.in_(bindparam("keys", expanding=True)),
+    ),
+    _verdict.c.observed_at >= bindparam("since"),
+)
+
+
+def prior_verdicts(
+    session: Session,
+    providers: Sequence[str],
+    accounts: Sequence[str],
+    keys: Sequence[str],
+    since: datetime,
+) -> list[tuple[Any, ...]]:
+    """(decide thread) (provider, id, account, key, observed, received, score,
+    confidence, detector) of these providers' verdicts about these accounts or keys,
+    observed since `since` (by index; the caller keeps the combinations it asked)."""
+    if not accounts and not keys:
+        return []
+    params = {
+        "providers": sorted(providers),
+        "accounts": sorted(accounts),
+        "keys": sorted(keys),
+        "since": since,
+    }
+    return [tuple(row) for row in session.connection().execute(_PRIOR, params)]
+
+
+def ids_naming(provider: str, kind: str, value: str) -> Select[Any] | None:
+    """A subquery of the ids of a provider's verdicts naming this account, key or org
+    (None for another kind of subject)."""
+    column = {
+        "account": VerdictRow.account_id,
+        "api_key": VerdictRow.api_key_id,
+        "org": VerdictRow.org_id,
+    }.get(kind)
+    if column is None:
+        return None
+    return select(col(VerdictRow.id)).where(
+        col(VerdictRow.provider) == provider, col(column) == value
+    )
+
+
+def detector_of(verdict_id: ColumnElement[Any]) -> ScalarSelect[Any]:
+    """The detector of the verdict `verdict_id` (a column of another query) names."""
+    return (
+        select(col(VerdictRow.detector_name))
+        .where(col(VerdictRow.id) == verdict_id)
+        .scalar_subquery()
+    )
+
+
+async def verdicts_by_id(session: AsyncSession, ids: Sequence[str]) -> dict[str, VerdictRow]:
+    found: dict[str, VerdictRow] = {}
+    for chunk in _chunks(ids):
+        rows = await session.execute(select(VerdictRow).where(col(VerdictRow.id).in_(chunk)))
+        found.update({row.id: row for row in rows.scalars()})
+    return found
+
+
+async def newest_verdicts(
+    session: AsyncSession, ids: Select[Any], provider: str | None, limit: int
+) -> list[VerdictRow]:
+    """The newest `limit` of the verdicts `ids` (a subquery) selects, of one provider
+    or all."""
+    query = select(VerdictRow).where(col(VerdictRow.id).in_(ids))
+    if provider is not None:
+        query = query.where(col(VerdictRow.provider) == provider)
+    query = query.order_by(col(VerdictRow.received_at).desc()).limit(limit)
+    return list((await session.execute(query)).scalars())
+
+
+async def scores_of(session: AsyncSession, verdict_ids: Sequence[str]) -> dict[str, float]:
+    """The score of each verdict (the evidence a lifted action stood on)."""
+    found: dict[str, float] = {}
+    for chunk in _chunks(verdict_ids):
+        rows = await session.execute(
+            select(col(VerdictRow.id), col(VerdictRow.score)).where(col(VerdictRow.id).in_(chunk))
+        )
+        found.update({v: float(s) for v, s in rows})
+    return found
+
+
+async def detectors_of(session: AsyncSession, verdict_ids: Sequence[str]) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for chunk in _chunks(verdict_ids):
+        rows = await session.execute(
+            select(col(VerdictRow.id), col(VerdictRow.detector_name)).where(
+                col(VerdictRow.id).in_(chunk)
+            )
+        )
+        found.update({v: d for v, d in rows})
+    return found
+
+
+async def subjects_of(
+    session: AsyncSession, verdict_ids: Sequence[str]
+) -> dict[str, list[tuple[str, str]]]:
+    """(kind, value) of each verdict's subject: account, key, org and IPs."""
+    found: dict[str, list[tuple[str, str]]] = {}
+    for chunk in _chunks(verdict_ids):
+        query = select(
+            col(VerdictRow.id),
+            col(VerdictRow.account_id),
+            col(VerdictRow.api_key_id),
+            col(VerdictRow.org_id),
+            col(VerdictRow.body)["subject"]["ips"],
+        ).where(col(VerdictRow.id).in_(chunk))
+        for verdict_id, account, key, org, ips in (await session.execute(query)).all():
+            subjects = [
+                (kind, value)
+                for kind, value in (("account", account), ("api_key", key), ("org", org))
+                if value
+            ]
+            subjects.extend(("ip", ip) for ip in ips or ())
+            found[verdict_id] = subjects
+    return found
+
+
+async def api_key_ids(session: AsyncSession) -> list[str]:
+    """Every API key id verdicts have named."""
+    query = select(col(VerdictRow.api_key_id)).where(col(VerdictRow.api_key_id).is_not(None))
+    return [str(v) for v in (await session.execute(query.distinct())).scalars()]
+
+
+async def undecided_count(session: AsyncSession) -> int:
+    query = select(func.count()).where(col(VerdictRow.status) == VerdictStatus.RECEIVED.value)
+    return int((await session.execute(query)).scalar_one())

@@ -10,9 +10,11 @@ from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, JSONBody, QueryParameter
 
+from controlplane.api.dependencies import provide
 from controlplane.api.schemas import ErrorBody
 from controlplane.auth.guards import principal_of, requires
 from controlplane.auth.roles import READERS, Role
+from controlplane.intel.pull import Puller
 from controlplane.intel.schemas import (
     IndicatorBatch,
     IndicatorOut,
@@ -22,7 +24,7 @@ from controlplane.intel.schemas import (
     RetractIn,
     Retraction,
 )
-from controlplane.runtime import Runtime
+from controlplane.intel.service import IntelService
 
 _AUTH = {
     401: ResponseSpec(ErrorBody, description="No bearer token, or an unknown one."),
@@ -51,11 +53,11 @@ class IndicatorController(Controller):
         self,
         request: Request[Any, Any, Any],
         data: JSONBody[IndicatorBatch],
-        runtime: NamedDependency[Runtime],
+        intel: NamedDependency[IntelService],
     ) -> list[IndicatorOut]:
         """Add indicators (identifiers are hashed before they are stored) and publish
         what the share policy allows; verdicts decided from now on see their matches."""
-        rows, _ = await runtime.intel.add(
+        rows, _ = await intel.add(
             principal_of(request).name, [i.model_dump() for i in data.indicators]
         )
         return [IndicatorOut(**r) for r in rows]
@@ -68,13 +70,13 @@ class IndicatorController(Controller):
     )
     async def list_all(
         self,
-        runtime: NamedDependency[Runtime],
+        intel: NamedDependency[IntelService],
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
         kind: Kind | None = None,
         source: Annotated[str | None, QueryParameter(max_length=100)] = None,
     ) -> list[IndicatorOut]:
         """The newest indicators, local and pulled."""
-        rows = await runtime.intel.list(limit, kind, source)
+        rows = await intel.list(limit, kind, source)
         return [IndicatorOut(**r.model_dump()) for r in rows]
 
     @post(
@@ -95,19 +97,19 @@ class IndicatorController(Controller):
         request: Request[Any, Any, Any],
         indicator_id: FromPath[str],
         data: JSONBody[RetractIn],
-        runtime: NamedDependency[Runtime],
+        intel: NamedDependency[IntelService],
     ) -> Retraction:
         """Revoke it, tell peers (signed revoked version and opinion) and lift the
         actions whose only basis it was."""
-        result = await runtime.intel.mark_false_positive(
+        result = await intel.mark_false_positive(
             indicator_id, principal_of(request).name, data.reason
         )
         return Retraction(**result)
 
     @get("/peers", operation_id="listPeers", summary="Peers", responses=_AUTH)
-    async def peers(self, runtime: NamedDependency[Runtime]) -> list[PeerOut]:
+    async def peers(self, intel: NamedDependency[IntelService]) -> list[PeerOut]:
         """Configured peers, the health of their last pull and what each contributed."""
-        return [PeerOut(**p) for p in await runtime.intel.peers()]
+        return [PeerOut(**p) for p in await intel.peers()]
 
     @post(
         "/peers/{name:str}/pull",
@@ -117,9 +119,14 @@ class IndicatorController(Controller):
         status_code=200,
         responses={**_AUTH, 404: ResponseSpec(ErrorBody, description="No such peer.")},
     )
-    async def pull(self, name: FromPath[str], runtime: NamedDependency[Runtime]) -> PullOut:
+    async def pull(
+        self,
+        name: FromPath[str],
+        intel: NamedDependency[IntelService],
+        puller: NamedDependency[Puller],
+    ) -> PullOut:
         """Pull one peer's collection now (the scheduled pull does this for all)."""
-        report = await runtime.puller.pull(runtime.intel.peer(name))
+        report = await puller.pull(intel.peer(name))
         return PullOut(
             peer=report.peer,
             pages=report.pages,
@@ -156,7 +163,7 @@ class BundleController(Controller):
     async def export(
         self,
         request: Request[Any, Any, Any],
-        runtime: NamedDependency[Runtime],
+        intel: NamedDependency[IntelService],
         package: Annotated[
             list[str] | None,
             QueryParameter(
@@ -170,9 +177,16 @@ class BundleController(Controller):
         ready for `tollgate intel bundle import` at a peer or for an OPA server."""
         principal = principal_of(request)
         peer = principal.name if principal.role is Role.PEER else None
-        archive = await asyncio.to_thread(runtime.intel.signed_bundle, package or [], peer)
+        archive = await asyncio.to_thread(intel.signed_bundle, package or [], peer)
         return Response(
             archive,
             media_type="application/gzip",
             headers={"Content-Disposition": 'attachment; filename="bundle.tar.gz"'},
         )
+
+
+DEPENDENCIES = {
+    "intel": provide(lambda runtime: runtime.intel),
+    "puller": provide(lambda runtime: runtime.puller),
+}
+ROUTES = [IndicatorController, BundleController]

@@ -6,8 +6,9 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import Table, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from controlplane.store.models import IndicatorRow, IntelObjectRow, IntelPeerRow, IntelStatusRow
@@ -85,6 +86,31 @@ async def active_indicators_for(
         )
     )
     return list(rows.scalars())
+
+
+_indicator: Table = IndicatorRow.__table__  # type: ignore[attr-defined]
+_LIVE = select(_indicator).where(
+    ~_indicator.c.revoked,
+    or_(_indicator.c.expires_at.is_(None), _indicator.c.expires_at > bindparam("now")),
+)
+_CHANGED = select(_indicator).where(
+    or_(
+        _indicator.c.modified >= bindparam("since"),
+        _indicator.c.modified.is_(None) & (_indicator.c.created_at >= bindparam("since")),
+    )
+)
+
+
+def live_indicators(session: Session, now: datetime) -> list[Any]:
+    """(decide thread) Every indicator neither revoked nor expired (the intel index's
+    full load), as rows with the table's columns."""
+    return list(session.connection().execute(_LIVE, {"now": now}))
+
+
+def indicators_changed_since(session: Session, since: datetime) -> list[Any]:
+    """(decide thread) Indicators added or changed since `since` (by the indexed
+    `modified`; a row never modified counts from its creation), revoked ones included."""
+    return list(session.connection().execute(_CHANGED, {"since": since}))
 
 
 async def count_by_origin(session: AsyncSession, now: datetime) -> dict[str, tuple[int, int]]:

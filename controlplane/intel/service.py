@@ -35,6 +35,7 @@ from controlplane.intel.stix.objects import (
     indicator_object,
     opinion_object,
 )
+from controlplane.plan import repository as actions_repo
 from controlplane.policy.bundles import export_bundle
 from controlplane.store.db import Database
 from controlplane.store.models import IndicatorRow, new_id
@@ -246,7 +247,7 @@ class IntelService:
             for change in changes:
                 if change.cause != "planned" or change.type not in HARD_ACTIONS:
                     continue
-                action = await enforce_repo.actions_by_id(session, [change.action_id or ""])
+                action = await actions_repo.actions_by_id(session, [change.action_id or ""])
                 if not action:
                     continue
                 item = self._from_action(action[0], now)
@@ -369,7 +370,7 @@ class IntelService:
         async with self._db.read() as session:
             candidates = []
             for row in rows:
-                for action in await enforce_repo.intel_actions(
+                for action in await actions_repo.intel_actions(
                     session, _action_kinds(row.kind), now
                 ):
                     if self._names(row, action.target_kind, action.target_value, now):

@@ -8,13 +8,12 @@ from litestar import Controller, get
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, QueryParameter
 
+from controlplane.api.dependencies import provide
 from controlplane.auth.guards import requires
 from controlplane.auth.roles import READERS
 from controlplane.domain.vocabulary import ActionState, ActionType, SubjectKind
-from controlplane.errors import NotFound
-from controlplane.plan import repository
+from controlplane.plan.read_service import ActionFilter, ActionReader
 from controlplane.plan.schemas import ActionOut, ActionPage
-from controlplane.runtime import Runtime
 
 
 class ActionController(Controller):
@@ -25,7 +24,7 @@ class ActionController(Controller):
     @get("/", operation_id="listActions", summary="List actions")
     async def list_actions(
         self,
-        runtime: NamedDependency[Runtime],
+        actions: NamedDependency[ActionReader],
         action_state: Annotated[ActionState | None, QueryParameter(name="state")] = None,
         action_type: Annotated[ActionType | None, QueryParameter(name="type")] = None,
         target_kind: FromQuery[SubjectKind | None] = None,
@@ -43,7 +42,7 @@ class ActionController(Controller):
         """Actions newest first, filtered by state, type, target, provider and shadow mode.
 
         `shadow=true` lists what shadow-mode rules would have done: recorded, never enforced."""
-        where = repository.ActionFilter(
+        where = ActionFilter(
             state=action_state.value if action_state else None,
             type=action_type.value if action_type else None,
             target_kind=target_kind.value if target_kind else None,
@@ -51,18 +50,17 @@ class ActionController(Controller):
             provider=provider,
             shadow=shadow,
         )
-        async with runtime.db.read() as session:
-            rows = await repository.list_actions(session, where, cursor, limit + 1)
+        rows = await actions.page(where, cursor, limit + 1)
         items = [ActionOut.from_row(r.model_dump()) for r in rows[:limit]]
         return ActionPage(items=items, next_cursor=items[-1].id if len(rows) > limit else None)
 
     @get("/{action_id:str}", operation_id="getAction", summary="Get an action")
     async def get_action(
-        self, action_id: FromPath[str], runtime: NamedDependency[Runtime]
+        self, action_id: FromPath[str], actions: NamedDependency[ActionReader]
     ) -> ActionOut:
         """One action: its target, parameters, rule, reason, state and trace id."""
-        async with runtime.db.read() as session:
-            row = await repository.get_action(session, action_id)
-        if row is None:
-            raise NotFound(f"no action {action_id!r}")
-        return ActionOut.from_row(row.model_dump())
+        return ActionOut.from_row((await actions.get(action_id)).model_dump())
+
+
+DEPENDENCIES = {"actions": provide(lambda runtime: ActionReader(runtime.db))}
+ROUTES = [ActionController]

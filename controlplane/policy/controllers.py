@@ -11,6 +11,7 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody
 from litestar.status_codes import HTTP_200_OK
 
+from controlplane.api.dependencies import provide
 from controlplane.auth.guards import requires
 from controlplane.auth.roles import READERS, Role
 from controlplane.domain.action import parse_duration
@@ -18,11 +19,11 @@ from controlplane.engine.bundle import PolicyBundle, content_revision, short_rev
 from controlplane.engine.embedded import EmbeddedEngine
 from controlplane.engine.sandbox import refuse_denied
 from controlplane.errors import InvalidInput, NotFound, PolicyError
-from controlplane.policy import repository
 from controlplane.policy.impact import markdown, replay
 from controlplane.policy.schemas import ActivationOut, ImpactRequest, PoliciesOut, RevisionOut
-from controlplane.policy.service import bundle_of
-from controlplane.runtime import Runtime
+from controlplane.policy.service import PolicyService, bundle_of
+from controlplane.settings import Settings
+from controlplane.store.db import Database
 
 
 class PolicyController(Controller):
@@ -31,12 +32,10 @@ class PolicyController(Controller):
     guards = [requires(*READERS)]
 
     @get("/", operation_id="listPolicyRevisions", summary="List policy revisions")
-    async def list_revisions(self, runtime: NamedDependency[Runtime]) -> PoliciesOut:
+    async def list_revisions(self, policies: NamedDependency[PolicyService]) -> PoliciesOut:
         """The active revision, every revision seen (passed or rejected, with why),
         and every activation and rollback with who, when and why."""
-        async with runtime.db.read() as session:
-            revisions = await repository.revisions(session)
-            activations = await repository.activations(session)
+        revisions, activations = await policies.history()
         active = activations[0].revision if activations else None
         return PoliciesOut(
             active=active,
@@ -70,7 +69,11 @@ class PolicyController(Controller):
         guards=[requires(Role.ENGINEER)],
     )
     async def impact(
-        self, data: JSONBody[ImpactRequest], runtime: NamedDependency[Runtime]
+        self,
+        data: JSONBody[ImpactRequest],
+        db: NamedDependency[Database],
+        settings: NamedDependency[Settings],
+        policies: NamedDependency[PolicyService],
     ) -> dict[str, Any]:
         """Replay stored verdicts (each with the history and context it had) against a
         base and a head revision; report the decisions that change, by action type and
@@ -80,9 +83,7 @@ class PolicyController(Controller):
             window = parse_duration(data.since) if data.since else None
         except ValueError as exc:
             raise InvalidInput(f"since: {exc}") from None
-        base = await (
-            runtime.policies.recorded(data.base) if data.base else runtime.policies.active()
-        )
+        base = await (policies.recorded(data.base) if data.base else policies.active())
         if base is None:
             raise NotFound(f"no recorded revision {data.base!r}: see GET /v1/policies")
         if data.head_modules is not None:
@@ -94,7 +95,7 @@ class PolicyController(Controller):
                 data=uploaded,
             )
         else:
-            found = await runtime.policies.recorded(data.head or "")
+            found = await policies.recorded(data.head or "")
             if found is None:
                 raise NotFound(f"no recorded revision {data.head!r}: see GET /v1/policies")
             head = found
@@ -106,7 +107,7 @@ class PolicyController(Controller):
             except PolicyError as exc:
                 where = "head_modules: " if data.head_modules is not None and bundle is head else ""
                 raise InvalidInput(f"{where}{exc.message}", details=exc.details) from None
-        settings = runtime.settings
+        settings = settings
         engines: list[EmbeddedEngine] = []
         try:
             for bundle in (base, head):
@@ -123,8 +124,12 @@ class PolicyController(Controller):
                 raise InvalidInput(f"head_modules: {exc.message}") from None
             raise
         try:
-            report = await replay(runtime.db, engines[0], engines[1], window)
+            report = await replay(db, engines[0], engines[1], window)
         finally:
             for engine in engines:
                 engine.close()
         return {**report.to_dict(), "markdown": markdown(report)}
+
+
+DEPENDENCIES = {"policies": provide(lambda runtime: runtime.policies)}
+ROUTES = [PolicyController]

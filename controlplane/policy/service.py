@@ -27,7 +27,7 @@ from controlplane.policy.checks import check_bundle
 from controlplane.policy.source import PolicySource
 from controlplane.policy.testing import run_tests
 from controlplane.store.db import Database
-from controlplane.store.models import PolicyRevisionRow, new_id
+from controlplane.store.models import PolicyActivationRow, PolicyRevisionRow, new_id
 from controlplane.store.types import utcnow
 
 PASSED = "passed"
@@ -247,6 +247,11 @@ class PolicyService:
                     )
                 ],
             )
+
+    async def history(self) -> tuple[list[PolicyRevisionRow], list[PolicyActivationRow]]:
+        """Every revision seen and every activation, newest first."""
+        async with self._db.read() as session:
+            return await repository.revisions(session), await repository.activations(session)
 
     async def active(self) -> PolicyBundle | None:
         """The active revision's snapshot, or None before the first activation."""

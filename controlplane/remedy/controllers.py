@@ -13,13 +13,14 @@ from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
+from controlplane.api.dependencies import provide
 from controlplane.api.schemas import ErrorBody
 from controlplane.auth.guards import principal_of, requires
 from controlplane.auth.roles import READERS, Role
 from controlplane.domain.action import parse_duration
-from controlplane.errors import InvalidInput, NotFound
+from controlplane.errors import InvalidInput
 from controlplane.plan.schemas import ActionOut
-from controlplane.remedy import report, repository
+from controlplane.remedy import report
 from controlplane.remedy.schemas import (
     DURATION,
     AppealIn,
@@ -40,12 +41,15 @@ from controlplane.remedy.schemas import (
 )
 from controlplane.remedy.service import (
     AppealDraft,
+    AppealFilter,
     AppealView,
     ExemptionDraft,
     ExemptionOutcome,
+    Remedy,
     Subject,
 )
-from controlplane.runtime import Runtime
+from controlplane.settings import Providers
+from controlplane.store.db import Database
 from controlplane.store.models import ExemptionRow
 from controlplane.store.types import utcnow
 
@@ -160,13 +164,14 @@ class ExemptionController(Controller):
         self,
         request: Request[Any, Any, Any],
         data: JSONBody[ExemptionIn],
-        runtime: NamedDependency[Runtime],
+        remedy: NamedDependency[Remedy],
+        providers: NamedDependency[Providers],
     ) -> ExemptionOut:
         """Exempt a subject in one provider, with an owner and a reason. What is enforced
         on it now is lifted at once (`lifted`); an IP or CIDR inside a wider blocked range
         is carved out of it at each gateway that can (`carve_out`), the range staying
         blocked for everyone else (`covering`)."""
-        check_floor(data.subject, runtime.providers.of(data.provider).min_prefix)
+        check_floor(data.subject, providers.of(data.provider).min_prefix)
         draft = ExemptionDraft(
             provider=data.provider,
             subject=Subject(data.subject.kind.value, data.subject.value),
@@ -174,7 +179,7 @@ class ExemptionController(Controller):
             reason=data.reason,
             expires_at=data.expires_at,
         )
-        outcome = await runtime.remedy.add_exemption(draft, principal_of(request).name)
+        outcome = await remedy.add_exemption(draft, principal_of(request).name)
         return exemption_out(outcome.row, outcome)
 
     @get(
@@ -185,7 +190,7 @@ class ExemptionController(Controller):
     )
     async def list_all(
         self,
-        runtime: NamedDependency[Runtime],
+        remedy: NamedDependency[Remedy],
         provider: Annotated[str | None, QueryParameter(max_length=63)] = None,
         live: Annotated[
             bool, QueryParameter(description="true: only those holding now (not ended or expired).")
@@ -193,11 +198,7 @@ class ExemptionController(Controller):
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
     ) -> list[ExemptionOut]:
         """The newest exemptions, optionally of one provider, optionally only live ones."""
-        async with runtime.db.read() as session:
-            rows = await repository.list_exemptions(
-                session, provider, utcnow() if live else None, limit
-            )
-        return [exemption_out(r) for r in rows]
+        return [exemption_out(r) for r in await remedy.exemptions(provider, live, limit)]
 
     @get(
         "/{exemption_id:str}",
@@ -206,20 +207,11 @@ class ExemptionController(Controller):
         responses=_errors(401, 403, 404, e404="No such exemption, or it has ended."),
     )
     async def get_one(
-        self, exemption_id: FromPath[str], runtime: NamedDependency[Runtime]
+        self, exemption_id: FromPath[str], remedy: NamedDependency[Remedy]
     ) -> ExemptionOut:
         """One exemption that holds now. An ended one (removed or expired) is no longer
         here: its record stays in `GET /v1/exemptions` and in the audit trail."""
-        async with runtime.db.read() as session:
-            row = await repository.get_exemption(session, exemption_id)
-        if row is None:
-            raise NotFound(f"no exemption {exemption_id!r}")
-        if row.ended_at is not None:
-            raise NotFound(
-                f"exemption {exemption_id} ended at {row.ended_at.isoformat()}: its record "
-                "is listed by GET /v1/exemptions"
-            )
-        return exemption_out(row)
+        return exemption_out(await remedy.exemption(exemption_id))
 
     @delete(
         "/{exemption_id:str}",
@@ -233,7 +225,7 @@ class ExemptionController(Controller):
         self,
         request: Request[Any, Any, Any],
         exemption_id: FromPath[str],
-        runtime: NamedDependency[Runtime],
+        remedy: NamedDependency[Remedy],
         reason: Annotated[
             str, QueryParameter(min_length=3, max_length=2000, description="Why, for the record.")
         ],
@@ -242,9 +234,7 @@ class ExemptionController(Controller):
         IP or CIDR carve-out leaves the gateways. Nothing lifted is put back. The answer
         is the ended record, which stays listed by `GET /v1/exemptions` (and in the
         audit trail); `GET /v1/exemptions/{id}` answers 404 from now on."""
-        row = await runtime.remedy.remove_exemption(
-            exemption_id, principal_of(request).name, reason
-        )
+        row = await remedy.remove_exemption(exemption_id, principal_of(request).name, reason)
         return exemption_out(row)
 
 
@@ -265,12 +255,12 @@ class LiftController(Controller):
         request: Request[Any, Any, Any],
         action_id: FromPath[str],
         data: JSONBody[LiftIn],
-        runtime: NamedDependency[Runtime],
+        remedy: NamedDependency[Remedy],
     ) -> ActionOut:
         """Lift an active action by hand: it leaves the desired state, connectors remove
         it from the gateways at once, the actor and reason are recorded, and the same
         rule is held back on the same subject for the provider's cool-down."""
-        row = await runtime.remedy.lift(action_id, principal_of(request).name, data.reason)
+        row = await remedy.lift(action_id, principal_of(request).name, data.reason)
         return ActionOut.from_row(row.model_dump())
 
 
@@ -291,7 +281,7 @@ class AppealController(Controller):
         self,
         request: Request[Any, Any, Any],
         data: JSONBody[AppealIn],
-        runtime: NamedDependency[Runtime],
+        remedy: NamedDependency[Remedy],
     ) -> AppealOut:
         """File a customer's appeal (state `open`). It covers the actions named in
         `action_ids`, those the `reference` quoted from a refusal names, or, with
@@ -304,12 +294,12 @@ class AppealController(Controller):
             action_ids=data.action_ids,
             reference=data.reference,
         )
-        return appeal_out(await runtime.remedy.file_appeal(draft, principal_of(request).name))
+        return appeal_out(await remedy.file_appeal(draft, principal_of(request).name))
 
     @get("/", operation_id="listAppeals", summary="List appeals", responses=_errors(401, 403, 422))
     async def list_appeals(
         self,
-        runtime: NamedDependency[Runtime],
+        remedy: NamedDependency[Remedy],
         appeal_state: Annotated[AppealState | None, QueryParameter(name="state")] = None,
         provider: Annotated[str | None, QueryParameter(max_length=63)] = None,
         subject: Annotated[
@@ -344,14 +334,14 @@ class AppealController(Controller):
                 )
             kind, _, value = subject.partition(":")
         before = None if age is None else _older_than(age)
-        where = repository.AppealFilter(
+        where = AppealFilter(
             state=appeal_state,
             provider=provider,
             subject_kind=kind,
             subject_value=value,
             filed_before=before,
         )
-        views = await runtime.remedy.appeals(where, cursor, limit + 1)
+        views = await remedy.appeals(where, cursor, limit + 1)
         items = [appeal_out(v) for v in views[:limit]]
         return AppealPage(items=items, next_cursor=items[-1].id if len(views) > limit else None)
 
@@ -362,10 +352,10 @@ class AppealController(Controller):
         responses=_errors(401, 403, 404),
     )
     async def get_appeal(
-        self, appeal_id: FromPath[str], runtime: NamedDependency[Runtime]
+        self, appeal_id: FromPath[str], remedy: NamedDependency[Remedy]
     ) -> AppealOut:
         """One appeal with every action it covers and each one's state now."""
-        return appeal_out(await runtime.remedy.appeal(appeal_id))
+        return appeal_out(await remedy.appeal(appeal_id))
 
     @post(
         "/{appeal_id:str}/uphold",
@@ -388,16 +378,14 @@ class AppealController(Controller):
         request: Request[Any, Any, Any],
         appeal_id: FromPath[str],
         data: JSONBody[UpholdIn],
-        runtime: NamedDependency[Runtime],
+        remedy: NamedDependency[Remedy],
     ) -> AppealOut:
         """Uphold: lift every action the appeal covers (for an account or org, every
         action active on it) at every gateway, exempt the subject for `exempt_for`, and
         record the outcome for the customer; each step is an audit event in the
         appeal's trace."""
         period: timedelta | None = duration_text(data.exempt_for) if data.exempt_for else None
-        view = await runtime.remedy.uphold(
-            appeal_id, principal_of(request).name, data.reason, period
-        )
+        view = await remedy.uphold(appeal_id, principal_of(request).name, data.reason, period)
         return appeal_out(view)
 
     @post(
@@ -421,10 +409,10 @@ class AppealController(Controller):
         request: Request[Any, Any, Any],
         appeal_id: FromPath[str],
         data: JSONBody[DenyIn],
-        runtime: NamedDependency[Runtime],
+        remedy: NamedDependency[Remedy],
     ) -> AppealOut:
         """Deny: the appeal is closed with the reason; nothing changes at any gateway."""
-        view = await runtime.remedy.deny(appeal_id, principal_of(request).name, data.reason)
+        view = await remedy.deny(appeal_id, principal_of(request).name, data.reason)
         return appeal_out(view)
 
 
@@ -448,7 +436,7 @@ class ReportController(Controller):
     )
     async def remediation(
         self,
-        runtime: NamedDependency[Runtime],
+        db: NamedDependency[Database],
         # Strings, not datetimes: litestar would also take a number as seconds since
         # 1970, which the documented `date-time` format does not allow.
         since: Annotated[
@@ -474,7 +462,7 @@ class ReportController(Controller):
         and decision to lift; with the totals a complaint-handling report asks for
         (complaints received, decisions, median decision time, decisions reversed)."""
         start, end = report.window(_moment("since", since), _moment("until", until))
-        figures = await report.remediation(runtime.db, start, end)
+        figures = await report.remediation(db, start, end)
         if report_format == "csv":
             return Response(report.to_csv(figures), media_type="text/csv")
         if report_format == "markdown":
@@ -482,4 +470,8 @@ class ReportController(Controller):
         return Response(figures.model_dump(mode="json"), media_type="application/json")
 
 
+DEPENDENCIES = {
+    "remedy": provide(lambda runtime: runtime.remedy),
+    "providers": provide(lambda runtime: runtime.providers),
+}
 ROUTES = [ExemptionController, LiftController, AppealController, ReportController]

@@ -1,4 +1,5 @@
-"""Remedy SQL: exemptions, appeals and the actions they cover, lifts."""
+"""Remedy SQL: exemptions, appeals and the actions they cover, lifts, reviews
+(`reviews_repository.py`): the one module that queries these tables."""
 
 from __future__ import annotations
 
@@ -7,17 +8,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, insert, or_, select, update
+from sqlalchemy import Table, bindparam, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from controlplane.store.models import (
-    ActionRow,
     AppealActionRow,
     AppealRow,
     ExemptionRow,
     LiftRow,
-    VerdictRow,
 )
 
 _CHUNK = 500
@@ -194,18 +194,21 @@ async def covered_ids(session: AsyncSession, appeal_id: str) -> list[str]:
 
 async def covered(
     session: AsyncSession, appeal_ids: Sequence[str]
-) -> dict[str, list[tuple[ActionRow, datetime | None]]]:
-    """appeal id -> [(action, lifted_at)], oldest action first."""
-    found: dict[str, list[tuple[ActionRow, datetime | None]]] = {a: [] for a in appeal_ids}
+) -> dict[str, list[tuple[str, datetime | None]]]:
+    """appeal id -> [(action id, lifted_at)], by action id."""
+    found: dict[str, list[tuple[str, datetime | None]]] = {a: [] for a in appeal_ids}
     for i in range(0, len(appeal_ids), _CHUNK):
         rows = await session.execute(
-            select(col(AppealActionRow.appeal_id), ActionRow, col(AppealActionRow.lifted_at))
-            .join(ActionRow, col(ActionRow.id) == col(AppealActionRow.action_id))
+            select(
+                col(AppealActionRow.appeal_id),
+                col(AppealActionRow.action_id),
+                col(AppealActionRow.lifted_at),
+            )
             .where(col(AppealActionRow.appeal_id).in_(appeal_ids[i : i + _CHUNK]))
-            .order_by(col(ActionRow.id))
+            .order_by(col(AppealActionRow.action_id))
         )
-        for appeal_id, action, lifted_at in rows:
-            found[appeal_id].append((action, lifted_at))
+        for appeal_id, action_id, lifted_at in rows:
+            found[appeal_id].append((action_id, lifted_at))
     return found
 
 
@@ -225,38 +228,7 @@ async def insert_lifts(session: AsyncSession, rows: Sequence[dict[str, Any]]) ->
         await session.execute(insert(LiftRow), list(rows))
 
 
-async def verdict_scores(session: AsyncSession, verdict_ids: Sequence[str]) -> dict[str, float]:
-    """The score of each verdict (the evidence a lifted action stood on)."""
-    found: dict[str, float] = {}
-    ids = list(dict.fromkeys(verdict_ids))
-    for i in range(0, len(ids), _CHUNK):
-        rows = await session.execute(
-            select(col(VerdictRow.id), col(VerdictRow.score)).where(
-                col(VerdictRow.id).in_(ids[i : i + _CHUNK])
-            )
-        )
-        found.update({v: float(s) for v, s in rows})
-    return found
-
-
 # -- the remediation report ----------------------------------------------------------------
-
-
-async def actions_taken(
-    session: AsyncSession, since: datetime, until: datetime
-) -> list[tuple[str, str, int]]:
-    """(rule, detector, actions) of the non-shadow actions planned in [since, until)."""
-    rows = await session.execute(
-        select(col(ActionRow.rule), col(VerdictRow.detector_name), func.count())
-        .join(VerdictRow, col(VerdictRow.id) == col(ActionRow.verdict_id))
-        .where(
-            col(ActionRow.created_at) >= since,
-            col(ActionRow.created_at) < until,
-            ~col(ActionRow.shadow),
-        )
-        .group_by(col(ActionRow.rule), col(VerdictRow.detector_name))
-    )
-    return [(rule, detector, int(n)) for rule, detector, n in rows]
 
 
 @dataclass(frozen=True)
@@ -274,23 +246,135 @@ class AppealFact:
 
 async def appeal_facts(session: AsyncSession, since: datetime, until: datetime) -> list[AppealFact]:
     """Every appeal filed in [since, until), once per action it covers (once with no
-    action when it covers none)."""
+    action when it covers none); the action's rule, detector and time are the caller's
+    to fill in (`with_actions`)."""
     rows = await session.execute(
         select(
             col(AppealRow.id),
             col(AppealRow.state),
             col(AppealRow.filed_at),
             col(AppealRow.decided_at),
-            col(ActionRow.id),
-            col(ActionRow.rule),
-            col(VerdictRow.detector_name),
-            col(ActionRow.created_at),
+            col(AppealActionRow.action_id),
             col(AppealActionRow.lifted_at),
         )
         .select_from(AppealRow)
         .outerjoin(AppealActionRow, col(AppealActionRow.appeal_id) == col(AppealRow.id))
-        .outerjoin(ActionRow, col(ActionRow.id) == col(AppealActionRow.action_id))
-        .outerjoin(VerdictRow, col(VerdictRow.id) == col(ActionRow.verdict_id))
         .where(col(AppealRow.filed_at) >= since, col(AppealRow.filed_at) < until)
     )
-    return [AppealFact(*row) for row in rows]
+    return [
+        AppealFact(appeal, state, filed, decided, action, None, None, None, lifted)
+        for appeal, state, filed, decided, action, lifted in rows
+    ]
+
+
+# -- a verdict's history (evaluate builds `history.appeals` and `context.exempt` from these)
+
+
+_exemption: Table = ExemptionRow.__table__  # type: ignore[attr-defined]
+_lift: Table = LiftRow.__table__  # type: ignore[attr-defined]
+_appeal: Table = AppealRow.__table__  # type: ignore[attr-defined]
+_EXEMPTIONS_ON = select(
+    _exemption.c.provider,
+    _exemption.c.subject_kind,
+    _exemption.c.subject_value,
+    _exemption.c.owner,
+    _exemption.c.reason,
+    _exemption.c.expires_at,
+).where(
+    _exemption.c.provider.in_(bindparam("providers", expanding=True)),
+    _exemption.c.subject_kind.in_(bindparam("kinds", expanding=True)),
+    _exemption.c.subject_value.in_(bindparam("values", expanding=True)),
+    or_(_exemption.c.expires_at.is_(None), _exemption.c.expires_at > bindparam("now")),
+    _exemption.c.ended_at.is_(None),
+)
+_LIFT_COLUMNS = (
+    _lift.c.id,
+    _lift.c.provider,
+    _lift.c.appeal_id,
+    _lift.c.cause,
+    _lift.c.rule,
+    _lift.c.type,
+    _lift.c.target_kind,
+    _lift.c.target_value,
+    _lift.c.score,
+    _lift.c.at,
+)
+_LIFTS_ON = select(*_LIFT_COLUMNS).where(
+    _lift.c.provider.in_(bindparam("providers", expanding=True)),
+    _lift.c.target_kind.in_(bindparam("kinds", expanding=True)),
+    _lift.c.target_value.in_(bindparam("values", expanding=True)),
+    _lift.c.at >= bindparam("since"),
+)
+_RANGE_LIFTS = select(*_LIFT_COLUMNS).where(
+    _lift.c.provider.in_(bindparam("providers", expanding=True)),
+    _lift.c.target_kind == "cidr",
+    _lift.c.at >= bindparam("since"),
+)
+_APPEALS_ON = select(
+    _appeal.c.provider,
+    _appeal.c.id,
+    _appeal.c.state,
+    _appeal.c.subject_kind,
+    _appeal.c.subject_value,
+    _appeal.c.filed_at,
+).where(
+    _appeal.c.provider.in_(bindparam("providers", expanding=True)),
+    _appeal.c.subject_kind.in_(bindparam("kinds", expanding=True)),
+    _appeal.c.subject_value.in_(bindparam("values", expanding=True)),
+    _appeal.c.state.in_(["open", "denied"]),
+    _appeal.c.filed_at >= bindparam("since"),
+)
+
+
+def _keyed(keys: Sequence[tuple[str, str, str]]) -> dict[str, Any]:
+    """The IN lists of a set of (provider, kind, value) keys, asked as a cross product
+    by the (provider, kind, value) index; the caller keeps only the rows it asked for."""
+    return {
+        "providers": sorted({p for p, _, _ in keys}),
+        "kinds": sorted({k for _, k, _ in keys}),
+        "values": sorted({v for _, _, v in keys}),
+    }
+
+
+def _asked(rows: Any, keys: Sequence[tuple[str, str, str]], kind: str, value: str) -> list[Any]:
+    wanted = set(keys)
+    return [r for r in rows if (r.provider, getattr(r, kind), getattr(r, value)) in wanted]
+
+
+def live_exemptions_on(
+    session: Session, keys: Sequence[tuple[str, str, str]], now: datetime
+) -> list[Any]:
+    """(decide thread) Live exemptions of these (provider, kind, value) subjects."""
+    rows = session.connection().execute(_EXEMPTIONS_ON, {**_keyed(keys), "now": now})
+    return _asked(rows, keys, "subject_kind", "subject_value")
+
+
+def lifts_on(session: Session, keys: Sequence[tuple[str, str, str]], since: datetime) -> list[Any]:
+    """(decide thread) Lifts of these (provider, kind, value) targets since `since`."""
+    rows = session.connection().execute(_LIFTS_ON, {**_keyed(keys), "since": since})
+    return _asked(rows, keys, "target_kind", "target_value")
+
+
+def range_lifts(session: Session, providers: Sequence[str], since: datetime) -> list[Any]:
+    """(decide thread) These providers' lifts of CIDR blocks since `since` (people lift
+    few ranges)."""
+    params = {"providers": sorted(providers), "since": since}
+    return list(session.connection().execute(_RANGE_LIFTS, params))
+
+
+def pending_appeals_on(
+    session: Session, keys: Sequence[tuple[str, str, str]], since: datetime
+) -> list[Any]:
+    """(decide thread) Open or denied appeals about these subjects filed since `since`."""
+    rows = session.connection().execute(_APPEALS_ON, {**_keyed(keys), "since": since})
+    return _asked(rows, keys, "subject_kind", "subject_value")
+
+
+async def exemptions_of(session: AsyncSession, kind: str, value: str) -> list[ExemptionRow]:
+    """Every exemption of one subject (any provider, ended or not), newest first."""
+    query = (
+        select(ExemptionRow)
+        .where(col(ExemptionRow.subject_kind) == kind, col(ExemptionRow.subject_value) == value)
+        .order_by(col(ExemptionRow.created_at).desc())
+    )
+    return list((await session.execute(query)).scalars())

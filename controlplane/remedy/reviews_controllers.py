@@ -10,6 +10,7 @@ from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_200_OK
 
+from controlplane.api.dependencies import provide
 from controlplane.api.schemas import ErrorBody
 from controlplane.auth.guards import principal_of, requires
 from controlplane.auth.roles import READERS, Role
@@ -22,7 +23,7 @@ from controlplane.remedy.reviews_schemas import (
     ReviewPage,
     ReviewState,
 )
-from controlplane.runtime import Runtime
+from controlplane.remedy.reviews_service import ReviewService
 from controlplane.store.models import ReviewRow
 from controlplane.store.types import utcnow
 
@@ -70,7 +71,7 @@ class ReviewController(Controller):
     @get("/", operation_id="listReviews", summary="List reviews", responses=_AUTH)
     async def list_reviews(
         self,
-        runtime: NamedDependency[Runtime],
+        reviews: NamedDependency[ReviewService],
         review_state: Annotated[
             ReviewState | None,
             QueryParameter(name="state", description="Only reviews in this state."),
@@ -80,7 +81,7 @@ class ReviewController(Controller):
     ) -> ReviewPage:
         """Reviews oldest first (open ones by default); `next_cursor` pages on."""
         wanted = review_state.value if review_state else None
-        rows, after = await runtime.reviews.page(wanted, cursor, limit)
+        rows, after = await reviews.page(wanted, cursor, limit)
         return ReviewPage(reviews=[review_out(r) for r in rows], next_cursor=after)
 
     @get(
@@ -90,10 +91,10 @@ class ReviewController(Controller):
         responses={**_AUTH, 404: _ONE[404]},
     )
     async def get_review(
-        self, review_id: FromPath[str], runtime: NamedDependency[Runtime]
+        self, review_id: FromPath[str], reviews: NamedDependency[ReviewService]
     ) -> ReviewOut:
         """One review, with what it withheld and how it was resolved."""
-        return review_out(await runtime.reviews.get(review_id))
+        return review_out(await reviews.get(review_id))
 
     @post(
         "/{review_id:str}/confirm",
@@ -107,13 +108,13 @@ class ReviewController(Controller):
         self,
         request: Request[Any, Any, Any],
         review_id: FromPath[str],
-        runtime: NamedDependency[Runtime],
+        reviews: NamedDependency[ReviewService],
         data: JSONBody[ConfirmIn | None] = None,
     ) -> ConfirmedOut:
         """Plan the withheld actions now (TTLs run from now), recorded with the reviewer;
         the gateways take them as any planned action."""
         note = data.note if data else ""
-        done = await runtime.reviews.confirm(review_id, principal_of(request).name, note)
+        done = await reviews.confirm(review_id, principal_of(request).name, note)
         return ConfirmedOut(
             review=review_out(done.review),
             actions=[ActionOut.from_row(a) for a in done.actions],
@@ -132,8 +133,12 @@ class ReviewController(Controller):
         request: Request[Any, Any, Any],
         review_id: FromPath[str],
         data: JSONBody[DismissIn],
-        runtime: NamedDependency[Runtime],
+        reviews: NamedDependency[ReviewService],
     ) -> ReviewOut:
         """Keep the actions withheld; the reason is recorded with the reviewer."""
-        row = await runtime.reviews.dismiss(review_id, principal_of(request).name, data.reason)
+        row = await reviews.dismiss(review_id, principal_of(request).name, data.reason)
         return review_out(row)
+
+
+DEPENDENCIES = {"reviews": provide(lambda runtime: runtime.reviews)}
+ROUTES = [ReviewController]

@@ -14,7 +14,6 @@ from typing import Any
 from controlplane.audit import service as audit
 from controlplane.audit.chain import EventDraft
 from controlplane.domain.vocabulary import ActionState
-from controlplane.enforce import repository as enforce_repo
 from controlplane.enforce.service import record_changes
 from controlplane.errors import Conflict, NotFound
 from controlplane.plan import repository as actions_repo
@@ -62,7 +61,7 @@ class ReviewService:
             await session.run_sync(actions_repo.insert_actions, rows)
             self._resolve(review, "confirmed", actor, note, now)
             review.applied = [r["id"] for r in rows]
-            await enforce_repo.set_action_states(
+            await actions_repo.set_action_states(
                 session, {review.action_id: ActionState.LIFTED.value}, now
             )
             await audit.record(
@@ -104,7 +103,7 @@ class ReviewService:
         async with self._db.write() as session, session.begin():
             review = await self._open(session, review_id)
             self._resolve(review, "dismissed", actor, reason, now)
-            await enforce_repo.set_action_states(
+            await actions_repo.set_action_states(
                 session, {review.action_id: ActionState.LIFTED.value}, now
             )
             await audit.record(

@@ -27,12 +27,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from controlplane.audit import service as audit
 from controlplane.audit.chain import EventDraft
 from controlplane.domain.vocabulary import ACTIVE_STATES, ActionState
-from controlplane.enforce import repository as enforce_repo
 from controlplane.enforce.sdk import EntryType
 from controlplane.enforce.service import Enforcer, record_changes
 from controlplane.errors import Conflict, Forbidden, InvalidInput, NotFound
+from controlplane.evaluate import repository as decisions_repo
+from controlplane.ingest import repository as verdicts_repo
 from controlplane.plan import repository as actions_repo
 from controlplane.remedy import repository
+from controlplane.remedy.repository import AppealFilter as AppealFilter
 from controlplane.settings import Providers
 from controlplane.store.db import Database
 from controlplane.store.models import ActionRow, AppealRow, ExemptionRow, new_id
@@ -128,13 +130,13 @@ class Remedy:
         """Lift one active action: it leaves the desired state, connectors drop it."""
         now = utcnow()
         async with self._db.write() as session, session.begin():
-            row, lifted = await enforce_repo.lift(session, action_id, now)
+            row, lifted = await actions_repo.lift(session, action_id, now)
             if row is None:
                 raise NotFound(f"no action {action_id!r}")
             if not lifted:
                 raise Conflict(f"action {action_id} is {row.state}, not active: nothing to lift")
             # A suspension's key revocations end with it.
-            lifted_rows = [row, *await enforce_repo.lift_children(session, row.id, now)]
+            lifted_rows = [row, *await actions_repo.lift_children(session, row.id, now)]
             await self._record_lifts(session, lifted_rows, "lifted", actor, reason, now)
             await record_changes(session, [r.model_dump() for r in lifted_rows], "lifted", now)
         self._enforcer.wake()
@@ -265,7 +267,7 @@ class Remedy:
             with _continuing(appeal, SPAN_UPHOLD) as span:
                 trace_id, span_id = _ids(span)
                 subject = Subject(appeal.subject_kind, appeal.subject_value)
-                covered = await enforce_repo.actions_by_id(
+                covered = await actions_repo.actions_by_id(
                     session, await repository.covered_ids(session, appeal.id)
                 )
                 matched = await self._matching(session, appeal.provider, subject)
@@ -378,6 +380,27 @@ class Remedy:
                 )
         return await self.appeal(appeal_id)
 
+    async def exemptions(self, provider: str | None, live: bool, limit: int) -> list[ExemptionRow]:
+        """The newest exemptions, of one provider or all, only those holding now or all."""
+        async with self._db.read() as session:
+            return await repository.list_exemptions(
+                session, provider, utcnow() if live else None, limit
+            )
+
+    async def exemption(self, exemption_id: str) -> ExemptionRow:
+        """One exemption that holds now (an ended one is NotFound: its record stays in
+        the list and the audit trail)."""
+        async with self._db.read() as session:
+            row = await repository.get_exemption(session, exemption_id)
+        if row is None:
+            raise NotFound(f"no exemption {exemption_id!r}")
+        if row.ended_at is not None:
+            raise NotFound(
+                f"exemption {exemption_id} ended at {row.ended_at.isoformat()}: its record "
+                "is listed by GET /v1/exemptions"
+            )
+        return row
+
     async def appeal(self, appeal_id: str) -> AppealView:
         async with self._db.read() as session:
             row = await repository.get_appeal(session, appeal_id)
@@ -386,7 +409,7 @@ class Remedy:
             return (await self._views(session, [row]))[0]
 
     async def appeals(
-        self, where: repository.AppealFilter, cursor: str | None, limit: int
+        self, where: AppealFilter, cursor: str | None, limit: int
     ) -> list[AppealView]:
         async with self._db.read() as session:
             rows = await repository.list_appeals(session, where, cursor, limit)
@@ -396,13 +419,22 @@ class Remedy:
 
     async def _views(self, session: AsyncSession, rows: Sequence[AppealRow]) -> list[AppealView]:
         covered = await repository.covered(session, [r.id for r in rows])
+        actions = {
+            a.id: a
+            for a in await actions_repo.actions_by_id(
+                session, [i for pairs in covered.values() for i, _ in pairs]
+            )
+        }
         views = []
         for row in rows:
             until = None
             if row.exemption_id:
                 exemption = await repository.get_exemption(session, row.exemption_id)
                 until = exemption.expires_at if exemption else None
-            views.append(AppealView(row, covered.get(row.id, []), until))
+            pairs = covered.get(row.id, [])
+            views.append(
+                AppealView(row, [(actions[i], at) for i, at in pairs if i in actions], until)
+            )
         return views
 
     async def _to_decide(self, session: AsyncSession, appeal_id: str, actor: str) -> AppealRow:
@@ -458,8 +490,13 @@ class Remedy:
             own = await actions_repo.active_on_target(
                 session, provider, kind, value, for_update=True
             )
-            planned = await actions_repo.active_from_subject(
-                session, provider, kind, value, for_update=True
+            verdicts = verdicts_repo.ids_naming(provider, kind, value)
+            planned = (
+                await actions_repo.active_of_decisions(
+                    session, decisions_repo.ids_of_verdicts(verdicts), for_update=True
+                )
+                if verdicts is not None
+                else []
             )
             found = {a.id: a for a in [*own, *planned] if a.target_kind != "cidr"}
             wider = [a for a in planned if a.target_kind == "cidr"]
@@ -498,14 +535,14 @@ class Remedy:
         active = [a for a in actions if a.state in ACTIVE and not a.shadow]
         if not active:
             return []
-        await enforce_repo.set_action_states(
+        await actions_repo.set_action_states(
             session, {a.id: ActionState.LIFTED.value for a in active}, now
         )
         for a in active:
             a.state = ActionState.LIFTED.value
         # A suspension's key revocations end with it.
         for a in list(active):
-            active += await enforce_repo.lift_children(session, a.id, now)
+            active += await actions_repo.lift_children(session, a.id, now)
         await self._record_lifts(
             session, active, cause, actor, reason, now, appeal_id=appeal_id, trace_id=trace_id
         )
@@ -525,7 +562,7 @@ class Remedy:
         appeal_id: str | None = None,
         trace_id: str | None = None,
     ) -> None:
-        scores = await repository.verdict_scores(session, [a.verdict_id for a in actions])
+        scores = await verdicts_repo.scores_of(session, [a.verdict_id for a in actions])
         await repository.insert_lifts(
             session,
             [

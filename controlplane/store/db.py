@@ -14,6 +14,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from controlplane.store.repository import ping
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
@@ -99,6 +101,11 @@ class Database:
     def write_blocking(self) -> Session:
         """A sync session for a transaction that changes state (SQLite: BEGIN IMMEDIATE)."""
         return self._blocking_sessions[1]()
+
+    async def ping(self) -> None:
+        """Raises when the database does not answer."""
+        async with self.read() as session:
+            await ping(session)
 
     async def dispose(self) -> None:
         await self.engine.dispose()

@@ -1,5 +1,5 @@
 """Database-wide SQL that belongs to no one table: a ping, and PostgreSQL advisory
-locks (the leader's, the decider's, a connector follower's)."""
+locks (the leader's, the subjects a batch decides, a connector follower's)."""
 
 from __future__ import annotations
 

@@ -33,6 +33,8 @@ from sqlalchemy.orm import Session
 
 from controlplane.audit import repository as audit_repo
 from controlplane.enforce import repository as enforce_repo
+from controlplane.ingest import repository as verdicts_repo
+from controlplane.plan import repository as actions_repo
 from controlplane.remedy import report
 from controlplane.remedy import reviews_repository as reviews_repo
 from controlplane.store.db import Database
@@ -199,9 +201,9 @@ async def _database_families(db: Database) -> list[Metric]:
         oldest_review.add_metric(
             [], max(0.0, (utcnow() - oldest).total_seconds()) if oldest else 0.0
         )
-        for action_type, state, n in await audit_repo.action_counts(session):
+        for action_type, state, n in await actions_repo.action_counts(session):
             actions.add_metric([action_type, state], n)
-        undecided.add_metric([], await audit_repo.undecided_verdicts(session))
+        undecided.add_metric([], await verdicts_repo.undecided_count(session))
         head.add_metric([], (await audit_repo.head(session))[0])
         latest = await audit_repo.latest_checkpoint(session)
         statuses = await enforce_repo.statuses(session)

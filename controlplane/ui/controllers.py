@@ -31,6 +31,7 @@ from controlplane.runtime import Runtime
 from controlplane.ui import remedy, service, sessions
 from controlplane.ui.display import short
 from controlplane.ui.sessions import COOKIE, SIGN_IN, SignInRequired
+from controlplane.ui.traces import TraceController
 
 HERE = Path(__file__).parent
 TEMPLATES = HERE / "templates"
@@ -322,6 +323,7 @@ class ConsoleController(Controller):
 ROUTES: list[ControllerRouterHandler] = [
     SignInController,
     ConsoleController,
+    TraceController,
     create_static_files_router(
         path="/console/static",
         directories=[STATIC],
@@ -330,4 +332,5 @@ ROUTES: list[ControllerRouterHandler] = [
         cache_control=CacheControlHeader(max_age=3600),
     ),
 ]
-"""The console's routes, for the app's route list."""
+"""The console's routes, for the app's route list. The console draws on every area at
+once, so its page builders take the app's `runtime` dependency."""

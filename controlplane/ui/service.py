@@ -3,7 +3,8 @@
 Every value that can hold an API key id goes through a `Redactor` here, before a
 template sees it, so no template can leak one. The audit trail comes from the audit
 area's services (`list_events`, `subject_history`, `verify_database`); what no
-service answers yet (one action's story, key handles) comes from `ui.repository`.
+service answers (one action's story, key handles) comes from the repository of the
+area that owns the table.
 """
 
 from __future__ import annotations
@@ -15,8 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
-from sqlmodel import col
-
+from controlplane.audit import repository as audit_repo
 from controlplane.audit import service as audit
 from controlplane.audit import subjects
 from controlplane.audit.checkpoints import public_keys
@@ -26,9 +26,13 @@ from controlplane.domain.redact import key_handle, redact_keys
 from controlplane.domain.vocabulary import ActionType, SubjectKind
 from controlplane.enforce import repository as enforce_repo
 from controlplane.errors import InvalidInput, NotFound, TollgateError
+from controlplane.evaluate import repository as decisions_repo
 from controlplane.evaluate.explain import explain
+from controlplane.ingest import repository as verdicts_repo
+from controlplane.plan import repository as actions_repo
 from controlplane.policy import repository as policies_repo
 from controlplane.policy.service import bundle_of
+from controlplane.remedy import repository as remedy_repo
 from controlplane.runtime import Runtime
 from controlplane.store.db import Database
 from controlplane.store.models import (
@@ -39,7 +43,7 @@ from controlplane.store.models import (
     VerdictRow,
 )
 from controlplane.telemetry import spanstore
-from controlplane.ui import diff, repository
+from controlplane.ui import diff
 from controlplane.ui.display import (
     Redactor,
     handles,
@@ -76,7 +80,13 @@ async def resolve_key(db: Database, handle: str) -> str | None:
     if known is not None:
         return known
     async with db.read() as session:
-        ids = await repository.api_key_ids(session)
+        key = SubjectKind.API_KEY.value
+        # The subject index may trail the chain by a few seconds: targets and verdicts too.
+        ids = {
+            *await audit_repo.subject_values(session, key),
+            *await actions_repo.target_values(session, key),
+            *await verdicts_repo.api_key_ids(session),
+        }
     for api_key_id in ids:
         if key_handle(api_key_id) == handle:
             handles.remember(api_key_id)
@@ -259,17 +269,17 @@ async def timeline(runtime: Runtime, f: Filters, cursor: int | None) -> Timeline
 
 async def event_views(db: Database, rows: list[AuditEventRow]) -> list[EventView]:
     async with db.read() as session:
-        actions = await repository.by_ids(
-            session, ActionRow, col(ActionRow.id), [r.action_id for r in rows if r.action_id]
+        actions = {
+            a.id: a
+            for a in await actions_repo.actions_by_id(
+                session, sorted({r.action_id for r in rows if r.action_id})
+            )
+        }
+        verdicts = await verdicts_repo.verdicts_by_id(
+            session, [r.verdict_id for r in rows if r.verdict_id]
         )
-        verdicts = await repository.by_ids(
-            session, VerdictRow, col(VerdictRow.id), [r.verdict_id for r in rows if r.verdict_id]
-        )
-        decisions = await repository.by_ids(
-            session,
-            DecisionRow,
-            col(DecisionRow.id),
-            [r.decision_id for r in rows if r.decision_id],
+        decisions = await decisions_repo.decisions_by_id(
+            session, [r.decision_id for r in rows if r.decision_id]
         )
     keys: list[str | None] = [v.api_key_id for v in verdicts.values()]
     keys += [a.target_value for a in actions.values() if a.target_kind == "api_key"]
@@ -365,7 +375,7 @@ async def subject_page(runtime: Runtime, kind_text: str, value_text: str) -> Sub
     value = subjects.normalise(kind, value, "value")
     history = await audit.subject_history(runtime.db, kind, value, None, HISTORY)
     async with runtime.db.read() as session:
-        exemptions = await repository.exemptions_of(session, kind.value, value)
+        exemptions = await remedy_repo.exemptions_of(session, kind.value, value)
     keys: list[str | None] = [value if kind is SubjectKind.API_KEY else None]
     keys += [v.api_key_id for v in history.verdicts]
     keys += [a.target_value for a in history.actions if a.target_kind == "api_key"]
@@ -448,13 +458,13 @@ class ActionPage:
 async def action_page(runtime: Runtime, action_id: str, show_all: bool) -> ActionPage:
     """Verdict, decision (with the rules that fired), applies per connector, and trace."""
     async with runtime.db.read() as session:
-        row = await repository.action(session, action_id)
+        row = await actions_repo.get_action(session, action_id)
         if row is None:
             raise NotFound(f"no action {action_id!r}")
-        verdict = await repository.verdict(session, row.verdict_id)
-        decision = await repository.decision(session, row.decision_id)
-        applied = await repository.enforcement(session, row.id)
-        story = await repository.story_events(session, row, 500)
+        verdict = await verdicts_repo.get_verdict(session, row.verdict_id)
+        decision = await decisions_repo.get_decision(session, row.decision_id)
+        applied = await enforce_repo.enforcement_of(session, row.id)
+        story = await audit_repo.story_events(session, row.id, row.decision_id, row.verdict_id, 500)
     keys = [verdict.api_key_id if verdict else None]
     keys.append(row.target_value if row.target_kind == "api_key" else None)
     redact = Redactor(keys)

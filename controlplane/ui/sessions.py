@@ -26,11 +26,10 @@ from litestar.exceptions import NotAuthorizedException
 from litestar.handlers.base import BaseRouteHandler
 
 from controlplane.auth.roles import READERS, Role
-from controlplane.auth.service import Principal
+from controlplane.auth.service import Principal, token_by_id
 from controlplane.settings import Settings
 from controlplane.store.db import Database
 from controlplane.store.types import utcnow
-from controlplane.ui import repository
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +102,7 @@ async def principal_for(db: Database, token_id: str) -> Principal | None:
     cached = _cache.get(key)
     if cached and cached[0] > time.monotonic():
         return cached[1]
-    row = await repository.token(db, token_id)
+    row = await token_by_id(db, token_id)
     principal = None
     if (
         row is not None

@@ -14,7 +14,8 @@ from litestar.params import Parameter
 from controlplane.auth.guards import requires
 from controlplane.auth.roles import READERS
 from controlplane.errors import InvalidInput, NotFound
-from controlplane.runtime import Runtime
+from controlplane.settings import Settings
+from controlplane.store.db import Database
 from controlplane.telemetry import spanstore
 from controlplane.ui.schemas import SpanOut, TraceOut
 
@@ -30,7 +31,8 @@ class TraceController(Controller):
     async def get_trace(
         self,
         trace_id: Annotated[str, Parameter(pattern=r"^[0-9a-fA-F]{32}$")],
-        runtime: NamedDependency[Runtime],
+        db: NamedDependency[Database],
+        settings: NamedDependency[Settings],
     ) -> TraceOut:
         """The spans of one trace kept by the embedded span store, by start time: span
         id, parent, name, start and end in nanoseconds, attributes and status. A verdict's,
@@ -41,9 +43,9 @@ class TraceController(Controller):
                 f"trace id {trace_id!r} is not 32 hex digits",
                 details=[{"field": "trace_id", "message": "expected 32 hex digits"}],
             )
-        rows = await spanstore.trace_spans(runtime.db, trace_id, spanstore.MAX_TRACE_SPANS + 1)
+        rows = await spanstore.trace_spans(db, trace_id, spanstore.MAX_TRACE_SPANS + 1)
         if not rows:
-            hours = runtime.settings.span_retention_hours
+            hours = settings.span_retention_hours
             kept = f"spans are kept {hours:g} hours" if hours > 0 else "the span store is off"
             raise NotFound(
                 f"no spans stored for trace {trace_id} ({kept}; read requests are not kept, "

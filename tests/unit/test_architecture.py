@@ -9,6 +9,11 @@ a violation fails with the file and line.
   an earlier stage.
 - No broad `except` that swallows: a handler of `Exception`/`BaseException` (or a bare
   one) re-raises, logs, or uses the exception it caught.
+- Handlers call services: a controller never imports a repository nor opens a
+  database session itself (transactions open in services, at the request's edge).
+- One owner per table: only the owning area's repository names a table's row class in
+  code (a query, a row it builds); the others ask that repository. Type annotations
+  may name any row. Every table of `store/models.py` has an owner here.
 """
 
 from __future__ import annotations
@@ -28,6 +33,40 @@ CONNECTOR_SDK = {
     "controlplane.enforce.toolkit",
 }
 STAGES = ["ingest", "evaluate", "plan", "enforce"]
+MODELS = REPO / "controlplane" / "store" / "models.py"
+OWNERS = {
+    "VerdictRow": "ingest",
+    "DecisionRow": "evaluate",
+    "ActionRow": "plan",
+    "ActionEnforcementRow": "enforce",
+    "ChangeRow": "enforce",
+    "ChangeHeadRow": "enforce",
+    "ConnectorCursorRow": "enforce",
+    "ConnectorStatusRow": "enforce",
+    "AuditEventRow": "audit",
+    "AuditHeadRow": "audit",
+    "AuditCheckpointRow": "audit",
+    "AuditSubjectRow": "audit",
+    "AuditSubjectHeadRow": "audit",
+    "ExemptionRow": "remedy",
+    "AppealRow": "remedy",
+    "AppealActionRow": "remedy",
+    "LiftRow": "remedy",
+    "ReviewRow": "remedy",
+    "IndicatorRow": "intel",
+    "IntelObjectRow": "intel",
+    "IntelPeerRow": "intel",
+    "IntelStatusRow": "intel",
+    "PolicyRevisionRow": "policy",
+    "PolicyActivationRow": "policy",
+    "PolicySourceRow": "policy",
+    "ApiTokenRow": "auth",
+    "BouncerCursorRow": "bouncers",
+    "CustomerRow": "customers",
+    "SightingRow": "customers",
+    "SpanRow": "telemetry",
+}
+"""The area whose repository alone queries each table (its row class)."""
 LOGS = {"debug", "info", "warning", "error", "exception", "critical"}
 
 
@@ -55,6 +94,11 @@ def is_repository(path: str) -> bool:
     return "repository" in name or path.startswith("controlplane/store/")
 
 
+def is_controller(path: str) -> bool:
+    name = path.rsplit("/", 1)[-1]
+    return name == "controllers.py" or name.endswith("_controllers.py")
+
+
 def is_service(path: str) -> bool:
     name = path.rsplit("/", 1)[-1]
     return name == "service.py" or name.endswith("_service.py")
@@ -65,6 +109,68 @@ def stage_of(path: str) -> int | None:
     return STAGES.index(parts[1]) if len(parts) > 2 and parts[1] in STAGES else None
 
 
+def area_of(path: str) -> str | None:
+    parts = path.split("/")
+    return parts[1] if parts[0] == "controlplane" and len(parts) > 2 else None
+
+
+def tables(models: ast.Module) -> list[str]:
+    """The row classes of the models module: classes declared with `table=True`."""
+    return [
+        node.name
+        for node in models.body
+        if isinstance(node, ast.ClassDef)
+        and any(
+            k.arg == "table" and isinstance(k.value, ast.Constant) and k.value.value is True
+            for k in node.keywords
+        )
+    ]
+
+
+def annotations(tree: ast.Module) -> set[int]:
+    """The ids of every node inside a type annotation (naming a row there is no query)."""
+    roots: list[ast.expr] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            every = [*node.args.posonlyargs, *node.args.args, *node.args.kwonlyargs]
+            every += [a for a in (node.args.vararg, node.args.kwarg) if a is not None]
+            roots += [a.annotation for a in every if a.annotation is not None]
+            if node.returns is not None:
+                roots.append(node.returns)
+        elif isinstance(node, ast.AnnAssign):
+            roots.append(node.annotation)
+    return {id(n) for root in roots for n in ast.walk(root)}
+
+
+def foreign_rows(path: str, tree: ast.Module) -> list[str]:
+    """Where a repository module names, outside annotations, the row class of a table
+    another area owns: `file:line: RowClass (owner)`."""
+    area = area_of(path)
+    if not is_repository(path) or area is None or area == "store":
+        return []
+    aliases = {
+        (alias.asname or alias.name): alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+        if alias.name in OWNERS
+    }
+    skip = annotations(tree)
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.Name):
+            name = aliases.get(node.id)
+        elif isinstance(node, ast.Attribute) and node.attr in OWNERS:
+            name = node.attr
+        else:
+            continue
+        if name is not None and OWNERS[name] != area:
+            found.append((node.lineno, f"{path}:{node.lineno}: {name} (owned by {OWNERS[name]})"))
+    return [text for _, text in sorted(found)]
+
+
 def violations() -> dict[str, list[str]]:
     found: dict[str, list[str]] = {
         "SQL outside a repository": [],
@@ -73,13 +179,21 @@ def violations() -> dict[str, list[str]]:
         "a connector imports beyond the SDK": [],
         "a stage imports an earlier stage": [],
         "a broad except swallows": [],
+        "a repository queries a table another area owns": [],
+        "a handler calls a repository or opens a session": [],
     }
     for path, tree in trees():
+        found["a repository queries a table another area owns"] += foreign_rows(path, tree)
         stage = stage_of(path)
         for line, module, names in imports(tree):
             if module.startswith("sqlalchemy") and SQL & set(names) and not is_repository(path):
                 found["SQL outside a repository"].append(
                     f"{path}:{line}: {sorted(SQL & set(names))}"
+                )
+            touched = [module, *(f"{module}.{n}" for n in names)]
+            if is_controller(path) and any("repository" in m.rsplit(".", 1)[-1] for m in touched):
+                found["a handler calls a repository or opens a session"].append(
+                    f"{path}:{line}: {module}"
                 )
             if module.split(".")[0] == "litestar" and is_service(path):
                 found["litestar imported by a service"].append(f"{path}:{line}")
@@ -99,9 +213,24 @@ def violations() -> dict[str, list[str]]:
                 and path != "controlplane/settings.py"
             ):
                 found["os.environ read outside settings"].append(f"{path}:{node.lineno}")
+            if is_controller(path) and opens_session(node):
+                found["a handler calls a repository or opens a session"].append(
+                    f"{path}:{node.lineno}"
+                )
             if isinstance(node, ast.ExceptHandler) and swallows(node):
                 found["a broad except swallows"].append(f"{path}:{node.lineno}")
     return found
+
+
+def opens_session(node: ast.AST) -> bool:
+    """`<...>.db.read()` / `.db.write()`: a session opened where it is called."""
+    return (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr in {"read", "write"}
+        and isinstance(node.func.value, ast.Attribute | ast.Name)
+        and (getattr(node.func.value, "attr", None) or getattr(node.func.value, "id", "")) == "db"
+    )
 
 
 def swallows(handler: ast.ExceptHandler) -> bool:
@@ -141,5 +270,41 @@ def test_the_linters_find_what_they_look_for(tmp_path: Path) -> None:
     assert is_repository("controlplane/remedy/reviews_repository.py")
     assert not is_repository("controlplane/evaluate/service.py")
     assert is_service("controlplane/remedy/reviews_service.py")
+    opened = ast.parse("async def f(runtime, db):\n    runtime.db.read()\n    db.write()\n")
+    assert [opens_session(n) for n in ast.walk(opened) if isinstance(n, ast.Call)] == [True, True]
+    assert is_controller("controlplane/remedy/reviews_controllers.py")
+    assert not is_controller("controlplane/remedy/reviews_service.py")
     source = ast.parse("from sqlalchemy import select\nimport litestar\n")
     assert [(m, n) for _, m, n in imports(source)] == [("sqlalchemy", ["select"]), ("litestar", [])]
+
+
+def test_every_table_has_one_owner() -> None:
+    """A new table gets an owning area here, or the ownership rule could not see it."""
+    declared = tables(ast.parse(MODELS.read_text(encoding="utf-8")))
+    assert declared, "no row classes found in store/models.py"
+    assert sorted(set(declared) - set(OWNERS)) == [], "tables without an owner"
+    assert sorted(set(OWNERS) - set(declared)) == [], "owners of tables that no longer exist"
+
+
+def test_the_ownership_rule_finds_a_foreign_query() -> None:
+    """A repository that queries another area's table fails, with file and line; the
+    owner's own queries, annotations and aliased imports are seen for what they are."""
+    source = ast.parse(
+        "from controlplane.store.models import ActionRow, VerdictRow as V\n"
+        "from controlplane.store import models\n"
+        "async def f(session, row: VerdictRow) -> list[ActionRow]:\n"
+        "    await session.execute(select(ActionRow))\n"
+        "    await session.get(V, 'x')\n"
+        "    return select(models.DecisionRow)\n"
+    )
+    assert foreign_rows("controlplane/remedy/repository.py", source) == [
+        "controlplane/remedy/repository.py:4: ActionRow (owned by plan)",
+        "controlplane/remedy/repository.py:5: VerdictRow (owned by ingest)",
+        "controlplane/remedy/repository.py:6: DecisionRow (owned by evaluate)",
+    ]
+    assert foreign_rows("controlplane/plan/repository.py", source) == [
+        "controlplane/plan/repository.py:5: VerdictRow (owned by ingest)",
+        "controlplane/plan/repository.py:6: DecisionRow (owned by evaluate)",
+    ]
+    assert foreign_rows("controlplane/remedy/service.py", source) == []
+    assert tables(ast.parse("class A(SQLModel, table=True): ...\nclass B(SQLModel): ...")) == ["A"]

@@ -9,6 +9,7 @@ from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, QueryParameter
 
+from controlplane.api.dependencies import provide
 from controlplane.api.schemas import ErrorBody
 from controlplane.auth.guards import principal_of, requires
 from controlplane.auth.roles import TAXII_READERS
@@ -31,12 +32,12 @@ from controlplane.intel.taxii.schemas import (
 from controlplane.intel.taxii.service import (
     NEXT_PATTERN,
     SPEC_VERSION_PATTERN,
+    TaxiiService,
     envelope,
     filters,
     status_body,
     taxii_time,
 )
-from controlplane.runtime import Runtime
 
 _ERRORS = {
     401: ResponseSpec(ErrorBody, description="No bearer token, or an unknown one."),
@@ -150,16 +151,14 @@ class TaxiiController(Controller):
         responses=_ERRORS,
     )
     async def collections(
-        self, request: Request[Any, Any, Any], runtime: NamedDependency[Runtime]
+        self, request: Request[Any, Any, Any], taxii: NamedDependency[TaxiiService]
     ) -> Response[Collections]:
         """The collections this token may read."""
         principal = principal_of(request)
-        readable = runtime.taxii.readable(principal)
+        readable = taxii.readable(principal)
         return _taxii(
             Collections(
-                collections=[
-                    _collection_out(c, runtime.taxii.writable(principal, c)) for c in readable
-                ]
+                collections=[_collection_out(c, taxii.writable(principal, c)) for c in readable]
             )
         )
 
@@ -173,13 +172,13 @@ class TaxiiController(Controller):
     async def collection(
         self,
         request: Request[Any, Any, Any],
-        runtime: NamedDependency[Runtime],
+        taxii: NamedDependency[TaxiiService],
         collection_id: FromPath[str],
     ) -> Response[CollectionOut]:
         """One collection."""
         principal = principal_of(request)
-        found = runtime.taxii.collection(principal, collection_id)
-        return _taxii(_collection_out(found, runtime.taxii.writable(principal, found)))
+        found = taxii.collection(principal, collection_id)
+        return _taxii(_collection_out(found, taxii.writable(principal, found)))
 
     @get(
         f"/{API_ROOT}/collections/{{collection_id:str}}/objects/",
@@ -191,7 +190,7 @@ class TaxiiController(Controller):
     async def objects(
         self,
         request: Request[Any, Any, Any],
-        runtime: NamedDependency[Runtime],
+        taxii: NamedDependency[TaxiiService],
         collection_id: FromPath[str],
         added_after: AddedAfter = None,
         limit: Limit = None,
@@ -206,7 +205,7 @@ class TaxiiController(Controller):
         f = filters(
             added_after, next_, match_id, match_type, match_version, match_spec_version, limit
         )
-        page = await runtime.taxii.objects(principal_of(request), collection_id, f)
+        page = await taxii.objects(principal_of(request), collection_id, f)
         return _taxii(envelope(page), page.headers())
 
     @post(
@@ -231,14 +230,14 @@ class TaxiiController(Controller):
     async def add_objects(
         self,
         request: Request[Any, Any, Any],
-        runtime: NamedDependency[Runtime],
+        taxii: NamedDependency[TaxiiService],
         collection_id: FromPath[str],
         data: AddEnvelope,
     ) -> Response[Status]:
         """Objects a peer listed under the collection's `writers` adds: every one is
         verified against the peers' keys and taken as intel pulled from that peer
         (refused ones are failures, with the reason). Answers the status, complete."""
-        row = await runtime.taxii.add_objects(principal_of(request), collection_id, data.objects)
+        row = await taxii.add_objects(principal_of(request), collection_id, data.objects)
         answer = _taxii(status_body(row))
         answer.status_code = 202
         return answer
@@ -256,11 +255,11 @@ class TaxiiController(Controller):
     async def status(
         self,
         request: Request[Any, Any, Any],
-        runtime: NamedDependency[Runtime],
+        taxii: NamedDependency[TaxiiService],
         status_id: FromPath[str],
     ) -> Response[Status]:
         """What became of each object of one add request (TAXII 2.1 status resource)."""
-        row = await runtime.taxii.status(principal_of(request), status_id)
+        row = await taxii.status(principal_of(request), status_id)
         return _taxii(status_body(row))
 
     @get(
@@ -273,7 +272,7 @@ class TaxiiController(Controller):
     async def manifest(
         self,
         request: Request[Any, Any, Any],
-        runtime: NamedDependency[Runtime],
+        taxii: NamedDependency[TaxiiService],
         collection_id: FromPath[str],
         added_after: AddedAfter = None,
         limit: Limit = None,
@@ -287,7 +286,7 @@ class TaxiiController(Controller):
         f = filters(
             added_after, next_, match_id, match_type, match_version, match_spec_version, limit
         )
-        page = await runtime.taxii.objects(principal_of(request), collection_id, f)
+        page = await taxii.objects(principal_of(request), collection_id, f)
         body = Manifest(
             more=page.more,
             next=page.next,
@@ -313,13 +312,13 @@ class TaxiiController(Controller):
     async def object(
         self,
         request: Request[Any, Any, Any],
-        runtime: NamedDependency[Runtime],
+        taxii: NamedDependency[TaxiiService],
         collection_id: FromPath[str],
         object_id: FromPath[str],
         match_version: MatchVersion = None,
     ) -> Response[Envelope]:
         """The object (its newest version unless `match[version]` says otherwise)."""
-        rows = await runtime.taxii.versions(principal_of(request), collection_id, object_id)
+        rows = await taxii.versions(principal_of(request), collection_id, object_id)
         version = (match_version or "last").strip()
         if version == "last":
             rows = rows[-1:]
@@ -346,12 +345,12 @@ class TaxiiController(Controller):
     async def versions(
         self,
         request: Request[Any, Any, Any],
-        runtime: NamedDependency[Runtime],
+        taxii: NamedDependency[TaxiiService],
         collection_id: FromPath[str],
         object_id: FromPath[str],
     ) -> Response[Versions]:
         """Every version of the object this collection holds, oldest first."""
-        rows = await runtime.taxii.versions(principal_of(request), collection_id, object_id)
+        rows = await taxii.versions(principal_of(request), collection_id, object_id)
         return _taxii(
             Versions(more=False, versions=[r.version for r in rows]),
             {
@@ -359,3 +358,7 @@ class TaxiiController(Controller):
                 "X-TAXII-Date-Added-Last": taxii_time(rows[-1].date_added),
             },
         )
+
+
+DEPENDENCIES = {"taxii": provide(lambda runtime: runtime.taxii)}
+ROUTES = [TaxiiController]

@@ -176,5 +176,5 @@ async def test_a_wrong_token_is_a_permanent_error_without_the_token(
     ],
 )
 def test_option_errors_name_the_option(options: dict[str, Any], named: str) -> None:
-    with pytest.raises(ConnectorError, match=named):
+    with pytest.raises(ConnectorError, match=rf": options\.{named} "):
         connector("http://127.0.0.1:1", httpx.AsyncClient(), **options)

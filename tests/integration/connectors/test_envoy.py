@@ -190,5 +190,5 @@ async def test_forwarded_mode_through_a_real_envoy(tmp_path: Path, http: httpx.A
 )
 def test_option_errors_name_the_option(options: dict[str, Any], named: str) -> None:
     config = ConnectorConfig(name="e", type="envoy", providers=("*",), options=options)
-    with pytest.raises(ConnectorError, match=named):
+    with pytest.raises(ConnectorError, match=rf"^connector e: options\.{named} "):
         EnvoyConnector(config, httpx.AsyncClient())

@@ -180,5 +180,5 @@ async def test_unreachable_and_health(kong: tuple[str, KongState], http: httpx.A
 )
 def test_option_errors_name_the_option(options: dict[str, Any], named: str) -> None:
     config = ConnectorConfig(name="k", type="kong", providers=("*",), options=options)
-    with pytest.raises(ConnectorError, match=named):
+    with pytest.raises(ConnectorError, match=rf"^connector k: options\.{named} "):
         KongConnector(config, httpx.AsyncClient())

@@ -1,9 +1,12 @@
-"""The connector toolkit: canonical rendering, atomic files, options, mapping tables."""
+"""The connector toolkit: canonical rendering, atomic files, options, write rates and
+retries, mapping tables."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -12,11 +15,14 @@ from controlplane.enforce.targets import PrefixFloor
 from controlplane.enforce.toolkit import (
     Refused,
     Terms,
+    WriteRate,
     atomic_write,
     bounded,
     observed,
     parse_options,
+    positive,
     rendered,
+    with_retries,
 )
 
 
@@ -68,12 +74,18 @@ class Options:
     timeout: float = 1.0
     strict: bool = True
     tiers: tuple[int, ...] = (10, 60)
+    mode: Literal["fast", "safe"] = "safe"
+    plans: Mapping[str, int] = field(default_factory=dict)
+    rate: float = positive(1.0, 10)
 
 
 def test_options_are_parsed_into_a_frozen_dataclass() -> None:
-    parsed = parse_options(Options, "w", {"url": "u", "timeout": 2, "tiers": [5]}, retries=4)
+    given = {"url": "u", "timeout": 2, "tiers": [5], "mode": "fast", "plans": {"p": 3}}
+    parsed = parse_options(Options, "w", given, retries=4)
 
-    assert parsed == Options(url="u", retries=4, timeout=2.0, strict=True, tiers=(5,))
+    assert parsed == Options(
+        url="u", retries=4, timeout=2.0, strict=True, tiers=(5,), mode="fast", plans={"p": 3}
+    )
     assert isinstance(parsed.timeout, float)
 
 
@@ -88,6 +100,12 @@ def test_options_are_parsed_into_a_frozen_dataclass() -> None:
         ({"url": "u", "strict": "yes"}, "w.strict must be true or false"),
         ({"url": "u", "tiers": [5, "x"]}, "w.tiers[1] must be an int"),
         ({"url": 7}, "w.url must be a str"),
+        ({"url": "u", "mode": "quick"}, "w.mode must be one of 'fast', 'safe', got 'quick'"),
+        ({"url": "u", "plans": [1]}, "w.plans must be a mapping"),
+        ({"url": "u", "plans": {"p": "x"}}, "w.plans['p'] must be an int"),
+        ({"url": "u", "plans": {"p": True}}, "w.plans['p'] must be an int"),
+        ({"url": "u", "rate": 0}, "w.rate must be more than 0 and at most 10, got 0"),
+        ({"url": "u", "rate": 11}, "w.rate must be more than 0 and at most 10, got 11"),
     ],
 )
 def test_each_bad_option_is_named(options: dict[str, object], message: str) -> None:
@@ -110,3 +128,35 @@ def test_a_mapping_table_reads_both_ways() -> None:
     assert files.theirs(EntryType.RATE_LIMIT) is None and EntryType.RATE_LIMIT not in files
     with pytest.raises(ValueError, match="one-to-one"):
         Terms({"ip": "Ip", "cidr": "ip"}, fold=str.lower)
+
+
+def test_a_default_the_caller_gives_is_checked_like_an_option() -> None:
+    with pytest.raises(ConnectorError, match=r"w\.rate must be more than 0"):
+        parse_options(Options, "w", {"url": "u"}, rate=-1.0)
+
+
+async def test_retries_stop_at_the_bound_and_on_errors_not_worth_retrying() -> None:
+    calls: list[int] = []
+
+    async def flaky() -> int:
+        calls.append(1)
+        if len(calls) < 3:
+            raise TimeoutError("slow")
+        return len(calls)
+
+    assert await with_retries(flaky, attempts=3, retry_on=lambda e: True, base_delay=0) == 3
+    calls.clear()
+    with pytest.raises(TimeoutError):
+        await with_retries(flaky, attempts=2, retry_on=lambda e: True, base_delay=0)
+    assert len(calls) == 2
+    calls.clear()
+    with pytest.raises(TimeoutError):
+        await with_retries(flaky, attempts=5, retry_on=lambda e: False, base_delay=0)
+    assert len(calls) == 1
+
+
+def test_one_write_rate_per_scope_and_the_strictest_wins() -> None:
+    one = WriteRate.for_scope(("test-toolkit", "r1"), 5.0, 10)
+    two = WriteRate.for_scope(("test-toolkit", "r1"), 2.0, 20)
+    assert one is two and one.per_second == 2.0 and one.burst == 10.0
+    assert WriteRate.for_scope(("test-toolkit", "r2"), 5.0, 10) is not one
