@@ -5,13 +5,16 @@ NGINX has no runtime API for lists: what it enforces is what its configuration
 said at the last reload. So the gateway's state is a set of include files this
 connector owns in `include_dir`, and every change is *write, test, reload*:
 
-- `http.conf` (the frame, included in `http {}`): a `geo` over `blocked.conf`, `map`s
-  over `revoked.conf`, `limits.conf` and (with `account_header` / `org_header`) the
-  suspension lists, and one `limit_req_zone` per tier;
+- `http.conf` (the frame, included in `http {}`): a `geo` over `blocked.conf`, one over
+  `allowed.conf` consulted before it, `map`s over `revoked.conf`, `limits.conf` and
+  (with `account_header` / `org_header`) the suspension lists, and one
+  `limit_req_zone` per tier;
 - `server.conf` (included in each protected `server {}` or `location {}`): 403 for a
   blocked address or a suspended account or org, 401 for a revoked key, `limit_req`
   per tier with status 429;
 - `blocked.conf`: `203.0.113.7 TG-...;` / `198.51.100.0/24 TG-...;`;
+- `allowed.conf`: `203.0.113.9 allowed;`: exemptions carved out of blocked ranges (an
+  address in it is never refused as blocked, whatever block covers it);
 - `revoked.conf`: `"key_3" TG-...;`;
 - `limits.conf`: `"key_9" "60 TG-...";  # requests_per_minute=75`;
 - `suspended_account.conf` / `suspended_org.conf`: `"acct_9" TG-...;`, matched on the
@@ -96,6 +99,7 @@ FILES = (
     "http.conf",
     "server.conf",
     "blocked.conf",
+    "allowed.conf",
     "revoked.conf",
     "limits.conf",
     "suspended_account.conf",
@@ -118,6 +122,7 @@ _Stamps = dict[str, tuple[int, int, int] | None]
 _LIST_OF: Terms[tuple[EntryType, str], str] = Terms(
     {
         (EntryType.BLOCK, "address"): "blocked.conf",
+        (EntryType.ALLOW, "address"): "allowed.conf",
         (EntryType.REVOKE_KEY, "api_key"): "revoked.conf",
         (EntryType.RATE_LIMIT, "api_key"): "limits.conf",
         (EntryType.SUSPEND, "account"): "suspended_account.conf",
@@ -125,6 +130,8 @@ _LIST_OF: Terms[tuple[EntryType, str], str] = Terms(
     }
 )
 """The include each entry lives in, by type and target kind (`address`: ip or cidr)."""
+ALLOWED = "allowed"
+"""The value of an exempt address or network in `allowed.conf` (anything but 0 allows)."""
 REFERENCE_HEADER = "x-tollgate-reference"
 """The response header a refusal carries the entry's reference in."""
 _POLL = 0.005
@@ -262,6 +269,8 @@ class _Tables:
     """Suspended accounts: lowercased id -> id (maps ignore case, as for keys)."""
     orgs: dict[str, str] = field(default_factory=dict)
     """Suspended organisations, as `accounts`."""
+    allowed: dict[str, str] = field(default_factory=dict)
+    """Exempt address or network -> `ip` / `cidr`: carved out of any block."""
     ignored: int = 0
     """Lines that are no entry this connector can read (dropped at the next write)."""
 
@@ -272,8 +281,13 @@ class _Tables:
             dict(self.limits),
             dict(self.accounts),
             dict(self.orgs),
+            dict(self.allowed),
             self.ignored,
         )
+
+    def addresses(self, entry_type: EntryType) -> dict[str, str]:
+        """The blocked or the allowed networks."""
+        return self.allowed if entry_type is EntryType.ALLOW else self.blocked
 
     def keyed(self, entry_type: EntryType, kind: str) -> dict[str, Any] | None:
         """The table of keyed entries of this type and target kind (None: blocks, or
@@ -289,6 +303,7 @@ class _Tables:
     def entries(self) -> frozenset[Entry]:
         return frozenset(
             [Entry(EntryType.BLOCK, kind, value) for value, kind in self.blocked.items()]
+            + [Entry(EntryType.ALLOW, kind, value) for value, kind in self.allowed.items()]
             + [Entry(EntryType.REVOKE_KEY, "api_key", key) for key in self.revoked.values()]
             + [Entry(EntryType.RATE_LIMIT, "api_key", k, rpm) for k, rpm in self.limits.values()]
             + [Entry(EntryType.SUSPEND, "account", a) for a in self.accounts.values()]
@@ -374,8 +389,8 @@ class NginxConnector:
         """Suspensions only with a header that names accounts or orgs; without one, NGINX
         sees keys and addresses only, and a suspended account's or org's keys (revoked
         one by one by Tollgate) are what it refuses. Exemptions inside blocked ranges
-        are not carved out here."""
-        unseen = {EntryType.ALLOW}
+        are carved out (`allowed.conf`, consulted before `blocked.conf`)."""
+        unseen: set[EntryType] = set()
         if not (self.options.account_header or self.options.org_header):
             unseen.add(EntryType.SUSPEND)
         return frozenset(EntryType) - unseen
@@ -509,10 +524,11 @@ class NginxConnector:
     def _remove(self, tables: _Tables, entry: Entry) -> None:
         """Take an entry away by its key; one spelled oddly (by hand) is matched as
         NGINX would read it, so it goes too."""
-        if entry.type is EntryType.BLOCK:
+        if entry.type in (EntryType.BLOCK, EntryType.ALLOW):
+            held_addresses = tables.addresses(entry.type)
             with contextlib.suppress(ValueError):
-                tables.blocked.pop(observed(entry.target_kind, entry.target_value), None)
-            tables.blocked.pop(entry.target_value, None)
+                held_addresses.pop(observed(entry.target_kind, entry.target_value), None)
+            held_addresses.pop(entry.target_value, None)
             return
         held = tables.keyed(entry.type, entry.target_kind)
         if held is not None and not _twin(held, entry.target_value):
@@ -526,11 +542,12 @@ class NginxConnector:
         if why:
             return why
         value, kind = entry.target_value, entry.target_kind
-        if entry.type is EntryType.BLOCK:
+        if entry.type in (EntryType.BLOCK, EntryType.ALLOW):
             if kind not in {"ip", "cidr"}:
-                return f"NGINX blocks IPs and CIDRs, not a {kind}"
+                verb = "blocks" if entry.type is EntryType.BLOCK else "allows"
+                return f"NGINX {verb} IPs and CIDRs, not a {kind}"
             try:
-                tables.blocked[observed(kind, value)] = kind
+                tables.addresses(entry.type)[observed(kind, value)] = kind
             except ValueError:
                 return f"{value!r} is not a valid {kind}"
             return ""
@@ -646,19 +663,20 @@ class NginxConnector:
         def text(name: str) -> str:
             return (contents[name] or b"").decode("utf-8", errors="replace")
 
-        for line in _lines(text("blocked.conf")):
-            if line is None:
-                tables.ignored += 1
-                continue
-            address, value, _ = line
-            value = _unquote(value)
-            if value in {"", "0"}:
-                continue  # not a block: the geo's value is what `if` tests
-            kind = value if value in {"ip", "cidr"} else ("cidr" if "/" in address else "ip")
-            try:
-                tables.blocked[observed(kind, _unquote(address))] = kind
-            except ValueError:
-                tables.ignored += 1
+        for name, addresses in (("blocked.conf", tables.blocked), ("allowed.conf", tables.allowed)):
+            for line in _lines(text(name)):
+                if line is None:
+                    tables.ignored += 1
+                    continue
+                address, value, _ = line
+                value = _unquote(value)
+                if value in {"", "0"}:
+                    continue  # neither blocked nor allowed: the geo's value is what counts
+                kind = value if value in {"ip", "cidr"} else ("cidr" if "/" in address else "ip")
+                try:
+                    addresses[observed(kind, _unquote(address))] = kind
+                except ValueError:
+                    tables.ignored += 1
         for name, held in (
             ("revoked.conf", tables.revoked),
             ("suspended_account.conf", tables.accounts),
@@ -733,6 +751,12 @@ class NginxConnector:
                     for value, kind in sorted(tables.blocked.items())
                 )
             )
+        if "allowed.conf" in names:
+            lists["allowed.conf"] = (
+                head
+                + "# geo entries: exempt address or network, served whatever block covers it.\n"
+                + "".join(f"{value} {ALLOWED};\n" for value in sorted(tables.allowed))
+            )
         keyed = (
             ("revoked.conf", EntryType.REVOKE_KEY, "api_key", "revoked API key"),
             ("suspended_account.conf", EntryType.SUSPEND, "account", "suspended account"),
@@ -784,8 +808,14 @@ class NginxConnector:
             out.append(f"map_hash_max_size {o.map_hash_max_size};\n")
         out.append(
             "\n# Each list's value is the reference its refusal quotes.\n"
-            f"geo ${p}_blocked {{\n    default 0;\n"
+            f"geo ${p}_block_listed {{\n    default 0;\n"
             f"    include {self.paths['blocked.conf']};\n}}\n"
+            "# Exemptions, consulted before the block list: an exempt address inside a\n"
+            "# blocked range is served (a separate geo, so it wins whichever is wider).\n"
+            f"geo ${p}_allowed {{\n    default 0;\n"
+            f"    include {self.paths['allowed.conf']};\n}}\n"
+            f"map ${p}_allowed ${p}_blocked {{\n    default 0;\n"
+            f"    0 ${p}_block_listed;\n}}\n"
             f"\nmap {header} ${p}_revoked {{\n    default 0;\n"
             f"    include {self.paths['revoked.conf']};\n}}\n"
         )

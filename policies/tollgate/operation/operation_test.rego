@@ -92,3 +92,13 @@ test_range_blocks_are_capped if {
 test_key_rotation_without_ip_rotation_blocks_nothing if {
 	count(operation.range_block) == 0 with input as _input({"keys_seen": 5}, {}, {}, [])
 }
+
+# A slow rotation: the second key, from a second network, with the full content
+# (the fixture's verdict) is revoked at once; the account follows once that key
+# is revoked and another appears.
+test_second_key_from_a_second_network_is_revoked_and_the_next_suspends if {
+	second := _input({"keys_seen": 2, "networks_seen": 2}, {}, {}, [])
+	_kinds(operation.actions) == ["revoke_key:key_7"] with input as second
+	third := _input({"keys_seen": 2, "networks_seen": 2, "keys_acted_on": 1}, {}, {}, [])
+	_kinds(operation.suspend_account) == ["suspend:acct_op"] with input as third
+}

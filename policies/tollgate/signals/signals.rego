@@ -92,6 +92,21 @@ ip_rotation if {
 ip_rotation if "distillation.ip_rotation" in verdict.labels
 
 # METADATA
+# title: both_rotating
+# description: |
+#   The account rotates keys and networks at once, each below its own threshold
+#   (a second key and a second network): early structure, which counts only with
+#   the complete distillation content (operation). An application behind many
+#   end users' addresses is not rotating.
+# custom:
+#   owner: abuse-engineering
+both_rotating if {
+	keys_per_account >= _s.both_rotating.account_keys
+	networks >= _s.both_rotating.networks
+	not end_user_spread
+}
+
+# METADATA
 # title: end_user_spread
 # description: |
 #   Addresses spread like an application's end users (hundreds or more a day,
@@ -154,7 +169,11 @@ structure if ip_rotation
 # description: |
 #   A distillation operation: a qualifying verdict with key rotation and any
 #   distillation content, or with IP rotation and two kinds of content (IP
-#   rotation alone is also what a mobile app's users look like).
+#   rotation alone is also what a mobile app's users look like), or rotating
+#   keys and networks together (a second of each) with all three kinds of
+#   content: an operation that rotates slowly is caught at its second key
+#   rather than its third. One key, or one network, is never enough: an
+#   evaluation researcher shows all three kinds of content from one place.
 # custom:
 #   owner: abuse-engineering
 operation if {
@@ -167,6 +186,12 @@ operation if {
 	_qualifies
 	ip_rotation
 	content >= 2
+}
+
+operation if {
+	_qualifies
+	both_rotating
+	content == 3
 }
 
 # METADATA

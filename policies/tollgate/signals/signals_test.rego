@@ -114,3 +114,48 @@ test_end_user_spread_is_not_ip_rotation if {
 	not signals.ip_rotation with input as inp
 	not signals.operation with input as inp
 }
+
+_full_content := {"signals": {"prompt_template_reuse": 0.9, "capability_coverage": 0.95, "cot_request_ratio": 0.8}}
+
+# A slowly rotating operation: its second key, from a second network, with
+# templated sweeps eliciting reasoning, is an operation before a third key.
+test_second_key_from_a_second_network_with_full_content_is_an_operation if {
+	inp := _input(_full_content, _account(2, 2))
+	signals.both_rotating with input as inp
+	signals.operation with input as inp
+	not signals.key_rotation with input as inp
+	not signals.ip_rotation with input as inp
+}
+
+# Early structure needs all three kinds of content: two are a batch job's or a
+# product's with a staging key.
+test_second_key_and_network_with_partial_content_is_not_an_operation if {
+	inp := _input({"signals": {"prompt_template_reuse": 0.9, "capability_coverage": 0.95}}, _account(2, 2))
+	signals.both_rotating with input as inp
+	not signals.operation with input as inp
+}
+
+# A researcher with two keys from one place, or one key from two places: not rotating.
+test_two_keys_from_one_network_or_one_key_from_two_is_not_an_operation if {
+	not signals.both_rotating with input as _input(_full_content, _account(2, 1))
+	not signals.operation with input as _input(_full_content, _account(2, 1))
+	not signals.both_rotating with input as _input(_full_content, _account(1, 2))
+	not signals.operation with input as _input(_full_content, _account(1, 2))
+}
+
+# An application whose end users' addresses spread everywhere is not rotating networks.
+test_end_user_spread_is_not_both_rotating if {
+	signals_patch := {"signals": object.union(_full_content.signals, {"distinct_ips_24h": 400})}
+	not signals.both_rotating with input as _input(signals_patch, _account(2, 6))
+}
+
+# Early structure is not hard evidence on its own: it never revokes through the
+# graduated response, only through an operation's full content.
+test_both_rotating_is_not_structure if {
+	not signals.structure with input as _input(_full_content, _account(2, 2))
+}
+
+test_low_score_with_both_rotating_is_not_an_operation if {
+	inp := _input(object.union(_full_content, {"score": 0.5}), _account(2, 2))
+	not signals.operation with input as inp
+}

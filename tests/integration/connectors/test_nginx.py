@@ -329,6 +329,7 @@ async def test_first_contact_writes_the_files_nginx_needs_to_start(nginx_stopped
     with pytest.raises(GatewayUnavailable, match="not running"):
         await connector.observe()
     assert sorted(p.name for p in nginx_stopped.include_dir.glob("*.conf")) == [
+        "allowed.conf",
         "blocked.conf",
         "http.conf",
         "limits.conf",
