@@ -53,7 +53,7 @@ from controlplane.enforce.sdk import (
     EntryType,
 )
 from controlplane.remedy import repository as remedy_repo
-from controlplane.store.db import Database
+from controlplane.store.db import OUTAGES, Database, outage_reason
 from controlplane.store.models import ActionRow, ChangeRow
 from controlplane.store.repository import try_advisory_lock
 from controlplane.store.types import utcnow
@@ -148,6 +148,7 @@ class Follower:
         self._requests: list[asyncio.Future[ReconcileReport]] = []
         self._retry: dict[Key, _Retry] = {}
         self._outage = 0
+        self._database_down = False
         self._next_reconcile = 0.0
         self._reconciled = False
         """The first reconcile tries permanent failures again (the gateway's config may
@@ -228,7 +229,16 @@ class Follower:
                 if self._requests or time.monotonic() >= self._next_reconcile:
                     await self._reconcile_now()
                 worked = await self._drain()
+                if self._database_down:
+                    self._database_down = False
+                    log.warning("connector %s: the database answers again", self.config.name)
             except asyncio.CancelledError:
+                raise
+            except OUTAGES as exc:
+                # The database, not the gateway. Its advisory lock may have gone with
+                # it (a restarted server holds none): stop applying, and let the
+                # supervisor take the lock again before this follower goes on.
+                self.database_unavailable(exc)
                 raise
             except Exception:
                 log.exception("connector %s: enforcement step failed; retrying", self.config.name)
@@ -237,6 +247,17 @@ class Follower:
             if not worked:
                 with suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self._pause())
+
+    def database_unavailable(self, exc: BaseException) -> None:
+        """One WARNING line when the database goes away (the cursor holds meanwhile, so
+        nothing is skipped); `_follow` logs one more when it answers again."""
+        if not self._database_down:
+            log.warning(
+                "connector %s: the database is unavailable (%s); enforcement waits and retries",
+                self.config.name,
+                outage_reason(exc),
+            )
+        self._database_down = True
 
     def _pause(self) -> float:
         """How long to wait for a wake: the poll (changes from other replicas), less when
