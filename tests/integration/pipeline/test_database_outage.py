@@ -1,0 +1,127 @@
+"""The database goes away under a running server and comes back. Meanwhile the API
+answers 503 with `Retry-After` and a readable error body, readiness fails and liveness
+does not (an orchestrator must not restart a server for its database's outage); once
+it is back, everything acknowledged before is there, and the same process serves and
+enforces again without a restart. A PostgreSQL of the test's own is crashed for it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from controlplane.store.db import upgrade
+from tests.integration.connectors.webhook_receiver import WebhookReceiver
+from tests.integration.enforce.test_worker import admin_headers
+from tests.support.fleet import KEY, role, serve, server_settings
+from tests.support.private_postgres import PrivatePostgres, private_postgres
+from tests.support.processes import Process
+from tests.support.verdicts import new_subject, verdict
+
+PROVIDER = "lab-a"
+
+
+@pytest.fixture
+def database(tmp_path: Path) -> Iterator[PrivatePostgres]:
+    with private_postgres(tmp_path) as server:
+        upgrade(server.url)
+        yield server
+
+
+@pytest.fixture
+def receiver() -> Iterator[WebhookReceiver]:
+    hook = WebhookReceiver(KEY).start()
+    try:
+        yield hook
+    finally:
+        hook.stop()
+
+
+async def until(check: Any, what: str, tries: int = 900) -> None:
+    """Poll `check` (bounded: about 90 s) until it holds."""
+    for _ in range(tries):
+        if await check():
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"waited in vain for {what}")
+
+
+async def submit(client: httpx.AsyncClient, server: Process, count: int) -> list[dict[str, Any]]:
+    batch = [verdict(subject=new_subject(), provider=PROVIDER) for _ in range(count)]
+    answer = await client.post(f"{server.url}/v1/verdicts", json={"verdicts": batch})
+    assert answer.status_code == 202, answer.text
+    results: list[dict[str, Any]] = answer.json()["results"]
+    return results
+
+
+def keys_of(results: list[dict[str, Any]]) -> set[str]:
+    return {a["target"]["value"] for r in results for a in r["actions"]}
+
+
+async def test_a_database_outage_is_503_and_the_server_recovers_without_a_restart(
+    database: PrivatePostgres, tmp_path: Path, receiver: WebhookReceiver
+) -> None:
+    env = server_settings(database.url, tmp_path, receiver, [PROVIDER])
+    env["TOLLGATE_EXPIRY_SECONDS"] = "1"  # the leader's jobs meet the outage too
+    headers = await admin_headers(database.url)
+    with ExitStack() as stack:
+        server = serve(stack, env, tmp_path)
+        await server.ready()
+        pid = server.process.pid
+        async with httpx.AsyncClient(headers=headers, timeout=30) as client:
+            before = await submit(client, server, 10)
+
+            async def enforced(results: list[dict[str, Any]]) -> bool:
+                """Each action recorded applied, and held by the gateway."""
+                for action_id in (a["id"] for r in results for a in r["actions"]):
+                    answer = await client.get(f"{server.url}/v1/actions/{action_id}")
+                    if answer.json()["state"] != "applied":
+                        return False
+                return keys_of(results) <= {value for (_, _, value) in receiver.state}
+
+            await until(lambda: enforced(before), "the first actions applied")
+
+            database.crash()
+            submitted = await client.post(
+                f"{server.url}/v1/verdicts", json=verdict(subject=new_subject())
+            )
+            listed = await client.get(f"{server.url}/v1/actions")
+            one = await client.get(f"{server.url}/v1/verdicts/{before[0]['verdict_id']}")
+            for answer in (submitted, listed, one):
+                assert answer.status_code == 503, answer.text
+                assert int(answer.headers["retry-after"]) > 0
+                body = answer.json()
+                assert body["error"] == "database_unavailable"
+                assert "database is unavailable" in body["message"]
+                assert "Traceback" not in answer.text
+            ready = await client.get(f"{server.url}/readyz")
+            assert ready.status_code == 503
+            assert ready.json()["checks"]["database"].startswith("unreachable")
+            assert (await client.get(f"{server.url}/healthz")).status_code == 200
+            await asyncio.sleep(3)  # a few ticks of the periodic jobs, during the outage
+
+            database.start()
+
+            async def serving() -> bool:
+                answer = await client.get(f"{server.url}/readyz")
+                return answer.status_code == 200
+
+            await until(serving, "readiness once the database is back")
+            for result in before:
+                stored = await client.get(f"{server.url}/v1/verdicts/{result['verdict_id']}")
+                assert stored.status_code == 200, stored.text
+                assert stored.json()["decision_id"] == result["decision_id"]
+                assert [a["state"] for a in stored.json()["actions"]] == ["applied"]
+            after = await submit(client, server, 10)
+            await until(lambda: enforced(after), "the new actions applied")
+
+            async def leading() -> bool:
+                return await role(client, server) == "leading"
+
+            await until(leading, "the periodic jobs led again (a new leadership connection)")
+            assert server.process.poll() is None and server.process.pid == pid, "no restart"

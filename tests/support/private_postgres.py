@@ -1,0 +1,55 @@
+"""A PostgreSQL server of the test's own (pgserver's build: initdb, pg_ctl), listening on
+a Unix socket in its data directory's reach only, that a test may crash and start
+again. Never the shared server: taking that one down would break every other test."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pgserver
+from pgserver import _commands
+from sqlalchemy.engine import make_url
+
+
+@dataclass
+class PrivatePostgres:
+    handle: Any
+    """pgserver's handle on the server."""
+    url: str
+    """SQLAlchemy URL of its `postgres` database (psycopg, over the socket)."""
+
+    def crash(self) -> None:
+        """Stop it the way a crash does: `pg_ctl stop -m immediate` (every process quits
+        at once, no checkpoint; the next start recovers from the WAL)."""
+        _commands.pg_ctl(
+            ["-m", "immediate", "-w", "stop"],
+            pgdata=self.handle.pgdata,
+            user=self.handle.system_user,
+            timeout=30,
+        )
+
+    def start(self) -> None:
+        """Start it again on the same data directory and socket."""
+        with self.handle._lock:
+            self.handle.ensure_postgres_running()
+        again = _url(self.handle)
+        assert again == self.url, f"the server came back elsewhere: {again} != {self.url}"
+
+
+def _url(handle: Any) -> str:
+    parsed = make_url(handle.get_uri()).set(drivername="postgresql+psycopg")
+    return parsed.render_as_string(hide_password=False)
+
+
+@contextmanager
+def private_postgres(directory: Path) -> Iterator[PrivatePostgres]:
+    """initdb and start a server in `directory/pgdata`; stopped at the end."""
+    handle = pgserver.get_server(directory / "pgdata", cleanup_mode="stop")
+    try:
+        yield PrivatePostgres(handle, _url(handle))
+    finally:
+        handle.cleanup()
