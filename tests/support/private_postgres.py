@@ -4,6 +4,7 @@ again. Never the shared server: taking that one down would break every other tes
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,12 +26,20 @@ class PrivatePostgres:
     def crash(self) -> None:
         """Stop it the way a crash does: `pg_ctl stop -m immediate` (every process quits
         at once, no checkpoint; the next start recovers from the WAL)."""
-        _commands.pg_ctl(
-            ["-m", "immediate", "-w", "stop"],
-            pgdata=self.handle.pgdata,
+        pg_ctl = _commands.POSTGRES_BIN_PATH / "pg_ctl"
+        done = subprocess.run(
+            [str(pg_ctl), "-D", str(self.handle.pgdata), "-m", "immediate", "-w", "stop"],
             user=self.handle.system_user,
-            timeout=30,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
+        if done.returncode != 0:
+            log = Path(self.handle.pgdata) / "log"
+            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+            raise AssertionError(
+                f"pg_ctl stop failed ({done.returncode}): {done.stdout} {done.stderr}\n{tail}"
+            )
 
     def start(self) -> None:
         """Start it again on the same data directory and socket."""

@@ -20,7 +20,7 @@ from tests.integration.connectors.webhook_receiver import WebhookReceiver
 from tests.integration.enforce.test_worker import admin_headers
 from tests.support.fleet import KEY, role, serve, server_settings
 from tests.support.private_postgres import PrivatePostgres, private_postgres
-from tests.support.processes import Process
+from tests.support.processes import Process, free_port, started
 from tests.support.verdicts import new_subject, verdict
 
 PROVIDER = "lab-a"
@@ -125,3 +125,59 @@ async def test_a_database_outage_is_503_and_the_server_recovers_without_a_restar
 
             await until(leading, "the periodic jobs led again (a new leadership connection)")
             assert server.process.poll() is None and server.process.pid == pid, "no restart"
+
+
+def worker(stack: ExitStack, settings: dict[str, str], tmp_path: Path) -> Process:
+    port = free_port()
+    args = ["worker", "--port", str(port)]
+    return stack.enter_context(started(args, settings, port, tmp_path / f"worker-{port}.log"))
+
+
+async def appliers(client: httpx.AsyncClient, workers: list[Process]) -> int:
+    """How many workers say they apply the connector now (never more than one)."""
+    count = 0
+    for w in workers:
+        try:
+            answer = await client.get(f"{w.url}/readyz", timeout=5)
+        except httpx.TransportError as exc:
+            raise AssertionError(f"{w.url} stopped answering: {w.log.read_text()}") from exc
+        count += answer.json()["checks"]["connectors"]["hooks"] == "applying"
+    assert count <= 1, "two workers apply one connector at once"
+    return count
+
+
+async def test_after_an_outage_one_worker_applies_a_connector_not_two(
+    database: PrivatePostgres, tmp_path: Path, receiver: WebhookReceiver
+) -> None:
+    """The applier's advisory lock dies with the database: once it is back, whoever
+    takes the lock again applies, and the worker that held it before does not go on
+    applying without it."""
+    env = server_settings(database.url, tmp_path, receiver, [PROVIDER])
+    headers = await admin_headers(database.url)
+    with ExitStack() as stack:
+        api = serve(stack, env | {"TOLLGATE_ENFORCE": "off"}, tmp_path)
+        workers = [worker(stack, env, tmp_path), worker(stack, env, tmp_path)]
+        await asyncio.gather(api.ready(), *(w.ready() for w in workers))
+        async with httpx.AsyncClient(headers=headers, timeout=30) as client:
+
+            async def one_applies() -> bool:
+                return await appliers(client, workers) == 1
+
+            await until(one_applies, "one worker applying")
+            database.crash()
+            await asyncio.sleep(2)
+            database.start()
+            await asyncio.gather(api.ready(), *(w.ready() for w in workers))
+            # Longer than a standby's pause between two tries of the lock (5 s): had
+            # the old applier kept going without its lock, both would apply by now.
+            for _ in range(80):
+                await appliers(client, workers)
+                await asyncio.sleep(0.1)
+            await until(one_applies, "one worker applying again")
+            results = await submit(client, api, 5)
+
+            async def at_gateway() -> bool:
+                return keys_of(results) <= {value for (_, _, value) in receiver.state}
+
+            await until(at_gateway, "the new actions at the gateway")
+        assert set(receiver.applied.values()) == {1}
