@@ -55,7 +55,7 @@ from controlplane.enforce.sdk import (
 from controlplane.remedy import repository as remedy_repo
 from controlplane.store.db import OUTAGES, Database, outage_reason
 from controlplane.store.models import ActionRow, ChangeRow
-from controlplane.store.repository import try_advisory_lock
+from controlplane.store.repository import ping_connection, try_advisory_lock
 from controlplane.store.types import utcnow
 from controlplane.telemetry.tracing import tracer
 
@@ -76,6 +76,8 @@ SPAN_APPLY = "connector.apply"
 SPAN_RECONCILE = "connector.reconcile"
 TRACED_PER_BATCH = 100
 """Parent spans an apply span is repeated under, at most (the rest are counted only)."""
+LOCK_CHECK_SECONDS = 1.0
+"""How often an applying follower makes sure the connection holding its lock lives."""
 FOLLOW_LOCK = 0x74_6C_66_00
 """Advisory locks (plus a hash of the connector's name): one follower per connector."""
 
@@ -149,6 +151,8 @@ class Follower:
         self._retry: dict[Key, _Retry] = {}
         self._outage = 0
         self._database_down = False
+        self._lock_connection: AsyncConnection | None = None
+        self._lock_checked = 0.0
         self._next_reconcile = 0.0
         self._reconciled = False
         """The first reconcile tries permanent failures again (the gateway's config may
@@ -226,6 +230,7 @@ class Follower:
             # kept, and the next look follows at once.
             self._wake.clear()
             try:
+                await self._check_lock()
                 if self._requests or time.monotonic() >= self._next_reconcile:
                     await self._reconcile_now()
                 worked = await self._drain()
@@ -247,6 +252,19 @@ class Follower:
             if not worked:
                 with suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self._pause())
+
+    async def _check_lock(self) -> None:
+        """Raise when the connection holding this connector's advisory lock is gone (the
+        database restarted, or the connection was cut): the lock went with it, another
+        worker may hold it now, and applying on would make two appliers. Checked at most
+        every `LOCK_CHECK_SECONDS`, and so before applying after any longer pause."""
+        if self._lock_connection is None:
+            return
+        now = time.monotonic()
+        if now - self._lock_checked < LOCK_CHECK_SECONDS:
+            return
+        await ping_connection(self._lock_connection)
+        self._lock_checked = now
 
     def database_unavailable(self, exc: BaseException) -> None:
         """One WARNING line when the database goes away (the cursor holds meanwhile, so
@@ -762,9 +780,11 @@ class Follower:
             try:
                 taken = await try_advisory_lock(connection, key)
                 if taken:
+                    self._lock_connection = connection
                     try:
                         yield
                     finally:
+                        self._lock_connection = None
                         await connection.invalidate()
                     return
             finally:

@@ -7,14 +7,18 @@ enforces again without a restart. A PostgreSQL of the test's own is crashed for 
 from __future__ import annotations
 
 import asyncio
+import zlib
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
+from sqlalchemy.engine import make_url
 
+from controlplane.enforce.follower import FOLLOW_LOCK
 from controlplane.store.db import upgrade
 from tests.integration.connectors.webhook_receiver import WebhookReceiver
 from tests.integration.enforce.test_worker import admin_headers
@@ -181,3 +185,54 @@ async def test_after_an_outage_one_worker_applies_a_connector_not_two(
 
             await until(at_gateway, "the new actions at the gateway")
         assert set(receiver.applied.values()) == {1}
+
+
+def libpq(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def lock_holder(url: str, key: int) -> int | None:
+    """The backend pid holding the session advisory lock `key`, if any."""
+    with psycopg.connect(libpq(url)) as conn:
+        row = conn.execute(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
+            "AND classid = %s AND objid = %s",
+            [(key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF],
+        ).fetchone()
+        return int(row[0]) if row else None
+
+
+async def test_a_worker_whose_lock_connection_is_cut_stops_applying(
+    database: PrivatePostgres, tmp_path: Path, receiver: WebhookReceiver
+) -> None:
+    """The database stays up, but the one connection holding the connector's lock is
+    terminated (an idle timeout, a proxy, an operator): the worker that held it stops
+    applying, and one worker (it or the other) takes the lock again."""
+    env = server_settings(database.url, tmp_path, receiver, [PROVIDER])
+    headers = await admin_headers(database.url)
+    key = FOLLOW_LOCK + zlib.crc32(b"hooks") % 0xFF
+    with ExitStack() as stack:
+        api = serve(stack, env | {"TOLLGATE_ENFORCE": "off"}, tmp_path)
+        workers = [worker(stack, env, tmp_path), worker(stack, env, tmp_path)]
+        await asyncio.gather(api.ready(), *(w.ready() for w in workers))
+        async with httpx.AsyncClient(headers=headers, timeout=30) as client:
+
+            async def one_applies() -> bool:
+                return await appliers(client, workers) == 1
+
+            await until(one_applies, "one worker applying")
+            holder = lock_holder(database.url, key)
+            assert holder is not None
+            with psycopg.connect(libpq(database.url), autocommit=True) as conn:
+                conn.execute("SELECT pg_terminate_backend(%s)", [holder])
+            for _ in range(80):  # past a standby's pause between two tries (5 s)
+                await appliers(client, workers)
+                await asyncio.sleep(0.1)
+            await until(one_applies, "one worker applying again")
+            assert lock_holder(database.url, key) not in (None, holder)
+            results = await submit(client, api, 5)
+
+            async def at_gateway() -> bool:
+                return keys_of(results) <= {value for (_, _, value) in receiver.state}
+
+            await until(at_gateway, "the new actions at the gateway")
