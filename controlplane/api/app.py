@@ -12,6 +12,7 @@ from controlplane.api.body import MAX_BODY, JSONRequest, StrictPydantic
 from controlplane.api.health import HealthController
 from controlplane.api.metrics import MetricsController
 from controlplane.audit.controllers import AuditController, SubjectController
+from controlplane.auth.controllers import TokenController
 from controlplane.bouncers.controllers import BouncerController
 from controlplane.customers.controllers import CustomerController
 from controlplane.enforce.controllers import ConnectorController
@@ -46,6 +47,7 @@ ROUTES = [
     ConnectorController,
     AuditController,
     SubjectController,
+    TokenController,
     MetricsController,
 ]
 

@@ -32,3 +32,7 @@ async def revoke(session: AsyncSession, token_id: str, at: Any) -> int:
         .values(revoked_at=at)
     )
     return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def get_token(session: AsyncSession, token_id: str) -> ApiTokenRow | None:
+    return await session.get(ApiTokenRow, token_id)
