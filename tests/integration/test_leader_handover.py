@@ -20,16 +20,24 @@ from sqlmodel import col
 from controlplane.store.db import Database, upgrade
 from controlplane.store.models import AuditEventRow
 from tests.integration.connectors.webhook_receiver import WebhookReceiver
-from tests.integration.enforce.test_worker import admin_headers
 from tests.integration.policy.policy_copies import SETTINGS, commit, init_repo, settings_document
 from tests.support.databases import PostgresServer
-from tests.support.fleet import KEY, receiver_targets, role, serve, server_settings
+from tests.support.fleet import (
+    admin_headers,
+    receiver_targets,
+    role,
+    serve,
+    server_settings,
+    webhook_receiver,
+)
 from tests.support.processes import Process
 from tests.support.store import fetch
 from tests.support.verdicts import new_subject, verdict
 
 PROVIDER = "lab-ha"
-TTL_SECONDS = 3
+TTL_SECONDS = 12
+"""Longer than a connector's hand-over (a standby follower tries the lock every 5 s):
+an action planned as its applier dies is still due when the next one takes over."""
 INTERVAL = 1.0
 """TOLLGATE_EXPIRY_SECONDS: the leader's most frequent job, so how soon a replica
 standing by notices the lock is free."""
@@ -46,11 +54,8 @@ def postgres_url(postgres: PostgresServer) -> Iterator[str]:
 
 @pytest.fixture
 def receiver() -> Iterator[WebhookReceiver]:
-    hook = WebhookReceiver(KEY).start()
-    try:
+    with webhook_receiver() as hook:
         yield hook
-    finally:
-        hook.stop()
 
 
 def short_lived_policies(root: Path) -> Path:

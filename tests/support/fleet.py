@@ -4,12 +4,17 @@ process, so every server, whichever applies, enforces at the same gateway."""
 
 from __future__ import annotations
 
+import asyncio
 import json
-from contextlib import ExitStack
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import httpx
 
+from controlplane.auth.roles import Role
+from controlplane.auth.service import TokenService
+from controlplane.store.db import Database
 from tests.integration.connectors.webhook_receiver import WebhookReceiver
 from tests.support.app import POLICY_DIR
 from tests.support.processes import Process, free_port, started
@@ -70,3 +75,32 @@ async def role(client: httpx.AsyncClient, server: Process) -> str:
     """`leading` or `standing by` (the periodic jobs), as its /readyz says."""
     answer = (await client.get(f"{server.url}/readyz", timeout=5)).json()
     return str(answer["checks"]["periodic_jobs"])
+
+
+async def admin_headers(database_url: str) -> dict[str, str]:
+    """Headers carrying a new admin token of that database."""
+    db = Database(database_url)
+    try:
+        token, _ = await TokenService(db).create("ops", Role.ADMIN, actor="tests")
+    finally:
+        await db.dispose()
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def until(check: Callable[[], Awaitable[bool]], what: str, tries: int = 900) -> None:
+    """Poll `check` (bounded: about 90 s) until it holds."""
+    for _ in range(tries):
+        if await check():
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"waited in vain for {what}")
+
+
+@contextmanager
+def webhook_receiver() -> Iterator[WebhookReceiver]:
+    """A receiver checking signatures with `KEY`, stopped at the end."""
+    hook = WebhookReceiver(KEY).start()
+    try:
+        yield hook
+    finally:
+        hook.stop()

@@ -20,9 +20,15 @@ from sqlmodel import col
 from controlplane.store.db import Database, upgrade
 from controlplane.store.models import ActionRow, AuditEventRow, DecisionRow, VerdictRow
 from tests.integration.connectors.webhook_receiver import WebhookReceiver
-from tests.integration.enforce.test_worker import admin_headers
 from tests.support.databases import PostgresServer
-from tests.support.fleet import KEY, receiver_targets, serve, server_settings
+from tests.support.fleet import (
+    admin_headers,
+    receiver_targets,
+    serve,
+    server_settings,
+    until,
+    webhook_receiver,
+)
 from tests.support.processes import Process
 from tests.support.store import fetch
 from tests.support.verdicts import new_subject, verdict
@@ -43,11 +49,8 @@ def postgres_url(postgres: PostgresServer) -> Iterator[str]:
 
 @pytest.fixture
 def receiver() -> Iterator[WebhookReceiver]:
-    hook = WebhookReceiver(KEY).start()
-    try:
+    with webhook_receiver() as hook:
         yield hook
-    finally:
-        hook.stop()
 
 
 @dataclass
@@ -85,15 +88,6 @@ class Detector:
     async def retry_unanswered(self) -> None:
         while self.unanswered:
             assert await self.send(self.unanswered.pop(0)), self.refused
-
-
-async def until(check: Any, what: str, tries: int = 900) -> None:
-    """Poll `check` (bounded: about 90 s) until it holds."""
-    for _ in range(tries):
-        if await check():
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"waited in vain for {what}")
 
 
 @pytest.mark.postgres

@@ -21,8 +21,7 @@ from sqlalchemy.engine import make_url
 from controlplane.enforce.follower import FOLLOW_LOCK
 from controlplane.store.db import upgrade
 from tests.integration.connectors.webhook_receiver import WebhookReceiver
-from tests.integration.enforce.test_worker import admin_headers
-from tests.support.fleet import KEY, role, serve, server_settings
+from tests.support.fleet import admin_headers, role, serve, server_settings, until, webhook_receiver
 from tests.support.private_postgres import PrivatePostgres, private_postgres
 from tests.support.processes import Process, free_port, started
 from tests.support.verdicts import new_subject, verdict
@@ -39,20 +38,8 @@ def database(tmp_path: Path) -> Iterator[PrivatePostgres]:
 
 @pytest.fixture
 def receiver() -> Iterator[WebhookReceiver]:
-    hook = WebhookReceiver(KEY).start()
-    try:
+    with webhook_receiver() as hook:
         yield hook
-    finally:
-        hook.stop()
-
-
-async def until(check: Any, what: str, tries: int = 900) -> None:
-    """Poll `check` (bounded: about 90 s) until it holds."""
-    for _ in range(tries):
-        if await check():
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"waited in vain for {what}")
 
 
 async def submit(client: httpx.AsyncClient, server: Process, count: int) -> list[dict[str, Any]]:
