@@ -4,7 +4,9 @@ again. Never the shared server: taking that one down would break every other tes
 
 from __future__ import annotations
 
+import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -55,10 +57,18 @@ def _url(handle: Any) -> str:
 
 
 @contextmanager
-def private_postgres(directory: Path) -> Iterator[PrivatePostgres]:
-    """initdb and start a server in `directory/pgdata`; stopped at the end."""
-    handle = pgserver.get_server(directory / "pgdata", cleanup_mode="stop")
+def private_postgres() -> Iterator[PrivatePostgres]:
+    """initdb and start a server in a folder of its own; stopped and removed at the end.
+
+    Not under pytest's temporary folder: as root the server runs as another user, who
+    must be able to reach its data directory, and every pytest session that starts
+    (any on this machine) makes `/tmp/pytest-of-<user>` private again."""
+    folder = Path(tempfile.mkdtemp(prefix="tollgate-pg-"))
     try:
-        yield PrivatePostgres(handle, _url(handle))
+        handle = pgserver.get_server(folder / "pgdata", cleanup_mode="stop")
+        try:
+            yield PrivatePostgres(handle, _url(handle))
+        finally:
+            handle.cleanup()
     finally:
-        handle.cleanup()
+        shutil.rmtree(folder, ignore_errors=True)

@@ -30,8 +30,8 @@ PROVIDER = "lab-a"
 
 
 @pytest.fixture
-def database(tmp_path: Path) -> Iterator[PrivatePostgres]:
-    with private_postgres(tmp_path) as server:
+def database() -> Iterator[PrivatePostgres]:
+    with private_postgres() as server:
         upgrade(server.url)
         yield server
 
