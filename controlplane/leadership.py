@@ -11,6 +11,7 @@ Every replica still converges its own engine and serves requests.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from functools import wraps
@@ -18,7 +19,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from controlplane.store.db import Database
+from controlplane.store.db import OUTAGES, Database, outage_reason
 from controlplane.store.repository import ping_connection, try_advisory_lock
 
 log = logging.getLogger(__name__)
@@ -31,11 +32,20 @@ class Leadership:
         self._db = db
         self._connection: AsyncConnection | None = None
         self.leader = db.dialect != "postgresql"
+        # Jobs falling due together check at once: unserialised, each would open a
+        # connection of its own, and one holding the lock could be dropped unreleased
+        # (no replica leading until it is collected).
+        self._checking = asyncio.Lock()
+        self._unreachable = False
 
     async def check(self) -> bool:
         """Take or keep the lock; True while this replica leads."""
         if self._db.dialect != "postgresql":
             return True
+        async with self._checking:
+            return await self._check()
+
+    async def _check(self) -> bool:
         try:
             if self._connection is None:
                 self._connection = await self._db.engine.connect()
@@ -45,9 +55,22 @@ class Leadership:
                 self.leader = await try_advisory_lock(self._connection, LOCK_KEY)
                 if self.leader:
                     log.info("this replica now leads the periodic jobs")
+        except OUTAGES as exc:
+            if self.leader or not self._unreachable:
+                log.warning(
+                    "leadership check failed: the database is unavailable (%s); not leading "
+                    "the periodic jobs until it answers",
+                    outage_reason(exc),
+                )
+            self._unreachable = True
+            await self._drop()
         except Exception as exc:
             log.warning("leadership check failed (%s); not leading until it succeeds", exc)
             await self._drop()
+        else:
+            if self._unreachable:
+                log.warning("the database answers again: leadership checks resume")
+            self._unreachable = False
         return self.leader
 
     def only(self, job: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
@@ -62,7 +85,8 @@ class Leadership:
         return guarded
 
     async def release(self) -> None:
-        await self._drop()
+        async with self._checking:
+            await self._drop()
 
     async def _drop(self) -> None:
         self.leader = self._db.dialect != "postgresql"

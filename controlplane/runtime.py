@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
@@ -31,14 +33,12 @@ from controlplane.policy.source import source_from
 from controlplane.remedy.reviews_service import ReviewService
 from controlplane.remedy.service import Remedy
 from controlplane.settings import Providers, Settings, load_providers
-from controlplane.store.db import Database, upgrade
+from controlplane.store.db import OUTAGES, Database, outage_reason, upgrade
 from controlplane.telemetry import spanstore
 from controlplane.telemetry.tracing import configure
 
 log = logging.getLogger(__name__)
 
-RECOVERY_SECONDS = 15
-EXPIRY_SECONDS = 5
 CONVERGE_SECONDS = 5
 INTEL_PUBLISH_SECONDS = 10
 INTEL_AGE_OUT_SECONDS = 3600
@@ -65,6 +65,7 @@ class Runtime:
     """The CrowdSec decision stream (`crowdsec:` in the config file)."""
     scheduler: AsyncIOScheduler = field(default_factory=AsyncIOScheduler)
     _sync_problems: list[str] = field(default_factory=list)
+    _jobs_in_outage: set[str] = field(default_factory=set)
     _span_store: bool = False
     _started: bool = False
     _stopped: bool = False
@@ -130,11 +131,11 @@ class Runtime:
         await self.enforcer.start()
         await self.recover()
         for job, seconds in (
-            (self.recover, RECOVERY_SECONDS),
+            (self.recover, self.settings.recovery_seconds),
             (self.sync_policies, self.settings.policy_sync_seconds),
             (self.converge, CONVERGE_SECONDS),
-            (self.enforcer.expire, EXPIRY_SECONDS),
-            (self.remedy.expire_exemptions, EXPIRY_SECONDS),
+            (self.enforcer.expire, self.settings.expiry_seconds),
+            (self.remedy.expire_exemptions, self.settings.expiry_seconds),
             (self.intel.publish_from_actions, INTEL_PUBLISH_SECONDS),
             (self.intel.age_out, INTEL_AGE_OUT_SECONDS),
         ):
@@ -154,9 +155,40 @@ class Runtime:
         self._start_span_store()
         # Every replica converges its own engine; the other jobs run on the leader only.
         for job in self.scheduler.get_jobs():
-            if job.id != "converge":
-                job.modify(func=self.leadership.only(job.func))
+            func = job.func if job.id == "converge" else self.leadership.only(job.func)
+            job.modify(func=self._through_outages(job.id, func))
+        # Known at once (and shown by /readyz), not only at the first job's tick.
+        await self.leadership.check()
         self.scheduler.start()
+
+    def _through_outages(
+        self, name: str, job: Callable[..., Awaitable[Any]]
+    ) -> Callable[..., Awaitable[None]]:
+        """`job`, skipped with one WARNING line when the database is unavailable (not a
+        traceback at every tick), and one more when it runs again: the next tick retries."""
+
+        async def tolerant(*args: Any) -> None:
+            try:
+                await job(*args)
+            except asyncio.CancelledError:
+                if self._stopped:
+                    return  # the process is stopping: a job cut short is no error
+                raise
+            except OUTAGES as exc:
+                if name not in self._jobs_in_outage:
+                    self._jobs_in_outage.add(name)
+                    log.warning(
+                        "periodic job %s skipped: the database is unavailable (%s); "
+                        "retrying at every run",
+                        name,
+                        outage_reason(exc),
+                    )
+                return
+            if name in self._jobs_in_outage:
+                self._jobs_in_outage.discard(name)
+                log.warning("periodic job %s runs again: the database answers", name)
+
+        return tolerant
 
     def _start_span_store(self) -> None:
         """Keep finished spans in this database (written off the request path) and prune

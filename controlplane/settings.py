@@ -85,6 +85,17 @@ class Settings:
     )
     """`TOLLGATE_POLICY_SYNC_SECONDS`: how often the server looks for a new revision."""
 
+    expiry_seconds: float = field(default_factory=lambda: _number("EXPIRY_SECONDS", "5", float))
+    """`TOLLGATE_EXPIRY_SECONDS`: how often the leader expires actions and exemptions past
+    their time. It is the most frequent periodic job, so it is also how soon a replica
+    standing by takes the periodic jobs over when the leader dies."""
+
+    recovery_seconds: float = field(
+        default_factory=lambda: _number("RECOVERY_SECONDS", "15", float)
+    )
+    """`TOLLGATE_RECOVERY_SECONDS`: how often the leader decides verdicts that were stored
+    but not decided (a replica died between the two, or deciding failed)."""
+
     entrypoint: str = field(default_factory=lambda: _env("ENTRYPOINT", "tollgate.decision"))
     """`TOLLGATE_ENTRYPOINT`: the decision document, evaluated as `data.<entrypoint>`."""
 
@@ -194,6 +205,13 @@ class Settings:
         ):
             if value.strip().lower() not in [a.lower() for a in allowed]:
                 raise InvalidInput(f"{name}={value!r}: must be one of {', '.join(allowed)}")
+        for name, seconds in (
+            ("TOLLGATE_EXPIRY_SECONDS", self.expiry_seconds),
+            ("TOLLGATE_RECOVERY_SECONDS", self.recovery_seconds),
+            ("TOLLGATE_POLICY_SYNC_SECONDS", self.policy_sync_seconds),
+        ):
+            if not seconds > 0:
+                raise InvalidInput(f"{name}={seconds:g}: must be a number of seconds above 0")
         if self.config_explicit and not self.config.is_file():
             raise InvalidInput(
                 f"TOLLGATE_CONFIG={self.config}: no such file. Fix the path, or unset "

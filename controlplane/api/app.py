@@ -14,6 +14,7 @@ from controlplane.api.body import MAX_BODY, JSONRequest, StrictPydantic
 from controlplane.api.health import HealthController
 from controlplane.api.metrics import MetricsController
 from controlplane.audit import controllers as audit_routes
+from controlplane.auth import controllers as token_routes
 from controlplane.bouncers import controllers as bouncer_routes
 from controlplane.customers import controllers as customer_routes
 from controlplane.enforce import controllers as connector_routes
@@ -44,6 +45,7 @@ AREAS: list[Any] = [
     policy_routes,
     connector_routes,
     audit_routes,
+    token_routes,
 ]
 """Each area's controllers module: its `ROUTES` and, when it has any, its `DEPENDENCIES`."""
 

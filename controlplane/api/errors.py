@@ -3,7 +3,8 @@
 A 5xx is for a fault of the server only, and each one is logged with its traceback
 here and counted in /metrics (`tollgate_http_server_errors_total`, by api.middleware):
 detectors retry a 5xx, so one that a client could fix would block its batch forever. A database
-that cannot be reached is a 503 with `Retry-After`, like every unavailable error.
+that cannot be reached is a 503 with `Retry-After`, like every unavailable error, logged
+as one WARNING line: an outage is not a bug, and a traceback per request would bury it.
 """
 
 from __future__ import annotations
@@ -16,12 +17,9 @@ from litestar.exceptions import HTTPException, ValidationException
 from sqlalchemy import exc as sql
 
 from controlplane.errors import StoreUnavailable, TollgateError
+from controlplane.store.db import OUTAGES, outage_reason
 
 log = logging.getLogger(__name__)
-
-OUTAGES = (sql.OperationalError, sql.InterfaceError, sql.DisconnectionError, sql.TimeoutError)
-"""What SQLAlchemy raises when the database is down, restarting, unreachable or its
-file cannot be opened (psycopg's and sqlite3's OperationalError arrive wrapped)."""
 
 _HTTP_CODES = {
     400: "bad_request",
@@ -48,12 +46,23 @@ def tollgate_error(request: Request[Any, Any, Any], exc: TollgateError) -> Respo
 
 def database_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     if isinstance(exc, OUTAGES):
+        # Not a fault of the server: one line (no traceback per request, which would
+        # bury the log during an outage), still counted in /metrics as a 503.
+        log.warning(
+            "%s: the database is unavailable (%s); answered 503",
+            _where(request),
+            outage_reason(exc),
+        )
         unavailable = StoreUnavailable(
             "the database is unavailable; nothing was done: retry later "
             "(operators: see /readyz and the server log)"
         )
-        unavailable.__cause__ = exc
-        return tollgate_error(request, unavailable)
+        body = {"error": unavailable.code, "message": unavailable.message, "details": []}
+        return Response(
+            body,
+            status_code=unavailable.status_code,
+            headers={"Retry-After": str(unavailable.retry_after)},
+        )
     return internal_error(request, exc)
 
 

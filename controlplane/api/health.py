@@ -31,7 +31,8 @@ class HealthController(Controller):
         },
     )
     async def readyz(self, runtime: NamedDependency[Runtime]) -> Response[dict[str, Any]]:
-        """Ready when the database answers and a policy revision is loaded."""
+        """Ready when the database answers and a policy revision is loaded. `checks` also
+        says whether this replica leads the periodic jobs (`leading`) or stands by."""
         checks: dict[str, Any] = {}
         try:
             await runtime.db.ping()
@@ -47,6 +48,7 @@ class HealthController(Controller):
             }
         else:
             checks["policy"] = "not loaded"
+        checks["periodic_jobs"] = "leading" if runtime.leadership.leader else "standing by"
         ready = checks["database"] == "ok" and runtime.engines.loaded
         return Response(
             {"status": "ready" if ready else "not ready", "checks": checks},

@@ -38,6 +38,7 @@ EXTRA_STATUSES: dict[str, set[int]] = {
     "liftAction": {404, 409},
     "reconcileConnector": {404},
     "policyImpact": {404},
+    "rollbackPolicy": {404, 409},
     "subjectHistory": {404},
 }
 """Statuses an operation answers besides those its shape implies (see `_statuses`)."""

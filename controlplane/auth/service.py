@@ -76,7 +76,8 @@ class TokenService:
             )
         return token, row
 
-    async def revoke(self, token_id: str, actor: str) -> None:
+    async def revoke(self, token_id: str, actor: str) -> ApiTokenRow:
+        """Revoke an active token; its record, revoked."""
         now = utcnow()
         async with self._db.write() as session, session.begin():
             if not await repository.revoke(session, token_id, now):
@@ -92,7 +93,10 @@ class TokenService:
                     )
                 ],
             )
+            row = await repository.get_token(session, token_id)
         self._cache.clear()
+        assert row is not None
+        return row
 
     async def list(self) -> list[ApiTokenRow]:
         async with self._db.read() as session:

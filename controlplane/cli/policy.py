@@ -232,21 +232,31 @@ def sync(
     actor: Annotated[str, typer.Option(help="Who, for the record.")] = "cli",
 ) -> None:
     """Fetch the policy source; check, test and activate its revision if it is new.
-    Running servers switch to it within seconds."""
-    try:
-        result = asyncio.run(_with_service(lambda s: s.sync(actor, reason), may_create=True))
-    except TollgateError as exc:
-        raise fail(exc.message) from None
-    if result.outcome == "rejected":
-        out.print(f"[bold red]revision {result.revision} rejected[/]: it can never be activated")
-        for problem in result.problems:
+    Running servers switch to it within seconds. With TOLLGATE_URL set, the server syncs
+    from its own policy source (and records the token's name, not --actor)."""
+    settings = cli_settings()
+    if settings.url:
+        with api_client(settings.api_url, settings.token, timeout=600) as client:
+            answer = request(client, "POST", "/v1/policies/sync", json={"reason": reason})
+        revision, outcome = str(answer["revision"]), str(answer["outcome"])
+        problems, tests = list(answer["problems"]), dict(answer["tests"])
+    else:
+        try:
+            result = asyncio.run(_with_service(lambda s: s.sync(actor, reason), may_create=True))
+        except TollgateError as exc:
+            raise fail(exc.message) from None
+        revision, outcome, problems, tests = (
+            result.revision,
+            result.outcome,
+            result.problems,
+            result.tests,
+        )
+    if outcome == "rejected":
+        out.print(f"[bold red]revision {revision} rejected[/]: it can never be activated")
+        for problem in problems:
             out.print(f"  {problem}", highlight=False)
         raise typer.Exit(code=1)
-    tests = result.tests
-    out.print(
-        f"revision [bold]{result.revision}[/]: {result.outcome} "
-        f"({tests.get('passed', 0)} tests passed)"
-    )
+    out.print(f"revision [bold]{revision}[/]: {outcome} ({tests.get('passed', 0)} tests passed)")
 
 
 @policy_app.command("rollback")
@@ -261,11 +271,20 @@ def rollback(
     actor: Annotated[str, typer.Option(help="Who, for the record.")] = "cli",
 ) -> None:
     """Reactivate an earlier revision that passed its gate. Running servers switch to it
-    within seconds; the next sync activates only a newer commit."""
-    try:
-        done = asyncio.run(_with_service(lambda s: s.rollback(revision, actor, reason)))
-    except TollgateError as exc:
-        raise fail(exc.message, "list revisions with `curl $TOLLGATE_URL/v1/policies`") from None
+    within seconds; the next sync activates only a newer commit. With TOLLGATE_URL set,
+    the server does it (and records the token's name, not --actor)."""
+    settings = cli_settings()
+    if settings.url:
+        body = {"revision": revision, "reason": reason}
+        with api_client(settings.api_url, settings.token) as client:
+            done = str(request(client, "POST", "/v1/policies/rollback", json=body)["revision"])
+    else:
+        try:
+            done = asyncio.run(_with_service(lambda s: s.rollback(revision, actor, reason)))
+        except TollgateError as exc:
+            raise fail(
+                exc.message, "list revisions with `curl $TOLLGATE_URL/v1/policies`"
+            ) from None
     out.print(f"revision [bold]{done}[/] is active again")
 
 

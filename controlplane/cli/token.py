@@ -1,18 +1,24 @@
-"""`tollgate token`: bearer tokens for detectors, engineers, reviewers and auditors."""
+"""`tollgate token`: bearer tokens for detectors, engineers, reviewers and auditors.
+
+With TOLLGATE_URL set (and an admin's TOLLGATE_TOKEN) they go through the server's
+`/v1/tokens`; without, they work on the database directly, which is how the first
+admin token of an installation is made."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Annotated, TypeVar
+from urllib.parse import quote
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from controlplane.auth.roles import Role
+from controlplane.auth.schemas import TokenOut
 from controlplane.auth.service import TokenService
-from controlplane.cli.client import fail, local_database
+from controlplane.cli.client import api_client, cli_settings, fail, local_database, request
 from controlplane.domain.action import parse_duration
 from controlplane.errors import TollgateError
 from controlplane.store.db import Database, upgrade
@@ -40,18 +46,29 @@ def create(
     role: Annotated[Role, typer.Option(help="What it may do.")],
     expires: Annotated[str | None, typer.Option(help="Lifetime, e.g. 90d.")] = None,
 ) -> None:
-    """Create a token and print it once: store it in your secret manager."""
+    """Create a token and print it once: store it in your secret manager. With
+    TOLLGATE_URL set, the server issues it (an admin's TOLLGATE_TOKEN); without, it is
+    written to the database directly (how the first admin token is made)."""
     try:
         expires_at = utcnow() + parse_duration(expires) if expires else None
     except ValueError as exc:
         raise fail(f"--expires: {exc}") from None
-    token, row = asyncio.run(
-        _with_tokens(
-            lambda t: t.create(name, role, actor="cli", expires_at=expires_at), may_create=True
+    settings = cli_settings()
+    if settings.url:
+        body = {"name": name, "role": role.value, "expires": expires}
+        with api_client(settings.api_url, settings.token) as client:
+            created = request(client, "POST", "/v1/tokens", json=body)
+        token_id, token = str(created["id"]), str(created["token"])
+    else:
+        token, row = asyncio.run(
+            _with_tokens(
+                lambda t: t.create(name, role, actor="cli", expires_at=expires_at), may_create=True
+            )
         )
-    )
+        token_id = row.id
     out.print(
-        f"token [bold]{row.id}[/] for {name} ({role.value}); it is shown only now:", highlight=False
+        f"token [bold]{token_id}[/] for {name} ({role.value}); it is shown only now:",
+        highlight=False,
     )
     print(token)
 
@@ -59,7 +76,12 @@ def create(
 @token_app.command("list")
 def list_tokens() -> None:
     """Tokens by id, name and role (never the tokens themselves)."""
-    rows = asyncio.run(_with_tokens(lambda t: t.list()))
+    settings = cli_settings()
+    if settings.url:
+        with api_client(settings.api_url, settings.token) as client:
+            rows = [TokenOut.model_validate(t) for t in request(client, "GET", "/v1/tokens")]
+    else:
+        rows = [TokenOut.from_row(r) for r in asyncio.run(_with_tokens(lambda t: t.list()))]
     table = Table(title="API tokens")
     for column in ("id", "name", "role", "created", "expires", "revoked"):
         table.add_column(column)
@@ -78,8 +100,13 @@ def list_tokens() -> None:
 @token_app.command("revoke")
 def revoke(token_id: Annotated[str, typer.Argument(help="The token's id (tok_...).")]) -> None:
     """Revoke a token; servers refuse it within seconds."""
-    try:
-        asyncio.run(_with_tokens(lambda t: t.revoke(token_id, actor="cli")))
-    except TollgateError as exc:
-        raise fail(exc.message) from None
+    settings = cli_settings()
+    if settings.url:
+        with api_client(settings.api_url, settings.token) as client:
+            request(client, "DELETE", f"/v1/tokens/{quote(token_id, safe='')}")
+    else:
+        try:
+            asyncio.run(_with_tokens(lambda t: t.revoke(token_id, actor="cli")))
+        except TollgateError as exc:
+            raise fail(exc.message) from None
     out.print(f"token {token_id} revoked")

@@ -54,9 +54,9 @@ from controlplane.enforce.sdk import (
     EntryType,
 )
 from controlplane.remedy import repository as remedy_repo
-from controlplane.store.db import Database
+from controlplane.store.db import OUTAGES, Database, outage_reason
 from controlplane.store.models import ActionRow, ChangeRow
-from controlplane.store.repository import try_advisory_lock
+from controlplane.store.repository import ping_connection, try_advisory_lock
 from controlplane.store.types import utcnow
 from controlplane.telemetry.tracing import tracer
 
@@ -77,6 +77,8 @@ SPAN_APPLY = "connector.apply"
 SPAN_RECONCILE = "connector.reconcile"
 TRACED_PER_BATCH = 100
 """Parent spans an apply span is repeated under, at most (the rest are counted only)."""
+LOCK_CHECK_SECONDS = 1.0
+"""How often an applying follower makes sure the connection holding its lock lives."""
 FOLLOW_LOCK = 0x74_6C_66_00
 """Advisory locks (plus a hash of the connector's name): one follower per connector."""
 
@@ -151,6 +153,9 @@ class Follower:
         self._requests: list[asyncio.Future[ReconcileReport]] = []
         self._retry: dict[Key, _Retry] = {}
         self._outage = 0
+        self._database_down = False
+        self._lock_connection: AsyncConnection | None = None
+        self._lock_checked = 0.0
         self._next_reconcile = 0.0
         self._reconciled = False
         """The first reconcile tries permanent failures again (the gateway's config may
@@ -228,10 +233,20 @@ class Follower:
             # kept, and the next look follows at once.
             self._wake.clear()
             try:
+                await self._check_lock()
                 if self._requests or time.monotonic() >= self._next_reconcile:
                     await self._reconcile_now()
                 worked = await self._drain()
+                if self._database_down:
+                    self._database_down = False
+                    log.warning("connector %s: the database answers again", self.config.name)
             except asyncio.CancelledError:
+                raise
+            except OUTAGES as exc:
+                # The database, not the gateway. Its advisory lock may have gone with
+                # it (a restarted server holds none): stop applying, and let the
+                # supervisor take the lock again before this follower goes on.
+                self.database_unavailable(exc)
                 raise
             except Exception:
                 log.exception("connector %s: enforcement step failed; retrying", self.config.name)
@@ -240,6 +255,30 @@ class Follower:
             if not worked:
                 with suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self._pause())
+
+    async def _check_lock(self) -> None:
+        """Raise when the connection holding this connector's advisory lock is gone (the
+        database restarted, or the connection was cut): the lock went with it, another
+        worker may hold it now, and applying on would make two appliers. Checked at most
+        every `LOCK_CHECK_SECONDS`, and so before applying after any longer pause."""
+        if self._lock_connection is None:
+            return
+        now = time.monotonic()
+        if now - self._lock_checked < LOCK_CHECK_SECONDS:
+            return
+        await ping_connection(self._lock_connection)
+        self._lock_checked = now
+
+    def database_unavailable(self, exc: BaseException) -> None:
+        """One WARNING line when the database goes away (the cursor holds meanwhile, so
+        nothing is skipped); `_follow` logs one more when it answers again."""
+        if not self._database_down:
+            log.warning(
+                "connector %s: the database is unavailable (%s); enforcement waits and retries",
+                self.config.name,
+                outage_reason(exc),
+            )
+        self._database_down = True
 
     def _pause(self) -> float:
         """How long to wait for a wake: the poll (changes from other replicas), less when
@@ -751,9 +790,11 @@ class Follower:
             try:
                 taken = await try_advisory_lock(connection, key)
                 if taken:
+                    self._lock_connection = connection
                     try:
                         yield
                     finally:
+                        self._lock_connection = None
                         await connection.invalidate()
                     return
             finally:

@@ -35,7 +35,7 @@ from controlplane.enforce.follower import Follower, ReconcileReport
 from controlplane.enforce.registry import factory
 from controlplane.enforce.sdk import ConnectorConfig, ConnectorError, EntryType
 from controlplane.errors import NotFound, ServiceUnavailable
-from controlplane.store.db import Database
+from controlplane.store.db import OUTAGES, Database
 from controlplane.store.models import ConnectorStatusRow
 from controlplane.store.types import utcnow
 
@@ -353,6 +353,10 @@ async def _supervise(follower: Follower) -> None:
             await follower.run()
         except asyncio.CancelledError:
             raise
+        except OUTAGES as exc:
+            follower.database_unavailable(exc)
+            await asyncio.sleep(1.0)
+            continue
         except Exception:
             log.exception(
                 "connector %s stopped following the change log; restarting in 5 s",

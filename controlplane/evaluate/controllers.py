@@ -48,6 +48,7 @@ class DecisionController(Controller):
             verdict_id=e.verdict_id,
             policy_revision=e.policy_revision,
             entrypoint=e.entrypoint,
+            stored_status=e.stored_status,
             matches=e.matches,
             stored_result=e.stored_result,
             rerun_result=e.rerun_result,

@@ -45,6 +45,7 @@ class ExplanationOut(BaseModel):
     verdict_id: str
     policy_revision: str
     entrypoint: str
+    stored_status: str = Field(description="How the stored decision came out (`ok`, `error`...).")
     matches: bool = Field(description="The re-run gives the stored result.")
     stored_result: Any
     rerun_result: Any

@@ -44,7 +44,7 @@ from controlplane.ingest.schemas import IngestResult, VerdictResult
 from controlplane.plan import repository as actions_repo
 from controlplane.plan import service as plan_service
 from controlplane.plan.schemas import ActionOut
-from controlplane.store.db import Database
+from controlplane.store.db import OUTAGES, Database, outage_reason
 from controlplane.store.types import utcnow
 from controlplane.telemetry import metrics
 from controlplane.telemetry.tracing import SPAN_INGEST, trace_id_hex, tracer
@@ -140,7 +140,10 @@ class IngestService:
             try:
                 await self._group(group)
             except BaseException as exc:  # answered to each request: nothing is dropped
-                if not isinstance(exc, TollgateError | asyncio.CancelledError):
+                if isinstance(exc, OUTAGES):
+                    # Answered 503 with Retry-After; one line, not a traceback per request.
+                    log.warning("storing %d verdicts: %s", size, outage_reason(exc))
+                elif not isinstance(exc, TollgateError | asyncio.CancelledError):
                     log.exception("storing %d verdicts failed", size)
                 for item in group:
                     if not item.answer.done():

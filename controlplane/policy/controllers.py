@@ -6,13 +6,13 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from litestar import Controller, get, post
+from litestar import Controller, Request, get, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
 from litestar.status_codes import HTTP_200_OK
 
 from controlplane.api.dependencies import provide
-from controlplane.auth.guards import requires
+from controlplane.auth.guards import principal_of, requires
 from controlplane.auth.roles import READERS, Role
 from controlplane.domain.action import parse_duration
 from controlplane.engine.bundle import PolicyBundle, content_revision, short_revision
@@ -20,8 +20,18 @@ from controlplane.engine.embedded import EmbeddedEngine
 from controlplane.engine.sandbox import refuse_denied
 from controlplane.errors import InvalidInput, NotFound, PolicyError
 from controlplane.policy.impact import markdown, replay
-from controlplane.policy.schemas import ActivationOut, ImpactRequest, PoliciesOut, RevisionOut
+from controlplane.policy.schemas import (
+    ActivationOut,
+    ImpactRequest,
+    PoliciesOut,
+    RevisionOut,
+    RollbackOut,
+    RollbackRequest,
+    SyncOut,
+    SyncRequest,
+)
 from controlplane.policy.service import PolicyService, bundle_of
+from controlplane.runtime import Runtime
 from controlplane.settings import Settings
 from controlplane.store.db import Database
 
@@ -60,6 +70,56 @@ class PolicyController(Controller):
                 for a in activations
             ],
         )
+
+    @post(
+        "/sync",
+        operation_id="syncPolicies",
+        summary="Sync from the policy source",
+        status_code=HTTP_200_OK,
+        guards=[requires(Role.ENGINEER)],
+    )
+    async def sync(
+        self,
+        request: Request[Any, Any, Any],
+        runtime: NamedDependency[Runtime],
+        data: JSONBody[SyncRequest | None] = None,
+    ) -> SyncOut:
+        """Fetch this server's policy source now; check, test and activate its revision
+        if it is new (a rejected one is recorded with why, and never activated). This
+        server decides with it at once, the other replicas within seconds. The token's
+        name is recorded as who did it."""
+        reason = data.reason if data is not None else SyncRequest().reason
+        result = await runtime.policies.sync(principal_of(request).name, reason)
+        await runtime.converge()
+        return SyncOut(
+            revision=result.revision,
+            outcome=result.outcome,
+            problems=result.problems,
+            tests=result.tests,
+        )
+
+    @post(
+        "/rollback",
+        operation_id="rollbackPolicy",
+        summary="Roll back to an earlier revision",
+        status_code=HTTP_200_OK,
+        guards=[requires(Role.ENGINEER)],
+    )
+    async def rollback(
+        self,
+        request: Request[Any, Any, Any],
+        runtime: NamedDependency[Runtime],
+        data: JSONBody[RollbackRequest | None] = None,
+    ) -> RollbackOut:
+        """Reactivate an earlier revision that passed its gate (by default the one active
+        before the current one). This server decides with it at once, the other
+        replicas within seconds; the next sync activates only a newer commit."""
+        body = data if data is not None else RollbackRequest()
+        done = await runtime.policies.rollback(
+            body.revision, principal_of(request).name, body.reason
+        )
+        await runtime.converge()
+        return RollbackOut(revision=done)
 
     @post(
         "/impact",

@@ -62,3 +62,43 @@ class ImpactRequest(BaseModel):
         if (self.head is None) == (self.head_modules is None):
             raise ValueError("give exactly one of head (a recorded revision) or head_modules")
         return self
+
+
+class SyncRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(
+        default="sync by hand", min_length=1, max_length=2000, description="Why, for the record."
+    )
+
+
+class SyncOut(BaseModel):
+    revision: str = Field(description="The revision the server's policy source holds now.")
+    outcome: str = Field(
+        description="`activated` (new, passed its check and tests), `unchanged` (already "
+        "known) or `rejected` (failed its check or tests: it can never be activated)."
+    )
+    problems: list[str] = Field(description="Why a rejected revision was rejected.")
+    tests: dict[str, Any] = Field(description="`passed`, `failed` and the failures.")
+
+
+class RollbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    revision: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="The revision (id or unique prefix) to reactivate; default: the one "
+        "active before the current one.",
+    )
+    reason: str = Field(
+        default="rollback by hand",
+        min_length=1,
+        max_length=2000,
+        description="Why, for the record.",
+    )
+
+
+class RollbackOut(BaseModel):
+    revision: str = Field(description="The revision active now.")

@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import Engine, event
 from sqlalchemy import create_engine as create_sync_engine
+from sqlalchemy import exc as sql
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -17,6 +18,17 @@ from sqlalchemy.orm import Session, sessionmaker
 from controlplane.store.repository import ping
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+
+OUTAGES = (sql.OperationalError, sql.InterfaceError, sql.DisconnectionError, sql.TimeoutError)
+"""What SQLAlchemy raises when the database is down, restarting, unreachable or its
+file cannot be opened (psycopg's and sqlite3's OperationalError arrive wrapped)."""
+
+
+def outage_reason(exc: BaseException) -> str:
+    """The driver's own first line about an outage (no SQL, no traceback), for a log."""
+    cause = getattr(exc, "orig", None) or exc
+    lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
+    return (lines[0] if lines else type(cause).__name__)[:300]
 
 
 def create_engine(url: str) -> AsyncEngine:

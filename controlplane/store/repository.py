@@ -15,7 +15,10 @@ async def ping(session: AsyncSession) -> None:
 
 
 async def ping_connection(connection: AsyncConnection) -> None:
+    """Raises when this connection is gone. Committed, so a connection kept for a lock
+    never sits idle in a transaction (`idle_in_transaction_session_timeout` would end it)."""
     await connection.execute(text("SELECT 1"))
+    await connection.commit()
 
 
 async def advisory_lock(connection: AsyncConnection, key: int) -> None:

@@ -51,9 +51,9 @@ verified_customer contains action if {
 		"params": {"withheld": _withheld},
 		"ttl": null,
 		"rule": "review_first.verified_customer",
-		"reason": sprintf("verified %s customer (owner %v): %s; withheld for review: %s", [
+		"reason": sprintf("verified %s customer (%s): %s; withheld for review: %s", [
 			object.get(input.context.customer, "tier", "standard"),
-			object.get(input.context.customer, "owner", "unknown"),
+			_owner_text,
 			verdict.summary,
 			concat("; ", [_describe(a) | some a in _withheld]),
 		]),
@@ -86,5 +86,12 @@ _held_open(action) if {
 	w.type == action.type
 	w.target == action.target
 }
+
+# A lab may record no owner for a customer (null or absent): say so in words.
+_owner_text := sprintf("owner %s", [owner]) if {
+	owner := input.context.customer.owner
+	is_string(owner)
+	owner != ""
+} else := "no owner recorded"
 
 _describe(action) := sprintf("%s %s %s (%s)", [action.type, action.target.kind, action.target.value, action.rule])

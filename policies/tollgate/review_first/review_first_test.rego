@@ -34,6 +34,15 @@ test_verified_customer_gets_one_review_with_the_withheld_actions if {
 	types == {"revoke_key", "suspend"}
 }
 
+test_a_customer_without_an_owner_says_so_in_words if {
+	every customer in [object.union(_customer, {"owner": null}), object.remove(_customer, ["owner"])] {
+		reasons := [a.reason | some a in review_first.actions] with input as _input(customer, [])
+		count(reasons) == 1
+		contains(reasons[0], "verified enterprise customer (no owner recorded)")
+		not contains(reasons[0], "null")
+	}
+}
+
 _open(withheld) := [{
 	"type": "flag_review", "target": {"kind": "account", "value": "acct_v"},
 	"rule": "review_first.verified_customer", "params": {"withheld": withheld},

@@ -31,6 +31,9 @@ async def test_readyz_reports_database_and_loaded_revision(api: Running) -> None
         "engine": "opa-embedded",
         "entrypoint": "tollgate.decision",
     }
+    # One process: it leads the periodic jobs (on SQLite always; on PostgreSQL it took
+    # the lock at start, no other replica holding it).
+    assert body["checks"]["periodic_jobs"] == "leading"
 
 
 async def test_readyz_is_503_until_a_policy_revision_is_loaded(tmp_path: Path) -> None:

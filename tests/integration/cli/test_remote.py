@@ -157,6 +157,31 @@ async def _token(server: Server, role: Role) -> str:
     return token
 
 
+THROUGH_THE_API = [
+    ["decision", "explain", "dec_x"],
+    ["token", "list"],
+    ["token", "create", "--name", "x", "--role", "auditor"],
+    ["token", "revoke", "tok_x"],
+    ["policy", "sync"],
+    ["policy", "rollback"],
+    ["action", "list"],
+]
+
+
+@pytest.mark.parametrize("command", THROUGH_THE_API)
+def test_with_a_url_these_go_to_the_server_and_create_nothing_here(
+    tmp_path: Path, command: list[str]
+) -> None:
+    data_dir = tmp_path / "elsewhere"
+    url = "http://127.0.0.1:1"
+    done = run(
+        command, {"TOLLGATE_DATA_DIR": str(data_dir), "TOLLGATE_URL": url, "TOLLGATE_TOKEN": "tg_x"}
+    )
+    assert done.returncode == 1
+    assert done.stderr.splitlines()[0] == f"error: no Tollgate server answers at {url}"
+    assert not data_dir.exists()
+
+
 @pytest.mark.parametrize(
     "command",
     [
@@ -177,8 +202,93 @@ def test_commands_on_the_database_never_create_an_empty_one(
     )
     assert not data_dir.exists()
 
+
+def test_database_maintenance_refuses_a_server_url(tmp_path: Path) -> None:
+    """`audit reindex` rebuilds a table from the chain: the database's own work, never
+    done through a server; with TOLLGATE_URL set it says so instead of acting locally."""
+    data_dir = tmp_path / "elsewhere"
     url = "http://127.0.0.1:1"
-    done = run(command, {"TOLLGATE_DATA_DIR": str(data_dir), "TOLLGATE_URL": url})
+    done = run(["audit", "reindex"], {"TOLLGATE_DATA_DIR": str(data_dir), "TOLLGATE_URL": url})
     assert done.returncode == 1
     assert f"TOLLGATE_URL is set ({url})" in done.stderr.splitlines()[0]
     assert not data_dir.exists()
+
+
+async def test_decision_explain_asks_the_server(server: Server, tmp_path: Path) -> None:
+    settings = remote(server, tmp_path)
+    submitted = run(["verdict", "submit", "-", "--json"], settings, stdin=json.dumps(verdict()))
+    assert submitted.returncode == 0, submitted.stderr
+    [result] = json.loads(submitted.stdout)
+    done = run(["decision", "explain", result["decision_id"]], settings)
+    assert done.returncode == 0, done.stderr
+    assert f"decision {result['decision_id']} for verdict {result['verdict_id']}" in done.stdout
+    assert "re-run matches the stored result" in done.stdout
+    assert "graduated.first_offense" in done.stdout
+    missing = run(["decision", "explain", "dec_nothing"], settings)
+    assert missing.returncode == 1
+    assert missing.stderr.splitlines()[0].startswith("error 404:")
+    assert not (tmp_path / "local").exists(), "no local database was created"
+
+
+async def test_action_list_asks_the_server(server: Server, tmp_path: Path) -> None:
+    settings = remote(server, tmp_path)
+    subject = new_subject()
+    submitted = run(
+        ["verdict", "submit", "-", "--json"], settings, stdin=json.dumps(verdict(subject=subject))
+    )
+    [result] = json.loads(submitted.stdout)
+    [action] = result["actions"]
+    target = f"api_key:{subject['api_key_id']}"
+    done = run(["action", "list", "--target", target], settings)
+    assert done.returncode == 0, done.stderr
+    assert action["id"] in done.stdout and "rate_limit" in done.stdout
+    answered = run(["action", "list", "--target", target, "--json"], settings)
+    assert [a["id"] for a in json.loads(answered.stdout)["items"]] == [action["id"]]
+    bad = run(["action", "list", "--target", "nocolon"], settings)
+    assert bad.returncode == 1
+    assert bad.stderr.splitlines()[0] == "error: --target 'nocolon' is not kind:value"
+    assert not (tmp_path / "local").exists(), "no local database was created"
+
+
+async def test_tokens_are_issued_listed_and_revoked_through_the_server(
+    server: Server, tmp_path: Path
+) -> None:
+    admin = remote(server, tmp_path)
+    created = run(["token", "create", "--name", "auditor-cli", "--role", "auditor"], admin)
+    assert created.returncode == 0, created.stderr
+    token = created.stdout.strip().splitlines()[-1]
+    [token_id] = [w for w in created.stdout.split() if w.startswith("tok_")]
+    assert token.startswith("tg_")
+
+    listed = run(["token", "list"], admin)
+    assert token_id in listed.stdout and "auditor-cli" in listed.stdout
+    assert token not in listed.stdout, "a token is shown once, at creation"
+
+    # The new token may read, and may not issue tokens: only an admin may.
+    auditor = remote(server, tmp_path, TOLLGATE_TOKEN=token)
+    assert run(["action", "list"], auditor).returncode == 0
+    refused = run(["token", "create", "--name", "x", "--role", "admin"], auditor)
+    assert refused.returncode == 1
+    assert refused.stderr.splitlines()[0].startswith("error 403:")
+
+    revoked = run(["token", "revoke", token_id], admin)
+    assert revoked.returncode == 0, revoked.stderr
+    again = run(["token", "revoke", token_id], admin)
+    assert again.returncode == 1 and again.stderr.splitlines()[0].startswith("error 404:")
+    assert not (tmp_path / "local").exists(), "no local database was created"
+
+
+async def test_policy_sync_and_rollback_ask_the_server(server: Server, tmp_path: Path) -> None:
+    admin = remote(server, tmp_path)
+    synced = run(["policy", "sync", "--reason", "checking from a laptop"], admin)
+    assert synced.returncode == 0, synced.stderr
+    assert ": unchanged (" in synced.stdout, "the server's own source, already known"
+    # One revision was ever active: the server says why there is nothing to roll back to.
+    rolled = run(["policy", "rollback"], admin)
+    assert rolled.returncode == 1
+    assert rolled.stderr.splitlines()[0].startswith("error 409:")
+    assert "nothing to roll back to" in rolled.stderr
+    detector = await _token(server, Role.DETECTOR)
+    refused = run(["policy", "sync"], remote(server, tmp_path, TOLLGATE_TOKEN=detector))
+    assert refused.returncode == 1 and refused.stderr.splitlines()[0].startswith("error 403:")
+    assert not (tmp_path / "local").exists(), "no local database was created"

@@ -90,6 +90,13 @@ def test_a_bad_setting_stops_the_server_naming_it(
     assert f"{variable}={value!r}: must be one of" in refusal(done.stderr)
 
 
+@pytest.mark.parametrize("variable", ["TOLLGATE_EXPIRY_SECONDS", "TOLLGATE_RECOVERY_SECONDS"])
+def test_a_job_interval_must_be_above_zero(tmp_path: Path, variable: str) -> None:
+    done = run(["serve"], settings(tmp_path, **{variable: "0"}))
+    assert done.returncode == CANNOT_START
+    assert f"{variable}=0: must be a number of seconds above 0" in refusal(done.stderr)
+
+
 def test_a_number_that_is_not_one_is_one_line(tmp_path: Path) -> None:
     done = run(["serve"], settings(tmp_path, TOLLGATE_POLICY_SYNC_SECONDS="1m"))
     assert done.returncode != 0

@@ -115,8 +115,15 @@ async def test_the_api_writes_the_log_and_a_worker_applies_it(
 
         await until(applied, "the worker to apply the action")
         assert await roles(client, w) == {"edge": "applying"}
-        [status] = (await client.get(f"{api.url}/v1/connectors")).json()
-        assert status["state"] == "healthy" and status["pending_changes"] == 0
+
+        async def caught_up() -> bool:
+            # The start's reconcile may apply the action before its change is drained:
+            # the cursor follows a moment later.
+            [status] = (await client.get(f"{api.url}/v1/connectors")).json()
+            assert status["state"] == "healthy", status
+            return status["pending_changes"] == 0
+
+        await until(caught_up, "the worker's cursor to pass the change")
         # The API applies nothing, so it cannot reconcile: it says who does.
         refused = await client.post(f"{api.url}/v1/connectors/edge/reconcile")
         assert refused.status_code == 503
