@@ -16,6 +16,7 @@ from sqlmodel import col
 
 from controlplane.domain.vocabulary import ACTIVE_STATES, ActionState, SubjectKind
 from controlplane.store.models import ActionRow
+from controlplane.store.repository import keyed
 
 ACTIVE = [s.value for s in ACTIVE_STATES]
 _CHUNK = 500
@@ -400,23 +401,13 @@ _ACTIVE_CIDRS = select(_action.c.provider, _action.c.target_value).where(
 )
 
 
-def _keyed(keys: Sequence[tuple[str, str, str]]) -> dict[str, Any]:
-    """The IN lists of a set of (provider, kind, value) keys, asked as a cross product
-    by the (provider, kind, value) index; the caller keeps only the rows it asked for."""
-    return {
-        "providers": sorted({p for p, _, _ in keys}),
-        "kinds": sorted({k for _, k, _ in keys}),
-        "values": sorted({v for _, _, v in keys}),
-    }
-
-
 def active_on_keys(
     session: Session, keys: Sequence[tuple[str, str, str]], now: datetime
 ) -> list[Any]:
     """(decide thread) Active, non-shadow, unexpired actions on these (provider, kind,
     value) targets, as row mappings: one statement built once, by index."""
     wanted = set(keys)
-    rows = session.connection().execute(_ACTIVE_ON_KEYS, {**_keyed(keys), "now": now})
+    rows = session.connection().execute(_ACTIVE_ON_KEYS, {**keyed(keys), "now": now})
     return [
         row
         for row in rows.mappings()

@@ -19,6 +19,7 @@ from controlplane.store.models import (
     ExemptionRow,
     LiftRow,
 )
+from controlplane.store.repository import keyed
 
 _CHUNK = 500
 
@@ -326,16 +327,6 @@ _APPEALS_ON = select(
 )
 
 
-def _keyed(keys: Sequence[tuple[str, str, str]]) -> dict[str, Any]:
-    """The IN lists of a set of (provider, kind, value) keys, asked as a cross product
-    by the (provider, kind, value) index; the caller keeps only the rows it asked for."""
-    return {
-        "providers": sorted({p for p, _, _ in keys}),
-        "kinds": sorted({k for _, k, _ in keys}),
-        "values": sorted({v for _, _, v in keys}),
-    }
-
-
 def _asked(rows: Any, keys: Sequence[tuple[str, str, str]], kind: str, value: str) -> list[Any]:
     wanted = set(keys)
     return [r for r in rows if (r.provider, getattr(r, kind), getattr(r, value)) in wanted]
@@ -345,13 +336,13 @@ def live_exemptions_on(
     session: Session, keys: Sequence[tuple[str, str, str]], now: datetime
 ) -> list[Any]:
     """(decide thread) Live exemptions of these (provider, kind, value) subjects."""
-    rows = session.connection().execute(_EXEMPTIONS_ON, {**_keyed(keys), "now": now})
+    rows = session.connection().execute(_EXEMPTIONS_ON, {**keyed(keys), "now": now})
     return _asked(rows, keys, "subject_kind", "subject_value")
 
 
 def lifts_on(session: Session, keys: Sequence[tuple[str, str, str]], since: datetime) -> list[Any]:
     """(decide thread) Lifts of these (provider, kind, value) targets since `since`."""
-    rows = session.connection().execute(_LIFTS_ON, {**_keyed(keys), "since": since})
+    rows = session.connection().execute(_LIFTS_ON, {**keyed(keys), "since": since})
     return _asked(rows, keys, "target_kind", "target_value")
 
 
@@ -366,7 +357,7 @@ def pending_appeals_on(
     session: Session, keys: Sequence[tuple[str, str, str]], since: datetime
 ) -> list[Any]:
     """(decide thread) Open or denied appeals about these subjects filed since `since`."""
-    rows = session.connection().execute(_APPEALS_ON, {**_keyed(keys), "since": since})
+    rows = session.connection().execute(_APPEALS_ON, {**keyed(keys), "since": since})
     return _asked(rows, keys, "subject_kind", "subject_value")
 
 

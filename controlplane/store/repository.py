@@ -1,9 +1,11 @@
-"""Database-wide SQL that belongs to no one table: a ping, and PostgreSQL advisory
-locks (the leader's, the subjects a batch decides, a connector follower's)."""
+"""Database-wide SQL that belongs to no one table: a ping, PostgreSQL advisory
+locks (the leader's, the subjects a batch decides, a connector follower's), and the IN
+lists of keyed lookups."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import Connection, func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
@@ -57,3 +59,14 @@ def unlock_all(connection: Connection) -> None:
     """Release every session-level advisory lock this connection holds."""
     connection.execute(text("SELECT pg_advisory_unlock_all()"))
     connection.commit()
+
+
+def keyed(keys: Sequence[tuple[str, str, str]]) -> dict[str, Any]:
+    """The IN lists of a set of (provider, kind, value) keys, for a statement that asks
+    them as a cross product by a (provider, kind, value) index; the caller keeps only the
+    rows of the combinations it asked for."""
+    return {
+        "providers": sorted({p for p, _, _ in keys}),
+        "kinds": sorted({k for _, k, _ in keys}),
+        "values": sorted({v for _, _, v in keys}),
+    }
