@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import Any
 
 from opentelemetry import trace
+from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 from controlplane.audit.chain import EventDraft
@@ -112,6 +113,7 @@ class Decider:
         self._engines = engines
         self._intel = repository.IntelCache(keyring)
         self._cidrs = repository.CidrTargets()
+        self._locks: Connection | None = None
 
     @contextmanager
     def exclusive(self, verdicts: Sequence[Verdict]) -> Iterator[None]:
@@ -124,14 +126,38 @@ class Decider:
         if self._db.dialect != "postgresql":
             yield
             return
-        with self._db.blocking.connect() as connection:
-            started = time.perf_counter()
+        connection = self._lock_connection()
+        started = time.perf_counter()
+        try:
             lock_keys(connection, subject_locks(verdicts))
-            metrics.decide_lock_waited(time.perf_counter() - started)
+        except BaseException:
+            self.close()  # a broken connection holds nothing: the next batch reconnects
+            raise
+        metrics.decide_lock_waited(time.perf_counter() - started)
+        try:
+            yield
+        finally:
             try:
-                yield
-            finally:
                 unlock_all(connection)
+            except BaseException:
+                self.close()
+                raise
+
+    def _lock_connection(self) -> Connection:
+        """The decide thread's own connection for subject locks, kept open (autocommit:
+        one round trip to lock a batch's subjects, one to release them)."""
+        if self._locks is None or self._locks.closed or self._locks.invalidated:
+            self._locks = self._db.blocking.connect().execution_options(
+                isolation_level="AUTOCOMMIT"
+            )
+        return self._locks
+
+    def close(self) -> None:
+        """(decide thread) Close the lock connection; its locks go with it."""
+        if self._locks is not None:
+            self._locks.invalidate()
+            self._locks.close()
+            self._locks = None
 
     def decide(
         self,

@@ -103,6 +103,7 @@ class IngestService:
         connection, one at a time, while the event loop goes on serving requests."""
 
     def close(self) -> None:
+        self._thread.submit(self._decider.close).result()
         self._thread.shutdown(wait=True)
 
     async def submit(self, verdicts: Sequence[Verdict], actor: str) -> IngestResult:
