@@ -53,6 +53,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/scale.py
 	$(BIN)/python bench/gateways.py
 	$(BIN)/python bench/appeals.py
+	$(BIN)/python bench/load.py
 
 clean:
 	rm -rf $(VENV) .tollgate .mypy_cache .ruff_cache .pytest_cache
