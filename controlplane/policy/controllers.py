@@ -82,14 +82,13 @@ class PolicyController(Controller):
         self,
         request: Request[Any, Any, Any],
         runtime: NamedDependency[Runtime],
-        data: JSONBody[SyncRequest | None] = None,
+        data: JSONBody[SyncRequest],
     ) -> SyncOut:
         """Fetch this server's policy source now; check, test and activate its revision
         if it is new (a rejected one is recorded with why, and never activated). This
         server decides with it at once, the other replicas within seconds. The token's
         name is recorded as who did it."""
-        reason = data.reason if data is not None else SyncRequest().reason
-        result = await runtime.policies.sync(principal_of(request).name, reason)
+        result = await runtime.policies.sync(principal_of(request).name, data.reason)
         await runtime.converge()
         return SyncOut(
             revision=result.revision,
@@ -109,14 +108,13 @@ class PolicyController(Controller):
         self,
         request: Request[Any, Any, Any],
         runtime: NamedDependency[Runtime],
-        data: JSONBody[RollbackRequest | None] = None,
+        data: JSONBody[RollbackRequest],
     ) -> RollbackOut:
         """Reactivate an earlier revision that passed its gate (by default the one active
         before the current one). This server decides with it at once, the other
         replicas within seconds; the next sync activates only a newer commit."""
-        body = data if data is not None else RollbackRequest()
         done = await runtime.policies.rollback(
-            body.revision, principal_of(request).name, body.reason
+            data.revision, principal_of(request).name, data.reason
         )
         await runtime.converge()
         return RollbackOut(revision=done)

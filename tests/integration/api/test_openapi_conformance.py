@@ -94,6 +94,11 @@ include-operation-id = "upholdAppeal"
 checks.positive_data_acceptance.enabled = false
 
 [[operations]]
+# expires is a sum of periods like 30m or 7d that must come to more than nothing
+include-operation-id = "createToken"
+checks.positive_data_acceptance.enabled = false
+
+[[operations]]
 # match[version] is `first`, `last`, `all` or a list of RFC 3339 times (JSON Schema
 # has a format for one time, not for a comma-separated list)
 include-operation-id = "taxiiObjects"
