@@ -7,13 +7,17 @@ subjects and providers). Both are parametrized `sqlite` / `postgresql`.
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from controlplane.engine.bundle import PolicyBundle, content_revision
+from controlplane.policy import service as policy_service
 from controlplane.telemetry.tracing import configure
 from tests.support.databases import URL_ENV, PostgresServer, fresh_database, postgres_server
 
@@ -31,6 +35,26 @@ def hermetic_settings() -> Iterator[None]:
         for name in list(os.environ):
             if name.startswith("TOLLGATE_") and name != URL_ENV:
                 patch.delenv(name)
+        yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def gate_each_content_once() -> Iterator[None]:
+    """Gating a revision (its check and its Rego tests, seconds) is a function of its
+    modules, data and entrypoint alone. Every app a test starts in this process on a
+    fresh database gates the same policies again, so the outcome is kept per content:
+    each distinct revision is still gated for real, once."""
+    real = policy_service.gate
+    outcomes: dict[tuple[str, str], tuple[list[str], dict[str, Any]]] = {}
+
+    def gate(bundle: PolicyBundle, entrypoint: str) -> tuple[list[str], dict[str, Any]]:
+        key = (content_revision(bundle.modules, bundle.data), entrypoint)
+        if key not in outcomes:
+            outcomes[key] = real(bundle, entrypoint)
+        return copy.deepcopy(outcomes[key])
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(policy_service, "gate", gate)
         yield
 
 

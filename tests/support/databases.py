@@ -4,13 +4,21 @@ PostgreSQL comes from, in order: `TOLLGATE_TEST_DATABASE_URL`; a server answerin
 127.0.0.1:5432 (user postgres, trust auth); a server started with `pgserver`. When none
 can be had, the tests that need it fail with a message saying what to do; they are
 never skipped.
+
+Migrating takes seconds (SQLite syncs every migration) and the suite asks for hundreds
+of fresh databases, so each backend is migrated once per test session into a template:
+a fresh SQLite database is a copy of the template's file, a fresh PostgreSQL database is
+`CREATE DATABASE ... TEMPLATE`. Both are byte for byte what migrating would give.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import secrets
+import shutil
 import socket
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -63,19 +71,67 @@ class PostgresServer:
                 pytrace=False,
             )
 
+    def url_of(self, database: str) -> str:
+        return self.url.set(database=database).render_as_string(hide_password=False)
+
     @contextmanager
-    def database(self) -> Iterator[str]:
-        """A new, empty database `tollgate_test_<random>`, dropped afterwards."""
+    def database(self, template: str | None = None) -> Iterator[str]:
+        """A new database `tollgate_test_<random>` (empty, or a copy of `template`),
+        dropped afterwards."""
         name = f"tollgate_test_{secrets.token_hex(6)}"
+        create = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+        if template is not None:
+            create += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
         with self.admin() as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            conn.execute(create)
         try:
-            yield self.url.set(database=name).render_as_string(hide_password=False)
+            yield self.url_of(name)
         finally:
-            with self.admin() as conn:
-                conn.execute(
-                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-                )
+            _drop(self, name)
+
+
+def _drop(server: PostgresServer, name: str) -> None:
+    with server.admin() as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+
+
+_SQLITE_TEMPLATE: list[Path] = []
+_PG_TEMPLATES: dict[str, str] = {}
+"""Migrated templates of this test session: the SQLite file, and per PostgreSQL server
+(by URL) the template database's name."""
+
+
+def _sqlite_template() -> Path:
+    if not _SQLITE_TEMPLATE:
+        directory = Path(tempfile.mkdtemp(prefix="tollgate-template-"))
+        atexit.register(shutil.rmtree, directory, True)
+        upgrade(sqlite_url(directory))
+        path = directory / "tollgate.db"
+        # Alembic's engine is gone, so SQLite has checkpointed its WAL into the file:
+        # the file alone is the whole database.
+        leftovers = [p.name for p in directory.iterdir() if p != path]
+        assert not leftovers, f"the migrated template left {leftovers} beside its file"
+        _SQLITE_TEMPLATE.append(path)
+    return _SQLITE_TEMPLATE[0]
+
+
+def _pg_template(server: PostgresServer) -> str:
+    key = server.url.render_as_string(hide_password=False)
+    if key not in _PG_TEMPLATES:
+        name = f"tollgate_template_{secrets.token_hex(6)}"
+        with server.admin() as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        upgrade(server.url_of(name))
+        _PG_TEMPLATES[key] = name
+    return _PG_TEMPLATES[key]
+
+
+def _drop_template(server: PostgresServer) -> None:
+    name = _PG_TEMPLATES.pop(server.url.render_as_string(hide_password=False), None)
+    if name is not None:
+        _drop(server, name)
 
 
 def _answers(host: str, port: int) -> bool:
@@ -93,12 +149,18 @@ def postgres_server(scratch: Path) -> Iterator[PostgresServer]:
     if configured:
         server = PostgresServer(make_url(configured), f"${URL_ENV}")
         server.check()
-        yield server
+        try:
+            yield server
+        finally:
+            _drop_template(server)
         return
     if _answers("127.0.0.1", 5432):
         server = PostgresServer(make_url(LOCAL_URL), "127.0.0.1:5432")
         server.check()
-        yield server
+        try:
+            yield server
+        finally:
+            _drop_template(server)
         return
     try:
         import pgserver
@@ -132,13 +194,13 @@ def sqlite_url(directory: Path) -> str:
 
 @contextmanager
 def fresh_database(backend: str, directory: Path, server: PostgresServer | None) -> Iterator[str]:
-    """A migrated, empty database on `backend` (`sqlite` or `postgresql`)."""
+    """A migrated, empty database on `backend` (`sqlite` or `postgresql`): a copy of the
+    session's migrated template."""
     if backend == "sqlite":
-        url = sqlite_url(directory)
-        upgrade(url)
-        yield url
+        directory.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(_sqlite_template(), directory / "tollgate.db")
+        yield sqlite_url(directory)
         return
     assert server is not None, "a PostgreSQL database needs the postgres_server fixture"
-    with server.database() as url:
-        upgrade(url)
+    with server.database(template=_pg_template(server)) as url:
         yield url
