@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from controlplane.store.models import ActionRow
 
@@ -43,15 +44,22 @@ class Actions(Protocol):
         """One keyset page of the desired state, and where the next one starts."""
         ...
 
-    async def actions_by_id(self, session: AsyncSession, ids: Sequence[str]) -> list[ActionRow]: ...
+    # The followers record what they applied on sync sessions, in a thread: a short
+    # write transaction with no event loop round trip per statement.
 
-    async def action_states(
-        self, session: AsyncSession, action_ids: Sequence[str]
+    def actions_by_id_blocking(self, session: Session, ids: Sequence[str]) -> list[ActionRow]: ...
+
+    def action_states(
+        self, session: Session, action_ids: Sequence[str]
     ) -> list[tuple[str, str, str, str, str]]:
         """(id, state, provider, type, target kind) of these actions."""
         ...
 
-    async def active_among(self, session: AsyncSession, action_ids: Sequence[str]) -> set[str]: ...
+    def active_among(self, session: Session, action_ids: Sequence[str]) -> set[str]: ...
+
+    def set_action_states_blocking(
+        self, session: Session, changes: dict[str, str], now: datetime
+    ) -> None: ...
 
     async def set_action_states(
         self, session: AsyncSession, changes: dict[str, str], now: datetime

@@ -35,7 +35,8 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, TraceFlags
 from opentelemetry.util.types import AttributeValue
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.orm import Session
 
 from controlplane.audit import service as audit
 from controlplane.domain.redact import key_handle, redact_keys
@@ -55,7 +56,7 @@ from controlplane.enforce.sdk import (
 )
 from controlplane.remedy import repository as remedy_repo
 from controlplane.store.db import OUTAGES, Database, outage_reason
-from controlplane.store.models import ActionRow, ChangeRow
+from controlplane.store.models import ActionRow, ChangeRow, ConnectorStatusRow
 from controlplane.store.repository import ping_connection, try_advisory_lock
 from controlplane.store.types import utcnow
 from controlplane.telemetry.tracing import tracer
@@ -454,21 +455,34 @@ class Follower:
         now: datetime,
         *,
         cursor: int | None = None,
-        status: dict[str, Any] | None = None,
         removed: Sequence[str] = (),
     ) -> int:
         """Per-action state at this connector (`removed` for lifted or expired actions it
         took off), overall transitions with their audit events, and the cursor: one
-        transaction. Returns how many entries that were recorded as applied had to be
-        applied again (drift repaired)."""
+        transaction, on a sync session in a thread, so it holds the database's write lock
+        (SQLite's is the whole file's) for its statements alone. Returns how many entries
+        that were recorded as applied had to be applied again (drift repaired)."""
+        return await asyncio.to_thread(
+            self._commit_blocking, desired, applied, present, now, cursor, removed
+        )
+
+    def _commit_blocking(
+        self,
+        desired: DesiredState,
+        applied: _Applied,
+        present: set[Key],
+        now: datetime,
+        cursor: int | None,
+        removed: Sequence[str],
+    ) -> int:
         name = self.config.name
         result = applied.result
         failed = {e.key: (why, True) for e, why in result.failed}
         failed.update({e.key: (why, False) for e, why in result.rejected})
         re_added = {e.key for e in result.done}
         action_ids = [a for ids in desired.actions.values() for a in ids]
-        async with self._db.write() as session, session.begin():
-            before = await repository.enforcement_at(session, name, action_ids)
+        with self._db.write_blocking() as session, session.begin():
+            before = repository.enforcement_at_blocking(session, name, action_ids)
             rows: list[dict[str, Any]] = []
             repaired: set[Key] = set()
             for key, ids in desired.actions.items():
@@ -506,36 +520,36 @@ class Follower:
                 }
                 for action_id in dict.fromkeys(removed)
             ]
-            await repository.upsert_enforcement(session, rows)
+            repository.upsert_enforcement(session, rows)
             touched = [r["action_id"] for r in rows]
-            changes = await self._overall(session, touched, now)
+            changes = self._overall(session, touched, now)
             events = [
                 action_event(
                     action, changes[action.id], name, now, failed.get(_key_of(action), (None,))[0]
                 )
-                for action in await self._actions.actions_by_id(session, list(changes))
+                for action in self._actions.actions_by_id_blocking(session, list(changes))
             ]
-            await audit.record(session, events)
+            audit.record_blocking(session, events)
             if cursor is not None:
-                await repository.save_cursor(session, name, cursor, now)
-            fields = dict(status or {})
+                repository.save_cursor_blocking(session, name, cursor, now)
+            fields: dict[str, Any] = {}
             if failed:
                 fields["last_error"] = "; ".join(
                     f"{e.type.value} {e.target_kind}:{_shown(e)}: {why}"
                     for e, why in (*result.failed, *result.rejected)
                 )[:2000]
-            await repository.save_status(session, await self._status(session, now, fields))
+            repository.save_status(session, self._status(session, now, fields))
         return len(repaired)
 
-    async def _overall(
-        self, session: AsyncSession, action_ids: Sequence[str], now: datetime
+    def _overall(
+        self, session: Session, action_ids: Sequence[str], now: datetime
     ) -> dict[str, str]:
         """New overall states: applied when every connector that should enforce an action
         has it, failed when one failed; only transitions are returned (and stored)."""
         if not action_ids:
             return {}
-        states = await repository.enforcement_states(session, action_ids)
-        actions = await self._actions.action_states(session, action_ids)
+        states = repository.enforcement_states(session, action_ids)
+        actions = self._actions.action_states(session, action_ids)
         changes: dict[str, str] = {}
         for action_id, current, provider, kind, target_kind in actions:
             if current not in self._actions.ACTIVE:
@@ -550,14 +564,14 @@ class Follower:
                 new = ActionState.PENDING.value
             if new != current:
                 changes[action_id] = new
-        await self._actions.set_action_states(session, changes, now)
+        self._actions.set_action_states_blocking(session, changes, now)
         return changes
 
-    async def _status(
-        self, session: AsyncSession, now: datetime, fields: dict[str, Any] | None
+    def _status(
+        self, session: Session, now: datetime, fields: dict[str, Any] | None
     ) -> dict[str, Any]:
-        previous = (await repository.statuses(session)).get(self.config.name)
-        failed, rejected = await self._failing(session)
+        previous = repository.statuses_blocking(session).get(self.config.name)
+        failed, rejected = self._failing(session)
         row: dict[str, Any] = {
             "name": self.config.name,
             "healthy": True,
@@ -579,23 +593,30 @@ class Follower:
         row.update(fields or {})
         return row
 
-    async def _failing(self, session: AsyncSession) -> tuple[int, int]:
+    def _failing(self, session: Session) -> tuple[int, int]:
         """(retryable, permanent) failures at this connector of still-active actions."""
-        failed = await repository.failed_at(session, self.config.name)
-        active = await self._actions.active_among(session, [a for a, _ in failed])
+        failed = repository.failed_at(session, self.config.name)
+        active = self._actions.active_among(session, [a for a, _ in failed])
         retryable = sum(1 for a, r in failed if r and a in active)
         return retryable, sum(1 for a, r in failed if not r and a in active)
 
     async def _save_status(self, now: datetime, *, error: str, lag_from: datetime | None) -> None:
         lag = (now - lag_from).total_seconds() if lag_from else 0.0
-        async with self._db.write() as session, session.begin():
-            fields = {
-                "healthy": False,
-                "detail": error,
-                "last_error": error,
-                "lag_seconds": max(lag, 0.0),
-            }
-            await repository.save_status(session, await self._status(session, now, fields))
+        fields = {
+            "healthy": False,
+            "detail": error,
+            "last_error": error,
+            "lag_seconds": max(lag, 0.0),
+        }
+        await asyncio.to_thread(self._write_status, now, lambda _: fields)
+
+    def _write_status(
+        self, now: datetime, fields: Callable[[ConnectorStatusRow | None], dict[str, Any]]
+    ) -> None:
+        """Store this connector's status: `fields(previous status)` over the counts."""
+        with self._db.write_blocking() as session, session.begin():
+            previous = repository.statuses_blocking(session).get(self.config.name)
+            repository.save_status(session, self._status(session, now, fields(previous)))
 
     # -- full reconcile ----------------------------------------------------------------
 
@@ -758,9 +779,8 @@ class Follower:
         return [k for k in keys if k not in desired.entries]
 
     async def _save_reconcile(self, report: ReconcileReport, now: datetime) -> None:
-        async with self._db.write() as session, session.begin():
-            previous = (await repository.statuses(session)).get(self.config.name)
-            fields = {
+        def fields(previous: ConnectorStatusRow | None) -> dict[str, Any]:
+            return {
                 "healthy": report.error is None,
                 "detail": report.error or "",
                 "last_reconcile_at": now,
@@ -773,7 +793,8 @@ class Follower:
                 + report.drift_repaired,
                 "last_error": report.error or ("; ".join(report.failures[:3]) or None),
             }
-            await repository.save_status(session, await self._status(session, now, fields))
+
+        await asyncio.to_thread(self._write_status, now, fields)
 
     # -- one follower per connector ----------------------------------------------------
 

@@ -103,43 +103,51 @@ async def cursors(session: AsyncSession) -> dict[str, int]:
 
 
 async def save_cursor(session: AsyncSession, name: str, seq: int, now: datetime) -> None:
-    updated = await session.execute(
+    await session.run_sync(save_cursor_blocking, name, seq, now)
+
+
+def save_cursor_blocking(session: Session, name: str, seq: int, now: datetime) -> None:
+    updated = session.execute(
         update(ConnectorCursorRow)
         .where(col(ConnectorCursorRow.name) == name)
         .values(seq=seq, updated_at=now)
     )
     if not updated.rowcount:  # type: ignore[attr-defined]
-        await session.execute(
-            insert(ConnectorCursorRow), [{"name": name, "seq": seq, "updated_at": now}]
-        )
+        session.execute(insert(ConnectorCursorRow), [{"name": name, "seq": seq, "updated_at": now}])
 
 
-# -- per-connector state ----------------------------------------------------------------
+# -- per-connector state (written by the followers on sync sessions) ----------------------
 
 
-async def upsert_enforcement(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
+def upsert_enforcement(session: Session, rows: Sequence[dict[str, Any]]) -> None:
     """Replace the (action, connector) rows given (delete + insert: portable)."""
     if not rows:
         return
     connector = rows[0]["connector"]
     ids = [r["action_id"] for r in rows]
-    for i in range(0, len(ids), 500):
-        await session.execute(
+    for i in range(0, len(ids), _CHUNK):
+        session.execute(
             delete(ActionEnforcementRow).where(
                 col(ActionEnforcementRow.connector) == connector,
-                col(ActionEnforcementRow.action_id).in_(ids[i : i + 500]),
+                col(ActionEnforcementRow.action_id).in_(ids[i : i + _CHUNK]),
             )
         )
-    await session.execute(insert(ActionEnforcementRow), list(rows))
+    session.execute(insert(ActionEnforcementRow), list(rows))
 
 
 async def enforcement_at(
     session: AsyncSession, connector: str, action_ids: Sequence[str]
 ) -> dict[str, tuple[str, bool, int, str | None]]:
+    return await session.run_sync(enforcement_at_blocking, connector, action_ids)
+
+
+def enforcement_at_blocking(
+    session: Session, connector: str, action_ids: Sequence[str]
+) -> dict[str, tuple[str, bool, int, str | None]]:
     """action id -> (state, retryable, attempts, error) at this connector, as plain values."""
     found: dict[str, tuple[str, bool, int, str | None]] = {}
     for i in range(0, len(action_ids), _CHUNK):
-        rows = await session.execute(
+        rows = session.execute(
             select(
                 col(ActionEnforcementRow.action_id),
                 col(ActionEnforcementRow.state),
@@ -155,9 +163,9 @@ async def enforcement_at(
     return found
 
 
-async def failed_at(session: AsyncSession, connector: str) -> list[tuple[str, bool]]:
+def failed_at(session: Session, connector: str) -> list[tuple[str, bool]]:
     """(action id, retryable) of the entries that failed at this connector."""
-    rows = await session.execute(
+    rows = session.execute(
         select(col(ActionEnforcementRow.action_id), col(ActionEnforcementRow.retryable)).where(
             col(ActionEnforcementRow.connector) == connector,
             col(ActionEnforcementRow.state) == "failed",
@@ -176,33 +184,33 @@ async def enforcement_of(session: AsyncSession, action_id: str) -> list[ActionEn
     return list((await session.execute(query)).scalars())
 
 
-async def enforcement_states(
-    session: AsyncSession, action_ids: Sequence[str]
-) -> dict[str, dict[str, str]]:
+def enforcement_states(session: Session, action_ids: Sequence[str]) -> dict[str, dict[str, str]]:
     """action id -> {connector: state}."""
     found: dict[str, dict[str, str]] = {}
-    for i in range(0, len(action_ids), 500):
-        rows = await session.execute(
+    for i in range(0, len(action_ids), _CHUNK):
+        rows = session.execute(
             select(
                 col(ActionEnforcementRow.action_id),
                 col(ActionEnforcementRow.connector),
                 col(ActionEnforcementRow.state),
-            ).where(col(ActionEnforcementRow.action_id).in_(action_ids[i : i + 500]))
+            ).where(col(ActionEnforcementRow.action_id).in_(action_ids[i : i + _CHUNK]))
         )
         for action_id, connector, state in rows:
             found.setdefault(action_id, {})[connector] = state
     return found
 
 
-async def save_status(session: AsyncSession, row: dict[str, Any]) -> None:
-    await session.execute(
-        delete(ConnectorStatusRow).where(col(ConnectorStatusRow.name) == row["name"])
-    )
-    await session.execute(insert(ConnectorStatusRow), [row])
+def save_status(session: Session, row: dict[str, Any]) -> None:
+    session.execute(delete(ConnectorStatusRow).where(col(ConnectorStatusRow.name) == row["name"]))
+    session.execute(insert(ConnectorStatusRow), [row])
 
 
 async def statuses(session: AsyncSession) -> dict[str, ConnectorStatusRow]:
-    rows = await session.execute(select(ConnectorStatusRow))
+    return await session.run_sync(statuses_blocking)
+
+
+def statuses_blocking(session: Session) -> dict[str, ConnectorStatusRow]:
+    rows = session.execute(select(ConnectorStatusRow))
     return {r.name: r for r in rows.scalars()}
 
 

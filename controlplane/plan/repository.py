@@ -136,11 +136,13 @@ async def actions_by_reference(
 
 
 async def actions_by_id(session: AsyncSession, ids: Sequence[str]) -> list[ActionRow]:
+    return await session.run_sync(actions_by_id_blocking, ids)
+
+
+def actions_by_id_blocking(session: Session, ids: Sequence[str]) -> list[ActionRow]:
     found: list[ActionRow] = []
     for i in range(0, len(ids), _CHUNK):
-        rows = await session.execute(
-            select(ActionRow).where(col(ActionRow.id).in_(ids[i : i + _CHUNK]))
-        )
+        rows = session.execute(select(ActionRow).where(col(ActionRow.id).in_(ids[i : i + _CHUNK])))
         found.extend(rows.scalars())
     return found
 
@@ -252,13 +254,13 @@ async def desired_page(
     return [], None
 
 
-async def action_states(
-    session: AsyncSession, action_ids: Sequence[str]
+def action_states(
+    session: Session, action_ids: Sequence[str]
 ) -> list[tuple[str, str, str, str, str]]:
     """(id, state, provider, type, target kind) of these actions."""
     found: list[tuple[str, str, str, str, str]] = []
     for i in range(0, len(action_ids), _CHUNK):
-        rows = await session.execute(
+        rows = session.execute(
             select(
                 col(ActionRow.id),
                 col(ActionRow.state),
@@ -271,12 +273,12 @@ async def action_states(
     return found
 
 
-async def active_among(session: AsyncSession, action_ids: Sequence[str]) -> set[str]:
+def active_among(session: Session, action_ids: Sequence[str]) -> set[str]:
     """Those of these actions still active (pending, applied or failed)."""
     found: set[str] = set()
     ids = list(dict.fromkeys(action_ids))
     for i in range(0, len(ids), _CHUNK):
-        rows = await session.execute(
+        rows = session.execute(
             select(col(ActionRow.id)).where(
                 col(ActionRow.id).in_(ids[i : i + _CHUNK]), col(ActionRow.state).in_(ACTIVE)
             )
@@ -286,12 +288,16 @@ async def active_among(session: AsyncSession, action_ids: Sequence[str]) -> set[
 
 
 async def set_action_states(session: AsyncSession, changes: dict[str, str], now: datetime) -> None:
+    await session.run_sync(set_action_states_blocking, changes, now)
+
+
+def set_action_states_blocking(session: Session, changes: dict[str, str], now: datetime) -> None:
     by_state: dict[str, list[str]] = {}
     for action_id, state in changes.items():
         by_state.setdefault(state, []).append(action_id)
     for state, ids in by_state.items():
         for i in range(0, len(ids), _CHUNK):
-            await session.execute(
+            session.execute(
                 update(ActionRow)
                 .where(col(ActionRow.id).in_(ids[i : i + _CHUNK]))
                 .values(state=state, updated_at=now)
