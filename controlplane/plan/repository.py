@@ -299,6 +299,11 @@ async def set_action_states(session: AsyncSession, changes: dict[str, str], now:
 
 
 async def due_to_expire(session: AsyncSession, now: datetime, limit: int) -> list[ActionRow]:
+    """Up to `limit` active actions past their expiry, claimed for the caller's
+    transaction. On PostgreSQL `FOR UPDATE SKIP LOCKED`: rows another replica is expiring
+    (or lifting) right now are skipped, not waited for, and one it has just expired no
+    longer matches, so replicas expiring at once never take the same action twice. SQLite
+    ignores the clause: its writers take turns (BEGIN IMMEDIATE)."""
     query = (
         select(ActionRow)
         .where(
@@ -307,6 +312,7 @@ async def due_to_expire(session: AsyncSession, now: datetime, limit: int) -> lis
             col(ActionRow.expires_at) <= now,
         )
         .limit(limit)
+        .with_for_update(skip_locked=True)
     )
     return list((await session.execute(query)).scalars())
 
