@@ -42,6 +42,11 @@ log = logging.getLogger(__name__)
 CONVERGE_SECONDS = 5
 INTEL_PUBLISH_SECONDS = 10
 INTEL_AGE_OUT_SECONDS = 3600
+EVERY_REPLICA = frozenset({"converge", "expire", "expire_exemptions", "leadership"})
+"""Jobs every replica runs: converging its own engine; expiry, whose due rows are claimed
+with `FOR UPDATE SKIP LOCKED` (two replicas never expire the same action or exemption,
+nor write two events for it); and the check for the lead itself. The others run on the
+leader only."""
 
 
 @dataclass
@@ -152,10 +157,19 @@ class Runtime:
                 coalesce=True,
             )
         audit_jobs.schedule(self.scheduler, self.db, self.settings)
+        # A replica standing by looks for the lead as often as it expires (the shortest
+        # interval), so it takes the periodic jobs over that soon after the leader dies.
+        self.scheduler.add_job(
+            self.leadership.check,
+            "interval",
+            seconds=self.settings.expiry_seconds,
+            id="leadership",
+            max_instances=1,
+            coalesce=True,
+        )
         self._start_span_store()
-        # Every replica converges its own engine; the other jobs run on the leader only.
         for job in self.scheduler.get_jobs():
-            func = job.func if job.id == "converge" else self.leadership.only(job.func)
+            func = job.func if job.id in EVERY_REPLICA else self.leadership.only(job.func)
             job.modify(func=self._through_outages(job.id, func))
         # Known at once (and shown by /readyz), not only at the first job's tick.
         await self.leadership.check()

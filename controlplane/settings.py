@@ -86,9 +86,9 @@ class Settings:
     """`TOLLGATE_POLICY_SYNC_SECONDS`: how often the server looks for a new revision."""
 
     expiry_seconds: float = field(default_factory=lambda: _number("EXPIRY_SECONDS", "5", float))
-    """`TOLLGATE_EXPIRY_SECONDS`: how often the leader expires actions and exemptions past
-    their time. It is the most frequent periodic job, so it is also how soon a replica
-    standing by takes the periodic jobs over when the leader dies."""
+    """`TOLLGATE_EXPIRY_SECONDS`: how often each replica expires actions and exemptions
+    past their time (each claims different ones), and how often a replica standing by
+    looks for the lead: how soon it takes the periodic jobs over when the leader dies."""
 
     recovery_seconds: float = field(
         default_factory=lambda: _number("RECOVERY_SECONDS", "15", float)

@@ -40,6 +40,7 @@ EXTRA_STATUSES: dict[str, set[int]] = {
     "policyImpact": {404},
     "rollbackPolicy": {404, 409},
     "subjectHistory": {404},
+    "signAuditCheckpoint": {409},
 }
 """Statuses an operation answers besides those its shape implies (see `_statuses`)."""
 BODIES: dict[str, list[str]] = {

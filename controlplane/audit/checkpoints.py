@@ -23,7 +23,7 @@ from controlplane.audit.keys import (
     signature_valid,
 )
 from controlplane.audit.verify import PublicKeys, Report, verify_range
-from controlplane.errors import Conflict
+from controlplane.errors import Conflict, TollgateError
 from controlplane.settings import Settings
 from controlplane.store.db import Database
 from controlplane.store.models import new_id
@@ -94,6 +94,25 @@ def configured_signer(settings: Settings) -> Signer | None:
     if settings.audit_signing_key_file is None:
         return None
     return load_signer(settings.audit_signing_key_file)
+
+
+async def sign_now(db: Database, settings: Settings) -> Written:
+    """Sign the chain's head with the server's own key (`POST /v1/audit/checkpoint`).
+    Conflict, naming the setting, when the server has no usable key or nothing to sign."""
+    try:
+        signer = configured_signer(settings)
+    except TollgateError as exc:
+        raise Conflict(f"this server's signing key cannot be used: {exc.message}") from None
+    if signer is None:
+        raise Conflict(
+            "this server has no audit signing key: set TOLLGATE_AUDIT_SIGNING_KEY_FILE on "
+            "the server (`tollgate audit keygen` makes a key pair), or sign with "
+            "`tollgate audit checkpoint --key FILE` on the database itself"
+        )
+    written = await write_checkpoint(db, signer)
+    if written is None:
+        raise Conflict("the audit chain is empty: nothing to sign yet")
+    return written
 
 
 def public_keys(paths: list[Path], settings: Settings | None) -> PublicKeys | None:

@@ -2,26 +2,30 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
-from litestar import Controller, get
+from litestar import Controller, Request, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, Parameter, QueryParameter
 from litestar.response import Stream
+from litestar.status_codes import HTTP_200_OK
 
-from controlplane.audit import service
-from controlplane.audit.checkpoints import public_keys
+from controlplane.audit import service, subjects
+from controlplane.audit.checkpoints import public_keys, sign_now
 from controlplane.audit.export import FORMATS
 from controlplane.audit.schemas import (
     AuditEventOut,
     AuditPage,
+    CheckpointOut,
     ExportFormat,
     HistoryAction,
     HistoryDecision,
     HistoryVerdict,
     Order,
+    ReindexOut,
     SubjectHistoryOut,
     SubjectOut,
     VerifyOut,
@@ -29,13 +33,15 @@ from controlplane.audit.schemas import (
 from controlplane.audit.service import AuditFilter
 from controlplane.audit.subjects import normalise
 from controlplane.audit.verify import verify_database
-from controlplane.auth.guards import requires
-from controlplane.auth.roles import READERS
+from controlplane.auth.guards import principal_of, requires
+from controlplane.auth.roles import READERS, Role
 from controlplane.domain.vocabulary import ActionType, SubjectKind
 from controlplane.errors import InvalidInput, NotFound
 from controlplane.plan.schemas import ActionOut
 from controlplane.settings import Settings
 from controlplane.store.db import Database
+
+log = logging.getLogger(__name__)
 
 # Read as text and parsed here: litestar would also take a number as a Unix time,
 # which the documented `date-time` format does not allow.
@@ -196,6 +202,54 @@ class AuditController(Controller):
             media_type=fmt.media_type,
             headers={"Content-Disposition": f'attachment; filename="tollgate-audit.{fmt.suffix}"'},
         )
+
+    @post(
+        "/checkpoint",
+        operation_id="signAuditCheckpoint",
+        summary="Sign a checkpoint now",
+        status_code=HTTP_200_OK,
+        guards=[requires(Role.AUDITOR)],
+    )
+    async def checkpoint(
+        self,
+        request: Request[Any, Any, Any],
+        db: NamedDependency[Database],
+        settings: NamedDependency[Settings],
+    ) -> CheckpointOut:
+        """Sign the chain's head now with this server's key
+        (`TOLLGATE_AUDIT_SIGNING_KEY_FILE`), after re-verifying the events since the
+        previous checkpoint; what `tollgate audit checkpoint` does with TOLLGATE_URL set.
+        409 when the server has no signing key, the chain is empty, or the chain is
+        broken (nothing is signed then). Keep the answer where the database's admins
+        cannot write. Auditors and admins only."""
+        written = await sign_now(db, settings)
+        log.info(
+            "audit checkpoint at seq %d (%s) asked for by %s",
+            written.checkpoint.seq,
+            "signed" if written.new else "already signed",
+            principal_of(request).name,
+        )
+        return CheckpointOut.from_checkpoint(written.checkpoint, written.new)
+
+    @post(
+        "/reindex",
+        operation_id="reindexAuditSubjects",
+        summary="Rebuild the subject index",
+        status_code=HTTP_200_OK,
+        guards=[requires(Role.AUDITOR)],
+    )
+    async def reindex(
+        self, request: Request[Any, Any, Any], db: NamedDependency[Database]
+    ) -> ReindexOut:
+        """Drop the subject index (which subjects each event concerns) and rebuild it
+        from the chain: it is derived data outside the hashes, so rebuild it after a
+        restore or if it may have been edited. What `tollgate audit reindex` does with
+        TOLLGATE_URL set. Auditors and admins only."""
+        indexed = await subjects.rebuild(db)
+        log.info(
+            "audit subject index rebuilt (%d events) by %s", indexed, principal_of(request).name
+        )
+        return ReindexOut(indexed=indexed)
 
 
 class SubjectController(Controller):

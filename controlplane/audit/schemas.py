@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from controlplane.audit.export import Checkpoint
 from controlplane.audit.verify import Report
 from controlplane.domain.vocabulary import SubjectKind
 from controlplane.plan.schemas import ActionOut
@@ -117,6 +118,33 @@ class VerifyOut(BaseModel):
     @classmethod
     def from_report(cls, report: Report) -> VerifyOut:
         return cls.model_validate(report.to_dict())
+
+
+class CheckpointOut(BaseModel):
+    """A signed checkpoint of the chain's head. Keep it where the database's admins
+    cannot write: `tollgate audit verify --checkpoints` checks the chain against it."""
+
+    seq: int = Field(description="The chain's head when it was signed.")
+    hash: str = Field(description="The event hash at `seq`.")
+    at: str = Field(
+        description="When it was signed (RFC 3339).", json_schema_extra={"format": "date-time"}
+    )
+    key_id: str = Field(
+        description="Which key signed it: 16 hex digits of the SHA-256 of its raw public key."
+    )
+    signature: str = Field(description="Ed25519 over the message in docs/audit.md, hex.")
+    new: bool = Field(
+        description="False when the newest checkpoint by this key already covered the "
+        "head: that one is returned and nothing was signed."
+    )
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: Checkpoint, new: bool) -> CheckpointOut:
+        return cls(**checkpoint.to_dict(), new=new)
+
+
+class ReindexOut(BaseModel):
+    indexed: int = Field(description="Events indexed, from the first seq to the head.")
 
 
 class SubjectOut(BaseModel):

@@ -15,7 +15,8 @@ class Role(StrEnum):
     SUPPORT = "support"
     """Customer support: files appeals for customers and follows them; decides nothing."""
     AUDITOR = "auditor"
-    """Reads everything, changes nothing."""
+    """Reads everything and changes nothing of the record; may sign an audit checkpoint
+    and rebuild the audit subject index (derived data, outside the hashes)."""
     ADMIN = "admin"
     BOUNCER = "bouncer"
     """A CrowdSec bouncer: pulls block decisions (`/v1/decisions/stream`) with its token

@@ -1,10 +1,11 @@
 """`tollgate audit`: verify the hash chain, export it, sign checkpoints, make keys.
 
 These talk to the database named by the settings (`TOLLGATE_DATABASE_URL`). With
-`TOLLGATE_URL` (and an auditor's `TOLLGATE_TOKEN`) set, `verify` and `export` go through
-the server instead, and `verify` still trusts it with nothing: it downloads the export
-and checks the chain and the checkpoint signatures here, with the auditor's keys.
-`verify --file` needs no database and no server at all.
+`TOLLGATE_URL` (and an auditor's `TOLLGATE_TOKEN`) set, they go through the server
+instead: `checkpoint` has the server sign with its own key, `reindex` has it rebuild
+the index, and `verify` still trusts it with nothing: it downloads the export and checks
+the chain and the checkpoint signatures here, with the auditor's keys. `verify --file`
+and `keygen` need no database and no server at all.
 """
 
 from __future__ import annotations
@@ -36,10 +37,10 @@ from controlplane.audit.verify import (
     verify_database,
     verify_file,
 )
-from controlplane.cli.client import api_client, fail, local_database
+from controlplane.cli.client import api_client, cli_settings, fail, local_database, request
 from controlplane.domain.action import parse_duration
 from controlplane.errors import TollgateError
-from controlplane.settings import get_settings
+from controlplane.settings import Settings
 from controlplane.store.db import Database
 from controlplane.store.types import utcnow
 
@@ -124,11 +125,11 @@ def verify(
     """Recompute the hash chain and check every signed checkpoint; exit 1 at the first
     broken link (edited, deleted, reordered or rewritten events)."""
     try:
-        trusted = public_keys(list(public_key or []), get_settings())
+        trusted = public_keys(list(public_key or []), cli_settings())
         external = read_checkpoints(checkpoints) if checkpoints else []
         if file is not None:
             report = verify_file(file, trusted, external)
-        elif get_settings().url:
+        elif cli_settings().url:
             report = _verify_remote(trusted, external)
         else:
             report = _run(lambda db: verify_database(db, trusted, external))
@@ -144,7 +145,7 @@ def verify(
 
 def _download(path: Path | None, params: dict[str, str]) -> int:
     """Stream `GET /v1/audit/export` to `path` (standard output when None); the size."""
-    settings = get_settings()
+    settings = cli_settings()
     size = 0
     with api_client(settings.api_url, settings.token, timeout=3600) as client:
         try:
@@ -186,7 +187,7 @@ def _verify_remote(trusted: PublicKeys | None, external: list[Checkpoint]) -> Re
         path = Path(tmp) / "export.jsonl"
         _download(path, {"format": "jsonl"})
         report = verify_file(path, trusted, external)
-        report.source = f"{get_settings().api_url} (its export, verified here)"
+        report.source = f"{cli_settings().api_url} (its export, verified here)"
         return report
 
 
@@ -247,7 +248,7 @@ def export(
     `tollgate audit verify --file` checks the result offline."""
     fmt = FORMATS[export_format.value]
     start, end = parse_instant("--since", since), parse_instant("--until", until)
-    if get_settings().url:
+    if cli_settings().url:
         params = {"format": export_format.value}
         params |= {"since": start.isoformat()} if start else {}
         params |= {"until": end.isoformat()} if end else {}
@@ -293,36 +294,65 @@ def export(
 def checkpoint(
     key: Annotated[
         Path | None,
-        typer.Option(help="Signing key file. Default: TOLLGATE_AUDIT_SIGNING_KEY_FILE."),
+        typer.Option(
+            help="Signing key file. Default: TOLLGATE_AUDIT_SIGNING_KEY_FILE. Not with "
+            "TOLLGATE_URL: the server signs with its own key."
+        ),
     ] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the checkpoint as one JSON line.")
     ] = False,
 ) -> None:
     """Sign the chain's head now (after re-verifying the events since the previous
-    checkpoint). Keep the printed line somewhere the database's admins cannot edit."""
-    path = key or get_settings().audit_signing_key_file
-    if path is None:
-        raise fail(
-            "no signing key: set TOLLGATE_AUDIT_SIGNING_KEY_FILE or pass --key",
-            "make a key pair with `tollgate audit keygen`",
-        )
-    try:
-        signer = keys.load_signer(path, "--key" if key else "TOLLGATE_AUDIT_SIGNING_KEY_FILE")
-    except TollgateError as exc:
-        raise fail(exc.message) from None
-    written = _run(lambda db: write_checkpoint(db, signer))
-    if written is None:
-        raise fail("the audit chain is empty: nothing to sign yet")
-    c = written.checkpoint
+    checkpoint). Keep the printed line somewhere the database's admins cannot edit.
+    With TOLLGATE_URL set (and an auditor's or admin's token), the server signs with its
+    own TOLLGATE_AUDIT_SIGNING_KEY_FILE."""
+    settings = cli_settings()
+    if settings.url:
+        c, new = _checkpoint_remote(settings, key)
+    else:
+        path = key or settings.audit_signing_key_file
+        if path is None:
+            raise fail(
+                "no signing key: set TOLLGATE_AUDIT_SIGNING_KEY_FILE or pass --key",
+                "make a key pair with `tollgate audit keygen`",
+            )
+        try:
+            signer = keys.load_signer(path, "--key" if key else "TOLLGATE_AUDIT_SIGNING_KEY_FILE")
+        except TollgateError as exc:
+            raise fail(exc.message) from None
+        written = _run(lambda db: write_checkpoint(db, signer))
+        if written is None:
+            raise fail("the audit chain is empty: nothing to sign yet")
+        c, new = written.checkpoint, written.new
     if as_json:
         print(json.dumps({"record": "checkpoint", **c.to_dict()}, separators=(",", ":")))
         return
-    state = "signed" if written.new else "already signed"
+    state = "signed" if new else "already signed"
     out.print(
         f"checkpoint {state}: seq {c.seq}, hash {c.hash}, key {c.key_id}, at {c.at}",
         highlight=False,
     )
+
+
+def _checkpoint_remote(settings: Settings, key: Path | None) -> tuple[Checkpoint, bool]:
+    """`POST /v1/audit/checkpoint`: the server signs with its own key."""
+    if key is not None:
+        raise fail(
+            f"--key signs here, on the database itself, and TOLLGATE_URL is set "
+            f"({settings.url}): the server signs with its own TOLLGATE_AUDIT_SIGNING_KEY_FILE",
+            "drop --key, or unset TOLLGATE_URL and set TOLLGATE_DATABASE_URL",
+        )
+    with api_client(settings.api_url, settings.token) as client:
+        answer = request(client, "POST", "/v1/audit/checkpoint")
+    c = Checkpoint(
+        int(answer["seq"]),
+        str(answer["hash"]),
+        str(answer["at"]),
+        str(answer["key_id"]),
+        str(answer["signature"]),
+    )
+    return c, bool(answer["new"])
 
 
 @audit_app.command("keygen")
@@ -352,6 +382,12 @@ def keygen(
 @audit_app.command("reindex")
 def reindex() -> None:
     """Rebuild the subject index (who each event is about) from the chain. It is derived
-    data, outside the hashes: rebuild it after a restore or if it may have been edited."""
-    count = _run(subjects.rebuild)
+    data, outside the hashes: rebuild it after a restore or if it may have been edited.
+    With TOLLGATE_URL set (and an auditor's or admin's token), the server rebuilds it."""
+    settings = cli_settings()
+    if settings.url:
+        with api_client(settings.api_url, settings.token, timeout=3600) as client:
+            count = int(request(client, "POST", "/v1/audit/reindex")["indexed"])
+    else:
+        count = _run(subjects.rebuild)
     out.print(f"indexed {count:,} events")

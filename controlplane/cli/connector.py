@@ -8,8 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from controlplane.cli.client import api_client, fail, request
-from controlplane.settings import get_settings
+from controlplane.cli.client import api_client, cli_settings, fail, request
 
 connector_app = typer.Typer(help="Connectors: gateways kept in step.", no_args_is_help=True)
 action_app = typer.Typer(help="Actions.", no_args_is_help=True)
@@ -20,7 +19,7 @@ UrlOption = Annotated[str | None, typer.Option(help="Server URL [TOLLGATE_URL]."
 @connector_app.command("list")
 def list_connectors(url: UrlOption = None) -> None:
     """Each connector's health, last reconcile, desired vs applied, failures and lag."""
-    settings = get_settings()
+    settings = cli_settings()
     with api_client(url or settings.api_url, settings.token) as client:
         connectors = request(client, "GET", "/v1/connectors")
     table = Table(title="Connectors")
@@ -59,7 +58,7 @@ def reconcile(
     name: Annotated[str, typer.Argument(help="Connector name.")], url: UrlOption = None
 ) -> None:
     """Reconcile one connector now: observe, diff, apply."""
-    settings = get_settings()
+    settings = cli_settings()
     with api_client(url or settings.api_url, settings.token, timeout=600) as client:
         r = request(client, "POST", f"/v1/connectors/{name}/reconcile")
     status = "[green]ok[/]" if r["ok"] else f"[red]failed[/] {r['error'] or ''}"
@@ -108,7 +107,7 @@ def list_actions(
         params["shadow"] = "true" if shadow else "false"
     if cursor is not None:
         params["cursor"] = cursor
-    settings = get_settings()
+    settings = cli_settings()
     with api_client(url or settings.api_url, settings.token) as client:
         page = request(client, "GET", "/v1/actions", params=params)
     if as_json:
@@ -141,7 +140,7 @@ def lift(
     url: UrlOption = None,
 ) -> None:
     """Lift an active action by hand; gateways drop it at once."""
-    settings = get_settings()
+    settings = cli_settings()
     with api_client(url or settings.api_url, settings.token) as client:
         a = request(client, "POST", f"/v1/actions/{action_id}/lift", json={"reason": reason})
     out.print(f"lifted {a['id']}: {a['type']} {a['target']['kind']}:{a['target']['value']}")

@@ -11,8 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from controlplane.cli.client import api_client, fail, request
-from controlplane.settings import get_settings
+from controlplane.cli.client import api_client, cli_settings, fail, request
 
 customer_app = typer.Typer(help="Customer records.", no_args_is_help=True)
 review_app = typer.Typer(help="Reviews of actions withheld from customers.", no_args_is_help=True)
@@ -51,7 +50,7 @@ def import_customers(
     """Send customer records (account_id, org_id, tier, verified, keys, contract, owner)
     in batches of 10,000; a bad record stops its batch whole, naming the field."""
     records = read_records(file)
-    settings = get_settings()
+    settings = cli_settings()
     created = updated = 0
     with api_client(url or settings.api_url, settings.token) as client:
         for i in range(0, len(records), BATCH):
@@ -69,7 +68,7 @@ def list_reviews(
     url: UrlOption = None,
 ) -> None:
     """Reviews oldest first, with what each withheld."""
-    settings = get_settings()
+    settings = cli_settings()
     with api_client(url or settings.api_url, settings.token) as client:
         page = request(client, "GET", "/v1/reviews", params={"state": state, "limit": 1000})
     table = Table(title=f"Reviews ({state})")
@@ -96,7 +95,7 @@ def confirm(
     url: UrlOption = None,
 ) -> None:
     """Apply the withheld actions now (recorded with your token's name)."""
-    settings = get_settings()
+    settings = cli_settings()
     with api_client(url or settings.api_url, settings.token) as client:
         done = request(client, "POST", f"/v1/reviews/{review_id}/confirm", json={"note": note})
     for a in done["actions"]:
@@ -110,7 +109,7 @@ def dismiss(
     url: UrlOption = None,
 ) -> None:
     """Keep the actions withheld, with a reason."""
-    settings = get_settings()
+    settings = cli_settings()
     with api_client(url or settings.api_url, settings.token) as client:
         request(client, "POST", f"/v1/reviews/{review_id}/dismiss", json={"reason": reason})
     out.print(f"review {review_id} dismissed")

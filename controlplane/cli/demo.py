@@ -43,8 +43,8 @@ from connectors.haproxy import HAProxyOptions, sample_config
 from controlplane.api.app import create_app
 from controlplane.auth.roles import Role
 from controlplane.auth.service import TokenService
-from controlplane.cli.client import request
-from controlplane.settings import Settings, get_settings
+from controlplane.cli.client import cli_settings, request
+from controlplane.settings import Settings
 from controlplane.store.db import Database, upgrade
 
 SCENARIO = Path(__file__).resolve().parent.parent / "demo" / "scenario.json"
@@ -53,7 +53,7 @@ out = Console()
 
 def run_demo(*, keep_serving: bool, port: int) -> int:
     scenario = json.loads(SCENARIO.read_text(encoding="utf-8"))
-    settings = get_settings()
+    settings = cli_settings()
     # Absolute: HAProxy reads a relative stats socket path as host:port.
     data_dir = (settings.data_dir / "demo").resolve()
     DemoGateway.stop_leftover(data_dir)

@@ -11,13 +11,12 @@ from rich.console import Console
 from rich.table import Table
 
 from controlplane.audit.keys import load_public_key
-from controlplane.cli.client import api_client, fail, request
+from controlplane.cli.client import api_client, cli_settings, fail, request
 from controlplane.engine.bundle import load_bundle
 from controlplane.errors import TollgateError
 from controlplane.intel.config import Peer, load_intel
 from controlplane.policy.bundles import VENDOR, read_bundle, vendor
 from controlplane.policy.rego import read_module
-from controlplane.settings import get_settings
 
 intel_app = typer.Typer(help="Shared intel: indicators, peers, pulls.", no_args_is_help=True)
 out = Console()
@@ -32,7 +31,7 @@ def list_indicators(
     url: UrlOption = None,
 ) -> None:
     """Indicators, local and pulled (identifiers as keyed hashes)."""
-    settings = get_settings()
+    settings = cli_settings()
     params: dict[str, str | int] = {"limit": limit}
     if kind:
         params["kind"] = kind
@@ -73,7 +72,7 @@ def list_indicators(
 @intel_app.command("peers")
 def peers(url: UrlOption = None) -> None:
     """Each peer: health of the last pull and what it contributed."""
-    settings = get_settings()
+    settings = cli_settings()
     with api_client(url or settings.api_url, settings.token) as client:
         rows = request(client, "GET", "/v1/intel/peers")
     table = Table(title="Peers")
@@ -115,7 +114,7 @@ def pull(
     url: UrlOption = None,
 ) -> None:
     """Pull one peer's collection now."""
-    settings = get_settings()
+    settings = cli_settings()
     with api_client(url or settings.api_url, settings.token) as client:
         r = request(client, "POST", f"/v1/intel/peers/{peer}/pull")
     out.print(
@@ -136,7 +135,7 @@ def retract(
     url: UrlOption = None,
 ) -> None:
     """Mark an indicator a false positive: revoke, tell peers, lift what rested on it."""
-    settings = get_settings()
+    settings = cli_settings()
     with api_client(url or settings.api_url, settings.token) as client:
         r = request(
             client, "POST", f"/v1/intel/indicators/{indicator_id}/retract", json={"reason": reason}
@@ -164,7 +163,7 @@ def export_bundle(
 ) -> None:
     """The active policy revision (or its named packages) as an OPA bundle signed with
     this lab's intel key: `.manifest`, `.signatures.json`, `.rego` files, `data.json`."""
-    settings = get_settings()
+    settings = cli_settings()
     with api_client(url or settings.api_url, settings.token) as client:
         archive = request(
             client, "GET", "/v1/intel/bundle/", params={"package": package or []}, raw=True
@@ -199,7 +198,7 @@ def import_bundle(
     """Verify a signed OPA bundle (from a peer, a file or a directory) against a key
     held here and write it to `<policy dir>/vendor/NAME/`, with the key under
     `vendor/keys/`: a change to review and commit like any policy."""
-    settings = get_settings()
+    settings = cli_settings()
     root = policy_dir or settings.policy_dir
     try:
         config = load_intel(settings.config)

@@ -10,7 +10,6 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from controlplane import __version__
 from controlplane.cli.audit import audit_app
@@ -24,7 +23,6 @@ from controlplane.cli.remedy import appeal_app, exemption_app, report_app
 from controlplane.cli.startup import start_or_exit
 from controlplane.cli.token import token_app
 from controlplane.engine.bundle import short_revision
-from controlplane.settings import get_settings
 from controlplane.telemetry.logs import configure_logging
 
 app = typer.Typer(
@@ -135,10 +133,19 @@ async def _uvicorn(app: Any, host: str, port: int) -> None:
 
 @db_app.command("upgrade")
 def db_upgrade(revision: Annotated[str, typer.Argument(help="Target revision.")] = "head") -> None:
-    """Apply the database migrations."""
+    """Apply the database migrations to TOLLGATE_DATABASE_URL (default: SQLite under
+    the data directory). Never through a server: with only TOLLGATE_URL set it refuses."""
     from controlplane.store.db import upgrade
 
-    url = get_settings().resolved_database_url
+    settings = cli_settings()
+    if settings.url and not settings.database_url:
+        raise fail(
+            "`tollgate db upgrade` runs the migrations against the database "
+            f"(TOLLGATE_DATABASE_URL), not a server, and only TOLLGATE_URL is set ({settings.url})",
+            "set TOLLGATE_DATABASE_URL to the server's database (a server migrates its own "
+            "at start)",
+        )
+    url = settings.resolved_database_url
     try:
         upgrade(url, revision)
     except Exception as exc:
@@ -162,7 +169,7 @@ def verdict_submit(
 ) -> None:
     """Submit verdicts and print what was decided for each."""
     verdicts = _read_verdicts(file)
-    settings = get_settings()
+    settings = cli_settings()
     results: list[dict[str, Any]] = []
     with api_client(url or settings.api_url, settings.token) as client:
         for i in range(0, len(verdicts), BATCH):
@@ -173,48 +180,33 @@ def verdict_submit(
     if as_json:
         out.print_json(json.dumps(results))
         return
-    out.print(decision_table(results))
+    for line in decision_lines(results):
+        print(line)
 
 
-def decision_table(results: list[dict[str, Any]]) -> Table:
-    """Per verdict: its decision (id and status) and each action (id, type, target)."""
-    table = Table(title="Decisions")
-    for column in (
-        "verdict",
-        "decision",
-        "status",
-        "revision",
-        "action",
-        "type",
-        "target",
-        "rule",
-        "reason",
-    ):
-        table.add_column(column, overflow="fold")
+def decision_lines(results: list[dict[str, Any]]) -> list[str]:
+    """Per verdict a line with its decision (id, status, revision), then a line per
+    action (id, type, target, rule, reason). Lines, not a table: an id is never folded to
+    the terminal's width, so it can be copied into `decision explain` or `action lift`."""
+    lines = []
     for r in results:
         status = r.get("decision_status") or r["status"]
         if r.get("duplicate"):
             status += " (repeat)"
-        decision = r.get("decision_id") or "-"
-        revision = short_revision(r.get("policy_revision"))
+        line = (
+            f"verdict {r['verdict_id']}  decision {r.get('decision_id') or '-'}  {status}  "
+            f"revision {short_revision(r.get('policy_revision'))}"
+        )
         if not r["actions"]:
-            note = r.get("error") or "no action"
-            table.add_row(r["verdict_id"], decision, status, revision, "-", "-", "-", "-", note)
+            line += f"  {r.get('error') or 'no action'}"
+        lines.append(line)
         for a in r["actions"]:
             shadow = " (shadow)" if a["shadow"] else ""
             target = f"{a['target']['kind']}:{a['target']['value']}"
-            table.add_row(
-                r["verdict_id"],
-                decision,
-                status,
-                revision,
-                a["id"],
-                a["type"] + shadow,
-                target,
-                a["rule"],
-                a["reason"],
+            lines.append(
+                f"  action {a['id']}  {a['type']}{shadow} {target}  {a['rule']}: {a['reason']}"
             )
-    return table
+    return lines
 
 
 def _read_verdicts(file: str) -> list[dict[str, Any]]:

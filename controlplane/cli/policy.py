@@ -55,7 +55,7 @@ def check(
 ) -> None:
     """Compile every module with the real engine, probe the entrypoint, require
     METADATA on rules that can emit actions, refuse network builtins."""
-    settings = get_settings()
+    settings = cli_settings()
     root = directory or settings.policy_dir
     try:
         problems = check_dir(root, entrypoint or settings.entrypoint)

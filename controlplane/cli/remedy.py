@@ -10,8 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from controlplane.cli.client import api_client, fail, request
-from controlplane.settings import get_settings
+from controlplane.cli.client import api_client, cli_settings, fail, request
 
 appeal_app = typer.Typer(help="Appeals: customers asking for enforcement to be undone.")
 exemption_app = typer.Typer(help="Exemptions: subjects no policy may enforce against.")
@@ -32,7 +31,7 @@ def _subject(text: str) -> dict[str, str]:
 
 
 def _call(url: str | None, method: str, path: str, **kwargs: Any) -> Any:
-    settings = get_settings()
+    settings = cli_settings()
     with api_client(url or settings.api_url, settings.token) as client:
         return request(client, method, path, **kwargs)
 
@@ -259,7 +258,7 @@ def report_remediation(
     if fmt not in ("markdown", "csv", "json"):
         raise fail(f"--format {fmt!r} is not markdown, csv or json")
     params = {k: v for k, v in {"since": since, "until": until, "format": fmt}.items() if v}
-    settings = get_settings()
+    settings = cli_settings()
     with api_client(url or settings.api_url, settings.token) as client:
         response = client.get("/v1/reports/remediation", params=params)
         if response.status_code >= 400:

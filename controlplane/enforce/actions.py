@@ -67,4 +67,8 @@ class Actions(Protocol):
 
     async def due_to_expire(
         self, session: AsyncSession, now: datetime, limit: int
-    ) -> list[ActionRow]: ...
+    ) -> list[ActionRow]:
+        """Active actions past their expiry, locked for the caller's transaction and
+        skipping rows another transaction holds (`FOR UPDATE SKIP LOCKED`), so every
+        replica may expire at once."""
+        ...

@@ -305,6 +305,11 @@ def set_action_states_blocking(session: Session, changes: dict[str, str], now: d
 
 
 async def due_to_expire(session: AsyncSession, now: datetime, limit: int) -> list[ActionRow]:
+    """Up to `limit` active actions past their expiry, claimed for the caller's
+    transaction. On PostgreSQL `FOR UPDATE SKIP LOCKED`: rows another replica is expiring
+    (or lifting) right now are skipped, not waited for, and one it has just expired no
+    longer matches, so replicas expiring at once never take the same action twice. SQLite
+    ignores the clause: its writers take turns (BEGIN IMMEDIATE)."""
     query = (
         select(ActionRow)
         .where(
@@ -313,6 +318,7 @@ async def due_to_expire(session: AsyncSession, now: datetime, limit: int) -> lis
             col(ActionRow.expires_at) <= now,
         )
         .limit(limit)
+        .with_for_update(skip_locked=True)
     )
     return list((await session.execute(query)).scalars())
 

@@ -66,7 +66,9 @@ async def end_exemptions(
 
 
 async def due_exemptions(session: AsyncSession, now: datetime, limit: int) -> list[ExemptionRow]:
-    """Exemptions past their expiry that have not been ended yet (by the indexed expiry)."""
+    """Exemptions past their expiry that have not been ended yet (by the indexed expiry),
+    claimed for the caller's transaction: `FOR UPDATE SKIP LOCKED` on PostgreSQL, so
+    replicas expiring at once each end different ones (SQLite's writers take turns)."""
     query = (
         select(ExemptionRow)
         .where(
@@ -75,6 +77,7 @@ async def due_exemptions(session: AsyncSession, now: datetime, limit: int) -> li
             col(ExemptionRow.ended_at).is_(None),
         )
         .limit(limit)
+        .with_for_update(skip_locked=True)
     )
     return list((await session.execute(query)).scalars())
 

@@ -39,8 +39,8 @@ TTL_SECONDS = 12
 """Longer than a connector's hand-over (a standby follower tries the lock every 5 s):
 an action planned as its applier dies is still due when the next one takes over."""
 INTERVAL = 1.0
-"""TOLLGATE_EXPIRY_SECONDS: the leader's most frequent job, so how soon a replica
-standing by notices the lock is free."""
+"""TOLLGATE_EXPIRY_SECONDS: how often every replica expires what is due, and how often a
+replica standing by looks for the lead (so how soon it notices the lock is free)."""
 TAKE_OVER_BOUND = 15 * INTERVAL
 """How long the test waits for a successor: generous, as the machine is shared."""
 
@@ -107,7 +107,7 @@ async def states(client: httpx.AsyncClient, server: Process, ids: list[str]) -> 
 async def until_expired(
     client: httpx.AsyncClient, server: Process, ids: list[str], tries: int = 600
 ) -> None:
-    """Every action applied, then expired by the leader (bounded: about 60 s)."""
+    """Every action applied, then expired (by any replica; bounded: about 60 s)."""
     for _ in range(tries):
         if await states(client, server, ids) == {"expired"}:
             return
@@ -138,7 +138,7 @@ async def test_the_periodic_jobs_move_to_another_process_when_the_leader_is_kill
         async with httpx.AsyncClient(headers=headers, timeout=30) as client:
             leader = await the_leader(client, servers, tries=int(TAKE_OVER_BOUND * 10))
 
-            # The leader expires what the three planned.
+            # What the three planned is applied, then expired.
             before = await submit(client, servers, 6)
             await until_expired(client, servers[0], before)
 

@@ -4,6 +4,7 @@ what it prints, and one readable line for a URL, connection or token problem."""
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,8 +14,10 @@ import pytest
 from controlplane.auth.roles import Role
 from controlplane.auth.service import TokenService
 from controlplane.store.db import Database, upgrade
+from controlplane.store.models import AuditEventRow
 from tests.support.app import POLICY_DIR
-from tests.support.processes import Process, free_port, run, started
+from tests.support.processes import COMMAND, Process, environment, free_port, run, started
+from tests.support.store import count
 from tests.support.verdicts import new_subject, verdict
 
 
@@ -64,18 +67,33 @@ def remote(server: Server, workdir: Path, **extra: str) -> dict[str, str]:
     }
 
 
+def narrow(args: list[str], settings: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run one CLI command as in a terminal 60 columns wide."""
+    return subprocess.run(
+        [*COMMAND, *args],
+        env={**environment(settings), "COLUMNS": "60"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
 async def test_verdict_submit_shows_decision_and_action_ids(server: Server, tmp_path: Path) -> None:
     document = verdict(subject=new_subject(), score=0.95)
     path = tmp_path / "verdict.json"
     path.write_text(json.dumps(document))
-    done = run(["verdict", "submit", str(path)], remote(server, tmp_path))
+    # A narrow terminal: the ids are still printed whole, one line per decision and action.
+    done = narrow(["verdict", "submit", str(path)], remote(server, tmp_path))
     assert done.returncode == 0, done.stderr
-    assert "dec_" in done.stdout and "act_" in done.stdout
     answered = run(["verdict", "submit", str(path), "--json"], remote(server, tmp_path))
     [result] = json.loads(answered.stdout)
-    assert result["decision_id"] in done.stdout
-    for action in result["actions"]:
-        assert action["id"] in done.stdout
+    [action] = result["actions"]
+    decided, acted = done.stdout.splitlines()
+    assert decided.startswith(f"verdict {document['id']}  decision {result['decision_id']}  ok")
+    assert acted.startswith(
+        f"  action {action['id']}  rate_limit api_key:{document['subject']['api_key_id']}"
+    )
     assert not (tmp_path / "local").exists(), "nothing local was created"
 
 
@@ -157,6 +175,15 @@ async def _token(server: Server, role: Role) -> str:
     return token
 
 
+async def _events(server: Server) -> int:
+    """How many events the server's chain holds (seqs run from 1 without gaps)."""
+    db = Database(server.database_url)
+    try:
+        return await count(db, AuditEventRow)
+    finally:
+        await db.dispose()
+
+
 THROUGH_THE_API = [
     ["decision", "explain", "dec_x"],
     ["token", "list"],
@@ -165,6 +192,8 @@ THROUGH_THE_API = [
     ["policy", "sync"],
     ["policy", "rollback"],
     ["action", "list"],
+    ["audit", "checkpoint"],
+    ["audit", "reindex"],
 ]
 
 
@@ -203,15 +232,100 @@ def test_commands_on_the_database_never_create_an_empty_one(
     assert not data_dir.exists()
 
 
-def test_database_maintenance_refuses_a_server_url(tmp_path: Path) -> None:
-    """`audit reindex` rebuilds a table from the chain: the database's own work, never
-    done through a server; with TOLLGATE_URL set it says so instead of acting locally."""
+def test_db_upgrade_refuses_a_server_url(tmp_path: Path) -> None:
+    """Migrations run against the database, never through a server: with only
+    TOLLGATE_URL set, `db upgrade` says so in one line instead of migrating (and so
+    creating) some local SQLite file."""
     data_dir = tmp_path / "elsewhere"
     url = "http://127.0.0.1:1"
-    done = run(["audit", "reindex"], {"TOLLGATE_DATA_DIR": str(data_dir), "TOLLGATE_URL": url})
+    done = run(["db", "upgrade"], {"TOLLGATE_DATA_DIR": str(data_dir), "TOLLGATE_URL": url})
     assert done.returncode == 1
-    assert f"TOLLGATE_URL is set ({url})" in done.stderr.splitlines()[0]
+    assert "Traceback" not in done.stderr
+    assert done.stderr.splitlines()[0] == (
+        "error: `tollgate db upgrade` runs the migrations against the database "
+        f"(TOLLGATE_DATABASE_URL), not a server, and only TOLLGATE_URL is set ({url})"
+    )
     assert not data_dir.exists()
+
+
+def test_db_upgrade_with_a_database_url_migrates_that_database(tmp_path: Path) -> None:
+    """Both set: the database named is the one meant (a server URL is set for the rest)."""
+    database = tmp_path / "named.db"
+    done = run(
+        ["db", "upgrade"],
+        {
+            "TOLLGATE_DATABASE_URL": f"sqlite+aiosqlite:///{database}",
+            "TOLLGATE_DATA_DIR": str(tmp_path / "elsewhere"),
+            "TOLLGATE_URL": "http://127.0.0.1:1",
+        },
+    )
+    assert done.returncode == 0, done.stderr
+    assert "is at revision head" in done.stdout
+    assert database.exists() and not (tmp_path / "elsewhere").exists()
+
+
+@pytest.mark.parametrize(
+    ("command", "variable"),
+    [
+        (["action", "list"], "TOLLGATE_PORT"),
+        (["verdict", "submit", "-"], "TOLLGATE_PORT"),
+        (["audit", "checkpoint"], "TOLLGATE_PORT"),
+        (["db", "upgrade"], "TOLLGATE_PORT"),
+        (["intel", "list"], "TOLLGATE_PORT"),
+    ],
+)
+def test_a_bad_setting_is_one_line(tmp_path: Path, command: list[str], variable: str) -> None:
+    done = run(
+        command,
+        {variable: "eighty", "TOLLGATE_DATA_DIR": str(tmp_path / "elsewhere")},
+        stdin="{}",
+    )
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert done.stderr.splitlines()[0].startswith(f"error: {variable}='eighty': must be")
+    assert not (tmp_path / "elsewhere").exists()
+
+
+async def test_checkpoint_on_a_server_without_a_key_names_the_setting(
+    server: Server, tmp_path: Path
+) -> None:
+    auditor = await _token(server, Role.AUDITOR)
+    done = run(["audit", "checkpoint"], remote(server, tmp_path, TOLLGATE_TOKEN=auditor))
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    first = done.stderr.splitlines()[0]
+    assert first.startswith("error 409: this server has no audit signing key"), first
+    assert "TOLLGATE_AUDIT_SIGNING_KEY_FILE" in first
+    assert not (tmp_path / "local").exists(), "no local database was created"
+
+
+async def test_a_local_key_is_refused_with_a_server_url(server: Server, tmp_path: Path) -> None:
+    key = tmp_path / "audit.pem"
+    done = run(["audit", "checkpoint", "--key", str(key)], remote(server, tmp_path))
+    assert done.returncode == 1
+    first = done.stderr.splitlines()[0]
+    assert first.startswith("error: --key signs here, on the database itself"), first
+    assert "its own TOLLGATE_AUDIT_SIGNING_KEY_FILE" in first
+    assert not (tmp_path / "local").exists(), "no local database was created"
+
+
+async def test_reindex_asks_the_server(server: Server, tmp_path: Path) -> None:
+    settings = remote(server, tmp_path)
+    submitted = run(["verdict", "submit", "-"], settings, stdin=json.dumps(verdict()))
+    assert submitted.returncode == 0, submitted.stderr
+    auditor = await _token(server, Role.AUDITOR)
+    before = await _events(server)
+    assert before > 0
+    done = run(["audit", "reindex"], remote(server, tmp_path, TOLLGATE_TOKEN=auditor))
+    assert done.returncode == 0, done.stderr
+    indexed = int(done.stdout.split()[1].replace(",", ""))
+    after = await _events(server)
+    assert before <= indexed <= after, "the whole chain, from the first event to the head"
+    engineer = await _token(server, Role.ENGINEER)
+    refused = run(["audit", "reindex"], remote(server, tmp_path, TOLLGATE_TOKEN=engineer))
+    assert refused.returncode == 1
+    assert refused.stderr.splitlines()[0].startswith("error 403:")
+    assert not (tmp_path / "local").exists(), "no local database was created"
 
 
 async def test_decision_explain_asks_the_server(server: Server, tmp_path: Path) -> None:
