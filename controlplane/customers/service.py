@@ -24,8 +24,9 @@ AUDITED_IDS = 100
 """Account ids listed in one import's audit event (the count covers the rest)."""
 
 
-def customer_document(row: CustomerRow) -> dict[str, Any]:
-    """A record as policies see it in `input.context.customer` (keys counted, not listed)."""
+def customer_document(row: Any) -> dict[str, Any]:
+    """A record (a `CustomerRow` or a row of its columns) as policies see it in
+    `input.context.customer` (keys counted, not listed)."""
     return {
         "account_id": row.account_id,
         "org_id": row.org_id,
