@@ -52,7 +52,9 @@ class Actions(Protocol):
     def action_states(
         self, session: Session, action_ids: Sequence[str]
     ) -> list[tuple[str, str, str, str, str]]:
-        """(id, state, provider, type, target kind) of these actions."""
+        """(id, state, provider, type, target kind) of these actions, locked until the
+        caller's transaction ends: what a follower then writes of them cannot undo a
+        lift or an expiry committed meanwhile."""
         ...
 
     def active_among(self, session: Session, action_ids: Sequence[str]) -> set[str]: ...

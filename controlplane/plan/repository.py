@@ -257,9 +257,12 @@ async def desired_page(
 def action_states(
     session: Session, action_ids: Sequence[str]
 ) -> list[tuple[str, str, str, str, str]]:
-    """(id, state, provider, type, target kind) of these actions."""
+    """(id, state, provider, type, target kind) of these actions, locked until the
+    caller's transaction ends (on PostgreSQL; SQLite's writers take turns anyway), in id
+    order: a lift or an expiry that commits meanwhile is seen, never overwritten."""
     found: list[tuple[str, str, str, str, str]] = []
-    for i in range(0, len(action_ids), _CHUNK):
+    ids = sorted(set(action_ids))
+    for i in range(0, len(ids), _CHUNK):
         rows = session.execute(
             select(
                 col(ActionRow.id),
@@ -267,7 +270,10 @@ def action_states(
                 col(ActionRow.provider),
                 col(ActionRow.type),
                 col(ActionRow.target_kind),
-            ).where(col(ActionRow.id).in_(action_ids[i : i + _CHUNK]))
+            )
+            .where(col(ActionRow.id).in_(ids[i : i + _CHUNK]))
+            .order_by(col(ActionRow.id))
+            .with_for_update()
         )
         found.extend((a, s, p, t, k) for a, s, p, t, k in rows)
     return found

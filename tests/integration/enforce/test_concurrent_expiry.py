@@ -169,3 +169,22 @@ async def test_the_replica_that_does_not_lead_expires_too(
     actions, exemptions = await expired_events(first.db)
     assert actions == Counter(action_ids) and exemptions == Counter(exemption_ids)
     assert second.scheduler.get_job("leadership") is not None, "it keeps looking for the lead"
+
+
+async def test_a_follower_holds_the_actions_it_settles_until_it_commits(
+    replicas: tuple[Runtime, Runtime],
+) -> None:
+    """The states a follower reads before writing applied/pending/failed are locked for
+    its transaction: an expiry claiming due rows meanwhile skips them (and takes them at
+    its next run), so it cannot be overwritten by a state read before it committed."""
+    first, second = replicas
+    ids = await due_actions(first.db, 3)
+    with first.db.write_blocking() as session, session.begin():
+        held = actions_repo.action_states(session, ids[:2])
+        assert sorted(a for a, *_ in held) == sorted(ids[:2])
+        assert await asyncio.wait_for(second.enforcer.expire(), HANG_GUARD) == 1
+    rows = await fetch(first.db, ActionRow, col(ActionRow.id).in_(ids))
+    states = {a.id: a.state for a in rows}
+    assert states[ids[2]] == "expired"
+    assert states[ids[0]] == states[ids[1]] == "pending"
+    assert await second.enforcer.expire() == 2
