@@ -969,15 +969,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def lock_waits(servers: Sequence[Server]) -> tuple[Counter[float], int]:
-    """Every server's `tollgate_decide_lock_wait_seconds` buckets, summed: (count at or
-    under each bound, total)."""
+def lock_waits(
+    servers: Sequence[Server], metric: str = "tollgate_decide_lock_wait_seconds"
+) -> tuple[Counter[float], int]:
+    """Every server's buckets of the histogram `metric`, summed: (count at or under each
+    bound, total)."""
     buckets: Counter[float] = Counter()
     total = 0
     for server in servers:
         text = httpx.get(f"{server.url}/metrics", timeout=10).text
         for line in text.splitlines():
-            if line.startswith("tollgate_decide_lock_wait_seconds_bucket"):
+            if line.startswith(f"{metric}_bucket"):
                 bound = line.split('le="', 1)[1].split('"', 1)[0]
                 value = float(line.rsplit(" ", 1)[1])
                 if bound == "+Inf":
@@ -1004,6 +1006,8 @@ class ReplicaFigures:
     seconds: float
     cpu: float
     waits: tuple[Counter[float], int]
+    locking: tuple[Counter[float], int]
+    """The whole time taking the subject locks (statements and waits)."""
 
     @property
     def per_cpu_second(self) -> float:
@@ -1057,7 +1061,10 @@ def run_replicas_once(
         seconds = time.perf_counter() - started
         cpu = sum(cpu_seconds(s.process.pid) for s in servers) - before
         waits = lock_waits(servers)
-        return ReplicaFigures(replicas, sum(x.accepted for x in loads), seconds, cpu, waits)
+        locking = lock_waits(servers, "tollgate_decide_lock_seconds")
+        return ReplicaFigures(
+            replicas, sum(x.accepted for x in loads), seconds, cpu, waits, locking
+        )
     finally:
         cleanup.run()
 
@@ -1072,13 +1079,18 @@ def run_replicas(verdicts: list[dict[str, Any]], args: argparse.Namespace, tmp: 
         f"subjects disjoint between replicas, {args.concurrency} client(s) per replica; "
         f"{os.cpu_count()} CPUs"
     )
-    print("  replicas  verdicts/s  server CPU s  verdicts per CPU-s  lock wait p50 / p99 (waits)")
+    print(
+        "  replicas  verdicts/s  server CPU s  verdicts per CPU-s  "
+        "lock wait p50 / p99 (batches)  taking the locks p50 / p99"
+    )
     for r in results:
         buckets, total = r.waits
+        taking, taken = r.locking
         print(
             f"  {r.replicas:>8}  {r.verdicts / r.seconds:10,.0f}  {r.cpu:12.1f}  "
             f"{r.per_cpu_second:18,.0f}  {bucket_percentile(buckets, total, 50)} / "
-            f"{bucket_percentile(buckets, total, 99)} ({total})"
+            f"{bucket_percentile(buckets, total, 99)} ({total})  "
+            f"{bucket_percentile(taking, taken, 50)} / {bucket_percentile(taking, taken, 99)}"
         )
     ratio = many.per_cpu_second / one.per_cpu_second
     buckets, total = many.waits

@@ -53,7 +53,7 @@ from controlplane.plan.service import (
 from controlplane.settings import Providers
 from controlplane.store.db import Database
 from controlplane.store.models import new_id
-from controlplane.store.repository import lock_keys, unlock_all
+from controlplane.store.repository import lock_keys, try_lock_keys, unlock_all
 from controlplane.telemetry import metrics
 from controlplane.telemetry.tracing import SPAN_EVALUATE, trace_id_hex, tracer
 
@@ -127,13 +127,20 @@ class Decider:
             yield
             return
         connection = self._lock_connection()
+        keys = subject_locks(verdicts)
         started = time.perf_counter()
+        waited = 0.0
         try:
-            lock_keys(connection, subject_locks(verdicts))
+            # At once when no other replica holds one of them (disjoint subjects: the
+            # usual case); else, holding none, wait for them all in ascending order.
+            if not try_lock_keys(connection, keys):
+                contended = time.perf_counter()
+                lock_keys(connection, keys)
+                waited = time.perf_counter() - contended
         except BaseException:
             self.close()  # a broken connection holds nothing: the next batch reconnects
             raise
-        metrics.decide_lock_waited(time.perf_counter() - started)
+        metrics.decide_locked(time.perf_counter() - started, waited)
         try:
             yield
         finally:

@@ -55,6 +55,25 @@ def lock_keys(connection: Connection, keys: Sequence[int]) -> None:
         connection.commit()
 
 
+def try_lock_keys(connection: Connection, keys: Sequence[int]) -> bool:
+    """Take the session-level advisory locks `keys` (PostgreSQL) if none is held by
+    another session, in one round trip without waiting: True when all were taken;
+    False when one was not, and then this connection holds none of them."""
+    if not keys:
+        return True
+    taken = connection.execute(
+        text(
+            "SELECT bool_and(pg_try_advisory_lock(k)) FROM "
+            "(SELECT DISTINCT unnest(CAST(:keys AS bigint[])) AS k ORDER BY k) AS ordered"
+        ),
+        {"keys": sorted(set(keys))},
+    ).scalar_one()
+    connection.commit()
+    if not taken:
+        unlock_all(connection)
+    return bool(taken)
+
+
 def unlock_all(connection: Connection) -> None:
     """Release every session-level advisory lock this connection holds."""
     connection.execute(text("SELECT pg_advisory_unlock_all()"))

@@ -13,11 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from controlplane.engine.base import Evaluation
 from controlplane.engine.embedded import EmbeddedEngine
 from controlplane.evaluate.service import Decider, Outcome, Pending
+from controlplane.store.db import Database
+from controlplane.store.repository import lock_keys, try_lock_keys, unlock_all
 from tests.support.app import make_settings, serve
 from tests.support.databases import PostgresServer, fresh_database
 from tests.support.verdicts import new_subject, verdict
@@ -146,3 +149,40 @@ async def test_replicas_with_disjoint_subjects_do_not_wait_for_each_other(
         (_, end_first), (start_second, _) = sorted(slow_decide)
         # The second began deciding while the first still held its subjects.
         assert start_second < end_first, slow_decide
+
+
+def _advisory_locks(session: Session, pid: int) -> int:
+    return int(
+        session.execute(
+            text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = :pid"),
+            {"pid": pid},
+        ).scalar_one()
+    )
+
+
+def test_subject_locks_are_tried_at_once_and_none_is_kept_when_one_is_held(
+    postgres_url: str,
+) -> None:
+    """A batch whose subjects are all free takes their locks without waiting; when
+    another replica holds one, the attempt leaves it holding none (it then waits for
+    all of them in order, never holding some while waiting for others)."""
+    db = Database(postgres_url)
+    try:
+        with (
+            db.blocking.connect().execution_options(isolation_level="AUTOCOMMIT") as other,
+            db.blocking.connect().execution_options(isolation_level="AUTOCOMMIT") as mine,
+            Session(db.blocking) as probe,
+        ):
+            mine_pid = mine.execute(text("SELECT pg_backend_pid()")).scalar_one()
+            lock_keys(other, [5])
+            assert not try_lock_keys(mine, [3, 5, 7])
+            assert _advisory_locks(probe, mine_pid) == 0
+            assert try_lock_keys(mine, [3, 7, 9])
+            assert _advisory_locks(probe, mine_pid) == 3
+            unlock_all(other)
+            assert try_lock_keys(mine, [5])
+            assert _advisory_locks(probe, mine_pid) == 4
+            unlock_all(mine)
+            assert _advisory_locks(probe, mine_pid) == 0
+    finally:
+        db.blocking.dispose()
