@@ -125,7 +125,8 @@ class Runtime:
         )
 
     async def start(self) -> None:
-        """Migrate, gate and load the policy revision, decide leftovers, start jobs.
+        """Migrate, gate and load the policy revision, load the decider's indexes, decide
+        leftovers, start jobs.
         Once: `tollgate serve` starts it before serving, and the app's startup again."""
         if self._started:
             return
@@ -134,6 +135,7 @@ class Runtime:
         await asyncio.to_thread(upgrade, self.db.url)
         await self.sync_policies()
         await self.enforcer.start()
+        await self.ingest.warm()
         await self.recover()
         for job, seconds in (
             (self.recover, self.settings.recovery_seconds),

@@ -6,7 +6,9 @@ the caller hands in (ingest owns verdicts, and a stage never imports an earlier 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+import logging
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -32,6 +34,8 @@ from controlplane.settings import Providers
 from controlplane.store.db import Database
 from controlplane.store.models import DecisionRow
 from controlplane.store.types import utcnow
+
+log = logging.getLogger(__name__)
 
 
 class VerdictHistory(Protocol):
@@ -238,65 +242,103 @@ class CidrTargets:
 
 
 class IntelCache:
-    """The intel index: loaded once, then extended with the indicators added or changed
-    since (found by `modified`, an indexed column; a revoked one is dropped at once);
-    expired ones stop matching at once and are dropped at the next full load, every
-    `RELOAD_SECONDS`."""
+    """The intel index: loaded once (at start, `Decider.warm`), then extended with the
+    indicators added or changed since (found by `modified`, an indexed column; a revoked
+    one is dropped at once); expired ones stop matching at once and are dropped at the
+    next full load, every `RELOAD_SECONDS`. That load (a million indicators take
+    seconds) runs in a thread of its own while batches go on with the current index; the
+    new one is swapped in at the next batch, then caught up like any other."""
 
     RELOAD_SECONDS = 600.0
     LOOKBACK = timedelta(seconds=30)
     """How far before the newest change seen each look goes again: a row stamped
     earlier may commit later (versions already taken are skipped)."""
 
-    def __init__(self, keyring: Keyring | None = None) -> None:
+    def __init__(self, keyring: Keyring | None = None, db: Database | None = None) -> None:
         self._keyring = keyring or Keyring()
+        self._db = db
+        """Where a reload reads from, on its own connection (none: reload inline)."""
         self._index = IntelIndex([], self._keyring)
         self._loaded_at: datetime | None = None
         self._watermark: datetime | None = None
         self._recent: dict[tuple[str, datetime], datetime] = {}
+        self._loader: ThreadPoolExecutor | None = None
+        self._reload: Future[IntelIndex] | None = None
+        self._reload_at: datetime | None = None
 
     def index(self, session: Session, now: datetime) -> IntelIndex:
-        full = self._loaded_at is None or (now - self._loaded_at) >= timedelta(
+        due = self._loaded_at is None or (now - self._loaded_at) >= timedelta(
             seconds=self.RELOAD_SECONDS
         )
-        if full:
-            self._index, self._loaded_at, self._recent = IntelIndex([], self._keyring), now, {}
-            self._watermark = now
-            rows = intel_repo.live_indicators(session, now)
-        else:
-            assert self._watermark is not None
-            since = self._watermark - self.LOOKBACK
-            rows = intel_repo.indicators_changed_since(session, since)
+        if self._loaded_at is None or (due and self._db is None):
+            self._swap(self._load(session, now), now)
+        elif due and self._reload is None:
+            self._reload_at = now
+            if self._loader is None:
+                self._loader = ThreadPoolExecutor(1, thread_name_prefix="tollgate-intel-load")
+            self._reload = self._loader.submit(self._load_apart, now)
+        if self._reload is not None and self._reload.done():
+            reload, self._reload = self._reload, None
+            try:
+                self._swap(reload.result(), self._reload_at or now)
+            except Exception:
+                # The current index goes on serving; the next batch tries again.
+                log.exception("reloading the intel index failed; it keeps the current one")
+        assert self._watermark is not None
+        rows = intel_repo.indicators_changed_since(session, self._watermark - self.LOOKBACK)
         fresh = [r for r in rows if (r.id, _changed(r)) not in self._recent]
         self._index.drop(r.id for r in fresh)  # an earlier version of a changed row
-        self._index.extend(
-            {
-                "id": r.id,
-                "kind": r.kind,
-                "value": r.value,
-                "source": r.source,
-                "confidence": r.confidence,
-                "tlp": r.tlp,
-                "pap": r.pap,
-                "expires_at": r.expires_at,
-                "last_seen": r.last_seen,
-                "first_seen": r.first_seen,
-                "created_at": r.created_at,
-                "decay_days": r.decay_days,
-                "detail": r.detail,
-            }
-            for r in fresh
-            if not r.revoked
-        )
+        self._index.extend(_documents(r for r in fresh if not r.revoked))
         if fresh:
-            self._watermark = max(self._watermark or now, max(_changed(r) for r in fresh))
-        horizon = (self._watermark or now) - self.LOOKBACK
+            self._watermark = max(self._watermark, max(_changed(r) for r in fresh))
+        horizon = self._watermark - self.LOOKBACK
         self._recent.update(
             ((r.id, _changed(r)), _changed(r)) for r in fresh if _changed(r) >= horizon
         )
         if len(self._recent) > 10_000:
             self._recent = {k: at for k, at in self._recent.items() if at >= horizon}
         return self._index
+
+    def close(self) -> None:
+        if self._loader is not None:
+            self._loader.shutdown(wait=True, cancel_futures=True)
+            self._loader = None
+
+    def _swap(self, index: IntelIndex, loaded_at: datetime) -> None:
+        """`index` holds the live indicators as of `loaded_at`: what changed from a
+        little before is looked at again (`_recent` is empty), so nothing is missed."""
+        self._index, self._loaded_at, self._recent = index, loaded_at, {}
+        self._watermark = loaded_at
+
+    def _load(self, session: Session, now: datetime) -> IntelIndex:
+        index = IntelIndex([], self._keyring)
+        index.extend(_documents(intel_repo.live_indicators(session, now)))
+        return index
+
+    def _load_apart(self, now: datetime) -> IntelIndex:
+        assert self._db is not None
+        with self._db.read_blocking() as session:
+            return self._load(session, now)
+
+
+def _documents(rows: Iterable[Any]) -> Iterator[dict[str, Any]]:
+    """Indicator rows as the index takes them."""
+    for r in rows:
+        yield {
+            "id": r.id,
+            "kind": r.kind,
+            "value": r.value,
+            "source": r.source,
+            "confidence": r.confidence,
+            "tlp": r.tlp,
+            "pap": r.pap,
+            "expires_at": r.expires_at,
+            "last_seen": r.last_seen,
+            "first_seen": r.first_seen,
+            "created_at": r.created_at,
+            "decay_days": r.decay_days,
+            "detail": r.detail,
+        }
 
 
 def _changed(row: Any) -> datetime:

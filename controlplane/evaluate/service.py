@@ -111,7 +111,7 @@ class Decider:
         self._providers = providers or Providers()
         """Each provider's `min_prefix` (checked on policy output) and `fallback`."""
         self._engines = engines
-        self._intel = repository.IntelCache(keyring)
+        self._intel = repository.IntelCache(keyring, db)
         self._cidrs = repository.CidrTargets()
         self._locks: Connection | None = None
 
@@ -138,7 +138,7 @@ class Decider:
                 lock_keys(connection, keys)
                 waited = time.perf_counter() - contended
         except BaseException:
-            self.close()  # a broken connection holds nothing: the next batch reconnects
+            self._drop_locks()  # a broken connection holds nothing: the next batch reconnects
             raise
         metrics.decide_locked(time.perf_counter() - started, waited)
         try:
@@ -147,7 +147,7 @@ class Decider:
             try:
                 unlock_all(connection)
             except BaseException:
-                self.close()
+                self._drop_locks()
                 raise
 
     def _lock_connection(self) -> Connection:
@@ -159,8 +159,20 @@ class Decider:
             )
         return self._locks
 
+    def warm(self, session: Session, now: datetime) -> None:
+        """(decide thread, at start) Load what batches consult beside their own rows:
+        the networks under CIDR actions and the intel index. With hundreds of thousands
+        of each this takes seconds, which the first verdicts would otherwise wait."""
+        self._cidrs.holding(session, set(), now)
+        self._intel.index(session, now)
+
     def close(self) -> None:
-        """(decide thread) Close the lock connection; its locks go with it."""
+        """(decide thread) Close the lock connection and the intel index's loader."""
+        self._drop_locks()
+        self._intel.close()
+
+    def _drop_locks(self) -> None:
+        """Close the lock connection; its locks go with it."""
         if self._locks is not None:
             self._locks.invalidate()
             self._locks.close()

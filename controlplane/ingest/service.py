@@ -102,6 +102,15 @@ class IngestService:
         """The decide thread: groups are read, decided and stored there, on a sync
         connection, one at a time, while the event loop goes on serving requests."""
 
+    async def warm(self) -> None:
+        """Load the decider's indexes on the decide thread before the first verdict."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._thread, self._warm)
+
+    def _warm(self) -> None:
+        with self._db.read_blocking() as session:
+            self._decider.warm(session, utcnow())
+
     def close(self) -> None:
         self._thread.submit(self._decider.close).result()
         self._thread.shutdown(wait=True)
