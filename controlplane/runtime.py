@@ -91,12 +91,17 @@ class Runtime:
             db, engines, providers, keyring=intel_config.keyring, verdicts=verdicts.prior_verdicts
         )
         ingest = IngestService(db, decider, on_planned=enforcer.wake)
-        remedy = Remedy(db, enforcer, providers)
+        remedy = Remedy(enforcer, providers)
+
+        async def lift(action_id: str, actor: str, reason: str) -> Any:
+            async with db.transaction() as session:
+                return await remedy.lift(session, action_id, actor, reason)
+
         intel = IntelService(
             db,
             intel_config,
             bundle=lambda: engines.current.bundle,
-            lift=remedy.lift,
+            lift=lift,
             floor=providers.loosest_floor,
         )
         puller = Puller(db, intel)
@@ -110,7 +115,7 @@ class Runtime:
             enforcer,
             Leadership(db),
             CustomerService(db),
-            ReviewService(db, enforcer.wake),
+            ReviewService(enforcer.wake),
             remedy,
             intel,
             TaxiiService(db, intel_config, puller),
@@ -135,7 +140,7 @@ class Runtime:
             (self.sync_policies, self.settings.policy_sync_seconds),
             (self.converge, CONVERGE_SECONDS),
             (self.enforcer.expire, self.settings.expiry_seconds),
-            (self.remedy.expire_exemptions, self.settings.expiry_seconds),
+            (self.expire_exemptions, self.settings.expiry_seconds),
             (self.intel.publish_from_actions, INTEL_PUBLISH_SECONDS),
             (self.intel.age_out, INTEL_AGE_OUT_SECONDS),
         ):
@@ -252,6 +257,11 @@ class Runtime:
         engine = await load_engine(self.settings, bundle)
         self.engines.swap(engine)
         log.info("policy revision %s is now deciding", bundle.revision)
+
+    async def expire_exemptions(self) -> int:
+        """End the exemptions past their expiry (a job: one transaction)."""
+        async with self.db.transaction() as session:
+            return await self.remedy.expire_exemptions(session)
 
     async def recover(self) -> None:
         """Decide every verdict that was stored but not decided."""

@@ -93,9 +93,12 @@ def _line(view: AppealView) -> AppealLine:
 
 async def queue_page(runtime: Runtime, state: str) -> QueuePage:
     chosen = state if state in STATES else ""
-    views = await runtime.remedy.appeals(AppealFilter(state=chosen or None), None, QUEUE)
     now = datetime.now(UTC)
-    figures = await report.remediation(runtime.db, now - FIGURES_WINDOW, now)
+    async with runtime.db.read() as session:
+        views = await runtime.remedy.appeals(
+            session, AppealFilter(state=chosen or None), None, QUEUE
+        )
+        figures = await report.remediation(session, now - FIGURES_WINDOW, now)
     return QueuePage(
         state=chosen,
         appeals=[_line(v) for v in views],
@@ -107,7 +110,8 @@ async def queue_page(runtime: Runtime, state: str) -> QueuePage:
 
 
 async def appeal_page(runtime: Runtime, appeal_id: str) -> AppealPage:
-    view = await runtime.remedy.appeal(appeal_id)
+    async with runtime.db.read() as session:
+        view = await runtime.remedy.appeal(session, appeal_id)
     row = view.row
     return AppealPage(
         line=_line(view),

@@ -683,7 +683,8 @@ async def reviews_page(runtime: Runtime, state: str) -> dict[str, Any]:
     """The review queue: hard actions withheld from verified customers, oldest open
     first in age, each with what would have been done; keys shown by their handle."""
     chosen = state if state in {"open", "confirmed", "dismissed"} else "open"
-    rows, _ = await runtime.reviews.page(chosen, None, 200)
+    async with runtime.db.read() as session:
+        rows, _ = await runtime.reviews.page(session, chosen, None, 200)
     now = datetime.now(UTC)
     items = [
         {

@@ -89,7 +89,8 @@ async def test_each_change_reaches_a_bouncer_once(api: Running) -> None:
     }
     assert await pull(api, key) == {"new": [], "deleted": []}  # nothing changed since
 
-    await api.runtime.remedy.lift(lifted, "tests", "false positive")
+    async with api.runtime.db.transaction() as session:
+        await api.runtime.remedy.lift(session, lifted, "tests", "false positive")
     await plan(api.runtime.db, Planned("block", "cidr", "192.0.2.0/24"))
     delta = await pull(api, key)
 
@@ -225,7 +226,8 @@ async def test_a_restarting_bouncer_is_told_what_ended_while_it_was_away(api: Ru
     [gone] = await plan(api.runtime.db, Planned("block", "ip", "198.51.100.70"))
     key = await bouncer(api)
     await pull(api, key, startup=True)
-    await api.runtime.remedy.lift(gone, "tests", "false positive")
+    async with api.runtime.db.transaction() as session:
+        await api.runtime.remedy.lift(session, gone, "tests", "false positive")
 
     restart = await pull(api, key, startup=True)
 
