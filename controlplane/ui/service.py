@@ -723,6 +723,8 @@ def _review_keys(review: Any) -> list[str]:
 
 async def peers_page(runtime: Runtime) -> list[dict[str, Any]]:
     """What `GET /v1/intel/peers` answers, with times as the console shows them."""
+    async with runtime.db.read() as session:
+        peers = await runtime.intel.peers(session)
     return [
         {
             **p,
@@ -730,7 +732,7 @@ async def peers_page(runtime: Runtime) -> list[dict[str, Any]]:
             "last_success": when(p["last_success_at"]) if p["last_success_at"] else "never",
             "last_error": mentions(p["last_error"]) if p["last_error"] else "",
         }
-        for p in await runtime.intel.peers()
+        for p in peers
     ]
 
 

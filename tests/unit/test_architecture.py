@@ -72,7 +72,12 @@ OWNERS = {
 }
 """The area whose repository alone queries each table (its row class)."""
 LOGS = {"debug", "info", "warning", "error", "exception", "critical"}
-UNIT_OF_WORK = ["controlplane/remedy/"]
+UNIT_OF_WORK = [
+    "controlplane/remedy/",
+    "controlplane/customers/",
+    "controlplane/auth/",
+    "controlplane/intel/",
+]
 """Where transactions open at the request or job boundary only."""
 BOUNDARIES = {
     "controlplane/api/dependencies.py",
