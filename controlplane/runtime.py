@@ -116,7 +116,7 @@ class Runtime:
             TaxiiService(intel_config, intake),
             Puller(db, intake),
             providers,
-            DecisionStream(db, load_stream_config(settings.config)),
+            DecisionStream(load_stream_config(settings.config)),
         )
 
     async def start(self) -> None:

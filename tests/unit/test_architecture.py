@@ -77,6 +77,7 @@ UNIT_OF_WORK = [
     "controlplane/customers/",
     "controlplane/auth/",
     "controlplane/intel/",
+    "controlplane/bouncers/",
 ]
 """Where transactions open at the request or job boundary only."""
 BOUNDARIES = {
@@ -87,9 +88,13 @@ BOUNDARIES = {
 }
 """Boundary modules besides controllers, `jobs.py` modules and the CLI: the request's
 session providers, the guards (they run before the handler), the runtime's jobs."""
-JOB_ENTRY_POINTS: dict[str, set[str]] = {}
+JOB_ENTRY_POINTS: dict[str, set[str]] = {
+    "controlplane/bouncers/service.py": {"answer"},
+}
 """Functions (or classes) of service modules that are jobs or streams, by module: each
-opens the transactions it needs itself, and says why in its docstring."""
+opens the transactions it needs itself, and says why in its docstring: a streamed
+answer outlives the request's session; a job that works for a while between its
+transactions, or chunk by chunk."""
 DATABASE_NAMES = {"db", "_db"}
 OPENERS = {"read", "write", "transaction", "read_blocking", "write_blocking"}
 BEGINS = {"begin", "begin_nested"}
