@@ -260,7 +260,10 @@ async def timeline(runtime: Runtime, f: Filters, cursor: int | None) -> Timeline
         return page
     if where is None:
         return page
-    rows = await audit.list_events(runtime.db, where, cursor, PAGE + 1, ascending=False)
+    if where.subject_kind is not None:
+        await subjects.catch_up(runtime.db)
+    async with runtime.db.read() as session:
+        rows = await audit.list_events(session, where, cursor, PAGE + 1, ascending=False)
     page.events = await event_views(runtime.db, rows[:PAGE])
     if len(rows) > PAGE:
         page.next_cursor = rows[PAGE - 1].seq
@@ -373,7 +376,9 @@ async def subject_page(runtime: Runtime, kind_text: str, value_text: str) -> Sub
             raise NotFound(f"no API key with handle {value} is on record")
         value = found
     value = subjects.normalise(kind, value, "value")
-    history = await audit.subject_history(runtime.db, kind, value, None, HISTORY)
+    await subjects.catch_up(runtime.db)
+    async with runtime.db.read() as session:
+        history = await audit.subject_history(session, kind, value, None, HISTORY)
     async with runtime.db.read() as session:
         exemptions = await remedy_repo.exemptions_of(session, kind.value, value)
     keys: list[str | None] = [value if kind is SubjectKind.API_KEY else None]

@@ -78,6 +78,7 @@ UNIT_OF_WORK = [
     "controlplane/auth/",
     "controlplane/intel/",
     "controlplane/bouncers/",
+    "controlplane/audit/",
 ]
 """Where transactions open at the request or job boundary only."""
 BOUNDARIES = {
@@ -89,12 +90,17 @@ BOUNDARIES = {
 """Boundary modules besides controllers, `jobs.py` modules and the CLI: the request's
 session providers, the guards (they run before the handler), the runtime's jobs."""
 JOB_ENTRY_POINTS: dict[str, set[str]] = {
+    "controlplane/audit/service.py": {"export"},
+    "controlplane/audit/verify.py": {"verify_database"},
+    "controlplane/audit/checkpoints.py": {"write_checkpoint"},
+    "controlplane/audit/subjects.py": {"catch_up", "rebuild"},
     "controlplane/bouncers/service.py": {"answer"},
 }
 """Functions (or classes) of service modules that are jobs or streams, by module: each
 opens the transactions it needs itself, and says why in its docstring: a streamed
 answer outlives the request's session; a job that works for a while between its
-transactions, or chunk by chunk."""
+transactions, or chunk by chunk. The audit ones stay beside their rules because the
+CLI's local paths import them from there."""
 DATABASE_NAMES = {"db", "_db"}
 OPENERS = {"read", "write", "transaction", "read_blocking", "write_blocking"}
 BEGINS = {"begin", "begin_nested"}
