@@ -79,6 +79,7 @@ UNIT_OF_WORK = [
     "controlplane/intel/",
     "controlplane/bouncers/",
     "controlplane/audit/",
+    "controlplane/policy/service.py",
 ]
 """Where transactions open at the request or job boundary only."""
 BOUNDARIES = {
@@ -95,12 +96,13 @@ JOB_ENTRY_POINTS: dict[str, set[str]] = {
     "controlplane/audit/checkpoints.py": {"write_checkpoint"},
     "controlplane/audit/subjects.py": {"catch_up", "rebuild"},
     "controlplane/bouncers/service.py": {"answer"},
+    "controlplane/policy/service.py": {"PolicyService"},
 }
 """Functions (or classes) of service modules that are jobs or streams, by module: each
 opens the transactions it needs itself, and says why in its docstring: a streamed
 answer outlives the request's session; a job that works for a while between its
-transactions, or chunk by chunk. The audit ones stay beside their rules because the
-CLI's local paths import them from there."""
+transactions, or chunk by chunk. The audit ones and the policy sync stay beside their
+rules because the CLI's local paths import them from there."""
 DATABASE_NAMES = {"db", "_db"}
 OPENERS = {"read", "write", "transaction", "read_blocking", "write_blocking"}
 BEGINS = {"begin", "begin_nested"}
