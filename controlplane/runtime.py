@@ -209,7 +209,8 @@ class Runtime:
 
     async def prune_spans(self) -> None:
         """The span store's retention job."""
-        removed = await spanstore.prune(self.db, self.settings.span_retention_hours)
+        async with self.db.transaction() as session:
+            removed = await spanstore.prune(session, self.settings.span_retention_hours)
         if removed:
             log.info(
                 "span store: pruned %d spans older than %sh",

@@ -507,7 +507,8 @@ async def action_page(runtime: Runtime, action_id: str, show_all: bool) -> Actio
             }
     waterfall = None
     if row.trace_id:
-        spans = await spanstore.trace_spans(runtime.db, row.trace_id)
+        async with runtime.db.read() as session:
+            spans = await spanstore.trace_spans(session, row.trace_id)
         waterfall = layout(row.trace_id, spans, redact, row.verdict_id, show_all)
     return ActionPage(
         action=_action_summary(row, redact)

@@ -80,6 +80,7 @@ UNIT_OF_WORK = [
     "controlplane/bouncers/",
     "controlplane/audit/",
     "controlplane/policy/service.py",
+    "controlplane/telemetry/spanstore.py",
 ]
 """Where transactions open at the request or job boundary only."""
 BOUNDARIES = {
@@ -97,12 +98,14 @@ JOB_ENTRY_POINTS: dict[str, set[str]] = {
     "controlplane/audit/subjects.py": {"catch_up", "rebuild"},
     "controlplane/bouncers/service.py": {"answer"},
     "controlplane/policy/service.py": {"PolicyService"},
+    "controlplane/telemetry/spanstore.py": {"_Sink.write"},
 }
 """Functions (or classes) of service modules that are jobs or streams, by module: each
-opens the transactions it needs itself, and says why in its docstring: a streamed
-answer outlives the request's session; a job that works for a while between its
-transactions, or chunk by chunk. The audit ones and the policy sync stay beside their
-rules because the CLI's local paths import them from there."""
+opens the transactions it needs itself, and says why in its docstring. A streamed
+answer outlives the request's session; a job works for a while between transactions,
+or chunk by chunk; the span exporter's thread has an engine of its own. The audit
+jobs and the policy sync stay beside their rules as the CLI's local paths import them
+from there."""
 DATABASE_NAMES = {"db", "_db"}
 OPENERS = {"read", "write", "transaction", "read_blocking", "write_blocking"}
 BEGINS = {"begin", "begin_nested"}
