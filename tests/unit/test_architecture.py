@@ -15,6 +15,7 @@ a violation fails with the file and line.
   boundary modules (`BOUNDARIES`: controllers and dependency providers, guards, jobs,
   the runtime, the CLI) open a session or a transaction; services are given a session.
   The few jobs and streams that live beside their rules are named in `JOB_ENTRY_POINTS`.
+  Nor does a service there import the runtime: it is given what it uses.
 - One owner per table: only the owning area's repository names a table's row class in
   code (a query, a row it builds); the others ask that repository. Type annotations
   may name any row. Every table of `store/models.py` has an owner here.
@@ -81,6 +82,8 @@ UNIT_OF_WORK = [
     "controlplane/audit/",
     "controlplane/policy/service.py",
     "controlplane/telemetry/spanstore.py",
+    "controlplane/ui/",
+    "controlplane/api/health.py",
 ]
 """Where transactions open at the request or job boundary only."""
 BOUNDARIES = {
@@ -232,11 +235,13 @@ def violations() -> dict[str, list[str]]:
         "a broad except swallows": [],
         "a repository queries a table another area owns": [],
         "a handler calls a repository or opens a session": [],
-        "a service opens a transaction": [],
+        "a service opens a transaction or takes the runtime": [],
     }
     for path, tree in trees():
         found["a repository queries a table another area owns"] += foreign_rows(path, tree)
-        found["a service opens a transaction"] += transactions_opened(path, tree)
+        found["a service opens a transaction or takes the runtime"] += transactions_opened(
+            path, tree
+        )
         stage = stage_of(path)
         for line, module, names in imports(tree):
             if module.startswith("sqlalchemy") and SQL & set(names) and not is_repository(path):
@@ -300,11 +305,16 @@ def opens_transaction(node: ast.AST) -> bool:
 
 def transactions_opened(path: str, tree: ast.Module) -> list[str]:
     """Where a module of the `UNIT_OF_WORK` areas that is no boundary opens a session or
-    a transaction, outside its `JOB_ENTRY_POINTS`: `file:line: function`."""
+    a transaction, outside its `JOB_ENTRY_POINTS` (`file:line: function`), or imports
+    the runtime (`file:line: controlplane.runtime`)."""
     if not any(path.startswith(area) for area in UNIT_OF_WORK) or is_boundary(path):
         return []
     allowed = JOB_ENTRY_POINTS.get(path, set())
-    found: list[str] = []
+    found = [
+        f"{path}:{line}: controlplane.runtime"
+        for line, module, names in imports(tree)
+        if module == "controlplane.runtime" or (module == "controlplane" and "runtime" in names)
+    ]
 
     def visit(node: ast.AST, scope: list[str]) -> None:
         for child in ast.iter_child_nodes(node):
@@ -367,8 +377,9 @@ def test_the_linters_find_what_they_look_for(tmp_path: Path) -> None:
 
 def test_the_transaction_rule_finds_a_service_that_opens_one() -> None:
     """A service of a converted area that opens a session or a transaction fails with
-    file, line and function; a boundary module, a job entry point, and a session that
-    is only used, pass; an area not converted yet is not looked at."""
+    file, line and function, and so does one that imports the runtime; a boundary
+    module, a job entry point, and a session that is only used, pass; an area not
+    converted yet is not looked at."""
     source = ast.parse(
         "class Remedy:\n"
         "    async def lift(self, session):\n"
@@ -380,8 +391,10 @@ def test_the_transaction_rule_finds_a_service_that_opens_one() -> None:
         "async def read(db, session):\n"
         "    async with db.read() as s:\n"
         "        await session.get(X, 1)\n"
+        "from controlplane.runtime import Runtime\n"
     )
     assert transactions_opened("controlplane/remedy/service.py", source) == [
+        "controlplane/remedy/service.py:11: controlplane.runtime",
         "controlplane/remedy/service.py:3: Remedy.lift",
         "controlplane/remedy/service.py:3: Remedy.lift",
         "controlplane/remedy/service.py:6: Remedy.job",
@@ -390,6 +403,7 @@ def test_the_transaction_rule_finds_a_service_that_opens_one() -> None:
     JOB_ENTRY_POINTS["controlplane/remedy/x.py"] = {"Remedy.job", "read"}
     try:
         assert transactions_opened("controlplane/remedy/x.py", source) == [
+            "controlplane/remedy/x.py:11: controlplane.runtime",
             "controlplane/remedy/x.py:3: Remedy.lift",
             "controlplane/remedy/x.py:3: Remedy.lift",
         ]
