@@ -370,6 +370,10 @@ class IntelService:
                     if not still:
                         candidates.append(action)
         for action in candidates:
+            if action in session:
+                # The lift reads the action again under its row lock: let it see the
+                # action as it is then, not this session's earlier copy of it.
+                session.expunge(action)
             try:
                 await self._lift(session, action.id, actor, why)
             except Conflict:
