@@ -420,6 +420,23 @@ def test_the_transaction_rule_finds_a_service_that_opens_one() -> None:
     assert transactions_opened("controlplane/plan/service.py", source) == []
 
 
+def test_every_job_entry_point_is_there() -> None:
+    """A named entry point that was renamed or moved fails here rather than keep a hole
+    in the rule open."""
+    for path, names in JOB_ENTRY_POINTS.items():
+        tree = ast.parse((REPO / path).read_text(encoding="utf-8"))
+        defined: set[str] = set()
+
+        def collect(node: ast.AST, scope: list[str], into: set[str] = defined) -> None:
+            for child in ast.iter_child_nodes(node):
+                if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                    into.add(".".join([*scope, child.name]))
+                    collect(child, [*scope, child.name])
+
+        collect(tree, [])
+        assert names <= defined, f"{path}: no {sorted(names - defined)}"
+
+
 def test_every_table_has_one_owner() -> None:
     """A new table gets an owning area here, or the ownership rule could not see it."""
     declared = tables(ast.parse(MODELS.read_text(encoding="utf-8")))
