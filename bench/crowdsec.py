@@ -47,8 +47,8 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from controlplane.auth.jobs import Tokens  # noqa: E402
 from controlplane.auth.roles import Role  # noqa: E402
-from controlplane.auth.service import TokenService  # noqa: E402
 from controlplane.store.db import Database, upgrade  # noqa: E402
 from tests.integration.bouncers.crowdsec_fixtures import (  # noqa: E402
     CustomBouncer,
@@ -113,7 +113,7 @@ class Server:
 
     def token(self, role: Role, name: str) -> str:
         async def create() -> str:
-            return (await TokenService(self.db).create(name, role, "bench"))[0]
+            return (await Tokens(self.db).create(name, role, "bench"))[0]
 
         return asyncio.run(create())
 

@@ -128,8 +128,8 @@ def verdict_line(name: str, value: float, goal: float, unit: str) -> str:
 
 
 def bench_latency(binary: str, backend: str, tmp: Path, verdicts: int, rate: float) -> None:
+    from controlplane.auth.jobs import Tokens
     from controlplane.auth.roles import Role
-    from controlplane.auth.service import TokenService
     from controlplane.store.db import Database, upgrade
 
     proxy = start_haproxy(binary, tmp / "haproxy-latency", backend)
@@ -143,7 +143,7 @@ def bench_latency(binary: str, backend: str, tmp: Path, verdicts: int, rate: flo
     async def token() -> str:
         db = Database(url)
         try:
-            return (await TokenService(db).create("bench", Role.ADMIN, "bench"))[0]
+            return (await Tokens(db).create("bench", Role.ADMIN, "bench"))[0]
         finally:
             await db.dispose()
 

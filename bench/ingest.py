@@ -350,15 +350,15 @@ def prepare_database(backend: Backend) -> str | None:
 
 async def _detector_token(url: str) -> str | None:
     try:
+        from controlplane.auth.jobs import Tokens
         from controlplane.auth.roles import Role
-        from controlplane.auth.service import TokenService
     except ImportError:  # a tree from before bearer tokens
         return None
     from controlplane.store.db import Database
 
     db = Database(url)
     try:
-        token, _ = await TokenService(db).create("bench-detector", Role.DETECTOR, "bench")
+        token, _ = await Tokens(db).create("bench-detector", Role.DETECTOR, "bench")
         return token
     finally:
         await db.dispose()

@@ -235,7 +235,8 @@ async def bench_pull(args: argparse.Namespace) -> None:
     from controlplane.auth.roles import Role
     from controlplane.intel import repository
     from controlplane.intel.config import DEFAULT_COLLECTION, load_intel
-    from controlplane.intel.pull import Puller
+    from controlplane.intel.jobs import Puller
+    from controlplane.intel.pull import Intake
     from controlplane.intel.service import IntelService
     from controlplane.intel.signing import sign
     from controlplane.intel.stix.objects import indicator_object
@@ -331,13 +332,13 @@ async def bench_pull(args: argparse.Namespace) -> None:
         await asyncio.to_thread(upgrade, url_b)
         db_b = Database(url_b)
         intel_b = load_intel(root / "b" / "tollgate.yaml")
-        service = IntelService(db_b, intel_b, bundle=lambda: None, lift=None, floor=lambda: None)  # type: ignore[arg-type,return-value]
+        service = IntelService(intel_b, bundle=lambda: None, lift=None, floor=lambda: None)  # type: ignore[arg-type,return-value]
         from controlplane.enforce.targets import DEFAULT_FLOOR
 
         service.floor = lambda: DEFAULT_FLOOR
         log("pull: pulling")
         started = time.perf_counter()
-        report = await Puller(db_b, service).pull(intel_b.peers[0])
+        report = await Puller(db_b, Intake(service)).pull(intel_b.peers[0])
         elapsed = time.perf_counter() - started
         print(
             f"pull: {args.feed:,} signed objects over TAXII on loopback "

@@ -309,13 +309,13 @@ def connector_config(options: HAProxyOptions) -> dict[str, Any]:
 
 
 async def admin_token(url: str) -> str:
+    from controlplane.auth.jobs import Tokens
     from controlplane.auth.roles import Role
-    from controlplane.auth.service import TokenService
     from controlplane.store.db import Database
 
     db = Database(url)
     try:
-        return (await TokenService(db).create("bench-scale", Role.ADMIN, "bench"))[0]
+        return (await Tokens(db).create("bench-scale", Role.ADMIN, "bench"))[0]
     finally:
         await db.dispose()
 

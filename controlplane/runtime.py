@@ -11,7 +11,7 @@ from typing import Any
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from controlplane.audit import jobs as audit_jobs
-from controlplane.auth.service import TokenService
+from controlplane.auth.jobs import Tokens
 from controlplane.bouncers.config import load_stream_config
 from controlplane.bouncers.service import DecisionStream
 from controlplane.customers.service import CustomerService
@@ -23,7 +23,8 @@ from controlplane.evaluate.service import Decider
 from controlplane.ingest import repository as verdicts
 from controlplane.ingest.service import IngestService
 from controlplane.intel.config import load_intel
-from controlplane.intel.pull import Puller
+from controlplane.intel.jobs import Puller
+from controlplane.intel.pull import Intake
 from controlplane.intel.service import IntelService
 from controlplane.intel.taxii.service import TaxiiService
 from controlplane.leadership import Leadership
@@ -56,7 +57,7 @@ class Runtime:
     engines: EngineSlot
     ingest: IngestService
     policies: PolicyService
-    tokens: TokenService
+    tokens: Tokens
     enforcer: Enforcer
     leadership: Leadership
     customers: CustomerService
@@ -96,32 +97,31 @@ class Runtime:
             db, engines, providers, keyring=intel_config.keyring, verdicts=verdicts.prior_verdicts
         )
         ingest = IngestService(db, decider, on_planned=enforcer.wake)
-        remedy = Remedy(db, enforcer, providers)
+        remedy = Remedy(enforcer, providers)
         intel = IntelService(
-            db,
             intel_config,
             bundle=lambda: engines.current.bundle,
             lift=remedy.lift,
             floor=providers.loosest_floor,
         )
-        puller = Puller(db, intel)
+        intake = Intake(intel)
         return cls(
             settings,
             db,
             engines,
             ingest,
             policies,
-            TokenService(db),
+            Tokens(db),
             enforcer,
             Leadership(db),
-            CustomerService(db),
-            ReviewService(db, enforcer.wake),
+            CustomerService(),
+            ReviewService(enforcer.wake),
             remedy,
             intel,
-            TaxiiService(db, intel_config, puller),
-            puller,
+            TaxiiService(intel_config, intake),
+            Puller(db, intake),
             providers,
-            DecisionStream(db, load_stream_config(settings.config)),
+            DecisionStream(load_stream_config(settings.config)),
         )
 
     async def start(self) -> None:
@@ -142,9 +142,9 @@ class Runtime:
             (self.sync_policies, self.settings.policy_sync_seconds),
             (self.converge, CONVERGE_SECONDS),
             (self.enforcer.expire, self.settings.expiry_seconds),
-            (self.remedy.expire_exemptions, self.settings.expiry_seconds),
-            (self.intel.publish_from_actions, INTEL_PUBLISH_SECONDS),
-            (self.intel.age_out, INTEL_AGE_OUT_SECONDS),
+            (self.expire_exemptions, self.settings.expiry_seconds),
+            (self.publish_from_actions, INTEL_PUBLISH_SECONDS),
+            (self.age_out, INTEL_AGE_OUT_SECONDS),
         ):
             self.scheduler.add_job(
                 job, "interval", seconds=seconds, id=job.__name__, max_instances=1, coalesce=True
@@ -225,7 +225,8 @@ class Runtime:
 
     async def prune_spans(self) -> None:
         """The span store's retention job."""
-        removed = await spanstore.prune(self.db, self.settings.span_retention_hours)
+        async with self.db.transaction() as session:
+            removed = await spanstore.prune(session, self.settings.span_retention_hours)
         if removed:
             log.info(
                 "span store: pruned %d spans older than %sh",
@@ -268,6 +269,21 @@ class Runtime:
         engine = await load_engine(self.settings, bundle)
         self.engines.swap(engine)
         log.info("policy revision %s is now deciding", bundle.revision)
+
+    async def expire_exemptions(self, limit: int = 1000) -> int:
+        """End up to `limit` exemptions past their expiry (a job: one transaction)."""
+        async with self.db.transaction() as session:
+            return await self.remedy.expire_exemptions(session, limit)
+
+    async def publish_from_actions(self) -> int:
+        """Offer what stands behind new hard actions to the intel share policy."""
+        async with self.db.transaction() as session:
+            return await self.intel.publish_from_actions(session)
+
+    async def age_out(self) -> int:
+        """Forget pulled indicators that ended long ago."""
+        async with self.db.transaction() as session:
+            return await self.intel.age_out(session)
 
     async def recover(self) -> None:
         """Decide every verdict that was stored but not decided."""

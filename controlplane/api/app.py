@@ -9,9 +9,8 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
 
-from controlplane.api import dependencies, errors, middleware, openapi
+from controlplane.api import dependencies, errors, health, middleware, openapi
 from controlplane.api.body import MAX_BODY, JSONRequest, StrictPydantic
-from controlplane.api.health import HealthController
 from controlplane.api.metrics import MetricsController
 from controlplane.audit import controllers as audit_routes
 from controlplane.auth import controllers as token_routes
@@ -33,6 +32,7 @@ from controlplane.ui import controllers as console
 
 AREAS: list[Any] = [
     console,
+    health,
     verdict_routes,
     bouncer_routes,
     decision_routes,
@@ -49,24 +49,19 @@ AREAS: list[Any] = [
 ]
 """Each area's controllers module: its `ROUTES` and, when it has any, its `DEPENDENCIES`."""
 
-ROUTES = [
-    *console.ROUTES,
-    HealthController,
-    *(r for area in AREAS[1:] for r in area.ROUTES),
-    MetricsController,
-]
+ROUTES = [*(r for area in AREAS for r in area.ROUTES), MetricsController]
 
 
 def _dependencies() -> dict[str, Provide]:
-    """The areas' providers, then `db`, `settings` and the `runtime` itself (for the
-    health checks and the console); one name, one provider."""
+    """The areas' providers, then `db`, `settings`, the request's `session`, and the
+    `runtime` itself (for /metrics and the policy sync, which converges the engine);
+    one name, one provider."""
     found: dict[str, Provide] = {}
     for area in AREAS:
         for name, provider in getattr(area, "DEPENDENCIES", {}).items():
             if name in found:
                 raise RuntimeError(f"two areas provide the dependency {name!r}")
             found[name] = provider
-    # The health checks and the console look at the whole process.
     return {**found, **dependencies.common(), "runtime": dependencies.provide(lambda r: r)}
 
 

@@ -1,4 +1,5 @@
-"""Liveness and readiness."""
+"""Liveness and readiness: the database, the engine slot and the leadership of this
+replica, as its providers give them."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 
-from controlplane.runtime import Runtime
+from controlplane.api.dependencies import provide
+from controlplane.engine.runtime import EngineSlot
+from controlplane.leadership import Leadership
+from controlplane.store.db import Database
 
 
 class HealthController(Controller):
@@ -30,17 +34,22 @@ class HealthController(Controller):
             )
         },
     )
-    async def readyz(self, runtime: NamedDependency[Runtime]) -> Response[dict[str, Any]]:
+    async def readyz(
+        self,
+        db: NamedDependency[Database],
+        engines: NamedDependency[EngineSlot],
+        leadership: NamedDependency[Leadership],
+    ) -> Response[dict[str, Any]]:
         """Ready when the database answers and a policy revision is loaded. `checks` also
         says whether this replica leads the periodic jobs (`leading`) or stands by."""
         checks: dict[str, Any] = {}
         try:
-            await runtime.db.ping()
+            await db.ping()
             checks["database"] = "ok"
         except Exception as exc:
             checks["database"] = f"unreachable: {type(exc).__name__}"
-        if runtime.engines.loaded:
-            engine = runtime.engines.current
+        if engines.loaded:
+            engine = engines.current
             checks["policy"] = {
                 "revision": engine.revision,
                 "engine": engine.name,
@@ -48,9 +57,16 @@ class HealthController(Controller):
             }
         else:
             checks["policy"] = "not loaded"
-        checks["periodic_jobs"] = "leading" if runtime.leadership.leader else "standing by"
-        ready = checks["database"] == "ok" and runtime.engines.loaded
+        checks["periodic_jobs"] = "leading" if leadership.leader else "standing by"
+        ready = checks["database"] == "ok" and engines.loaded
         return Response(
             {"status": "ready" if ready else "not ready", "checks": checks},
             status_code=HTTP_200_OK if ready else HTTP_503_SERVICE_UNAVAILABLE,
         )
+
+
+DEPENDENCIES = {
+    "engines": provide(lambda runtime: runtime.engines),
+    "leadership": provide(lambda runtime: runtime.leadership),
+}
+ROUTES = [HealthController]

@@ -53,7 +53,10 @@ class Written:
 
 
 async def write_checkpoint(db: Database, signer: Signer) -> Written | None:
-    """Sign the chain's head; None when the chain is empty."""
+    """Sign the chain's head; None when the chain is empty. A job (the periodic one,
+    and the CLI's): it reads the head, re-verifies the events since the last checkpoint
+    (which may take a while) in a read session, and only then writes the checkpoint in
+    a short transaction of its own."""
     async with db.read() as session:
         head_seq, head_hash = await repository.head(session)
         if head_seq == 0:
@@ -70,7 +73,8 @@ async def write_checkpoint(db: Database, signer: Signer) -> Written | None:
             )
         else:
             after, anchor = previous.seq, previous.hash
-    report = await verify_range(db, after, anchor, head_seq)
+    async with db.read() as session:
+        report = await verify_range(session, after, anchor, head_seq)
     if not report.ok or last_hash != head_hash:
         raise ChainBroken(report)
     now = utcnow()
@@ -83,7 +87,7 @@ async def write_checkpoint(db: Database, signer: Signer) -> Written | None:
         "key_id": signer.key_id,
         "signature": signature,
     }
-    async with db.write() as session, session.begin():
+    async with db.transaction() as session:
         await repository.insert_checkpoint(session, row)
     checkpoint = Checkpoint(head_seq, head_hash, now.isoformat(), signer.key_id, signature)
     return Written(checkpoint, new=True)

@@ -1,5 +1,10 @@
 """Appending to the audit chain, and reading it back: filtered pages and the whole story
-of one subject. Callers pass drafts; the chain order is decided here."""
+of one subject. Callers pass drafts; the chain order is decided here. Everything works
+in the session its caller holds, except `export`, a stream with a session of its own.
+
+A query by subject reads the subject index: its caller brings the index up to date
+first (`subjects.catch_up`, a job), so an event committed before the request is never
+missing from the answer."""
 
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ from datetime import datetime
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
-from controlplane.audit import repository, subjects
+from controlplane.audit import repository
 from controlplane.audit.chain import EventDraft, event_hash
 from controlplane.audit.export import FORMAT_NAME, FORMAT_VERSION, End, Format
 from controlplane.audit.repository import AuditFilter as AuditFilter
@@ -64,14 +69,10 @@ def record_blocking(session: Session, drafts: Sequence[EventDraft]) -> None:
 
 
 async def list_events(
-    db: Database, where: AuditFilter, after: int | None, limit: int, ascending: bool
+    session: AsyncSession, where: AuditFilter, after: int | None, limit: int, ascending: bool
 ) -> list[AuditEventRow]:
-    """A page of events; a subject filter first brings the subject index up to date, so
-    an event committed before the request is never missing from the answer."""
-    if where.subject_kind is not None:
-        await subjects.catch_up(db)
-    async with db.read() as session:
-        return await repository.list_events(session, where, after, limit, ascending)
+    """A page of events (with a subject filter, after the subject index caught up)."""
+    return await repository.list_events(session, where, after, limit, ascending)
 
 
 @dataclass
@@ -89,28 +90,25 @@ class History:
 
 
 async def subject_history(
-    db: Database, kind: SubjectKind, value: str, provider: str | None, limit: int
+    session: AsyncSession, kind: SubjectKind, value: str, provider: str | None, limit: int
 ) -> History:
     """Verdicts about the subject (or whose actions target it), their decisions, the
-    actions (current state) and the audit events, the newest `limit` of each."""
-    await subjects.catch_up(db)
-    async with db.read() as session:
-        events = await repository.subject_events(session, kind.value, value, provider, limit + 1)
-        verdicts = await verdicts_repo.newest_verdicts(
-            session, repository.verdict_ids_under(kind.value, value), provider, limit + 1
-        )
-        truncated = len(events) > limit or len(verdicts) > limit
-        events, verdicts = events[:limit], verdicts[:limit]
-        decided = await decisions_repo.decisions_of_verdicts(session, [v.id for v in verdicts])
-        planned = await actions_repo.actions_of_decisions(session, [d.id for d in decided.values()])
-        targeting = await actions_repo.list_actions(
-            session,
-            actions_repo.ActionFilter(
-                target_kind=kind.value, target_value=value, provider=provider
-            ),
-            None,
-            limit + 1,
-        )
+    actions (current state) and the audit events, the newest `limit` of each (after the
+    subject index caught up)."""
+    events = await repository.subject_events(session, kind.value, value, provider, limit + 1)
+    verdicts = await verdicts_repo.newest_verdicts(
+        session, repository.verdict_ids_under(kind.value, value), provider, limit + 1
+    )
+    truncated = len(events) > limit or len(verdicts) > limit
+    events, verdicts = events[:limit], verdicts[:limit]
+    decided = await decisions_repo.decisions_of_verdicts(session, [v.id for v in verdicts])
+    planned = await actions_repo.actions_of_decisions(session, [d.id for d in decided.values()])
+    targeting = await actions_repo.list_actions(
+        session,
+        actions_repo.ActionFilter(target_kind=kind.value, target_value=value, provider=provider),
+        None,
+        limit + 1,
+    )
     truncated = truncated or len(targeting) > limit
     actions = {a.id: a for rows in planned.values() for a in rows}
     actions.update((a.id, a) for a in targeting[:limit])
@@ -136,7 +134,11 @@ async def export(
     The range is the contiguous seq run from the first event at or after `since` to the
     last one before `until`, so it can be verified link by link; an event a little
     outside the window may ride along (`at` is not strictly ordered by seq when
-    writers overlap). Rows come through a server-side cursor: memory stays flat."""
+    writers overlap). Rows come through a server-side cursor: memory stays flat.
+
+    A stream outlives the request that asked for it, so it reads in a session of its
+    own, opened at its first chunk and closed after its last (the CLI gives it its
+    database as well)."""
     async with db.read() as session:
         bounds = await repository.export_bounds(session, since, until)
         first, last = bounds if bounds else (None, None)

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from controlplane.audit import repository
 from controlplane.domain.vocabulary import SubjectKind
 from controlplane.enforce.targets import TargetError, canonical_target
@@ -63,43 +65,52 @@ def _named(payload: dict[str, Any], event_type: str) -> list[tuple[str, str]]:
 
 
 async def catch_up(db: Database, chunk: int = CHUNK) -> int:
-    """Index every event not indexed yet; returns how many were. One indexer runs at a
-    time (the index head row is locked), across replicas too."""
+    """Index every event not indexed yet; returns how many were. A job (the periodic
+    one, and before every query by subject): one transaction per chunk, so no writer
+    waits for the whole backlog. One indexer runs at a time (the index head row is
+    locked), across replicas too."""
     total = 0
     while True:
-        async with db.write() as session, session.begin():
-            done = await repository.lock_subject_head(session)
-            events = await repository.events_after(session, done, chunk)
-            if not events:
-                return total
-            verdicts = await verdicts_repo.subjects_of(
-                session, sorted({e.verdict_id for e in events if e.verdict_id})
-            )
-            actions = await actions_repo.action_targets(
-                session, sorted({e.action_id for e in events if e.action_id})
-            )
-            rows: list[dict[str, Any]] = []
-            for event in events:
-                subjects = set(verdicts.get(event.verdict_id, ()))
-                if event.action_id in actions:
-                    subjects.add(actions[event.action_id])
-                subjects.update(_named(event.payload or {}, event.type))
-                rows.extend(
-                    {"kind": kind, "value": value, "seq": event.seq}
-                    for kind, value in sorted(subjects)
-                    if len(kind) <= 10 and len(value) <= 200
-                )
-            await repository.insert_subjects(session, rows)
-            await repository.set_subject_head(session, events[-1].seq)
-        total += len(events)
-        if len(events) < chunk:
+        async with db.transaction() as session:
+            done = await index_next(session, chunk)
+        total += done
+        if done < chunk:
             return total
+
+
+async def index_next(session: AsyncSession, chunk: int = CHUNK) -> int:
+    """Index the next `chunk` events after the last one indexed; returns how many."""
+    done = await repository.lock_subject_head(session)
+    events = await repository.events_after(session, done, chunk)
+    if not events:
+        return 0
+    verdicts = await verdicts_repo.subjects_of(
+        session, sorted({e.verdict_id for e in events if e.verdict_id})
+    )
+    actions = await actions_repo.action_targets(
+        session, sorted({e.action_id for e in events if e.action_id})
+    )
+    rows: list[dict[str, Any]] = []
+    for event in events:
+        subjects = set(verdicts.get(event.verdict_id, ()))
+        if event.action_id in actions:
+            subjects.add(actions[event.action_id])
+        subjects.update(_named(event.payload or {}, event.type))
+        rows.extend(
+            {"kind": kind, "value": value, "seq": event.seq}
+            for kind, value in sorted(subjects)
+            if len(kind) <= 10 and len(value) <= 200
+        )
+    await repository.insert_subjects(session, rows)
+    await repository.set_subject_head(session, events[-1].seq)
+    return len(events)
 
 
 async def rebuild(db: Database) -> int:
     """Drop the index and index the whole chain again (after a restore, or a suspicion
-    that someone edited the index: it is not covered by the hash chain)."""
-    async with db.write() as session, session.begin():
+    that someone edited the index: it is not covered by the hash chain). A job: the
+    index is dropped in one transaction, then caught up chunk by chunk."""
+    async with db.transaction() as session:
         await repository.lock_subject_head(session)
         await repository.clear_subjects(session)
     return await catch_up(db)

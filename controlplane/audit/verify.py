@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.audit import repository
 from controlplane.audit.chain import GENESIS_HASH, document_hash
@@ -296,25 +297,33 @@ def _external(
 async def verify_database(
     db: Database, keys: PublicKeys | None, external: Sequence[Checkpoint] = ()
 ) -> Report:
+    """`verify_chain` in a read session of its own: for the CLI's local path, which
+    has a database and no request."""
+    async with db.read() as session:
+        return await verify_chain(session, keys, external)
+
+
+async def verify_chain(
+    session: AsyncSession, keys: PublicKeys | None, external: Sequence[Checkpoint] = ()
+) -> Report:
     """Recompute the whole chain from genesis, check the head row and every checkpoint
     (stored, and `external` ones kept elsewhere)."""
     report = Report(source="database")
     started = time.perf_counter()
-    async with db.read() as session:
-        stored = await repository.checkpoints(session)
-        head_seq, head_hash = await repository.head(session)
-        checkpoints = list(stored)
-        report.warnings += _external(checkpoints, external, 1, None)
-        checker = ChainChecker(report, checkpoints, keys)
-        intact = True
-        if head_seq:
-            async with aclosing(repository.stream_events(session, 1, head_seq)) as chunks:
-                async for rows in chunks:
-                    intact = _feed(checker, rows)
-                    if not intact:
-                        break
-        if intact and checker.finish():
-            _check_head(checker, head_seq, head_hash)
+    stored = await repository.checkpoints(session)
+    head_seq, head_hash = await repository.head(session)
+    checkpoints = list(stored)
+    report.warnings += _external(checkpoints, external, 1, None)
+    checker = ChainChecker(report, checkpoints, keys)
+    intact = True
+    if head_seq:
+        async with aclosing(repository.stream_events(session, 1, head_seq)) as chunks:
+            async for rows in chunks:
+                intact = _feed(checker, rows)
+                if not intact:
+                    break
+    if intact and checker.finish():
+        _check_head(checker, head_seq, head_hash)
     report.seconds = time.perf_counter() - started
     _advise(report, keys, bool(stored))
     return report
@@ -366,18 +375,17 @@ def _advise(report: Report, keys: PublicKeys | None, has_checkpoints: bool) -> N
         )
 
 
-async def verify_range(db: Database, after: int, anchor: str, last: int) -> Report:
+async def verify_range(session: AsyncSession, after: int, anchor: str, last: int) -> Report:
     """Check events `after+1 .. last` link to `anchor` (the hash at `after`) and hash
     right: what a new checkpoint must hold before it signs `last`."""
     report = Report(source="database")
     checker = ChainChecker(report, [], None, start_seq=after + 1, anchor=anchor)
-    async with db.read() as session:
-        intact = True
-        async with aclosing(repository.stream_events(session, after + 1, last)) as chunks:
-            async for rows in chunks:
-                intact = _feed(checker, rows)
-                if not intact:
-                    break
+    intact = True
+    async with aclosing(repository.stream_events(session, after + 1, last)) as chunks:
+        async for rows in chunks:
+            intact = _feed(checker, rows)
+            if not intact:
+                break
     if intact and (report.last_seq or after) < last:
         checker.fail(
             (report.last_seq or after) + 1,

@@ -11,15 +11,17 @@ from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 from litestar.params import Parameter, QueryParameter
 from litestar.response import Stream
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.api.dependencies import provide
 from controlplane.api.schemas import ErrorBody
 from controlplane.auth.guards import principal_of, requires_api_key
 from controlplane.auth.roles import Role
 from controlplane.bouncers.schemas import CrowdSecDecision, DecisionStreamOut
-from controlplane.bouncers.service import DecisionStream, Filters
+from controlplane.bouncers.service import DecisionStream, Filters, answer
 from controlplane.errors import ServiceUnavailable
 from controlplane.runtime import Runtime
+from controlplane.store.db import Database
 
 
 def _filter(description: str) -> Any:
@@ -56,6 +58,7 @@ class BouncerController(Controller):
         self,
         request: Request[Any, Any, Any],
         bouncers: NamedDependency[DecisionStream],
+        db: NamedDependency[Database],
         startup: bool = Parameter(
             default=False,
             description="true: every decision now (a bouncer starting); false: what "
@@ -73,8 +76,8 @@ class BouncerController(Controller):
         when an answer was sent whole, so each change reaches it once; startup answers
         are streamed page by page."""
         filters = Filters.parse(scopes, origins, scenarios_containing, scenarios_not_containing)
-        answer = bouncers.answer(principal_of(request).token_id, startup, filters)
-        return Stream(answer, media_type="application/json")
+        body = answer(db, bouncers, principal_of(request).token_id, startup, filters)
+        return Stream(body, media_type="application/json")
 
     @get(
         "/",
@@ -85,6 +88,7 @@ class BouncerController(Controller):
     async def live(
         self,
         bouncers: NamedDependency[DecisionStream],
+        session: NamedDependency[AsyncSession],
         ip: str | None = Parameter(
             default=None, max_length=45, description="An address: decisions covering it."
         ),
@@ -106,7 +110,7 @@ class BouncerController(Controller):
         """The decisions covering one address or network now (a bouncer in live mode
         asks per request): the target itself and every network that contains it."""
         filters = Filters.parse(scopes, origins, scenarios_containing, scenarios_not_containing)
-        found = await bouncers.live(ip, range_, type_, filters)
+        found = await bouncers.live(session, ip, range_, type_, filters)
         return [CrowdSecDecision(**d) for d in found]
 
 

@@ -15,7 +15,8 @@ missed:
 - `startup=false`: the targets that changed since the bouncer's cursor, each as the
   desired state says now: a decision in `new`, or (no longer asked for) in `deleted`.
 
-Both are generated page by page, for a streaming response.
+Both are generated page by page, for a streaming response (`answer`, which reads each
+page in a session of its own).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.bouncers import repository
 from controlplane.bouncers.config import StreamConfig
@@ -90,53 +93,47 @@ class Filters:
         return not any(c in scenario for c in self.not_containing)
 
 
-class DecisionStream:
-    """The decisions of the served providers, for bouncers."""
+@dataclass(frozen=True)
+class Position:
+    """Where an answer starts: the change log's head, and the bouncer's cursor (None
+    for a bouncer never seen)."""
 
-    def __init__(self, db: Database, config: StreamConfig) -> None:
-        self._db = db
+    head: int
+    cursor: int | None
+
+
+class DecisionStream:
+    """The decisions of the served providers, for bouncers, page by page in the session
+    each page is given (`answer` gives each page of a stream a session of its own)."""
+
+    def __init__(self, config: StreamConfig) -> None:
         self._config = config
         self._providers = None if "*" in config.providers else list(config.providers)
 
-    def answer(self, bouncer: str, startup: bool, filters: Filters) -> AsyncIterator[bytes]:
-        """A stream answer as JSON bytes, page by page; the bouncer's cursor moves to
-        the log's head as it was at the start once the last byte was handed over."""
-        return self._answer(bouncer, startup, filters)
+    async def position(self, session: AsyncSession, bouncer: str) -> Position:
+        return Position(
+            await enforce.change_head(session), await repository.cursor(session, bouncer)
+        )
 
-    async def _answer(self, bouncer: str, startup: bool, filters: Filters) -> AsyncIterator[bytes]:
-        async with self._db.read() as session:
-            head = await enforce.change_head(session)
-            cursor = await repository.cursor(session, bouncer)
-        kinds = [k for k in self._config.kinds if k in filters.kinds]
-        yield b'{"new":['
-        first = True
-        deleted: AsyncIterator[list[dict[str, Any]]] | None = None
-        if startup or cursor is None:
-            pages = self._everything(kinds, filters)
-            if cursor is not None:  # a bouncer restarting: what it may hold that ended
-                deleted = self._changed(cursor, head, kinds, filters, want_active=False)
-        else:
-            pages = self._changed(cursor, head, kinds, filters, want_active=True)
-            deleted = self._changed(cursor, head, kinds, filters, want_active=False)
-        async for page in pages:
-            if page:
-                yield (b"" if first else b",") + _items(page)
-                first = False
-        yield b'],"deleted":['
-        first = True
-        if deleted is not None:
-            async for page in deleted:
-                if page:
-                    yield (b"" if first else b",") + _items(page)
-                    first = False
-        # Reached only once every byte before was taken by the server: a bouncer that
-        # went away mid-answer keeps its cursor and is sent the same changes again.
-        async with self._db.write() as session, session.begin():
-            await repository.save_cursor(session, bouncer, max(head, cursor or 0), utcnow())
-        yield b"]}"
+    def kinds(self, filters: Filters) -> list[str]:
+        """The target kinds served that the bouncer asks for."""
+        return [k for k in self._config.kinds if k in filters.kinds]
+
+    async def answered(self, session: AsyncSession, bouncer: str, position: Position) -> None:
+        """Move the bouncer's cursor to the head its answer was made from: called once
+        every byte but the last was taken, so a bouncer that went away mid-answer keeps
+        its cursor and is sent the same changes again."""
+        await repository.save_cursor(
+            session, bouncer, max(position.head, position.cursor or 0), utcnow()
+        )
 
     async def live(
-        self, ip: str | None, network: str | None, kind: str | None, filters: Filters
+        self,
+        session: AsyncSession,
+        ip: str | None,
+        network: str | None,
+        kind: str | None,
+        filters: Filters,
     ) -> list[dict[str, Any]]:
         """Decisions covering one address (`ip`) or network (`range`): the target itself
         and every network around it, an indexed lookup of at most 129 values."""
@@ -159,90 +156,85 @@ class DecisionStream:
         else:
             raise _invalid("ip", "give ip or range: the address or network to look up")
         targets += [("cidr", str(base.supernet(new_prefix=p))) for p in range(longest + 1)]
-        kinds = [k for k in self._config.kinds if k in filters.kinds]
         now = utcnow()
-        async with self._db.read() as session:
-            rows = await actions.desired_for_targets(
-                session, self._providers, _BLOCK, targets, now, kinds, actions.DECISION_COLUMNS
-            )
+        rows = await actions.desired_for_targets(
+            session,
+            self._providers,
+            _BLOCK,
+            targets,
+            now,
+            self.kinds(filters),
+            actions.DECISION_COLUMNS,
+        )
         return [d for d in self._decisions(rows, now) if filters.admits(d)]
 
     # -- pages ---------------------------------------------------------------------------
 
-    async def _everything(
-        self, kinds: list[str], filters: Filters
-    ) -> AsyncIterator[list[dict[str, Any]]]:
+    async def everything(
+        self,
+        session: AsyncSession,
+        kinds: list[str],
+        filters: Filters,
+        after: tuple[str, str] | None,
+    ) -> tuple[list[dict[str, Any]], tuple[str, str] | None]:
+        """One page of every decision now, and where the next page starts (None: this
+        was the last)."""
         if not kinds:
-            return
-        after: tuple[str, str] | None = None
-        while True:
-            now = utcnow()
-            async with self._db.read() as session:
-                rows, after = await actions.desired_page(
-                    session,
-                    self._providers,
-                    _BLOCK,
-                    after,
-                    PAGE,
-                    now,
-                    kinds,
-                    actions.DECISION_COLUMNS,
-                )
-            yield [d for d in self._decisions(rows, now) if filters.admits(d)]
-            if after is None:
-                return
+            return [], None
+        now = utcnow()
+        rows, after = await actions.desired_page(
+            session, self._providers, _BLOCK, after, PAGE, now, kinds, actions.DECISION_COLUMNS
+        )
+        return [d for d in self._decisions(rows, now) if filters.admits(d)], after
 
-    async def _changed(
-        self, cursor: int, head: int, kinds: list[str], filters: Filters, *, want_active: bool
-    ) -> AsyncIterator[list[dict[str, Any]]]:
-        """The targets changed in (cursor, head] that are desired now (`want_active`) or
-        no longer are, each once."""
-        seen: set[tuple[str, str]] = set()
-        after = cursor
-        while after < head:
-            async with self._db.read() as session:
-                changes = await enforce.changes_after(session, after, CHANGES, upto=head)
-            if not changes:
-                return
-            after = changes[-1].seq
-            latest: dict[tuple[str, str], str | None] = {}
-            for c in changes:
-                target = (c.target_kind, c.target_value)
-                if (
-                    c.type in _BLOCK
-                    and c.target_kind in kinds
-                    and self._config.serves(c.provider)
-                    and target not in seen
-                ):
-                    latest[target] = c.action_id
-            if not latest:
-                continue
-            now = utcnow()
-            async with self._db.read() as session:
-                rows = await actions.desired_for_targets(
-                    session,
-                    self._providers,
-                    _BLOCK,
-                    list(latest),
-                    now,
-                    kinds,
-                    actions.DECISION_COLUMNS,
-                )
-                if want_active:
-                    decisions = self._decisions(rows, now)
-                else:
-                    active = {(r.target_kind, r.target_value) for r in rows}
-                    gone = {t: a for t, a in latest.items() if t not in active}
-                    rules = await self._rules(session, [a for a in gone.values() if a])
-                    decisions = [
-                        self._decision(kind, value, rules.get(a or "", "tollgate"), now, now, 0)
-                        for (kind, value), a in gone.items()
-                    ]
-            chosen = [d for d in decisions if filters.admits(d)]
-            seen.update(latest)
-            yield chosen
+    async def changed(
+        self,
+        session: AsyncSession,
+        after: int,
+        head: int,
+        kinds: list[str],
+        filters: Filters,
+        seen: set[tuple[str, str]],
+        *,
+        want_active: bool,
+    ) -> tuple[list[dict[str, Any]], int] | None:
+        """The targets changed in the next page of (after, head] that are desired now
+        (`want_active`) or no longer are, each once across the pages (`seen`), and the
+        seq the page ends at; None when nothing is left."""
+        changes = await enforce.changes_after(session, after, CHANGES, upto=head)
+        if not changes:
+            return None
+        after = changes[-1].seq
+        latest: dict[tuple[str, str], str | None] = {}
+        for c in changes:
+            target = (c.target_kind, c.target_value)
+            if (
+                c.type in _BLOCK
+                and c.target_kind in kinds
+                and self._config.serves(c.provider)
+                and target not in seen
+            ):
+                latest[target] = c.action_id
+        if not latest:
+            return [], after
+        now = utcnow()
+        rows = await actions.desired_for_targets(
+            session, self._providers, _BLOCK, list(latest), now, kinds, actions.DECISION_COLUMNS
+        )
+        if want_active:
+            decisions = self._decisions(rows, now)
+        else:
+            active = {(r.target_kind, r.target_value) for r in rows}
+            gone = {t: a for t, a in latest.items() if t not in active}
+            rules = await self._rules(session, [a for a in gone.values() if a])
+            decisions = [
+                self._decision(kind, value, rules.get(a or "", "tollgate"), now, now, 0)
+                for (kind, value), a in gone.items()
+            ]
+        seen.update(latest)
+        return [d for d in decisions if filters.admits(d)], after
 
-    async def _rules(self, session: Any, action_ids: Sequence[str]) -> dict[str, str]:
+    async def _rules(self, session: AsyncSession, action_ids: Sequence[str]) -> dict[str, str]:
         return {a.id: a.rule for a in await actions.actions_by_id(session, list(action_ids))}
 
     # -- decisions -----------------------------------------------------------------------
@@ -285,6 +277,71 @@ class DecisionStream:
             "scenario": rule,
             "simulated": False,
         }
+
+
+async def answer(
+    db: Database, stream: DecisionStream, bouncer: str, startup: bool, filters: Filters
+) -> AsyncIterator[bytes]:
+    """A stream answer as JSON bytes, page by page. It outlives the request's session,
+    so it is a boundary of its own: it reads each page in a session it opens (a slow
+    bouncer holds no connection between pages), and moves the bouncer's cursor to the
+    log's head as it was at the start, in a transaction, once every byte but the last
+    was handed over."""
+
+    async def everything() -> AsyncIterator[list[dict[str, Any]]]:
+        after: tuple[str, str] | None = None
+        while True:
+            async with db.read() as session:
+                page, after = await stream.everything(session, kinds, filters, after)
+            yield page
+            if after is None:
+                return
+
+    async def changed(*, want_active: bool) -> AsyncIterator[list[dict[str, Any]]]:
+        seen: set[tuple[str, str]] = set()
+        after = position.cursor or 0
+        while after < position.head:
+            async with db.read() as session:
+                found = await stream.changed(
+                    session, after, position.head, kinds, filters, seen, want_active=want_active
+                )
+            if found is None:
+                return
+            page, after = found
+            yield page
+
+    async with db.read() as session:
+        position = await stream.position(session, bouncer)
+    kinds = stream.kinds(filters)
+    deleted: AsyncIterator[list[dict[str, Any]]] | None = None
+    if startup or position.cursor is None:
+        new = everything()
+        if position.cursor is not None:  # a bouncer restarting: what it may hold that ended
+            deleted = changed(want_active=False)
+    else:
+        new = changed(want_active=True)
+        deleted = changed(want_active=False)
+    yield b'{"new":['
+    async for chunk in _members(new):
+        yield chunk
+    yield b'],"deleted":['
+    if deleted is not None:
+        async for chunk in _members(deleted):
+            yield chunk
+    # Reached only once every byte before was taken by the server: a bouncer that
+    # went away mid-answer keeps its cursor and is sent the same changes again.
+    async with db.transaction() as session:
+        await stream.answered(session, bouncer, position)
+    yield b"]}"
+
+
+async def _members(pages: AsyncIterator[list[dict[str, Any]]]) -> AsyncIterator[bytes]:
+    """The decisions of every page as the members of one JSON list."""
+    first = True
+    async for page in pages:
+        if page:
+            yield (b"" if first else b",") + _items(page)
+            first = False
 
 
 def go_duration(seconds: float) -> str:

@@ -41,8 +41,8 @@ from rich.table import Table
 
 from connectors.haproxy import HAProxyOptions, sample_config
 from controlplane.api.app import create_app
+from controlplane.auth.jobs import Tokens
 from controlplane.auth.roles import Role
-from controlplane.auth.service import TokenService
 from controlplane.cli.client import cli_settings, request
 from controlplane.settings import Settings
 from controlplane.store.db import Database, upgrade
@@ -138,7 +138,7 @@ async def _demo_token(url: str) -> str:
     await asyncio.to_thread(upgrade, url)
     db = Database(url)
     try:
-        token, _ = await TokenService(db).create("demo", Role.ADMIN, actor="demo")
+        token, _ = await Tokens(db).create("demo", Role.ADMIN, actor="demo")
         return token
     finally:
         await db.dispose()

@@ -15,9 +15,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from controlplane.auth.jobs import Tokens
 from controlplane.auth.roles import Role
 from controlplane.auth.schemas import TokenOut
-from controlplane.auth.service import TokenService
 from controlplane.cli.client import api_client, cli_settings, fail, local_database, request
 from controlplane.domain.action import parse_duration
 from controlplane.errors import TollgateError
@@ -29,13 +29,11 @@ out = Console()
 T = TypeVar("T")
 
 
-async def _with_tokens(
-    work: Callable[[TokenService], Awaitable[T]], *, may_create: bool = False
-) -> T:
+async def _with_tokens(work: Callable[[Tokens], Awaitable[T]], *, may_create: bool = False) -> T:
     db = Database(local_database("token", may_create=may_create))
     try:
         await asyncio.to_thread(upgrade, db.url)
-        return await work(TokenService(db))
+        return await work(Tokens(db))
     finally:
         await db.dispose()
 

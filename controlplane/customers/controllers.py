@@ -14,6 +14,7 @@ from litestar.openapi.spec import Operation as OpenAPIOperation
 from litestar.params import FromPath, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_204_NO_CONTENT
 from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.api.dependencies import provide
 from controlplane.api.schemas import ErrorBody
@@ -114,12 +115,15 @@ class CustomerController(Controller):
         },
     )
     async def import_customers(
-        self, request: Request[Any, Any, Any], customers: NamedDependency[CustomerService]
+        self,
+        request: Request[Any, Any, Any],
+        customers: NamedDependency[CustomerService],
+        session: NamedDependency[AsyncSession],
     ) -> ImportResult:
         """Store up to 10,000 records whole: a known account's record is replaced; one bad
         record refuses the whole request (422, the field named)."""
         records = parse_customers(await request.body())
-        done = await customers.import_(records, actor=principal_of(request).name)
+        done = await customers.import_(session, records, actor=principal_of(request).name)
         return ImportResult(created=done.created, updated=done.updated)
 
     @get(
@@ -131,11 +135,12 @@ class CustomerController(Controller):
     async def list_customers(
         self,
         customers: NamedDependency[CustomerService],
+        session: NamedDependency[AsyncSession],
         cursor: Annotated[str | None, QueryParameter(max_length=200)] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
     ) -> CustomerPage:
         """Records by account id; `next_cursor` pages on."""
-        rows, after = await customers.page(cursor, limit)
+        rows, after = await customers.page(session, cursor, limit)
         return CustomerPage(customers=[_out(r) for r in rows], next_cursor=after)
 
     @get(
@@ -149,10 +154,13 @@ class CustomerController(Controller):
         },
     )
     async def get_customer(
-        self, account_id: FromPath[str], customers: NamedDependency[CustomerService]
+        self,
+        account_id: FromPath[str],
+        customers: NamedDependency[CustomerService],
+        session: NamedDependency[AsyncSession],
     ) -> CustomerOut:
         """One account's record."""
-        return _out(await customers.get(account_id))
+        return _out(await customers.get(session, account_id))
 
     @delete(
         "/{account_id:str}",
@@ -170,9 +178,10 @@ class CustomerController(Controller):
         request: Request[Any, Any, Any],
         account_id: FromPath[str],
         customers: NamedDependency[CustomerService],
+        session: NamedDependency[AsyncSession],
     ) -> None:
         """Forget an account's record: policies see it as unknown from the next verdict."""
-        await customers.delete(account_id, actor=principal_of(request).name)
+        await customers.delete(session, account_id, actor=principal_of(request).name)
 
 
 DEPENDENCIES = {"customers": provide(lambda runtime: runtime.customers)}

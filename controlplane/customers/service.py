@@ -1,7 +1,8 @@
 """Customer records: imported whole or refused whole, audited, deleted by hand.
 
 Also what the pipeline reads of them: the records of a batch's accounts, and the keys
-a suspension of an account or org covers (from the records and from verdicts seen)."""
+a suspension of an account or org covers (from the records and from verdicts seen).
+The service works in the session its caller (the request) holds."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from controlplane.audit import service as audit
@@ -16,7 +18,6 @@ from controlplane.audit.chain import EventDraft
 from controlplane.customers import repository
 from controlplane.customers.schemas import CustomerIn
 from controlplane.errors import NotFound
-from controlplane.store.db import Database
 from controlplane.store.models import CustomerRow
 from controlplane.store.types import utcnow
 
@@ -45,69 +46,66 @@ class Imported:
 
 
 class CustomerService:
-    def __init__(self, db: Database) -> None:
-        self._db = db
-
-    async def import_(self, customers: Sequence[CustomerIn], actor: str) -> Imported:
+    async def import_(
+        self, session: AsyncSession, customers: Sequence[CustomerIn], actor: str
+    ) -> Imported:
         """Store every record (a known account's record is replaced), in one transaction."""
         now = utcnow()
-        async with self._db.write() as session, session.begin():
-            before = await repository.existing(session, [c.account_id for c in customers])
-            rows = [
-                {
-                    **c.model_dump(),
-                    "keys": sorted(set(c.keys)),
-                    "created_at": before.get(c.account_id, now),
-                    "updated_at": now,
-                }
-                for c in customers
-            ]
-            await repository.replace_customers(session, rows)
-            await audit.record(
-                session,
-                [
-                    EventDraft(
-                        type="customers.imported",
-                        actor=actor,
-                        at=now,
-                        payload={
-                            "count": len(rows),
-                            "created": len(rows) - len(before),
-                            "verified": sum(1 for c in customers if c.verified),
-                            "accounts": [c.account_id for c in customers[:AUDITED_IDS]],
-                        },
-                    )
-                ],
-            )
+        before = await repository.existing(session, [c.account_id for c in customers])
+        rows = [
+            {
+                **c.model_dump(),
+                "keys": sorted(set(c.keys)),
+                "created_at": before.get(c.account_id, now),
+                "updated_at": now,
+            }
+            for c in customers
+        ]
+        await repository.replace_customers(session, rows)
+        await audit.record(
+            session,
+            [
+                EventDraft(
+                    type="customers.imported",
+                    actor=actor,
+                    at=now,
+                    payload={
+                        "count": len(rows),
+                        "created": len(rows) - len(before),
+                        "verified": sum(1 for c in customers if c.verified),
+                        "accounts": [c.account_id for c in customers[:AUDITED_IDS]],
+                    },
+                )
+            ],
+        )
         return Imported(created=len(rows) - len(before), updated=len(before))
 
-    async def delete(self, account_id: str, actor: str) -> None:
+    async def delete(self, session: AsyncSession, account_id: str, actor: str) -> None:
         now = utcnow()
-        async with self._db.write() as session, session.begin():
-            if not await repository.delete_customer(session, account_id):
-                raise NotFound(f"no customer record for account {account_id!r}")
-            await audit.record(
-                session,
-                [
-                    EventDraft(
-                        type="customers.deleted",
-                        actor=actor,
-                        at=now,
-                        payload={"account_id": account_id},
-                    )
-                ],
-            )
+        if not await repository.delete_customer(session, account_id):
+            raise NotFound(f"no customer record for account {account_id!r}")
+        await audit.record(
+            session,
+            [
+                EventDraft(
+                    type="customers.deleted",
+                    actor=actor,
+                    at=now,
+                    payload={"account_id": account_id},
+                )
+            ],
+        )
 
-    async def get(self, account_id: str) -> CustomerRow:
-        async with self._db.read() as session:
-            row = await repository.get_customer(session, account_id)
+    async def get(self, session: AsyncSession, account_id: str) -> CustomerRow:
+        row = await repository.get_customer(session, account_id)
         if row is None:
             raise NotFound(f"no customer record for account {account_id!r}")
         return row
 
-    async def page(self, after: str | None, limit: int) -> tuple[list[CustomerRow], str | None]:
-        async with self._db.read() as session:
-            rows = await repository.list_customers(session, after, limit + 1)
+    async def page(
+        self, session: AsyncSession, after: str | None, limit: int
+    ) -> tuple[list[CustomerRow], str | None]:
+        rows = await repository.list_customers(session, after, limit + 1)
         more = len(rows) > limit
         rows = rows[:limit]
         return rows, (rows[-1].account_id if more and rows else None)

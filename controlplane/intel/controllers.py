@@ -9,12 +9,13 @@ from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, JSONBody, QueryParameter
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.api.dependencies import provide
 from controlplane.api.schemas import ErrorBody
 from controlplane.auth.guards import principal_of, requires
 from controlplane.auth.roles import READERS, Role
-from controlplane.intel.pull import Puller
+from controlplane.intel.jobs import Puller
 from controlplane.intel.schemas import (
     IndicatorBatch,
     IndicatorOut,
@@ -54,11 +55,12 @@ class IndicatorController(Controller):
         request: Request[Any, Any, Any],
         data: JSONBody[IndicatorBatch],
         intel: NamedDependency[IntelService],
+        session: NamedDependency[AsyncSession],
     ) -> list[IndicatorOut]:
         """Add indicators (identifiers are hashed before they are stored) and publish
         what the share policy allows; verdicts decided from now on see their matches."""
         rows, _ = await intel.add(
-            principal_of(request).name, [i.model_dump() for i in data.indicators]
+            session, principal_of(request).name, [i.model_dump() for i in data.indicators]
         )
         return [IndicatorOut(**r) for r in rows]
 
@@ -71,12 +73,13 @@ class IndicatorController(Controller):
     async def list_all(
         self,
         intel: NamedDependency[IntelService],
+        session: NamedDependency[AsyncSession],
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
         kind: Kind | None = None,
         source: Annotated[str | None, QueryParameter(max_length=100)] = None,
     ) -> list[IndicatorOut]:
         """The newest indicators, local and pulled."""
-        rows = await intel.list(limit, kind, source)
+        rows = await intel.list(session, limit, kind, source)
         return [IndicatorOut(**r.model_dump()) for r in rows]
 
     @post(
@@ -98,18 +101,21 @@ class IndicatorController(Controller):
         indicator_id: FromPath[str],
         data: JSONBody[RetractIn],
         intel: NamedDependency[IntelService],
+        session: NamedDependency[AsyncSession],
     ) -> Retraction:
         """Revoke it, tell peers (signed revoked version and opinion) and lift the
         actions whose only basis it was."""
         result = await intel.mark_false_positive(
-            indicator_id, principal_of(request).name, data.reason
+            session, indicator_id, principal_of(request).name, data.reason
         )
         return Retraction(**result)
 
     @get("/peers", operation_id="listPeers", summary="Peers", responses=_AUTH)
-    async def peers(self, intel: NamedDependency[IntelService]) -> list[PeerOut]:
+    async def peers(
+        self, intel: NamedDependency[IntelService], session: NamedDependency[AsyncSession]
+    ) -> list[PeerOut]:
         """Configured peers, the health of their last pull and what each contributed."""
-        return [PeerOut(**p) for p in await intel.peers()]
+        return [PeerOut(**p) for p in await intel.peers(session)]
 
     @post(
         "/peers/{name:str}/pull",

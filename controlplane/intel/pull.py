@@ -1,12 +1,7 @@
-"""Pulling peers' TAXII collections: page with the TAXII cursor rules, verify every
-signature, refuse (with an audit event) what does not verify or is not accepted,
-de-duplicate by STIX id and version, keep provenance, act on retractions.
-
-Paging (TAXII 2.1, 3.4): `added_after` is exclusive and about when the server added an
-object. Each page's `X-TAXII-Date-Added-Last` is saved as the peer's cursor in the
-transaction that stores the page, so a crash repeats at most one page (de-duplicated)
-and skips none; within one pull, `next` is followed when the server gives one, and
-`added_after` = the last page's header when it says `more` without a `next`.
+"""Taking peers' objects: verify every signature, refuse (with an audit event) what does
+not verify or is not accepted, de-duplicate by STIX id and version, keep provenance,
+act on retractions. For a pull (`jobs.Puller`, which pages a peer's collection) and for
+objects a peer posts to an inbox collection (TAXII), in the session the caller holds.
 """
 
 from __future__ import annotations
@@ -16,7 +11,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.audit import service as audit
@@ -29,16 +23,10 @@ from controlplane.intel.hashing import HASHED_KINDS, is_keyed_hash
 from controlplane.intel.service import IntelService
 from controlplane.intel.signing import SignatureRefused, TrustedKey, verify
 from controlplane.intel.stix.objects import Unusable, parse_indicator
-from controlplane.intel.taxii.schemas import MEDIA_TYPE
-from controlplane.store.db import Database
 from controlplane.store.models import IndicatorRow, new_id
 from controlplane.store.types import utcnow
 
 log = logging.getLogger(__name__)
-
-PAGE = 5000
-MAX_PAGES = 1000
-"""A pull stops after this many pages (5M objects) and goes on at the next run."""
 
 
 @dataclass
@@ -77,133 +65,80 @@ class Outcome:
         }
 
 
-class Puller:
-    def __init__(
-        self,
-        db: Database,
-        service: IntelService,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        self._db = db
+class Intake:
+    """What a peer sends, taken into this lab's intel in the caller's session."""
+
+    def __init__(self, service: IntelService) -> None:
         self._service = service
-        self._transport = transport
 
-    async def pull_all(self) -> list[PullReport]:
-        """Pull every configured peer (the scheduled, leader-only job)."""
-        return [await self.pull(peer) for peer in self._service.config.peers]
+    @property
+    def peers(self) -> list[Peer]:
+        return list(self._service.config.peers)
 
-    async def pull(self, peer: Peer) -> PullReport:
-        report = PullReport(peer.name)
-        now = utcnow()
-        async with self._db.read() as session:
-            state = await repository.peer_state(session, peer.name)
-        cursor = state.cursor if state else None
-        url = f"{peer.url}collections/{peer.collection}/objects/"
-        headers = {"Accept": MEDIA_TYPE}
-        auth: httpx.Auth | None = None
-        if peer.auth == "basic":
-            user, _, password = peer.token.partition(":")
-            auth = httpx.BasicAuth(user, password)
-        else:
-            headers["Authorization"] = f"Bearer {peer.token}"
-        params: dict[str, Any] = {"limit": PAGE}
-        if cursor:
-            params["added_after"] = cursor
-        retracted: list[IndicatorRow] = []
-        try:
-            async with httpx.AsyncClient(
-                transport=self._transport,
-                timeout=httpx.Timeout(30, connect=5),
-                headers=headers,
-                auth=auth,
-            ) as client:
-                while report.pages < MAX_PAGES:
-                    response = await client.get(url, params=params)
-                    if response.status_code != 200:
-                        raise PullFailed(
-                            f"{peer.name} answered {response.status_code} for its collection "
-                            f"{peer.collection}: {response.text[:200]}"
-                        )
-                    body = response.json()
-                    objects = body.get("objects") or []
-                    last = response.headers.get("X-TAXII-Date-Added-Last")
-                    report.pages += 1
-                    async with self._db.write() as session, session.begin():
-                        retracted += await self._take(session, peer, objects, report)
-                        await repository.save_peer_state(
-                            session, peer.name, {"cursor": last or cursor}
-                        )
-                    cursor = last or cursor
-                    if not body.get("more"):
-                        break
-                    if body.get("next"):
-                        # The same filters, and the server's cursor within them.
-                        params = {**params, "next": body["next"]}
-                    elif last:
-                        params = {"limit": PAGE, "added_after": last}
-                    else:
-                        raise PullFailed(
-                            f"{peer.name} said there is more but gave neither `next` nor "
-                            "X-TAXII-Date-Added-Last: cannot page on"
-                        )
-        except (httpx.HTTPError, ValueError, PullFailed) as exc:
-            report.error = (
-                str(exc) if isinstance(exc, PullFailed) else f"{type(exc).__name__}: {exc}"
-            )
-            log.warning("intel pull from %s failed: %s", peer.name, report.error)
-        if retracted:
-            lifted = await self._service.lift_resting_on(
-                retracted,
-                f"retracted by its source (pulled from {peer.name})",
-                f"intel:{peer.name}",
-            )
-            report.lifted = len(lifted)
-        async with self._db.write() as session, session.begin():
-            await repository.save_peer_state(
-                session,
-                peer.name,
-                {
-                    "last_pull_at": now,
-                    "last_error": report.error,
-                    **({"last_success_at": now} if report.error is None else {}),
-                    "+accepted": report.accepted,
-                    "+rejected": report.rejected,
-                    "+duplicates": report.duplicates,
-                    "+retractions": report.retractions,
-                    "+lifted": report.lifted,
-                },
-            )
-        return report
+    async def cursor(self, session: AsyncSession, peer: Peer) -> str | None:
+        """Where the last pull of `peer` stopped (its last page's `Date-Added-Last`)."""
+        state = await repository.peer_state(session, peer.name)
+        return state.cursor if state else None
+
+    async def take_page(
+        self,
+        session: AsyncSession,
+        peer: Peer,
+        objects: list[Any],
+        report: PullReport,
+        cursor: str | None,
+    ) -> list[IndicatorRow]:
+        """One pulled page, and the peer's cursor after it; returns the indicators it
+        retracted."""
+        retracted = await self._take(session, peer, objects, report)
+        await repository.save_peer_state(session, peer.name, {"cursor": cursor})
+        return retracted
 
     async def receive(
-        self, peer: Peer, objects: list[Any], store: Callable[[AsyncSession, list[Any]], Any]
+        self,
+        session: AsyncSession,
+        peer: Peer,
+        objects: list[Any],
+        store: Callable[[AsyncSession, list[Any]], Any],
     ) -> PullReport:
         """Objects a peer posted: taken as a pulled page is (verified, accepted or
         refused, de-duplicated, retractions obeyed), with each object's outcome; `store`
-        keeps the verified ones in the same transaction."""
+        keeps the verified ones."""
         report = PullReport(peer.name, pages=1, outcomes=[])
-        async with self._db.write() as session, session.begin():
-            retracted = await self._take(session, peer, objects, report)
-            assert report.outcomes is not None
-            await store(session, [o.obj for o in report.outcomes if o.ok])
+        retracted = await self._take(session, peer, objects, report)
+        assert report.outcomes is not None
+        await store(session, [o.obj for o in report.outcomes if o.ok])
+        await self.settle(session, peer, report, retracted, f"posted by {peer.name}", {})
+        return report
+
+    async def settle(
+        self,
+        session: AsyncSession,
+        peer: Peer,
+        report: PullReport,
+        retracted: list[IndicatorRow],
+        how: str,
+        state: dict[str, Any],
+    ) -> None:
+        """Lift what rested only on the indicators the peer retracted, and add the
+        report's counts (and `state`) to the peer's record."""
         if retracted:
             lifted = await self._service.lift_resting_on(
-                retracted, f"retracted by its source (posted by {peer.name})", f"intel:{peer.name}"
+                session, retracted, f"retracted by its source ({how})", f"intel:{peer.name}"
             )
             report.lifted = len(lifted)
-        async with self._db.write() as session, session.begin():
-            await repository.save_peer_state(
-                session,
-                peer.name,
-                {
-                    "+accepted": report.accepted,
-                    "+rejected": report.rejected,
-                    "+duplicates": report.duplicates,
-                    "+retractions": report.retractions,
-                    "+lifted": report.lifted,
-                },
-            )
-        return report
+        await repository.save_peer_state(
+            session,
+            peer.name,
+            {
+                **state,
+                "+accepted": report.accepted,
+                "+rejected": report.rejected,
+                "+duplicates": report.duplicates,
+                "+retractions": report.retractions,
+                "+lifted": report.lifted,
+            },
+        )
 
     async def _take(
         self, session: AsyncSession, peer: Peer, objects: list[Any], report: PullReport

@@ -2,7 +2,8 @@
 retracting them, and lifting what rested on a retracted indicator.
 
 Identifiers are hashed here, at the boundary: a raw account, key, org or payment id
-never reaches a row, an audit event, the share policy or a published object.
+never reaches a row, an audit event, the share policy or a published object. Every
+method works in the session its caller holds (a request's, or a job's: `jobs.py`).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -37,7 +38,6 @@ from controlplane.intel.stix.objects import (
 )
 from controlplane.plan import repository as actions_repo
 from controlplane.policy.bundles import export_bundle
-from controlplane.store.db import Database
 from controlplane.store.models import IndicatorRow, new_id
 from controlplane.store.types import utcnow
 
@@ -63,20 +63,18 @@ class Lifted:
     target: str
 
 
-Lifter = Callable[[str, str, str], Any]
-"""`Enforcer.lift(action_id, actor, reason)`: lifts one action, logging the change."""
+Lifter = Callable[[AsyncSession, str, str, str], Awaitable[Any]]
+"""`Remedy.lift(session, action_id, actor, reason)`: lifts one action, logging the change."""
 
 
 class IntelService:
     def __init__(
         self,
-        db: Database,
         config: IntelConfig,
         bundle: Callable[[], PolicyBundle],
         lift: Lifter,
         floor: Callable[[], PrefixFloor],
     ) -> None:
-        self._db = db
         self.config = config
         self._bundle = bundle
         self._lift = lift
@@ -170,16 +168,15 @@ class IntelService:
         }
 
     async def add(
-        self, actor: str, items: Sequence[dict[str, Any]]
+        self, session: AsyncSession, actor: str, items: Sequence[dict[str, Any]]
     ) -> tuple[list[dict[str, Any]], int]:
         """Store indicators entered here and publish what the share policy allows, in
         one transaction; returns the rows and how many objects were published."""
         now = utcnow()
         rows = [self.normalise(i, dict(item), now) for i, item in enumerate(items)]
-        async with self._db.write() as session, session.begin():
-            await repository.insert_indicators(session, rows)
-            await audit.record(session, [_added_event(r, actor, now) for r in rows])
-            published = await self.publish(session, rows, [None] * len(rows), now)
+        await repository.insert_indicators(session, rows)
+        await audit.record(session, [_added_event(r, actor, now) for r in rows])
+        published = await self.publish(session, rows, [None] * len(rows), now)
         return rows, published
 
     # -- publishing ----------------------------------------------------------------------
@@ -232,37 +229,36 @@ class IntelService:
                 ]
             await repository.append_objects(session, collection.id, [*preamble, *chosen], now)
 
-    async def publish_from_actions(self, limit: int = 2000) -> int:
+    async def publish_from_actions(self, session: AsyncSession, limit: int = 2000) -> int:
         """Follow the change log: what stands behind each new hard action of this lab
         (a range, a hashed key id) goes to the share policy. Leader-only job."""
         if self.config.signer is None:
             return 0
         now = utcnow()
-        async with self._db.write() as session, session.begin():
-            cursor = (await enforce_repo.cursors(session)).get(PUBLISHER_CURSOR, 0)
-            changes = await enforce_repo.changes_after(session, cursor, limit)
-            if not changes:
-                return 0
-            rows, actions = [], []
-            for change in changes:
-                if change.cause != "planned" or change.type not in HARD_ACTIONS:
-                    continue
-                action = await actions_repo.actions_by_id(session, [change.action_id or ""])
-                if not action:
-                    continue
-                item = self._from_action(action[0], now)
-                if item is not None:
-                    rows.append(item)
-                    actions.append(
-                        {
-                            "type": action[0].type,
-                            "rule": action[0].rule,
-                            "provider": action[0].provider,
-                        }
-                    )
-            await repository.insert_indicators(session, rows)
-            published = await self.publish(session, rows, actions, now)
-            await enforce_repo.save_cursor(session, PUBLISHER_CURSOR, changes[-1].seq, now)
+        cursor = (await enforce_repo.cursors(session)).get(PUBLISHER_CURSOR, 0)
+        changes = await enforce_repo.changes_after(session, cursor, limit)
+        if not changes:
+            return 0
+        rows, actions = [], []
+        for change in changes:
+            if change.cause != "planned" or change.type not in HARD_ACTIONS:
+                continue
+            action = await actions_repo.actions_by_id(session, [change.action_id or ""])
+            if not action:
+                continue
+            item = self._from_action(action[0], now)
+            if item is not None:
+                rows.append(item)
+                actions.append(
+                    {
+                        "type": action[0].type,
+                        "rule": action[0].rule,
+                        "provider": action[0].provider,
+                    }
+                )
+        await repository.insert_indicators(session, rows)
+        published = await self.publish(session, rows, actions, now)
+        await enforce_repo.save_cursor(session, PUBLISHER_CURSOR, changes[-1].seq, now)
         return published
 
     def _from_action(self, action: Any, now: datetime) -> dict[str, Any] | None:
@@ -299,93 +295,87 @@ class IntelService:
     # -- retractions -----------------------------------------------------------------------
 
     async def mark_false_positive(
-        self, indicator_id: str, actor: str, reason: str
+        self, session: AsyncSession, indicator_id: str, actor: str, reason: str
     ) -> dict[str, Any]:
         """An indicator caused a false positive (marked by hand, or an upheld appeal):
         revoke it here, tell peers (a signed revoked version if this lab made it, and a
         signed `opinion` strongly disagreeing either way), and lift the actions whose only
         basis it was. The appeals area calls this when an appeal is upheld."""
         now = utcnow()
-        async with self._db.write() as session, session.begin():
-            row = await repository.get_indicator(session, indicator_id)
-            if row is None:
-                raise NotFound(
-                    f"no indicator {indicator_id!r}; list them with `tollgate intel list`"
+        row = await repository.get_indicator(session, indicator_id)
+        if row is None:
+            raise NotFound(f"no indicator {indicator_id!r}; list them with `tollgate intel list`")
+        if row.revoked:
+            raise Conflict(f"indicator {indicator_id} was already retracted: {row.revoked_reason}")
+        await repository.revoke_indicator(session, indicator_id, reason, now)
+        await audit.record(
+            session,
+            [
+                EventDraft(
+                    type="indicator.retracted",
+                    actor=actor,
+                    at=now,
+                    payload={
+                        "id": row.id,
+                        "kind": row.kind,
+                        "value": row.value,
+                        "source": row.source,
+                        "reason": reason,
+                    },
                 )
-            if row.revoked:
-                raise Conflict(
-                    f"indicator {indicator_id} was already retracted: {row.revoked_reason}"
+            ],
+        )
+        published = 0
+        if self.config.signer is not None and row.stix_id:
+            objects = []
+            if row.origin == "local":
+                revoked = {
+                    **row.model_dump(),
+                    "revoked": True,
+                    "modified": now,
+                    "expires_at": now,
+                }
+                objects.append(sign(indicator_object(revoked, self.config.lab), self.config.signer))
+            objects.append(
+                sign(
+                    opinion_object(row.stix_id, self.config.lab, reason, row.tlp, row.pap, now),
+                    self.config.signer,
                 )
-            await repository.revoke_indicator(session, indicator_id, reason, now)
-            await audit.record(
-                session,
-                [
-                    EventDraft(
-                        type="indicator.retracted",
-                        actor=actor,
-                        at=now,
-                        payload={
-                            "id": row.id,
-                            "kind": row.kind,
-                            "value": row.value,
-                            "source": row.source,
-                            "reason": reason,
-                        },
-                    )
-                ],
             )
-            published = 0
-            if self.config.signer is not None and row.stix_id:
-                objects = []
-                if row.origin == "local":
-                    revoked = {
-                        **row.model_dump(),
-                        "revoked": True,
-                        "modified": now,
-                        "expires_at": now,
-                    }
-                    objects.append(
-                        sign(indicator_object(revoked, self.config.lab), self.config.signer)
-                    )
-                objects.append(
-                    sign(
-                        opinion_object(row.stix_id, self.config.lab, reason, row.tlp, row.pap, now),
-                        self.config.signer,
-                    )
-                )
-                await self._append(session, objects, now)
-                published = len(objects)
+            await self._append(session, objects, now)
+            published = len(objects)
         lifted = await self.lift_resting_on(
-            [row], f"indicator {row.id} retracted by {actor}: {reason}", actor
+            session, [row], f"indicator {row.id} retracted by {actor}: {reason}", actor
         )
         return {"id": row.id, "published": published, "lifted": [x.action_id for x in lifted]}
 
     async def lift_resting_on(
-        self, rows: Sequence[IndicatorRow], why: str, actor: str
+        self, session: AsyncSession, rows: Sequence[IndicatorRow], why: str, actor: str
     ) -> list[Lifted]:
         """Lift active intel-based actions whose target one of `rows` named and that no
         other indicator in force still supports."""
         now = utcnow()
         lifted: list[Lifted] = []
-        async with self._db.read() as session:
-            candidates = []
-            for row in rows:
-                for action in await actions_repo.intel_actions(
-                    session, _action_kinds(row.kind), now
-                ):
-                    if self._names(row, action.target_kind, action.target_value, now):
-                        still = [
-                            other
-                            for other in await repository.active_indicators_for(
-                                session, row.kind, row.value, now
-                            )
-                            if other.id != row.id
-                        ]
-                        if not still:
-                            candidates.append(action)
+        candidates = []
+        for row in rows:
+            for action in await actions_repo.intel_actions(session, _action_kinds(row.kind), now):
+                if self._names(row, action.target_kind, action.target_value, now):
+                    still = [
+                        other
+                        for other in await repository.active_indicators_for(
+                            session, row.kind, row.value, now
+                        )
+                        if other.id != row.id
+                    ]
+                    if not still:
+                        candidates.append(action)
         for action in candidates:
+            if action in session:
+                # The lift reads the action again under its row lock: let it see the
+                # action as it is then, not this session's earlier copy of it.
+                session.expunge(action)
             try:
-                await self._lift(action.id, actor, why)
+                await self._lift(session, action.id, actor, why)
             except Conflict:
                 continue
             lifted.append(Lifted(action.id, f"{action.target_kind}:{action.target_value}"))
@@ -404,10 +394,9 @@ class IntelService:
             return row.value in self.config.keyring.hashes_for_matching(kind, target_value, now)
         return False
 
-    async def age_out(self) -> int:
+    async def age_out(self, session: AsyncSession) -> int:
         """Forget pulled indicators that ended (expired or revoked) long ago."""
-        async with self._db.write() as session, session.begin():
-            return await repository.age_out(session, utcnow(), AGE_OUT_AFTER)
+        return await repository.age_out(session, utcnow(), AGE_OUT_AFTER)
 
     def peer(self, name: str) -> Peer:
         peer = self.config.peer(name)
@@ -416,11 +405,10 @@ class IntelService:
             raise NotFound(f"no peer {name!r}; configured under intel.peers: {names}")
         return peer
 
-    async def peers(self) -> list[dict[str, Any]]:
+    async def peers(self, session: AsyncSession) -> list[dict[str, Any]]:
         now = utcnow()
-        async with self._db.read() as session:
-            states = await repository.peer_states(session)
-            counts = await repository.count_by_origin(session, now)
+        states = await repository.peer_states(session)
+        counts = await repository.count_by_origin(session, now)
         found = []
         for p in self.config.peers:
             state = states.get(p.name)
@@ -454,10 +442,9 @@ class IntelService:
     # -- reads ---------------------------------------------------------------------------
 
     async def list(
-        self, limit: int, kind: str | None = None, source: str | None = None
+        self, session: AsyncSession, limit: int, kind: str | None = None, source: str | None = None
     ) -> list[IndicatorRow]:
-        async with self._db.read() as session:
-            return await repository.list_indicators(session, limit, kind, source)
+        return await repository.list_indicators(session, limit, kind, source)
 
 
 def identity_id_of(lab: str) -> str:

@@ -10,6 +10,7 @@ from litestar import Controller, Request, get, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
 from litestar.status_codes import HTTP_200_OK
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.api.dependencies import provide
 from controlplane.auth.guards import principal_of, requires
@@ -19,6 +20,7 @@ from controlplane.engine.bundle import PolicyBundle, content_revision, short_rev
 from controlplane.engine.embedded import EmbeddedEngine
 from controlplane.engine.sandbox import refuse_denied
 from controlplane.errors import InvalidInput, NotFound, PolicyError
+from controlplane.policy import service
 from controlplane.policy.impact import markdown, replay
 from controlplane.policy.schemas import (
     ActivationOut,
@@ -42,10 +44,10 @@ class PolicyController(Controller):
     guards = [requires(*READERS)]
 
     @get("/", operation_id="listPolicyRevisions", summary="List policy revisions")
-    async def list_revisions(self, policies: NamedDependency[PolicyService]) -> PoliciesOut:
+    async def list_revisions(self, session: NamedDependency[AsyncSession]) -> PoliciesOut:
         """The active revision, every revision seen (passed or rejected, with why),
         and every activation and rollback with who, when and why."""
-        revisions, activations = await policies.history()
+        revisions, activations = await service.history(session)
         active = activations[0].revision if activations else None
         return PoliciesOut(
             active=active,

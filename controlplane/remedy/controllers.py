@@ -12,6 +12,7 @@ from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.api.dependencies import provide
 from controlplane.api.schemas import ErrorBody
@@ -49,7 +50,6 @@ from controlplane.remedy.service import (
     Subject,
 )
 from controlplane.settings import Providers
-from controlplane.store.db import Database
 from controlplane.store.models import ExemptionRow
 from controlplane.store.types import utcnow
 
@@ -165,6 +165,7 @@ class ExemptionController(Controller):
         request: Request[Any, Any, Any],
         data: JSONBody[ExemptionIn],
         remedy: NamedDependency[Remedy],
+        session: NamedDependency[AsyncSession],
         providers: NamedDependency[Providers],
     ) -> ExemptionOut:
         """Exempt a subject in one provider, with an owner and a reason. What is enforced
@@ -179,7 +180,7 @@ class ExemptionController(Controller):
             reason=data.reason,
             expires_at=data.expires_at,
         )
-        outcome = await remedy.add_exemption(draft, principal_of(request).name)
+        outcome = await remedy.add_exemption(session, draft, principal_of(request).name)
         return exemption_out(outcome.row, outcome)
 
     @get(
@@ -191,6 +192,7 @@ class ExemptionController(Controller):
     async def list_all(
         self,
         remedy: NamedDependency[Remedy],
+        session: NamedDependency[AsyncSession],
         provider: Annotated[str | None, QueryParameter(max_length=63)] = None,
         live: Annotated[
             bool, QueryParameter(description="true: only those holding now (not ended or expired).")
@@ -198,7 +200,7 @@ class ExemptionController(Controller):
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
     ) -> list[ExemptionOut]:
         """The newest exemptions, optionally of one provider, optionally only live ones."""
-        return [exemption_out(r) for r in await remedy.exemptions(provider, live, limit)]
+        return [exemption_out(r) for r in await remedy.exemptions(session, provider, live, limit)]
 
     @get(
         "/{exemption_id:str}",
@@ -207,11 +209,14 @@ class ExemptionController(Controller):
         responses=_errors(401, 403, 404, e404="No such exemption, or it has ended."),
     )
     async def get_one(
-        self, exemption_id: FromPath[str], remedy: NamedDependency[Remedy]
+        self,
+        exemption_id: FromPath[str],
+        remedy: NamedDependency[Remedy],
+        session: NamedDependency[AsyncSession],
     ) -> ExemptionOut:
         """One exemption that holds now. An ended one (removed or expired) is no longer
         here: its record stays in `GET /v1/exemptions` and in the audit trail."""
-        return exemption_out(await remedy.exemption(exemption_id))
+        return exemption_out(await remedy.exemption(session, exemption_id))
 
     @delete(
         "/{exemption_id:str}",
@@ -226,6 +231,7 @@ class ExemptionController(Controller):
         request: Request[Any, Any, Any],
         exemption_id: FromPath[str],
         remedy: NamedDependency[Remedy],
+        session: NamedDependency[AsyncSession],
         reason: Annotated[
             str, QueryParameter(min_length=3, max_length=2000, description="Why, for the record.")
         ],
@@ -234,7 +240,9 @@ class ExemptionController(Controller):
         IP or CIDR carve-out leaves the gateways. Nothing lifted is put back. The answer
         is the ended record, which stays listed by `GET /v1/exemptions` (and in the
         audit trail); `GET /v1/exemptions/{id}` answers 404 from now on."""
-        row = await remedy.remove_exemption(exemption_id, principal_of(request).name, reason)
+        row = await remedy.remove_exemption(
+            session, exemption_id, principal_of(request).name, reason
+        )
         return exemption_out(row)
 
 
@@ -256,11 +264,12 @@ class LiftController(Controller):
         action_id: FromPath[str],
         data: JSONBody[LiftIn],
         remedy: NamedDependency[Remedy],
+        session: NamedDependency[AsyncSession],
     ) -> ActionOut:
         """Lift an active action by hand: it leaves the desired state, connectors remove
         it from the gateways at once, the actor and reason are recorded, and the same
         rule is held back on the same subject for the provider's cool-down."""
-        row = await remedy.lift(action_id, principal_of(request).name, data.reason)
+        row = await remedy.lift(session, action_id, principal_of(request).name, data.reason)
         return ActionOut.from_row(row.model_dump())
 
 
@@ -282,6 +291,7 @@ class AppealController(Controller):
         request: Request[Any, Any, Any],
         data: JSONBody[AppealIn],
         remedy: NamedDependency[Remedy],
+        session: NamedDependency[AsyncSession],
     ) -> AppealOut:
         """File a customer's appeal (state `open`). It covers the actions named in
         `action_ids`, those the `reference` quoted from a refusal names, or, with
@@ -294,12 +304,13 @@ class AppealController(Controller):
             action_ids=data.action_ids,
             reference=data.reference,
         )
-        return appeal_out(await remedy.file_appeal(draft, principal_of(request).name))
+        return appeal_out(await remedy.file_appeal(session, draft, principal_of(request).name))
 
     @get("/", operation_id="listAppeals", summary="List appeals", responses=_errors(401, 403, 422))
     async def list_appeals(
         self,
         remedy: NamedDependency[Remedy],
+        session: NamedDependency[AsyncSession],
         appeal_state: Annotated[AppealState | None, QueryParameter(name="state")] = None,
         provider: Annotated[str | None, QueryParameter(max_length=63)] = None,
         subject: Annotated[
@@ -341,7 +352,7 @@ class AppealController(Controller):
             subject_value=value,
             filed_before=before,
         )
-        views = await remedy.appeals(where, cursor, limit + 1)
+        views = await remedy.appeals(session, where, cursor, limit + 1)
         items = [appeal_out(v) for v in views[:limit]]
         return AppealPage(items=items, next_cursor=items[-1].id if len(views) > limit else None)
 
@@ -352,10 +363,13 @@ class AppealController(Controller):
         responses=_errors(401, 403, 404),
     )
     async def get_appeal(
-        self, appeal_id: FromPath[str], remedy: NamedDependency[Remedy]
+        self,
+        appeal_id: FromPath[str],
+        remedy: NamedDependency[Remedy],
+        session: NamedDependency[AsyncSession],
     ) -> AppealOut:
         """One appeal with every action it covers and each one's state now."""
-        return appeal_out(await remedy.appeal(appeal_id))
+        return appeal_out(await remedy.appeal(session, appeal_id))
 
     @post(
         "/{appeal_id:str}/uphold",
@@ -379,13 +393,16 @@ class AppealController(Controller):
         appeal_id: FromPath[str],
         data: JSONBody[UpholdIn],
         remedy: NamedDependency[Remedy],
+        session: NamedDependency[AsyncSession],
     ) -> AppealOut:
         """Uphold: lift every action the appeal covers (for an account or org, every
         action active on it) at every gateway, exempt the subject for `exempt_for`, and
         record the outcome for the customer; each step is an audit event in the
         appeal's trace."""
         period: timedelta | None = duration_text(data.exempt_for) if data.exempt_for else None
-        view = await remedy.uphold(appeal_id, principal_of(request).name, data.reason, period)
+        view = await remedy.uphold(
+            session, appeal_id, principal_of(request).name, data.reason, period
+        )
         return appeal_out(view)
 
     @post(
@@ -410,9 +427,10 @@ class AppealController(Controller):
         appeal_id: FromPath[str],
         data: JSONBody[DenyIn],
         remedy: NamedDependency[Remedy],
+        session: NamedDependency[AsyncSession],
     ) -> AppealOut:
         """Deny: the appeal is closed with the reason; nothing changes at any gateway."""
-        view = await remedy.deny(appeal_id, principal_of(request).name, data.reason)
+        view = await remedy.deny(session, appeal_id, principal_of(request).name, data.reason)
         return appeal_out(view)
 
 
@@ -436,7 +454,7 @@ class ReportController(Controller):
     )
     async def remediation(
         self,
-        db: NamedDependency[Database],
+        session: NamedDependency[AsyncSession],
         # Strings, not datetimes: litestar would also take a number as seconds since
         # 1970, which the documented `date-time` format does not allow.
         since: Annotated[
@@ -462,7 +480,7 @@ class ReportController(Controller):
         and decision to lift; with the totals a complaint-handling report asks for
         (complaints received, decisions, median decision time, decisions reversed)."""
         start, end = report.window(_moment("since", since), _moment("until", until))
-        figures = await report.remediation(db, start, end)
+        figures = await report.remediation(session, start, end)
         if report_format == "csv":
             return Response(report.to_csv(figures), media_type="text/csv")
         if report_format == "markdown":

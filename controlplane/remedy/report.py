@@ -12,13 +12,14 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Literal
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from controlplane.enforce import repository as enforce_repo
 from controlplane.errors import InvalidInput
 from controlplane.ingest import repository as verdicts_repo
 from controlplane.plan import repository as actions_repo
 from controlplane.remedy import repository
 from controlplane.remedy.schemas import Figures, RemediationReport
-from controlplane.store.db import Database
 from controlplane.store.types import utcnow
 
 Format = Literal["json", "csv", "markdown"]
@@ -73,28 +74,25 @@ def _median(values: list[float]) -> float | None:
     return round(statistics.median(values), 3) if values else None
 
 
-async def remediation(db: Database, since: datetime, until: datetime) -> RemediationReport:
-    async with db.read() as session:
-        taken = await actions_repo.actions_taken(session, since, until, verdicts_repo.detector_of)
-        facts = await repository.appeal_facts(session, since, until)
-        covered = await actions_repo.actions_by_id(
-            session, [f.action_id for f in facts if f.action_id]
+async def remediation(session: AsyncSession, since: datetime, until: datetime) -> RemediationReport:
+    taken = await actions_repo.actions_taken(session, since, until, verdicts_repo.detector_of)
+    facts = await repository.appeal_facts(session, since, until)
+    covered = await actions_repo.actions_by_id(session, [f.action_id for f in facts if f.action_id])
+    actions = {a.id: a for a in covered}
+    detector_of = await verdicts_repo.detectors_of(session, [a.verdict_id for a in covered])
+    facts = [
+        replace(
+            f,
+            rule=a.rule,
+            detector=detector_of.get(a.verdict_id),
+            action_at=a.created_at,
         )
-        actions = {a.id: a for a in covered}
-        detector_of = await verdicts_repo.detectors_of(session, [a.verdict_id for a in covered])
-        facts = [
-            replace(
-                f,
-                rule=a.rule,
-                detector=detector_of.get(a.verdict_id),
-                action_at=a.created_at,
-            )
-            if (a := actions.get(f.action_id or "")) is not None
-            else f
-            for f in facts
-        ]
-        lifted = [f.action_id for f in facts if f.action_id and f.lifted_at is not None]
-        removed = await enforce_repo.removed_at(session, lifted)
+        if (a := actions.get(f.action_id or "")) is not None
+        else f
+        for f in facts
+    ]
+    lifted = [f.action_id for f in facts if f.action_id and f.lifted_at is not None]
+    removed = await enforce_repo.removed_at(session, lifted)
     rules: dict[str, _Tally] = defaultdict(_Tally)
     detectors: dict[str, _Tally] = defaultdict(_Tally)
     total = _Tally()

@@ -9,6 +9,7 @@ from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_200_OK
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.api.dependencies import provide
 from controlplane.api.schemas import ErrorBody
@@ -72,6 +73,7 @@ class ReviewController(Controller):
     async def list_reviews(
         self,
         reviews: NamedDependency[ReviewService],
+        session: NamedDependency[AsyncSession],
         review_state: Annotated[
             ReviewState | None,
             QueryParameter(name="state", description="Only reviews in this state."),
@@ -81,7 +83,7 @@ class ReviewController(Controller):
     ) -> ReviewPage:
         """Reviews oldest first (open ones by default); `next_cursor` pages on."""
         wanted = review_state.value if review_state else None
-        rows, after = await reviews.page(wanted, cursor, limit)
+        rows, after = await reviews.page(session, wanted, cursor, limit)
         return ReviewPage(reviews=[review_out(r) for r in rows], next_cursor=after)
 
     @get(
@@ -91,10 +93,13 @@ class ReviewController(Controller):
         responses={**_AUTH, 404: _ONE[404]},
     )
     async def get_review(
-        self, review_id: FromPath[str], reviews: NamedDependency[ReviewService]
+        self,
+        review_id: FromPath[str],
+        reviews: NamedDependency[ReviewService],
+        session: NamedDependency[AsyncSession],
     ) -> ReviewOut:
         """One review, with what it withheld and how it was resolved."""
-        return review_out(await reviews.get(review_id))
+        return review_out(await reviews.get(session, review_id))
 
     @post(
         "/{review_id:str}/confirm",
@@ -109,12 +114,13 @@ class ReviewController(Controller):
         request: Request[Any, Any, Any],
         review_id: FromPath[str],
         reviews: NamedDependency[ReviewService],
+        session: NamedDependency[AsyncSession],
         data: JSONBody[ConfirmIn | None] = None,
     ) -> ConfirmedOut:
         """Plan the withheld actions now (TTLs run from now), recorded with the reviewer;
         the gateways take them as any planned action."""
         note = data.note if data else ""
-        done = await reviews.confirm(review_id, principal_of(request).name, note)
+        done = await reviews.confirm(session, review_id, principal_of(request).name, note)
         return ConfirmedOut(
             review=review_out(done.review),
             actions=[ActionOut.from_row(a) for a in done.actions],
@@ -134,9 +140,10 @@ class ReviewController(Controller):
         review_id: FromPath[str],
         data: JSONBody[DismissIn],
         reviews: NamedDependency[ReviewService],
+        session: NamedDependency[AsyncSession],
     ) -> ReviewOut:
         """Keep the actions withheld; the reason is recorded with the reviewer."""
-        row = await reviews.dismiss(review_id, principal_of(request).name, data.reason)
+        row = await reviews.dismiss(session, review_id, principal_of(request).name, data.reason)
         return review_out(row)
 
 

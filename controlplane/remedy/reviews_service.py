@@ -2,7 +2,8 @@
 
 Confirming plans the withheld actions (through the change log, recorded with the
 reviewer, a suspension with its keys); dismissing keeps them withheld, with a reason.
-Either way the review's `flag_review` ends, so a later verdict can open a new one."""
+Either way the review's `flag_review` ends, so a later verdict can open a new one.
+Each method works in the session it is given (the request's transaction)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.audit import service as audit
 from controlplane.audit.chain import EventDraft
@@ -19,7 +22,7 @@ from controlplane.errors import Conflict, NotFound
 from controlplane.plan import repository as actions_repo
 from controlplane.plan.service import confirmed_actions, expand_suspensions
 from controlplane.remedy import reviews_repository as repository
-from controlplane.store.db import Database
+from controlplane.store.db import after_commit
 from controlplane.store.models import ReviewRow
 from controlplane.store.types import utcnow
 
@@ -31,88 +34,88 @@ class Confirmed:
 
 
 class ReviewService:
-    def __init__(self, db: Database, wake: Callable[[], None] = lambda: None) -> None:
-        self._db = db
+    def __init__(self, wake: Callable[[], None] = lambda: None) -> None:
         self._wake = wake
-        """Tells enforcement a change was logged (its followers look at once)."""
+        """Tells enforcement a change was logged (its followers look at once): run once
+        the confirming transaction commits."""
 
     async def page(
-        self, state: str | None, after: str | None, limit: int
+        self, session: AsyncSession, state: str | None, after: str | None, limit: int
     ) -> tuple[list[ReviewRow], str | None]:
-        async with self._db.read() as session:
-            rows = await repository.list_reviews(session, state, after, limit + 1)
+        rows = await repository.list_reviews(session, state, after, limit + 1)
         more = len(rows) > limit
         rows = rows[:limit]
         return rows, (rows[-1].id if more and rows else None)
 
-    async def get(self, review_id: str) -> ReviewRow:
-        async with self._db.read() as session:
-            row = await repository.get_review(session, review_id)
+    async def get(self, session: AsyncSession, review_id: str) -> ReviewRow:
+        row = await repository.get_review(session, review_id)
         if row is None:
             raise NotFound(f"no review {review_id!r}")
         return row
 
-    async def confirm(self, review_id: str, actor: str, note: str) -> Confirmed:
+    async def confirm(
+        self, session: AsyncSession, review_id: str, actor: str, note: str
+    ) -> Confirmed:
         now = utcnow()
-        async with self._db.write() as session, session.begin():
-            review = await self._open(session, review_id)
-            rows = confirmed_actions(review.model_dump(), actor, note, now)
-            rows += await session.run_sync(expand_suspensions, rows, now)
-            await session.run_sync(actions_repo.insert_actions, rows)
-            self._resolve(review, "confirmed", actor, note, now)
-            review.applied = [r["id"] for r in rows]
-            await actions_repo.set_action_states(
-                session, {review.action_id: ActionState.LIFTED.value}, now
-            )
-            await audit.record(
-                session,
-                [
-                    self._event(review, "review.confirmed", actor, now, {"note": note}),
-                    *(
-                        EventDraft(
-                            type="action.planned",
-                            actor=actor,
-                            at=now,
-                            provider=r["provider"],
-                            verdict_id=r["verdict_id"],
-                            decision_id=r["decision_id"],
-                            action_id=r["id"],
-                            trace_id=r["trace_id"],
-                            payload={
-                                "type": r["type"],
-                                "target": {"kind": r["target_kind"], "value": r["target_value"]},
-                                "params": r["params"],
-                                "ttl_seconds": r["ttl_seconds"],
-                                "rule": r["rule"],
-                                "reason": r["reason"],
-                                "shadow": False,
-                                "policy_revision": r["policy_revision"],
-                                "review_id": review.id,
-                            },
-                        )
-                        for r in rows
-                    ),
-                ],
-            )
-            await record_changes(session, rows, "planned", now)
-        self._wake()
+        review = await self._open(session, review_id)
+        rows = confirmed_actions(review.model_dump(), actor, note, now)
+        rows += await session.run_sync(expand_suspensions, rows, now)
+        await session.run_sync(actions_repo.insert_actions, rows)
+        self._resolve(review, "confirmed", actor, note, now)
+        review.applied = [r["id"] for r in rows]
+        await actions_repo.set_action_states(
+            session, {review.action_id: ActionState.LIFTED.value}, now
+        )
+        await audit.record(
+            session,
+            [
+                self._event(review, "review.confirmed", actor, now, {"note": note}),
+                *(
+                    EventDraft(
+                        type="action.planned",
+                        actor=actor,
+                        at=now,
+                        provider=r["provider"],
+                        verdict_id=r["verdict_id"],
+                        decision_id=r["decision_id"],
+                        action_id=r["id"],
+                        trace_id=r["trace_id"],
+                        payload={
+                            "type": r["type"],
+                            "target": {"kind": r["target_kind"], "value": r["target_value"]},
+                            "params": r["params"],
+                            "ttl_seconds": r["ttl_seconds"],
+                            "rule": r["rule"],
+                            "reason": r["reason"],
+                            "shadow": False,
+                            "policy_revision": r["policy_revision"],
+                            "review_id": review.id,
+                        },
+                    )
+                    for r in rows
+                ),
+            ],
+        )
+        await record_changes(session, rows, "planned", now)
+        after_commit(session, self._wake)
         return Confirmed(review, rows)
 
-    async def dismiss(self, review_id: str, actor: str, reason: str) -> ReviewRow:
+    async def dismiss(
+        self, session: AsyncSession, review_id: str, actor: str, reason: str
+    ) -> ReviewRow:
         now = utcnow()
-        async with self._db.write() as session, session.begin():
-            review = await self._open(session, review_id)
-            self._resolve(review, "dismissed", actor, reason, now)
-            await actions_repo.set_action_states(
-                session, {review.action_id: ActionState.LIFTED.value}, now
-            )
-            await audit.record(
-                session, [self._event(review, "review.dismissed", actor, now, {"reason": reason})]
-            )
+        review = await self._open(session, review_id)
+        self._resolve(review, "dismissed", actor, reason, now)
+        await actions_repo.set_action_states(
+            session, {review.action_id: ActionState.LIFTED.value}, now
+        )
+        await audit.record(
+            session, [self._event(review, "review.dismissed", actor, now, {"reason": reason})]
+        )
         return review
 
     @staticmethod
-    async def _open(session: Any, review_id: str) -> ReviewRow:
+    async def _open(session: AsyncSession, review_id: str) -> ReviewRow:
         review = await repository.get_review(session, review_id, for_update=True)
         if review is None:
             raise NotFound(f"no review {review_id!r}")

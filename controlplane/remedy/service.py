@@ -9,6 +9,9 @@ entry within a follower's batch of the commit.
 An IP or CIDR exemption is also a gateway entry of its own (`allow`), consulted
 before the block list where the gateway can: a single address carved out of a
 blocked range is served while its neighbours stay refused.
+
+Every method works in the session it is given: the request or job that calls it
+holds the transaction, and wakes the connectors once it commits (`after_commit`).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from controlplane.plan import repository as actions_repo
 from controlplane.remedy import repository
 from controlplane.remedy.repository import AppealFilter as AppealFilter
 from controlplane.settings import Providers
-from controlplane.store.db import Database
+from controlplane.store.db import after_commit
 from controlplane.store.models import ActionRow, AppealRow, ExemptionRow, new_id
 from controlplane.store.types import utcnow
 from controlplane.telemetry.tracing import tracer
@@ -119,32 +122,34 @@ class _Matched:
 class Remedy:
     """Lifts, exemptions and appeals, for the API, the CLI and the jobs."""
 
-    def __init__(self, db: Database, enforcer: Enforcer, providers: Providers) -> None:
-        self._db = db
+    def __init__(self, enforcer: Enforcer, providers: Providers) -> None:
         self._enforcer = enforcer
         self._providers = providers
 
     # -- lifts by hand ---------------------------------------------------------------------
 
-    async def lift(self, action_id: str, actor: str, reason: str) -> ActionRow:
+    async def lift(
+        self, session: AsyncSession, action_id: str, actor: str, reason: str
+    ) -> ActionRow:
         """Lift one active action: it leaves the desired state, connectors drop it."""
         now = utcnow()
-        async with self._db.write() as session, session.begin():
-            row, lifted = await actions_repo.lift(session, action_id, now)
-            if row is None:
-                raise NotFound(f"no action {action_id!r}")
-            if not lifted:
-                raise Conflict(f"action {action_id} is {row.state}, not active: nothing to lift")
-            # A suspension's key revocations end with it.
-            lifted_rows = [row, *await actions_repo.lift_children(session, row.id, now)]
-            await self._record_lifts(session, lifted_rows, "lifted", actor, reason, now)
-            await record_changes(session, [r.model_dump() for r in lifted_rows], "lifted", now)
-        self._enforcer.wake()
+        row, lifted = await actions_repo.lift(session, action_id, now)
+        if row is None:
+            raise NotFound(f"no action {action_id!r}")
+        if not lifted:
+            raise Conflict(f"action {action_id} is {row.state}, not active: nothing to lift")
+        # A suspension's key revocations end with it.
+        lifted_rows = [row, *await actions_repo.lift_children(session, row.id, now)]
+        await self._record_lifts(session, lifted_rows, "lifted", actor, reason, now)
+        await record_changes(session, [r.model_dump() for r in lifted_rows], "lifted", now)
+        after_commit(session, self._enforcer.wake)
         return row
 
     # -- exemptions ------------------------------------------------------------------------
 
-    async def add_exemption(self, draft: ExemptionDraft, actor: str) -> ExemptionOutcome:
+    async def add_exemption(
+        self, session: AsyncSession, draft: ExemptionDraft, actor: str
+    ) -> ExemptionOutcome:
         """Exempt a subject, and lift at once what is enforced on it; an IP or CIDR is
         carved out of wider blocked ranges where the gateway can."""
         now = utcnow()
@@ -156,21 +161,20 @@ class Remedy:
             },
         ) as span:
             trace_id, span_id = _ids(span)
-            async with self._db.write() as session, session.begin():
-                row = await self._insert_exemption(session, draft, actor, now, trace_id)
-                matched = await self._matching(session, draft.provider, draft.subject)
-                lifted = await self._lift_all(
-                    session,
-                    matched.lift,
-                    "exempted",
-                    actor,
-                    f"exemption {row.id}: {draft.reason}",
-                    now,
-                    trace_id=trace_id,
-                    span_id=span_id,
-                )
-                await self._allow(session, row, "exempted", now, trace_id, span_id)
-        self._enforcer.wake()
+            row = await self._insert_exemption(session, draft, actor, now, trace_id)
+            matched = await self._matching(session, draft.provider, draft.subject)
+            lifted = await self._lift_all(
+                session,
+                matched.lift,
+                "exempted",
+                actor,
+                f"exemption {row.id}: {draft.reason}",
+                now,
+                trace_id=trace_id,
+                span_id=span_id,
+            )
+            await self._allow(session, row, "exempted", now, trace_id, span_id)
+        after_commit(session, self._enforcer.wake)
         return ExemptionOutcome(
             row=row,
             lifted=[a.id for a in lifted],
@@ -178,41 +182,41 @@ class Remedy:
             carve_out=self._carve_out(draft.provider, draft.subject),
         )
 
-    async def remove_exemption(self, exemption_id: str, actor: str, reason: str) -> ExemptionRow:
+    async def remove_exemption(
+        self, session: AsyncSession, exemption_id: str, actor: str, reason: str
+    ) -> ExemptionRow:
         now = utcnow()
-        async with self._db.write() as session, session.begin():
-            row = await repository.get_exemption(session, exemption_id, for_update=True)
-            if row is None:
-                raise NotFound(f"no exemption {exemption_id!r}")
-            if row.ended_at is not None:
-                raise Conflict(f"exemption {exemption_id} ended at {row.ended_at.isoformat()}")
-            await repository.end_exemptions(session, [row.id], actor, now)
-            await audit.record(session, [_exemption_event(row, "removed", actor, now, reason)])
-            await self._allow(session, row, "lifted", now)
-            row.ended_at, row.ended_by = now, actor
-        self._enforcer.wake()
+        row = await repository.get_exemption(session, exemption_id, for_update=True)
+        if row is None:
+            raise NotFound(f"no exemption {exemption_id!r}")
+        if row.ended_at is not None:
+            raise Conflict(f"exemption {exemption_id} ended at {row.ended_at.isoformat()}")
+        await repository.end_exemptions(session, [row.id], actor, now)
+        await audit.record(session, [_exemption_event(row, "removed", actor, now, reason)])
+        await self._allow(session, row, "lifted", now)
+        row.ended_at, row.ended_by = now, actor
+        after_commit(session, self._enforcer.wake)
         return row
 
-    async def expire_exemptions(self, limit: int = 1000) -> int:
+    async def expire_exemptions(self, session: AsyncSession, limit: int = 1000) -> int:
         """End exemptions past their expiry (each an audit event); their carve-outs go."""
         now = utcnow()
-        async with self._db.write() as session, session.begin():
-            due = await repository.due_exemptions(session, now, limit)
-            if not due:
-                return 0
-            await repository.end_exemptions(session, [e.id for e in due], "tollgate", now)
-            await audit.record(
-                session, [_exemption_event(e, "expired", "tollgate", now) for e in due]
-            )
-            await record_changes(
-                session, [_allow_change(e) for e in due if _network(e)], "expired", now
-            )
-        self._enforcer.wake()
+        due = await repository.due_exemptions(session, now, limit)
+        if not due:
+            return 0
+        await repository.end_exemptions(session, [e.id for e in due], "tollgate", now)
+        await audit.record(session, [_exemption_event(e, "expired", "tollgate", now) for e in due])
+        await record_changes(
+            session, [_allow_change(e) for e in due if _network(e)], "expired", now
+        )
+        after_commit(session, self._enforcer.wake)
         return len(due)
 
     # -- appeals ---------------------------------------------------------------------------
 
-    async def file_appeal(self, draft: AppealDraft, actor: str) -> AppealView:
+    async def file_appeal(
+        self, session: AsyncSession, draft: AppealDraft, actor: str
+    ) -> AppealView:
         """Record an appeal in state `open`, with the actions it covers."""
         now = utcnow()
         appeal_id = new_id("apl")
@@ -221,177 +225,179 @@ class Remedy:
             attributes={"tollgate.appeal_id": appeal_id, "tollgate.provider": draft.provider},
         ) as span:
             trace_id, span_id = _ids(span)
-            async with self._db.write() as session, session.begin():
-                covered = await self._covered_at_filing(session, draft)
-                row: dict[str, Any] = {
-                    "id": appeal_id,
-                    "provider": draft.provider,
-                    "subject_kind": draft.subject.kind,
-                    "subject_value": draft.subject.value,
-                    "reference": draft.reference,
-                    "statement": draft.statement,
-                    "contact": draft.contact,
-                    "state": "open",
-                    "filed_by": actor,
-                    "filed_at": now,
-                    "trace_id": trace_id,
-                    "span_id": span_id,
-                }
-                await repository.insert_appeal(session, row)
-                await repository.cover(session, appeal_id, [a.id for a in covered], None)
-                await audit.record(
-                    session,
-                    [
-                        _appeal_event(
-                            AppealRow(**row),
-                            "filed",
-                            actor,
-                            now,
-                            {
-                                "reference": draft.reference,
-                                "action_ids": [a.id for a in covered],
-                            },
-                        )
-                    ],
-                )
-        return await self.appeal(appeal_id)
+            covered = await self._covered_at_filing(session, draft)
+            row: dict[str, Any] = {
+                "id": appeal_id,
+                "provider": draft.provider,
+                "subject_kind": draft.subject.kind,
+                "subject_value": draft.subject.value,
+                "reference": draft.reference,
+                "statement": draft.statement,
+                "contact": draft.contact,
+                "state": "open",
+                "filed_by": actor,
+                "filed_at": now,
+                "trace_id": trace_id,
+                "span_id": span_id,
+            }
+            await repository.insert_appeal(session, row)
+            await repository.cover(session, appeal_id, [a.id for a in covered], None)
+            await audit.record(
+                session,
+                [
+                    _appeal_event(
+                        AppealRow(**row),
+                        "filed",
+                        actor,
+                        now,
+                        {
+                            "reference": draft.reference,
+                            "action_ids": [a.id for a in covered],
+                        },
+                    )
+                ],
+            )
+        return await self.appeal(session, appeal_id)
 
     async def uphold(
-        self, appeal_id: str, actor: str, reason: str, exempt_for: timedelta | None
+        self,
+        session: AsyncSession,
+        appeal_id: str,
+        actor: str,
+        reason: str,
+        exempt_for: timedelta | None,
     ) -> AppealView:
         """Lift every action the appeal covers (and, for an account or org, every active
         action on it), exempt the subject for `exempt_for`, record the outcome."""
         now = utcnow()
-        async with self._db.write() as session, session.begin():
-            appeal = await self._to_decide(session, appeal_id, actor)
-            with _continuing(appeal, SPAN_UPHOLD) as span:
-                trace_id, span_id = _ids(span)
-                subject = Subject(appeal.subject_kind, appeal.subject_value)
-                covered = await actions_repo.actions_by_id(
-                    session, await repository.covered_ids(session, appeal.id)
+        appeal = await self._to_decide(session, appeal_id, actor)
+        with _continuing(appeal, SPAN_UPHOLD) as span:
+            trace_id, span_id = _ids(span)
+            subject = Subject(appeal.subject_kind, appeal.subject_value)
+            covered = await actions_repo.actions_by_id(
+                session, await repository.covered_ids(session, appeal.id)
+            )
+            matched = await self._matching(session, appeal.provider, subject)
+            wider = {a.id for a in matched.covering}
+            candidates = {a.id: a for a in [*covered, *matched.lift, *matched.covering]}
+            to_lift = [
+                a for a in candidates.values() if a.id not in wider and not _wider_than(a, subject)
+            ]
+            await audit.record(
+                session,
+                [_appeal_event(appeal, "upheld", actor, now, {"reason": reason}, trace_id)],
+            )
+            lifted = await self._lift_all(
+                session,
+                to_lift,
+                "upheld",
+                actor,
+                f"appeal {appeal.id} upheld: {reason}",
+                now,
+                appeal_id=appeal.id,
+                trace_id=trace_id,
+                span_id=span_id,
+            )
+            exemption: ExemptionRow | None = None
+            if exempt_for is not None:
+                draft = ExemptionDraft(
+                    provider=appeal.provider,
+                    subject=subject,
+                    owner=actor,
+                    reason=f"appeal {appeal.id} upheld: {reason}",
+                    expires_at=now + exempt_for,
                 )
-                matched = await self._matching(session, appeal.provider, subject)
-                wider = {a.id for a in matched.covering}
-                candidates = {a.id: a for a in [*covered, *matched.lift, *matched.covering]}
-                to_lift = [
-                    a
-                    for a in candidates.values()
-                    if a.id not in wider and not _wider_than(a, subject)
-                ]
-                await audit.record(
-                    session,
-                    [_appeal_event(appeal, "upheld", actor, now, {"reason": reason}, trace_id)],
+                exemption = await self._insert_exemption(
+                    session, draft, actor, now, trace_id, appeal_id=appeal.id
                 )
-                lifted = await self._lift_all(
-                    session,
-                    to_lift,
-                    "upheld",
-                    actor,
-                    f"appeal {appeal.id} upheld: {reason}",
-                    now,
-                    appeal_id=appeal.id,
-                    trace_id=trace_id,
-                    span_id=span_id,
-                )
-                exemption: ExemptionRow | None = None
-                if exempt_for is not None:
-                    draft = ExemptionDraft(
-                        provider=appeal.provider,
-                        subject=subject,
-                        owner=actor,
-                        reason=f"appeal {appeal.id} upheld: {reason}",
-                        expires_at=now + exempt_for,
+            span.set_attribute("tollgate.lifted", len(lifted))
+            await repository.cover(session, appeal.id, list(candidates), None)
+            await repository.mark_lifted(session, appeal.id, [a.id for a in lifted], now)
+            await repository.decide_appeal(
+                session,
+                appeal.id,
+                {
+                    "state": "upheld",
+                    "decided_by": actor,
+                    "decided_at": now,
+                    "decision_reason": reason,
+                    "exemption_id": exemption.id if exemption else None,
+                },
+            )
+            await audit.record(
+                session,
+                [
+                    _appeal_event(
+                        appeal,
+                        "outcome",
+                        actor,
+                        now,
+                        {
+                            "state": "upheld",
+                            "lifted": [a.id for a in lifted],
+                            "carved_out": sorted(wider),
+                            "exemption_id": exemption.id if exemption else None,
+                            "exempt_until": _iso(exemption.expires_at) if exemption else None,
+                            "contact": appeal.contact,
+                        },
+                        trace_id,
                     )
-                    exemption = await self._insert_exemption(
-                        session, draft, actor, now, trace_id, appeal_id=appeal.id
-                    )
-                span.set_attribute("tollgate.lifted", len(lifted))
-                await repository.cover(session, appeal.id, list(candidates), None)
-                await repository.mark_lifted(session, appeal.id, [a.id for a in lifted], now)
-                await repository.decide_appeal(
-                    session,
-                    appeal.id,
-                    {
-                        "state": "upheld",
-                        "decided_by": actor,
-                        "decided_at": now,
-                        "decision_reason": reason,
-                        "exemption_id": exemption.id if exemption else None,
-                    },
-                )
-                await audit.record(
-                    session,
-                    [
-                        _appeal_event(
-                            appeal,
-                            "outcome",
-                            actor,
-                            now,
-                            {
-                                "state": "upheld",
-                                "lifted": [a.id for a in lifted],
-                                "carved_out": sorted(wider),
-                                "exemption_id": exemption.id if exemption else None,
-                                "exempt_until": _iso(exemption.expires_at) if exemption else None,
-                                "contact": appeal.contact,
-                            },
-                            trace_id,
-                        )
-                    ],
-                )
-                await record_changes(
-                    session, _changes(lifted, trace_id, span_id), "upheld", now, span_id
-                )
-                if exemption is not None:
-                    await self._allow(session, exemption, "exempted", now, trace_id, span_id)
-        self._enforcer.wake()
-        return await self.appeal(appeal_id)
+                ],
+            )
+            await record_changes(
+                session, _changes(lifted, trace_id, span_id), "upheld", now, span_id
+            )
+            if exemption is not None:
+                await self._allow(session, exemption, "exempted", now, trace_id, span_id)
+        after_commit(session, self._enforcer.wake)
+        return await self.appeal(session, appeal_id)
 
-    async def deny(self, appeal_id: str, actor: str, reason: str) -> AppealView:
+    async def deny(
+        self, session: AsyncSession, appeal_id: str, actor: str, reason: str
+    ) -> AppealView:
         """Close the appeal as denied: nothing changes at any gateway."""
         now = utcnow()
-        async with self._db.write() as session, session.begin():
-            appeal = await self._to_decide(session, appeal_id, actor)
-            with _continuing(appeal, SPAN_DENY) as span:
-                trace_id, _ = _ids(span)
-                await repository.decide_appeal(
-                    session,
-                    appeal.id,
-                    {
-                        "state": "denied",
-                        "decided_by": actor,
-                        "decided_at": now,
-                        "decision_reason": reason,
-                    },
-                )
-                await audit.record(
-                    session,
-                    [
-                        _appeal_event(appeal, "denied", actor, now, {"reason": reason}, trace_id),
-                        _appeal_event(
-                            appeal,
-                            "outcome",
-                            actor,
-                            now,
-                            {"state": "denied", "contact": appeal.contact},
-                            trace_id,
-                        ),
-                    ],
-                )
-        return await self.appeal(appeal_id)
-
-    async def exemptions(self, provider: str | None, live: bool, limit: int) -> list[ExemptionRow]:
-        """The newest exemptions, of one provider or all, only those holding now or all."""
-        async with self._db.read() as session:
-            return await repository.list_exemptions(
-                session, provider, utcnow() if live else None, limit
+        appeal = await self._to_decide(session, appeal_id, actor)
+        with _continuing(appeal, SPAN_DENY) as span:
+            trace_id, _ = _ids(span)
+            await repository.decide_appeal(
+                session,
+                appeal.id,
+                {
+                    "state": "denied",
+                    "decided_by": actor,
+                    "decided_at": now,
+                    "decision_reason": reason,
+                },
             )
+            await audit.record(
+                session,
+                [
+                    _appeal_event(appeal, "denied", actor, now, {"reason": reason}, trace_id),
+                    _appeal_event(
+                        appeal,
+                        "outcome",
+                        actor,
+                        now,
+                        {"state": "denied", "contact": appeal.contact},
+                        trace_id,
+                    ),
+                ],
+            )
+        return await self.appeal(session, appeal_id)
 
-    async def exemption(self, exemption_id: str) -> ExemptionRow:
+    async def exemptions(
+        self, session: AsyncSession, provider: str | None, live: bool, limit: int
+    ) -> list[ExemptionRow]:
+        """The newest exemptions, of one provider or all, only those holding now or all."""
+        return await repository.list_exemptions(
+            session, provider, utcnow() if live else None, limit
+        )
+
+    async def exemption(self, session: AsyncSession, exemption_id: str) -> ExemptionRow:
         """One exemption that holds now (an ended one is NotFound: its record stays in
         the list and the audit trail)."""
-        async with self._db.read() as session:
-            row = await repository.get_exemption(session, exemption_id)
+        row = await repository.get_exemption(session, exemption_id)
         if row is None:
             raise NotFound(f"no exemption {exemption_id!r}")
         if row.ended_at is not None:
@@ -401,19 +407,17 @@ class Remedy:
             )
         return row
 
-    async def appeal(self, appeal_id: str) -> AppealView:
-        async with self._db.read() as session:
-            row = await repository.get_appeal(session, appeal_id)
-            if row is None:
-                raise NotFound(f"no appeal {appeal_id!r}")
-            return (await self._views(session, [row]))[0]
+    async def appeal(self, session: AsyncSession, appeal_id: str) -> AppealView:
+        row = await repository.get_appeal(session, appeal_id)
+        if row is None:
+            raise NotFound(f"no appeal {appeal_id!r}")
+        return (await self._views(session, [row]))[0]
 
     async def appeals(
-        self, where: AppealFilter, cursor: str | None, limit: int
+        self, session: AsyncSession, where: AppealFilter, cursor: str | None, limit: int
     ) -> list[AppealView]:
-        async with self._db.read() as session:
-            rows = await repository.list_appeals(session, where, cursor, limit)
-            return await self._views(session, rows)
+        rows = await repository.list_appeals(session, where, cursor, limit)
+        return await self._views(session, rows)
 
     # -- internals -------------------------------------------------------------------------
 

@@ -9,8 +9,13 @@ commits, where SQLite's busy handler would sleep in steps of up to 100 ms."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import (
+    AbstractContextManager,
+    asynccontextmanager,
+    contextmanager,
+    nullcontext,
+)
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -19,7 +24,12 @@ from sqlalchemy import Engine, event
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy import exc as sql
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlalchemy.orm import Session, sessionmaker
 
 from controlplane.store.repository import ping
@@ -100,11 +110,27 @@ def _sqlite_begin(conn: Any) -> None:
 
 
 WRITE_OPTION = "tollgate_write"
+AFTER_COMMIT = "tollgate_after_commit"
+
+
+def after_commit(session: AsyncSession, hook: Callable[[], object]) -> None:
+    """Run `hook` once the unit of work that holds `session` has committed, never when it
+    rolls back: how a service wakes what acts on its writes (the connectors) only once
+    they can be seen. A hook registered twice runs once."""
+    hooks: list[Callable[[], object]] | None = session.info.get(AFTER_COMMIT)
+    if hooks is None:
+        raise RuntimeError(
+            "after_commit needs the session of a unit of work (Database.transaction()): "
+            "writes in any other session are never committed"
+        )
+    if hook not in hooks:
+        hooks.append(hook)
 
 
 class Database:
     """The engine and two session makers: `read()` for queries, `write()` for
-    transactions that change state (SQLite: BEGIN IMMEDIATE)."""
+    transactions that change state (SQLite: BEGIN IMMEDIATE). Only the request and job
+    boundaries open sessions, with `read()` or `transaction()`; services are given one."""
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -115,6 +141,19 @@ class Database:
         self.write = async_sessionmaker(
             self.engine.execution_options(**{WRITE_OPTION: True}), expire_on_commit=False
         )
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncSession]:
+        """A unit of work: one write transaction (SQLite: BEGIN IMMEDIATE, taken at its
+        first statement), committed when the block ends and rolled back when it raises;
+        once it has committed, the hooks its services gave `after_commit` run."""
+        hooks: list[Callable[[], object]] = []
+        async with self.write() as session:
+            session.info[AFTER_COMMIT] = hooks
+            async with session.begin():
+                yield session
+        for hook in hooks:
+            hook()
 
     @cached_property
     def blocking(self) -> Engine:

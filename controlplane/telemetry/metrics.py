@@ -246,7 +246,8 @@ async def _remediation_families(db: Database) -> list[Metric]:
     report's `GET /v1/reports/remediation` figures; labels name rules and detectors,
     never subjects)."""
     now = datetime.now(UTC)
-    figures = await report.remediation(db, now - REMEDIATION_WINDOW, now)
+    async with db.read() as session:
+        figures = await report.remediation(session, now - REMEDIATION_WINDOW, now)
     labels = ["by", "name"]
     taken = GaugeMetricFamily(
         "tollgate_remediation_actions", "Actions taken in the last 30 days.", labels=labels

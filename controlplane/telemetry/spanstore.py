@@ -37,8 +37,9 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from controlplane.store.db import Database, sync_url
+from controlplane.store.db import sync_url
 from controlplane.store.models import SpanRow
 from controlplane.telemetry import repository
 
@@ -148,6 +149,7 @@ class _Sink:
         self.users = 1
 
     def write(self, rows: Sequence[dict[str, Any]]) -> None:
+        """One batch, in a transaction of the exporter thread's own engine."""
         with self.engine.begin() as conn:
             repository.insert_spans(conn, rows)
 
@@ -280,14 +282,14 @@ class SpanStore:
 store = SpanStore()
 
 
-async def prune(db: Database, retention_hours: float) -> int:
+async def prune(session: AsyncSession, retention_hours: float) -> int:
     """Delete spans that started more than `retention_hours` ago; returns how many."""
     cutoff = time.time_ns() - int(retention_hours * 3600 * 1e9)
-    async with db.write() as session, session.begin():
-        return await repository.prune(session, cutoff)
+    return await repository.prune(session, cutoff)
 
 
-async def trace_spans(db: Database, trace_id: str, limit: int = MAX_TRACE_SPANS) -> list[SpanRow]:
+async def trace_spans(
+    session: AsyncSession, trace_id: str, limit: int = MAX_TRACE_SPANS
+) -> list[SpanRow]:
     """The stored spans of one trace, by start time."""
-    async with db.read() as session:
-        return await repository.trace_spans(session, trace_id, limit)
+    return await repository.trace_spans(session, trace_id, limit)

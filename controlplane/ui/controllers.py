@@ -9,6 +9,7 @@ console session of a reader; a request without one is sent to sign in.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlencode
@@ -23,12 +24,22 @@ from litestar.response import Redirect, Template
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 from litestar.types import ControllerRouterHandler
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane import __version__
+from controlplane.audit import subjects
 from controlplane.auth.guards import principal_of
+from controlplane.auth.service import TokenService
+from controlplane.enforce.service import Enforcer
 from controlplane.errors import TollgateError
-from controlplane.runtime import Runtime
-from controlplane.ui import remedy, service, sessions
+from controlplane.evaluate.explain import explain
+from controlplane.intel.service import IntelService
+from controlplane.remedy.reviews_service import ReviewService
+from controlplane.remedy.service import Remedy
+from controlplane.settings import Settings
+from controlplane.store.db import Database
+from controlplane.ui import remedy as appeal_pages
+from controlplane.ui import service, sessions
 from controlplane.ui.display import short
 from controlplane.ui.sessions import COOKIE, SIGN_IN, SignInRequired
 from controlplane.ui.traces import TraceController
@@ -132,17 +143,21 @@ class SignInController(Controller):
 
     @post("/sign-in", status_code=303)
     async def sign_in(
-        self, request: Request[Any, Any, Any], runtime: NamedDependency[Runtime]
+        self,
+        request: Request[Any, Any, Any],
+        settings: NamedDependency[Settings],
+        tokens: NamedDependency[TokenService],
+        read_session: NamedDependency[AsyncSession],
     ) -> Response[Any]:
         """Check the token once and open a session: a signed cookie naming the token's
         id (never the token), HttpOnly, SameSite=Strict, Secure over https."""
         form = await request.form()
         target = sessions.safe_next(str(form.get("next", "")))
-        forged = sessions.form_problem(request, runtime.settings, str(form.get("csrf", "")))
+        forged = sessions.form_problem(request, settings, str(form.get("csrf", "")))
         if forged:
             return _sign_in_page(request, target, forged, status_code=403)
         token = str(form.get("token", "")).strip()
-        principal = await runtime.tokens.authenticate(token) if token else None
+        principal = await tokens.authenticate(read_session, token) if token else None
         error = None
         if principal is None:
             error = "That token is unknown, revoked or expired."
@@ -153,7 +168,7 @@ class SignInController(Controller):
             )
         if error is not None or principal is None:
             return _sign_in_page(request, target, error, 401 if principal is None else 403)
-        value, lifetime = sessions.issue(runtime.settings, principal)
+        value, lifetime = sessions.issue(settings, principal)
         return Redirect(
             target,
             status_code=303,
@@ -172,11 +187,11 @@ class SignInController(Controller):
 
     @post("/sign-out", status_code=303)
     async def sign_out(
-        self, request: Request[Any, Any, Any], runtime: NamedDependency[Runtime]
+        self, request: Request[Any, Any, Any], settings: NamedDependency[Settings]
     ) -> Response[Any]:
         """Forget the session cookie here (revoke the token to end it everywhere)."""
         form = await request.form()
-        forged = sessions.form_problem(request, runtime.settings, str(form.get("csrf", "")))
+        forged = sessions.form_problem(request, settings, str(form.get("csrf", "")))
         if forged:
             return Response(forged, status_code=403, media_type="text/plain", headers=HEADERS)
         response = Redirect(SIGN_IN, status_code=303)
@@ -194,7 +209,8 @@ class ConsoleController(Controller):
     async def timeline(
         self,
         request: Request[Any, Any, Any],
-        runtime: NamedDependency[Runtime],
+        db: NamedDependency[Database],
+        session: NamedDependency[AsyncSession],
         subject_kind: FromQuery[str] = "",
         subject: FromQuery[str] = "",
         provider: FromQuery[str] = "",
@@ -212,7 +228,11 @@ class ConsoleController(Controller):
             subject_kind, subject, provider, action_type, rule, revision, actor, event, since, until
         )
         after = int(cursor) if cursor.isdigit() else None
-        page = await service.timeline(runtime, filters, after)
+        if subject.strip():
+            # The subject index follows the chain: brought up to date before this
+            # request's session reads anything, so it sees every event committed.
+            await subjects.catch_up(db)
+        page = await service.timeline(session, filters, after)
         if page.redirect:
             return Redirect(page.redirect, status_code=303)
         return _page(
@@ -227,97 +247,128 @@ class ConsoleController(Controller):
     async def subject(
         self,
         request: Request[Any, Any, Any],
-        runtime: NamedDependency[Runtime],
+        db: NamedDependency[Database],
+        session: NamedDependency[AsyncSession],
         kind: FromQuery[str] = "",
         value: FromQuery[str] = "",
     ) -> Template:
         """One subject's story: exemptions, verdicts, decisions, actions and events."""
-        page = await service.subject_page(runtime, kind, value)
+        await subjects.catch_up(db)  # as for the timeline's subject filter
+        page = await service.subject_page(session, kind, value)
         return _page(request, "subject.html", page=page)
 
     @get("/actions/{action_id:str}", name="console-action")
     async def action(
         self,
         request: Request[Any, Any, Any],
-        runtime: NamedDependency[Runtime],
+        db: NamedDependency[Database],
+        session: NamedDependency[AsyncSession],
+        enforcer: NamedDependency[Enforcer],
         action_id: FromPath[str],
         everything: Annotated[str, QueryParameter(name="all")] = "",
     ) -> Template:
         """One action: verdict, decision with the rules that fired, applies, and trace."""
-        page = await service.action_page(runtime, action_id, show_all=everything == "1")
+        page = await service.action_page(
+            session,
+            enforcer,
+            partial(explain, db),  # evaluate's, in a read session of its own
+            action_id,
+            show_all=everything == "1",
+        )
         return _page(request, "action.html", page=page)
 
     @get("/policies", name="console-policies")
     async def policies(
-        self, request: Request[Any, Any, Any], runtime: NamedDependency[Runtime]
+        self, request: Request[Any, Any, Any], session: NamedDependency[AsyncSession]
     ) -> Template:
         """Policy revisions, what each changed, and every activation and rollback."""
-        return _page(request, "policies.html", page=await service.policies_page(runtime))
+        return _page(request, "policies.html", page=await service.policies_page(session))
 
     @get("/policies/{revision:str}", name="console-revision")
     async def revision(
         self,
         request: Request[Any, Any, Any],
-        runtime: NamedDependency[Runtime],
+        session: NamedDependency[AsyncSession],
         revision: FromPath[str],
     ) -> Template:
         """One revision, diffed against the revision recorded before it."""
-        view = await service.revision_page(runtime, revision)
+        view = await service.revision_page(session, revision)
         return _page(request, "revision.html", revision=view)
 
     @get("/appeals", name="console-appeals")
     async def appeals(
         self,
         request: Request[Any, Any, Any],
-        runtime: NamedDependency[Runtime],
+        session: NamedDependency[AsyncSession],
+        remedy: NamedDependency[Remedy],
         appeal_state: Annotated[str, QueryParameter(name="state")] = "",
     ) -> Template:
         """The appeal queue, with the remediation figures of the last 30 days."""
-        page = await remedy.queue_page(runtime, appeal_state)
-        return _page(request, "appeals.html", page=page, rate=remedy.rate, duration=remedy.duration)
+        page = await appeal_pages.queue_page(session, remedy, appeal_state)
+        return _page(
+            request,
+            "appeals.html",
+            page=page,
+            rate=appeal_pages.rate,
+            duration=appeal_pages.duration,
+        )
 
     @get("/appeals/{appeal_id:str}", name="console-appeal")
     async def appeal(
         self,
         request: Request[Any, Any, Any],
-        runtime: NamedDependency[Runtime],
+        session: NamedDependency[AsyncSession],
+        remedy: NamedDependency[Remedy],
         appeal_id: FromPath[str],
     ) -> Template:
         """One appeal: the customer's case, the decision and what was told, every action
         it covers and its state now."""
-        return _page(request, "appeal.html", page=await remedy.appeal_page(runtime, appeal_id))
+        page = await appeal_pages.appeal_page(session, remedy, appeal_id)
+        return _page(request, "appeal.html", page=page)
 
     @get("/reviews", name="console-reviews")
     async def reviews(
         self,
         request: Request[Any, Any, Any],
-        runtime: NamedDependency[Runtime],
+        session: NamedDependency[AsyncSession],
+        reviews: NamedDependency[ReviewService],
         review_state: Annotated[str, QueryParameter(name="state")] = "open",
     ) -> Template:
         """Hard actions withheld from verified customers, waiting for a reviewer."""
-        page = await service.reviews_page(runtime, review_state)
+        page = await service.reviews_page(session, reviews, review_state)
         return _page(request, "reviews.html", page=page)
 
     @get("/connectors", name="console-connectors")
     async def connectors(
-        self, request: Request[Any, Any, Any], runtime: NamedDependency[Runtime]
+        self,
+        request: Request[Any, Any, Any],
+        session: NamedDependency[AsyncSession],
+        enforcer: NamedDependency[Enforcer],
     ) -> Template:
         """Each connector's health and last reconcile."""
-        return _page(request, "connectors.html", connectors=await service.connectors_page(runtime))
+        found = await service.connectors_page(session, enforcer)
+        return _page(request, "connectors.html", connectors=found)
 
     @get("/peers", name="console-peers")
     async def peers(
-        self, request: Request[Any, Any, Any], runtime: NamedDependency[Runtime]
+        self,
+        request: Request[Any, Any, Any],
+        session: NamedDependency[AsyncSession],
+        intel: NamedDependency[IntelService],
     ) -> Template:
         """Intel peers: the health of their last pull and what each contributed."""
-        return _page(request, "peers.html", peers=await service.peers_page(runtime))
+        return _page(request, "peers.html", peers=await service.peers_page(session, intel))
 
     @get("/audit", name="console-audit")
     async def audit(
-        self, request: Request[Any, Any, Any], runtime: NamedDependency[Runtime]
+        self,
+        request: Request[Any, Any, Any],
+        session: NamedDependency[AsyncSession],
+        settings: NamedDependency[Settings],
     ) -> Template:
         """The audit chain recomputed now, and its signed checkpoints."""
-        return _page(request, "audit.html", report=await service.verify_page(runtime))
+        report = await service.verify_page(session, settings)
+        return _page(request, "audit.html", report=report)
 
 
 ROUTES: list[ControllerRouterHandler] = [
@@ -333,4 +384,5 @@ ROUTES: list[ControllerRouterHandler] = [
     ),
 ]
 """The console's routes, for the app's route list. The console draws on every area at
-once, so its page builders take the app's `runtime` dependency."""
+once: its handlers ask for the request's session and the services each page needs,
+as the areas provide them."""

@@ -7,11 +7,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from controlplane.remedy import report
 from controlplane.remedy.repository import AppealFilter
 from controlplane.remedy.schemas import Figures
-from controlplane.remedy.service import AppealView
-from controlplane.runtime import Runtime
+from controlplane.remedy.service import AppealView, Remedy
 from controlplane.ui.display import handles, mentions, subject_label, when
 from controlplane.ui.service import Subject, subject_href
 
@@ -91,11 +92,11 @@ def _line(view: AppealView) -> AppealLine:
     )
 
 
-async def queue_page(runtime: Runtime, state: str) -> QueuePage:
+async def queue_page(session: AsyncSession, remedy: Remedy, state: str) -> QueuePage:
     chosen = state if state in STATES else ""
-    views = await runtime.remedy.appeals(AppealFilter(state=chosen or None), None, QUEUE)
     now = datetime.now(UTC)
-    figures = await report.remediation(runtime.db, now - FIGURES_WINDOW, now)
+    views = await remedy.appeals(session, AppealFilter(state=chosen or None), None, QUEUE)
+    figures = await report.remediation(session, now - FIGURES_WINDOW, now)
     return QueuePage(
         state=chosen,
         appeals=[_line(v) for v in views],
@@ -106,8 +107,8 @@ async def queue_page(runtime: Runtime, state: str) -> QueuePage:
     )
 
 
-async def appeal_page(runtime: Runtime, appeal_id: str) -> AppealPage:
-    view = await runtime.remedy.appeal(appeal_id)
+async def appeal_page(session: AsyncSession, remedy: Remedy, appeal_id: str) -> AppealPage:
+    view = await remedy.appeal(session, appeal_id)
     row = view.row
     return AppealPage(
         line=_line(view),

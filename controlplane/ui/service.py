@@ -2,39 +2,46 @@
 
 Every value that can hold an API key id goes through a `Redactor` here, before a
 template sees it, so no template can leak one. The audit trail comes from the audit
-area's services (`list_events`, `subject_history`, `verify_database`); what no
-service answers (one action's story, key handles) comes from the repository of the
-area that owns the table.
+area's services (`list_events`, `subject_history`, `verify_chain`); what no service
+answers (one action's story, key handles) comes from the repository of the area that
+owns the table. Each page reads in the request's session, and is given the few
+services it asks besides (never the whole runtime); a page that reads the subject
+index is built after the request brought it up to date (`controllers.py`).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
+
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.audit import repository as audit_repo
 from controlplane.audit import service as audit
 from controlplane.audit import subjects
 from controlplane.audit.checkpoints import public_keys
 from controlplane.audit.repository import AuditFilter
-from controlplane.audit.verify import verify_database
+from controlplane.audit.verify import verify_chain
 from controlplane.domain.redact import key_handle, redact_keys
 from controlplane.domain.vocabulary import ActionType, SubjectKind
 from controlplane.enforce import repository as enforce_repo
+from controlplane.enforce.service import Enforcer
 from controlplane.errors import InvalidInput, NotFound, TollgateError
 from controlplane.evaluate import repository as decisions_repo
-from controlplane.evaluate.explain import explain
+from controlplane.evaluate.explain import Explanation
 from controlplane.ingest import repository as verdicts_repo
+from controlplane.intel.service import IntelService
 from controlplane.plan import repository as actions_repo
 from controlplane.policy import repository as policies_repo
 from controlplane.policy.service import bundle_of
 from controlplane.remedy import repository as remedy_repo
-from controlplane.runtime import Runtime
-from controlplane.store.db import Database
+from controlplane.remedy.reviews_service import ReviewService
+from controlplane.settings import Settings
 from controlplane.store.models import (
     ActionRow,
     AuditEventRow,
@@ -74,19 +81,18 @@ def _pretty(value: Any, redact: Redactor) -> str:
     return json.dumps(redact.value(value), indent=2, sort_keys=True, default=str)
 
 
-async def resolve_key(db: Database, handle: str) -> str | None:
+async def resolve_key(session: AsyncSession, handle: str) -> str | None:
     """The API key id behind a handle: one the console has shown, else a search."""
     known = handles.lookup(handle)
     if known is not None:
         return known
-    async with db.read() as session:
-        key = SubjectKind.API_KEY.value
-        # The subject index may trail the chain by a few seconds: targets and verdicts too.
-        ids = {
-            *await audit_repo.subject_values(session, key),
-            *await actions_repo.target_values(session, key),
-            *await verdicts_repo.api_key_ids(session),
-        }
+    key = SubjectKind.API_KEY.value
+    # The subject index may trail the chain by a few seconds: targets and verdicts too.
+    ids = {
+        *await audit_repo.subject_values(session, key),
+        *await actions_repo.target_values(session, key),
+        *await verdicts_repo.api_key_ids(session),
+    }
     for api_key_id in ids:
         if key_handle(api_key_id) == handle:
             handles.remember(api_key_id)
@@ -205,9 +211,8 @@ def _infer_kind(value: str) -> str:
     raise InvalidInput(f"subject {value!r}: choose its kind (account, api_key, org, ip, cidr)")
 
 
-async def _revision_id(db: Database, typed: str) -> str:
-    async with db.read() as session:
-        revisions = await policies_repo.revisions(session, limit=1000)
+async def _revision_id(session: AsyncSession, typed: str) -> str:
+    revisions = await policies_repo.revisions(session, limit=1000)
     matches = [r.id for r in revisions if r.id.startswith(typed)]
     if len(matches) == 1:
         return matches[0]
@@ -216,7 +221,9 @@ async def _revision_id(db: Database, typed: str) -> str:
     raise InvalidInput(f"revision {typed!r} is ambiguous: type more of it")
 
 
-async def _audit_filter(db: Database, f: Filters, page: TimelinePage) -> AuditFilter | None:
+async def _audit_filter(
+    session: AsyncSession, f: Filters, page: TimelinePage
+) -> AuditFilter | None:
     kind = value = None
     if f.subject.strip():
         typed = f.subject.strip()
@@ -229,7 +236,7 @@ async def _audit_filter(db: Database, f: Filters, page: TimelinePage) -> AuditFi
             page.redirect = "/console?" + f.query(subject=handles.remember(typed))
             return None
         if kind_enum is SubjectKind.API_KEY:
-            found = await resolve_key(db, typed)
+            found = await resolve_key(session, typed)
             if found is None:
                 raise InvalidInput(f"no API key with handle {typed} is on record")
             typed = found
@@ -242,7 +249,9 @@ async def _audit_filter(db: Database, f: Filters, page: TimelinePage) -> AuditFi
         provider=f.provider.strip() or None,
         action_type=f.action_type or None,
         rule=f.rule.strip() or None,
-        policy_revision=await _revision_id(db, f.revision.strip()) if f.revision.strip() else None,
+        policy_revision=(
+            await _revision_id(session, f.revision.strip()) if f.revision.strip() else None
+        ),
         actor=f.actor.strip() or None,
         type=f.event.strip() or None,
         since=_when_typed(f.since, "from") if f.since.strip() else None,
@@ -250,37 +259,37 @@ async def _audit_filter(db: Database, f: Filters, page: TimelinePage) -> AuditFi
     )
 
 
-async def timeline(runtime: Runtime, f: Filters, cursor: int | None) -> TimelinePage:
-    """Audit events newest first, with each one's action, subject and revision."""
+async def timeline(session: AsyncSession, f: Filters, cursor: int | None) -> TimelinePage:
+    """Audit events newest first, with each one's action, subject and revision (with a
+    subject filter, once the subject index caught up)."""
     page = TimelinePage(filters=f)
     try:
-        where = await _audit_filter(runtime.db, f, page)
+        where = await _audit_filter(session, f, page)
     except InvalidInput as exc:
         page.problems.append(exc.message)
         return page
     if where is None:
         return page
-    rows = await audit.list_events(runtime.db, where, cursor, PAGE + 1, ascending=False)
-    page.events = await event_views(runtime.db, rows[:PAGE])
+    rows = await audit.list_events(session, where, cursor, PAGE + 1, ascending=False)
+    page.events = await event_views(session, rows[:PAGE])
     if len(rows) > PAGE:
         page.next_cursor = rows[PAGE - 1].seq
     return page
 
 
-async def event_views(db: Database, rows: list[AuditEventRow]) -> list[EventView]:
-    async with db.read() as session:
-        actions = {
-            a.id: a
-            for a in await actions_repo.actions_by_id(
-                session, sorted({r.action_id for r in rows if r.action_id})
-            )
-        }
-        verdicts = await verdicts_repo.verdicts_by_id(
-            session, [r.verdict_id for r in rows if r.verdict_id]
+async def event_views(session: AsyncSession, rows: list[AuditEventRow]) -> list[EventView]:
+    actions = {
+        a.id: a
+        for a in await actions_repo.actions_by_id(
+            session, sorted({r.action_id for r in rows if r.action_id})
         )
-        decisions = await decisions_repo.decisions_by_id(
-            session, [r.decision_id for r in rows if r.decision_id]
-        )
+    }
+    verdicts = await verdicts_repo.verdicts_by_id(
+        session, [r.verdict_id for r in rows if r.verdict_id]
+    )
+    decisions = await decisions_repo.decisions_by_id(
+        session, [r.decision_id for r in rows if r.decision_id]
+    )
     keys: list[str | None] = [v.api_key_id for v in verdicts.values()]
     keys += [a.target_value for a in actions.values() if a.target_kind == "api_key"]
     for row in rows:
@@ -359,8 +368,9 @@ class SubjectPage:
     truncated: bool = False
 
 
-async def subject_page(runtime: Runtime, kind_text: str, value_text: str) -> SubjectPage:
-    """A subject's story: exemptions, verdicts and their decisions, actions, events."""
+async def subject_page(session: AsyncSession, kind_text: str, value_text: str) -> SubjectPage:
+    """A subject's story: exemptions, verdicts and their decisions, actions, events
+    (once the subject index caught up)."""
     if kind_text not in KINDS:
         raise InvalidInput(f"subject kind {kind_text!r}: one of {', '.join(KINDS)}")
     kind = SubjectKind(kind_text)
@@ -368,14 +378,13 @@ async def subject_page(runtime: Runtime, kind_text: str, value_text: str) -> Sub
     if kind is SubjectKind.API_KEY:
         if not is_handle(value):
             raise InvalidInput("name an API key by its handle (key: and 12 hex digits)")
-        found = await resolve_key(runtime.db, value)
+        found = await resolve_key(session, value)
         if found is None:
             raise NotFound(f"no API key with handle {value} is on record")
         value = found
     value = subjects.normalise(kind, value, "value")
-    history = await audit.subject_history(runtime.db, kind, value, None, HISTORY)
-    async with runtime.db.read() as session:
-        exemptions = await remedy_repo.exemptions_of(session, kind.value, value)
+    history = await audit.subject_history(session, kind, value, None, HISTORY)
+    exemptions = await remedy_repo.exemptions_of(session, kind.value, value)
     keys: list[str | None] = [value if kind is SubjectKind.API_KEY else None]
     keys += [v.api_key_id for v in history.verdicts]
     keys += [a.target_value for a in history.actions if a.target_kind == "api_key"]
@@ -408,7 +417,7 @@ async def subject_page(runtime: Runtime, kind_text: str, value_text: str) -> Sub
             }
         )
     page.actions = [_action_summary(a, redact) for a in reversed(history.actions)]
-    page.events = await event_views(runtime.db, list(reversed(history.events)))
+    page.events = await event_views(session, list(reversed(history.events)))
     return page
 
 
@@ -455,23 +464,29 @@ class ActionPage:
     show_all: bool
 
 
-async def action_page(runtime: Runtime, action_id: str, show_all: bool) -> ActionPage:
-    """Verdict, decision (with the rules that fired), applies per connector, and trace."""
-    async with runtime.db.read() as session:
-        row = await actions_repo.get_action(session, action_id)
-        if row is None:
-            raise NotFound(f"no action {action_id!r}")
-        verdict = await verdicts_repo.get_verdict(session, row.verdict_id)
-        decision = await decisions_repo.get_decision(session, row.decision_id)
-        applied = await enforce_repo.enforcement_of(session, row.id)
-        story = await audit_repo.story_events(session, row.id, row.decision_id, row.verdict_id, 500)
+async def action_page(
+    session: AsyncSession,
+    enforcer: Enforcer,
+    explain: Callable[[str], Awaitable[Explanation]],
+    action_id: str,
+    show_all: bool,
+) -> ActionPage:
+    """Verdict, decision (with the rules that fired, as `explain` re-runs it), applies
+    per connector, and trace."""
+    row = await actions_repo.get_action(session, action_id)
+    if row is None:
+        raise NotFound(f"no action {action_id!r}")
+    verdict = await verdicts_repo.get_verdict(session, row.verdict_id)
+    decision = await decisions_repo.get_decision(session, row.decision_id)
+    applied = await enforce_repo.enforcement_of(session, row.id)
+    story = await audit_repo.story_events(session, row.id, row.decision_id, row.verdict_id, 500)
     keys = [verdict.api_key_id if verdict else None]
     keys.append(row.target_value if row.target_kind == "api_key" else None)
     redact = Redactor(keys)
     explanation, explain_error = None, None
     if decision is not None:
         try:
-            e = await explain(runtime.db, decision.id)
+            e = await explain(decision.id)
         except TollgateError as exc:
             explain_error = redact.text(exc.message)
         else:
@@ -502,7 +517,7 @@ async def action_page(runtime: Runtime, action_id: str, show_all: bool) -> Actio
             }
     waterfall = None
     if row.trace_id:
-        spans = await spanstore.trace_spans(runtime.db, row.trace_id)
+        spans = await spanstore.trace_spans(session, row.trace_id)
         waterfall = layout(row.trace_id, spans, redact, row.verdict_id, show_all)
     return ActionPage(
         action=_action_summary(row, redact)
@@ -511,8 +526,8 @@ async def action_page(runtime: Runtime, action_id: str, show_all: bool) -> Actio
         decision=_decision_view(decision, redact) if decision else None,
         explanation=explanation,
         explain_error=explain_error,
-        connectors=_connector_states(runtime, row, applied, redact),
-        events=await event_views(runtime.db, story),
+        connectors=_connector_states(enforcer, row, applied, redact),
+        events=await event_views(session, story),
         waterfall=waterfall,
         show_all=show_all,
     )
@@ -562,12 +577,12 @@ def _decision_view(d: DecisionRow, redact: Redactor) -> dict[str, Any]:
 
 
 def _connector_states(
-    runtime: Runtime, row: ActionRow, applied: list[Any], redact: Redactor
+    enforcer: Enforcer, row: ActionRow, applied: list[Any], redact: Redactor
 ) -> list[ConnectorState]:
     by_name = {a.connector: a for a in applied}
     states: list[ConnectorState] = []
-    for name in runtime.enforcer.names:
-        config = runtime.enforcer.config(name)
+    for name in enforcer.names:
+        config = enforcer.config(name)
         if not config.covers(row.provider, row.type, row.target_kind):
             continue
         found = by_name.pop(name, None)
@@ -619,11 +634,10 @@ class PoliciesPage:
     activations: list[dict[str, str]]
 
 
-async def policies_page(runtime: Runtime) -> PoliciesPage:
+async def policies_page(session: AsyncSession) -> PoliciesPage:
     """Every revision (newest first) with what it changed from the one before it."""
-    async with runtime.db.read() as session:
-        revisions = await policies_repo.revisions(session, limit=200)
-        activations = await policies_repo.activations(session, limit=200)
+    revisions = await policies_repo.revisions(session, limit=200)
+    activations = await policies_repo.activations(session, limit=200)
     active = activations[0].revision if activations else None
     oldest_first = list(reversed(revisions))
     views = []
@@ -663,11 +677,10 @@ def _revision_view(
     )
 
 
-async def revision_page(runtime: Runtime, revision: str) -> RevisionView:
+async def revision_page(session: AsyncSession, revision: str) -> RevisionView:
     """One revision with the full diff against the revision recorded before it."""
-    async with runtime.db.read() as session:
-        revisions = await policies_repo.revisions(session, limit=1000)
-        activations = await policies_repo.activations(session, limit=1)
+    revisions = await policies_repo.revisions(session, limit=1000)
+    activations = await policies_repo.activations(session, limit=1)
     oldest_first = list(reversed(revisions))
     for i, r in enumerate(oldest_first):
         if r.id == revision:
@@ -679,11 +692,11 @@ async def revision_page(runtime: Runtime, revision: str) -> RevisionView:
 # -- connectors and audit --------------------------------------------------------------
 
 
-async def reviews_page(runtime: Runtime, state: str) -> dict[str, Any]:
+async def reviews_page(session: AsyncSession, reviews: ReviewService, state: str) -> dict[str, Any]:
     """The review queue: hard actions withheld from verified customers, oldest open
     first in age, each with what would have been done; keys shown by their handle."""
     chosen = state if state in {"open", "confirmed", "dismissed"} else "open"
-    rows, _ = await runtime.reviews.page(chosen, None, 200)
+    rows, _ = await reviews.page(session, chosen, None, 200)
     now = datetime.now(UTC)
     items = [
         {
@@ -720,8 +733,9 @@ def _review_keys(review: Any) -> list[str]:
     return keys + ([review.subject_value] if review.subject_kind == "api_key" else [])
 
 
-async def peers_page(runtime: Runtime) -> list[dict[str, Any]]:
+async def peers_page(session: AsyncSession, intel: IntelService) -> list[dict[str, Any]]:
     """What `GET /v1/intel/peers` answers, with times as the console shows them."""
+    peers = await intel.peers(session)
     return [
         {
             **p,
@@ -729,18 +743,17 @@ async def peers_page(runtime: Runtime) -> list[dict[str, Any]]:
             "last_success": when(p["last_success_at"]) if p["last_success_at"] else "never",
             "last_error": mentions(p["last_error"]) if p["last_error"] else "",
         }
-        for p in await runtime.intel.peers()
+        for p in peers
     ]
 
 
-async def connectors_page(runtime: Runtime) -> list[dict[str, Any]]:
+async def connectors_page(session: AsyncSession, enforcer: Enforcer) -> list[dict[str, Any]]:
     """What `GET /v1/connectors` answers: health now and the last reconcile."""
-    async with runtime.db.read() as session:
-        statuses = await enforce_repo.statuses(session)
+    statuses = await enforce_repo.statuses(session)
     out = []
-    for name in runtime.enforcer.names:
-        config = runtime.enforcer.config(name)
-        healthy, gateway, detail = await runtime.enforcer.health(name)
+    for name in enforcer.names:
+        config = enforcer.config(name)
+        healthy, gateway, detail = await enforcer.health(name)
         s = statuses.get(name)
         out.append(
             {
@@ -763,14 +776,14 @@ async def connectors_page(runtime: Runtime) -> list[dict[str, Any]]:
     return out
 
 
-async def verify_page(runtime: Runtime) -> dict[str, Any]:
+async def verify_page(session: AsyncSession, settings: Settings) -> dict[str, Any]:
     """The audit chain recomputed from genesis, with signed checkpoints checked against
     the configured signing key's public half when there is one."""
     try:
-        keys = public_keys([], runtime.settings)
+        keys = public_keys([], settings)
     except TollgateError as exc:
         return {"ok": False, "error": exc.message}
-    r = await verify_database(runtime.db, keys)
+    r = await verify_chain(session, keys)
     broken = r.broken
     return {
         "error": None,

@@ -102,7 +102,8 @@ async def principal_for(db: Database, token_id: str) -> Principal | None:
     cached = _cache.get(key)
     if cached and cached[0] > time.monotonic():
         return cached[1]
-    row = await token_by_id(db, token_id)
+    async with db.read() as session:
+        row = await token_by_id(session, token_id)
     principal = None
     if (
         row is not None

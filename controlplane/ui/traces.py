@@ -10,12 +10,12 @@ from typing import Annotated
 from litestar import Controller, get
 from litestar.di import NamedDependency
 from litestar.params import Parameter
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.auth.guards import requires
 from controlplane.auth.roles import READERS
 from controlplane.errors import InvalidInput, NotFound
 from controlplane.settings import Settings
-from controlplane.store.db import Database
 from controlplane.telemetry import spanstore
 from controlplane.ui.schemas import SpanOut, TraceOut
 
@@ -31,7 +31,7 @@ class TraceController(Controller):
     async def get_trace(
         self,
         trace_id: Annotated[str, Parameter(pattern=r"^[0-9a-fA-F]{32}$")],
-        db: NamedDependency[Database],
+        session: NamedDependency[AsyncSession],
         settings: NamedDependency[Settings],
     ) -> TraceOut:
         """The spans of one trace kept by the embedded span store, by start time: span
@@ -43,7 +43,7 @@ class TraceController(Controller):
                 f"trace id {trace_id!r} is not 32 hex digits",
                 details=[{"field": "trace_id", "message": "expected 32 hex digits"}],
             )
-        rows = await spanstore.trace_spans(db, trace_id, spanstore.MAX_TRACE_SPANS + 1)
+        rows = await spanstore.trace_spans(session, trace_id, spanstore.MAX_TRACE_SPANS + 1)
         if not rows:
             hours = settings.span_retention_hours
             kept = f"spans are kept {hours:g} hours" if hours > 0 else "the span store is off"

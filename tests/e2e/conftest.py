@@ -25,8 +25,8 @@ import uvicorn
 from playwright.async_api import Browser, Page, async_playwright
 
 from controlplane.api.app import create_app
+from controlplane.auth.jobs import Tokens
 from controlplane.auth.roles import Role
-from controlplane.auth.service import TokenService
 from controlplane.store.db import Database, upgrade
 from tests.support.app import POLICY_DIR, REPO, SCENARIO, make_settings
 
@@ -75,7 +75,7 @@ async def _tokens(url: str) -> dict[Role, str]:
     await asyncio.to_thread(upgrade, url)
     db = Database(url)
     try:
-        service = TokenService(db)
+        service = Tokens(db)
         return {
             role: (await service.create(f"e2e-{role.value}", role, actor="e2e"))[0]
             for role in (Role.ADMIN, Role.AUDITOR, Role.DETECTOR, Role.SUPPORT, Role.REVIEWER)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import httpx
 
+from controlplane.auth.jobs import Tokens
 from controlplane.auth.roles import Role
-from controlplane.auth.service import TokenService
 from controlplane.store.db import Database
 from tests.integration.connectors.webhook_receiver import WebhookReceiver
 from tests.support.app import POLICY_DIR
@@ -81,7 +81,7 @@ async def admin_headers(database_url: str) -> dict[str, str]:
     """Headers carrying a new admin token of that database."""
     db = Database(database_url)
     try:
-        token, _ = await TokenService(db).create("ops", Role.ADMIN, actor="tests")
+        token, _ = await Tokens(db).create("ops", Role.ADMIN, actor="tests")
     finally:
         await db.dispose()
     return {"Authorization": f"Bearer {token}"}

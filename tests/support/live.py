@@ -15,8 +15,8 @@ import httpx
 import uvicorn
 
 from controlplane.api.app import create_app
+from controlplane.auth.jobs import Tokens
 from controlplane.auth.roles import Role
-from controlplane.auth.service import TokenService
 from controlplane.settings import Settings
 from controlplane.store.db import Database, upgrade
 
@@ -39,7 +39,7 @@ async def _tokens(url: str, roles: tuple[Role, ...]) -> dict[Role, str]:
     await asyncio.to_thread(upgrade, url)
     db = Database(url)
     try:
-        service = TokenService(db)
+        service = Tokens(db)
         return {
             role: (await service.create(f"live-{role.value}", role, actor="tests"))[0]
             for role in roles

@@ -10,7 +10,12 @@ a violation fails with the file and line.
 - No broad `except` that swallows: a handler of `Exception`/`BaseException` (or a bare
   one) re-raises, logs, or uses the exception it caught.
 - Handlers call services: a controller never imports a repository nor opens a
-  database session itself (transactions open in services, at the request's edge).
+  database session itself (it asks for the request's `session`).
+- Transactions open at the boundary: in the areas listed in `UNIT_OF_WORK`, only the
+  boundary modules (`BOUNDARIES`: controllers and dependency providers, guards, jobs,
+  the runtime, the CLI) open a session or a transaction; services are given a session.
+  The few jobs and streams that live beside their rules are named in `JOB_ENTRY_POINTS`.
+  Nor does a service there import the runtime: it is given what it uses.
 - One owner per table: only the owning area's repository names a table's row class in
   code (a query, a row it builds); the others ask that repository. Type annotations
   may name any row. Every table of `store/models.py` has an owner here.
@@ -68,6 +73,45 @@ OWNERS = {
 }
 """The area whose repository alone queries each table (its row class)."""
 LOGS = {"debug", "info", "warning", "error", "exception", "critical"}
+UNIT_OF_WORK = [
+    "controlplane/remedy/",
+    "controlplane/customers/",
+    "controlplane/auth/",
+    "controlplane/intel/",
+    "controlplane/bouncers/",
+    "controlplane/audit/",
+    "controlplane/policy/service.py",
+    "controlplane/telemetry/spanstore.py",
+    "controlplane/ui/",
+    "controlplane/api/health.py",
+]
+"""Where transactions open at the request or job boundary only."""
+BOUNDARIES = {
+    "controlplane/api/dependencies.py",
+    "controlplane/auth/guards.py",
+    "controlplane/runtime.py",
+    "controlplane/ui/sessions.py",
+}
+"""Boundary modules besides controllers, `jobs.py` modules and the CLI: the request's
+session providers, the guards (they run before the handler), the runtime's jobs."""
+JOB_ENTRY_POINTS: dict[str, set[str]] = {
+    "controlplane/audit/service.py": {"export"},
+    "controlplane/audit/verify.py": {"verify_database"},
+    "controlplane/audit/checkpoints.py": {"write_checkpoint"},
+    "controlplane/audit/subjects.py": {"catch_up", "rebuild"},
+    "controlplane/bouncers/service.py": {"answer"},
+    "controlplane/policy/service.py": {"PolicyService"},
+    "controlplane/telemetry/spanstore.py": {"_Sink.write"},
+}
+"""Functions (or classes) of service modules that are jobs or streams, by module: each
+opens the transactions it needs itself, and says why in its docstring. A streamed
+answer outlives the request's session; a job works for a while between transactions,
+or chunk by chunk; the span exporter's thread has an engine of its own. The audit
+jobs and the policy sync stay beside their rules as the CLI's local paths import them
+from there."""
+DATABASE_NAMES = {"db", "_db"}
+OPENERS = {"read", "write", "transaction", "read_blocking", "write_blocking"}
+BEGINS = {"begin", "begin_nested"}
 
 
 def relative(path: Path) -> str:
@@ -97,6 +141,16 @@ def is_repository(path: str) -> bool:
 def is_controller(path: str) -> bool:
     name = path.rsplit("/", 1)[-1]
     return name == "controllers.py" or name.endswith("_controllers.py")
+
+
+def is_boundary(path: str) -> bool:
+    name = path.rsplit("/", 1)[-1]
+    return (
+        is_controller(path)
+        or name == "jobs.py"
+        or path.startswith("controlplane/cli/")
+        or path in BOUNDARIES
+    )
 
 
 def is_service(path: str) -> bool:
@@ -181,9 +235,13 @@ def violations() -> dict[str, list[str]]:
         "a broad except swallows": [],
         "a repository queries a table another area owns": [],
         "a handler calls a repository or opens a session": [],
+        "a service opens a transaction or takes the runtime": [],
     }
     for path, tree in trees():
         found["a repository queries a table another area owns"] += foreign_rows(path, tree)
+        found["a service opens a transaction or takes the runtime"] += transactions_opened(
+            path, tree
+        )
         stage = stage_of(path)
         for line, module, names in imports(tree):
             if module.startswith("sqlalchemy") and SQL & set(names) and not is_repository(path):
@@ -233,6 +291,45 @@ def opens_session(node: ast.AST) -> bool:
     )
 
 
+def opens_transaction(node: ast.AST) -> bool:
+    """`<...>.db.read()`, `db.transaction()`, `self._db.write()` (a session of the
+    Database), or `<...>.begin()` (a transaction of a session or an engine)."""
+    if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
+        return False
+    if node.func.attr in BEGINS:
+        return True
+    receiver = node.func.value
+    name = getattr(receiver, "attr", None) or getattr(receiver, "id", None)
+    return node.func.attr in OPENERS and name in DATABASE_NAMES
+
+
+def transactions_opened(path: str, tree: ast.Module) -> list[str]:
+    """Where a module of the `UNIT_OF_WORK` areas that is no boundary opens a session or
+    a transaction, outside its `JOB_ENTRY_POINTS` (`file:line: function`), or imports
+    the runtime (`file:line: controlplane.runtime`)."""
+    if not any(path.startswith(area) for area in UNIT_OF_WORK) or is_boundary(path):
+        return []
+    allowed = JOB_ENTRY_POINTS.get(path, set())
+    found = [
+        f"{path}:{line}: controlplane.runtime"
+        for line, module, names in imports(tree)
+        if module == "controlplane.runtime" or (module == "controlplane" and "runtime" in names)
+    ]
+
+    def visit(node: ast.AST, scope: list[str]) -> None:
+        for child in ast.iter_child_nodes(node):
+            inner = scope
+            if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                inner = [*scope, child.name]
+            within = {".".join(inner[:i]) for i in range(1, len(inner) + 1)}
+            if isinstance(child, ast.Call) and opens_transaction(child) and not within & allowed:
+                found.append(f"{path}:{child.lineno}: {'.'.join(inner) or '<module>'}")
+            visit(child, inner)
+
+    visit(tree, [])
+    return found
+
+
 def swallows(handler: ast.ExceptHandler) -> bool:
     broad = handler.type is None or (
         isinstance(handler.type, ast.Name) and handler.type.id in {"Exception", "BaseException"}
@@ -276,6 +373,68 @@ def test_the_linters_find_what_they_look_for(tmp_path: Path) -> None:
     assert not is_controller("controlplane/remedy/reviews_service.py")
     source = ast.parse("from sqlalchemy import select\nimport litestar\n")
     assert [(m, n) for _, m, n in imports(source)] == [("sqlalchemy", ["select"]), ("litestar", [])]
+
+
+def test_the_transaction_rule_finds_a_service_that_opens_one() -> None:
+    """A service of a converted area that opens a session or a transaction fails with
+    file, line and function, and so does one that imports the runtime; a boundary
+    module, a job entry point, and a session that is only used, pass; an area not
+    converted yet is not looked at."""
+    source = ast.parse(
+        "class Remedy:\n"
+        "    async def lift(self, session):\n"
+        "        async with self._db.write() as s, s.begin():\n"
+        "            await session.execute(q)\n"
+        "    async def job(self):\n"
+        "        async with self.db.transaction() as session:\n"
+        "            await session.flush()\n"
+        "async def read(db, session):\n"
+        "    async with db.read() as s:\n"
+        "        await session.get(X, 1)\n"
+        "from controlplane.runtime import Runtime\n"
+    )
+    assert transactions_opened("controlplane/remedy/service.py", source) == [
+        "controlplane/remedy/service.py:11: controlplane.runtime",
+        "controlplane/remedy/service.py:3: Remedy.lift",
+        "controlplane/remedy/service.py:3: Remedy.lift",
+        "controlplane/remedy/service.py:6: Remedy.job",
+        "controlplane/remedy/service.py:9: read",
+    ]
+    JOB_ENTRY_POINTS["controlplane/remedy/x.py"] = {"Remedy.job", "read"}
+    try:
+        assert transactions_opened("controlplane/remedy/x.py", source) == [
+            "controlplane/remedy/x.py:11: controlplane.runtime",
+            "controlplane/remedy/x.py:3: Remedy.lift",
+            "controlplane/remedy/x.py:3: Remedy.lift",
+        ]
+    finally:
+        del JOB_ENTRY_POINTS["controlplane/remedy/x.py"]
+    for boundary in (
+        "controlplane/remedy/controllers.py",
+        "controlplane/remedy/jobs.py",
+        "controlplane/runtime.py",
+        "controlplane/cli/remedy.py",
+        "controlplane/api/dependencies.py",
+    ):
+        assert transactions_opened(boundary, source) == [], boundary
+    assert transactions_opened("controlplane/plan/service.py", source) == []
+
+
+def test_every_job_entry_point_is_there() -> None:
+    """A named entry point that was renamed or moved fails here rather than keep a hole
+    in the rule open."""
+    for path, names in JOB_ENTRY_POINTS.items():
+        tree = ast.parse((REPO / path).read_text(encoding="utf-8"))
+        defined: set[str] = set()
+
+        def collect(node: ast.AST, scope: list[str], into: set[str] = defined) -> None:
+            for child in ast.iter_child_nodes(node):
+                if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                    into.add(".".join([*scope, child.name]))
+                    collect(child, [*scope, child.name])
+
+        collect(tree, [])
+        assert names <= defined, f"{path}: no {sorted(names - defined)}"
 
 
 def test_every_table_has_one_owner() -> None:

@@ -8,6 +8,7 @@ from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, QueryParameter
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.api.dependencies import provide
 from controlplane.api.schemas import ErrorBody
@@ -191,6 +192,7 @@ class TaxiiController(Controller):
         self,
         request: Request[Any, Any, Any],
         taxii: NamedDependency[TaxiiService],
+        session: NamedDependency[AsyncSession],
         collection_id: FromPath[str],
         added_after: AddedAfter = None,
         limit: Limit = None,
@@ -205,7 +207,7 @@ class TaxiiController(Controller):
         f = filters(
             added_after, next_, match_id, match_type, match_version, match_spec_version, limit
         )
-        page = await taxii.objects(principal_of(request), collection_id, f)
+        page = await taxii.objects(session, principal_of(request), collection_id, f)
         return _taxii(envelope(page), page.headers())
 
     @post(
@@ -231,13 +233,14 @@ class TaxiiController(Controller):
         self,
         request: Request[Any, Any, Any],
         taxii: NamedDependency[TaxiiService],
+        session: NamedDependency[AsyncSession],
         collection_id: FromPath[str],
         data: AddEnvelope,
     ) -> Response[Status]:
         """Objects a peer listed under the collection's `writers` adds: every one is
         verified against the peers' keys and taken as intel pulled from that peer
         (refused ones are failures, with the reason). Answers the status, complete."""
-        row = await taxii.add_objects(principal_of(request), collection_id, data.objects)
+        row = await taxii.add_objects(session, principal_of(request), collection_id, data.objects)
         answer = _taxii(status_body(row))
         answer.status_code = 202
         return answer
@@ -256,10 +259,11 @@ class TaxiiController(Controller):
         self,
         request: Request[Any, Any, Any],
         taxii: NamedDependency[TaxiiService],
+        session: NamedDependency[AsyncSession],
         status_id: FromPath[str],
     ) -> Response[Status]:
         """What became of each object of one add request (TAXII 2.1 status resource)."""
-        row = await taxii.status(principal_of(request), status_id)
+        row = await taxii.status(session, principal_of(request), status_id)
         return _taxii(status_body(row))
 
     @get(
@@ -273,6 +277,7 @@ class TaxiiController(Controller):
         self,
         request: Request[Any, Any, Any],
         taxii: NamedDependency[TaxiiService],
+        session: NamedDependency[AsyncSession],
         collection_id: FromPath[str],
         added_after: AddedAfter = None,
         limit: Limit = None,
@@ -286,7 +291,7 @@ class TaxiiController(Controller):
         f = filters(
             added_after, next_, match_id, match_type, match_version, match_spec_version, limit
         )
-        page = await taxii.objects(principal_of(request), collection_id, f)
+        page = await taxii.objects(session, principal_of(request), collection_id, f)
         body = Manifest(
             more=page.more,
             next=page.next,
@@ -313,12 +318,13 @@ class TaxiiController(Controller):
         self,
         request: Request[Any, Any, Any],
         taxii: NamedDependency[TaxiiService],
+        session: NamedDependency[AsyncSession],
         collection_id: FromPath[str],
         object_id: FromPath[str],
         match_version: MatchVersion = None,
     ) -> Response[Envelope]:
         """The object (its newest version unless `match[version]` says otherwise)."""
-        rows = await taxii.versions(principal_of(request), collection_id, object_id)
+        rows = await taxii.versions(session, principal_of(request), collection_id, object_id)
         version = (match_version or "last").strip()
         if version == "last":
             rows = rows[-1:]
@@ -346,11 +352,12 @@ class TaxiiController(Controller):
         self,
         request: Request[Any, Any, Any],
         taxii: NamedDependency[TaxiiService],
+        session: NamedDependency[AsyncSession],
         collection_id: FromPath[str],
         object_id: FromPath[str],
     ) -> Response[Versions]:
         """Every version of the object this collection holds, oldest first."""
-        rows = await taxii.versions(principal_of(request), collection_id, object_id)
+        rows = await taxii.versions(session, principal_of(request), collection_id, object_id)
         return _taxii(
             Versions(more=False, versions=[r.version for r in rows]),
             {

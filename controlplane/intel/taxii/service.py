@@ -1,4 +1,5 @@
-"""TAXII rules: who may read which collection, filters, paging."""
+"""TAXII rules: who may read which collection, filters, paging; in the request's
+session."""
 
 from __future__ import annotations
 
@@ -8,13 +9,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from controlplane.auth.roles import Role
 from controlplane.auth.service import Principal
 from controlplane.errors import Forbidden, InvalidInput, NotFound
 from controlplane.intel import repository
 from controlplane.intel.config import API_ROOT, Collection, IntelConfig
-from controlplane.intel.pull import Puller
-from controlplane.store.db import Database
+from controlplane.intel.pull import Intake
 from controlplane.store.models import IntelObjectRow, IntelStatusRow
 from controlplane.store.types import utcnow
 
@@ -104,10 +106,9 @@ class Page:
 
 
 class TaxiiService:
-    def __init__(self, db: Database, config: IntelConfig, puller: Puller | None = None) -> None:
-        self._db = db
+    def __init__(self, config: IntelConfig, intake: Intake | None = None) -> None:
         self._config = config
-        self._puller = puller
+        self._intake = intake
 
     def readable(self, principal: Principal) -> list[Collection]:
         if principal.role is Role.PEER:
@@ -129,7 +130,7 @@ class TaxiiService:
         return principal.role is Role.PEER and principal.name in collection.writers
 
     async def add_objects(
-        self, principal: Principal, collection_id: str, objects: list[Any]
+        self, session: AsyncSession, principal: Principal, collection_id: str, objects: list[Any]
     ) -> IntelStatusRow:
         """Objects a peer posts to an inbox collection: each verified against the peers'
         keys and taken as pulled intel from that peer; the verified ones are kept in the
@@ -143,14 +144,14 @@ class TaxiiService:
                 "its lab lists the peers that may under intel.collections[].writers"
             )
         peer = self._config.peer(principal.name)
-        if peer is None or self._puller is None:
+        if peer is None or self._intake is None:
             raise Forbidden(f"{principal.name!r} is not a configured peer of this lab")
         requested = utcnow()
 
-        async def keep(session: Any, verified: list[Any]) -> None:
+        async def keep(session: AsyncSession, verified: list[Any]) -> None:
             await repository.append_objects(session, found.id, verified, utcnow())
 
-        report = await self._puller.receive(peer, objects, keep)
+        report = await self._intake.receive(session, peer, objects, keep)
         outcomes = report.outcomes or []
         successes = [o.detail() for o in outcomes if o.ok]
         failures = [o.detail() for o in outcomes if not o.ok]
@@ -166,39 +167,39 @@ class TaxiiService:
             pending_count=0,
             details={"successes": successes, "failures": failures, "pendings": []},
         )
-        async with self._db.write() as session, session.begin():
-            await repository.insert_status(session, row)
+        await repository.insert_status(session, row)
         return row
 
-    async def status(self, principal: Principal, status_id: str) -> IntelStatusRow:
+    async def status(
+        self, session: AsyncSession, principal: Principal, status_id: str
+    ) -> IntelStatusRow:
         """A status: for the peer that posted, and for readers of the enforcement record."""
-        async with self._db.read() as session:
-            row = await repository.get_status(session, status_id)
+        row = await repository.get_status(session, status_id)
         if row is None or (principal.role is Role.PEER and row.writer != principal.name):
             raise NotFound(f"no status {status_id!r} for this token")
         return row
 
-    async def objects(self, principal: Principal, collection_id: str, f: Filters) -> Page:
+    async def objects(
+        self, session: AsyncSession, principal: Principal, collection_id: str, f: Filters
+    ) -> Page:
         collection = self.collection(principal, collection_id)
-        async with self._db.read() as session:
-            rows, more = await repository.object_page(
-                session,
-                collection.id,
-                added_after=f.added_after,
-                after_seq=f.after_seq,
-                ids=f.ids,
-                types=f.types,
-                version=f.version,
-                limit=f.limit,
-            )
+        rows, more = await repository.object_page(
+            session,
+            collection.id,
+            added_after=f.added_after,
+            after_seq=f.after_seq,
+            ids=f.ids,
+            types=f.types,
+            version=f.version,
+            limit=f.limit,
+        )
         return Page(rows, more)
 
     async def versions(
-        self, principal: Principal, collection_id: str, object_id: str
+        self, session: AsyncSession, principal: Principal, collection_id: str, object_id: str
     ) -> list[IntelObjectRow]:
         collection = self.collection(principal, collection_id)
-        async with self._db.read() as session:
-            rows = await repository.object_versions(session, collection.id, object_id)
+        rows = await repository.object_versions(session, collection.id, object_id)
         if not rows:
             raise NotFound(f"no object {object_id!r} in collection {collection_id}")
         return rows

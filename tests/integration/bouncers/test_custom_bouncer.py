@@ -11,8 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from controlplane.auth.jobs import Tokens
 from controlplane.auth.roles import Role
-from controlplane.auth.service import TokenService
 from controlplane.store.db import Database, upgrade
 from tests.integration.bouncers.crowdsec_fixtures import CustomBouncer, ensure_custom_bouncer
 from tests.support.actions import Planned, plan
@@ -32,7 +32,7 @@ def server(database_url: str, tmp_path: Path) -> Iterator[tuple[str, Database]]:
 
 def token(db: Database, role: Role) -> str:
     async def create() -> str:
-        return (await TokenService(db).create(f"cs-{role.value}", role, actor="tests"))[0]
+        return (await Tokens(db).create(f"cs-{role.value}", role, actor="tests"))[0]
 
     return asyncio.run(create())
 

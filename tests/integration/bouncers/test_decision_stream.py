@@ -13,7 +13,7 @@ import pytest
 
 from controlplane.auth.roles import Role
 from controlplane.bouncers import service as bouncers
-from controlplane.bouncers.service import DecisionStream, Filters, go_duration
+from controlplane.bouncers.service import DecisionStream, Filters, answer, go_duration
 from tests.support.actions import Planned, plan
 from tests.support.app import Running, make_settings, serve
 
@@ -89,7 +89,8 @@ async def test_each_change_reaches_a_bouncer_once(api: Running) -> None:
     }
     assert await pull(api, key) == {"new": [], "deleted": []}  # nothing changed since
 
-    await api.runtime.remedy.lift(lifted, "tests", "false positive")
+    async with api.runtime.db.transaction() as session:
+        await api.runtime.remedy.lift(session, lifted, "tests", "false positive")
     await plan(api.runtime.db, Planned("block", "cidr", "192.0.2.0/24"))
     delta = await pull(api, key)
 
@@ -126,9 +127,11 @@ async def test_an_answer_cut_short_leaves_the_cursor_so_the_changes_come_again(
     principal = await api.runtime.tokens.authenticate(key["X-Api-Key"])
     assert principal is not None and api.runtime.bouncers is not None
 
-    answer = api.runtime.bouncers.answer(principal.token_id, False, Filters.parse(*[None] * 4))
-    assert await anext(answer) == b'{"new":['
-    await answer.aclose()  # the bouncer went away mid-answer
+    cut = answer(
+        api.runtime.db, api.runtime.bouncers, principal.token_id, False, Filters.parse(*[None] * 4)
+    )
+    assert await anext(cut) == b'{"new":['
+    await cut.aclose()  # the bouncer went away mid-answer
 
     assert values((await pull(api, key))["new"]) == {"198.51.100.40"}
     assert await pull(api, key) == {"new": [], "deleted": []}
@@ -139,9 +142,10 @@ async def test_a_startup_answer_is_sent_page_by_page(
 ) -> None:
     await plan(api.runtime.db, *(Planned("block", "ip", f"100.64.9.{i}") for i in range(10)))
     monkeypatch.setattr(bouncers, "PAGE", 3)
-    stream = DecisionStream(api.runtime.db, api.runtime.bouncers._config)  # type: ignore[union-attr]
+    stream = DecisionStream(api.runtime.bouncers._config)  # type: ignore[union-attr]
 
-    chunks = [c async for c in stream.answer("tok_pages", True, Filters.parse(*[None] * 4))]
+    filters = Filters.parse(*[None] * 4)
+    chunks = [c async for c in answer(api.runtime.db, stream, "tok_pages", True, filters)]
 
     decision_chunks = [c for c in chunks if b'"value"' in c]
     assert len(decision_chunks) >= 4  # ten decisions, three a page
@@ -225,7 +229,8 @@ async def test_a_restarting_bouncer_is_told_what_ended_while_it_was_away(api: Ru
     [gone] = await plan(api.runtime.db, Planned("block", "ip", "198.51.100.70"))
     key = await bouncer(api)
     await pull(api, key, startup=True)
-    await api.runtime.remedy.lift(gone, "tests", "false positive")
+    async with api.runtime.db.transaction() as session:
+        await api.runtime.remedy.lift(session, gone, "tests", "false positive")
 
     restart = await pull(api, key, startup=True)
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from controlplane.auth.jobs import Tokens
 from controlplane.auth.roles import Role
-from controlplane.auth.service import TokenService
 from controlplane.store.db import Database, upgrade
 from controlplane.store.models import AuditEventRow
 from tests.support.app import POLICY_DIR
@@ -41,7 +41,7 @@ async def server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Serv
     upgrade(database_url)
     db = Database(database_url)
     try:
-        token, _ = await TokenService(db).create("ops", Role.ADMIN, actor="tests")
+        token, _ = await Tokens(db).create("ops", Role.ADMIN, actor="tests")
     finally:
         await db.dispose()
     port = free_port()
@@ -169,7 +169,7 @@ async def _token(server: Server, role: Role) -> str:
     """A new token of `role` in the server's database."""
     db = Database(server.database_url)
     try:
-        token, _ = await TokenService(db).create(role.value, role, actor="tests")
+        token, _ = await Tokens(db).create(role.value, role, actor="tests")
     finally:
         await db.dispose()
     return token

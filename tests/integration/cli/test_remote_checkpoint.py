@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from controlplane.audit.keys import generate, key_id, load_public_key
+from controlplane.auth.jobs import Tokens
 from controlplane.auth.roles import Role
-from controlplane.auth.service import TokenService
 from controlplane.store.db import Database, upgrade
 from tests.support.app import POLICY_DIR
 from tests.support.processes import Process, free_port, run, started
@@ -37,7 +37,7 @@ async def server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Sign
     upgrade(database_url)
     db = Database(database_url)
     try:
-        service = TokenService(db)
+        service = Tokens(db)
         tokens = {
             role: (await service.create(role.value, role, actor="tests"))[0]
             for role in (Role.ADMIN, Role.AUDITOR, Role.ENGINEER)

@@ -25,8 +25,8 @@ import pytest
 from sqlmodel import col
 
 from connectors.memory import MemoryConnector
+from controlplane.auth.jobs import Tokens
 from controlplane.auth.roles import Role
-from controlplane.auth.service import TokenService
 from controlplane.enforce import repository
 from controlplane.store.db import Database, upgrade
 from controlplane.store.models import ActionRow, AuditEventRow, ChangeRow
@@ -253,7 +253,7 @@ async def test_sigkill_between_apply_and_cursor_reapplies_once(
     await asyncio.to_thread(upgrade, database_url)
     db = Database(database_url)
     try:
-        token, _ = await TokenService(db).create("detector", Role.ADMIN, actor="tests")
+        token, _ = await Tokens(db).create("detector", Role.ADMIN, actor="tests")
         headers = {"Authorization": f"Bearer {token}"}
         key = fingerprint("sk-killed-between-apply-and-cursor")
         url = launch(kill_after_apply=True)

@@ -99,14 +99,14 @@ async def test_a_replica_skips_the_rows_another_is_expiring(
         held |= {e.id for e in await remedy_repo.due_exemptions(session, utcnow(), 2)}
         # The second expires at the same moment: the rest, without waiting for those.
         assert await asyncio.wait_for(second.enforcer.expire(), HANG_GUARD) == 6
-        assert await asyncio.wait_for(second.remedy.expire_exemptions(), HANG_GUARD) == 4
+        assert await asyncio.wait_for(second.expire_exemptions(), HANG_GUARD) == 4
         by_second_actions, by_second_exemptions = await expired_events(second.db)
     assert len(held) == 6
     assert not held & (set(by_second_actions) | set(by_second_exemptions))
 
     # The held ones are still due once the first lets go (it changed nothing).
     assert await first.enforcer.expire() == 4
-    assert await first.remedy.expire_exemptions() == 2
+    assert await first.expire_exemptions() == 2
     actions, exemptions = await expired_events(first.db)
     assert actions == Counter(action_ids) and exemptions == Counter(exemption_ids)
 
@@ -127,7 +127,7 @@ async def test_two_replicas_expiring_at_once_expire_each_once(
 
     async def drain_exemptions(runtime: Runtime) -> int:
         total = 0
-        while done := await runtime.remedy.expire_exemptions(limit=5):
+        while done := await runtime.expire_exemptions(limit=5):
             total += done
         return total
 

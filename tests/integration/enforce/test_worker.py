@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
+from controlplane.auth.jobs import Tokens
 from controlplane.auth.roles import Role
-from controlplane.auth.service import TokenService
 from controlplane.store.db import Database, upgrade
 from tests.support.app import POLICY_DIR
 from tests.support.databases import PostgresServer
@@ -59,7 +59,7 @@ def worker(stack: ExitStack, settings: dict[str, str], tmp_path: Path) -> Proces
 async def admin_headers(database_url: str) -> dict[str, str]:
     db = Database(database_url)
     try:
-        token, _ = await TokenService(db).create("ops", Role.ADMIN, actor="tests")
+        token, _ = await Tokens(db).create("ops", Role.ADMIN, actor="tests")
     finally:
         await db.dispose()
     return {"Authorization": f"Bearer {token}"}

@@ -25,8 +25,8 @@ import yaml
 
 from controlplane.api.app import create_app
 from controlplane.audit.keys import generate
+from controlplane.auth.jobs import Tokens
 from controlplane.auth.roles import Role
-from controlplane.auth.service import TokenService
 from controlplane.runtime import Runtime
 from controlplane.store.db import Database, upgrade
 from tests.support.app import make_settings
@@ -181,7 +181,7 @@ async def exchange(
         generate(dirs[name] / "intel.key", dirs[name] / "intel.pub.pem")
         await asyncio.to_thread(upgrade, urls[name])
         db = Database(urls[name])
-        service = TokenService(db)
+        service = Tokens(db)
         admins[name], _ = await service.create("test-admin", Role.ADMIN, actor="tests")
         tokens[name] = {}
         for other in LABS:

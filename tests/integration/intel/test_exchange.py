@@ -283,7 +283,7 @@ async def test_what_stands_behind_a_hard_action_is_published_hashed(exchange: Ex
     result = (await a.client.post("/v1/verdicts", json=severe)).json()["results"][0]
     assert "revoke_key" in [x["type"] for x in result["actions"]]
 
-    await a.runtime.intel.publish_from_actions()
+    await a.runtime.publish_from_actions()
     await b.pull("lab-a")
 
     key = ConsortiumKey("k1", exchange.consortium_secret.encode())

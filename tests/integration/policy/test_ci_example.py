@@ -20,8 +20,8 @@ from typing import Any
 import httpx
 import yaml
 
+from controlplane.auth.jobs import Tokens
 from controlplane.auth.roles import Role
-from controlplane.auth.service import TokenService
 from controlplane.store.db import Database, upgrade
 from tests.support.app import POLICY_DIR, REPO
 from tests.support.processes import free_port, started
@@ -85,8 +85,8 @@ async def test_the_workflow_runs_as_written(tmp_path: Path) -> None:
     upgrade(database_url)
     db = Database(database_url)
     try:
-        engineer, _ = await TokenService(db).create("policy-ci", Role.ENGINEER, actor="tests")
-        detector, _ = await TokenService(db).create("detector", Role.DETECTOR, actor="tests")
+        engineer, _ = await Tokens(db).create("policy-ci", Role.ENGINEER, actor="tests")
+        detector, _ = await Tokens(db).create("detector", Role.DETECTOR, actor="tests")
     finally:
         await db.dispose()
     port = free_port()

@@ -17,8 +17,8 @@ import uvicorn
 from typer.testing import CliRunner, Result
 
 from controlplane.api.app import create_app
+from controlplane.auth.jobs import Tokens
 from controlplane.auth.roles import Role
-from controlplane.auth.service import TokenService
 from controlplane.cli.main import app
 from controlplane.settings import get_settings
 from controlplane.store.db import Database, upgrade
@@ -45,7 +45,7 @@ async def server(tmp_path: Path) -> AsyncIterator[Server]:
     await asyncio.to_thread(upgrade, url)
     db = Database(url)
     tokens = {
-        role: (await TokenService(db).create(f"cli-{role.value}", role, actor="tests"))[0]
+        role: (await Tokens(db).create(f"cli-{role.value}", role, actor="tests"))[0]
         for role in (Role.SUPPORT, Role.REVIEWER, Role.DETECTOR, Role.AUDITOR)
     }
     await db.dispose()

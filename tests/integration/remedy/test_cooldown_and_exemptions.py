@@ -122,7 +122,7 @@ async def test_exemptions_expire_with_an_event_and_leave_the_policy(api: Running
     past = datetime.now(UTC) - timedelta(seconds=1)
     row = exemption("lab-a", "account", subject["account_id"], expires_at=past)
     await add(api.runtime.db, row)
-    assert await api.runtime.remedy.expire_exemptions() >= 1
+    assert await api.runtime.expire_exemptions() >= 1
     [stored] = await fetch(api.runtime.db, ExemptionRow, col(ExemptionRow.id) == row.id)
     assert stored.ended_at is not None and stored.ended_by == "tollgate"
     events = await fetch(

@@ -120,7 +120,8 @@ async def test_prune_drops_spans_past_retention(seeded: Seeded) -> None:
     old, fresh = secrets.token_hex(16), secrets.token_hex(16)
     await add(db, _row(old, now - 80 * 3600 * 10**9), _row(fresh, now - 3600 * 10**9))
 
-    removed = await spanstore.prune(db, retention_hours=72)
+    async with db.transaction() as session:
+        removed = await spanstore.prune(session, retention_hours=72)
 
     assert removed >= 1
     assert await fetch(db, SpanRow, col(SpanRow.trace_id) == old) == []
