@@ -23,7 +23,7 @@ def test_the_demo_enforces_the_scenario_at_haproxy(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     settings = Settings(data_dir=tmp_path, policy_dir=POLICY_DIR, engine_workers=2)
-    monkeypatch.setattr(demo, "get_settings", lambda: settings)
+    monkeypatch.setattr(demo, "cli_settings", lambda: settings)
     monkeypatch.setattr(demo.out, "width", 200)
 
     assert demo.run_demo(keep_serving=False, port=0) == 0
