@@ -571,7 +571,7 @@ class Follower:
         self, session: Session, now: datetime, fields: dict[str, Any] | None
     ) -> dict[str, Any]:
         previous = repository.statuses_blocking(session).get(self.config.name)
-        failed, rejected = self._failing(session)
+        failed, rejected, standing = self._failing(session)
         row: dict[str, Any] = {
             "name": self.config.name,
             "healthy": True,
@@ -586,19 +586,22 @@ class Follower:
             "lag_seconds": 0.0,
             # An outage's error goes when the gateway answers again, an entry's when
             # nothing fails any more.
-            "last_error": previous.last_error
-            if previous and previous.healthy and (failed or rejected)
+            "last_error": (previous.last_error if previous and previous.healthy else standing)
+            if failed or rejected
             else None,
         }
         row.update(fields or {})
         return row
 
-    def _failing(self, session: Session) -> tuple[int, int]:
-        """(retryable, permanent) failures at this connector of still-active actions."""
+    def _failing(self, session: Session) -> tuple[int, int, str | None]:
+        """(retryable, permanent) failures at this connector of still-active actions, and
+        the error of one of them (what the status shows once an outage's error goes)."""
         failed = repository.failed_at(session, self.config.name)
-        active = self._actions.active_among(session, [a for a, _ in failed])
-        retryable = sum(1 for a, r in failed if r and a in active)
-        return retryable, sum(1 for a, r in failed if not r and a in active)
+        active = self._actions.active_among(session, [a for a, _, _ in failed])
+        standing = [(a, r, e) for a, r, e in failed if a in active]
+        retryable = sum(1 for _, r, _ in standing if r)
+        error = next((e for _, _, e in standing if e), None)
+        return retryable, len(standing) - retryable, error
 
     async def _save_status(self, now: datetime, *, error: str, lag_from: datetime | None) -> None:
         lag = (now - lag_from).total_seconds() if lag_from else 0.0

@@ -163,15 +163,19 @@ def enforcement_at_blocking(
     return found
 
 
-def failed_at(session: Session, connector: str) -> list[tuple[str, bool]]:
-    """(action id, retryable) of the entries that failed at this connector."""
+def failed_at(session: Session, connector: str) -> list[tuple[str, bool, str | None]]:
+    """(action id, retryable, error) of the entries that failed at this connector."""
     rows = session.execute(
-        select(col(ActionEnforcementRow.action_id), col(ActionEnforcementRow.retryable)).where(
+        select(
+            col(ActionEnforcementRow.action_id),
+            col(ActionEnforcementRow.retryable),
+            col(ActionEnforcementRow.error),
+        ).where(
             col(ActionEnforcementRow.connector) == connector,
             col(ActionEnforcementRow.state) == "failed",
         )
     )
-    return [(action_id, bool(retryable)) for action_id, retryable in rows]
+    return [(action_id, bool(retryable), error) for action_id, retryable, error in rows]
 
 
 async def enforcement_of(session: AsyncSession, action_id: str) -> list[ActionEnforcementRow]:
