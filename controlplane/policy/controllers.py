@@ -32,10 +32,9 @@ from controlplane.policy.schemas import (
     SyncOut,
     SyncRequest,
 )
-from controlplane.policy.service import PolicyService, bundle_of
+from controlplane.policy.service import bundle_of
 from controlplane.runtime import Runtime
 from controlplane.settings import Settings
-from controlplane.store.db import Database
 
 
 class PolicyController(Controller):
@@ -131,9 +130,8 @@ class PolicyController(Controller):
     async def impact(
         self,
         data: JSONBody[ImpactRequest],
-        db: NamedDependency[Database],
+        read_session: NamedDependency[AsyncSession],
         settings: NamedDependency[Settings],
-        policies: NamedDependency[PolicyService],
     ) -> dict[str, Any]:
         """Replay stored verdicts (each with the history and context it had) against a
         base and a head revision; report the decisions that change, by action type and
@@ -143,7 +141,10 @@ class PolicyController(Controller):
             window = parse_duration(data.since) if data.since else None
         except ValueError as exc:
             raise InvalidInput(f"since: {exc}") from None
-        base = await (policies.recorded(data.base) if data.base else policies.active())
+        # A replay only reads, and long: a read session, though the method is POST.
+        base = await (
+            service.recorded(read_session, data.base) if data.base else service.active(read_session)
+        )
         if base is None:
             raise NotFound(f"no recorded revision {data.base!r}: see GET /v1/policies")
         if data.head_modules is not None:
@@ -155,7 +156,7 @@ class PolicyController(Controller):
                 data=uploaded,
             )
         else:
-            found = await policies.recorded(data.head or "")
+            found = await service.recorded(read_session, data.head or "")
             if found is None:
                 raise NotFound(f"no recorded revision {data.head!r}: see GET /v1/policies")
             head = found
@@ -167,7 +168,6 @@ class PolicyController(Controller):
             except PolicyError as exc:
                 where = "head_modules: " if data.head_modules is not None and bundle is head else ""
                 raise InvalidInput(f"{where}{exc.message}", details=exc.details) from None
-        settings = settings
         engines: list[EmbeddedEngine] = []
         try:
             for bundle in (base, head):
@@ -184,7 +184,7 @@ class PolicyController(Controller):
                 raise InvalidInput(f"head_modules: {exc.message}") from None
             raise
         try:
-            report = await replay(db, engines[0], engines[1], window)
+            report = await replay(read_session, engines[0], engines[1], window)
         finally:
             for engine in engines:
                 engine.close()
