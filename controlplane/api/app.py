@@ -53,16 +53,16 @@ ROUTES = [r for area in AREAS for r in area.ROUTES]
 
 
 def _dependencies() -> dict[str, Provide]:
-    """The areas' providers, then `db`, `settings`, the request's `session`, and the
-    `runtime` itself (for the policy sync, which converges the engine);
-    one name, one provider."""
+    """The areas' providers, then `db`, `settings` and the request's `session`; one
+    name, one provider. No handler is given the runtime itself: the app keeps it in its
+    state for the providers, and runs its start and stop."""
     found: dict[str, Provide] = {}
     for area in AREAS:
         for name, provider in getattr(area, "DEPENDENCIES", {}).items():
             if name in found:
                 raise RuntimeError(f"two areas provide the dependency {name!r}")
             found[name] = provider
-    return {**found, **dependencies.common(), "runtime": dependencies.provide(lambda r: r)}
+    return {**found, **dependencies.common()}
 
 
 def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> Litestar:

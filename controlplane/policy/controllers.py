@@ -32,8 +32,7 @@ from controlplane.policy.schemas import (
     SyncOut,
     SyncRequest,
 )
-from controlplane.policy.service import bundle_of
-from controlplane.runtime import Runtime
+from controlplane.policy.service import Converge, PolicyService, bundle_of
 from controlplane.settings import Settings
 
 
@@ -82,15 +81,18 @@ class PolicyController(Controller):
     async def sync(
         self,
         request: Request[Any, Any, Any],
-        runtime: NamedDependency[Runtime],
+        policies: NamedDependency[PolicyService],
+        converge: NamedDependency[Converge],
         data: JSONBody[SyncRequest],
     ) -> SyncOut:
         """Fetch this server's policy source now; check, test and activate its revision
         if it is new (a rejected one is recorded with why, and never activated). This
         server decides with it at once, the other replicas within seconds. The token's
         name is recorded as who did it."""
-        result = await runtime.policies.sync(principal_of(request).name, data.reason)
-        await runtime.converge()
+        # The sync commits its own transactions: the engine converges on what committed,
+        # and a sync that raised converges nothing.
+        result = await policies.sync(principal_of(request).name, data.reason)
+        await converge()
         return SyncOut(
             revision=result.revision,
             outcome=result.outcome,
@@ -108,16 +110,15 @@ class PolicyController(Controller):
     async def rollback(
         self,
         request: Request[Any, Any, Any],
-        runtime: NamedDependency[Runtime],
+        policies: NamedDependency[PolicyService],
+        converge: NamedDependency[Converge],
         data: JSONBody[RollbackRequest],
     ) -> RollbackOut:
         """Reactivate an earlier revision that passed its gate (by default the one active
         before the current one). This server decides with it at once, the other
         replicas within seconds; the next sync activates only a newer commit."""
-        done = await runtime.policies.rollback(
-            data.revision, principal_of(request).name, data.reason
-        )
-        await runtime.converge()
+        done = await policies.rollback(data.revision, principal_of(request).name, data.reason)
+        await converge()  # as for a sync: only once the rollback has committed
         return RollbackOut(revision=done)
 
     @post(
@@ -191,5 +192,8 @@ class PolicyController(Controller):
         return {**report.to_dict(), "markdown": markdown(report)}
 
 
-DEPENDENCIES = {"policies": provide(lambda runtime: runtime.policies)}
+DEPENDENCIES = {
+    "policies": provide(lambda runtime: runtime.policies),
+    "converge": provide(lambda runtime: runtime.converge),
+}
 ROUTES = [PolicyController]
