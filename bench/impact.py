@@ -174,13 +174,14 @@ async def main(args: argparse.Namespace) -> None:
             single.evaluate_sync(given)
         raw = len(sample) / (time.perf_counter() - started)
 
-        report = await replay(
-            db,
-            base,
-            head,
-            None,
-            lambda n: print(f"  replayed {n:,}", file=sys.stderr) if n % 20000 == 0 else None,
-        )
+        async with db.read() as session:
+            report = await replay(
+                session,
+                base,
+                head,
+                None,
+                lambda n: print(f"  replayed {n:,}", file=sys.stderr) if n % 20000 == 0 else None,
+            )
         await db.dispose()
     for engine in (base, head, single):
         engine.close()

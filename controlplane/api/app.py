@@ -9,9 +9,8 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
 
-from controlplane.api import dependencies, errors, health, middleware, openapi
+from controlplane.api import dependencies, errors, health, metrics, middleware, openapi
 from controlplane.api.body import MAX_BODY, JSONRequest, StrictPydantic
-from controlplane.api.metrics import MetricsController
 from controlplane.audit import controllers as audit_routes
 from controlplane.auth import controllers as token_routes
 from controlplane.bouncers import controllers as bouncer_routes
@@ -46,23 +45,24 @@ AREAS: list[Any] = [
     connector_routes,
     audit_routes,
     token_routes,
+    metrics,
 ]
 """Each area's controllers module: its `ROUTES` and, when it has any, its `DEPENDENCIES`."""
 
-ROUTES = [*(r for area in AREAS for r in area.ROUTES), MetricsController]
+ROUTES = [r for area in AREAS for r in area.ROUTES]
 
 
 def _dependencies() -> dict[str, Provide]:
-    """The areas' providers, then `db`, `settings`, the request's `session`, and the
-    `runtime` itself (for /metrics and the policy sync, which converges the engine);
-    one name, one provider."""
+    """The areas' providers, then `db`, `settings` and the request's `session`; one
+    name, one provider. No handler is given the runtime itself: the app keeps it in its
+    state for the providers, and runs its start and stop."""
     found: dict[str, Provide] = {}
     for area in AREAS:
         for name, provider in getattr(area, "DEPENDENCIES", {}).items():
             if name in found:
                 raise RuntimeError(f"two areas provide the dependency {name!r}")
             found[name] = provider
-    return {**found, **dependencies.common(), "runtime": dependencies.provide(lambda r: r)}
+    return {**found, **dependencies.common()}
 
 
 def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> Litestar:

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from litestar import Controller, Response, get
 from litestar.di import NamedDependency
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from controlplane.runtime import Runtime
 from controlplane.telemetry import metrics
 
 
@@ -20,10 +20,13 @@ class MetricsController(Controller):
         summary="Prometheus metrics",
         media_type=metrics.CONTENT_TYPE,
     )
-    async def metrics(self, runtime: NamedDependency[Runtime]) -> Response[bytes]:
+    async def metrics(self, session: NamedDependency[AsyncSession]) -> Response[bytes]:
         """Verdicts received, decisions by status, evaluation latency, audit events by
         type (per process); actions by type and state, the undecided backlog, the audit
         head and newest checkpoint, and each connector's lag and entries (from the
-        database at scrape time)."""
-        body = await metrics.scrape(runtime.db)
+        database at scrape time, in the request's read session)."""
+        body = await metrics.scrape(session)
         return Response(body, media_type=metrics.CONTENT_TYPE)
+
+
+ROUTES = [MetricsController]

@@ -9,36 +9,40 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 
+from controlplane.enforce.service import Enforcer
 from controlplane.runtime import WorkerRuntime
+from controlplane.store.db import Database
 
 
 class WorkerHealthController(Controller):
     tags = ["health"]
 
     @get("/healthz", operation_id="workerHealthz", summary="Liveness")
-    async def healthz(self, worker: NamedDependency[WorkerRuntime]) -> Response[dict[str, str]]:
+    async def healthz(self, enforcer: NamedDependency[Enforcer]) -> Response[dict[str, str]]:
         """Alive while the followers' thread runs."""
-        alive = worker.enforcer.alive
+        alive = enforcer.alive
         return Response(
             {"status": "ok" if alive else "followers stopped"},
             status_code=HTTP_200_OK if alive else HTTP_503_SERVICE_UNAVAILABLE,
         )
 
     @get("/readyz", operation_id="workerReadyz", summary="Readiness")
-    async def readyz(self, worker: NamedDependency[WorkerRuntime]) -> Response[dict[str, Any]]:
+    async def readyz(
+        self, db: NamedDependency[Database], enforcer: NamedDependency[Enforcer]
+    ) -> Response[dict[str, Any]]:
         """Ready when the database answers and the followers run; says per connector
         whether this worker applies it or stands by."""
         checks: dict[str, Any] = {}
         try:
-            await worker.db.ping()
+            await db.ping()
             checks["database"] = "ok"
         except Exception as exc:
             checks["database"] = f"unreachable: {type(exc).__name__}"
         checks["connectors"] = {
             name: "applying" if active else "standing by"
-            for name, active in worker.enforcer.applying().items()
+            for name, active in enforcer.applying().items()
         }
-        ready = checks["database"] == "ok" and worker.enforcer.alive
+        ready = checks["database"] == "ok" and enforcer.alive
         return Response(
             {"status": "ready" if ready else "not ready", "checks": checks},
             status_code=HTTP_200_OK if ready else HTTP_503_SERVICE_UNAVAILABLE,
@@ -50,7 +54,10 @@ def create_worker_app(worker: WorkerRuntime) -> Litestar:
     return Litestar(
         route_handlers=[WorkerHealthController],
         state=State({"worker": worker}),
-        dependencies={"worker": Provide(lambda: worker, use_cache=True, sync_to_thread=False)},
+        dependencies={
+            "db": Provide(lambda: worker.db, use_cache=True, sync_to_thread=False),
+            "enforcer": Provide(lambda: worker.enforcer, use_cache=True, sync_to_thread=False),
+        },
         openapi_config=None,
         logging_config=None,
     )

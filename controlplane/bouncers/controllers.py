@@ -20,7 +20,6 @@ from controlplane.auth.roles import Role
 from controlplane.bouncers.schemas import CrowdSecDecision, DecisionStreamOut
 from controlplane.bouncers.service import DecisionStream, Filters, answer
 from controlplane.errors import ServiceUnavailable
-from controlplane.runtime import Runtime
 from controlplane.store.db import Database
 
 
@@ -114,11 +113,11 @@ class BouncerController(Controller):
         return [CrowdSecDecision(**d) for d in found]
 
 
-def _stream(runtime: Runtime) -> DecisionStream:
-    if runtime.bouncers is None:
+def _running(stream: DecisionStream | None) -> DecisionStream:
+    if stream is None:
         raise ServiceUnavailable("the decision stream is not running; is the server starting?")
-    return runtime.bouncers
+    return stream
 
 
-DEPENDENCIES = {"bouncers": provide(_stream)}
+DEPENDENCIES = {"bouncers": provide(lambda runtime: _running(runtime.bouncers))}
 ROUTES = [BouncerController]

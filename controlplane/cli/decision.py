@@ -24,7 +24,8 @@ out = Console()
 async def _explain(decision_id: str, url: str) -> Explanation:
     db = Database(url)
     try:
-        return await explain(db, decision_id)
+        async with db.read() as session:
+            return await explain(session, decision_id)
     finally:
         await db.dispose()
 

@@ -314,28 +314,30 @@ async def _impact(base: str | None, head: str, since: timedelta | None) -> Impac
         else:
             base_bundle = await _bundle(service, base)
         head_bundle = await _bundle(service, head)
-        total = await count_decisions(db, since)
         engines = [
             await asyncio.to_thread(EmbeddedEngine, b, settings.entrypoint, settings.engine_workers)
             for b in (base_bundle, head_bundle)
         ]
         try:
-            with Progress(
-                TextColumn("replaying"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeRemainingColumn(),
-                console=Console(stderr=True),
-                transient=True,
-            ) as progress:
-                task = progress.add_task("", total=total)
-                return await replay(
-                    db,
-                    engines[0],
-                    engines[1],
-                    since,
-                    lambda n: progress.update(task, completed=n),
-                )
+            # The command is the replay's boundary: one read session counts and streams.
+            async with db.read() as session:
+                total = await count_decisions(session, since)
+                with Progress(
+                    TextColumn("replaying"),
+                    BarColumn(),
+                    MofNCompleteColumn(),
+                    TimeRemainingColumn(),
+                    console=Console(stderr=True),
+                    transient=True,
+                ) as progress:
+                    task = progress.add_task("", total=total)
+                    return await replay(
+                        session,
+                        engines[0],
+                        engines[1],
+                        since,
+                        lambda n: progress.update(task, completed=n),
+                    )
         finally:
             for engine in engines:
                 engine.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from litestar import Controller, get
 from litestar.di import NamedDependency
 from litestar.params import FromPath
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.api.dependencies import provide
 from controlplane.auth.guards import requires
@@ -13,7 +14,6 @@ from controlplane.evaluate.explain import explain
 from controlplane.evaluate.read_service import DecisionReader
 from controlplane.evaluate.schemas import DecisionOut, ExplanationOut, FiredRuleOut
 from controlplane.plan.schemas import ActionOut
-from controlplane.store.db import Database
 
 
 class DecisionController(Controller):
@@ -37,12 +37,12 @@ class DecisionController(Controller):
         summary="Explain a decision",
     )
     async def explain_decision(
-        self, decision_id: FromPath[str], db: NamedDependency[Database]
+        self, decision_id: FromPath[str], session: NamedDependency[AsyncSession]
     ) -> ExplanationOut:
         """Re-evaluate the stored input at the stored revision with the engine's trace:
         the rules that fired with their METADATA and bindings, and whether the re-run
         matches the stored result."""
-        e = await explain(db, decision_id)
+        e = await explain(session, decision_id)
         return ExplanationOut(
             decision_id=e.decision_id,
             verdict_id=e.verdict_id,

@@ -9,6 +9,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from controlplane.engine.bundle import PolicyBundle
 from controlplane.engine.sandbox import new_engine, opa_module
 from controlplane.errors import NotFound, PolicyError
@@ -17,7 +19,6 @@ from controlplane.plan import repository as actions_repo
 from controlplane.policy import repository as policies_repo
 from controlplane.policy.rego import read_module
 from controlplane.policy.service import bundle_of
-from controlplane.store.db import Database
 
 
 @dataclass(frozen=True)
@@ -49,19 +50,18 @@ REFERENCE = re.compile(r"^TG-[0-9A-Z]{10}$", re.IGNORECASE)
 """What a refusal at a gateway quotes (`enforce.sdk.reference_of`)."""
 
 
-async def explain(db: Database, decision_id: str) -> Explanation:
+async def explain(session: AsyncSession, decision_id: str) -> Explanation:
     """Explain a decision, given its id or the reference a refusal quoted (the newest
-    decision that asked for that gateway entry)."""
-    async with db.read() as session:
-        if REFERENCE.match(decision_id):
-            found = await actions_repo.actions_by_reference(session, decision_id.upper())
-            if not found:
-                raise NotFound(f"no action has the reference {decision_id.upper()}")
-            decision_id = found[0].decision_id
-        decision = await repository.get_decision(session, decision_id)
-        if decision is None:
-            raise NotFound(f"no decision {decision_id!r}")
-        revision = await policies_repo.get_revision(session, decision.policy_revision)
+    decision that asked for that gateway entry), read in the caller's session."""
+    if REFERENCE.match(decision_id):
+        found = await actions_repo.actions_by_reference(session, decision_id.upper())
+        if not found:
+            raise NotFound(f"no action has the reference {decision_id.upper()}")
+        decision_id = found[0].decision_id
+    decision = await repository.get_decision(session, decision_id)
+    if decision is None:
+        raise NotFound(f"no decision {decision_id!r}")
+    revision = await policies_repo.get_revision(session, decision.policy_revision)
     if revision is None:
         raise NotFound(
             f"revision {decision.policy_revision} of decision {decision_id} was never recorded, "

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -421,10 +421,11 @@ async def decision_summaries(
 
 
 async def decisions_since(
-    db: Database, since: datetime | None, chunk: int
-) -> AsyncIterator[list[tuple[Any, ...]]]:
+    session: AsyncSession, since: datetime | None, chunk: int
+) -> AsyncGenerator[list[tuple[Any, ...]], None]:
     """Stored decisions of the window in chunks, for an impact replay: (verdict id,
-    revision, input, status, result), oldest first, streamed (never all in memory)."""
+    revision, input, status, result), oldest first, streamed (never all in memory) in
+    the caller's read session, which runs nothing else until the stream ends."""
     query = select(
         col(DecisionRow.verdict_id),
         col(DecisionRow.policy_revision),
@@ -434,16 +435,18 @@ async def decisions_since(
     ).order_by(col(DecisionRow.decided_at), col(DecisionRow.id))
     if since is not None:
         query = query.where(col(DecisionRow.decided_at) >= since)
-    async with db.read() as session:
-        stream = await session.stream(query.execution_options(yield_per=chunk))
+    stream = await session.stream(query.execution_options(yield_per=chunk))
+    try:
         async for partition in stream.partitions(chunk):
             yield [tuple(row) for row in partition]
+    finally:
+        # A replay stopped half-way leaves no cursor open in the session it was given.
+        await stream.close()
 
 
-async def count_decisions(db: Database, since: timedelta | None) -> int:
+async def count_decisions(session: AsyncSession, since: timedelta | None) -> int:
     """Stored decisions in the window (what an impact replay will go through)."""
     query = select(func.count()).select_from(DecisionRow)
     if since is not None:
         query = query.where(col(DecisionRow.decided_at) >= utcnow() - since)
-    async with db.read() as session:
-        return int((await session.execute(query)).scalar_one())
+    return int((await session.execute(query)).scalar_one())

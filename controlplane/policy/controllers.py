@@ -32,10 +32,8 @@ from controlplane.policy.schemas import (
     SyncOut,
     SyncRequest,
 )
-from controlplane.policy.service import PolicyService, bundle_of
-from controlplane.runtime import Runtime
+from controlplane.policy.service import Converge, PolicyService, bundle_of
 from controlplane.settings import Settings
-from controlplane.store.db import Database
 
 
 class PolicyController(Controller):
@@ -83,15 +81,18 @@ class PolicyController(Controller):
     async def sync(
         self,
         request: Request[Any, Any, Any],
-        runtime: NamedDependency[Runtime],
+        policies: NamedDependency[PolicyService],
+        converge: NamedDependency[Converge],
         data: JSONBody[SyncRequest],
     ) -> SyncOut:
         """Fetch this server's policy source now; check, test and activate its revision
         if it is new (a rejected one is recorded with why, and never activated). This
         server decides with it at once, the other replicas within seconds. The token's
         name is recorded as who did it."""
-        result = await runtime.policies.sync(principal_of(request).name, data.reason)
-        await runtime.converge()
+        # The sync commits its own transactions: the engine converges on what committed,
+        # and a sync that raised converges nothing.
+        result = await policies.sync(principal_of(request).name, data.reason)
+        await converge()
         return SyncOut(
             revision=result.revision,
             outcome=result.outcome,
@@ -109,16 +110,15 @@ class PolicyController(Controller):
     async def rollback(
         self,
         request: Request[Any, Any, Any],
-        runtime: NamedDependency[Runtime],
+        policies: NamedDependency[PolicyService],
+        converge: NamedDependency[Converge],
         data: JSONBody[RollbackRequest],
     ) -> RollbackOut:
         """Reactivate an earlier revision that passed its gate (by default the one active
         before the current one). This server decides with it at once, the other
         replicas within seconds; the next sync activates only a newer commit."""
-        done = await runtime.policies.rollback(
-            data.revision, principal_of(request).name, data.reason
-        )
-        await runtime.converge()
+        done = await policies.rollback(data.revision, principal_of(request).name, data.reason)
+        await converge()  # as for a sync: only once the rollback has committed
         return RollbackOut(revision=done)
 
     @post(
@@ -131,9 +131,8 @@ class PolicyController(Controller):
     async def impact(
         self,
         data: JSONBody[ImpactRequest],
-        db: NamedDependency[Database],
+        read_session: NamedDependency[AsyncSession],
         settings: NamedDependency[Settings],
-        policies: NamedDependency[PolicyService],
     ) -> dict[str, Any]:
         """Replay stored verdicts (each with the history and context it had) against a
         base and a head revision; report the decisions that change, by action type and
@@ -143,7 +142,10 @@ class PolicyController(Controller):
             window = parse_duration(data.since) if data.since else None
         except ValueError as exc:
             raise InvalidInput(f"since: {exc}") from None
-        base = await (policies.recorded(data.base) if data.base else policies.active())
+        # A replay only reads, and long: a read session, though the method is POST.
+        base = await (
+            service.recorded(read_session, data.base) if data.base else service.active(read_session)
+        )
         if base is None:
             raise NotFound(f"no recorded revision {data.base!r}: see GET /v1/policies")
         if data.head_modules is not None:
@@ -155,7 +157,7 @@ class PolicyController(Controller):
                 data=uploaded,
             )
         else:
-            found = await policies.recorded(data.head or "")
+            found = await service.recorded(read_session, data.head or "")
             if found is None:
                 raise NotFound(f"no recorded revision {data.head!r}: see GET /v1/policies")
             head = found
@@ -167,7 +169,6 @@ class PolicyController(Controller):
             except PolicyError as exc:
                 where = "head_modules: " if data.head_modules is not None and bundle is head else ""
                 raise InvalidInput(f"{where}{exc.message}", details=exc.details) from None
-        settings = settings
         engines: list[EmbeddedEngine] = []
         try:
             for bundle in (base, head):
@@ -184,12 +185,15 @@ class PolicyController(Controller):
                 raise InvalidInput(f"head_modules: {exc.message}") from None
             raise
         try:
-            report = await replay(db, engines[0], engines[1], window)
+            report = await replay(read_session, engines[0], engines[1], window)
         finally:
             for engine in engines:
                 engine.close()
         return {**report.to_dict(), "markdown": markdown(report)}
 
 
-DEPENDENCIES = {"policies": provide(lambda runtime: runtime.policies)}
+DEPENDENCIES = {
+    "policies": provide(lambda runtime: runtime.policies),
+    "converge": provide(lambda runtime: runtime.converge),
+}
 ROUTES = [PolicyController]

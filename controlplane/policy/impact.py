@@ -13,16 +13,18 @@ import asyncio
 import json
 import time
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Callable, Container, Iterable
+from collections.abc import AsyncGenerator, Callable, Container, Iterable
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.domain.action import MalformedDecision, parse_decision
 from controlplane.engine.base import PolicyEngine
 from controlplane.engine.bundle import short_revision
 from controlplane.evaluate import repository
-from controlplane.store.db import Database
 from controlplane.store.types import utcnow
 
 CHUNK = 2000
@@ -102,13 +104,15 @@ def action_keys(result: Any, shadow_rules: Container[str] = ()) -> frozenset[Act
 
 
 async def replay(
-    db: Database,
+    session: AsyncSession,
     base: PolicyEngine,
     head: PolicyEngine,
     since: timedelta | None,
     progress: Callable[[int], None] | None = None,
 ) -> ImpactReport:
-    """Replay the stored decisions of the window against `base` and `head`."""
+    """Replay the stored decisions of the window against `base` and `head`, read in
+    `session` (a read session of the request or the command; nothing else uses it
+    meanwhile, as the next chunk is read while the current one is evaluated)."""
     start_at = utcnow() - since if since else None
     report = ImpactReport(base=base.revision, head=head.revision, since=start_at)
     added: Counter[tuple[str, str]] = Counter()
@@ -116,47 +120,49 @@ async def replay(
     base_subjects: dict[str, set[str]] = defaultdict(set)
     head_subjects: dict[str, set[str]] = defaultdict(set)
     started = time.perf_counter()
-    async for rows in _prefetched(repository.decisions_since(db, start_at, CHUNK)):
-        inputs = [row[2] for row in rows]
-        head_runs = await head.evaluate_many(inputs)
-        reuse = [row[1] == base.revision and row[3] == "ok" for row in rows]
-        base_runs = await base.evaluate_many(
-            [given for given, stored in zip(inputs, reuse, strict=True) if not stored]
-        )
-        base_iter = iter(base_runs)
-        for row, stored, head_run in zip(rows, reuse, head_runs, strict=True):
-            before = (
-                action_keys(row[4], base.bundle.shadow)
-                if stored
-                else _keys(next(base_iter), report, "base", base.bundle.shadow)
+    chunks = _prefetched(repository.decisions_since(session, start_at, CHUNK))
+    async with aclosing(chunks):  # stopped by an error, it leaves nothing reading
+        async for rows in chunks:
+            inputs = [row[2] for row in rows]
+            head_runs = await head.evaluate_many(inputs)
+            reuse = [row[1] == base.revision and row[3] == "ok" for row in rows]
+            base_runs = await base.evaluate_many(
+                [given for given, stored in zip(inputs, reuse, strict=True) if not stored]
             )
-            after = _keys(head_run, report, "head", head.bundle.shadow)
-            report.replayed += 1
-            for keys, subjects in ((before, base_subjects), (after, head_subjects)):
-                for kind, tkind, value, rule, _ in keys or ():
-                    if kind in ENFORCING and not rule.endswith(SHADOW_MARK):
-                        subjects[kind].add(f"{tkind}:{value}")
-            if before == after:
-                continue
-            report.changed += 1
-            plus, minus = (
-                (after or frozenset()) - (before or frozenset()),
-                (before or frozenset()) - (after or frozenset()),
-            )
-            for kind, _, _, rule, _ in plus:
-                added[(kind, rule)] += 1
-            for kind, _, _, rule, _ in minus:
-                removed[(kind, rule)] += 1
-            if len(report.sample) < SAMPLE:
-                report.sample.append(
-                    {
-                        "verdict_id": row[0],
-                        "before": _describe(before),
-                        "after": _describe(after),
-                    }
+            base_iter = iter(base_runs)
+            for row, stored, head_run in zip(rows, reuse, head_runs, strict=True):
+                before = (
+                    action_keys(row[4], base.bundle.shadow)
+                    if stored
+                    else _keys(next(base_iter), report, "base", base.bundle.shadow)
                 )
-        if progress:
-            progress(report.replayed)
+                after = _keys(head_run, report, "head", head.bundle.shadow)
+                report.replayed += 1
+                for keys, subjects in ((before, base_subjects), (after, head_subjects)):
+                    for kind, tkind, value, rule, _ in keys or ():
+                        if kind in ENFORCING and not rule.endswith(SHADOW_MARK):
+                            subjects[kind].add(f"{tkind}:{value}")
+                if before == after:
+                    continue
+                report.changed += 1
+                plus, minus = (
+                    (after or frozenset()) - (before or frozenset()),
+                    (before or frozenset()) - (after or frozenset()),
+                )
+                for kind, _, _, rule, _ in plus:
+                    added[(kind, rule)] += 1
+                for kind, _, _, rule, _ in minus:
+                    removed[(kind, rule)] += 1
+                if len(report.sample) < SAMPLE:
+                    report.sample.append(
+                        {
+                            "verdict_id": row[0],
+                            "before": _describe(before),
+                            "after": _describe(after),
+                        }
+                    )
+            if progress:
+                progress(report.replayed)
     report.seconds = time.perf_counter() - started
     _summarise(report, added, removed, base_subjects, head_subjects)
     return report
@@ -201,9 +207,11 @@ def _summarise(
 
 
 async def _prefetched(
-    chunks: AsyncIterator[list[tuple[Any, ...]]],
-) -> AsyncIterator[list[tuple[Any, ...]]]:
-    """Read the next chunk from the database while the current one is evaluated."""
+    chunks: AsyncGenerator[list[tuple[Any, ...]], None],
+) -> AsyncGenerator[list[tuple[Any, ...]], None]:
+    """Read the next chunk from the database while the current one is evaluated. When
+    the reader stops early, the read is stopped and closed before this returns: the
+    session it reads in is the caller's, and goes on after the replay."""
     queue: asyncio.Queue[list[tuple[Any, ...]] | None] = asyncio.Queue(maxsize=2)
 
     async def produce() -> None:
@@ -224,6 +232,8 @@ async def _prefetched(
         await producer  # re-raises a failed read
     finally:
         producer.cancel()
+        await asyncio.wait([producer])
+        await chunks.aclose()
 
 
 def markdown(report: ImpactReport) -> str:

@@ -10,6 +10,7 @@ from is not re-activated by the next sync, only a newer commit is.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -42,6 +43,12 @@ class SyncResult:
     """`activated`, `rejected`, `unchanged` (already known)."""
     problems: list[str]
     tests: dict[str, Any]
+
+
+Converge = Callable[[], Awaitable[None]]
+"""Makes this process's engine decide with the active revision: what the API's sync and
+rollback call once their change has committed (the runtime's `converge`, handed in by
+the policy area's provider, so no handler is given the runtime)."""
 
 
 def gate(bundle: PolicyBundle, entrypoint: str) -> tuple[list[str], dict[str, Any]]:

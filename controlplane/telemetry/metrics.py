@@ -37,7 +37,6 @@ from controlplane.ingest import repository as verdicts_repo
 from controlplane.plan import repository as actions_repo
 from controlplane.remedy import report
 from controlplane.remedy import reviews_repository as reviews_repo
-from controlplane.store.db import Database
 from controlplane.store.types import utcnow
 
 log = logging.getLogger(__name__)
@@ -168,7 +167,7 @@ class _Snapshot:
         return iter(self._families)
 
 
-async def _database_families(db: Database) -> list[Metric]:
+async def _database_families(session: AsyncSession) -> list[Metric]:
     actions = GaugeMetricFamily(
         "tollgate_actions", "Actions by type and state, now.", labels=["type", "state"]
     )
@@ -204,25 +203,22 @@ async def _database_families(db: Database) -> list[Metric]:
         "tollgate_review_oldest_open_seconds",
         "Age of the oldest open review (0: none open): alert when reviewers fall behind.",
     )
-    async with db.read() as session:
-        waiting, oldest = await reviews_repo.open_summary(session)
-        reviews_open.add_metric([], waiting)
-        oldest_review.add_metric(
-            [], max(0.0, (utcnow() - oldest).total_seconds()) if oldest else 0.0
-        )
-        for action_type, state, n in await actions_repo.action_counts(session):
-            actions.add_metric([action_type, state], n)
-        undecided.add_metric([], await verdicts_repo.undecided_count(session))
-        head.add_metric([], (await audit_repo.head(session))[0])
-        latest = await audit_repo.latest_checkpoint(session)
-        statuses = await enforce_repo.statuses(session)
+    waiting, oldest = await reviews_repo.open_summary(session)
+    reviews_open.add_metric([], waiting)
+    oldest_review.add_metric([], max(0.0, (utcnow() - oldest).total_seconds()) if oldest else 0.0)
+    for action_type, state, n in await actions_repo.action_counts(session):
+        actions.add_metric([action_type, state], n)
+    undecided.add_metric([], await verdicts_repo.undecided_count(session))
+    head.add_metric([], (await audit_repo.head(session))[0])
+    latest = await audit_repo.latest_checkpoint(session)
+    statuses = await enforce_repo.statuses(session)
     families: list[Metric] = [
         actions,
         undecided,
         head,
         reviews_open,
         oldest_review,
-        *await _remediation_families(db),
+        *await _remediation_families(session),
     ]
     if latest is not None:
         checkpoint.add_metric([], latest.seq)
@@ -241,13 +237,12 @@ async def _database_families(db: Database) -> list[Metric]:
 REMEDIATION_WINDOW = timedelta(days=30)
 
 
-async def _remediation_families(db: Database) -> list[Metric]:
+async def _remediation_families(session: AsyncSession) -> list[Metric]:
     """The remediation figures of the last 30 days, per rule and per detector (the
     report's `GET /v1/reports/remediation` figures; labels name rules and detectors,
     never subjects)."""
     now = datetime.now(UTC)
-    async with db.read() as session:
-        figures = await report.remediation(session, now - REMEDIATION_WINDOW, now)
+    figures = await report.remediation(session, now - REMEDIATION_WINDOW, now)
     labels = ["by", "name"]
     taken = GaugeMetricFamily(
         "tollgate_remediation_actions", "Actions taken in the last 30 days.", labels=labels
@@ -290,12 +285,13 @@ async def _remediation_families(db: Database) -> list[Metric]:
     return [taken, appeals, overturn, median]
 
 
-async def scrape(db: Database) -> bytes:
-    """The Prometheus text exposition: process metrics, then database figures, and
-    `tollgate_database_up` 0 (with the rest still served) when the database fails."""
+async def scrape(session: AsyncSession) -> bytes:
+    """The Prometheus text exposition: process metrics, then database figures read in
+    `session` (the scrape's read session), and `tollgate_database_up` 0 (with the rest
+    still served) when the database fails."""
     up = GaugeMetricFamily("tollgate_database_up", "1 when the scrape could read the database.")
     try:
-        families = await _database_families(db)
+        families = await _database_families(session)
         up.add_metric([], 1)
     except Exception as exc:
         log.warning("metrics: reading the database failed: %s", type(exc).__name__)

@@ -9,7 +9,6 @@ console session of a reader; a request without one is sent to sign in.
 
 from __future__ import annotations
 
-from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlencode
@@ -32,7 +31,6 @@ from controlplane.auth.guards import principal_of
 from controlplane.auth.service import TokenService
 from controlplane.enforce.service import Enforcer
 from controlplane.errors import TollgateError
-from controlplane.evaluate.explain import explain
 from controlplane.intel.service import IntelService
 from controlplane.remedy.reviews_service import ReviewService
 from controlplane.remedy.service import Remedy
@@ -261,20 +259,13 @@ class ConsoleController(Controller):
     async def action(
         self,
         request: Request[Any, Any, Any],
-        db: NamedDependency[Database],
         session: NamedDependency[AsyncSession],
         enforcer: NamedDependency[Enforcer],
         action_id: FromPath[str],
         everything: Annotated[str, QueryParameter(name="all")] = "",
     ) -> Template:
         """One action: verdict, decision with the rules that fired, applies, and trace."""
-        page = await service.action_page(
-            session,
-            enforcer,
-            partial(explain, db),  # evaluate's, in a read session of its own
-            action_id,
-            show_all=everything == "1",
-        )
+        page = await service.action_page(session, enforcer, action_id, show_all=everything == "1")
         return _page(request, "action.html", page=page)
 
     @get("/policies", name="console-policies")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
@@ -33,7 +32,7 @@ from controlplane.enforce import repository as enforce_repo
 from controlplane.enforce.service import Enforcer
 from controlplane.errors import InvalidInput, NotFound, TollgateError
 from controlplane.evaluate import repository as decisions_repo
-from controlplane.evaluate.explain import Explanation
+from controlplane.evaluate.explain import explain
 from controlplane.ingest import repository as verdicts_repo
 from controlplane.intel.service import IntelService
 from controlplane.plan import repository as actions_repo
@@ -467,7 +466,6 @@ class ActionPage:
 async def action_page(
     session: AsyncSession,
     enforcer: Enforcer,
-    explain: Callable[[str], Awaitable[Explanation]],
     action_id: str,
     show_all: bool,
 ) -> ActionPage:
@@ -486,7 +484,7 @@ async def action_page(
     explanation, explain_error = None, None
     if decision is not None:
         try:
-            e = await explain(decision.id)
+            e = await explain(session, decision.id)
         except TollgateError as exc:
             explain_error = redact.text(exc.message)
         else:

@@ -15,7 +15,9 @@ a violation fails with the file and line.
   boundary modules (`BOUNDARIES`: controllers and dependency providers, guards, jobs,
   the runtime, the CLI) open a session or a transaction; services are given a session.
   The few jobs and streams that live beside their rules are named in `JOB_ENTRY_POINTS`.
-  Nor does a service there import the runtime: it is given what it uses.
+- Nobody is handed the whole runtime: only the modules that make it and give out its
+  parts (`RUNTIME_HOLDERS`: the runtime, the apps, the dependency providers, the CLI)
+  import it, and no route handler takes it as a parameter; each is given what it uses.
 - One owner per table: only the owning area's repository names a table's row class in
   code (a query, a row it builds); the others ask that repository. Type annotations
   may name any row. Every table of `store/models.py` has an owner here.
@@ -80,10 +82,11 @@ UNIT_OF_WORK = [
     "controlplane/intel/",
     "controlplane/bouncers/",
     "controlplane/audit/",
-    "controlplane/policy/service.py",
-    "controlplane/telemetry/spanstore.py",
+    "controlplane/policy/",
+    "controlplane/telemetry/",
     "controlplane/ui/",
-    "controlplane/api/health.py",
+    "controlplane/api/",
+    "controlplane/evaluate/explain.py",
 ]
 """Where transactions open at the request or job boundary only."""
 BOUNDARIES = {
@@ -109,6 +112,17 @@ answer outlives the request's session; a job works for a while between transacti
 or chunk by chunk; the span exporter's thread has an engine of its own. The audit
 jobs and the policy sync stay beside their rules as the CLI's local paths import them
 from there."""
+RUNTIME_HOLDERS = {
+    "controlplane/runtime.py",
+    "controlplane/api/app.py",
+    "controlplane/api/worker.py",
+    "controlplane/api/dependencies.py",
+}
+"""Modules besides the CLI's that may import the runtime: it, the API's and the connector
+worker's apps (which make it and run its start and stop), and the providers that give
+each handler its part of it."""
+ROUTE_DECORATORS = {"get", "post", "put", "patch", "delete", "head", "route", "websocket"}
+RUNTIMES = {"Runtime", "WorkerRuntime"}
 DATABASE_NAMES = {"db", "_db"}
 OPENERS = {"read", "write", "transaction", "read_blocking", "write_blocking"}
 BEGINS = {"begin", "begin_nested"}
@@ -235,13 +249,13 @@ def violations() -> dict[str, list[str]]:
         "a broad except swallows": [],
         "a repository queries a table another area owns": [],
         "a handler calls a repository or opens a session": [],
-        "a service opens a transaction or takes the runtime": [],
+        "a service opens a transaction": [],
+        "a service or handler is handed the runtime": [],
     }
     for path, tree in trees():
         found["a repository queries a table another area owns"] += foreign_rows(path, tree)
-        found["a service opens a transaction or takes the runtime"] += transactions_opened(
-            path, tree
-        )
+        found["a service opens a transaction"] += transactions_opened(path, tree)
+        found["a service or handler is handed the runtime"] += runtime_reached(path, tree)
         stage = stage_of(path)
         for line, module, names in imports(tree):
             if module.startswith("sqlalchemy") and SQL & set(names) and not is_repository(path):
@@ -305,16 +319,11 @@ def opens_transaction(node: ast.AST) -> bool:
 
 def transactions_opened(path: str, tree: ast.Module) -> list[str]:
     """Where a module of the `UNIT_OF_WORK` areas that is no boundary opens a session or
-    a transaction, outside its `JOB_ENTRY_POINTS` (`file:line: function`), or imports
-    the runtime (`file:line: controlplane.runtime`)."""
+    a transaction, outside its `JOB_ENTRY_POINTS` (`file:line: function`)."""
     if not any(path.startswith(area) for area in UNIT_OF_WORK) or is_boundary(path):
         return []
     allowed = JOB_ENTRY_POINTS.get(path, set())
-    found = [
-        f"{path}:{line}: controlplane.runtime"
-        for line, module, names in imports(tree)
-        if module == "controlplane.runtime" or (module == "controlplane" and "runtime" in names)
-    ]
+    found: list[str] = []
 
     def visit(node: ast.AST, scope: list[str]) -> None:
         for child in ast.iter_child_nodes(node):
@@ -327,6 +336,57 @@ def transactions_opened(path: str, tree: ast.Module) -> list[str]:
             visit(child, inner)
 
     visit(tree, [])
+    return found
+
+
+def is_route_handler(node: ast.AST) -> bool:
+    """A function litestar routes to: decorated with `get`, `post`, ... (called or not)."""
+    if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+        return False
+    for decorator in node.decorator_list:
+        target = decorator.func if isinstance(decorator, ast.Call) else decorator
+        name = getattr(target, "attr", None) or getattr(target, "id", None)
+        if name in ROUTE_DECORATORS:
+            return True
+    return False
+
+
+def names_runtime(annotation: ast.expr | None) -> bool:
+    """An annotation that names `Runtime` or `WorkerRuntime` anywhere (`NamedDependency[
+    Runtime]`, a quoted one too)."""
+    if annotation is None:
+        return False
+    for node in ast.walk(annotation):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            try:
+                if names_runtime(ast.parse(node.value, mode="eval").body):
+                    return True
+            except SyntaxError:
+                continue
+        elif (getattr(node, "id", None) or getattr(node, "attr", None)) in RUNTIMES:
+            return True
+    return False
+
+
+def runtime_reached(path: str, tree: ast.Module) -> list[str]:
+    """Where a module that is not one of `RUNTIME_HOLDERS` nor the CLI imports the runtime
+    (`file:line: controlplane.runtime`), and where a route handler anywhere takes it
+    (`file:line: handler(parameter)`): a parameter named `runtime`, or annotated with it."""
+    found: list[str] = []
+    if path not in RUNTIME_HOLDERS and not path.startswith("controlplane/cli/"):
+        found += [
+            f"{path}:{line}: controlplane.runtime"
+            for line, module, names in imports(tree)
+            if module == "controlplane.runtime" or (module == "controlplane" and "runtime" in names)
+        ]
+    for node in ast.walk(tree):
+        if not is_route_handler(node):
+            continue
+        assert isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        every = [*node.args.posonlyargs, *node.args.args, *node.args.kwonlyargs]
+        for arg in every:
+            if arg.arg == "runtime" or names_runtime(arg.annotation):
+                found.append(f"{path}:{arg.lineno}: {node.name}({arg.arg})")
     return found
 
 
@@ -377,9 +437,8 @@ def test_the_linters_find_what_they_look_for(tmp_path: Path) -> None:
 
 def test_the_transaction_rule_finds_a_service_that_opens_one() -> None:
     """A service of a converted area that opens a session or a transaction fails with
-    file, line and function, and so does one that imports the runtime; a boundary
-    module, a job entry point, and a session that is only used, pass; an area not
-    converted yet is not looked at."""
+    file, line and function; a boundary module, a job entry point, and a session that
+    is only used, pass; an area not converted yet is not looked at."""
     source = ast.parse(
         "class Remedy:\n"
         "    async def lift(self, session):\n"
@@ -391,19 +450,18 @@ def test_the_transaction_rule_finds_a_service_that_opens_one() -> None:
         "async def read(db, session):\n"
         "    async with db.read() as s:\n"
         "        await session.get(X, 1)\n"
-        "from controlplane.runtime import Runtime\n"
     )
     assert transactions_opened("controlplane/remedy/service.py", source) == [
-        "controlplane/remedy/service.py:11: controlplane.runtime",
         "controlplane/remedy/service.py:3: Remedy.lift",
         "controlplane/remedy/service.py:3: Remedy.lift",
         "controlplane/remedy/service.py:6: Remedy.job",
         "controlplane/remedy/service.py:9: read",
     ]
+    for covered in ("controlplane/telemetry/metrics.py", "controlplane/policy/impact.py"):
+        assert len(transactions_opened(covered, source)) == 4, covered
     JOB_ENTRY_POINTS["controlplane/remedy/x.py"] = {"Remedy.job", "read"}
     try:
         assert transactions_opened("controlplane/remedy/x.py", source) == [
-            "controlplane/remedy/x.py:11: controlplane.runtime",
             "controlplane/remedy/x.py:3: Remedy.lift",
             "controlplane/remedy/x.py:3: Remedy.lift",
         ]
@@ -418,6 +476,45 @@ def test_the_transaction_rule_finds_a_service_that_opens_one() -> None:
     ):
         assert transactions_opened(boundary, source) == [], boundary
     assert transactions_opened("controlplane/plan/service.py", source) == []
+
+
+def test_the_runtime_rule_finds_who_is_handed_the_runtime() -> None:
+    """A service or a handler module that imports the runtime fails with file and line,
+    and so does a route handler that takes it (by name, or by its type, quoted or inside
+    `NamedDependency`), wherever it is; the modules that make the runtime and give out
+    its parts may import it, and a handler given one part of it passes."""
+    source = ast.parse(
+        "from controlplane.runtime import Runtime\n"
+        "from controlplane import runtime as whole\n"
+        "class C(Controller):\n"
+        "    @post('/sync')\n"
+        "    async def sync(self, runtime, data: Body) -> None: ...\n"
+        "    @get('/metrics')\n"
+        "    async def metrics(self, r: NamedDependency[Runtime]) -> None: ...\n"
+        "    @litestar.get('/readyz')\n"
+        "    async def readyz(self, w: 'NamedDependency[WorkerRuntime]') -> None: ...\n"
+        "    @get('/ok')\n"
+        "    async def ok(self, converge: NamedDependency[Converge]) -> None: ...\n"
+        "def provider(runtime: Runtime) -> Converge:\n"
+        "    return runtime.converge\n"
+    )
+    handlers = [
+        "controlplane/policy/controllers.py:5: sync(runtime)",
+        "controlplane/policy/controllers.py:7: metrics(r)",
+        "controlplane/policy/controllers.py:9: readyz(w)",
+    ]
+    assert runtime_reached("controlplane/policy/controllers.py", source) == [
+        "controlplane/policy/controllers.py:1: controlplane.runtime",
+        "controlplane/policy/controllers.py:2: controlplane.runtime",
+        *handlers,
+    ]
+    assert runtime_reached("controlplane/telemetry/metrics.py", source)[:2] == [
+        "controlplane/telemetry/metrics.py:1: controlplane.runtime",
+        "controlplane/telemetry/metrics.py:2: controlplane.runtime",
+    ]
+    for holder in ("controlplane/api/app.py", "controlplane/cli/main.py"):
+        found = runtime_reached(holder, source)
+        assert found == [h.replace("controlplane/policy/controllers.py", holder) for h in handlers]
 
 
 def test_every_job_entry_point_is_there() -> None:

@@ -94,6 +94,12 @@ async def test_a_database_outage_is_503_and_the_server_recovers_without_a_restar
             assert ready.status_code == 503
             assert ready.json()["checks"]["database"].startswith("unreachable")
             assert (await client.get(f"{server.url}/healthz")).status_code == 200
+            # The scrape reads in the request's session: the process's own figures are
+            # still served, and the database's absence is a figure too.
+            scraped = await client.get(f"{server.url}/metrics")
+            assert scraped.status_code == 200, scraped.text
+            assert "tollgate_database_up 0.0" in scraped.text
+            assert "tollgate_verdicts_received_total" in scraped.text
             await asyncio.sleep(3)  # a few ticks of the periodic jobs, during the outage
 
             database.start()

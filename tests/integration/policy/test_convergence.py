@@ -149,3 +149,42 @@ async def test_a_recorded_revision_that_can_leave_the_process_never_decides(
         assert api.runtime.engines.current.revision == first
         assert await decided_by(api) == first
     assert asked == []
+
+
+async def test_a_sync_or_rollback_through_the_api_decides_at_once(api: Running, repo: Path) -> None:
+    """`POST /v1/policies/sync` and `/rollback` converge this server's engine once their
+    change has committed, before they answer (the periodic jobs are paused here, so
+    nothing else converges it); one refused converges nothing."""
+    api.runtime.scheduler.pause()
+    first = api.runtime.engines.current.revision
+    touch_module(repo, "second commit")
+    second = commit(repo, "second")
+
+    synced = await api.client.post("/v1/policies/sync", json={"reason": "merged"})
+
+    assert synced.status_code == 200, synced.text
+    assert (synced.json()["outcome"], synced.json()["revision"]) == ("activated", second)
+    assert api.runtime.engines.current.revision == second
+    assert await decided_by(api) == second
+
+    rolled = await api.client.post("/v1/policies/rollback", json={"reason": "false positives"})
+
+    assert rolled.status_code == 200, rolled.text
+    assert rolled.json()["revision"] == first
+    assert api.runtime.engines.current.revision == first
+    assert await decided_by(api) == first
+
+    # Activated elsewhere (as the CLI does) and not converged on yet: a change refused
+    # through the API leaves the engine as it was, for the next converge to move.
+    elsewhere = Database(api.settings.resolved_database_url)
+    try:
+        policies = PolicyService(elsewhere, source_from(api.settings), api.settings.entrypoint)
+        await policies.rollback(second, "oncall", "second after all")
+    finally:
+        await elsewhere.dispose()
+    refused = await api.client.post("/v1/policies/rollback", json={"revision": second})
+
+    assert refused.status_code == 409, refused.text
+    assert api.runtime.engines.current.revision == first
+    await api.runtime.converge()
+    assert api.runtime.engines.current.revision == second

@@ -13,13 +13,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import text, update
 from sqlmodel import col
 from typer.testing import CliRunner, Result
 
 from controlplane.auth.roles import Role
 from controlplane.cli.main import app
 from controlplane.engine.bundle import PolicyBundle, load_bundle, short_revision
+from controlplane.engine.embedded import EmbeddedEngine
+from controlplane.evaluate.repository import count_decisions
+from controlplane.policy import impact as impact_module
+from controlplane.policy.impact import replay
 from controlplane.settings import get_settings
 from controlplane.store.models import DecisionRow
 from controlplane.store.types import utcnow
@@ -244,3 +248,36 @@ async def test_cli_refuses_a_bad_window(api: Running, stricter: PolicyBundle) ->
 
     assert result.exit_code == 1
     assert re.search(r"--since: 'soon' is not a duration", result.output)
+
+
+class Stopped(Exception):
+    """What the progress callback raises to stop a replay half-way."""
+
+
+async def test_a_replay_stopped_half_way_leaves_its_session_as_it_found_it(
+    api: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The replay reads in its caller's session, a chunk ahead of what it evaluates: one
+    that stops (here its progress callback raises after the first chunk) closes that
+    read and stops reading before it returns, so the session goes on serving its
+    caller, with no cursor left open in it nor a read still running."""
+    monkeypatch.setattr(impact_module, "CHUNK", 4)
+    active = api.runtime.engines.current.bundle
+    engine = await asyncio.to_thread(EmbeddedEngine, active, api.settings.entrypoint, 1)
+
+    def stop(replayed: int) -> None:
+        raise Stopped(f"stopped after {replayed}")
+
+    try:
+        async with api.runtime.db.read() as session:
+            tasks = asyncio.all_tasks()
+            with pytest.raises(Stopped, match="stopped after 4"):
+                await replay(session, engine, engine, None, stop)
+
+            assert asyncio.all_tasks() <= tasks, "a read of the replay is still running"
+            if session.bind.dialect.name == "postgresql":
+                cursors = await session.execute(text("SELECT count(*) FROM pg_cursors"))
+                assert cursors.scalar_one() == 0, "the replay's cursor is still open"
+            assert await count_decisions(session, None) == 30
+    finally:
+        engine.close()
