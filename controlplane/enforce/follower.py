@@ -35,6 +35,7 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, TraceFlags
 from opentelemetry.util.types import AttributeValue
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.orm import Session
 
@@ -79,7 +80,14 @@ SPAN_RECONCILE = "connector.reconcile"
 TRACED_PER_BATCH = 100
 """Parent spans an apply span is repeated under, at most (the rest are counted only)."""
 LOCK_CHECK_SECONDS = 1.0
-"""How often an applying follower makes sure the connection holding its lock lives."""
+"""How often an applying follower makes sure the connection holding its lock lives (and
+how long that check may take before the lock counts as lost)."""
+TAKEOVER_GRACE_SECONDS = 2 * LOCK_CHECK_SECONDS + 0.5
+"""How long a standby that just took its connector's lock waits before applying: a
+holder whose lock connection was cut learns it at its next check, within two
+`LOCK_CHECK_SECONDS` (the wait between checks, then the check itself), so the two never
+apply, or say they apply, at once. (A follower that finds the lock free at its first try
+starts at once.)"""
 FOLLOW_LOCK = 0x74_6C_66_00
 """Advisory locks (plus a hash of the connector's name): one follower per connector."""
 
@@ -150,6 +158,8 @@ class Follower:
         """Batches tried so far."""
         self.active = False
         """Holds its connector's lock: the one follower applying for this connector."""
+        self.taking_over = False
+        """Took the lock as a standby and waits out `TAKEOVER_GRACE_SECONDS` first."""
         self._wake = asyncio.Event()
         self._requests: list[asyncio.Future[ReconcileReport]] = []
         self._retry: dict[Key, _Retry] = {}
@@ -208,7 +218,7 @@ class Follower:
                 lambda: (
                     self.cursor >= head
                     or (self.attempted >= head and self._tries > tries)
-                    or not self.active
+                    or not (self.active or self.taking_over)
                 )
             )
 
@@ -267,7 +277,7 @@ class Follower:
         now = time.monotonic()
         if now - self._lock_checked < LOCK_CHECK_SECONDS:
             return
-        await ping_connection(self._lock_connection)
+        await _ping_lock(self._lock_connection)
         self._lock_checked = now
 
     def database_unavailable(self, exc: BaseException) -> None:
@@ -285,6 +295,8 @@ class Follower:
         """How long to wait for a wake: the poll (changes from other replicas), less when
         a retry falls due, more while the gateway is unreachable."""
         pause = self._poll
+        if self._lock_connection is not None:
+            pause = min(pause, LOCK_CHECK_SECONDS)  # the lock is checked even when idle
         if self._retry:
             due = min(r.due for r in self._retry.values()) - time.monotonic()
             pause = min(pause, max(0.0, due))
@@ -809,11 +821,24 @@ class Follower:
             yield
             return
         key = FOLLOW_LOCK + zlib.crc32(self.config.name.encode()) % 0xFF
+        stood_by = False
         while True:
             connection: AsyncConnection = await self._db.engine.connect()
             try:
                 taken = await try_advisory_lock(connection, key)
                 if taken:
+                    if stood_by:
+                        # Taking over from a holder whose connection was cut: it may
+                        # not know yet, and applies until its next check.
+                        self.taking_over = True
+                        try:
+                            await asyncio.sleep(TAKEOVER_GRACE_SECONDS)
+                            await _ping_lock(connection)
+                        finally:
+                            self.taking_over = False
+                            async with self._progress:
+                                self._progress.notify_all()
+                    self._lock_checked = time.monotonic()
                     self._lock_connection = connection
                     try:
                         yield
@@ -823,6 +848,7 @@ class Follower:
                     return
             finally:
                 await connection.close()
+            stood_by = True
             await asyncio.sleep(5.0)
 
 
@@ -866,6 +892,17 @@ def _apply_span(config: ConnectorConfig, changes: Sequence[ChangeRow]) -> Iterat
             start_time=started,
         )
         twin.end(end_time=ended)
+
+
+async def _ping_lock(connection: AsyncConnection) -> None:
+    """Raise (as an outage) unless the connection holding a lock answers within
+    `LOCK_CHECK_SECONDS`: one that hangs may be gone, and its lock with it."""
+    try:
+        await asyncio.wait_for(ping_connection(connection), LOCK_CHECK_SECONDS)
+    except TimeoutError:
+        raise DisconnectionError(
+            f"the connection holding the lock did not answer within {LOCK_CHECK_SECONDS:g} s"
+        ) from None
 
 
 async def _backoff(attempt: int) -> None:
