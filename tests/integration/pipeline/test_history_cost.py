@@ -1,0 +1,304 @@
+"""A group's database work does not grow with history.
+
+The decide thread's SQLite virtual-machine instructions for one group are counted on a
+new database, then again after tens of thousands of rows of unrelated history in every
+table a group reads (verdicts, decisions, actions, sightings, lifts, appeals,
+exemptions, customers). Every lookup is asked by the batch's own subjects, so the
+count stays put; a lookup that the planner answers by provider alone (or any other
+scan) costs instructions for every row of history, and fails here long before it
+shows up as latency. Counted, not timed: the figure is the same on a busy machine.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, event, insert
+from sqlalchemy.engine import Connection
+
+from controlplane.store.db import sync_url, upgrade
+from controlplane.store.models import (
+    ActionRow,
+    AppealRow,
+    CustomerRow,
+    DecisionRow,
+    ExemptionRow,
+    LiftRow,
+    SightingRow,
+    VerdictRow,
+)
+from tests.support.app import Running, make_settings, serve
+from tests.support.databases import fresh_database, sqlite_url
+from tests.support.verdicts import verdict
+
+HISTORY = 40_000
+"""Rows of history per table (actions, lifts, appeals and exemptions: a quarter)."""
+STEP = 100
+"""The progress handler runs every STEP instructions."""
+GROUP = 8
+
+
+@contextmanager
+def counted(running: Running) -> Iterator[list[int]]:
+    """Count the VM instructions the decide thread runs (in units of STEP)."""
+    steps = [0]
+
+    def tick() -> int:
+        steps[0] += 1
+        return 0
+
+    def on_execute(conn: Connection, *_: Any) -> None:
+        if threading.current_thread().name.startswith("tollgate-decide"):
+            raw = conn.connection.dbapi_connection
+            assert isinstance(raw, sqlite3.Connection)
+            raw.set_progress_handler(tick, STEP)
+
+    engine = running.runtime.db.blocking
+    event.listen(engine, "before_cursor_execute", on_execute)
+    try:
+        yield steps
+    finally:
+        event.remove(engine, "before_cursor_execute", on_execute)
+
+
+def group(tag: str) -> list[dict[str, Any]]:
+    """GROUP verdicts on new subjects, some sharing an org and a network."""
+    return [
+        verdict(
+            id=f"cost-{tag}-{i}",
+            subject={
+                "account_id": f"acct_cost_{tag}_{i}",
+                "api_key_id": f"key_cost_{tag}_{i}",
+                "org_id": f"org_cost_{tag}_{i % 3}",
+                "ips": [f"198.51.100.{10 + i}"],
+            },
+            score=0.5 + i / 40,
+        )
+        for i in range(GROUP)
+    ]
+
+
+def seed_history(url: str, rows: int) -> None:
+    """`rows` verdicts with their decisions and sightings, a quarter as many actions,
+    lifts, appeals, exemptions and customers: all of provider lab-a, none on the
+    subjects the measured groups use."""
+    now = datetime.now(UTC)
+    engine = create_engine(sync_url(url))
+    quarter = range(0, rows, 4)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                insert(VerdictRow),
+                [
+                    {
+                        "id": f"hist-v{i}",
+                        "provider": "lab-a",
+                        "detector_name": "history",
+                        "detector_version": "1",
+                        "account_id": f"acct_hist_{i % 9000}",
+                        "api_key_id": f"key_hist_{i % 11000}",
+                        "org_id": f"org_hist_{i % 700}",
+                        "score": 0.6,
+                        "confidence": 0.8,
+                        "observed_at": now - timedelta(minutes=i % 600),
+                        "received_at": now - timedelta(minutes=i % 600),
+                        "body": {},
+                        "content_hash": "0" * 64,
+                        "status": "decided",
+                    }
+                    for i in range(rows)
+                ],
+            )
+            conn.execute(
+                insert(DecisionRow),
+                [
+                    {
+                        "id": f"hist-d{i}",
+                        "verdict_id": f"hist-v{i}",
+                        "provider": "lab-a",
+                        "policy_revision": "history",
+                        "entrypoint": "tollgate.decision",
+                        "engine": "history",
+                        "status": "ok",
+                        "input": {},
+                        "result": {},
+                        "duration_ms": 0.0,
+                        "decided_at": now,
+                    }
+                    for i in range(rows)
+                ],
+            )
+            conn.execute(
+                insert(SightingRow),
+                [
+                    {
+                        "provider": "lab-a",
+                        "scope": "account" if i % 2 else "org",
+                        "scope_id": f"acct_hist_{i % 9000}" if i % 2 else f"org_hist_{i % 700}",
+                        "kind": ("network", "api_key", "account")[i % 3],
+                        "value": f"hist-{i}"
+                        if i % 3
+                        else f"10.{i // 65536 % 256}.{i // 256 % 256}.0/24",
+                        "first_seen": now,
+                        "last_seen": now,
+                    }
+                    for i in range(rows)
+                ],
+            )
+            conn.execute(
+                insert(ActionRow),
+                [
+                    {
+                        "id": f"hist-a{i}",
+                        "decision_id": f"hist-d{i}",
+                        "verdict_id": f"hist-v{i}",
+                        "provider": "lab-a",
+                        "type": "revoke_key",
+                        "target_kind": "api_key",
+                        "target_value": f"key_hist_{i % 11000}",
+                        "params": {},
+                        "ttl_seconds": 86400.0,
+                        "expires_at": now + timedelta(days=1),
+                        "rule": "history",
+                        "reason": "history",
+                        "state": "applied" if i % 8 else "lifted",
+                        "shadow": False,
+                        "policy_revision": "history",
+                        "created_at": now,
+                        "updated_at": now,
+                    }
+                    for i in quarter
+                ],
+            )
+            conn.execute(
+                insert(LiftRow),
+                [
+                    {
+                        "id": f"hist-l{i}",
+                        "action_id": f"hist-a{i}",
+                        "provider": "lab-a",
+                        "type": "revoke_key",
+                        "target_kind": "api_key",
+                        "target_value": f"key_hist_{i % 11000}",
+                        "rule": "history",
+                        "score": 0.6,
+                        "cause": "lifted",
+                        "actor": "history",
+                        "reason": "history",
+                        "at": now - timedelta(hours=1),
+                    }
+                    for i in quarter
+                ],
+            )
+            conn.execute(
+                insert(AppealRow),
+                [
+                    {
+                        "id": f"hist-p{i}",
+                        "provider": "lab-a",
+                        "subject_kind": "account",
+                        "subject_value": f"acct_hist_{i % 9000}",
+                        "statement": "history",
+                        "contact": "history@example.com",
+                        "state": "pending" if i % 2 else "denied",
+                        "filed_by": "history",
+                        "filed_at": now - timedelta(hours=1),
+                    }
+                    for i in quarter
+                ],
+            )
+            conn.execute(
+                insert(ExemptionRow),
+                [
+                    {
+                        "id": f"hist-e{i}",
+                        "provider": "lab-a",
+                        "subject_kind": "account",
+                        "subject_value": f"acct_hist_{i}",
+                        "owner": "history",
+                        "reason": "history",
+                        "expires_at": now + timedelta(days=1),
+                        "created_at": now,
+                    }
+                    for i in quarter
+                ],
+            )
+            conn.execute(
+                insert(CustomerRow),
+                [
+                    {
+                        "account_id": f"acct_hist_{i}",
+                        "org_id": f"org_hist_{i % 700}",
+                        "tier": "enterprise",
+                        "verified": True,
+                        "keys": [],
+                        "created_at": now,
+                        "updated_at": now,
+                    }
+                    for i in quarter
+                ],
+            )
+    finally:
+        engine.dispose()
+
+
+async def test_a_groups_database_work_does_not_grow_with_history(tmp_path: Path) -> None:
+    with fresh_database("sqlite", tmp_path / "db", None) as url:
+        (tmp_path / "data").mkdir()
+        settings = make_settings(url, tmp_path / "data")
+        async with serve(settings) as running:
+            await running.submit({"verdicts": group("warm")})  # statements compiled
+            with counted(running) as before:
+                await running.submit({"verdicts": group("before")})
+            seed_history(url, HISTORY)
+            with counted(running) as after:
+                await running.submit({"verdicts": group("after")})
+
+    assert before[0] > 0, "the decide thread ran no SQLite instructions: nothing counted"
+    # The groups are alike; a lookup that scans history costs a step per row of it
+    # (HISTORY rows: HISTORY / STEP = 400 units per scanned table).
+    assert after[0] <= before[0] * 1.25 + 50, (
+        f"a group cost {before[0] * STEP:,} SQLite instructions on a new database and "
+        f"{after[0] * STEP:,} after {HISTORY:,} rows of unrelated history"
+    )
+
+
+pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
+
+
+def test_planner_statistics_are_given_once_and_leave_an_analyze_standing(tmp_path: Path) -> None:
+    """Every index gets statistics at upgrade; an upgrade again adds none twice, and
+    what an operator's ANALYZE measured stays."""
+    url = sqlite_url(tmp_path)
+    upgrade(url)
+    engine = create_engine(sync_url(url))
+    try:
+        with engine.begin() as conn:
+            stats = dict(
+                ((t, i), s) for t, i, s in conn.exec_driver_sql("SELECT * FROM sqlite_stat1")
+            )
+            indexes = [
+                (t, i)
+                for t, i in conn.exec_driver_sql(
+                    "SELECT tbl_name, name FROM sqlite_schema WHERE type = 'index'"
+                )
+            ]
+            assert set(indexes) <= set(stats), "an index without planner statistics"
+            assert stats[("verdict", "ix_verdict_provider_account")] == "1000000 500000 10"
+            conn.exec_driver_sql(
+                "UPDATE sqlite_stat1 SET stat = '7 7 1' WHERE idx = 'ix_verdict_provider_account'"
+            )
+        upgrade(url)
+        with engine.connect() as conn:
+            again = list(conn.exec_driver_sql("SELECT tbl, idx, stat FROM sqlite_stat1"))
+    finally:
+        engine.dispose()
+    assert len(again) == len(stats)
+    assert ("verdict", "ix_verdict_provider_account", "7 7 1") in again
