@@ -75,8 +75,10 @@ _FILE_WRITERS: dict[str, threading.Lock] = {}
 _FILE_WRITERS_GUARD = threading.Lock()
 
 
-def _writers_of(url: str) -> AbstractContextManager[Any]:
-    """The lock the process's sync writers of this SQLite file share (none elsewhere)."""
+def writers_of(url: str) -> AbstractContextManager[Any]:
+    """The lock the process's sync writers of this SQLite file share (none elsewhere):
+    a writer waiting for it starts the moment the other commits, where SQLite's busy
+    handler would sleep in steps of up to 100 ms."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
         return nullcontext()
@@ -134,7 +136,7 @@ class Database:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self._writers = _writers_of(url)
+        self._writers = writers_of(url)
         self.engine = create_engine(url)
         self.dialect = self.engine.dialect.name
         self.read = async_sessionmaker(self.engine, expire_on_commit=False)

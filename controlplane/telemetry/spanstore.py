@@ -39,7 +39,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from controlplane.store.db import sync_url
+from controlplane.store.db import sync_url, writers_of
 from controlplane.store.models import SpanRow
 from controlplane.telemetry import repository
 
@@ -147,10 +147,12 @@ class _Sink:
         self.url = url
         self.engine = _sync_engine(url)
         self.users = 1
+        self._writers = writers_of(url)
 
     def write(self, rows: Sequence[dict[str, Any]]) -> None:
-        """One batch, in a transaction of the exporter thread's own engine."""
-        with self.engine.begin() as conn:
+        """One batch, in a transaction of the exporter thread's own engine, queued
+        with the process's other writers of the file (the decide thread's groups)."""
+        with self._writers, self.engine.begin() as conn:
             repository.insert_spans(conn, rows)
 
 
