@@ -251,8 +251,13 @@ class IntelCache:
 
     RELOAD_SECONDS = 600.0
     LOOKBACK = timedelta(seconds=30)
-    """How far before the newest change seen each look goes again: a row stamped
-    earlier may commit later (versions already taken are skipped)."""
+    """How far before the newest change seen a look goes again: a row stamped earlier
+    may commit later (versions already taken are skipped)."""
+    LOOK_BACK_EVERY = timedelta(seconds=2)
+    """How often a batch looks back that far; the others read only rows stamped after
+    the newest seen. Looking back at every batch would read every indicator of the
+    last 30 s again per batch: a peer sharing ten thousand at once would cost each
+    batch ten thousand rows for half a minute."""
 
     def __init__(self, keyring: Keyring | None = None, db: Database | None = None) -> None:
         self._keyring = keyring or Keyring()
@@ -265,6 +270,7 @@ class IntelCache:
         self._loader: ThreadPoolExecutor | None = None
         self._reload: Future[IntelIndex] | None = None
         self._reload_at: datetime | None = None
+        self._looked_back: datetime | None = None
 
     def index(self, session: Session, now: datetime) -> IntelIndex:
         due = self._loaded_at is None or (now - self._loaded_at) >= timedelta(
@@ -285,7 +291,10 @@ class IntelCache:
                 # The current index goes on serving; the next batch tries again.
                 log.exception("reloading the intel index failed; it keeps the current one")
         assert self._watermark is not None
-        rows = intel_repo.indicators_changed_since(session, self._watermark - self.LOOKBACK)
+        since = self._watermark + timedelta(microseconds=1)  # what is stamped after it
+        if self._looked_back is None or now - self._looked_back >= self.LOOK_BACK_EVERY:
+            since, self._looked_back = self._watermark - self.LOOKBACK, now
+        rows = intel_repo.indicators_changed_since(session, since)
         fresh = [r for r in rows if (r.id, _changed(r)) not in self._recent]
         self._index.drop(r.id for r in fresh)  # an earlier version of a changed row
         self._index.extend(_documents(r for r in fresh if not r.revoked))

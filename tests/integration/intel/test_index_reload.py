@@ -6,9 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy.orm import Session
 
 from controlplane.evaluate.intel import IntelIndex
 from controlplane.evaluate.repository import IntelCache
+from controlplane.intel import repository as intel_repo
 from controlplane.store.db import Database
 from controlplane.store.types import utcnow
 from tests.support.store import add, indicator
@@ -72,4 +78,46 @@ async def test_without_a_database_a_reload_is_inline(database_url: str) -> None:
         assert reloaded is not first
         assert ranges(reloaded, "203.0.113.1") == {"203.0.113.0/24"}
     finally:
+        await db.dispose()
+
+
+async def test_a_batch_reads_what_changed_since_the_newest_seen_and_late_rows_still_come(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A peer shares 500 indicators at once: the next batch reads them, the batches after
+    it read none of them again (not the last 30 s of intel per batch); a row stamped
+    before the newest seen but committed after it is found at the next look back."""
+    db = Database(database_url)
+    cache = IntelCache(db=db)
+    cache.LOOK_BACK_EVERY = timedelta(seconds=0.3)
+    read: list[int] = []
+    changed_since = intel_repo.indicators_changed_since
+
+    def counting(session: Session, since: datetime) -> list[Any]:
+        rows = changed_since(session, since)
+        read.append(len(rows))
+        return rows
+
+    monkeypatch.setattr(intel_repo, "indicators_changed_since", counting)
+    try:
+        look(cache, db)
+        stamp = utcnow()
+        shared = [indicator(f"100.{64 + i // 256}.{i % 256}.0/24") for i in range(500)]
+        for row in shared:
+            row.created_at = row.modified = stamp  # one transaction's rows share a stamp
+        await add(db, *shared)
+        assert ranges(look(cache, db), "100.65.3.9") == {"100.65.3.0/24"}
+        assert read[-1] == 500
+        read.clear()
+        for _ in range(5):
+            look(cache, db)
+        assert read == [0] * 5, f"batches read {read} rows they had already taken"
+
+        late = indicator("192.0.2.0/24")
+        late.created_at = late.modified = stamp - timedelta(seconds=5)
+        await add(db, late)
+        await asyncio.sleep(0.4)  # past the look-back interval
+        assert ranges(look(cache, db), "192.0.2.1") == {"192.0.2.0/24"}
+    finally:
+        cache.close()
         await db.dispose()
