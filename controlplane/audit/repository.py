@@ -45,7 +45,7 @@ from controlplane.store.models import (
 HEAD_ID = 1
 
 
-def _locked(session: AsyncSession, query: Any) -> Any:
+def _locked(session: AsyncSession | Session, query: Any) -> Any:
     """FOR UPDATE on PostgreSQL; SQLite writers already hold the lock (BEGIN IMMEDIATE)."""
     return query.with_for_update() if session.get_bind().dialect.name == "postgresql" else query
 
@@ -287,19 +287,19 @@ async def list_events(
 # The subject index.
 
 
-async def lock_subject_head(session: AsyncSession) -> int:
+def lock_subject_head_blocking(session: Session) -> int:
     """The last seq the subject index covers, locked until commit (one indexer at a time)."""
     query = select(col(AuditSubjectHeadRow.seq)).where(col(AuditSubjectHeadRow.id) == HEAD_ID)
-    return int((await session.execute(_locked(session, query))).scalar_one())
+    return int(session.execute(_locked(session, query)).scalar_one())
 
 
-async def set_subject_head(session: AsyncSession, seq: int) -> None:
-    await session.execute(
+def set_subject_head_blocking(session: Session, seq: int) -> None:
+    session.execute(
         update(AuditSubjectHeadRow).where(col(AuditSubjectHeadRow.id) == HEAD_ID).values(seq=seq)
     )
 
 
-async def events_after(session: AsyncSession, seq: int, limit: int) -> list[Row[Any]]:
+def events_after_blocking(session: Session, seq: int, limit: int) -> list[Row[Any]]:
     """The fields the subject index is derived from, for events after `seq`."""
     query = (
         select(
@@ -313,17 +313,17 @@ async def events_after(session: AsyncSession, seq: int, limit: int) -> list[Row[
         .order_by(col(AuditEventRow.seq))
         .limit(limit)
     )
-    return list((await session.execute(query)).all())
+    return list(session.execute(query).all())
 
 
-async def insert_subjects(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
+def insert_subjects_blocking(session: Session, rows: Sequence[dict[str, Any]]) -> None:
     if rows:
-        await session.execute(insert(AuditSubjectRow.__table__), list(rows))  # type: ignore[attr-defined]
+        session.execute(insert(AuditSubjectRow.__table__), list(rows))  # type: ignore[attr-defined]
 
 
-async def clear_subjects(session: AsyncSession) -> None:
-    await session.execute(delete(AuditSubjectRow))
-    await set_subject_head(session, 0)
+def clear_subjects_blocking(session: Session) -> None:
+    session.execute(delete(AuditSubjectRow))
+    set_subject_head_blocking(session, 0)
 
 
 async def subject_events(

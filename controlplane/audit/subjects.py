@@ -17,9 +17,10 @@ event concerns:
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from controlplane.audit import repository
 from controlplane.domain.vocabulary import SubjectKind
@@ -29,7 +30,8 @@ from controlplane.ingest import repository as verdicts_repo
 from controlplane.plan import repository as actions_repo
 from controlplane.store.db import Database
 
-CHUNK = 5000
+CHUNK = 1000
+"""Events indexed per transaction (on SQLite, the write lock is held for one chunk)."""
 
 
 def normalise(kind: SubjectKind, value: str, field: str = "subject_value") -> str:
@@ -66,28 +68,36 @@ def _named(payload: dict[str, Any], event_type: str) -> list[tuple[str, str]]:
 
 async def catch_up(db: Database, chunk: int = CHUNK) -> int:
     """Index every event not indexed yet; returns how many were. A job (the periodic
-    one, and before every query by subject): one transaction per chunk, so no writer
-    waits for the whole backlog. One indexer runs at a time (the index head row is
-    locked), across replicas too."""
+    one, and before every query by subject), run on a sync session in a worker thread:
+    a backlog of events is work for a CPU, not for the event loop that answers
+    requests. One transaction per chunk, so no writer waits for the whole backlog (on
+    SQLite the chunks queue with the decide thread's groups on the process's writer
+    lock). One indexer runs at a time (the index head row is locked), across replicas
+    too."""
+    return await asyncio.to_thread(catch_up_blocking, db, chunk)
+
+
+def catch_up_blocking(db: Database, chunk: int = CHUNK) -> int:
+    """(a worker thread) `catch_up`'s chunks."""
     total = 0
     while True:
-        async with db.transaction() as session:
-            done = await index_next(session, chunk)
+        with db.write_blocking() as session, session.begin():
+            done = index_next(session, chunk)
         total += done
         if done < chunk:
             return total
 
 
-async def index_next(session: AsyncSession, chunk: int = CHUNK) -> int:
+def index_next(session: Session, chunk: int = CHUNK) -> int:
     """Index the next `chunk` events after the last one indexed; returns how many."""
-    done = await repository.lock_subject_head(session)
-    events = await repository.events_after(session, done, chunk)
+    done = repository.lock_subject_head_blocking(session)
+    events = repository.events_after_blocking(session, done, chunk)
     if not events:
         return 0
-    verdicts = await verdicts_repo.subjects_of(
+    verdicts = verdicts_repo.subjects_of_blocking(
         session, sorted({e.verdict_id for e in events if e.verdict_id})
     )
-    actions = await actions_repo.action_targets(
+    actions = actions_repo.action_targets_blocking(
         session, sorted({e.action_id for e in events if e.action_id})
     )
     rows: list[dict[str, Any]] = []
@@ -101,16 +111,22 @@ async def index_next(session: AsyncSession, chunk: int = CHUNK) -> int:
             for kind, value in sorted(subjects)
             if len(kind) <= 10 and len(value) <= 200
         )
-    await repository.insert_subjects(session, rows)
-    await repository.set_subject_head(session, events[-1].seq)
+    repository.insert_subjects_blocking(session, rows)
+    repository.set_subject_head_blocking(session, events[-1].seq)
     return len(events)
 
 
 async def rebuild(db: Database) -> int:
     """Drop the index and index the whole chain again (after a restore, or a suspicion
     that someone edited the index: it is not covered by the hash chain). A job: the
-    index is dropped in one transaction, then caught up chunk by chunk."""
-    async with db.transaction() as session:
-        await repository.lock_subject_head(session)
-        await repository.clear_subjects(session)
-    return await catch_up(db)
+    index is dropped in one transaction, then caught up chunk by chunk (in a worker
+    thread, as `catch_up`)."""
+    return await asyncio.to_thread(rebuild_blocking, db)
+
+
+def rebuild_blocking(db: Database) -> int:
+    """(a worker thread) `rebuild`'s transactions."""
+    with db.write_blocking() as session, session.begin():
+        repository.lock_subject_head_blocking(session)
+        repository.clear_subjects_blocking(session)
+    return catch_up_blocking(db)

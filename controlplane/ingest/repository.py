@@ -208,8 +208,8 @@ async def detectors_of(session: AsyncSession, verdict_ids: Sequence[str]) -> dic
     return found
 
 
-async def subjects_of(
-    session: AsyncSession, verdict_ids: Sequence[str]
+def subjects_of_blocking(
+    session: Session, verdict_ids: Sequence[str]
 ) -> dict[str, list[tuple[str, str]]]:
     """(kind, value) of each verdict's subject: account, key, org and IPs."""
     found: dict[str, list[tuple[str, str]]] = {}
@@ -221,7 +221,7 @@ async def subjects_of(
             col(VerdictRow.org_id),
             col(VerdictRow.body)["subject"]["ips"],
         ).where(col(VerdictRow.id).in_(chunk))
-        for verdict_id, account, key, org, ips in (await session.execute(query)).all():
+        for verdict_id, account, key, org, ips in session.execute(query).all():
             subjects = [
                 (kind, value)
                 for kind, value in (("account", account), ("api_key", key), ("org", org))

@@ -452,15 +452,15 @@ def ids_where(action_type: str | None, rule: str | None) -> Select[Any]:
     return query
 
 
-async def action_targets(
-    session: AsyncSession, action_ids: Sequence[str]
+def action_targets_blocking(
+    session: Session, action_ids: Sequence[str]
 ) -> dict[str, tuple[str, str]]:
     found: dict[str, tuple[str, str]] = {}
     for i in range(0, len(action_ids), _CHUNK):
         query = select(
             col(ActionRow.id), col(ActionRow.target_kind), col(ActionRow.target_value)
         ).where(col(ActionRow.id).in_(action_ids[i : i + _CHUNK]))
-        for action_id, kind, value in (await session.execute(query)).all():
+        for action_id, kind, value in session.execute(query).all():
             found[action_id] = (kind, value)
     return found
 

@@ -251,8 +251,7 @@ def planner_statistics(conn: Connection) -> int:
     many indexes were given statistics."""
     conn.exec_driver_sql("ANALYZE sqlite_schema")  # creates sqlite_stat1, loads nothing
     known = {
-        (table, index)
-        for table, index in conn.exec_driver_sql("SELECT tbl, idx FROM sqlite_stat1")
+        (table, index) for table, index in conn.exec_driver_sql("SELECT tbl, idx FROM sqlite_stat1")
     }
     rows: list[tuple[str, str | None, str]] = []
     tables = [

@@ -101,7 +101,7 @@ JOB_ENTRY_POINTS: dict[str, set[str]] = {
     "controlplane/audit/service.py": {"export"},
     "controlplane/audit/verify.py": {"verify_database"},
     "controlplane/audit/checkpoints.py": {"write_checkpoint"},
-    "controlplane/audit/subjects.py": {"catch_up", "rebuild"},
+    "controlplane/audit/subjects.py": {"catch_up_blocking", "rebuild_blocking"},
     "controlplane/bouncers/service.py": {"answer"},
     "controlplane/policy/service.py": {"PolicyService"},
     "controlplane/telemetry/spanstore.py": {"_Sink.write"},
