@@ -224,15 +224,24 @@ class Runtime:
         )
 
     async def prune_spans(self) -> None:
-        """The span store's retention job."""
-        async with self.db.transaction() as session:
-            removed = await spanstore.prune(session, self.settings.span_retention_hours)
+        """The span store's retention job, in a worker thread, one transaction per
+        chunk of spans (queued with the process's other writers of the database)."""
+        removed = await asyncio.to_thread(self._prune_spans)
         if removed:
             log.info(
                 "span store: pruned %d spans older than %sh",
                 removed,
                 self.settings.span_retention_hours,
             )
+
+    def _prune_spans(self) -> int:
+        total = 0
+        while True:
+            with self.db.write_blocking() as session, session.begin():
+                removed = spanstore.prune(session, self.settings.span_retention_hours)
+            total += removed
+            if removed < spanstore.PRUNE_CHUNK:
+                return total
 
     async def sync_policies(self) -> None:
         """Gate and activate the source's revision if it is new, then converge."""

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert, select
+from sqlalchemy import Connection, delete, insert, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from controlplane.store.models import SpanRow
@@ -17,9 +18,18 @@ def insert_spans(connection: Connection, rows: Sequence[dict[str, Any]]) -> None
     connection.execute(insert(SpanRow), list(rows))
 
 
-async def prune(session: AsyncSession, before_ns: int) -> int:
-    """Delete spans that started before `before_ns`; returns how many."""
-    result = await session.execute(delete(SpanRow).where(col(SpanRow.start_ns) < before_ns))
+def prune_blocking(session: Session, before_ns: int, limit: int) -> int:
+    """Delete at most `limit` of the spans that started before `before_ns` (oldest
+    first, by the `start_ns` index); returns how many."""
+    oldest = (
+        select(col(SpanRow.trace_id), col(SpanRow.span_id))
+        .where(col(SpanRow.start_ns) < before_ns)
+        .order_by(col(SpanRow.start_ns))
+        .limit(limit)
+    )
+    result = session.execute(
+        delete(SpanRow).where(tuple_(col(SpanRow.trace_id), col(SpanRow.span_id)).in_(oldest))
+    )
     return int(result.rowcount)  # type: ignore[attr-defined]
 
 

@@ -38,6 +38,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from controlplane.store.db import sync_url, writers_of
 from controlplane.store.models import SpanRow
@@ -52,6 +53,10 @@ MAX_BATCH = 512
 MAX_TRACE_SPANS = 5000
 """A trace larger than this (a huge batch) is cut when read back."""
 PRUNE_SECONDS = 600
+PRUNE_CHUNK = 5000
+"""Spans deleted per transaction: at a thousand verdicts a second ten minutes of spans
+are millions of rows, and one DELETE of them all would hold SQLite's write lock (every
+verdict's) for seconds."""
 """How often the retention job runs (`Runtime.start` schedules it)."""
 
 _READS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -284,10 +289,11 @@ class SpanStore:
 store = SpanStore()
 
 
-async def prune(session: AsyncSession, retention_hours: float) -> int:
-    """Delete spans that started more than `retention_hours` ago; returns how many."""
+def prune(session: Session, retention_hours: float, limit: int = PRUNE_CHUNK) -> int:
+    """Delete at most `limit` of the spans that started more than `retention_hours`
+    ago; returns how many (the caller repeats, one transaction a chunk, until fewer)."""
     cutoff = time.time_ns() - int(retention_hours * 3600 * 1e9)
-    return await repository.prune(session, cutoff)
+    return repository.prune_blocking(session, cutoff, limit)
 
 
 async def trace_spans(

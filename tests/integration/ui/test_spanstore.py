@@ -114,17 +114,26 @@ async def test_no_api_key_id_or_token_is_ever_in_a_span(seeded: Seeded) -> None:
     assert "Bearer" not in stored
 
 
-async def test_prune_drops_spans_past_retention(seeded: Seeded) -> None:
+async def test_prune_drops_spans_past_retention_a_chunk_at_a_time(seeded: Seeded) -> None:
     db = seeded.api.runtime.db
     now = time.time_ns()
-    old, fresh = secrets.token_hex(16), secrets.token_hex(16)
-    await add(db, _row(old, now - 80 * 3600 * 10**9), _row(fresh, now - 3600 * 10**9))
+    old = [secrets.token_hex(16) for _ in range(5)]
+    fresh = secrets.token_hex(16)
+    await add(
+        db,
+        *(_row(t, now - (80 + i) * 3600 * 10**9) for i, t in enumerate(old)),
+        _row(fresh, now - 3600 * 10**9),
+    )
 
-    async with db.transaction() as session:
-        removed = await spanstore.prune(session, retention_hours=72)
+    with db.write_blocking() as session, session.begin():
+        removed = spanstore.prune(session, retention_hours=72, limit=2)
+    assert removed == 2  # one chunk, the oldest first
+    assert await fetch(db, SpanRow, col(SpanRow.trace_id) == old[-1]) == []
+    assert len(await fetch(db, SpanRow, col(SpanRow.trace_id) == old[0])) == 1
 
-    assert removed >= 1
-    assert await fetch(db, SpanRow, col(SpanRow.trace_id) == old) == []
+    await seeded.api.runtime.prune_spans()  # the job: chunk after chunk, until done
+    for trace_id in old:
+        assert await fetch(db, SpanRow, col(SpanRow.trace_id) == trace_id) == []
     assert len(await fetch(db, SpanRow, col(SpanRow.trace_id) == fresh)) == 1
 
 
