@@ -239,22 +239,23 @@ class IntelService:
         changes = await enforce_repo.changes_after(session, cursor, limit)
         if not changes:
             return 0
+        wanted = [
+            c.action_id
+            for c in changes
+            if c.cause == "planned" and c.type in HARD_ACTIONS and c.action_id
+        ]
+        # One query for the run's actions (not one per change), in the log's order.
+        by_id = {a.id: a for a in await actions_repo.actions_by_id(session, wanted)}
         rows, actions = [], []
-        for change in changes:
-            if change.cause != "planned" or change.type not in HARD_ACTIONS:
+        for action_id in wanted:
+            action = by_id.get(action_id)
+            if action is None:
                 continue
-            action = await actions_repo.actions_by_id(session, [change.action_id or ""])
-            if not action:
-                continue
-            item = self._from_action(action[0], now)
+            item = self._from_action(action, now)
             if item is not None:
                 rows.append(item)
                 actions.append(
-                    {
-                        "type": action[0].type,
-                        "rule": action[0].rule,
-                        "provider": action[0].provider,
-                    }
+                    {"type": action.type, "rule": action.rule, "provider": action.provider}
                 )
         await repository.insert_indicators(session, rows)
         published = await self.publish(session, rows, actions, now)
