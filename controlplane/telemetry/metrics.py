@@ -5,7 +5,8 @@ Counters and the latency histogram are per process (Prometheus sums replicas); t
 cost a dict update on the hot path. Counts that must agree across replicas and
 restarts (actions by type and state, the undecided backlog, the audit head, the
 connectors' lag) are read from the database when /metrics is scraped, each with one
-indexed query, so nothing has to keep them current.
+indexed query, so nothing has to keep them current; the 30-day remediation figures,
+an aggregate over history, are computed again at most every 5 minutes.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
-from sqlalchemy import event
+from sqlalchemy import Connection, event
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
@@ -218,7 +219,7 @@ async def _database_families(session: AsyncSession) -> list[Metric]:
         head,
         reviews_open,
         oldest_review,
-        *await _remediation_families(session),
+        *await _remediation_cached(session),
     ]
     if latest is not None:
         checkpoint.add_metric([], latest.seq)
@@ -235,6 +236,26 @@ async def _database_families(session: AsyncSession) -> list[Metric]:
 
 
 REMEDIATION_WINDOW = timedelta(days=30)
+REMEDIATION_REFRESH = timedelta(minutes=5)
+"""How long a scrape serves the remediation figures computed by an earlier one. They
+aggregate 30 days of actions and appeals (a million actions at a busy lab): computed
+at every scrape, every 15 s, their cost would grow with history; a 30-day figure moves
+little in 5 minutes."""
+_remediation: dict[str, tuple[datetime, list[Metric]]] = {}
+"""Database URL -> (when computed, the families)."""
+
+
+async def _remediation_cached(session: AsyncSession) -> list[Metric]:
+    bind = session.get_bind()
+    engine = bind.engine if isinstance(bind, Connection) else bind
+    key = engine.url.render_as_string(hide_password=True)
+    now = utcnow()
+    held = _remediation.get(key)
+    if held is not None and now - held[0] < REMEDIATION_REFRESH:
+        return held[1]
+    families = await _remediation_families(session)
+    _remediation[key] = (now, families)
+    return families
 
 
 async def _remediation_families(session: AsyncSession) -> list[Metric]:
@@ -245,7 +266,9 @@ async def _remediation_families(session: AsyncSession) -> list[Metric]:
     figures = await report.remediation(session, now - REMEDIATION_WINDOW, now)
     labels = ["by", "name"]
     taken = GaugeMetricFamily(
-        "tollgate_remediation_actions", "Actions taken in the last 30 days.", labels=labels
+        "tollgate_remediation_actions",
+        "Actions taken in the last 30 days (refreshed every 5 minutes).",
+        labels=labels,
     )
     appeals = GaugeMetricFamily(
         "tollgate_remediation_appeals",

@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 
 from controlplane.auth.roles import Role
+from controlplane.remedy import report
+from controlplane.telemetry import metrics as prometheus
 from tests.support.app import Running, make_settings, serve
 from tests.support.verdicts import new_subject, verdict
 
@@ -52,7 +54,10 @@ def figures(items: list[dict[str, Any]], name: str) -> dict[str, Any]:
     return next(f for f in items if f["name"] == name)
 
 
-async def test_figures_per_rule_and_detector_in_every_format(api: Running) -> None:
+async def test_figures_per_rule_and_detector_in_every_format(
+    api: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(prometheus, "REMEDIATION_REFRESH", timedelta(0))  # figures of now
     await appealed(api, "uphold", "sweep")
     await appealed(api, "deny", "sweep")
     await appealed(api, "deny", "volume")
@@ -94,3 +99,25 @@ async def test_figures_per_rule_and_detector_in_every_format(api: Running) -> No
     assert (
         'tollgate_remediation_median_seconds{by="rule",name="graduated.first_offense",' in metrics
     )
+
+
+async def test_scrapes_compute_the_30_day_figures_once_per_refresh(
+    api: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scrape every 15 s does not aggregate 30 days of history each time."""
+    computed: list[datetime] = []
+    remediation = report.remediation
+
+    async def counting(*args: Any) -> Any:
+        computed.append(datetime.now(UTC))
+        return await remediation(*args)
+
+    monkeypatch.setattr(report, "remediation", counting)
+    monkeypatch.setattr(prometheus, "REMEDIATION_REFRESH", timedelta(0))
+    assert (await api.client.get("/metrics")).status_code == 200
+    assert len(computed) == 1
+    monkeypatch.setattr(prometheus, "REMEDIATION_REFRESH", timedelta(minutes=5))
+    for _ in range(3):
+        answer = await api.client.get("/metrics")
+        assert "tollgate_remediation_actions" in answer.text
+    assert len(computed) == 1, "the figures were aggregated again within the refresh"
