@@ -400,6 +400,8 @@ class EnforceFigures:
     rss_mb: float
     final: dict[str, Any]
     problems: list[str]
+    slowest: list[str]
+    """The server's spans of the slowest 202s (where their time went)."""
 
 
 def enforce_at(
@@ -498,6 +500,7 @@ async def _enforce_run(
         errors: Counter[str] = Counter()
         enforce: list[float] = []
         accepted: list[float] = []
+        traced: list[tuple[float, str]] = []
         after: list[float] = []
         lost = 0
 
@@ -530,6 +533,8 @@ async def _enforce_run(
                 return
             accepted.append((time.perf_counter() - sent) * 1000)
             answered = accepted[-1]
+            with contextlib.suppress(ValueError, KeyError, IndexError):
+                traced.append((answered, answer.json()["results"][0]["trace_id"]))
             if answer.status_code != 202:
                 errors[f"verdict HTTP {answer.status_code}"] += 1
                 lost += 1
@@ -567,6 +572,7 @@ async def _enforce_run(
                 break
             await asyncio.sleep(0.1)
         final["caught_up_s"] = time.perf_counter() - caught_up
+        slowest = await _slowest_traces(api, traced)
         # Verdicts never enforced count as infinitely late in the percentiles.
         return {
             "reconcile_s": reconcile_s,
@@ -578,7 +584,27 @@ async def _enforce_run(
             "errors": errors,
             "first": first,
             "final": final,
+            "slowest": slowest,
         }
+
+
+async def _slowest_traces(
+    api: httpx.AsyncClient, traced: list[tuple[float, str]], count: int = 3
+) -> list[str]:
+    """The server's own spans of the `count` slowest 202s, one line each: where a slow
+    answer's time went inside the server (and how much of it was outside: the client,
+    the network, the queue before the request was read)."""
+    await asyncio.sleep(6)  # the span store writes its batches every 5 s
+    lines = []
+    for answered, trace_id in sorted(traced, reverse=True)[:count]:
+        response = await api.get(f"/v1/traces/{trace_id}")
+        if response.status_code != 200:
+            lines.append(f"{answered:7.1f} ms: trace {trace_id}: HTTP {response.status_code}")
+            continue
+        spans = response.json().get("spans", [])
+        parts = ", ".join(f"{sp['name']} {sp['duration_ms']:.1f}" for sp in spans[:8])
+        lines.append(f"{answered:7.1f} ms: {parts}")
+    return lines
 
 
 class _Prober:
@@ -655,6 +681,10 @@ def report_enforce(figures: list[EnforceFigures], verdicts: int, rate: float) ->
             f"({fin['caught_up_s']:.1f} s after the last verdict was enforced)"
         )
         print(f"    first probe per address (200 expected): {dict(f.first)}")
+        if f.slowest:
+            print("    slowest 202s, as the server's spans saw them (name ms):")
+            for line in f.slowest:
+                print(f"      {line}")
         if f.errors:
             print(f"    errors: {dict(f.errors)}")
         if f.problems:
