@@ -602,7 +602,15 @@ async def _slowest_traces(
             lines.append(f"{answered:7.1f} ms: trace {trace_id}: HTTP {response.status_code}")
             continue
         spans = response.json().get("spans", [])
-        parts = ", ".join(f"{sp['name']} {sp['duration_ms']:.1f}" for sp in spans[:8])
+        parts = ", ".join(
+            f"{sp['name']} {sp['duration_ms']:.1f}"
+            + (
+                f" (queued {sp['attributes']['tollgate.queued_ms']:.1f} before it)"
+                if "tollgate.queued_ms" in sp.get("attributes", {})
+                else ""
+            )
+            for sp in spans[:8]
+        )
         lines.append(f"{answered:7.1f} ms: {parts}")
     return lines
 

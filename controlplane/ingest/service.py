@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -70,6 +71,9 @@ class _Submission:
     context: otel_context.Context
     """The request's trace context: its spans continue the caller's trace."""
     answer: asyncio.Future[IngestResult]
+    queued: float = field(default_factory=time.perf_counter)
+    """When it joined the queue: its `verdict.ingest` spans say how long it waited for
+    the decide thread and its group's start (`tollgate.queued_ms`)."""
     error: TollgateError | None = None
     """Why this request is refused (set in the decide thread, answered on the loop)."""
     pending: list[Pending] = field(default_factory=list)
@@ -266,6 +270,7 @@ class IngestService:
         known = {i: r.content_hash for i, r in stored.items()}
         new: list[Pending] = []
         t = tracer()
+        started = time.perf_counter()
         for item in group:
             item.pending, item.duplicates = [], set()
             conflicts = [
@@ -296,6 +301,7 @@ class IngestService:
                         "tollgate.verdict_id": verdict.id,
                         "tollgate.provider": verdict.provider,
                         "tollgate.detector": verdict.detector.name,
+                        "tollgate.queued_ms": round((started - item.queued) * 1000, 3),
                     },
                 )
                 spans.append(span)
