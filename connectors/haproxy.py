@@ -387,8 +387,12 @@ class HAProxyConnector:
         held = self._held.get(spec.path)
         if held is None:  # no observe yet: learn this file once, then follow it
             held = self._held[spec.path] = _by_key(spec, await cli.show(spec))
+        # Counted over the batch's keys: a set operation with `held` (a million entries)
+        # walks all of it, at every apply.
         final_size = (
-            len(held) - len(ops.remove.keys() & held.keys()) + len(ops.put.keys() - held.keys())
+            len(held)
+            - sum(1 for k in ops.remove if k in held)
+            + sum(1 for k in ops.put if k not in held)
         )
         try:
             if ops.size >= self.options.bulk_threshold and ops.size * 4 >= final_size:
