@@ -27,10 +27,10 @@ def ranges(index: IntelIndex, ip: str) -> set[object]:
     return {m["value"] for m in index.matches(ip)}
 
 
-def look(cache: IntelCache, db: Database) -> IntelIndex:
+def look(cache: IntelCache, db: Database, now: datetime | None = None) -> IntelIndex:
     """What one batch does: take the index (caught up) at the current time."""
     with db.read_blocking() as session:
-        return cache.index(session, utcnow())
+        return cache.index(session, now or utcnow())
 
 
 async def test_a_reload_runs_apart_and_misses_nothing(database_url: str) -> None:
@@ -100,24 +100,28 @@ async def test_a_batch_reads_what_changed_since_the_newest_seen_and_late_rows_st
 
     monkeypatch.setattr(intel_repo, "indicators_changed_since", counting)
     try:
-        look(cache, db)
+        # The batches' clock is the test's: a slow insert must not make a batch look
+        # back (every LOOK_BACK_EVERY) where the test expects it not to.
+        clock = utcnow()
+        look(cache, db, clock)
         stamp = utcnow()
         shared = [indicator(f"100.{64 + i // 256}.{i % 256}.0/24") for i in range(500)]
         for row in shared:
             row.created_at = row.modified = stamp  # one transaction's rows share a stamp
         await add(db, *shared)
-        assert ranges(look(cache, db), "100.65.3.9") == {"100.65.3.0/24"}
+        tick = timedelta(milliseconds=10)
+        assert ranges(look(cache, db, clock + tick), "100.65.3.9") == {"100.65.3.0/24"}
         assert read[-1] == 500
         read.clear()
-        for _ in range(5):
-            look(cache, db)
+        for i in range(5):
+            look(cache, db, clock + (2 + i) * tick)
         assert read == [0] * 5, f"batches read {read} rows they had already taken"
 
         late = indicator("192.0.2.0/24")
         late.created_at = late.modified = stamp - timedelta(seconds=5)
         await add(db, late)
-        await asyncio.sleep(0.4)  # past the look-back interval
-        assert ranges(look(cache, db), "192.0.2.1") == {"192.0.2.0/24"}
+        later = clock + timedelta(seconds=0.4)  # past the look-back interval
+        assert ranges(look(cache, db, later), "192.0.2.1") == {"192.0.2.0/24"}
     finally:
         cache.close()
         await db.dispose()

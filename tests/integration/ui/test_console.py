@@ -142,7 +142,8 @@ async def test_a_cross_site_sign_in_form_signs_nobody_in(seeded: Seeded) -> None
             ({"Origin": "http://evil.example"}, {"token": attacker, "csrf": csrf}),
             ({"Sec-Fetch-Site": "cross-site"}, {"token": attacker, "csrf": csrf}),
             ({}, {"token": attacker}),
-            ({}, {"token": attacker, "csrf": "x" + csrf[1:]}),
+            # A forged token: one character changed (never "changed" to itself).
+            ({}, {"token": attacker, "csrf": ("y" if csrf[0] == "x" else "x") + csrf[1:]}),
         ]
         for headers, form in posts:
             response = await victim.post("/console/sign-in", data=form, headers=headers)
