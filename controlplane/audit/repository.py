@@ -34,6 +34,7 @@ from sqlmodel import col
 from controlplane.audit.export import Checkpoint, StoredEvent
 from controlplane.evaluate import repository as decisions_repo
 from controlplane.plan import repository as actions_repo
+from controlplane.store.bulk import insert_many
 from controlplane.store.models import (
     AuditCheckpointRow,
     AuditEventRow,
@@ -53,7 +54,6 @@ def _locked(session: AsyncSession | Session, query: Any) -> Any:
 _head: Table = AuditHeadRow.__table__  # type: ignore[attr-defined]
 _HEAD = select(_head.c.seq, _head.c.hash).where(_head.c.id == HEAD_ID)
 _HEAD_LOCKED = _HEAD.with_for_update()
-_EVENTS = insert(AuditEventRow.__table__)  # type: ignore[attr-defined]
 _MOVE_HEAD = (
     update(_head)
     .where(_head.c.id == HEAD_ID)
@@ -81,7 +81,7 @@ async def head(session: AsyncSession) -> tuple[int, str]:
 
 def append(session: Session, rows: list[dict[str, object]], seq: int, last: str) -> None:
     connection = session.connection()
-    connection.execute(_EVENTS, rows)
+    insert_many(connection, AuditEventRow.__table__, rows)  # type: ignore[attr-defined]
     connection.execute(_MOVE_HEAD, {"new_seq": seq, "new_hash": last})
 
 

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
+from controlplane.store.bulk import insert_many
 from controlplane.store.models import CustomerRow, SightingRow
 
 CHUNK = 500
@@ -224,4 +225,4 @@ def record_sightings(
         if k not in old
     ]
     for chunk in _chunks(fresh, 1000):
-        connection.execute(insert(_sighting), list(chunk))
+        insert_many(connection, _sighting, chunk)

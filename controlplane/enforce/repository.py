@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
+from controlplane.store.bulk import insert_many
 from controlplane.store.models import (
     ActionEnforcementRow,
     ChangeHeadRow,
@@ -39,7 +40,7 @@ def append_changes(session: Session, changes: Sequence[dict[str, Any]]) -> None:
     postgres = connection.dialect.name == "postgresql"
     seq = connection.execute(_HEAD.with_for_update() if postgres else _HEAD).scalar_one()
     rows = [{**change, "seq": seq + i} for i, change in enumerate(changes, start=1)]
-    connection.execute(insert(ChangeRow.__table__), rows)  # type: ignore[attr-defined]
+    insert_many(connection, ChangeRow.__table__, rows)  # type: ignore[attr-defined]
     connection.execute(
         update(ChangeHeadRow).where(col(ChangeHeadRow.id) == HEAD_ID).values(seq=seq + len(rows))
     )

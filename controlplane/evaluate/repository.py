@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import Select, func, insert, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 from sqlmodel import col
@@ -31,6 +31,7 @@ from controlplane.intel.hashing import Keyring
 from controlplane.plan import repository as actions_repo
 from controlplane.remedy import repository as remedy_repo
 from controlplane.settings import Providers
+from controlplane.store.bulk import insert_many
 from controlplane.store.db import Database
 from controlplane.store.models import DecisionRow
 from controlplane.store.types import utcnow
@@ -357,7 +358,7 @@ def _changed(row: Any) -> datetime:
 
 def insert_decisions(session: Session, rows: Sequence[dict[str, Any]]) -> None:
     if rows:
-        session.connection().execute(insert(DecisionRow.__table__), list(rows))  # type: ignore[attr-defined]
+        insert_many(session.connection(), DecisionRow.__table__, rows)  # type: ignore[attr-defined]
 
 
 async def get_decision(session: AsyncSession, decision_id: str) -> DecisionRow | None:

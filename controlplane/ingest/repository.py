@@ -16,7 +16,6 @@ from sqlalchemy import (
     Table,
     bindparam,
     func,
-    insert,
     or_,
     select,
     update,
@@ -26,6 +25,7 @@ from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from controlplane.domain.vocabulary import VerdictStatus
+from controlplane.store.bulk import insert_many
 from controlplane.store.models import VerdictRow
 
 
@@ -40,7 +40,6 @@ _verdict: Table = VerdictRow.__table__  # type: ignore[attr-defined]
 _STORED = select(
     _verdict.c.id, _verdict.c.content_hash, _verdict.c.status, _verdict.c.received_at
 ).where(_verdict.c.id.in_(bindparam("ids", expanding=True)))
-_INSERT = insert(_verdict)
 
 
 def stored_verdicts(session: Session, ids: Sequence[str]) -> dict[str, Stored]:
@@ -55,7 +54,7 @@ def stored_verdicts(session: Session, ids: Sequence[str]) -> dict[str, Stored]:
 
 def insert_verdicts(session: Session, rows: Sequence[dict[str, Any]]) -> None:
     if rows:
-        session.connection().execute(_INSERT, list(rows))
+        insert_many(session.connection(), _verdict, rows)
 
 
 def set_status(session: Session, ids: Sequence[str], status: VerdictStatus) -> None:

@@ -9,12 +9,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, Table, and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import Select, Table, and_, bindparam, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from controlplane.domain.vocabulary import ACTIVE_STATES, ActionState, SubjectKind
+from controlplane.store.bulk import insert_many
 from controlplane.store.models import ActionRow
 from controlplane.store.repository import keyed
 
@@ -24,7 +25,7 @@ _CHUNK = 500
 
 def insert_actions(session: Session, rows: Sequence[dict[str, Any]]) -> None:
     if rows:
-        session.connection().execute(insert(ActionRow.__table__), list(rows))  # type: ignore[attr-defined]
+        insert_many(session.connection(), ActionRow.__table__, rows)  # type: ignore[attr-defined]
 
 
 async def actions_of_decisions(

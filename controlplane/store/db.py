@@ -33,6 +33,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import Session, sessionmaker
 
 from controlplane.store.repository import ping
+from controlplane.store.types import json_text, json_value
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -54,10 +55,14 @@ def create_engine(url: str) -> AsyncEngine:
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+        engine = create_async_engine(url, connect_args={"timeout": 30}, **JSON_CODEC)
         _sqlite_events(engine.sync_engine)
         return engine
-    return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+    return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True, **JSON_CODEC)
+
+
+JSON_CODEC: dict[str, Any] = {"json_serializer": json_text, "json_deserializer": json_value}
+"""Engine options: JSON columns through msgspec (see `json_text`)."""
 
 
 def create_blocking_engine(url: str) -> Engine:
@@ -65,10 +70,10 @@ def create_blocking_engine(url: str) -> Engine:
     for work done in a thread of its own. A SQLite file's connections never go stale:
     only a server's are pinged before use."""
     if make_url(url).get_backend_name() == "sqlite":
-        engine = create_sync_engine(sync_url(url), connect_args={"timeout": 30})
+        engine = create_sync_engine(sync_url(url), connect_args={"timeout": 30}, **JSON_CODEC)
         _sqlite_events(engine)
         return engine
-    return create_sync_engine(sync_url(url), pool_pre_ping=True)
+    return create_sync_engine(sync_url(url), pool_pre_ping=True, **JSON_CODEC)
 
 
 _FILE_WRITERS: dict[str, threading.Lock] = {}

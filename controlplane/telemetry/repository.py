@@ -5,17 +5,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert, select, tuple_
+from sqlalchemy import Connection, delete, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
+from controlplane.store.bulk import insert_many
 from controlplane.store.models import SpanRow
 
 
 def insert_spans(connection: Connection, rows: Sequence[dict[str, Any]]) -> None:
     """On the exporter's own (sync) connection, off the request path."""
-    connection.execute(insert(SpanRow), list(rows))
+    insert_many(connection, SpanRow.__table__, rows)  # type: ignore[attr-defined]
 
 
 def prune_blocking(session: Session, before_ns: int, limit: int) -> int:

@@ -40,7 +40,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
-from controlplane.store.db import sync_url, writers_of
+from controlplane.store.db import JSON_CODEC, sync_url, writers_of
 from controlplane.store.models import SpanRow
 from controlplane.telemetry import repository
 
@@ -124,10 +124,15 @@ def _sync_engine(url: str) -> Engine:
     target = sync_url(url)
     if make_url(target).get_backend_name() != "sqlite":
         return create_engine(
-            target, pool_size=1, max_overflow=1, pool_pre_ping=True, hide_parameters=True
+            target,
+            pool_size=1,
+            max_overflow=1,
+            pool_pre_ping=True,
+            hide_parameters=True,
+            **JSON_CODEC,
         )
     # hide_parameters: an error logged by `export` never quotes the spans it held.
-    engine = create_engine(target, connect_args={"timeout": 30}, hide_parameters=True)
+    engine = create_engine(target, connect_args={"timeout": 30}, hide_parameters=True, **JSON_CODEC)
 
     def pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
