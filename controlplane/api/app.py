@@ -84,7 +84,12 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         request_max_body_size=MAX_BODY,
         plugins=[
             StrictPydantic(),
-            OpenTelemetryPlugin(OpenTelemetryConfig(tracer_provider=provider)),
+            # One server span per request: the ASGI middleware's own spans for each
+            # message received and sent tell an operator nothing, and cost three spans
+            # of work per request (made, exported, stored).
+            OpenTelemetryPlugin(
+                OpenTelemetryConfig(tracer_provider=provider, exclude_spans=["receive", "send"])
+            ),
         ],
         openapi_config=openapi.config(),
         # Logging is the entry point's business (`tollgate serve` configures it).
