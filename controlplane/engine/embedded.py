@@ -44,10 +44,6 @@ PROBE_INPUT: dict[str, Any] = {
 """A representative input: a type error or an undefined entrypoint shows at the probe."""
 
 
-INLINE = 8
-"""Batches this small are evaluated on the calling thread by `evaluate_blocking`."""
-
-
 class EmbeddedEngine:
     """A loaded, probed revision, evaluated on `workers` threads with one engine each."""
 
@@ -121,16 +117,18 @@ class EmbeddedEngine:
     def evaluate_blocking(
         self, inputs: Sequence[dict[str, Any]], loop: asyncio.AbstractEventLoop
     ) -> list[Evaluation]:
-        """A few inputs on the calling thread (a hop to a worker costs more than they
-        do); more in chunks on the workers. The event loop is not involved."""
-        if len(inputs) <= INLINE:
-            return self._eval_chunk(inputs)
+        """Split over the engines: the calling thread evaluates the first chunk while
+        the workers take the others (the native call releases the GIL, so even a group
+        of two verdicts is evaluated on two cores). The event loop is not involved."""
         size = -(-len(inputs) // self._workers)
+        if len(inputs) <= 1 or size >= len(inputs):
+            return self._eval_chunk(inputs)
         futures = [
             self._pool.submit(self._eval_chunk, inputs[i : i + size])
-            for i in range(0, len(inputs), size)
+            for i in range(size, len(inputs), size)
         ]
-        return [evaluation for future in futures for evaluation in future.result()]
+        first = self._eval_chunk(inputs[:size])
+        return [*first, *(evaluation for future in futures for evaluation in future.result())]
 
     async def evaluate_many(self, inputs: Sequence[dict[str, Any]]) -> list[Evaluation]:
         if not inputs:

@@ -56,6 +56,17 @@ log = logging.getLogger(__name__)
 GROUP_VERDICTS = 1000
 """Verdicts stored and decided together at most (a request larger than this goes alone)."""
 
+GATHER_SECONDS = 0.002
+"""How long a small group waits for the callers of the group just answered: callers that
+send a verdict, wait for its 202 and send the next come back a moment after their
+answers, and without the wait half of them always miss the next group (at 4
+connections: two groups of two instead of one of four, and each group costs its
+reads, its transaction and its commit whatever its size). Sparse traffic never waits."""
+
+GATHER_BELOW = 64
+"""Verdicts queued from which a group goes without waiting: its fixed cost is shared
+enough already."""
+
 
 @dataclass
 class _Submission:
@@ -102,6 +113,11 @@ class IngestService:
         """Told when enforceable actions were planned (wakes the connectors)."""
         self._queue: list[_Submission] = []
         self._runner: asyncio.Task[None] | None = None
+        self._expected = 0
+        """Requests the next group waits for (those answered by the last group and
+        those already queued when it ended), if the last group ended just now."""
+        self._last_ended = 0.0
+        self._gathered: asyncio.Event | None = None
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tollgate-decide")
         """The decide thread: groups are read, decided and stored there, on a sync
         connection, one at a time, while the event loop goes on serving requests."""
@@ -134,6 +150,8 @@ class IngestService:
             answer=loop.create_future(),
         )
         self._queue.append(submission)
+        if self._gathered is not None and len(self._queue) >= self._expected:
+            self._gathered.set()
         if self._runner is None or self._runner.done():
             self._runner = asyncio.create_task(self._run(), name="ingest-groups")
         # Shielded: a client that goes away does not cancel its group's work.
@@ -143,6 +161,7 @@ class IngestService:
         """Take what is queued as one group, store and decide it, answer each request;
         again while requests keep arriving."""
         while self._queue:
+            await self._gather()
             group: list[_Submission] = []
             size = 0
             while self._queue and (
@@ -164,6 +183,26 @@ class IngestService:
                         item.answer.set_exception(exc)
                 if isinstance(exc, asyncio.CancelledError):
                     raise
+            finally:
+                self._expected = len(group) + len(self._queue)
+                self._last_ended = time.perf_counter()
+
+    async def _gather(self) -> None:
+        """Wait up to GATHER_SECONDS for the callers the last group answered, when it
+        ended just now (they are on their way back) and what is queued is little."""
+        if (
+            len(self._queue) >= self._expected
+            or time.perf_counter() - self._last_ended > GATHER_SECONDS
+            or sum(len(item.verdicts) for item in self._queue) >= GATHER_BELOW
+        ):
+            return
+        self._gathered = asyncio.Event()
+        try:
+            await asyncio.wait_for(self._gathered.wait(), GATHER_SECONDS)
+        except TimeoutError:
+            pass
+        finally:
+            self._gathered = None
 
     async def _group(self, group: list[_Submission]) -> None:
         """Have the decide thread store and decide the group, then answer each request."""
