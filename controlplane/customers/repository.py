@@ -15,6 +15,7 @@ from sqlmodel import col
 
 from controlplane.store.bulk import insert_many
 from controlplane.store.models import CustomerRow, SightingRow
+from controlplane.store.prepared import Prepared
 
 CHUNK = 500
 REFRESH = timedelta(hours=1)
@@ -70,8 +71,8 @@ async def list_customers(session: AsyncSession, after: str | None, limit: int) -
 _customer: Table = CustomerRow.__table__  # type: ignore[attr-defined]
 # Core rows (attribute access like a CustomerRow, without the ORM's per-row cost): the
 # decide thread asks them for every group.
-_CUSTOMERS_OF = select(_customer).where(
-    _customer.c.account_id.in_(bindparam("ids", expanding=True))
+_CUSTOMERS_OF = Prepared(
+    select(_customer).where(_customer.c.account_id.in_(bindparam("ids", expanding=True)))
 )
 _CUSTOMERS_OF_ORGS = select(_customer).where(
     _customer.c.org_id.in_(bindparam("ids", expanding=True))
@@ -84,7 +85,7 @@ def customers_of(session: Session, account_ids: Iterable[str]) -> dict[str, Any]
     found: dict[str, Any] = {}
     connection = session.connection()
     for chunk in _chunks(sorted(set(account_ids))):
-        rows = connection.execute(_CUSTOMERS_OF, {"ids": list(chunk)})
+        rows = _CUSTOMERS_OF.rows(connection, {"ids": list(chunk)})
         found.update({r.account_id: r for r in rows})
     return found
 
@@ -109,24 +110,26 @@ _sighting: Table = SightingRow.__table__  # type: ignore[attr-defined]
 # (provider, scope, id) and (provider, kind, value) sets are asked as cross products
 # of IN lists, answered by the primary key and the (provider, kind, value) index; rows
 # of combinations not asked for are dropped.
-_SIGHTINGS_OF = select(
-    _sighting.c.provider,
-    _sighting.c.scope,
-    _sighting.c.scope_id,
-    _sighting.c.kind,
-    _sighting.c.value,
-    _sighting.c.last_seen,
-).where(
-    _sighting.c.provider.in_(bindparam("providers", expanding=True)),
-    _sighting.c.scope.in_(bindparam("scopes", expanding=True)),
-    _sighting.c.scope_id.in_(bindparam("ids", expanding=True)),
+_SIGHTINGS_OF = Prepared(
+    select(
+        _sighting.c.provider,
+        _sighting.c.scope,
+        _sighting.c.scope_id,
+        _sighting.c.kind,
+        _sighting.c.value,
+        _sighting.c.last_seen,
+    ).where(
+        _sighting.c.provider.in_(bindparam("providers", expanding=True)),
+        _sighting.c.scope.in_(bindparam("scopes", expanding=True)),
+        _sighting.c.scope_id.in_(bindparam("ids", expanding=True)),
+    )
 )
-_SEEING = select(
-    _sighting.c.provider, _sighting.c.value, _sighting.c.scope, _sighting.c.scope_id
-).where(
-    _sighting.c.provider.in_(bindparam("providers", expanding=True)),
-    _sighting.c.kind == bindparam("kind"),
-    _sighting.c.value.in_(bindparam("values", expanding=True)),
+_SEEING = Prepared(
+    select(_sighting.c.provider, _sighting.c.value, _sighting.c.scope, _sighting.c.scope_id).where(
+        _sighting.c.provider.in_(bindparam("providers", expanding=True)),
+        _sighting.c.kind == bindparam("kind"),
+        _sighting.c.value.in_(bindparam("values", expanding=True)),
+    )
 )
 _SEEN_AGAIN = (
     update(_sighting)
@@ -154,8 +157,8 @@ def sightings_of(
             "scopes": sorted({s for _, s, _ in chunk}),
             "ids": sorted({i for _, _, i in chunk}),
         }
-        for provider, scope, scope_id, kind, value, last_seen in connection.execute(
-            _SIGHTINGS_OF, params
+        for provider, scope, scope_id, kind, value, last_seen in _SIGHTINGS_OF.rows(
+            connection, params
         ):
             if (provider, scope, scope_id) in wanted:
                 found.setdefault((provider, scope, scope_id), []).append((kind, value, last_seen))
@@ -176,7 +179,7 @@ def scopes_seeing(
             "kind": kind,
             "values": sorted({v for _, v in chunk}),
         }
-        for provider, value, scope, scope_id in connection.execute(_SEEING, params):
+        for provider, value, scope, scope_id in _SEEING.rows(connection, params):
             if (provider, value) in wanted:
                 found.setdefault((provider, value), set()).add((scope, scope_id))
     return found

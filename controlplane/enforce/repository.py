@@ -21,6 +21,7 @@ from controlplane.store.models import (
     ConnectorCursorRow,
     ConnectorStatusRow,
 )
+from controlplane.store.prepared import Prepared
 
 HEAD_ID = 1
 _CHUNK = 500
@@ -81,7 +82,7 @@ async def changes_after(
 
 
 _change: Table = ChangeRow.__table__  # type: ignore[attr-defined]
-_CHANGES_OF_KIND = (
+_CHANGES_OF_KIND = Prepared(
     select(_change)
     .where(_change.c.seq > bindparam("seq"), _change.c.target_kind == bindparam("kind"))
     .order_by(_change.c.seq)
@@ -91,11 +92,8 @@ _CHANGES_OF_KIND = (
 
 def changes_after_blocking(session: Session, seq: int, limit: int, target_kind: str) -> list[Any]:
     """Changes of one target kind after `seq` (rows with ChangeRow's columns)."""
-    return list(
-        session.connection().execute(
-            _CHANGES_OF_KIND, {"seq": seq, "kind": target_kind, "limit": limit}
-        )
-    )
+    params = {"seq": seq, "kind": target_kind, "limit": limit}
+    return _CHANGES_OF_KIND.rows(session.connection(), params)
 
 
 async def cursors(session: AsyncSession) -> dict[str, int]:

@@ -27,6 +27,7 @@ from sqlmodel import col
 from controlplane.domain.vocabulary import VerdictStatus
 from controlplane.store.bulk import insert_many
 from controlplane.store.models import VerdictRow
+from controlplane.store.prepared import Prepared
 
 
 @dataclass(frozen=True)
@@ -37,9 +38,11 @@ class Stored:
 
 
 _verdict: Table = VerdictRow.__table__  # type: ignore[attr-defined]
-_STORED = select(
-    _verdict.c.id, _verdict.c.content_hash, _verdict.c.status, _verdict.c.received_at
-).where(_verdict.c.id.in_(bindparam("ids", expanding=True)))
+_STORED = Prepared(
+    select(_verdict.c.id, _verdict.c.content_hash, _verdict.c.status, _verdict.c.received_at).where(
+        _verdict.c.id.in_(bindparam("ids", expanding=True))
+    )
+)
 
 
 def stored_verdicts(session: Session, ids: Sequence[str]) -> dict[str, Stored]:
@@ -47,7 +50,7 @@ def stored_verdicts(session: Session, ids: Sequence[str]) -> dict[str, Stored]:
     found: dict[str, Stored] = {}
     connection = session.connection()
     for i in range(0, len(ids), 500):
-        rows = connection.execute(_STORED, {"ids": list(ids[i : i + 500])})
+        rows = _STORED.rows(connection, {"ids": list(ids[i : i + 500])})
         found.update({r.id: Stored(r.content_hash, r.status, r.received_at) for r in rows})
     return found
 
@@ -99,23 +102,25 @@ def _chunks(ids: Sequence[str], size: int = 500) -> list[list[str]]:
     return [unique[i : i + size] for i in range(0, len(unique), size)]
 
 
-_PRIOR = select(
-    _verdict.c.provider,
-    _verdict.c.id,
-    _verdict.c.account_id,
-    _verdict.c.api_key_id,
-    _verdict.c.observed_at,
-    _verdict.c.received_at,
-    _verdict.c.score,
-    _verdict.c.confidence,
-    _verdict.c.detector_name,
-).where(
-    _verdict.c.provider.in_(bindparam("providers", expanding=True)),
-    or_(
-        _verdict.c.account_id.in_(bindparam("accounts", expanding=True)),
-        _verdict.c.api_key_id.in_(bindparam("keys", expanding=True)),
-    ),
-    _verdict.c.observed_at >= bindparam("since"),
+_PRIOR = Prepared(
+    select(
+        _verdict.c.provider,
+        _verdict.c.id,
+        _verdict.c.account_id,
+        _verdict.c.api_key_id,
+        _verdict.c.observed_at,
+        _verdict.c.received_at,
+        _verdict.c.score,
+        _verdict.c.confidence,
+        _verdict.c.detector_name,
+    ).where(
+        _verdict.c.provider.in_(bindparam("providers", expanding=True)),
+        or_(
+            _verdict.c.account_id.in_(bindparam("accounts", expanding=True)),
+            _verdict.c.api_key_id.in_(bindparam("keys", expanding=True)),
+        ),
+        _verdict.c.observed_at >= bindparam("since"),
+    )
 )
 
 
@@ -137,7 +142,7 @@ def prior_verdicts(
         "keys": sorted(keys),
         "since": since,
     }
-    return [tuple(row) for row in session.connection().execute(_PRIOR, params)]
+    return [tuple(row) for row in _PRIOR.rows(session.connection(), params)]
 
 
 def ids_naming(provider: str, kind: str, value: str) -> Select[Any] | None:

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from controlplane.store.models import IndicatorRow, IntelObjectRow, IntelPeerRow, IntelStatusRow
+from controlplane.store.prepared import Prepared
 
 # -- indicators --------------------------------------------------------------------------
 
@@ -93,10 +94,12 @@ _LIVE = select(_indicator).where(
     ~_indicator.c.revoked,
     or_(_indicator.c.expires_at.is_(None), _indicator.c.expires_at > bindparam("now")),
 )
-_CHANGED = select(_indicator).where(
-    or_(
-        _indicator.c.modified >= bindparam("since"),
-        _indicator.c.modified.is_(None) & (_indicator.c.created_at >= bindparam("since")),
+_CHANGED = Prepared(
+    select(_indicator).where(
+        or_(
+            _indicator.c.modified >= bindparam("since"),
+            _indicator.c.modified.is_(None) & (_indicator.c.created_at >= bindparam("since")),
+        )
     )
 )
 
@@ -110,7 +113,7 @@ def live_indicators(session: Session, now: datetime) -> list[Any]:
 def indicators_changed_since(session: Session, since: datetime) -> list[Any]:
     """(decide thread) Indicators added or changed since `since` (by the indexed
     `modified`; a row never modified counts from its creation), revoked ones included."""
-    return list(session.connection().execute(_CHANGED, {"since": since}))
+    return _CHANGED.rows(session.connection(), {"since": since})
 
 
 async def count_by_origin(session: AsyncSession, now: datetime) -> dict[str, tuple[int, int]]:

@@ -17,6 +17,7 @@ from sqlmodel import col
 from controlplane.domain.vocabulary import ACTIVE_STATES, ActionState, SubjectKind
 from controlplane.store.bulk import insert_many
 from controlplane.store.models import ActionRow
+from controlplane.store.prepared import Prepared
 from controlplane.store.repository import keyed
 
 ACTIVE = [s.value for s in ACTIVE_STATES]
@@ -398,22 +399,24 @@ _ACTIVE_NOW = and_(
     ~_action.c.shadow,
     or_(_action.c.expires_at.is_(None), _action.c.expires_at > bindparam("now")),
 )
-_ACTIVE_ON_KEYS = select(
-    _action.c.id,
-    _action.c.provider,
-    _action.c.type,
-    _action.c.target_kind,
-    _action.c.target_value,
-    _action.c.params,
-    _action.c.rule,
-    _action.c.state,
-    _action.c.created_at,
-    _action.c.expires_at,
-).where(
-    _action.c.provider.in_(bindparam("providers", expanding=True)),
-    _action.c.target_kind.in_(bindparam("kinds", expanding=True)),
-    _action.c.target_value.in_(bindparam("values", expanding=True)),
-    _ACTIVE_NOW,
+_ACTIVE_ON_KEYS = Prepared(
+    select(
+        _action.c.id,
+        _action.c.provider,
+        _action.c.type,
+        _action.c.target_kind,
+        _action.c.target_value,
+        _action.c.params,
+        _action.c.rule,
+        _action.c.state,
+        _action.c.created_at,
+        _action.c.expires_at,
+    ).where(
+        _action.c.provider.in_(bindparam("providers", expanding=True)),
+        _action.c.target_kind.in_(bindparam("kinds", expanding=True)),
+        _action.c.target_value.in_(bindparam("values", expanding=True)),
+        _ACTIVE_NOW,
+    )
 )
 _ACTIVE_CIDRS = select(_action.c.provider, _action.c.target_value).where(
     _action.c.target_kind == "cidr", _ACTIVE_NOW
@@ -426,11 +429,9 @@ def active_on_keys(
     """(decide thread) Active, non-shadow, unexpired actions on these (provider, kind,
     value) targets, as row mappings: one statement built once, by index."""
     wanted = set(keys)
-    rows = session.connection().execute(_ACTIVE_ON_KEYS, {**keyed(keys), "now": now})
+    rows = _ACTIVE_ON_KEYS.rows(session.connection(), {**keyed(keys), "now": now})
     return [
-        row
-        for row in rows.mappings()
-        if (row["provider"], row["target_kind"], row["target_value"]) in wanted
+        row._asdict() for row in rows if (row.provider, row.target_kind, row.target_value) in wanted
     ]
 
 

@@ -19,6 +19,7 @@ from controlplane.store.models import (
     ExemptionRow,
     LiftRow,
 )
+from controlplane.store.prepared import Prepared
 from controlplane.store.repository import keyed
 
 _CHUNK = 500
@@ -277,19 +278,21 @@ async def appeal_facts(session: AsyncSession, since: datetime, until: datetime) 
 _exemption: Table = ExemptionRow.__table__  # type: ignore[attr-defined]
 _lift: Table = LiftRow.__table__  # type: ignore[attr-defined]
 _appeal: Table = AppealRow.__table__  # type: ignore[attr-defined]
-_EXEMPTIONS_ON = select(
-    _exemption.c.provider,
-    _exemption.c.subject_kind,
-    _exemption.c.subject_value,
-    _exemption.c.owner,
-    _exemption.c.reason,
-    _exemption.c.expires_at,
-).where(
-    _exemption.c.provider.in_(bindparam("providers", expanding=True)),
-    _exemption.c.subject_kind.in_(bindparam("kinds", expanding=True)),
-    _exemption.c.subject_value.in_(bindparam("values", expanding=True)),
-    or_(_exemption.c.expires_at.is_(None), _exemption.c.expires_at > bindparam("now")),
-    _exemption.c.ended_at.is_(None),
+_EXEMPTIONS_ON = Prepared(
+    select(
+        _exemption.c.provider,
+        _exemption.c.subject_kind,
+        _exemption.c.subject_value,
+        _exemption.c.owner,
+        _exemption.c.reason,
+        _exemption.c.expires_at,
+    ).where(
+        _exemption.c.provider.in_(bindparam("providers", expanding=True)),
+        _exemption.c.subject_kind.in_(bindparam("kinds", expanding=True)),
+        _exemption.c.subject_value.in_(bindparam("values", expanding=True)),
+        or_(_exemption.c.expires_at.is_(None), _exemption.c.expires_at > bindparam("now")),
+        _exemption.c.ended_at.is_(None),
+    )
 )
 _LIFT_COLUMNS = (
     _lift.c.id,
@@ -303,30 +306,36 @@ _LIFT_COLUMNS = (
     _lift.c.score,
     _lift.c.at,
 )
-_LIFTS_ON = select(*_LIFT_COLUMNS).where(
-    _lift.c.provider.in_(bindparam("providers", expanding=True)),
-    _lift.c.target_kind.in_(bindparam("kinds", expanding=True)),
-    _lift.c.target_value.in_(bindparam("values", expanding=True)),
-    _lift.c.at >= bindparam("since"),
+_LIFTS_ON = Prepared(
+    select(*_LIFT_COLUMNS).where(
+        _lift.c.provider.in_(bindparam("providers", expanding=True)),
+        _lift.c.target_kind.in_(bindparam("kinds", expanding=True)),
+        _lift.c.target_value.in_(bindparam("values", expanding=True)),
+        _lift.c.at >= bindparam("since"),
+    )
 )
-_RANGE_LIFTS = select(*_LIFT_COLUMNS).where(
-    _lift.c.provider.in_(bindparam("providers", expanding=True)),
-    _lift.c.target_kind == "cidr",
-    _lift.c.at >= bindparam("since"),
+_RANGE_LIFTS = Prepared(
+    select(*_LIFT_COLUMNS).where(
+        _lift.c.provider.in_(bindparam("providers", expanding=True)),
+        _lift.c.target_kind == "cidr",
+        _lift.c.at >= bindparam("since"),
+    )
 )
-_APPEALS_ON = select(
-    _appeal.c.provider,
-    _appeal.c.id,
-    _appeal.c.state,
-    _appeal.c.subject_kind,
-    _appeal.c.subject_value,
-    _appeal.c.filed_at,
-).where(
-    _appeal.c.provider.in_(bindparam("providers", expanding=True)),
-    _appeal.c.subject_kind.in_(bindparam("kinds", expanding=True)),
-    _appeal.c.subject_value.in_(bindparam("values", expanding=True)),
-    _appeal.c.state.in_(["open", "denied"]),
-    _appeal.c.filed_at >= bindparam("since"),
+_APPEALS_ON = Prepared(
+    select(
+        _appeal.c.provider,
+        _appeal.c.id,
+        _appeal.c.state,
+        _appeal.c.subject_kind,
+        _appeal.c.subject_value,
+        _appeal.c.filed_at,
+    ).where(
+        _appeal.c.provider.in_(bindparam("providers", expanding=True)),
+        _appeal.c.subject_kind.in_(bindparam("kinds", expanding=True)),
+        _appeal.c.subject_value.in_(bindparam("values", expanding=True)),
+        _appeal.c.state.in_(["open", "denied"]),
+        _appeal.c.filed_at >= bindparam("since"),
+    )
 )
 
 
@@ -339,13 +348,13 @@ def live_exemptions_on(
     session: Session, keys: Sequence[tuple[str, str, str]], now: datetime
 ) -> list[Any]:
     """(decide thread) Live exemptions of these (provider, kind, value) subjects."""
-    rows = session.connection().execute(_EXEMPTIONS_ON, {**keyed(keys), "now": now})
+    rows = _EXEMPTIONS_ON.rows(session.connection(), {**keyed(keys), "now": now})
     return _asked(rows, keys, "subject_kind", "subject_value")
 
 
 def lifts_on(session: Session, keys: Sequence[tuple[str, str, str]], since: datetime) -> list[Any]:
     """(decide thread) Lifts of these (provider, kind, value) targets since `since`."""
-    rows = session.connection().execute(_LIFTS_ON, {**keyed(keys), "since": since})
+    rows = _LIFTS_ON.rows(session.connection(), {**keyed(keys), "since": since})
     return _asked(rows, keys, "target_kind", "target_value")
 
 
@@ -353,14 +362,14 @@ def range_lifts(session: Session, providers: Sequence[str], since: datetime) -> 
     """(decide thread) These providers' lifts of CIDR blocks since `since` (people lift
     few ranges)."""
     params = {"providers": sorted(providers), "since": since}
-    return list(session.connection().execute(_RANGE_LIFTS, params))
+    return _RANGE_LIFTS.rows(session.connection(), params)
 
 
 def pending_appeals_on(
     session: Session, keys: Sequence[tuple[str, str, str]], since: datetime
 ) -> list[Any]:
     """(decide thread) Open or denied appeals about these subjects filed since `since`."""
-    rows = session.connection().execute(_APPEALS_ON, {**keyed(keys), "since": since})
+    rows = _APPEALS_ON.rows(session.connection(), {**keyed(keys), "since": since})
     return _asked(rows, keys, "subject_kind", "subject_value")
 
 
