@@ -11,9 +11,11 @@ connector keeps a model of what the runtime holds per file (read by `observe()`,
 at a file's first apply, and updated by every command that succeeds), sends only the
 diff's commands, and writes the files from the model later, coalesced: at most once
 per `file_flush_seconds`, in a background task, atomically (temp file + fsync +
-rename), and at `observe()` and `close()`. A reload inside that window loses that
-window's changes until the next reconcile puts them back; a file that cannot be
-written is reported by `health()` and retried at every period.
+rename), and at `observe()` and `close()`. The model holds each key's lines as the file
+spells them, so a write joins those strings, in parts, with no Python work per entry.
+A reload inside that window loses that window's changes until the next reconcile puts
+them back; a file that cannot be written is reported by `health()` and retried at
+every period.
 
 An entry HAProxy can never hold (a value the runtime refuses to parse, a key its
 files cannot spell, a subject it cannot see) is `rejected`; a busy or unreachable
@@ -62,7 +64,7 @@ import asyncio
 import contextlib
 import re
 import threading
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -251,12 +253,27 @@ class _File:
         return Entry(self.type, self.target_kind, key)
 
     def line(self, key: str, value: str) -> str:
+        """How the file (and `add ... @N`) spells one copy."""
         return key if self.kind == "acl" else f"{key} {value}"
 
+    def copies(self, lines: str | None) -> list[tuple[str, str]]:
+        """The (raw string, value) copies a key's lines in the model stand for."""
+        if lines is None:
+            return []
+        if self.kind == "acl":
+            return [(raw, "") for raw in lines.split("\n")]
+        return [(raw, value) for raw, _, value in (c.partition(" ") for c in lines.split("\n"))]
 
-_Copies = dict[str, list[tuple[str, str]]]
-"""A file's entries by canonical key: the (raw string, value) copies HAProxy holds, in
-its order (a map can hold a key twice; the first copy is the one matched)."""
+    def lines(self, copies: Iterable[tuple[str, str]]) -> str:
+        return "\n".join(self.line(raw, value) for raw, value in copies)
+
+
+_Copies = dict[str, str]
+"""A file's entries by canonical key: the lines HAProxy holds for it, spelled as the file
+spells them, in its order (a map can hold a key twice: one line per copy, joined by
+newlines, and the first copy is the one matched). Held already rendered, so writing a
+million-line file is a join of these strings, with no work per entry in Python; an ACL
+line that is its own canonical key is the key's string itself, so it costs nothing."""
 
 
 @dataclass
@@ -330,7 +347,8 @@ class HAProxyConnector:
                 counts[spec.path] = len(live)
                 held = _by_key(spec, live)
                 self._held[spec.path] = held
-                await self._save(spec, _items(held), self._changed(spec), only_if_stale=True)
+                lines = list(held.values())
+                await self._save(spec, lines, self._changed(spec), only_if_stale=True)
                 if not spec.references:
                     entries.extend(_first_per_key(spec, live).values())
         return GatewayState(frozenset(entries), extra={"entries_per_file": counts})
@@ -417,35 +435,38 @@ class HAProxyConnector:
         the key gone falls back to `add`."""
         for key, entry in ops.remove.items():
             failure = None
-            for raw in dict.fromkeys(raw for raw, _ in held.get(key, ())):
+            copies = spec.copies(held.get(key))
+            for raw in dict.fromkeys(raw for raw, _ in copies):
                 reply = await cli.run(f"del {spec.kind} {spec.path} {raw}")
                 if reply and not reply.startswith("Key not found"):
                     failure = reply
+                    continue
+                copies = [copy for copy in copies if copy[0] != raw]
+                if copies:
+                    held[key] = spec.lines(copies)
                 else:
-                    held[key] = [copy for copy in held[key] if copy[0] != raw]
-            if not held.get(key, True):
-                del held[key]
+                    del held[key]
             _record(result, entry, failure)
         for key, (entry, value) in ops.put.items():
-            copies = held.get(key, [])
+            copies = spec.copies(held.get(key))
             reply = ""
             if spec.kind == "acl":
                 if not copies:
                     reply = await cli.run(f"add acl {spec.path} {key}")
                     if not reply:
-                        held[key] = [(key, "")]
+                        held[key] = key
             elif copies and any(v != value for _, v in copies):
                 reply = await cli.run(f"set map {spec.path} {key} {value}")
                 if reply.startswith("entry not found"):
                     reply = await cli.run(f"add map {spec.path} {key} {value}")
                     if not reply:
-                        held[key] = [(key, value)]
+                        held[key] = spec.line(key, value)
                 elif not reply:
-                    held[key] = [(raw, value) for raw, _ in copies]
+                    held[key] = spec.lines((raw, value) for raw, _ in copies)
             elif not copies:
                 reply = await cli.run(f"add map {spec.path} {key} {value}")
                 if not reply:
-                    held[key] = [(key, value)]
+                    held[key] = spec.line(key, value)
             _record(result, entry, reply or None)
 
     async def _replace(
@@ -453,9 +474,9 @@ class HAProxyConnector:
     ) -> None:
         """Stage the whole new list in a new version and commit it: HAProxy switches
         from the old list to the new one in one step, and the model follows."""
-        keep = {
-            key: copies[0]
-            for key, copies in held.items()
+        keep = {  # of each key's copies, the first (the one HAProxy matches)
+            key: lines.partition("\n")[0]
+            for key, lines in held.items()
             if key not in ops.remove and key not in ops.put
         }
         everything = [*ops.remove.values(), *(e for e, _ in ops.put.values())]
@@ -468,16 +489,17 @@ class HAProxyConnector:
         version = match.group(1)
         prefix = f"add {spec.kind} @{version} {spec.path}"
         staged: _Copies = {}
-        for key, (raw, value) in keep.items():
-            if not await cli.run(f"{prefix} {spec.line(raw, value)}"):
-                staged[key] = [(raw, value)]
+        for key, line in keep.items():
+            if not await cli.run(f"{prefix} {line}"):
+                staged[key] = line
         refused: dict[str, str] = {}
         for key, (_, value) in ops.put.items():
-            reply = await cli.run(f"{prefix} {spec.line(key, value)}")
+            line = spec.line(key, value)
+            reply = await cli.run(f"{prefix} {line}")
             if reply:
                 refused[key] = reply
             else:
-                staged[key] = [(key, value)]
+                staged[key] = line
         reply = await cli.run(f"commit {spec.kind} @{version} {spec.path}")
         if reply:
             why = f"commit {spec.kind} @{version} {spec.path}: {reply}"
@@ -519,28 +541,30 @@ class HAProxyConnector:
 
     async def _flush(self) -> None:
         for spec in self._stale():
-            await self._save(spec, _items(self._held[spec.path]), self._changes[spec.path])
+            # The snapshot is a copy of the model's references to its lines (no work per
+            # entry); the file is built from it in the thread.
+            lines = list(self._held[spec.path].values())
+            await self._save(spec, lines, self._changes[spec.path])
 
     async def _save(
-        self, spec: _File, items: list[tuple[str, str]], count: int, *, only_if_stale: bool = False
+        self, spec: _File, lines: list[str], count: int, *, only_if_stale: bool = False
     ) -> None:
-        """Write `items` (a snapshot of the model at change `count`) to the file in a
+        """Write `lines` (a snapshot of the model at change `count`) to the file in a
         thread; a failure is kept for `health()` and the file stays stale."""
         try:
-            await asyncio.to_thread(self._save_file, spec, items, count, only_if_stale)
+            await asyncio.to_thread(self._save_file, spec, lines, count, only_if_stale)
         except OSError as exc:
             self._unwritable[spec.path] = exc.strerror or str(exc)
         else:
             self._unwritable.pop(spec.path, None)
 
-    def _save_file(
-        self, spec: _File, items: list[tuple[str, str]], count: int, only_if_stale: bool
-    ) -> None:
+    def _save_file(self, spec: _File, lines: list[str], count: int, only_if_stale: bool) -> None:
         with self._disk:
             if count <= self._written.get(spec.path, 0):
                 return  # a newer model is on disk already
-            if not only_if_stale or _read_file(spec) != items:
-                _write_file(spec, items, self.name)
+            header = _header(self.name)
+            if not only_if_stale or not _holds(spec, header, lines):
+                atomic_write(spec.path, _parts(header, lines))
             self._written[spec.path] = count
 
     def _place(self, entry: Entry, *, removing: bool = False) -> tuple[_File | None, str, str]:
@@ -739,16 +763,17 @@ def _canonical_key(spec: _File, raw: str) -> str:
 
 
 def _by_key(spec: _File, items: Iterable[tuple[str, str]]) -> _Copies:
+    """The model of a file from its copies in HAProxy's order: grouped by key (order
+    between keys does not change what HAProxy matches)."""
     held: _Copies = {}
     for raw, value in items:
-        held.setdefault(_canonical_key(spec, raw), []).append((raw, value))
+        key = _canonical_key(spec, raw)
+        line = spec.line(raw, value)
+        if key == raw:
+            key = raw  # one string for the key and, in an ACL, its line
+        before = held.get(key)
+        held[key] = line if before is None else f"{before}\n{line}"
     return held
-
-
-def _items(held: _Copies) -> list[tuple[str, str]]:
-    """What the file holds for a model: every copy, grouped by key (order between keys
-    does not change what HAProxy matches)."""
-    return [copy for copies in held.values() for copy in copies]
 
 
 def _first_per_key(spec: _File, items: Iterable[tuple[str, str]]) -> dict[str, Entry]:
@@ -797,12 +822,47 @@ def _not_loaded(spec: _File, seen: str) -> str:
     )
 
 
-def _read_file(spec: _File) -> list[tuple[str, str]]:
-    """The file's entries as HAProxy would load them (comments and blanks skipped)."""
+_PART = 10_000
+"""Lines per part of a file written: each part is one join (C, holding the GIL for well
+under a millisecond), and between parts the event loop and the decide thread run."""
+
+
+def _header(connector: str) -> str:
+    return (
+        f"# Written by Tollgate (connector {connector}). Edits by hand are undone at the "
+        "next reconcile."
+    )
+
+
+def _parts(header: str, lines: list[str]) -> Iterator[bytes]:
+    """The file's bytes, in parts: the header, then the model's lines."""
+    yield f"{header}\n".encode()
+    for start in range(0, len(lines), _PART):
+        yield ("\n".join(lines[start : start + _PART]) + "\n").encode()
+
+
+def _holds(spec: _File, header: str, lines: list[str]) -> bool:
+    """Whether the file already holds these lines: byte for byte (compared part by part,
+    no work per line), or else the same entries in the same order as HAProxy would load
+    them (a comment or blank line added by hand is no reason to write it again)."""
     try:
-        text = Path(spec.path).read_text(encoding="utf-8")
+        data = Path(spec.path).read_bytes()
     except FileNotFoundError:
-        return []
+        return not lines
+    at = 0
+    for part in _parts(header, lines):
+        if not data.startswith(part, at):
+            break
+        at += len(part)
+    else:
+        if at == len(data):
+            return True
+    held = _entries(spec, "\n".join(lines))
+    return _entries(spec, data.decode("utf-8", errors="replace")) == held
+
+
+def _entries(spec: _File, text: str) -> list[tuple[str, str]]:
+    """A file's entries as HAProxy would load them (comments and blanks skipped)."""
     items = []
     for line in text.splitlines():
         line = line.strip()
@@ -814,17 +874,6 @@ def _read_file(spec: _File) -> list[tuple[str, str]]:
             key, _, value = line.partition(" ")
             items.append((key, value.strip()))
     return items
-
-
-def _write_file(spec: _File, items: Sequence[tuple[str, str]], connector: str) -> None:
-    """Replace the file atomically: a reload reads either the old list or the new one,
-    never half of one. The new file keeps the old one's mode and owner."""
-    lines = [
-        f"# Written by Tollgate (connector {connector}). Edits by hand are undone at the "
-        "next reconcile.",
-        *(spec.line(key, value) for key, value in items),
-    ]
-    atomic_write(spec.path, "\n".join(lines) + "\n")
 
 
 def create(config: ConnectorConfig, http: httpx.AsyncClient) -> HAProxyConnector:

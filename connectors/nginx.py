@@ -41,7 +41,8 @@ once the new configuration is serving.
 
 An apply costs what its diff holds in Python: the parsed lists stay in memory (read
 at `observe()` or the first apply, and again only when a file changed behind the
-connector's back), and only the lists a batch touched are rendered again. Reloads
+connector's back), each entry's line is rendered once, when it is put, and only the
+lists a batch touched are joined again from their lines (kept sorted, in chunks). Reloads
 are coalesced: at most one write-test-reload per `reload_min_seconds`, carrying
 every diff that arrived meanwhile; each apply still returns once its entries serve.
 An entry NGINX can never hold (a value it cannot parse, a key the include cannot
@@ -59,6 +60,7 @@ This module never imports Tollgate's domain: only `controlplane.enforce.sdk`.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import dataclasses
 import fcntl
@@ -130,6 +132,15 @@ _LIST_OF: Terms[tuple[EntryType, str], str] = Terms(
     }
 )
 """The include each entry lives in, by type and target kind (`address`: ip or cidr)."""
+_LISTS = tuple(_LIST_OF.values())
+_KEYED: dict[str, tuple[EntryType, str]] = {
+    "revoked.conf": (EntryType.REVOKE_KEY, "api_key"),
+    "suspended_account.conf": (EntryType.SUSPEND, "account"),
+    "suspended_org.conf": (EntryType.SUSPEND, "org"),
+}
+"""The includes of keys and ids that refuse outright: the entry each line stands for."""
+_ADDRESSES = frozenset({"blocked.conf", "allowed.conf"})
+"""The includes keyed by address or network (the others by key or id)."""
 ALLOWED = "allowed"
 """The value of an exempt address or network in `allowed.conf` (anything but 0 allows)."""
 REFERENCE_HEADER = "x-tollgate-reference"
@@ -253,10 +264,67 @@ def _list_of(entry: Entry) -> str | None:
 
 # -- what the files hold ----------------------------------------------------------------------
 
+_CHUNK = 1000
+"""Lines per chunk of an include's model (up to twice as many before a chunk splits)."""
+
+
+class _Lines:
+    """An include's entry lines, rendered once when an entry is put and kept in the
+    order of their keys (the file lists entries sorted). In chunks of about `_CHUNK`
+    keys, so putting or taking one line moves at most a chunk's references, and the
+    file is a join per chunk: no work per entry in Python, and the event loop can run
+    between chunks when it is rendered in a thread."""
+
+    __slots__ = ("_keys", "_lasts", "_lines")
+
+    def __init__(self) -> None:
+        self._keys: list[list[str]] = []
+        self._lines: list[list[str]] = []
+        self._lasts: list[str] = []
+        """The last (largest) key of each chunk: which chunk a key belongs in."""
+
+    def __len__(self) -> int:
+        return sum(map(len, self._keys))
+
+    def put(self, key: str, line: str) -> None:
+        if not self._keys:
+            self._keys, self._lines, self._lasts = [[key]], [[line]], [key]
+            return
+        at = min(bisect.bisect_left(self._lasts, key), len(self._lasts) - 1)
+        keys, lines = self._keys[at], self._lines[at]
+        i = bisect.bisect_left(keys, key)
+        if i < len(keys) and keys[i] == key:
+            lines[i] = line
+            return
+        keys.insert(i, key)
+        lines.insert(i, line)
+        self._lasts[at] = keys[-1]
+        if len(keys) > 2 * _CHUNK:
+            self._keys[at : at + 1] = [keys[:_CHUNK], keys[_CHUNK:]]
+            self._lines[at : at + 1] = [lines[:_CHUNK], lines[_CHUNK:]]
+            self._lasts[at : at + 1] = [keys[_CHUNK - 1], keys[-1]]
+
+    def pop(self, key: str) -> None:
+        at = bisect.bisect_left(self._lasts, key)
+        if at == len(self._lasts):
+            return
+        keys = self._keys[at]
+        i = bisect.bisect_left(keys, key)
+        if i == len(keys) or keys[i] != key:
+            return
+        del keys[i], self._lines[at][i]
+        if keys:
+            self._lasts[at] = keys[-1]
+        else:
+            del self._keys[at], self._lines[at], self._lasts[at]
+
+    def text(self) -> bytes:
+        return b"".join("".join(lines).encode() for lines in self._lines)
+
 
 @dataclass
 class _Tables:
-    """The three lists, by their key in NGINX's terms."""
+    """The lists, by their key in NGINX's terms, and each include's lines."""
 
     blocked: dict[str, str] = field(default_factory=dict)
     """Address or network -> `ip` / `cidr`."""
@@ -273,17 +341,21 @@ class _Tables:
     """Exempt address or network -> `ip` / `cidr`: carved out of any block."""
     ignored: int = 0
     """Lines that are no entry this connector can read (dropped at the next write)."""
+    lines: dict[str, _Lines] = field(default_factory=lambda: {n: _Lines() for n in _LISTS})
+    """Per list include, the lines it holds, in the order it lists them: kept in step
+    with the tables by `NginxConnector._hold` and `_drop`."""
 
-    def copy(self) -> _Tables:
-        return _Tables(
-            dict(self.blocked),
-            dict(self.revoked),
-            dict(self.limits),
-            dict(self.accounts),
-            dict(self.orgs),
-            dict(self.allowed),
-            self.ignored,
-        )
+    def table(self, name: str) -> dict[str, Any]:
+        """The table a list include is written from."""
+        tables: dict[str, dict[str, Any]] = {
+            "blocked.conf": self.blocked,
+            "allowed.conf": self.allowed,
+            "revoked.conf": self.revoked,
+            "limits.conf": self.limits,
+            "suspended_account.conf": self.accounts,
+            "suspended_org.conf": self.orgs,
+        }
+        return tables[name]
 
     def addresses(self, entry_type: EntryType) -> dict[str, str]:
         """The blocked or the allowed networks."""
@@ -335,6 +407,14 @@ def _twin(held: Mapping[str, Any], key: str) -> str:
         return ""
     name = other if isinstance(other, str) else other[0]
     return "" if name == key else str(name)
+
+
+def _sort_key(name: str, index: str, held: Any) -> str:
+    """What a list include is sorted by: the address, or the key as spelled (a table of
+    keys is indexed by its lowercase spelling)."""
+    if name in _ADDRESSES:
+        return index
+    return held if isinstance(held, str) else str(held[0])
 
 
 def _quote_key(key: str) -> str:
@@ -484,12 +564,18 @@ class NginxConnector:
                 self._remember(before, tables, stamps)
             else:
                 tables, wanted = self._tables, dict(self._disk)
-            tables = tables.copy()
-            touched: set[str] = set()
-            results = [self._plan(tables, diff, touched) for diff in diffs]
-            wanted.update(await asyncio.to_thread(self._render_lists, tables, touched))
-            if wanted != self._disk or self._unconfirmed:
-                await self._commit(self._disk, wanted, tables)
+            # Changed in place (a copy would cost what the lists hold): when the files do
+            # not end up holding it, the model is dropped and read again next time.
+            try:
+                touched: set[str] = set()
+                results = [self._plan(tables, diff, touched) for diff in diffs]
+                wanted.update(await asyncio.to_thread(self._render_lists, tables, touched))
+                if wanted != self._disk or self._unconfirmed:
+                    await self._commit(self._disk, wanted, tables)
+            except BaseException:
+                if self._disk is not wanted:
+                    self._tables = None
+                raise
         return results
 
     # Reading, parsing and rendering 30k entries takes about 0.2 s of CPU: they run in a
@@ -525,14 +611,14 @@ class NginxConnector:
         """Take an entry away by its key; one spelled oddly (by hand) is matched as
         NGINX would read it, so it goes too."""
         if entry.type in (EntryType.BLOCK, EntryType.ALLOW):
-            held_addresses = tables.addresses(entry.type)
+            addresses = "blocked.conf" if entry.type is EntryType.BLOCK else "allowed.conf"
             with contextlib.suppress(ValueError):
-                held_addresses.pop(observed(entry.target_kind, entry.target_value), None)
-            held_addresses.pop(entry.target_value, None)
+                self._drop(tables, addresses, observed(entry.target_kind, entry.target_value))
+            self._drop(tables, addresses, entry.target_value)
             return
-        held = tables.keyed(entry.type, entry.target_kind)
-        if held is not None and not _twin(held, entry.target_value):
-            held.pop(entry.target_value.lower(), None)
+        held, name = tables.keyed(entry.type, entry.target_kind), _list_of(entry)
+        if held is not None and name and not _twin(held, entry.target_value):
+            self._drop(tables, name, entry.target_value.lower())
 
     def _put(self, tables: _Tables, entry: Entry) -> str:
         """Add or update an entry; the reason it cannot be enforced here, or ''."""
@@ -547,9 +633,10 @@ class NginxConnector:
                 verb = "blocks" if entry.type is EntryType.BLOCK else "allows"
                 return f"NGINX {verb} IPs and CIDRs, not a {kind}"
             try:
-                tables.addresses(entry.type)[observed(kind, value)] = kind
+                address = observed(kind, value)
             except ValueError:
                 return f"{value!r} is not a valid {kind}"
+            self._hold(tables, _LIST_OF[(entry.type, "address")], address, kind)
             return ""
         suspends = entry.type is EntryType.SUSPEND and kind in {"account", "org"}
         if suspends and not self.options.subject_header(kind):
@@ -579,8 +666,9 @@ class NginxConnector:
                 f"NGINX maps match ignoring case, and a {what} that differs from this one "
                 "only in case is already there: one entry would shadow the other"
             )
+        name = _LIST_OF[(entry.type, kind)]
         if entry.type is not EntryType.RATE_LIMIT:
-            held[value.lower()] = value
+            self._hold(tables, name, value.lower(), value)
             return ""
         rpm = entry.requests_per_minute
         if rpm is None or rpm < 0:
@@ -590,7 +678,7 @@ class NginxConnector:
                 f"{rpm} requests/min is stricter than every tier (strictest: "
                 f"{self.options.tiers[0]}): add a tier at or below {rpm} to options.tiers"
             )
-        tables.limits[value.lower()] = (value, rpm)
+        self._hold(tables, name, value.lower(), (value, rpm))
         return ""
 
     def _tier(self, rpm: int) -> int | None:
@@ -663,7 +751,7 @@ class NginxConnector:
         def text(name: str) -> str:
             return (contents[name] or b"").decode("utf-8", errors="replace")
 
-        for name, addresses in (("blocked.conf", tables.blocked), ("allowed.conf", tables.allowed)):
+        for name in ("blocked.conf", "allowed.conf"):
             for line in _lines(text(name)):
                 if line is None:
                     tables.ignored += 1
@@ -674,28 +762,59 @@ class NginxConnector:
                     continue  # neither blocked nor allowed: the geo's value is what counts
                 kind = value if value in {"ip", "cidr"} else ("cidr" if "/" in address else "ip")
                 try:
-                    addresses[observed(kind, _unquote(address))] = kind
+                    self._hold(tables, name, observed(kind, _unquote(address)), kind)
                 except ValueError:
                     tables.ignored += 1
-        for name, held in (
-            ("revoked.conf", tables.revoked),
-            ("suspended_account.conf", tables.accounts),
-            ("suspended_org.conf", tables.orgs),
-        ):
+        for name in ("revoked.conf", "suspended_account.conf", "suspended_org.conf"):
+            held = tables.table(name)
             for line in _lines(text(name)):
                 key = self._readable_key(line, held)
                 if key is None:
                     tables.ignored += 1
                 elif line and _unquote(line[1]) not in {"", "0"}:
-                    held[key.lower()] = key
+                    self._hold(tables, name, key.lower(), key)
         for line in _lines(text("limits.conf")):
             key = self._readable_key(line, tables.limits)
             rpm = self._limit_of(_unquote(line[1]), line[2]) if line and key else None
             if key is None or rpm is None:
                 tables.ignored += 1
             else:
-                tables.limits[key.lower()] = (key, rpm)
+                self._hold(tables, "limits.conf", key.lower(), (key, rpm))
         return tables
+
+    def _hold(self, tables: _Tables, name: str, index: str, held: Any) -> None:
+        """Put an entry in a list's table (`index`: its key there) and its line, rendered
+        here once, in the include's lines; a limit no tier enforces gets no line."""
+        table, lines = tables.table(name), tables.lines[name]
+        before = table.get(index)
+        table[index] = held
+        key = _sort_key(name, index, held)
+        line = self._line(name, key, held)
+        if before is not None and (line is None or _sort_key(name, index, before) != key):
+            lines.pop(_sort_key(name, index, before))
+        if line is not None:
+            lines.put(key, line)
+
+    def _drop(self, tables: _Tables, name: str, index: str) -> None:
+        held = tables.table(name).pop(index, None)
+        if held is not None:
+            tables.lines[name].pop(_sort_key(name, index, held))
+
+    def _line(self, name: str, key: str, held: Any) -> str | None:
+        """An entry's line in its include (sorted by `key`)."""
+        if name == "blocked.conf":
+            return f"{key} {Entry(EntryType.BLOCK, held, key).reference};\n"
+        if name == "allowed.conf":
+            return f"{key} {ALLOWED};\n"
+        if name == "limits.conf":
+            rpm = held[1]
+            tier = self._tier(rpm)
+            if tier is None:
+                return None
+            reference = Entry(EntryType.RATE_LIMIT, "api_key", key).reference
+            return f'{_quote_key(key)} "{tier} {reference}";  # requests_per_minute={rpm}\n'
+        entry_type, kind = _KEYED[name]
+        return f"{_quote_key(key)} {Entry(entry_type, kind, key).reference};\n"
 
     def _readable_key(
         self, line: tuple[str, str, str] | None, held: Mapping[str, Any]
@@ -740,53 +859,26 @@ class NginxConnector:
         return rendered
 
     def _render_lists(self, tables: _Tables, names: set[str]) -> _Files:
-        """The list includes named, from the tables (the frame does not depend on them)."""
-        head, lists = self._head(), {}
-        if "blocked.conf" in names:
-            lists["blocked.conf"] = (
-                head
-                + "# geo entries: address or network, then the reference its refusal quotes.\n"
-                + "".join(
-                    f"{value} {Entry(EntryType.BLOCK, kind, value).reference};\n"
-                    for value, kind in sorted(tables.blocked.items())
-                )
-            )
-        if "allowed.conf" in names:
-            lists["allowed.conf"] = (
-                head
-                + "# geo entries: exempt address or network, served whatever block covers it.\n"
-                + "".join(f"{value} {ALLOWED};\n" for value in sorted(tables.allowed))
-            )
-        keyed = (
-            ("revoked.conf", EntryType.REVOKE_KEY, "api_key", "revoked API key"),
-            ("suspended_account.conf", EntryType.SUSPEND, "account", "suspended account"),
-            ("suspended_org.conf", EntryType.SUSPEND, "org", "suspended organisation"),
-        )
-        for name, entry_type, kind, what in keyed:
-            if name in names:
-                held = tables.keyed(entry_type, kind) or {}
-                lists[name] = (
-                    head
-                    + f"# map entries: {what}, then the reference its refusal quotes.\n"
-                    + "".join(
-                        f"{_quote_key(k)} {Entry(entry_type, kind, k).reference};\n"
-                        for k in sorted(held.values())
-                    )
-                )
-        if "limits.conf" in names:
-            lists["limits.conf"] = (
-                head
-                + f"# map entries: API key, then its tier of {list(self.options.tiers)} and the "
-                + "reference its refusal quotes.\n"
-                + "".join(
-                    f'{_quote_key(k)} "{self._tier(rpm)} '
-                    f'{Entry(EntryType.RATE_LIMIT, "api_key", k).reference}";'
-                    f"  # requests_per_minute={rpm}\n"
-                    for k, rpm in sorted(tables.limits.values())
-                    if self._tier(rpm) is not None
-                )
-            )
-        return {name: text.encode() for name, text in lists.items()}
+        """The list includes named, from their lines (the frame does not depend on them):
+        a join per chunk of lines, no work per entry."""
+        notes = {
+            "blocked.conf": "geo entries: address or network, then the reference its refusal "
+            "quotes.",
+            "allowed.conf": "geo entries: exempt address or network, served whatever block "
+            "covers it.",
+            "revoked.conf": "map entries: revoked API key, then the reference its refusal quotes.",
+            "suspended_account.conf": "map entries: suspended account, then the reference its "
+            "refusal quotes.",
+            "suspended_org.conf": "map entries: suspended organisation, then the reference its "
+            "refusal quotes.",
+            "limits.conf": f"map entries: API key, then its tier of {list(self.options.tiers)} "
+            "and the reference its refusal quotes.",
+        }
+        return {
+            name: f"{self._head()}# {notes[name]}\n".encode() + tables.lines[name].text()
+            for name in _LISTS
+            if name in names
+        }
 
     def _head(self) -> str:
         return f"# Written by Tollgate's nginx connector {self.name!r}; edits are undone.\n"

@@ -5,7 +5,8 @@
   one spelling, both on `controlplane.enforce.targets`.
 - **Atomic files**: `atomic_write(path, data)` replaces a file that a gateway loads so
   that a reload reads the old content or the new, never half (temp file + fsync +
-  rename + directory fsync), keeping the old file's mode and owner.
+  rename + directory fsync), keeping the old file's mode and owner; `data` may be a
+  sequence of parts, so a large file is written without being joined first.
 - **Options**: `parse_options(Options, where, config.options)` turns `options:` from
   tollgate.yaml into a frozen dataclass, refusing unknown names, wrong types and values
   out of range (`bounded`, `positive` fields) with a `ConnectorError` naming the option
@@ -33,7 +34,7 @@ import tempfile
 import threading
 import time
 import types
-from collections.abc import Awaitable, Callable, Hashable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import (
     Any,
@@ -100,18 +101,29 @@ def observed(kind: str, raw: str) -> str:
 # -- atomic files ------------------------------------------------------------------------
 
 
-def atomic_write(path: Path | str, data: bytes | str, *, mode: int = 0o644) -> None:
+def atomic_write(
+    path: Path | str, data: bytes | str | Iterable[bytes], *, mode: int = 0o644
+) -> None:
     """Replace `path` with `data` atomically and durably: a reader (a gateway's reload)
     sees the old file or the new one, never half of one, and a crash after return keeps
     the new one. An existing file's mode and owner are kept; a new one gets `mode`.
-    Raises `OSError` (the caller knows whether that is retryable)."""
+    `data` may come in parts (bytes, written one after the other): a file of millions
+    of lines then never exists whole in memory, and a caller in a thread that builds
+    each part lets the other threads run between parts. Raises `OSError` (the caller
+    knows whether that is retryable)."""
     path = Path(path)
-    content = data.encode("utf-8") if isinstance(data, str) else data
+    if isinstance(data, str):
+        parts: Iterable[bytes] = (data.encode("utf-8"),)
+    elif isinstance(data, bytes):
+        parts = (data,)
+    else:
+        parts = data
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     temp = Path(name)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(content)
+            for part in parts:
+                handle.write(part)
             handle.flush()
             os.fsync(handle.fileno())
         try:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from connectors.haproxy import HAProxyOptions, _Cli, sample_config
+from connectors.haproxy import _PART, HAProxyOptions, _Cli, _parts, sample_config
 from controlplane.enforce.sdk import (
     ApplyResult,
     ConnectorError,
@@ -269,6 +269,62 @@ async def test_observe_rewrites_a_file_that_lost_the_runtime_state(haproxy: Gate
     await haproxy.connector().observe()
 
     assert lines(acl) == ["127.0.0.8"]  # a reload now loads what is enforced
+
+
+async def test_observe_leaves_a_file_that_holds_the_runtime_state_alone(haproxy: Gateway) -> None:
+    o = haproxy.proxy.options
+    await apply(haproxy, add=[block("127.0.0.8"), revoke(fingerprint("sk-kept"))])
+    write(o.blocked_acl, "\n".join(["# Written by hand", *lines(o.blocked_acl), "# a note", ""]))
+    files = {path: inode(path) for path in (o.blocked_acl, o.revoked_map, o.blocked_ref_map)}
+
+    await haproxy.connector().observe()
+
+    # Byte for byte the same, or the same entries (a comment aside): nothing rewritten.
+    assert {path: inode(path) for path in files} == files
+
+
+def test_a_file_written_in_parts_is_the_whole_file() -> None:
+    header = "# Written by Tollgate"
+    for count in (0, 1, _PART, _PART + 1, 2 * _PART + 3):
+        model = [f"k{i} v{i}" for i in range(count)]
+        whole = "\n".join([header, *model]) + "\n"
+        assert b"".join(_parts(header, model)) == whole.encode()
+
+
+async def test_the_files_hold_every_copy_the_runtime_holds_in_its_order(
+    haproxy: Gateway,
+) -> None:
+    o = haproxy.proxy.options
+    a, b, c = (fingerprint(f"sk-copies-{name}") for name in "abc")
+    for by_hand in (
+        f"add map {o.revoked_map} {b} by-hand",
+        f"add map {o.revoked_map} {a} by-hand-1",
+        f"add map {o.revoked_map} {a} by-hand-2",  # a second copy of the key
+        f"add acl {o.blocked_acl} 127.0.0.2/32",
+        f"add acl {o.blocked_acl} 10.1.2.3/8",  # held as spelled, observed as 10.0.0.0/8
+    ):
+        assert await haproxy.runtime(by_hand) == ""
+    connector = haproxy.connector(file_flush_seconds=3600.0)
+    await connector.observe()
+
+    result = await connector.apply(
+        Diff(
+            add=(revoke(a), revoke(c), block("127.0.0.3")),
+            remove=(revoke(b), block("127.0.0.2/32")),
+        )
+    )
+    await connector.close()
+
+    assert not result.failed and not result.rejected
+    for kind, path in (("map", o.revoked_map), ("acl", o.blocked_acl), ("map", o.blocked_ref_map)):
+        shown = (await haproxy.runtime(f"show {kind} {path}")).splitlines()
+        assert lines(path) == [line.split(" ", 1)[1] for line in shown]
+    assert lines(o.revoked_map) == [
+        f"{a} {revoke(a).reference}",  # `set map` set both copies
+        f"{a} {revoke(a).reference}",
+        f"{c} {revoke(c).reference}",
+    ]
+    assert lines(o.blocked_acl) == ["10.1.2.3/8", "127.0.0.3"]
 
 
 async def test_what_haproxy_cannot_enforce_is_rejected_with_why(haproxy: Gateway) -> None:

@@ -9,6 +9,7 @@ enforced at the proxy."""
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any
 import pytest
 from sqlmodel import col
 
-from connectors.nginx import ConfigRejected, NginxConnector
+from connectors.nginx import FILES, ConfigRejected, NginxConnector
 from controlplane.enforce.desired import diff
 from controlplane.enforce.registry import factory
 from controlplane.enforce.sdk import (
@@ -243,6 +244,28 @@ async def test_values_that_would_break_the_configuration_are_refused_one_by_one(
     assert (await connector.observe()).entries == {good, keyword, fingerprint}
 
 
+async def test_a_diff_that_could_not_be_written_is_not_carried_into_the_next(
+    nginx: Nginx, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    connector = nginx.connector()
+    await put(connector, BLOCK_IP)
+
+    def disk_full(path: Path | str, data: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patched:
+        patched.setattr("connectors.nginx.atomic_write", disk_full)
+        with pytest.raises(ConnectorError, match="cannot write"):
+            await connector.apply(Diff(add=(BLOCK_CIDR,)))
+
+    # The files are as they were (nothing shows the failure), and so are the lists.
+    other = Entry(EntryType.BLOCK, "ip", "127.0.0.3")
+    await put(connector, other)
+
+    assert (await connector.observe()).entries == {BLOCK_IP, other}
+    assert await nginx.get("127.0.1.77") == 200
+
+
 async def test_a_broken_main_config_is_never_reloaded_and_the_reason_is_reported(
     nginx: Nginx,
 ) -> None:
@@ -451,6 +474,54 @@ async def test_an_apply_does_not_read_the_includes_again(
     assert await nginx.get(key="key_revoked") == 401
     assert await nginx.get("127.0.0.2") == 403
     assert await nginx.get("127.100.7.1") == 403  # what was there before is still there
+
+
+def test_the_lists_follow_each_put_and_removal_sorted_as_the_tables_say(tmp_path: Path) -> None:
+    """The lines kept per include (rendered once per put) give the file that rendering
+    the whole table, sorted, gives: across chunk splits, updates and removals."""
+    config = ConnectorConfig("edge-nginx", "nginx", ("*",), {"include_dir": str(tmp_path)})
+    connector = NginxConnector(config, None)  # type: ignore[arg-type]  # no HTTP here
+    tables = connector._parse({name: None for name in FILES})
+    blocked: dict[str, str] = {}
+    limits: dict[str, int] = {}
+    rng = random.Random(7)
+    for step in range(40):
+        add, remove = [], []
+        for _ in range(200):
+            n = rng.randrange(8000)
+            ip = Entry(EntryType.BLOCK, "ip", f"10.{n // 256}.{n % 256}.1")
+            key = "default" if n == 7 else f"key_{n % 500}"  # a map keyword is a key too
+            rpm = rng.choice([0, 10, 59, 60, 600, 900])
+            if rng.random() < 0.7:
+                add += [ip, Entry(EntryType.RATE_LIMIT, "api_key", key, rpm)]
+            else:
+                remove += [ip, Entry(EntryType.RATE_LIMIT, "api_key", key)]
+        for entry in remove:  # a diff's removals go first, then its puts in order
+            blocked.pop(entry.target_value, None)
+            limits.pop(entry.target_value, None)
+        for entry in add:
+            if entry.type is EntryType.BLOCK:
+                blocked[entry.target_value] = entry.target_kind
+            else:
+                limits[entry.target_value] = entry.requests_per_minute or 0
+        touched: set[str] = set()
+        connector._plan(tables, Diff(add=tuple(add), remove=tuple(remove)), touched)
+        rendered = connector._render_lists(tables, {"blocked.conf", "limits.conf"})
+
+        lines = rendered["blocked.conf"].decode().splitlines()
+        assert lines[2:] == [
+            f"{ip} {Entry(EntryType.BLOCK, kind, ip).reference};"
+            for ip, kind in sorted(blocked.items())
+        ], step
+        lines = rendered["limits.conf"].decode().splitlines()
+        tier = {0: 0, 10: 10, 59: 10, 60: 60, 600: 600, 900: 600}
+        assert lines[2:] == [
+            f'"{chr(92) * 2 if key == "default" else ""}{key}" "{tier[rpm]} '
+            f'{Entry(EntryType.RATE_LIMIT, "api_key", key).reference}";'
+            f"  # requests_per_minute={rpm}"
+            for key, rpm in sorted(limits.items())
+        ], step
+    assert len(blocked) > 3_000  # lines in more than one chunk
 
 
 # -- through Tollgate -------------------------------------------------------------------

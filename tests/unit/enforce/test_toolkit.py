@@ -3,7 +3,7 @@ retries, mapping tables."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -58,6 +58,21 @@ def test_atomic_write_replaces_keeping_mode_and_leaves_no_temp_file(tmp_path: Pa
     assert path.stat().st_mode & 0o777 == 0o600
     assert path.stat().st_ino != inode  # a new file moved into place, not rewritten
     assert [p.name for p in tmp_path.iterdir()] == ["blocked.acl"]
+
+
+def test_atomic_write_in_parts_writes_them_in_order_or_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "rate_limit.map"
+    atomic_write(path, iter([b"# head\n", b"k1 v1\n", b"k2 v2\n"]))
+    assert path.read_bytes() == b"# head\nk1 v1\nk2 v2\n"
+
+    def broken() -> Iterator[bytes]:
+        yield b"k3 v3\n"
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError):
+        atomic_write(path, broken())
+    assert path.read_bytes() == b"# head\nk1 v1\nk2 v2\n"  # never half of a file
+    assert [p.name for p in tmp_path.iterdir()] == ["rate_limit.map"]
 
 
 def test_atomic_write_failing_leaves_the_old_file(tmp_path: Path) -> None:
