@@ -107,13 +107,20 @@ class TokenService:
     async def list(self, session: AsyncSession) -> list[ApiTokenRow]:
         return await repository.list_tokens(session)
 
+    def cached(self, token: str) -> tuple[bool, Principal | None]:
+        """(known, principal): what the cache says of a token, without a session."""
+        cached = self._cache.get(hash_token(token))
+        if cached and cached[0] > time.monotonic():
+            return True, cached[1]
+        return False, None
+
     async def authenticate(self, session: AsyncSession, token: str) -> Principal | None:
         """The principal a token stands for, or None (unknown, revoked, expired); the
         session is used only when the cache does not know the token."""
+        known, principal = self.cached(token)
+        if known:
+            return principal
         key = hash_token(token)
-        cached = self._cache.get(key)
-        if cached and cached[0] > time.monotonic():
-            return cached[1]
         row = await repository.by_hash(session, key)
         principal = None
         if row and row.revoked_at is None and (row.expires_at is None or row.expires_at > utcnow()):
