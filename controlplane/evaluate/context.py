@@ -3,6 +3,7 @@ stay fast and run unchanged on a stock OPA server (DESIGN.md, 'The policy contra
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -144,8 +145,11 @@ class Lookups:
 
 
 @lru_cache(maxsize=65536)
+@functools.lru_cache(maxsize=65_536)
 def network_of(ip: str) -> str:
-    """The network an address counts in for IP rotation: its /24 (IPv4) or /48 (IPv6)."""
+    """The network an address counts in for IP rotation: its /24 (IPv4) or /48 (IPv6).
+    Cached: each verdict asks it for each of its addresses several times, and parsing
+    an address costs more than the rest of what a verdict's history needs of it."""
     address = parse_address(ip)
     prefix = 24 if address.version == 4 else 48
     return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False))
