@@ -30,23 +30,28 @@ _CHUNK = 500
 
 
 def append_changes(session: Session, changes: Sequence[dict[str, Any]]) -> None:
-    """Append changes after the log's head, in the caller's transaction. The head row is
-    locked until commit (FOR UPDATE on PostgreSQL; SQLite writers hold the database
-    lock), so changes become visible in `seq` order and a reader never skips one.
-    Callers append after writing their audit events: one lock order, no deadlock.
+    """Append changes after the log's head, in the caller's transaction. The head is
+    moved first, in one statement that also locks its row until commit (an UPDATE on
+    PostgreSQL; SQLite writers hold the database lock), so changes become visible in
+    `seq` order and a reader never skips one. Callers append after writing their audit
+    events: one lock order, no deadlock.
     (Sync: the decide thread calls it as is, async callers through `run_sync`.)"""
     if not changes:
         return
     connection = session.connection()
-    postgres = connection.dialect.name == "postgresql"
-    seq = connection.execute(_HEAD.with_for_update() if postgres else _HEAD).scalar_one()
-    rows = [{**change, "seq": seq + i} for i, change in enumerate(changes, start=1)]
+    last = connection.execute(_ADVANCE, {"count": len(changes)}).scalar_one()
+    first = last - len(changes) + 1
+    rows = [{**change, "seq": first + i} for i, change in enumerate(changes)]
     insert_many(connection, ChangeRow.__table__, rows)  # type: ignore[attr-defined]
-    connection.execute(
-        update(ChangeHeadRow).where(col(ChangeHeadRow.id) == HEAD_ID).values(seq=seq + len(rows))
-    )
 
 
+_change_head: Table = ChangeHeadRow.__table__  # type: ignore[attr-defined]
+_ADVANCE = (
+    update(_change_head)
+    .where(_change_head.c.id == HEAD_ID)
+    .values(seq=_change_head.c.seq + bindparam("count"))
+    .returning(_change_head.c.seq)
+)
 _HEAD = select(col(ChangeHeadRow.seq)).where(col(ChangeHeadRow.id) == HEAD_ID)
 
 
