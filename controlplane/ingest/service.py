@@ -161,7 +161,14 @@ class IngestService:
         """Take what is queued as one group, store and decide it, answer each request;
         again while requests keep arriving."""
         while self._queue:
-            await self._gather()
+            try:
+                await self._gather()
+            except asyncio.CancelledError as exc:  # stopping: no request is left waiting
+                for item in self._queue:
+                    if not item.answer.done():
+                        item.answer.set_exception(exc)
+                self._queue.clear()
+                raise
             group: list[_Submission] = []
             size = 0
             while self._queue and (

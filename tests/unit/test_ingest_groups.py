@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import statistics
+import time
 from typing import Any
 
 import pytest
@@ -128,3 +129,21 @@ async def test_a_group_smaller_than_the_last_waits_at_most_the_window(
     assert service.groups[-4:] == [1, 1, 1, 1]
     assert waits and set(waits) == {ingest_service.GATHER_SECONDS}
     assert sum(service.groups) == 25
+
+
+async def test_a_request_waiting_for_its_group_is_answered_when_the_service_stops() -> None:
+    service = Recording()
+    service._expected, service._last_ended = 4, time.perf_counter()  # four just answered
+    try:
+        waiting = asyncio.create_task(service.submit(one(), actor="detector"))
+        for _ in range(1000):  # until the group waits for the other three
+            if service._gathered is not None:
+                break
+            await asyncio.sleep(0)
+        assert service._gathered is not None and service._runner is not None
+        service._runner.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(waiting, 5)  # answered, not left waiting for ever
+        assert service.groups == []
+    finally:
+        service.close()
