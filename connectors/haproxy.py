@@ -352,7 +352,9 @@ class HAProxyConnector:
         async with self._lock, self._session() as cli:
             for spec in self._files:
                 reply = await cli.show(spec)
-                survey = await asyncio.to_thread(_survey, spec, reply, entries=not spec.references)
+                survey = await asyncio.to_thread(
+                    _survey, spec, reply, entries=not spec.references, keys=self._keys(spec)
+                )
                 del reply
                 counts[spec.path] = survey.copies
                 self._held[spec.path] = survey.held
@@ -360,6 +362,10 @@ class HAProxyConnector:
                 await self._save(spec, survey.lines, self._changed(spec), only_if_stale=True)
         entries = await asyncio.to_thread(frozenset, itertools.chain.from_iterable(found))
         return GatewayState(entries, extra={"entries_per_file": counts})
+
+    def _keys(self, spec: _File) -> _Copies | None:
+        """For the references map, the block ACL's model to take key strings from."""
+        return self._held.get(self._files[0].path) if spec.references else None
 
     # -- apply -----------------------------------------------------------------------------
 
@@ -413,7 +419,9 @@ class HAProxyConnector:
         held = self._held.get(spec.path)
         if held is None:  # no observe yet: learn this file once, then follow it
             reply = await cli.show(spec)
-            survey = await asyncio.to_thread(_survey, spec, reply, entries=False)
+            survey = await asyncio.to_thread(
+                _survey, spec, reply, entries=False, keys=self._keys(spec)
+            )
             held = self._held[spec.path] = survey.held
         # Counted over the batch's keys: a set operation with `held` (a million entries)
         # walks all of it, at every apply.
@@ -774,17 +782,27 @@ def _canonical_key(raw: str) -> str:
 
 
 def _by_key(
-    spec: _File, items: Iterable[tuple[str, str]], entries: list[Entry] | None = None
+    spec: _File,
+    items: Iterable[tuple[str, str]],
+    entries: list[Entry] | None = None,
+    keys: Mapping[str, str] | None = None,
 ) -> _Copies:
     """The model of a file from its copies in HAProxy's order: grouped by key (order
     between keys does not change what HAProxy matches), each key canonicalised once.
     `entries`, when given, receives the entry of each key's first copy, the one HAProxy
-    matches, in the same pass (`observe`'s entries)."""
+    matches, in the same pass (`observe`'s entries). `keys`: the model of the block ACL,
+    whose lines are mostly their keys' own strings; the references map that mirrors it
+    takes its keys from there, so both models hold one string per blocked value (a
+    million of them: 60 MB), as they do after an apply."""
     held: _Copies = {}
     acl = spec.kind == "acl"
     canonical = acl or spec.references
     for raw, value in items:
         key = _canonical_key(raw) if canonical else raw
+        if keys is not None:
+            shared = keys.get(key)
+            if shared == key:
+                key = shared
         line = raw if acl else f"{raw} {value}"
         before = held.get(key)
         if before is not None:
@@ -818,10 +836,13 @@ _SURVEY_PART = 1 << 20
 never exists as one string, nor as one list of lines."""
 
 
-def _survey(spec: _File, reply: bytes, *, entries: bool) -> _Surveyed:
+def _survey(
+    spec: _File, reply: bytes, *, entries: bool, keys: Mapping[str, str] | None = None
+) -> _Surveyed:
     """The model of a file (and, with `entries`, its entries) from the runtime's `show`
-    reply (its prompt included), in one pass; run in a thread. Every line must be
-    `0x<ref> <key>[ <value>]`: anything else means HAProxy has no such file loaded."""
+    reply (its prompt included), in one pass; run in a thread (`keys`: see `_by_key`).
+    Every line must be `0x<ref> <key>[ <value>]`: anything else means HAProxy has no
+    such file loaded."""
     end = len(reply) - len(PROMPT)
     start = 0
     while start < end and reply[start] == 0x0A:
@@ -847,7 +868,7 @@ def _survey(spec: _File, reply: bytes, *, entries: bool) -> _Surveyed:
             at = stop
 
     found: list[Entry] = []
-    held = _by_key(spec, items(), found if entries else None)
+    held = _by_key(spec, items(), found if entries else None, keys)
     return _Surveyed(held, list(held.values()), found, copies)
 
 

@@ -226,12 +226,16 @@ async def test_the_event_loop_runs_while_observe_reads_a_large_file(
             turns += reading
             await asyncio.sleep(0)
 
+    connector = haproxy.connector()
     ticking = asyncio.create_task(ticker())
     try:
-        state = await haproxy.connector().observe()
+        state = await connector.observe()
     finally:
         done.set()
         await ticking
 
     assert len(state.entries) == LARGE
     assert turns >= 10
+    # One string per blocked value, however many models hold it.
+    acl, refs = connector._held[o.blocked_acl], connector._held[o.blocked_ref_map]
+    assert len(refs) == LARGE and all(acl[key] is key for key in refs)
