@@ -2,20 +2,24 @@
 map/ACL files and the NGINX connector's includes, this tree against a baseline.
 
     .venv/bin/python bench/statefiles.py [--entries 1000000] [--changes 100]
-        [--baseline 78e8bcd] [--only haproxy,nginx]
+        [--baseline 8ba55a8] [--only haproxy,nginx]
 
-The baseline is the connectors as they were at `--baseline` (default: 78e8bcd, the last
-commit whose models held copies as lists of tuples and rendered every line at each
+The baseline is the connectors as they were at `--baseline` (default: 8ba55a8, the last
+commit whose HAProxy `observe` parsed the `show` replies on the event loop; 78e8bcd is
+the last whose models held copies as lists of tuples and rendered every line at each
 write), loaded from git into this process as modules of their own: the old code is
-reachable here only. Each figure is measured for both in the same run, and the table
-ends with baseline / this tree.
+reachable here only (the toolkit and the SDK they import are this tree's). Each figure
+is measured for both in the same run, and the table ends with baseline / this tree.
 
 - haproxy: Debian's HAProxy on `sample_config()`, started with `--entries` blocked
   addresses in `blocked.acl` and their references in `blocked_ref.map` (two files of
   `--entries` lines each, as a million active blocks make). Per implementation, a
   connector of its own:
   - `observe`: `show` of both files, the model built, each file compared with it (the
-    periodic reconcile's cost);
+    periodic reconcile's cost); its memory is measured apart, in a fresh process per
+    implementation (`observe, fresh process`): the RSS the model and the observed
+    entries hold (after `malloc_trim`), and the peak during the observe (VmHWM, reset
+    first), both over the RSS before;
   - `flush`: both files marked changed and written from the model (`_flush`: the
     snapshot on the event loop, the write in a thread);
   - `apply`: `--changes` changes (half new blocks, half removals of held ones) over
@@ -26,21 +30,30 @@ ends with baseline / this tree.
   `--changes` changes are each planned and the touched include rendered (`_plan` +
   `_render_lists`: what an apply computes before it writes, tests and reloads).
 
-Per phase: wall time; CPU time of the process (all threads); and how late a 1 ms
-asyncio ticker ran meanwhile (max and total), which is how long the phase held the
-GIL against the event loop, the API's and the decide thread's. `model MB`: the RSS a
-model of `--entries` lines adds (a fresh process per implementation builds the
-model from lines made one at a time, so only what the model keeps is counted).
-Figures go to stdout, progress to stderr.
+Per phase: wall time; CPU time of the process (all threads); how late a 1 ms asyncio
+ticker on the phase's own event loop ran meanwhile (max and total: how long the phase
+kept its loop from running; in the server that is the enforcement worker's loop, which
+checks the followers' locks and runs every connector's batches); and how late the same
+ticker ran on a loop in another thread (max: what the API's loop, in its own thread,
+waits for the GIL meanwhile); and the longest garbage collection meanwhile (CPython's
+collector holds the GIL, whichever thread runs it: a full collection walks every
+container object, so a million new entries make it long). A phase's result is freed
+after its figures are taken. `model MB`: the RSS a model of `--entries` lines adds (a
+fresh process per implementation builds the model from lines made one at a time, so
+only what the model keeps is counted). Figures go to stdout, progress to stderr.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
+import gc
+import inspect
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import types
 from collections.abc import Awaitable, Callable
@@ -55,7 +68,7 @@ sys.path.insert(0, str(REPO))
 
 from controlplane.enforce.sdk import ConnectorConfig, Diff, Entry, EntryType  # noqa: E402
 
-BASELINE = "78e8bcd"
+BASELINE = "8ba55a8"
 HEADER = "# Written by Tollgate (connector bench). Edits by hand are undone at the next reconcile."
 
 
@@ -90,11 +103,17 @@ def load(module: str, rev: str | None) -> Any:
     return loaded
 
 
-def rss_mb() -> float:
+def rss_mb(field: str = "VmRSS") -> float:
+    """This process's resident memory (`VmHWM`: its peak since `reset_peak`), in MB."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def reset_peak() -> None:
+    """Start VmHWM again from the current RSS (Linux 4.0 and later)."""
+    Path("/proc/self/clear_refs").write_text("5")
 
 
 # -- one phase, timed against a 1 ms ticker --------------------------------------------------
@@ -106,6 +125,10 @@ class Figures:
     cpu: float = 0.0
     late_max: float = 0.0
     late_total: float = 0.0
+    other_late_max: float = 0.0
+    """The same ticker's on a loop in another thread (the API's, in the server)."""
+    gc_max: float = 0.0
+    """The longest garbage collection meanwhile (it holds the GIL, whichever thread)."""
     extra: dict[str, float] = field(default_factory=dict)
 
 
@@ -113,27 +136,50 @@ Row = tuple[str, Figures, Figures]
 """A phase, then its figures with the baseline and with this tree."""
 
 
+async def tick(lates: list[float], done: Callable[[], bool]) -> None:
+    """Ask to wake every millisecond until `done()`; note how late each wake came."""
+    while not done():
+        asked = time.perf_counter()
+        await asyncio.sleep(0.001)
+        lates.append(max(0.0, time.perf_counter() - asked - 0.001))
+
+
 async def timed(work: Callable[[], Awaitable[object]]) -> Figures:
-    """Run `work` while a ticker asks to wake every millisecond; lateness past the tick
-    is time the event loop could not run (the GIL held, or the loop itself busy)."""
+    """Run `work` while a ticker on this loop, and one on a loop in another thread, ask
+    to wake every millisecond; lateness past the tick is time the loop could not run
+    (its own thread busy, or the GIL held by another)."""
     lates: list[float] = []
+    other: list[float] = []
     done = asyncio.Event()
+    stop = threading.Event()
+    elsewhere = threading.Thread(target=lambda: asyncio.run(tick(other, stop.is_set)))
+    elsewhere.start()
+    ticker = asyncio.create_task(tick(lates, done.is_set))
+    collections: list[float] = []
+    started = [0.0]
 
-    async def tick() -> None:
-        while not done.is_set():
-            asked = time.perf_counter()
-            await asyncio.sleep(0.001)
-            lates.append(max(0.0, time.perf_counter() - asked - 0.001))
+    def collecting(phase: str, _: dict[str, int]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            collections.append(time.perf_counter() - started[0])
 
-    ticker = asyncio.create_task(tick())
     await asyncio.sleep(0.01)
     lates.clear()
+    other.clear()
+    gc.callbacks.append(collecting)
     cpu, wall = time.process_time(), time.perf_counter()
-    await work()
+    result = await work()  # held until the tickers stop: freeing it is not the phase's work
     figures = Figures(time.perf_counter() - wall, time.process_time() - cpu)
+    gc.callbacks.remove(collecting)
     done.set()
+    stop.set()
     await ticker
+    await asyncio.to_thread(elsewhere.join)
+    del result
     figures.late_max, figures.late_total = max(lates, default=0.0), sum(lates)
+    figures.other_late_max = max(other, default=0.0)
+    figures.gc_max = max(collections, default=0.0)
     return figures
 
 
@@ -185,6 +231,30 @@ async def haproxy_phases(
     return found
 
 
+def haproxy_observe_rss(rev: str | None, socket: str, state_dir: str) -> tuple[float, float]:
+    """In this (fresh) process: an observe of the running HAProxy; the RSS the connector's
+    model and the observed entries hold once what the observe freed is given back to
+    the system, and the peak meanwhile (both over the RSS before, modules loaded)."""
+    module = load("haproxy", rev)
+    options = {"socket": socket, "state_dir": state_dir}
+    config = ConnectorConfig("bench", "haproxy", ("*",), options, timeout_seconds=60)
+
+    async def observe() -> tuple[Any, Any]:
+        async with httpx.AsyncClient() as http:
+            connector = module.HAProxyConnector(config, http)
+            return connector, await connector.observe()
+
+    gc.collect()
+    before = rss_mb()
+    reset_peak()
+    held = asyncio.run(observe())
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    grown, peak = rss_mb() - before, rss_mb("VmHWM") - before
+    del held
+    return grown, peak
+
+
 def haproxy_model_rss(rev: str | None, entries: int) -> float:
     """In this (fresh) process: the RSS a model of both files adds."""
     module = load("haproxy", rev)
@@ -192,10 +262,12 @@ def haproxy_model_rss(rev: str | None, entries: int) -> float:
     refs = module._File("/dev/null", "map", EntryType.BLOCK, "ip", references=True)
     reference = "TG-0123456789"  # the model keeps one string per line either way
     before = rss_mb()
-    models = [
-        module._by_key(acl, ((address(i), "") for i in range(entries))),
-        module._by_key(refs, ((address(i), f"{reference[:-6]}{i:06d}") for i in range(entries))),
-    ]
+    models = [module._by_key(acl, ((address(i), "") for i in range(entries)))]
+    # Where the references map takes its key strings from the block ACL's model, as
+    # observe has it do.
+    shared = {"keys": models[0]} if "keys" in inspect.signature(module._by_key).parameters else {}
+    refs_lines = ((address(i), f"{reference[:-6]}{i:06d}") for i in range(entries))
+    models.append(module._by_key(refs, refs_lines, **shared))
     grown = rss_mb() - before
     del models
     return grown
@@ -204,6 +276,7 @@ def haproxy_model_rss(rev: str | None, entries: int) -> float:
 def bench_haproxy(tmp: Path, args: argparse.Namespace, rows: list[Row]) -> None:
     from connectors.haproxy import HAProxyOptions
     from controlplane.cli.demo import LocalHAProxy, ModelStub, ensure_haproxy
+    from controlplane.enforce.toolkit import observed
 
     binary = ensure_haproxy(say)
     directory = tmp / "haproxy"
@@ -218,14 +291,31 @@ def bench_haproxy(tmp: Path, args: argparse.Namespace, rows: list[Row]) -> None:
         results = {}
         for label, rev in (("baseline", args.baseline), ("this tree", None)):
             say(f"haproxy: {label} ...")
+            # Each starts as a fresh server would: nothing cached by the other, whose
+            # cache every garbage collection would walk.
+            observed.cache_clear()
+            gc.collect()
             phases = haproxy_phases(load("haproxy", rev), chosen, args.entries, args.changes)
             results[label] = asyncio.run(phases)
+        fresh_rss = []
+        for rev in (args.baseline, ""):
+            say(f"haproxy: observe in a fresh process at {rev or 'this tree'} ...")
+            command = ["--observe-rss", rev, options.socket, options.state_dir]
+            grown, peak = (float(x) for x in fresh(command).split())
+            fresh_rss.append(Figures(extra={"RSS held MB": grown, "RSS peak MB": peak}))
     finally:
         proxy.stop()
         stub.stop()
     for phase in results["this tree"]:
         rows.append((f"haproxy {phase}", results["baseline"][phase], results["this tree"][phase]))
+    rows.append(("haproxy observe, fresh process", fresh_rss[0], fresh_rss[1]))
     rows.append(model_row("haproxy", args))
+
+
+def fresh(arguments: list[str]) -> str:
+    """This script's stdout, run in a fresh process with these arguments."""
+    command = [sys.executable, __file__, *arguments]
+    return subprocess.run(command, capture_output=True, text=True, check=True).stdout
 
 
 def model_row(connector: str, args: argparse.Namespace) -> Row:
@@ -233,21 +323,8 @@ def model_row(connector: str, args: argparse.Namespace) -> Row:
     grown = []
     for rev in (args.baseline, ""):
         say(f"{connector}: model RSS at {rev or 'this tree'} ...")
-        out = subprocess.run(
-            [
-                sys.executable,
-                __file__,
-                "--model-rss",
-                connector,
-                rev,
-                "--entries",
-                str(args.entries),
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        grown.append(Figures(extra={"model MB": float(out.stdout.strip())}))
+        out = fresh(["--model-rss", connector, rev, "--entries", str(args.entries)])
+        grown.append(Figures(extra={"model MB": float(out.strip())}))
     return (f"{connector} model", grown[0], grown[1])
 
 
@@ -304,9 +381,6 @@ async def nginx_phases(
 
 def nginx_model_rss(rev: str | None, entries: int) -> float:
     """In this (fresh) process: the RSS the tables of `blocked.conf` add."""
-    import ctypes
-    import gc
-
     module = load("nginx", rev)
     with tempfile.TemporaryDirectory() as tmp:
         connector = nginx_connector(module, Path(tmp))
@@ -347,13 +421,15 @@ def table(rows: list[Row], baseline: str) -> None:
     print(f"{'phase':<30}{'':>18}{'baseline':>12}{'this tree':>12}{'ratio':>8}")
     for phase, old, new in rows:
         measures = (
-            [("model MB", old.extra["model MB"], new.extra["model MB"], 1.0)]
+            [(what, old.extra[what], new.extra[what], 1.0) for what in old.extra]
             if old.extra
             else [
                 ("wall ms", old.wall, new.wall, 1000.0),
                 ("cpu ms", old.cpu, new.cpu, 1000.0),
                 ("loop late max ms", old.late_max, new.late_max, 1000.0),
                 ("loop late sum ms", old.late_total, new.late_total, 1000.0),
+                ("other loop late max ms", old.other_late_max, new.other_late_max, 1000.0),
+                ("gc pause max ms", old.gc_max, new.gc_max, 1000.0),
             ]
         )
         for i, (what, a, b, scale) in enumerate(measures):
@@ -369,7 +445,12 @@ def main() -> int:
     parser.add_argument("--baseline", default=BASELINE)
     parser.add_argument("--only", default="haproxy,nginx")
     parser.add_argument("--model-rss", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--observe-rss", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.observe_rss:
+        rev, socket, state_dir = args.observe_rss
+        print("{:.1f} {:.1f}".format(*haproxy_observe_rss(rev or None, socket, state_dir)))
+        return 0
     if args.model_rss:
         connector, rev = args.model_rss
         measure = {"haproxy": haproxy_model_rss, "nginx": nginx_model_rss}[connector]

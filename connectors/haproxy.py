@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import re
 import threading
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
@@ -87,6 +88,7 @@ from controlplane.enforce.toolkit import (
     Terms,
     atomic_write,
     observed,
+    observed_once,
     option_error,
     parse_options,
 )
@@ -242,7 +244,7 @@ class _File:
     refusals to quote, and holds no entries of its own."""
 
     def entry(self, key: str, value: str) -> Entry:
-        """The entry a map line holds (ACL lines: see `_first_per_key`). A limit whose
+        """The entry a map line holds (ACL lines: see `_by_key`). A limit whose
         value lacks its reference (written by hand, or before refusals quoted one) is
         reported without a limit, so the next reconcile writes it again, whole."""
         if self.type is EntryType.RATE_LIMIT:
@@ -338,20 +340,32 @@ class HAProxyConnector:
         from them (so drift made by hand at the Runtime API is known from here on). A
         file that no longer matches the runtime (an edit by hand, a write that failed)
         is rewritten from it here, so the periodic reconcile also repairs what a reload
-        would load; a file that cannot be written is reported by `health()`."""
-        entries: list[Entry] = []
+        would load; a file that cannot be written is reported by `health()`.
+
+        At a million entries the `show` replies take seconds of Python to parse: that
+        runs in a thread (`_survey`), which builds the model and the entries in one pass
+        over each reply, so the event loop only reads the replies and swaps the models
+        in. A survey whose observe was cancelled (a reconcile's timeout) finishes in its
+        thread and is dropped: only the coroutine touches the model."""
+        found: list[list[Entry]] = []
         counts: dict[str, int] = {}
         async with self._lock, self._session() as cli:
             for spec in self._files:
-                live = await cli.show(spec)
-                counts[spec.path] = len(live)
-                held = _by_key(spec, live)
-                self._held[spec.path] = held
-                lines = list(held.values())
-                await self._save(spec, lines, self._changed(spec), only_if_stale=True)
-                if not spec.references:
-                    entries.extend(_first_per_key(spec, live).values())
-        return GatewayState(frozenset(entries), extra={"entries_per_file": counts})
+                reply = await cli.show(spec)
+                survey = await asyncio.to_thread(
+                    _survey, spec, reply, entries=not spec.references, keys=self._keys(spec)
+                )
+                del reply
+                counts[spec.path] = survey.copies
+                self._held[spec.path] = survey.held
+                found.append(survey.entries)
+                await self._save(spec, survey.lines, self._changed(spec), only_if_stale=True)
+        entries = await asyncio.to_thread(frozenset, itertools.chain.from_iterable(found))
+        return GatewayState(entries, extra={"entries_per_file": counts})
+
+    def _keys(self, spec: _File) -> _Copies | None:
+        """For the references map, the block ACL's model to take key strings from."""
+        return self._held.get(self._files[0].path) if spec.references else None
 
     # -- apply -----------------------------------------------------------------------------
 
@@ -404,7 +418,11 @@ class HAProxyConnector:
     async def _apply_file(self, cli: _Cli, spec: _File, ops: _Ops, result: ApplyResult) -> None:
         held = self._held.get(spec.path)
         if held is None:  # no observe yet: learn this file once, then follow it
-            held = self._held[spec.path] = _by_key(spec, await cli.show(spec))
+            reply = await cli.show(spec)
+            survey = await asyncio.to_thread(
+                _survey, spec, reply, entries=False, keys=self._keys(spec)
+            )
+            held = self._held[spec.path] = survey.held
         # Counted over the batch's keys: a set operation with `held` (a million entries)
         # walks all of it, at every apply.
         final_size = (
@@ -709,6 +727,11 @@ class _Cli:
 
     async def run(self, command: str) -> str:
         """Send one command and return its reply: empty when it succeeded."""
+        raw = await self._ask(command)
+        return raw[: -len(PROMPT)].decode(errors="replace").strip("\n")
+
+    async def _ask(self, command: str) -> bytes:
+        """Send one command and return its reply as sent, up to and with the prompt."""
         if self._reader is None or self._writer is None:
             raise ConnectorError("the runtime API session is not open")
         try:
@@ -723,18 +746,13 @@ class _Cli:
             ) from None
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
             raise GatewayUnavailable(f"HAProxy's runtime API session broke: {exc}") from None
-        return raw[: -len(PROMPT)].decode(errors="replace").strip("\n")
+        return raw
 
-    async def show(self, spec: _File) -> list[tuple[str, str]]:
-        """(key, value) of every entry the runtime holds in this file, in order."""
-        reply = await self.run(f"show {spec.kind} {spec.path}")
-        items: list[tuple[str, str]] = []
-        for line in reply.splitlines():
-            parts = line.split(" ", 2)
-            if not line.startswith("0x") or len(parts) < 2:
-                raise ConnectorError(_not_loaded(spec, reply.strip()), retryable=False)
-            items.append((parts[1], parts[2] if len(parts) == 3 else ""))
-        return items
+    async def show(self, spec: _File) -> bytes:
+        """What the runtime holds in this file: the `show` reply as HAProxy sent it, its
+        closing prompt included (`_survey` reads it, in a thread: at a million entries
+        even cutting the prompt off would copy tens of MB on the event loop)."""
+        return await self._ask(f"show {spec.kind} {spec.path}")
 
     async def loaded(self, kind: str) -> set[str]:
         """The files HAProxy loaded ACLs (`acl`) or maps (`map`) from."""
@@ -753,40 +771,105 @@ class _Cli:
 # -- helpers -------------------------------------------------------------------------------
 
 
-def _canonical_key(spec: _File, raw: str) -> str:
-    if spec.kind != "acl" and not spec.references:
-        return raw
+def _canonical_key(raw: str) -> str:
+    """An ACL's (or the references map's) address or network as Tollgate spells it; a
+    value that is neither stays as HAProxy holds it. One string when it is its own key."""
     try:
-        return observed("cidr" if "/" in raw else "ip", raw)
+        key = observed_once("cidr" if "/" in raw else "ip", raw)
     except ValueError:
         return raw
+    return raw if key == raw else key
 
 
-def _by_key(spec: _File, items: Iterable[tuple[str, str]]) -> _Copies:
+def _by_key(
+    spec: _File,
+    items: Iterable[tuple[str, str]],
+    entries: list[Entry] | None = None,
+    keys: Mapping[str, str] | None = None,
+) -> _Copies:
     """The model of a file from its copies in HAProxy's order: grouped by key (order
-    between keys does not change what HAProxy matches)."""
+    between keys does not change what HAProxy matches), each key canonicalised once.
+    `entries`, when given, receives the entry of each key's first copy, the one HAProxy
+    matches, in the same pass (`observe`'s entries). `keys`: the model of the block ACL,
+    whose lines are mostly their keys' own strings; the references map that mirrors it
+    takes its keys from there, so both models hold one string per blocked value (a
+    million of them: 60 MB), as they do after an apply."""
     held: _Copies = {}
+    acl = spec.kind == "acl"
+    canonical = acl or spec.references
     for raw, value in items:
-        key = _canonical_key(spec, raw)
-        line = spec.line(raw, value)
-        if key == raw:
-            key = raw  # one string for the key and, in an ACL, its line
+        key = _canonical_key(raw) if canonical else raw
+        if keys is not None:
+            shared = keys.get(key)
+            if shared == key:
+                key = shared
+        line = raw if acl else f"{raw} {value}"
         before = held.get(key)
-        held[key] = line if before is None else f"{before}\n{line}"
+        if before is not None:
+            held[key] = f"{before}\n{line}"
+            continue
+        held[key] = line
+        if entries is not None:
+            if acl:
+                entries.append(Entry(spec.type, "cidr" if "/" in raw else "ip", key))
+            else:
+                entries.append(spec.entry(raw, value))
     return held
 
 
-def _first_per_key(spec: _File, items: Iterable[tuple[str, str]]) -> dict[str, Entry]:
-    """Entries by key; of duplicate map keys the first is what HAProxy matches."""
-    found: dict[str, Entry] = {}
-    for raw, value in items:
-        if spec.kind == "acl":
-            key = _canonical_key(spec, raw)
-            if key not in found:
-                found[key] = Entry(spec.type, "cidr" if "/" in raw else "ip", key)
-        elif raw not in found:
-            found[raw] = spec.entry(raw, value)
-    return found
+@dataclass
+class _Surveyed:
+    """What `_survey` found in one file."""
+
+    held: _Copies
+    """The model of the file."""
+    lines: list[str]
+    """The model's lines (its values), as a write of the file takes them."""
+    entries: list[Entry]
+    """The entries the file holds (none asked for, or a references map: empty)."""
+    copies: int
+    """How many lines the runtime holds, copies of one key included."""
+
+
+_SURVEY_PART = 1 << 20
+"""Bytes of a `show` reply decoded and split into lines at once: a million-line reply
+never exists as one string, nor as one list of lines."""
+
+
+def _survey(
+    spec: _File, reply: bytes, *, entries: bool, keys: Mapping[str, str] | None = None
+) -> _Surveyed:
+    """The model of a file (and, with `entries`, its entries) from the runtime's `show`
+    reply (its prompt included), in one pass; run in a thread (`keys`: see `_by_key`).
+    Every line must be `0x<ref> <key>[ <value>]`: anything else means HAProxy has no
+    such file loaded."""
+    end = len(reply) - len(PROMPT)
+    start = 0
+    while start < end and reply[start] == 0x0A:
+        start += 1
+    while end > start and reply[end - 1] == 0x0A:
+        end -= 1
+    copies = 0
+
+    def items() -> Iterator[tuple[str, str]]:
+        nonlocal copies
+        at = start
+        while at < end:
+            cut = reply.find(b"\n", min(at + _SURVEY_PART, end), end)
+            stop = end if cut < 0 else cut + 1  # after a newline: never inside a character
+            lines = reply[at:stop].decode(errors="replace").splitlines()
+            copies += len(lines)
+            for line in lines:
+                parts = line.split(" ", 2)
+                if not line.startswith("0x") or len(parts) < 2:
+                    seen = reply[start:end].decode(errors="replace").strip()
+                    raise ConnectorError(_not_loaded(spec, seen), retryable=False)
+                yield parts[1], parts[2] if len(parts) == 3 else ""
+            at = stop
+
+    found: list[Entry] = []
+    held = _by_key(spec, items(), found if entries else None, keys)
+    return _Surveyed(held, list(held.values()), found, copies)
 
 
 def _value_of(entry: Entry) -> str:

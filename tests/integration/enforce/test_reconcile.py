@@ -5,7 +5,8 @@ integration tests."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from sqlmodel import col
 
 from connectors.memory import MemoryConnector
 from controlplane.domain.redact import key_handle
-from controlplane.enforce.sdk import Entry, EntryType
+from controlplane.enforce.sdk import Entry, EntryType, GatewayState
 from controlplane.store.models import ActionEnforcementRow, ActionRow, AuditEventRow
 from controlplane.store.types import utcnow
 from tests.support.app import Running, make_settings, serve
@@ -163,3 +164,49 @@ async def test_expiry_removes_it_on_time(api: Running) -> None:
 
     assert await state(api, str(action["id"])) == "expired"
     assert key not in gateway(api).entries
+
+
+class Walked(frozenset[Entry]):
+    """A gateway's entries that say whether something is walking through them now."""
+
+    walking = False
+    walked = False
+
+    def __iter__(self) -> Iterator[Entry]:
+        self.walking = True
+        try:
+            yield from super().__iter__()
+        finally:
+            self.walking, self.walked = False, True
+
+
+async def test_the_worker_loop_runs_while_a_reconcile_indexes_a_large_gateway(
+    api: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a gateway holds is indexed by key at each full reconcile (50,000 entries
+    here, a million in production): meanwhile the worker's loop, which checks the
+    follower's lock and applies the other connectors' batches, keeps running. A ticker
+    on that loop counts its turns while the entries are walked: none at all when the
+    walk held the loop; from a thread, the loop takes the GIL back at least every switch
+    interval (5 ms) of a walk that takes tens of them."""
+    held = Walked(
+        Entry(EntryType.BLOCK, "ip", f"10.1.{i >> 8 & 255}.{i & 255}") for i in range(50_000)
+    )
+    turns = 0
+
+    async def ticker() -> None:
+        nonlocal turns
+        while not held.walked:
+            turns += held.walking
+            await asyncio.sleep(0)
+
+    async def observe() -> GatewayState:
+        asyncio.get_running_loop().create_task(ticker())  # on the worker's loop
+        return GatewayState(held)
+
+    monkeypatch.setattr(gateway(api), "observe", observe)
+    report = await api.runtime.enforcer.reconcile("edge")
+
+    assert report.removed == 50_000  # strays: no action asks for them
+    assert held.walked
+    assert turns >= 3

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from random import Random
 from typing import Literal
 
 import pytest
@@ -19,6 +20,7 @@ from controlplane.enforce.toolkit import (
     atomic_write,
     bounded,
     observed,
+    observed_once,
     parse_options,
     positive,
     rendered,
@@ -43,6 +45,39 @@ def test_observed_reads_a_gateway_value_back_in_tollgates_spelling() -> None:
     assert observed("cidr", "192.0.2.7") == "192.0.2.7/32"
     with pytest.raises(ValueError):
         observed("ip", "fe80::1%eth0")
+
+
+ODD_VALUES = [
+    *("10.0.0.1", "0.0.0.0", "255.255.255.255", "256.0.0.1", "10.0.0.01", "010.0.0.1"),
+    *("1.2.3", "1.2.3.4.5", "1.2.3.4 ", " 1.2.3.4", "1..2.3", "", "\u0661.2.3.4", "1.2.3.4\n"),
+    *("10.0.0.0/8", "10.1.2.3/8", "10.0.0.1/32", "10.0.0.1/31", "0.0.0.0/0", "1.0.0.0/0"),
+    *("10.0.0.0/08", "10.0.0.0/33", "10.0.0.0/", "10.0.0.0/-1", "10.0.0.0/255.0.0.0", "/8"),
+    *("192.0.2.7", "::ffff:192.0.2.7", "::ffff:10.0.0.0/104", "2001:DB8::1", "2001:db8::/32"),
+    *("2001:db8:0:0::/48", "fe80::1%eth0", "::", "::/0", "::1/128", "api-key", "x/y"),
+]
+
+
+@pytest.mark.parametrize("kind", ["ip", "cidr"])
+def test_observed_once_reads_every_value_as_observed_does(kind: str) -> None:
+    """The survey's fast path for canonical IPv4 gives `observed`'s answer, errors too."""
+    rng = Random(7)
+    values = [*ODD_VALUES]
+    for _ in range(3000):
+        address = ".".join(
+            str(rng.choice([0, 1, 9, 10, 99, 100, 199, 200, 249, 250, 255])) for _ in range(4)
+        )
+        values += [address, f"{address}/{rng.randrange(0, 34)}"]
+
+    for value in values:
+        try:
+            expected: str | type[ValueError] = observed(kind, value)
+        except ValueError:
+            expected = ValueError
+        try:
+            got: str | type[ValueError] = observed_once(kind, value)
+        except ValueError:
+            got = ValueError
+        assert got == expected, value
 
 
 def test_atomic_write_replaces_keeping_mode_and_leaves_no_temp_file(tmp_path: Path) -> None:
