@@ -106,18 +106,21 @@ class PolicyService:
             return SyncResult(known.id, "unchanged", known.problems, known.tests)
         problems, tests = await asyncio.to_thread(gate, bundle, self._entrypoint)
         status = REJECTED if problems else PASSED
+        # Recorded, marked synced and activated in one transaction: a replica that
+        # starts at the same moment and loses the race to record it finds it active
+        # (its insert waits for ours to commit, then fails), never recorded but not
+        # yet active (it would have started with nothing to decide with).
         try:
             async with self._db.transaction() as session:
                 await record(session, bundle, source, status, problems, tests, actor)
+                await mark_synced(session, source, bundle.revision)
+                if not problems:
+                    await activate(session, bundle.revision, "activate", actor, reason)
         except IntegrityError:
             # Another replica recorded the same revision first: theirs stands.
             return SyncResult(bundle.revision, "unchanged", problems, tests)
-        async with self._db.transaction() as session:
-            await mark_synced(session, source, bundle.revision)
         if problems:
             return SyncResult(bundle.revision, "rejected", problems, tests)
-        async with self._db.transaction() as session:
-            await activate(session, bundle.revision, "activate", actor, reason)
         return SyncResult(bundle.revision, "activated", [], tests)
 
     async def rollback(self, revision: str | None, actor: str, reason: str) -> str:
