@@ -142,7 +142,7 @@ def ms(value: float, width: int = 8) -> str:
 
 
 def ratio(value: float, goal: float) -> str:
-    if math.isnan(value) or goal == 0:
+    if math.isnan(value) or math.isnan(goal) or goal == 0:
         return "n/a"
     if math.isinf(value):
         return "inf"
