@@ -88,15 +88,21 @@ async def test_without_the_wait_they_split_in_two(monkeypatch: pytest.MonkeyPatc
     assert len(service.groups) > 30
 
 
-async def test_a_lone_caller_never_waits_for_company(monkeypatch: pytest.MonkeyPatch) -> None:
-    waits: list[float] = []
+@pytest.fixture
+def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The windows the service waited for company (each wait, its timeout)."""
+    found: list[float] = []
     real_wait_for = asyncio.wait_for
 
     async def counted(awaitable: Any, seconds: float) -> Any:
-        waits.append(seconds)
+        found.append(seconds)
         return await real_wait_for(awaitable, seconds)
 
     monkeypatch.setattr(ingest_service.asyncio, "wait_for", counted)
+    return found
+
+
+async def test_a_lone_caller_never_waits_for_company(waits: list[float]) -> None:
     service = Recording()
     try:
         await caller(service, 10, 0.0)  # back to back, one at a time
@@ -108,16 +114,8 @@ async def test_a_lone_caller_never_waits_for_company(monkeypatch: pytest.MonkeyP
 
 
 async def test_a_group_smaller_than_the_last_waits_at_most_the_window(
-    monkeypatch: pytest.MonkeyPatch,
+    waits: list[float],
 ) -> None:
-    waits: list[float] = []
-    real_wait_for = asyncio.wait_for
-
-    async def counted(awaitable: Any, seconds: float) -> Any:
-        waits.append(seconds)
-        return await real_wait_for(awaitable, seconds)
-
-    monkeypatch.setattr(ingest_service.asyncio, "wait_for", counted)
     service = Recording()
     try:
         # Four callers, then one goes on alone: its groups wait, each at most the
