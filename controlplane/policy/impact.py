@@ -211,15 +211,21 @@ async def _prefetched(
 ) -> AsyncGenerator[list[tuple[Any, ...]], None]:
     """Read the next chunk from the database while the current one is evaluated. When
     the reader stops early, the read is stopped and closed before this returns: the
-    session it reads in is the caller's, and goes on after the replay."""
+    session it reads in is the caller's, and goes on after the replay. A read in flight
+    is let finish, never cancelled: cancelling a fetch half-way breaks the connection
+    under the session (SQLAlchemy invalidates it), and the caller's next statement
+    would fail."""
     queue: asyncio.Queue[list[tuple[Any, ...]] | None] = asyncio.Queue(maxsize=2)
+    stopping = False
 
     async def produce() -> None:
         try:
             async for chunk in chunks:
+                if stopping:
+                    return
                 await queue.put(chunk)
-        except asyncio.CancelledError:
-            raise  # the reader is gone: nobody waits for the end
+                if stopping:
+                    return
         except Exception:
             await queue.put(None)  # wake the reader, which then sees this error
             raise
@@ -231,8 +237,13 @@ async def _prefetched(
             yield chunk
         await producer  # re-raises a failed read
     finally:
-        producer.cancel()
-        await asyncio.wait([producer])
+        stopping = True
+        while not producer.done():
+            while not queue.empty():  # a put waiting for room returns, and stops
+                queue.get_nowait()
+            await asyncio.wait([producer], timeout=0.01)
+        if not producer.cancelled():
+            producer.exception()  # the reader's own error is what the caller sees
         await chunks.aclose()
 
 
