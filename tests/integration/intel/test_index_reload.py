@@ -5,6 +5,7 @@ have; the new one is swapped in at a later batch and misses nothing added meanwh
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from datetime import datetime, timedelta
 from typing import Any
@@ -37,6 +38,18 @@ async def test_a_reload_runs_apart_and_misses_nothing(database_url: str) -> None
     db = Database(database_url)
     cache = IntelCache(db=db)
     cache.RELOAD_SECONDS = RELOAD_SECONDS
+    # The reload is held until the test lets it go: on a small database it can finish
+    # before the batch that started it has looked, and then that batch rightly swaps it in.
+    loaded, let_go = threading.Event(), threading.Event()
+    load_apart = cache._load_apart
+
+    def held(now: datetime) -> IntelIndex:
+        index = load_apart(now)
+        loaded.set()
+        let_go.wait(30)
+        return index
+
+    cache._load_apart = held  # type: ignore[method-assign]
     try:
         await add(db, indicator("203.0.113.0/24"))
         first = look(cache, db)
@@ -48,7 +61,10 @@ async def test_a_reload_runs_apart_and_misses_nothing(database_url: str) -> None
         during = look(cache, db)
         assert during is first
         assert ranges(during, "198.51.100.7") == {"198.51.100.0/24"}
+        assert await asyncio.to_thread(loaded.wait, 30), "the reload never ran"
         await add(db, indicator("100.64.7.0/24"))
+        assert look(cache, db) is first, "the reload came in before it was let go"
+        let_go.set()
         deadline = time.monotonic() + 30
         swapped = during
         while swapped is during and time.monotonic() < deadline:
@@ -62,6 +78,7 @@ async def test_a_reload_runs_apart_and_misses_nothing(database_url: str) -> None
         ):
             assert ranges(swapped, ip) == {network}
     finally:
+        let_go.set()
         cache.close()
         await db.dispose()
 
