@@ -186,13 +186,16 @@ def scopes_seeing(
 
 
 def record_sightings(
-    session: Session, seen: dict[tuple[str, str, str, str, str], datetime]
+    session: Session,
+    seen: dict[tuple[str, str, str, str, str], datetime],
+    known: dict[Scope, list[tuple[str, str, datetime]]],
 ) -> None:
     """Insert new sightings, move `last_seen` of known ones forward. `seen` maps
-    (provider, scope, scope_id, kind, value) to when: batch-sized, by primary key."""
+    (provider, scope, scope_id, kind, value) to when: batch-sized, by primary key.
+    `known` is what `sightings_of` read of these scopes in the caller's batch, its
+    subjects locked since (only the decide path writes sightings)."""
     if not seen:
         return
-    known = sightings_of(session, {(k[0], k[1], k[2]) for k in seen})
     stale: list[dict[str, Any]] = []
     old: set[tuple[str, str, str, str, str]] = set()
     for (provider, scope, scope_id), items in known.items():

@@ -104,6 +104,11 @@ class Lookups:
     seen in verdicts about it, this batch's earlier verdicts included."""
     verified_networks: dict[str, dict[str, set[str]]] = field(default_factory=dict)
     """Provider -> network -> the verified customers' accounts seen using it."""
+    sightings: dict[tuple[str, str, str], list[tuple[str, str, datetime]]] = field(
+        default_factory=dict
+    )
+    """What was stored of the batch's accounts and orgs when it was read, as
+    `sightings_of` gives it: (kind, value, last_seen) by (provider, scope, id)."""
 
     def saw(self, verdict: Verdict) -> None:
         """Count what a verdict shows (its key, networks, account) for its account and org."""

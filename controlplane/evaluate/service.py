@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 
 from controlplane.audit.chain import EventDraft
 from controlplane.customers import repository as customers_repo
+from controlplane.customers.repository import Scope
 from controlplane.customers.service import customer_document
 from controlplane.domain.action import MalformedDecision, parse_decision
 from controlplane.domain.verdict import Verdict
@@ -89,6 +90,15 @@ class Outcome:
     @property
     def actions(self) -> list[dict[str, Any]]:
         return self.planned.actions
+
+
+@dataclass
+class Decided:
+    """A batch's outcomes by verdict id, with what was read of its accounts' and orgs'
+    sightings before it (so `record` writes only what is new, without reading again)."""
+
+    outcomes: dict[str, Outcome]
+    sightings: dict[Scope, list[tuple[str, str, datetime]]]
 
 
 class Decider:
@@ -184,11 +194,11 @@ class Decider:
         pending: Sequence[Pending],
         now: datetime,
         loop: asyncio.AbstractEventLoop,
-    ) -> dict[str, Outcome]:
+    ) -> Decided:
         """The outcome of each of `pending` by verdict id (in the decide thread, inside
         `exclusive`; the engine evaluates on `loop`'s side)."""
         if not pending:
-            return {}
+            return Decided({}, {})
         lookups = Lookups()
         self._fill(session, lookups, pending, now)
         waves = subject_overlaps([p.verdict for p in pending])
@@ -206,7 +216,7 @@ class Decider:
                         lookups.add_action(item.verdict.provider, action_document(action))
             for item in members:
                 lookups.saw(item.verdict)
-        return outcomes
+        return Decided(outcomes, lookups.sightings)
 
     def _fill(
         self, session: Session, lookups: Lookups, pending: Sequence[Pending], now: datetime
@@ -267,9 +277,8 @@ class Decider:
         }
         others: set[tuple[str, str, str]] = set()
         networks: dict[str, set[str]] = {}
-        for (provider, scope, scope_id), items in customers_repo.sightings_of(
-            session, scopes
-        ).items():
+        lookups.sightings = customers_repo.sightings_of(session, scopes)
+        for (provider, scope, scope_id), items in lookups.sightings.items():
             for kind, value, _ in items:
                 lookups.seen[(provider, scope, scope_id)][kind].add(value)
                 if kind == "network":
@@ -390,21 +399,28 @@ def record(
     outcomes: Sequence[Outcome],
     pending: Sequence[Pending],
     now: datetime,
+    sightings: dict[Scope, list[tuple[str, str, datetime]]],
 ) -> list[EventDraft]:
     """Insert the decisions in the caller's transaction, with what their verdicts showed
-    of each account and org; complete each suspension with the keys it covers (through
-    the plan step, before it records). Returns the `decision.recorded` events (`count`
-    them once it commits)."""
+    of each account and org (`sightings`: what was stored of them when the batch was
+    read, under its subjects' locks); complete each suspension with the keys it covers
+    (through the plan step, before it records). Returns the `decision.recorded` events
+    (`count` them once it commits)."""
     # Per decision, with the keys seen up to its verdict (stored ones, and this batch's
     # up to it), so a verdict's outcome never depends on the batch it came in.
-    position = {p.verdict.id: i for i, p in enumerate(pending)}
-    for outcome in outcomes:
-        if any(a["type"] == "suspend" for a in outcome.actions):
-            upto = pending[: position[outcome.decision["verdict_id"]] + 1]
-            outcome.planned.actions += expand_suspensions(
-                session, outcome.actions, now, _keys_seen(upto)
-            )
-    customers_repo.record_sightings(session, _sightings(pending))
+    suspending = {
+        o.decision["verdict_id"]: o
+        for o in outcomes
+        if any(a["type"] == "suspend" for a in o.actions)
+    }
+    if suspending:
+        seen: dict[tuple[str, str], set[str]] = {}
+        for p in pending:
+            _add_keys_seen(seen, p)
+            outcome = suspending.get(p.verdict.id)
+            if outcome is not None:
+                outcome.planned.actions += expand_suspensions(session, outcome.actions, now, seen)
+    customers_repo.record_sightings(session, _sightings(pending), sightings)
     repository.insert_decisions(session, [o.decision for o in outcomes])
     return [
         EventDraft(
@@ -458,14 +474,11 @@ def _sightings(pending: Sequence[Pending]) -> dict[tuple[str, str, str, str, str
     return seen
 
 
-def _keys_seen(pending: Sequence[Pending]) -> dict[tuple[str, str], set[str]]:
-    """(`account`|`org`, id) -> the keys these verdicts name for it."""
-    found: dict[tuple[str, str], set[str]] = {}
-    for p in pending:
-        v = p.verdict
-        if not v.subject.api_key_id:
-            continue
-        for scope, scope_id in (("account", v.subject.account_id), ("org", v.subject.org_id)):
-            if scope_id:
-                found.setdefault((scope, scope_id), set()).add(v.subject.api_key_id)
-    return found
+def _add_keys_seen(found: dict[tuple[str, str], set[str]], p: Pending) -> None:
+    """Add to (`account`|`org`, id) -> keys the key this verdict names for each."""
+    v = p.verdict
+    if not v.subject.api_key_id:
+        return
+    for scope, scope_id in (("account", v.subject.account_id), ("org", v.subject.org_id)):
+        if scope_id:
+            found.setdefault((scope, scope_id), set()).add(v.subject.api_key_id)

@@ -39,7 +39,7 @@ from controlplane.domain.vocabulary import VerdictStatus
 from controlplane.errors import Conflict, DecisionFailed, TollgateError
 from controlplane.evaluate import repository as decisions_repo
 from controlplane.evaluate import service as decisions
-from controlplane.evaluate.service import Decider, Outcome, Pending
+from controlplane.evaluate.service import Decided, Decider, Outcome, Pending
 from controlplane.ingest import repository
 from controlplane.ingest.schemas import IngestResult, VerdictResult
 from controlplane.plan import repository as actions_repo
@@ -267,14 +267,14 @@ class IngestService:
                     for v in item.verdicts
                     if v.id in stored and stored[v.id].status == VerdictStatus.RECEIVED.value
                 ]
-                outcomes, failure = self._decide(session, [*new, *retry], now, loop)
+                decided, failure = self._decide(session, [*new, *retry], now, loop)
             rows = [
                 _row(
                     p.verdict,
                     hashes[p.verdict.id],
                     p.received_at,
                     trace_id_hex(p.span) if p.span else None,
-                    decided=p.verdict.id in outcomes,
+                    decided=p.verdict.id in decided.outcomes,
                 )
                 for p in new
             ]
@@ -290,7 +290,7 @@ class IngestService:
                     events=events,
                     retry=retry,
                     pending=[*new, *retry],
-                    outcomes=outcomes,
+                    decided=decided,
                     now=now,
                 )
             except BaseException:
@@ -300,7 +300,7 @@ class IngestService:
                 raise
         for span in spans:
             span.end()
-        return _Decided(outcomes, failure, enforceable)
+        return _Decided(decided.outcomes, failure, enforceable)
 
     def _sort(
         self,
@@ -363,7 +363,7 @@ class IngestService:
         pending: list[Pending],
         now: datetime,
         loop: asyncio.AbstractEventLoop,
-    ) -> tuple[dict[str, Outcome], Exception | None]:
+    ) -> tuple[Decided, Exception | None]:
         """Outcomes by verdict id; a fault (not a policy error: those are decisions)
         leaves the verdicts undecided, logged and counted, to be stored and retried."""
         try:
@@ -371,7 +371,7 @@ class IngestService:
         except Exception as exc:
             log.exception("deciding %d verdicts failed; they are stored and retried", len(pending))
             metrics.decide_faults(type(exc).__name__)
-            return {}, exc
+            return Decided({}, {}), exc
 
     def _record(
         self,
@@ -380,13 +380,14 @@ class IngestService:
         events: list[EventDraft],
         retry: list[Pending],
         pending: list[Pending],
-        outcomes: dict[str, Outcome],
+        decided: Decided,
         now: datetime,
     ) -> bool:
         """Store it all in one transaction; True when enforceable actions were planned."""
+        outcomes = decided.outcomes
         pending = [p for p in pending if p.verdict.id in outcomes]
-        decided = [outcomes[p.verdict.id] for p in pending]
-        planned = [o.planned for o in decided]
+        recorded = [outcomes[p.verdict.id] for p in pending]
+        planned = [o.planned for o in recorded]
         with self._db.write_blocking() as session, session.begin():
             repository.insert_verdicts(session, session_rows)
             repository.set_status(
@@ -396,12 +397,12 @@ class IngestService:
             )
             events = [
                 *events,
-                *decisions.record(session, decided, pending, now),
+                *decisions.record(session, recorded, pending, now, decided.sightings),
                 *plan_service.record(session, planned, now),
             ]
             audit.record_blocking(session, events)
             plan_service.log_changes(session, planned, now)
-        decisions.count(decided)
+        decisions.count(recorded)
         return any(
             not a["shadow"] and a["type"] != "flag_review" for p in planned for a in p.actions
         )
@@ -475,7 +476,7 @@ class IngestService:
                 # A concurrent retry may have decided some meanwhile.
                 still = repository.undecided_among(session, [p.verdict.id for p in pending])
                 pending = [p for p in pending if p.verdict.id in still]
-                outcomes, failure = self._decide(session, pending, now, loop)
+                decided, failure = self._decide(session, pending, now, loop)
             enforceable = False
             if failure is None:
                 enforceable = self._record(
@@ -483,10 +484,10 @@ class IngestService:
                     events=[],
                     retry=pending,
                     pending=pending,
-                    outcomes=outcomes,
+                    decided=decided,
                     now=now,
                 )
-        return _Decided(outcomes if failure is None else {}, failure, enforceable)
+        return _Decided(decided.outcomes if failure is None else {}, failure, enforceable)
 
 
 def _received(pending: Pending, content_hash: str, actor: str) -> EventDraft:
