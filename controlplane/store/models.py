@@ -24,7 +24,8 @@ def _random_hex6() -> str:
     6 bytes per id released the GIL once per id, and the decide thread, making several
     ids per verdict, waited each time to get it back from the threads that took it."""
     state = _RANDOM.__dict__
-    block, at = state.get("block", b""), state.get("at", 0)
+    block: bytes = state.get("block", b"")
+    at: int = state.get("at", 0)
     if at + 6 > len(block):
         block, at = os.urandom(_RANDOM_BLOCK), 0
         state["block"] = block
