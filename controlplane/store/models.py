@@ -49,8 +49,10 @@ def _json(**kw: Any) -> Any:
 class VerdictRow(SQLModel, table=True):
     __tablename__ = "verdict"
     __table_args__ = (
-        Index("ix_verdict_provider_account", "provider", "account_id"),
-        Index("ix_verdict_provider_api_key", "provider", "api_key_id"),
+        # With the time observed: a verdict's 30 days of history are an index range,
+        # not every verdict ever stored about its account or key.
+        Index("ix_verdict_provider_account_observed", "provider", "account_id", "observed_at"),
+        Index("ix_verdict_provider_api_key_observed", "provider", "api_key_id", "observed_at"),
         Index("ix_verdict_provider_org", "provider", "org_id"),
         Index("ix_verdict_status", "status"),
     )

@@ -270,6 +270,61 @@ async def test_a_groups_database_work_does_not_grow_with_history(tmp_path: Path)
     )
 
 
+def seed_old_history(url: str, tag: str, rows: int) -> None:
+    """`rows` verdicts about the accounts and keys of `group(tag)`, all observed more
+    than 30 days before them: outside their history window, so no lookup should read
+    them."""
+    observed = datetime.fromisoformat(group(tag)[0]["observed_at"])
+    engine = create_engine(sync_url(url))
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                insert(VerdictRow),
+                [
+                    {
+                        "id": f"old-{tag}-{i}",
+                        "provider": "lab-a",
+                        "detector_name": "history",
+                        "detector_version": "1",
+                        "account_id": f"acct_cost_{tag}_{i % GROUP}",
+                        "api_key_id": f"key_cost_{tag}_{i % GROUP}",
+                        "org_id": f"org_cost_{tag}_{i % 3}",
+                        "score": 0.6,
+                        "confidence": 0.8,
+                        "observed_at": observed - timedelta(days=31, minutes=i),
+                        "received_at": observed - timedelta(days=31, minutes=i),
+                        "body": {},
+                        "content_hash": "0" * 64,
+                        "status": "decided",
+                    }
+                    for i in range(rows)
+                ],
+            )
+    finally:
+        engine.dispose()
+
+
+async def test_a_subjects_verdicts_older_than_its_window_cost_nothing(tmp_path: Path) -> None:
+    """A long-watched account: every verdict ever stored about it is still there, but a
+    verdict's history is the 30 days before it, an index range on (account, time)."""
+    with fresh_database("sqlite", tmp_path / "db", None) as url:
+        (tmp_path / "data").mkdir()
+        settings = make_settings(url, tmp_path / "data")
+        async with serve(settings) as running:
+            await running.submit({"verdicts": group("warm")})  # statements compiled
+            with counted(running) as before:
+                await running.submit({"verdicts": group("before")})
+            seed_old_history(url, "after", HISTORY)
+            with counted(running) as after:
+                await running.submit({"verdicts": group("after")})
+
+    assert before[0] > 0, "the decide thread ran no SQLite instructions: nothing counted"
+    assert after[0] <= before[0] * 1.25 + 50, (
+        f"a group cost {before[0] * STEP:,} SQLite instructions on subjects without history "
+        f"and {after[0] * STEP:,} on subjects with {HISTORY:,} verdicts older than 30 days"
+    )
+
+
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
 
 
@@ -291,9 +346,12 @@ def test_planner_statistics_are_given_once_and_leave_an_analyze_standing(tmp_pat
                 )
             ]
             assert set(indexes) <= set(stats), "an index without planner statistics"
-            assert stats[("verdict", "ix_verdict_provider_account")] == "1000000 500000 10"
+            assert (
+                stats[("verdict", "ix_verdict_provider_account_observed")] == "1000000 500000 10 2"
+            )
             conn.exec_driver_sql(
-                "UPDATE sqlite_stat1 SET stat = '7 7 1' WHERE idx = 'ix_verdict_provider_account'"
+                "UPDATE sqlite_stat1 SET stat = '7 7 1 1' "
+                "WHERE idx = 'ix_verdict_provider_account_observed'"
             )
         upgrade(url)
         with engine.connect() as conn:
@@ -301,4 +359,4 @@ def test_planner_statistics_are_given_once_and_leave_an_analyze_standing(tmp_pat
     finally:
         engine.dispose()
     assert len(again) == len(stats)
-    assert ("verdict", "ix_verdict_provider_account", "7 7 1") in again
+    assert ("verdict", "ix_verdict_provider_account_observed", "7 7 1 1") in again
