@@ -93,9 +93,7 @@ class Runtime:
             embedded=embedded,
         )
         intel_config = load_intel(settings.config)
-        decider = Decider(
-            db, engines, providers, keyring=intel_config.keyring, verdicts=verdicts.prior_verdicts
-        )
+        decider = Decider(db, engines, providers, keyring=intel_config.keyring, verdicts=verdicts)
         ingest = IngestService(db, decider, on_planned=enforcer.wake)
         remedy = Remedy(enforcer, providers)
         intel = IntelService(

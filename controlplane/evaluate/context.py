@@ -4,6 +4,7 @@ stay fast and run unchanged on a stock OPA server (DESIGN.md, 'The policy contra
 from __future__ import annotations
 
 import functools
+import heapq
 import ipaddress
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -76,6 +77,17 @@ class PriorVerdict:
     detector: str
 
 
+@dataclass(frozen=True)
+class PairSummary:
+    """The stored history of a busy (account, key) pair (`fill_prior`): how many of its
+    verdicts are surely earlier than each verdict of the batch that names it, the
+    newest of those, and the few at the window's edge each verdict sorts for itself."""
+
+    surely_earlier: int
+    newest: list[PriorVerdict]
+    edge: list[PriorVerdict]
+
+
 @dataclass
 class Lookups:
     """What one batch's inputs are built from, fetched in a few queries, then kept
@@ -93,6 +105,15 @@ class Lookups:
     )
     """Stored verdicts by (provider, 'account'|'api_key', id), this batch's included:
     each counts only those received before it."""
+    batch_verdicts: dict[tuple[str, str, str], list[PriorVerdict]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
+    """This batch's own verdicts alone, by the same keys."""
+    pair_history: dict[tuple[str, str | None, str | None], PairSummary] = field(
+        default_factory=dict
+    )
+    """(provider, account, key) -> the stored history of a busy pair: its verdicts take
+    their stored history from here and only the batch's own from `batch_verdicts`."""
     exemptions: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
     intel: IntelIndex = field(default_factory=lambda: IntelIndex([]))
     customers: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -109,6 +130,13 @@ class Lookups:
     )
     """What was stored of the batch's accounts and orgs when it was read, as
     `sightings_of` gives it: (kind, value, last_seen) by (provider, scope, id)."""
+
+    def add_own(self, provider: str, prior: PriorVerdict) -> None:
+        """A verdict of this batch, history for the batch's later ones."""
+        for kind, value in (("account", prior.account_id), ("api_key", prior.api_key_id)):
+            if value:
+                self.verdicts[(provider, kind, value)].append(prior)
+                self.batch_verdicts[(provider, kind, value)].append(prior)
 
     def saw(self, verdict: Verdict) -> None:
         """Count what a verdict shows (its key, networks, account) for its account and org."""
@@ -269,7 +297,7 @@ def build_input(
     if ranges is not None:
         for ip in verdict.subject.ips:
             appeals.update((r["id"], r) for r in ranges.lookup(parse_address(ip)))
-    prior = _prior(verdict, received_at, lookups)
+    verdicts_30d, recent = _prior(verdict, received_at, lookups)
     operation = _operation(verdict, lookups, now)
     context: dict[str, Any] = {
         "exempt": exemption is not None,
@@ -284,7 +312,7 @@ def build_input(
         "verdict": verdict.document(),
         "history": {
             "active_actions": active,
-            "verdicts_30d": len(prior),
+            "verdicts_30d": verdicts_30d,
             "recent_verdicts": [
                 {
                     "id": p.id,
@@ -293,7 +321,7 @@ def build_input(
                     "confidence": p.confidence,
                     "detector": p.detector,
                 }
-                for p in prior[:RECENT_VERDICTS]
+                for p in recent
             ],
             "appeals": sorted(appeals.values(), key=lambda r: (r["at"], r["id"])),
             **operation,
@@ -309,21 +337,35 @@ def _outlives(candidate: ActiveAction, kept: ActiveAction) -> bool:
     return candidate.expires_at is None or candidate.expires_at > kept.expires_at
 
 
-def _prior(verdict: Verdict, received_at: datetime, lookups: Lookups) -> list[PriorVerdict]:
-    """Earlier verdicts (received before this one) about the same account or key,
-    observed in the 30 days before this one; newest first."""
+def _prior(
+    verdict: Verdict, received_at: datetime, lookups: Lookups
+) -> tuple[int, list[PriorVerdict]]:
+    """How many earlier verdicts (received before this one) there are about the same
+    account or key, observed in the 30 days before this one, and the newest
+    `RECENT_VERDICTS` of them, newest first."""
     since = verdict.observed_at - HISTORY_WINDOW
+    subject = verdict.subject
+    summary = lookups.pair_history.get((verdict.provider, subject.account_id, subject.api_key_id))
+    source = lookups.verdicts if summary is None else lookups.batch_verdicts
     found: dict[str, PriorVerdict] = {}
-    for kind, value in (
-        ("account", verdict.subject.account_id),
-        ("api_key", verdict.subject.api_key_id),
-    ):
+    for kind, value in (("account", subject.account_id), ("api_key", subject.api_key_id)):
         if not value:
             continue
-        for prior in lookups.verdicts.get((verdict.provider, kind, value), ()):
+        for prior in source.get((verdict.provider, kind, value), ()):
             if prior.received_at < received_at and prior.observed_at >= since:
                 found[prior.id] = prior
-    return sorted(found.values(), key=lambda p: (p.observed_at, p.received_at), reverse=True)
+    count, candidates = len(found), list(found.values())
+    if summary is not None:
+        # Stored ones (the batch's own left out): disjoint from `found` and each other.
+        edge = [p for p in summary.edge if p.received_at < received_at and p.observed_at >= since]
+        count += summary.surely_earlier + len(edge)
+        candidates += summary.newest + edge
+    newest = heapq.nlargest(RECENT_VERDICTS, candidates, key=_recency)
+    return count, newest
+
+
+def _recency(prior: PriorVerdict) -> tuple[datetime, datetime, str]:
+    return prior.observed_at, prior.received_at, prior.id
 
 
 def _rfc3339(moment: datetime) -> str:

@@ -21,9 +21,11 @@ from sqlmodel import col
 from controlplane.enforce import repository as changes_repo
 from controlplane.evaluate.context import (
     HISTORY_WINDOW,
+    RECENT_VERDICTS,
     IntelIndex,
     Lookups,
     NetworkSet,
+    PairSummary,
     PriorVerdict,
 )
 from controlplane.intel import repository as intel_repo
@@ -39,19 +41,76 @@ from controlplane.store.types import utcnow
 log = logging.getLogger(__name__)
 
 
-class VerdictHistory(Protocol):
-    """(decide thread) Earlier verdicts of these providers about these accounts or keys,
-    observed since `since`: (provider, id, account, key, observed, received, score,
-    confidence, detector) each (`controlplane.ingest.repository.prior_verdicts`)."""
+class PairRows(Protocol):
+    """A busy pair's stored history (`controlplane.ingest.repository.PairHistory`)."""
 
-    def __call__(
+    @property
+    def surely_earlier(self) -> int: ...
+
+    @property
+    def newest(self) -> list[tuple[Any, ...]]: ...
+
+    @property
+    def edge(self) -> list[tuple[Any, ...]]: ...
+
+
+class VerdictHistory(Protocol):
+    """(decide thread) Earlier verdicts, asked of their owner (`controlplane.ingest.
+    repository`): rows are (provider, id, account, key, observed, received, score,
+    confidence, detector)."""
+
+    def prior_verdicts(
         self,
         session: Session,
         providers: Sequence[str],
         accounts: Sequence[str],
         keys: Sequence[str],
         since: datetime,
-    ) -> list[tuple[Any, ...]]: ...
+        *,
+        limit: int | None = None,
+    ) -> list[tuple[Any, ...]] | None: ...
+
+    def window_counts(
+        self,
+        session: Session,
+        providers: Sequence[str],
+        values: dict[str, Sequence[str]],
+        since: datetime,
+    ) -> dict[tuple[str, str, str], int]: ...
+
+    def pair_history(
+        self,
+        session: Session,
+        provider: str,
+        account: str | None,
+        key: str | None,
+        *,
+        smin: datetime,
+        smax: datetime,
+        rmin: datetime,
+        exclude: Sequence[str],
+        newest: int,
+    ) -> PairRows: ...
+
+
+@dataclass(frozen=True)
+class HistoryAsk:
+    """One verdict of a batch, as its history is asked: about its account or key,
+    observed since `since` (30 days before it), received before `received`."""
+
+    provider: str
+    verdict_id: str
+    account: str | None
+    key: str | None
+    since: datetime
+    received: datetime
+
+
+HOT_HISTORY = 500
+"""An account or key with more verdicts than this in a batch's window is counted in the
+database, its newest few read (`pair_history`), instead of read whole."""
+CHUNK_ROWS = 10_000
+"""The others are read whole, in chunks of about this many rows by their counts."""
 
 
 def action_document(row: Mapping[Any, Any]) -> dict[str, Any]:
@@ -72,13 +131,10 @@ def fill_lookups(
     session: Session,
     lookups: Lookups,
     subject_keys: set[tuple[str, str, str]],
-    since: datetime,
     now: datetime,
     providers: Providers | None = None,
-    *,
-    verdicts: VerdictHistory,
 ) -> None:
-    """Fetch active actions, earlier verdicts, exemptions and remedies for these
+    """Fetch active actions, exemptions and remedies for these
     (provider, kind, value) keys: one query per table (a chunk of keys at a time), asked
     of the table's owner, by index. The `cidr` keys are the CIDR actions that hold the
     batch's IPs (see `CidrTargets`)."""
@@ -95,7 +151,6 @@ def fill_lookups(
                 "reason": e.reason,
                 "expires_at": e.expires_at.isoformat() if e.expires_at else None,
             }
-        _fill_prior(session, lookups, chunk, since, verdicts)
         for lift in remedy_repo.lifts_on(session, chunk, window):
             cooldown = settings.of(lift.provider).cooldown
             lookups.add_remedy(lift.provider, _lift_document(lift, cooldown))
@@ -106,24 +161,101 @@ def fill_lookups(
         _fill_range_remedies(session, lookups, {p for p, _, _ in keys}, window, settings)
 
 
-def _fill_prior(
-    session: Session,
-    lookups: Lookups,
-    keys: Sequence[tuple[str, str, str]],
-    since: datetime,
-    verdicts: VerdictHistory,
+def fill_prior(
+    session: Session, lookups: Lookups, asks: Sequence[HistoryAsk], verdicts: VerdictHistory
 ) -> None:
-    """Earlier verdicts about these accounts and keys, observed since `since`."""
-    wanted = {(p, k, v) for p, k, v in keys if k in ("account", "api_key")}
-    prior = verdicts(
+    """Earlier verdicts about the batch's accounts and keys, observed in the window of
+    its earliest verdict: read whole (one statement) when they are few, as they nearly
+    always are. Past a cap in all, the accounts and keys with more than
+    `HOT_HISTORY` each are counted in the database per (account, key) pair of the
+    batch and only their newest few read, so a subject watched for a month costs a
+    batch three index ranges, not a read of its month; the others are read whole, in
+    chunks their counts keep small."""
+    if not asks:
+        return
+    wanted = {(a.provider, "account", a.account) for a in asks if a.account} | {
+        (a.provider, "api_key", a.key) for a in asks if a.key
+    }
+    since = min(a.since for a in asks)
+    providers = sorted({p for p, _, _ in wanted})
+    rows = verdicts.prior_verdicts(
         session,
-        sorted({p for p, _, _ in wanted}),
-        sorted({v for _, k, v in wanted if k == "account"}),
-        sorted({v for _, k, v in wanted if k == "api_key"}),
+        providers,
+        sorted(v for _, k, v in wanted if k == "account"),
+        sorted(v for _, k, v in wanted if k == "api_key"),
+        since,
+        limit=CHUNK_ROWS,
+    )
+    if rows is not None:
+        _add_prior(lookups, rows, wanted)
+        return
+    counts = verdicts.window_counts(
+        session,
+        providers,
+        {
+            "account": sorted(v for _, k, v in wanted if k == "account"),
+            "api_key": sorted(v for _, k, v in wanted if k == "api_key"),
+        },
         since,
     )
-    for provider, verdict_id, account, key, observed, received, score, conf, det in prior:
-        found = PriorVerdict(verdict_id, account, key, observed, received, score, conf, det)
+    hot = {k for k in wanted if counts.get(k, 0) > HOT_HISTORY}
+    cold = sorted(wanted - hot)
+    chunk: list[tuple[str, str, str]] = []
+    size = 0
+    for subject in [*cold, None]:
+        n = counts.get(subject, 0) if subject is not None else 0
+        if chunk and (subject is None or size + n > CHUNK_ROWS):
+            rows = verdicts.prior_verdicts(
+                session,
+                sorted({p for p, _, _ in chunk}),
+                sorted(v for _, k, v in chunk if k == "account"),
+                sorted(v for _, k, v in chunk if k == "api_key"),
+                since,
+            )
+            _add_prior(lookups, rows or [], set(chunk))
+            chunk, size = [], 0
+        if subject is not None:
+            chunk.append(subject)
+            size += n
+    pairs: dict[tuple[str, str | None, str | None], list[HistoryAsk]] = {}
+    for a in asks:
+        if (a.provider, "account", a.account) in hot or (a.provider, "api_key", a.key) in hot:
+            pairs.setdefault((a.provider, a.account, a.key), []).append(a)
+    for (provider, account, key), members in pairs.items():
+        found = verdicts.pair_history(
+            session,
+            provider,
+            account,
+            key,
+            smin=min(a.since for a in members),
+            smax=max(a.since for a in members),
+            rmin=min(a.received for a in members),
+            exclude=[
+                a.verdict_id
+                for a in asks
+                if a.provider == provider
+                and ((account and a.account == account) or (key and a.key == key))
+            ],
+            newest=RECENT_VERDICTS,
+        )
+        lookups.pair_history[(provider, account, key)] = PairSummary(
+            found.surely_earlier,
+            [_prior_of(r) for r in found.newest],
+            [_prior_of(r) for r in found.edge],
+        )
+
+
+def _prior_of(row: tuple[Any, ...]) -> PriorVerdict:
+    _, verdict_id, account, key, observed, received, score, confidence, detector = row
+    return PriorVerdict(verdict_id, account, key, observed, received, score, confidence, detector)
+
+
+def _add_prior(
+    lookups: Lookups, rows: Iterable[tuple[Any, ...]], wanted: set[tuple[str, str, str]]
+) -> None:
+    for row in rows:
+        provider, account, key = row[0], row[2], row[3]
+        found = _prior_of(row)
         if (provider, "account", account) in wanted:
             lookups.verdicts[(provider, "account", account)].append(found)
         if (provider, "api_key", key) in wanted:

@@ -228,9 +228,22 @@ class Decider:
         }
         ips = {(p.verdict.provider, ip) for p in pending for ip in p.verdict.subject.ips}
         keys |= self._cidrs.holding(session, ips, now)
-        since = min(p.verdict.observed_at for p in pending) - HISTORY_WINDOW
-        repository.fill_lookups(
-            session, lookups, keys, since, now, self._providers, verdicts=self._verdicts
+        repository.fill_lookups(session, lookups, keys, now, self._providers)
+        repository.fill_prior(
+            session,
+            lookups,
+            [
+                repository.HistoryAsk(
+                    p.verdict.provider,
+                    p.verdict.id,
+                    p.verdict.subject.account_id,
+                    p.verdict.subject.api_key_id,
+                    p.verdict.observed_at - HISTORY_WINDOW,
+                    p.received_at,
+                )
+                for p in pending
+            ],
+            self._verdicts,
         )
         # The batch's own verdicts are history for the later ones (they are stored with
         # their decisions, after this): each counts those received before it.
@@ -246,12 +259,7 @@ class Decider:
                 v.confidence,
                 v.detector.name,
             )
-            for kind, value in (
-                ("account", v.subject.account_id),
-                ("api_key", v.subject.api_key_id),
-            ):
-                if value:
-                    lookups.verdicts[(v.provider, kind, value)].append(prior)
+            lookups.add_own(v.provider, prior)
         lookups.intel = self._intel.index(session, now)
         self._fill_operation(session, lookups, pending, keys, now)
 

@@ -14,6 +14,7 @@ from sqlalchemy import (
     ScalarSelect,
     Select,
     Table,
+    and_,
     bindparam,
     func,
     or_,
@@ -102,18 +103,20 @@ def _chunks(ids: Sequence[str], size: int = 500) -> list[list[str]]:
     return [unique[i : i + size] for i in range(0, len(unique), size)]
 
 
+_PRIOR_COLUMNS = (
+    _verdict.c.provider,
+    _verdict.c.id,
+    _verdict.c.account_id,
+    _verdict.c.api_key_id,
+    _verdict.c.observed_at,
+    _verdict.c.received_at,
+    _verdict.c.score,
+    _verdict.c.confidence,
+    _verdict.c.detector_name,
+)
 _PRIOR = Prepared(
-    select(
-        _verdict.c.provider,
-        _verdict.c.id,
-        _verdict.c.account_id,
-        _verdict.c.api_key_id,
-        _verdict.c.observed_at,
-        _verdict.c.received_at,
-        _verdict.c.score,
-        _verdict.c.confidence,
-        _verdict.c.detector_name,
-    ).where(
+    select(*_PRIOR_COLUMNS)
+    .where(
         _verdict.c.provider.in_(bindparam("providers", expanding=True)),
         or_(
             _verdict.c.account_id.in_(bindparam("accounts", expanding=True)),
@@ -121,7 +124,9 @@ _PRIOR = Prepared(
         ),
         _verdict.c.observed_at >= bindparam("since"),
     )
+    .limit(bindparam("limit"))
 )
+_PRIOR_ALL = Prepared(_PRIOR.statement.limit(None))
 
 
 def prior_verdicts(
@@ -130,10 +135,13 @@ def prior_verdicts(
     accounts: Sequence[str],
     keys: Sequence[str],
     since: datetime,
-) -> list[tuple[Any, ...]]:
+    *,
+    limit: int | None = None,
+) -> list[tuple[Any, ...]] | None:
     """(decide thread) (provider, id, account, key, observed, received, score,
     confidence, detector) of these providers' verdicts about these accounts or keys,
-    observed since `since` (by index; the caller keeps the combinations it asked)."""
+    observed since `since` (by index; the caller keeps the combinations it asked);
+    None when there are more than `limit`."""
     if not accounts and not keys:
         return []
     params = {
@@ -142,7 +150,120 @@ def prior_verdicts(
         "keys": sorted(keys),
         "since": since,
     }
-    return [tuple(row) for row in _PRIOR.rows(session.connection(), params)]
+    if limit is None:
+        return [tuple(row) for row in _PRIOR_ALL.rows(session.connection(), params)]
+    rows = _PRIOR.rows(session.connection(), {**params, "limit": limit + 1})
+    return None if len(rows) > limit else [tuple(row) for row in rows]
+
+
+def _window_count(column: Any) -> Prepared:
+    return Prepared(
+        select(_verdict.c.provider, column, func.count())
+        .where(
+            _verdict.c.provider.in_(bindparam("providers", expanding=True)),
+            column.in_(bindparam("values", expanding=True)),
+            _verdict.c.observed_at >= bindparam("since"),
+        )
+        .group_by(_verdict.c.provider, column)
+    )
+
+
+_WINDOW_COUNTS = {
+    "account": _window_count(_verdict.c.account_id),
+    "api_key": _window_count(_verdict.c.api_key_id),
+}
+
+
+def window_counts(
+    session: Session,
+    providers: Sequence[str],
+    values: dict[str, Sequence[str]],
+    since: datetime,
+) -> dict[tuple[str, str, str], int]:
+    """(decide thread) How many verdicts about each of these accounts and keys
+    (`values` by `account` and `api_key`) were observed since `since`, counted in the
+    database (an index range each): (provider, kind, value) -> count, zeros left out."""
+    counts: dict[tuple[str, str, str], int] = {}
+    connection = session.connection()
+    for kind, wanted in values.items():
+        for chunk in _chunks(list(wanted)):
+            params = {"providers": sorted(providers), "values": sorted(chunk), "since": since}
+            for provider, value, n in _WINDOW_COUNTS[kind].rows(connection, params):
+                counts[(provider, kind, value)] = n
+    return counts
+
+
+_ABOUT_PAIR = and_(
+    _verdict.c.provider == bindparam("provider"),
+    or_(
+        _verdict.c.account_id == bindparam("account"),
+        _verdict.c.api_key_id == bindparam("key"),
+    ),
+    _verdict.c.id.not_in(bindparam("exclude", expanding=True)),
+)
+_SURELY_EARLIER = and_(
+    _verdict.c.observed_at >= bindparam("smax"), _verdict.c.received_at < bindparam("rmin")
+)
+_PAIR_COUNT = Prepared(select(func.count()).where(_ABOUT_PAIR, _SURELY_EARLIER))
+_PAIR_NEWEST = Prepared(
+    select(*_PRIOR_COLUMNS)
+    .where(_ABOUT_PAIR, _SURELY_EARLIER)
+    .order_by(_verdict.c.observed_at.desc(), _verdict.c.received_at.desc(), _verdict.c.id.desc())
+    .limit(bindparam("newest"))
+)
+_PAIR_EDGE = Prepared(
+    select(*_PRIOR_COLUMNS).where(
+        _ABOUT_PAIR,
+        _verdict.c.observed_at >= bindparam("smin"),
+        or_(
+            _verdict.c.observed_at < bindparam("smax"),
+            _verdict.c.received_at >= bindparam("rmin"),
+        ),
+    )
+)
+
+
+@dataclass(frozen=True)
+class PairHistory:
+    """What is stored about an (account, key) pair's verdicts, for several verdicts of a
+    batch that name it: those observed since `smax` and received before `rmin` (earlier
+    than each of them) counted and the newest few read; the few between (observed in
+    [smin, smax) or received since `rmin`) read whole, for each verdict to sort."""
+
+    surely_earlier: int
+    newest: list[tuple[Any, ...]]
+    edge: list[tuple[Any, ...]]
+
+
+def pair_history(
+    session: Session,
+    provider: str,
+    account: str | None,
+    key: str | None,
+    *,
+    smin: datetime,
+    smax: datetime,
+    rmin: datetime,
+    exclude: Sequence[str],
+    newest: int,
+) -> PairHistory:
+    """(decide thread) The history of verdicts about `account` or `key` (either may be
+    None), leaving out `exclude` (the batch's own, some stored already when retried):
+    three statements, each an index range, whatever the pair's history."""
+    connection = session.connection()
+    params: dict[str, Any] = {
+        "provider": provider,
+        "account": account,
+        "key": key,
+        "exclude": sorted(set(exclude)),
+        "smin": smin,
+        "smax": smax,
+        "rmin": rmin,
+    }
+    (count,) = _PAIR_COUNT.rows(connection, params)[0]
+    latest = _PAIR_NEWEST.rows(connection, {**params, "newest": newest})
+    edge = _PAIR_EDGE.rows(connection, params)
+    return PairHistory(count, [tuple(r) for r in latest], [tuple(r) for r in edge])
 
 
 def ids_naming(provider: str, kind: str, value: str) -> Select[Any] | None:
