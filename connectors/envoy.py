@@ -35,6 +35,7 @@ import asyncio
 import contextlib
 import ipaddress
 import json
+import logging
 import os
 import re
 import tempfile
@@ -59,6 +60,8 @@ from controlplane.enforce.sdk import (
 )
 from controlplane.enforce.targets import refusal
 from controlplane.enforce.toolkit import option_error, parse_options, positive
+
+log = logging.getLogger(__name__)
 
 ROUTE = "type.googleapis.com/envoy.config.route.v3.Route"
 ROUTE_CONFIGURATION = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
@@ -380,8 +383,13 @@ class EnvoyConnector:
 
     async def close(self) -> None:
         if self._flusher is not None and not self._flusher.done():
-            with contextlib.suppress(Exception):
+            try:
                 await asyncio.wait_for(asyncio.shield(self._flusher), self.timeout)
+            except TimeoutError:
+                pass  # what was still queued is applied by the next follower
+            except Exception:
+                # Its callers were told (each apply fails with it); closing goes on.
+                log.warning("Envoy connector's last write failed as it closed", exc_info=True)
 
 
 # -- rendering ---------------------------------------------------------------------------------

@@ -64,6 +64,7 @@ import bisect
 import contextlib
 import dataclasses
 import fcntl
+import logging
 import os
 import re
 import shutil
@@ -96,6 +97,8 @@ from controlplane.enforce.toolkit import (
     option_error,
     parse_options,
 )
+
+log = logging.getLogger(__name__)
 
 FILES = (
     "http.conf",
@@ -711,8 +714,13 @@ class NginxConnector:
         committer, self._committer = self._committer, None
         if committer is not None and not committer.done():
             bound = self.options.reload_min_seconds + 4 * self.timeout
-            with contextlib.suppress(Exception):
+            try:
                 await asyncio.wait_for(committer, bound)  # cancelled past the bound
+            except TimeoutError:
+                pass  # what was still queued is applied by the next follower
+            except Exception:
+                # Its callers were told (each apply fails with it); closing goes on.
+                log.warning("NGINX connector's last reload failed as it closed", exc_info=True)
 
     def _remember(self, files: _Files, tables: _Tables, stamps: _Stamps) -> None:
         self._disk, self._tables, self._stamps = files, tables, stamps

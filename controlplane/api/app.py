@@ -28,6 +28,7 @@ from controlplane.runtime import Runtime
 from controlplane.settings import Settings, get_settings
 from controlplane.telemetry.tracing import configure
 from controlplane.ui import controllers as console
+from controlplane.ui import traces_controllers as trace_routes
 
 AREAS: list[Any] = [
     console,
@@ -44,6 +45,7 @@ AREAS: list[Any] = [
     policy_routes,
     connector_routes,
     audit_routes,
+    trace_routes,
     token_routes,
     metrics,
 ]

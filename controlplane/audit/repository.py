@@ -4,7 +4,7 @@ the subject index: the one module that queries these tables."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -42,6 +42,8 @@ from controlplane.store.models import (
     AuditSubjectHeadRow,
     AuditSubjectRow,
 )
+
+log = logging.getLogger(__name__)
 
 HEAD_ID = 1
 
@@ -165,8 +167,13 @@ async def _read_ahead(
     finally:
         if not pending.done():
             pending.cancel()
-        with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration, Exception):
+        try:
             await pending
+        except (asyncio.CancelledError, StopAsyncIteration):
+            pass
+        except Exception:
+            # The caller has what it read; a chunk it no longer wants failed under it.
+            log.debug("a read-ahead the caller stopped failed", exc_info=True)
 
 
 async def export_bounds(

@@ -7,6 +7,7 @@ from dataclasses import asdict
 from litestar import Controller, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.api.dependencies import provide
 from controlplane.auth.guards import requires
@@ -21,16 +22,18 @@ class ConnectorController(Controller):
     guards = [requires(*READERS)]
 
     @get("/", operation_id="listConnectors", summary="List connectors")
-    async def list_connectors(self, enforcer: NamedDependency[Enforcer]) -> list[ConnectorOut]:
+    async def list_connectors(
+        self, enforcer: NamedDependency[Enforcer], session: NamedDependency[AsyncSession]
+    ) -> list[ConnectorOut]:
         """Each connector's health now, its last reconcile, desired vs applied entries,
         failures (retryable and permanent), drift repaired, its place in the change log
         and lag."""
-        statuses = await enforcer.statuses()
-        positions = await enforcer.status()
+        statuses = await enforcer.statuses(session)
+        positions = await enforcer.status(session)
         out = []
         for name in enforcer.names:
             config = enforcer.config(name)
-            healthy, gateway, detail = await enforcer.health(name)
+            healthy, gateway, detail = await enforcer.health(session, name)
             s = statuses.get(name)
             cursor, head = positions[name]
             failing = bool(s and (s.failed or s.rejected or s.last_error))

@@ -143,9 +143,11 @@ class Enforcer:
         if self._worker is not None:
             self._worker.wake()
 
-    async def health(self, name: str) -> tuple[bool, str, str]:
+    async def health(self, session: AsyncSession, name: str) -> tuple[bool, str, str]:
+        """Health now, from this process's follower; from what the connector workers
+        last recorded (read in `session`) when this process applies nothing."""
         if not self.embedded:
-            return await self._reported_health(name)
+            return await self._reported_health(session, name)
         follower = self._follower(name)
         return await self._on_worker(_health(follower))
 
@@ -159,16 +161,14 @@ class Enforcer:
         others stand by to take over)."""
         return {name: f.active for name, f in self._running.items()}
 
-    async def statuses(self) -> dict[str, ConnectorStatusRow]:
+    async def statuses(self, session: AsyncSession) -> dict[str, ConnectorStatusRow]:
         """Each connector's last recorded status, by name."""
-        async with self._db.read() as session:
-            return await repository.statuses(session)
+        return await repository.statuses(session)
 
-    async def _reported_health(self, name: str) -> tuple[bool, str, str]:
+    async def _reported_health(self, session: AsyncSession, name: str) -> tuple[bool, str, str]:
         """Health as the connector workers last recorded it (this process applies nothing)."""
         config = self.config(name)
-        async with self._db.read() as session:
-            status = (await repository.statuses(session)).get(name)
+        status = (await repository.statuses(session)).get(name)
         if status is None:
             return False, config.type, "no connector worker has reported on it yet"
         return status.healthy, config.type, status.detail or "as reported by a connector worker"
@@ -192,11 +192,10 @@ class Enforcer:
         if self._worker is not None:
             await self._on_worker(self._worker.settle())
 
-    async def status(self) -> dict[str, tuple[int, int]]:
+    async def status(self, session: AsyncSession) -> dict[str, tuple[int, int]]:
         """Connector -> (its cursor, the log's head)."""
-        async with self._db.read() as session:
-            head = await repository.change_head(session)
-            cursors = await repository.cursors(session)
+        head = await repository.change_head(session)
+        cursors = await repository.cursors(session)
         return {name: (cursors.get(name, 0), head) for name in self.names}
 
     def serving(self, provider: str) -> list[tuple[str, frozenset[str]]]:
@@ -211,7 +210,9 @@ class Enforcer:
     # -- expiry (on the caller's loop: it only writes the log) ----------------------------
 
     async def expire(self, limit: int = 5000) -> int:
-        """Mark actions past their TTL expired (each an audit event) and log removals."""
+        """Mark actions past their TTL expired (each an audit event) and log removals.
+        A job (the runtime runs it every `expiry_seconds` on each replica): one
+        transaction of its own, then the followers are woken."""
         now = utcnow()
         async with self._db.write() as session, session.begin():
             due = await self._actions.due_to_expire(session, now, limit)

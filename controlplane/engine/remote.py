@@ -320,7 +320,9 @@ class RemoteEngine:
             self._closing = loop.create_task(self.aclose())
         elif loop.is_running():
             future = asyncio.run_coroutine_threadsafe(self.aclose(), loop)
-            with contextlib.suppress(Exception):
+            try:
                 future.result(timeout=self._http.target.timeout + 1)
+            except Exception:
+                log.warning("closing the OPA client at %s failed", self.url, exc_info=True)
         else:
             self._closed = True

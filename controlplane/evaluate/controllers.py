@@ -23,11 +23,14 @@ class DecisionController(Controller):
 
     @get("/{decision_id:str}", operation_id="getDecision", summary="Get a decision")
     async def get_decision(
-        self, decision_id: FromPath[str], decisions: NamedDependency[DecisionReader]
+        self,
+        decision_id: FromPath[str],
+        decisions: NamedDependency[DecisionReader],
+        session: NamedDependency[AsyncSession],
     ) -> DecisionOut:
         """One decision: the policy revision and entrypoint, the exact input and
         output, the engine, its duration, the trace id and the actions it planned."""
-        row, actions = await decisions.get(decision_id)
+        row, actions = await decisions.get(session, decision_id)
         fields = row.model_dump()
         return DecisionOut(**fields, actions=[ActionOut.from_row(a.model_dump()) for a in actions])
 
@@ -58,5 +61,5 @@ class DecisionController(Controller):
         )
 
 
-DEPENDENCIES = {"decisions": provide(lambda runtime: DecisionReader(runtime.db))}
+DEPENDENCIES = {"decisions": provide(lambda runtime: DecisionReader())}
 ROUTES = [DecisionController]

@@ -13,6 +13,7 @@ from litestar.openapi.spec import Operation as OpenAPIOperation
 from litestar.params import FromPath
 from litestar.status_codes import HTTP_202_ACCEPTED
 from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.api.body import validate
 from controlplane.api.dependencies import provide
@@ -182,10 +183,13 @@ class VerdictController(Controller):
 
     @get("/{verdict_id:str}", operation_id="getVerdict", summary="Get a verdict")
     async def get_verdict(
-        self, verdict_id: FromPath[str], verdicts: NamedDependency[VerdictReader]
+        self,
+        verdict_id: FromPath[str],
+        verdicts: NamedDependency[VerdictReader],
+        session: NamedDependency[AsyncSession],
     ) -> VerdictOut:
         """A stored verdict with its decision and actions."""
-        row, decision, actions = await verdicts.get(verdict_id)
+        row, decision, actions = await verdicts.get(session, verdict_id)
         return VerdictOut(
             id=row.id,
             status=row.status,
@@ -201,6 +205,6 @@ class VerdictController(Controller):
 
 DEPENDENCIES = {
     "ingest": provide(lambda runtime: runtime.ingest),
-    "verdicts": provide(lambda runtime: VerdictReader(runtime.db)),
+    "verdicts": provide(lambda runtime: VerdictReader()),
 }
 ROUTES = [VerdictController]

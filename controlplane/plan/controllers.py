@@ -7,6 +7,7 @@ from typing import Annotated
 from litestar import Controller, get
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, QueryParameter
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.api.dependencies import provide
 from controlplane.auth.guards import requires
@@ -25,6 +26,7 @@ class ActionController(Controller):
     async def list_actions(
         self,
         actions: NamedDependency[ActionReader],
+        session: NamedDependency[AsyncSession],
         action_state: Annotated[ActionState | None, QueryParameter(name="state")] = None,
         action_type: Annotated[ActionType | None, QueryParameter(name="type")] = None,
         target_kind: FromQuery[SubjectKind | None] = None,
@@ -50,17 +52,20 @@ class ActionController(Controller):
             provider=provider,
             shadow=shadow,
         )
-        rows = await actions.page(where, cursor, limit + 1)
+        rows = await actions.page(session, where, cursor, limit + 1)
         items = [ActionOut.from_row(r.model_dump()) for r in rows[:limit]]
         return ActionPage(items=items, next_cursor=items[-1].id if len(rows) > limit else None)
 
     @get("/{action_id:str}", operation_id="getAction", summary="Get an action")
     async def get_action(
-        self, action_id: FromPath[str], actions: NamedDependency[ActionReader]
+        self,
+        action_id: FromPath[str],
+        actions: NamedDependency[ActionReader],
+        session: NamedDependency[AsyncSession],
     ) -> ActionOut:
         """One action: its target, parameters, rule, reason, state and trace id."""
-        return ActionOut.from_row((await actions.get(action_id)).model_dump())
+        return ActionOut.from_row((await actions.get(session, action_id)).model_dump())
 
 
-DEPENDENCIES = {"actions": provide(lambda runtime: ActionReader(runtime.db))}
+DEPENDENCIES = {"actions": provide(lambda runtime: ActionReader())}
 ROUTES = [ActionController]

@@ -324,10 +324,30 @@ def record(session: Session, planned: Sequence[Planned], now: datetime) -> list[
     actions = [a for p in planned for a in p.actions]
     repository.insert_actions(session, actions)
     reviews_repo.insert_reviews(session, review_rows(actions, now))
+    return planned_events(actions, PIPELINE_ACTOR, now)
+
+
+def record_confirmed(
+    session: Session, review: dict[str, Any], actor: str, note: str, now: datetime
+) -> tuple[list[dict[str, Any]], list[EventDraft]]:
+    """A review's withheld actions, planned on a reviewer's word (`confirmed_actions`,
+    with the revocations their suspensions bring) and inserted in the caller's
+    transaction; returns the rows and their `action.planned` events, which name the
+    review (the caller chains them, then logs the changes)."""
+    rows = confirmed_actions(review, actor, note, now)
+    rows += expand_suspensions(session, rows, now)
+    repository.insert_actions(session, rows)
+    return rows, planned_events(rows, actor, now, review_id=review["id"])
+
+
+def planned_events(
+    actions: Sequence[dict[str, Any]], actor: str, now: datetime, **also: Any
+) -> list[EventDraft]:
+    """The `action.planned` event of each action row (`also`: more payload fields)."""
     return [
         EventDraft(
             type="action.planned",
-            actor=PIPELINE_ACTOR,
+            actor=actor,
             at=now,
             provider=a["provider"],
             verdict_id=a["verdict_id"],
@@ -343,6 +363,7 @@ def record(session: Session, planned: Sequence[Planned], now: datetime) -> list[
                 "reason": a["reason"],
                 "shadow": a["shadow"],
                 "policy_revision": a["policy_revision"],
+                **also,
             },
         )
         for a in actions

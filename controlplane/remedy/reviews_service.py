@@ -20,7 +20,7 @@ from controlplane.domain.vocabulary import ActionState
 from controlplane.enforce.service import record_changes
 from controlplane.errors import Conflict, NotFound
 from controlplane.plan import repository as actions_repo
-from controlplane.plan.service import confirmed_actions, expand_suspensions
+from controlplane.plan import service as plan
 from controlplane.remedy import reviews_repository as repository
 from controlplane.store.db import after_commit
 from controlplane.store.models import ReviewRow
@@ -58,9 +58,9 @@ class ReviewService:
     ) -> Confirmed:
         now = utcnow()
         review = await self._open(session, review_id)
-        rows = confirmed_actions(review.model_dump(), actor, note, now)
-        rows += await session.run_sync(expand_suspensions, rows, now)
-        await session.run_sync(actions_repo.insert_actions, rows)
+        rows, planned = await session.run_sync(
+            plan.record_confirmed, review.model_dump(), actor, note, now
+        )
         self._resolve(review, "confirmed", actor, note, now)
         review.applied = [r["id"] for r in rows]
         await actions_repo.set_action_states(
@@ -68,33 +68,7 @@ class ReviewService:
         )
         await audit.record(
             session,
-            [
-                self._event(review, "review.confirmed", actor, now, {"note": note}),
-                *(
-                    EventDraft(
-                        type="action.planned",
-                        actor=actor,
-                        at=now,
-                        provider=r["provider"],
-                        verdict_id=r["verdict_id"],
-                        decision_id=r["decision_id"],
-                        action_id=r["id"],
-                        trace_id=r["trace_id"],
-                        payload={
-                            "type": r["type"],
-                            "target": {"kind": r["target_kind"], "value": r["target_value"]},
-                            "params": r["params"],
-                            "ttl_seconds": r["ttl_seconds"],
-                            "rule": r["rule"],
-                            "reason": r["reason"],
-                            "shadow": False,
-                            "policy_revision": r["policy_revision"],
-                            "review_id": review.id,
-                        },
-                    )
-                    for r in rows
-                ),
-            ],
+            [self._event(review, "review.confirmed", actor, now, {"note": note}), *planned],
         )
         await record_changes(session, rows, "planned", now)
         after_commit(session, self._wake)

@@ -76,6 +76,43 @@ def create_blocking_engine(url: str) -> Engine:
     return create_sync_engine(sync_url(url), pool_pre_ping=True, **JSON_CODEC)
 
 
+def create_span_engine(url: str) -> Engine:
+    """A small engine for the span exporter's thread (`telemetry/spanstore.py`), so span
+    writes never take a connection from the API's pool. SQLite: WAL, the write lock
+    taken at BEGIN (as the API's writers do) and no fsync per batch: losing the last
+    second of spans at power loss is an acceptable price for not slowing every writer
+    down."""
+    target = sync_url(url)
+    if make_url(target).get_backend_name() != "sqlite":
+        return create_sync_engine(
+            target,
+            pool_size=1,
+            max_overflow=1,
+            pool_pre_ping=True,
+            hide_parameters=True,
+            **JSON_CODEC,
+        )
+    # hide_parameters: an error the exporter logs never quotes the spans it held.
+    engine = create_sync_engine(
+        target, connect_args={"timeout": 30}, hide_parameters=True, **JSON_CODEC
+    )
+
+    def pragmas(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+        dbapi_connection.isolation_level = None
+
+    def begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    event.listen(engine, "connect", pragmas)
+    event.listen(engine, "begin", begin)
+    return engine
+
+
 _FILE_WRITERS: dict[str, threading.Lock] = {}
 _FILE_WRITERS_GUARD = threading.Lock()
 

@@ -3,10 +3,10 @@ console and `GET /v1/traces/{id}` show a trace without a tracing backend.
 
 The request path only hands a finished span to a `BatchSpanProcessor` queue (a full
 queue drops spans; it never blocks a request). The processor's worker thread writes
-each batch with one bulk INSERT through a small sync engine of this module's own, so
-span writes never take a connection from the API's pool. OTLP export, when
-`TOLLGATE_OTLP_ENDPOINT` is set, is another processor on the same provider and sees
-every span, kept here or not.
+each batch with one bulk INSERT through a small sync engine of its own
+(`store.db.create_span_engine`), so span writes never take a connection from the API's
+pool. OTLP export, when `TOLLGATE_OTLP_ENDPOINT` is set, is another processor on the
+same provider and sees every span, kept here or not.
 
 What is kept: Tollgate's pipeline spans (`verdict.ingest`, `policy.evaluate`,
 `action.plan`, `connector.apply`, `connector.reconcile`) and the HTTP requests that
@@ -16,7 +16,7 @@ the ASGI send/receive sub-spans: they would fill the table and no auditor asks f
 them. Attribute keys that name credentials are redacted as a last line of defence;
 the first is that no span is ever given a secret or an API key id.
 
-This module owns the `span` table: its SQL lives here, beside the only writer.
+The telemetry area owns the `span` table: its SQL lives in `repository.py`.
 """
 
 from __future__ import annotations
@@ -34,13 +34,11 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
-from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
-from controlplane.store.db import JSON_CODEC, sync_url, writers_of
+from controlplane.store.db import create_span_engine, writers_of
 from controlplane.store.models import SpanRow
 from controlplane.telemetry import repository
 
@@ -117,45 +115,12 @@ def span_row(span: ReadableSpan) -> dict[str, Any] | None:
     }
 
 
-def _sync_engine(url: str) -> Engine:
-    """A small engine for the exporter thread. SQLite: WAL, the write lock taken at
-    BEGIN (as the API's writers do) and no fsync per batch: losing the last second of
-    spans at power loss is an acceptable price for not slowing every writer down."""
-    target = sync_url(url)
-    if make_url(target).get_backend_name() != "sqlite":
-        return create_engine(
-            target,
-            pool_size=1,
-            max_overflow=1,
-            pool_pre_ping=True,
-            hide_parameters=True,
-            **JSON_CODEC,
-        )
-    # hide_parameters: an error logged by `export` never quotes the spans it held.
-    engine = create_engine(target, connect_args={"timeout": 30}, hide_parameters=True, **JSON_CODEC)
-
-    def pragmas(dbapi_connection: Any, _record: Any) -> None:
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA busy_timeout=30000")
-        cursor.close()
-        dbapi_connection.isolation_level = None
-
-    def begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-    event.listen(engine, "connect", pragmas)
-    event.listen(engine, "begin", begin)
-    return engine
-
-
 class _Sink:
     """One database spans are written to."""
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.engine = _sync_engine(url)
+        self.engine = create_span_engine(url)
         self.users = 1
         self._writers = writers_of(url)
 

@@ -40,7 +40,6 @@ from controlplane.ui import remedy as appeal_pages
 from controlplane.ui import service, sessions
 from controlplane.ui.display import short
 from controlplane.ui.sessions import COOKIE, SIGN_IN, SignInRequired
-from controlplane.ui.traces import TraceController
 
 HERE = Path(__file__).parent
 TEMPLATES = HERE / "templates"
@@ -80,19 +79,13 @@ def _page(
     request: Request[Any, Any, Any], name: str, status_code: int = 200, **context: Any
 ) -> Template:
     principal = principal_of(request)
-    csrf, fresh = sessions.csrf_cookie(request)
-    settings = request.app.state.runtime.settings
+    csrf, cookies = sessions.page_csrf(request)
     return Template(
         template_name=name,
-        context={
-            "principal": principal,
-            "path": request.url.path,
-            "csrf": sessions.csrf_token(settings, csrf),
-            **context,
-        },
+        context={"principal": principal, "path": request.url.path, "csrf": csrf, **context},
         status_code=status_code,
         headers=HEADERS,
-        cookies=[sessions.set_csrf_cookie(csrf, _secure(request))] if fresh else [],
+        cookies=cookies,
     )
 
 
@@ -103,14 +96,13 @@ def _secure(request: Request[Any, Any, Any]) -> bool:
 def _sign_in_page(
     request: Request[Any, Any, Any], target: str, error: str | None, status_code: int = 200
 ) -> Template:
-    csrf, fresh = sessions.csrf_cookie(request)
-    settings = request.app.state.runtime.settings
+    csrf, cookies = sessions.page_csrf(request)
     return Template(
         template_name="sign_in.html",
-        context={"next": target, "error": error, "csrf": sessions.csrf_token(settings, csrf)},
+        context={"next": target, "error": error, "csrf": csrf},
         status_code=status_code,
         headers=HEADERS,
-        cookies=[sessions.set_csrf_cookie(csrf, _secure(request))] if fresh else [],
+        cookies=cookies,
     )
 
 
@@ -365,7 +357,6 @@ class ConsoleController(Controller):
 ROUTES: list[ControllerRouterHandler] = [
     SignInController,
     ConsoleController,
-    TraceController,
     create_static_files_router(
         path="/console/static",
         directories=[STATIC],

@@ -751,7 +751,7 @@ async def connectors_page(session: AsyncSession, enforcer: Enforcer) -> list[dic
     out = []
     for name in enforcer.names:
         config = enforcer.config(name)
-        healthy, gateway, detail = await enforcer.health(name)
+        healthy, gateway, detail = await enforcer.health(session, name)
         s = statuses.get(name)
         out.append(
             {

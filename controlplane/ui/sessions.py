@@ -166,6 +166,15 @@ def csrf_token(settings: Settings, cookie_value: str) -> str:
     return _sign(settings, f"csrf.{cookie_value}")
 
 
+def page_csrf(connection: ASGIConnection[Any, Any, Any, Any]) -> tuple[str, list[Cookie]]:
+    """The token a page's forms carry, and the CSRF cookie to set with the page (none when
+    the browser has one). Like `current`, it reads the settings the app holds, so the
+    handlers that render pages are given nothing of the runtime."""
+    value, fresh = csrf_cookie(connection)
+    token = csrf_token(connection.app.state.runtime.settings, value)
+    return token, [set_csrf_cookie(value, connection.url.scheme == "https")] if fresh else []
+
+
 def set_csrf_cookie(value: str, secure: bool) -> Cookie:
     return Cookie(
         key=CSRF_COOKIE,

@@ -1,23 +1,34 @@
 """The rules the code keeps (STYLE.md), checked on its syntax trees, as small linters:
 a violation fails with the file and line.
 
-- SQL only in repositories (and the store): services and controllers ask them.
+- SQL only in repositories (and the store): services and controllers ask them. SQL is a
+  query construct of SQLAlchemy or SQLModel (imported, or through the module), a raw
+  statement (`exec_driver_sql`, `execute("...")`).
 - Services never import litestar: HTTP stays in controllers.
 - Settings only from `controlplane/settings.py`: nothing else reads `os.environ`.
 - Connectors see only the connector SDK (`sdk`, `targets`, `toolkit`), never the domain.
 - Stages call forward only: ingest -> evaluate -> plan -> enforce; a stage never imports
   an earlier stage.
+- Each stage makes its own spans and pipeline events: `verdict.ingest` and
+  `verdict.received` in ingest, `policy.evaluate` and `decision.recorded` in evaluate,
+  `action.plan` and `action.planned` in plan, `connector.apply` and `connector.reconcile`
+  in enforce; no other module names them where it would make one.
 - No broad `except` that swallows: a handler of `Exception`/`BaseException` (or a bare
-  one) re-raises, logs, or uses the exception it caught.
+  one, or a tuple holding one) re-raises, logs, or uses the exception it caught; no
+  `contextlib.suppress` of them.
 - Handlers call services: a controller never imports a repository nor opens a
   database session itself (it asks for the request's `session`).
-- Transactions open at the boundary: in the areas listed in `UNIT_OF_WORK`, only the
-  boundary modules (`BOUNDARIES`: controllers and dependency providers, guards, jobs,
-  the runtime, the CLI) open a session or a transaction; services are given a session.
-  The few jobs and streams that live beside their rules are named in `JOB_ENTRY_POINTS`.
+- Transactions open at the boundary: everywhere but the store (which is the database)
+  and the engines (which never touch it), only the boundary modules (`BOUNDARIES`:
+  controllers and dependency providers, guards, jobs, the runtime, the CLI) open a
+  session or a transaction; services are given a session. The few jobs and streams
+  that live beside their rules are named in `JOB_ENTRY_POINTS`.
 - Nobody is handed the whole runtime: only the modules that make it and give out its
   parts (`RUNTIME_HOLDERS`: the runtime, the apps, the dependency providers, the CLI)
-  import it, and no route handler takes it as a parameter; each is given what it uses.
+  import it or read it from the app's state (the guards too: `STATE_READERS`), and no
+  route handler takes it as a parameter; each is given what it uses.
+- Each area exports its routes: a module with route handlers has a `ROUTES` list, and
+  `api/app.py` imports it (its `AREAS`); nothing wires a controller by hand.
 - One owner per table: only the owning area's repository names a table's row class in
   code (a query, a row it builds); the others ask that repository. Type annotations
   may name any row. Every table of `store/models.py` has an owner here.
@@ -26,6 +37,7 @@ a violation fails with the file and line.
 from __future__ import annotations
 
 import ast
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,13 +45,40 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SOURCES = sorted([*(REPO / "controlplane").rglob("*.py"), *(REPO / "connectors").rglob("*.py")])
-SQL = {"select", "insert", "update", "delete", "text", "func", "tuple_", "or_", "and_"}
+SQL = {"select", "insert", "update", "delete", "text", "func", "tuple_", "or_", "and_", "col"}
+SQL_PACKAGES = {"sqlalchemy", "sqlmodel"}
+RAW_SQL = {"exec_driver_sql"}
 CONNECTOR_SDK = {
     "controlplane.enforce.sdk",
     "controlplane.enforce.targets",
     "controlplane.enforce.toolkit",
 }
 STAGES = ["ingest", "evaluate", "plan", "enforce"]
+STAGE_SPANS = {
+    "SPAN_INGEST": "ingest",
+    "SPAN_EVALUATE": "evaluate",
+    "SPAN_PLAN": "plan",
+    "SPAN_APPLY": "enforce",
+    "SPAN_RECONCILE": "enforce",
+}
+"""The pipeline's span names (`telemetry/tracing.py` and `enforce/follower.py` define
+them) and the stage that alone starts each."""
+SPAN_NAMES = {
+    "verdict.ingest": "ingest",
+    "policy.evaluate": "evaluate",
+    "action.plan": "plan",
+    "connector.apply": "enforce",
+    "connector.reconcile": "enforce",
+}
+"""The same spans by their names, for one started with a literal name."""
+STAGE_EVENTS = {
+    "verdict.received": "ingest",
+    "decision.recorded": "evaluate",
+    "action.planned": "plan",
+}
+"""The pipeline's audit events and the stage that alone drafts each (a reviewer's
+confirmation plans through the plan step too)."""
+SPAN_DEFINITIONS = {"controlplane/telemetry/tracing.py"}
 MODELS = REPO / "controlplane" / "store" / "models.py"
 OWNERS = {
     "VerdictRow": "ingest",
@@ -75,20 +114,13 @@ OWNERS = {
 }
 """The area whose repository alone queries each table (its row class)."""
 LOGS = {"debug", "info", "warning", "error", "exception", "critical"}
-UNIT_OF_WORK = [
-    "controlplane/remedy/",
-    "controlplane/customers/",
-    "controlplane/auth/",
-    "controlplane/intel/",
-    "controlplane/bouncers/",
-    "controlplane/audit/",
-    "controlplane/policy/",
-    "controlplane/telemetry/",
-    "controlplane/ui/",
-    "controlplane/api/",
-    "controlplane/evaluate/explain.py",
-]
-"""Where transactions open at the request or job boundary only."""
+UNIT_OF_WORK = ["controlplane/"]
+"""Where transactions open at the request or job boundary only: everywhere, but for
+`NOT_UNIT_OF_WORK`."""
+NOT_UNIT_OF_WORK = ["controlplane/store/", "controlplane/engine/"]
+"""The store is the database (`Database.transaction()` is the unit of work); the policy
+engines never touch it (their `begin()` marks a push to a remote OPA), and a check
+below keeps them from importing the store."""
 BOUNDARIES = {
     "controlplane/api/dependencies.py",
     "controlplane/auth/guards.py",
@@ -98,6 +130,14 @@ BOUNDARIES = {
 """Boundary modules besides controllers, `jobs.py` modules and the CLI: the request's
 session providers, the guards (they run before the handler), the runtime's jobs."""
 JOB_ENTRY_POINTS: dict[str, set[str]] = {
+    # The decide thread: a group of requests is decided and stored in one transaction
+    # of its own (group commit), off the event loop; recovery of `received` verdicts.
+    "controlplane/ingest/service.py": {"IngestService"},
+    # The intel index reload, in a thread off the request path.
+    "controlplane/evaluate/repository.py": {"IntelCache._load_apart"},
+    # The connector followers and their worker thread, with an engine of their own.
+    "controlplane/enforce/follower.py": {"Follower"},
+    "controlplane/enforce/service.py": {"Enforcer.expire", "_Worker"},
     "controlplane/audit/service.py": {"export"},
     "controlplane/audit/verify.py": {"verify_database"},
     "controlplane/audit/checkpoints.py": {"write_checkpoint"},
@@ -107,7 +147,8 @@ JOB_ENTRY_POINTS: dict[str, set[str]] = {
     "controlplane/telemetry/spanstore.py": {"_Sink.write"},
 }
 """Functions (or classes) of service modules that are jobs or streams, by module: each
-opens the transactions it needs itself, and says why in its docstring. A streamed
+opens the transactions it needs itself, and says why in its docstring (the pipeline's,
+in the comment above them). A streamed
 answer outlives the request's session; a job works for a while between transactions,
 or chunk by chunk; the span exporter's thread has an engine of its own. The audit
 jobs and the policy sync stay beside their rules as the CLI's local paths import them
@@ -121,6 +162,14 @@ RUNTIME_HOLDERS = {
 """Modules besides the CLI's that may import the runtime: it, the API's and the connector
 worker's apps (which make it and run its start and stop), and the providers that give
 each handler its part of it."""
+STATE_READERS = {"controlplane/auth/guards.py", "controlplane/ui/sessions.py"}
+"""Modules that, besides `RUNTIME_HOLDERS`, read the runtime from the app's state: the
+guards and the console's cookie session, which run before any handler (and so before
+its dependencies) to tell who is calling."""
+APP = "controlplane/api/app.py"
+OTHER_APPS = {"controlplane/api/worker.py"}
+"""Modules that make an app of their own with its own few routes (the connector worker's
+probes), not part of the API's."""
 ROUTE_DECORATORS = {"get", "post", "put", "patch", "delete", "head", "route", "websocket"}
 RUNTIMES = {"Runtime", "WorkerRuntime"}
 DATABASE_NAMES = {"db", "_db"}
@@ -239,7 +288,9 @@ def foreign_rows(path: str, tree: ast.Module) -> list[str]:
     return [text for _, text in sorted(found)]
 
 
+@functools.cache
 def violations() -> dict[str, list[str]]:
+    """Every rule's findings over the tree, read once per run."""
     found: dict[str, list[str]] = {
         "SQL outside a repository": [],
         "litestar imported by a service": [],
@@ -251,17 +302,22 @@ def violations() -> dict[str, list[str]]:
         "a handler calls a repository or opens a session": [],
         "a service opens a transaction": [],
         "a service or handler is handed the runtime": [],
+        "a stage's span or event made outside it": [],
+        "a route module the app does not take its ROUTES from": [],
     }
+    assembled = app_areas()
     for path, tree in trees():
+        found["SQL outside a repository"] += sql_outside(path, tree)
         found["a repository queries a table another area owns"] += foreign_rows(path, tree)
         found["a service opens a transaction"] += transactions_opened(path, tree)
         found["a service or handler is handed the runtime"] += runtime_reached(path, tree)
-        stage = stage_of(path)
+        found["a stage's span or event made outside it"] += stage_work(path, tree)
+        found["a route module the app does not take its ROUTES from"] += unrouted(
+            path, tree, assembled
+        )
+        found["a stage imports an earlier stage"] += backward_imports(path, tree)
+        found["os.environ read outside settings"] += environment_read(path, tree)
         for line, module, names in imports(tree):
-            if module.startswith("sqlalchemy") and SQL & set(names) and not is_repository(path):
-                found["SQL outside a repository"].append(
-                    f"{path}:{line}: {sorted(SQL & set(names))}"
-                )
             touched = [module, *(f"{module}.{n}" for n in names)]
             if is_controller(path) and any("repository" in m.rsplit(".", 1)[-1] for m in touched):
                 found["a handler calls a repository or opens a session"].append(
@@ -272,25 +328,161 @@ def violations() -> dict[str, list[str]]:
             outside = module.startswith("controlplane") and module not in CONNECTOR_SDK
             if path.startswith("connectors/") and outside:
                 found["a connector imports beyond the SDK"].append(f"{path}:{line}: {module}")
-            target = module.split(".")
-            earlier = len(target) > 1 and target[0] == "controlplane" and target[1] in STAGES
-            if stage is not None and earlier and STAGES.index(target[1]) < stage:
-                found["a stage imports an earlier stage"].append(f"{path}:{line}: {module}")
         for node in ast.walk(tree):
-            if (
-                isinstance(node, ast.Attribute)
-                and node.attr == "environ"
-                and isinstance(node.value, ast.Name)
-                and node.value.id == "os"
-                and path != "controlplane/settings.py"
-            ):
-                found["os.environ read outside settings"].append(f"{path}:{node.lineno}")
             if is_controller(path) and opens_session(node):
                 found["a handler calls a repository or opens a session"].append(
                     f"{path}:{node.lineno}"
                 )
             if isinstance(node, ast.ExceptHandler) and swallows(node):
                 found["a broad except swallows"].append(f"{path}:{node.lineno}")
+            if suppresses_all(node):
+                found["a broad except swallows"].append(f"{path}:{node.lineno}: suppress")
+    return found
+
+
+ENVIRONMENT = {"environ", "environb", "getenv", "getenvb"}
+
+
+def environment_read(path: str, tree: ast.Module) -> list[str]:
+    """Where a module other than `controlplane/settings.py` reads the environment:
+    `os.environ`, `os.getenv`, or either imported from `os` (`file:line`)."""
+    if path == "controlplane/settings.py":
+        return []
+    lines = [
+        node.lineno
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and node.attr in ENVIRONMENT
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "os"
+    ]
+    lines += [
+        line for line, module, names in imports(tree) if module == "os" and ENVIRONMENT & set(names)
+    ]
+    return [f"{path}:{line}" for line in sorted(lines)]
+
+
+def backward_imports(path: str, tree: ast.Module) -> list[str]:
+    """Where a stage imports an earlier stage, in any spelling (`controlplane.ingest.x`,
+    `from controlplane import ingest`): `file:line: module`."""
+    stage = stage_of(path)
+    if stage is None:
+        return []
+    found = []
+    for line, module, names in imports(tree):
+        for target in (t.split(".") for t in (module, *(f"{module}.{n}" for n in names))):
+            earlier = len(target) > 1 and target[0] == "controlplane" and target[1] in STAGES
+            if earlier and STAGES.index(target[1]) < stage:
+                found.append(f"{path}:{line}: {module}")
+                break
+    return found
+
+
+def sql_outside(path: str, tree: ast.Module) -> list[str]:
+    """Where a module that is no repository builds SQL: imports a query construct of
+    SQLAlchemy or SQLModel, reaches one through the package (`sa.select`), or runs a raw
+    statement (`exec_driver_sql`, `execute` of a string): `file:line: what`."""
+    if is_repository(path):
+        return []
+    found: list[tuple[int, str]] = []
+    packages = {
+        alias.asname or alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for alias in node.names
+        if alias.name.split(".")[0] in SQL_PACKAGES
+    }
+    for line, module, names in imports(tree):
+        if module.split(".")[0] in SQL_PACKAGES and SQL & set(names):
+            found.append((line, str(sorted(SQL & set(names)))))
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Attribute)
+            and node.attr in SQL
+            and isinstance(node.value, ast.Name | ast.Attribute)
+            and ast.unparse(node.value) in packages
+        ):
+            found.append((node.lineno, ast.unparse(node)))
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            raw = node.func.attr in RAW_SQL
+            literal = (
+                node.func.attr == "execute"
+                and bool(node.args)
+                and isinstance(node.args[0], ast.Constant | ast.JoinedStr)
+                and (
+                    not isinstance(node.args[0], ast.Constant)
+                    or isinstance(node.args[0].value, str)
+                )
+            )
+            if raw or literal:
+                found.append((node.lineno, f"{node.func.attr}(...)"))
+    return [f"{path}:{line}: {what}" for line, what in sorted(found)]
+
+
+def stage_work(path: str, tree: ast.Module) -> list[str]:
+    """Where a module outside a stage names that stage's span (`SPAN_PLAN`, or its string
+    where a span starts) or drafts its pipeline event (`EventDraft(type="action.planned")`):
+    `file:line: name (stage)`."""
+    area = area_of(path)
+    found: list[tuple[int, str]] = []
+
+    def foreign(line: int, name: str, stage: str) -> None:
+        if area != stage and path not in SPAN_DEFINITIONS:
+            found.append((line, f"{name} ({stage})"))
+
+    for node in ast.walk(tree):
+        named = getattr(node, "id", None) or getattr(node, "attr", None)
+        if isinstance(node, ast.Name | ast.Attribute) and named in STAGE_SPANS:
+            foreign(node.lineno, named, STAGE_SPANS[named])
+        if not isinstance(node, ast.Call):
+            continue
+        called = getattr(node.func, "id", None) or getattr(node.func, "attr", None)
+        if called == "EventDraft":
+            for keyword in node.keywords:
+                value = keyword.value
+                if (
+                    keyword.arg == "type"
+                    and isinstance(value, ast.Constant)
+                    and value.value in STAGE_EVENTS
+                ):
+                    foreign(node.lineno, value.value, STAGE_EVENTS[value.value])
+        elif called in {"start_span", "start_as_current_span"} and node.args:
+            first = node.args[0]
+            if isinstance(first, ast.Constant) and first.value in SPAN_NAMES:
+                foreign(node.lineno, first.value, SPAN_NAMES[first.value])
+    return [f"{path}:{line}: {what}" for line, what in sorted(found)]
+
+
+def app_areas() -> set[str]:
+    """The modules `api/app.py` imports (dotted), the areas it takes `ROUTES` from."""
+    tree = ast.parse((REPO / APP).read_text(encoding="utf-8"))
+    return {
+        name
+        for _, module, names in imports(tree)
+        for name in (module, *(f"{module}.{n}" for n in names))
+    }
+
+
+def unrouted(path: str, tree: ast.Module, assembled: set[str]) -> list[str]:
+    """A module with route handlers that has no top-level `ROUTES`, or that `api/app.py`
+    does not import (its routes would be wired by hand, or not at all)."""
+    handlers = [n for n in ast.walk(tree) if is_route_handler(n)]
+    if not handlers or not path.startswith("controlplane/") or path in OTHER_APPS:
+        return []
+    exported = any(
+        isinstance(node, ast.Assign | ast.AnnAssign)
+        and any(
+            isinstance(t, ast.Name) and t.id == "ROUTES"
+            for t in (node.targets if isinstance(node, ast.Assign) else [node.target])
+        )
+        for node in tree.body
+    )
+    dotted = path.removesuffix(".py").replace("/", ".")
+    found = []
+    if not exported:
+        found.append(f"{path}:{handlers[0].lineno}: no ROUTES")
+    if dotted not in assembled:
+        found.append(f"{path}:{handlers[0].lineno}: not in {APP}")
     return found
 
 
@@ -320,7 +512,17 @@ def opens_transaction(node: ast.AST) -> bool:
 def transactions_opened(path: str, tree: ast.Module) -> list[str]:
     """Where a module of the `UNIT_OF_WORK` areas that is no boundary opens a session or
     a transaction, outside its `JOB_ENTRY_POINTS` (`file:line: function`)."""
-    if not any(path.startswith(area) for area in UNIT_OF_WORK) or is_boundary(path):
+    if path.startswith("controlplane/engine/"):
+        return [
+            f"{path}:{line}: {module} (an engine opens no session)"
+            for line, module, names in imports(tree)
+            if any(
+                m.startswith("controlplane.store")
+                for m in (module, *(f"{module}.{n}" for n in names))
+            )
+        ]
+    covered = any(path.startswith(area) for area in UNIT_OF_WORK)
+    if not covered or any(path.startswith(a) for a in NOT_UNIT_OF_WORK) or is_boundary(path):
         return []
     allowed = JOB_ENTRY_POINTS.get(path, set())
     found: list[str] = []
@@ -379,6 +581,14 @@ def runtime_reached(path: str, tree: ast.Module) -> list[str]:
             for line, module, names in imports(tree)
             if module == "controlplane.runtime" or (module == "controlplane" and "runtime" in names)
         ]
+    if path not in RUNTIME_HOLDERS | STATE_READERS:
+        found += [
+            f"{path}:{node.lineno}: {ast.unparse(node)}"
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute)
+            and node.attr == "runtime"
+            and (getattr(node.value, "attr", None) or getattr(node.value, "id", None)) == "state"
+        ]
     for node in ast.walk(tree):
         if not is_route_handler(node):
             continue
@@ -390,11 +600,30 @@ def runtime_reached(path: str, tree: ast.Module) -> list[str]:
     return found
 
 
-def swallows(handler: ast.ExceptHandler) -> bool:
-    broad = handler.type is None or (
-        isinstance(handler.type, ast.Name) and handler.type.id in {"Exception", "BaseException"}
+BROAD = {"Exception", "BaseException"}
+
+
+def is_broad(caught: ast.expr | None) -> bool:
+    """`Exception`, `BaseException`, or a tuple holding one (None: a bare `except:`)."""
+    if caught is None:
+        return True
+    if isinstance(caught, ast.Tuple):
+        return any(is_broad(e) for e in caught.elts)
+    return isinstance(caught, ast.Name) and caught.id in BROAD
+
+
+def suppresses_all(node: ast.AST) -> bool:
+    """`contextlib.suppress(..., Exception, ...)`: a broad except with nothing in it."""
+    if not isinstance(node, ast.Call):
+        return False
+    called = getattr(node.func, "id", None) or getattr(node.func, "attr", None)
+    return called == "suppress" and any(
+        isinstance(a, ast.Name) and a.id in BROAD for a in node.args
     )
-    if not broad:
+
+
+def swallows(handler: ast.ExceptHandler) -> bool:
+    if not is_broad(handler.type):
         return False
     for node in (n for statement in handler.body for n in ast.walk(statement)):
         if isinstance(node, ast.Raise):
@@ -436,9 +665,10 @@ def test_the_linters_find_what_they_look_for(tmp_path: Path) -> None:
 
 
 def test_the_transaction_rule_finds_a_service_that_opens_one() -> None:
-    """A service of a converted area that opens a session or a transaction fails with
-    file, line and function; a boundary module, a job entry point, and a session that
-    is only used, pass; an area not converted yet is not looked at."""
+    """A service that opens a session or a transaction fails with file, line and
+    function, in every area (the pipeline's stages too); a boundary module, a job entry
+    point, and a session that is only used, pass; the store (the database itself) is not
+    looked at, and an engine may not even import it."""
     source = ast.parse(
         "class Remedy:\n"
         "    async def lift(self, session):\n"
@@ -457,7 +687,13 @@ def test_the_transaction_rule_finds_a_service_that_opens_one() -> None:
         "controlplane/remedy/service.py:6: Remedy.job",
         "controlplane/remedy/service.py:9: read",
     ]
-    for covered in ("controlplane/telemetry/metrics.py", "controlplane/policy/impact.py"):
+    for covered in (
+        "controlplane/telemetry/metrics.py",
+        "controlplane/policy/impact.py",
+        "controlplane/plan/read_service.py",
+        "controlplane/enforce/service.py",
+        "controlplane/leadership.py",
+    ):
         assert len(transactions_opened(covered, source)) == 4, covered
     JOB_ENTRY_POINTS["controlplane/remedy/x.py"] = {"Remedy.job", "read"}
     try:
@@ -475,7 +711,15 @@ def test_the_transaction_rule_finds_a_service_that_opens_one() -> None:
         "controlplane/api/dependencies.py",
     ):
         assert transactions_opened(boundary, source) == [], boundary
-    assert transactions_opened("controlplane/plan/service.py", source) == []
+    assert transactions_opened("controlplane/store/db.py", source) == []
+    assert transactions_opened("controlplane/engine/remote.py", source) == []
+    reaching = ast.parse(
+        "from controlplane.store.db import Database\nfrom controlplane import store\n"
+    )
+    assert transactions_opened("controlplane/engine/remote.py", reaching) == [
+        "controlplane/engine/remote.py:1: controlplane.store.db (an engine opens no session)",
+        "controlplane/engine/remote.py:2: controlplane (an engine opens no session)",
+    ]
 
 
 def test_the_runtime_rule_finds_who_is_handed_the_runtime() -> None:
@@ -497,6 +741,8 @@ def test_the_runtime_rule_finds_who_is_handed_the_runtime() -> None:
         "    async def ok(self, converge: NamedDependency[Converge]) -> None: ...\n"
         "def provider(runtime: Runtime) -> Converge:\n"
         "    return runtime.converge\n"
+        "def page(request):\n"
+        "    return request.app.state.runtime.settings\n"
     )
     handlers = [
         "controlplane/policy/controllers.py:5: sync(runtime)",
@@ -506,15 +752,19 @@ def test_the_runtime_rule_finds_who_is_handed_the_runtime() -> None:
     assert runtime_reached("controlplane/policy/controllers.py", source) == [
         "controlplane/policy/controllers.py:1: controlplane.runtime",
         "controlplane/policy/controllers.py:2: controlplane.runtime",
+        "controlplane/policy/controllers.py:15: request.app.state.runtime",
         *handlers,
     ]
+    for reader in ("controlplane/auth/guards.py", "controlplane/ui/sessions.py"):
+        assert not [f for f in runtime_reached(reader, source) if ":15:" in f], reader
     assert runtime_reached("controlplane/telemetry/metrics.py", source)[:2] == [
         "controlplane/telemetry/metrics.py:1: controlplane.runtime",
         "controlplane/telemetry/metrics.py:2: controlplane.runtime",
     ]
     for holder in ("controlplane/api/app.py", "controlplane/cli/main.py"):
-        found = runtime_reached(holder, source)
+        found = [f for f in runtime_reached(holder, source) if "state.runtime" not in f]
         assert found == [h.replace("controlplane/policy/controllers.py", holder) for h in handlers]
+    assert "state.runtime" not in " ".join(runtime_reached("controlplane/api/app.py", source))
 
 
 def test_every_job_entry_point_is_there() -> None:
@@ -564,3 +814,119 @@ def test_the_ownership_rule_finds_a_foreign_query() -> None:
     ]
     assert foreign_rows("controlplane/remedy/service.py", source) == []
     assert tables(ast.parse("class A(SQLModel, table=True): ...\nclass B(SQLModel): ...")) == ["A"]
+
+
+def test_the_sql_rule_finds_sql_however_it_is_written() -> None:
+    """A query construct imported from SQLAlchemy or SQLModel, reached through the
+    package, or a raw statement, outside a repository, fails with file and line; a
+    session type, an exception class and a repository's own SQL pass."""
+    source = ast.parse(
+        "import sqlalchemy as sa\n"
+        "from sqlmodel import col, Session\n"
+        "from sqlalchemy.exc import IntegrityError\n"
+        "from sqlalchemy.ext.asyncio import AsyncSession\n"
+        "async def f(session, conn, cursor):\n"
+        "    q = sa.select(X)\n"
+        "    conn.exec_driver_sql('BEGIN IMMEDIATE')\n"
+        "    cursor.execute('PRAGMA journal_mode=WAL')\n"
+        "    cursor.execute(f'PRAGMA {x}')\n"
+        "    await session.execute(q)\n"
+    )
+    assert sql_outside("controlplane/telemetry/spanstore.py", source) == [
+        "controlplane/telemetry/spanstore.py:2: ['col']",
+        "controlplane/telemetry/spanstore.py:6: sa.select",
+        "controlplane/telemetry/spanstore.py:7: exec_driver_sql(...)",
+        "controlplane/telemetry/spanstore.py:8: execute(...)",
+        "controlplane/telemetry/spanstore.py:9: execute(...)",
+    ]
+    assert sql_outside("controlplane/telemetry/repository.py", source) == []
+    assert sql_outside("controlplane/store/db.py", source) == []
+
+
+def test_the_stage_rule_finds_a_span_or_event_made_elsewhere() -> None:
+    """A module outside plan that drafts `action.planned` or names `SPAN_PLAN` fails with
+    file and line, and so does one that starts a stage's span by its literal name; the
+    stage itself, the module defining the names and an event of no stage pass."""
+    source = ast.parse(
+        "from controlplane.telemetry.tracing import SPAN_PLAN\n"
+        "def f(now):\n"
+        "    tracer().start_span(SPAN_PLAN)\n"
+        "    t.start_as_current_span('connector.apply')\n"
+        "    return [EventDraft(type='action.planned', at=now),\n"
+        "            audit.EventDraft(type='review.confirmed', at=now)]\n"
+    )
+    assert stage_work("controlplane/remedy/reviews_service.py", source) == [
+        "controlplane/remedy/reviews_service.py:3: SPAN_PLAN (plan)",
+        "controlplane/remedy/reviews_service.py:4: connector.apply (enforce)",
+        "controlplane/remedy/reviews_service.py:5: action.planned (plan)",
+    ]
+    assert stage_work("controlplane/plan/service.py", source) == [
+        "controlplane/plan/service.py:4: connector.apply (enforce)"
+    ]
+    assert stage_work("controlplane/telemetry/tracing.py", source) == []
+
+
+def test_the_route_rule_finds_a_controller_wired_by_hand() -> None:
+    """A module with route handlers and no `ROUTES`, or one the app does not import, fails
+    with file and line; an exported, assembled one passes, as does a module without
+    routes."""
+    handler = "from litestar import Controller, get\nclass C(Controller):\n    @get('/')\n"
+    handler += "    async def read(self) -> None: ...\n"
+    bare = ast.parse(handler)
+    exported = ast.parse(handler + "ROUTES = [C]\n")
+    assembled = {"controlplane.ui.traces_controllers"}
+    assert unrouted("controlplane/ui/traces.py", bare, assembled) == [
+        "controlplane/ui/traces.py:4: no ROUTES",
+        "controlplane/ui/traces.py:4: not in controlplane/api/app.py",
+    ]
+    assert unrouted("controlplane/ui/traces_controllers.py", exported, assembled) == []
+    assert unrouted("controlplane/ui/service.py", ast.parse("x = 1\n"), assembled) == []
+    assert "controlplane.ui.traces_controllers" in app_areas()
+
+
+def test_the_swallow_rule_finds_every_broad_form() -> None:
+    """A bare except, one of a tuple holding `Exception`, and `suppress(Exception)` are
+    broad; one that logs, one of named errors, and `suppress` of a named error, pass."""
+    source = ast.parse(
+        "try:\n    x()\nexcept:\n    pass\n"
+        "try:\n    x()\nexcept (KeyError, Exception):\n    pass\n"
+        "try:\n    x()\nexcept (KeyError, ValueError):\n    pass\n"
+        "try:\n    x()\nexcept (KeyError, Exception):\n    log.warning('x', exc_info=True)\n"
+        "with contextlib.suppress(OSError, Exception):\n    x()\n"
+        "with suppress(ProcessLookupError):\n    x()\n"
+    )
+    handlers = [n for n in ast.walk(source) if isinstance(n, ast.ExceptHandler)]
+    assert [swallows(h) for h in handlers] == [True, True, False, False]
+    assert [n.lineno for n in ast.walk(source) if suppresses_all(n)] == [17]
+
+
+def test_the_stage_import_rule_sees_every_spelling() -> None:
+    """A later stage importing an earlier one fails, dotted or as `from controlplane
+    import ingest`; an import forward, or of a shared area, passes."""
+    source = ast.parse(
+        "from controlplane import ingest\n"
+        "import controlplane.evaluate.schemas\n"
+        "from controlplane.enforce import service\n"
+        "from controlplane import audit, domain\n"
+    )
+    assert backward_imports("controlplane/plan/service.py", source) == [
+        "controlplane/plan/service.py:1: controlplane",
+        "controlplane/plan/service.py:2: controlplane.evaluate.schemas",
+    ]
+    assert backward_imports("controlplane/ingest/service.py", source) == []
+    assert backward_imports("controlplane/remedy/service.py", source) == []
+
+
+def test_the_settings_rule_finds_every_read_of_the_environment() -> None:
+    """`os.environ`, `os.getenv` and either imported from `os` fail outside the settings
+    module, with file and line; the settings module and `os.path` pass."""
+    source = ast.parse(
+        "import os\nfrom os import getenv\n"
+        "a = os.environ['X']\nb = os.getenv('Y')\nc = os.path.join('a', 'b')\n"
+    )
+    assert environment_read("controlplane/intel/service.py", source) == [
+        "controlplane/intel/service.py:2",
+        "controlplane/intel/service.py:3",
+        "controlplane/intel/service.py:4",
+    ]
+    assert environment_read("controlplane/settings.py", source) == []

@@ -125,6 +125,14 @@ async def test_verified_customer_is_served_during_review_and_refused_after_confi
     assert body["review"]["state"] == "confirmed"
     assert body["review"]["resolved_by"] == "reviewer-ana"
     assert "suspend" in {a["type"] for a in body["actions"]}
+    # Planned through the plan step: each action its `action.planned` event, by the
+    # reviewer, naming the review.
+    planned = await api.client.get(
+        "/v1/audit", params={"type": "action.planned", "actor": "reviewer-ana"}
+    )
+    events = planned.json()["items"]
+    assert sorted(e["action_id"] for e in events) == sorted(a["id"] for a in body["actions"])
+    assert {e["payload"]["review_id"] for e in events} == {review["id"]}
     await api.runtime.enforcer.settle()
 
     assert await haproxy_id.get(**caller(key, account)) in {REVOKED, REFUSED}

@@ -71,3 +71,6 @@ class TraceController(Controller):
                 for r in rows[: spanstore.MAX_TRACE_SPANS]
             ],
         )
+
+
+ROUTES = [TraceController]
