@@ -8,6 +8,7 @@ or replace data: a new revision is a new `EmbeddedEngine`, probed before use.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import queue
 import time
 from collections.abc import Sequence
@@ -42,6 +43,8 @@ PROBE_INPUT: dict[str, Any] = {
     "now": "2026-01-01T00:00:01Z",
 }
 """A representative input: a type error or an undefined entrypoint shows at the probe."""
+STEP = 8
+"""Inputs a thread takes at a time from a shared list (fewer for a small list)."""
 
 
 class EmbeddedEngine:
@@ -117,18 +120,34 @@ class EmbeddedEngine:
     def evaluate_blocking(
         self, inputs: Sequence[dict[str, Any]], loop: asyncio.AbstractEventLoop
     ) -> list[Evaluation]:
-        """Split over the engines: the calling thread evaluates the first chunk while
-        the workers take the others (the native call releases the GIL, so even a group
-        of two verdicts is evaluated on two cores). The event loop is not involved."""
-        size = -(-len(inputs) // self._workers)
-        if len(inputs) <= 1 or size >= len(inputs):
+        """Shared over the engines: the calling thread and the workers each take the
+        next few inputs until none are left (the native call releases the GIL, so even a
+        group of two verdicts is evaluated on two cores). Inputs differ in cost, and
+        halves fixed up front left one thread idle while the other finished its half.
+        The event loop is not involved."""
+        count = len(inputs)
+        if count <= 1 or self._workers == 1:
             return self._eval_chunk(inputs)
-        futures = [
-            self._pool.submit(self._eval_chunk, inputs[i : i + size])
-            for i in range(size, len(inputs), size)
-        ]
-        first = self._eval_chunk(inputs[:size])
-        return [*first, *(evaluation for future in futures for evaluation in future.result())]
+        step = max(1, min(STEP, count // (self._workers * 4)))
+        results: list[Evaluation | None] = [None] * count
+        starts = itertools.count(0, step)  # next() is atomic: each start is taken once
+
+        def take() -> None:
+            engine = self._engines.get()
+            try:
+                for start in starts:
+                    if start >= count:
+                        return
+                    for i in range(start, min(start + step, count)):
+                        results[i] = self._eval_on(engine, inputs[i])
+            finally:
+                self._engines.put(engine)
+
+        helpers = [self._pool.submit(take) for _ in range(min(self._workers, count) - 1)]
+        take()
+        for helper in helpers:
+            helper.result()
+        return [r for r in results if r is not None]
 
     async def evaluate_many(self, inputs: Sequence[dict[str, Any]]) -> list[Evaluation]:
         if not inputs:

@@ -224,3 +224,25 @@ async def test_evaluate_sync_matches_evaluate_many(kind: str, loader: Loader) ->
 
     assert on_a_thread.result == many.result == {"n": 7, "double": 14, "factor": 3}
     assert on_the_loop.result == {"n": 8, "double": 16, "factor": 3}
+
+
+@pytest.mark.parametrize("count", [0, 1, 2, 3, 17, 200])
+def test_evaluate_blocking_shares_the_inputs_and_keeps_their_order(count: int) -> None:
+    """The calling thread and the workers take inputs from one list: every input is
+    evaluated once, on one of the engines, and answered in its place, errors included."""
+    engine = EmbeddedEngine(echo_bundle(), "echo.decision", workers=2)
+    try:
+        inputs = [{"n": n % 90 if n % 7 else 101 + n} for n in range(count)]
+        loop = asyncio.new_event_loop()
+        try:
+            evaluations = engine.evaluate_blocking(inputs, loop)
+        finally:
+            loop.close()
+        assert len(evaluations) == count
+        for n, evaluation in enumerate(evaluations):
+            if n % 7:
+                assert evaluation.result == {"n": n % 90, "double": 2 * (n % 90), "factor": 3}
+            else:  # above 100: a conflict, an error of its own evaluation only
+                assert evaluation.result is None and evaluation.error
+    finally:
+        engine.close()
