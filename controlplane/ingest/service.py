@@ -419,7 +419,9 @@ class IngestService:
                     accepted=len(item.pending),
                     duplicates=len(item.duplicates),
                     results=[
-                        results[i].model_copy(update={"duplicate": i in item.duplicates})
+                        results[i].model_copy(update={"duplicate": True})
+                        if i in item.duplicates
+                        else results[i]  # built with duplicate=False
                         for i in item.given
                     ],
                 )
