@@ -597,8 +597,11 @@ class Follower:
             "drift_repaired": previous.drift_repaired if previous else 0,
             "lag_seconds": 0.0,
             # An outage's error goes when the gateway answers again, an entry's when
-            # nothing fails any more.
-            "last_error": (previous.last_error if previous and previous.healthy else standing)
+            # nothing fails any more; while something fails, some error is shown (a
+            # status saved when nothing failed yet left none to keep).
+            "last_error": (
+                (previous.last_error if previous and previous.healthy else None) or standing
+            )
             if failed or rejected
             else None,
         }
