@@ -65,7 +65,9 @@ import contextlib
 import itertools
 import re
 import threading
+import weakref
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -244,7 +246,7 @@ class _File:
     refusals to quote, and holds no entries of its own."""
 
     def entry(self, key: str, value: str) -> Entry:
-        """The entry a map line holds (ACL lines: see `_by_key`). A limit whose
+        """The entry a map line holds (ACL lines: see `_entries_of`). A limit whose
         value lacks its reference (written by hand, or before refusals quoted one) is
         reported without a limit, so the next reconcile writes it again, whole."""
         if self.type is EntryType.RATE_LIMIT:
@@ -325,6 +327,9 @@ class HAProxyConnector:
         self._unwritable: dict[str, str] = {}
         """Files whose last write failed, and why: reported by `health()`."""
         self._flusher: asyncio.Task[None] | None = None
+        self._lent: weakref.ref[_Observed] | None = None
+        """The entries the last observe returned, while someone holds them: they read
+        the models of that observe (`_own`)."""
 
     def capabilities(self) -> frozenset[EntryType]:
         """Suspensions only with a header that names accounts or orgs; without one, the
@@ -343,25 +348,40 @@ class HAProxyConnector:
         would load; a file that cannot be written is reported by `health()`.
 
         At a million entries the `show` replies take seconds of Python to parse: that
-        runs in a thread (`_survey`), which builds the model and the entries in one pass
-        over each reply, so the event loop only reads the replies and swaps the models
-        in. A survey whose observe was cancelled (a reconcile's timeout) finishes in its
-        thread and is dropped: only the coroutine touches the model."""
-        found: list[list[Entry]] = []
+        runs in a thread (`_survey`), which builds the model in one pass over each reply,
+        so the event loop only reads the replies and swaps the models in. A survey whose
+        observe was cancelled (a reconcile's timeout) finishes in its thread and is
+        dropped: only the coroutine touches the model.
+
+        The entries are the models read as entries (`_Observed`), made one at a time as
+        they are iterated: a million `Entry`s and a set of them are never held (they took
+        about 90 MB). An apply while they are still referenced changes a copy of the
+        model (`_own`), so they stay what the gateway held at this observe."""
+        models: list[tuple[_File, _Copies]] = []
         counts: dict[str, int] = {}
         async with self._lock, self._session() as cli:
             for spec in self._files:
                 reply = await cli.show(spec)
-                survey = await asyncio.to_thread(
-                    _survey, spec, reply, entries=not spec.references, keys=self._keys(spec)
-                )
+                survey = await asyncio.to_thread(_survey, spec, reply, keys=self._keys(spec))
                 del reply
                 counts[spec.path] = survey.copies
                 self._held[spec.path] = survey.held
-                found.append(survey.entries)
+                if not spec.references:
+                    models.append((spec, survey.held))
                 await self._save(spec, survey.lines, self._changed(spec), only_if_stale=True)
-        entries = await asyncio.to_thread(frozenset, itertools.chain.from_iterable(found))
+                del survey
+        entries = _Observed(models)
+        self._lent = weakref.ref(entries)
         return GatewayState(entries, extra={"entries_per_file": counts})
+
+    def _own(self, spec: _File, held: _Copies) -> _Copies:
+        """The file's model, to change: a copy of it while the entries of an observe still
+        read it (one dict of references to the same strings), so they do not change."""
+        lent = self._lent() if self._lent is not None else None
+        if lent is None or not lent.reads(held):
+            return held
+        self._held[spec.path] = held = dict(held)
+        return held
 
     def _keys(self, spec: _File) -> _Copies | None:
         """For the references map, the block ACL's model to take key strings from."""
@@ -419,10 +439,9 @@ class HAProxyConnector:
         held = self._held.get(spec.path)
         if held is None:  # no observe yet: learn this file once, then follow it
             reply = await cli.show(spec)
-            survey = await asyncio.to_thread(
-                _survey, spec, reply, entries=False, keys=self._keys(spec)
-            )
+            survey = await asyncio.to_thread(_survey, spec, reply, keys=self._keys(spec))
             held = self._held[spec.path] = survey.held
+        held = self._own(spec, held)
         # Counted over the batch's keys: a set operation with `held` (a million entries)
         # walks all of it, at every apply.
         final_size = (
@@ -784,13 +803,11 @@ def _canonical_key(raw: str) -> str:
 def _by_key(
     spec: _File,
     items: Iterable[tuple[str, str]],
-    entries: list[Entry] | None = None,
     keys: Mapping[str, str] | None = None,
 ) -> _Copies:
     """The model of a file from its copies in HAProxy's order: grouped by key (order
     between keys does not change what HAProxy matches), each key canonicalised once.
-    `entries`, when given, receives the entry of each key's first copy, the one HAProxy
-    matches, in the same pass (`observe`'s entries). `keys`: the model of the block ACL,
+    `keys`: the model of the block ACL,
     whose lines are mostly their keys' own strings; the references map that mirrors it
     takes its keys from there, so both models hold one string per blocked value (a
     million of them: 60 MB), as they do after an apply."""
@@ -809,12 +826,54 @@ def _by_key(
             held[key] = f"{before}\n{line}"
             continue
         held[key] = line
-        if entries is not None:
-            if acl:
-                entries.append(Entry(spec.type, "cidr" if "/" in raw else "ip", key))
-            else:
-                entries.append(spec.entry(raw, value))
     return held
+
+
+def _entry_of(spec: _File, key: str, lines: str) -> Entry:
+    """The entry a key of a file's model stands for: its first copy's, the one HAProxy
+    matches (an ACL's entry is an `ip` or a `cidr` as that copy is spelled). It holds
+    the model's own key string (a map's keys are its copies' strings): an index of the
+    entries costs no string of its own."""
+    first = lines.partition("\n")[0]
+    if spec.kind == "acl":
+        return Entry(spec.type, "cidr" if "/" in first else "ip", key)
+    return spec.entry(key, first.partition(" ")[2])
+
+
+def _entries_of(spec: _File, held: _Copies) -> Iterator[Entry]:
+    return (_entry_of(spec, key, lines) for key, lines in held.items())
+
+
+class _Observed(AbstractSet[Entry]):
+    """What an observe found, as a set of entries read from the models it built (never
+    from a reference map): each entry is made when iterated or looked up, so a million
+    of them cost nothing until then, and nothing after."""
+
+    def __init__(self, models: Sequence[tuple[_File, _Copies]]) -> None:
+        self._models = tuple(models)
+
+    def reads(self, held: _Copies) -> bool:
+        return any(model is held for _, model in self._models)
+
+    def __iter__(self) -> Iterator[Entry]:
+        for spec, held in self._models:
+            yield from _entries_of(spec, held)
+
+    def __len__(self) -> int:
+        return sum(len(held) for _, held in self._models)
+
+    def __contains__(self, item: object) -> bool:
+        if not isinstance(item, Entry):
+            return False
+        for spec, held in self._models:
+            if spec.type is not item.type:
+                continue
+            if spec.kind == "map" and spec.target_kind != item.target_kind:
+                continue
+            lines = held.get(item.target_value)
+            if lines is not None and _entry_of(spec, item.target_value, lines) == item:
+                return True
+        return False
 
 
 @dataclass
@@ -825,8 +884,6 @@ class _Surveyed:
     """The model of the file."""
     lines: list[str]
     """The model's lines (its values), as a write of the file takes them."""
-    entries: list[Entry]
-    """The entries the file holds (none asked for, or a references map: empty)."""
     copies: int
     """How many lines the runtime holds, copies of one key included."""
 
@@ -836,11 +893,9 @@ _SURVEY_PART = 1 << 20
 never exists as one string, nor as one list of lines."""
 
 
-def _survey(
-    spec: _File, reply: bytes, *, entries: bool, keys: Mapping[str, str] | None = None
-) -> _Surveyed:
-    """The model of a file (and, with `entries`, its entries) from the runtime's `show`
-    reply (its prompt included), in one pass; run in a thread (`keys`: see `_by_key`).
+def _survey(spec: _File, reply: bytes, *, keys: Mapping[str, str] | None = None) -> _Surveyed:
+    """The model of a file from the runtime's `show` reply (its prompt included), in one
+    pass; run in a thread (`keys`: see `_by_key`).
     Every line must be `0x<ref> <key>[ <value>]`: anything else means HAProxy has no
     such file loaded."""
     end = len(reply) - len(PROMPT)
@@ -867,9 +922,8 @@ def _survey(
                 yield parts[1], parts[2] if len(parts) == 3 else ""
             at = stop
 
-    found: list[Entry] = []
-    held = _by_key(spec, items(), found if entries else None, keys)
-    return _Surveyed(held, list(held.values()), found, copies)
+    held = _by_key(spec, items(), keys)
+    return _Surveyed(held, list(held.values()), copies)
 
 
 def _value_of(entry: Entry) -> str:
@@ -940,23 +994,34 @@ def _holds(spec: _File, header: str, lines: list[str]) -> bool:
     else:
         if at == len(data):
             return True
-    held = _entries(spec, "\n".join(lines))
-    return _entries(spec, data.decode("utf-8", errors="replace")) == held
+    # Entry by entry, a part of the file at a time: at a million lines, lists of both
+    # sides' entries took a few hundred MB for a moment.
+    held = _entries(spec, (line for joined in lines for line in joined.split("\n")))
+    found = _entries(spec, _text_lines(data))
+    return all(a == b for a, b in itertools.zip_longest(held, found))
 
 
-def _entries(spec: _File, text: str) -> list[tuple[str, str]]:
+def _text_lines(data: bytes) -> Iterator[str]:
+    """The lines of a file's bytes, decoded and split a part (`_SURVEY_PART`) at a time."""
+    at = 0
+    while at < len(data):
+        cut = data.find(b"\n", min(at + _SURVEY_PART, len(data)))
+        stop = len(data) if cut < 0 else cut + 1  # after a newline: never inside a character
+        yield from data[at:stop].decode("utf-8", errors="replace").splitlines()
+        at = stop
+
+
+def _entries(spec: _File, lines: Iterable[str]) -> Iterator[tuple[str, str]]:
     """A file's entries as HAProxy would load them (comments and blanks skipped)."""
-    items = []
-    for line in text.splitlines():
+    for line in lines:
         line = line.strip()
         if not line or line.startswith("#"):
             continue
         if spec.kind == "acl":
-            items.append((line, ""))
+            yield (line, "")
         else:
             key, _, value = line.partition(" ")
-            items.append((key, value.strip()))
-    return items
+            yield (key, value.strip())
 
 
 def create(config: ConnectorConfig, http: httpx.AsyncClient) -> HAProxyConnector:

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 import connectors.haproxy as haproxy_module
-from connectors.haproxy import PROMPT, HAProxyConnector, _Cli, _File, _survey
-from controlplane.enforce.sdk import ConnectorError, Entry, EntryType
+from connectors.haproxy import PROMPT, HAProxyConnector, _Cli, _File, _Observed, _survey
+from controlplane.enforce.sdk import ConnectorError, Diff, Entry, EntryType
 from controlplane.enforce.toolkit import observed
 from tests.integration.connectors.haproxy_fixtures import (  # noqa: F401 (fixtures)
     Gateway,
@@ -56,9 +56,11 @@ def plain_reading(spec: _File, reply: str) -> tuple[dict[str, str], list[Entry],
 
 
 def surveyed(spec: _File, reply: bytes) -> tuple[dict[str, str], list[Entry], int]:
-    found = _survey(spec, reply, entries=not spec.references)
+    """The model a survey builds, and the entries an observe reads from it."""
+    found = _survey(spec, reply)
     assert found.lines == list(found.held.values())
-    return found.held, found.entries, found.copies
+    entries = [] if spec.references else list(_Observed([(spec, found.held)]))
+    return found.held, entries, found.copies
 
 
 LIMIT = fingerprint("sk-limit")
@@ -118,7 +120,7 @@ def test_a_reply_that_lists_no_entries_says_the_file_is_not_loaded() -> None:
     reply = b"0x1 10.0.0.1\nUnknown ACL identifier. Please use #<id> or <file>.\n" + PROMPT
 
     with pytest.raises(ConnectorError, match=r"no acl loaded from /x/blocked\.acl") as caught:
-        _survey(spec, reply, entries=True)
+        _survey(spec, reply)
     assert caught.value.retryable is False
     assert "Unknown ACL identifier" in str(caught.value)
 
@@ -239,3 +241,46 @@ async def test_the_event_loop_runs_while_observe_reads_a_large_file(
     # One string per blocked value, however many models hold it.
     acl, refs = connector._held[o.blocked_acl], connector._held[o.blocked_ref_map]
     assert len(refs) == LARGE and all(acl[key] is key for key in refs)
+
+
+async def test_observed_entries_stay_what_observe_saw_and_share_the_models_strings(
+    haproxy: Gateway,
+) -> None:
+    """`observe` returns a view of its models, not a set of entries made up front: an
+    apply while the view is held changes a copy of the model, so the view still says what
+    the gateway held; and its entries hold the model's key strings (no copies to index)."""
+    o = haproxy.proxy.options
+    key = fingerprint("sk-view")
+    for command in (
+        f"add acl {o.blocked_acl} 127.0.0.2",
+        f"add map {o.revoked_map} {key} TG-X",
+    ):
+        assert await haproxy.runtime(command) == "", command
+    connector = haproxy.connector()
+    state = await connector.observe()
+    before = {
+        Entry(EntryType.BLOCK, "ip", "127.0.0.2"),
+        Entry(EntryType.REVOKE_KEY, "api_key", key),
+    }
+    assert state.entries == before and len(state.entries) == 2
+    models = {path: held for path, held in connector._held.items()}
+    for entry in state.entries:
+        path = o.blocked_acl if entry.type is EntryType.BLOCK else o.revoked_map
+        [held] = [k for k in models[path] if k == entry.target_value]
+        assert entry.target_value is held
+
+    result = await connector.apply(
+        Diff(
+            add=(Entry(EntryType.BLOCK, "ip", "127.0.0.3"),),
+            remove=(Entry(EntryType.REVOKE_KEY, "api_key", key),),
+        )
+    )
+
+    assert not result.failed and not result.rejected
+    assert state.entries == before
+    assert Entry(EntryType.BLOCK, "ip", "127.0.0.3") not in state.entries
+    assert Entry(EntryType.REVOKE_KEY, "api_key", key) in state.entries
+    assert (await connector.observe()).entries == {
+        Entry(EntryType.BLOCK, "ip", "127.0.0.2"),
+        Entry(EntryType.BLOCK, "ip", "127.0.0.3"),
+    }
