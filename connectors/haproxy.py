@@ -70,7 +70,7 @@ from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import httpx
 
@@ -106,8 +106,9 @@ _VERSION = re.compile(r"New version created: (\d+)")
 _REFUSED = re.compile(r"unable to parse|is not a valid")
 """How HAProxy refuses a value it cannot hold (a key that is no address in a `map_ip`,
 not an address for `src`): retrying cannot help."""
-_BUFFER = 1 << 28
-"""Largest reply read (a `show acl` of 100k CIDRs is about 3 MB)."""
+_BUFFER = 1 << 22
+"""Largest reply read whole (a `show` reply, which can be tens of MB, is read in parts:
+`_Cli.survey`); also how much the session buffers ahead of what was read."""
 
 _MAPS: Terms[tuple[EntryType, str], str] = Terms(
     {
@@ -166,7 +167,7 @@ class HAProxyOptions:
     """As `account_header`, for organisations."""
     connect_timeout: float = 1.0
     read_timeout: float = 5.0
-    """Seconds one reply of the Runtime API may take."""
+    """Seconds one reply of the Runtime API may take (a `show` reply: each part of it)."""
     bulk_threshold: int = 1000
     """A file's change of at least this many entries, and at least a quarter of the
     resulting list, is staged (`prepare`/`commit`) and switched atomically."""
@@ -348,10 +349,11 @@ class HAProxyConnector:
         would load; a file that cannot be written is reported by `health()`.
 
         At a million entries the `show` replies take seconds of Python to parse: that
-        runs in a thread (`_survey`), which builds the model in one pass over each reply,
-        so the event loop only reads the replies and swaps the models in. A survey whose
-        observe was cancelled (a reconcile's timeout) finishes in its thread and is
-        dropped: only the coroutine touches the model.
+        runs in a thread (`_Cli.survey`), a part of the reply at a time as it is read,
+        building the model in one pass, so the event loop only reads the replies and
+        swaps the models in. A survey whose observe was cancelled (a reconcile's timeout)
+        finishes its part in its thread and is dropped: only the coroutine touches the
+        model.
 
         The entries are the models read as entries (`_Observed`), made one at a time as
         they are iterated: a million `Entry`s and a set of them are never held (they took
@@ -361,9 +363,7 @@ class HAProxyConnector:
         counts: dict[str, int] = {}
         async with self._lock, self._session() as cli:
             for spec in self._files:
-                reply = await cli.show(spec)
-                survey = await asyncio.to_thread(_survey, spec, reply, keys=self._keys(spec))
-                del reply
+                survey = await cli.survey(spec, self._keys(spec))
                 counts[spec.path] = survey.copies
                 self._held[spec.path] = survey.held
                 if not spec.references:
@@ -438,9 +438,7 @@ class HAProxyConnector:
     async def _apply_file(self, cli: _Cli, spec: _File, ops: _Ops, result: ApplyResult) -> None:
         held = self._held.get(spec.path)
         if held is None:  # no observe yet: learn this file once, then follow it
-            reply = await cli.show(spec)
-            survey = await asyncio.to_thread(_survey, spec, reply, keys=self._keys(spec))
-            held = self._held[spec.path] = survey.held
+            held = self._held[spec.path] = (await cli.survey(spec, self._keys(spec))).held
         held = self._own(spec, held)
         # Counted over the batch's keys: a set operation with `held` (a million entries)
         # walks all of it, at every apply.
@@ -767,11 +765,48 @@ class _Cli:
             raise GatewayUnavailable(f"HAProxy's runtime API session broke: {exc}") from None
         return raw
 
-    async def show(self, spec: _File) -> bytes:
-        """What the runtime holds in this file: the `show` reply as HAProxy sent it, its
-        closing prompt included (`_survey` reads it, in a thread: at a million entries
-        even cutting the prompt off would copy tens of MB on the event loop)."""
-        return await self._ask(f"show {spec.kind} {spec.path}")
+    async def survey(self, spec: _File, keys: Mapping[str, str] | None) -> _Survey:
+        """The model of what the runtime holds in this file (`keys`: see `_Survey`). The
+        `show` reply is read a part (`_SURVEY_PART`) at a time, each part parsed in a
+        thread while the rest waits in the socket: at a million entries the reply never
+        sits whole in memory (read whole, it took three copies of itself, 40 MB, at
+        once), and the event loop only moves bytes. `read_timeout` bounds each part."""
+        if self._reader is None or self._writer is None:
+            raise ConnectorError("the runtime API session is not open")
+        command = f"show {spec.kind} {spec.path}"
+        survey = _Survey(spec, keys)
+        self._writer.write(command.encode() + b"\n")
+        pending = b""
+        while True:
+            pending += await self._read(command)
+            if pending.endswith(PROMPT):
+                if len(pending) > len(PROMPT):
+                    await asyncio.to_thread(survey.feed, pending[: -len(PROMPT)])
+                return survey
+            cut = pending.rfind(b"\n")
+            if cut > 0:  # whole lines; the newline after the last starts the next part
+                part, pending = pending[:cut], pending[cut:]
+                await asyncio.to_thread(survey.feed, part)
+                del part
+
+    async def _read(self, command: str) -> bytes:
+        """The next bytes of a reply, at most `_SURVEY_PART` of them."""
+        if self._reader is None or self._writer is None:
+            raise ConnectorError("the runtime API session is not open")
+        try:
+            async with asyncio.timeout(self._options.read_timeout):
+                await self._writer.drain()
+                chunk = await self._reader.read(_SURVEY_PART)
+        except TimeoutError:
+            raise GatewayUnavailable(
+                f"HAProxy did not answer {command.split(' ', 2)[:2]} within "
+                f"{self._options.read_timeout}s"
+            ) from None
+        except OSError as exc:
+            raise GatewayUnavailable(f"HAProxy's runtime API session broke: {exc}") from None
+        if not chunk:
+            raise GatewayUnavailable("HAProxy's runtime API session broke: it closed the session")
+        return chunk
 
     async def loaded(self, kind: str) -> set[str]:
         """The files HAProxy loaded ACLs (`acl`) or maps (`map`) from."""
@@ -800,33 +835,61 @@ def _canonical_key(raw: str) -> str:
     return raw if key == raw else key
 
 
-def _by_key(
-    spec: _File,
-    items: Iterable[tuple[str, str]],
-    keys: Mapping[str, str] | None = None,
-) -> _Copies:
-    """The model of a file from its copies in HAProxy's order: grouped by key (order
-    between keys does not change what HAProxy matches), each key canonicalised once.
-    `keys`: the model of the block ACL,
-    whose lines are mostly their keys' own strings; the references map that mirrors it
-    takes its keys from there, so both models hold one string per blocked value (a
-    million of them: 60 MB), as they do after an apply."""
-    held: _Copies = {}
-    acl = spec.kind == "acl"
-    canonical = acl or spec.references
-    for raw, value in items:
-        key = _canonical_key(raw) if canonical else raw
-        if keys is not None:
-            shared = keys.get(key)
-            if shared == key:
-                key = shared
-        line = raw if acl else f"{raw} {value}"
-        before = held.get(key)
-        if before is not None:
-            held[key] = f"{before}\n{line}"
-            continue
-        held[key] = line
-    return held
+class _Survey:
+    """The model of a file, built from the runtime's `show` reply a part at a time (each
+    part whole lines; every part after the first starts with the newline that ended the
+    line before it), in HAProxy's order: copies grouped by key (order between keys does
+    not change what HAProxy matches), each key canonicalised once. Every line must be
+    `0x<ref> <key>[ <value>]` (blank lines only before the first and after the last):
+    anything else means HAProxy has no such file loaded.
+
+    `keys`: the model of the block ACL, whose lines are mostly their keys' own strings;
+    the references map that mirrors it takes its keys from there, so both models hold
+    one string per blocked value (a million of them: 60 MB), as they do after an apply."""
+
+    def __init__(self, spec: _File, keys: Mapping[str, str] | None = None) -> None:
+        self.spec = spec
+        self.keys = keys
+        self.held: _Copies = {}
+        self.copies = 0
+        """How many lines the runtime holds, copies of one key included."""
+        self._parts = 0
+        self._blank = False
+        """A blank line came after the first copy: only blank lines may follow."""
+
+    def feed(self, part: bytes) -> None:
+        spec, held, keys = self.spec, self.held, self.keys
+        acl = spec.kind == "acl"
+        canonical = acl or spec.references
+        text = part.decode(errors="replace")
+        lines = text.splitlines()
+        if self._parts and lines and not lines[0]:
+            del lines[0]  # the newline that ended the previous part's last line
+        self._parts += 1
+        for line in lines:
+            if not line:
+                self._blank = self._blank or bool(self.copies)
+                continue
+            parts = line.split(" ", 2)
+            if self._blank or not line.startswith("0x") or len(parts) < 2:
+                seen = text.strip()
+                seen = seen if len(seen) <= 500 else f"{seen[:500]}..."
+                raise ConnectorError(_not_loaded(spec, seen), retryable=False)
+            self.copies += 1
+            raw = parts[1]
+            key = _canonical_key(raw) if canonical else raw
+            if keys is not None:
+                shared = keys.get(key)
+                if shared == key:
+                    key = shared
+            line = raw if acl else f"{raw} {parts[2] if len(parts) == 3 else ''}"
+            before = held.get(key)
+            held[key] = line if before is None else f"{before}\n{line}"
+
+    @property
+    def lines(self) -> list[str]:
+        """The model's lines (its values), as a write of the file takes them."""
+        return list(self.held.values())
 
 
 def _entry_of(spec: _File, key: str, lines: str) -> Entry:
@@ -876,54 +939,9 @@ class _Observed(AbstractSet[Entry]):
         return False
 
 
-@dataclass
-class _Surveyed:
-    """What `_survey` found in one file."""
-
-    held: _Copies
-    """The model of the file."""
-    lines: list[str]
-    """The model's lines (its values), as a write of the file takes them."""
-    copies: int
-    """How many lines the runtime holds, copies of one key included."""
-
-
 _SURVEY_PART = 1 << 20
-"""Bytes of a `show` reply decoded and split into lines at once: a million-line reply
-never exists as one string, nor as one list of lines."""
-
-
-def _survey(spec: _File, reply: bytes, *, keys: Mapping[str, str] | None = None) -> _Surveyed:
-    """The model of a file from the runtime's `show` reply (its prompt included), in one
-    pass; run in a thread (`keys`: see `_by_key`).
-    Every line must be `0x<ref> <key>[ <value>]`: anything else means HAProxy has no
-    such file loaded."""
-    end = len(reply) - len(PROMPT)
-    start = 0
-    while start < end and reply[start] == 0x0A:
-        start += 1
-    while end > start and reply[end - 1] == 0x0A:
-        end -= 1
-    copies = 0
-
-    def items() -> Iterator[tuple[str, str]]:
-        nonlocal copies
-        at = start
-        while at < end:
-            cut = reply.find(b"\n", min(at + _SURVEY_PART, end), end)
-            stop = end if cut < 0 else cut + 1  # after a newline: never inside a character
-            lines = reply[at:stop].decode(errors="replace").splitlines()
-            copies += len(lines)
-            for line in lines:
-                parts = line.split(" ", 2)
-                if not line.startswith("0x") or len(parts) < 2:
-                    seen = reply[start:end].decode(errors="replace").strip()
-                    raise ConnectorError(_not_loaded(spec, seen), retryable=False)
-                yield parts[1], parts[2] if len(parts) == 3 else ""
-            at = stop
-
-    held = _by_key(spec, items(), keys)
-    return _Surveyed(held, list(held.values()), copies)
+"""Bytes of a `show` reply read, decoded and split into lines at once: a million-line
+reply never exists as one string, nor as one list of lines, nor as one buffer."""
 
 
 def _value_of(entry: Entry) -> str:
@@ -981,34 +999,36 @@ def _parts(header: str, lines: list[str]) -> Iterator[bytes]:
 def _holds(spec: _File, header: str, lines: list[str]) -> bool:
     """Whether the file already holds these lines: byte for byte (compared part by part,
     no work per line), or else the same entries in the same order as HAProxy would load
-    them (a comment or blank line added by hand is no reason to write it again)."""
+    them (a comment or blank line added by hand is no reason to write it again). The
+    file is read a part at a time, never whole."""
     try:
-        data = Path(spec.path).read_bytes()
+        with Path(spec.path).open("rb") as file:
+            for part in _parts(header, lines):
+                if file.read(len(part)) != part:
+                    break
+            else:
+                if not file.read(1):
+                    return True
+            file.seek(0)
+            # Entry by entry: at a million lines, lists of both sides' entries took a
+            # few hundred MB for a moment.
+            held = _entries(spec, (line for joined in lines for line in joined.split("\n")))
+            found = _entries(spec, _text_lines(file))
+            return all(a == b for a, b in itertools.zip_longest(held, found))
     except FileNotFoundError:
         return not lines
-    at = 0
-    for part in _parts(header, lines):
-        if not data.startswith(part, at):
-            break
-        at += len(part)
-    else:
-        if at == len(data):
-            return True
-    # Entry by entry, a part of the file at a time: at a million lines, lists of both
-    # sides' entries took a few hundred MB for a moment.
-    held = _entries(spec, (line for joined in lines for line in joined.split("\n")))
-    found = _entries(spec, _text_lines(data))
-    return all(a == b for a, b in itertools.zip_longest(held, found))
 
 
-def _text_lines(data: bytes) -> Iterator[str]:
-    """The lines of a file's bytes, decoded and split a part (`_SURVEY_PART`) at a time."""
-    at = 0
-    while at < len(data):
-        cut = data.find(b"\n", min(at + _SURVEY_PART, len(data)))
-        stop = len(data) if cut < 0 else cut + 1  # after a newline: never inside a character
-        yield from data[at:stop].decode("utf-8", errors="replace").splitlines()
-        at = stop
+def _text_lines(file: BinaryIO) -> Iterator[str]:
+    """The lines of a file, read, decoded and split a part (`_SURVEY_PART`) at a time."""
+    pending = b""
+    while chunk := file.read(_SURVEY_PART):
+        pending += chunk
+        cut = pending.rfind(b"\n") + 1  # after a newline: never inside a character
+        if cut:
+            yield from pending[:cut].decode("utf-8", errors="replace").splitlines()
+            pending = pending[cut:]
+    yield from pending.decode("utf-8", errors="replace").splitlines()
 
 
 def _entries(spec: _File, lines: Iterable[str]) -> Iterator[tuple[str, str]]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import connectors.haproxy as haproxy_module
-from connectors.haproxy import PROMPT, HAProxyConnector, _Cli, _File, _Observed, _survey
+from connectors.haproxy import PROMPT, _File, _Observed, _Survey
 from controlplane.enforce.sdk import ConnectorError, Diff, Entry, EntryType
 from controlplane.enforce.toolkit import observed
 from tests.integration.connectors.haproxy_fixtures import (  # noqa: F401 (fixtures)
@@ -53,6 +53,20 @@ def plain_reading(spec: _File, reply: str) -> tuple[dict[str, str], list[Entry],
         elif raw not in entries:
             entries[raw] = spec.entry(raw, value)
     return model, [] if spec.references else list(entries.values()), len(copies)
+
+
+def _survey(spec: _File, reply: bytes) -> _Survey:
+    """A whole `show` reply (its prompt included) fed to a survey in parts of at least
+    `_SURVEY_PART` bytes, cut where `_Cli.survey` cuts them: before a newline."""
+    survey = _Survey(spec)
+    body = reply[: -len(PROMPT)]
+    at = 0
+    while at < len(body):
+        cut = body.find(b"\n", at + haproxy_module._SURVEY_PART)
+        stop = len(body) if cut < 0 else cut
+        survey.feed(body[at:stop])
+        at = stop
+    return survey
 
 
 def surveyed(spec: _File, reply: bytes) -> tuple[dict[str, str], list[Entry], int]:
@@ -133,9 +147,12 @@ HELD_BY_HAND = [
 """What HAProxy 2.6 takes in a `src` ACL, spelled every way it keeps."""
 
 
+@pytest.mark.parametrize("part", [1, 7, 1 << 20])
 async def test_observe_at_a_real_haproxy_reads_what_the_plain_reading_does(
-    haproxy: Gateway,
+    haproxy: Gateway, monkeypatch: pytest.MonkeyPatch, part: int
 ) -> None:
+    """Whatever the parts the replies are read in (`_SURVEY_PART` bytes at most)."""
+    monkeypatch.setattr(haproxy_module, "_SURVEY_PART", part)
     o = haproxy.proxy.options
     key = fingerprint("sk-observe")
     limit = Entry(EntryType.RATE_LIMIT, "api_key", key, 30)
@@ -194,32 +211,27 @@ def address(i: int) -> str:
 async def test_the_event_loop_runs_while_observe_reads_a_large_file(
     haproxy: Gateway, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """From the moment a `show` reply is in until the file is compared with its model,
-    the loop keeps running other tasks: a ticker counts its turns in those windows. The
-    reading once took all of each window, on the loop: no turn at all. From a thread, the
-    loop takes the GIL back at least every switch interval (5 ms) of a reading that takes
-    tens of them."""
+    """While a part of a `show` reply is parsed into the model, the loop keeps running
+    other tasks: a ticker counts its turns in those windows. The reading once took all of
+    each window, on the loop: no turn at all. From a thread, the loop takes the GIL back
+    at least every switch interval (5 ms) of a reading that takes tens of them."""
     o = haproxy.proxy.options
     write(o.blocked_acl, "".join(f"{address(i)}\n" for i in range(LARGE)))
     write(o.blocked_ref_map, "".join(f"{address(i)} TG-{i}\n" for i in range(LARGE)))
     haproxy.proxy.reload()  # HAProxy loads the files
     reading = False
     turns = 0
-    show, save = _Cli.show, HAProxyConnector._save
+    feed = _Survey.feed
 
-    async def spy_show(cli: _Cli, spec: _File) -> object:
+    def spy_feed(survey: _Survey, part: bytes) -> None:
         nonlocal reading
-        reply = await show(cli, spec)
         reading = True
-        return reply
+        try:
+            feed(survey, part)
+        finally:
+            reading = False
 
-    async def spy_save(connector: HAProxyConnector, *args: object, **kwargs: object) -> None:
-        nonlocal reading
-        reading = False
-        await save(connector, *args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(_Cli, "show", spy_show)
-    monkeypatch.setattr(HAProxyConnector, "_save", spy_save)
+    monkeypatch.setattr(_Survey, "feed", spy_feed)
     done = asyncio.Event()
 
     async def ticker() -> None:
