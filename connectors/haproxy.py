@@ -65,10 +65,12 @@ import contextlib
 import itertools
 import re
 import threading
+import weakref
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import httpx
 
@@ -91,6 +93,7 @@ from controlplane.enforce.toolkit import (
     observed_once,
     option_error,
     parse_options,
+    release_freed_memory,
 )
 
 PROMPT = b"\n> "
@@ -104,8 +107,9 @@ _VERSION = re.compile(r"New version created: (\d+)")
 _REFUSED = re.compile(r"unable to parse|is not a valid")
 """How HAProxy refuses a value it cannot hold (a key that is no address in a `map_ip`,
 not an address for `src`): retrying cannot help."""
-_BUFFER = 1 << 28
-"""Largest reply read (a `show acl` of 100k CIDRs is about 3 MB)."""
+_BUFFER = 1 << 22
+"""Largest reply read whole (a `show` reply, which can be tens of MB, is read in parts:
+`_Cli.survey`); also how much the session buffers ahead of what was read."""
 
 _MAPS: Terms[tuple[EntryType, str], str] = Terms(
     {
@@ -164,7 +168,7 @@ class HAProxyOptions:
     """As `account_header`, for organisations."""
     connect_timeout: float = 1.0
     read_timeout: float = 5.0
-    """Seconds one reply of the Runtime API may take."""
+    """Seconds one reply of the Runtime API may take (a `show` reply: each part of it)."""
     bulk_threshold: int = 1000
     """A file's change of at least this many entries, and at least a quarter of the
     resulting list, is staged (`prepare`/`commit`) and switched atomically."""
@@ -244,7 +248,7 @@ class _File:
     refusals to quote, and holds no entries of its own."""
 
     def entry(self, key: str, value: str) -> Entry:
-        """The entry a map line holds (ACL lines: see `_by_key`). A limit whose
+        """The entry a map line holds (ACL lines: see `_entries_of`). A limit whose
         value lacks its reference (written by hand, or before refusals quoted one) is
         reported without a limit, so the next reconcile writes it again, whole."""
         if self.type is EntryType.RATE_LIMIT:
@@ -325,6 +329,9 @@ class HAProxyConnector:
         self._unwritable: dict[str, str] = {}
         """Files whose last write failed, and why: reported by `health()`."""
         self._flusher: asyncio.Task[None] | None = None
+        self._lent: weakref.ref[_Observed] | None = None
+        """The entries the last observe returned, while someone holds them: they read
+        the models of that observe (`_own`)."""
 
     def capabilities(self) -> frozenset[EntryType]:
         """Suspensions only with a header that names accounts or orgs; without one, the
@@ -343,25 +350,42 @@ class HAProxyConnector:
         would load; a file that cannot be written is reported by `health()`.
 
         At a million entries the `show` replies take seconds of Python to parse: that
-        runs in a thread (`_survey`), which builds the model and the entries in one pass
-        over each reply, so the event loop only reads the replies and swaps the models
-        in. A survey whose observe was cancelled (a reconcile's timeout) finishes in its
-        thread and is dropped: only the coroutine touches the model."""
-        found: list[list[Entry]] = []
+        runs in a thread (`_Cli.survey`), a part of the reply at a time as it is read,
+        building the model in one pass, so the event loop only reads the replies and
+        swaps the models in. A survey whose observe was cancelled (a reconcile's timeout)
+        finishes its part in its thread and is dropped: only the coroutine touches the
+        model.
+
+        The entries are the models read as entries (`_Observed`), made one at a time as
+        they are iterated: a million `Entry`s and a set of them are never held (they took
+        about 90 MB). An apply while they are still referenced changes a copy of the
+        model (`_own`), so they stay what the gateway held at this observe."""
+        models: list[tuple[_File, _Copies]] = []
         counts: dict[str, int] = {}
         async with self._lock, self._session() as cli:
             for spec in self._files:
-                reply = await cli.show(spec)
-                survey = await asyncio.to_thread(
-                    _survey, spec, reply, entries=not spec.references, keys=self._keys(spec)
-                )
-                del reply
+                survey = await cli.survey(spec, self._keys(spec))
                 counts[spec.path] = survey.copies
                 self._held[spec.path] = survey.held
-                found.append(survey.entries)
+                if not spec.references:
+                    models.append((spec, survey.held))
                 await self._save(spec, survey.lines, self._changed(spec), only_if_stale=True)
-        entries = await asyncio.to_thread(frozenset, itertools.chain.from_iterable(found))
+                del survey
+                # What parsing the reply freed, before the next file's survey grows
+                # the process further (at a million entries, tens of MB).
+                await asyncio.to_thread(release_freed_memory)
+        entries = _Observed(models)
+        self._lent = weakref.ref(entries)
         return GatewayState(entries, extra={"entries_per_file": counts})
+
+    def _own(self, spec: _File, held: _Copies) -> _Copies:
+        """The file's model, to change: a copy of it while the entries of an observe still
+        read it (one dict of references to the same strings), so they do not change."""
+        lent = self._lent() if self._lent is not None else None
+        if lent is None or not lent.reads(held):
+            return held
+        self._held[spec.path] = held = dict(held)
+        return held
 
     def _keys(self, spec: _File) -> _Copies | None:
         """For the references map, the block ACL's model to take key strings from."""
@@ -418,11 +442,8 @@ class HAProxyConnector:
     async def _apply_file(self, cli: _Cli, spec: _File, ops: _Ops, result: ApplyResult) -> None:
         held = self._held.get(spec.path)
         if held is None:  # no observe yet: learn this file once, then follow it
-            reply = await cli.show(spec)
-            survey = await asyncio.to_thread(
-                _survey, spec, reply, entries=False, keys=self._keys(spec)
-            )
-            held = self._held[spec.path] = survey.held
+            held = self._held[spec.path] = (await cli.survey(spec, self._keys(spec))).held
+        held = self._own(spec, held)
         # Counted over the batch's keys: a set operation with `held` (a million entries)
         # walks all of it, at every apply.
         final_size = (
@@ -748,11 +769,48 @@ class _Cli:
             raise GatewayUnavailable(f"HAProxy's runtime API session broke: {exc}") from None
         return raw
 
-    async def show(self, spec: _File) -> bytes:
-        """What the runtime holds in this file: the `show` reply as HAProxy sent it, its
-        closing prompt included (`_survey` reads it, in a thread: at a million entries
-        even cutting the prompt off would copy tens of MB on the event loop)."""
-        return await self._ask(f"show {spec.kind} {spec.path}")
+    async def survey(self, spec: _File, keys: Mapping[str, str] | None) -> _Survey:
+        """The model of what the runtime holds in this file (`keys`: see `_Survey`). The
+        `show` reply is read a part (`_SURVEY_PART`) at a time, each part parsed in a
+        thread while the rest waits in the socket: at a million entries the reply never
+        sits whole in memory (read whole, it took three copies of itself, 40 MB, at
+        once), and the event loop only moves bytes. `read_timeout` bounds each part."""
+        if self._reader is None or self._writer is None:
+            raise ConnectorError("the runtime API session is not open")
+        command = f"show {spec.kind} {spec.path}"
+        survey = _Survey(spec, keys)
+        self._writer.write(command.encode() + b"\n")
+        pending = b""
+        while True:
+            pending += await self._read(command)
+            if pending.endswith(PROMPT):
+                if len(pending) > len(PROMPT):
+                    await asyncio.to_thread(survey.feed, pending[: -len(PROMPT)])
+                return survey
+            cut = pending.rfind(b"\n")
+            if cut > 0:  # whole lines; the newline after the last starts the next part
+                part, pending = pending[:cut], pending[cut:]
+                await asyncio.to_thread(survey.feed, part)
+                del part
+
+    async def _read(self, command: str) -> bytes:
+        """The next bytes of a reply, at most `_SURVEY_PART` of them."""
+        if self._reader is None or self._writer is None:
+            raise ConnectorError("the runtime API session is not open")
+        try:
+            async with asyncio.timeout(self._options.read_timeout):
+                await self._writer.drain()
+                chunk = await self._reader.read(_SURVEY_PART)
+        except TimeoutError:
+            raise GatewayUnavailable(
+                f"HAProxy did not answer {command.split(' ', 2)[:2]} within "
+                f"{self._options.read_timeout}s"
+            ) from None
+        except OSError as exc:
+            raise GatewayUnavailable(f"HAProxy's runtime API session broke: {exc}") from None
+        if not chunk:
+            raise GatewayUnavailable("HAProxy's runtime API session broke: it closed the session")
+        return chunk
 
     async def loaded(self, kind: str) -> set[str]:
         """The files HAProxy loaded ACLs (`acl`) or maps (`map`) from."""
@@ -781,95 +839,113 @@ def _canonical_key(raw: str) -> str:
     return raw if key == raw else key
 
 
-def _by_key(
-    spec: _File,
-    items: Iterable[tuple[str, str]],
-    entries: list[Entry] | None = None,
-    keys: Mapping[str, str] | None = None,
-) -> _Copies:
-    """The model of a file from its copies in HAProxy's order: grouped by key (order
-    between keys does not change what HAProxy matches), each key canonicalised once.
-    `entries`, when given, receives the entry of each key's first copy, the one HAProxy
-    matches, in the same pass (`observe`'s entries). `keys`: the model of the block ACL,
-    whose lines are mostly their keys' own strings; the references map that mirrors it
-    takes its keys from there, so both models hold one string per blocked value (a
-    million of them: 60 MB), as they do after an apply."""
-    held: _Copies = {}
-    acl = spec.kind == "acl"
-    canonical = acl or spec.references
-    for raw, value in items:
-        key = _canonical_key(raw) if canonical else raw
-        if keys is not None:
-            shared = keys.get(key)
-            if shared == key:
-                key = shared
-        line = raw if acl else f"{raw} {value}"
-        before = held.get(key)
-        if before is not None:
-            held[key] = f"{before}\n{line}"
-            continue
-        held[key] = line
-        if entries is not None:
-            if acl:
-                entries.append(Entry(spec.type, "cidr" if "/" in raw else "ip", key))
-            else:
-                entries.append(spec.entry(raw, value))
-    return held
+class _Survey:
+    """The model of a file, built from the runtime's `show` reply a part at a time (each
+    part whole lines; every part after the first starts with the newline that ended the
+    line before it), in HAProxy's order: copies grouped by key (order between keys does
+    not change what HAProxy matches), each key canonicalised once. Every line must be
+    `0x<ref> <key>[ <value>]` (blank lines only before the first and after the last):
+    anything else means HAProxy has no such file loaded.
+
+    `keys`: the model of the block ACL, whose lines are mostly their keys' own strings;
+    the references map that mirrors it takes its keys from there, so both models hold
+    one string per blocked value (a million of them: 60 MB), as they do after an apply."""
+
+    def __init__(self, spec: _File, keys: Mapping[str, str] | None = None) -> None:
+        self.spec = spec
+        self.keys = keys
+        self.held: _Copies = {}
+        self.copies = 0
+        """How many lines the runtime holds, copies of one key included."""
+        self._parts = 0
+        self._blank = False
+        """A blank line came after the first copy: only blank lines may follow."""
+
+    def feed(self, part: bytes) -> None:
+        spec, held, keys = self.spec, self.held, self.keys
+        acl = spec.kind == "acl"
+        canonical = acl or spec.references
+        text = part.decode(errors="replace")
+        lines = text.splitlines()
+        if self._parts and lines and not lines[0]:
+            del lines[0]  # the newline that ended the previous part's last line
+        self._parts += 1
+        for line in lines:
+            if not line:
+                self._blank = self._blank or bool(self.copies)
+                continue
+            parts = line.split(" ", 2)
+            if self._blank or not line.startswith("0x") or len(parts) < 2:
+                seen = text.strip()
+                seen = seen if len(seen) <= 500 else f"{seen[:500]}..."
+                raise ConnectorError(_not_loaded(spec, seen), retryable=False)
+            self.copies += 1
+            raw = parts[1]
+            key = _canonical_key(raw) if canonical else raw
+            if keys is not None:
+                shared = keys.get(key)
+                if shared == key:
+                    key = shared
+            line = raw if acl else f"{raw} {parts[2] if len(parts) == 3 else ''}"
+            before = held.get(key)
+            held[key] = line if before is None else f"{before}\n{line}"
+
+    @property
+    def lines(self) -> list[str]:
+        """The model's lines (its values), as a write of the file takes them."""
+        return list(self.held.values())
 
 
-@dataclass
-class _Surveyed:
-    """What `_survey` found in one file."""
+def _entry_of(spec: _File, key: str, lines: str) -> Entry:
+    """The entry a key of a file's model stands for: its first copy's, the one HAProxy
+    matches (an ACL's entry is an `ip` or a `cidr` as that copy is spelled). It holds
+    the model's own key string (a map's keys are its copies' strings): an index of the
+    entries costs no string of its own."""
+    first = lines.partition("\n")[0]
+    if spec.kind == "acl":
+        return Entry(spec.type, "cidr" if "/" in first else "ip", key)
+    return spec.entry(key, first.partition(" ")[2])
 
-    held: _Copies
-    """The model of the file."""
-    lines: list[str]
-    """The model's lines (its values), as a write of the file takes them."""
-    entries: list[Entry]
-    """The entries the file holds (none asked for, or a references map: empty)."""
-    copies: int
-    """How many lines the runtime holds, copies of one key included."""
+
+def _entries_of(spec: _File, held: _Copies) -> Iterator[Entry]:
+    return (_entry_of(spec, key, lines) for key, lines in held.items())
+
+
+class _Observed(AbstractSet[Entry]):
+    """What an observe found, as a set of entries read from the models it built (never
+    from a reference map): each entry is made when iterated or looked up, so a million
+    of them cost nothing until then, and nothing after."""
+
+    def __init__(self, models: Sequence[tuple[_File, _Copies]]) -> None:
+        self._models = tuple(models)
+
+    def reads(self, held: _Copies) -> bool:
+        return any(model is held for _, model in self._models)
+
+    def __iter__(self) -> Iterator[Entry]:
+        for spec, held in self._models:
+            yield from _entries_of(spec, held)
+
+    def __len__(self) -> int:
+        return sum(len(held) for _, held in self._models)
+
+    def __contains__(self, item: object) -> bool:
+        if not isinstance(item, Entry):
+            return False
+        for spec, held in self._models:
+            if spec.type is not item.type:
+                continue
+            if spec.kind == "map" and spec.target_kind != item.target_kind:
+                continue
+            lines = held.get(item.target_value)
+            if lines is not None and _entry_of(spec, item.target_value, lines) == item:
+                return True
+        return False
 
 
 _SURVEY_PART = 1 << 20
-"""Bytes of a `show` reply decoded and split into lines at once: a million-line reply
-never exists as one string, nor as one list of lines."""
-
-
-def _survey(
-    spec: _File, reply: bytes, *, entries: bool, keys: Mapping[str, str] | None = None
-) -> _Surveyed:
-    """The model of a file (and, with `entries`, its entries) from the runtime's `show`
-    reply (its prompt included), in one pass; run in a thread (`keys`: see `_by_key`).
-    Every line must be `0x<ref> <key>[ <value>]`: anything else means HAProxy has no
-    such file loaded."""
-    end = len(reply) - len(PROMPT)
-    start = 0
-    while start < end and reply[start] == 0x0A:
-        start += 1
-    while end > start and reply[end - 1] == 0x0A:
-        end -= 1
-    copies = 0
-
-    def items() -> Iterator[tuple[str, str]]:
-        nonlocal copies
-        at = start
-        while at < end:
-            cut = reply.find(b"\n", min(at + _SURVEY_PART, end), end)
-            stop = end if cut < 0 else cut + 1  # after a newline: never inside a character
-            lines = reply[at:stop].decode(errors="replace").splitlines()
-            copies += len(lines)
-            for line in lines:
-                parts = line.split(" ", 2)
-                if not line.startswith("0x") or len(parts) < 2:
-                    seen = reply[start:end].decode(errors="replace").strip()
-                    raise ConnectorError(_not_loaded(spec, seen), retryable=False)
-                yield parts[1], parts[2] if len(parts) == 3 else ""
-            at = stop
-
-    found: list[Entry] = []
-    held = _by_key(spec, items(), found if entries else None, keys)
-    return _Surveyed(held, list(held.values()), found, copies)
+"""Bytes of a `show` reply read, decoded and split into lines at once: a million-line
+reply never exists as one string, nor as one list of lines, nor as one buffer."""
 
 
 def _value_of(entry: Entry) -> str:
@@ -927,36 +1003,49 @@ def _parts(header: str, lines: list[str]) -> Iterator[bytes]:
 def _holds(spec: _File, header: str, lines: list[str]) -> bool:
     """Whether the file already holds these lines: byte for byte (compared part by part,
     no work per line), or else the same entries in the same order as HAProxy would load
-    them (a comment or blank line added by hand is no reason to write it again)."""
+    them (a comment or blank line added by hand is no reason to write it again). The
+    file is read a part at a time, never whole."""
     try:
-        data = Path(spec.path).read_bytes()
+        with Path(spec.path).open("rb") as file:
+            for part in _parts(header, lines):
+                if file.read(len(part)) != part:
+                    break
+            else:
+                if not file.read(1):
+                    return True
+            file.seek(0)
+            # Entry by entry: at a million lines, lists of both sides' entries took a
+            # few hundred MB for a moment.
+            held = _entries(spec, (line for joined in lines for line in joined.split("\n")))
+            found = _entries(spec, _text_lines(file))
+            return all(a == b for a, b in itertools.zip_longest(held, found))
     except FileNotFoundError:
         return not lines
-    at = 0
-    for part in _parts(header, lines):
-        if not data.startswith(part, at):
-            break
-        at += len(part)
-    else:
-        if at == len(data):
-            return True
-    held = _entries(spec, "\n".join(lines))
-    return _entries(spec, data.decode("utf-8", errors="replace")) == held
 
 
-def _entries(spec: _File, text: str) -> list[tuple[str, str]]:
+def _text_lines(file: BinaryIO) -> Iterator[str]:
+    """The lines of a file, read, decoded and split a part (`_SURVEY_PART`) at a time."""
+    pending = b""
+    while chunk := file.read(_SURVEY_PART):
+        pending += chunk
+        cut = pending.rfind(b"\n") + 1  # after a newline: never inside a character
+        if cut:
+            yield from pending[:cut].decode("utf-8", errors="replace").splitlines()
+            pending = pending[cut:]
+    yield from pending.decode("utf-8", errors="replace").splitlines()
+
+
+def _entries(spec: _File, lines: Iterable[str]) -> Iterator[tuple[str, str]]:
     """A file's entries as HAProxy would load them (comments and blanks skipped)."""
-    items = []
-    for line in text.splitlines():
+    for line in lines:
         line = line.strip()
         if not line or line.startswith("#"):
             continue
         if spec.kind == "acl":
-            items.append((line, ""))
+            yield (line, "")
         else:
             key, _, value = line.partition(" ")
-            items.append((key, value.strip()))
-    return items
+            yield (key, value.strip())
 
 
 def create(config: ConnectorConfig, http: httpx.AsyncClient) -> HAProxyConnector:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
@@ -87,7 +88,11 @@ def reference_of(entry_type: str, target_kind: str, target_value: str) -> str:
 class GatewayState:
     """What a gateway enforces now, as entries, plus vendor details in `extra`."""
 
-    entries: frozenset[Entry]
+    entries: AbstractSet[Entry]
+    """A `frozenset`, or any set that iterates the same entries: a connector holding a
+    million entries in its own model may hand a view of it that makes each `Entry` only
+    when iterated (HAProxy does), as long as it does not change afterwards. Tollgate
+    iterates it once, and keeps no `Entry` from it."""
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 

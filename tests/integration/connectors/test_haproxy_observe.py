@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 import connectors.haproxy as haproxy_module
-from connectors.haproxy import PROMPT, HAProxyConnector, _Cli, _File, _survey
-from controlplane.enforce.sdk import ConnectorError, Entry, EntryType
+from connectors.haproxy import PROMPT, _File, _Observed, _Survey
+from controlplane.enforce.sdk import ConnectorError, Diff, Entry, EntryType
 from controlplane.enforce.toolkit import observed
 from tests.integration.connectors.haproxy_fixtures import (  # noqa: F401 (fixtures)
     Gateway,
@@ -55,10 +55,26 @@ def plain_reading(spec: _File, reply: str) -> tuple[dict[str, str], list[Entry],
     return model, [] if spec.references else list(entries.values()), len(copies)
 
 
+def _survey(spec: _File, reply: bytes) -> _Survey:
+    """A whole `show` reply (its prompt included) fed to a survey in parts of at least
+    `_SURVEY_PART` bytes, cut where `_Cli.survey` cuts them: before a newline."""
+    survey = _Survey(spec)
+    body = reply[: -len(PROMPT)]
+    at = 0
+    while at < len(body):
+        cut = body.find(b"\n", at + haproxy_module._SURVEY_PART)
+        stop = len(body) if cut < 0 else cut
+        survey.feed(body[at:stop])
+        at = stop
+    return survey
+
+
 def surveyed(spec: _File, reply: bytes) -> tuple[dict[str, str], list[Entry], int]:
-    found = _survey(spec, reply, entries=not spec.references)
+    """The model a survey builds, and the entries an observe reads from it."""
+    found = _survey(spec, reply)
     assert found.lines == list(found.held.values())
-    return found.held, found.entries, found.copies
+    entries = [] if spec.references else list(_Observed([(spec, found.held)]))
+    return found.held, entries, found.copies
 
 
 LIMIT = fingerprint("sk-limit")
@@ -118,7 +134,7 @@ def test_a_reply_that_lists_no_entries_says_the_file_is_not_loaded() -> None:
     reply = b"0x1 10.0.0.1\nUnknown ACL identifier. Please use #<id> or <file>.\n" + PROMPT
 
     with pytest.raises(ConnectorError, match=r"no acl loaded from /x/blocked\.acl") as caught:
-        _survey(spec, reply, entries=True)
+        _survey(spec, reply)
     assert caught.value.retryable is False
     assert "Unknown ACL identifier" in str(caught.value)
 
@@ -131,9 +147,12 @@ HELD_BY_HAND = [
 """What HAProxy 2.6 takes in a `src` ACL, spelled every way it keeps."""
 
 
+@pytest.mark.parametrize("part", [1, 7, 1 << 20])
 async def test_observe_at_a_real_haproxy_reads_what_the_plain_reading_does(
-    haproxy: Gateway,
+    haproxy: Gateway, monkeypatch: pytest.MonkeyPatch, part: int
 ) -> None:
+    """Whatever the parts the replies are read in (`_SURVEY_PART` bytes at most)."""
+    monkeypatch.setattr(haproxy_module, "_SURVEY_PART", part)
     o = haproxy.proxy.options
     key = fingerprint("sk-observe")
     limit = Entry(EntryType.RATE_LIMIT, "api_key", key, 30)
@@ -192,32 +211,27 @@ def address(i: int) -> str:
 async def test_the_event_loop_runs_while_observe_reads_a_large_file(
     haproxy: Gateway, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """From the moment a `show` reply is in until the file is compared with its model,
-    the loop keeps running other tasks: a ticker counts its turns in those windows. The
-    reading once took all of each window, on the loop: no turn at all. From a thread, the
-    loop takes the GIL back at least every switch interval (5 ms) of a reading that takes
-    tens of them."""
+    """While a part of a `show` reply is parsed into the model, the loop keeps running
+    other tasks: a ticker counts its turns in those windows. The reading once took all of
+    each window, on the loop: no turn at all. From a thread, the loop takes the GIL back
+    at least every switch interval (5 ms) of a reading that takes tens of them."""
     o = haproxy.proxy.options
     write(o.blocked_acl, "".join(f"{address(i)}\n" for i in range(LARGE)))
     write(o.blocked_ref_map, "".join(f"{address(i)} TG-{i}\n" for i in range(LARGE)))
     haproxy.proxy.reload()  # HAProxy loads the files
     reading = False
     turns = 0
-    show, save = _Cli.show, HAProxyConnector._save
+    feed = _Survey.feed
 
-    async def spy_show(cli: _Cli, spec: _File) -> object:
+    def spy_feed(survey: _Survey, part: bytes) -> None:
         nonlocal reading
-        reply = await show(cli, spec)
         reading = True
-        return reply
+        try:
+            feed(survey, part)
+        finally:
+            reading = False
 
-    async def spy_save(connector: HAProxyConnector, *args: object, **kwargs: object) -> None:
-        nonlocal reading
-        reading = False
-        await save(connector, *args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(_Cli, "show", spy_show)
-    monkeypatch.setattr(HAProxyConnector, "_save", spy_save)
+    monkeypatch.setattr(_Survey, "feed", spy_feed)
     done = asyncio.Event()
 
     async def ticker() -> None:
@@ -239,3 +253,46 @@ async def test_the_event_loop_runs_while_observe_reads_a_large_file(
     # One string per blocked value, however many models hold it.
     acl, refs = connector._held[o.blocked_acl], connector._held[o.blocked_ref_map]
     assert len(refs) == LARGE and all(acl[key] is key for key in refs)
+
+
+async def test_observed_entries_stay_what_observe_saw_and_share_the_models_strings(
+    haproxy: Gateway,
+) -> None:
+    """`observe` returns a view of its models, not a set of entries made up front: an
+    apply while the view is held changes a copy of the model, so the view still says what
+    the gateway held; and its entries hold the model's key strings (no copies to index)."""
+    o = haproxy.proxy.options
+    key = fingerprint("sk-view")
+    for command in (
+        f"add acl {o.blocked_acl} 127.0.0.2",
+        f"add map {o.revoked_map} {key} TG-X",
+    ):
+        assert await haproxy.runtime(command) == "", command
+    connector = haproxy.connector()
+    state = await connector.observe()
+    before = {
+        Entry(EntryType.BLOCK, "ip", "127.0.0.2"),
+        Entry(EntryType.REVOKE_KEY, "api_key", key),
+    }
+    assert state.entries == before and len(state.entries) == 2
+    models = {path: held for path, held in connector._held.items()}
+    for entry in state.entries:
+        path = o.blocked_acl if entry.type is EntryType.BLOCK else o.revoked_map
+        [held] = [k for k in models[path] if k == entry.target_value]
+        assert entry.target_value is held
+
+    result = await connector.apply(
+        Diff(
+            add=(Entry(EntryType.BLOCK, "ip", "127.0.0.3"),),
+            remove=(Entry(EntryType.REVOKE_KEY, "api_key", key),),
+        )
+    )
+
+    assert not result.failed and not result.rejected
+    assert state.entries == before
+    assert Entry(EntryType.BLOCK, "ip", "127.0.0.3") not in state.entries
+    assert Entry(EntryType.REVOKE_KEY, "api_key", key) in state.entries
+    assert (await connector.observe()).entries == {
+        Entry(EntryType.BLOCK, "ip", "127.0.0.2"),
+        Entry(EntryType.BLOCK, "ip", "127.0.0.3"),
+    }
