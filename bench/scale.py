@@ -272,18 +272,21 @@ def seed_database(url: str, count: int) -> None:
 def write_gateway_files(options: HAProxyOptions, count: int) -> None:
     """The ACL and map files HAProxy loads at start, already holding the N entries, in
     the format the connector reads (ACL: one entry a line; maps: `key value`, the value
-    being the reference a refusal quotes, after the limit for `rate_limit.map`)."""
+    being the reference a refusal quotes, after the limit for `rate_limit.map`; the
+    blocks' references in `blocked_ref.map`, as a deployment holds them)."""
     Path(options.state_dir).mkdir(parents=True, exist_ok=True)
-    files = {
+    files: dict[str, list[str]] = {
         options.blocked_acl: [],
+        options.blocked_ref_map: [],
         options.revoked_map: [],
         options.rate_limit_map: [],
     }
-    acl, revoked, limited = files.values()
+    acl, refs, revoked, limited = files.values()
     for i in range(count):
-        kind, _, value, params = target_of(i)
+        kind, target_kind, value, params = target_of(i)
         if kind == "block":
             acl.append(value)
+            refs.append(f"{value} {reference_of(kind, target_kind, value)}")
         elif kind == "revoke_key":
             revoked.append(f"{value} {reference_of(kind, 'api_key', value)}")
         else:

@@ -361,20 +361,23 @@ class HAProxyConnector:
         about 90 MB). An apply while they are still referenced changes a copy of the
         model (`_own`), so they stay what the gateway held at this observe."""
         models: list[tuple[_File, _Copies]] = []
+        references: _Copies = {}
         counts: dict[str, int] = {}
         async with self._lock, self._session() as cli:
             for spec in self._files:
                 survey = await cli.survey(spec, self._keys(spec))
                 counts[spec.path] = survey.copies
                 self._held[spec.path] = survey.held
-                if not spec.references:
+                if spec.references:
+                    references = survey.held
+                else:
                     models.append((spec, survey.held))
                 await self._save(spec, survey.lines, self._changed(spec), only_if_stale=True)
                 del survey
                 # What parsing the reply freed, before the next file's survey grows
                 # the process further (at a million entries, tens of MB).
                 await asyncio.to_thread(release_freed_memory)
-        entries = _Observed(models)
+        entries = _Observed(models, self._files[0], references)
         self._lent = weakref.ref(entries)
         return GatewayState(entries, extra={"entries_per_file": counts})
 
@@ -912,22 +915,52 @@ def _entries_of(spec: _File, held: _Copies) -> Iterator[Entry]:
 
 
 class _Observed(AbstractSet[Entry]):
-    """What an observe found, as a set of entries read from the models it built (never
-    from a reference map): each entry is made when iterated or looked up, so a million
-    of them cost nothing until then, and nothing after."""
+    """What an observe found, as a set of entries read from the models it built: each
+    entry is made when iterated or looked up, so a million of them cost nothing until
+    then, and nothing after. A block is held only when the references map also holds
+    its reference: one in the ACL alone (its reference lost, or written by hand) would
+    refuse with nothing to quote, so the reconcile writes it again, reference and all."""
 
-    def __init__(self, models: Sequence[tuple[_File, _Copies]]) -> None:
+    def __init__(
+        self,
+        models: Sequence[tuple[_File, _Copies]],
+        blocks: _File | None = None,
+        references: _Copies | None = None,
+    ) -> None:
         self._models = tuple(models)
+        self._blocks = blocks
+        self._references = references if references is not None else {}
+        self._length: int | None = None
+
+    @classmethod
+    def _from_iterable(cls, it: Iterable[Entry]) -> frozenset[Entry]:  # type: ignore[override]
+        """What set operations (`&`, `-`, ...) on it return: a plain set of entries."""
+        return frozenset(it)
 
     def reads(self, held: _Copies) -> bool:
-        return any(model is held for _, model in self._models)
+        return any(model is held for _, model in self._models) or held is self._references
+
+    def _referenced(self, spec: _File, entry: Entry) -> bool:
+        if spec is not self._blocks:
+            return True
+        lines = self._references.get(entry.target_value)
+        return lines is not None and lines.partition("\n")[0].partition(" ")[2] == entry.reference
 
     def __iter__(self) -> Iterator[Entry]:
         for spec, held in self._models:
-            yield from _entries_of(spec, held)
+            for entry in _entries_of(spec, held):
+                if self._referenced(spec, entry):
+                    yield entry
 
     def __len__(self) -> int:
-        return sum(len(held) for _, held in self._models)
+        if self._length is None:
+            self._length = sum(
+                len(held)
+                if spec is not self._blocks
+                else sum(1 for e in _entries_of(spec, held) if self._referenced(spec, e))
+                for spec, held in self._models
+            )
+        return self._length
 
     def __contains__(self, item: object) -> bool:
         if not isinstance(item, Entry):
@@ -939,7 +972,7 @@ class _Observed(AbstractSet[Entry]):
                 continue
             lines = held.get(item.target_value)
             if lines is not None and _entry_of(spec, item.target_value, lines) == item:
-                return True
+                return self._referenced(spec, item)
         return False
 
 

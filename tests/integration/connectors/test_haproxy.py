@@ -167,9 +167,16 @@ async def test_lifting_gives_access_back(haproxy: Gateway) -> None:
 async def test_observe_is_canonical_and_removal_deletes_the_stored_spelling(
     haproxy: Gateway,
 ) -> None:
-    acl = haproxy.proxy.options.blocked_acl
-    for by_hand in ("127.0.0.2/32", "127.0.0.9", "10.1.2.3/8", "2001:DB8::1"):
+    acl, refs = haproxy.proxy.options.blocked_acl, haproxy.proxy.options.blocked_ref_map
+    for by_hand, canonical in (
+        ("127.0.0.2/32", "127.0.0.2/32"),
+        ("127.0.0.9", "127.0.0.9"),
+        ("10.1.2.3/8", "10.0.0.0/8"),
+        ("2001:DB8::1", "2001:db8::1"),
+    ):
         assert await haproxy.runtime(f"add acl {acl} {by_hand}") == ""
+        reference = block(canonical).reference
+        assert await haproxy.runtime(f"add map {refs} {canonical} {reference}") == ""
 
     state = await haproxy.connector().observe()
 
@@ -559,3 +566,23 @@ async def test_a_limit_held_without_its_reference_is_written_again_whole(
     assert result.done == [limit(key, 5)]
     assert (await haproxy.runtime(f"show map {path}")).split()[2] == held(limit(key, 5))
     assert {e.requests_per_minute for e in (await connector.observe()).entries} == {5}
+
+
+async def test_a_block_without_its_reference_is_not_held_until_written_again(
+    haproxy: Gateway,
+) -> None:
+    """A block in the ACL whose reference the map lacks (lost, or added by hand) would
+    refuse with nothing to quote: observe does not count it held, so the reconcile
+    adds it again, and the add writes its reference."""
+    o = haproxy.proxy.options
+    assert await haproxy.runtime(f"add acl {o.blocked_acl} 127.0.0.40") == ""
+    connector = haproxy.connector()
+
+    assert block("127.0.0.40") not in (await connector.observe()).entries
+    result = await connector.apply(Diff(add=(block("127.0.0.40"),)))
+
+    assert result.done == [block("127.0.0.40")]
+    held = await haproxy.runtime(f"show map {o.blocked_ref_map}")
+    assert f"127.0.0.40 {block('127.0.0.40').reference}" in held
+    assert block("127.0.0.40") in (await connector.observe()).entries
+    assert len((await haproxy.runtime(f"show acl {o.blocked_acl}")).splitlines()) == 1

@@ -139,6 +139,10 @@ def test_a_reply_that_lists_no_entries_says_the_file_is_not_loaded() -> None:
     assert "Unknown ACL identifier" in str(caught.value)
 
 
+def block_reference(value: str) -> str:
+    return Entry(EntryType.BLOCK, "ip", value).reference
+
+
 HELD_BY_HAND = [
     *("127.0.0.2", "127.0.0.2", "::ffff:127.0.0.2", "127.0.0.2/32", "10.1.2.3/8"),
     *("10.0.0.0/8", "10.1.2.3/255.0.0.0", "1.2.3.4/08", "2001:DB8::1", "2001:db8::1"),
@@ -167,6 +171,8 @@ async def test_observe_at_a_real_haproxy_reads_what_the_plain_reading_does(
         f"add map {o.revoked_map} key:with/odd=chars@1 é",
         f"add map {o.rate_limit_map} {key} {limit.requests_per_minute}:{limit.reference}",
         f"add map {o.rate_limit_map} sk-no-reference 12",
+        f"add acl {o.blocked_acl} 127.0.0.9",
+        f"add map {o.blocked_ref_map} 127.0.0.9 {block_reference('127.0.0.9')}",
     ]
     for command in by_hand:
         assert await haproxy.runtime(command) == "", command
@@ -181,12 +187,27 @@ async def test_observe_at_a_real_haproxy_reads_what_the_plain_reading_does(
         assert connector._held[spec.path] == model, spec.path
         assert state.extra["entries_per_file"][spec.path] == count
         expected += entries
+    # A block is held with the reference its refusal quotes: those added by hand with
+    # none (or another) are not, and the reconcile writes them again, reference and all.
+    references = connector._held[o.blocked_ref_map]
+    expected = [
+        e
+        for e in expected
+        if e.type is not EntryType.BLOCK
+        or references.get(e.target_value, "").partition("\n")[0].partition(" ")[2] == e.reference
+    ]
     assert state.entries == frozenset(expected)
+    assert (
+        not {
+            Entry(EntryType.BLOCK, "ip", "127.0.0.2"),
+            Entry(EntryType.BLOCK, "cidr", "127.0.0.2/32"),
+            Entry(EntryType.BLOCK, "cidr", "10.0.0.0/8"),
+            Entry(EntryType.BLOCK, "ip", "2001:db8::1"),
+        }
+        & state.entries
+    )
     assert {
-        Entry(EntryType.BLOCK, "ip", "127.0.0.2"),
-        Entry(EntryType.BLOCK, "cidr", "127.0.0.2/32"),
-        Entry(EntryType.BLOCK, "cidr", "10.0.0.0/8"),
-        Entry(EntryType.BLOCK, "ip", "2001:db8::1"),
+        Entry(EntryType.BLOCK, "ip", "127.0.0.9"),
         Entry(EntryType.ALLOW, "ip", "2001:db8::7"),
         Entry(EntryType.REVOKE_KEY, "api_key", key),
         limit,
@@ -217,7 +238,10 @@ async def test_the_event_loop_runs_while_observe_reads_a_large_file(
     at least every switch interval (5 ms) of a reading that takes tens of them."""
     o = haproxy.proxy.options
     write(o.blocked_acl, "".join(f"{address(i)}\n" for i in range(LARGE)))
-    write(o.blocked_ref_map, "".join(f"{address(i)} TG-{i}\n" for i in range(LARGE)))
+    write(
+        o.blocked_ref_map,
+        "".join(f"{address(i)} {block_reference(address(i))}\n" for i in range(LARGE)),
+    )
     haproxy.proxy.reload()  # HAProxy loads the files
     reading = False
     turns = 0
@@ -265,6 +289,7 @@ async def test_observed_entries_stay_what_observe_saw_and_share_the_models_strin
     key = fingerprint("sk-view")
     for command in (
         f"add acl {o.blocked_acl} 127.0.0.2",
+        f"add map {o.blocked_ref_map} 127.0.0.2 {block_reference('127.0.0.2')}",
         f"add map {o.revoked_map} {key} TG-X",
     ):
         assert await haproxy.runtime(command) == "", command
