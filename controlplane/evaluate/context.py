@@ -28,20 +28,17 @@ class NetworkSet:
 
     def __init__(self) -> None:
         self._index: PrefixIndex[str] = PrefixIndex()
-        self._seen: set[str] = set()
 
     def add(self, cidr: str) -> None:
-        if cidr in self._seen:
-            return
         try:
             network = ipaddress.ip_network(cidr, strict=False)
         except ValueError:
             return  # never stored by Tollgate; nothing to match
-        self._seen.add(cidr)
-        self._index.add(network, cidr)
+        if cidr not in self._index.exact(network):  # no set of them beside the index
+            self._index.add(network, cidr)
 
     def __len__(self) -> int:
-        return len(self._seen)
+        return self._index.size
 
     def holding(self, ip: str) -> list[str]:
         return self._index.lookup(parse_address(ip))
