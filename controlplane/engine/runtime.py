@@ -9,8 +9,6 @@ from pathlib import Path
 from controlplane.engine.base import PolicyEngine
 from controlplane.engine.bundle import PolicyBundle, load_bundle
 from controlplane.engine.embedded import EmbeddedEngine
-from controlplane.engine.opa_http import OpaTarget
-from controlplane.engine.remote import RemoteEngine
 from controlplane.errors import EngineUnavailable
 from controlplane.settings import Settings
 
@@ -38,6 +36,11 @@ async def load_engine(settings: Settings, bundle: PolicyBundle) -> PolicyEngine:
             EmbeddedEngine, bundle, settings.entrypoint, settings.engine_workers
         )
     if kind == "remote":
+        # Imported here: its HTTP client and OPA library (about 20 MB) are loaded only
+        # by a server that evaluates remotely.
+        from controlplane.engine.opa_http import OpaTarget
+        from controlplane.engine.remote import RemoteEngine
+
         target = OpaTarget(settings.opa_url, settings.opa_timeout, settings.opa_connect_timeout)
         return await RemoteEngine.load(
             bundle, settings.entrypoint, target, concurrency=settings.engine_workers

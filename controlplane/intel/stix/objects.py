@@ -15,8 +15,6 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-import stix2
-
 from controlplane.intel.markings import PAP_IDS, TLP_IDS, markings_of
 
 TOLLGATE_EXTENSION = "extension-definition--0c4bca42-24dd-4981-b091-1811283852e4"
@@ -27,6 +25,15 @@ KINDS = ("cidr", "asn", "org_pattern", "account", "api_key", "org", "payment", "
 
 class Unusable(Exception):
     """A STIX object Tollgate cannot take as an indicator (says why)."""
+
+
+def _v21() -> Any:
+    """The `stix2` library's STIX 2.1 objects, imported at the first object built: with
+    its pattern grammar and TAXII client it is about 20 MB a server that never shares
+    intel would carry."""
+    from stix2 import v21
+
+    return v21
 
 
 def stix_time(moment: datetime) -> str:
@@ -51,7 +58,7 @@ def identity_id(lab: str) -> str:
 
 def identity(lab: str) -> dict[str, Any]:
     return _plain(
-        stix2.v21.Identity(
+        _v21().Identity(
             id=identity_id(lab),
             name=lab,
             identity_class="organization",
@@ -63,7 +70,7 @@ def identity(lab: str) -> dict[str, Any]:
 
 def extension_definition(lab: str) -> dict[str, Any]:
     return _plain(
-        stix2.v21.ExtensionDefinition(
+        _v21().ExtensionDefinition(
             id=TOLLGATE_EXTENSION,
             created_by_ref=identity_id(lab),
             created=EXTENSION_CREATED,
@@ -136,7 +143,7 @@ def indicator_object(row: Mapping[str, Any], lab: str) -> dict[str, Any]:
     }
     if row.get("expires_at") is not None and row["expires_at"] > valid_from:
         properties["valid_until"] = stix_time(row["expires_at"])
-    return _plain(stix2.v21.Indicator(**properties, allow_custom=True))
+    return _plain(_v21().Indicator(**properties, allow_custom=True))
 
 
 def opinion_object(
@@ -144,7 +151,7 @@ def opinion_object(
 ) -> dict[str, Any]:
     """A retraction: this lab strongly disagrees with the indicator (a false positive)."""
     return _plain(
-        stix2.v21.Opinion(
+        _v21().Opinion(
             id=f"opinion--{uuid.uuid4()}",
             created_by_ref=identity_id(lab),
             created=stix_time(at),
