@@ -85,6 +85,28 @@ def group(tag: str) -> list[dict[str, Any]]:
     ]
 
 
+def verdict_row(
+    verdict_id: str, account: str, key: str, org: str, observed: datetime
+) -> dict[str, Any]:
+    """A stored verdict of provider lab-a, received when it was observed."""
+    return {
+        "id": verdict_id,
+        "provider": "lab-a",
+        "detector_name": "history",
+        "detector_version": "1",
+        "account_id": account,
+        "api_key_id": key,
+        "org_id": org,
+        "score": 0.6,
+        "confidence": 0.8,
+        "observed_at": observed,
+        "received_at": observed,
+        "body": {},
+        "content_hash": "0" * 64,
+        "status": "decided",
+    }
+
+
 def seed_history(url: str, rows: int) -> None:
     """`rows` verdicts with their decisions and sightings, a quarter as many actions,
     lifts, appeals, exemptions and customers: all of provider lab-a, none on the
@@ -97,22 +119,13 @@ def seed_history(url: str, rows: int) -> None:
             conn.execute(
                 insert(VerdictRow),
                 [
-                    {
-                        "id": f"hist-v{i}",
-                        "provider": "lab-a",
-                        "detector_name": "history",
-                        "detector_version": "1",
-                        "account_id": f"acct_hist_{i % 9000}",
-                        "api_key_id": f"key_hist_{i % 11000}",
-                        "org_id": f"org_hist_{i % 700}",
-                        "score": 0.6,
-                        "confidence": 0.8,
-                        "observed_at": now - timedelta(minutes=i % 600),
-                        "received_at": now - timedelta(minutes=i % 600),
-                        "body": {},
-                        "content_hash": "0" * 64,
-                        "status": "decided",
-                    }
+                    verdict_row(
+                        f"hist-v{i}",
+                        f"acct_hist_{i % 9000}",
+                        f"key_hist_{i % 11000}",
+                        f"org_hist_{i % 700}",
+                        now - timedelta(minutes=i % 600),
+                    )
                     for i in range(rows)
                 ],
             )
@@ -281,22 +294,13 @@ def seed_old_history(url: str, tag: str, rows: int) -> None:
             conn.execute(
                 insert(VerdictRow),
                 [
-                    {
-                        "id": f"old-{tag}-{i}",
-                        "provider": "lab-a",
-                        "detector_name": "history",
-                        "detector_version": "1",
-                        "account_id": f"acct_cost_{tag}_{i % GROUP}",
-                        "api_key_id": f"key_cost_{tag}_{i % GROUP}",
-                        "org_id": f"org_cost_{tag}_{i % 3}",
-                        "score": 0.6,
-                        "confidence": 0.8,
-                        "observed_at": observed - timedelta(days=31, minutes=i),
-                        "received_at": observed - timedelta(days=31, minutes=i),
-                        "body": {},
-                        "content_hash": "0" * 64,
-                        "status": "decided",
-                    }
+                    verdict_row(
+                        f"old-{tag}-{i}",
+                        f"acct_cost_{tag}_{i % GROUP}",
+                        f"key_cost_{tag}_{i % GROUP}",
+                        f"org_cost_{tag}_{i % 3}",
+                        observed - timedelta(days=31, minutes=i),
+                    )
                     for i in range(rows)
                 ],
             )
