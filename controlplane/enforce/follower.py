@@ -802,6 +802,7 @@ class Follower:
 
     async def _save_reconcile(self, report: ReconcileReport, now: datetime) -> None:
         def fields(previous: ConnectorStatusRow | None) -> dict[str, Any]:
+            said = report.error or "; ".join(report.failures[:3])
             return {
                 "healthy": report.error is None,
                 "detail": report.error or "",
@@ -813,7 +814,9 @@ class Follower:
                 "applied": report.applied,
                 "drift_repaired": (previous.drift_repaired if previous else 0)
                 + report.drift_repaired,
-                "last_error": report.error or ("; ".join(report.failures[:3]) or None),
+                # A reconcile with nothing to say leaves the error of an entry that still
+                # fails (a refused one is not sent again, so it is not in the report).
+                **({"last_error": said} if said else {}),
             }
 
         await asyncio.to_thread(self._write_status, now, fields)

@@ -452,6 +452,13 @@ async def test_a_4xx_fails_visibly_with_the_receivers_message_and_is_sent_once(
     assert len(receiver.posts_for(subject["api_key_id"])) == 1  # the Enforcer's retries held
     [status] = (await api.client.get("/v1/connectors")).json()
     assert "this key was never issued" in status["last_error"]
+    # A reconcile does not send a refused entry again, and says nothing of it: the
+    # connector still shows why it is failing.
+    await api.client.post("/v1/connectors/keys/reconcile")
+    [status] = (await api.client.get("/v1/connectors")).json()
+    assert status["failed"] + status["rejected"] >= 1
+    assert "this key was never issued" in (status["last_error"] or "")
+    assert len(receiver.posts_for(subject["api_key_id"])) == 1
 
 
 async def test_reconcile_through_the_state_endpoint_repairs_drift(
