@@ -176,8 +176,12 @@ class Follower:
         self._state = "healthy"
         """healthy, degraded (entries failing) or down (gateway unreachable): each change
         is logged once, at WARNING, so an operator sees outages and recoveries."""
+        self._downs: tuple[int, str] = (0, "")
+        """How many times the gateway was found unreachable, and the last reason why."""
 
     def _note(self, state: str, why: str = "") -> None:
+        if state == "down":
+            self._downs = (self._downs[0] + 1, why)
         previous, self._state = self._state, state
         if state == previous:
             return
@@ -677,6 +681,7 @@ class Follower:
             # entries out, and what is left at the end are strays. Indexed in a thread:
             # at a million entries that is most of a second of Python, which this loop
             # (its lock checks, the other connectors' batches) would otherwise wait out.
+            downs = self._downs[0]
             held = await asyncio.to_thread(_Held, observed.entries)
             del observed
             await asyncio.to_thread(release_freed_memory)
@@ -708,6 +713,10 @@ class Follower:
                 removed = {e.key for e in result.done}
                 report.removed += len(removed & set(strays))
                 report.failed += len(result.failed) + len(result.rejected)
+            if report.error is None and self._downs[0] != downs:
+                # Pushes between its pages found the gateway unreachable after it was
+                # observed: what it read is stale, and it must not say "recovered".
+                report.error = self._downs[1]
             report.ok = report.error is None and report.failed == 0 and report.rejected == 0
             for key in (
                 "desired",
