@@ -758,11 +758,18 @@ class _Cli:
         """Send one command and return its reply as sent, up to and with the prompt."""
         if self._reader is None or self._writer is None:
             raise ConnectorError("the runtime API session is not open")
+        self._writer.write(command.encode() + b"\n")
+        async with self._answering(command):
+            await self._writer.drain()
+            return await self._reader.readuntil(PROMPT)
+
+    @contextlib.asynccontextmanager
+    async def _answering(self, command: str) -> AsyncIterator[None]:
+        """HAProxy answers within `read_timeout` on a session that holds, or the gateway
+        is unavailable (a retryable failure naming the command)."""
         try:
-            self._writer.write(command.encode() + b"\n")
             async with asyncio.timeout(self._options.read_timeout):
-                await self._writer.drain()
-                raw = await self._reader.readuntil(PROMPT)
+                yield
         except TimeoutError:
             raise GatewayUnavailable(
                 f"HAProxy did not answer {command.split(' ', 2)[:2]} within "
@@ -770,7 +777,6 @@ class _Cli:
             ) from None
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
             raise GatewayUnavailable(f"HAProxy's runtime API session broke: {exc}") from None
-        return raw
 
     async def survey(self, spec: _File, keys: Mapping[str, str] | None) -> _Survey:
         """The model of what the runtime holds in this file (`keys`: see `_Survey`). The
@@ -800,17 +806,9 @@ class _Cli:
         """The next bytes of a reply, at most `_SURVEY_PART` of them."""
         if self._reader is None or self._writer is None:
             raise ConnectorError("the runtime API session is not open")
-        try:
-            async with asyncio.timeout(self._options.read_timeout):
-                await self._writer.drain()
-                chunk = await self._reader.read(_SURVEY_PART)
-        except TimeoutError:
-            raise GatewayUnavailable(
-                f"HAProxy did not answer {command.split(' ', 2)[:2]} within "
-                f"{self._options.read_timeout}s"
-            ) from None
-        except OSError as exc:
-            raise GatewayUnavailable(f"HAProxy's runtime API session broke: {exc}") from None
+        async with self._answering(command):
+            await self._writer.drain()
+            chunk = await self._reader.read(_SURVEY_PART)
         if not chunk:
             raise GatewayUnavailable("HAProxy's runtime API session broke: it closed the session")
         return chunk
