@@ -178,25 +178,14 @@ def fill_prior(
     }
     since = min(a.since for a in asks)
     providers = sorted({p for p, _, _ in wanted})
-    rows = verdicts.prior_verdicts(
-        session,
-        providers,
-        sorted(v for _, k, v in wanted if k == "account"),
-        sorted(v for _, k, v in wanted if k == "api_key"),
-        since,
-        limit=CHUNK_ROWS,
-    )
+    accounts = sorted(v for _, k, v in wanted if k == "account")
+    keys = sorted(v for _, k, v in wanted if k == "api_key")
+    rows = verdicts.prior_verdicts(session, providers, accounts, keys, since, limit=CHUNK_ROWS)
     if rows is not None:
         _add_prior(lookups, rows, wanted)
         return
     counts = verdicts.window_counts(
-        session,
-        providers,
-        {
-            "account": sorted(v for _, k, v in wanted if k == "account"),
-            "api_key": sorted(v for _, k, v in wanted if k == "api_key"),
-        },
-        since,
+        session, providers, {"account": accounts, "api_key": keys}, since
     )
     hot = {k for k in wanted if counts.get(k, 0) > HOT_HISTORY}
     cold = sorted(wanted - hot)
