@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +42,13 @@ from controlplane.telemetry.tracing import configure
 log = logging.getLogger(__name__)
 
 CONVERGE_SECONDS = 5
+GIL_SWITCH_SECONDS = 0.0005
+"""How long a thread waiting for the GIL waits before the holder is asked to drop it
+(Python's default: 5 ms). An engine worker back from its native evaluation needs the
+GIL for a moment to read the result; while the decide thread works on the previous
+decision it waited up to 5 ms for it, longer than most evaluations. With 0.5 ms,
+`bench/ingest.py` measured the engine's time per verdict inside the pipeline 8-19%
+lower and 5-23% more verdicts/s (three paired runs, SQLite)."""
 INTEL_PUBLISH_SECONDS = 10
 INTEL_AGE_OUT_SECONDS = 3600
 EVERY_REPLICA = frozenset({"converge", "expire", "expire_exemptions", "leadership"})
@@ -79,6 +87,7 @@ class Runtime:
     @classmethod
     def create(cls, settings: Settings) -> Runtime:
         settings.check()
+        sys.setswitchinterval(GIL_SWITCH_SECONDS)
         db = Database(settings.resolved_database_url)
         engines = EngineSlot()
         policies = PolicyService(db, source_from(settings), settings.entrypoint)

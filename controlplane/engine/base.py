@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -59,9 +59,10 @@ class PolicyEngine(Protocol):
 
     def evaluate_blocking(
         self, inputs: Sequence[dict[str, Any]], loop: asyncio.AbstractEventLoop
-    ) -> list[Evaluation]:
-        """`evaluate_many` for a thread that is not `loop`'s (the decide thread), waiting
-        for the answers: in order, in parallel where possible."""
+    ) -> Iterator[Evaluation]:
+        """`evaluate_many` for a thread that is not `loop`'s (the decide thread): the
+        evaluations in order, in parallel where possible, each given as soon as it is
+        done (the caller's work on one may overlap the evaluation of the next)."""
         ...
 
     def close(self) -> None: ...

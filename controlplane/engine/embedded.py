@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import queue
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -43,8 +44,6 @@ PROBE_INPUT: dict[str, Any] = {
     "now": "2026-01-01T00:00:01Z",
 }
 """A representative input: a type error or an undefined entrypoint shows at the probe."""
-STEP = 8
-"""Inputs a thread takes at a time from a shared list (fewer for a small list)."""
 
 
 class EmbeddedEngine:
@@ -119,35 +118,64 @@ class EmbeddedEngine:
 
     def evaluate_blocking(
         self, inputs: Sequence[dict[str, Any]], loop: asyncio.AbstractEventLoop
-    ) -> list[Evaluation]:
-        """Shared over the engines: the calling thread and the workers each take the
-        next few inputs until none are left (the native call releases the GIL, so even a
-        group of two verdicts is evaluated on two cores). Inputs differ in cost, and
-        halves fixed up front left one thread idle while the other finished its half.
-        The event loop is not involved."""
+    ) -> Iterator[Evaluation]:
+        """Each input's evaluation, in order, each as soon as it is done: the caller
+        works on one (its decision, its plan: Python, under the GIL) while the workers
+        evaluate the next ones (the native call releases the GIL), and, when the one it
+        waits for is not done, evaluates the next input nobody took instead of idling.
+        So a batch's Python and its evaluations overlap on two cores, and even a group
+        of two verdicts is evaluated on both. Every input is evaluated once, by the
+        first thread to take it. The event loop is not involved."""
         count = len(inputs)
         if count <= 1 or self._workers == 1:
-            return self._eval_chunk(inputs)
-        step = max(1, min(STEP, count // (self._workers * 4)))
+            yield from self._eval_chunk(inputs)
+            return
         results: list[Evaluation | None] = [None] * count
-        starts = itertools.count(0, step)  # next() is atomic: each start is taken once
+        taken = itertools.count()  # next() is atomic: each input is taken once
+        finished = threading.Condition()
+        failures: list[BaseException] = []
 
-        def take() -> None:
+        def take(engine: Any) -> bool:
+            """Evaluate the next input nobody took; False when none is left."""
+            i = next(taken)
+            if i >= count:
+                return False
+            evaluation = self._eval_on(engine, inputs[i])
+            with finished:
+                results[i] = evaluation
+                finished.notify_all()
+            return True
+
+        def helper() -> None:
             engine = self._engines.get()
             try:
-                for start in starts:
-                    if start >= count:
-                        return
-                    for i in range(start, min(start + step, count)):
-                        results[i] = self._eval_on(engine, inputs[i])
+                while take(engine):
+                    pass
+            except BaseException as exc:  # the caller raises it: nothing is lost quietly
+                with finished:
+                    failures.append(exc)
+                    finished.notify_all()
             finally:
                 self._engines.put(engine)
 
-        helpers = [self._pool.submit(take) for _ in range(min(self._workers, count) - 1)]
-        take()
-        for helper in helpers:
-            helper.result()
-        return [r for r in results if r is not None]
+        for _ in range(min(self._workers, count) - 1):
+            self._pool.submit(helper)
+        engine = self._engines.get()
+        try:
+            for i in range(count):
+                while results[i] is None:
+                    if failures:
+                        raise failures[0]
+                    if take(engine):
+                        continue
+                    with finished:  # every input is taken: wait for the one due next
+                        while results[i] is None and not failures:
+                            finished.wait()
+                result = results[i]
+                assert result is not None
+                yield result
+        finally:
+            self._engines.put(engine)
 
     async def evaluate_many(self, inputs: Sequence[dict[str, Any]]) -> list[Evaluation]:
         if not inputs:

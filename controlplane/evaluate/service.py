@@ -5,7 +5,8 @@ outcomes in its own transaction (`record`, then the plan step's `record`).
 
 A batch is decided in waves: verdicts that share a subject with an earlier verdict
 of the batch wait for it, so a repeat sees what the first one planned; a wave's
-verdicts are evaluated in parallel on the engine's threads.
+verdicts are evaluated in parallel on the engine's threads, and each is decided
+(parsed, planned) as soon as its evaluation is done, while the next are evaluated.
 """
 
 from __future__ import annotations

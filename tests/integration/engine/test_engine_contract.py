@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -226,6 +227,42 @@ async def test_evaluate_sync_matches_evaluate_many(kind: str, loader: Loader) ->
     assert on_the_loop.result == {"n": 8, "double": 16, "factor": 3}
 
 
+SPIN = """
+package spin
+
+import rego.v1
+
+decision := {
+	"n": object.get(input, "n", 0),
+	"spun": count([x | some x in numbers.range(1, object.get(input, "spin", 1))]),
+}
+"""
+
+
+def test_evaluate_blocking_gives_each_evaluation_while_the_next_are_evaluated() -> None:
+    """The caller gets the first evaluation (and may decide on it) while the workers are
+    still evaluating the others: its Python overlaps their native calls. Ordered by the
+    engine's own clock, with a margin of whole evaluations, not by a timer."""
+    engine = EmbeddedEngine(make_bundle({"spin/spin.rego": SPIN}, {}), "spin.decision", workers=2)
+    try:
+        inputs = [{"n": 0, "spin": 1}] + [{"n": n, "spin": 400_000} for n in range(1, 5)]
+        loop = asyncio.new_event_loop()
+        try:
+            stream = engine.evaluate_blocking(inputs, loop)
+            first = next(stream)
+            given_first_ns = time.time_ns()
+            rest = list(stream)
+        finally:
+            loop.close()
+    finally:
+        engine.close()
+    assert [e.result for e in [first, *rest]] == [
+        {"n": n, "spun": 1 if n == 0 else 400_000} for n in range(5)
+    ]
+    last_end_ns = max(e.started_ns + int(e.duration_ms * 1e6) for e in rest)
+    assert given_first_ns < last_end_ns, "the first evaluation waited for the others"
+
+
 @pytest.mark.parametrize("count", [0, 1, 2, 3, 17, 200])
 def test_evaluate_blocking_shares_the_inputs_and_keeps_their_order(count: int) -> None:
     """The calling thread and the workers take inputs from one list: every input is
@@ -235,7 +272,7 @@ def test_evaluate_blocking_shares_the_inputs_and_keeps_their_order(count: int) -
         inputs = [{"n": n % 90 if n % 7 else 101 + n} for n in range(count)]
         loop = asyncio.new_event_loop()
         try:
-            evaluations = engine.evaluate_blocking(inputs, loop)
+            evaluations = list(engine.evaluate_blocking(inputs, loop))
         finally:
             loop.close()
         assert len(evaluations) == count
