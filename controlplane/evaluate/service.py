@@ -55,7 +55,7 @@ from controlplane.plan.service import (
 from controlplane.settings import Providers
 from controlplane.store.db import Database
 from controlplane.store.models import new_id
-from controlplane.store.repository import lock_keys, try_lock_keys, unlock_all
+from controlplane.store.repository import lock_keys, try_lock_each, unlock_all, unlock_keys
 from controlplane.telemetry import metrics
 from controlplane.telemetry.tracing import SPAN_EVALUATE, trace_id_hex, tracer
 
@@ -127,33 +127,56 @@ class Decider:
         self._locks: Connection | None = None
 
     @contextmanager
-    def exclusive(self, verdicts: Sequence[Verdict]) -> Iterator[None]:
+    def exclusive(self, parts: Sequence[Sequence[Verdict]]) -> Iterator[list[int]]:
         """Held (in the decide thread) from reading a batch's history to committing its
-        outcomes. One decide thread per process decides one batch at a time; on
-        PostgreSQL, replicas also lock the batch's subjects (session advisory locks on
-        hashes of its accounts, keys, orgs and IPs, taken in ascending order), so
-        two replicas decide disjoint subjects at once while a subject's history always
-        includes what another replica just decided about it."""
+        outcomes; gives the indexes of the `parts` (requests, each decided whole) to
+        decide now, in order. One decide thread per process decides one batch at a
+        time; on PostgreSQL, replicas also lock the subjects decided (session advisory
+        locks on hashes of their accounts, keys, orgs and IPs), so two replicas decide
+        disjoint subjects at once while a subject's history always includes what another
+        replica just decided about it.
+
+        The locks are tried without waiting. A part whose subjects another replica holds
+        is left out (its locks released at once), with every later part sharing a
+        subject with it (a subject's verdicts keep their order); the caller decides it
+        in its next batch. Without that, replicas sharing busy subjects took turns: one
+        batch waited for the other's whole batch, for one subject in common. The first
+        part is never left out twice: when it cannot go, the batch waits, holding
+        nothing, for all its subjects in ascending order (never a deadlock)."""
         if self._db.dialect != "postgresql":
-            yield
+            yield list(range(len(parts)))
             return
         connection = self._lock_connection()
-        keys = subject_locks(verdicts)
+        wanted = [subject_locks(part) for part in parts]
+        everything = sorted({k for keys in wanted for k in keys})
         started = time.perf_counter()
         waited = 0.0
         try:
-            # At once when no other replica holds one of them (disjoint subjects: the
-            # usual case); else, holding none, wait for them all in ascending order.
-            if not try_lock_keys(connection, keys):
-                contended = time.perf_counter()
-                lock_keys(connection, keys)
-                waited = time.perf_counter() - contended
+            taken = try_lock_each(connection, everything)
+            chosen = list(range(len(parts)))
+            if len(taken) < len(everything):
+                chosen = []
+                blocked: set[int] = set()
+                for i, keys in enumerate(wanted):
+                    if taken.issuperset(keys) and blocked.isdisjoint(keys):
+                        chosen.append(i)
+                    else:
+                        blocked.update(keys)
+                if chosen[:1] == [0]:
+                    used = {k for i in chosen for k in wanted[i]}
+                    unlock_keys(connection, sorted(taken - used))
+                else:  # the oldest cannot go: wait for everything, holding nothing
+                    unlock_all(connection)
+                    contended = time.perf_counter()
+                    lock_keys(connection, everything)
+                    waited = time.perf_counter() - contended
+                    chosen = list(range(len(parts)))
         except BaseException:
             self._drop_locks()  # a broken connection holds nothing: the next batch reconnects
             raise
-        metrics.decide_locked(time.perf_counter() - started, waited)
+        metrics.decide_locked(time.perf_counter() - started, waited, len(parts) - len(chosen))
         try:
-            yield
+            yield chosen
         finally:
             try:
                 unlock_all(connection)

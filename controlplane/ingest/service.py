@@ -98,6 +98,9 @@ class _Decided:
     outcomes: dict[str, Outcome]
     failure: Exception | None
     enforceable: bool
+    deferred: list[_Submission] = field(default_factory=list)
+    """Requests left for the next group: another replica was deciding one of their
+    subjects (PostgreSQL)."""
 
 
 class IngestService:
@@ -215,6 +218,11 @@ class IngestService:
         """Have the decide thread store and decide the group, then answer each request."""
         loop = asyncio.get_running_loop()
         decided = await loop.run_in_executor(self._thread, self._store_group, group, loop)
+        if decided.deferred:
+            # First in the next group, in their order (which then waits for them, if
+            # their subjects are still taken, rather than leave them out again).
+            self._queue[:0] = decided.deferred
+            group = [item for item in group if item not in decided.deferred]
         for item in group:
             if item.error is not None and not item.answer.done():
                 item.answer.set_exception(item.error)
@@ -248,9 +256,12 @@ class IngestService:
         """(decide thread) Read what the group repeats, decide the rest, and store
         verdicts, decisions, actions, their audit events and their changes in one
         transaction."""
-        hashes = {v.id: v.content_hash() for item in group for v in item.verdicts}
         spans: list[trace.Span] = []
-        with self._decider.exclusive([v for item in group for v in item.verdicts]):
+        with self._decider.exclusive([item.verdicts for item in group]) as chosen:
+            going = set(chosen)
+            deferred = [item for i, item in enumerate(group) if i not in going]
+            group = [group[i] for i in chosen]
+            hashes = {v.id: v.content_hash() for item in group for v in item.verdicts}
             arrived = utcnow()
             with self._db.read_blocking() as session:
                 stored = repository.stored_verdicts(session, list(hashes))
@@ -300,7 +311,7 @@ class IngestService:
                 raise
         for span in spans:
             span.end()
-        return _Decided(decided.outcomes, failure, enforceable)
+        return _Decided(decided.outcomes, failure, enforceable, deferred)
 
     def _sort(
         self,
@@ -472,7 +483,7 @@ class IngestService:
 
     def _redecide(self, pending: list[Pending], loop: asyncio.AbstractEventLoop) -> _Decided:
         """(decide thread) Decide and record those of `pending` still undecided."""
-        with self._decider.exclusive([p.verdict for p in pending]):
+        with self._decider.exclusive([[p.verdict for p in pending]]):  # waits: one part
             now = utcnow()
             with self._db.read_blocking() as session:
                 # A concurrent retry may have decided some meanwhile.

@@ -55,23 +55,32 @@ def lock_keys(connection: Connection, keys: Sequence[int]) -> None:
         connection.commit()
 
 
-def try_lock_keys(connection: Connection, keys: Sequence[int]) -> bool:
-    """Take the session-level advisory locks `keys` (PostgreSQL) if none is held by
-    another session, in one round trip without waiting: True when all were taken;
-    False when one was not, and then this connection holds none of them."""
+def try_lock_each(connection: Connection, keys: Sequence[int]) -> set[int]:
+    """Take, without waiting, those of the session-level advisory locks `keys`
+    (PostgreSQL) that no other session holds, in one round trip: the keys taken (the
+    others are held elsewhere; the caller releases what it does not use)."""
     if not keys:
-        return True
+        return set()
     taken = connection.execute(
         text(
-            "SELECT bool_and(pg_try_advisory_lock(k)) FROM "
-            "(SELECT DISTINCT unnest(CAST(:keys AS bigint[])) AS k ORDER BY k) AS ordered"
+            "SELECT k FROM (SELECT DISTINCT unnest(CAST(:keys AS bigint[])) AS k ORDER BY k) "
+            "AS ordered WHERE pg_try_advisory_lock(k)"
         ),
         {"keys": sorted(set(keys))},
-    ).scalar_one()
+    ).scalars()
+    found = {int(k) for k in taken}
     connection.commit()
-    if not taken:
-        unlock_all(connection)
-    return bool(taken)
+    return found
+
+
+def unlock_keys(connection: Connection, keys: Sequence[int]) -> None:
+    """Release these of this connection's session-level advisory locks."""
+    if keys:
+        connection.execute(
+            text("SELECT pg_advisory_unlock(k) FROM unnest(CAST(:keys AS bigint[])) AS k"),
+            {"keys": sorted(set(keys))},
+        )
+        connection.commit()
 
 
 def unlock_all(connection: Connection) -> None:

@@ -95,6 +95,12 @@ DECIDE_LOCK_WAIT = Histogram(
     buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
     registry=REGISTRY,
 )
+DECIDE_DEFERRED = Counter(
+    "tollgate_decide_deferred_requests_total",
+    "PostgreSQL: requests left out of a batch for the next one because another replica "
+    "was deciding one of their subjects (the batch went on with the others).",
+    registry=REGISTRY,
+)
 DECIDE_LOCK_SECONDS = Histogram(
     "tollgate_decide_lock_seconds",
     "PostgreSQL: how long taking a batch's subject locks took in all (the statements, "
@@ -146,10 +152,13 @@ def decide_faults(exception: str) -> None:
     DECIDE_FAULTS.labels(exception).inc()
 
 
-def decide_locked(seconds: float, waited: float) -> None:
-    """A batch's subject locks taken in `seconds`, `waited` of them for another replica."""
+def decide_locked(seconds: float, waited: float, deferred: int) -> None:
+    """A batch's subject locks taken in `seconds`, `waited` of them for another replica;
+    `deferred` of its requests left for the next batch (another replica held one of
+    their subjects)."""
     DECIDE_LOCK_SECONDS.observe(seconds)
     DECIDE_LOCK_WAIT.observe(waited)
+    DECIDE_DEFERRED.inc(deferred)
 
 
 def fallbacks_planned(planned: Iterable[str]) -> None:

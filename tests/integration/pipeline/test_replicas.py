@@ -16,11 +16,14 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from controlplane.domain.verdict import Verdict
 from controlplane.engine.base import Evaluation
 from controlplane.engine.embedded import EmbeddedEngine
-from controlplane.evaluate.service import Decider, Outcome, Pending
+from controlplane.engine.runtime import EngineSlot
+from controlplane.evaluate.service import Decider, Outcome, Pending, subject_locks
+from controlplane.ingest import repository as verdicts_repo
 from controlplane.store.db import Database
-from controlplane.store.repository import lock_keys, try_lock_keys, unlock_all
+from controlplane.store.repository import lock_keys, try_lock_each, unlock_all, unlock_keys
 from tests.support.app import make_settings, serve
 from tests.support.databases import PostgresServer, fresh_database
 from tests.support.verdicts import new_subject, verdict
@@ -39,7 +42,7 @@ async def test_two_replicas_see_each_others_decisions(
 
     def slow(
         self: EmbeddedEngine, inputs: Sequence[dict[str, Any]], loop: asyncio.AbstractEventLoop
-    ) -> list[Evaluation]:
+    ) -> Iterator[Evaluation]:
         # Both replicas have read their history before either has stored its decision,
         # unless they lock the subjects they decide.
         time.sleep(0.2)
@@ -160,12 +163,11 @@ def _advisory_locks(session: Session, pid: int) -> int:
     )
 
 
-def test_subject_locks_are_tried_at_once_and_none_is_kept_when_one_is_held(
+def test_subject_locks_are_tried_at_once_and_only_the_free_ones_are_taken(
     postgres_url: str,
 ) -> None:
-    """A batch whose subjects are all free takes their locks without waiting; when
-    another replica holds one, the attempt leaves it holding none (it then waits for
-    all of them in order, never holding some while waiting for others)."""
+    """The locks free are taken in one statement without waiting; those another
+    replica holds are not; released one by one or all at once."""
     db = Database(postgres_url)
     try:
         with (
@@ -175,14 +177,133 @@ def test_subject_locks_are_tried_at_once_and_none_is_kept_when_one_is_held(
         ):
             mine_pid = mine.execute(text("SELECT pg_backend_pid()")).scalar_one()
             lock_keys(other, [5])
-            assert not try_lock_keys(mine, [3, 5, 7])
-            assert _advisory_locks(probe, mine_pid) == 0
-            assert try_lock_keys(mine, [3, 7, 9])
-            assert _advisory_locks(probe, mine_pid) == 3
+            assert try_lock_each(mine, [3, 5, 7]) == {3, 7}
+            assert _advisory_locks(probe, mine_pid) == 2
+            unlock_keys(mine, [3])
+            assert _advisory_locks(probe, mine_pid) == 1
             unlock_all(other)
-            assert try_lock_keys(mine, [5])
-            assert _advisory_locks(probe, mine_pid) == 4
+            assert try_lock_each(mine, [5, 9]) == {5, 9}
+            assert _advisory_locks(probe, mine_pid) == 3
             unlock_all(mine)
             assert _advisory_locks(probe, mine_pid) == 0
     finally:
         db.blocking.dispose()
+
+
+def _fail_lock_waits_after_a_while(connection: Any) -> None:
+    """New connections to this database give up a lock wait after 10 s: a decider that
+    waits where it should not fails the test instead of hanging it."""
+    name = connection.execute(text("SELECT current_database()")).scalar_one()
+    connection.exec_driver_sql(f"ALTER DATABASE \"{name}\" SET lock_timeout = '10s'")
+
+
+def _parts(*subjects: dict[str, Any]) -> list[list[Verdict]]:
+    return [[Verdict.model_validate(verdict(subject=s))] for s in subjects]
+
+
+def test_a_batch_goes_on_without_the_requests_whose_subjects_another_replica_holds(
+    postgres_url: str,
+) -> None:
+    """Another replica decides a subject of the second request: the first and the
+    fourth go now; the second waits for the next batch, and so does the third, which
+    shares a free subject with it (a subject's verdicts keep their order). Only the
+    subjects of the requests that go stay locked."""
+    a, b, c, d = (new_subject(ips=[f"198.51.100.{i}"]) for i in range(1, 5))
+    c["org_id"] = b["org_id"]
+    parts = _parts(a, b, c, d)
+    db = Database(postgres_url)
+    decider = Decider(db, EngineSlot(), verdicts=verdicts_repo)
+    try:
+        with (
+            db.blocking.connect().execution_options(isolation_level="AUTOCOMMIT") as other,
+            Session(db.blocking) as probe,
+        ):
+            _fail_lock_waits_after_a_while(other)
+            held = [k for k in subject_locks(parts[1]) if k not in subject_locks(parts[2])]
+            lock_keys(other, held[:1])
+            with decider.exclusive(parts) as chosen:
+                assert chosen == [0, 3]
+                others = other.execute(text("SELECT pg_backend_pid()")).scalar_one()
+                mine = probe.execute(
+                    text(
+                        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid <> "
+                        ":other AND database = (SELECT oid FROM pg_database "
+                        "WHERE datname = current_database())"
+                    ),
+                    {"other": others},
+                ).scalar_one()
+                assert mine == len(subject_locks(parts[0] + parts[3]))
+            unlock_all(other)
+    finally:
+        decider.close()
+        db.blocking.dispose()
+
+
+def test_a_batch_whose_first_request_is_held_waits_for_all_its_subjects(
+    postgres_url: str,
+) -> None:
+    """The first request is never left out (it may have been left out once already):
+    the batch waits, holding nothing, until the other replica is done, then goes whole."""
+    parts = _parts(new_subject(ips=["198.51.100.1"]), new_subject(ips=["198.51.100.2"]))
+    db = Database(postgres_url)
+    decider = Decider(db, EngineSlot(), verdicts=verdicts_repo)
+    entered = threading.Event()
+    chosen: list[int] = []
+
+    def decide() -> None:
+        with decider.exclusive(parts) as going:
+            chosen.extend(going)
+            entered.set()
+
+    try:
+        with db.blocking.connect().execution_options(isolation_level="AUTOCOMMIT") as other:
+            lock_keys(other, subject_locks(parts[0])[:1])
+            worker = threading.Thread(target=decide)
+            worker.start()
+            assert not entered.wait(0.5), "it went on while the first request was held"
+            unlock_all(other)
+            worker.join(10)
+        assert entered.is_set() and chosen == [0, 1]
+    finally:
+        decider.close()
+        db.blocking.dispose()
+
+
+async def test_a_request_another_replica_holds_is_answered_once_it_lets_go(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """End to end: two requests queued together while the decide thread waits (its
+    group's first request is held); when that one is let go, the next group decides the
+    free request and leaves the held one for later, then decides it once let go."""
+    first, free, held = (verdict(subject=new_subject(ips=[f"198.51.100.{i}"])) for i in (1, 2, 3))
+    first_key, held_key = (subject_locks([Verdict.model_validate(v)])[0] for v in (first, held))
+    db = Database(postgres_url)
+    try:
+        with db.blocking.connect().execution_options(isolation_level="AUTOCOMMIT") as other:
+            lock_keys(other, [first_key, held_key])
+            async with serve(make_settings(postgres_url, tmp_path)) as app:
+                before = _deferred(await app.client.get("/metrics"))
+                waiting = asyncio.create_task(app.submit(first))
+                await asyncio.sleep(0.3)  # its group waits for first_key
+                go = asyncio.create_task(app.submit(free))
+                await asyncio.sleep(0.05)
+                stay = asyncio.create_task(app.submit(held))
+                await asyncio.sleep(0.3)  # both queued behind it
+                unlock_keys(other, [first_key])
+                for task in (waiting, go):
+                    answer = await asyncio.wait_for(task, 30)
+                    assert answer["results"][0]["status"] == "decided"
+                assert not stay.done()
+                assert _deferred(await app.client.get("/metrics")) == before + 1
+                unlock_all(other)
+                later = await asyncio.wait_for(stay, 30)
+                assert later["results"][0]["status"] == "decided"
+    finally:
+        db.blocking.dispose()
+
+
+def _deferred(response: Any) -> float:
+    for line in response.text.splitlines():
+        if line.startswith("tollgate_decide_deferred_requests_total "):
+            return float(line.split()[1])
+    raise AssertionError("no tollgate_decide_deferred_requests_total in /metrics")
