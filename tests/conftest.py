@@ -8,6 +8,7 @@ subjects and providers). Both are parametrized `sqlite` / `postgresql`.
 from __future__ import annotations
 
 import copy
+import logging
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -36,6 +37,25 @@ def hermetic_settings() -> Iterator[None]:
             if name.startswith("TOLLGATE_") and name != URL_ENV:
                 patch.delenv(name)
         yield
+
+
+@pytest.fixture(autouse=True)
+def root_logging_restored() -> Iterator[None]:
+    """A test that runs a command the way `tollgate` does (`configure_logging`) replaces
+    the root logger's handlers with one writing to the stream captured at that moment.
+    Left in place, every later record (a library's cleanup thread logging at exit
+    among them) was written to a closed capture: '--- Logging error ---' tracebacks
+    after the test summary. The root logger is put back after each test."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        if handler not in handlers:
+            root.removeHandler(handler)
+    for handler in handlers:
+        if handler not in root.handlers:
+            root.addHandler(handler)
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="session", autouse=True)
