@@ -47,8 +47,9 @@ GIL_SWITCH_SECONDS = 0.0005
 (Python's default: 5 ms). An engine worker back from its native evaluation needs the
 GIL for a moment to read the result; while the decide thread works on the previous
 decision it waited up to 5 ms for it, longer than most evaluations. With 0.5 ms,
-`bench/ingest.py` measured the engine's time per verdict inside the pipeline 8-19%
-lower and 5-23% more verdicts/s (three paired runs, SQLite)."""
+`bench/ingest.py` on SQLite measured the engine's time per verdict inside the
+pipeline lower in three paired runs out of three (by 8-19%), verdicts/s 5-23% higher;
+on a 2-CPU machine whose run-to-run spread is itself up to 20%, so a hint, not proof."""
 INTEL_PUBLISH_SECONDS = 10
 INTEL_AGE_OUT_SECONDS = 3600
 EVERY_REPLICA = frozenset({"converge", "expire", "expire_exemptions", "leadership"})
