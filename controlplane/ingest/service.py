@@ -222,7 +222,8 @@ class IngestService:
             # First in the next group, in their order (which then waits for them, if
             # their subjects are still taken, rather than leave them out again).
             self._queue[:0] = decided.deferred
-            group = [item for item in group if item not in decided.deferred]
+            left = {id(item) for item in decided.deferred}
+            group = [item for item in group if id(item) not in left]
         for item in group:
             if item.error is not None and not item.answer.done():
                 item.answer.set_exception(item.error)
