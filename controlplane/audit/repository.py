@@ -324,8 +324,8 @@ def events_after_blocking(session: Session, seq: int, limit: int) -> list[Row[An
 
 
 def insert_subjects_blocking(session: Session, rows: Sequence[dict[str, Any]]) -> None:
-    if rows:
-        session.execute(insert(AuditSubjectRow.__table__), list(rows))  # type: ignore[attr-defined]
+    # Several rows per event, behind every ingest batch: without SQLAlchemy's work per row.
+    insert_many(session.connection(), AuditSubjectRow.__table__, rows)  # type: ignore[attr-defined]
 
 
 def clear_subjects_blocking(session: Session) -> None:

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Table, bindparam, delete, insert, select, update
+from sqlalchemy import Connection, Table, bindparam, delete, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 from sqlmodel import col
@@ -42,19 +42,56 @@ async def existing(session: AsyncSession, account_ids: Sequence[str]) -> dict[st
 
 
 async def replace_customers(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
-    """Write these records whole (a record sent again replaces the stored one)."""
+    """Write these records whole (a record sent again replaces the stored one), and
+    mark their accounts' sightings verified or not."""
+    await _hold_verified(session)
     ids = [r["account_id"] for r in rows]
     for chunk in _chunks(ids):
         await session.execute(delete(CustomerRow).where(col(CustomerRow.account_id).in_(chunk)))
     for chunk in _chunks(list(rows), 1000):
         await session.execute(insert(CustomerRow.__table__), list(chunk))  # type: ignore[attr-defined]
+    for verified in (True, False):
+        marked = [r["account_id"] for r in rows if bool(r["verified"]) is verified]
+        await _mark_sightings(session, marked, verified)
 
 
 async def delete_customer(session: AsyncSession, account_id: str) -> bool:
+    await _hold_verified(session)
     result = await session.execute(
         delete(CustomerRow).where(col(CustomerRow.account_id) == account_id)
     )
+    await _mark_sightings(session, [account_id], False)
     return bool(getattr(result, "rowcount", 0))
+
+
+_VERIFIED_LOCK = 0x7467_7665_7269_6679  # "tgverify"
+"""PostgreSQL advisory lock between the writers of customer records (exclusive) and the
+batches that record new account sightings (shared): a batch reads whether each account
+is verified and inserts its sightings with that flag, a customer write marks the
+account's stored sightings; without it, a record written while a batch records could
+commit between the batch's read and its insert, and the batch's new sightings would
+keep the old flag. Shared holders never wait for each other. (SQLite has one writer.)"""
+
+
+async def _hold_verified(session: AsyncSession) -> None:
+    if session.get_bind().dialect.name == "postgresql":
+        await session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _VERIFIED_LOCK})
+
+
+async def _mark_sightings(
+    session: AsyncSession, account_ids: Sequence[str], verified: bool
+) -> None:
+    """Set `verified` on these accounts' sightings (by the account index)."""
+    for chunk in _chunks(list(account_ids)):
+        await session.execute(
+            update(_sighting)
+            .where(
+                _sighting.c.scope_id.in_(chunk),
+                text("scope = 'account'"),  # as the partial index says it
+                _sighting.c.verified.is_not(verified),
+            )
+            .values(verified=verified)
+        )
 
 
 async def get_customer(session: AsyncSession, account_id: str) -> CustomerRow | None:
@@ -124,11 +161,19 @@ _SIGHTINGS_OF = Prepared(
         _sighting.c.scope_id.in_(bindparam("ids", expanding=True)),
     )
 )
-_SEEING = Prepared(
-    select(_sighting.c.provider, _sighting.c.value, _sighting.c.scope, _sighting.c.scope_id).where(
+# Read through the partial index of verified sightings alone (its WHERE is `verified`,
+# written the same way here so SQLite's planner matches it).
+_VERIFIED_SEEING = Prepared(
+    select(_sighting.c.provider, _sighting.c.value, _sighting.c.scope_id).where(
         _sighting.c.provider.in_(bindparam("providers", expanding=True)),
         _sighting.c.kind == bindparam("kind"),
         _sighting.c.value.in_(bindparam("values", expanding=True)),
+        text("verified"),
+    )
+)
+_VERIFIED_AMONG = Prepared(
+    select(_customer.c.account_id).where(
+        _customer.c.account_id.in_(bindparam("ids", expanding=True)), text("verified")
     )
 )
 _SEEN_AGAIN = (
@@ -165,12 +210,12 @@ def sightings_of(
     return found
 
 
-def scopes_seeing(
+def verified_seeing(
     session: Session, kind: str, values: Iterable[tuple[str, str]]
-) -> dict[tuple[str, str], set[tuple[str, str]]]:
-    """(provider, value) -> the (scope, id) that were seen with it (e.g. the accounts
-    using a network)."""
-    found: dict[tuple[str, str], set[tuple[str, str]]] = {}
+) -> dict[tuple[str, str], set[str]]:
+    """(provider, value) -> the verified customers' accounts seen with it (e.g. using a
+    network). Reads their sightings alone, however many others used the value."""
+    found: dict[tuple[str, str], set[str]] = {}
     connection = session.connection()
     for chunk in _chunks(sorted(set(values))):
         wanted = set(chunk)
@@ -179,9 +224,9 @@ def scopes_seeing(
             "kind": kind,
             "values": sorted({v for _, v in chunk}),
         }
-        for provider, value, scope, scope_id in _SEEING.rows(connection, params):
+        for provider, value, account in _VERIFIED_SEEING.rows(connection, params):
             if (provider, value) in wanted:
-                found.setdefault((provider, value), set()).add((scope, scope_id))
+                found.setdefault((provider, value), set()).add(account)
     return found
 
 
@@ -217,7 +262,9 @@ def record_sightings(
     connection = session.connection()
     if stale:
         connection.execute(_SEEN_AGAIN, stale)
-    fresh = [
+    fresh = [(k, at) for k, at in seen.items() if k not in old]
+    verified = _verified_among(connection, {k[2] for k, _ in fresh if k[1] == "account"})
+    rows = [
         {
             "provider": k[0],
             "scope": k[1],
@@ -226,9 +273,22 @@ def record_sightings(
             "value": k[4],
             "first_seen": at,
             "last_seen": at,
+            "verified": k[1] == "account" and k[2] in verified,
         }
-        for k, at in seen.items()
-        if k not in old
+        for k, at in fresh
     ]
-    for chunk in _chunks(fresh, 1000):
+    for chunk in _chunks(rows, 1000):
         insert_many(connection, _sighting, chunk)
+
+
+def _verified_among(connection: Connection, account_ids: set[str]) -> set[str]:
+    """Which of these accounts have a verified customer record, read in the caller's
+    transaction after taking the customers' lock (shared: see `_VERIFIED_LOCK`)."""
+    if not account_ids:
+        return set()
+    if connection.dialect.name == "postgresql":
+        connection.execute(text("SELECT pg_advisory_xact_lock_shared(:k)"), {"k": _VERIFIED_LOCK})
+    found: set[str] = set()
+    for chunk in _chunks(sorted(account_ids)):
+        found.update(r.account_id for r in _VERIFIED_AMONG.rows(connection, {"ids": list(chunk)}))
+    return found

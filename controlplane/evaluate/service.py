@@ -297,7 +297,8 @@ class Decider:
     ) -> None:
         """Customer records of the batch's accounts; what their accounts and orgs were seen
         using (keys, networks, accounts), with those keys' and accounts' active actions;
-        which of their networks verified customers use. All by index, for the batch."""
+        which of their networks verified customers use (read from the verified customers'
+        sightings alone, however many others used a network). All by index, for the batch."""
         scopes = {
             (p.verdict.provider, scope, scope_id)
             for p in pending
@@ -323,20 +324,13 @@ class Decider:
             )
         repository.fill_actions(session, lookups, others - filled, now)
         accounts = {p.verdict.subject.account_id for p in pending if p.verdict.subject.account_id}
-        users: dict[str, dict[str, set[str]]] = {provider: {} for provider in networks}
-        seen = customers_repo.scopes_seeing(
-            session, "network", {(p, net) for p, nets in networks.items() for net in nets}
-        )
-        for (provider, net), who in seen.items():
-            users[provider][net] = {i for scope, i in who if scope == "account"}
-            accounts.update(users[provider][net])
         records = customers_repo.customers_of(session, accounts)
         lookups.customers = {a: customer_document(r) for a, r in records.items()}
-        for provider, by_net in users.items():
-            lookups.verified_networks[provider] = {
-                net: {a for a in who if a in records and records[a].verified}
-                for net, who in by_net.items()
-            }
+        verified = customers_repo.verified_seeing(
+            session, "network", {(p, net) for p, nets in networks.items() for net in nets}
+        )
+        for (provider, net), who in verified.items():
+            lookups.verified_networks.setdefault(provider, {})[net] = who
 
     def _outcome(
         self,

@@ -8,7 +8,7 @@ import time
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, Index
+from sqlalchemy import BigInteger, Column, Index, false, text
 from sqlmodel import Field, SQLModel, col
 
 from controlplane.store.types import JSONDocument, UTCDateTime
@@ -519,7 +519,25 @@ class SightingRow(SQLModel, table=True):
     of the subject), and which keys a suspension must revoke."""
 
     __tablename__ = "sighting"
-    __table_args__ = (Index("ix_sighting_value", "provider", "kind", "value"),)
+    __table_args__ = (
+        # Only verified customers' sightings: the networks they use, read for every batch
+        # by network (a lookup that never reads everyone else who used the network).
+        Index(
+            "ix_sighting_verified",
+            "provider",
+            "kind",
+            "value",
+            sqlite_where=text("verified"),
+            postgresql_where=text("verified"),
+        ),
+        # An account's sightings, to set `verified` when its customer record changes.
+        Index(
+            "ix_sighting_account",
+            "scope_id",
+            sqlite_where=text("scope = 'account'"),
+            postgresql_where=text("scope = 'account'"),
+        ),
+    )
 
     provider: str = Field(primary_key=True, max_length=63)
     scope: str = Field(primary_key=True, max_length=10)
@@ -530,6 +548,9 @@ class SightingRow(SQLModel, table=True):
     value: str = Field(primary_key=True, max_length=200)
     first_seen: datetime = _utc(nullable=False)
     last_seen: datetime = _utc(nullable=False)
+    verified: bool = Field(default=False, sa_column_kwargs={"server_default": false()})
+    """An account sighting whose account has a verified customer record (kept by the
+    decide path as it records sightings and by the customers API as records change)."""
 
 
 class ReviewRow(SQLModel, table=True):

@@ -3,6 +3,7 @@ dismissal and metric."""
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 from controlplane.auth.roles import Role
@@ -97,3 +98,45 @@ async def test_dismissed_review_keeps_the_actions_withheld_and_the_metric_counts
     assert (
         await api.client.post(f"/v1/reviews/{review['id']}/dismiss", json={"reason": "x"})
     ).status_code == 409
+
+
+async def test_a_network_a_verified_customer_uses_is_named_while_the_record_says_so(
+    api: Running,
+) -> None:
+    """Another account's verdict on a network a verified customer was seen on names that
+    network (a range block there would refuse the customer), whether the record came
+    before the customer's sightings or after, and stops naming it once the record is
+    unverified or deleted."""
+    n = secrets.randbelow(250 * 250)
+    later_net, earlier_net = (f"10.{n // 250}.{(n + i) % 250}" for i in (0, 1))
+
+    async def networks_named_for_another(prefix: str) -> list[str]:
+        subject = {"account_id": unique("acct_other"), "ips": [f"{prefix}.99"]}
+        [result] = (await api.submit(verdict(subject=subject, score=0.1)))["results"]
+        decided = (await api.client.get(f"/v1/decisions/{result['decision_id']}")).json()
+        named: list[str] = decided["input"]["context"]["verified_networks"]
+        return named
+
+    async def record(account: str, verified: bool) -> None:
+        customers = [{"account_id": account, "verified": verified}]
+        answer = await api.client.post("/v1/customers", json={"customers": customers})
+        assert answer.status_code == 200, answer.text
+
+    # The customer's sightings first, its record after.
+    later = unique("acct_vlater")
+    await api.submit(verdict(subject={"account_id": later, "ips": [f"{later_net}.5"]}, score=0.1))
+    assert await networks_named_for_another(later_net) == []
+    await record(later, True)
+    assert await networks_named_for_another(later_net) == [f"{later_net}.0/24"]
+    await record(later, False)
+    assert await networks_named_for_another(later_net) == []
+
+    # The record first, the sightings after.
+    earlier = unique("acct_vearlier")
+    await record(earlier, True)
+    await api.submit(
+        verdict(subject={"account_id": earlier, "ips": [f"{earlier_net}.5"]}, score=0.1)
+    )
+    assert await networks_named_for_another(earlier_net) == [f"{earlier_net}.0/24"]
+    assert (await api.client.delete(f"/v1/customers/{earlier}")).status_code == 204
+    assert await networks_named_for_another(earlier_net) == []

@@ -329,6 +329,55 @@ async def test_a_subjects_verdicts_older_than_its_window_cost_nothing(tmp_path: 
     )
 
 
+def seed_shared_network(url: str, rows: int) -> None:
+    """`rows` accounts seen on the network of `group`'s verdicts (a large NAT or a
+    cloud egress range), none of them a verified customer."""
+    now = datetime.now(UTC)
+    engine = create_engine(sync_url(url))
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                insert(SightingRow),
+                [
+                    {
+                        "provider": "lab-a",
+                        "scope": "account",
+                        "scope_id": f"acct_nat_{i}",
+                        "kind": "network",
+                        "value": "198.51.100.0/24",
+                        "first_seen": now,
+                        "last_seen": now,
+                    }
+                    for i in range(rows)
+                ],
+            )
+    finally:
+        engine.dispose()
+
+
+async def test_a_network_everyone_uses_costs_what_its_verified_customers_do(
+    tmp_path: Path,
+) -> None:
+    """Which verified customers use a verdict's networks is read from their sightings
+    alone, not from every account ever seen on the network."""
+    with fresh_database("sqlite", tmp_path / "db", None) as url:
+        (tmp_path / "data").mkdir()
+        settings = make_settings(url, tmp_path / "data")
+        async with serve(settings) as running:
+            await running.submit({"verdicts": group("warm")})  # statements compiled
+            with counted(running) as before:
+                await running.submit({"verdicts": group("before")})
+            seed_shared_network(url, HISTORY)
+            with counted(running) as after:
+                await running.submit({"verdicts": group("after")})
+
+    assert before[0] > 0, "the decide thread ran no SQLite instructions: nothing counted"
+    assert after[0] <= before[0] * 1.25 + 50, (
+        f"a group cost {before[0] * STEP:,} SQLite instructions on a new network and "
+        f"{after[0] * STEP:,} on a network {HISTORY:,} other accounts were seen on"
+    )
+
+
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
 
 
