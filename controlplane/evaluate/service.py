@@ -47,10 +47,11 @@ from controlplane.intel.hashing import Keyring
 from controlplane.plan.service import (
     PIPELINE_ACTOR,
     Planned,
-    expand_suspensions,
+    covered_keys,
     fallback_actions,
     followup_revocations,
     plan,
+    suspension_children,
 )
 from controlplane.settings import Providers
 from controlplane.store.db import Database
@@ -440,12 +441,13 @@ def record(
         if any(a["type"] == "suspend" for a in o.actions)
     }
     if suspending:
+        covered = covered_keys(session, [o.actions for o in suspending.values()])
         seen: dict[tuple[str, str], set[str]] = {}
         for p in pending:
             _add_keys_seen(seen, p)
             outcome = suspending.get(p.verdict.id)
             if outcome is not None:
-                outcome.planned.actions += expand_suspensions(session, outcome.actions, now, seen)
+                outcome.planned.actions += suspension_children(outcome.actions, now, covered, seen)
     customers_repo.record_sightings(session, _sightings(pending), sightings)
     repository.insert_decisions(session, [o.decision for o in outcomes])
     return [

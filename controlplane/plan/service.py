@@ -106,35 +106,55 @@ def expand_suspensions(
     account or org (customer records, keys seen in verdicts, `also_seen`: keys named by
     verdicts not stored yet), so a gateway that sees only keys refuses the operation too.
     Keys another row of `rows` already revokes are skipped."""
-    suspensions = [r for r in rows if r["type"] == ActionType.SUSPEND.value]
-    if not suspensions:
-        return []
+    return suspension_children(rows, now, covered_keys(session, [rows]), also_seen)
+
+
+def covered_keys(
+    session: Session, rows: Iterable[Sequence[dict[str, Any]]]
+) -> dict[str, dict[tuple[str, str], set[str]]]:
+    """Provider -> (`account`|`org`, id) -> the keys Tollgate knows for each account and
+    org these action rows suspend: one set of lookups however many rows suspend."""
+    scopes: dict[str, set[tuple[str, str]]] = {}
+    for part in rows:
+        for r in part:
+            if r["type"] == ActionType.SUSPEND.value:
+                scopes.setdefault(r["provider"], set()).add((r["target_kind"], r["target_value"]))
+    return {
+        provider: keys_covered(session, provider, wanted) for provider, wanted in scopes.items()
+    }
+
+
+def suspension_children(
+    rows: Sequence[dict[str, Any]],
+    now: datetime,
+    covered: dict[str, dict[tuple[str, str], set[str]]],
+    also_seen: dict[tuple[str, str], set[str]] | None = None,
+) -> list[dict[str, Any]]:
+    """`expand_suspensions` with the keys of the suspended accounts and orgs given
+    (`covered_keys`)."""
     revoked = {
         (r["provider"], r["target_value"]) for r in rows if r["type"] == ActionType.REVOKE_KEY.value
     }
     children: list[dict[str, Any]] = []
-    by_provider: dict[str, list[dict[str, Any]]] = {}
-    for row in suspensions:
-        by_provider.setdefault(row["provider"], []).append(row)
-    for provider, group in by_provider.items():
-        keys = keys_covered(
-            session, provider, [(r["target_kind"], r["target_value"]) for r in group]
-        )
-        for row in group:
-            scope = (row["target_kind"], row["target_value"])
-            for key in sorted(keys.get(scope, set()) | (also_seen or {}).get(scope, set())):
-                if (provider, key) in revoked:
-                    continue
-                revoked.add((provider, key))
-                children.append(
-                    _child(
-                        row,
-                        key,
-                        f"{row['target_kind']} {row['target_value']} suspended "
-                        f"({row['rule']}): every key it is known to use is revoked with it",
-                        now,
-                    )
+    for row in rows:
+        if row["type"] != ActionType.SUSPEND.value:
+            continue
+        provider = row["provider"]
+        scope = (row["target_kind"], row["target_value"])
+        known = covered.get(provider, {}).get(scope, set())
+        for key in sorted(known | (also_seen or {}).get(scope, set())):
+            if (provider, key) in revoked:
+                continue
+            revoked.add((provider, key))
+            children.append(
+                _child(
+                    row,
+                    key,
+                    f"{row['target_kind']} {row['target_value']} suspended "
+                    f"({row['rule']}): every key it is known to use is revoked with it",
+                    now,
                 )
+            )
     return children
 
 
