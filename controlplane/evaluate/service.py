@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -44,6 +44,7 @@ from controlplane.evaluate.context import (
 )
 from controlplane.evaluate.repository import action_document
 from controlplane.intel.hashing import Keyring
+from controlplane.plan import service as plan_service
 from controlplane.plan.service import (
     PIPELINE_ACTOR,
     Planned,
@@ -51,6 +52,7 @@ from controlplane.plan.service import (
     fallback_actions,
     followup_revocations,
     plan,
+    planned_events,
     suspension_children,
 )
 from controlplane.settings import Providers
@@ -92,6 +94,10 @@ class Outcome:
     @property
     def actions(self) -> list[dict[str, Any]]:
         return self.planned.actions
+
+
+Sink = Callable[[Sequence[tuple[Pending, Outcome]]], None]
+"""Takes outcomes as they are decided (`Recording.add`)."""
 
 
 @dataclass
@@ -219,15 +225,19 @@ class Decider:
         pending: Sequence[Pending],
         now: datetime,
         loop: asyncio.AbstractEventLoop,
+        sink: Sink | None = None,
     ) -> Decided:
         """The outcome of each of `pending` by verdict id (in the decide thread, inside
-        `exclusive`; the engine evaluates on `loop`'s side)."""
+        `exclusive`; the engine evaluates on `loop`'s side). `sink` (a `Recording`'s
+        `add`) is given the outcomes SINK_EVERY at a time as they are decided, and the
+        rest at the end: it writes them while the engines evaluate the next ones."""
         if not pending:
             return Decided({}, {})
         lookups = Lookups()
         self._fill(session, lookups, pending, now)
         waves = subject_overlaps([p.verdict for p in pending])
         outcomes: dict[str, Outcome] = {}
+        ready: list[tuple[Pending, Outcome]] = []
         for wave in range(max(waves) + 1):
             members = [p for p, w in zip(pending, waves, strict=True) if w == wave]
             engine = self._engines.current
@@ -239,8 +249,15 @@ class Decider:
                 for action in outcome.actions:
                     if not action["shadow"]:
                         lookups.add_action(item.verdict.provider, action_document(action))
+                if sink is not None:
+                    ready.append((item, outcome))
+                    if len(ready) >= SINK_EVERY:
+                        sink(ready)
+                        ready = []
             for item in members:
                 lookups.saw(item.verdict)
+        if sink is not None and ready:
+            sink(ready)
         return Decided(outcomes, lookups.sightings)
 
     def _fill(
@@ -421,55 +438,120 @@ class Decider:
         return Outcome(decision, planned)
 
 
-def record(
-    session: Session,
-    outcomes: Sequence[Outcome],
-    pending: Sequence[Pending],
-    now: datetime,
-    sightings: dict[Scope, list[tuple[str, str, datetime]]],
-) -> list[EventDraft]:
-    """Insert the decisions in the caller's transaction, with what their verdicts showed
-    of each account and org (`sightings`: what was stored of them when the batch was
-    read, under its subjects' locks); complete each suspension with the keys it covers
-    (through the plan step, before it records). Returns the `decision.recorded` events
-    (`count` them once it commits)."""
-    # Per decision, with the keys seen up to its verdict (stored ones, and this batch's
-    # up to it), so a verdict's outcome never depends on the batch it came in.
-    suspending = {
-        o.decision["verdict_id"]: o
-        for o in outcomes
-        if any(a["type"] == "suspend" for a in o.actions)
-    }
-    if suspending:
-        covered = covered_keys(session, [o.actions for o in suspending.values()])
-        seen: dict[tuple[str, str], set[str]] = {}
-        for p in pending:
-            _add_keys_seen(seen, p)
-            outcome = suspending.get(p.verdict.id)
-            if outcome is not None:
-                outcome.planned.actions += suspension_children(outcome.actions, now, covered, seen)
-    customers_repo.record_sightings(session, _sightings(pending), sightings)
-    repository.insert_decisions(session, [o.decision for o in outcomes])
-    return [
-        EventDraft(
-            type="decision.recorded",
-            actor=PIPELINE_ACTOR,
-            at=now,
-            provider=o.decision["provider"],
-            verdict_id=o.decision["verdict_id"],
-            decision_id=o.decision["id"],
-            trace_id=o.decision["trace_id"],
-            payload={
-                "status": o.decision["status"],
-                "policy_revision": o.decision["policy_revision"],
-                "entrypoint": o.decision["entrypoint"],
-                "engine": o.decision["engine"],
-                "error": o.decision["error"],
-                "actions": len(o.actions),
-            },
+SINK_EVERY = 100
+"""Outcomes handed to `decide`'s sink at a time: each hand-over writes them (a few
+statements) while the engines go on evaluating the next ones."""
+
+
+class Recording:
+    """A batch's decisions and actions inserted as they are decided, in the caller's
+    transaction (`add`, `decide`'s sink: the writes overlap the evaluations still under
+    way), then its sightings and the events of its decisions and actions, in the batch's
+    order (`finish`). The caller chains the events, logs the changes and commits, then
+    `count`s the outcomes."""
+
+    def __init__(
+        self,
+        session: Session,
+        pending: Sequence[Pending],
+        now: datetime,
+        before: Callable[[], None],
+    ) -> None:
+        self._session = session
+        self._pending = pending
+        self._now = now
+        self._before: Callable[[], None] | None = before
+        """The caller's writes due before the first decision (its verdict rows)."""
+        self._position = {p.verdict.id: i for i, p in enumerate(pending)}
+        self._outcomes: list[Outcome] = []
+        self._named: dict[tuple[str, str], list[tuple[int, str]]] | None = None
+        """(`account`|`org`, id) -> (position, key) of each key the batch names for it."""
+        self.failure: BaseException | None = None
+        """What a write raised (it reaches the caller through `decide`, not as a fault
+        of deciding)."""
+
+    def add(self, decided: Sequence[tuple[Pending, Outcome]]) -> None:
+        """Insert these outcomes (`decide`'s sink): each suspension completed with the
+        keys it covers (through the plan step), then the decisions and their actions."""
+        try:
+            if self._before is not None:
+                self._before()
+                self._before = None
+            suspending = [
+                (p, o) for p, o in decided if any(a["type"] == "suspend" for a in o.actions)
+            ]
+            if suspending:
+                covered = covered_keys(self._session, [o.actions for _, o in suspending])
+                for p, outcome in suspending:
+                    outcome.planned.actions += suspension_children(
+                        outcome.actions, self._now, covered, self._seen_up_to(p, outcome)
+                    )
+            outcomes = [o for _, o in decided]
+            repository.insert_decisions(self._session, [o.decision for o in outcomes])
+            plan_service.insert(self._session, [o.planned for o in outcomes], self._now)
+            self._outcomes.extend(outcomes)
+        except BaseException as exc:
+            self.failure = exc
+            raise
+
+    def _seen_up_to(self, item: Pending, outcome: Outcome) -> dict[tuple[str, str], set[str]]:
+        """The keys the batch's verdicts up to this one name for the accounts and orgs
+        its outcome suspends (a suspension revokes them too, though they are not stored
+        yet), so a verdict's outcome never depends on the batch it came in."""
+        if self._named is None:
+            self._named = {}
+            for i, p in enumerate(self._pending):
+                for scope, keys in _keys_named(p).items():
+                    self._named.setdefault(scope, []).extend((i, k) for k in keys)
+        upto = self._position[item.verdict.id]
+        return {
+            scope: {k for i, k in self._named.get(scope, ()) if i <= upto}
+            for scope in {
+                (a["target_kind"], a["target_value"])
+                for a in outcome.actions
+                if a["type"] == "suspend"
+            }
+        }
+
+    def finish(
+        self, sightings: dict[Scope, list[tuple[str, str, datetime]]]
+    ) -> tuple[list[Outcome], list[EventDraft]]:
+        """Record what the batch's verdicts showed of each account and org (`sightings`:
+        what was stored of them when the batch was read, under its subjects' locks).
+        Returns the outcomes and their `decision.recorded` and `action.planned` events,
+        in the batch's order."""
+        if self._before is not None:  # nothing was decided: the caller's rows still go
+            self._before()
+            self._before = None
+        outcomes = sorted(self._outcomes, key=lambda o: self._position[o.decision["verdict_id"]])
+        decided = {o.decision["verdict_id"] for o in outcomes}
+        customers_repo.record_sightings(
+            self._session,
+            _sightings([p for p in self._pending if p.verdict.id in decided]),
+            sightings,
         )
-        for o in outcomes
-    ]
+        events = [
+            EventDraft(
+                type="decision.recorded",
+                actor=PIPELINE_ACTOR,
+                at=self._now,
+                provider=o.decision["provider"],
+                verdict_id=o.decision["verdict_id"],
+                decision_id=o.decision["id"],
+                trace_id=o.decision["trace_id"],
+                payload={
+                    "status": o.decision["status"],
+                    "policy_revision": o.decision["policy_revision"],
+                    "entrypoint": o.decision["entrypoint"],
+                    "engine": o.decision["engine"],
+                    "error": o.decision["error"],
+                    "actions": len(o.actions),
+                },
+            )
+            for o in outcomes
+        ]
+        actions = [a for o in outcomes for a in o.actions]
+        return outcomes, [*events, *planned_events(actions, PIPELINE_ACTOR, self._now)]
 
 
 def count(outcomes: Sequence[Outcome]) -> None:
@@ -502,11 +584,13 @@ def _sightings(pending: Sequence[Pending]) -> dict[tuple[str, str, str, str, str
     return seen
 
 
-def _add_keys_seen(found: dict[tuple[str, str], set[str]], p: Pending) -> None:
-    """Add to (`account`|`org`, id) -> keys the key this verdict names for each."""
+def _keys_named(p: Pending) -> dict[tuple[str, str], set[str]]:
+    """(`account`|`org`, id) -> the key this verdict names for each."""
     v = p.verdict
     if not v.subject.api_key_id:
-        return
-    for scope, scope_id in (("account", v.subject.account_id), ("org", v.subject.org_id)):
-        if scope_id:
-            found.setdefault((scope, scope_id), set()).add(v.subject.api_key_id)
+        return {}
+    return {
+        (scope, scope_id): {v.subject.api_key_id}
+        for scope, scope_id in (("account", v.subject.account_id), ("org", v.subject.org_id))
+        if scope_id
+    }

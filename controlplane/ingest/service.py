@@ -91,6 +91,15 @@ class _Submission:
     duplicates: set[str] = field(default_factory=set)
 
 
+class _Undecided(Exception):
+    """Deciding a group failed (a bug, not a policy error): its writes were rolled back
+    and its verdicts are stored as received."""
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
 @dataclass
 class _Decided:
     """What the decide thread did with a group."""
@@ -256,7 +265,7 @@ class IngestService:
     ) -> _Decided:
         """(decide thread) Read what the group repeats, decide the rest, and store
         verdicts, decisions, actions, their audit events and their changes in one
-        transaction."""
+        transaction (written as the decisions come: see `_decide_and_record`)."""
         spans: list[trace.Span] = []
         with self._decider.exclusive([item.verdicts for item in group]) as chosen:
             going = set(chosen)
@@ -264,47 +273,42 @@ class IngestService:
             group = [group[i] for i in chosen]
             hashes = {v.id: v.content_hash() for item in group for v in item.verdicts}
             arrived = utcnow()
-            with self._db.read_blocking() as session:
-                stored = repository.stored_verdicts(session, list(hashes))
-                new = self._sort(group, stored, hashes, arrived, spans)
-                # Decided just after the last arrival: the audit chain's times follow
-                # its order (received, then decided).
-                now = arrived + timedelta(microseconds=len(new) + 1)
-                # A repeat of a verdict stored but not decided yet (its first attempt met
-                # an error) is decided now rather than at the next recovery run.
-                retry = [
-                    Pending(v, stored[v.id].received_at)
-                    for item in group
-                    if item.error is None
-                    for v in item.verdicts
-                    if v.id in stored and stored[v.id].status == VerdictStatus.RECEIVED.value
-                ]
-                decided, failure = self._decide(session, [*new, *retry], now, loop)
-            rows = [
-                _row(
-                    p.verdict,
-                    hashes[p.verdict.id],
-                    p.received_at,
-                    trace_id_hex(p.span) if p.span else None,
-                    decided=p.verdict.id in decided.outcomes,
-                )
-                for p in new
-            ]
-            events = [
-                _received(p, hashes[p.verdict.id], item.actor)
-                for item in group
-                if item.error is None
-                for p in item.pending
-            ]
             try:
-                enforceable = self._record(
-                    session_rows=rows,
-                    events=events,
-                    retry=retry,
-                    pending=[*new, *retry],
-                    decided=decided,
-                    now=now,
-                )
+                with self._db.read_blocking() as session:
+                    stored = repository.stored_verdicts(session, list(hashes))
+                    new = self._sort(group, stored, hashes, arrived, spans)
+                    # Decided just after the last arrival: the audit chain's times follow
+                    # its order (received, then decided).
+                    now = arrived + timedelta(microseconds=len(new) + 1)
+                    # A repeat of a verdict stored but not decided yet (its first attempt
+                    # met an error) is decided now rather than at the next recovery run.
+                    retry = [
+                        Pending(v, stored[v.id].received_at)
+                        for item in group
+                        if item.error is None
+                        for v in item.verdicts
+                        if v.id in stored and stored[v.id].status == VerdictStatus.RECEIVED.value
+                    ]
+                    events = [
+                        _received(p, hashes[p.verdict.id], item.actor)
+                        for item in group
+                        if item.error is None
+                        for p in item.pending
+                    ]
+                    try:
+                        decided, enforceable = self._decide_and_record(
+                            session, new, retry, hashes, events, now, loop
+                        )
+                        failure = None
+                    except _Undecided as undecided:
+                        decided, enforceable, failure = Decided({}, {}), False, undecided.cause
+                if failure is not None:
+                    # Stored as received, to be decided on retry or by the recovery job.
+                    with self._db.write_blocking() as writing, writing.begin():
+                        repository.insert_verdicts(
+                            writing, [self._row(p, hashes, decided=False) for p in new]
+                        )
+                        audit.record_blocking(writing, events)
             except BaseException:
                 for span in spans:
                     span.set_status(trace.StatusCode.ERROR, "not stored")
@@ -313,6 +317,100 @@ class IngestService:
         for span in spans:
             span.end()
         return _Decided(decided.outcomes, failure, enforceable, deferred)
+
+    def _decide_and_record(
+        self,
+        session: Session,
+        new: list[Pending],
+        retry: list[Pending],
+        hashes: dict[str, str],
+        events: list[EventDraft],
+        now: datetime,
+        loop: asyncio.AbstractEventLoop,
+    ) -> tuple[Decided, bool]:
+        """Decide `new` and `retry` and store it all in one transaction. Returns the
+        outcomes and whether enforceable actions were planned. A fault in deciding (not
+        a policy error: those are decisions) raises `_Undecided`, nothing written.
+
+        On PostgreSQL the transaction opens before deciding: the decisions and actions
+        are written as they are decided, while the engines evaluate the next ones (their
+        round trips overlap the evaluations; rows locked are only the new ones). On
+        SQLite it opens once all is decided: its one write lock would otherwise keep
+        every other writer (a lift, the connectors' state) waiting for whole batches."""
+        pending = [*new, *retry]
+
+        def verdict_rows(writing: Session) -> Callable[[], None]:
+            def write() -> None:
+                rows = [self._row(p, hashes, decided=True) for p in new]
+                repository.insert_verdicts(writing, rows)
+                ids = [p.verdict.id for p in retry]
+                repository.set_status(writing, ids, VerdictStatus.DECIDED)
+
+            return write
+
+        if self._db.dialect == "sqlite":
+            decided = self._decide(session, pending, now, loop, None)
+            with self._db.write_blocking() as writing, writing.begin():
+                recording = decisions.Recording(writing, pending, now, verdict_rows(writing))
+                recording.add([(p, decided.outcomes[p.verdict.id]) for p in pending])
+                outcomes = self._finish(writing, recording, decided, events, now)
+        else:
+            with self._db.write_blocking() as writing, writing.begin():
+                recording = decisions.Recording(writing, pending, now, verdict_rows(writing))
+                decided = self._decide(session, pending, now, loop, recording)
+                outcomes = self._finish(writing, recording, decided, events, now)
+        decisions.count(outcomes)
+        enforceable = any(
+            not a["shadow"] and a["type"] != "flag_review" for o in outcomes for a in o.actions
+        )
+        return decided, enforceable
+
+    def _decide(
+        self,
+        session: Session,
+        pending: list[Pending],
+        now: datetime,
+        loop: asyncio.AbstractEventLoop,
+        recording: decisions.Recording | None,
+    ) -> Decided:
+        """The outcomes (written by `recording` as they come, when given). A fault (not a
+        policy error) is logged and counted and raised as `_Undecided`; a failed write
+        (an outage, a race with a replica) is raised as it is."""
+        try:
+            return self._decider.decide(
+                session, pending, now, loop, recording.add if recording else None
+            )
+        except Exception as exc:
+            if recording is not None and exc is recording.failure:
+                raise
+            log.exception("deciding %d verdicts failed; they are stored and retried", len(pending))
+            metrics.decide_faults(type(exc).__name__)
+            raise _Undecided(exc) from exc
+
+    @staticmethod
+    def _finish(
+        writing: Session,
+        recording: decisions.Recording,
+        decided: Decided,
+        events: list[EventDraft],
+        now: datetime,
+    ) -> list[Outcome]:
+        """The rest of the group's transaction: sightings, the audit events in the
+        group's order, the enforcement changes."""
+        outcomes, recorded = recording.finish(decided.sightings)
+        audit.record_blocking(writing, [*events, *recorded])
+        plan_service.log_changes(writing, [o.planned for o in outcomes], now)
+        return outcomes
+
+    @staticmethod
+    def _row(pending: Pending, hashes: dict[str, str], *, decided: bool) -> dict[str, object]:
+        return _row(
+            pending.verdict,
+            hashes[pending.verdict.id],
+            pending.received_at,
+            trace_id_hex(pending.span) if pending.span else None,
+            decided=decided,
+        )
 
     def _sort(
         self,
@@ -368,56 +466,6 @@ class IngestService:
                 item.pending.append(pending)
                 new.append(pending)
         return new
-
-    def _decide(
-        self,
-        session: Session,
-        pending: list[Pending],
-        now: datetime,
-        loop: asyncio.AbstractEventLoop,
-    ) -> tuple[Decided, Exception | None]:
-        """Outcomes by verdict id; a fault (not a policy error: those are decisions)
-        leaves the verdicts undecided, logged and counted, to be stored and retried."""
-        try:
-            return self._decider.decide(session, pending, now, loop), None
-        except Exception as exc:
-            log.exception("deciding %d verdicts failed; they are stored and retried", len(pending))
-            metrics.decide_faults(type(exc).__name__)
-            return Decided({}, {}), exc
-
-    def _record(
-        self,
-        *,
-        session_rows: list[dict[str, object]],
-        events: list[EventDraft],
-        retry: list[Pending],
-        pending: list[Pending],
-        decided: Decided,
-        now: datetime,
-    ) -> bool:
-        """Store it all in one transaction; True when enforceable actions were planned."""
-        outcomes = decided.outcomes
-        pending = [p for p in pending if p.verdict.id in outcomes]
-        recorded = [outcomes[p.verdict.id] for p in pending]
-        planned = [o.planned for o in recorded]
-        with self._db.write_blocking() as session, session.begin():
-            repository.insert_verdicts(session, session_rows)
-            repository.set_status(
-                session,
-                [p.verdict.id for p in retry if p.verdict.id in outcomes],
-                VerdictStatus.DECIDED,
-            )
-            events = [
-                *events,
-                *decisions.record(session, recorded, pending, now, decided.sightings),
-                *plan_service.record(session, planned, now),
-            ]
-            audit.record_blocking(session, events)
-            plan_service.log_changes(session, planned, now)
-        decisions.count(recorded)
-        return any(
-            not a["shadow"] and a["type"] != "flag_review" for p in planned for a in p.actions
-        )
 
     async def _answer(self, live: list[_Submission], outcomes: dict[str, Outcome]) -> None:
         """Each request's answer: what this group decided, from memory; what was
@@ -490,18 +538,13 @@ class IngestService:
                 # A concurrent retry may have decided some meanwhile.
                 still = repository.undecided_among(session, [p.verdict.id for p in pending])
                 pending = [p for p in pending if p.verdict.id in still]
-                decided, failure = self._decide(session, pending, now, loop)
-            enforceable = False
-            if failure is None:
-                enforceable = self._record(
-                    session_rows=[],
-                    events=[],
-                    retry=pending,
-                    pending=pending,
-                    decided=decided,
-                    now=now,
-                )
-        return _Decided(decided.outcomes if failure is None else {}, failure, enforceable)
+                try:
+                    decided, enforceable = self._decide_and_record(
+                        session, [], pending, {}, [], now, loop
+                    )
+                except _Undecided as undecided:
+                    return _Decided({}, undecided.cause, False)
+        return _Decided(decided.outcomes, None, enforceable)
 
 
 def _received(pending: Pending, content_hash: str, actor: str) -> EventDraft:

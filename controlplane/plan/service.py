@@ -338,13 +338,13 @@ def plan(result: DecisionResult, parent: trace.Span | None, **context: Any) -> P
     return Planned(actions, format(span.get_span_context().span_id, "016x"))
 
 
-def record(session: Session, planned: Sequence[Planned], now: datetime) -> list[EventDraft]:
-    """Insert the actions in the caller's transaction; returns their `action.planned`
-    events (the caller chains them, then calls `log_changes`)."""
+def insert(session: Session, planned: Sequence[Planned], now: datetime) -> None:
+    """Insert the actions, and the reviews of those withheld, in the caller's
+    transaction (their `action.planned` events: `planned_events`; the caller chains
+    them, then calls `log_changes`)."""
     actions = [a for p in planned for a in p.actions]
     repository.insert_actions(session, actions)
     reviews_repo.insert_reviews(session, review_rows(actions, now))
-    return planned_events(actions, PIPELINE_ACTOR, now)
 
 
 def record_confirmed(

@@ -13,9 +13,9 @@ from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from controlplane.domain.verdict import Verdict
-from controlplane.evaluate.service import Decider, Outcome, Pending
+from controlplane.evaluate.service import SINK_EVERY, Decided, Decider, Outcome, Pending, Sink
 from controlplane.store.db import Database
-from controlplane.store.models import AuditEventRow, DecisionRow, VerdictRow
+from controlplane.store.models import ActionRow, AuditEventRow, DecisionRow, VerdictRow
 from controlplane.store.types import utcnow
 from tests.support.app import make_settings, serve
 from tests.support.store import add, count, fetch
@@ -81,12 +81,13 @@ def decider_fails_once(monkeypatch: pytest.MonkeyPatch) -> list[int]:
         pending: Sequence[Pending],
         now: datetime,
         loop: asyncio.AbstractEventLoop,
-    ) -> dict[str, Outcome]:
+        sink: Sink | None = None,
+    ) -> Decided:
         if pending:
             calls.append(len(calls) + 1)
             if len(calls) == 1:
                 raise RuntimeError("the engine fell over")
-        return original(self, session, pending, now, loop)
+        return original(self, session, pending, now, loop, sink)
 
     monkeypatch.setattr(Decider, "decide", fails_once)
     return calls
@@ -138,3 +139,36 @@ async def test_a_retry_decides_a_verdict_whose_first_decision_failed(
     assert [a["type"] for a in result["actions"]] == ["rate_limit"]
     assert decisions == 1
     assert calls == [1, 2], "the first decision failed, the retry decided"
+
+
+async def test_a_fault_after_decisions_were_written_leaves_none_of_them(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On PostgreSQL a batch's decisions and actions are written while it is decided:
+    a fault after SINK_EVERY of them were written rolls them back with the rest, and
+    the verdicts are stored as received, each one once."""
+    original = Decider._outcome
+    seen: list[str] = []
+    fail_at = SINK_EVERY + SINK_EVERY // 2
+
+    def fails_late(self: Decider, *args: Any) -> Outcome:
+        seen.append("x")
+        if len(seen) == fail_at:
+            raise RuntimeError("the engine fell over mid-batch")
+        return original(self, *args)
+
+    monkeypatch.setattr(Decider, "_outcome", fails_late)
+    batch = [verdict(subject=new_subject()) for _ in range(2 * SINK_EVERY)]
+    async with serve(make_settings(database_url, tmp_path)) as api:
+        response = await api.client.post("/v1/verdicts", json={"verdicts": batch})
+        ids = [v["id"] for v in batch]
+        stored = await fetch(api.runtime.db, VerdictRow, col(VerdictRow.id).in_(ids))
+        decisions = await count(api.runtime.db, DecisionRow, col(DecisionRow.verdict_id).in_(ids))
+        actions = await count(api.runtime.db, ActionRow, col(ActionRow.verdict_id).in_(ids))
+
+    assert response.status_code == 500
+    assert response.json()["error"] == "decision_failed"
+    assert len(seen) == fail_at, "the fault came after the first outcomes were handed over"
+    assert sorted(r.id for r in stored) == sorted(ids)
+    assert {r.status for r in stored} == {"received"}
+    assert (decisions, actions) == (0, 0)

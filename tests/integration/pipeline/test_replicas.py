@@ -20,7 +20,7 @@ from controlplane.domain.verdict import Verdict
 from controlplane.engine.base import Evaluation
 from controlplane.engine.embedded import EmbeddedEngine
 from controlplane.engine.runtime import EngineSlot
-from controlplane.evaluate.service import Decider, Outcome, Pending, subject_locks
+from controlplane.evaluate.service import Decided, Decider, Pending, Sink, subject_locks
 from controlplane.ingest import repository as verdicts_repo
 from controlplane.store.db import Database
 from controlplane.store.repository import lock_keys, try_lock_each, unlock_all, unlock_keys
@@ -102,9 +102,10 @@ def slow_decide(monkeypatch: pytest.MonkeyPatch) -> list[tuple[float, float]]:
         pending: Sequence[Pending],
         now: datetime,
         loop: asyncio.AbstractEventLoop,
-    ) -> dict[str, Outcome]:
+        sink: Sink | None = None,
+    ) -> Decided:
         started = time.monotonic()
-        outcomes = original(self, session, pending, now, loop)
+        outcomes = original(self, session, pending, now, loop, sink)
         time.sleep(HOLD_SECONDS)
         with lock:
             spans.append((started, time.monotonic()))
