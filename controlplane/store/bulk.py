@@ -18,12 +18,15 @@ from typing import Any
 
 from sqlalchemy import Connection, Table, insert
 from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.schema import ScalarElementColumnDefault
 
 
 @dataclass(frozen=True)
 class _Plan:
     sql: str
+    copy: str | None
+    """PostgreSQL (psycopg): the `COPY ... FROM STDIN` of the same columns."""
     width: int
     """How many columns each row gives."""
     columns: tuple[tuple[str, Callable[[Any], Any] | None, bool, Any], ...]
@@ -43,6 +46,7 @@ def insert_many(connection: Connection, table: Table, rows: Sequence[Mapping[str
     if not rows:
         return
     plan = _plan(connection.dialect, table, tuple(rows[0]))
+    copy = plan.copy is not None and len(rows) >= COPY_FROM
     values: list[Any] = []
     for row in rows:
         if len(row) != plan.width:
@@ -55,11 +59,41 @@ def insert_many(connection: Connection, table: Table, rows: Sequence[Mapping[str
             for name, process, fixed, constant in plan.columns
         ]
         values.append(
-            tuple(one)
+            one
+            if copy
+            else tuple(one)
             if plan.positional
             else {name: v for (name, _, _, _), v in zip(plan.columns, one, strict=True)}
         )
-    connection.exec_driver_sql(plan.sql, values)
+    if copy:
+        assert plan.copy is not None
+        _copy(connection, plan.copy, values)
+    else:
+        connection.exec_driver_sql(plan.sql, values)
+
+
+COPY_FROM = 8
+"""Rows from which PostgreSQL is sent `COPY ... FROM STDIN` instead of an INSERT per
+row: the driver's `executemany` spends ~19 µs of Python a row, COPY ~12."""
+
+
+def _copy(connection: Connection, statement: str, values: list[list[Any]]) -> None:
+    """The rows through psycopg's COPY, in the connection's transaction. Its errors
+    reach the caller as SQLAlchemy's own (an IntegrityError for a duplicate key), and a
+    connection the server dropped is invalidated, as `exec_driver_sql` would."""
+    raw: Any = connection.connection.dbapi_connection
+    dbapi = connection.dialect.loaded_dbapi
+    try:
+        with raw.cursor() as cursor, cursor.copy(statement) as copying:
+            for row in values:
+                copying.write_row(row)
+    except dbapi.Error as exc:
+        invalidated = connection.dialect.is_disconnect(exc, raw, None)
+        if invalidated:
+            connection.invalidate(exc)
+        raise DBAPIError.instance(
+            statement, None, exc, dbapi.Error, connection_invalidated=invalidated
+        ) from exc
 
 
 def _plan(dialect: Dialect, table: Table, given: tuple[str, ...]) -> _Plan:
@@ -95,8 +129,17 @@ def _plan(dialect: Dialect, table: Table, given: tuple[str, ...]) -> _Plan:
             parameters.append((name, None, True, value if process is None else process(value)))
         else:
             parameters.append((name, process, False, None))
+    copy = None
+    if dialect.name == "postgresql" and dialect.driver == "psycopg":
+        quote = dialect.identifier_preparer.quote
+        names = ", ".join(quote(columns[name].name) for name in order)
+        copy = f"COPY {dialect.identifier_preparer.format_table(table)} ({names}) FROM STDIN"
     plan = _Plan(
-        sql=compiled.string, width=len(given), columns=tuple(parameters), positional=positional
+        sql=compiled.string,
+        copy=copy,
+        width=len(given),
+        columns=tuple(parameters),
+        positional=positional,
     )
     with _PLANS_GUARD:
         _PLANS[key] = plan

@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Engine, insert, select, text
+from sqlalchemy.exc import IntegrityError
 
-from controlplane.store.bulk import insert_many
+from controlplane.store.bulk import COPY_FROM, insert_many
 from controlplane.store.db import create_blocking_engine
 from controlplane.store.models import ActionRow, DecisionRow, VerdictRow
 
@@ -95,10 +96,14 @@ def stored(engine: Engine, ids: list[str]) -> dict[str, dict[str, Any]]:
         return {r.id: dict(r._mapping) for r in rows}
 
 
-def test_insert_many_stores_what_sqlalchemy_stores(engine: Engine) -> None:
-    # `shadow` is given by no row: both paths store its scalar default (False).
-    ours = [action(i) for i in range(3)]
-    theirs = [action(i + 10) for i in range(3)]
+@pytest.mark.parametrize("count", [3, COPY_FROM], ids=["few", "copied"])
+def test_insert_many_stores_what_sqlalchemy_stores(engine: Engine, count: int) -> None:
+    # `shadow` is given by no row: both paths store its scalar default (False). From
+    # COPY_FROM rows PostgreSQL is sent COPY, whose text format escapes tabs, newlines
+    # and backslashes: they must arrive as they left.
+    awkward = "tab\there\nnew line \\N, back\\slash, \u00e9"
+    ours = [action(i, reason=awkward, trace_id=None) for i in range(count)]
+    theirs = [action(i + 100, reason=awkward, trace_id=None) for i in range(count)]
     with engine.begin() as connection:
         insert_many(connection, _action, ours)
         connection.execute(insert(_action), theirs)
@@ -113,6 +118,16 @@ def test_insert_many_stores_what_sqlalchemy_stores(engine: Engine) -> None:
     assert first["params"]["big"] == 10**30
     assert first["params"]["n"] == [1, 2, 0]
     assert first["created_at"] == WHEN and first["created_at"].tzinfo is not None
+
+
+def test_a_duplicate_key_among_many_rows_is_sqlalchemys_integrity_error(engine: Engine) -> None:
+    rows = [action(i) for i in range(COPY_FROM)]
+    with pytest.raises(IntegrityError), engine.begin() as connection:
+        insert_many(connection, _action, [*rows, action(0)])
+    assert stored(engine, [r["id"] for r in rows]) == {}
+    with engine.begin() as connection:  # the connection is usable again
+        insert_many(connection, _action, rows)
+    assert len(stored(engine, [r["id"] for r in rows])) == COPY_FROM
 
 
 def test_insert_many_refuses_rows_that_disagree_and_writes_nothing(engine: Engine) -> None:
