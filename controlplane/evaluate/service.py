@@ -60,7 +60,7 @@ from controlplane.store.db import Database
 from controlplane.store.models import new_id
 from controlplane.store.repository import lock_keys, try_lock_each, unlock_all, unlock_keys
 from controlplane.telemetry import metrics
-from controlplane.telemetry.tracing import SPAN_EVALUATE, trace_id_hex, tracer
+from controlplane.telemetry.tracing import SPAN_EVALUATE, pipeline_span, trace_id_hex
 
 
 def subject_locks(verdicts: Iterable[Verdict]) -> list[int]:
@@ -359,25 +359,24 @@ class Decider:
         now: datetime,
     ) -> Outcome:
         verdict = item.verdict
-        parent = trace.set_span_in_context(item.span) if item.span else None
         trace_id = trace_id_hex(item.span) if item.span else None
         decision_id = new_id("dec")
         status, error, shadow = DecisionStatus.OK, evaluation.error, False
         planned = Planned([])
         end_ns = evaluation.started_ns + int(evaluation.duration_ms * 1e6)
-        # Plain start_span/end: attaching each span as the current context costs more
-        # than the evaluation's own bookkeeping, and nothing below reads the context.
-        span = tracer().start_span(
+        # Never the current context (nothing below reads it); its child, the plan's span,
+        # is given it.
+        span = pipeline_span(
             SPAN_EVALUATE,
-            context=parent,
-            start_time=evaluation.started_ns or None,
-            attributes={
+            item.span,
+            {
                 "tollgate.verdict_id": verdict.id,
                 "tollgate.provider": verdict.provider,
                 "tollgate.policy_revision": engine.revision,
                 "tollgate.entrypoint": engine.entrypoint,
                 "tollgate.decision_id": decision_id,
             },
+            evaluation.started_ns or None,
         )
         settings = self._providers.of(verdict.provider)
         context = {

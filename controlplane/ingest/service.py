@@ -48,7 +48,7 @@ from controlplane.plan.schemas import ActionOut
 from controlplane.store.db import OUTAGES, Database, outage_reason
 from controlplane.store.types import utcnow
 from controlplane.telemetry import metrics
-from controlplane.telemetry.tracing import SPAN_INGEST, trace_id_hex, tracer
+from controlplane.telemetry.tracing import SPAN_INGEST, pipeline_span, trace_id_hex
 
 log = logging.getLogger(__name__)
 
@@ -425,9 +425,9 @@ class IngestService:
         and adds nothing; repeats are noted per request."""
         known = {i: r.content_hash for i, r in stored.items()}
         new: list[Pending] = []
-        t = tracer()
         started = time.perf_counter()
         for item in group:
+            request_span = trace.get_current_span(item.context)
             item.pending, item.duplicates = [], set()
             conflicts = [
                 {
@@ -450,10 +450,10 @@ class IngestService:
                     item.duplicates.add(verdict.id)
                     continue
                 known[verdict.id] = hashes[verdict.id]
-                span = t.start_span(
+                span = pipeline_span(
                     SPAN_INGEST,
-                    context=item.context,
-                    attributes={
+                    request_span,
+                    {
                         "tollgate.verdict_id": verdict.id,
                         "tollgate.provider": verdict.provider,
                         "tollgate.detector": verdict.detector.name,

@@ -22,7 +22,7 @@ from controlplane.enforce.service import record_changes_blocking
 from controlplane.plan import repository
 from controlplane.remedy import reviews_repository as reviews_repo
 from controlplane.store.models import new_id
-from controlplane.telemetry.tracing import SPAN_PLAN, tracer
+from controlplane.telemetry.tracing import SPAN_PLAN, pipeline_span
 
 PIPELINE_ACTOR = "tollgate"
 
@@ -326,11 +326,7 @@ class Planned:
 
 def plan(result: DecisionResult, parent: trace.Span | None, **context: Any) -> Planned:
     """`plan_actions` inside its own `action.plan` span, a child of `parent`."""
-    span = tracer().start_span(
-        SPAN_PLAN,
-        context=trace.set_span_in_context(parent) if parent is not None else None,
-        attributes={"tollgate.verdict_id": context["verdict_id"]},
-    )
+    span = pipeline_span(SPAN_PLAN, parent, {"tollgate.verdict_id": context["verdict_id"]})
     actions = plan_actions(result, **context)
     span.set_attribute("tollgate.actions", len(actions))
     span.set_attribute("tollgate.rules", sorted({a["rule"] for a in actions}))
