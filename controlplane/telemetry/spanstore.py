@@ -21,6 +21,7 @@ The telemetry area owns the `span` table: its SQL lives in `repository.py`.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import threading
@@ -32,6 +33,7 @@ from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.context import Context
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from sqlalchemy.exc import SQLAlchemyError
@@ -81,38 +83,56 @@ def _is_read(span: Span) -> bool:
     return _method(attributes) in _READS or _path(attributes).startswith("/console")
 
 
+@functools.lru_cache(maxsize=4096)
+def _sensitive_key(key: str) -> bool:
+    """Whether an attribute key names a credential (a few dozen keys recur: asked once)."""
+    return _SENSITIVE_KEY.search(key) is not None
+
+
 def _attribute(key: str, value: Any) -> Any:
-    if _SENSITIVE_KEY.search(key):
+    if _sensitive_key(key):
         return REDACTED
     if isinstance(value, str):
-        return REDACTED if _SENSITIVE_VALUE.match(value) else value
+        # The pattern's first characters, before the regex (most values start otherwise).
+        return REDACTED if value[:1] in "bBtT" and _SENSITIVE_VALUE.match(value) else value
     if isinstance(value, (list, tuple)):
         return [_attribute(key, v) for v in value]
     return value
 
 
+@functools.lru_cache(maxsize=64)
+def _service(resource: Resource) -> str:
+    return str(resource.attributes.get("service.name", "tollgate"))[:100]
+
+
 def span_row(span: ReadableSpan) -> dict[str, Any] | None:
     """The `span` row for a finished span, or None for spans not kept (see above)."""
     ctx = span.context
-    if ctx is None or not ctx.is_valid or span.start_time is None or span.end_time is None:
+    start, end = span.start_time, span.end_time
+    if ctx is None or not ctx.is_valid or start is None or end is None:
         return None
-    attributes = dict(span.attributes or {})
+    attributes = span.attributes or {}
     if "asgi.event.type" in attributes:
         return None
     parent = span.parent
+    status = span.status
     return {
-        "trace_id": format(ctx.trace_id, "032x"),
-        "span_id": format(ctx.span_id, "016x"),
-        "parent_id": format(parent.span_id, "016x") if parent and parent.is_valid else None,
+        "trace_id": f"{ctx.trace_id:032x}",
+        "span_id": f"{ctx.span_id:016x}",
+        "parent_id": f"{parent.span_id:016x}" if parent and parent.is_valid else None,
         "name": span.name[:200],
-        "kind": span.kind.name.lower(),
-        "start_ns": span.start_time,
-        "end_ns": max(span.end_time, span.start_time),
-        "status": span.status.status_code.name.lower(),
-        "status_message": span.status.description or None,
+        "kind": _KINDS[span.kind],
+        "start_ns": start,
+        "end_ns": max(end, start),
+        "status": _STATUSES[status.status_code],
+        "status_message": status.description or None,
         "attributes": {k: _attribute(k, v) for k, v in attributes.items()},
-        "service": str(span.resource.attributes.get("service.name", "tollgate"))[:100],
+        "service": _service(span.resource),
     }
+
+
+_KINDS = {kind: kind.name.lower() for kind in trace.SpanKind}
+_STATUSES = {code: code.name.lower() for code in trace.StatusCode}
 
 
 class _Sink:
