@@ -12,7 +12,7 @@ import itertools
 import queue
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -117,30 +117,42 @@ class EmbeddedEngine:
         return self._eval_chunk([input])[0]
 
     def evaluate_blocking(
-        self, inputs: Sequence[dict[str, Any]], loop: asyncio.AbstractEventLoop
+        self, inputs: Collection[dict[str, Any]], loop: asyncio.AbstractEventLoop
     ) -> Iterator[Evaluation]:
         """Each input's evaluation, in order, each as soon as it is done: the caller
         works on one (its decision, its plan: Python, under the GIL) while the workers
         evaluate the next ones (the native call releases the GIL), and, when the one it
         waits for is not done, evaluates the next input nobody took instead of idling.
-        So a batch's Python and its evaluations overlap on two cores, and even a group
-        of two verdicts is evaluated on both. Every input is evaluated once, by the
-        first thread to take it. The event loop is not involved."""
+        `inputs` is iterated once, on the caller's thread, before the first evaluation
+        is given: a lazy collection (its inputs built as they are iterated) has the
+        workers evaluate the first inputs while the caller builds the next. So a batch's
+        Python and its evaluations overlap on two cores, and even a group of two
+        verdicts is evaluated on both. Every input is evaluated once, by the first
+        thread to take it. The event loop is not involved."""
         count = len(inputs)
         if count <= 1 or self._workers == 1:
-            yield from self._eval_chunk(inputs)
+            yield from self._eval_chunk(list(inputs))
             return
+        built: list[dict[str, Any]] = []
         results: list[Evaluation | None] = [None] * count
         taken = itertools.count()  # next() is atomic: each input is taken once
         finished = threading.Condition()
+        """Guards `built` growing, `results` filling and `failures`."""
         failures: list[BaseException] = []
 
         def take(engine: Any) -> bool:
-            """Evaluate the next input nobody took; False when none is left."""
+            """Evaluate the next input nobody took, once it is built; False when none is
+            left (or the caller failed)."""
             i = next(taken)
             if i >= count:
                 return False
-            evaluation = self._eval_on(engine, inputs[i])
+            if i >= len(built):
+                with finished:
+                    while i >= len(built) and not failures:
+                        finished.wait()
+                    if failures:
+                        return False
+            evaluation = self._eval_on(engine, built[i])
             with finished:
                 results[i] = evaluation
                 finished.notify_all()
@@ -162,6 +174,18 @@ class EmbeddedEngine:
             self._pool.submit(helper)
         engine = self._engines.get()
         try:
+            try:
+                for given in inputs:
+                    with finished:
+                        built.append(given)
+                        finished.notify_all()
+            except BaseException as exc:  # the helpers stop waiting for inputs never built
+                with finished:
+                    failures.append(exc)
+                    finished.notify_all()
+                raise
+            if len(built) != count:
+                raise ValueError(f"{len(built)} inputs given for {count}")
             for i in range(count):
                 while results[i] is None:
                     if failures:

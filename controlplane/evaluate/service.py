@@ -109,6 +109,32 @@ class Decided:
     sightings: dict[Scope, list[tuple[str, str, datetime]]]
 
 
+class _Inputs:
+    """A wave's inputs, built as the engine iterates them (on the decide thread), so its
+    workers evaluate the first while the next are built. All are built before the first
+    outcome changes the lookups: a wave's inputs never see each other's outcomes."""
+
+    def __init__(self, members: Sequence[Pending], lookups: Lookups, now: datetime) -> None:
+        self._members = members
+        self._lookups = lookups
+        self._now = now
+        self.built: list[dict[str, Any]] = []
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    def __contains__(self, item: object) -> bool:
+        return item in self.built
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        if self.built:
+            raise RuntimeError("a wave's inputs are built once")
+        for p in self._members:
+            given = build_input(p.verdict, p.received_at, self._lookups, self._now)
+            self.built.append(given)
+            yield given
+
+
 class Decider:
     """Decides verdicts one batch at a time per process, in the decide thread, and, on
     PostgreSQL, one batch per subject across replicas (`exclusive`): a verdict's history
@@ -241,10 +267,10 @@ class Decider:
         for wave in range(max(waves) + 1):
             members = [p for p, w in zip(pending, waves, strict=True) if w == wave]
             engine = self._engines.current
-            inputs = [build_input(p.verdict, p.received_at, lookups, now) for p in members]
+            inputs = _Inputs(members, lookups, now)
             evaluations = engine.evaluate_blocking(inputs, loop)
-            for item, given, evaluation in zip(members, inputs, evaluations, strict=True):
-                outcome = self._outcome(engine, item, given, evaluation, now)
+            for i, (item, evaluation) in enumerate(zip(members, evaluations, strict=True)):
+                outcome = self._outcome(engine, item, inputs.built[i], evaluation, now)
                 outcomes[item.verdict.id] = outcome
                 for action in outcome.actions:
                     if not action["shadow"]:

@@ -263,6 +263,63 @@ def test_evaluate_blocking_gives_each_evaluation_while_the_next_are_evaluated() 
     assert given_first_ns < last_end_ns, "the first evaluation waited for the others"
 
 
+class Built:
+    """Inputs built as they are iterated, each after `pause` seconds (a slow build),
+    noting when each was built."""
+
+    def __init__(self, inputs: list[dict[str, Any]], pause: float, fail_at: int = -1) -> None:
+        self.inputs, self.pause, self.fail_at = inputs, pause, fail_at
+        self.built_ns: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def __contains__(self, item: object) -> bool:
+        return item in self.inputs
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for n, given in enumerate(self.inputs):
+            if n == self.fail_at:
+                raise RuntimeError("building an input failed")
+            time.sleep(self.pause)
+            self.built_ns.append(time.time_ns())
+            yield given
+
+
+def test_evaluate_blocking_evaluates_the_first_inputs_while_the_next_are_built() -> None:
+    """A lazy collection is iterated on the caller's thread; the workers evaluate what is
+    built meanwhile (ordered by the engine's own clock, not by a timer)."""
+    engine = EmbeddedEngine(make_bundle({"spin/spin.rego": SPIN}, {}), "spin.decision", workers=2)
+    try:
+        inputs = Built([{"n": n, "spin": 1} for n in range(6)], pause=0.05)
+        loop = asyncio.new_event_loop()
+        try:
+            evaluations = list(engine.evaluate_blocking(inputs, loop))
+        finally:
+            loop.close()
+    finally:
+        engine.close()
+    assert [e.result for e in evaluations] == [{"n": n, "spun": 1} for n in range(6)]
+    assert evaluations[0].started_ns < inputs.built_ns[-1], "nothing was evaluated meanwhile"
+
+
+def test_a_build_that_fails_is_raised_and_leaves_the_engine_whole() -> None:
+    engine = EmbeddedEngine(echo_bundle(), "echo.decision", workers=2)
+    try:
+        loop = asyncio.new_event_loop()
+        try:
+            failing = Built([{"n": n} for n in range(5)], pause=0.01, fail_at=3)
+            with pytest.raises(RuntimeError, match="building an input failed"):
+                list(engine.evaluate_blocking(failing, loop))
+            # Both engines came back: the next batch is evaluated on both, and ends.
+            again = list(engine.evaluate_blocking([{"n": n} for n in range(40)], loop))
+        finally:
+            loop.close()
+        assert [e.result["n"] for e in again if e.result] == list(range(40))
+    finally:
+        engine.close()
+
+
 @pytest.mark.parametrize("count", [0, 1, 2, 3, 17, 200])
 def test_evaluate_blocking_shares_the_inputs_and_keeps_their_order(count: int) -> None:
     """The calling thread and the workers take inputs from one list: every input is
