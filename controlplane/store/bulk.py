@@ -46,7 +46,9 @@ def insert_many(connection: Connection, table: Table, rows: Sequence[Mapping[str
     if not rows:
         return
     plan = _plan(connection.dialect, table, tuple(rows[0]))
-    copy = plan.copy is not None and len(rows) >= COPY_FROM
+    # Not through an async engine's adapter (an async session's `run_sync`): its
+    # cursor has no COPY of its own; those writes are few rows (an API call's events).
+    copy = plan.copy is not None and len(rows) >= COPY_FROM and not connection.dialect.is_async
     values: list[Any] = []
     for row in rows:
         if len(row) != plan.width:

@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, insert, select, text
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.store.bulk import COPY_FROM, insert_many
-from controlplane.store.db import create_blocking_engine
+from controlplane.store.db import create_blocking_engine, create_engine
 from controlplane.store.models import ActionRow, DecisionRow, VerdictRow
 
 _action = ActionRow.__table__  # type: ignore[attr-defined]
@@ -128,6 +129,20 @@ def test_a_duplicate_key_among_many_rows_is_sqlalchemys_integrity_error(engine: 
     with engine.begin() as connection:  # the connection is usable again
         insert_many(connection, _action, rows)
     assert len(stored(engine, [r["id"] for r in rows])) == COPY_FROM
+
+
+async def test_many_rows_through_an_async_sessions_run_sync(
+    engine: Engine, database_url: str
+) -> None:
+    """API handlers write through an async session (`run_sync`): many rows go in too."""
+    rows = [action(i) for i in range(COPY_FROM * 2)]
+    writer = create_engine(database_url)
+    try:
+        async with AsyncSession(writer) as session, session.begin():
+            await session.run_sync(lambda sync: insert_many(sync.connection(), _action, rows))
+    finally:
+        await writer.dispose()
+    assert len(stored(engine, [r["id"] for r in rows])) == len(rows)
 
 
 def test_insert_many_refuses_rows_that_disagree_and_writes_nothing(engine: Engine) -> None:
