@@ -78,3 +78,14 @@ DESIGN_VERDICT: dict[str, Any] = {
     "observed_at": "2026-11-26T12:00:00Z",
 }
 """The verdict of DESIGN.md, "The policy contract" (copy it before changing it)."""
+
+
+def operation_verdict(account: str, key: str, org: str, ip: str) -> dict[str, Any]:
+    """What a sweep detector says of one key of an operation: templated capability sweep."""
+    return verdict(
+        subject={"account_id": account, "api_key_id": key, "org_id": org, "ips": [ip]},
+        score=0.86,
+        confidence=0.85,
+        labels=["distillation.capability_sweep"],
+        signals={"requests_24h": 900000, "prompt_template_reuse": 0.9, "capability_coverage": 0.93},
+    )

@@ -20,7 +20,7 @@ from tests.integration.connectors.haproxy_fixtures import (  # noqa: F401 (fixtu
     model_stub_fixture,
 )
 from tests.support.app import Running, make_settings, serve
-from tests.support.verdicts import unique, verdict
+from tests.support.verdicts import operation_verdict, unique
 
 OK, REVOKED, REFUSED = 200, 401, 403
 
@@ -36,17 +36,6 @@ async def api(database_url: str, tmp_path: Path, haproxy_id: Gateway) -> AsyncIt
     }
     async with serve(make_settings(database_url, tmp_path, connectors=[connector])) as running:
         yield running
-
-
-def operation_verdict(account: str, key: str, org: str, ip: str) -> dict[str, Any]:
-    """What a sweep detector says of one key of an operation: templated capability sweep."""
-    return verdict(
-        subject={"account_id": account, "api_key_id": key, "org_id": org, "ips": [ip]},
-        score=0.86,
-        confidence=0.85,
-        labels=["distillation.capability_sweep"],
-        signals={"requests_24h": 900000, "prompt_template_reuse": 0.9, "capability_coverage": 0.93},
-    )
 
 
 async def submit(api: Running, document: dict[str, Any]) -> list[dict[str, Any]]:

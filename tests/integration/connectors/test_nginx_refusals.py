@@ -25,7 +25,7 @@ from tests.integration.connectors.nginx_fixtures import (  # noqa: F401 (fixture
     nginx_stopped_fixture,
 )
 from tests.support.app import Running, make_settings, serve
-from tests.support.verdicts import new_subject, unique, verdict
+from tests.support.verdicts import new_subject, operation_verdict, unique, verdict
 
 OK = 200
 HEADERS = {"account_header": "X-Account-Id", "org_header": "X-Org-Id"}
@@ -178,17 +178,6 @@ async def tollgate(nginx: Nginx, database_url: str, tmp_path: Path) -> AsyncIter
     async with serve(make_settings(database_url, data, connectors=[connector])) as running:
         await running.runtime.enforcer.settle()
         yield running
-
-
-def operation_verdict(account: str, key: str, org: str, ip: str) -> dict[str, Any]:
-    """What a sweep detector says of one key of an operation: templated capability sweep."""
-    return verdict(
-        subject={"account_id": account, "api_key_id": key, "org_id": org, "ips": [ip]},
-        score=0.86,
-        confidence=0.85,
-        labels=["distillation.capability_sweep"],
-        signals={"requests_24h": 900000, "prompt_template_reuse": 0.9, "capability_coverage": 0.93},
-    )
 
 
 async def submit(api: Running, document: dict[str, Any]) -> list[dict[str, Any]]:

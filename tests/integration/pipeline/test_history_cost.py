@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -262,7 +262,9 @@ def seed_history(url: str, rows: int) -> None:
         engine.dispose()
 
 
-async def test_a_groups_database_work_does_not_grow_with_history(tmp_path: Path) -> None:
+async def group_costs(tmp_path: Path, seed: Callable[[str], None]) -> tuple[int, int]:
+    """SQLite instructions (in units of STEP) of the decide thread for a group, then for
+    a like group after `seed(url)` added history."""
     with fresh_database("sqlite", tmp_path / "db", None) as url:
         (tmp_path / "data").mkdir()
         settings = make_settings(url, tmp_path / "data")
@@ -270,16 +272,20 @@ async def test_a_groups_database_work_does_not_grow_with_history(tmp_path: Path)
             await running.submit({"verdicts": group("warm")})  # statements compiled
             with counted(running) as before:
                 await running.submit({"verdicts": group("before")})
-            seed_history(url, HISTORY)
+            seed(url)
             with counted(running) as after:
                 await running.submit({"verdicts": group("after")})
-
     assert before[0] > 0, "the decide thread ran no SQLite instructions: nothing counted"
+    return before[0], after[0]
+
+
+async def test_a_groups_database_work_does_not_grow_with_history(tmp_path: Path) -> None:
+    before, after = await group_costs(tmp_path, lambda url: seed_history(url, HISTORY))
     # The groups are alike; a lookup that scans history costs a step per row of it
     # (HISTORY rows: HISTORY / STEP = 400 units per scanned table).
-    assert after[0] <= before[0] * 1.25 + 50, (
-        f"a group cost {before[0] * STEP:,} SQLite instructions on a new database and "
-        f"{after[0] * STEP:,} after {HISTORY:,} rows of unrelated history"
+    assert after <= before * 1.25 + 50, (
+        f"a group cost {before * STEP:,} SQLite instructions on a new database and "
+        f"{after * STEP:,} after {HISTORY:,} rows of unrelated history"
     )
 
 
@@ -311,21 +317,10 @@ def seed_old_history(url: str, tag: str, rows: int) -> None:
 async def test_a_subjects_verdicts_older_than_its_window_cost_nothing(tmp_path: Path) -> None:
     """A long-watched account: every verdict ever stored about it is still there, but a
     verdict's history is the 30 days before it, an index range on (account, time)."""
-    with fresh_database("sqlite", tmp_path / "db", None) as url:
-        (tmp_path / "data").mkdir()
-        settings = make_settings(url, tmp_path / "data")
-        async with serve(settings) as running:
-            await running.submit({"verdicts": group("warm")})  # statements compiled
-            with counted(running) as before:
-                await running.submit({"verdicts": group("before")})
-            seed_old_history(url, "after", HISTORY)
-            with counted(running) as after:
-                await running.submit({"verdicts": group("after")})
-
-    assert before[0] > 0, "the decide thread ran no SQLite instructions: nothing counted"
-    assert after[0] <= before[0] * 1.25 + 50, (
-        f"a group cost {before[0] * STEP:,} SQLite instructions on subjects without history "
-        f"and {after[0] * STEP:,} on subjects with {HISTORY:,} verdicts older than 30 days"
+    before, after = await group_costs(tmp_path, lambda url: seed_old_history(url, "after", HISTORY))
+    assert after <= before * 1.25 + 50, (
+        f"a group cost {before * STEP:,} SQLite instructions on subjects without history "
+        f"and {after * STEP:,} on subjects with {HISTORY:,} verdicts older than 30 days"
     )
 
 
@@ -360,21 +355,10 @@ async def test_a_network_everyone_uses_costs_what_its_verified_customers_do(
 ) -> None:
     """Which verified customers use a verdict's networks is read from their sightings
     alone, not from every account ever seen on the network."""
-    with fresh_database("sqlite", tmp_path / "db", None) as url:
-        (tmp_path / "data").mkdir()
-        settings = make_settings(url, tmp_path / "data")
-        async with serve(settings) as running:
-            await running.submit({"verdicts": group("warm")})  # statements compiled
-            with counted(running) as before:
-                await running.submit({"verdicts": group("before")})
-            seed_shared_network(url, HISTORY)
-            with counted(running) as after:
-                await running.submit({"verdicts": group("after")})
-
-    assert before[0] > 0, "the decide thread ran no SQLite instructions: nothing counted"
-    assert after[0] <= before[0] * 1.25 + 50, (
-        f"a group cost {before[0] * STEP:,} SQLite instructions on a new network and "
-        f"{after[0] * STEP:,} on a network {HISTORY:,} other accounts were seen on"
+    before, after = await group_costs(tmp_path, lambda url: seed_shared_network(url, HISTORY))
+    assert after <= before * 1.25 + 50, (
+        f"a group cost {before * STEP:,} SQLite instructions on a new network and "
+        f"{after * STEP:,} on a network {HISTORY:,} other accounts were seen on"
     )
 
 

@@ -4,21 +4,8 @@ own: the keys of several suspensions in one batch are looked up together."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from tests.support.app import Running
-from tests.support.verdicts import unique, verdict
-
-
-def sweep(account: str, key: str, org: str, ip: str) -> dict[str, Any]:
-    """A templated capability sweep on one key of an operation."""
-    return verdict(
-        subject={"account_id": account, "api_key_id": key, "org_id": org, "ips": [ip]},
-        score=0.86,
-        confidence=0.85,
-        labels=["distillation.capability_sweep"],
-        signals={"requests_24h": 900000, "prompt_template_reuse": 0.9, "capability_coverage": 0.93},
-    )
+from tests.support.verdicts import operation_verdict, unique
 
 
 async def test_a_batch_suspending_two_accounts_revokes_each_ones_own_keys(api: Running) -> None:
@@ -33,11 +20,11 @@ async def test_a_batch_suspending_two_accounts_revokes_each_ones_own_keys(api: R
         )
         assert answer.status_code == 200, answer.text
         # Its first key alone, stored; the second and third come in the shared batch.
-        await api.submit(sweep(account, keys[0], org, f"192.0.2.{60 + n}"))
+        await api.submit(operation_verdict(account, keys[0], org, f"192.0.2.{60 + n}"))
         operations.append((account, record, keys, org, n))
 
     batch = [
-        sweep(account, key, org, f"192.0.2.{70 + n * 2 + i}")
+        operation_verdict(account, key, org, f"192.0.2.{70 + n * 2 + i}")
         for account, _, keys, org, n in operations
         for i, key in enumerate(keys[1:])
     ]
