@@ -24,6 +24,8 @@ from sqlalchemy import Connection, CursorResult, Select
 from sqlalchemy.engine import Dialect
 
 _EXPANDING = re.compile(r"__\[POSTCOMPILE_(\w+)\]")
+_IN = re.compile(r"IN \(__\[POSTCOMPILE_(\w+)\]\)")
+_NOT_IN = re.compile(r"NOT IN \(__\[POSTCOMPILE_(\w+)\]\)")
 _NAMED = re.compile(r"%\((\w+)\)s")
 
 
@@ -42,6 +44,10 @@ class _Compiled:
     the driver reports)."""
     rendered: dict[tuple[int, ...], str]
     """The text per length of each IN list, in `expanding` order."""
+    arrays: bool = False
+    """PostgreSQL: each IN list is one array parameter (`= ANY(...)`, `<> ALL(...)`), one
+    text and one plan whatever its length, instead of a parameter per item (thousands in
+    a batch's lookups, each adapted by the driver and planned by the server)."""
 
 
 class Prepared:
@@ -64,9 +70,10 @@ class Prepared:
         lengths = tuple(len(values[name]) for name in sorted(compiled.expanding))
         if 0 in lengths:  # SQLAlchemy renders an empty IN its own way
             return list(connection.execute(self.statement, dict(params)))
-        text = compiled.rendered.get(lengths)
+        shape = () if compiled.arrays else lengths
+        text = compiled.rendered.get(shape)
         if text is None:
-            text = compiled.rendered[lengths] = _render(compiled, values)
+            text = compiled.rendered[shape] = _render(compiled, values)
         bound = _bind(compiled, values)
         make = self._row._make
         result = connection.exec_driver_sql(text, bound)
@@ -130,10 +137,24 @@ def _compile(statement: Select[Any], dialect: Dialect) -> _Compiled | None:
         },
         columns=[],
         rendered={},
+        arrays=_arrays(dialect, compiled.string, expanding),
     )
 
 
+def _arrays(dialect: Dialect, text: str, expanding: frozenset[str]) -> bool:
+    """Whether every IN list of the statement can be one array parameter (PostgreSQL,
+    named parameters, each list a plain `IN (...)` or `NOT IN (...)` of one column)."""
+    if dialect.name != "postgresql" or dialect.paramstyle != "pyformat" or not expanding:
+        return False
+    plain = set(_IN.findall(text)) | set(_NOT_IN.findall(text))
+    return plain == set(expanding) and len(_EXPANDING.findall(text)) == len(_IN.findall(text))
+
+
 def _render(compiled: _Compiled, values: Mapping[str, Any]) -> str:
+    if compiled.arrays:
+        text = _NOT_IN.sub(r"<> ALL(%(\1)s)", compiled.text)
+        return _IN.sub(r"= ANY(%(\1)s)", text)
+
     def each(match: re.Match[str]) -> str:
         name = match.group(1)
         count = len(values[name])
@@ -159,7 +180,9 @@ def _bind(compiled: _Compiled, values: Mapping[str, Any]) -> tuple[Any, ...] | d
         return tuple(out)
     named: dict[str, Any] = {}
     for name in compiled.binds:
-        if name in compiled.expanding:
+        if name in compiled.expanding and compiled.arrays:
+            named[name] = [one(name, v) for v in values[name]]
+        elif name in compiled.expanding:
             for i, v in enumerate(values[name], start=1):
                 named[f"{name}_{i}"] = one(name, v)
         else:

@@ -76,6 +76,48 @@ def test_rows_are_sqlalchemys_rows(stored: Engine, count: int) -> None:
     assert first.params["big"] == 10**30
 
 
+EXCEPT = Prepared(
+    select(_action.c.id)
+    .where(
+        _action.c.provider == bindparam("provider"),
+        _action.c.id.not_in(bindparam("exclude", expanding=True)),
+    )
+    .order_by(_action.c.id)
+)
+
+
+@pytest.mark.parametrize("count", [1, 5])
+def test_not_in_lists_are_sqlalchemys_too(stored: Engine, count: int) -> None:
+    params = {"provider": "lab-a", "exclude": [f"act{i}" for i in range(count)]}
+    with stored.connect() as connection:
+        ours = [tuple(r) for r in EXCEPT.rows(connection, params)]
+        theirs = [tuple(r) for r in connection.execute(EXCEPT.statement, params)]
+    assert ours == theirs and len(ours) == 12 - count
+
+
+def test_postgresql_sends_each_in_list_as_one_array(stored: Engine) -> None:
+    """One text whatever the lists' lengths, planned for each (SQLite: a text each)."""
+    with stored.connect() as connection:
+        for count in (2, 9):
+            values = [f"key-{i}" for i in range(count)]
+            BY_TARGETS.rows(connection, {"providers": ["lab-a"], "values": values, "now": WHEN})
+        EXCEPT.rows(connection, {"provider": "lab-a", "exclude": ["act1", "act2"]})
+    compiled = BY_TARGETS._compiled[stored.dialect.name]
+    assert compiled is not None
+    texts = list(compiled.rendered.values())
+    if stored.dialect.name == "postgresql":
+        assert len(texts) == 1 and "= ANY(" in texts[0] and "POSTCOMPILE" not in texts[0]
+        # Planned for the arrays given each time, not by a generic plan (see `store.db`).
+        with stored.connect() as connection:
+            mode = connection.exec_driver_sql("SHOW plan_cache_mode").scalar()
+        assert mode == "force_custom_plan"
+        not_in = EXCEPT._compiled["postgresql"]
+        assert not_in is not None
+        assert "<> ALL(" in next(iter(not_in.rendered.values()))
+    else:
+        assert len(texts) >= 2 and all("IN (" in t for t in texts)
+
+
 def test_an_empty_in_list_is_sqlalchemys_to_render(stored: Engine) -> None:
     params: dict[str, Any] = {"providers": ["lab-a"], "values": [], "now": WHEN}
     with stored.connect() as connection:
