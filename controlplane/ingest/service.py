@@ -306,7 +306,7 @@ class IngestService:
                     # Stored as received, to be decided on retry or by the recovery job.
                     with self._db.write_blocking() as writing, writing.begin():
                         repository.insert_verdicts(
-                            writing, [self._row(p, hashes, decided=False) for p in new]
+                            writing, [self._verdict_row(p, hashes, decided=False) for p in new]
                         )
                         audit.record_blocking(writing, events)
             except BaseException:
@@ -341,7 +341,7 @@ class IngestService:
 
         def verdict_rows(writing: Session) -> Callable[[], None]:
             def write() -> None:
-                rows = [self._row(p, hashes, decided=True) for p in new]
+                rows = [self._verdict_row(p, hashes, decided=True) for p in new]
                 repository.insert_verdicts(writing, rows)
                 ids = [p.verdict.id for p in retry]
                 repository.set_status(writing, ids, VerdictStatus.DECIDED)
@@ -403,7 +403,9 @@ class IngestService:
         return outcomes
 
     @staticmethod
-    def _row(pending: Pending, hashes: dict[str, str], *, decided: bool) -> dict[str, object]:
+    def _verdict_row(
+        pending: Pending, hashes: dict[str, str], *, decided: bool
+    ) -> dict[str, object]:
         return _row(
             pending.verdict,
             hashes[pending.verdict.id],
