@@ -260,9 +260,14 @@ def record_sightings(
                         }
                     )
     connection = session.connection()
+    fresh = [(k, at) for k, at in seen.items() if k not in old]
+    if connection.dialect.name == "postgresql" and (stale or fresh):
+        # Before any sighting row is written: a customer write holding the lock may be
+        # setting `verified` on these very rows (taken after them, the two would wait
+        # for each other).
+        connection.execute(text("SELECT pg_advisory_xact_lock_shared(:k)"), {"k": _VERIFIED_LOCK})
     if stale:
         connection.execute(_SEEN_AGAIN, stale)
-    fresh = [(k, at) for k, at in seen.items() if k not in old]
     verified = _verified_among(connection, {k[2] for k, _ in fresh if k[1] == "account"})
     rows = [
         {
@@ -283,11 +288,9 @@ def record_sightings(
 
 def _verified_among(connection: Connection, account_ids: set[str]) -> set[str]:
     """Which of these accounts have a verified customer record, read in the caller's
-    transaction after taking the customers' lock (shared: see `_VERIFIED_LOCK`)."""
+    transaction once it holds the customers' lock (shared: see `_VERIFIED_LOCK`)."""
     if not account_ids:
         return set()
-    if connection.dialect.name == "postgresql":
-        connection.execute(text("SELECT pg_advisory_xact_lock_shared(:k)"), {"k": _VERIFIED_LOCK})
     found: set[str] = set()
     for chunk in _chunks(sorted(account_ids)):
         found.update(r.account_id for r in _VERIFIED_AMONG.rows(connection, {"ids": list(chunk)}))

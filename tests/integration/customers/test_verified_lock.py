@@ -1,0 +1,90 @@
+"""PostgreSQL: a batch recording sightings and a customer write re-flagging the same
+sightings never wait for each other (the batch takes the customers' lock before it
+writes any sighting row, as the customer write takes it before its own)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from controlplane.customers import repository
+from controlplane.store.db import create_blocking_engine
+from tests.support.databases import PostgresServer, fresh_database
+
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+KNOWN = ("lab-a", "account", "acct_lock", "network", "198.51.100.0/24")
+
+
+@pytest.fixture
+def postgres_url(postgres: PostgresServer, tmp_path: Path) -> Iterator[str]:
+    with fresh_database("postgresql", tmp_path / "db", postgres) as url:
+        yield url
+
+
+def test_a_batchs_sightings_wait_for_a_customer_write_before_touching_a_row(
+    postgres_url: str,
+) -> None:
+    engine = create_blocking_engine(postgres_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO sighting (provider, scope, scope_id, kind, value, first_seen,"
+                    " last_seen) VALUES (:p, :s, :i, :k, :v, :t, :t)"
+                ),
+                dict(zip("psikv", KNOWN, strict=True), t=NOW - timedelta(days=2)),
+            )
+        customer = engine.connect()
+        customer.begin()
+        customer.execute(text("SET lock_timeout = '10s'"))
+        # The customer write holds the lock, as replace_customers does first.
+        customer.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": repository._VERIFIED_LOCK})
+
+        failures: list[BaseException] = []
+
+        def batch() -> None:
+            """The known sighting is stale (moved forward), one is new."""
+            try:
+                with Session(engine) as session, session.begin():
+                    session.execute(text("SET LOCAL lock_timeout = '10s'"))
+                    repository.record_sightings(
+                        session,
+                        {KNOWN: NOW, (*KNOWN[:4], "203.0.113.0/24"): NOW},
+                        {KNOWN[:3]: [(KNOWN[3], KNOWN[4], NOW - timedelta(days=2))]},
+                    )
+            except BaseException as exc:
+                failures.append(exc)
+
+        recording = threading.Thread(target=batch)
+        recording.start()
+        recording.join(0.5)
+        assert recording.is_alive(), "the batch did not wait for the customer write"
+        # Had the batch moved the stale row before asking for the lock, this update
+        # would wait for it while it waits for us: a deadlock PostgreSQL breaks by
+        # failing one of the two.
+        customer.execute(
+            text("UPDATE sighting SET verified = true WHERE scope_id = :i"), {"i": KNOWN[2]}
+        )
+        customer.commit()
+        customer.close()
+        recording.join(15)
+        assert not recording.is_alive()
+        assert failures == []
+        with engine.connect() as connection:
+            rows = connection.execute(
+                text("SELECT value, verified, last_seen FROM sighting WHERE scope_id = :i"),
+                {"i": KNOWN[2]},
+            ).all()
+        assert {(r.value, r.verified) for r in rows} == {
+            ("198.51.100.0/24", True),
+            ("203.0.113.0/24", False),
+        }
+        assert all(r.last_seen == NOW for r in rows)
+    finally:
+        engine.dispose()
