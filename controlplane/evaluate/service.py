@@ -44,7 +44,6 @@ from controlplane.evaluate.context import (
 )
 from controlplane.evaluate.repository import action_document
 from controlplane.intel.hashing import Keyring
-from controlplane.plan import service as plan_service
 from controlplane.plan.service import (
     PIPELINE_ACTOR,
     Planned,
@@ -54,6 +53,9 @@ from controlplane.plan.service import (
     plan,
     planned_events,
     suspension_children,
+)
+from controlplane.plan.service import (
+    insert as insert_planned,
 )
 from controlplane.settings import Providers
 from controlplane.store.db import Database
@@ -513,7 +515,7 @@ class Recording:
                     )
             outcomes = [o for _, o in decided]
             repository.insert_decisions(self._session, [o.decision for o in outcomes])
-            plan_service.insert(self._session, [o.planned for o in outcomes], self._now)
+            insert_planned(self._session, [o.planned for o in outcomes], self._now)
             self._outcomes.extend(outcomes)
         except BaseException as exc:
             self.failure = exc

@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -339,24 +340,24 @@ class IngestService:
         every other writer (a lift, the connectors' state) waiting for whole batches."""
         pending = [*new, *retry]
 
-        def verdict_rows(writing: Session) -> Callable[[], None]:
-            def write() -> None:
-                rows = [self._verdict_row(p, hashes, decided=True) for p in new]
-                repository.insert_verdicts(writing, rows)
-                ids = [p.verdict.id for p in retry]
-                repository.set_status(writing, ids, VerdictStatus.DECIDED)
-
-            return write
+        def verdict_rows(writing: Session) -> None:
+            rows = [self._verdict_row(p, hashes, decided=True) for p in new]
+            repository.insert_verdicts(writing, rows)
+            repository.set_status(writing, [p.verdict.id for p in retry], VerdictStatus.DECIDED)
 
         if self._db.dialect == "sqlite":
             decided = self._decide(session, pending, now, loop, None)
             with self._db.write_blocking() as writing, writing.begin():
-                recording = decisions.Recording(writing, pending, now, verdict_rows(writing))
+                recording = decisions.Recording(
+                    writing, pending, now, partial(verdict_rows, writing)
+                )
                 recording.add([(p, decided.outcomes[p.verdict.id]) for p in pending])
                 outcomes = self._finish(writing, recording, decided, events, now)
         else:
             with self._db.write_blocking() as writing, writing.begin():
-                recording = decisions.Recording(writing, pending, now, verdict_rows(writing))
+                recording = decisions.Recording(
+                    writing, pending, now, partial(verdict_rows, writing)
+                )
                 decided = self._decide(session, pending, now, loop, recording)
                 outcomes = self._finish(writing, recording, decided, events, now)
         decisions.count(outcomes)
