@@ -1,21 +1,26 @@
-"""Customer and sighting SQL. Both tables are queried here only: evaluate asks for the
-records and sightings of a batch's subjects, plan for the keys a suspension covers.
+"""Customer and sighting SQL. These tables (and the sightings' tallies) are queried here
+only: evaluate asks for the records and sightings of a batch's subjects, plan for the
+keys a suspension covers and flags the sightings of what it revokes or suspends.
 What the decide thread runs is sync (a `Session`)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import hashlib
+import json
+from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Table, bindparam, delete, insert, select, text, update
+from sqlalchemy import Connection, Table, and_, bindparam, delete, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from controlplane.store.bulk import insert_many
-from controlplane.store.models import CustomerRow, SightingRow
+from controlplane.store.models import CustomerRow, SightingRow, SightingTallyRow
 from controlplane.store.prepared import Prepared
+from controlplane.store.repository import keyed
 
 CHUNK = 500
 REFRESH = timedelta(hours=1)
@@ -141,13 +146,91 @@ def customers_of_orgs(session: Session, org_ids: Iterable[str]) -> dict[str, lis
 
 Scope = tuple[str, str, str]
 """(provider, `account`|`org`, id)."""
+Sighted = tuple[str, str, str, str, str]
+"""(provider, scope, scope id, kind, value): one sighting's primary key."""
+Target = tuple[str, str, str]
+"""(provider, kind, value): what a sighting saw."""
+
+FIRST_NETWORKS = 64
+"""Networks a tally keeps (the lowest in string order): what `history.*.networks` lists."""
+ACTED_GRACE = timedelta(minutes=10)
+"""A flag is cleared only when set longer ago than this: a transaction that revokes the
+key sets it again, with its own time, whether it commits before or after the clearing
+one (PostgreSQL re-checks the time on the row it finds locked)."""
+
+
+@dataclass
+class Tally:
+    """A scope's counts (`sighting_tally`)."""
+
+    keys: int = 0
+    networks: int = 0
+    accounts: int = 0
+    first_networks: list[str] = field(default_factory=list)
+
+    def add(self, kind: str, values: Collection[str]) -> None:
+        if kind == "api_key":
+            self.keys += len(values)
+        elif kind == "account":
+            self.accounts += len(values)
+        elif kind == "network":
+            self.networks += len(values)
+            self.first_networks = sorted({*self.first_networks, *values})[:FIRST_NETWORKS]
+
+
+@dataclass
+class ScopesRead:
+    """What a batch read of its accounts' and orgs' sightings (`read_sightings`), under
+    its subjects' locks: enough to count for each of its verdicts and then to record
+    what is new (`record_sightings`) without reading again. Its size is the batch's,
+    whatever the scopes were seen with before."""
+
+    tallies: dict[Scope, Tally] = field(default_factory=dict)
+    known: dict[Sighted, datetime] = field(default_factory=dict)
+    """The stored ones among those the batch shows (and every scope that saw one of its
+    keys or accounts), with `last_seen`."""
+    acted: dict[Sighted, datetime] = field(default_factory=dict)
+    """The flagged sightings of the batch's scopes, with `acted_at`."""
+
+    def to_check(self, seen: Iterable[Sighted]) -> set[Target]:
+        """The keys and accounts `record_sightings` needs to know are acted on now:
+        those new to a scope (flagged as they are inserted) and the flagged ones (kept
+        or cleared)."""
+        found = {(k[0], k[3], k[4]) for k in seen if k[3] != "network" and k not in self.known}
+        found.update((k[0], k[3], k[4]) for k in self.acted)
+        return found
 
 
 _sighting: Table = SightingRow.__table__  # type: ignore[attr-defined]
-# (provider, scope, id) and (provider, kind, value) sets are asked as cross products
-# of IN lists, answered by the primary key and the (provider, kind, value) index; rows
-# of combinations not asked for are dropped.
-_SIGHTINGS_OF = Prepared(
+_tally: Table = SightingTallyRow.__table__  # type: ignore[attr-defined]
+# Sets of (provider, scope, id) are asked as cross products of IN lists, answered by the
+# primary key (or the partial index of flagged sightings); rows of combinations not
+# asked for are dropped.
+_TALLIES = Prepared(
+    select(_tally).where(
+        _tally.c.provider.in_(bindparam("providers", expanding=True)),
+        _tally.c.scope.in_(bindparam("scopes", expanding=True)),
+        _tally.c.scope_id.in_(bindparam("ids", expanding=True)),
+    )
+)
+_ACTED = Prepared(
+    select(
+        _sighting.c.provider,
+        _sighting.c.scope,
+        _sighting.c.scope_id,
+        _sighting.c.kind,
+        _sighting.c.value,
+        _sighting.c.acted_at,
+    ).where(
+        _sighting.c.provider.in_(bindparam("providers", expanding=True)),
+        _sighting.c.scope.in_(bindparam("scopes", expanding=True)),
+        _sighting.c.scope_id.in_(bindparam("ids", expanding=True)),
+        text("acted_at IS NOT NULL"),  # as the partial index says it
+    )
+)
+# Who saw these keys and accounts, by the target index (networks are never asked so:
+# thousands of scopes may share one).
+_SEEN_TARGETS = Prepared(
     select(
         _sighting.c.provider,
         _sighting.c.scope,
@@ -157,18 +240,43 @@ _SIGHTINGS_OF = Prepared(
         _sighting.c.last_seen,
     ).where(
         _sighting.c.provider.in_(bindparam("providers", expanding=True)),
-        _sighting.c.scope.in_(bindparam("scopes", expanding=True)),
-        _sighting.c.scope_id.in_(bindparam("ids", expanding=True)),
+        _sighting.c.kind.in_(bindparam("kinds", expanding=True)),
+        _sighting.c.value.in_(bindparam("values", expanding=True)),
+        text("kind <> 'network'"),  # as the partial index says it
     )
 )
-# Read through the partial index of verified sightings alone (its WHERE is `verified`,
-# written the same way here so SQLite's planner matches it).
+_KEYS_SEEN_BY = Prepared(
+    select(_sighting.c.provider, _sighting.c.scope, _sighting.c.scope_id, _sighting.c.value).where(
+        _sighting.c.provider.in_(bindparam("providers", expanding=True)),
+        _sighting.c.scope.in_(bindparam("scopes", expanding=True)),
+        _sighting.c.scope_id.in_(bindparam("ids", expanding=True)),
+        _sighting.c.kind == "api_key",
+    )
+)
+# Exactly these (provider, scope, id, network) sightings, one primary-key probe each: the
+# wanted rows are one parameter (a JSON array on SQLite, arrays on PostgreSQL), so the
+# statement has one text whatever their number.
+_NETWORKS_AMONG = {
+    "sqlite": text(
+        "SELECT s.provider, s.scope, s.scope_id, s.value, s.last_seen "
+        "FROM json_each(:wanted) AS w CROSS JOIN sighting AS s "
+        "ON s.provider = w.value ->> 0 AND s.scope = w.value ->> 1 "
+        "AND s.scope_id = w.value ->> 2 AND s.kind = 'network' AND s.value = w.value ->> 3"
+    ),
+    "postgresql": text(
+        "SELECT s.provider, s.scope, s.scope_id, s.value, s.last_seen "
+        "FROM unnest(CAST(:providers AS text[]), CAST(:scopes AS text[]), "
+        "CAST(:ids AS text[]), CAST(:values AS text[])) AS w(provider, scope, scope_id, value) "
+        "JOIN sighting AS s ON s.provider = w.provider AND s.scope = w.scope "
+        "AND s.scope_id = w.scope_id AND s.kind = 'network' AND s.value = w.value"
+    ),
+}
 _VERIFIED_SEEING = Prepared(
     select(_sighting.c.provider, _sighting.c.value, _sighting.c.scope_id).where(
         _sighting.c.provider.in_(bindparam("providers", expanding=True)),
         _sighting.c.kind == bindparam("kind"),
         _sighting.c.value.in_(bindparam("values", expanding=True)),
-        text("verified"),
+        text("verified"),  # as the partial index says it
     )
 )
 _VERIFIED_AMONG = Prepared(
@@ -176,37 +284,127 @@ _VERIFIED_AMONG = Prepared(
         _customer.c.account_id.in_(bindparam("ids", expanding=True)), text("verified")
     )
 )
-_SEEN_AGAIN = (
+
+
+def _pk(prefix: str) -> Any:
+    return and_(
+        _sighting.c.provider == bindparam(f"{prefix}provider"),
+        _sighting.c.scope == bindparam(f"{prefix}scope"),
+        _sighting.c.scope_id == bindparam(f"{prefix}scope_id"),
+        _sighting.c.kind == bindparam(f"{prefix}kind"),
+        _sighting.c.value == bindparam(f"{prefix}value"),
+    )
+
+
+_SEEN_AGAIN = update(_sighting).where(_pk("k_")).values(last_seen=bindparam("k_last_seen"))
+_UNFLAG = (
+    update(_sighting)
+    .where(_pk("k_"), _sighting.c.acted_at < bindparam("k_before"))
+    .values(acted_at=None)
+)
+_FLAG = (
     update(_sighting)
     .where(
         _sighting.c.provider == bindparam("k_provider"),
-        _sighting.c.scope == bindparam("k_scope"),
-        _sighting.c.scope_id == bindparam("k_scope_id"),
         _sighting.c.kind == bindparam("k_kind"),
         _sighting.c.value == bindparam("k_value"),
+        text("kind <> 'network'"),  # as the target index says it
     )
-    .values(last_seen=bindparam("k_last_seen"))
+    .values(acted_at=bindparam("k_at"))
+)
+_TALLY_AGAIN = (
+    update(_tally)
+    .where(
+        _tally.c.provider == bindparam("k_provider"),
+        _tally.c.scope == bindparam("k_scope"),
+        _tally.c.scope_id == bindparam("k_scope_id"),
+    )
+    .values(
+        keys=bindparam("k_keys"),
+        networks=bindparam("k_networks"),
+        accounts=bindparam("k_accounts"),
+        first_networks=bindparam("k_first_networks", type_=_tally.c.first_networks.type),
+    )
 )
 
 
-def sightings_of(
-    session: Session, scopes: Iterable[Scope]
-) -> dict[Scope, list[tuple[str, str, datetime]]]:
-    """(kind, value, last_seen) of everything seen for these accounts and orgs."""
-    found: dict[Scope, list[tuple[str, str, datetime]]] = {}
+def _scoped(chunk: Sequence[tuple[str, str, str]]) -> dict[str, list[str]]:
+    return {
+        "providers": sorted({p for p, _, _ in chunk}),
+        "scopes": sorted({s for _, s, _ in chunk}),
+        "ids": sorted({i for _, _, i in chunk}),
+    }
+
+
+def read_sightings(session: Session, shown: Iterable[Sighted]) -> ScopesRead:
+    """What is stored of the sightings a batch shows (`shown`) and of their scopes:
+    tallies, the stored ones among them (with every scope that saw one of their keys or
+    accounts: a key revoked in the batch counts for each), the scopes' flagged ones.
+    Read by primary key and partial indexes; never a scope's other sightings."""
+    shown = set(shown)
+    scopes = sorted({k[:3] for k in shown})
+    connection = session.connection()
+    tallies: dict[Scope, Tally] = {}
+    acted: dict[Sighted, datetime] = {}
+    for chunk in _chunks(scopes):
+        wanted = set(chunk)
+        params = _scoped(chunk)
+        for row in _TALLIES.rows(connection, params):
+            if (row.provider, row.scope, row.scope_id) in wanted:
+                tallies[(row.provider, row.scope, row.scope_id)] = Tally(
+                    row.keys, row.networks, row.accounts, list(row.first_networks)
+                )
+        for provider, scope, scope_id, kind, value, at in _ACTED.rows(connection, params):
+            if (provider, scope, scope_id) in wanted:
+                acted[(provider, scope, scope_id, kind, value)] = at
+    known: dict[Sighted, datetime] = {}
+    targets = sorted({(k[0], k[3], k[4]) for k in shown if k[3] != "network"})
+    for part in _chunks(targets):
+        asked = set(part)
+        for provider, scope, scope_id, kind, value, last_seen in _SEEN_TARGETS.rows(
+            connection, keyed(part)
+        ):
+            if (provider, kind, value) in asked:
+                known[(provider, scope, scope_id, kind, value)] = last_seen
+    networks = sorted(k for k in shown if k[3] == "network")
+    for slice_ in _chunks(networks, 5000):
+        known.update(_networks_among(connection, slice_))
+    return ScopesRead(tallies, known, acted)
+
+
+def _networks_among(connection: Connection, wanted: Sequence[Sighted]) -> dict[Sighted, datetime]:
+    statement = _NETWORKS_AMONG[connection.dialect.name].columns(
+        _sighting.c.provider,
+        _sighting.c.scope,
+        _sighting.c.scope_id,
+        _sighting.c.value,
+        _sighting.c.last_seen,
+    )
+    if connection.dialect.name == "postgresql":
+        params: dict[str, Any] = {
+            "providers": [k[0] for k in wanted],
+            "scopes": [k[1] for k in wanted],
+            "ids": [k[2] for k in wanted],
+            "values": [k[4] for k in wanted],
+        }
+    else:
+        params = {"wanted": json.dumps([[k[0], k[1], k[2], k[4]] for k in wanted])}
+    return {
+        (provider, scope, scope_id, "network", value): last_seen
+        for provider, scope, scope_id, value, last_seen in connection.execute(statement, params)
+    }
+
+
+def keys_seen_by(session: Session, scopes: Iterable[Scope]) -> dict[Scope, set[str]]:
+    """The keys seen in verdicts about these accounts and orgs (what a suspension of
+    them revokes)."""
+    found: dict[Scope, set[str]] = {}
     connection = session.connection()
     for chunk in _chunks(sorted(set(scopes))):
         wanted = set(chunk)
-        params = {
-            "providers": sorted({p for p, _, _ in chunk}),
-            "scopes": sorted({s for _, s, _ in chunk}),
-            "ids": sorted({i for _, _, i in chunk}),
-        }
-        for provider, scope, scope_id, kind, value, last_seen in _SIGHTINGS_OF.rows(
-            connection, params
-        ):
+        for provider, scope, scope_id, value in _KEYS_SEEN_BY.rows(connection, _scoped(chunk)):
             if (provider, scope, scope_id) in wanted:
-                found.setdefault((provider, scope, scope_id), []).append((kind, value, last_seen))
+                found.setdefault((provider, scope, scope_id), set()).add(value)
     return found
 
 
@@ -230,44 +428,91 @@ def verified_seeing(
     return found
 
 
+def mark_acted(session: Session, targets: Iterable[Target], now: datetime) -> None:
+    """Flag every sighting of these keys and accounts (just revoked or suspended outside
+    the decide path, e.g. on a reviewer's word), in the caller's transaction."""
+    targets = {t for t in targets if t[1] != "network"}
+    if targets:
+        connection = session.connection()
+        _hold(connection, targets)
+        _flag(connection, targets, now)
+
+
+def _flag(connection: Connection, targets: set[Target], now: datetime) -> None:
+    """Set the time even on those already flagged (see `ACTED_GRACE`)."""
+    rows = [
+        {"k_provider": provider, "k_kind": kind, "k_value": value, "k_at": now}
+        for provider, kind, value in sorted(targets)
+    ]
+    if rows:
+        connection.execute(_FLAG, rows)
+
+
+def _hold(connection: Connection, targets: set[Target]) -> None:
+    """PostgreSQL, before any sighting row is written: the advisory locks of these keys
+    and accounts (a transaction flagging a key's sightings and one inserting a new
+    sighting of it take turns, so the second sees the first's rows: never a new
+    sighting left unflagged while the key is revoked), in one ascending sweep (never a
+    deadlock between two writers), then the customers' lock, shared (a customer write
+    holding it may be setting `verified` on these very rows; taken after them, the two
+    would wait for each other)."""
+    if connection.dialect.name != "postgresql":
+        return
+    keys = sorted({_acted_lock(t) for t in targets})
+    if keys:
+        connection.execute(
+            text(
+                "SELECT pg_advisory_xact_lock(k) FROM "
+                "(SELECT DISTINCT unnest(CAST(:keys AS bigint[])) AS k ORDER BY k) AS ordered"
+            ),
+            {"keys": keys},
+        )
+    connection.execute(text("SELECT pg_advisory_xact_lock_shared(:k)"), {"k": _VERIFIED_LOCK})
+
+
+def _acted_lock(target: Target) -> int:
+    digest = hashlib.blake2b("\0".join(target).encode(), digest_size=8, person=b"tg-acted")
+    return int.from_bytes(digest.digest(), "big", signed=True)
+
+
 def record_sightings(
     session: Session,
-    seen: dict[tuple[str, str, str, str, str], datetime],
-    known: dict[Scope, list[tuple[str, str, datetime]]],
+    seen: dict[Sighted, datetime],
+    read: ScopesRead,
+    acted: Callable[[set[Target]], set[Target]],
+    revoked: set[Target],
+    now: datetime,
 ) -> None:
-    """Insert new sightings, move `last_seen` of known ones forward. `seen` maps
-    (provider, scope, scope_id, kind, value) to when: batch-sized, by primary key.
-    `known` is what `sightings_of` read of these scopes in the caller's batch, its
-    subjects locked since (only the decide path writes sightings)."""
-    if not seen:
+    """Record a batch's sightings, in the caller's transaction: flag every sighting of
+    the keys and accounts it revoked or suspended (`revoked`); insert new sightings
+    (flagged if acted on now) and add them to their scopes' tallies; move `last_seen`
+    of known ones forward; clear the flags of the scopes' sightings nothing is acted on
+    any more. `seen` maps what the batch's decided verdicts showed to when: batch-sized,
+    by primary key. `read` is what `read_sightings` read in the caller's batch, its
+    subjects locked since (only the decide path writes sightings); `acted` tells which
+    of some keys and accounts have an active revocation or suspension now, read in the
+    caller's transaction (asked once the locks are held)."""
+    fresh = [(k, at) for k, at in seen.items() if k not in read.known]
+    stale = [
+        {**_keyed(key), "k_last_seen": at}
+        for key, at in seen.items()
+        if key in read.known and at - read.known[key] > REFRESH
+    ]
+    if not (fresh or stale or revoked or read.acted):
         return
-    stale: list[dict[str, Any]] = []
-    old: set[tuple[str, str, str, str, str]] = set()
-    for (provider, scope, scope_id), items in known.items():
-        for kind, value, last_seen in items:
-            key = (provider, scope, scope_id, kind, value)
-            if key in seen:
-                old.add(key)
-                if seen[key] - last_seen > REFRESH:
-                    stale.append(
-                        {
-                            "k_provider": provider,
-                            "k_scope": scope,
-                            "k_scope_id": scope_id,
-                            "k_kind": kind,
-                            "k_value": value,
-                            "k_last_seen": seen[key],
-                        }
-                    )
     connection = session.connection()
-    fresh = [(k, at) for k, at in seen.items() if k not in old]
-    if connection.dialect.name == "postgresql" and (stale or fresh):
-        # Before any sighting row is written: a customer write holding the lock may be
-        # setting `verified` on these very rows (taken after them, the two would wait
-        # for each other).
-        connection.execute(text("SELECT pg_advisory_xact_lock_shared(:k)"), {"k": _VERIFIED_LOCK})
+    _hold(connection, {(k[0], k[3], k[4]) for k, _ in fresh if k[3] != "network"} | revoked)
+    _flag(connection, revoked, now)
+    active = acted(read.to_check(seen))
+    ended = [
+        {**_keyed(key), "k_before": now - ACTED_GRACE}
+        for key, at in read.acted.items()
+        if (key[0], key[3], key[4]) not in active and now - at > ACTED_GRACE
+    ]
     if stale:
         connection.execute(_SEEN_AGAIN, stale)
+    if ended:
+        connection.execute(_UNFLAG, ended)
     verified = _verified_among(connection, {k[2] for k, _ in fresh if k[1] == "account"})
     rows = [
         {
@@ -279,11 +524,48 @@ def record_sightings(
             "first_seen": at,
             "last_seen": at,
             "verified": k[1] == "account" and k[2] in verified,
+            "acted_at": now if (k[0], k[3], k[4]) in active else None,
         }
         for k, at in fresh
     ]
     for chunk in _chunks(rows, 1000):
         insert_many(connection, _sighting, chunk)
+    _count(connection, read.tallies, [k for k, _ in fresh])
+
+
+def _keyed(key: Sighted) -> dict[str, str]:
+    return dict(zip(("k_provider", "k_scope", "k_scope_id", "k_kind", "k_value"), key, strict=True))
+
+
+def _count(connection: Connection, tallies: dict[Scope, Tally], fresh: Sequence[Sighted]) -> None:
+    """Add new sightings to their scopes' tallies (read with them by `read_sightings`)."""
+    added: dict[Scope, dict[str, set[str]]] = {}
+    for provider, scope_name, scope_id, kind, value in fresh:
+        added.setdefault((provider, scope_name, scope_id), {}).setdefault(kind, set()).add(value)
+    again: list[dict[str, Any]] = []
+    first: list[dict[str, Any]] = []
+    for key, kinds in sorted(added.items()):
+        stored = tallies.get(key)
+        tally = Tally() if stored is None else replace(stored)
+        for kind, values in kinds.items():
+            tally.add(kind, values)
+        row = {
+            "provider": key[0],
+            "scope": key[1],
+            "scope_id": key[2],
+            "keys": tally.keys,
+            "networks": tally.networks,
+            "accounts": tally.accounts,
+            "first_networks": tally.first_networks,
+        }
+        if stored is None:
+            first.append(row)
+        else:
+            again.append({f"k_{name}": value for name, value in row.items()})
+    if again:
+        connection.execute(_TALLY_AGAIN, again)
+    for chunk in _chunks(first, 1000):
+        insert_many(connection, _tally, chunk)
 
 
 def _verified_among(connection: Connection, account_ids: set[str]) -> set[str]:

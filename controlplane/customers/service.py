@@ -118,9 +118,9 @@ def keys_covered(
     keys (an org's: of its accounts) and the keys seen in verdicts about it."""
     wanted = sorted(set(scopes))
     found: dict[tuple[str, str], set[str]] = {s: set() for s in wanted}
-    seen = repository.sightings_of(session, [(provider, k, v) for k, v in wanted])
-    for (_, scope, scope_id), items in seen.items():
-        found[(scope, scope_id)].update(v for kind, v, _ in items if kind == "api_key")
+    seen = repository.keys_seen_by(session, [(provider, k, v) for k, v in wanted])
+    for (_, scope, scope_id), keys in seen.items():
+        found[(scope, scope_id)].update(keys)
     accounts = [v for k, v in wanted if k == "account"]
     for account_id, row in (repository.customers_of(session, accounts)).items():
         found[("account", account_id)].update(row.keys)

@@ -56,3 +56,10 @@ ACTION_TARGETS: dict[ActionType, frozenset[SubjectKind]] = {
     ActionType.SUSPEND: frozenset({SubjectKind.ACCOUNT, SubjectKind.ORG}),
     ActionType.FLAG_REVIEW: frozenset(SubjectKind),
 }
+
+# What counts a key or an account as acted on (`history.*.keys_acted_on`,
+# `accounts_acted_on`): the sighting kind -> the action type that must be active on it.
+ACTED_ON: dict[str, str] = {
+    SubjectKind.API_KEY.value: ActionType.REVOKE_KEY.value,
+    SubjectKind.ACCOUNT.value: ActionType.SUSPEND.value,
+}

@@ -9,10 +9,11 @@ import ipaddress
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from functools import lru_cache
 from typing import Any, TypeVar
 
+from controlplane.customers.repository import FIRST_NETWORKS, Scope, ScopesRead, Tally
 from controlplane.domain.verdict import Verdict
+from controlplane.domain.vocabulary import ACTED_ON
 from controlplane.evaluate.intel import IntelIndex
 from controlplane.evaluate.prefixes import Address, Network, PrefixIndex, parse_address
 
@@ -115,18 +116,22 @@ class Lookups:
     intel: IntelIndex = field(default_factory=lambda: IntelIndex([]))
     customers: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Customer records (as `context.customer` shows them) of the batch's accounts."""
-    seen: dict[tuple[str, str, str], dict[str, set[str]]] = field(
+    tallies: dict[Scope, Tally] = field(default_factory=dict)
+    """(provider, 'account'|'org', id) -> what was stored of it when the batch was read:
+    how many keys, networks and accounts it was seen with, its lowest networks."""
+    stored: dict[Scope, dict[str, set[str]]] = field(default_factory=dict)
+    """Scope -> kind ('api_key', 'network', 'account') -> the values the batch shows that
+    were stored for it: each key or account of the batch, whichever verdict showed it;
+    the networks its own verdicts show."""
+    new: dict[Scope, dict[str, set[str]]] = field(
         default_factory=lambda: defaultdict(lambda: defaultdict(set))
     )
-    """(provider, 'account'|'org', id) -> kind ('api_key', 'network', 'account') -> values
-    seen in verdicts about it, this batch's earlier verdicts included."""
+    """Scope -> kind -> values the batch's earlier verdicts showed that were not stored."""
+    flagged: dict[Scope, dict[str, set[str]]] = field(default_factory=dict)
+    """Scope -> kind -> its stored keys and accounts flagged as acted on (a superset of
+    those acted on now: each is checked against `actions`)."""
     verified_networks: dict[str, dict[str, set[str]]] = field(default_factory=dict)
     """Provider -> network -> the verified customers' accounts seen using it."""
-    sightings: dict[tuple[str, str, str], list[tuple[str, str, datetime]]] = field(
-        default_factory=dict
-    )
-    """What was stored of the batch's accounts and orgs when it was read, as
-    `sightings_of` gives it: (kind, value, last_seen) by (provider, scope, id)."""
 
     def add_own(self, provider: str, prior: PriorVerdict) -> None:
         """A verdict of this batch, history for the batch's later ones."""
@@ -135,18 +140,23 @@ class Lookups:
                 self.verdicts[(provider, kind, value)].append(prior)
                 self.batch_verdicts[(provider, kind, value)].append(prior)
 
+    def add_sightings(self, read: ScopesRead) -> None:
+        """What `read_sightings` read of the batch's scopes."""
+        self.tallies = read.tallies
+        for provider, scope, scope_id, kind, value in read.known:
+            self.stored.setdefault((provider, scope, scope_id), {}).setdefault(kind, set()).add(
+                value
+            )
+        for provider, scope, scope_id, kind, value in read.acted:
+            self.flagged.setdefault((provider, scope, scope_id), {}).setdefault(kind, set()).add(
+                value
+            )
+
     def saw(self, verdict: Verdict) -> None:
         """Count what a verdict shows (its key, networks, account) for its account and org."""
-        provider, subject = verdict.provider, verdict.subject
-        for scope, scope_id in (("account", subject.account_id), ("org", subject.org_id)):
-            if not scope_id:
-                continue
-            found = self.seen[(provider, scope, scope_id)]
-            if subject.api_key_id:
-                found["api_key"].add(subject.api_key_id)
-            found["network"].update(network_of(ip) for ip in subject.ips)
-            if scope == "org" and subject.account_id:
-                found["account"].add(subject.account_id)
+        for scope, kind, value in shown(verdict):
+            if value not in self.stored.get(scope, {}).get(kind, ()):
+                self.new[scope][kind].add(value)
 
     remedies: dict[tuple[str, str, str], list[dict[str, Any]]] = field(
         default_factory=lambda: defaultdict(list)
@@ -174,7 +184,6 @@ class Lookups:
             self.actions[(provider, target["kind"], target["value"])].append(entry)
 
 
-@lru_cache(maxsize=65536)
 @functools.lru_cache(maxsize=65_536)
 def network_of(ip: str) -> str:
     """The network an address counts in for IP rotation: its /24 (IPv4) or /48 (IPv6).
@@ -185,8 +194,21 @@ def network_of(ip: str) -> str:
     return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False))
 
 
-NETWORKS_LISTED = 64
-"""Networks `history.account.networks` lists at most (all are counted)."""
+def shown(verdict: Verdict) -> list[tuple[Scope, str, str]]:
+    """What a verdict shows of its account and of its org: (scope, kind, value) of its
+    key, its networks and (to the org) its account."""
+    provider, subject = verdict.provider, verdict.subject
+    found: list[tuple[Scope, str, str]] = []
+    for scope, scope_id in (("account", subject.account_id), ("org", subject.org_id)):
+        if not scope_id:
+            continue
+        key = (provider, scope, scope_id)
+        if subject.api_key_id:
+            found.append((key, "api_key", subject.api_key_id))
+        found.extend((key, "network", network_of(ip)) for ip in subject.ips)
+        if scope == "org" and subject.account_id:
+            found.append((key, "account", subject.account_id))
+    return found
 
 
 def _active(lookups: Lookups, provider: str, kind: str, value: str, now: datetime) -> set[str]:
@@ -201,35 +223,54 @@ def _active(lookups: Lookups, provider: str, kind: str, value: str, now: datetim
 def _operation(verdict: Verdict, lookups: Lookups, now: datetime) -> dict[str, Any]:
     """`history.account` and `history.org`: how many keys, networks (and, for an org,
     accounts) Tollgate has seen them use, this verdict's included, and how many of those
-    keys are revoked and accounts suspended now."""
-    provider, subject = verdict.provider, verdict.subject
-    found: dict[str, Any] = {}
-    for scope, scope_id in (("account", subject.account_id), ("org", subject.org_id)):
-        if not scope_id:
-            continue
-        seen = lookups.seen.get((provider, scope, scope_id), {})
-        keys = set(seen.get("api_key", ()))
-        if subject.api_key_id:
-            keys.add(subject.api_key_id)
-        networks = set(seen.get("network", ())) | {network_of(ip) for ip in subject.ips}
-        summary: dict[str, Any] = {
-            "keys_seen": len(keys),
-            "networks_seen": len(networks),
-            "networks": sorted(networks)[:NETWORKS_LISTED],
-            "keys_acted_on": sum(
-                1 for k in keys if "revoke_key" in _active(lookups, provider, "api_key", k, now)
-            ),
-        }
-        if scope == "org":
-            accounts = set(seen.get("account", ()))
-            if subject.account_id:
-                accounts.add(subject.account_id)
-            summary["accounts_seen"] = len(accounts)
-            summary["accounts_acted_on"] = sum(
-                1 for a in accounts if "suspend" in _active(lookups, provider, "account", a, now)
-            )
-        found[scope] = summary
-    return found
+    keys are revoked and accounts suspended now. Counted from the scope's tally, the
+    batch's own sightings and its flagged keys and accounts: never from every sighting
+    of a busy org."""
+    mine: dict[Scope, dict[str, set[str]]] = {}
+    for scope, kind, value in shown(verdict):
+        mine.setdefault(scope, {}).setdefault(kind, set()).add(value)
+    return {scope[1]: _summary(lookups, scope, own, now) for scope, own in mine.items()}
+
+
+def _summary(
+    lookups: Lookups, scope: Scope, own: dict[str, set[str]], now: datetime
+) -> dict[str, Any]:
+    """One scope's counts for a verdict that shows it `own` (kind -> values)."""
+    tally = lookups.tallies.get(scope) or _NO_TALLY
+    stored = lookups.stored.get(scope, {})
+    new = lookups.new.get(scope, {})
+    flagged = lookups.flagged.get(scope, {})
+    empty: set[str] = set()
+
+    def added(kind: str) -> set[str]:
+        """The values new to the scope: the batch's earlier verdicts' and this one's."""
+        return new.get(kind, empty) | (own.get(kind, empty) - stored.get(kind, empty))
+
+    def acted(kind: str, fresh: set[str]) -> int:
+        """How many of its keys (accounts) are revoked (suspended) now: only the flagged
+        ones and the batch's can be."""
+        wanted = ACTED_ON[kind]
+        return sum(
+            1
+            for v in flagged.get(kind, empty) | stored.get(kind, empty) | fresh
+            if wanted in _active(lookups, scope[0], kind, v, now)
+        )
+
+    keys, networks = added("api_key"), added("network")
+    summary: dict[str, Any] = {
+        "keys_seen": tally.keys + len(keys),
+        "networks_seen": tally.networks + len(networks),
+        "networks": sorted({*tally.first_networks, *networks})[:FIRST_NETWORKS],
+        "keys_acted_on": acted("api_key", keys),
+    }
+    if scope[1] == "org":
+        accounts = added("account")
+        summary["accounts_seen"] = tally.accounts + len(accounts)
+        summary["accounts_acted_on"] = acted("account", accounts)
+    return summary
+
+
+_NO_TALLY = Tally()
 
 
 def _verified_networks(verdict: Verdict, lookups: Lookups, operation: dict[str, Any]) -> list[str]:

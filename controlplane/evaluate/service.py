@@ -16,8 +16,9 @@ import hashlib
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from opentelemetry import trace
@@ -26,7 +27,7 @@ from sqlalchemy.orm import Session
 
 from controlplane.audit.chain import EventDraft
 from controlplane.customers import repository as customers_repo
-from controlplane.customers.repository import Scope
+from controlplane.customers.repository import ScopesRead, Sighted
 from controlplane.customers.service import customer_document
 from controlplane.domain.action import MalformedDecision, parse_decision
 from controlplane.domain.verdict import Verdict
@@ -40,6 +41,7 @@ from controlplane.evaluate.context import (
     PriorVerdict,
     build_input,
     network_of,
+    shown,
     subject_overlaps,
 )
 from controlplane.evaluate.repository import action_document
@@ -47,6 +49,8 @@ from controlplane.intel.hashing import Keyring
 from controlplane.plan.service import (
     PIPELINE_ACTOR,
     Planned,
+    acted_on,
+    acted_targets,
     covered_keys,
     fallback_actions,
     followup_revocations,
@@ -108,7 +112,7 @@ class Decided:
     sightings before it (so `record` writes only what is new, without reading again)."""
 
     outcomes: dict[str, Outcome]
-    sightings: dict[Scope, list[tuple[str, str, datetime]]]
+    sightings: ScopesRead = field(default_factory=ScopesRead)
 
 
 class _Inputs:
@@ -260,9 +264,9 @@ class Decider:
         `add`) is given the outcomes SINK_EVERY at a time as they are decided, and the
         rest at the end: it writes them while the engines evaluate the next ones."""
         if not pending:
-            return Decided({}, {})
+            return Decided({})
         lookups = Lookups()
-        self._fill(session, lookups, pending, now)
+        read = self._fill(session, lookups, pending, now)
         waves = subject_overlaps([p.verdict for p in pending])
         outcomes: dict[str, Outcome] = {}
         ready: list[tuple[Pending, Outcome]] = []
@@ -286,11 +290,11 @@ class Decider:
                 lookups.saw(item.verdict)
         if sink is not None and ready:
             sink(ready)
-        return Decided(outcomes, lookups.sightings)
+        return Decided(outcomes, read)
 
     def _fill(
         self, session: Session, lookups: Lookups, pending: Sequence[Pending], now: datetime
-    ) -> None:
+    ) -> ScopesRead:
         keys = {
             (p.verdict.provider, kind, value)
             for p in pending
@@ -331,7 +335,7 @@ class Decider:
             )
             lookups.add_own(v.provider, prior)
         lookups.intel = self._intel.index(session, now)
-        self._fill_operation(session, lookups, pending, keys, now)
+        return self._fill_operation(session, lookups, pending, keys, now)
 
     def _fill_operation(
         self,
@@ -340,43 +344,29 @@ class Decider:
         pending: Sequence[Pending],
         filled: set[tuple[str, str, str]],
         now: datetime,
-    ) -> None:
-        """Customer records of the batch's accounts; what their accounts and orgs were seen
-        using (keys, networks, accounts), with those keys' and accounts' active actions;
-        which of their networks verified customers use (read from the verified customers'
-        sightings alone, however many others used a network). All by index, for the batch."""
-        scopes = {
-            (p.verdict.provider, scope, scope_id)
-            for p in pending
-            for scope, scope_id in (
-                ("account", p.verdict.subject.account_id),
-                ("org", p.verdict.subject.org_id),
-            )
-            if scope_id
-        }
-        others: set[tuple[str, str, str]] = set()
-        networks: dict[str, set[str]] = {}
-        lookups.sightings = customers_repo.sightings_of(session, scopes)
-        for (provider, scope, scope_id), items in lookups.sightings.items():
-            for kind, value, _ in items:
-                lookups.seen[(provider, scope, scope_id)][kind].add(value)
-                if kind == "network":
-                    networks.setdefault(provider, set()).add(value)
-                else:
-                    others.add((provider, kind, value))
-        for p in pending:
-            networks.setdefault(p.verdict.provider, set()).update(
-                network_of(ip) for ip in p.verdict.subject.ips
-            )
-        repository.fill_actions(session, lookups, others - filled, now)
+    ) -> ScopesRead:
+        """Customer records of the batch's accounts; what is stored of what its verdicts
+        show of their accounts and orgs (tallies, the sightings among them, the flagged
+        keys and accounts, with those keys' and accounts' active actions); which of their
+        networks verified customers use (read from the verified customers' sightings
+        alone, however many others used a network). All by index, for the batch: none
+        grows with what a scope was seen with before."""
+        read = customers_repo.read_sightings(session, _sightings(pending))
+        lookups.add_sightings(read)
+        flagged = {(k[0], k[3], k[4]) for k in read.acted}
+        repository.fill_actions(session, lookups, flagged - filled, now)
         accounts = {p.verdict.subject.account_id for p in pending if p.verdict.subject.account_id}
         records = customers_repo.customers_of(session, accounts)
         lookups.customers = {a: customer_document(r) for a, r in records.items()}
-        verified = customers_repo.verified_seeing(
-            session, "network", {(p, net) for p, nets in networks.items() for net in nets}
-        )
+        networks = {
+            (p.verdict.provider, network_of(ip)) for p in pending for ip in p.verdict.subject.ips
+        }
+        for (provider, _, _), tally in lookups.tallies.items():
+            networks.update((provider, n) for n in tally.first_networks)
+        verified = customers_repo.verified_seeing(session, "network", networks)
         for (provider, net), who in verified.items():
             lookups.verified_networks.setdefault(provider, {})[net] = who
+        return read
 
     def _outcome(
         self,
@@ -540,13 +530,12 @@ class Recording:
             }
         }
 
-    def finish(
-        self, sightings: dict[Scope, list[tuple[str, str, datetime]]]
-    ) -> tuple[list[Outcome], list[EventDraft]]:
-        """Record what the batch's verdicts showed of each account and org (`sightings`:
-        what was stored of them when the batch was read, under its subjects' locks).
-        Returns the outcomes and their `decision.recorded` and `action.planned` events,
-        in the batch's order."""
+    def finish(self, read: ScopesRead) -> tuple[list[Outcome], list[EventDraft]]:
+        """Record what the batch's verdicts showed of each account and org (`read`: what
+        was stored of it when the batch was read, under its subjects' locks), flagging
+        what is revoked or suspended now (this batch's actions included). Returns the
+        outcomes and their `decision.recorded` and `action.planned` events, in the
+        batch's order."""
         if self._before is not None:  # nothing was decided: the caller's rows still go
             self._before()
             self._before = None
@@ -555,7 +544,10 @@ class Recording:
         customers_repo.record_sightings(
             self._session,
             _sightings([p for p in self._pending if p.verdict.id in decided]),
-            sightings,
+            read,
+            partial(acted_on, self._session, now=self._now),
+            acted_targets(a for o in outcomes for a in o.actions),
+            self._now,
         )
         events = [
             EventDraft(
@@ -591,23 +583,16 @@ def count(outcomes: Sequence[Outcome]) -> None:
     )
 
 
-def _sightings(pending: Sequence[Pending]) -> dict[tuple[str, str, str, str, str], datetime]:
-    """What each verdict shows of its account and org: its key, networks and account."""
-    seen: dict[tuple[str, str, str, str, str], datetime] = {}
+def _sightings(pending: Sequence[Pending]) -> dict[Sighted, datetime]:
+    """What each verdict shows of its account and org (its key, networks and account),
+    to when it was last observed."""
+    seen: dict[Sighted, datetime] = {}
     for p in pending:
         v = p.verdict
-        for scope, scope_id in (("account", v.subject.account_id), ("org", v.subject.org_id)):
-            if not scope_id:
-                continue
-            values = [("network", network_of(ip)) for ip in v.subject.ips]
-            if v.subject.api_key_id:
-                values.append(("api_key", v.subject.api_key_id))
-            if scope == "org" and v.subject.account_id:
-                values.append(("account", v.subject.account_id))
-            for kind, value in values:
-                key = (v.provider, scope, scope_id, kind, value)
-                if key not in seen or seen[key] < v.observed_at:
-                    seen[key] = v.observed_at
+        for scope, kind, value in shown(v):
+            key = (*scope, kind, value)
+            if key not in seen or seen[key] < v.observed_at:
+                seen[key] = v.observed_at
     return seen
 
 

@@ -302,7 +302,7 @@ class IngestService:
                         )
                         failure = None
                     except _Undecided as undecided:
-                        decided, enforceable, failure = Decided({}, {}), False, undecided.cause
+                        decided, enforceable, failure = Decided({}), False, undecided.cause
                 if failure is not None:
                     # Stored as received, to be decided on retry or by the recovery job.
                     with self._db.write_blocking() as writing, writing.begin():

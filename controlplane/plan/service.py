@@ -14,9 +14,10 @@ from opentelemetry import trace
 from sqlalchemy.orm import Session
 
 from controlplane.audit.chain import EventDraft
+from controlplane.customers import repository as customers_repo
 from controlplane.customers.service import keys_covered
 from controlplane.domain.action import ActionSpec, DecisionResult
-from controlplane.domain.vocabulary import ActionState, ActionType, SubjectKind
+from controlplane.domain.vocabulary import ACTED_ON, ActionState, ActionType, SubjectKind
 from controlplane.enforce.sdk import EntryType, reference_of
 from controlplane.enforce.service import record_changes_blocking
 from controlplane.plan import repository
@@ -337,10 +338,35 @@ def plan(result: DecisionResult, parent: trace.Span | None, **context: Any) -> P
 def insert(session: Session, planned: Sequence[Planned], now: datetime) -> None:
     """Insert the actions, and the reviews of those withheld, in the caller's
     transaction (their `action.planned` events: `planned_events`; the caller chains
-    them, then calls `log_changes`)."""
+    them, then calls `log_changes`, and flags the sightings of `acted_targets` as it
+    records the batch's sightings)."""
     actions = [a for p in planned for a in p.actions]
     repository.insert_actions(session, actions)
     reviews_repo.insert_reviews(session, review_rows(actions, now))
+
+
+def acted_targets(rows: Iterable[dict[str, Any]]) -> set[tuple[str, str, str]]:
+    """(provider, kind, value) of the keys these action rows revoke and the accounts
+    they suspend (not in shadow): their sightings are flagged (`history.*_acted_on`)."""
+    return {
+        (a["provider"], a["target_kind"], a["target_value"])
+        for a in rows
+        if not a["shadow"] and ACTED_ON.get(a["target_kind"]) == a["type"]
+    }
+
+
+def acted_on(
+    session: Session, targets: Iterable[tuple[str, str, str]], now: datetime
+) -> set[tuple[str, str, str]]:
+    """Which of these (provider, kind, value) keys and accounts are revoked or suspended
+    now (`ACTED_ON`), in the caller's transaction (its own inserts included)."""
+    found: set[tuple[str, str, str]] = set()
+    wanted = sorted({t for t in targets if t[1] in ACTED_ON})
+    for i in range(0, len(wanted), 500):
+        for row in repository.active_on_keys(session, wanted[i : i + 500], now):
+            if ACTED_ON[row["target_kind"]] == row["type"]:
+                found.add((row["provider"], row["target_kind"], row["target_value"]))
+    return found
 
 
 def record_confirmed(
@@ -353,6 +379,7 @@ def record_confirmed(
     rows = confirmed_actions(review, actor, note, now)
     rows += expand_suspensions(session, rows, now)
     repository.insert_actions(session, rows)
+    customers_repo.mark_acted(session, acted_targets(rows), now)
     return rows, planned_events(rows, actor, now, review_id=review["id"])
 
 

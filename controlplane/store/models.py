@@ -537,6 +537,25 @@ class SightingRow(SQLModel, table=True):
             sqlite_where=text("scope = 'account'"),
             postgresql_where=text("scope = 'account'"),
         ),
+        # Who saw a key or an account (never a network: thousands may share one), to
+        # flag those sightings when the key is revoked or the account suspended.
+        Index(
+            "ix_sighting_target",
+            "provider",
+            "kind",
+            "value",
+            sqlite_where=text("kind <> 'network'"),
+            postgresql_where=text("kind <> 'network'"),
+        ),
+        # The flagged sightings of an account or org alone (what it has had acted on).
+        Index(
+            "ix_sighting_acted",
+            "provider",
+            "scope",
+            "scope_id",
+            sqlite_where=text("acted_at IS NOT NULL"),
+            postgresql_where=text("acted_at IS NOT NULL"),
+        ),
     )
 
     provider: str = Field(primary_key=True, max_length=63)
@@ -544,13 +563,37 @@ class SightingRow(SQLModel, table=True):
     """`account` or `org`."""
     scope_id: str = Field(primary_key=True, max_length=200)
     kind: str = Field(primary_key=True, max_length=10)
-    """`api_key` or `network` (the /24 or /48 an address is in)."""
+    """`api_key`, `network` (the /24 or /48 an address is in) or (of an org) `account`."""
     value: str = Field(primary_key=True, max_length=200)
     first_seen: datetime = _utc(nullable=False)
     last_seen: datetime = _utc(nullable=False)
     verified: bool = Field(default=False, sa_column_kwargs={"server_default": false()})
     """An account sighting whose account has a verified customer record (kept by the
     decide path as it records sightings and by the customers API as records change)."""
+    acted_at: datetime | None = _utc(nullable=True)
+    """Set (to when) as the key is revoked or the account suspended, or as it is seen
+    while it is; cleared by a later batch about the scope once nothing is active on it.
+    A superset of what is acted on now: `history.*.keys_acted_on` and
+    `accounts_acted_on` check these against the active actions, and never read the
+    scope's other sightings."""
+
+
+class SightingTallyRow(SQLModel, table=True):
+    """How many distinct keys, networks and accounts an account or org was seen with,
+    and the lowest 64 of its networks in string order: what `history.account` and
+    `history.org` count, kept as sightings are inserted, so a verdict about a busy org
+    reads one row, not every sighting of the org."""
+
+    __tablename__ = "sighting_tally"
+
+    provider: str = Field(primary_key=True, max_length=63)
+    scope: str = Field(primary_key=True, max_length=10)
+    scope_id: str = Field(primary_key=True, max_length=200)
+    keys: int = 0
+    networks: int = 0
+    accounts: int = 0
+    first_networks: list[str] = _json(nullable=False)
+    """As `history.*.networks` lists them (`customers.repository.FIRST_NETWORKS`)."""
 
 
 class ReviewRow(SQLModel, table=True):

@@ -110,6 +110,7 @@ OWNERS = {
     "BouncerCursorRow": "bouncers",
     "CustomerRow": "customers",
     "SightingRow": "customers",
+    "SightingTallyRow": "customers",
     "SpanRow": "telemetry",
 }
 """The area whose repository alone queries each table (its row class)."""

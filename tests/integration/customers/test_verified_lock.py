@@ -1,6 +1,8 @@
-"""PostgreSQL: a batch recording sightings and a customer write re-flagging the same
-sightings never wait for each other (the batch takes the customers' lock before it
-writes any sighting row, as the customer write takes it before its own)."""
+"""PostgreSQL: the locks around sighting writes. A batch recording sightings and a
+customer write re-flagging the same sightings never wait for each other (the batch
+takes the customers' lock before it writes any sighting row, as the customer write
+takes it before its own); a batch inserting a new sighting of a key waits for a
+transaction revoking that key, so the new sighting is flagged."""
 
 from __future__ import annotations
 
@@ -56,7 +58,10 @@ def test_a_batchs_sightings_wait_for_a_customer_write_before_touching_a_row(
                     repository.record_sightings(
                         session,
                         {KNOWN: NOW, (*KNOWN[:4], "203.0.113.0/24"): NOW},
-                        {KNOWN[:3]: [(KNOWN[3], KNOWN[4], NOW - timedelta(days=2))]},
+                        repository.ScopesRead(known={KNOWN: NOW - timedelta(days=2)}),
+                        lambda _: set(),
+                        set(),
+                        NOW,
                     )
             except BaseException as exc:
                 failures.append(exc)
@@ -86,5 +91,63 @@ def test_a_batchs_sightings_wait_for_a_customer_write_before_touching_a_row(
             ("203.0.113.0/24", False),
         }
         assert all(r.last_seen == NOW for r in rows)
+    finally:
+        engine.dispose()
+
+
+def test_a_new_sighting_of_a_key_being_revoked_elsewhere_is_flagged(postgres_url: str) -> None:
+    """One transaction revokes a key (its action row, then the key's sightings flagged)
+    and has not committed; a batch records the first sighting of that key by another
+    account. Had the batch not waited, it would read no active revocation and insert its
+    sighting unflagged, after the flagging had passed: that account would never count
+    the key as revoked."""
+    key = ("lab-a", "api_key", "key_race")
+    fresh = ("lab-a", "account", "acct_race", "api_key", "key_race")
+    engine = create_blocking_engine(postgres_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(text("CREATE TABLE revoked (value text)"))
+        revoking = Session(engine)
+        revoking.begin()
+        revoking.execute(text("INSERT INTO revoked VALUES ('key_race')"))
+        repository.mark_acted(revoking, [key], NOW)
+
+        failures: list[BaseException] = []
+
+        def active(
+            targets: set[tuple[str, str, str]], session: Session
+        ) -> set[tuple[str, str, str]]:
+            values = set(session.execute(text("SELECT value FROM revoked")).scalars())
+            return {t for t in targets if t[2] in values}
+
+        def batch() -> None:
+            try:
+                with Session(engine) as session, session.begin():
+                    session.execute(text("SET LOCAL lock_timeout = '10s'"))
+                    repository.record_sightings(
+                        session,
+                        {fresh: NOW},
+                        repository.ScopesRead(),
+                        lambda targets: active(targets, session),
+                        set(),
+                        NOW,
+                    )
+            except BaseException as exc:
+                failures.append(exc)
+
+        recording = threading.Thread(target=batch)
+        recording.start()
+        recording.join(0.5)
+        assert recording.is_alive(), "the batch did not wait for the revoking transaction"
+        revoking.commit()
+        revoking.close()
+        recording.join(15)
+        assert not recording.is_alive()
+        assert failures == []
+        with engine.connect() as connection:
+            flagged = connection.execute(
+                text("SELECT acted_at FROM sighting WHERE scope_id = 'acct_race'")
+            ).scalar_one()
+        assert flagged == NOW
     finally:
         engine.dispose()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -32,6 +32,7 @@ from controlplane.store.models import (
     ExemptionRow,
     LiftRow,
     SightingRow,
+    SightingTallyRow,
     VerdictRow,
 )
 from tests.support.app import Running, make_settings, serve
@@ -262,9 +263,14 @@ def seed_history(url: str, rows: int) -> None:
         engine.dispose()
 
 
-async def group_costs(tmp_path: Path, seed: Callable[[str], None]) -> tuple[int, int]:
+async def group_costs(
+    tmp_path: Path,
+    seed: Callable[[str], None],
+    check: Callable[[Running, dict[str, Any]], Awaitable[None]] | None = None,
+) -> tuple[int, int]:
     """SQLite instructions (in units of STEP) of the decide thread for a group, then for
-    a like group after `seed(url)` added history."""
+    a like group after `seed(url)` added history (`check` is given the second group's
+    answer)."""
     with fresh_database("sqlite", tmp_path / "db", None) as url:
         (tmp_path / "data").mkdir()
         settings = make_settings(url, tmp_path / "data")
@@ -274,7 +280,9 @@ async def group_costs(tmp_path: Path, seed: Callable[[str], None]) -> tuple[int,
                 await running.submit({"verdicts": group("before")})
             seed(url)
             with counted(running) as after:
-                await running.submit({"verdicts": group("after")})
+                answer = await running.submit({"verdicts": group("after")})
+            if check is not None:
+                await check(running, answer)
     assert before[0] > 0, "the decide thread ran no SQLite instructions: nothing counted"
     return before[0], after[0]
 
@@ -359,6 +367,92 @@ async def test_a_network_everyone_uses_costs_what_its_verified_customers_do(
     assert after <= before * 1.25 + 50, (
         f"a group cost {before * STEP:,} SQLite instructions on a new network and "
         f"{after * STEP:,} on a network {HISTORY:,} other accounts were seen on"
+    )
+
+
+def seed_busy_operation(url: str, rows: int) -> None:
+    """An org of `group("after")` seen with `rows` keys, networks and accounts in
+    thirds, and one of its accounts with as many keys and networks (a busy enterprise,
+    or an operation rotating its keys), with their tallies as the decide path keeps them."""
+    now = datetime.now(UTC)
+    third = rows // 3
+    sightings = [
+        ("org", "org_cost_after_0", kind, f"busy-{kind}-{i}")
+        for kind in ("api_key", "account")
+        for i in range(third)
+    ]
+    sightings += [
+        ("account", "acct_cost_after_0", "api_key", f"busy-key-{i}") for i in range(third)
+    ]
+    networks = [f"10.{i // 256 % 256}.{i % 256}.0/24" for i in range(third)]
+    for scope, scope_id in (("org", "org_cost_after_0"), ("account", "acct_cost_after_0")):
+        sightings += [(scope, scope_id, "network", n) for n in networks]
+    engine = create_engine(sync_url(url))
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                insert(SightingRow),
+                [
+                    {
+                        "provider": "lab-a",
+                        "scope": scope,
+                        "scope_id": scope_id,
+                        "kind": kind,
+                        "value": value,
+                        "first_seen": now,
+                        "last_seen": now,
+                    }
+                    for scope, scope_id, kind, value in sightings
+                ],
+            )
+            conn.execute(
+                insert(SightingTallyRow),
+                [
+                    {
+                        "provider": "lab-a",
+                        "scope": "org",
+                        "scope_id": "org_cost_after_0",
+                        "keys": third,
+                        "networks": third,
+                        "accounts": third,
+                        "first_networks": sorted(networks)[:64],
+                    },
+                    {
+                        "provider": "lab-a",
+                        "scope": "account",
+                        "scope_id": "acct_cost_after_0",
+                        "keys": third,
+                        "networks": third,
+                        "accounts": 0,
+                        "first_networks": sorted(networks)[:64],
+                    },
+                ],
+            )
+    finally:
+        engine.dispose()
+
+
+async def test_a_busy_org_costs_what_a_new_one_does(tmp_path: Path) -> None:
+    """What an account and an org were seen with is counted from their tallies: a
+    verdict about an org seen with tens of thousands of keys, networks and accounts
+    reads one row for it, and its counts include them all."""
+
+    async def counts(running: Running, answer: dict[str, Any]) -> None:
+        first = answer["results"][0]["decision_id"]
+        history = (await running.client.get(f"/v1/decisions/{first}")).json()["input"]["history"]
+        third = HISTORY // 3
+        assert history["org"]["keys_seen"] == third + 1
+        assert history["org"]["accounts_seen"] == third + 1
+        assert history["org"]["networks_seen"] == third + 1
+        assert history["account"]["keys_seen"] == third + 1
+        assert len(history["account"]["networks"]) == 64
+
+    before, after = await group_costs(
+        tmp_path, lambda url: seed_busy_operation(url, HISTORY), counts
+    )
+    assert after <= before * 1.25 + 50, (
+        f"a group cost {before * STEP:,} SQLite instructions on new orgs and "
+        f"{after * STEP:,} when one was seen with {HISTORY:,} keys, networks and accounts"
     )
 
 

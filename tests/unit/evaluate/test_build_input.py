@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from controlplane.customers.repository import ScopesRead, Tally
 from controlplane.domain.verdict import Verdict
 from controlplane.evaluate.context import IntelIndex, Lookups, PriorVerdict, build_input
 from tests.support.verdicts import verdict
@@ -289,3 +290,53 @@ def test_appeal_history_of_every_subject_key_and_of_ranges_holding_an_ip() -> No
 
 def test_no_appeal_history_is_an_empty_list() -> None:
     assert build_input(the_verdict(), RECEIVED, Lookups(), NOW)["history"]["appeals"] == []
+
+
+def test_operation_counts_come_from_tallies_the_batch_and_flagged_keys() -> None:
+    """`history.account`/`org` from what a batch read (`read_sightings`): the tallies,
+    the stored sightings among the batch's, the flagged keys and accounts; then what
+    the batch's earlier verdicts saw and planned."""
+    account, org = ("lab-a", "account", "acct_1"), ("lab-a", "org", "org_1")
+    lookups = Lookups()
+    lookups.add_sightings(
+        ScopesRead(
+            tallies={
+                account: Tally(keys=40, networks=3, first_networks=["10.0.0.0/24"]),
+                org: Tally(keys=90, networks=5, accounts=7),
+            },
+            known={
+                (*account, "api_key", "key_1"): NOW,
+                (*account, "api_key", "key_other"): NOW,  # shown by another verdict
+                (*org, "account", "acct_1"): NOW,
+            },
+            acted={(*account, "api_key", "key_old"): NOW, (*org, "account", "acct_gone"): NOW},
+        )
+    )
+    for action_id, kind, value, kind_type in (
+        ("old", "api_key", "key_old", "revoke_key"),
+        ("gone", "account", "acct_gone", "suspend"),
+        ("limited", "api_key", "key_1", "rate_limit"),  # not a revocation
+    ):
+        lookups.add_action("lab-a", action_doc(action_id, kind, value, kind_type=kind_type))
+
+    history = build_input(the_verdict(), RECEIVED, lookups, NOW)["history"]
+    assert history["account"] == {
+        "keys_seen": 40,  # key_1 is stored
+        "networks_seen": 4,  # 192.0.2.0/24 is new
+        "networks": ["10.0.0.0/24", "192.0.2.0/24"],
+        "keys_acted_on": 1,
+    }
+    assert (history["org"]["keys_seen"], history["org"]["accounts_seen"]) == (91, 7)
+    assert (history["org"]["keys_acted_on"], history["org"]["accounts_acted_on"]) == (0, 1)
+
+    # An earlier verdict of the batch shows a new key; another's outcome revokes a key
+    # the account was seen with before (it names that key itself).
+    earlier = Verdict.model_validate(
+        {**verdict(subject={**SUBJECT, "api_key_id": "key_new"}), "id": "v-earlier"}
+    )
+    lookups.saw(earlier)
+    lookups.add_action("lab-a", action_doc("now", "api_key", "key_other", kind_type="revoke_key"))
+    history = build_input(the_verdict(), RECEIVED, lookups, NOW)["history"]
+    assert history["account"]["keys_seen"] == 41
+    assert history["account"]["keys_acted_on"] == 2
+    assert history["org"]["keys_seen"] == 92
