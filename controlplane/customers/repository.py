@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Collection, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -167,15 +167,6 @@ class Tally:
     networks: int = 0
     accounts: int = 0
     first_networks: list[str] = field(default_factory=list)
-
-    def add(self, kind: str, values: Collection[str]) -> None:
-        if kind == "api_key":
-            self.keys += len(values)
-        elif kind == "account":
-            self.accounts += len(values)
-        elif kind == "network":
-            self.networks += len(values)
-            self.first_networks = sorted({*self.first_networks, *values})[:FIRST_NETWORKS]
 
 
 @dataclass
@@ -538,34 +529,43 @@ def _keyed(key: Sighted) -> dict[str, str]:
 
 
 def _count(connection: Connection, tallies: dict[Scope, Tally], fresh: Sequence[Sighted]) -> None:
-    """Add new sightings to their scopes' tallies (read with them by `read_sightings`)."""
-    added: dict[Scope, dict[str, set[str]]] = {}
+    """Add new sightings (each new to its scope) to their scopes' tallies, read with them
+    by `read_sightings`."""
+    added: dict[Scope, tuple[list[int], list[str]]] = {}
     for provider, scope_name, scope_id, kind, value in fresh:
-        added.setdefault((provider, scope_name, scope_id), {}).setdefault(kind, set()).add(value)
+        entry = added.get((provider, scope_name, scope_id))
+        if entry is None:
+            entry = added[(provider, scope_name, scope_id)] = ([0, 0, 0], [])
+        if kind == "network":
+            entry[1].append(value)
+        else:
+            entry[0][0 if kind == "api_key" else 2] += 1
     again: list[dict[str, Any]] = []
     first: list[dict[str, Any]] = []
-    for key, kinds in sorted(added.items()):
-        stored = tallies.get(key)
-        tally = Tally() if stored is None else replace(stored)
-        for kind, values in kinds.items():
-            tally.add(kind, values)
-        row = {
-            "provider": key[0],
-            "scope": key[1],
-            "scope_id": key[2],
-            "keys": tally.keys,
-            "networks": tally.networks,
-            "accounts": tally.accounts,
-            "first_networks": tally.first_networks,
-        }
-        if stored is None:
-            first.append(row)
+    for key, (counts, networks) in added.items():
+        stored = tallies.get(key) or _EMPTY
+        lowest = stored.first_networks
+        if networks and (len(lowest) < FIRST_NETWORKS or min(networks) < lowest[-1]):
+            lowest = sorted([*lowest, *networks])[:FIRST_NETWORKS]
+        values = (
+            stored.keys + counts[0],
+            stored.networks + len(networks),
+            stored.accounts + counts[2],
+            lowest,
+        )
+        if key in tallies:
+            again.append(dict(zip(_TALLY_PARAMS, (*key, *values), strict=True)))
         else:
-            again.append({f"k_{name}": value for name, value in row.items()})
+            first.append(dict(zip(_TALLY_COLUMNS, (*key, *values), strict=True)))
     if again:
         connection.execute(_TALLY_AGAIN, again)
     for chunk in _chunks(first, 1000):
         insert_many(connection, _tally, chunk)
+
+
+_EMPTY = Tally()
+_TALLY_COLUMNS = ("provider", "scope", "scope_id", "keys", "networks", "accounts", "first_networks")
+_TALLY_PARAMS = tuple(f"k_{name}" for name in _TALLY_COLUMNS)
 
 
 def _verified_among(connection: Connection, account_ids: set[str]) -> set[str]:

@@ -129,7 +129,11 @@ class Lookups:
     """Scope -> kind -> values the batch's earlier verdicts showed that were not stored."""
     flagged: dict[Scope, dict[str, set[str]]] = field(default_factory=dict)
     """Scope -> kind -> its stored keys and accounts flagged as acted on (a superset of
-    those acted on now: each is checked against `actions`)."""
+    those acted on now: each is checked against `acted`, or `actions` for the batch's
+    own targets)."""
+    acted: set[tuple[str, str, str]] = field(default_factory=set)
+    """(provider, kind, value) of the flagged keys and accounts, other than the batch's
+    targets, revoked or suspended now (nothing of the batch changes them)."""
     verified_networks: dict[str, dict[str, set[str]]] = field(default_factory=dict)
     """Provider -> network -> the verified customers' accounts seen using it."""
 
@@ -249,11 +253,12 @@ def _summary(
     def acted(kind: str, fresh: set[str]) -> int:
         """How many of its keys (accounts) are revoked (suspended) now: only the flagged
         ones and the batch's can be."""
-        wanted = ACTED_ON[kind]
+        wanted, provider = ACTED_ON[kind], scope[0]
         return sum(
             1
             for v in flagged.get(kind, empty) | stored.get(kind, empty) | fresh
-            if wanted in _active(lookups, scope[0], kind, v, now)
+            if (provider, kind, v) in lookups.acted
+            or wanted in _active(lookups, provider, kind, v, now)
         )
 
     keys, networks = added("api_key"), added("network")

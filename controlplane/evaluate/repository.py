@@ -302,19 +302,6 @@ def _rfc3339(moment: datetime) -> str:
     return moment.isoformat().replace("+00:00", "Z")
 
 
-def fill_actions(
-    session: Session,
-    lookups: Lookups,
-    subject_keys: set[tuple[str, str, str]],
-    now: datetime,
-) -> None:
-    """Only the active actions of these (provider, kind, value) keys: the other keys and
-    accounts an account or org was seen with (how many of them are already acted on)."""
-    for chunk in _chunks(sorted(subject_keys)):
-        for row in actions_repo.active_on_keys(session, chunk, now):
-            lookups.add_action(row["provider"], action_document(row))
-
-
 class CidrTargets:
     """Every network some CIDR action has targeted, kept current from the change log:
     a batch asks it which networks hold its IPs, then fetches only those networks'

@@ -354,7 +354,7 @@ class Decider:
         read = customers_repo.read_sightings(session, _sightings(pending))
         lookups.add_sightings(read)
         flagged = {(k[0], k[3], k[4]) for k in read.acted}
-        repository.fill_actions(session, lookups, flagged - filled, now)
+        lookups.acted |= acted_on(session, flagged - filled, now)
         accounts = {p.verdict.subject.account_id for p in pending if p.verdict.subject.account_id}
         records = customers_repo.customers_of(session, accounts)
         lookups.customers = {a: customer_document(r) for a, r in records.items()}

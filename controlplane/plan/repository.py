@@ -418,6 +418,14 @@ _ACTIVE_ON_KEYS = Prepared(
         _ACTIVE_NOW,
     )
 )
+_ACTIVE_TYPES_ON_KEYS = Prepared(
+    select(_action.c.provider, _action.c.type, _action.c.target_kind, _action.c.target_value).where(
+        _action.c.provider.in_(bindparam("providers", expanding=True)),
+        _action.c.target_kind.in_(bindparam("kinds", expanding=True)),
+        _action.c.target_value.in_(bindparam("values", expanding=True)),
+        _ACTIVE_NOW,
+    )
+)
 _ACTIVE_CIDRS = select(_action.c.provider, _action.c.target_value).where(
     _action.c.target_kind == "cidr", _ACTIVE_NOW
 )
@@ -433,6 +441,19 @@ def active_on_keys(
     return [
         row._asdict() for row in rows if (row.provider, row.target_kind, row.target_value) in wanted
     ]
+
+
+def active_types_on_keys(
+    session: Session, keys: Sequence[tuple[str, str, str]], now: datetime
+) -> set[tuple[str, str, str, str]]:
+    """(provider, type, kind, value) of the active, non-shadow, unexpired actions on
+    these (provider, kind, value) targets, in the caller's transaction."""
+    wanted = set(keys)
+    return {
+        (r.provider, r.type, r.target_kind, r.target_value)
+        for r in _ACTIVE_TYPES_ON_KEYS.rows(session.connection(), {**keyed(keys), "now": now})
+        if (r.provider, r.target_kind, r.target_value) in wanted
+    }
 
 
 def active_cidr_targets(session: Session, now: datetime) -> list[tuple[str, str]]:

@@ -363,9 +363,11 @@ def acted_on(
     found: set[tuple[str, str, str]] = set()
     wanted = sorted({t for t in targets if t[1] in ACTED_ON})
     for i in range(0, len(wanted), 500):
-        for row in repository.active_on_keys(session, wanted[i : i + 500], now):
-            if ACTED_ON[row["target_kind"]] == row["type"]:
-                found.add((row["provider"], row["target_kind"], row["target_value"]))
+        for provider, kind_type, kind, value in repository.active_types_on_keys(
+            session, wanted[i : i + 500], now
+        ):
+            if ACTED_ON[kind] == kind_type:
+                found.add((provider, kind, value))
     return found
 
 
