@@ -137,6 +137,22 @@ class Lookups:
     verified_networks: dict[str, dict[str, set[str]]] = field(default_factory=dict)
     """Provider -> network -> the verified customers' accounts seen using it."""
 
+    _flagged_acted: dict[tuple[Scope, str], int] = field(default_factory=dict)
+
+    def flagged_acted(self, scope: Scope, kind: str) -> int:
+        """How many of the scope's flagged keys (accounts) the batch does not show are
+        revoked (suspended) now: fixed for the batch (its actions are on what it shows),
+        so counted once, however many of its verdicts name the scope."""
+        found = self._flagged_acted.get((scope, kind))
+        if found is None:
+            batch = self.stored.get(scope, {}).get(kind, set())
+            found = self._flagged_acted[(scope, kind)] = sum(
+                1
+                for v in self.flagged.get(scope, {}).get(kind, ())
+                if v not in batch and (scope[0], kind, v) in self.acted
+            )
+        return found
+
     def add_own(self, provider: str, prior: PriorVerdict) -> None:
         """A verdict of this batch, history for the batch's later ones."""
         for kind, value in (("account", prior.account_id), ("api_key", prior.api_key_id)):
@@ -243,7 +259,6 @@ def _summary(
     tally = lookups.tallies.get(scope) or _NO_TALLY
     stored = lookups.stored.get(scope, {})
     new = lookups.new.get(scope, {})
-    flagged = lookups.flagged.get(scope, {})
     empty: set[str] = set()
 
     def added(kind: str) -> set[str]:
@@ -254,11 +269,10 @@ def _summary(
         """How many of its keys (accounts) are revoked (suspended) now: only the flagged
         ones and the batch's can be."""
         wanted, provider = ACTED_ON[kind], scope[0]
-        return sum(
+        return lookups.flagged_acted(scope, kind) + sum(
             1
-            for v in flagged.get(kind, empty) | stored.get(kind, empty) | fresh
-            if (provider, kind, v) in lookups.acted
-            or wanted in _active(lookups, provider, kind, v, now)
+            for v in stored.get(kind, empty) | fresh
+            if wanted in _active(lookups, provider, kind, v, now)
         )
 
     keys, networks = added("api_key"), added("network")

@@ -80,11 +80,17 @@ class Prepared:
         if not compiled.columns:
             compiled.columns.append(self._conversions(connection.dialect, result))
         processors = compiled.columns[0]
+        # The driver's own rows (tuples), not SQLAlchemy's iteration, which costs more a
+        # row than the conversions below; the result is closed as when exhausted.
+        try:
+            fetched = result.cursor.fetchall() if result.cursor is not None else []
+        finally:
+            result.close()
         if not any(processors):
-            return [make(row) for row in result]
+            return [make(row) for row in fetched]
         return [
             make([v if p is None or v is None else p(v) for p, v in zip(processors, row)])  # noqa: B905
-            for row in result
+            for row in fetched
         ]
 
     def _conversions(
