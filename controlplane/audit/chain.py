@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -24,6 +25,10 @@ class EventDraft:
     action_id: str | None = None
     trace_id: str | None = None
     payload: dict[str, Any] = field(default_factory=dict)
+    subjects: Sequence[tuple[str, str]] | None = None
+    """(kind, value) of every subject the event concerns, when the writer knows them
+    (not hashed: the subject index reads them; None: derived from the verdict, action
+    and payload the event names)."""
 
 
 HASHED_FIELDS = (

@@ -24,6 +24,7 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    text,
     type_coerce,
     update,
 )
@@ -306,8 +307,22 @@ def set_subject_head_blocking(session: Session, seq: int) -> None:
     )
 
 
-def events_after_blocking(session: Session, seq: int, limit: int) -> list[Row[Any]]:
-    """The fields the subject index is derived from, for events after `seq`."""
+def chunk_after_blocking(session: Session, seq: int, limit: int) -> tuple[int, int]:
+    """(how many, last seq) of the next `limit` events after `seq` ((0, seq): none)."""
+    first = (
+        select(col(AuditEventRow.seq))
+        .where(col(AuditEventRow.seq) > seq)
+        .order_by(col(AuditEventRow.seq))
+        .limit(limit)
+        .subquery()
+    )
+    count, last = session.execute(select(func.count(), func.max(first.c.seq))).one()
+    return int(count), int(last if last is not None else seq)
+
+
+def unlisted_events_blocking(session: Session, after: int, upto: int) -> list[Row[Any]]:
+    """The fields the subject index is derived from, for the events `after..upto` whose
+    writer did not list their subjects."""
     query = (
         select(
             col(AuditEventRow.seq),
@@ -316,11 +331,47 @@ def events_after_blocking(session: Session, seq: int, limit: int) -> list[Row[An
             col(AuditEventRow.action_id),
             col(AuditEventRow.payload),
         )
-        .where(col(AuditEventRow.seq) > seq)
+        .where(
+            col(AuditEventRow.seq) > after,
+            col(AuditEventRow.seq) <= upto,
+            text(_UNLISTED[session.get_bind().dialect.name]),
+        )
         .order_by(col(AuditEventRow.seq))
-        .limit(limit)
     )
     return list(session.execute(query).all())
+
+
+# An event's subjects are listed when they are a JSON array (None is stored as JSON null).
+_UNLISTED = {
+    "sqlite": "json_type(audit_event.subjects) IS NOT 'array'",
+    "postgresql": "jsonb_typeof(audit_event.subjects) IS DISTINCT FROM 'array'",
+}
+
+
+# The listed subjects of the events in a range, indexed in one statement: each [kind,
+# value] of an event's `subjects` array becomes a row (the writer kept them to what the
+# index holds; DISTINCT drops a subject listed twice).
+_INDEX_LISTED = {
+    "sqlite": text(
+        "INSERT INTO audit_subject (kind, value, seq) "
+        "SELECT DISTINCT json_extract(j.value, '$[0]'), json_extract(j.value, '$[1]'), e.seq "
+        "FROM audit_event AS e, json_each(e.subjects) AS j "
+        "WHERE e.seq > :after AND e.seq <= :upto AND json_type(e.subjects) = 'array'"
+    ),
+    "postgresql": text(
+        "INSERT INTO audit_subject (kind, value, seq) "
+        "SELECT DISTINCT j.item ->> 0, j.item ->> 1, e.seq "
+        "FROM audit_event AS e CROSS JOIN LATERAL jsonb_array_elements("
+        "CASE jsonb_typeof(e.subjects) WHEN 'array' THEN e.subjects ELSE '[]' END) AS j(item) "
+        "WHERE e.seq > :after AND e.seq <= :upto"
+    ),
+}
+
+
+def index_listed_blocking(session: Session, after: int, upto: int) -> None:
+    """Index the listed subjects of the events `after..upto` (see `_INDEX_LISTED`)."""
+    connection = session.connection()
+    connection.execute(_INDEX_LISTED[connection.dialect.name], {"after": after, "upto": upto})
 
 
 def insert_subjects_blocking(session: Session, rows: Sequence[dict[str, Any]]) -> None:

@@ -60,12 +60,18 @@ def record_blocking(session: Session, drafts: Sequence[EventDraft]) -> None:
                 "payload": draft.payload,
                 "prev_hash": prev,
                 "hash": digest,
+                "subjects": None if draft.subjects is None else _listed(draft.subjects),
             }
         )
         prev = digest
     repository.append(session, rows, seq, prev)
     # Counted for /metrics when (and only if) the caller's transaction commits.
     metrics.count_on_commit(session, Counter(d.type for d in drafts))
+
+
+def _listed(subjects: Sequence[tuple[str, str]]) -> list[list[str]]:
+    """One [kind, value] per subject the index can hold (as `subjects.index_next` keeps)."""
+    return [[k, v] for k, v in dict.fromkeys(subjects) if len(k) <= 10 and 0 < len(v) <= 200]
 
 
 async def list_events(

@@ -89,11 +89,15 @@ def catch_up_blocking(db: Database, chunk: int = CHUNK) -> int:
 
 
 def index_next(session: Session, chunk: int = CHUNK) -> int:
-    """Index the next `chunk` events after the last one indexed; returns how many."""
+    """Index the next `chunk` events after the last one indexed; returns how many. The
+    subjects their writer listed (the decide path's events) are indexed in SQL; the
+    others are derived here from their verdict, action and payload."""
     done = repository.lock_subject_head_blocking(session)
-    events = repository.events_after_blocking(session, done, chunk)
-    if not events:
+    count, upto = repository.chunk_after_blocking(session, done, chunk)
+    if not count:
         return 0
+    repository.index_listed_blocking(session, done, upto)
+    events = repository.unlisted_events_blocking(session, done, upto)
     verdicts = verdicts_repo.subjects_of_blocking(
         session, sorted({e.verdict_id for e in events if e.verdict_id})
     )
@@ -112,8 +116,8 @@ def index_next(session: Session, chunk: int = CHUNK) -> int:
             if len(kind) <= 10 and len(value) <= 200
         )
     repository.insert_subjects_blocking(session, rows)
-    repository.set_subject_head_blocking(session, events[-1].seq)
-    return len(events)
+    repository.set_subject_head_blocking(session, upto)
+    return count
 
 
 async def rebuild(db: Database) -> int:

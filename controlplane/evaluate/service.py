@@ -541,6 +541,7 @@ class Recording:
             self._before = None
         outcomes = sorted(self._outcomes, key=lambda o: self._position[o.decision["verdict_id"]])
         decided = {o.decision["verdict_id"] for o in outcomes}
+        subjects = {p.verdict.id: p.verdict.subject.targets for p in self._pending}
         customers_repo.record_sightings(
             self._session,
             _sightings([p for p in self._pending if p.verdict.id in decided]),
@@ -566,11 +567,13 @@ class Recording:
                     "error": o.decision["error"],
                     "actions": len(o.actions),
                 },
+                subjects=subjects[o.decision["verdict_id"]],
             )
             for o in outcomes
         ]
         actions = [a for o in outcomes for a in o.actions]
-        return outcomes, [*events, *planned_events(actions, PIPELINE_ACTOR, self._now)]
+        planned = planned_events(actions, PIPELINE_ACTOR, self._now, subjects=subjects)
+        return outcomes, [*events, *planned]
 
 
 def count(outcomes: Sequence[Outcome]) -> None:

@@ -565,6 +565,7 @@ def _received(pending: Pending, content_hash: str, actor: str) -> EventDraft:
             "score": verdict.score,
             "confidence": verdict.confidence,
         },
+        subjects=verdict.subject.targets,
     )
 
 

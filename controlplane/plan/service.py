@@ -5,7 +5,7 @@ use; withheld hard actions become reviews."""
 
 from __future__ import annotations
 
-from collections.abc import Container, Iterable, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -386,9 +386,16 @@ def record_confirmed(
 
 
 def planned_events(
-    actions: Sequence[dict[str, Any]], actor: str, now: datetime, **also: Any
+    actions: Sequence[dict[str, Any]],
+    actor: str,
+    now: datetime,
+    *,
+    subjects: Mapping[str, Sequence[tuple[str, str]]] | None = None,
+    **also: Any,
 ) -> list[EventDraft]:
-    """The `action.planned` event of each action row (`also`: more payload fields)."""
+    """The `action.planned` event of each action row (`also`: more payload fields;
+    `subjects`: each verdict's subject, by verdict id, when the caller has them: the
+    events then list what they concern, their target included)."""
     return [
         EventDraft(
             type="action.planned",
@@ -410,6 +417,9 @@ def planned_events(
                 "policy_revision": a["policy_revision"],
                 **also,
             },
+            subjects=None
+            if subjects is None
+            else [*subjects[a["verdict_id"]], (a["target_kind"], a["target_value"])],
         )
         for a in actions
     ]

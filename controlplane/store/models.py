@@ -147,6 +147,10 @@ class AuditEventRow(SQLModel, table=True):
     payload: dict[str, Any] = _json(nullable=False)
     prev_hash: str = Field(max_length=64)
     hash: str = Field(max_length=64)
+    subjects: list[list[str]] | None = _json(nullable=True)
+    """[kind, value] of the subjects the event concerns, when its writer knew them (the
+    decide path's events): the subject index takes them in SQL, without reading the
+    verdict and action behind the event. Not hashed: derived, like the index."""
 
 
 class AuditHeadRow(SQLModel, table=True):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.audit.chain import GENESIS_HASH, EventDraft, event_hash
+from controlplane.audit.chain import GENESIS_HASH, HASHED_FIELDS, EventDraft, event_hash
 from controlplane.audit.export import (
     FORMATS,
     Checkpoint,
@@ -49,7 +49,7 @@ def chain(n: int, drafts: Callable[[int], EventDraft] = draft) -> list[StoredEve
     for seq in range(1, n + 1):
         d = drafts(seq)
         digest = event_hash(seq, d, prev)
-        fields = {f.name: getattr(d, f.name) for f in dataclasses.fields(d)}
+        fields = {name: getattr(d, name) for name in HASHED_FIELDS if name != "seq"}
         fields.update(at=d.at.isoformat(), payload=json.dumps(d.payload, indent=None))
         rows.append(StoredEvent(seq=seq, **fields, prev_hash=prev, hash=digest))
         prev = digest
