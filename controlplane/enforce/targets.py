@@ -14,6 +14,7 @@ canonical when it equals its rendering.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -59,6 +60,13 @@ def canonical_ip(text: str) -> str:
     the IPv4 address, so it meets the same blocks and intel as its plain form."""
     if not isinstance(text, str) or not _ADDRESS_CHARS.fullmatch(text):
         raise TargetError(f"{text!r} is not an IPv4 or IPv6 address")
+    return _canonical_ip(text)
+
+
+@functools.lru_cache(maxsize=65_536)
+def _canonical_ip(text: str) -> str:
+    """Cached: the same addresses come back in verdict after verdict, and parsing one
+    costs more than the rest of its checks (a failure is raised, never cached)."""
     try:
         address = ipaddress.ip_address(text)
     except ValueError:
@@ -74,6 +82,11 @@ def canonical_cidr(text: str, floor: PrefixFloor = NO_FLOOR) -> str:
     wider than `floor` allows."""
     if not isinstance(text, str):
         raise TargetError(f"{text!r} is not a CIDR like 203.0.113.0/24")
+    return _canonical_cidr(text, floor)
+
+
+@functools.lru_cache(maxsize=16_384)
+def _canonical_cidr(text: str, floor: PrefixFloor) -> str:
     address, slash, prefix = text.partition("/")
     if not _ADDRESS_CHARS.fullmatch(address) or (slash and not _PREFIX.fullmatch(prefix)):
         raise TargetError(f"{text!r} is not a CIDR like 203.0.113.0/24")
