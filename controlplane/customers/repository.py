@@ -197,13 +197,18 @@ _tally: Table = SightingTallyRow.__table__  # type: ignore[attr-defined]
 # Sets of (provider, scope, id) are asked as cross products of IN lists, answered by the
 # primary key (or the partial index of flagged sightings); rows of combinations not
 # asked for are dropped.
-_TALLIES = Prepared(
-    select(_tally).where(
-        _tally.c.provider.in_(bindparam("providers", expanding=True)),
-        _tally.c.scope.in_(bindparam("scopes", expanding=True)),
-        _tally.c.scope_id.in_(bindparam("ids", expanding=True)),
+
+
+def _in_scopes(table: Table) -> tuple[Any, ...]:
+    """(provider, scope, scope_id) IN lists, given by `_scoped`."""
+    return (
+        table.c.provider.in_(bindparam("providers", expanding=True)),
+        table.c.scope.in_(bindparam("scopes", expanding=True)),
+        table.c.scope_id.in_(bindparam("ids", expanding=True)),
     )
-)
+
+
+_TALLIES = Prepared(select(_tally).where(*_in_scopes(_tally)))
 _ACTED = Prepared(
     select(
         _sighting.c.provider,
@@ -213,9 +218,7 @@ _ACTED = Prepared(
         _sighting.c.value,
         _sighting.c.acted_at,
     ).where(
-        _sighting.c.provider.in_(bindparam("providers", expanding=True)),
-        _sighting.c.scope.in_(bindparam("scopes", expanding=True)),
-        _sighting.c.scope_id.in_(bindparam("ids", expanding=True)),
+        *_in_scopes(_sighting),
         text("acted_at IS NOT NULL"),  # as the partial index says it
     )
 )
@@ -238,10 +241,7 @@ _SEEN_TARGETS = Prepared(
 )
 _KEYS_SEEN_BY = Prepared(
     select(_sighting.c.provider, _sighting.c.scope, _sighting.c.scope_id, _sighting.c.value).where(
-        _sighting.c.provider.in_(bindparam("providers", expanding=True)),
-        _sighting.c.scope.in_(bindparam("scopes", expanding=True)),
-        _sighting.c.scope_id.in_(bindparam("ids", expanding=True)),
-        _sighting.c.kind == "api_key",
+        *_in_scopes(_sighting), _sighting.c.kind == "api_key"
     )
 )
 # Exactly these (provider, scope, id, network) sightings, one primary-key probe each: the

@@ -7,12 +7,12 @@ transaction revoking that key, so the new sighting is flagged."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
 from controlplane.customers import repository
@@ -27,6 +27,47 @@ KNOWN = ("lab-a", "account", "acct_lock", "network", "198.51.100.0/24")
 def postgres_url(postgres: PostgresServer, tmp_path: Path) -> Iterator[str]:
     with fresh_database("postgresql", tmp_path / "db", postgres) as url:
         yield url
+
+
+class Batch(threading.Thread):
+    """`record_sightings` as a batch calls it, in a transaction of its own and a thread
+    (a lock waited for more than 10 s fails it): `seen` against what was `read`, `acted`
+    asked in the batch's session."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        seen: dict[repository.Sighted, datetime],
+        read: repository.ScopesRead,
+        acted: Callable[[set[repository.Target], Session], set[repository.Target]],
+    ) -> None:
+        super().__init__()
+        self._engine, self._seen, self._read, self._acted = engine, seen, read, acted
+        self.failures: list[BaseException] = []
+
+    def run(self) -> None:
+        try:
+            with Session(self._engine) as session, session.begin():
+                session.execute(text("SET LOCAL lock_timeout = '10s'"))
+                repository.record_sightings(
+                    session,
+                    self._seen,
+                    self._read,
+                    lambda targets: self._acted(targets, session),
+                    set(),
+                    NOW,
+                )
+        except BaseException as exc:
+            self.failures.append(exc)
+
+    def waits(self) -> bool:
+        self.start()
+        self.join(0.5)
+        return self.is_alive()
+
+    def ends_well(self) -> bool:
+        self.join(15)
+        return not self.is_alive() and not self.failures
 
 
 def test_a_batchs_sightings_wait_for_a_customer_write_before_touching_a_row(
@@ -48,28 +89,14 @@ def test_a_batchs_sightings_wait_for_a_customer_write_before_touching_a_row(
         # The customer write holds the lock, as replace_customers does first.
         customer.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": repository._VERIFIED_LOCK})
 
-        failures: list[BaseException] = []
-
-        def batch() -> None:
-            """The known sighting is stale (moved forward), one is new."""
-            try:
-                with Session(engine) as session, session.begin():
-                    session.execute(text("SET LOCAL lock_timeout = '10s'"))
-                    repository.record_sightings(
-                        session,
-                        {KNOWN: NOW, (*KNOWN[:4], "203.0.113.0/24"): NOW},
-                        repository.ScopesRead(known={KNOWN: NOW - timedelta(days=2)}),
-                        lambda _: set(),
-                        set(),
-                        NOW,
-                    )
-            except BaseException as exc:
-                failures.append(exc)
-
-        recording = threading.Thread(target=batch)
-        recording.start()
-        recording.join(0.5)
-        assert recording.is_alive(), "the batch did not wait for the customer write"
+        # The known sighting is stale (moved forward), one is new.
+        recording = Batch(
+            engine,
+            {KNOWN: NOW, (*KNOWN[:4], "203.0.113.0/24"): NOW},
+            repository.ScopesRead(known={KNOWN: NOW - timedelta(days=2)}),
+            lambda _, __: set(),
+        )
+        assert recording.waits(), "the batch did not wait for the customer write"
         # Had the batch moved the stale row before asking for the lock, this update
         # would wait for it while it waits for us: a deadlock PostgreSQL breaks by
         # failing one of the two.
@@ -78,9 +105,7 @@ def test_a_batchs_sightings_wait_for_a_customer_write_before_touching_a_row(
         )
         customer.commit()
         customer.close()
-        recording.join(15)
-        assert not recording.is_alive()
-        assert failures == []
+        assert recording.ends_well(), recording.failures
         with engine.connect() as connection:
             rows = connection.execute(
                 text("SELECT value, verified, last_seen FROM sighting WHERE scope_id = :i"),
@@ -112,38 +137,15 @@ def test_a_new_sighting_of_a_key_being_revoked_elsewhere_is_flagged(postgres_url
         revoking.execute(text("INSERT INTO revoked VALUES ('key_race')"))
         repository.mark_acted(revoking, [key], NOW)
 
-        failures: list[BaseException] = []
-
-        def active(
-            targets: set[tuple[str, str, str]], session: Session
-        ) -> set[tuple[str, str, str]]:
+        def active(targets: set[repository.Target], session: Session) -> set[repository.Target]:
             values = set(session.execute(text("SELECT value FROM revoked")).scalars())
             return {t for t in targets if t[2] in values}
 
-        def batch() -> None:
-            try:
-                with Session(engine) as session, session.begin():
-                    session.execute(text("SET LOCAL lock_timeout = '10s'"))
-                    repository.record_sightings(
-                        session,
-                        {fresh: NOW},
-                        repository.ScopesRead(),
-                        lambda targets: active(targets, session),
-                        set(),
-                        NOW,
-                    )
-            except BaseException as exc:
-                failures.append(exc)
-
-        recording = threading.Thread(target=batch)
-        recording.start()
-        recording.join(0.5)
-        assert recording.is_alive(), "the batch did not wait for the revoking transaction"
+        recording = Batch(engine, {fresh: NOW}, repository.ScopesRead(), active)
+        assert recording.waits(), "the batch did not wait for the revoking transaction"
         revoking.commit()
         revoking.close()
-        recording.join(15)
-        assert not recording.is_alive()
-        assert failures == []
+        assert recording.ends_well(), recording.failures
         with engine.connect() as connection:
             flagged = connection.execute(
                 text("SELECT acted_at FROM sighting WHERE scope_id = 'acct_race'")

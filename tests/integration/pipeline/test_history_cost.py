@@ -341,21 +341,32 @@ def seed_shared_network(url: str, rows: int) -> None:
         with engine.begin() as conn:
             conn.execute(
                 insert(SightingRow),
-                [
-                    {
-                        "provider": "lab-a",
-                        "scope": "account",
-                        "scope_id": f"acct_nat_{i}",
-                        "kind": "network",
-                        "value": "198.51.100.0/24",
-                        "first_seen": now,
-                        "last_seen": now,
-                    }
-                    for i in range(rows)
-                ],
+                sighting_rows(
+                    [
+                        ("account", f"acct_nat_{i}", "network", "198.51.100.0/24")
+                        for i in range(rows)
+                    ],
+                    now,
+                ),
             )
     finally:
         engine.dispose()
+
+
+def sighting_rows(seen: list[tuple[str, str, str, str]], now: datetime) -> list[dict[str, Any]]:
+    """Rows of lab-a's sighting table from (scope, scope id, kind, value)."""
+    return [
+        {
+            "provider": "lab-a",
+            "scope": scope,
+            "scope_id": scope_id,
+            "kind": kind,
+            "value": value,
+            "first_seen": now,
+            "last_seen": now,
+        }
+        for scope, scope_id, kind, value in seen
+    ]
 
 
 async def test_a_network_everyone_uses_costs_what_its_verified_customers_do(
@@ -390,21 +401,7 @@ def seed_busy_operation(url: str, rows: int) -> None:
     engine = create_engine(sync_url(url))
     try:
         with engine.begin() as conn:
-            conn.execute(
-                insert(SightingRow),
-                [
-                    {
-                        "provider": "lab-a",
-                        "scope": scope,
-                        "scope_id": scope_id,
-                        "kind": kind,
-                        "value": value,
-                        "first_seen": now,
-                        "last_seen": now,
-                    }
-                    for scope, scope_id, kind, value in sightings
-                ],
-            )
+            conn.execute(insert(SightingRow), sighting_rows(sightings, now))
             conn.execute(
                 insert(SightingTallyRow),
                 [
