@@ -208,16 +208,11 @@ def _in_scopes(table: Table) -> tuple[Any, ...]:
     )
 
 
+_SIGHTED = tuple(_sighting.c[name] for name in ("provider", "scope", "scope_id", "kind", "value"))
+"""A sighting's primary key columns (a `Sighted`)."""
 _TALLIES = Prepared(select(_tally).where(*_in_scopes(_tally)))
 _ACTED = Prepared(
-    select(
-        _sighting.c.provider,
-        _sighting.c.scope,
-        _sighting.c.scope_id,
-        _sighting.c.kind,
-        _sighting.c.value,
-        _sighting.c.acted_at,
-    ).where(
+    select(*_SIGHTED, _sighting.c.acted_at).where(
         *_in_scopes(_sighting),
         text("acted_at IS NOT NULL"),  # as the partial index says it
     )
@@ -225,14 +220,7 @@ _ACTED = Prepared(
 # Who saw these keys and accounts, by the target index (networks are never asked so:
 # thousands of scopes may share one).
 _SEEN_TARGETS = Prepared(
-    select(
-        _sighting.c.provider,
-        _sighting.c.scope,
-        _sighting.c.scope_id,
-        _sighting.c.kind,
-        _sighting.c.value,
-        _sighting.c.last_seen,
-    ).where(
+    select(*_SIGHTED, _sighting.c.last_seen).where(
         _sighting.c.provider.in_(bindparam("providers", expanding=True)),
         _sighting.c.kind.in_(bindparam("kinds", expanding=True)),
         _sighting.c.value.in_(bindparam("values", expanding=True)),
