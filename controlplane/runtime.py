@@ -11,6 +11,7 @@ from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from controlplane import heap
 from controlplane.audit import jobs as audit_jobs
 from controlplane.auth.jobs import Tokens
 from controlplane.bouncers.config import load_stream_config
@@ -145,6 +146,7 @@ class Runtime:
         await self.enforcer.start()
         await self.ingest.warm()
         await self.recover()
+        heap.settle()
         for job, seconds in (
             (self.recover, self.settings.recovery_seconds),
             (self.sync_policies, self.settings.policy_sync_seconds),
