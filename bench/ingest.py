@@ -3,7 +3,8 @@
 Runs a real Tollgate server (uvicorn, in a subprocess so the client load does not
 share its GIL) on SQLite and/or PostgreSQL, POSTs synthetic verdicts in batches,
 then evaluates the exact inputs the pipeline stored (`SELECT input FROM decision`)
-on a bare `EmbeddedEngine`, single engine, single thread, in the same run. The goal:
+on a bare `EmbeddedEngine`, single engine, single thread, in the same run (both with
+the Go GC target `tollgate serve` gives its engines, `GOGC`). The goal:
 the pipeline keeps at least 60% of the raw single-engine evaluation rate.
 
     .venv/bin/python bench/ingest.py [--verdicts 20000] [--batch 500]
@@ -1156,7 +1157,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from controlplane.settings import Settings, engine_environment
+
     args = parse_args(argv)
+    env = engine_environment(Settings())
+    if env is not None:
+        # The server runs its engines as `tollgate serve` does (Go reads GOGC only at
+        # start), and the raw engine is measured in the same runtime: again, with it set.
+        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+    log(f"engine runtime: GOGC={os.environ.get('GOGC')} for the server and the raw engine alike")
     signal.signal(signal.SIGTERM, _terminate)
     backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
     t0 = time.perf_counter()

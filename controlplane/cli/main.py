@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -23,6 +24,7 @@ from controlplane.cli.remedy import appeal_app, exemption_app, report_app
 from controlplane.cli.startup import start_or_exit
 from controlplane.cli.token import token_app
 from controlplane.engine.bundle import short_revision
+from controlplane.settings import engine_environment
 from controlplane.telemetry.logs import configure_logging
 
 app = typer.Typer(
@@ -81,6 +83,11 @@ def serve(
     from controlplane.runtime import Runtime
 
     settings = cli_settings()
+    env = engine_environment(settings)
+    if env is not None:
+        # The same command again, in the environment the embedded engine's Go runtime
+        # reads once, as the process starts (same pid: supervisors see no change).
+        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
     configure_logging(settings)
 
     async def build() -> Runtime:

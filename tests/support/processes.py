@@ -27,8 +27,9 @@ def free_port() -> int:
 
 
 def environment(settings: Mapping[str, str]) -> dict[str, str]:
-    """The test process's environment without its TOLLGATE_* variables, plus `settings`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TOLLGATE_")}
+    """The test process's environment without its TOLLGATE_* variables and Go's GOGC (a
+    server sets it for its engine), plus `settings`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOLLGATE_") and k != "GOGC"}
     env.update(settings)
     env["COLUMNS"] = "200"  # rich wraps at the terminal width; keep a line one line
     return env

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from controlplane.errors import InvalidInput
-from controlplane.settings import Settings
+from controlplane.settings import Settings, engine_environment
 
 
 def test_a_config_file_that_was_named_must_exist(tmp_path: Path) -> None:
@@ -39,3 +40,17 @@ def test_a_number_that_is_not_one_names_the_variable(monkeypatch: pytest.MonkeyP
     with pytest.raises(InvalidInput) as caught:
         Settings()
     assert caught.value.message == "TOLLGATE_PORT='84OO': must be a whole number"
+
+
+def test_the_engine_environment_adds_gogc_only_where_it_is_missing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("GOGC", raising=False)
+    env = engine_environment(Settings(engine_gc_percent=300))
+    assert env is not None and env["GOGC"] == "300"
+    assert env["PATH"] == os.environ["PATH"]  # the rest of the environment goes along
+    # A remote engine has no Go runtime in this process.
+    assert engine_environment(Settings(engine="remote")) is None
+    # Set already (by the operator, or by the first start): nothing to do, no loop.
+    monkeypatch.setenv("GOGC", "150")
+    assert engine_environment(Settings(engine_gc_percent=300)) is None

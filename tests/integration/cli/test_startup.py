@@ -126,3 +126,10 @@ def test_version(tmp_path: Path) -> None:
     done = run(["--version"], {})
     assert done.returncode == 0
     assert done.stdout.strip() == f"tollgate {__version__}"
+
+
+@pytest.mark.parametrize("value", ["5", "100000"])
+def test_the_engine_gc_percent_must_be_in_range(tmp_path: Path, value: str) -> None:
+    done = run(["serve"], settings(tmp_path, TOLLGATE_ENGINE_GC_PERCENT=value))
+    assert done.returncode == CANNOT_START
+    assert f"TOLLGATE_ENGINE_GC_PERCENT={value}: must be from" in refusal(done.stderr)
