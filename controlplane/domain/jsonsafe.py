@@ -39,9 +39,34 @@ def text_problem(text: str) -> str | None:
 
 def problems(value: Any, path: str = "", depth: int = 1) -> list[dict[str, str]]:
     """Each bad number, string, key or nesting in `value`, as `{field, message}`."""
+    if _clean(value, depth):
+        return []
     found: list[dict[str, str]] = []
     _walk(value, path, depth, found)
     return found[:MAX_PROBLEMS]
+
+
+def _clean(value: Any, depth: int) -> bool:
+    """Whether `_walk` would find nothing, found without the path of every item: nearly
+    every body is clean, and naming each of its items cost more than reading it."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, str):
+        return _text_ok(value)
+    if isinstance(value, dict | list):
+        if depth > MAX_DEPTH:
+            return False
+        if isinstance(value, dict):
+            return all(
+                _text_ok(str(key)) and _clean(item, depth + 1) for key, item in value.items()
+            )
+        return all(_clean(item, depth + 1) for item in value)
+    return True
+
+
+def _text_ok(text: str) -> bool:
+    """`text_problem(text) is None`, in one scan for the usual ASCII text."""
+    return "\x00" not in text and (text.isascii() or text_problem(text) is None)
 
 
 def _walk(value: Any, path: str, depth: int, found: list[dict[str, str]]) -> None:

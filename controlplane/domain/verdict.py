@@ -120,11 +120,21 @@ class Verdict(BaseModel):
         return evidence
 
     def document(self) -> dict[str, Any]:
-        """The verdict as JSON, as stored and as policies see it."""
+        """The verdict as JSON, as stored and as policies see it. Built once (the verdict
+        is frozen) and shared by the stored body, the input and the hash: read it, never
+        change it."""
+        return self.json_document
+
+    @cached_property
+    def json_document(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
     def content_hash(self) -> str:
         """Hash of the canonical content: a retry with the same id must carry the same hash."""
+        return self.canonical_hash
+
+    @cached_property
+    def canonical_hash(self) -> str:
         canonical = json.dumps(self.document(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 

@@ -25,6 +25,10 @@ if TYPE_CHECKING:
 
 _ADDRESS_CHARS = re.compile(r"[0-9A-Fa-f:.]{2,45}")
 """What an IPv4 or IPv6 address can be made of (ASCII only: no zone id, no space)."""
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_DOTTED_QUAD = re.compile(rf"(?:{_OCTET}\.){{3}}{_OCTET}")
+"""An IPv4 address as `ipaddress` spells it (what most verdicts carry): parsing it
+again would cost five times the match."""
 _PREFIX = re.compile(r"[0-9]{1,3}")
 ID_CHARS = r"[A-Za-z0-9][A-Za-z0-9._:@/+=-]*"
 """Account, key and org ids (the verdict schema's pattern too): no spaces, control
@@ -60,6 +64,8 @@ def canonical_ip(text: str) -> str:
     the IPv4 address, so it meets the same blocks and intel as its plain form."""
     if not isinstance(text, str) or not _ADDRESS_CHARS.fullmatch(text):
         raise TargetError(f"{text!r} is not an IPv4 or IPv6 address")
+    if _DOTTED_QUAD.fullmatch(text):
+        return text  # already its one spelling: no leading zeros, each part 0-255
     return _canonical_ip(text)
 
 

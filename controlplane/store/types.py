@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 import msgspec
@@ -74,7 +75,10 @@ class UTCDateTime(TypeDecorator[datetime]):
         return super().result_processor(dialect, coltype)
 
 
+@lru_cache(maxsize=4096)
 def _to_sqlite_text(value: datetime | None) -> str | None:
+    """Cached: a group's rows carry the same few moments (its `now`, its arrival) in
+    thousands of columns; equal instants have one UTC text whatever their offset."""
     if value is None:
         return None
     offset = value.utcoffset()
@@ -86,6 +90,7 @@ def _to_sqlite_text(value: datetime | None) -> str | None:
     return value.isoformat(" ", "microseconds")[:-6]
 
 
+@lru_cache(maxsize=4096)
 def _from_sqlite_text(value: str | None) -> datetime | None:
     if value is None:
         return None

@@ -4,6 +4,8 @@ Runtime API and paused a frontend)."""
 
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
 
 from controlplane.enforce.sdk import Entry, EntryType
@@ -155,3 +157,25 @@ def test_a_refused_key_id_is_not_quoted_in_the_reason() -> None:
 
     assert why.startswith("refused before it reached the gateway")
     assert "secret-ish" not in why
+
+
+OCTET_SPELLINGS = [str(i) for i in range(256)] + ["00", "01", "001", "010", "256", "300", "", "1 "]
+
+
+@pytest.mark.parametrize("position", range(4))
+def test_an_ipv4_address_is_spelled_as_ipaddress_spells_it(position: int) -> None:
+    # Every spelling of one octet, the others plain: the shortcut for an address already
+    # in its one spelling never lets through one `ipaddress` refuses or spells otherwise.
+    for octet in OCTET_SPELLINGS:
+        parts = ["198", "51", "100", "7"]
+        parts[position] = octet
+        text = ".".join(parts)
+        try:
+            expected: str | None = str(ipaddress.ip_address(text))
+        except ValueError:
+            expected = None
+        try:
+            got: str | None = canonical_ip(text)
+        except TargetError:
+            got = None
+        assert got == expected, text
