@@ -481,8 +481,9 @@ class Recording:
         """The caller's writes due before the first decision (its verdict rows)."""
         self._position = {p.verdict.id: i for i, p in enumerate(pending)}
         self._outcomes: list[Outcome] = []
-        self._named: dict[tuple[str, str], list[tuple[int, str]]] | None = None
-        """(`account`|`org`, id) -> (position, key) of each key the batch names for it."""
+        self._named: dict[tuple[str, str, str], list[tuple[int, str]]] | None = None
+        """(provider, `account`|`org`, id) -> (position, key) of each key the batch names
+        for it."""
         self.failure: BaseException | None = None
         """What a write raised (it reaches the caller through `decide`, not as a fault
         of deciding)."""
@@ -514,15 +515,19 @@ class Recording:
     def _seen_up_to(self, item: Pending, outcome: Outcome) -> dict[tuple[str, str], set[str]]:
         """The keys the batch's verdicts up to this one name for the accounts and orgs
         its outcome suspends (a suspension revokes them too, though they are not stored
-        yet), so a verdict's outcome never depends on the batch it came in."""
+        yet), so a verdict's outcome never depends on the batch it came in. Only keys
+        named on the same provider: an account id on another platform is another account."""
         if self._named is None:
             self._named = {}
             for i, p in enumerate(self._pending):
                 for scope, keys in _keys_named(p).items():
-                    self._named.setdefault(scope, []).extend((i, k) for k in keys)
+                    self._named.setdefault((p.verdict.provider, *scope), []).extend(
+                        (i, k) for k in keys
+                    )
         upto = self._position[item.verdict.id]
+        provider = item.verdict.provider
         return {
-            scope: {k for i, k in self._named.get(scope, ()) if i <= upto}
+            scope: {k for i, k in self._named.get((provider, *scope), ()) if i <= upto}
             for scope in {
                 (a["target_kind"], a["target_value"])
                 for a in outcome.actions

@@ -49,3 +49,42 @@ async def test_a_batch_suspending_two_accounts_revokes_each_ones_own_keys(api: R
         assert mine <= revoked_with_it | revoked_alone, (
             f"{account}'s keys {sorted(mine - revoked_with_it - revoked_alone)} stay usable"
         )
+
+
+async def test_one_account_id_under_two_providers_keeps_each_providers_keys(
+    api: Running,
+) -> None:
+    # The keys of both providers' suspensions are looked up together: a key seen on one
+    # platform is never revoked on the other.
+    account, org = unique("acct_sk2p"), unique("org_sk2p")
+    keys = {p: [unique(f"key_{p}") for _ in range(3)] for p in ("lab-a", "lab-b")}
+    for provider, mine in keys.items():
+        await api.submit(
+            {**operation_verdict(account, mine[0], org, "192.0.2.90"), "provider": provider}
+        )
+    batch = [
+        {**operation_verdict(account, key, org, f"192.0.2.{91 + i}"), "provider": provider}
+        for provider, mine in keys.items()
+        for i, key in enumerate(mine[1:])
+    ]
+    results = (await api.submit({"verdicts": batch}))["results"]
+
+    actions = [a for r in results for a in r["actions"]]
+    for provider, mine in keys.items():
+        suspensions = [
+            a
+            for a in actions
+            if a["type"] == "suspend"
+            and a["provider"] == provider
+            and a["target"]["value"] == account
+        ]
+        assert suspensions, f"{provider}: the account was not suspended"
+        revoked = {
+            a["target"]["value"]
+            for a in actions
+            if a["type"] == "revoke_key" and a["provider"] == provider
+        }
+        others = {k for p, ks in keys.items() if p != provider for k in ks}
+        assert revoked, f"{provider}: no key revoked"
+        assert not revoked & others, f"{provider} revoked another platform's keys"
+        assert set(mine) <= revoked, f"{provider}: keys {sorted(set(mine) - revoked)} stay usable"
