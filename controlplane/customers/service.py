@@ -112,20 +112,23 @@ class CustomerService:
 
 
 def keys_covered(
-    session: Session, provider: str, scopes: Iterable[tuple[str, str]]
-) -> dict[tuple[str, str], set[str]]:
-    """(`account`|`org`, id) -> every key Tollgate knows for it: the customer records'
-    keys (an org's: of its accounts) and the keys seen in verdicts about it."""
+    session: Session, scopes: Iterable[tuple[str, str, str]]
+) -> dict[tuple[str, str, str], set[str]]:
+    """(provider, `account`|`org`, id) -> every key Tollgate knows for it: the customer
+    records' keys (an org's: of its accounts) and the keys seen in verdicts about it.
+    One set of lookups for every provider."""
     wanted = sorted(set(scopes))
-    found: dict[tuple[str, str], set[str]] = {s: set() for s in wanted}
-    seen = repository.keys_seen_by(session, [(provider, k, v) for k, v in wanted])
-    for (_, scope, scope_id), keys in seen.items():
-        found[(scope, scope_id)].update(keys)
-    accounts = [v for k, v in wanted if k == "account"]
-    for account_id, row in (repository.customers_of(session, accounts)).items():
-        found[("account", account_id)].update(row.keys)
-    orgs = [v for k, v in wanted if k == "org"]
-    for org_id, rows in (repository.customers_of_orgs(session, orgs)).items():
+    found: dict[tuple[str, str, str], set[str]] = {s: set() for s in wanted}
+    for scope, keys in repository.keys_seen_by(session, wanted).items():
+        found[scope].update(keys)
+    records: dict[tuple[str, str], set[str]] = {}
+    accounts = {v for _, k, v in wanted if k == "account"}
+    for account_id, row in repository.customers_of(session, accounts).items():
+        records.setdefault(("account", account_id), set()).update(row.keys)
+    orgs = {v for _, k, v in wanted if k == "org"}
+    for org_id, rows in repository.customers_of_orgs(session, orgs).items():
         for row in rows:
-            found[("org", org_id)].update(row.keys)
+            records.setdefault(("org", org_id), set()).update(row.keys)
+    for provider, kind, value in wanted:
+        found[(provider, kind, value)].update(records.get((kind, value), ()))
     return found

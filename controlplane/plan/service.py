@@ -115,14 +115,17 @@ def covered_keys(
 ) -> dict[str, dict[tuple[str, str], set[str]]]:
     """Provider -> (`account`|`org`, id) -> the keys Tollgate knows for each account and
     org these action rows suspend: one set of lookups however many rows suspend."""
-    scopes: dict[str, set[tuple[str, str]]] = {}
-    for part in rows:
-        for r in part:
-            if r["type"] == ActionType.SUSPEND.value:
-                scopes.setdefault(r["provider"], set()).add((r["target_kind"], r["target_value"]))
-    return {
-        provider: keys_covered(session, provider, wanted) for provider, wanted in scopes.items()
+    scopes = {
+        (r["provider"], r["target_kind"], r["target_value"])
+        for part in rows
+        for r in part
+        if r["type"] == ActionType.SUSPEND.value
     }
+    covered: dict[str, dict[tuple[str, str], set[str]]] = {}
+    if scopes:
+        for (provider, kind, value), keys in keys_covered(session, scopes).items():
+            covered.setdefault(provider, {})[(kind, value)] = keys
+    return covered
 
 
 def suspension_children(
