@@ -88,17 +88,26 @@ async def test_without_the_wait_they_split_in_two(monkeypatch: pytest.MonkeyPatc
     assert len(service.groups) > 30
 
 
+class _CountedAsyncio:
+    """`asyncio` as the ingest service sees it, its `wait_for` counted. Only the
+    service's: the session's one event loop may run other tests' tasks meanwhile."""
+
+    def __init__(self, found: list[float]) -> None:
+        self._found = found
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(asyncio, name)
+
+    async def wait_for(self, awaitable: Any, seconds: float) -> Any:
+        self._found.append(seconds)
+        return await asyncio.wait_for(awaitable, seconds)
+
+
 @pytest.fixture
 def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """The windows the service waited for company (each wait, its timeout)."""
     found: list[float] = []
-    real_wait_for = asyncio.wait_for
-
-    async def counted(awaitable: Any, seconds: float) -> Any:
-        found.append(seconds)
-        return await real_wait_for(awaitable, seconds)
-
-    monkeypatch.setattr(ingest_service.asyncio, "wait_for", counted)
+    monkeypatch.setattr(ingest_service, "asyncio", _CountedAsyncio(found))
     return found
 
 
