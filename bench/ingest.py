@@ -496,6 +496,8 @@ class LoadResult:
     statuses: Counter[str] = field(default_factory=Counter)
     decision_statuses: Counter[str] = field(default_factory=Counter)
     actions: int = 0
+    server_cpu: float = 0.0
+    """The server's user + system CPU seconds while the verdicts were posted."""
 
 
 def encode_batches(verdicts: Sequence[dict[str, Any]], size: int) -> list[bytes]:
@@ -848,7 +850,9 @@ def run_backend(
             profiler = Profiler(server.process.pid, args.profile / f"{name}.raw.txt")
             cleanup.push("stop py-spy", profiler.stop)
         try:
+            cpu_before = cpu_seconds(server.process.pid)
             load = post_all(server, bodies, len(verdicts), name, args.concurrency)
+            load.server_cpu = cpu_seconds(server.process.pid) - cpu_before
         except RuntimeError:
             log(f"[{name}] server log (tail):\n{server.tail()}")
             raise
@@ -895,6 +899,11 @@ def report(f: Figures) -> None:
         f"{os.cpu_count()} CPUs, load average {f.load_before:.1f} before the run"
     )
     print(f"  pipeline end to end    {f.pipeline_per_s:10,.0f} verdicts/s  ({load.seconds:.1f} s)")
+    print(
+        f"  server CPU             {load.server_cpu:10.1f} s      "
+        f"({load.server_cpu / load.seconds:.2f} of {os.cpu_count()} CPUs busy, "
+        f"{load.server_cpu * 1000 / max(1, f.verdicts):.2f} ms/verdict)"
+    )
     print(
         f"  batch latency          p50 {percentile(lat, 50):8.1f} ms   "
         f"p99 {percentile(lat, 99):8.1f} ms   max {max(lat):8.1f} ms"
@@ -965,9 +974,18 @@ def _disjoint_ip(ip: str, part: int, parts: int) -> str:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (/proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time of a process and its live children so far (/proc): the
+    server's engine processes are its children."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    children: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError):
+            children.update(int(c) for c in task.read_text().split())
+    return own + sum(cpu_seconds(child) for child in children)
 
 
 def lock_waits(

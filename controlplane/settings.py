@@ -108,8 +108,9 @@ class Settings:
     engine_workers: int = field(
         default_factory=lambda: _number("ENGINE_WORKERS", str(_default_workers()), int)
     )
-    """`TOLLGATE_ENGINE_WORKERS`: evaluation threads, one OPA engine each. With the remote
-    engine: how many evaluations are in flight to the OPA server at once."""
+    """`TOLLGATE_ENGINE_WORKERS`: engine processes evaluating a batch, one OPA engine
+    each (1: evaluated in the server's own process). With the remote engine: how many
+    evaluations are in flight to the OPA server at once."""
 
     engine_gc_percent: int = field(
         default_factory=lambda: _number("ENGINE_GC_PERCENT", str(ENGINE_GC_PERCENT), int)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Generator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -59,7 +59,7 @@ class PolicyEngine(Protocol):
 
     def evaluate_blocking(
         self, inputs: Collection[dict[str, Any]], loop: asyncio.AbstractEventLoop
-    ) -> Iterator[Evaluation]:
+    ) -> Generator[Evaluation, None, None]:
         """`evaluate_many` for a thread that is not `loop`'s (the decide thread): the
         evaluations in order, in parallel where possible, each given as soon as it is
         done (the caller's work on one may overlap the evaluation of the next). `inputs`

@@ -1,23 +1,21 @@
-"""The embedded engine: the real OPA Go evaluator in-process, one engine per worker thread.
+"""The embedded engine: the real OPA Go evaluator, in this process for single
+evaluations and in engine processes (`controlplane.engine.processes`) for batches.
 
-One `OpaEngine` serialises its evaluations, and its native call releases the GIL,
-so N engines on N threads evaluate in parallel. An engine cannot drop a policy
-or replace data: a new revision is a new `EmbeddedEngine`, probed before use.
+One `OpaEngine` serialises its evaluations; N engine processes evaluate in parallel,
+never waiting for this process's GIL. An engine cannot drop a policy or replace
+data: a new revision is a new `EmbeddedEngine`, probed before use.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
-import queue
-import threading
 import time
-from collections.abc import Collection, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Collection, Generator, Sequence
 from typing import Any
 
 from controlplane.engine.base import Evaluation
 from controlplane.engine.bundle import PolicyBundle
+from controlplane.engine.processes import EngineProcesses
 from controlplane.engine.sandbox import new_engine, opa_module
 from controlplane.errors import PolicyError
 
@@ -47,7 +45,8 @@ PROBE_INPUT: dict[str, Any] = {
 
 
 class EmbeddedEngine:
-    """A loaded, probed revision, evaluated on `workers` threads with one engine each."""
+    """A loaded, probed revision: one engine in this process (single evaluations and
+    the probe) and, with `workers` > 1, that many engine processes for batches."""
 
     name = "opa-embedded"
 
@@ -55,21 +54,17 @@ class EmbeddedEngine:
         self._bundle = bundle
         self._entrypoint = entrypoint.removeprefix("data.")
         self._opa = opa_module()
-        self._workers = max(1, workers)
-        self._engines: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        built = []
+        self._engine = new_engine(self._bundle)
         try:
-            for _ in range(self._workers):
-                engine = new_engine(self._bundle)
-                built.append(engine)
-                self._probe(engine)
+            self._probe(self._engine)
         except BaseException:
-            for engine in built:
-                engine.close()
+            self._engine.close()
             raise
-        for engine in built:
-            self._engines.put(engine)
-        self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="opa-eval")
+        self._processes = (
+            EngineProcesses(bundle, self._entrypoint, workers) if workers > 1 else None
+        )
+        """Started at the first batch: a revision only ever probed or explained (tests,
+        `tollgate policy check`) starts none."""
 
     @property
     def revision(self) -> str:
@@ -94,11 +89,12 @@ class EmbeddedEngine:
         except self._opa.OpaError as exc:
             raise PolicyError(f"policy failed its probe evaluation: {exc.message}") from None
 
-    def _eval_on(self, engine: Any, input: dict[str, Any]) -> Evaluation:
+    def evaluate_sync(self, input: dict[str, Any]) -> Evaluation:
+        """On this process's engine (the binding serialises its evaluations)."""
         started_ns = time.time_ns()
         start = time.perf_counter()
         try:
-            result = engine.eval_document(self._entrypoint, input)
+            result = self._engine.eval_document(self._entrypoint, input)
             error = None
         except self._opa.OpaUndefinedError:
             result, error = None, f"data.{self._entrypoint} is undefined for this input"
@@ -106,113 +102,30 @@ class EmbeddedEngine:
             result, error = None, f"{exc.code}: {exc.message}"
         return Evaluation(result, error, (time.perf_counter() - start) * 1000, started_ns)
 
-    def _eval_chunk(self, inputs: Sequence[dict[str, Any]]) -> list[Evaluation]:
-        engine = self._engines.get()
-        try:
-            return [self._eval_on(engine, item) for item in inputs]
-        finally:
-            self._engines.put(engine)
-
-    def evaluate_sync(self, input: dict[str, Any]) -> Evaluation:
-        return self._eval_chunk([input])[0]
-
     def evaluate_blocking(
         self, inputs: Collection[dict[str, Any]], loop: asyncio.AbstractEventLoop
-    ) -> Iterator[Evaluation]:
+    ) -> Generator[Evaluation, None, None]:
         """Each input's evaluation, in order, each as soon as it is done: the caller
-        works on one (its decision, its plan: Python, under the GIL) while the workers
-        evaluate the next ones (the native call releases the GIL), and, when the one it
-        waits for is not done, evaluates the next input nobody took instead of idling.
-        `inputs` is iterated once, on the caller's thread, before the first evaluation
-        is given: a lazy collection (its inputs built as they are iterated) has the
-        workers evaluate the first inputs while the caller builds the next. So a batch's
-        Python and its evaluations overlap on two cores, and even a group of two
-        verdicts is evaluated on both. Every input is evaluated once, by the first
-        thread to take it. The event loop is not involved."""
-        count = len(inputs)
-        if count <= 1 or self._workers == 1:
-            yield from self._eval_chunk(list(inputs))
+        works on one (its decision, its plan) while the engine processes evaluate the
+        next ones. `inputs` is iterated once, on the caller's thread, each written to
+        a process as soon as it is built: a lazy collection has the processes evaluate
+        the first inputs while the caller builds the next. A single input (or a single
+        worker) is evaluated here. The event loop is not involved."""
+        if len(inputs) <= 1 or self._processes is None:
+            for given in list(inputs):
+                yield self.evaluate_sync(given)
             return
-        built: list[dict[str, Any]] = []
-        results: list[Evaluation | None] = [None] * count
-        taken = itertools.count()  # next() is atomic: each input is taken once
-        finished = threading.Condition()
-        """Guards `built` growing, `results` filling and `failures`."""
-        failures: list[BaseException] = []
-
-        def take(engine: Any) -> bool:
-            """Evaluate the next input nobody took, once it is built; False when none is
-            left (or the caller failed)."""
-            i = next(taken)
-            if i >= count:
-                return False
-            if i >= len(built):
-                with finished:
-                    while i >= len(built) and not failures:
-                        finished.wait()
-                    if failures:
-                        return False
-            evaluation = self._eval_on(engine, built[i])
-            with finished:
-                results[i] = evaluation
-                finished.notify_all()
-            return True
-
-        def helper() -> None:
-            engine = self._engines.get()
-            try:
-                while take(engine):
-                    pass
-            except BaseException as exc:  # the caller raises it: nothing is lost quietly
-                with finished:
-                    failures.append(exc)
-                    finished.notify_all()
-            finally:
-                self._engines.put(engine)
-
-        for _ in range(min(self._workers, count) - 1):
-            self._pool.submit(helper)
-        engine = self._engines.get()
-        try:
-            try:
-                for given in inputs:
-                    with finished:
-                        built.append(given)
-                        finished.notify_all()
-            except BaseException as exc:  # the helpers stop waiting for inputs never built
-                with finished:
-                    failures.append(exc)
-                    finished.notify_all()
-                raise
-            if len(built) != count:
-                raise ValueError(f"{len(built)} inputs given for {count}")
-            for i in range(count):
-                while results[i] is None:
-                    if failures:
-                        raise failures[0]
-                    if take(engine):
-                        continue
-                    with finished:  # every input is taken: wait for the one due next
-                        while results[i] is None and not failures:
-                            finished.wait()
-                result = results[i]
-                assert result is not None
-                yield result
-        finally:
-            self._engines.put(engine)
+        yield from self._processes.evaluate(inputs, len(inputs))
 
     async def evaluate_many(self, inputs: Sequence[dict[str, Any]]) -> list[Evaluation]:
         if not inputs:
             return []
-        loop = asyncio.get_running_loop()
-        size = -(-len(inputs) // self._workers)
-        chunks = [inputs[i : i + size] for i in range(0, len(inputs), size)]
-        parts = await asyncio.gather(
-            *(loop.run_in_executor(self._pool, self._eval_chunk, chunk) for chunk in chunks)
-        )
-        return [evaluation for part in parts for evaluation in part]
+        processes = self._processes
+        if len(inputs) == 1 or processes is None:
+            return await asyncio.to_thread(lambda: [self.evaluate_sync(i) for i in inputs])
+        return await asyncio.to_thread(lambda: list(processes.evaluate(inputs, len(inputs))))
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True)
-        while not self._engines.empty():
-            self._engines.get().close()
+        if self._processes is not None:
+            self._processes.close()
+        self._engine.close()

@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -245,10 +245,10 @@ class RemoteEngine:
 
     def evaluate_blocking(
         self, inputs: Collection[dict[str, Any]], loop: asyncio.AbstractEventLoop
-    ) -> Iterator[Evaluation]:
+    ) -> Generator[Evaluation, None, None]:
         """On `loop`, whose HTTP session this engine uses (all answered, then given)."""
         given = list(inputs)
-        return iter(asyncio.run_coroutine_threadsafe(self.evaluate_many(given), loop).result())
+        yield from asyncio.run_coroutine_threadsafe(self.evaluate_many(given), loop).result()
 
     def evaluate_sync(self, input: dict[str, Any]) -> Evaluation:
         """One evaluation on the calling thread, over a short-lived connection of its own

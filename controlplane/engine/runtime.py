@@ -23,7 +23,8 @@ def load_embedded(policy_dir: Path, entrypoint: str, workers: int) -> EmbeddedEn
 async def load_engine(settings: Settings, bundle: PolicyBundle) -> PolicyEngine:
     """Build and probe the engine `TOLLGATE_ENGINE` names for `bundle`, ready to swap in.
 
-    `embedded` builds its OPA engines on a worker thread. `remote` pushes the revision to
+    `embedded` builds and probes its OPA engine on a worker thread (its engine
+    processes start at the first batch). `remote` pushes the revision to
     the OPA server at `TOLLGATE_OPA_URL`, replacing the one it held (see
     `controlplane.engine.remote`): call it on the event loop that will evaluate, since
     the engine's HTTP session belongs to that loop. Both raise `PolicyError` for a

@@ -15,7 +15,7 @@ import asyncio
 import hashlib
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
@@ -274,18 +274,19 @@ class Decider:
             members = [p for p, w in zip(pending, waves, strict=True) if w == wave]
             engine = self._engines.current
             inputs = _Inputs(members, lookups, now)
-            evaluations = engine.evaluate_blocking(inputs, loop)
-            for i, (item, evaluation) in enumerate(zip(members, evaluations, strict=True)):
-                outcome = self._outcome(engine, item, inputs.built[i], evaluation, now)
-                outcomes[item.verdict.id] = outcome
-                for action in outcome.actions:
-                    if not action["shadow"]:
-                        lookups.add_action(item.verdict.provider, action_document(action))
-                if sink is not None:
-                    ready.append((item, outcome))
-                    if len(ready) >= SINK_EVERY:
-                        sink(ready)
-                        ready = []
+            # Closed however the wave ends: the engine is the next wave's (and batch's).
+            with closing(engine.evaluate_blocking(inputs, loop)) as evaluations:
+                for i, (item, evaluation) in enumerate(zip(members, evaluations, strict=True)):
+                    outcome = self._outcome(engine, item, inputs.built[i], evaluation, now)
+                    outcomes[item.verdict.id] = outcome
+                    for action in outcome.actions:
+                        if not action["shadow"]:
+                            lookups.add_action(item.verdict.provider, action_document(action))
+                    if sink is not None:
+                        ready.append((item, outcome))
+                        if len(ready) >= SINK_EVERY:
+                            sink(ready)
+                            ready = []
             for item in members:
                 lookups.saw(item.verdict)
         if sink is not None and ready:

@@ -322,8 +322,8 @@ def test_a_build_that_fails_is_raised_and_leaves_the_engine_whole() -> None:
 
 @pytest.mark.parametrize("count", [0, 1, 2, 3, 17, 200])
 def test_evaluate_blocking_shares_the_inputs_and_keeps_their_order(count: int) -> None:
-    """The calling thread and the workers take inputs from one list: every input is
-    evaluated once, on one of the engines, and answered in its place, errors included."""
+    """Every input is evaluated once, on one of the engine processes, and answered in
+    its place, errors included."""
     engine = EmbeddedEngine(echo_bundle(), "echo.decision", workers=2)
     try:
         inputs = [{"n": n % 90 if n % 7 else 101 + n} for n in range(count)]
