@@ -39,6 +39,7 @@ from controlplane.engine.base import Evaluation
 from controlplane.engine.bundle import PolicyBundle
 from controlplane.engine.worker import ANSWER, HEADER
 from controlplane.errors import EngineUnavailable, PolicyError
+from controlplane.telemetry import metrics
 
 log = logging.getLogger(__name__)
 
@@ -353,6 +354,7 @@ class _Run:
         code = process.process.wait()
         process.close()
         log.error("an engine process exited (status %s); it is replaced at the next batch", code)
+        metrics.engine_process_exited()
         for position, (index, frame, tries) in enumerate(process.waiting):
             if position == 0 and tries + 1 >= KILLS_TO_FAIL:
                 error = (

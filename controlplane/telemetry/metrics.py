@@ -69,6 +69,13 @@ DECIDE_FAULTS = Counter(
     ["exception"],
     registry=REGISTRY,
 )
+ENGINE_PROCESS_EXITS = Counter(
+    "tollgate_engine_process_exits",
+    "Engine processes that exited (killed, crashed) with inputs of a batch under way; each "
+    "is replaced at the next batch, and an input two of them exited under is decided as "
+    "an evaluation error.",
+    registry=REGISTRY,
+)
 DECISION_FALLBACKS = Counter(
     "tollgate_decision_fallbacks",
     "Decisions that errored (engine refused the input, policy error, contract broken), by "
@@ -145,6 +152,11 @@ def decisions_recorded(decisions: Iterable[Mapping[str, Any]]) -> None:
     for decision in decisions:
         DECISIONS.labels(decision["status"]).inc()
         EVALUATION_SECONDS.observe(decision["duration_ms"] / 1000)
+
+
+def engine_process_exited() -> None:
+    """Count an engine process gone while it had inputs to evaluate."""
+    ENGINE_PROCESS_EXITS.inc()
 
 
 def decide_faults(exception: str) -> None:

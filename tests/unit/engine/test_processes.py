@@ -15,6 +15,7 @@ import pytest
 
 from controlplane.engine.bundle import PolicyBundle
 from controlplane.engine.processes import EngineProcesses, parse
+from controlplane.telemetry import metrics
 
 SPIN = """\
 package spin
@@ -106,8 +107,11 @@ def test_inputs_under_way_on_a_killed_process_are_evaluated_again(
     results(processes, [{"n": -1}, {"n": -2}])  # started
     inputs = [{"n": n, "spin": SPUN} for n in range(8)]
     built = KillAfter(processes.pids()[:1], inputs, after=4)
+    exits = metrics.ENGINE_PROCESS_EXITS._value.get()
 
     evaluations = list(processes.evaluate(built, len(inputs)))
+
+    assert metrics.ENGINE_PROCESS_EXITS._value.get() == exits + 1
 
     assert [e.result for e in evaluations] == [{"n": n, "spun": SPUN} for n in range(8)]
     assert built.pids[0] not in processes.pids()
