@@ -150,7 +150,7 @@ class EngineProcesses:
                 run.close()
 
     def answered(self) -> list[int]:
-        """How many inputs each live process answered (for /metrics and tests)."""
+        """How many inputs each live process answered."""
         with self._lock:
             return [p.answered for p in self._processes]
 
