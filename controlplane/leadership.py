@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from controlplane.store.db import OUTAGES, Database, outage_reason
-from controlplane.store.repository import ping_connection, try_advisory_lock
+from controlplane.store.repository import advisory_unlock, ping_connection, try_advisory_lock
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,15 @@ class Leadership:
         return guarded
 
     async def release(self) -> None:
+        """Give up leading: unlock first, then discard the connection. Closing alone is
+        not enough for a quick successor: the server ends the backend, and frees its
+        locks, some time after the client has gone."""
         async with self._checking:
+            if self.leader and self._connection is not None:
+                try:
+                    await advisory_unlock(self._connection, LOCK_KEY)
+                except Exception:
+                    log.debug("unlocking the leadership lock failed", exc_info=True)
             await self._drop()
 
     async def _drop(self) -> None:
