@@ -112,6 +112,14 @@ class Settings:
     each (1: evaluated in the server's own process). With the remote engine: how many
     evaluations are in flight to the OPA server at once."""
 
+    engine_prestart: bool = field(
+        default_factory=lambda: _env("ENGINE_PRESTART", "true").lower() not in ("0", "false", "no")
+    )
+    """`TOLLGATE_ENGINE_PRESTART`: start a revision's engine processes when it is loaded,
+    before it decides anything (the default: the first batch after a start or a policy
+    change does not wait about a second for them, and a revision the processes cannot
+    load is refused before it is swapped in). `false`: start them at the first batch."""
+
     engine_gc_percent: int = field(
         default_factory=lambda: _number("ENGINE_GC_PERCENT", str(ENGINE_GC_PERCENT), int)
     )

@@ -63,8 +63,19 @@ class EmbeddedEngine:
         self._processes = (
             EngineProcesses(bundle, self._entrypoint, workers) if workers > 1 else None
         )
-        """Started at the first batch: a revision only ever probed or explained (tests,
-        `tollgate policy check`) starts none."""
+        """Started by `start` (a serving revision, before it is swapped in) or at the
+        first batch: a revision only ever probed or explained (`tollgate policy check`,
+        an impact report) starts none."""
+
+    def start(self) -> None:
+        """Start the engine processes (if any) now: they load the revision, and a
+        revision they cannot load raises here, before it decides anything."""
+        if self._processes is not None:
+            self._processes.start()
+
+    def process_ids(self) -> list[int]:
+        """The engine processes' ids (none before they start, or with one worker)."""
+        return self._processes.pids() if self._processes is not None else []
 
     @property
     def revision(self) -> str:

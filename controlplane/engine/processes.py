@@ -119,8 +119,8 @@ class _Process:
 
 
 class EngineProcesses:
-    """`count` engine processes holding one revision, started at the first call. One
-    caller at a time (others wait): each call has every process to itself."""
+    """`count` engine processes holding one revision, started by `start` or at the first
+    call. One caller at a time (others wait): each call has every process to itself."""
 
     def __init__(self, bundle: PolicyBundle, entrypoint: str, count: int) -> None:
         self._spec = pickle.dumps((bundle, entrypoint))
@@ -129,6 +129,13 @@ class EngineProcesses:
         self._processes: list[_Process] = []
         self._lock = threading.Lock()
         self._closed = False
+
+    def start(self) -> None:
+        """Start the processes now rather than at the first call."""
+        with self._lock:
+            if self._closed:
+                raise EngineUnavailable("this policy revision's engine is closed")
+            self._start()
 
     def evaluate(self, inputs: Iterable[dict[str, Any]], count: int) -> Iterator[Evaluation]:
         """Each of `count` inputs' evaluation, in order, each as soon as it is read.

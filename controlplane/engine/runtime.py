@@ -23,9 +23,10 @@ def load_embedded(policy_dir: Path, entrypoint: str, workers: int) -> EmbeddedEn
 async def load_engine(settings: Settings, bundle: PolicyBundle) -> PolicyEngine:
     """Build and probe the engine `TOLLGATE_ENGINE` names for `bundle`, ready to swap in.
 
-    `embedded` builds and probes its OPA engine on a worker thread (its engine
-    processes start at the first batch). `remote` pushes the revision to
-    the OPA server at `TOLLGATE_OPA_URL`, replacing the one it held (see
+    `embedded` builds and probes its OPA engine on a worker thread and starts its
+    engine processes (at the first batch with `TOLLGATE_ENGINE_PRESTART=false`).
+    `remote` pushes the revision to the OPA server at `TOLLGATE_OPA_URL`, replacing
+    the one it held (see
     `controlplane.engine.remote`): call it on the event loop that will evaluate, since
     the engine's HTTP session belongs to that loop. Both raise `PolicyError` for a
     revision that does not load or probe, `EngineUnavailable` for an engine that
@@ -33,9 +34,7 @@ async def load_engine(settings: Settings, bundle: PolicyBundle) -> PolicyEngine:
     """
     kind = settings.engine.strip().lower()
     if kind == "embedded":
-        return await asyncio.to_thread(
-            EmbeddedEngine, bundle, settings.entrypoint, settings.engine_workers
-        )
+        return await asyncio.to_thread(_serving, settings, bundle)
     if kind == "remote":
         # Imported here: its HTTP client and OPA library (about 20 MB) are loaded only
         # by a server that evaluates remotely.
@@ -49,6 +48,17 @@ async def load_engine(settings: Settings, bundle: PolicyBundle) -> PolicyEngine:
     raise EngineUnavailable(
         f"TOLLGATE_ENGINE={settings.engine!r} is not an engine: use one of {', '.join(ENGINES)}"
     )
+
+
+def _serving(settings: Settings, bundle: PolicyBundle) -> EmbeddedEngine:
+    engine = EmbeddedEngine(bundle, settings.entrypoint, settings.engine_workers)
+    if settings.engine_prestart:
+        try:
+            engine.start()
+        except BaseException:
+            engine.close()
+            raise
+    return engine
 
 
 class EngineSlot:

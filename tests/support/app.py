@@ -55,6 +55,9 @@ def make_settings(
         policy_dir=policy_dir,
         entrypoint=entrypoint,
         engine_workers=2,
+        # Started at the first batch: most tests send none, and two processes a test
+        # would cost the suite minutes. tests/unit/engine covers starting them early.
+        engine_prestart=False,
         otlp_endpoint="",
         policy_allow_uncommitted=False,
     )

@@ -113,6 +113,19 @@ async def test_identity(kind: str, loader: Loader, repo_bundle: PolicyBundle) ->
     assert engine.bundle is repo_bundle
 
 
+@pytest.mark.parametrize("prestart", [True, False])
+async def test_a_served_revision_starts_its_engine_processes_unless_told_not_to(
+    loader: Loader, repo_bundle: PolicyBundle, prestart: bool
+) -> None:
+    engine = await loader("embedded", repo_bundle, engine_workers=2, engine_prestart=prestart)
+    assert isinstance(engine, EmbeddedEngine)
+
+    assert len(engine.process_ids()) == (2 if prestart else 0)
+    evaluations = await engine.evaluate_many([DESIGN_EXAMPLE] * 2)
+    assert all(e.ok for e in evaluations)
+    assert len(engine.process_ids()) == 2
+
+
 @pytest.mark.parametrize("kind", ENGINES)
 async def test_evaluate_many_answers_in_the_order_of_its_inputs(kind: str, loader: Loader) -> None:
     engine = await loader(kind, echo_bundle(), entrypoint="echo.decision")

@@ -57,6 +57,15 @@ def test_no_process_starts_before_the_first_call(processes: EngineProcesses) -> 
     assert len(processes.pids()) == 2
 
 
+def test_start_starts_them_before_any_call(processes: EngineProcesses) -> None:
+    processes.start()
+    started = processes.pids()
+    assert len(started) == 2
+    assert all(Path(f"/proc/{pid}").exists() for pid in started)
+    assert results(processes, [{"n": 3}]) == [{"n": 3, "spun": 1}]
+    assert processes.pids() == started  # the call used them, none started again
+
+
 def test_a_process_that_exited_is_replaced_at_the_next_call(processes: EngineProcesses) -> None:
     results(processes, [{"n": 0}, {"n": 1}])
     gone = processes.pids()[0]
