@@ -48,8 +48,12 @@ log = logging.getLogger(__name__)
 
 SCHEDULE_DELAY_MS = 1000
 """A trace shows in the console about a second after its spans end."""
-MAX_QUEUE = 8192
-MAX_BATCH = 512
+MAX_QUEUE = 16384
+"""Spans waiting to be written (a full queue drops spans): about five seconds of a
+thousand verdicts a second, at three spans each."""
+MAX_BATCH = 2048
+"""Spans written per transaction. Batches of 512 were three or four commits (each an
+fsync, on SQLite in turn with the verdict groups) per group of 500 verdicts."""
 MAX_TRACE_SPANS = 5000
 """A trace larger than this (a huge batch) is cut when read back."""
 PRUNE_SECONDS = 600
