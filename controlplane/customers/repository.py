@@ -19,7 +19,7 @@ from sqlmodel import col
 
 from controlplane.store.bulk import insert_many
 from controlplane.store.models import CustomerRow, SightingRow, SightingTallyRow
-from controlplane.store.prepared import Prepared
+from controlplane.store.prepared import Prepared, text_array
 from controlplane.store.repository import keyed
 
 CHUNK = 500
@@ -361,10 +361,10 @@ def _networks_among(connection: Connection, wanted: Sequence[Sighted]) -> dict[S
     )
     if connection.dialect.name == "postgresql":
         params: dict[str, Any] = {
-            "providers": [k[0] for k in wanted],
-            "scopes": [k[1] for k in wanted],
-            "ids": [k[2] for k in wanted],
-            "values": [k[4] for k in wanted],
+            "providers": text_array([k[0] for k in wanted]),
+            "scopes": text_array([k[1] for k in wanted]),
+            "ids": text_array([k[2] for k in wanted]),
+            "values": text_array([k[4] for k in wanted]),
         }
     else:
         params = {"wanted": json.dumps([[k[0], k[1], k[2], k[4]] for k in wanted])}

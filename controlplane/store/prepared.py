@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import re
 from collections import namedtuple
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cache
 from threading import Lock
 from typing import Any
 
@@ -47,7 +48,8 @@ class _Compiled:
     arrays: bool = False
     """PostgreSQL: each IN list is one array parameter (`= ANY(...)`, `<> ALL(...)`), one
     text and one plan whatever its length, instead of a parameter per item (thousands in
-    a batch's lookups, each adapted by the driver and planned by the server)."""
+    a batch's lookups, each adapted by the driver and planned by the server); a list of
+    strings goes as its array literal (`text_array`)."""
 
 
 class Prepared:
@@ -187,10 +189,43 @@ def _bind(compiled: _Compiled, values: Mapping[str, Any]) -> tuple[Any, ...] | d
     named: dict[str, Any] = {}
     for name in compiled.binds:
         if name in compiled.expanding and compiled.arrays:
-            named[name] = [one(name, v) for v in values[name]]
+            items = [one(name, v) for v in values[name]]
+            named[name] = text_array(items) if all(type(i) is str for i in items) else items
         elif name in compiled.expanding:
             for i, v in enumerate(values[name], start=1):
                 named[f"{name}_{i}"] = one(name, v)
         else:
             named[name] = one(name, values[name])
     return named
+
+
+class TextArray(str):
+    """A PostgreSQL array literal of strings (`{"a","b"}`), sent as one parameter of
+    unknown type that the server reads as the array its place asks for. psycopg's own
+    list adapter walks the items in Python: 1.7 ms for a list of 1,500 ids, against
+    0.2 ms to build this; a batch's lookups send dozens of such lists."""
+
+
+def text_array(items: Sequence[str]) -> TextArray:
+    """`items` as an array literal: each quoted, its backslashes and double quotes
+    escaped, so no item can end its element or the array (PostgreSQL rejects a NUL in
+    text however it is sent)."""
+    _register()
+    quoted = ['"' + i.replace("\\", "\\\\").replace('"', '\\"') + '"' for i in items]
+    return TextArray("{" + ",".join(quoted) + "}")
+
+
+@cache
+def _register() -> None:
+    """Teach psycopg to send a `TextArray` as text of unknown type (imported here: a
+    server on SQLite never loads psycopg)."""
+    import psycopg
+    from psycopg.adapt import Dumper
+
+    class TextArrayDumper(Dumper):
+        oid = 0  # unknown: typed by its place in the statement, like a string literal
+
+        def dump(self, obj: Any) -> bytes:
+            return str(obj).encode()
+
+    psycopg.adapters.register_dumper(TextArray, TextArrayDumper)

@@ -18,7 +18,7 @@ from sqlalchemy.dialects.postgresql import psycopg
 
 import controlplane
 from controlplane.store.bulk import insert_many
-from controlplane.store.prepared import Prepared, _compile
+from controlplane.store.prepared import Prepared, _compile, text_array
 from tests.integration.store.test_bulk_insert import WHEN, _action, action
 from tests.integration.store.test_bulk_insert import engine as engine
 
@@ -116,6 +116,30 @@ def test_postgresql_sends_each_in_list_as_one_array(stored: Engine) -> None:
         assert "<> ALL(" in next(iter(not_in.rendered.values()))
     else:
         assert len(texts) >= 2 and all("IN (" in t for t in texts)
+
+
+HOSTILE = ['a"b', "c\\d", "x,y}{", "NULL", " spaced ", "", '\\"', "é{}", "'); DROP TABLE a; --"]
+
+
+def test_strings_that_look_like_array_syntax_are_matched_as_themselves(engine: Engine) -> None:
+    """On PostgreSQL a list of strings goes as one array literal: quotes, backslashes,
+    commas, braces and the word NULL in an item are the item's own characters."""
+    rows = [action(i, target_value=value) for i, value in enumerate(HOSTILE)]
+    with engine.begin() as connection:
+        insert_many(connection, _action, rows)
+    with engine.connect() as connection:
+        for i, value in enumerate(HOSTILE):
+            found = BY_TARGETS.rows(
+                connection, {"providers": ["lab-a"], "values": [value, "absent"], "now": WHEN}
+            )
+            assert [(r.id, r.target_value) for r in found] == [(f"act{i}", value)]
+        params = {"providers": ["lab-a"], "values": HOSTILE, "now": WHEN}
+        every = BY_TARGETS.rows(connection, params)
+    assert sorted(r.target_value for r in every) == sorted(HOSTILE)
+
+
+def test_text_array_quotes_every_item() -> None:
+    assert text_array(['a"b', "c\\d", ""]) == '{"a\\"b","c\\\\d",""}'
 
 
 def test_an_empty_in_list_is_sqlalchemys_to_render(stored: Engine) -> None:
