@@ -21,6 +21,7 @@ from controlplane.store.bulk import insert_many
 from controlplane.store.models import CustomerRow, SightingRow, SightingTallyRow
 from controlplane.store.prepared import Prepared, text_array
 from controlplane.store.repository import keyed
+from controlplane.store.types import json_text
 
 CHUNK = 500
 REFRESH = timedelta(hours=1)
@@ -545,12 +546,24 @@ def _count(connection: Connection, tallies: dict[Scope, Tally], fresh: Sequence[
             again.append(dict(zip(_TALLY_PARAMS, (*key, *values), strict=True)))
         else:
             first.append(dict(zip(_TALLY_COLUMNS, (*key, *values), strict=True)))
-    if again:
+    if again and connection.dialect.name == "postgresql":
+        # One statement for them all (an UPDATE per scope was a round of the driver's
+        # Python and a statement of the server's each).
+        connection.execute(_TALLIES_AGAIN_PG, {"rows": json_text(again)})
+    elif again:
         connection.execute(_TALLY_AGAIN, again)
     for chunk in _chunks(first, 1000):
         insert_many(connection, _tally, chunk)
 
 
+_TALLIES_AGAIN_PG = text(
+    "UPDATE sighting_tally AS t SET keys = w.k_keys, networks = w.k_networks, "
+    "accounts = w.k_accounts, first_networks = w.k_first_networks "
+    "FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS w(k_provider text, k_scope text, "
+    "k_scope_id text, k_keys integer, k_networks integer, k_accounts integer, "
+    "k_first_networks jsonb) "
+    "WHERE t.provider = w.k_provider AND t.scope = w.k_scope AND t.scope_id = w.k_scope_id"
+)
 _EMPTY = Tally()
 _TALLY_COLUMNS = ("provider", "scope", "scope_id", "keys", "networks", "accounts", "first_networks")
 _TALLY_PARAMS = tuple(f"k_{name}" for name in _TALLY_COLUMNS)
