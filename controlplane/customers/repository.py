@@ -292,6 +292,25 @@ _FLAG = (
     )
     .values(acted_at=bindparam("k_at"))
 )
+_PK_ROWS = (
+    "unnest(CAST(:providers AS text[]), CAST(:scopes AS text[]), CAST(:ids AS text[]), "
+    "CAST(:kinds AS text[]), CAST(:values AS text[])"
+)
+"""Sighting keys, each part one array: the rows (provider, scope, scope_id, kind, value)."""
+_PK_MATCH = (
+    "s.provider = w.provider AND s.scope = w.scope AND s.scope_id = w.scope_id "
+    "AND s.kind = w.kind AND s.value = w.value"
+)
+_SEEN_AGAIN_PG = text(
+    f"UPDATE sighting AS s SET last_seen = w.seen FROM {_PK_ROWS}, "
+    "CAST(:seen AS timestamptz[])) AS w(provider, scope, scope_id, kind, value, seen) "
+    f"WHERE {_PK_MATCH}"
+)
+_UNFLAG_PG = text(
+    f"UPDATE sighting AS s SET acted_at = NULL FROM {_PK_ROWS}) "
+    "AS w(provider, scope, scope_id, kind, value) "
+    f"WHERE {_PK_MATCH} AND s.acted_at < :before"
+).bindparams(bindparam("before", type_=_sighting.c.acted_at.type))
 _FLAG_PG = text(
     "UPDATE sighting AS s SET acted_at = :at "
     "FROM unnest(CAST(:providers AS text[]), CAST(:kinds AS text[]), CAST(:values AS text[])) "
@@ -493,7 +512,7 @@ def record_sightings(
     caller's transaction (asked once the locks are held)."""
     fresh = [(k, at) for k, at in seen.items() if k not in read.known]
     stale = [
-        {**_keyed(key), "k_last_seen": at}
+        (key, at)
         for key, at in seen.items()
         if key in read.known and at - read.known[key] > REFRESH
     ]
@@ -504,14 +523,14 @@ def record_sightings(
     _flag(connection, revoked, now)
     active = acted(read.to_check(seen))
     ended = [
-        {**_keyed(key), "k_before": now - ACTED_GRACE}
+        key
         for key, at in read.acted.items()
         if (key[0], key[3], key[4]) not in active and now - at > ACTED_GRACE
     ]
     if stale:
-        connection.execute(_SEEN_AGAIN, stale)
+        _seen_again(connection, stale)
     if ended:
-        connection.execute(_UNFLAG, ended)
+        _unflag(connection, ended, now - ACTED_GRACE)
     verified = _verified_among(connection, {k[2] for k, _ in fresh if k[1] == "account"})
     rows = [
         {
@@ -534,6 +553,33 @@ def record_sightings(
 
 def _keyed(key: Sighted) -> dict[str, str]:
     return dict(zip(("k_provider", "k_scope", "k_scope_id", "k_kind", "k_value"), key, strict=True))
+
+
+def _seen_again(connection: Connection, stale: Sequence[tuple[Sighted, datetime]]) -> None:
+    """Move these sightings' `last_seen` forward (PostgreSQL: in one statement)."""
+    if connection.dialect.name == "postgresql":
+        params = _pk_arrays([key for key, _ in stale])
+        params["seen"] = text_array([at.isoformat() for _, at in stale])
+        connection.execute(_SEEN_AGAIN_PG, params)
+    else:
+        connection.execute(_SEEN_AGAIN, [{**_keyed(key), "k_last_seen": at} for key, at in stale])
+
+
+def _unflag(connection: Connection, ended: Sequence[Sighted], before: datetime) -> None:
+    """Clear the flags of these sightings set before `before` (PostgreSQL: in one
+    statement)."""
+    if connection.dialect.name == "postgresql":
+        connection.execute(_UNFLAG_PG, {**_pk_arrays(ended), "before": before})
+    else:
+        connection.execute(_UNFLAG, [{**_keyed(key), "k_before": before} for key in ended])
+
+
+def _pk_arrays(keys: Sequence[Sighted]) -> dict[str, Any]:
+    """The parameters of `_PK_ROWS`: each part of the keys as one array."""
+    return {
+        name: text_array([key[i] for key in keys])
+        for i, name in enumerate(("providers", "scopes", "ids", "kinds", "values"))
+    }
 
 
 def _count(connection: Connection, tallies: dict[Scope, Tally], fresh: Sequence[Sighted]) -> None:
