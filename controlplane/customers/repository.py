@@ -19,7 +19,7 @@ from sqlmodel import col
 
 from controlplane.store.bulk import insert_many
 from controlplane.store.models import CustomerRow, SightingRow, SightingTallyRow
-from controlplane.store.prepared import Prepared, text_array
+from controlplane.store.prepared import Prepared, int_array, text_array
 from controlplane.store.repository import keyed
 from controlplane.store.types import json_text
 
@@ -483,7 +483,7 @@ def _hold(connection: Connection, targets: set[Target]) -> None:
                 "SELECT pg_advisory_xact_lock(k) FROM "
                 "(SELECT DISTINCT unnest(CAST(:keys AS bigint[])) AS k ORDER BY k) AS ordered"
             ),
-            {"keys": keys},
+            {"keys": int_array(keys)},
         )
     connection.execute(text("SELECT pg_advisory_xact_lock_shared(:k)"), {"k": _VERIFIED_LOCK})
 

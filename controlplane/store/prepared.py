@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from collections import namedtuple
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from threading import Lock
@@ -213,6 +213,13 @@ def text_array(items: Sequence[str]) -> TextArray:
     _register()
     quoted = ['"' + i.replace("\\", "\\\\").replace('"', '\\"') + '"' for i in items]
     return TextArray("{" + ",".join(quoted) + "}")
+
+
+def int_array(items: Iterable[int]) -> TextArray:
+    """Integers as an array literal (`{1,-2}`): each written by `int` (nothing else can
+    reach the text)."""
+    _register()
+    return TextArray("{" + ",".join(str(int(i)) for i in items) + "}")
 
 
 @cache

@@ -10,6 +10,8 @@ from typing import Any
 from sqlalchemy import Connection, func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from controlplane.store.prepared import int_array
+
 
 async def ping(session: AsyncSession) -> None:
     """Raises when the database does not answer."""
@@ -50,7 +52,7 @@ def lock_keys(connection: Connection, keys: Sequence[int]) -> None:
                 "SELECT pg_advisory_lock(k) FROM "
                 "(SELECT DISTINCT unnest(CAST(:keys AS bigint[])) AS k ORDER BY k) AS ordered"
             ),
-            {"keys": sorted(set(keys))},
+            {"keys": int_array(sorted(set(keys)))},
         )
         connection.commit()
 
@@ -66,7 +68,7 @@ def try_lock_each(connection: Connection, keys: Sequence[int]) -> set[int]:
             "SELECT k FROM (SELECT DISTINCT unnest(CAST(:keys AS bigint[])) AS k ORDER BY k) "
             "AS ordered WHERE pg_try_advisory_lock(k)"
         ),
-        {"keys": sorted(set(keys))},
+        {"keys": int_array(sorted(set(keys)))},
     ).scalars()
     found = {int(k) for k in taken}
     connection.commit()
@@ -78,7 +80,7 @@ def unlock_keys(connection: Connection, keys: Sequence[int]) -> None:
     if keys:
         connection.execute(
             text("SELECT pg_advisory_unlock(k) FROM unnest(CAST(:keys AS bigint[])) AS k"),
-            {"keys": sorted(set(keys))},
+            {"keys": int_array(sorted(set(keys)))},
         )
         connection.commit()
 

@@ -18,7 +18,7 @@ from sqlalchemy.dialects.postgresql import psycopg
 
 import controlplane
 from controlplane.store.bulk import insert_many
-from controlplane.store.prepared import Prepared, _compile, text_array
+from controlplane.store.prepared import Prepared, _compile, int_array, text_array
 from tests.integration.store.test_bulk_insert import WHEN, _action, action
 from tests.integration.store.test_bulk_insert import engine as engine
 
@@ -140,6 +140,12 @@ def test_strings_that_look_like_array_syntax_are_matched_as_themselves(engine: E
 
 def test_text_array_quotes_every_item() -> None:
     assert text_array(['a"b', "c\\d", ""]) == '{"a\\"b","c\\\\d",""}'
+
+
+def test_int_array_takes_integers_only() -> None:
+    assert int_array([1, -2, 2**63 - 1]) == "{1,-2,9223372036854775807}"
+    with pytest.raises(ValueError):
+        int_array(["1}, {2"])  # type: ignore[list-item]
 
 
 def test_an_empty_in_list_is_sqlalchemys_to_render(stored: Engine) -> None:
