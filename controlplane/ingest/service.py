@@ -23,7 +23,8 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent import futures
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
@@ -134,6 +135,10 @@ class IngestService:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tollgate-decide")
         """The decide thread: groups are read, decided and stored there, on a sync
         connection, one at a time, while the event loop goes on serving requests."""
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tollgate-write")
+        """(PostgreSQL) The write thread: a group's decisions and actions are inserted
+        there as they are decided, while the decide thread evaluates the next ones (the
+        database's work on each insert no longer holds up the decide thread)."""
 
     async def warm(self) -> None:
         """Load the decider's indexes on the decide thread before the first verdict."""
@@ -147,6 +152,7 @@ class IngestService:
     def close(self) -> None:
         self._thread.submit(self._decider.close).result()
         self._thread.shutdown(wait=True)
+        self._writer.shutdown(wait=True)
 
     async def submit(self, verdicts: Sequence[Verdict], actor: str) -> IngestResult:
         """Store, decide and report on `verdicts` (all stored, or none), together with
@@ -334,8 +340,8 @@ class IngestService:
         a policy error: those are decisions) raises `_Undecided`, nothing written.
 
         On PostgreSQL the transaction opens before deciding: the decisions and actions
-        are written as they are decided, while the engines evaluate the next ones (their
-        round trips overlap the evaluations; rows locked are only the new ones). On
+        are written as they are decided, by the write thread, while the decide thread
+        and the engines go on with the next ones (rows locked are only the new ones). On
         SQLite it opens once all is decided: its one write lock would otherwise keep
         every other writer (a lift, the connectors' state) waiting for whole batches."""
         pending = [*new, *retry]
@@ -358,7 +364,9 @@ class IngestService:
                 recording = decisions.Recording(
                     writing, pending, now, partial(verdict_rows, writing)
                 )
-                decided = self._decide(session, pending, now, loop, recording)
+                with _Behind(self._writer, recording.add) as behind:
+                    decided = self._decide(session, pending, now, loop, recording, behind)
+                    behind.join()
                 outcomes = self._finish(writing, recording, decided, events, now)
         decisions.count(outcomes)
         enforceable = any(
@@ -373,14 +381,16 @@ class IngestService:
         now: datetime,
         loop: asyncio.AbstractEventLoop,
         recording: decisions.Recording | None,
+        sink: decisions.Sink | None = None,
     ) -> Decided:
-        """The outcomes (written by `recording` as they come, when given). A fault (not a
-        policy error) is logged and counted and raised as `_Undecided`; a failed write
-        (an outage, a race with a replica) is raised as it is."""
+        """The outcomes (written by `recording` as they come, when given, through `sink`
+        if given). A fault (not a policy error) is logged and counted and raised as
+        `_Undecided`; a failed write (an outage, a race with a replica) is raised as it
+        is."""
+        if sink is None and recording is not None:
+            sink = recording.add
         try:
-            return self._decider.decide(
-                session, pending, now, loop, recording.add if recording else None
-            )
+            return self._decider.decide(session, pending, now, loop, sink)
         except Exception as exc:
             if recording is not None and exc is recording.failure:
                 raise
@@ -548,6 +558,45 @@ class IngestService:
                 except _Undecided as undecided:
                     return _Decided({}, undecided.cause, False)
         return _Decided(decided.outcomes, None, enforceable)
+
+
+class _Behind:
+    """`decide`'s sink on another thread: each hand-over is written there, in order,
+    while the caller goes on. A write that failed is raised to the caller at its next
+    hand-over or at `join`; leaving waits for every write under way (the transaction
+    they use is the caller's)."""
+
+    def __init__(self, writer: ThreadPoolExecutor, write: decisions.Sink) -> None:
+        self._writer = writer
+        self._write = write
+        self._writes: list[Future[None]] = []
+        self._failed = False
+
+    def __call__(self, decided: Sequence[tuple[Pending, Outcome]]) -> None:
+        for done in self._writes:
+            if done.done():
+                done.result()  # raises what the write raised
+        self._writes.append(self._writer.submit(self._run, decided))
+
+    def _run(self, decided: Sequence[tuple[Pending, Outcome]]) -> None:
+        if self._failed:
+            return  # the transaction is lost already: the first failure is the one raised
+        try:
+            self._write(decided)
+        except BaseException:
+            self._failed = True
+            raise
+
+    def join(self) -> None:
+        """Wait for every write; raise the first that failed."""
+        for write in self._writes:
+            write.result()
+
+    def __enter__(self) -> _Behind:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        futures.wait(self._writes)
 
 
 def _received(pending: Pending, content_hash: str, actor: str) -> EventDraft:

@@ -99,3 +99,44 @@ async def test_an_unexpected_fault_is_500_in_the_error_shape_logged_and_counted(
     [record] = [r for r in caplog.records if r.name == "controlplane.api.errors"]
     assert record.exc_info is not None
     assert "injected fault" in str(record.exc_info[1])
+
+
+async def test_a_write_failing_mid_batch_stores_none_of_it_and_is_answered(
+    api: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The decisions are written as they are decided (on PostgreSQL by a thread of their
+    own, while the next ones are evaluated): a write that fails there fails the batch
+    whole, answered, with nothing of it stored, and the next batch is written as usual."""
+    from controlplane.evaluate import repository as decisions_repo
+
+    real = decisions_repo.insert_decisions
+    calls = 0
+    # PostgreSQL writes a hundred decisions at a time, the first while the rest are
+    # evaluated: the second write fails, after one went through. SQLite writes them
+    # all at once, once they are decided.
+    failing = 2 if api.settings.database_url.startswith("postgresql") else 1
+
+    def failing_one(*args: Any, **kwargs: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == failing:
+            raise RuntimeError("injected fault writing decisions")
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(decisions_repo, "insert_decisions", failing_one)
+    # More verdicts than one hand-over of the decide thread holds, on distinct subjects.
+    batch = [
+        verdict(subject={"account_id": f"acct_w{i}", "api_key_id": f"key_w{i}"}) for i in range(250)
+    ]
+
+    response = await api.client.post("/v1/verdicts", json={"verdicts": batch})
+
+    assert response.status_code == 500, response.text[:300]
+    assert calls == failing, "no write after the one that failed"
+    for item in (batch[0], batch[-1]):
+        stored = await api.client.get(f"/v1/verdicts/{item['id']}")
+        assert stored.status_code == 404, "nothing of the failed batch was kept"
+    monkeypatch.setattr(decisions_repo, "insert_decisions", real)
+    again = await api.client.post("/v1/verdicts", json={"verdicts": batch})
+    assert again.status_code == 202, again.text[:300]
+    assert again.json()["accepted"] == len(batch)
