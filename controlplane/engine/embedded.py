@@ -61,7 +61,9 @@ class EmbeddedEngine:
             self._engine.close()
             raise
         self._processes = (
-            EngineProcesses(bundle, self._entrypoint, workers) if workers > 1 else None
+            EngineProcesses(bundle, self._entrypoint, workers, warm=PROBE_INPUT)
+            if workers > 1
+            else None
         )
         """Started by `start` (a serving revision, before it is swapped in) or at the
         first batch: a revision only ever probed or explained (`tollgate policy check`,

@@ -15,6 +15,7 @@ import pytest
 
 from controlplane.engine.bundle import PolicyBundle
 from controlplane.engine.processes import EngineProcesses, parse
+from controlplane.errors import PolicyError
 from controlplane.telemetry import metrics
 
 SPIN = """\
@@ -64,6 +65,24 @@ def test_start_starts_them_before_any_call(processes: EngineProcesses) -> None:
     assert all(Path(f"/proc/{pid}").exists() for pid in started)
     assert results(processes, [{"n": 3}]) == [{"n": 3, "spun": 1}]
     assert processes.pids() == started  # the call used them, none started again
+
+
+def test_each_process_evaluates_the_warm_input_before_it_counts_as_started() -> None:
+    pool = EngineProcesses(spin_bundle(), "spin.decision", 2, warm={"n": 0})
+    try:
+        pool.start()
+        assert results(pool, [{"n": 4}]) == [{"n": 4, "spun": 1}]
+    finally:
+        pool.close()
+    # A warm input the revision cannot evaluate: the processes refuse it at start, not
+    # at the first batch.
+    broken = EngineProcesses(spin_bundle(), "spin.decision", 2, warm={"n": 0, "spin": "x"})
+    try:
+        with pytest.raises(PolicyError, match="warm-up evaluation failed"):
+            broken.start()
+        assert broken.pids() == []
+    finally:
+        broken.close()
 
 
 def test_a_process_that_exited_is_replaced_at_the_next_call(processes: EngineProcesses) -> None:
