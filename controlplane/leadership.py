@@ -4,8 +4,11 @@ Several replicas on one PostgreSQL would otherwise each sync policies, expire
 actions, reconcile every gateway and write audit checkpoints (APScheduler 3 has
 no coordination: two schedulers on one job store run jobs twice). The leader is
 whoever holds a session-level advisory lock on a connection kept for it; when
-that connection dies the lock is released and another replica takes over at
-its next check. SQLite serves one process: it is always the leader.
+that connection dies the lock is released and another replica takes it at its
+next check. A leader learns that its connection was cut only at its own next
+check, so a replica that takes the lock waits out a grace of two check intervals
+before it leads (`taking over`): by then the one before has stopped. SQLite
+serves one process: it is always the leader.
 Every replica still converges its own engine and serves requests.
 """
 
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from functools import wraps
 from typing import Any
@@ -28,15 +32,26 @@ LOCK_KEY = 0x70_6C_67_74  # "tlgt": one advisory lock for Tollgate's scheduler
 
 
 class Leadership:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, grace_seconds: float) -> None:
+        """`grace_seconds`: how long the lock is held before leading (`takeover_grace`)."""
         self._db = db
+        self._grace = grace_seconds
         self._connection: AsyncConnection | None = None
         self.leader = db.dialect != "postgresql"
+        self._taken_at: float | None = None
+        """When this replica took the lock while not yet leading (the grace runs)."""
         # Jobs falling due together check at once: unserialised, each would open a
         # connection of its own, and one holding the lock could be dropped unreleased
         # (no replica leading until it is collected).
         self._checking = asyncio.Lock()
         self._unreachable = False
+
+    @property
+    def role(self) -> str:
+        """`leading`, `taking over` (the lock taken, the grace running) or `standing by`."""
+        if self.leader:
+            return "leading"
+        return "standing by" if self._taken_at is None else "taking over"
 
     async def check(self) -> bool:
         """Take or keep the lock; True while this replica leads."""
@@ -49,12 +64,20 @@ class Leadership:
         try:
             if self._connection is None:
                 self._connection = await self._db.engine.connect()
-            if self.leader:
+            if self.leader or self._taken_at is not None:
                 await ping_connection(self._connection)
-            else:
-                self.leader = await try_advisory_lock(self._connection, LOCK_KEY)
-                if self.leader:
-                    log.info("this replica now leads the periodic jobs")
+            elif await try_advisory_lock(self._connection, LOCK_KEY):
+                self._taken_at = time.monotonic()
+                if self._grace > 0:
+                    log.info(
+                        "this replica took the lead's lock; it leads the periodic jobs in "
+                        "%.1f s, once a leader cut off before it has stopped",
+                        self._grace,
+                    )
+            if self._taken_at is not None and time.monotonic() - self._taken_at >= self._grace:
+                self._taken_at = None
+                self.leader = True
+                log.info("this replica now leads the periodic jobs")
         except OUTAGES as exc:
             if self.leader or not self._unreachable:
                 log.warning(
@@ -89,7 +112,7 @@ class Leadership:
         not enough for a quick successor: the server ends the backend, and frees its
         locks, some time after the client has gone."""
         async with self._checking:
-            if self.leader and self._connection is not None:
+            if (self.leader or self._taken_at is not None) and self._connection is not None:
                 try:
                     await advisory_unlock(self._connection, LOCK_KEY)
                 except Exception:
@@ -98,6 +121,7 @@ class Leadership:
 
     async def _drop(self) -> None:
         self.leader = self._db.dialect != "postgresql"
+        self._taken_at = None
         connection, self._connection = self._connection, None
         if connection is not None:
             try:

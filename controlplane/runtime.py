@@ -122,7 +122,7 @@ class Runtime:
             policies,
             Tokens(db),
             enforcer,
-            Leadership(db),
+            Leadership(db, settings.takeover_grace),
             CustomerService(),
             ReviewService(enforcer.wake),
             remedy,

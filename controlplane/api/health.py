@@ -41,7 +41,8 @@ class HealthController(Controller):
         leadership: NamedDependency[Leadership],
     ) -> Response[dict[str, Any]]:
         """Ready when the database answers and a policy revision is loaded. `checks` also
-        says whether this replica leads the periodic jobs (`leading`) or stands by."""
+        says whether this replica leads the periodic jobs (`leading`), stands by, or
+        holds the lead's lock and waits out the grace before it leads (`taking over`)."""
         checks: dict[str, Any] = {}
         try:
             await db.ping()
@@ -57,7 +58,7 @@ class HealthController(Controller):
             }
         else:
             checks["policy"] = "not loaded"
-        checks["periodic_jobs"] = "leading" if leadership.leader else "standing by"
+        checks["periodic_jobs"] = leadership.role
         ready = checks["database"] == "ok" and engines.loaded
         return Response(
             {"status": "ready" if ready else "not ready", "checks": checks},

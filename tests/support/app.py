@@ -58,6 +58,7 @@ def make_settings(
         # Started at the first batch: most tests send none, and two processes a test
         # would cost the suite minutes. tests/unit/engine covers starting them early.
         engine_prestart=False,
+        takeover_seconds=0.0,  # one replica per test: it leads at once
         otlp_endpoint="",
         policy_allow_uncommitted=False,
     )

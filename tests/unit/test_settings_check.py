@@ -54,3 +54,17 @@ def test_the_engine_environment_adds_gogc_only_where_it_is_missing(
     # Set already (by the operator, or by the first start): nothing to do, no loop.
     monkeypatch.setenv("GOGC", "150")
     assert engine_environment(Settings(engine_gc_percent=300)) is None
+
+
+def test_the_takeover_grace_follows_the_check_interval_unless_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("TOLLGATE_TAKEOVER_SECONDS", raising=False)
+    assert Settings(expiry_seconds=5).takeover_grace == 10.5
+    assert Settings(expiry_seconds=1).takeover_grace == 2.5
+    monkeypatch.setenv("TOLLGATE_TAKEOVER_SECONDS", "0")
+    assert Settings(expiry_seconds=5).takeover_grace == 0
+    monkeypatch.setenv("TOLLGATE_TAKEOVER_SECONDS", "-3")
+    with pytest.raises(InvalidInput) as caught:
+        Settings(config_explicit=False).check()
+    assert caught.value.message.startswith("TOLLGATE_TAKEOVER_SECONDS=-3: must be")
