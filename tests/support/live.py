@@ -4,7 +4,6 @@ uvicorn on a free port of 127.0.0.1, in a thread, with tokens made beforehand.""
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -19,6 +18,7 @@ from controlplane.auth.jobs import Tokens
 from controlplane.auth.roles import Role
 from controlplane.settings import Settings
 from controlplane.store.db import Database, upgrade
+from tests.support.processes import free_port
 
 READY_SECONDS = 60.0
 
@@ -27,12 +27,6 @@ READY_SECONDS = 60.0
 class LiveServer:
     url: str
     tokens: dict[Role, str]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def _tokens(url: str, roles: tuple[Role, ...]) -> dict[Role, str]:

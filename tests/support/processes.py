@@ -20,10 +20,20 @@ REPO = Path(__file__).resolve().parents[2]
 COMMAND = [sys.executable, "-m", "controlplane.cli.main"]
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port free now and not handed out before in this test run: the kernel may give
+    the same free port twice, and two servers told the same port would both look ready
+    (the one that cannot bind answers through the other until it exits)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def environment(settings: Mapping[str, str]) -> dict[str, str]:

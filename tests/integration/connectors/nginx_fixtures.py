@@ -19,7 +19,6 @@ import ctypes
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -36,6 +35,7 @@ import pytest
 
 from connectors.nginx import NginxConnector
 from controlplane.enforce.sdk import ConnectorConfig, GatewayUnavailable
+from tests.support.processes import free_port
 
 TIERS = [10, 60, 600]
 KEY_HEADER = "X-API-Key"
@@ -79,13 +79,6 @@ def ensure_nginx() -> str:
         output = (installed.stdout + installed.stderr).strip().splitlines()[-15:]
         pytest.fail("`apt-get install -y nginx` failed:\n" + "\n".join(output))
     return found
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 # -- the backend ------------------------------------------------------------------------

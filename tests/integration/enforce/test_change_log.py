@@ -13,7 +13,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -39,6 +38,7 @@ from tests.integration.connectors.haproxy_fixtures import (  # noqa: F401 (fixtu
     model_stub_fixture,
 )
 from tests.support.app import POLICY_DIR, REPO, Running, make_settings, serve
+from tests.support.processes import free_port
 from tests.support.store import fetch
 from tests.support.verdicts import new_subject, verdict
 
@@ -191,12 +191,6 @@ settings = Settings(data_dir=Path(cfg["data_dir"]), database_url=cfg["url"],
                     otlp_endpoint="", engine_workers=1)
 uvicorn.run(create_app(settings), host="127.0.0.1", port=cfg["port"], log_level="warning")
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -31,6 +30,7 @@ from controlplane.runtime import Runtime
 from controlplane.store.db import Database, upgrade
 from tests.support.app import make_settings
 from tests.support.databases import sqlite_url
+from tests.support.processes import free_port
 
 SHARED = "2016ad17-76e1-45ba-9c2e-06cfd2f2133f"
 """The collection every lab serves to the other two (TLP clear, green, amber)."""
@@ -40,12 +40,6 @@ INBOX = "5b6c1d0e-2f3a-4b5c-8d7e-9f0a1b2c3d4e"
 """lab-b's inbox: lab-a may POST objects to it (and read them back)."""
 LABS = ("lab-a", "lab-b", "lab-c")
 MEDALLION_USER = ("relay", "relay-password-for-tests")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -4,7 +4,6 @@ server (uvicorn on 127.0.0.1, in a thread), with the tokens of the roles that ma
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -23,6 +22,7 @@ from controlplane.cli.main import app
 from controlplane.settings import get_settings
 from controlplane.store.db import Database, upgrade
 from tests.support.app import make_settings
+from tests.support.processes import free_port
 from tests.support.verdicts import new_subject, verdict
 
 
@@ -30,12 +30,6 @@ from tests.support.verdicts import new_subject, verdict
 class Server:
     url: str
     tokens: dict[Role, str]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -49,7 +43,7 @@ async def server(tmp_path: Path) -> AsyncIterator[Server]:
         for role in (Role.SUPPORT, Role.REVIEWER, Role.DETECTOR, Role.AUDITOR)
     }
     await db.dispose()
-    port = _free_port()
+    port = free_port()
     instance = uvicorn.Server(
         uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
     )
