@@ -51,6 +51,9 @@ async def load_engine(settings: Settings, bundle: PolicyBundle) -> PolicyEngine:
 
 
 def _serving(settings: Settings, bundle: PolicyBundle) -> EmbeddedEngine:
+    # Its shadow rules read from each module's METADATA (YAML), here rather than in the
+    # first batch the revision decides (hundreds of ms on a slow machine).
+    bundle.shadow  # noqa: B018
     engine = EmbeddedEngine(bundle, settings.entrypoint, settings.engine_workers)
     if settings.engine_prestart:
         try:
