@@ -58,28 +58,58 @@ def canonical_document(document: dict[str, Any]) -> bytes:
     return _CANONICAL.encode(document).encode()
 
 
+_BEFORE_SEQ = ("action_id", "actor", "at", "decision_id", "payload", "provider")
+_AFTER_SEQ = ("trace_id", "type", "verdict_id")
+"""The hashed fields other than `seq`, in the canonical (sorted) order, either side of it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Canonical:
+    """An event's canonical JSON either side of its `seq`: all of it but the number, which
+    only the chain's head gives. Built ahead (while the database works on something
+    else), the chain itself is then only a hash per event."""
+
+    head: bytes
+    tail: bytes
+
+    def of(self, seq: int) -> bytes:
+        return b"%s%d%s" % (self.head, seq, self.tail)
+
+    def hash(self, seq: int, prev_hash: str) -> str:
+        return hashlib.sha256(
+            b"%s%d%s%s" % (self.head, seq, self.tail, prev_hash.encode())
+        ).hexdigest()
+
+
+def canonical_parts(draft: EventDraft) -> Canonical:
+    """The event's canonical document (`canonical_document` of its `HASHED_FIELDS`) less
+    the seq: JSON encodes each value on its own, so the document split at `seq` (its
+    keys sorted) is the two halves encoded apart."""
+    fields = {
+        "action_id": draft.action_id,
+        "actor": draft.actor,
+        "at": draft.at.isoformat(),
+        "decision_id": draft.decision_id,
+        "payload": draft.payload,
+        "provider": draft.provider,
+        "trace_id": draft.trace_id,
+        "type": draft.type,
+        "verdict_id": draft.verdict_id,
+    }
+    head = canonical_document({k: fields[k] for k in _BEFORE_SEQ})
+    tail = canonical_document({k: fields[k] for k in _AFTER_SEQ})
+    return Canonical(head[:-1] + b',"seq":', b"," + tail[1:])
+
+
 def canonical(seq: int, draft: EventDraft) -> bytes:
     """The canonical JSON of an event: sorted keys, no whitespace, UTF-8."""
-    return canonical_document(
-        {
-            "seq": seq,
-            "at": draft.at.isoformat(),
-            "type": draft.type,
-            "actor": draft.actor,
-            "provider": draft.provider,
-            "verdict_id": draft.verdict_id,
-            "decision_id": draft.decision_id,
-            "action_id": draft.action_id,
-            "trace_id": draft.trace_id,
-            "payload": draft.payload,
-        }
-    )
-
-
-def document_hash(document: dict[str, Any], prev_hash: str) -> str:
-    """`event_hash` of an event given as its `HASHED_FIELDS`."""
-    return hashlib.sha256(canonical_document(document) + prev_hash.encode()).hexdigest()
+    return canonical_parts(draft).of(seq)
 
 
 def event_hash(seq: int, draft: EventDraft, prev_hash: str) -> str:
-    return hashlib.sha256(canonical(seq, draft) + prev_hash.encode()).hexdigest()
+    return canonical_parts(draft).hash(seq, prev_hash)
+
+
+def document_hash(document: dict[str, Any], prev_hash: str) -> str:
+    """`event_hash` of an event given as its `HASHED_FIELDS` (what verifiers check)."""
+    return hashlib.sha256(canonical_document(document) + prev_hash.encode()).hexdigest()

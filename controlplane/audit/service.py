@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from controlplane.audit import repository
-from controlplane.audit.chain import EventDraft, event_hash
+from controlplane.audit.chain import Canonical, EventDraft, canonical_parts
 from controlplane.audit.export import FORMAT_NAME, FORMAT_VERSION, End, Format
 from controlplane.audit.repository import AuditFilter as AuditFilter
 from controlplane.domain.vocabulary import SubjectKind
@@ -37,15 +37,20 @@ async def record(session: AsyncSession, drafts: Sequence[EventDraft]) -> None:
         await session.run_sync(record_blocking, list(drafts))
 
 
-def record_blocking(session: Session, drafts: Sequence[EventDraft]) -> None:
-    """`record` on a sync session (the decide thread's)."""
+def record_blocking(
+    session: Session, drafts: Sequence[EventDraft], parts: Sequence[Canonical] | None = None
+) -> None:
+    """`record` on a sync session (the decide thread's); `parts`: the drafts'
+    `canonical_parts`, when built ahead."""
     if not drafts:
         return
+    if parts is None:
+        parts = [canonical_parts(d) for d in drafts]
     seq, prev = repository.lock_head(session)
     rows: list[dict[str, object]] = []
-    for draft in drafts:
+    for draft, canonical in zip(drafts, parts, strict=True):
         seq += 1
-        digest = event_hash(seq, draft, prev)
+        digest = canonical.hash(seq, prev)
         rows.append(
             {
                 "seq": seq,

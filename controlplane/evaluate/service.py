@@ -464,9 +464,9 @@ statements) while the engines go on evaluating the next ones."""
 class Recording:
     """A batch's decisions and actions inserted as they are decided, in the caller's
     transaction (`add`, `decide`'s sink: the writes overlap the evaluations still under
-    way), then its sightings and the events of its decisions and actions, in the batch's
-    order (`finish`). The caller chains the events, logs the changes and commits, then
-    `count`s the outcomes."""
+    way), then its sightings (`record_sightings`) and the events of its decisions and
+    actions, in the batch's order (`events`). The caller chains the events, logs the
+    changes and commits, then `count`s the outcomes."""
 
     def __init__(
         self,
@@ -536,18 +536,19 @@ class Recording:
             }
         }
 
-    def finish(self, read: ScopesRead) -> tuple[list[Outcome], list[EventDraft]]:
-        """Record what the batch's verdicts showed of each account and org (`read`: what
-        was stored of it when the batch was read, under its subjects' locks), flagging
-        what is revoked or suspended now (this batch's actions included). Returns the
-        outcomes and their `decision.recorded` and `action.planned` events, in the
-        batch's order."""
-        if self._before is not None:  # nothing was decided: the caller's rows still go
+    def outcomes(self) -> list[Outcome]:
+        """The batch's outcomes in its order, once all are added (the caller's rows
+        written now if nothing was decided)."""
+        if self._before is not None:
             self._before()
             self._before = None
-        outcomes = sorted(self._outcomes, key=lambda o: self._position[o.decision["verdict_id"]])
+        return sorted(self._outcomes, key=lambda o: self._position[o.decision["verdict_id"]])
+
+    def record_sightings(self, read: ScopesRead, outcomes: Sequence[Outcome]) -> None:
+        """Record what the batch's verdicts showed of each account and org (`read`: what
+        was stored of it when the batch was read, under its subjects' locks), flagging
+        what is revoked or suspended now (this batch's actions included)."""
         decided = {o.decision["verdict_id"] for o in outcomes}
-        subjects = {p.verdict.id: p.verdict.subject.targets for p in self._pending}
         customers_repo.record_sightings(
             self._session,
             _sightings([p for p in self._pending if p.verdict.id in decided]),
@@ -556,6 +557,11 @@ class Recording:
             acted_targets(a for o in outcomes for a in o.actions),
             self._now,
         )
+
+    def events(self, outcomes: Sequence[Outcome]) -> list[EventDraft]:
+        """The `decision.recorded` and `action.planned` events of `outcomes`, in order
+        (built from memory: no statement, so while the sightings are written)."""
+        subjects = {p.verdict.id: p.verdict.subject.targets for p in self._pending}
         events = [
             EventDraft(
                 type="decision.recorded",
@@ -579,7 +585,7 @@ class Recording:
         ]
         actions = [a for o in outcomes for a in o.actions]
         planned = planned_events(actions, PIPELINE_ACTOR, self._now, subjects=subjects)
-        return outcomes, [*events, *planned]
+        return [*events, *planned]
 
 
 def count(outcomes: Sequence[Outcome]) -> None:

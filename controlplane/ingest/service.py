@@ -35,7 +35,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from controlplane.audit import service as audit
-from controlplane.audit.chain import EventDraft
+from controlplane.audit.chain import EventDraft, canonical_parts
 from controlplane.domain.verdict import Verdict
 from controlplane.domain.vocabulary import VerdictStatus
 from controlplane.errors import Conflict, DecisionFailed, TollgateError
@@ -136,9 +136,10 @@ class IngestService:
         """The decide thread: groups are read, decided and stored there, on a sync
         connection, one at a time, while the event loop goes on serving requests."""
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tollgate-write")
-        """(PostgreSQL) The write thread: a group's decisions and actions are inserted
+        """The write thread: on PostgreSQL a group's decisions and actions are inserted
         there as they are decided, while the decide thread evaluates the next ones (the
-        database's work on each insert no longer holds up the decide thread)."""
+        database's work on each insert no longer holds up the decide thread); on both,
+        its sightings, while the decide thread builds its audit events."""
 
     async def warm(self) -> None:
         """Load the decider's indexes on the decide thread before the first verdict."""
@@ -398,8 +399,8 @@ class IngestService:
             metrics.decide_faults(type(exc).__name__)
             raise _Undecided(exc) from exc
 
-    @staticmethod
     def _finish(
+        self,
         writing: Session,
         recording: decisions.Recording,
         decided: Decided,
@@ -407,9 +408,18 @@ class IngestService:
         now: datetime,
     ) -> list[Outcome]:
         """The rest of the group's transaction: sightings, the audit events in the
-        group's order, the enforcement changes."""
-        outcomes, recorded = recording.finish(decided.sightings)
-        audit.record_blocking(writing, [*events, *recorded])
+        group's order, the enforcement changes. The sightings are written by the write
+        thread while this one builds the events' canonical JSON, their costliest part
+        (the chain then only hashes it, once the sightings are in)."""
+        outcomes = recording.outcomes()
+        sightings = self._writer.submit(recording.record_sightings, decided.sightings, outcomes)
+        try:
+            drafts = [*events, *recording.events(outcomes)]
+            parts = [canonical_parts(d) for d in drafts]
+        finally:
+            futures.wait([sightings])  # the session is the write thread's until it is done
+        sightings.result()
+        audit.record_blocking(writing, drafts, parts)
         plan_service.log_changes(writing, [o.planned for o in outcomes], now)
         return outcomes
 

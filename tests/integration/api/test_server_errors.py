@@ -140,3 +140,32 @@ async def test_a_write_failing_mid_batch_stores_none_of_it_and_is_answered(
     again = await api.client.post("/v1/verdicts", json={"verdicts": batch})
     assert again.status_code == 202, again.text[:300]
     assert again.json()["accepted"] == len(batch)
+
+
+async def test_sightings_failing_beside_the_audit_chain_store_nothing_of_the_batch(
+    api: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A group's sightings are written by the write thread while the decide thread builds
+    its audit events: a failure there fails the batch whole, answered, nothing kept."""
+    from controlplane.customers import repository as customers_repo
+
+    real = customers_repo.record_sightings
+
+    def failing(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("injected fault writing sightings")
+
+    monkeypatch.setattr(customers_repo, "record_sightings", failing)
+    batch = [
+        verdict(subject={"account_id": f"acct_s{i}", "api_key_id": f"key_s{i}"}) for i in range(20)
+    ]
+
+    response = await api.client.post("/v1/verdicts", json={"verdicts": batch})
+
+    assert response.status_code == 500, response.text[:300]
+    stored = await api.client.get(f"/v1/verdicts/{batch[0]['id']}")
+    assert stored.status_code == 404, "nothing of the failed batch was kept"
+    monkeypatch.setattr(customers_repo, "record_sightings", real)
+    again = await api.client.post("/v1/verdicts", json={"verdicts": batch})
+    assert again.status_code == 202, again.text[:300]
+    verified = await api.client.get("/v1/audit/verify")
+    assert verified.status_code == 200 and verified.json()["ok"], verified.text[:300]

@@ -9,7 +9,15 @@ from datetime import UTC, datetime
 
 import pytest
 
-from controlplane.audit.chain import GENESIS_HASH, EventDraft, canonical, event_hash
+from controlplane.audit.chain import (
+    GENESIS_HASH,
+    HASHED_FIELDS,
+    EventDraft,
+    canonical,
+    canonical_document,
+    document_hash,
+    event_hash,
+)
 from controlplane.store.models import AuditEventRow
 from tests.support.store import assert_chain_intact
 
@@ -48,6 +56,31 @@ def test_canonical_form_is_sorted_compact_utf8() -> None:
     assert text.index('"action_id"') < text.index('"actor"') < text.index('"at"')
     assert '"a":[2,1],"b":1' in text
     assert "détecteur" in text
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {},
+        {"payload": {}},
+        {"payload": {"seq": 1, "z": {"y": "}", "x": ',"seq":'}, "q": [None, True, 1e16, -0.5]}},
+        {"actor": 'a"b\\c\u2028é', "type": "zzz", "trace_id": None, "verdict_id": None},
+        {"provider": None, "decision_id": None, "action_id": None},
+    ],
+)
+@pytest.mark.parametrize("seq", [0, 1, 99, 2**63 - 1])
+def test_the_parts_built_ahead_are_the_verifiers_document(
+    change: dict[str, object], seq: int
+) -> None:
+    """The chain hashes each event from its two halves either side of `seq`, built
+    ahead; a verifier hashes the whole document: the bytes are the same."""
+    draft = dataclasses.replace(DRAFT, **change)  # type: ignore[arg-type]
+    document = {f: getattr(draft, f, None) for f in HASHED_FIELDS} | {
+        "seq": seq,
+        "at": draft.at.isoformat(),
+    }
+    assert canonical(seq, draft) == canonical_document(document)
+    assert event_hash(seq, draft, "f" * 64) == document_hash(document, "f" * 64)
 
 
 def test_hash_is_sha256_of_canonical_form_and_previous_hash() -> None:
