@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
-from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.api.dependencies import provide
@@ -75,7 +75,7 @@ class IndicatorController(Controller):
         intel: NamedDependency[IntelService],
         session: NamedDependency[AsyncSession],
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
-        kind: Kind | None = None,
+        kind: FromQuery[Kind | None] = None,
         source: Annotated[str | None, QueryParameter(max_length=100)] = None,
     ) -> list[IndicatorOut]:
         """The newest indicators, local and pulled."""

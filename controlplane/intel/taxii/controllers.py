@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
-from litestar.params import FromPath, QueryParameter
+from litestar.params import FromPath, JSONBody, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.api.dependencies import provide
@@ -58,24 +58,22 @@ AddedAfter = Annotated[
 ]
 Next = Annotated[
     str | None,
-    QueryParameter(query="next", pattern=NEXT_PATTERN, description="The previous page's `next`."),
+    QueryParameter(name="next", pattern=NEXT_PATTERN, description="The previous page's `next`."),
 ]
 MatchId = Annotated[
-    str | None, QueryParameter(query="match[id]", description="STIX ids, comma-separated.")
+    str | None, QueryParameter(name="match[id]", description="STIX ids, comma-separated.")
 ]
 MatchType = Annotated[
-    str | None, QueryParameter(query="match[type]", description="STIX types, comma-separated.")
+    str | None, QueryParameter(name="match[type]", description="STIX types, comma-separated.")
 ]
 MatchVersion = Annotated[
     str | None,
-    QueryParameter(
-        query="match[version]", description="`last` (default), `first`, `all` or times."
-    ),
+    QueryParameter(name="match[version]", description="`last` (default), `first`, `all` or times."),
 ]
 MatchSpec = Annotated[
     str | None,
     QueryParameter(
-        query="match[spec_version]",
+        name="match[spec_version]",
         pattern=SPEC_VERSION_PATTERN,
         description="Spec versions, comma-separated; one must be `2.1` (the only one held).",
     ),
@@ -235,7 +233,7 @@ class TaxiiController(Controller):
         taxii: NamedDependency[TaxiiService],
         session: NamedDependency[AsyncSession],
         collection_id: FromPath[str],
-        data: AddEnvelope,
+        data: JSONBody[AddEnvelope],
     ) -> Response[Status]:
         """Objects a peer listed under the collection's `writers` adds: every one is
         verified against the peers' keys and taken as intel pulled from that peer
