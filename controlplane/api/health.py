@@ -30,7 +30,9 @@ class HealthController(Controller):
         summary="Readiness",
         responses={
             503: ResponseSpec(
-                dict[str, Any], description="Not ready: `checks` says what is missing."
+                dict[str, Any],
+                description="Not ready: `checks` says what is missing.",
+                generate_examples=False,
             )
         },
     )

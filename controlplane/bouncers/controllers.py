@@ -49,7 +49,11 @@ class BouncerController(Controller):
         summary="CrowdSec decision stream",
         media_type="application/json",
         responses={
-            200: ResponseSpec(DecisionStreamOut, description="Decisions to add and remove."),
+            200: ResponseSpec(
+                DecisionStreamOut,
+                description="Decisions to add and remove.",
+                generate_examples=False,
+            ),
             **_ERRORS,
         },
     )

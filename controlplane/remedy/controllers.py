@@ -447,6 +447,7 @@ class ReportController(Controller):
             200: ResponseSpec(
                 RemediationReport,
                 description="The figures: JSON, or a CSV or Markdown table as `format` asks.",
+                generate_examples=False,
             ),
             **_errors(401, 403, 422),
         },

@@ -91,3 +91,23 @@ async def test_options_name_every_method_of_a_path(api: Running) -> None:
 
     assert response.status_code == 204
     assert response.headers["allow"] == "GET, OPTIONS, POST"
+
+
+async def test_no_made_up_examples(api: Running) -> None:
+    """Litestar fills a response's `examples` with random values unless told not to
+    (negative medians, a `since` after its `until`): a document that shows those is not
+    true. None of ours has examples; `generate_examples=False` on a `ResponseSpec`."""
+    found: list[str] = []
+
+    def walk(node: Any, path: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in ("example", "examples"):
+                    found.append(path)
+                walk(value, f"{path}/{key}")
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                walk(value, f"{path}[{i}]")
+
+    walk(await _document(api), "")
+    assert found == []
