@@ -33,7 +33,8 @@ LOCK_KEY = 0x70_6C_67_74  # "tlgt": one advisory lock for Tollgate's scheduler
 
 class Leadership:
     def __init__(self, db: Database, grace_seconds: float) -> None:
-        """`grace_seconds`: how long the lock is held before leading (`takeover_grace`)."""
+        """`grace_seconds`: how long the lock is held before leading
+        (`Settings.takeover_grace`)."""
         self._db = db
         self._grace = grace_seconds
         self._connection: AsyncConnection | None = None
@@ -53,6 +54,11 @@ class Leadership:
             return "leading"
         return "standing by" if self._taken_at is None else "taking over"
 
+    @property
+    def _holding(self) -> bool:
+        """Whether this replica holds the lock (leading, or waiting out the grace)."""
+        return self.leader or self._taken_at is not None
+
     async def check(self) -> bool:
         """Take or keep the lock; True while this replica leads."""
         if self._db.dialect != "postgresql":
@@ -64,7 +70,7 @@ class Leadership:
         try:
             if self._connection is None:
                 self._connection = await self._db.engine.connect()
-            if self.leader or self._taken_at is not None:
+            if self._holding:
                 await ping_connection(self._connection)
             elif await try_advisory_lock(self._connection, LOCK_KEY):
                 self._taken_at = time.monotonic()
@@ -112,7 +118,7 @@ class Leadership:
         not enough for a quick successor: the server ends the backend, and frees its
         locks, some time after the client has gone."""
         async with self._checking:
-            if (self.leader or self._taken_at is not None) and self._connection is not None:
+            if self._holding and self._connection is not None:
                 try:
                     await advisory_unlock(self._connection, LOCK_KEY)
                 except Exception:

@@ -39,16 +39,25 @@ MIN_GC_PERCENT, MAX_GC_PERCENT = 50, 2000
 
 
 def _number(name: str, default: str, kind: type[float] | type[int]) -> Any:
-    """A numeric setting; a value that is not a number names the variable. With an empty
-    default, None while unset."""
+    """A numeric setting; a value that is not a number names the variable."""
     raw = _env(name, default)
-    if raw == "" == default:
-        return None  # unset, and no default: the caller derives one
     try:
         return kind(raw)
     except ValueError:
         what = "a whole number" if kind is int else "a number"
         raise InvalidInput(f"TOLLGATE_{name}={raw!r}: must be {what}") from None
+
+
+def _optional_number(name: str, kind: type[float] | type[int]) -> Any:
+    """A numeric setting with no default: None while unset (the caller derives one)."""
+    return _number(name, "", kind) if _env(name, "") else None
+
+
+def takeover_grace_for(check_seconds: float) -> float:
+    """How long a replica holds a lock taken from another before acting on it, when the
+    holder checks its own every `check_seconds`: a holder cut off from the database has
+    learnt it, and stopped, by then."""
+    return 2 * check_seconds + 0.5
 
 
 def _default_workers() -> int:
@@ -100,7 +109,7 @@ class Settings:
     looks for the lead: how soon it takes the periodic jobs over when the leader dies."""
 
     takeover_seconds: float | None = field(
-        default_factory=lambda: _number("TAKEOVER_SECONDS", "", float)
+        default_factory=lambda: _optional_number("TAKEOVER_SECONDS", float)
     )
     """`TOLLGATE_TAKEOVER_SECONDS`: how long a replica that takes the lead's lock (on
     PostgreSQL) waits before it runs the periodic jobs, so that a leader cut off from the
@@ -111,7 +120,7 @@ class Settings:
     def takeover_grace(self) -> float:
         if self.takeover_seconds is not None:
             return self.takeover_seconds
-        return 2 * self.expiry_seconds + 0.5
+        return takeover_grace_for(self.expiry_seconds)
 
     recovery_seconds: float = field(
         default_factory=lambda: _number("RECOVERY_SECONDS", "15", float)

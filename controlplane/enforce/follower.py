@@ -57,6 +57,7 @@ from controlplane.enforce.sdk import (
 )
 from controlplane.enforce.toolkit import release_freed_memory
 from controlplane.remedy import repository as remedy_repo
+from controlplane.settings import takeover_grace_for
 from controlplane.store.db import OUTAGES, Database, outage_reason
 from controlplane.store.models import ActionRow, ChangeRow, ConnectorStatusRow
 from controlplane.store.repository import ping_connection, try_advisory_lock
@@ -83,7 +84,7 @@ TRACED_PER_BATCH = 100
 LOCK_CHECK_SECONDS = 1.0
 """How often an applying follower makes sure the connection holding its lock lives (and
 how long that check may take before the lock counts as lost)."""
-TAKEOVER_GRACE_SECONDS = 2 * LOCK_CHECK_SECONDS + 0.5
+TAKEOVER_GRACE_SECONDS = takeover_grace_for(LOCK_CHECK_SECONDS)
 """How long a standby that just took its connector's lock waits before applying: a
 holder whose lock connection was cut learns it at its next check, within two
 `LOCK_CHECK_SECONDS` (the wait between checks, then the check itself), so the two never
