@@ -216,16 +216,20 @@ def _ips(rng: random.Random) -> list[str]:
     return ips
 
 
-def wave_stats(verdicts: Sequence[dict[str, Any]], size: int) -> tuple[float, int]:
-    """Mean and max evaluation waves per batch (verdicts sharing a subject key with an
-    earlier one of the batch wait for it), as the server will compute them."""
+def chain_stats(verdicts: Sequence[dict[str, Any]], size: int) -> tuple[float, int]:
+    """Mean and max per batch of its longest chain of verdicts each waiting for the one
+    before (a verdict waits for the earlier ones of its batch sharing a subject key),
+    as the server will compute them."""
     from controlplane.domain.verdict import Verdict
-    from controlplane.evaluate.context import subject_overlaps
+    from controlplane.evaluate.context import subject_dependencies
 
     counts = []
     for i in range(0, len(verdicts), size):
         models = [Verdict.model_validate(v) for v in verdicts[i : i + size]]
-        counts.append(max(subject_overlaps(models)) + 1)
+        depth: list[int] = []
+        for waits in subject_dependencies(models):
+            depth.append(1 + max((depth[w] for w in waits), default=0))
+        counts.append(max(depth, default=0))
     return statistics.mean(counts), max(counts)
 
 
@@ -807,7 +811,7 @@ class Figures:
     batch: int
     workers: int
     clients: int
-    waves: tuple[float, int]
+    chains: tuple[float, int]
     inputs: InputStats
     load_before: float
 
@@ -872,7 +876,7 @@ def run_backend(
             args.batch,
             args.workers,
             args.concurrency,
-            wave_stats(verdicts, args.batch),
+            chain_stats(verdicts, args.batch),
             input_stats(inputs),
             load_before,
         )
@@ -929,8 +933,8 @@ def report(f: Figures) -> None:
         f"({engine_ms / max(1, f.verdicts):.3f} ms/verdict)"
     )
     print(
-        f"  evaluation waves per batch: mean {f.waves[0]:.1f}, max {f.waves[1]} "
-        "(verdicts sharing a subject with an earlier one of the batch wait for it)"
+        f"  longest chain per batch: mean {f.chains[0]:.1f}, max {f.chains[1]} verdicts "
+        "(each waits for the earlier ones of its batch sharing a subject with it)"
     )
     sizes = " / ".join(f"{kb:.1f}" for kb in f.inputs.kb_by_quarter)
     counts = " / ".join(f"{n:.1f}" for n in f.inputs.actions_by_quarter)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection, Generator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -24,6 +24,15 @@ class Evaluation:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+
+class Inputs(Protocol):
+    """What `evaluate_blocking` takes: a list of inputs, or a lazy collection that builds
+    each as it is asked for (giving `NOT_YET` while none is ready)."""
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[dict[str, Any] | None]: ...
 
 
 class PolicyEngine(Protocol):
@@ -58,12 +67,49 @@ class PolicyEngine(Protocol):
         ...
 
     def evaluate_blocking(
-        self, inputs: Collection[dict[str, Any]], loop: asyncio.AbstractEventLoop
+        self, inputs: Inputs, loop: asyncio.AbstractEventLoop
     ) -> Generator[Evaluation, None, None]:
         """`evaluate_many` for a thread that is not `loop`'s (the decide thread): the
-        evaluations in order, in parallel where possible, each given as soon as it is
-        done (the caller's work on one may overlap the evaluation of the next). `inputs`
-        is iterated once, on the caller's thread (a lazy collection builds them then)."""
+        evaluations in the order the inputs were given, in parallel where possible, each
+        given as soon as it is done (the caller's work on one may overlap the evaluation
+        of the next). `inputs` holds `len(inputs)` inputs and is iterated on the
+        caller's thread, once, as far as needed: a lazy collection builds each as it is
+        asked for, and gives `NOT_YET` (None) while nothing more is ready, until the
+        caller has taken the next evaluation (its outcome may make more ready). See
+        `in_rounds`."""
         ...
 
     def close(self) -> None: ...
+
+
+NOT_YET = None
+"""What a lazy collection of inputs gives while no input is ready: the engine gives the
+caller the next evaluation due before it asks again."""
+
+_END: Any = object()
+
+
+def in_rounds(
+    inputs: Inputs,
+    evaluate: Callable[[list[dict[str, Any]]], Iterable[Evaluation]],
+) -> Generator[Evaluation, None, None]:
+    """`evaluate_blocking` for an engine that evaluates a list at a time: each round
+    evaluates the inputs ready (up to `NOT_YET`, or all) and gives their evaluations,
+    before the next round asks for more."""
+    count = len(inputs)
+    given = iter(inputs)
+    done = 0
+    while done < count:
+        ready: list[dict[str, Any]] = []
+        while done + len(ready) < count:
+            one = next(given, _END)
+            if one is _END:
+                raise ValueError(f"{done + len(ready)} inputs given for {count}")
+            if one is NOT_YET:
+                break
+            ready.append(one)
+        if not ready:
+            raise ValueError(f"no input ready and none under way, after {done} of {count}")
+        for evaluation in evaluate(ready):
+            yield evaluation
+            done += 1

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Collection, Generator, Sequence
+from collections.abc import Generator, Sequence
 from typing import Any
 
-from controlplane.engine.base import Evaluation
+from controlplane.engine.base import Evaluation, Inputs, in_rounds
 from controlplane.engine.bundle import PolicyBundle
 from controlplane.engine.processes import EngineProcesses
 from controlplane.engine.sandbox import new_engine, opa_module
@@ -116,17 +116,17 @@ class EmbeddedEngine:
         return Evaluation(result, error, (time.perf_counter() - start) * 1000, started_ns)
 
     def evaluate_blocking(
-        self, inputs: Collection[dict[str, Any]], loop: asyncio.AbstractEventLoop
+        self, inputs: Inputs, loop: asyncio.AbstractEventLoop
     ) -> Generator[Evaluation, None, None]:
         """Each input's evaluation, in order, each as soon as it is done: the caller
         works on one (its decision, its plan) while the engine processes evaluate the
-        next ones. `inputs` is iterated once, on the caller's thread, each written to
-        a process as soon as it is built: a lazy collection has the processes evaluate
-        the first inputs while the caller builds the next. A single input (or a single
+        next ones. `inputs` is iterated on the caller's thread, each input written to a
+        process as soon as it is built: a lazy collection has the processes evaluate
+        the first inputs while the caller builds the next, and may give more inputs as
+        the caller takes evaluations (`NOT_YET` meanwhile). A single input (or a single
         worker) is evaluated here. The event loop is not involved."""
         if len(inputs) <= 1 or self._processes is None:
-            for given in list(inputs):
-                yield self.evaluate_sync(given)
+            yield from in_rounds(inputs, lambda ready: map(self.evaluate_sync, ready))
             return
         yield from self._processes.evaluate(inputs, len(inputs))
 

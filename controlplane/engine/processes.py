@@ -35,7 +35,7 @@ from typing import Any
 
 import msgspec
 
-from controlplane.engine.base import Evaluation
+from controlplane.engine.base import NOT_YET, Evaluation
 from controlplane.engine.bundle import PolicyBundle
 from controlplane.engine.worker import ANSWER, HEADER
 from controlplane.errors import EngineUnavailable, PolicyError
@@ -58,6 +58,7 @@ _encode = msgspec.json.Encoder().encode
 faster than `json.dumps`). A lone surrogate (which Go would turn into U+FFFD, making
 two inputs alike) raises `UnicodeEncodeError`, as with the in-process engine."""
 _decode = msgspec.json.Decoder().decode
+_END: Any = object()
 
 
 def parse(envelope: bytes, entrypoint: str, started_ns: int, duration_ns: int) -> Evaluation:
@@ -146,21 +147,30 @@ class EngineProcesses:
                 raise EngineUnavailable("this policy revision's engine is closed")
             self._start()
 
-    def evaluate(self, inputs: Iterable[dict[str, Any]], count: int) -> Iterator[Evaluation]:
-        """Each of `count` inputs' evaluation, in order, each as soon as it is read.
-        `inputs` is iterated once (a lazy collection is built as the processes evaluate
-        the first inputs)."""
+    def evaluate(self, inputs: Iterable[dict[str, Any] | None], count: int) -> Iterator[Evaluation]:
+        """Each of `count` inputs' evaluation, in the order given, each as soon as it is
+        read. `inputs` is iterated once, as far as needed: each input is written as it
+        is built (a lazy collection is built as the processes evaluate the first
+        inputs); on `NOT_YET` the next evaluation due is given before more are asked."""
         with self._lock:
             if self._closed:
                 raise EngineUnavailable("this policy revision's engine is closed")
             self._start()
             run = _Run(self, count)
+            given = iter(inputs)
             try:
-                for index, given in enumerate(inputs):
-                    run.send(index, given)
-                if run.sent != count:
-                    raise ValueError(f"{run.sent} inputs given for {count}")
                 for index in range(count):
+                    while run.sent < count:
+                        one = next(given, _END)
+                        if one is _END:
+                            raise ValueError(f"{run.sent} inputs given for {count}")
+                        if one is NOT_YET:
+                            break
+                        run.send(run.sent, one)
+                    if index >= run.sent:
+                        raise ValueError(
+                            f"no input ready and none under way, after {index} of {count}"
+                        )
                     yield run.result(index)
             finally:
                 run.close()
@@ -280,10 +290,12 @@ class _Run:
             error = f"invalid_argument: input is not JSON: {exc}"
             self._results[index] = Evaluation(None, error, 0)
             return
-        self._queue(index, HEADER.pack(len(body)) + body, 0)
-        for process in list(self._processes):  # what is answered already (never waits)
+        # What is answered already first (never waits): the input goes to the process
+        # with the fewest really waiting.
+        for process in list(self._processes):
             if process.waiting and process in self._processes:
                 self._read(process)
+        self._queue(index, HEADER.pack(len(body)) + body, 0)
 
     def result(self, index: int) -> Evaluation:
         while (found := self._results[index]) is None:

@@ -22,11 +22,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Collection, Generator, Sequence
+from collections.abc import Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from controlplane.engine.base import Evaluation
+from controlplane.engine.base import Evaluation, Inputs, in_rounds
 from controlplane.engine.bundle import PolicyBundle
 from controlplane.engine.opa_http import Answer, OpaHttp, OpaRejected, OpaTarget
 from controlplane.engine.opa_push import (
@@ -244,11 +244,16 @@ class RemoteEngine:
         )
 
     def evaluate_blocking(
-        self, inputs: Collection[dict[str, Any]], loop: asyncio.AbstractEventLoop
+        self, inputs: Inputs, loop: asyncio.AbstractEventLoop
     ) -> Generator[Evaluation, None, None]:
-        """On `loop`, whose HTTP session this engine uses (all answered, then given)."""
-        given = list(inputs)
-        yield from asyncio.run_coroutine_threadsafe(self.evaluate_many(given), loop).result()
+        """On `loop`, whose HTTP session this engine uses: the inputs ready at a time
+        all answered, then given."""
+        yield from in_rounds(
+            inputs,
+            lambda ready: asyncio.run_coroutine_threadsafe(
+                self.evaluate_many(ready), loop
+            ).result(),
+        )
 
     def evaluate_sync(self, input: dict[str, Any]) -> Evaluation:
         """One evaluation on the calling thread, over a short-lived connection of its own

@@ -7,6 +7,7 @@ import functools
 import heapq
 import ipaddress
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -51,6 +52,10 @@ class ActiveAction:
 
     document: dict[str, Any]
     expires_at: datetime | None
+    source: int | None = None
+    """The batch position of the verdict that planned it, when planned in this batch on a
+    target that verdict does not name (a range, another scope): shown only to the
+    verdicts that waited for that one (`build_input`'s `sees`)."""
 
     @property
     def identity(self) -> tuple[str, str, str, str]:
@@ -194,10 +199,10 @@ class Lookups:
             self.range_remedies[provider].add(ipaddress.ip_network(target["value"]), remedy)
         self.remedies[(provider, target["kind"], target["value"])].append(remedy)
 
-    def add_action(self, provider: str, action: dict[str, Any]) -> None:
+    def add_action(self, provider: str, action: dict[str, Any], source: int | None = None) -> None:
         target = action["target"]
         expires = action.get("expires_at")
-        entry = ActiveAction(action, datetime.fromisoformat(expires) if expires else None)
+        entry = ActiveAction(action, datetime.fromisoformat(expires) if expires else None, source)
         if target["kind"] == "cidr":
             self.cidr_actions[provider].add(ipaddress.ip_network(target["value"]), entry)
         else:
@@ -304,9 +309,15 @@ def _verified_networks(verdict: Verdict, lookups: Lookups, operation: dict[str, 
 
 
 def build_input(
-    verdict: Verdict, received_at: datetime, lookups: Lookups, now: datetime
+    verdict: Verdict,
+    received_at: datetime,
+    lookups: Lookups,
+    now: datetime,
+    sees: Callable[[int], bool] | None = None,
 ) -> dict[str, Any]:
-    """The OPA `input` for one verdict."""
+    """The OPA `input` for one verdict. `sees` tells which of the batch's verdicts this
+    one waited for: an action one of them planned on a target it does not name (a
+    range, another scope) is shown only to those (`ActiveAction.source`)."""
     provider = verdict.provider
     keys = verdict.subject.targets
     candidates = [
@@ -321,6 +332,8 @@ def build_input(
     latest: dict[tuple[str, str, str, str], ActiveAction] = {}
     for action in candidates:
         if action.expires_at is not None and action.expires_at <= now:
+            continue
+        if action.source is not None and (sees is None or not sees(action.source)):
             continue
         kept = latest.get(action.identity)
         if kept is None or _outlives(action, kept):
@@ -429,15 +442,16 @@ def _rfc3339(moment: datetime) -> str:
     return moment.isoformat().replace("+00:00", "Z")
 
 
-def subject_overlaps(verdicts: list[Verdict]) -> list[int]:
-    """Wave number per verdict: a verdict waits for every earlier verdict of the batch
-    that shares a subject key with it, so a repeat sees what the first one planned."""
-    last_wave: dict[tuple[str, str, str], int] = {}
-    waves = []
-    for verdict in verdicts:
+def subject_dependencies(verdicts: Sequence[Verdict]) -> list[list[int]]:
+    """Per verdict, the earlier verdicts of its batch it waits for: for each of its
+    subject keys, the latest earlier verdict with that key (which waited for the one
+    before, and so on), so a repeat sees what every earlier one of its subject planned.
+    A subject is a (provider, kind, value): the same account at two providers is two."""
+    latest: dict[tuple[str, str, str], int] = {}
+    waits = []
+    for position, verdict in enumerate(verdicts):
         keys = [(verdict.provider, kind, value) for kind, value in verdict.subject.targets]
-        wave = 1 + max((last_wave.get(k, -1) for k in keys), default=-1)
+        waits.append(sorted({latest[k] for k in keys if k in latest}))
         for k in keys:
-            last_wave[k] = wave
-        waves.append(wave)
-    return waves
+            latest[k] = position
+    return waits

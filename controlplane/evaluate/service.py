@@ -3,15 +3,16 @@ against the active revision, and turn the result into a decision (planning its
 actions through the plan step). Nothing is written here: the caller records the
 outcomes in its own transaction (`record`, then the plan step's `record`).
 
-A batch is decided in waves: verdicts that share a subject with an earlier verdict
-of the batch wait for it, so a repeat sees what the first one planned; a wave's
-verdicts are evaluated in parallel on the engine's threads, and each is decided
-(parsed, planned) as soon as its evaluation is done, while the next are evaluated.
+A verdict that shares a subject with earlier verdicts of its batch waits for them, so
+a repeat sees what the first one planned, and for nothing else: its input is built as
+soon as they are decided, while the engine processes evaluate the rest of the batch,
+and each verdict is decided (parsed, planned) as soon as its evaluation is done.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -32,7 +33,7 @@ from controlplane.customers.service import customer_document
 from controlplane.domain.action import MalformedDecision, parse_decision
 from controlplane.domain.verdict import Verdict
 from controlplane.domain.vocabulary import DecisionStatus
-from controlplane.engine.base import Evaluation, PolicyEngine
+from controlplane.engine.base import NOT_YET, Evaluation, PolicyEngine
 from controlplane.engine.runtime import EngineSlot
 from controlplane.evaluate import repository
 from controlplane.evaluate.context import (
@@ -42,7 +43,7 @@ from controlplane.evaluate.context import (
     build_input,
     network_of,
     shown,
-    subject_overlaps,
+    subject_dependencies,
 )
 from controlplane.evaluate.repository import action_document
 from controlplane.intel.hashing import Keyring
@@ -115,30 +116,72 @@ class Decided:
     sightings: ScopesRead = field(default_factory=ScopesRead)
 
 
-class _Inputs:
-    """A wave's inputs, built as the engine iterates them (on the decide thread), so its
-    workers evaluate the first while the next are built. All are built before the first
-    outcome changes the lookups: a wave's inputs never see each other's outcomes."""
+class _Schedule:
+    """A batch's inputs, each built (on the decide thread, as the engine asks for the
+    next) as soon as the verdicts it waits for are decided (`subject_dependencies`):
+    the engines evaluate the dependants of the first verdicts while the others are
+    still being decided, rather than the batch going in waves. `NOT_YET` while every
+    verdict left waits for one under way.
 
-    def __init__(self, members: Sequence[Pending], lookups: Lookups, now: datetime) -> None:
-        self._members = members
+    What a verdict is shown of the batch is what the verdicts it waits for (directly or
+    through others) did, never what happened to be decided before it: its input is the
+    same whatever the engines' timing."""
+
+    def __init__(self, pending: Sequence[Pending], lookups: Lookups, now: datetime) -> None:
+        self._pending = pending
         self._lookups = lookups
         self._now = now
-        self.built: list[dict[str, Any]] = []
+        self._waits = subject_dependencies([p.verdict for p in pending])
+        self._left = [len(w) for w in self._waits]
+        self._then: list[list[int]] = [[] for _ in pending]
+        """Per verdict, those that wait for it."""
+        for position, waits in enumerate(self._waits):
+            for earlier in waits:
+                self._then[earlier].append(position)
+        self._ready = collections.deque(i for i, n in enumerate(self._left) if not n)
+        self._given: collections.deque[tuple[int, dict[str, Any]]] = collections.deque()
 
     def __len__(self) -> int:
-        return len(self._members)
+        return len(self._pending)
 
-    def __contains__(self, item: object) -> bool:
-        return item in self.built
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        if self.built:
-            raise RuntimeError("a wave's inputs are built once")
-        for p in self._members:
-            given = build_input(p.verdict, p.received_at, self._lookups, self._now)
-            self.built.append(given)
+    def __iter__(self) -> Iterator[dict[str, Any] | None]:
+        while True:
+            if not self._ready:
+                yield NOT_YET
+                continue
+            position = self._ready.popleft()
+            p = self._pending[position]
+            given = build_input(
+                p.verdict, p.received_at, self._lookups, self._now, partial(self._sees, position)
+            )
+            self._given.append((position, given))
             yield given
+
+    def next_given(self) -> tuple[int, dict[str, Any]]:
+        """The position and input of the evaluation the engine gives next (it gives them
+        in the order the inputs were built)."""
+        return self._given.popleft()
+
+    def decided(self, position: int) -> None:
+        """The verdict at `position` is decided: those waiting for it alone are ready."""
+        for later in self._then[position]:
+            self._left[later] -= 1
+            if not self._left[later]:
+                self._ready.append(later)
+
+    def _sees(self, position: int, earlier: int) -> bool:
+        """Whether the verdict at `position` waited for the one at `earlier`, directly or
+        through others (only verdicts in between can link them)."""
+        seen: set[int] = set()
+        stack = [position]
+        while stack:
+            for waited in self._waits[stack.pop()]:
+                if waited == earlier:
+                    return True
+                if waited > earlier and waited not in seen:
+                    seen.add(waited)
+                    stack.append(waited)
+        return False
 
 
 class Decider:
@@ -267,28 +310,33 @@ class Decider:
             return Decided({})
         lookups = Lookups()
         read = self._fill(session, lookups, pending, now)
-        waves = subject_overlaps([p.verdict for p in pending])
+        engine = self._engines.current
+        schedule = _Schedule(pending, lookups, now)
         outcomes: dict[str, Outcome] = {}
         ready: list[tuple[Pending, Outcome]] = []
-        for wave in range(max(waves) + 1):
-            members = [p for p, w in zip(pending, waves, strict=True) if w == wave]
-            engine = self._engines.current
-            inputs = _Inputs(members, lookups, now)
-            # Closed however the wave ends: the engine is the next wave's (and batch's).
-            with closing(engine.evaluate_blocking(inputs, loop)) as evaluations:
-                for i, (item, evaluation) in enumerate(zip(members, evaluations, strict=True)):
-                    outcome = self._outcome(engine, item, inputs.built[i], evaluation, now)
-                    outcomes[item.verdict.id] = outcome
-                    for action in outcome.actions:
-                        if not action["shadow"]:
-                            lookups.add_action(item.verdict.provider, action_document(action))
-                    if sink is not None:
-                        ready.append((item, outcome))
-                        if len(ready) >= SINK_EVERY:
-                            sink(ready)
-                            ready = []
-            for item in members:
+        # Closed however the batch ends: the engine is the next batch's.
+        with closing(engine.evaluate_blocking(schedule, loop)) as evaluations:
+            for evaluation in evaluations:
+                position, given = schedule.next_given()
+                item = pending[position]
+                outcome = self._outcome(engine, item, given, evaluation, now)
+                outcomes[item.verdict.id] = outcome
+                named = set(item.verdict.subject.targets)
+                for action in outcome.actions:
+                    if not action["shadow"]:
+                        own = (action["target_kind"], action["target_value"]) in named
+                        lookups.add_action(
+                            item.verdict.provider,
+                            action_document(action),
+                            None if own else position,
+                        )
                 lookups.saw(item.verdict)
+                schedule.decided(position)
+                if sink is not None:
+                    ready.append((item, outcome))
+                    if len(ready) >= SINK_EVERY:
+                        sink(ready)
+                        ready = []
         if sink is not None and ready:
             sink(ready)
         return Decided(outcomes, read)

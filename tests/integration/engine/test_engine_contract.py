@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from controlplane.engine.base import NOT_YET, PolicyEngine
 from controlplane.engine.bundle import PolicyBundle, load_bundle
 from controlplane.engine.embedded import EmbeddedEngine
 from controlplane.errors import PolicyError
@@ -353,3 +354,103 @@ def test_evaluate_blocking_shares_the_inputs_and_keeps_their_order(count: int) -
                 assert evaluation.result is None and evaluation.error
     finally:
         engine.close()
+
+
+class Chain:
+    """`first` inputs ready at once, then one more each time the caller takes an
+    evaluation (as a verdict waits for the earlier one of its subject to be decided):
+    `NOT_YET` while none is ready."""
+
+    def __init__(self, count: int, first: int, spins: list[int] | None = None) -> None:
+        self.count, self.first = count, first
+        self.spins = spins or [1] * count
+        self.taken = 0
+        self.built = 0
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self) -> Iterator[dict[str, Any] | None]:
+        while True:
+            if self.built >= self.first + self.taken:
+                yield NOT_YET
+                continue
+            self.built += 1
+            yield {"n": self.built - 1, "spin": self.spins[self.built - 1]}
+
+
+def run_chain(engine: PolicyEngine, chain: Chain, loop: asyncio.AbstractEventLoop) -> list[Any]:
+    """(a thread that is not `loop`'s) Each evaluation, noting it taken as it comes."""
+    evaluations = []
+    for evaluation in engine.evaluate_blocking(chain, loop):
+        evaluations.append(evaluation)
+        chain.taken += 1
+    return evaluations
+
+
+@pytest.mark.parametrize(
+    ("kind", "workers"),
+    [("embedded", 1), ("embedded", 2), pytest.param("remote", 1, id="remote")],
+)
+async def test_inputs_not_ready_yet_are_asked_for_again_after_each_evaluation(
+    kind: str, workers: int, loader: Loader
+) -> None:
+    """A lazy collection gives more inputs as the caller takes evaluations; the engine
+    asks again after each one, never for more than `len` inputs, and answers in the
+    order the inputs were built."""
+    engine = await loader(
+        kind,
+        make_bundle({"spin/spin.rego": SPIN}, {}),
+        entrypoint="spin.decision",
+        engine_workers=workers,
+    )
+    loop = asyncio.get_running_loop()
+    for first in (1, 3):
+        chain = Chain(count=12, first=first)
+        evaluations = await asyncio.to_thread(run_chain, engine, chain, loop)
+        assert [e.result for e in evaluations] == [{"n": n, "spun": 1} for n in range(12)]
+        assert chain.built == 12
+
+
+@pytest.mark.parametrize(
+    ("kind", "workers"),
+    [("embedded", 1), ("embedded", 2), pytest.param("remote", 1, id="remote")],
+)
+async def test_inputs_that_wait_with_nothing_under_way_are_an_error(
+    kind: str, workers: int, loader: Loader
+) -> None:
+    """Nothing could ever make them ready: raised, not waited for."""
+    engine = await loader(
+        kind,
+        make_bundle({"spin/spin.rego": SPIN}, {}),
+        entrypoint="spin.decision",
+        engine_workers=workers,
+    )
+    loop = asyncio.get_running_loop()
+    stuck = Chain(count=3, first=0)
+    with pytest.raises(ValueError, match="no input ready and none under way"):
+        await asyncio.to_thread(run_chain, engine, stuck, loop)
+    # The engine is whole for the next call.
+    evaluations = await asyncio.to_thread(run_chain, engine, Chain(count=4, first=4), loop)
+    assert [e.result["n"] for e in evaluations] == [0, 1, 2, 3]
+
+
+def test_an_input_made_ready_by_an_evaluation_is_evaluated_beside_the_others() -> None:
+    """An input given after the caller took the first evaluation goes to an engine
+    process while the others are still evaluated, not after them all: the first input
+    is quick, three slow ones are shared by two processes, and the one made ready by
+    the first starts before the last slow one ends (by the engine's own clock, with a
+    margin of a whole evaluation)."""
+    engine = EmbeddedEngine(make_bundle({"spin/spin.rego": SPIN}, {}), "spin.decision", workers=2)
+    try:
+        loop = asyncio.new_event_loop()
+        try:
+            chain = Chain(count=5, first=4, spins=[1, 400_000, 400_000, 400_000, 1])
+            evaluations = run_chain(engine, chain, loop)
+        finally:
+            loop.close()
+    finally:
+        engine.close()
+    assert [e.result["n"] for e in evaluations] == list(range(5))
+    slow_end_ns = max(e.started_ns + int(e.duration_ms * 1e6) for e in evaluations[1:4])
+    assert evaluations[4].started_ns < slow_end_ns, "it waited for the first inputs"
