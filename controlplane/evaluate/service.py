@@ -16,6 +16,8 @@ import collections
 import hashlib
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent import futures
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -184,6 +186,26 @@ class _Schedule:
         return False
 
 
+@dataclass
+class _Operation:
+    """What is stored of a batch's accounts and orgs (`Decider._read_operation`)."""
+
+    read: ScopesRead
+    acted: set[tuple[str, str, str]]
+    """The scopes' flagged keys and accounts revoked or suspended now."""
+    customers: dict[str, dict[str, Any]]
+    verified: dict[tuple[str, str], set[str]]
+    """(provider, network) -> the verified customers' accounts seen using it."""
+
+    def fill(self, lookups: Lookups) -> ScopesRead:
+        lookups.add_sightings(self.read)
+        lookups.acted |= self.acted
+        lookups.customers = self.customers
+        for (provider, net), who in self.verified.items():
+            lookups.verified_networks.setdefault(provider, {})[net] = who
+        return self.read
+
+
 class Decider:
     """Decides verdicts one batch at a time per process, in the decide thread, and, on
     PostgreSQL, one batch per subject across replicas (`exclusive`): a verdict's history
@@ -207,6 +229,8 @@ class Decider:
         self._intel = repository.IntelCache(keyring, db)
         self._cidrs = repository.CidrTargets()
         self._locks: Connection | None = None
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tollgate-read")
+        """Reads a batch's accounts and orgs while the decide thread reads its history."""
 
     @contextmanager
     def exclusive(self, parts: Sequence[Sequence[Verdict]]) -> Iterator[list[int]]:
@@ -286,6 +310,7 @@ class Decider:
         """(decide thread) Close the lock connection and the intel index's loader."""
         self._drop_locks()
         self._intel.close()
+        self._reader.shutdown(wait=True)
 
     def _drop_locks(self) -> None:
         """Close the lock connection; its locks go with it."""
@@ -296,7 +321,7 @@ class Decider:
 
     def decide(
         self,
-        session: Session,
+        reading: tuple[Session, Session],
         pending: Sequence[Pending],
         now: datetime,
         loop: asyncio.AbstractEventLoop,
@@ -305,11 +330,13 @@ class Decider:
         """The outcome of each of `pending` by verdict id (in the decide thread, inside
         `exclusive`; the engine evaluates on `loop`'s side). `sink` (a `Recording`'s
         `add`) is given the outcomes SINK_EVERY at a time as they are decided, and the
-        rest at the end: it writes them while the engines evaluate the next ones."""
+        rest at the end: it writes them while the engines evaluate the next ones.
+        `reading`: two read sessions, the first for the batch's history (on this
+        thread), the second for its accounts and orgs (on the read thread, meanwhile)."""
         if not pending:
             return Decided({})
         lookups = Lookups()
-        read = self._fill(session, lookups, pending, now)
+        read = self._fill(*reading, lookups, pending, now)
         engine = self._engines.current
         schedule = _Schedule(pending, lookups, now)
         outcomes: dict[str, Outcome] = {}
@@ -342,7 +369,12 @@ class Decider:
         return Decided(outcomes, read)
 
     def _fill(
-        self, session: Session, lookups: Lookups, pending: Sequence[Pending], now: datetime
+        self,
+        session: Session,
+        aside: Session,
+        lookups: Lookups,
+        pending: Sequence[Pending],
+        now: datetime,
     ) -> ScopesRead:
         keys = {
             (p.verdict.provider, kind, value)
@@ -351,6 +383,25 @@ class Decider:
         }
         ips = {(p.verdict.provider, ip) for p in pending for ip in p.verdict.subject.ips}
         keys |= self._cidrs.holding(session, ips, now)
+        # The batch's accounts and orgs are read on the other session meanwhile: the two
+        # sets of statements need nothing of each other.
+        operation = self._reader.submit(self._read_operation, aside, pending, frozenset(keys), now)
+        try:
+            self._fill_history(session, lookups, pending, keys, now)
+        finally:
+            futures.wait([operation])
+        return operation.result().fill(lookups)
+
+    def _fill_history(
+        self,
+        session: Session,
+        lookups: Lookups,
+        pending: Sequence[Pending],
+        keys: set[tuple[str, str, str]],
+        now: datetime,
+    ) -> None:
+        """The subjects' active actions, exemptions, remedies and earlier verdicts (the
+        batch's own among them), and the intel index."""
         repository.fill_lookups(session, lookups, keys, now, self._providers)
         repository.fill_prior(
             session,
@@ -384,38 +435,35 @@ class Decider:
             )
             lookups.add_own(v.provider, prior)
         lookups.intel = self._intel.index(session, now)
-        return self._fill_operation(session, lookups, pending, keys, now)
 
-    def _fill_operation(
+    def _read_operation(
         self,
         session: Session,
-        lookups: Lookups,
         pending: Sequence[Pending],
-        filled: set[tuple[str, str, str]],
+        filled: frozenset[tuple[str, str, str]],
         now: datetime,
-    ) -> ScopesRead:
-        """Customer records of the batch's accounts; what is stored of what its verdicts
-        show of their accounts and orgs (tallies, the sightings among them, the flagged
-        keys and accounts, with those keys' and accounts' active actions); which of their
-        networks verified customers use (read from the verified customers' sightings
-        alone, however many others used a network). All by index, for the batch: none
-        grows with what a scope was seen with before."""
+    ) -> _Operation:
+        """(the read thread, with `aside`) Customer records of the batch's accounts; what
+        is stored of what its verdicts show of their accounts and orgs (tallies, the
+        sightings among them, the flagged keys and accounts, with those keys' and
+        accounts' active actions); which of their networks verified customers use (read
+        from the verified customers' sightings alone, however many others used a
+        network). All by index, for the batch: none grows with what a scope was seen
+        with before."""
         read = customers_repo.read_sightings(session, _sightings(pending))
-        lookups.add_sightings(read)
         flagged = {(k[0], k[3], k[4]) for k in read.acted}
-        lookups.acted |= acted_on(session, flagged - filled, now)
+        acted = acted_on(session, flagged - filled, now)
         accounts = {p.verdict.subject.account_id for p in pending if p.verdict.subject.account_id}
         records = customers_repo.customers_of(session, accounts)
-        lookups.customers = {a: customer_document(r) for a, r in records.items()}
         networks = {
             (p.verdict.provider, network_of(ip)) for p in pending for ip in p.verdict.subject.ips
         }
-        for (provider, _, _), tally in lookups.tallies.items():
+        for (provider, _, _), tally in read.tallies.items():
             networks.update((provider, n) for n in tally.first_networks)
         verified = customers_repo.verified_seeing(session, "network", networks)
-        for (provider, net), who in verified.items():
-            lookups.verified_networks.setdefault(provider, {})[net] = who
-        return read
+        return _Operation(
+            read, acted, {a: customer_document(r) for a, r in records.items()}, verified
+        )
 
     def _outcome(
         self,
@@ -537,13 +585,23 @@ class Recording:
         """What a write raised (it reaches the caller through `decide`, not as a fault
         of deciding)."""
 
+    def write_first(self) -> None:
+        """Write the caller's rows due before the first decision, if not yet: early, while
+        the batch is read and its first verdicts evaluated, the connection has nothing
+        else to do."""
+        if self._before is not None:
+            before, self._before = self._before, None
+            try:
+                before()
+            except BaseException as exc:
+                self.failure = exc  # a failed write, not a fault of deciding
+                raise
+
     def add(self, decided: Sequence[tuple[Pending, Outcome]]) -> None:
         """Insert these outcomes (`decide`'s sink): each suspension completed with the
         keys it covers (through the plan step), then the decisions and their actions."""
         try:
-            if self._before is not None:
-                self._before()
-                self._before = None
+            self.write_first()
             suspending = [
                 (p, o) for p, o in decided if any(a["type"] == "suspend" for a in o.actions)
             ]
@@ -587,9 +645,7 @@ class Recording:
     def outcomes(self) -> list[Outcome]:
         """The batch's outcomes in its order, once all are added (the caller's rows
         written now if nothing was decided)."""
-        if self._before is not None:
-            self._before()
-            self._before = None
+        self.write_first()
         return sorted(self._outcomes, key=lambda o: self._position[o.decision["verdict_id"]])
 
     def record_sightings(self, read: ScopesRead, outcomes: Sequence[Outcome]) -> None:

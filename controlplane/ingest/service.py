@@ -282,7 +282,7 @@ class IngestService:
             hashes = {v.id: v.content_hash() for item in group for v in item.verdicts}
             arrived = utcnow()
             try:
-                with self._db.read_blocking() as session:
+                with self._db.read_blocking() as session, self._db.read_blocking() as aside:
                     stored = repository.stored_verdicts(session, list(hashes))
                     new = self._sort(group, stored, hashes, arrived, spans)
                     # Decided just after the last arrival: the audit chain's times follow
@@ -305,7 +305,7 @@ class IngestService:
                     ]
                     try:
                         decided, enforceable = self._decide_and_record(
-                            session, new, retry, hashes, events, now, loop
+                            (session, aside), new, retry, hashes, events, now, loop
                         )
                         failure = None
                     except _Undecided as undecided:
@@ -328,7 +328,7 @@ class IngestService:
 
     def _decide_and_record(
         self,
-        session: Session,
+        reading: tuple[Session, Session],
         new: list[Pending],
         retry: list[Pending],
         hashes: dict[str, str],
@@ -339,6 +339,8 @@ class IngestService:
         """Decide `new` and `retry` and store it all in one transaction. Returns the
         outcomes and whether enforceable actions were planned. A fault in deciding (not
         a policy error: those are decisions) raises `_Undecided`, nothing written.
+        `reading`: two read sessions (the batch's history and its accounts and orgs are
+        read at once).
 
         On PostgreSQL the transaction opens before deciding: the decisions and actions
         are written as they are decided, by the write thread, while the decide thread
@@ -353,7 +355,7 @@ class IngestService:
             repository.set_status(writing, [p.verdict.id for p in retry], VerdictStatus.DECIDED)
 
         if self._db.dialect == "sqlite":
-            decided = self._decide(session, pending, now, loop, None)
+            decided = self._decide(reading, pending, now, loop, None)
             with self._db.write_blocking() as writing, writing.begin():
                 recording = decisions.Recording(
                     writing, pending, now, partial(verdict_rows, writing)
@@ -366,7 +368,8 @@ class IngestService:
                     writing, pending, now, partial(verdict_rows, writing)
                 )
                 with _Behind(self._writer, recording.add) as behind:
-                    decided = self._decide(session, pending, now, loop, recording, behind)
+                    behind.run(recording.write_first)  # the verdict rows, while the batch is read
+                    decided = self._decide(reading, pending, now, loop, recording, behind)
                     behind.join()
                 outcomes = self._finish(writing, recording, decided, events, now)
         decisions.count(outcomes)
@@ -377,7 +380,7 @@ class IngestService:
 
     def _decide(
         self,
-        session: Session,
+        reading: tuple[Session, Session],
         pending: list[Pending],
         now: datetime,
         loop: asyncio.AbstractEventLoop,
@@ -391,7 +394,7 @@ class IngestService:
         if sink is None and recording is not None:
             sink = recording.add
         try:
-            return self._decider.decide(session, pending, now, loop, sink)
+            return self._decider.decide(reading, pending, now, loop, sink)
         except Exception as exc:
             if recording is not None and exc is recording.failure:
                 raise
@@ -557,13 +560,13 @@ class IngestService:
         """(decide thread) Decide and record those of `pending` still undecided."""
         with self._decider.exclusive([[p.verdict for p in pending]]):  # waits: one part
             now = utcnow()
-            with self._db.read_blocking() as session:
+            with self._db.read_blocking() as session, self._db.read_blocking() as aside:
                 # A concurrent retry may have decided some meanwhile.
                 still = repository.undecided_among(session, [p.verdict.id for p in pending])
                 pending = [p for p in pending if p.verdict.id in still]
                 try:
                     decided, enforceable = self._decide_and_record(
-                        session, [], pending, {}, [], now, loop
+                        (session, aside), [], pending, {}, [], now, loop
                     )
                 except _Undecided as undecided:
                     return _Decided({}, undecided.cause, False)
@@ -583,16 +586,20 @@ class _Behind:
         self._failed = False
 
     def __call__(self, decided: Sequence[tuple[Pending, Outcome]]) -> None:
+        self.run(partial(self._write, decided))
+
+    def run(self, write: Callable[[], None]) -> None:
+        """Have the write thread do `write` after the writes handed over before."""
         for done in self._writes:
             if done.done():
                 done.result()  # raises what the write raised
-        self._writes.append(self._writer.submit(self._run, decided))
+        self._writes.append(self._writer.submit(self._run, write))
 
-    def _run(self, decided: Sequence[tuple[Pending, Outcome]]) -> None:
+    def _run(self, write: Callable[[], None]) -> None:
         if self._failed:
             return  # the transaction is lost already: the first failure is the one raised
         try:
-            self._write(decided)
+            write()
         except BaseException:
             self._failed = True
             raise

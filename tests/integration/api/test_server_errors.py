@@ -169,3 +169,40 @@ async def test_sightings_failing_beside_the_audit_chain_store_nothing_of_the_bat
     assert again.status_code == 202, again.text[:300]
     verified = await api.client.get("/v1/audit/verify")
     assert verified.status_code == 200 and verified.json()["ok"], verified.text[:300]
+
+
+async def test_a_verdict_stored_by_another_replica_meanwhile_is_answered_as_a_repeat(
+    api: Running, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another replica stores one of the batch's ids between this one's read of what is
+    stored and its insert: the insert fails on the id, the group is read and decided
+    again, and the verdict is a repeat, not a 500 and not a second decision."""
+    from controlplane.ingest import repository as ingest_repo
+
+    first = verdict(subject={"account_id": "acct_race1", "api_key_id": "key_race1"})
+    stored = await api.client.post("/v1/verdicts", json={"verdicts": [first]})
+    assert stored.status_code == 202, stored.text[:300]
+    real = ingest_repo.stored_verdicts
+    reads: list[int] = []
+
+    def stale_once(*args: Any, **kwargs: Any) -> Any:
+        reads.append(1)
+        found = real(*args, **kwargs)
+        return {} if len(reads) == 1 else found  # read before the other replica committed
+
+    monkeypatch.setattr(ingest_repo, "stored_verdicts", stale_once)
+    fresh = verdict(subject={"account_id": "acct_race2", "api_key_id": "key_race2"})
+
+    with caplog.at_level(logging.ERROR):
+        response = await api.client.post("/v1/verdicts", json={"verdicts": [first, fresh]})
+
+    assert response.status_code == 202, response.text[:300]
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors, "a failed insert is not a fault of deciding"
+    body = response.json()
+    assert (body["accepted"], body["duplicates"]) == (1, 1)
+    assert len(reads) == 2, "the group was read again"
+    assert [r["duplicate"] for r in body["results"]] == [True, False]
+    assert body["results"][0]["decision_id"] == stored.json()["results"][0]["decision_id"]
+    verified = await api.client.get("/v1/audit/verify")
+    assert verified.status_code == 200 and verified.json()["ok"], verified.text[:300]

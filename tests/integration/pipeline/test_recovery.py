@@ -77,7 +77,7 @@ def decider_fails_once(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     def fails_once(
         self: Decider,
-        session: Session,
+        reading: tuple[Session, Session],
         pending: Sequence[Pending],
         now: datetime,
         loop: asyncio.AbstractEventLoop,
@@ -87,7 +87,7 @@ def decider_fails_once(monkeypatch: pytest.MonkeyPatch) -> list[int]:
             calls.append(len(calls) + 1)
             if len(calls) == 1:
                 raise RuntimeError("the engine fell over")
-        return original(self, session, pending, now, loop, sink)
+        return original(self, reading, pending, now, loop, sink)
 
     monkeypatch.setattr(Decider, "decide", fails_once)
     return calls

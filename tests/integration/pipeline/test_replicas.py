@@ -98,14 +98,14 @@ def slow_decide(monkeypatch: pytest.MonkeyPatch) -> list[tuple[float, float]]:
 
     def slow(
         self: Decider,
-        session: Session,
+        reading: tuple[Session, Session],
         pending: Sequence[Pending],
         now: datetime,
         loop: asyncio.AbstractEventLoop,
         sink: Sink | None = None,
     ) -> Decided:
         started = time.monotonic()
-        outcomes = original(self, session, pending, now, loop, sink)
+        outcomes = original(self, reading, pending, now, loop, sink)
         time.sleep(HOLD_SECONDS)
         with lock:
             spans.append((started, time.monotonic()))
