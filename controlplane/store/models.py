@@ -54,7 +54,15 @@ class VerdictRow(SQLModel, table=True):
         Index("ix_verdict_provider_account_observed", "provider", "account_id", "observed_at"),
         Index("ix_verdict_provider_api_key_observed", "provider", "api_key_id", "observed_at"),
         Index("ix_verdict_provider_org", "provider", "org_id"),
-        Index("ix_verdict_status", "status"),
+        # Only the verdicts left `received` (a crash, a fault): what recovery asks for,
+        # oldest first. Nearly every verdict is stored decided and never enters it.
+        Index(
+            "ix_verdict_received",
+            "received_at",
+            "id",
+            sqlite_where=text("status = 'received'"),
+            postgresql_where=text("status = 'received'"),
+        ),
     )
 
     id: str = Field(primary_key=True, max_length=200)
