@@ -86,6 +86,20 @@ class Running:
 
 
 @asynccontextmanager
+async def serve_policy(
+    database_url: str, directory: Path, rego: str, entrypoint: str
+) -> AsyncIterator[Running]:
+    """An app deciding with one policy module (`rego`), its files under `directory`."""
+    policies, data = directory / "policies", directory / "data"
+    policies.mkdir()
+    data.mkdir()
+    (policies / "policy.rego").write_text(rego, encoding="utf-8")
+    settings = make_settings(database_url, data, policy_dir=policies, entrypoint=entrypoint)
+    async with serve(settings) as running:
+        yield running
+
+
+@asynccontextmanager
 async def serve(settings: Settings) -> AsyncIterator[Running]:
     """Start the app (startup hooks run), yield a client, then shut it down."""
     runtime = Runtime.create(settings)

@@ -379,6 +379,22 @@ class Chain:
             yield {"n": self.built - 1, "spin": self.spins[self.built - 1]}
 
 
+@pytest.fixture(
+    params=[("embedded", 1), ("embedded", 2), ("remote", 1)],
+    ids=["embedded-1", "embedded-2", "remote"],
+)
+async def spin_engine(request: pytest.FixtureRequest, loader: Loader) -> PolicyEngine:
+    """The spin policy on the embedded engine with one worker (in this process) and two
+    (engine processes), and on the remote engine."""
+    kind, workers = request.param
+    return await loader(
+        kind,
+        make_bundle({"spin/spin.rego": SPIN}, {}),
+        entrypoint="spin.decision",
+        engine_workers=workers,
+    )
+
+
 def run_chain(engine: PolicyEngine, chain: Chain, loop: asyncio.AbstractEventLoop) -> list[Any]:
     """(a thread that is not `loop`'s) Each evaluation, noting it taken as it comes."""
     evaluations = []
@@ -388,50 +404,30 @@ def run_chain(engine: PolicyEngine, chain: Chain, loop: asyncio.AbstractEventLoo
     return evaluations
 
 
-@pytest.mark.parametrize(
-    ("kind", "workers"),
-    [("embedded", 1), ("embedded", 2), pytest.param("remote", 1, id="remote")],
-)
 async def test_inputs_not_ready_yet_are_asked_for_again_after_each_evaluation(
-    kind: str, workers: int, loader: Loader
+    spin_engine: PolicyEngine,
 ) -> None:
     """A lazy collection gives more inputs as the caller takes evaluations; the engine
     asks again after each one, never for more than `len` inputs, and answers in the
     order the inputs were built."""
-    engine = await loader(
-        kind,
-        make_bundle({"spin/spin.rego": SPIN}, {}),
-        entrypoint="spin.decision",
-        engine_workers=workers,
-    )
     loop = asyncio.get_running_loop()
     for first in (1, 3):
         chain = Chain(count=12, first=first)
-        evaluations = await asyncio.to_thread(run_chain, engine, chain, loop)
+        evaluations = await asyncio.to_thread(run_chain, spin_engine, chain, loop)
         assert [e.result for e in evaluations] == [{"n": n, "spun": 1} for n in range(12)]
         assert chain.built == 12
 
 
-@pytest.mark.parametrize(
-    ("kind", "workers"),
-    [("embedded", 1), ("embedded", 2), pytest.param("remote", 1, id="remote")],
-)
 async def test_inputs_that_wait_with_nothing_under_way_are_an_error(
-    kind: str, workers: int, loader: Loader
+    spin_engine: PolicyEngine,
 ) -> None:
     """Nothing could ever make them ready: raised, not waited for."""
-    engine = await loader(
-        kind,
-        make_bundle({"spin/spin.rego": SPIN}, {}),
-        entrypoint="spin.decision",
-        engine_workers=workers,
-    )
     loop = asyncio.get_running_loop()
     stuck = Chain(count=3, first=0)
     with pytest.raises(ValueError, match="no input ready and none under way"):
-        await asyncio.to_thread(run_chain, engine, stuck, loop)
+        await asyncio.to_thread(run_chain, spin_engine, stuck, loop)
     # The engine is whole for the next call.
-    evaluations = await asyncio.to_thread(run_chain, engine, Chain(count=4, first=4), loop)
+    evaluations = await asyncio.to_thread(run_chain, spin_engine, Chain(count=4, first=4), loop)
     assert [e.result["n"] for e in evaluations] == [0, 1, 2, 3]
 
 

@@ -7,12 +7,11 @@ two differ: every verdict of the batch looks it up by address."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support.app import Running, make_settings, serve
+from tests.support.app import Running, serve_policy
 from tests.support.verdicts import verdict
 
 RANGE_POLICY = """\
@@ -51,16 +50,9 @@ decision := {"actions": [{
 async def ranges_api(
     module_database_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Running]:
-    policies: Path = tmp_path_factory.mktemp("range-policies")
-    (policies / "ranges.rego").write_text(RANGE_POLICY, encoding="utf-8")
-    settings = make_settings(
-        module_database_url,
-        tmp_path_factory.mktemp("data"),
-        policy_dir=policies,
-        entrypoint="ranges.decision",
-    )
-    async with serve(settings) as running:
-        yield running
+    directory = tmp_path_factory.mktemp("ranges")
+    async with serve_policy(module_database_url, directory, RANGE_POLICY, "ranges.decision") as api:
+        yield api
 
 
 def subject(account: str, ip: str) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from controlplane.errors import TollgateError
 from controlplane.store.models import ActionRow, AuditEventRow, VerdictRow
 from tests.integration.audit.test_metrics import scrape, value
 from tests.integration.ui.conftest import signed_in
-from tests.support.app import Running, make_settings, serve
+from tests.support.app import Running, make_settings, serve, serve_policy
 from tests.support.databases import sqlite_url
 from tests.support.store import count, fetch
 from tests.support.verdicts import new_subject, verdict
@@ -94,18 +94,12 @@ def failing_policy_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 async def failing_api(
-    module_database_url: str,
-    failing_policy_dir: Path,
-    tmp_path_factory: pytest.TempPathFactory,
+    module_database_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Running]:
-    settings = make_settings(
-        module_database_url,
-        tmp_path_factory.mktemp("data"),
-        policy_dir=failing_policy_dir,
-        entrypoint="failing.decision",
-    )
-    async with serve(settings) as running:
-        yield running
+    directory = tmp_path_factory.mktemp("failing")
+    entrypoint = "failing.decision"
+    async with serve_policy(module_database_url, directory, FAILING_POLICY, entrypoint) as api:
+        yield api
 
 
 def delta(before: dict[Any, float], after: dict[Any, float], name: str, **labels: str) -> float:
